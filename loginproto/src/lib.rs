@@ -1,0 +1,13 @@
+//! Crypt suites and the login / gate-handshake state machines, sans-IO.
+//!
+//! Nothing here touches a socket, a clock or the OS random generator: callers
+//! pass bytes in, take bytes out, and hand in whatever randomness a step needs.
+//!
+//! * [`skynet`]: skynet's `crypt` primitives, bit-exact (64-bit DH, hmac64,
+//!   hashkey, DES-ECB, its lenient base64). Weak by design; kept for existing
+//!   clients.
+//! * [`modern`]: the x25519 suite (X25519, HKDF-SHA256, HMAC-SHA256 proofs,
+//!   ChaCha20-Poly1305 sealed token).
+
+pub mod modern;
+pub mod skynet;

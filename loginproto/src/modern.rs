@@ -1,0 +1,1 @@
+//! x25519 suite (in progress)

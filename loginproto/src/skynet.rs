@@ -1,0 +1,1 @@
+//! skynet crypt primitives (in progress)

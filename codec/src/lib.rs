@@ -1,1 +1,46 @@
-//! placeholder
+//! Wire formats of the login server and the message gate, byte-compatible
+//! with skynet's `snax.loginserver` / `snax.msgserver`
+//! (`spec/skynet-wire.md` §2, §4.3, §5.2, §5.4).
+//!
+//! * [`package`]: the gate's BE16 length-prefixed packages ([`PackageCodec`]).
+//! * [`line`]: the login server's LF-terminated lines with skynet's 8 KiB
+//!   buffer limit ([`LineCodec`]).
+//! * [`message`]: the gate handshake, the handshake index as a Lua number,
+//!   requests and responses, all zero copy over [`bytes::Bytes`].
+//! * [`status`]: login and gate status codes with their exact wire text.
+//!
+//! This crate only turns bytes into frames and frames into fields: no crypto,
+//! no sockets, no clock. The codecs implement tokio-util's `Decoder` and
+//! `Encoder`, so drivers use them with `Framed`; everything else is plain
+//! functions usable from sans-IO state machines.
+//!
+//! ```
+//! use bytes::BytesMut;
+//! use codec::{PackageCodec, Request, Response, ResponseFlag};
+//! use tokio_util::codec::Decoder;
+//!
+//! // Client side: a request package. Server side: decode and split it.
+//! let mut wire = BytesMut::new();
+//! Request::encode(b"echo", 7, &mut wire)?;
+//! let payload = PackageCodec.decode(&mut wire)?.expect("a whole package");
+//! let request = Request::parse(payload).expect("at least 4 bytes");
+//! assert_eq!((&request.content[..], request.session), (&b"echo"[..], 7));
+//!
+//! // The answer, exactly as skynet frames it: content ‖ 01 ‖ BE32(session).
+//! Response::encode(&request.content, ResponseFlag::OK, request.session, &mut wire)?;
+//! assert_eq!(&wire[..], b"\x00\x09echo\x01\x00\x00\x00\x07");
+//! # Ok::<(), codec::FrameError>(())
+//! ```
+
+pub mod line;
+pub mod message;
+pub mod package;
+pub mod status;
+
+pub use line::{LineCodec, LineError, encode_line};
+pub use message::{
+    Handshake, LuaNumber, MAX_REQUEST_CONTENT, MAX_RESPONSE_CONTENT, Request, Response,
+    ResponseFlag,
+};
+pub use package::{FrameError, HEADER_LEN, MAX_PAYLOAD, PackageCodec, encode_package};
+pub use status::{GateStatus, LoginStatus};

@@ -7,7 +7,14 @@
 //!   hashkey, DES-ECB, its lenient base64). Weak by design; kept for existing
 //!   clients.
 //! * [`modern`]: the x25519 suite (X25519, HKDF-SHA256, HMAC-SHA256 proofs,
-//!   ChaCha20-Poly1305 sealed token).
+//!   ChaCha20-Poly1305 sealed token); its module docs describe the wire.
+//! * [`login`]: the login dialogue's state machines, server and client, both
+//!   suites.
+//! * [`handshake`]: gate handshake usernames, signing and MAC verification.
+//! * [`token`]: the `b64(user)@b64(server):b64(password)` login token.
 
+pub mod handshake;
+pub mod login;
 pub mod modern;
 pub mod skynet;
+pub mod token;

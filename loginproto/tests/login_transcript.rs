@@ -1,0 +1,475 @@
+//! Replays every scenario of `testdata/vectors/login_transcript.json` (live
+//! skynet conversations with pinned server randomness) against the server
+//! state machine, byte for byte, and the client side of every scenario whose
+//! client key and credentials are recorded. Also replays the independent
+//! x25519 known-answer vector (`x25519_login.json`) on both sides.
+//!
+//! Client bytes go through `codec::LineCodec` exactly as the gate's driver
+//! will feed them: each recorded write is appended to a buffer and decoded
+//! into lines, so the 8 KiB limit (`line_over_limit`) is exercised too.
+//!
+//! The application hooks are emulated like skynet's example `logind` /
+//! `gated`: the password must be `password`, the server must be `sample`
+//! (else 403), subids count up from 1 per gate process (in file order), and a
+//! uid is locked from the token line until its status line is due, so a
+//! second token for the same uid meanwhile gets 406 (`concurrent_login_406`).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use bytes::BytesMut;
+use serde_json::Value;
+use tokio_util::codec::Decoder;
+
+use codec::line::{LineCodec, LineError};
+use loginproto::handshake::SessionSecret;
+use loginproto::login::{
+    Authenticate, AwaitClientKey, AwaitProof, AwaitToken, ClientLogin, ClientRandom, KeyStep,
+    LoginOutcome, ServerConfig, ServerLogin, ServerRandom, Suite,
+};
+use loginproto::token::Credentials;
+
+fn load(name: &str) -> Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../testdata/vectors")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).expect("transcript is JSON")
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    assert!(text.len() % 2 == 0, "odd hex {text:?}");
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("transcript hex"))
+        .collect()
+}
+
+fn key8(text: &str) -> [u8; 8] {
+    unhex(text).try_into().expect("8-byte key")
+}
+
+fn key32(text: &str) -> [u8; 32] {
+    unhex(text).try_into().expect("32-byte key")
+}
+
+/// The bytes of a step: `hex`, or for long ones a run of one repeated byte
+/// described by `hex_prefix` / `hex_suffix` / `length`.
+fn step_bytes(step: &Value) -> Vec<u8> {
+    if let Some(hex) = step["hex"].as_str() {
+        return unhex(hex);
+    }
+    let prefix = unhex(step["hex_prefix"].as_str().expect("hex or hex_prefix"));
+    let suffix = unhex(step["hex_suffix"].as_str().expect("hex_suffix"));
+    let length = step["length"].as_u64().expect("length") as usize;
+    let fill = prefix[0];
+    assert!(prefix.iter().all(|&b| b == fill), "prefix is not a run");
+    let mut bytes = vec![fill; length];
+    let tail = suffix.len();
+    bytes[length - tail..].copy_from_slice(&suffix);
+    assert!(bytes.starts_with(&prefix));
+    bytes
+}
+
+fn pinned_random(file: &Value) -> ServerRandom {
+    let keys = &file["fixed_server_keys"];
+    ServerRandom {
+        challenge: key8(keys["challenge"].as_str().expect("challenge")),
+        skynet_key: key8(keys["serverkey"].as_str().expect("serverkey")),
+        x25519_key: [0x77; 32],
+    }
+}
+
+enum State {
+    Key(AwaitClientKey),
+    Proof(AwaitProof),
+    Token(AwaitToken),
+    /// Authenticated; the login handler "runs" until the status line is due.
+    Pending(Authenticate, Credentials),
+    /// Status sent (or the connection closed): input is discarded, as skynet
+    /// does after the status line.
+    Done,
+}
+
+/// One login connection of a scenario.
+struct Conn {
+    state: State,
+    codec: LineCodec,
+    buffer: BytesMut,
+    /// Bytes the server produced that the transcript has not shown yet.
+    sent: Vec<u8>,
+    closed: bool,
+}
+
+/// The application side, emulating logind + gated of skynet's example.
+struct App {
+    next_subid: u32,
+    locked: HashSet<Vec<u8>>,
+}
+
+impl App {
+    /// `auth_handler` and the multi-login lock (spec §4.2 steps 6–7).
+    fn authenticate(&mut self, auth: Authenticate) -> Result<State, Vec<u8>> {
+        let Some(creds) = auth.credentials() else {
+            return Err(auth.finish(LoginOutcome::Unauthorized));
+        };
+        if creds.password != b"password" {
+            return Err(auth.finish(LoginOutcome::Unauthorized));
+        }
+        if !self.locked.insert(creds.user.clone()) {
+            return Err(auth.finish(LoginOutcome::NotAcceptable));
+        }
+        Ok(State::Pending(auth, creds))
+    }
+
+    /// `login_handler` completes (spec §4.2 steps 8–9).
+    fn complete(&mut self, auth: Authenticate, creds: &Credentials) -> Vec<u8> {
+        self.locked.remove(&creds.user);
+        assert_eq!(auth.suite(), Suite::Skynet);
+        if creds.server != b"sample" {
+            return auth.finish(LoginOutcome::Forbidden);
+        }
+        self.next_subid += 1;
+        auth.finish(LoginOutcome::Ok {
+            subid: self.next_subid.to_string().into_bytes(),
+        })
+    }
+}
+
+impl Conn {
+    fn new(random: ServerRandom) -> Conn {
+        let (state, line1) = ServerLogin::start(ServerConfig::default(), random);
+        Conn {
+            state: State::Key(state),
+            codec: LineCodec::new(),
+            buffer: BytesMut::new(),
+            sent: line1,
+            closed: false,
+        }
+    }
+
+    /// One recorded client write.
+    fn feed(&mut self, bytes: &[u8], app: &mut App) {
+        self.buffer.extend_from_slice(bytes);
+        loop {
+            match self.codec.decode(&mut self.buffer) {
+                Ok(Some(line)) => self.line(&line, app),
+                Ok(None) => break,
+                Err(LineError::TooLong) => {
+                    // The driver closes the socket, no status line.
+                    self.closed = true;
+                    self.state = State::Done;
+                    break;
+                }
+                Err(e) => panic!("line codec: {e}"),
+            }
+        }
+    }
+
+    fn line(&mut self, line: &[u8], app: &mut App) {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        self.state = match state {
+            State::Key(s) => match s.receive(line) {
+                KeyStep::Continue(next, line3) => {
+                    self.sent.extend_from_slice(&line3);
+                    State::Proof(next)
+                }
+                KeyStep::Reject(r) => {
+                    self.sent.extend_from_slice(&r.reply);
+                    State::Done
+                }
+            },
+            State::Proof(s) => match s.receive(line) {
+                Ok(next) => State::Token(next),
+                Err(r) => {
+                    self.sent.extend_from_slice(&r.reply);
+                    State::Done
+                }
+            },
+            State::Token(s) => match s.receive(line) {
+                Ok(auth) => match app.authenticate(auth) {
+                    Ok(pending) => pending,
+                    Err(status) => {
+                        self.sent.extend_from_slice(&status);
+                        State::Done
+                    }
+                },
+                Err(r) => {
+                    self.sent.extend_from_slice(&r.reply);
+                    State::Done
+                }
+            },
+            other => other,
+        };
+    }
+
+    /// The transcript expects bytes from the server now.
+    fn expect(&mut self, expected: &[u8], app: &mut App, context: &str) {
+        if self.sent.is_empty() {
+            if let State::Pending(auth, creds) = std::mem::replace(&mut self.state, State::Done) {
+                let line = app.complete(auth, &creds);
+                self.sent.extend_from_slice(&line);
+            }
+        }
+        assert!(
+            self.sent.starts_with(expected),
+            "{context}: expected {:?}, server sent {:?}",
+            String::from_utf8_lossy(expected),
+            String::from_utf8_lossy(&self.sent)
+        );
+        self.sent.drain(..expected.len());
+    }
+}
+
+fn scenario_conn(step: &Value) -> String {
+    step["conn"].as_str().unwrap_or("").to_owned()
+}
+
+#[test]
+fn server_replays_every_scenario() {
+    let file = load("login_transcript.json");
+    let random = pinned_random(&file);
+    let mut app = App {
+        next_subid: 0,
+        locked: HashSet::new(),
+    };
+    let mut replayed = 0;
+    let scenarios = file["scenarios"].as_array().expect("scenarios");
+    let mut checked_steps = 0;
+    for scenario in scenarios {
+        let name = scenario["name"].as_str().expect("name");
+        let mut conns: HashMap<String, Conn> = HashMap::new();
+        for (i, step) in scenario["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .enumerate()
+        {
+            let conn_name = scenario_conn(step);
+            let context = format!("{name} step {i} ({conn_name})");
+            if step["event"] == "connect" {
+                if step["port"] == "login" {
+                    conns.insert(conn_name, Conn::new(random.clone()));
+                }
+                continue;
+            }
+            // Steps of gate connections (relogin_kicks_previous) are not ours.
+            let Some(conn) = conns.get_mut(&conn_name) else {
+                continue;
+            };
+            checked_steps += 1;
+            match (step["dir"].as_str(), step["event"].as_str()) {
+                (Some("C->S"), _) => conn.feed(&step_bytes(step), &mut app),
+                (Some("S->C"), _) => conn.expect(&step_bytes(step), &mut app, &context),
+                (None, Some("server_closed")) => {
+                    assert!(conn.closed, "{context}: server should have closed");
+                    assert!(
+                        conn.sent.is_empty(),
+                        "{context}: unexpected bytes before close"
+                    );
+                }
+                (None, Some("nothing_received" | "still_open")) => {
+                    assert!(!conn.closed, "{context}: closed");
+                    assert!(conn.sent.is_empty(), "{context}: unexpected bytes");
+                }
+                (None, Some("client_close")) => {
+                    assert!(conn.sent.is_empty(), "{context}: bytes never shown");
+                    conns.remove(&conn_name);
+                }
+                other => panic!("{context}: unknown step {other:?}"),
+            }
+        }
+        for (conn_name, conn) in &conns {
+            assert!(
+                conn.sent.is_empty(),
+                "{name} ({conn_name}): bytes never shown"
+            );
+        }
+        replayed += 1;
+    }
+    assert_eq!(replayed, scenarios.len());
+    assert_eq!(replayed, 13, "the transcript has 13 scenarios");
+    assert!(checked_steps >= 80, "only {checked_steps} steps checked");
+    // success → 1, relogin → 2, concurrent conn1 → 3, as gated counted.
+    assert_eq!(app.next_subid, 3);
+}
+
+#[test]
+fn line_over_limit_is_the_codec_limit() {
+    assert_eq!(LineCodec::new().max_buffered(), 8192);
+    let mut codec = LineCodec::new();
+    let mut at_limit = BytesMut::from(&[b'A'; 8191][..]);
+    at_limit.extend_from_slice(b"\n");
+    assert_eq!(
+        codec
+            .decode(&mut at_limit)
+            .expect("8192 bytes")
+            .map(|l| l.len()),
+        Some(8191)
+    );
+    let mut over = BytesMut::from(&[b'A'; 8192][..]);
+    over.extend_from_slice(b"\n");
+    assert!(matches!(
+        LineCodec::new().decode(&mut over),
+        Err(LineError::TooLong)
+    ));
+}
+
+/// The client side of every scenario that records the client's key and
+/// credentials: every C->S line must come out byte for byte.
+#[test]
+fn client_replays_recorded_logins() {
+    let file = load("login_transcript.json");
+    let mut replayed = Vec::new();
+    for scenario in file["scenarios"].as_array().expect("scenarios") {
+        let values = &scenario["values"];
+        let (Some(clientkey), Some(user), Some(server), Some(password)) = (
+            values["clientkey"].as_str(),
+            values["user"].as_str(),
+            values["server"].as_str(),
+            values["password"].as_str(),
+        ) else {
+            continue;
+        };
+        let name = scenario["name"].as_str().expect("name");
+        let login_conn = scenario["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["event"] == "connect" && s["port"] == "login")
+            .map(scenario_conn)
+            .expect("a login connection");
+        let steps: Vec<&Value> = scenario["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .filter(|s| scenario_conn(s) == login_conn && s["dir"].is_string())
+            .collect();
+        let server_lines: Vec<Vec<u8>> = steps
+            .iter()
+            .filter(|s| s["dir"] == "S->C")
+            .map(|s| step_bytes(s))
+            .collect();
+        let client_bytes: Vec<u8> = steps
+            .iter()
+            .filter(|s| s["dir"] == "C->S")
+            .flat_map(|s| step_bytes(s))
+            .collect();
+        let strip = |line: &[u8]| line.strip_suffix(b"\n").expect("LF").to_vec();
+
+        let client = ClientLogin::new(
+            Suite::Skynet,
+            Credentials::new(user, server, password),
+            ClientRandom {
+                skynet_key: key8(clientkey),
+                x25519_key: [0; 32],
+            },
+        );
+        let mut sent = Vec::new();
+        let (client, line2) = client.receive(&strip(&server_lines[0])).expect("challenge");
+        sent.extend_from_slice(&line2);
+        let (client, lines45) = client
+            .receive(&strip(&server_lines[1]))
+            .expect("server key");
+        sent.extend_from_slice(&lines45);
+        assert_eq!(
+            String::from_utf8_lossy(&sent),
+            String::from_utf8_lossy(&client_bytes),
+            "{name}"
+        );
+        let result = client.receive(&strip(&server_lines[2]));
+        match values["subid"].as_str() {
+            Some(subid) if password == "password" && server == "sample" => {
+                let success = result.expect("200");
+                assert_eq!(success.subid, subid.as_bytes(), "{name}");
+                assert_eq!(
+                    success.secret,
+                    SessionSecret::Skynet(key8(values["secret"].as_str().expect("secret"))),
+                    "{name}"
+                );
+            }
+            _ => assert!(result.is_err(), "{name}: refusal must be an error"),
+        }
+        replayed.push(name.to_owned());
+    }
+    assert_eq!(
+        replayed,
+        [
+            "success",
+            "relogin_kicks_previous",
+            "wrong_password",
+            "unknown_server"
+        ]
+    );
+}
+
+/// The x25519 suite against a vector computed independently with
+/// pyca/cryptography (`testdata/gen/x25519_login.py`).
+#[test]
+fn x25519_known_answer_both_sides() {
+    let file = load("x25519_login.json");
+    let v = &file["values"];
+    let s = |name: &str| v[name].as_str().unwrap_or_else(|| panic!("no {name}"));
+    let steps: Vec<Vec<u8>> = file["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(step_bytes)
+        .collect();
+    let strip = |line: &[u8]| line.strip_suffix(b"\n").expect("LF").to_vec();
+    let gate_secret = SessionSecret::X25519(key32(s("gate_secret")));
+
+    // Server.
+    let (state, line1) = ServerLogin::start(
+        ServerConfig::default(),
+        ServerRandom {
+            challenge: key8(s("challenge")),
+            skynet_key: [1; 8],
+            x25519_key: key32(s("server_private")),
+        },
+    );
+    assert_eq!(line1, steps[0]);
+    let KeyStep::Continue(state, line3) = state.receive(&strip(&steps[1])) else {
+        panic!("client key refused");
+    };
+    assert_eq!(line3, steps[2]);
+    let state = state.receive(&strip(&steps[3])).expect("proof");
+    let auth = state.receive(&strip(&steps[4])).expect("token");
+    assert_eq!(auth.token(), s("token").as_bytes());
+    assert_eq!(auth.suite(), Suite::X25519);
+    assert_eq!(auth.secret(), &gate_secret);
+    assert_eq!(
+        auth.credentials(),
+        Some(Credentials::new("hello", "sample", "password"))
+    );
+    let status = auth.finish(LoginOutcome::Ok {
+        subid: s("subid").as_bytes().to_vec(),
+    });
+    assert_eq!(status, steps[5]);
+
+    // Client.
+    let client = ClientLogin::new(
+        Suite::X25519,
+        Credentials::new("hello", "sample", "password"),
+        ClientRandom {
+            skynet_key: [1; 8],
+            x25519_key: key32(s("client_private")),
+        },
+    );
+    let (client, line2) = client.receive(&strip(&steps[0])).expect("challenge");
+    assert_eq!(line2, steps[1]);
+    let (client, lines45) = client.receive(&strip(&steps[2])).expect("server key");
+    assert_eq!(lines45, [steps[3].clone(), steps[4].clone()].concat());
+    let success = client.receive(&strip(&steps[5])).expect("200");
+    assert_eq!(success.subid, b"1");
+    assert_eq!(success.secret, gate_secret);
+
+    // Gate handshake with the derived secret.
+    let hs = &file["gate_handshake"];
+    let payload = loginproto::handshake::sign(
+        &gate_secret,
+        hs["username"].as_str().expect("username").as_bytes(),
+        hs["index"].as_str().expect("index").as_bytes(),
+    );
+    assert_eq!(payload, hs["payload"].as_str().expect("payload").as_bytes());
+}

@@ -1,0 +1,157 @@
+//! A library for backend game services behind the gate, and the template
+//! for a studio's own.
+//!
+//! A service implements [`Handler`] (answer requests; optionally react to
+//! session events and check credentials) and runs a [`Service`]. The library
+//! does the rest of the protocol of `proto::backend`:
+//!
+//! - **dials** every configured gate's backend port and **registers**
+//!   (name, instance id, [`proto::PROTOCOL_VERSION`], routes); a gate
+//!   speaking another major version refuses, and [`Service::run`] returns
+//!   [`ServiceError::IncompatibleVersion`] instead of retrying;
+//! - runs each request on its own task, at most [`Config::max_in_flight`] at
+//!   once (beyond that the gate is answered "overloaded" at once, so nothing
+//!   queues without bound and heartbeats keep flowing);
+//! - answers the gate's pings, pings it, and treats a gate silent past
+//!   [`Config::heartbeat_timeout`] as dead;
+//! - **reconnects** a lost link with exponential backoff and jitter, and
+//!   registers again, so a gate restart needs no service restart;
+//! - on shutdown (a [`CancellationToken`]) says goodbye, finishes in-flight
+//!   requests within [`Config::drain_timeout`], and closes.
+//!
+//! Outside a request, [`Gates`] (all gates) and [`GateHandle`] (one gate)
+//! push to users and kick or log them out.
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use service::{Context, Handler, Request, Service};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Echo;
+//!
+//! impl Handler for Echo {
+//!     async fn request(&self, ctx: Context, req: Request) -> Result<Bytes, String> {
+//!         // Tell the user something out of band, then answer.
+//!         let _ = ctx.gate().push(req.uid.clone(), "echoing").await;
+//!         Ok(req.payload)
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), service::ServiceError> {
+//! let service = Service::builder("echo").gate("127.0.0.1:8899").build(Echo)?;
+//! let shutdown = CancellationToken::new();
+//! service.run(shutdown).await
+//! # }
+//! ```
+
+mod backoff;
+mod config;
+mod error;
+mod gate;
+mod handler;
+mod link;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use crate::config::{Builder, Config};
+pub use crate::error::ServiceError;
+pub use crate::gate::{GateHandle, Gates, SendError};
+pub use crate::handler::{
+    AuthDecision, AuthRequest, Context, FnHandler, Handler, Request, SessionEvent, SessionKind,
+    handler_fn,
+};
+// Re-exported so a service needs no direct dependency to name them.
+pub use bytes::Bytes;
+pub use tokio_util::sync::CancellationToken;
+
+/// A configured service, ready to [`run`](Service::run).
+#[derive(Debug)]
+pub struct Service<H> {
+    shared: Arc<link::Shared<H>>,
+    handles: Vec<GateHandle>,
+}
+
+impl Service<()> {
+    /// Starts a [`Builder`] with the defaults of [`Config::new`].
+    pub fn builder(service: impl Into<String>) -> Builder {
+        Builder {
+            config: Config::new(service),
+        }
+    }
+}
+
+impl<H: Handler> Service<H> {
+    /// A service with these settings and this handler; checks the settings.
+    pub fn new(config: Config, handler: H) -> Result<Self, ServiceError> {
+        config.validate()?;
+        let handles: Vec<GateHandle> = config
+            .gates
+            .iter()
+            .map(|addr| GateHandle::new(addr.clone(), config.max_frame_len))
+            .collect();
+        let shared = Arc::new(link::Shared {
+            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            gates: Gates::new(handles.clone()),
+            config,
+            handler,
+        });
+        Ok(Service { shared, handles })
+    }
+
+    /// The handles to every gate, usable before and while the service runs
+    /// (e.g. by a timer task that pushes news).
+    pub fn gates(&self) -> Gates {
+        self.shared.gates.clone()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The handler (e.g. to inspect its state in tests).
+    pub fn handler(&self) -> &H {
+        &self.shared.handler
+    }
+
+    /// Serves every gate until `shutdown` is cancelled (then drains and
+    /// returns `Ok`), or until a gate refuses the service for good (then
+    /// stops the other links and returns the error). Lost links are retried,
+    /// not returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
+        let config = &self.shared.config;
+        // A child, so a fatal refusal can stop the other links without
+        // cancelling the caller's token.
+        let stop = shutdown.child_token();
+        let mut links = JoinSet::new();
+        for gate in self.handles {
+            let span = tracing::info_span!(
+                "link",
+                gate = %gate.addr(),
+                service = %config.service,
+                instance = %config.instance_id,
+            );
+            links.spawn(link::run(self.shared.clone(), gate, stop.clone()).instrument(span));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = links.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    stop.cancel();
+                    if result.is_ok() {
+                        result = Err(err);
+                    }
+                }
+                // A link task panicking is a bug of this library: surface it.
+                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                Err(_) => {}
+            }
+        }
+        result
+    }
+}

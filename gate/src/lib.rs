@@ -1,1 +1,13 @@
-//! placeholder
+//! The login server and the message gate, as a library.
+//!
+//! `main.rs` only parses flags and calls [`run`]; tests call [`run`] with
+//! listeners bound to `127.0.0.1:0` and their own shutdown future.
+
+pub mod agent;
+pub mod config;
+pub mod link;
+pub mod login;
+pub mod msg;
+mod run;
+
+pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};

@@ -1,0 +1,240 @@
+//! How requests reach the game logic: the [`Agent`] trait, the per-user
+//! [`SessionCtx`] handle, and the built-in [`EchoAgent`].
+//!
+//! The gate owns connections, authentication and the response cache; an
+//! agent only answers requests and hears about session events. The trait
+//! is built for two very different agents:
+//!
+//! * **inline** agents (the echo agent, anything that can answer at once)
+//!   return [`Dispatch::Ready`] from [`Agent::request`]. The gate calls them
+//!   on the connection's own task, between reading the request and writing
+//!   the response: no task, no channel, no allocation beyond the response.
+//! * **asynchronous** agents (a backend over RPC, issue 5) call
+//!   [`AgentRequest::defer`], return [`Dispatch::Pending`], and later answer
+//!   through the [`Completer`] from any task. The response then follows
+//!   skynet's cache rules (spec §5.5) like any other: it goes to the user's
+//!   current connection, or waits in the cache for a re-send.
+//!
+//! [`SessionCtx`] is a cheap handle (one `Arc`) on one logged-in session: an
+//! agent may keep it (e.g. in a table keyed by uid) to end the session
+//! later ([`SessionCtx::logout`], [`SessionCtx::kick`]).
+//!
+//! Calls into the agent happen without any gate lock held, so an agent may
+//! call back into the gate (`logout` from inside `request`, or `complete` a
+//! completer from inside `request`). [`Agent::event`] may therefore also be
+//! called re-entrantly from such a call.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::link::EndReason;
+use crate::msg::cache::ExecId;
+use crate::msg::user::User;
+
+/// The game logic behind a gate.
+pub trait Agent: Send + Sync + 'static {
+    /// A request of an authenticated user: answer now with
+    /// [`Dispatch::Ready`], or defer it ([`AgentRequest::defer`]) and answer
+    /// later. `Err(reason)` becomes an error response (`ok = 0`, empty
+    /// content, as skynet's raising handler); the reason is only logged.
+    ///
+    /// Must not block: it runs on the connection's task.
+    fn request(&self, ctx: &SessionCtx, req: AgentRequest) -> Dispatch;
+
+    /// A session event (login, connection back, away, end). The default
+    /// ignores it. Must not block.
+    fn event(&self, ctx: &SessionCtx, event: SessionEvent) {
+        let _ = (ctx, event);
+    }
+}
+
+/// What [`Agent::request`] did with a request.
+#[derive(Debug)]
+pub enum Dispatch {
+    /// The answer: `Ok(content)` or `Err(reason)` (an error response).
+    Ready(Result<Bytes, String>),
+    /// The answer will come through the [`Completer`] returned by
+    /// [`AgentRequest::defer`]; only that call can make this value.
+    Pending(Deferred),
+}
+
+/// Proof that a request was deferred (see [`Dispatch::Pending`]).
+#[derive(Debug)]
+pub struct Deferred(());
+
+/// A request handed to an agent.
+pub struct AgentRequest {
+    /// The client's session number (echoed in the response).
+    pub session: u32,
+    /// The request content. It shares the reading thread's buffer: copy it
+    /// ([`Bytes::copy_from_slice`]) to keep it after `request` returns
+    /// ([`AgentRequest::defer`] does).
+    pub content: Bytes,
+    exec: ExecId,
+}
+
+impl AgentRequest {
+    pub(crate) fn new(session: u32, content: Bytes, exec: ExecId) -> AgentRequest {
+        AgentRequest {
+            session,
+            content,
+            exec,
+        }
+    }
+
+    /// Answers later: returns the content (copied out of the read buffer,
+    /// so keeping it pins nothing else), the completer to answer with, and
+    /// the [`Dispatch::Pending`] to return from [`Agent::request`].
+    pub fn defer(self, ctx: &SessionCtx) -> (Bytes, Completer, Dispatch) {
+        let completer = Completer {
+            user: Some(Arc::clone(&ctx.user)),
+            session: self.session,
+            exec: self.exec,
+        };
+        let content = Bytes::copy_from_slice(&self.content);
+        (content, completer, Dispatch::Pending(Deferred(())))
+    }
+}
+
+impl fmt::Debug for AgentRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentRequest")
+            .field("session", &self.session)
+            .field("content_len", &self.content.len())
+            .finish()
+    }
+}
+
+/// Answers one deferred request, from any task or thread.
+///
+/// Dropping it without calling [`Completer::complete`] answers the request
+/// with an error response, so a backend that loses a request (crash,
+/// dropped future) never leaves the client waiting forever.
+pub struct Completer {
+    user: Option<Arc<User>>,
+    session: u32,
+    exec: ExecId,
+}
+
+impl Completer {
+    /// The session number of the request being answered.
+    pub fn session(&self) -> u32 {
+        self.session
+    }
+
+    /// Delivers the answer: `Ok(content)` or `Err(reason)` (error response).
+    /// If the session ended meanwhile, or the request was orphaned by a
+    /// "Conflict session", the answer is dropped (as skynet does).
+    pub fn complete(mut self, result: Result<Bytes, String>) {
+        if let Some(user) = self.user.take() {
+            user.complete(self.session, self.exec, result);
+        }
+    }
+}
+
+impl Drop for Completer {
+    fn drop(&mut self) {
+        if let Some(user) = self.user.take() {
+            user.complete(
+                self.session,
+                self.exec,
+                Err("request dropped by the agent".to_owned()),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Completer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completer")
+            .field("session", &self.session)
+            .finish()
+    }
+}
+
+/// Session events, in the order a session lives them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The login server placed the user on this gate (no connection yet).
+    Login,
+    /// An authenticated connection is bound to the session (the first one
+    /// or a reconnect).
+    Back {
+        /// The client's address.
+        addr: SocketAddr,
+    },
+    /// The session's connection went away (skynet's `disconnect_handler`,
+    /// "AFK"). The session stays for the reconnect window.
+    Away,
+    /// The session ended (logout, kick, reconnect window over, shutdown).
+    /// Its connection, if any, is being closed; nothing follows.
+    Ended(EndReason),
+}
+
+/// A handle on one logged-in session (cheap to clone: one `Arc`).
+#[derive(Clone)]
+pub struct SessionCtx {
+    pub(crate) user: Arc<User>,
+}
+
+impl SessionCtx {
+    pub(crate) fn new(user: Arc<User>) -> SessionCtx {
+        SessionCtx { user }
+    }
+
+    /// The user id the login server gave.
+    pub fn uid(&self) -> &Bytes {
+        &self.user.uid
+    }
+
+    /// The subid the gate allocated (decimal text).
+    pub fn subid(&self) -> &Bytes {
+        &self.user.subid
+    }
+
+    /// The gate username `b64(uid)@b64(server)#b64(subid)`.
+    pub fn username(&self) -> &Bytes {
+        &self.user.username
+    }
+
+    /// Whether the session still exists.
+    pub fn is_active(&self) -> bool {
+        self.user.is_active()
+    }
+
+    /// Ends the session from the agent's side (skynet's
+    /// `msgserver.logout`): the user is unregistered, its connection closed,
+    /// the login server told ([`EndReason::Logout`]). Does nothing if the
+    /// session already ended.
+    pub fn logout(&self) {
+        self.user.end(EndReason::Logout);
+    }
+
+    /// Ends the session with [`EndReason::Kicked`] and `reason`.
+    pub fn kick(&self, reason: impl Into<String>) {
+        self.user.end(EndReason::Kicked(reason.into()));
+    }
+}
+
+impl fmt::Debug for SessionCtx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCtx")
+            .field("uid", &String::from_utf8_lossy(&self.user.uid))
+            .field("subid", &String::from_utf8_lossy(&self.user.subid))
+            .finish()
+    }
+}
+
+/// The built-in agent: answers every request with its own content, inline
+/// (skynet's example `msgagent` without its 0.1 s sleep).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EchoAgent;
+
+impl Agent for EchoAgent {
+    fn request(&self, _ctx: &SessionCtx, req: AgentRequest) -> Dispatch {
+        Dispatch::Ready(Ok(req.content))
+    }
+}

@@ -1,0 +1,84 @@
+//! The calls between the login server and the message gates.
+//!
+//! The login server never touches a gate's session table directly: it goes
+//! through [`GateLink`], and gates report sessions that ended through
+//! [`LoginLink`]. In one process both are plain in-memory calls; a multi-node
+//! deployment can put the same two traits on an RPC without touching the
+//! protocol code on either side.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use loginproto::handshake::SessionSecret;
+
+/// A boxed future, so the traits stay object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A user the login server has authenticated and wants to place on a gate.
+#[derive(Debug, Clone)]
+pub struct LoginRequest {
+    /// The gate (server name) the client asked for in its token.
+    pub server: Bytes,
+    /// The user id the authenticator settled on.
+    pub uid: Bytes,
+    /// The key the client will sign its gate handshakes with.
+    pub secret: SessionSecret,
+}
+
+/// Why a gate did not take a login. Every refusal is answered `403` on the
+/// login line; the reason is for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoginRefusal {
+    /// No gate of that name is registered with the login server.
+    #[error("no gate named {0:?}")]
+    UnknownServer(String),
+    /// The uid still has a session on that gate (the kick did not finish).
+    #[error("user is still online")]
+    AlreadyOnline,
+    /// The gate is shutting down or at its session limit.
+    #[error("gate unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Why a session ended, as told to the login server and written to logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The agent (backend) logged the user out.
+    Logout,
+    /// Kicked, by the login server (re-login) or a backend; with a reason.
+    Kicked(String),
+    /// The user stayed away longer than the reconnect window.
+    Expired,
+    /// The gate is shutting down.
+    Shutdown,
+}
+
+/// The login server's handle on the gates.
+pub trait GateLink: Send + Sync + 'static {
+    /// Registers `req.uid` on gate `req.server` and returns the subid the gate
+    /// allocated (its decimal text, as skynet's `login_handler` returns it).
+    fn login(&self, req: LoginRequest) -> BoxFuture<'_, Result<Bytes, LoginRefusal>>;
+
+    /// Ends the session `(uid, subid)` on gate `server`, if it still exists,
+    /// and resolves once it is gone (its connection closed, its agent told).
+    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: String) -> BoxFuture<'_, ()>;
+
+    /// Whether a gate named `server` exists. The login server asks before
+    /// it kicks a user's old session, so a login naming an unknown server is
+    /// refused (`403`) without logging the user out elsewhere, as skynet's
+    /// `logind` checks the server first. Default: `true` (then
+    /// [`GateLink::login`] refuses unknown names).
+    fn has_server(&self, server: &[u8]) -> bool {
+        let _ = server;
+        true
+    }
+}
+
+/// A gate's handle on the login server.
+pub trait LoginLink: Send + Sync + 'static {
+    /// Session `(uid, subid)` on gate `server` has ended. The login server
+    /// must only forget the uid if `subid` is still the one it knows: a late
+    /// report about an older session never removes a newer one.
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason);
+}

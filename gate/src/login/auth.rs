@@ -1,0 +1,403 @@
+//! Who may log in: the [`Authenticator`] trait and the two built-in ones.
+//!
+//! The login server hands the decrypted token's parts to an authenticator
+//! and answers `401 Unauthorized` on any refusal. The trait returns a boxed
+//! future so it stays object safe and so a later authenticator can ask a
+//! backend service over the network (the server bounds every call with
+//! `login.auth_timeout_ms`).
+//!
+//! * [`AccountsFile`]: `user:PHC-hash` lines with argon2 hashes, verified on
+//!   the blocking pool so a slow hash never stalls the runtime.
+//! * [`DemoAuth`]: skynet's example `logind`: any user, password `password`.
+//!   Only for demos and load tests; the server warns loudly when it runs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Argon2, PasswordHash};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use crate::link::BoxFuture;
+
+/// What the client claimed in its login token (`user@server:password`, each
+/// part base64-decoded); `Debug` hides the password.
+pub use loginproto::token::Credentials;
+
+/// Why an authenticator refused. Every variant is answered `401
+/// Unauthorized`; the distinction is for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// The credentials are wrong (unknown user or wrong password).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The authenticator could not decide (backend down, overloaded, broken
+    /// hash). The client is refused all the same.
+    #[error("authenticator unavailable: {0}")]
+    Unavailable(String),
+    /// The authenticator did not answer within `login.auth_timeout_ms`.
+    #[error("authenticator timed out")]
+    Timeout,
+}
+
+/// Decides whether credentials are good and which uid they log in as.
+///
+/// Object safe (`Arc<dyn Authenticator>`); implementations may do I/O.
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks `credentials`; `Ok(uid)` logs the client in as `uid`.
+    fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>>;
+
+    /// A short name for logs (`"accounts"`, `"demo"`, …).
+    fn name(&self) -> &'static str;
+}
+
+/// skynet's example `logind`: any user name with password `password` logs
+/// in, with the user name as uid. Never use it in production.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DemoAuth;
+
+impl DemoAuth {
+    /// The only password the demo accepts.
+    pub const PASSWORD: &'static [u8] = b"password";
+}
+
+impl Authenticator for DemoAuth {
+    fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>> {
+        Box::pin(async move {
+            // The demo password is public, so a constant-time compare buys nothing.
+            if credentials.user.is_empty() {
+                Err(AuthError::Denied("empty user name".into()))
+            } else if credentials.password == Self::PASSWORD {
+                Ok(Bytes::from(credentials.user))
+            } else {
+                Err(AuthError::Denied("wrong password".into()))
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "demo"
+    }
+}
+
+/// A malformed accounts file, with where it went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// The file could not be read.
+    #[error("cannot read accounts file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A line is not `user:PHC-hash`, or its hash does not parse.
+    #[error("{path}:{line}: {reason}")]
+    Line {
+        /// The file (or `<memory>` for [`AccountsFile::parse`]).
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Concurrent argon2 verifications per CPU. Each one holds the hash's whole
+/// memory cost (19 MiB by default) and a core, so letting a login flood fill
+/// the blocking pool (512 threads) would exhaust memory without making
+/// anything faster; waiting logins count against `login.auth_timeout_ms`.
+const VERIFY_SLOTS_PER_CPU: usize = 1;
+
+/// Accounts from a file of `user:PHC-hash` lines.
+///
+/// Blank lines and lines starting with `#` are ignored; surrounding
+/// whitespace (and a CR from CRLF files) is trimmed. The user name is
+/// everything before the last `:` (PHC strings never contain `:`, so a user
+/// name may). Hashes must be argon2 (`$argon2id$…`, `$argon2i$…`,
+/// `$argon2d$…`); [`hash_password`] makes them. The uid of a user is its
+/// name.
+#[derive(Clone)]
+pub struct AccountsFile {
+    accounts: Arc<HashMap<Bytes, PasswordHash>>,
+    /// Verified against for unknown users, so that the time a refusal takes
+    /// does not tell which user names exist (`None`: no accounts at all).
+    dummy: Option<Arc<PasswordHash>>,
+    slots: Arc<Semaphore>,
+}
+
+impl fmt::Debug for AccountsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AccountsFile")
+            .field("accounts", &self.accounts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AccountsFile {
+    /// Reads and checks an accounts file.
+    pub fn load(path: &Path) -> Result<AccountsFile, AccountsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AccountsError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse_named(&text, path)
+    }
+
+    /// Parses accounts from text (the contents of an accounts file).
+    pub fn parse(text: &str) -> Result<AccountsFile, AccountsError> {
+        Self::parse_named(text, Path::new("<memory>"))
+    }
+
+    fn parse_named(text: &str, path: &Path) -> Result<AccountsFile, AccountsError> {
+        let bad = |line: usize, reason: String| AccountsError::Line {
+            path: path.to_owned(),
+            line,
+            reason,
+        };
+        let mut accounts = HashMap::new();
+        for (index, raw) in text.lines().enumerate() {
+            let number = index + 1;
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let Some((user, hash)) = line.rsplit_once(':') else {
+                return Err(bad(number, "expected `user:$argon2id$...`".into()));
+            };
+            if user.is_empty() {
+                return Err(bad(number, "empty user name".into()));
+            }
+            let parsed = PasswordHash::new(hash)
+                .map_err(|e| bad(number, format!("invalid PHC hash for {user:?}: {e}")))?;
+            if !parsed.algorithm.as_str().starts_with("argon2") {
+                return Err(bad(
+                    number,
+                    format!(
+                        "hash for {user:?} uses {:?}; only argon2 is supported",
+                        parsed.algorithm.as_str()
+                    ),
+                ));
+            }
+            if parsed.salt.is_none() || parsed.hash.is_none() {
+                return Err(bad(
+                    number,
+                    format!("hash for {user:?} lacks its salt or output"),
+                ));
+            }
+            // Catch hashes whose parameters argon2 cannot run with now, not
+            // at the first login.
+            argon2::Params::try_from(&parsed)
+                .map_err(|e| bad(number, format!("bad argon2 parameters for {user:?}: {e}")))?;
+            if accounts
+                .insert(Bytes::copy_from_slice(user.as_bytes()), parsed)
+                .is_some()
+            {
+                return Err(bad(number, format!("user {user:?} is listed twice")));
+            }
+        }
+        // Same parameters as a real account, so that an unknown user costs
+        // as much time as a wrong password.
+        let dummy = match accounts.values().next() {
+            None => None,
+            Some(sample) => {
+                let params = argon2::Params::try_from(sample)
+                    .map_err(|e| bad(0, format!("cannot read argon2 parameters: {e}")))?;
+                let hash = hash_with(b"not the password of any user", params)
+                    .map_err(|e| bad(0, format!("cannot compute the dummy hash: {e}")))?;
+                Some(Arc::new(PasswordHash::new(&hash).map_err(|e| {
+                    bad(0, format!("cannot parse the dummy hash: {e}"))
+                })?))
+            }
+        };
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Ok(AccountsFile {
+            accounts: Arc::new(accounts),
+            dummy,
+            slots: Arc::new(Semaphore::new(cpus * VERIFY_SLOTS_PER_CPU)),
+        })
+    }
+
+    /// Number of accounts.
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// Whether the file lists no account (every login is then refused).
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+}
+
+impl Authenticator for AccountsFile {
+    fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>> {
+        Box::pin(async move {
+            // The permit moves into the blocking task: if this future is
+            // dropped (auth timeout), the hash still runs to its end and
+            // keeps its slot until then.
+            let slot = Arc::clone(&self.slots)
+                .acquire_owned()
+                .await
+                .map_err(|_| AuthError::Unavailable("accounts closed".into()))?;
+            let known = self.accounts.get(credentials.user.as_slice());
+            let is_known = known.is_some();
+            let Some(hash) = known.or(self.dummy.as_deref()).cloned() else {
+                return Err(AuthError::Denied("unknown user".into()));
+            };
+            let password = credentials.password;
+            // argon2 takes tens of milliseconds on purpose: keep it off the
+            // runtime's worker threads.
+            let verified = tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                Argon2::default().verify_password(&password, &hash)
+            })
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("verifier failed: {e}")))?;
+            match (is_known, verified) {
+                (false, _) => Err(AuthError::Denied("unknown user".into())),
+                (true, Ok(())) => Ok(Bytes::from(credentials.user)),
+                (true, Err(argon2::password_hash::Error::PasswordInvalid)) => {
+                    Err(AuthError::Denied("wrong password".into()))
+                }
+                (true, Err(e)) => Err(AuthError::Unavailable(format!("cannot verify: {e}"))),
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "accounts"
+    }
+}
+
+/// Hashes a password into an argon2id PHC string (argon2's default
+/// parameters, a fresh random salt from the OS), the format of the
+/// accounts file.
+pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
+    hash_with(password, argon2::Params::default())
+}
+
+/// [`hash_password`] with explicit argon2id costs: memory in KiB,
+/// iterations, lanes. Tests use cheap ones; production should keep the
+/// defaults (19456 KiB, 2, 1) or raise them.
+pub fn hash_password_with(
+    password: &[u8],
+    m_cost_kib: u32,
+    t_cost: u32,
+    p_cost: u32,
+) -> Result<String, argon2::password_hash::Error> {
+    let params = argon2::Params::new(m_cost_kib, t_cost, p_cost, None)?;
+    hash_with(password, params)
+}
+
+fn hash_with(
+    password: &[u8],
+    params: argon2::Params,
+) -> Result<String, argon2::password_hash::Error> {
+    let argon2 = Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    Ok(argon2.hash_password(password)?.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cheap parameters: the tests check behaviour, not hardness.
+    fn cheap(password: &[u8]) -> String {
+        hash_password_with(password, 8, 1, 1).unwrap()
+    }
+
+    fn creds(user: &str, password: &str) -> Credentials {
+        Credentials::new(user, "sample", password)
+    }
+
+    #[tokio::test]
+    async fn demo_accepts_only_the_demo_password() {
+        let demo = DemoAuth;
+        assert_eq!(
+            demo.authenticate(creds("hello", "password")).await,
+            Ok(Bytes::from_static(b"hello"))
+        );
+        assert!(matches!(
+            demo.authenticate(creds("hello", "wrong")).await,
+            Err(AuthError::Denied(_))
+        ));
+        assert!(demo.authenticate(creds("", "password")).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn accounts_verify_argon2() {
+        let hash = cheap(b"s3cret");
+        assert!(hash.starts_with("$argon2id$v=19$m=8,t=1,p=1$"));
+        let text = format!("# players\n\nalice:{hash}\r\n  b:o:b:{hash}  \n");
+        let accounts = AccountsFile::parse(&text).unwrap();
+        assert_eq!(accounts.len(), 2);
+        assert_eq!(
+            accounts.authenticate(creds("alice", "s3cret")).await,
+            Ok(Bytes::from_static(b"alice"))
+        );
+        assert_eq!(
+            accounts.authenticate(creds("b:o:b", "s3cret")).await,
+            Ok(Bytes::from_static(b"b:o:b"))
+        );
+        assert_eq!(
+            accounts.authenticate(creds("alice", "wrong")).await,
+            Err(AuthError::Denied("wrong password".into()))
+        );
+        assert_eq!(
+            accounts.authenticate(creds("mallory", "s3cret")).await,
+            Err(AuthError::Denied("unknown user".into()))
+        );
+    }
+
+    #[test]
+    fn malformed_files_name_the_line() {
+        let hash = cheap(b"x");
+        let cases = [
+            (format!("a:{hash}\nno colon here\n"), 2, "expected"),
+            (format!("\n:{hash}\n"), 2, "empty user"),
+            ("a:$argon2id$garbage\n".to_owned(), 1, "invalid PHC"),
+            ("a:$argon2id$v=19$m=19456,t=2,p=1\n".to_owned(), 1, "lacks"),
+            (format!("a:{hash}\n# c\na:{hash}\n"), 3, "twice"),
+            (
+                "a:$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA\n".to_owned(),
+                1,
+                "only argon2",
+            ),
+        ];
+        for (text, line_no, needle) in cases {
+            match AccountsFile::parse(&text) {
+                Err(AccountsError::Line { line, reason, .. }) => {
+                    assert_eq!(line, line_no, "{text:?}: {reason}");
+                    assert!(reason.contains(needle), "{text:?}: {reason}");
+                }
+                other => panic!("{text:?}: expected a line error, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn empty_file_refuses_everyone() {
+        let accounts = AccountsFile::parse("# nobody yet\n").unwrap();
+        assert!(accounts.is_empty());
+        assert!(accounts.authenticate(creds("alice", "x")).await.is_err());
+    }
+
+    #[test]
+    fn default_hash_is_argon2id_with_default_cost() {
+        let hash = hash_password(b"pw").unwrap();
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let err = AccountsFile::load(Path::new("/nonexistent/accounts")).unwrap_err();
+        assert!(matches!(err, AccountsError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent/accounts"));
+    }
+}

@@ -1,0 +1,23 @@
+//! The login server (skynet's `snax.loginserver` with `examples/login`'s
+//! `logind` handlers), wire-compatible byte for byte.
+//!
+//! * [`server`]: listener, per-connection dialogue driver, deadlines.
+//! * [`auth`]: the [`Authenticator`] trait, the accounts file, the demo.
+//! * [`online`]: the online table, the multilogin lock, `login_handler`.
+//! * [`gates`]: the in-process registry of gates the login server places
+//!   users on.
+//! * [`random`]: the source of challenges and private keys.
+
+pub mod auth;
+pub mod gates;
+pub mod online;
+pub mod random;
+pub mod server;
+
+pub use self::auth::{
+    AccountsError, AccountsFile, AuthError, Authenticator, Credentials, DemoAuth,
+};
+pub use self::gates::Gates;
+pub use self::online::{OnlineSession, OnlineTable};
+pub use self::random::{FixedRandom, OsRandom, RandomSource};
+pub use self::server::LoginServer;

@@ -1,0 +1,385 @@
+//! The login server's view of who is logged in, and skynet's
+//! `login_handler` on top of it.
+//!
+//! Two pieces of state per uid, as in skynet's `logind`/`loginserver`:
+//!
+//! * the **in-progress lock** (multilogin off): held from just before the
+//!   login handler runs until it returns; a second login of the same uid
+//!   reaching that point meanwhile is answered `406` (spec §4.5);
+//! * the **online table** `uid → (server, subid)`: a successful login of a
+//!   uid already online first kicks the old session (spec §6.3).
+//!
+//! The gates report ended sessions through [`LoginLink`]; an entry is only
+//! removed when the reported subid is the one on record, so a late report
+//! about an older session can never remove a newer one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use loginproto::handshake::SessionSecret;
+
+use crate::link::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
+
+/// Where a uid is logged in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnlineSession {
+    /// The gate's server name.
+    pub server: Bytes,
+    /// The subid the gate allocated (decimal text).
+    pub subid: Bytes,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    in_progress: HashSet<Bytes>,
+    online: HashMap<Bytes, OnlineSession>,
+}
+
+/// The online table and the per-uid login locks. Shared (`Arc`) between
+/// the login server and, as their [`LoginLink`], the gates.
+#[derive(Debug, Default)]
+pub struct OnlineTable {
+    inner: Mutex<Inner>,
+}
+
+/// Why the login handler refused a login.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Another login of the uid is in progress (multilogin off): `406`.
+    #[error("another login of this uid is in progress")]
+    InProgress,
+    /// The gate did not take the login, or the old session would not go: `403`.
+    #[error(transparent)]
+    Refused(#[from] LoginRefusal),
+}
+
+/// Reason given to the old session when the same uid logs in again.
+pub const RELOGIN_KICK_REASON: &str = "logged in again";
+
+impl OnlineTable {
+    /// An empty table.
+    pub fn new() -> OnlineTable {
+        OnlineTable::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Every critical section leaves the maps consistent, so a panic
+        // elsewhere while holding the lock does not make them unusable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where `uid` is logged in, if anywhere.
+    pub fn session(&self, uid: &[u8]) -> Option<OnlineSession> {
+        self.lock().online.get(uid).cloned()
+    }
+
+    /// Number of uids online.
+    pub fn len(&self) -> usize {
+        self.lock().online.len()
+    }
+
+    /// Whether nobody is online.
+    pub fn is_empty(&self) -> bool {
+        self.lock().online.is_empty()
+    }
+
+    /// Takes the in-progress lock of `uid`, or `None` if another login of it
+    /// holds it. Released when the guard drops.
+    pub fn try_lock(self: &Arc<Self>, uid: &Bytes) -> Option<InProgress> {
+        if self.lock().in_progress.insert(uid.clone()) {
+            Some(InProgress {
+                table: Arc::clone(self),
+                uid: uid.clone(),
+            })
+        } else {
+            None
+        }
+    }
+
+    /// Removes `uid` if it is still recorded as `(server, subid)`. Returns
+    /// whether it was.
+    pub fn remove_if(&self, uid: &[u8], server: &[u8], subid: &[u8]) -> bool {
+        let mut inner = self.lock();
+        let matches = inner
+            .online
+            .get(uid)
+            .is_some_and(|s| s.server == server && s.subid == subid);
+        if matches {
+            inner.online.remove(uid);
+        }
+        matches
+    }
+
+    fn set_online(&self, uid: Bytes, session: OnlineSession) {
+        self.lock().online.insert(uid, session);
+    }
+
+    /// skynet's `login_handler` (spec §4.2 steps 7–8, §6.1):
+    ///
+    /// 1. unless `multilogin`, take the uid's in-progress lock, else
+    ///    [`PlaceError::InProgress`] (`406`);
+    /// 2. an unknown server is refused (`403`) before anything else changes;
+    /// 3. if the uid is online, kick that session through the gate and wait
+    ///    until it is gone; if it is still on record afterwards, refuse (`403`);
+    /// 4. ask the gate to log the user in; its refusal is `403`;
+    /// 5. record `uid → (server, subid)` and return the subid.
+    ///
+    /// Callers must let this future run to completion (spawn it) once it
+    /// has started: dropping it between the gate's answer and step 4 would
+    /// leave a session the table does not know.
+    pub async fn place(
+        self: Arc<Self>,
+        gates: Arc<dyn GateLink>,
+        multilogin: bool,
+        server: Bytes,
+        uid: Bytes,
+        secret: SessionSecret,
+    ) -> Result<Bytes, PlaceError> {
+        let _lock = if multilogin {
+            None
+        } else {
+            Some(self.try_lock(&uid).ok_or(PlaceError::InProgress)?)
+        };
+        if !gates.has_server(&server) {
+            return Err(
+                LoginRefusal::UnknownServer(String::from_utf8_lossy(&server).into_owned()).into(),
+            );
+        }
+        if let Some(old) = self.session(&uid) {
+            gates
+                .kick(
+                    old.server.clone(),
+                    uid.clone(),
+                    old.subid.clone(),
+                    RELOGIN_KICK_REASON.to_owned(),
+                )
+                .await;
+            // The kick resolves once the session is gone; its gate normally
+            // reported the end already, this covers a gate that did not.
+            self.remove_if(&uid, &old.server, &old.subid);
+            if self.session(&uid).is_some() {
+                // Only reachable with multilogin on: another login of the
+                // uid finished while this one was kicking.
+                return Err(LoginRefusal::AlreadyOnline.into());
+            }
+        }
+        let subid = gates
+            .login(LoginRequest {
+                server: server.clone(),
+                uid: uid.clone(),
+                secret,
+            })
+            .await?;
+        self.set_online(
+            uid,
+            OnlineSession {
+                server,
+                subid: subid.clone(),
+            },
+        );
+        Ok(subid)
+    }
+}
+
+impl LoginLink for OnlineTable {
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
+        let removed = self.remove_if(uid, server, subid);
+        tracing::debug!(
+            uid = %String::from_utf8_lossy(uid),
+            server = %String::from_utf8_lossy(server),
+            subid = %String::from_utf8_lossy(subid),
+            ?reason,
+            removed,
+            "session ended"
+        );
+    }
+}
+
+/// The in-progress lock of one uid; released on drop.
+#[derive(Debug)]
+pub struct InProgress {
+    table: Arc<OnlineTable>,
+    uid: Bytes,
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.table.lock().in_progress.remove(&self.uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::{Notify, oneshot};
+
+    use super::*;
+    use crate::link::BoxFuture;
+
+    /// A gate link that allocates subids 1, 2, 3… and records kicks; a
+    /// login can be held until released.
+    #[derive(Default)]
+    struct FakeGates {
+        next: AtomicU32,
+        kicks: Mutex<Vec<(Bytes, Bytes)>>,
+        table: Mutex<Option<Arc<OnlineTable>>>,
+        hold: Mutex<Option<(oneshot::Sender<()>, Arc<Notify>)>>,
+    }
+
+    impl GateLink for FakeGates {
+        fn login(&self, req: LoginRequest) -> BoxFuture<'_, Result<Bytes, LoginRefusal>> {
+            Box::pin(async move {
+                let hold = self.hold.lock().unwrap().take();
+                if let Some((entered, release)) = hold {
+                    let _ = entered.send(());
+                    release.notified().await;
+                }
+                if req.server != "sample" {
+                    return Err(LoginRefusal::UnknownServer("nosuch".into()));
+                }
+                let n = self.next.fetch_add(1, Ordering::SeqCst) + 1;
+                Ok(Bytes::from(n.to_string()))
+            })
+        }
+
+        fn has_server(&self, server: &[u8]) -> bool {
+            server == b"sample"
+        }
+
+        fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, _: String) -> BoxFuture<'_, ()> {
+            Box::pin(async move {
+                self.kicks
+                    .lock()
+                    .unwrap()
+                    .push((uid.clone(), subid.clone()));
+                let table = self.table.lock().unwrap().clone();
+                if let Some(table) = table {
+                    table.session_ended(&server, &uid, &subid, &EndReason::Kicked("x".into()));
+                }
+            })
+        }
+    }
+
+    fn secret() -> SessionSecret {
+        SessionSecret::Skynet([7; 8])
+    }
+
+    async fn place(
+        table: &Arc<OnlineTable>,
+        gates: &Arc<FakeGates>,
+        uid: &'static str,
+    ) -> Result<Bytes, PlaceError> {
+        let gates: Arc<dyn GateLink> = gates.clone();
+        Arc::clone(table)
+            .place(
+                gates,
+                false,
+                Bytes::from_static(b"sample"),
+                Bytes::from_static(uid.as_bytes()),
+                secret(),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn relogin_kicks_and_late_end_keeps_new_session() {
+        let table = Arc::new(OnlineTable::new());
+        let gates = Arc::new(FakeGates::default());
+        *gates.table.lock().unwrap() = Some(table.clone());
+        assert_eq!(place(&table, &gates, "hello").await.unwrap(), "1");
+        assert_eq!(place(&table, &gates, "hello").await.unwrap(), "2");
+        assert_eq!(
+            *gates.kicks.lock().unwrap(),
+            vec![(Bytes::from_static(b"hello"), Bytes::from_static(b"1"))]
+        );
+        // A late report about subid 1 does not remove subid 2.
+        table.session_ended(b"sample", b"hello", b"1", &EndReason::Logout);
+        assert_eq!(table.session(b"hello").unwrap().subid, "2");
+        table.session_ended(b"sample", b"hello", b"2", &EndReason::Logout);
+        assert!(table.is_empty());
+    }
+
+    #[tokio::test]
+    async fn kick_that_does_not_report_still_clears_the_entry() {
+        let table = Arc::new(OnlineTable::new());
+        let gates = Arc::new(FakeGates::default());
+        assert_eq!(place(&table, &gates, "hello").await.unwrap(), "1");
+        assert_eq!(place(&table, &gates, "hello").await.unwrap(), "2");
+        assert_eq!(table.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_login_of_same_uid_is_406() {
+        let table = Arc::new(OnlineTable::new());
+        let gates = Arc::new(FakeGates::default());
+        let (entered_tx, entered_rx) = oneshot::channel();
+        let release = Arc::new(Notify::new());
+        *gates.hold.lock().unwrap() = Some((entered_tx, release.clone()));
+        let first = tokio::spawn({
+            let (table, gates) = (table.clone(), gates.clone());
+            async move { place(&table, &gates, "alice").await }
+        });
+        entered_rx.await.unwrap();
+        assert_eq!(
+            place(&table, &gates, "alice").await,
+            Err(PlaceError::InProgress)
+        );
+        // Other uids are not affected.
+        assert_eq!(place(&table, &gates, "bob").await.unwrap(), "1");
+        release.notify_one();
+        assert_eq!(first.await.unwrap().unwrap(), "2");
+        // The lock is released after the handler returned.
+        assert_eq!(place(&table, &gates, "alice").await.unwrap(), "3");
+    }
+
+    #[tokio::test]
+    async fn unknown_server_does_not_kick_the_online_session() {
+        let table = Arc::new(OnlineTable::new());
+        let gates = Arc::new(FakeGates::default());
+        assert_eq!(place(&table, &gates, "hello").await.unwrap(), "1");
+        let link: Arc<dyn GateLink> = gates.clone();
+        let err = table
+            .clone()
+            .place(
+                link,
+                false,
+                Bytes::from_static(b"nosuch"),
+                Bytes::from_static(b"hello"),
+                secret(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            PlaceError::Refused(LoginRefusal::UnknownServer(_))
+        ));
+        assert!(gates.kicks.lock().unwrap().is_empty());
+        assert_eq!(table.session(b"hello").unwrap().subid, "1");
+    }
+
+    #[tokio::test]
+    async fn gate_refusal_releases_the_lock() {
+        let table = Arc::new(OnlineTable::new());
+        let gates: Arc<dyn GateLink> = Arc::new(FakeGates::default());
+        let uid = Bytes::from_static(b"hello");
+        let err = table
+            .clone()
+            .place(
+                gates.clone(),
+                false,
+                Bytes::from_static(b"nosuch"),
+                uid.clone(),
+                secret(),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            PlaceError::Refused(LoginRefusal::UnknownServer(_))
+        ));
+        assert!(table.try_lock(&uid).is_some());
+        assert!(table.is_empty());
+    }
+}

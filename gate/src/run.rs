@@ -1,0 +1,175 @@
+//! The library entry point: build the login server and the gate from a
+//! [`Config`], serve both listeners, shut down gracefully.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::agent::{Agent, EchoAgent};
+use crate::config::Config;
+use crate::link::GateLink;
+use crate::login::{
+    AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LoginServer, OnlineTable,
+    RandomSource,
+};
+use crate::msg::MsgGate;
+
+/// Why [`run`] could not start or failed while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The accounts file is missing or malformed.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    /// The message gate's listener failed.
+    #[error("message gate failed: {0}")]
+    Gate(#[source] std::io::Error),
+}
+
+/// Wraps the login server's gate link (tests hold a login mid-way with it;
+/// a deployment could add metrics or an RPC hop).
+pub type GateLinkLayer = Box<dyn FnOnce(Arc<dyn GateLink>) -> Arc<dyn GateLink> + Send>;
+
+/// Parts of the server a caller may replace; `Default` gives the ones
+/// [`run`] uses.
+#[derive(Default)]
+pub struct Components {
+    /// Source of login challenges and keys. Default: the OS CSPRNG.
+    pub random: Option<Arc<dyn RandomSource>>,
+    /// Authenticator. Default: the accounts file of `config.accounts`, or
+    /// the demo authenticator (with a warning) when none is configured.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// The gate's agent. Default: [`EchoAgent`].
+    pub agent: Option<Arc<dyn Agent>>,
+    /// Applied to the login server's link to the gates.
+    pub gate_link_layer: Option<GateLinkLayer>,
+}
+
+impl fmt::Debug for Components {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Components")
+            .field("random", &self.random.is_some())
+            .field(
+                "authenticator",
+                &self.authenticator.as_ref().map(|a| a.name()),
+            )
+            .field("agent", &self.agent.is_some())
+            .field("gate_link_layer", &self.gate_link_layer.is_some())
+            .finish()
+    }
+}
+
+/// Runs the login server on `login_listener` and the gate `config.gate.name`
+/// (with the echo agent) on `gate_listener` until `shutdown` resolves; then
+/// stops accepting, lets in-flight dialogues and requests finish within
+/// `config.shutdown_grace_ms` (the gate within the smaller of that and
+/// `config.gate.shutdown_grace_ms`), closes the rest and returns.
+///
+/// The listen addresses in `config` are not used: the caller binds (tests
+/// bind `127.0.0.1:0`).
+pub async fn run(
+    login_listener: TcpListener,
+    gate_listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    run_with(
+        login_listener,
+        gate_listener,
+        config,
+        Components::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with some of its parts replaced.
+pub async fn run_with(
+    login_listener: TcpListener,
+    gate_listener: TcpListener,
+    config: Config,
+    components: Components,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let auth = match components.authenticator {
+        Some(auth) => auth,
+        None => authenticator(&config)?,
+    };
+    let online = Arc::new(OnlineTable::new());
+    let agent = components
+        .agent
+        .unwrap_or_else(|| Arc::new(EchoAgent) as Arc<dyn Agent>);
+    // The top-level grace bounds the whole process; the gate's own setting
+    // may only shorten it.
+    let mut gate_config = config.gate.clone();
+    gate_config.shutdown_grace_ms = gate_config.shutdown_grace_ms.min(config.shutdown_grace_ms);
+    let gate = MsgGate::new(gate_config, agent, online.clone());
+    let mut gates = Gates::new();
+    gates.register(gate.clone());
+    let mut link: Arc<dyn GateLink> = Arc::new(gates);
+    if let Some(layer) = components.gate_link_layer {
+        link = layer(link);
+    }
+    let mut login = LoginServer::new(config.login.clone(), auth, link, online)
+        .with_shutdown_grace(config.shutdown_grace());
+    if let Some(random) = components.random {
+        login = login.with_random(random);
+    }
+
+    let token = CancellationToken::new();
+    let stop = async {
+        shutdown.await;
+        info!("shutting down");
+        token.cancel();
+    };
+    // Either server stopping on its own (the gate's listener failing) also
+    // stops the other, so `run` never hangs with half a server.
+    let login_done = async {
+        login.serve(login_listener, token.clone()).await;
+        token.cancel();
+    };
+    let gate_done = async {
+        let result = gate.serve(gate_listener, token.clone()).await;
+        token.cancel();
+        result
+    };
+    let ((), (), gate_result) = tokio::join!(
+        async {
+            tokio::select! {
+                () = stop => {}
+                () = token.cancelled() => {}
+            }
+        },
+        login_done,
+        gate_done,
+    );
+    gate_result.map_err(RunError::Gate)?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The accounts file of `config.accounts`, or the demo authenticator.
+pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, AccountsError> {
+    match &config.accounts {
+        Some(path) => {
+            let accounts = AccountsFile::load(path)?;
+            if accounts.is_empty() {
+                warn!(path = %path.display(), "the accounts file lists no account: every login is refused");
+            } else {
+                info!(path = %path.display(), accounts = accounts.len(), "accounts loaded");
+            }
+            Ok(Arc::new(accounts))
+        }
+        None => {
+            warn!(
+                "DEMO AUTHENTICATION: any user name with the password `password` logs in. \
+                 Never run this in production: configure an accounts file \
+                 (`accounts = \"FILE\"` or --accounts FILE; hashes from `gate hash-password`)."
+            );
+            Ok(Arc::new(DemoAuth))
+        }
+    }
+}

@@ -11,3 +11,4 @@ pub mod msg;
 mod run;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};
+pub mod raw_echo;

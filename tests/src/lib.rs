@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests: servers on 127.0.0.1:0, scripted
 //! clients, controllable agents.
 
+pub mod client;
 pub mod login;
 pub mod msg;

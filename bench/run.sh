@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Benchmark of the gate against a raw framed echo server, on one machine.
+#
+# Builds the release binaries, starts the gate (demo authentication: any
+# user, password `password`) and `raw-echo`, runs the same `client bench`
+# load against each in turn, several rounds, and prints the gate/raw ratio
+# of requests/s for 512 connections x 16 in flight and 64 x 1 (closed
+# loop), with 16-byte and 512-byte payloads; logins/s at 64 concurrent
+# clients for each suite; and the gate's memory per idle logged-in session
+# (RSS with N idle sessions minus RSS with none).
+#
+# Absolute numbers on a shared 2-core box are noise (the load generator runs
+# on the same cores); the ratios of one run are the figure.
+#
+#   bench/run.sh               # full: 3 rounds of 5 s per figure, ~6 min
+#   QUICK=1 bench/run.sh       # 1 round of 2 s, fewer idle sessions, < 1 min
+#
+# Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS,
+# LOGIN_PORT, GATE_PORT, RAW_PORT, SKIP_BUILD=1. Exit status is non-zero if
+# any run lost or got a wrong response.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+
+if [[ ${QUICK:-0} == 1 ]]; then
+    ROUNDS=${ROUNDS:-1}
+    DURATION=${DURATION:-2}
+    WARMUP=${WARMUP:-0.5}
+    IDLE_SESSIONS=${IDLE_SESSIONS:-2000}
+else
+    ROUNDS=${ROUNDS:-3}
+    DURATION=${DURATION:-5}
+    WARMUP=${WARMUP:-1}
+    IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
+fi
+LOGIN_PORT=${LOGIN_PORT:-28001}
+GATE_PORT=${GATE_PORT:-28888}
+RAW_PORT=${RAW_PORT:-28999}
+LOGIN=127.0.0.1:$LOGIN_PORT
+GATE=127.0.0.1:$GATE_PORT
+RAW=127.0.0.1:$RAW_PORT
+
+# Idle sessions need a descriptor each, in the gate and in the client.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (( IDLE_SESSIONS + 200 > $(ulimit -n) )); then
+    IDLE_SESSIONS=$(( $(ulimit -n) - 200 ))
+fi
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    echo "building release binaries..." >&2
+    cargo build --release --quiet -p gate -p client-cli --bin gate --bin raw-echo --bin client
+fi
+BIN=$TARGET_DIR/release
+for b in gate raw-echo client; do
+    [[ -x $BIN/$b ]] || { echo "missing $BIN/$b" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() { # wait_port PORT: until something accepts on 127.0.0.1:PORT (10 s)
+    for _ in $(seq 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing listens on port $1" >&2
+    exit 1
+}
+
+start_gate() { # start_gate: a fresh gate; sets GATE_PID
+    cat >"$WORK/gate.toml" <<EOF
+[login]
+listen = "$LOGIN"
+max_connections = 4096
+[gate]
+listen = "$GATE"
+name = "sample"
+maxclient = 200000
+EOF
+    RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
+    GATE_PID=$!
+    PIDS+=("$GATE_PID")
+    wait_port "$LOGIN_PORT"
+    wait_port "$GATE_PORT"
+}
+
+stop_gate() {
+    kill "$GATE_PID" 2>/dev/null || true
+    wait "$GATE_PID" 2>/dev/null || true
+}
+
+FAILED=0
+# field JSON NAME: a number from client bench's one-line JSON report
+field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
+
+bench() { # bench ARGS...: one client bench run, prints its JSON line
+    local out
+    if ! out=$("$BIN/client" bench --json --warmup "$WARMUP" "$@"); then
+        echo "client bench $* FAILED: $out" >&2
+        FAILED=1
+    fi
+    echo "$out"
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+
+cores=$(nproc)
+echo "== gate vs raw echo: $ROUNDS round(s) of ${DURATION}s (+${WARMUP}s warmup) per figure, $cores cores =="
+"$BIN/raw-echo" --listen "$RAW" >"$WORK/raw.log" 2>&1 &
+RAW_PID=$!
+PIDS+=("$RAW_PID")
+wait_port "$RAW_PORT"
+start_gate
+
+printf '%-28s %12s %12s %9s %10s %10s\n' figure "gate req/s" "raw req/s" gate/raw "gate p99" "raw p99"
+for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
+    read -r conns depth size <<<"$figure"
+    gate_rps="" raw_rps="" gate_p99="" raw_p99=""
+    for _ in $(seq "$ROUNDS"); do
+        # Interleaved, so drift on the machine hits both sides alike.
+        j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        gate_rps+=" $(field "$j" rps)"; gate_p99+=" $(field "$j" p99_us)"
+        j=$(bench --raw --gate "$RAW" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"
+    done
+    g=$(median <<<"$gate_rps"); r=$(median <<<"$raw_rps")
+    gp=$(median <<<"$gate_p99"); rp=$(median <<<"$raw_p99")
+    ratio=$(awk -v g="$g" -v r="$r" 'BEGIN { if (r > 0) printf "%.1f %%", 100 * g / r; else print "-" }')
+    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms\n' "$conns conns x $depth, $size B" "$g" "$r" "$ratio" \
+        "$(awk -v v="$gp" 'BEGIN{print v/1000}')" "$(awk -v v="$rp" 'BEGIN{print v/1000}')"
+done
+
+echo
+printf '%-28s %12s %10s\n' figure "logins/s" "p99"
+for suite in skynet x25519; do
+    rates="" p99s=""
+    for _ in $(seq "$ROUNDS"); do
+        j=$(bench --logins --login "$LOGIN" --gate "$GATE" --suite "$suite" --conns 64 --duration "$DURATION")
+        rates+=" $(field "$j" rps)"; p99s+=" $(field "$j" p99_us)"
+    done
+    printf '%-28s %12.0f %8.1fms\n' "logins, 64 clients, $suite" "$(median <<<"$rates")" \
+        "$(awk -v v="$(median <<<"$p99s")" 'BEGIN{print v/1000}')"
+done
+
+echo
+# Memory: a fresh gate, RSS before and with N idle logged-in, handshaken
+# sessions (one connection each), held by one client process.
+stop_gate
+start_gate
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# One session first, so one-time allocations (runtime, tables) are not
+# charged to the idle sessions.
+"$BIN/client" bench --idle --gate "$GATE" --login "$LOGIN" --conns 1 --duration 0 --user-prefix warm >/dev/null 2>&1
+before=$(rss_kb "$GATE_PID")
+hold=$(( 30 + IDLE_SESSIONS / 500 ))
+"$BIN/client" bench --idle --json --gate "$GATE" --login "$LOGIN" --conns "$IDLE_SESSIONS" \
+    --duration "$hold" --user-prefix idle >"$WORK/idle.json" 2>"$WORK/idle.err" &
+IDLE_PID=$!
+PIDS+=("$IDLE_PID")
+for _ in $(seq $(( hold * 10 ))); do
+    grep -q '^ready' "$WORK/idle.err" && break
+    kill -0 "$IDLE_PID" 2>/dev/null || break
+    sleep 0.1
+done
+ready=$(awk '/^ready/ {print $2}' "$WORK/idle.err")
+if [[ -n $ready ]]; then
+    sleep 1 # let the last handshakes' transient buffers go
+    after=$(rss_kb "$GATE_PID")
+    awk -v n="$ready" -v b="$before" -v a="$after" 'BEGIN {
+        printf "idle sessions: %d logged in and connected; gate RSS %.1f MiB -> %.1f MiB: %.2f KiB per session\n",
+            n, b / 1024, a / 1024, (a - b) / n }'
+else
+    echo "idle sessions: setup failed: $(cat "$WORK/idle.err")"
+    FAILED=1
+fi
+kill "$IDLE_PID" 2>/dev/null || true
+wait "$IDLE_PID" 2>/dev/null || true
+
+echo
+echo "targets (issue 3): 512x16 >= 50 %, 64x1 >= 85 %, logins skynet >= 25000/s, x25519 >= 8000/s, <= 4 KB per idle session (RSS delta / sessions; includes allocator slack)"
+exit "$FAILED"

@@ -1,0 +1,279 @@
+//! The gate side of a client: the handshake [`Ticket`] a login yields, and
+//! [`GateConn`], one user's connection to the message gate.
+//!
+//! A `GateConn` knows the user's ticket and the last handshake index it
+//! tried, so it can drop its TCP connection and come back with index + 1
+//! (the gate then resends cached responses), or with any chosen index (an
+//! old one gets `403 Index Expired`). Requests and responses travel as
+//! packages (`PackageCodec`); requests are encoded straight into the
+//! connection's write buffer.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use codec::{GateStatus, PackageCodec, Request, Response};
+use loginproto::handshake::{self, SessionSecret};
+use loginproto::login::LoginSuccess;
+
+use crate::error::ClientError;
+use crate::text;
+
+/// Where the gate is and how to handshake; shared by `shell` and `run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GateArgs {
+    /// Address of the message gate.
+    #[arg(
+        long = "gate",
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:8888"
+    )]
+    pub gate: String,
+    /// Extension field appended to every gate handshake after a third `:`
+    /// (not signed; how gate extensions are opted into). [default: none, a
+    /// plain skynet handshake]
+    #[arg(long, value_name = "TEXT")]
+    pub handshake_ext: Option<String>,
+}
+
+/// What a client needs to handshake with the gate after a login.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The uid the user logged in as.
+    pub uid: Vec<u8>,
+    /// The gate's server name.
+    pub server: Vec<u8>,
+    /// The subid the login server answered.
+    pub subid: Vec<u8>,
+    /// The secret handshakes are signed with.
+    pub secret: SessionSecret,
+}
+
+impl Ticket {
+    /// The ticket of a successful login of `uid` to gate `server`.
+    pub fn new(uid: &[u8], server: &[u8], login: &LoginSuccess) -> Ticket {
+        Ticket {
+            uid: uid.to_vec(),
+            server: server.to_vec(),
+            subid: login.subid.clone(),
+            secret: login.secret.clone(),
+        }
+    }
+
+    /// The gate username `b64(uid)@b64(server)#b64(subid)`.
+    pub fn username(&self) -> Vec<u8> {
+        handshake::username(&self.uid, &self.server, &self.subid)
+    }
+
+    /// The handshake payload for `index` (decimal text, signed as sent).
+    pub fn handshake(&self, index: &[u8], ext: Option<&[u8]>) -> Vec<u8> {
+        let username = self.username();
+        match ext {
+            Some(ext) => handshake::sign_with_ext(&self.secret, &username, index, ext),
+            None => handshake::sign(&self.secret, &username, index),
+        }
+    }
+}
+
+/// One user's connection to the message gate.
+#[derive(Debug)]
+pub struct GateConn {
+    addr: String,
+    ticket: Ticket,
+    timeout: Duration,
+    /// The index of the last handshake sent (0 before the first).
+    last_index: u64,
+    /// Optional handshake extension field (after a third `:`, not signed);
+    /// how later gate features (push replay) are opted into.
+    ext: Option<Vec<u8>>,
+    link: Option<Framed<TcpStream, PackageCodec>>,
+}
+
+impl GateConn {
+    /// A connection object for `ticket` on the gate at `addr`; nothing is
+    /// dialled yet. `timeout` bounds connecting plus handshaking.
+    pub fn new(addr: impl Into<String>, ticket: Ticket, timeout: Duration) -> GateConn {
+        GateConn {
+            addr: addr.into(),
+            ticket,
+            timeout,
+            last_index: 0,
+            ext: None,
+            link: None,
+        }
+    }
+
+    /// Dials and handshakes with `index`; `Ok` only on `200 OK`.
+    pub async fn open(
+        addr: impl Into<String>,
+        ticket: Ticket,
+        index: u64,
+        timeout: Duration,
+    ) -> Result<GateConn, ClientError> {
+        let mut conn = GateConn::new(addr, ticket, timeout);
+        conn.connect(index).await?;
+        Ok(conn)
+    }
+
+    /// The ticket this connection signs with.
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    /// The gate address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The index of the last handshake sent (0 before the first).
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Whether a handshaken connection is open (as far as we know: a close
+    /// by the gate is noticed by [`GateConn::recv`]).
+    pub fn is_connected(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Changes the connect + handshake deadline.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Sets the handshake extension field sent with every later handshake.
+    pub fn set_handshake_ext(&mut self, ext: Option<Vec<u8>>) {
+        self.ext = ext;
+    }
+
+    /// Closes the current connection (if any) without logging out: the gate
+    /// keeps the session and its response cache for a reconnect.
+    pub fn disconnect(&mut self) {
+        self.link = None;
+    }
+
+    /// Drops the current connection and handshakes with `index` on a new
+    /// one. `Err(HandshakeRefused)` when the gate answers anything but
+    /// `200 OK` (it then closes the connection).
+    pub async fn connect(&mut self, index: u64) -> Result<(), ClientError> {
+        let payload = self
+            .ticket
+            .handshake(index.to_string().as_bytes(), self.ext.as_deref());
+        self.last_index = index;
+        match self.connect_with(&payload).await? {
+            GateStatus::OK => Ok(()),
+            status => Err(ClientError::HandshakeRefused(status)),
+        }
+    }
+
+    /// Reconnects with the index after the last one sent.
+    pub async fn reconnect(&mut self) -> Result<(), ClientError> {
+        self.connect(self.last_index.saturating_add(1)).await
+    }
+
+    /// Drops the current connection, dials, sends `payload` as the handshake
+    /// package (any bytes: QA uses it for malformed handshakes) and returns
+    /// the gate's status. The connection is kept only on `200 OK`.
+    pub async fn connect_with(&mut self, payload: &[u8]) -> Result<GateStatus, ClientError> {
+        self.link = None;
+        let timeout = self.timeout;
+        let (link, status) = tokio::time::timeout(timeout, dial(&self.addr, payload))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                what: "gate handshake",
+                after: timeout,
+            })??;
+        if status == GateStatus::OK {
+            self.link = Some(link);
+        }
+        Ok(status)
+    }
+
+    /// Sends one request (`content ‖ BE32 session`).
+    pub async fn send(&mut self, content: &[u8], session: u32) -> Result<(), ClientError> {
+        self.queue(content, session)?;
+        self.flush().await
+    }
+
+    /// Appends a request to the write buffer without sending it yet (for
+    /// pipelining several requests in one write); see [`GateConn::flush`].
+    pub fn queue(&mut self, content: &[u8], session: u32) -> Result<(), ClientError> {
+        let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
+        Request::encode(content, session, link.write_buffer_mut())?;
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
+        if let Err(err) = SinkExt::<Bytes>::flush(link).await {
+            self.link = None;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// The next response, push or kick from the gate. `Ok(None)` when the
+    /// gate closed the connection (the connection is then dropped).
+    ///
+    /// Cancel safe: a package is either returned or stays buffered, so this
+    /// can sit in a `select!` next to other inputs. Without a connection it
+    /// never completes.
+    pub async fn recv(&mut self) -> Result<Option<Response>, ClientError> {
+        let Some(link) = self.link.as_mut() else {
+            return std::future::pending().await;
+        };
+        match link.next().await {
+            Some(Ok(package)) => {
+                let len = package.len();
+                match Response::parse(package) {
+                    Some(response) => Ok(Some(response)),
+                    None => Err(ClientError::MalformedResponse(len)),
+                }
+            }
+            Some(Err(err)) => {
+                self.link = None;
+                Err(err.into())
+            }
+            None => {
+                self.link = None;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes the socket out for a caller that drives it itself (the load
+    /// generator), with any bytes already read but not yet decoded.
+    pub fn into_parts(self) -> Option<(TcpStream, BytesMut)> {
+        self.link.map(|link| {
+            let parts = link.into_parts();
+            (parts.io, parts.read_buf)
+        })
+    }
+}
+
+async fn dial(
+    addr: &str,
+    payload: &[u8],
+) -> Result<(Framed<TcpStream, PackageCodec>, GateStatus), ClientError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    // Requests are small and latency matters more than packet count.
+    stream.set_nodelay(true)?;
+    let mut link = Framed::new(stream, PackageCodec);
+    link.send(payload).await?;
+    let reply = match link.next().await {
+        Some(reply) => reply?,
+        None => return Err(ClientError::Closed),
+    };
+    let status = GateStatus::from_payload(&reply)
+        .ok_or_else(|| ClientError::BadHandshakeReply(text::payload(&reply)))?;
+    Ok((link, status))
+}

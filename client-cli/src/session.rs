@@ -1,0 +1,433 @@
+//! A QA client's whole state: the login, the gate connection, the session
+//! counter, the requests in flight and the responses received.
+//!
+//! The shell and the script runner both drive a [`Session`]; it keeps the
+//! bookkeeping (round-trip times, what is pending, the last response per
+//! session) so both show the same facts in the same words.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+
+use codec::{GateStatus, Response, ResponseFlag};
+use loginproto::handshake::SessionSecret;
+use loginproto::login::Suite;
+use loginproto::token::Credentials;
+
+use crate::error::ClientError;
+use crate::gate::{GateArgs, GateConn, Ticket};
+use crate::login::{LoginArgs, login_with_timeout};
+use crate::text;
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Login server address.
+    pub login_addr: String,
+    /// Gate address.
+    pub gate_addr: String,
+    /// User name (uid).
+    pub user: String,
+    /// Gate server name.
+    pub server: String,
+    /// Password.
+    pub password: String,
+    /// Crypt suite.
+    pub suite: Suite,
+    /// Deadline of each network step.
+    pub timeout: Duration,
+    /// Extension field sent after a third `:` in every handshake (not
+    /// signed); how gate extensions are opted into. `None`: plain skynet.
+    pub handshake_ext: Option<Vec<u8>>,
+}
+
+impl SessionConfig {
+    /// The configuration the shared login and gate options name.
+    pub fn new(args: &LoginArgs, gate: &GateArgs) -> SessionConfig {
+        SessionConfig {
+            login_addr: args.login_addr.clone(),
+            gate_addr: gate.gate.clone(),
+            user: args.user.clone(),
+            server: args.server.clone(),
+            password: args.password.clone(),
+            suite: args.suite.into(),
+            timeout: args.timeout,
+            handshake_ext: gate.handshake_ext.as_ref().map(|e| e.as_bytes().to_vec()),
+        }
+    }
+}
+
+/// One-off changes to a login (a script's `login user=… password=…`).
+#[derive(Debug, Clone, Default)]
+pub struct LoginOverrides {
+    /// Log in as this user instead.
+    pub user: Option<String>,
+    /// With this password instead.
+    pub password: Option<String>,
+    /// To this server name instead.
+    pub server: Option<String>,
+    /// With this suite instead.
+    pub suite: Option<Suite>,
+}
+
+/// Which handshake index to use.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum IndexSpec {
+    /// One more than the highest index tried so far (1 at first).
+    #[default]
+    Next,
+    /// The last index the gate accepted (reusing it gets 403).
+    Last,
+    /// This number.
+    Number(u64),
+    /// This text, sent verbatim (for malformed-index tests).
+    Text(String),
+}
+
+/// How to build a handshake; the default is a correct one with the next
+/// index. The overrides exist to provoke each refusal on purpose.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectSpec {
+    /// The index.
+    pub index: IndexSpec,
+    /// Put this uid into the username instead of the logged-in one.
+    pub user: Option<String>,
+    /// Put this subid into the username instead of the login's.
+    pub subid: Option<String>,
+    /// Sign with a wrong secret (expect 401).
+    pub bad_mac: bool,
+    /// Send this extension field instead of the configured one (`Some(empty)`
+    /// sends none).
+    pub ext: Option<Vec<u8>>,
+}
+
+/// A request sent and not answered yet.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// What was sent.
+    pub content: Bytes,
+    /// When.
+    pub sent_at: Instant,
+}
+
+/// The last response received for a session.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// OK or ERROR.
+    pub flag: ResponseFlag,
+    /// The response body.
+    pub content: Bytes,
+    /// When it arrived.
+    pub at: Instant,
+    /// Time since the request was (last) sent, when it was pending.
+    pub rtt: Option<Duration>,
+}
+
+/// Something that came from the gate.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A response, push or kick package.
+    Message(Incoming),
+    /// The gate closed the connection.
+    Closed,
+}
+
+/// A package from the gate with the round-trip time of its request.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The parsed package.
+    pub response: Response,
+    /// Time since its request was sent (responses to pending requests only).
+    pub rtt: Option<Duration>,
+}
+
+impl Incoming {
+    /// One line for people, e.g. `<- s=0 ok "echo" (1.2ms)`.
+    pub fn describe(&self) -> String {
+        let r = &self.response;
+        let rtt = self
+            .rtt
+            .map(|d| format!(" ({})", text::duration(d)))
+            .unwrap_or_default();
+        match r.flag {
+            ResponseFlag::OK => format!("<- s={} ok {}{rtt}", r.session, text::payload(&r.content)),
+            ResponseFlag::ERROR if r.content.is_empty() => format!("<- s={} error{rtt}", r.session),
+            ResponseFlag::ERROR => {
+                format!(
+                    "<- s={} error {}{rtt}",
+                    r.session,
+                    text::payload(&r.content)
+                )
+            }
+            ResponseFlag::PUSH => format!("<- push #{} {}", r.session, text::payload(&r.content)),
+            ResponseFlag::KICK => format!("<- kick {}", text::payload(&r.content)),
+            other => format!(
+                "<- s={} flag={} {}{rtt}",
+                r.session,
+                other.0,
+                text::payload(&r.content)
+            ),
+        }
+    }
+}
+
+/// A QA client: login, gate connection and bookkeeping.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    conn: Option<GateConn>,
+    login_time: Option<Duration>,
+    handshake_time: Option<Duration>,
+    highest_index: u64,
+    accepted_index: Option<u64>,
+    next_session: u32,
+    pending: BTreeMap<u32, Pending>,
+    responses: BTreeMap<u32, Received>,
+    rtt: Histogram<u64>,
+    pushes: u64,
+}
+
+impl Session {
+    /// A session that has not logged in yet.
+    pub fn new(cfg: SessionConfig) -> Session {
+        Session {
+            cfg,
+            conn: None,
+            login_time: None,
+            handshake_time: None,
+            highest_index: 0,
+            accepted_index: None,
+            next_session: 0,
+            pending: BTreeMap::new(),
+            responses: BTreeMap::new(),
+            rtt: new_histogram(),
+            pushes: 0,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.cfg
+    }
+
+    /// Changes the deadline of later network steps.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.cfg.timeout = timeout;
+        if let Some(conn) = self.conn.as_mut() {
+            conn.set_timeout(timeout);
+        }
+    }
+
+    /// The ticket of the current login.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        self.conn.as_ref().map(GateConn::ticket)
+    }
+
+    /// Whether a login succeeded.
+    pub fn is_logged_in(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Whether a handshaken gate connection is open.
+    pub fn is_connected(&self) -> bool {
+        self.conn.as_ref().is_some_and(GateConn::is_connected)
+    }
+
+    /// Logs in (again). A new login is a new gate session: the index, the
+    /// session counter, the pending requests and the responses start over.
+    pub async fn login(&mut self, over: &LoginOverrides) -> Result<Ticket, ClientError> {
+        let user = over.user.as_deref().unwrap_or(&self.cfg.user);
+        let server = over.server.as_deref().unwrap_or(&self.cfg.server);
+        let password = over.password.as_deref().unwrap_or(&self.cfg.password);
+        let suite = over.suite.unwrap_or(self.cfg.suite);
+        let creds = Credentials::new(user.as_bytes(), server.as_bytes(), password.as_bytes());
+        let started = Instant::now();
+        let success =
+            login_with_timeout(&self.cfg.login_addr, suite, creds, self.cfg.timeout).await?;
+        self.login_time = Some(started.elapsed());
+        let ticket = Ticket::new(user.as_bytes(), server.as_bytes(), &success);
+        self.conn = None;
+        self.highest_index = 0;
+        self.accepted_index = None;
+        self.next_session = 0;
+        self.pending.clear();
+        self.responses.clear();
+        self.conn = Some(GateConn::new(
+            &self.cfg.gate_addr,
+            ticket.clone(),
+            self.cfg.timeout,
+        ));
+        Ok(ticket)
+    }
+
+    /// Forgets the login and drops the connection.
+    pub fn forget_login(&mut self) {
+        self.conn = None;
+    }
+
+    /// The index [`IndexSpec::Next`] would use.
+    pub fn next_index(&self) -> u64 {
+        self.highest_index.saturating_add(1)
+    }
+
+    /// The last index the gate accepted.
+    pub fn accepted_index(&self) -> Option<u64> {
+        self.accepted_index
+    }
+
+    /// Drops the current connection and handshakes on a new one as `spec`
+    /// says. Returns the gate's status; the connection is kept only on
+    /// `200 OK`. Returns the index text used alongside.
+    pub async fn connect(
+        &mut self,
+        spec: &ConnectSpec,
+    ) -> Result<(GateStatus, String), ClientError> {
+        let conn = self.conn.as_mut().ok_or(ClientError::NotLoggedIn)?;
+        let index = match &spec.index {
+            IndexSpec::Next => self.highest_index.saturating_add(1).to_string(),
+            IndexSpec::Last => self.accepted_index.unwrap_or(0).to_string(),
+            IndexSpec::Number(n) => n.to_string(),
+            IndexSpec::Text(text) => text.clone(),
+        };
+        let mut ticket = conn.ticket().clone();
+        if let Some(user) = &spec.user {
+            ticket.uid = user.as_bytes().to_vec();
+        }
+        if let Some(subid) = &spec.subid {
+            ticket.subid = subid.as_bytes().to_vec();
+        }
+        if spec.bad_mac {
+            ticket.secret = match ticket.secret {
+                SessionSecret::Skynet(mut key) => {
+                    key[0] ^= 0xff;
+                    SessionSecret::Skynet(key)
+                }
+                SessionSecret::X25519(mut key) => {
+                    key[0] ^= 0xff;
+                    SessionSecret::X25519(key)
+                }
+            };
+        }
+        if let Ok(n) = index.parse::<u64>() {
+            self.highest_index = self.highest_index.max(n);
+        }
+        let started = Instant::now();
+        let status = conn
+            .connect_with(&ticket.handshake(index.as_bytes(), None))
+            .await?;
+        self.handshake_time = Some(started.elapsed());
+        if status == GateStatus::OK {
+            self.accepted_index = index.parse().ok().or(self.accepted_index);
+        }
+        Ok((status, index))
+    }
+
+    /// Closes the gate connection without logging out.
+    pub fn disconnect(&mut self) {
+        if let Some(conn) = self.conn.as_mut() {
+            conn.disconnect();
+        }
+    }
+
+    /// The session id the next [`Session::send`] without one would use.
+    pub fn next_session(&self) -> u32 {
+        self.next_session
+    }
+
+    /// Sends `content` as a request with `session`, or with the next session
+    /// id. Returns the session used.
+    pub async fn send(&mut self, session: Option<u32>, content: Bytes) -> Result<u32, ClientError> {
+        let conn = self.conn.as_mut().ok_or(ClientError::NotLoggedIn)?;
+        let session = session.unwrap_or(self.next_session);
+        conn.send(&content, session).await?;
+        self.next_session = self.next_session.max(session.wrapping_add(1));
+        self.pending.insert(
+            session,
+            Pending {
+                content,
+                sent_at: Instant::now(),
+            },
+        );
+        Ok(session)
+    }
+
+    /// The next thing the gate sends. Cancel safe; never completes while
+    /// there is no connection.
+    pub async fn recv(&mut self) -> Result<Event, ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(response) = conn.recv().await? else {
+            return Ok(Event::Closed);
+        };
+        let now = Instant::now();
+        let mut rtt = None;
+        match response.flag {
+            ResponseFlag::PUSH | ResponseFlag::KICK => self.pushes += 1,
+            flag => {
+                rtt = self
+                    .pending
+                    .remove(&response.session)
+                    .map(|p| now.saturating_duration_since(p.sent_at));
+                if let Some(rtt) = rtt {
+                    let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
+                    self.rtt.saturating_record(micros.max(1));
+                }
+                self.responses.insert(
+                    response.session,
+                    Received {
+                        flag,
+                        content: response.content.clone(),
+                        at: now,
+                        rtt,
+                    },
+                );
+            }
+        }
+        Ok(Event::Message(Incoming { response, rtt }))
+    }
+
+    /// Requests sent and not answered, by session.
+    pub fn pending(&self) -> &BTreeMap<u32, Pending> {
+        &self.pending
+    }
+
+    /// The last response received per session.
+    pub fn responses(&self) -> &BTreeMap<u32, Received> {
+        &self.responses
+    }
+
+    /// Login, handshake and round-trip times, one line each.
+    pub fn timings(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let show = |d: Option<Duration>| d.map_or_else(|| "-".to_owned(), text::duration);
+        lines.push(format!("login      {}", show(self.login_time)));
+        lines.push(format!("handshake  {}", show(self.handshake_time)));
+        let h = &self.rtt;
+        if h.is_empty() {
+            lines.push("round trip no responses yet".to_owned());
+        } else {
+            let us = |v: u64| text::duration(Duration::from_micros(v));
+            lines.push(format!(
+                "round trip n={} min {} p50 {} p90 {} p99 {} max {}",
+                h.len(),
+                us(h.min()),
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.9)),
+                us(h.value_at_quantile(0.99)),
+                us(h.max()),
+            ));
+        }
+        if self.pushes > 0 {
+            lines.push(format!("pushes     {}", self.pushes));
+        }
+        lines
+    }
+}
+
+/// A latency histogram in microseconds: 1 µs to 1 hour, 3 significant digits.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}

@@ -1,0 +1,48 @@
+//! `raw-echo`: the raw framed echo server used as the baseline of
+//! `client bench --raw` (see `gate::raw_echo`).
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use tokio::net::TcpSocket;
+use tokio_util::sync::CancellationToken;
+
+/// A raw framed echo server: BE16 packages, each request `content ‖ BE32
+/// session` answered `content ‖ 01 ‖ BE32 session`; no login, no handshake.
+#[derive(Debug, Parser)]
+#[command(name = "raw-echo", version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the address is printed).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9999")]
+    listen: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    // A deep accept queue: a load generator opens hundreds of connections
+    // at once, and the default of 128 makes some wait for a SYN retransmit.
+    let socket = if args.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(args.listen)?;
+    let listener = socket.listen(4096)?;
+    println!("raw-echo listening on {}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    gate::raw_echo::serve(listener, shutdown).await;
+    Ok(())
+}

@@ -53,6 +53,10 @@ pub enum ClientError {
     /// A package from the gate is too short to be a response.
     #[error("malformed response package of {0} bytes (a response has at least 5)")]
     MalformedResponse(usize),
+    /// The gate's welcome package (its answer to the extension opt-in)
+    /// does not parse.
+    #[error("malformed welcome package from the gate: {0}")]
+    BadWelcome(String),
     /// A request needs a gate connection and there is none.
     #[error("not connected to the gate")]
     NotConnected,

@@ -7,6 +7,21 @@
 //! old one gets `403 Index Expired`). Requests and responses travel as
 //! packages (`PackageCodec`); requests are encoded straight into the
 //! connection's write buffer.
+//!
+//! # Gate extensions
+//!
+//! [`Extensions`] says whether the handshake opts in to the gate's
+//! extensions (server push with replay, kick reasons, heartbeat; the gate's
+//! `gate::msg` docs and the README's protocol section have the wire
+//! format). An opted-in connection remembers the sequence number of the last
+//! push (or push-gap notice) it received and sends it with every later
+//! handshake (`v=1,push=N`), so after a reconnect the gate replays exactly
+//! the pushes it missed. The gate confirms the opt-in with a welcome
+//! package right after `200 OK` ([`GateConn::welcome`]); a skynet gate
+//! ignores the field and sends none, so a client sends heartbeats only once
+//! welcomed (skynet closes a connection on one). [`GateConn::new`] starts [`Extensions::Plain`]:
+//! the library behaves exactly like skynet's client unless asked; the
+//! `client` subcommands opt in by default (`--plain` to not).
 
 use std::time::Duration;
 
@@ -15,7 +30,7 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use codec::{GateStatus, PackageCodec, Request, Response};
+use codec::{Ext, GateStatus, Handshake, PackageCodec, Request, Response, ResponseFlag, Welcome};
 use loginproto::handshake::{self, SessionSecret};
 use loginproto::login::LoginSuccess;
 
@@ -32,11 +47,63 @@ pub struct GateArgs {
         default_value = "127.0.0.1:8888"
     )]
     pub gate: String,
-    /// Extension field appended to every gate handshake after a third `:`
-    /// (not signed; how gate extensions are opted into). [default: none, a
-    /// plain skynet handshake]
+    /// Handshake like a plain skynet client: no extension field, so no
+    /// pushes, no kick reasons, no heartbeat (the gate then sends exactly
+    /// what skynet would). [default: opt in with `v=1,push=<last seen>`]
+    #[arg(long, conflicts_with = "handshake_ext")]
+    pub plain: bool,
+    /// Send this extension field verbatim after a third `:` of every
+    /// handshake instead (not signed; for testing the gate's parser).
     #[arg(long, value_name = "TEXT")]
     pub handshake_ext: Option<String>,
+    /// Once the gate welcomed the opt-in, send a heartbeat (an empty
+    /// package) when nothing was sent for this long (or a third of the
+    /// gate's idle timeout, if shorter), so a quiet session is never closed
+    /// as idle; 0 = never.
+    #[arg(long, value_name = "SECS", default_value = "20", value_parser = text::parse_duration)]
+    pub heartbeat: Duration,
+}
+
+impl GateArgs {
+    /// The [`Extensions`] these options ask for.
+    pub fn extensions(&self) -> Extensions {
+        match (&self.handshake_ext, self.plain) {
+            (Some(raw), _) => Extensions::Raw(raw.as_bytes().to_vec()),
+            (None, true) => Extensions::Plain,
+            (None, false) => Extensions::OptIn,
+        }
+    }
+}
+
+/// How a connection's handshakes treat the gate's extensions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Extensions {
+    /// A plain skynet handshake: no extension field. The gate then never
+    /// sends a push, a kick package or a heartbeat answer.
+    #[default]
+    Plain,
+    /// Opt in: the field `v=1,push=<last push seen>`, tracked across
+    /// reconnects.
+    OptIn,
+    /// This field, verbatim (QA: malformed fields, future keys). Pushes are
+    /// still tracked, but not sent.
+    Raw(Vec<u8>),
+}
+
+/// What [`GateConn::recv_inbound`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// A response, push, push-gap notice or kick package.
+    Response(Response),
+    /// The gate accepted the opt-in (right after `200 OK`).
+    Welcome {
+        /// What it serves.
+        welcome: Welcome,
+        /// The sequence number of the session's last push.
+        last_push: u32,
+    },
+    /// The answer to a heartbeat (an empty package).
+    Pong,
 }
 
 /// What a client needs to handshake with the gate after a login.
@@ -86,9 +153,15 @@ pub struct GateConn {
     timeout: Duration,
     /// The index of the last handshake sent (0 before the first).
     last_index: u64,
-    /// Optional handshake extension field (after a third `:`, not signed);
-    /// how later gate features (push replay) are opted into.
-    ext: Option<Vec<u8>>,
+    /// Whether handshakes opt in to the gate's extensions.
+    ext: Extensions,
+    /// Sequence number of the last push (or push gap) received in this
+    /// session, across connections.
+    last_push: u32,
+    /// The current connection's handshake carried a valid extension field.
+    opted_in: bool,
+    /// The current connection's welcome, once received.
+    welcome: Option<Welcome>,
     link: Option<Framed<TcpStream, PackageCodec>>,
 }
 
@@ -101,7 +174,10 @@ impl GateConn {
             ticket,
             timeout,
             last_index: 0,
-            ext: None,
+            ext: Extensions::Plain,
+            last_push: 0,
+            opted_in: false,
+            welcome: None,
             link: None,
         }
     }
@@ -144,9 +220,47 @@ impl GateConn {
         self.timeout = timeout;
     }
 
-    /// Sets the handshake extension field sent with every later handshake.
+    /// Sets the handshake extension field sent with every later handshake,
+    /// verbatim (`None`: a plain handshake). See [`GateConn::set_extensions`].
     pub fn set_handshake_ext(&mut self, ext: Option<Vec<u8>>) {
+        self.ext = ext.map_or(Extensions::Plain, Extensions::Raw);
+    }
+
+    /// Chooses how later handshakes treat the gate's extensions.
+    pub fn set_extensions(&mut self, ext: Extensions) {
         self.ext = ext;
+    }
+
+    /// How handshakes treat the gate's extensions.
+    pub fn extensions(&self) -> &Extensions {
+        &self.ext
+    }
+
+    /// The extension field the next handshake sends (without the `:`).
+    pub fn handshake_ext(&self) -> Option<Vec<u8>> {
+        match &self.ext {
+            Extensions::Plain => None,
+            Extensions::OptIn => Some(Ext::new(self.last_push).encode().into_bytes()),
+            Extensions::Raw(raw) => Some(raw.clone()),
+        }
+    }
+
+    /// The sequence number of the last push (or push-gap notice) received
+    /// in this session; 0 before the first.
+    pub fn last_push(&self) -> u32 {
+        self.last_push
+    }
+
+    /// Whether the current connection opted in to the extensions (its
+    /// handshake carried a valid extension field).
+    pub fn is_opted_in(&self) -> bool {
+        self.opted_in && self.link.is_some()
+    }
+
+    /// The gate's welcome on the current connection, once received: the
+    /// gate speaks the extensions, and this is its idle timeout.
+    pub fn welcome(&self) -> Option<&Welcome> {
+        self.welcome.as_ref().filter(|_| self.link.is_some())
     }
 
     /// Closes the current connection (if any) without logging out: the gate
@@ -159,9 +273,10 @@ impl GateConn {
     /// one. `Err(HandshakeRefused)` when the gate answers anything but
     /// `200 OK` (it then closes the connection).
     pub async fn connect(&mut self, index: u64) -> Result<(), ClientError> {
+        let ext = self.handshake_ext();
         let payload = self
             .ticket
-            .handshake(index.to_string().as_bytes(), self.ext.as_deref());
+            .handshake(index.to_string().as_bytes(), ext.as_deref());
         self.last_index = index;
         match self.connect_with(&payload).await? {
             GateStatus::OK => Ok(()),
@@ -179,6 +294,10 @@ impl GateConn {
     /// the gate's status. The connection is kept only on `200 OK`.
     pub async fn connect_with(&mut self, payload: &[u8]) -> Result<GateStatus, ClientError> {
         self.link = None;
+        self.welcome = None;
+        self.opted_in = Handshake::parse(&Bytes::copy_from_slice(payload))
+            .and_then(|hs| hs.ext)
+            .is_some_and(|ext| matches!(Ext::parse(&ext), Ok(Some(_))));
         let timeout = self.timeout;
         let (link, status) = tokio::time::timeout(timeout, dial(&self.addr, payload))
             .await
@@ -206,6 +325,15 @@ impl GateConn {
         Ok(())
     }
 
+    /// Sends a heartbeat: an empty package, which an opted-in connection's
+    /// gate answers with an empty package ([`Inbound::Pong`]). (A gate
+    /// closes a plain connection for it, as skynet does.)
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
+        link.write_buffer_mut().extend_from_slice(&[0, 0]);
+        self.flush().await
+    }
+
     /// Writes everything queued.
     pub async fn flush(&mut self) -> Result<(), ClientError> {
         let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
@@ -216,21 +344,54 @@ impl GateConn {
         Ok(())
     }
 
-    /// The next response, push or kick from the gate. `Ok(None)` when the
-    /// gate closed the connection (the connection is then dropped).
+    /// The next response, push, push-gap notice or kick from the gate;
+    /// heartbeat answers and the welcome are skipped (the welcome is kept:
+    /// [`GateConn::welcome`]). `Ok(None)` when the gate closed the
+    /// connection (the connection is then dropped).
     ///
     /// Cancel safe: a package is either returned or stays buffered, so this
     /// can sit in a `select!` next to other inputs. Without a connection it
     /// never completes.
     pub async fn recv(&mut self) -> Result<Option<Response>, ClientError> {
+        loop {
+            match self.recv_inbound().await? {
+                Some(Inbound::Response(response)) => return Ok(Some(response)),
+                Some(Inbound::Pong | Inbound::Welcome { .. }) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Like [`GateConn::recv`], with heartbeat answers
+    /// ([`Inbound::Pong`]) and the welcome. Pushes and push-gap notices
+    /// update [`GateConn::last_push`]. Cancel safe.
+    pub async fn recv_inbound(&mut self) -> Result<Option<Inbound>, ClientError> {
         let Some(link) = self.link.as_mut() else {
             return std::future::pending().await;
         };
         match link.next().await {
+            Some(Ok(package)) if package.is_empty() && self.opted_in => Ok(Some(Inbound::Pong)),
             Some(Ok(package)) => {
                 let len = package.len();
                 match Response::parse(package) {
-                    Some(response) => Ok(Some(response)),
+                    Some(response) if response.flag == ResponseFlag::WELCOME && self.opted_in => {
+                        let welcome = Welcome::parse(&response.content).map_err(|_| {
+                            ClientError::BadWelcome(text::payload(&response.content))
+                        })?;
+                        self.welcome = Some(welcome);
+                        Ok(Some(Inbound::Welcome {
+                            welcome,
+                            last_push: response.session,
+                        }))
+                    }
+                    Some(response) => {
+                        if matches!(response.flag, ResponseFlag::PUSH | ResponseFlag::PUSH_GAP) {
+                            // Each push (and gap) carries the number of the
+                            // last push it accounts for.
+                            self.last_push = response.session;
+                        }
+                        Ok(Some(Inbound::Response(response)))
+                    }
                     None => Err(ClientError::MalformedResponse(len)),
                 }
             }

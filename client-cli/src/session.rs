@@ -5,19 +5,19 @@
 //! bookkeeping (round-trip times, what is pending, the last response per
 //! session) so both show the same facts in the same words.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 
-use codec::{GateStatus, Response, ResponseFlag};
+use codec::{GateStatus, Response, ResponseFlag, Welcome};
 use loginproto::handshake::SessionSecret;
 use loginproto::login::Suite;
 use loginproto::token::Credentials;
 
 use crate::error::ClientError;
-use crate::gate::{GateArgs, GateConn, Ticket};
+use crate::gate::{Extensions, GateArgs, GateConn, Inbound, Ticket};
 use crate::login::{LoginArgs, login_with_timeout};
 use crate::text;
 
@@ -38,9 +38,14 @@ pub struct SessionConfig {
     pub suite: Suite,
     /// Deadline of each network step.
     pub timeout: Duration,
-    /// Extension field sent after a third `:` in every handshake (not
-    /// signed); how gate extensions are opted into. `None`: plain skynet.
-    pub handshake_ext: Option<Vec<u8>>,
+    /// Whether handshakes opt in to the gate's extensions (push, kick
+    /// reasons, heartbeat); the subcommands' default is
+    /// [`Extensions::OptIn`], `--plain` gives [`Extensions::Plain`].
+    pub extensions: Extensions,
+    /// Once the gate welcomed the opt-in, a heartbeat is sent when nothing
+    /// was sent for this long (or a third of the gate's idle timeout, if
+    /// shorter) while waiting for the gate; zero: never.
+    pub heartbeat: Duration,
 }
 
 impl SessionConfig {
@@ -54,7 +59,8 @@ impl SessionConfig {
             password: args.password.clone(),
             suite: args.suite.into(),
             timeout: args.timeout,
-            handshake_ext: gate.handshake_ext.as_ref().map(|e| e.as_bytes().to_vec()),
+            extensions: gate.extensions(),
+            heartbeat: gate.heartbeat,
         }
     }
 }
@@ -98,8 +104,8 @@ pub struct ConnectSpec {
     pub subid: Option<String>,
     /// Sign with a wrong secret (expect 401).
     pub bad_mac: bool,
-    /// Send this extension field instead of the configured one (`Some(empty)`
-    /// sends none).
+    /// Send this extension field verbatim instead of the configured one
+    /// (`Some(empty)` sends none: a plain handshake).
     pub ext: Option<Vec<u8>>,
 }
 
@@ -128,8 +134,21 @@ pub struct Received {
 /// Something that came from the gate.
 #[derive(Debug, Clone)]
 pub enum Event {
-    /// A response, push or kick package.
+    /// A response, push, push-gap or kick package.
     Message(Incoming),
+    /// The gate accepted the extension opt-in (right after `200 OK`).
+    Welcome {
+        /// What it serves (version, idle timeout).
+        welcome: Welcome,
+        /// The sequence number of the session's last push.
+        last_push: u32,
+    },
+    /// The answer to a [`Session::ping`] (answers to the automatic
+    /// heartbeats are not reported).
+    Pong {
+        /// Time since the ping was sent.
+        rtt: Duration,
+    },
     /// The gate closed the connection.
     Closed,
 }
@@ -162,7 +181,11 @@ impl Incoming {
                 )
             }
             ResponseFlag::PUSH => format!("<- push #{} {}", r.session, text::payload(&r.content)),
-            ResponseFlag::KICK => format!("<- kick {}", text::payload(&r.content)),
+            ResponseFlag::PUSH_GAP => format!(
+                "<- push gap: pushes up to #{} were lost (dropped from the gate's backlog)",
+                r.session
+            ),
+            ResponseFlag::KICK => format!("<- kicked: {}", text::payload(&r.content)),
             other => format!(
                 "<- s={} flag={} {}{rtt}",
                 r.session,
@@ -187,6 +210,13 @@ pub struct Session {
     responses: BTreeMap<u32, Received>,
     rtt: Histogram<u64>,
     pushes: u64,
+    /// When something was last sent (requests and heartbeats).
+    last_sent: Instant,
+    /// Heartbeats not answered yet, oldest first: when a [`Session::ping`]
+    /// was sent, or `None` for an automatic one.
+    pings: VecDeque<Option<Instant>>,
+    /// The reason of the kick package received on this login, if any.
+    kicked: Option<Bytes>,
 }
 
 impl Session {
@@ -204,6 +234,9 @@ impl Session {
             responses: BTreeMap::new(),
             rtt: new_histogram(),
             pushes: 0,
+            last_sent: Instant::now(),
+            pings: VecDeque::new(),
+            kicked: None,
         }
     }
 
@@ -254,11 +287,11 @@ impl Session {
         self.next_session = 0;
         self.pending.clear();
         self.responses.clear();
-        self.conn = Some(GateConn::new(
-            &self.cfg.gate_addr,
-            ticket.clone(),
-            self.cfg.timeout,
-        ));
+        self.pings.clear();
+        self.kicked = None;
+        let mut conn = GateConn::new(&self.cfg.gate_addr, ticket.clone(), self.cfg.timeout);
+        conn.set_extensions(self.cfg.extensions.clone());
+        self.conn = Some(conn);
         Ok(ticket)
     }
 
@@ -313,11 +346,18 @@ impl Session {
         if let Ok(n) = index.parse::<u64>() {
             self.highest_index = self.highest_index.max(n);
         }
+        let ext = match &spec.ext {
+            Some(ext) if ext.is_empty() => None,
+            Some(ext) => Some(ext.clone()),
+            None => conn.handshake_ext(),
+        };
         let started = Instant::now();
+        self.pings.clear();
         let status = conn
-            .connect_with(&ticket.handshake(index.as_bytes(), None))
+            .connect_with(&ticket.handshake(index.as_bytes(), ext.as_deref()))
             .await?;
         self.handshake_time = Some(started.elapsed());
+        self.last_sent = Instant::now();
         if status == GateStatus::OK {
             self.accepted_index = index.parse().ok().or(self.accepted_index);
         }
@@ -342,6 +382,7 @@ impl Session {
         let conn = self.conn.as_mut().ok_or(ClientError::NotLoggedIn)?;
         let session = session.unwrap_or(self.next_session);
         conn.send(&content, session).await?;
+        self.last_sent = Instant::now();
         self.next_session = self.next_session.max(session.wrapping_add(1));
         self.pending.insert(
             session,
@@ -353,19 +394,94 @@ impl Session {
         Ok(session)
     }
 
-    /// The next thing the gate sends. Cancel safe; never completes while
-    /// there is no connection.
+    /// Sends a heartbeat; its answer comes as [`Event::Pong`].
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        let conn = self.conn.as_mut().ok_or(ClientError::NotLoggedIn)?;
+        conn.ping().await?;
+        self.last_sent = Instant::now();
+        self.pings.push_back(Some(self.last_sent));
+        Ok(())
+    }
+
+    /// Heartbeats sent with [`Session::ping`] and not answered yet.
+    pub fn pings_pending(&self) -> usize {
+        self.pings.iter().filter(|p| p.is_some()).count()
+    }
+
+    /// Whether the current connection opted in to the gate's extensions.
+    pub fn is_opted_in(&self) -> bool {
+        self.conn.as_ref().is_some_and(GateConn::is_opted_in)
+    }
+
+    /// The sequence number of the last push received in this login.
+    pub fn last_push(&self) -> u32 {
+        self.conn.as_ref().map_or(0, GateConn::last_push)
+    }
+
+    /// The reason of the kick package received on this login, if any.
+    pub fn kicked(&self) -> Option<&Bytes> {
+        self.kicked.as_ref()
+    }
+
+    /// The interval of automatic heartbeats on the current connection:
+    /// only once the gate welcomed the opt-in and has an idle timeout.
+    pub fn heartbeat_interval(&self) -> Option<Duration> {
+        let welcome = self.conn.as_ref()?.welcome()?;
+        heartbeat_interval(self.cfg.heartbeat, welcome.idle_ms)
+    }
+
+    /// The next thing the gate sends. While waiting on a connection whose
+    /// gate welcomed the opt-in, sends a heartbeat whenever nothing was
+    /// sent for [`Session::heartbeat_interval`] (its answer is not
+    /// reported). Cancel safe; never completes while there is no
+    /// connection.
     pub async fn recv(&mut self) -> Result<Event, ClientError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return std::future::pending().await;
-        };
-        let Some(response) = conn.recv().await? else {
-            return Ok(Event::Closed);
+        let response = loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return std::future::pending().await;
+            };
+            let due = conn
+                .welcome()
+                .and_then(|w| heartbeat_interval(self.cfg.heartbeat, w.idle_ms))
+                .map(|interval| self.last_sent + interval);
+            let inbound = match due {
+                Some(due) => {
+                    tokio::select! {
+                        inbound = conn.recv_inbound() => Some(inbound?),
+                        () = tokio::time::sleep_until(due.into()) => None,
+                    }
+                }
+                None => Some(conn.recv_inbound().await?),
+            };
+            match inbound {
+                // The heartbeat is due.
+                None => {
+                    conn.ping().await?;
+                    self.last_sent = Instant::now();
+                    self.pings.push_back(None);
+                }
+                Some(None) => return Ok(Event::Closed),
+                Some(Some(Inbound::Welcome { welcome, last_push })) => {
+                    return Ok(Event::Welcome { welcome, last_push });
+                }
+                Some(Some(Inbound::Pong)) => {
+                    if let Some(Some(sent_at)) = self.pings.pop_front() {
+                        return Ok(Event::Pong {
+                            rtt: sent_at.elapsed(),
+                        });
+                    }
+                }
+                Some(Some(Inbound::Response(response))) => break response,
+            }
         };
         let now = Instant::now();
         let mut rtt = None;
         match response.flag {
-            ResponseFlag::PUSH | ResponseFlag::KICK => self.pushes += 1,
+            ResponseFlag::KICK => {
+                self.pushes += 1;
+                self.kicked = Some(response.content.clone());
+            }
+            ResponseFlag::PUSH | ResponseFlag::PUSH_GAP => self.pushes += 1,
             flag => {
                 rtt = self
                     .pending
@@ -421,13 +537,46 @@ impl Session {
             ));
         }
         if self.pushes > 0 {
-            lines.push(format!("pushes     {}", self.pushes));
+            lines.push(format!(
+                "pushes     {} received (last push #{})",
+                self.pushes,
+                self.last_push()
+            ));
         }
         lines
     }
 }
 
+/// Heartbeats every `configured`, or every third of the gate's idle
+/// timeout if that is shorter; none when either is zero.
+fn heartbeat_interval(configured: Duration, idle_ms: u32) -> Option<Duration> {
+    if configured.is_zero() || idle_ms == 0 {
+        return None;
+    }
+    Some(configured.min(Duration::from_millis(u64::from(idle_ms)) / 3))
+}
+
 /// A latency histogram in microseconds: 1 µs to 1 hour, 3 significant digits.
 pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_follow_the_welcome() {
+        let twenty = Duration::from_secs(20);
+        // The gate's 60 s idle timeout: every 20 s.
+        assert_eq!(heartbeat_interval(twenty, 60_000), Some(twenty));
+        // A shorter idle timeout: a third of it.
+        assert_eq!(
+            heartbeat_interval(twenty, 3_000),
+            Some(Duration::from_secs(1))
+        );
+        // No idle timeout, or heartbeats off: none.
+        assert_eq!(heartbeat_interval(twenty, 0), None);
+        assert_eq!(heartbeat_interval(Duration::ZERO, 60_000), None);
+    }
 }

@@ -2,7 +2,10 @@
 //!
 //! A typed line is sent as a request with the next session id; responses,
 //! pushes and kicks print as they arrive, tagged with session and flag, so
-//! out-of-order replies are visible. Lines starting with `:` are commands
+//! out-of-order replies are visible (`<- push #7 "text"`,
+//! `<- kicked: "reason"`). The connection opts in to the gate's extensions
+//! unless `--plain`: pushes missed while disconnected are replayed on
+//! `:reconnect`, and a heartbeat keeps a quiet session open. Lines starting with `:` are commands
 //! (`:help`). On a terminal the prompt has line editing and history
 //! (rustyline, on its own thread, printing through its external printer so
 //! arriving responses do not garble the line being typed); without a
@@ -45,14 +48,15 @@ TEXT                 send TEXT as a request with the next session id
 :hex HEX             send bytes given in hex (de ad be ef)
 :file PATH           send a file's bytes
 :resend N [TEXT]     send session N again (default content: what was sent as N)
+:ping                send a heartbeat (opted-in connections; a plain one is closed for it)
 :drop                close the gate connection without logging out
 :reconnect [INDEX]   new connection, handshake with index+1 (or INDEX: an old one gets 403)
 :login               log in again (new subid; the old session is kicked) and connect
 :logout              drop the connection and forget the login
 :pending             requests sent and not answered yet
 :cache               the last response received per session
-:timings             login, handshake and round-trip times
-:wait [DURATION]     wait until nothing is pending (default: --timeout)
+:timings             login, handshake and round-trip times, pushes received
+:wait [DURATION]     wait until no request or :ping is pending (default: --timeout)
 :help                this list
 :quit                leave (also Ctrl-D)";
 
@@ -174,7 +178,15 @@ impl Shell<'_> {
         let gate = self.session.config().gate_addr.clone();
         let line = match self.session.connect(&spec).await {
             Ok((status, index)) if status.code() == 200 => {
-                format!("connect {gate} index={index} -> {status}")
+                let mode = if self.session.is_opted_in() {
+                    format!(
+                        " (opting in, pushes seen up to #{})",
+                        self.session.last_push()
+                    )
+                } else {
+                    String::new()
+                };
+                format!("connect {gate} index={index} -> {status}{mode}")
             }
             Ok((status, index)) => format!(
                 "connect {gate} index={index} -> {status}: {} (connection closed)",
@@ -188,6 +200,28 @@ impl Shell<'_> {
     fn show(&mut self, event: Result<Event, crate::ClientError>) {
         let line = match event {
             Ok(Event::Message(message)) => message.describe(),
+            Ok(Event::Pong { rtt }) => format!("<- pong ({})", text::duration(rtt)),
+            Ok(Event::Welcome { welcome, last_push }) => {
+                let heartbeat = match self.session.heartbeat_interval() {
+                    Some(every) => format!(", heartbeat every {}", text::duration(every)),
+                    None => String::new(),
+                };
+                let idle = match welcome.idle_ms {
+                    0 => "no idle timeout".to_owned(),
+                    ms => format!(
+                        "idle timeout {}",
+                        text::duration(Duration::from_millis(u64::from(ms)))
+                    ),
+                };
+                format!(
+                    "<- welcome: extensions v{} on, {idle}{heartbeat}; the session's pushes go up to #{last_push}",
+                    welcome.version
+                )
+            }
+            Ok(Event::Closed) if self.session.kicked().is_some() => {
+                "!! the gate closed the connection: the session is over (:login to start over)"
+                    .to_owned()
+            }
             Ok(Event::Closed) => {
                 "!! the gate closed the connection (:reconnect to come back)".to_owned()
             }
@@ -258,6 +292,15 @@ impl Shell<'_> {
                     }
                 };
                 self.send(Some(session), content).await;
+            }
+            "ping" => {
+                if !self.session.is_connected() {
+                    self.out.line("!! not connected");
+                } else if let Err(err) = self.session.ping().await {
+                    self.out.line(&format!("!! ping failed: {err}"));
+                } else {
+                    self.out.line("-> ping");
+                }
             }
             "drop" => {
                 self.session.disconnect();
@@ -375,10 +418,13 @@ impl Shell<'_> {
         }
     }
 
-    /// Prints what arrives until nothing is pending or `timeout` passes.
+    /// Prints what arrives until nothing is pending (requests, `:ping`s) or
+    /// `timeout` passes.
     async fn wait(&mut self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.session.pending().is_empty() && self.session.is_connected() {
+        while (!self.session.pending().is_empty() || self.session.pings_pending() > 0)
+            && self.session.is_connected()
+        {
             match tokio::time::timeout_at(deadline, self.session.recv()).await {
                 Ok(event) => self.show(event),
                 Err(_) => {

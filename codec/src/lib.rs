@@ -8,6 +8,8 @@
 //! * [`message`]: the gate handshake, the handshake index as a Lua number,
 //!   requests and responses, all zero copy over [`bytes::Bytes`].
 //! * [`status`]: login and gate status codes with their exact wire text.
+//! * [`ext`]: the handshake extension field a client opts in to the gate's
+//!   extensions with (push, kick reasons, heartbeat).
 //!
 //! This crate only turns bytes into frames and frames into fields: no crypto,
 //! no sockets, no clock. The codecs implement tokio-util's `Decoder` and
@@ -32,11 +34,13 @@
 //! # Ok::<(), codec::FrameError>(())
 //! ```
 
+pub mod ext;
 pub mod line;
 pub mod message;
 pub mod package;
 pub mod status;
 
+pub use ext::{Ext, ExtError, Welcome};
 pub use line::{LineCodec, LineError, encode_line};
 pub use message::{
     Handshake, LuaNumber, MAX_REQUEST_CONTENT, MAX_RESPONSE_CONTENT, Request, Response,

@@ -549,6 +549,16 @@ impl ResponseFlag {
     /// Extension: the last message before the gate closes the connection;
     /// the content is the reason text and the session field is 0.
     pub const KICK: ResponseFlag = ResponseFlag(3);
+    /// Extension: pushes were lost (dropped from the gate's push backlog
+    /// before the client came back for them). The content is empty and the
+    /// session field is the sequence number of the last lost push: the
+    /// next push the client receives has the next number.
+    pub const PUSH_GAP: ResponseFlag = ResponseFlag(4);
+    /// Extension: the gate accepted the client's opt-in; sent once, right
+    /// after `200 OK`. The content is `v=<version>,idle=<ms>`
+    /// ([`crate::ext::Welcome`]), the session field the sequence number of
+    /// the session's last push (the replay that follows ends there).
+    pub const WELCOME: ResponseFlag = ResponseFlag(5);
 }
 
 /// A gate response: payload `content ‖ u8(flag) ‖ BE32(session)`

@@ -1,11 +1,13 @@
 //! The message parsers on arbitrary payloads: `Handshake::parse` (and
 //! `LuaNumber::parse` on its index and on the whole input),
-//! `Request::parse`, `Response::parse`. Nothing panics; what parses
-//! re-encodes to the same bytes; numbers read back from their own text.
+//! `Request::parse`, `Response::parse`, `Ext::parse` and `Welcome::parse`
+//! (on the handshake's extension field and on the whole input). Nothing panics; what parses
+//! re-encodes to the same bytes (an extension field to the same meaning);
+//! numbers read back from their own text.
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use codec::{Handshake, LuaNumber, PackageCodec, Request, Response};
+use codec::{Ext, Handshake, LuaNumber, PackageCodec, Request, Response, Welcome};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
@@ -27,6 +29,21 @@ fn check_number(text: &[u8]) {
     }
 }
 
+fn check_ext(text: &[u8]) {
+    match Ext::parse(text) {
+        Ok(Some(ext)) => {
+            assert!(ext.version >= 1);
+            assert_eq!(Ext::parse(ext.encode().as_bytes()), Ok(Some(ext)));
+        }
+        Ok(None) => assert!(text.is_empty()),
+        Err(_) => assert!(!text.is_empty()),
+    }
+    if let Ok(welcome) = Welcome::parse(text) {
+        assert!(welcome.version >= 1);
+        assert_eq!(Welcome::parse(welcome.encode().as_bytes()), Ok(welcome));
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let payload = Bytes::copy_from_slice(data);
 
@@ -37,10 +54,14 @@ fuzz_target!(|data: &[u8]| {
             let again = Handshake::encode(&h.username, &h.index, &h.mac, h.ext.as_deref());
             assert_eq!(&again[..], data);
             check_number(&h.index);
+            if let Some(ext) = &h.ext {
+                check_ext(ext);
+            }
         }
         None => assert!(colons < 2),
     }
     check_number(data);
+    check_ext(data);
 
     match Request::parse(payload.clone()) {
         Some(r) => {

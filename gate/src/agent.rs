@@ -16,8 +16,9 @@
 //!   current connection, or waits in the cache for a re-send.
 //!
 //! [`SessionCtx`] is a cheap handle (one `Arc`) on one logged-in session: an
-//! agent may keep it (e.g. in a table keyed by uid) to end the session
-//! later ([`SessionCtx::logout`], [`SessionCtx::kick`]).
+//! agent may keep it (e.g. in a table keyed by uid) to push to the user
+//! ([`SessionCtx::push`]) or end the session later ([`SessionCtx::logout`],
+//! [`SessionCtx::kick`]).
 //!
 //! Calls into the agent happen without any gate lock held, so an agent may
 //! call back into the gate (`logout` from inside `request`, or `complete` a
@@ -213,9 +214,21 @@ impl SessionCtx {
         self.user.end(EndReason::Logout);
     }
 
-    /// Ends the session with [`EndReason::Kicked`] and `reason`.
+    /// Ends the session with [`EndReason::Kicked`] and `reason`. A client
+    /// that opted in to the extensions is sent the reason in a final kick
+    /// package before the close; a plain client is just closed (skynet's
+    /// logout). See [`crate::msg`].
     pub fn kick(&self, reason: impl Into<String>) {
         self.user.end(EndReason::Kicked(reason.into()));
+    }
+
+    /// Pushes `payload` to this session: the same as
+    /// [`MsgGate::push`](crate::msg::MsgGate::push) for its uid, without
+    /// the lookup. Returns the push's sequence number, or `None` if the
+    /// session ended or the payload is larger than 65530 bytes. Never
+    /// blocks; may be called from inside [`Agent::request`].
+    pub fn push(&self, payload: Bytes) -> Option<u32> {
+        self.user.gate()?.push_to(&self.user, payload)
     }
 }
 

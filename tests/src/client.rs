@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use client_cli::SessionConfig;
+use client_cli::gate::Extensions;
 use codec::message::{Request, Response, ResponseFlag};
 use codec::package::PackageCodec;
 use loginproto::login::Suite;
@@ -25,7 +26,8 @@ pub fn scripts_dir() -> PathBuf {
 }
 
 /// A session as `user` on the server at `login` / `gate`, with a short
-/// deadline per step (a failure guard, not a wait).
+/// deadline per step (a failure guard, not a wait), opted in to the gate's
+/// extensions as the `client` subcommands are by default.
 pub fn session_config(login: SocketAddr, gate: SocketAddr, user: &str) -> SessionConfig {
     SessionConfig {
         login_addr: login.to_string(),
@@ -35,7 +37,8 @@ pub fn session_config(login: SocketAddr, gate: SocketAddr, user: &str) -> Sessio
         password: "password".to_owned(),
         suite: Suite::X25519,
         timeout: Duration::from_secs(5),
-        handshake_ext: None,
+        extensions: Extensions::OptIn,
+        heartbeat: Duration::from_secs(20),
     }
 }
 

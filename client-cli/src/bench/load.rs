@@ -9,8 +9,20 @@
 //! in its first bytes so a swapped reply is caught) and its slot is refilled
 //! at once. Everything one read brought in is answered with one write;
 //! buffers are reused, so the hot path does not allocate.
+//!
+//! A push fan-out run (`--push-fanout`) opts every connection in to the
+//! gate's extensions and has each send a join request once; then
+//! connection 0, the speaker, sends say requests carrying `fanout:<n>`
+//! while every connection (the speaker too) reads the pushes the agent
+//! makes of them. The speaker keeps `depth` messages whose own copy has
+//! not come back in flight, so the gate's queues stay bounded. Each push
+//! is checked (sequence numbers without gaps, no gap notice, no kick) and
+//! its latency taken from the time the speaker sent message `n` (a shared
+//! table of send times, indexed by `n`).
 
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,10 +35,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
+use codec::ResponseFlag;
 use loginproto::login::Suite;
 use loginproto::token::Credentials;
 
-use crate::gate::{GateConn, Ticket};
+use crate::gate::{Extensions, GateConn, Ticket};
 use crate::login::login_with_timeout;
 use crate::session::new_histogram;
 
@@ -44,6 +57,19 @@ const MAX_SAMPLES: usize = 5;
 
 /// Initial read buffer per connection.
 const READ_BUF: usize = 8 * 1024;
+
+/// Size of the fan-out send-time table (message `n` at `n % FANOUT_RING`):
+/// more than any `--depth`, and far more than a member can lag behind
+/// before the gate cuts it as a slow reader.
+const FANOUT_RING: usize = 1 << 16;
+
+/// The marker a fan-out message carries, followed by its decimal number.
+const FANOUT_MARK: &[u8] = b"fanout:";
+
+/// A fan-out connection that has sent nothing for this long sends a
+/// heartbeat, so the gate's idle timeout (60 s by default) spares members
+/// that only read.
+const FANOUT_HEARTBEAT: Duration = Duration::from_secs(20);
 
 /// What to run, shared read-only by all workers.
 #[derive(Debug, Clone)]
@@ -64,14 +90,19 @@ pub(crate) struct Plan {
     pub response_timeout: Duration,
     pub setup_concurrency: usize,
     pub timeout: Duration,
+    /// Fan-out: the request each connection sends once, before the load.
+    pub fanout_join: String,
+    /// Fan-out: the speaker's request, followed by ` fanout:<n>`.
+    pub fanout_say: String,
 }
 
-/// The three kinds of load.
+/// The kinds of load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Echo,
     Logins,
     Idle,
+    Fanout,
 }
 
 impl Plan {
@@ -97,15 +128,29 @@ pub(crate) struct Shared {
     pub received: AtomicU64,
     /// Errors so far, for the progress bar.
     pub errors: AtomicU64,
+    /// Fan-out: when the speaker sent message `n`, in ns since `epoch`, at
+    /// `n % FANOUT_RING` (empty for other kinds).
+    sent_ns: Box<[AtomicU64]>,
+    epoch: Instant,
+    /// Fan-out: how many messages the speaker sent in all, once it stopped.
+    said: watch::Sender<Option<u64>>,
 }
 
 impl Shared {
-    pub fn new() -> Shared {
+    pub fn new(kind: Kind) -> Shared {
+        let ring = if kind == Kind::Fanout { FANOUT_RING } else { 0 };
         Shared {
             phase: AtomicU8::new(SETUP),
             received: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            sent_ns: (0..ring).map(|_| AtomicU64::new(0)).collect(),
+            epoch: Instant::now(),
+            said: watch::Sender::new(None),
         }
+    }
+
+    fn nanos_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 }
 
@@ -119,6 +164,8 @@ pub(crate) struct Stats {
     pub measured: u64,
     pub errors: u64,
     pub lost: u64,
+    /// Fan-out: messages the speaker sent.
+    pub said: u64,
     pub samples: Vec<String>,
 }
 
@@ -132,6 +179,7 @@ impl Stats {
             measured: 0,
             errors: 0,
             lost: 0,
+            said: 0,
             samples: Vec::new(),
         }
     }
@@ -159,6 +207,7 @@ impl Stats {
         self.measured += other.measured;
         self.errors += other.errors;
         self.lost += other.lost;
+        self.said += other.said;
         for s in &other.samples {
             if self.samples.len() < MAX_SAMPLES {
                 self.samples.push(s.clone());
@@ -197,7 +246,7 @@ pub(crate) fn worker(
     runtime.block_on(async move {
         let stats = RefCell::new(Stats::new());
         let per_worker = plan.setup_concurrency.max(1);
-        let conns: Vec<(usize, TcpStream, BytesMut)> = if plan.kind == Kind::Logins {
+        let conns: Vec<Conn> = if plan.kind == Kind::Logins {
             Vec::new()
         } else {
             let results: Vec<_> = futures::stream::iter(ids.iter().copied())
@@ -224,14 +273,17 @@ pub(crate) fn worker(
         if phase.wait_for(|p| *p >= WARMUP).await.is_err() {
             return stats.into_inner();
         }
-        let mut drivers = FuturesUnordered::new();
+        // One future per connection, boxed (one allocation each at start)
+        // so the kinds can share the set.
+        let mut drivers: FuturesUnordered<Pin<Box<dyn Future<Output = ()> + '_>>> =
+            FuturesUnordered::new();
         match plan.kind {
             Kind::Echo => {
-                for (i, stream, buf) in conns {
-                    drivers.push(futures::future::Either::Left(drive_echo(
-                        stream,
-                        buf,
-                        plan.quota(i),
+                for conn in conns {
+                    drivers.push(Box::pin(drive_echo(
+                        conn.stream,
+                        conn.buf,
+                        plan.quota(conn.i),
                         &plan,
                         &shared,
                         &stats,
@@ -240,21 +292,22 @@ pub(crate) fn worker(
             }
             Kind::Logins => {
                 for &i in &ids {
-                    drivers.push(futures::future::Either::Right(
-                        futures::future::Either::Left(drive_logins(i, &plan, &shared, &stats)),
-                    ));
+                    drivers.push(Box::pin(drive_logins(i, &plan, &shared, &stats)));
                 }
             }
             Kind::Idle => {
-                for (_, stream, _) in conns {
-                    drivers.push(futures::future::Either::Right(
-                        futures::future::Either::Right(hold_idle(
-                            stream,
-                            phase.clone(),
-                            &shared,
-                            &stats,
-                        )),
-                    ));
+                for conn in conns {
+                    drivers.push(Box::pin(hold_idle(
+                        conn.stream,
+                        phase.clone(),
+                        &shared,
+                        &stats,
+                    )));
+                }
+            }
+            Kind::Fanout => {
+                for conn in conns {
+                    drivers.push(Box::pin(drive_fanout(conn, &plan, &shared, &stats)));
                 }
             }
         }
@@ -264,16 +317,33 @@ pub(crate) fn worker(
     })
 }
 
-/// Opens connection `i`: login + handshake with index 1, or a plain TCP
-/// connection for `--raw`.
-async fn setup(i: usize, plan: &Plan) -> Result<(usize, TcpStream, BytesMut), String> {
+/// A connection set up for the load.
+struct Conn {
+    /// Its player number.
+    i: usize,
+    stream: TcpStream,
+    /// Bytes already read and not yet decoded.
+    buf: BytesMut,
+    /// Fan-out: the last push sequence number seen during setup.
+    last_push: u32,
+}
+
+/// Opens connection `i`: login + handshake with index 1 (opted in, and the
+/// join request answered, for a fan-out), or a plain TCP connection for
+/// `--raw`.
+async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
     if plan.raw {
         let stream = tokio::time::timeout(plan.timeout, TcpStream::connect(&plan.gate_addr))
             .await
             .map_err(|_| format!("connect to {} timed out", plan.gate_addr))?
             .map_err(|e| format!("connect to {}: {e}", plan.gate_addr))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        return Ok((i, stream, BytesMut::with_capacity(READ_BUF)));
+        return Ok(Conn {
+            i,
+            stream,
+            buf: BytesMut::with_capacity(READ_BUF),
+            last_push: 0,
+        });
     }
     let user = plan.user(i);
     let creds = Credentials::new(
@@ -285,14 +355,58 @@ async fn setup(i: usize, plan: &Plan) -> Result<(usize, TcpStream, BytesMut), St
         .await
         .map_err(|e| format!("login {user}: {e}"))?;
     let ticket = Ticket::new(user.as_bytes(), plan.server.as_bytes(), &login);
-    let conn = GateConn::open(plan.gate_addr.clone(), ticket, 1, plan.timeout)
+    let mut conn = GateConn::new(plan.gate_addr.clone(), ticket, plan.timeout);
+    if plan.kind == Kind::Fanout {
+        conn.set_extensions(Extensions::OptIn);
+    }
+    conn.connect(1)
         .await
         .map_err(|e| format!("handshake {user}: {e}"))?;
+    if plan.kind == Kind::Fanout {
+        join(&mut conn, plan)
+            .await
+            .map_err(|e| format!("{user}: {:?}: {e}", plan.fanout_join))?;
+    }
+    let last_push = conn.last_push();
     let (stream, mut buf) = conn
         .into_parts()
         .ok_or_else(|| format!("handshake {user}: connection gone"))?;
     buf.reserve(READ_BUF);
-    Ok((i, stream, buf))
+    Ok(Conn {
+        i,
+        stream,
+        buf,
+        last_push,
+    })
+}
+
+/// Sends the fan-out join request and waits for its (ok) answer; pushes
+/// arriving meanwhile (others joining) only advance the push count.
+async fn join(conn: &mut GateConn, plan: &Plan) -> Result<(), String> {
+    conn.send(plan.fanout_join.as_bytes(), 0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = async {
+        loop {
+            match conn.recv().await {
+                Ok(Some(r)) if r.flag == ResponseFlag::PUSH => {}
+                Ok(Some(r)) if r.flag == ResponseFlag::OK && r.session == 0 => return Ok(()),
+                Ok(Some(r)) => {
+                    return Err(format!(
+                        "answered flag {} session {} {}",
+                        r.flag.0,
+                        r.session,
+                        crate::text::payload(&r.content)
+                    ));
+                }
+                Ok(None) => return Err("the gate closed the connection".to_owned()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    };
+    tokio::time::timeout(plan.timeout, answer)
+        .await
+        .map_err(|_| "no answer".to_owned())?
 }
 
 /// One in-flight request slot.
@@ -558,6 +672,191 @@ async fn drive_logins(i: usize, plan: &Plan, shared: &Shared, stats: &RefCell<St
     }
 }
 
+/// The number after [`FANOUT_MARK`] in a push, if any.
+fn fanout_number(content: &[u8]) -> Option<u64> {
+    let at = content
+        .windows(FANOUT_MARK.len())
+        .position(|w| w == FANOUT_MARK)?;
+    let digits = &content[at + FANOUT_MARK.len()..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    std::str::from_utf8(digits.get(..end)?).ok()?.parse().ok()
+}
+
+/// Drives one fan-out connection: the speaker (player 0) sends messages
+/// and reads its copies; every connection reads and checks the pushes,
+/// until the speaker stopped and every message it sent was delivered here
+/// (or nothing arrives for `--response-timeout`).
+async fn drive_fanout(conn: Conn, plan: &Plan, shared: &Shared, stats: &RefCell<Stats>) {
+    let Conn {
+        i,
+        mut stream,
+        buf: mut rbuf,
+        mut last_push,
+    } = conn;
+    let speaker = i == 0;
+    let depth = plan.depth as u64;
+    let quota = if speaker { plan.requests } else { Some(0) };
+    let mut said_rx = shared.said.subscribe();
+    let mut wbuf = BytesMut::with_capacity(depth as usize * (plan.fanout_say.len() + 32));
+    let (mut said, mut answered, mut got) = (0u64, 0u64, 0u64);
+    let mut failure: Option<String> = None;
+    let timeout = plan.response_timeout;
+    let mut last_read = Instant::now();
+    let mut last_sent = Instant::now();
+    let mut total: Option<u64> = None;
+    let mut published = !speaker;
+    loop {
+        let phase = shared.phase.load(Ordering::Relaxed);
+        if speaker {
+            let may_say = phase < STOP && quota.is_none_or(|q| said < q);
+            while may_say && said < got + depth && quota.is_none_or(|q| said < q) {
+                let content = format!("{} fanout:{said}", plan.fanout_say);
+                let len = content.len() + 4;
+                wbuf.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
+                wbuf.put_slice(content.as_bytes());
+                wbuf.put_u32(said as u32);
+                let now = Instant::now();
+                shared.sent_ns[(said as usize) % FANOUT_RING]
+                    .store(shared.nanos_since_epoch(now), Ordering::Relaxed);
+                said += 1;
+            }
+            if !may_say && !published {
+                published = true;
+                shared.said.send_replace(Some(said));
+            }
+        }
+        if !wbuf.is_empty() {
+            if let Err(e) = stream.write_all(&wbuf).await {
+                failure = Some(format!("write failed: {e}"));
+                break;
+            }
+            wbuf.clear();
+            last_sent = Instant::now();
+        }
+        if total.is_none() {
+            total = *said_rx.borrow_and_update();
+        }
+        if let Some(total) = total {
+            if got >= total && (!speaker || answered >= said) {
+                break;
+            }
+        }
+        let next_heartbeat = last_sent + FANOUT_HEARTBEAT;
+        let give_up = last_read + timeout;
+        let read = tokio::select! {
+            read = stream.read_buf(&mut rbuf) => read,
+            changed = said_rx.changed(), if total.is_none() => {
+                if changed.is_err() {
+                    failure = Some("the run ended without a message count".to_owned());
+                    break;
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(next_heartbeat.min(give_up).into()) => {
+                let now = Instant::now();
+                if now >= give_up {
+                    failure = Some(format!(
+                        "no push for {}",
+                        crate::text::duration(timeout)
+                    ));
+                    break;
+                }
+                if now >= next_heartbeat {
+                    wbuf.put_u16(0);
+                }
+                continue;
+            }
+        };
+        match read {
+            Ok(0) => {
+                failure = Some("the gate closed the connection".to_owned());
+                break;
+            }
+            Err(e) => {
+                failure = Some(format!("read failed: {e}"));
+                break;
+            }
+            Ok(_) => {}
+        }
+        let now = Instant::now();
+        last_read = now;
+        let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
+        let mut st = stats.borrow_mut();
+        let mut delivered = 0;
+        while rbuf.len() >= 2 {
+            let len = usize::from(u16::from_be_bytes([rbuf[0], rbuf[1]]));
+            if rbuf.len() < 2 + len {
+                break;
+            }
+            let frame = &rbuf[2..2 + len];
+            // An empty package answers a heartbeat.
+            if let Some(split) = frame.len().checked_sub(5) {
+                let (content, trailer) = frame.split_at(split);
+                let flag = ResponseFlag(trailer[0]);
+                let seq = u32::from_be_bytes([trailer[1], trailer[2], trailer[3], trailer[4]]);
+                match flag {
+                    ResponseFlag::PUSH => {
+                        if seq != last_push.wrapping_add(1) {
+                            st.error(shared, || format!("push #{seq} after #{last_push}"));
+                        }
+                        last_push = seq;
+                        if let Some(n) = fanout_number(content) {
+                            got += 1;
+                            delivered += 1;
+                            if measuring {
+                                let sent = shared.sent_ns[(n as usize) % FANOUT_RING]
+                                    .load(Ordering::Relaxed);
+                                let at = shared.nanos_since_epoch(now);
+                                st.record(Duration::from_nanos(at.saturating_sub(sent)));
+                            }
+                        }
+                    }
+                    ResponseFlag::PUSH_GAP => {
+                        st.error(shared, || format!("pushes up to #{seq} lost"));
+                        last_push = seq;
+                    }
+                    ResponseFlag::KICK => st.error(shared, || {
+                        format!("kicked: {}", crate::text::payload(content))
+                    }),
+                    ResponseFlag::WELCOME => {}
+                    ResponseFlag::OK if speaker => answered += 1,
+                    _ => {
+                        answered += 1;
+                        st.error(shared, || {
+                            format!(
+                                "answer flag {} s={seq} {}",
+                                flag.0,
+                                crate::text::payload(content)
+                            )
+                        });
+                    }
+                }
+            } else if len != 0 {
+                st.error(shared, || format!("malformed package of {len} bytes"));
+            }
+            rbuf.advance(2 + len);
+        }
+        drop(st);
+        shared.received.fetch_add(delivered, Ordering::Relaxed);
+    }
+    if !published {
+        // The speaker failed: tell the members how much there is to wait for.
+        shared.said.send_replace(Some(said));
+    }
+    let expected = total.or(*shared.said.borrow()).unwrap_or(said);
+    let mut st = stats.borrow_mut();
+    st.said += said;
+    st.sent += expected;
+    st.received += got;
+    st.lost += expected.saturating_sub(got);
+    if let Some(message) = failure {
+        st.error(shared, || message);
+    }
+}
+
 /// Holds an idle session until the run stops, then checks the gate did
 /// not close it.
 async fn hold_idle(
@@ -664,6 +963,15 @@ mod tests {
     }
 
     #[test]
+    fn fanout_numbers_are_found_in_any_push_text() {
+        assert_eq!(fanout_number(b"[bench] bench0: fanout:42"), Some(42));
+        assert_eq!(fanout_number(b"fanout:7 tail"), Some(7));
+        assert_eq!(fanout_number(b"* bench3 joined bench"), None);
+        assert_eq!(fanout_number(b"fanout:"), None);
+        assert_eq!(fanout_number(b"fanout:x1"), None);
+    }
+
+    #[test]
     fn quotas_add_up() {
         let plan = Plan {
             kind: Kind::Echo,
@@ -681,6 +989,8 @@ mod tests {
             response_timeout: Duration::from_secs(1),
             setup_concurrency: 1,
             timeout: Duration::from_secs(1),
+            fanout_join: String::new(),
+            fanout_say: String::new(),
         };
         let total: u64 = (0..3).map(|i| plan.quota(i).unwrap()).sum();
         assert_eq!(total, 10);

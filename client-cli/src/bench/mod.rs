@@ -6,6 +6,12 @@
 //! merged counts into a [`BenchReport`]: requests/s, latency percentiles
 //! from an HDR histogram, and sent / received / errors / lost. A run with an
 //! error or a lost response fails ([`BenchReport::check`]).
+//!
+//! `--push-fanout` measures server push instead: pushes delivered per
+//! second to `--conns` opted-in members and the latency from a message to
+//! each delivery (see `load`). It needs an agent that pushes what one user
+//! says to everyone who joined — the chat example service, or any agent
+//! with the same two requests (`--fanout-join`, `--fanout-say`).
 
 mod load;
 
@@ -85,10 +91,29 @@ pub struct BenchCmd {
     #[arg(long)]
     pub raw: bool,
     /// Log in --conns players, connect and handshake, then hold the sessions
-    /// idle for --duration (no requests) and check none was closed. Prints
+    /// idle for --duration (no requests) and check none was closed. (Echo
+    /// and idle runs handshake like plain skynet clients, so the gate's
+    /// idle timeout for opted-in connections does not apply.) Prints
     /// `ready N` on stderr once all are up (for memory measurements).
     #[arg(long)]
     pub idle: bool,
+    /// Measure push fan-out: every connection opts in to the gate's
+    /// extensions and sends --fanout-join once; then connection 0 sends
+    /// `<--fanout-say> fanout:<n>` requests (--depth of them whose own push
+    /// has not come back yet) and every connection checks and counts the
+    /// pushes carrying `fanout:<n>`. Reports pushes delivered/s and the
+    /// latency from the message to each delivery; --requests counts
+    /// messages. Needs an agent that pushes what is said to every member,
+    /// the speaker included: e.g. the chat example service as the gate's
+    /// agent service (`cargo run -p service --example chat`).
+    #[arg(long, conflicts_with_all = ["raw", "idle", "logins"])]
+    pub push_fanout: bool,
+    /// The request every fan-out connection sends once before the load.
+    #[arg(long, value_name = "TEXT", default_value = "join bench")]
+    pub fanout_join: String,
+    /// The fan-out speaker's request, followed by ` fanout:<n>`.
+    #[arg(long, value_name = "TEXT", default_value = "say")]
+    pub fanout_say: String,
     /// Print one JSON object instead of the text report (no progress bar).
     #[arg(long)]
     pub json: bool,
@@ -128,6 +153,9 @@ impl BenchCmd {
             logins: false,
             raw: false,
             idle: false,
+            push_fanout: false,
+            fanout_join: "join bench".into(),
+            fanout_say: "say".into(),
             json: false,
             workers: default_workers(),
             response_timeout: Duration::from_secs(5),
@@ -150,6 +178,8 @@ impl BenchCmd {
             Kind::Logins
         } else if self.idle {
             Kind::Idle
+        } else if self.push_fanout {
+            Kind::Fanout
         } else {
             Kind::Echo
         }
@@ -177,6 +207,9 @@ impl BenchCmd {
         if self.idle && self.requests.is_some() {
             return Err("--idle holds sessions for --duration; --requests does not apply".into());
         }
+        if self.push_fanout && self.raw {
+            return Err("--push-fanout needs the gate (pushes), not --raw".into());
+        }
         Ok(())
     }
 }
@@ -184,7 +217,7 @@ impl BenchCmd {
 /// The outcome of a bench run.
 #[derive(Debug, Clone)]
 pub struct BenchReport {
-    /// `echo`, `logins` or `idle`.
+    /// `echo`, `logins`, `idle` or `fanout`.
     pub mode: &'static str,
     /// `gate` or `raw`.
     pub target: &'static str,
@@ -208,12 +241,16 @@ pub struct BenchReport {
     pub warmup: Duration,
     /// Length of the measured window.
     pub measured: Duration,
-    /// Responses (logins) completed in the measured window.
+    /// Responses (logins; pushes for a fan-out) completed in the measured
+    /// window.
     pub requests: u64,
-    /// Requests sent in total (warmup and drain included).
+    /// Requests sent in total (warmup and drain included); for a fan-out,
+    /// pushes due: messages × members.
     pub sent: u64,
-    /// Responses received in total.
+    /// Responses received in total; for a fan-out, pushes delivered.
     pub received: u64,
+    /// Fan-out: messages the speaker sent (0 otherwise).
+    pub said: u64,
     /// Wrong responses, failed logins, failed connections.
     pub errors: u64,
     /// Requests never answered.
@@ -280,6 +317,7 @@ impl BenchReport {
             "duration_s": self.measured.as_secs_f64(),
             "requests": self.requests,
             "rps": self.rps().round(),
+            "said": self.said,
             "sent": self.sent,
             "received": self.received,
             "errors": self.errors,
@@ -313,6 +351,10 @@ impl BenchReport {
                 "bench      idle sessions against {target}: {} sessions, {} workers",
                 self.conns, self.workers
             )),
+            "fanout" => lines.push(format!(
+                "bench      push fan-out against {target}: 1 speaker, {} members, {} messages in flight, {} workers",
+                self.conns, self.depth, self.workers
+            )),
             _ => lines.push(format!(
                 "bench      {target}: {} conns x depth {}, {}-byte payload, {} workers",
                 self.conns, self.depth, self.size, self.workers
@@ -333,10 +375,10 @@ impl BenchReport {
                 text::duration(self.measured)
             )),
             mode => {
-                let unit = if mode == "logins" {
-                    "logins"
-                } else {
-                    "requests"
+                let unit = match mode {
+                    "logins" => "logins",
+                    "fanout" => "pushes",
+                    _ => "requests",
                 };
                 lines.push(format!(
                     "measured   {} after {} warmup",
@@ -362,10 +404,17 @@ impl BenchReport {
                 ));
             }
         }
-        lines.push(format!(
-            "checked    sent {}, received {}, errors {}, lost {}",
-            self.sent, self.received, self.errors, self.lost
-        ));
+        if self.mode == "fanout" {
+            lines.push(format!(
+                "checked    {} messages said, pushes due {}, delivered {}, errors {}, lost {}",
+                self.said, self.sent, self.received, self.errors, self.lost
+            ));
+        } else {
+            lines.push(format!(
+                "checked    sent {}, received {}, errors {}, lost {}",
+                self.sent, self.received, self.errors, self.lost
+            ));
+        }
         for sample in &self.error_samples {
             lines.push(format!("error      {sample}"));
         }
@@ -398,8 +447,10 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         response_timeout: cmd.response_timeout,
         setup_concurrency: cmd.setup_concurrency,
         timeout: cmd.timeout,
+        fanout_join: cmd.fanout_join.clone(),
+        fanout_say: cmd.fanout_say.clone(),
     });
-    let shared = Arc::new(Shared::new());
+    let shared = Arc::new(Shared::new(kind));
     let workers = cmd.workers.min(cmd.conns).max(1);
     let (phase_tx, phase_rx) = watch::channel(load::SETUP);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -519,6 +570,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
             Kind::Echo => "echo",
             Kind::Logins => "logins",
             Kind::Idle => "idle",
+            Kind::Fanout => "fanout",
         },
         target: if cmd.raw { "raw" } else { "gate" },
         addr: if cmd.logins {
@@ -542,6 +594,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         requests: total.measured,
         sent: total.sent,
         received: total.received,
+        said: total.said,
         errors: total.errors,
         lost: total.lost,
         latency: total.hist,
@@ -607,6 +660,7 @@ fn progress_bar(cmd: &BenchCmd, show: bool) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let length = match cmd.requests {
+        Some(n) if cmd.push_fanout => n.saturating_mul(cmd.conns as u64),
         Some(n) => n,
         None => (cmd.warmup() + cmd.duration).as_millis() as u64,
     };

@@ -4,7 +4,9 @@
 //! while an `expect` waits for something else is kept in an inbox for later
 //! expectations, so scripts stay deterministic when the gate answers out of
 //! order. The inbox belongs to the current connection and is emptied by
-//! `connect`, `reconnect`, `drop` and `login`.
+//! `connect`, `reconnect`, `drop` and `login`. While a step waits (`expect`,
+//! `ping`, and `sleep` on an open connection) the session keeps an opted-in
+//! connection alive with heartbeats.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -103,6 +105,12 @@ struct Runner<'o> {
     closed_seen: bool,
     steps: usize,
     checks: usize,
+}
+
+/// What a wait got.
+enum Got {
+    Message(Incoming),
+    Pong(Duration),
 }
 
 /// Why a wait ended without the message.
@@ -234,8 +242,44 @@ impl Runner<'_> {
                 }
             }
             Command::Expect(exp) => self.expect(step, exp, i).await,
+            Command::Ping { within } => {
+                let within = within.unwrap_or(self.timeout);
+                if !self.session.is_connected() {
+                    return Err(self.fail(
+                        step,
+                        "an open gate connection (use connect first)",
+                        "not connected",
+                    ));
+                }
+                if let Err(err) = self.session.ping().await {
+                    return Err(self.fail(step, "to send a heartbeat", err.to_string()));
+                }
+                match self
+                    .wait_any(Instant::now() + within, |_| false, true)
+                    .await
+                {
+                    Ok(Got::Pong(rtt)) => {
+                        self.checks += 1;
+                        Ok(format!("ping -> pong ({})", text::duration(rtt)))
+                    }
+                    Ok(Got::Message(_)) | Err(WaitEnd::Timeout) => Err(self.fail(
+                        step,
+                        "the heartbeat's answer",
+                        format!("nothing within {}", text::duration(within)),
+                    )),
+                    Err(end) => Err(self.fail(step, "the heartbeat's answer", self.end_text(end))),
+                }
+            }
             Command::Sleep(d) => {
-                tokio::time::sleep(*d).await;
+                let until = Instant::now() + *d;
+                if self.session.is_connected() {
+                    // Keep reading (into the inbox) so heartbeats go out and
+                    // a close is noticed; then sleep out the rest.
+                    if let Err(WaitEnd::Closed) = self.wait_for(until, |_| false).await {
+                        self.closed_seen = true;
+                    }
+                }
+                tokio::time::sleep_until(until.into()).await;
                 Ok(format!("sleep {}", text::duration(*d)))
             }
             Command::Timeout(d) => {
@@ -324,8 +368,9 @@ impl Runner<'_> {
             };
         }
         let target = match exp.kind {
-            ExpectKind::Push => Target::Flag(ResponseFlag::PUSH),
-            ExpectKind::Kick => Target::Flag(ResponseFlag::KICK),
+            ExpectKind::Push => Target::Flag(ResponseFlag::PUSH, exp.seq),
+            ExpectKind::Gap => Target::Flag(ResponseFlag::PUSH_GAP, exp.seq),
+            ExpectKind::Kick => Target::Flag(ResponseFlag::KICK, None),
             _ => match exp.session {
                 Some(s) => {
                     self.awaiting.retain(|&a| a != s);
@@ -345,7 +390,7 @@ impl Runner<'_> {
         };
         let session = match target {
             Target::Session(s) => Some(s),
-            Target::Flag(_) => None,
+            Target::Flag(..) => None,
         };
         let want = |m: &Incoming| target.accepts(m);
         let expected = describe(exp, session, i);
@@ -396,8 +441,26 @@ impl Runner<'_> {
         deadline: Instant,
         want: impl Fn(&Incoming) -> bool,
     ) -> Result<Incoming, WaitEnd> {
+        match self.wait_any(deadline, want, false).await? {
+            Got::Message(message) => Ok(message),
+            Got::Pong(_) => Err(WaitEnd::Timeout),
+        }
+    }
+
+    /// [`Runner::wait_for`], also ending at the answer to a heartbeat if
+    /// `pong` (otherwise such answers are ignored).
+    async fn wait_any(
+        &mut self,
+        deadline: Instant,
+        want: impl Fn(&Incoming) -> bool,
+        pong: bool,
+    ) -> Result<Got, WaitEnd> {
         if let Some(at) = self.inbox.iter().position(&want) {
-            return self.inbox.remove(at).ok_or(WaitEnd::Timeout);
+            return self
+                .inbox
+                .remove(at)
+                .map(Got::Message)
+                .ok_or(WaitEnd::Timeout);
         }
         loop {
             if !self.session.is_connected() {
@@ -415,9 +478,16 @@ impl Runner<'_> {
                     self.closed_seen = true;
                     return Err(WaitEnd::Closed);
                 }
+                Ok(Ok(Event::Pong { rtt })) => {
+                    if pong {
+                        return Ok(Got::Pong(rtt));
+                    }
+                }
+                // The gate accepted the opt-in; nothing to check.
+                Ok(Ok(Event::Welcome { .. })) => {}
                 Ok(Ok(Event::Message(message))) => {
                     if want(&message) {
-                        return Ok(message);
+                        return Ok(Got::Message(message));
                     }
                     self.inbox.push_back(message);
                 }
@@ -431,20 +501,27 @@ impl Runner<'_> {
 enum Target {
     /// The response (ok or error) to this session.
     Session(u32),
-    /// The next message with this flag (push, kick).
-    Flag(ResponseFlag),
+    /// The next message with this flag (push, gap, kick), with this
+    /// sequence number if given.
+    Flag(ResponseFlag, Option<u32>),
 }
 
 impl Target {
     fn accepts(self, m: &Incoming) -> bool {
         let flag = m.response.flag;
         match self {
-            Target::Session(s) => {
-                m.response.session == s && !matches!(flag, ResponseFlag::PUSH | ResponseFlag::KICK)
-            }
-            Target::Flag(f) => flag == f,
+            Target::Session(s) => m.response.session == s && is_response(flag),
+            Target::Flag(f, seq) => flag == f && seq.is_none_or(|n| m.response.session == n),
         }
     }
+}
+
+/// Whether a flag is a response's (not a push, gap or kick).
+fn is_response(flag: ResponseFlag) -> bool {
+    !matches!(
+        flag,
+        ResponseFlag::PUSH | ResponseFlag::PUSH_GAP | ResponseFlag::KICK
+    )
 }
 
 /// What an expectation waits for, in words.
@@ -460,10 +537,12 @@ fn describe(exp: &Expectation, session: Option<u32>, i: Option<u64>) -> String {
         ),
     };
     let s = session.map(|s| format!("s={s} ")).unwrap_or_default();
+    let seq = exp.seq.map(|n| format!(" #{n}")).unwrap_or_default();
     match exp.kind {
         ExpectKind::Ok => format!("{s}ok response with {content}"),
         ExpectKind::Error => format!("{s}error response with {content}"),
-        ExpectKind::Push => format!("a push with {content}"),
+        ExpectKind::Push => format!("a push{seq} with {content}"),
+        ExpectKind::Gap => format!("a push-gap notice{seq}"),
         ExpectKind::Kick => format!("a kick with {content}"),
         ExpectKind::Closed => "the gate to close the connection".to_owned(),
     }

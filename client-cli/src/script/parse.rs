@@ -76,6 +76,11 @@ pub enum Command {
     },
     /// `expect …`
     Expect(Expectation),
+    /// `ping [within=]`: a heartbeat, and wait for its answer.
+    Ping {
+        /// Deadline, if not the script's.
+        within: Option<Duration>,
+    },
     /// `sleep DURATION`
     Sleep(Duration),
     /// `timeout DURATION`: the default deadline of later steps.
@@ -135,6 +140,8 @@ pub struct Expectation {
     pub session: Option<u32>,
     /// Deadline, if not the script's.
     pub within: Option<Duration>,
+    /// For `push` and `gap`: the sequence number it must carry.
+    pub seq: Option<u32>,
     /// What kind of message.
     pub kind: ExpectKind,
     /// How its content must look.
@@ -150,6 +157,8 @@ pub enum ExpectKind {
     Error,
     /// A server push.
     Push,
+    /// A push-gap notice (pushes were lost from the gate's backlog).
+    Gap,
     /// A kick message.
     Kick,
     /// The gate closing the connection.
@@ -163,6 +172,7 @@ impl ExpectKind {
             ExpectKind::Ok => "ok",
             ExpectKind::Error => "error",
             ExpectKind::Push => "push",
+            ExpectKind::Gap => "gap",
             ExpectKind::Kick => "kick",
             ExpectKind::Closed => "closed",
         }
@@ -548,14 +558,15 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
             let p = split(
                 line,
                 tokens,
-                &["session", "within", "prefix", "regex", "hex"],
-                &["ok", "error", "push", "kick", "closed"],
+                &["session", "seq", "within", "prefix", "regex", "hex"],
+                &["ok", "error", "push", "gap", "kick", "closed"],
                 true,
             )?;
             let kinds = [
                 ExpectKind::Ok,
                 ExpectKind::Error,
                 ExpectKind::Push,
+                ExpectKind::Gap,
                 ExpectKind::Kick,
                 ExpectKind::Closed,
             ];
@@ -591,15 +602,38 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
             if kind == ExpectKind::Closed && (matcher != Matcher::Any || p.session()?.is_some()) {
                 return Err("`expect closed` takes only within=".into());
             }
-            if matches!(kind, ExpectKind::Push | ExpectKind::Kick) && p.session()?.is_some() {
+            if matches!(kind, ExpectKind::Push | ExpectKind::Gap | ExpectKind::Kick)
+                && p.session()?.is_some()
+            {
                 return Err(format!("`expect {}` takes no session=", kind.word()));
+            }
+            let seq = p
+                .option("seq")
+                .map(|v| {
+                    v.parse::<u32>()
+                        .map_err(|_| format!("seq={v}: expected a number 0..4294967295"))
+                })
+                .transpose()?;
+            if seq.is_some() && !matches!(kind, ExpectKind::Push | ExpectKind::Gap) {
+                return Err("seq= goes with `expect push` or `expect gap`".into());
+            }
+            if kind == ExpectKind::Gap && matcher != Matcher::Any {
+                return Err("`expect gap` has no content to match (give seq=)".into());
             }
             Ok(Command::Expect(Expectation {
                 session: p.session()?,
                 within: p.duration("within")?,
+                seq,
                 kind,
                 matcher,
             }))
+        }
+        "ping" => {
+            let p = split(line, tokens, &["within"], &[], true)?;
+            p.no_rest(word)?;
+            Ok(Command::Ping {
+                within: p.duration("within")?,
+            })
         }
         "sleep" | "timeout" => {
             let p = split(line, tokens, &[], &[], true)?;
@@ -629,7 +663,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
             )))
         }
         other => Err(format!(
-            "unknown command {other:?} (known: login connect reconnect drop send expect sleep timeout repeat end print)"
+            "unknown command {other:?} (known: login connect reconnect drop send expect ping sleep timeout repeat end print)"
         )),
     }
 }
@@ -747,6 +781,15 @@ mod tests {
         );
         assert_eq!(e("expect hex=0001").matcher, exact("\0\x01"));
         assert_eq!(e("expect push news").kind, ExpectKind::Push);
+        let push = e("expect push seq=3 within=1s prefix=[lobby]");
+        assert_eq!(
+            (push.kind, push.seq, push.within),
+            (ExpectKind::Push, Some(3), Some(Duration::from_secs(1)))
+        );
+        assert_eq!(push.matcher, Matcher::Prefix(Template(b"[lobby]".to_vec())));
+        let gap = e("expect gap seq=6");
+        assert_eq!((gap.kind, gap.seq), (ExpectKind::Gap, Some(6)));
+        assert_eq!(e("expect kick afk").matcher, exact("afk"));
         assert_eq!(e("expect closed within=1s").kind, ExpectKind::Closed);
 
         assert!(err("expect sesion=1 x").contains("unknown option sesion="));
@@ -754,6 +797,17 @@ mod tests {
         assert!(err("expect regex=(").contains("regex=("));
         assert!(err("expect closed x").contains("takes only within"));
         assert!(err("expect push session=1").contains("no session"));
+        assert!(err("expect seq=1 x").contains("seq= goes with"));
+        assert!(err("expect gap x").contains("no content"));
+        assert!(err("expect push seq=-1").contains("seq=-1"));
+        assert_eq!(one("ping"), Command::Ping { within: None });
+        assert_eq!(
+            one("ping within=2s"),
+            Command::Ping {
+                within: Some(Duration::from_secs(2))
+            }
+        );
+        assert!(err("ping now").contains("takes no text"));
         assert!(err("expect prefix=a b").contains("give one of"));
         assert!(err(r#"expect "a" b"#).contains("after the closing quote"));
     }
@@ -868,7 +922,7 @@ mod tests {
         assert!(err("sleep forever").contains("not a duration"));
         assert_eq!(
             err("fly away"),
-            "t.script:1: unknown command \"fly\" (known: login connect reconnect drop send expect sleep timeout repeat end print)"
+            "t.script:1: unknown command \"fly\" (known: login connect reconnect drop send expect ping sleep timeout repeat end print)"
         );
         assert!(err("send \"open").contains("unterminated"));
         assert!(err("\n\nsend \"\\q\"").starts_with("t.script:3: unknown escape"));

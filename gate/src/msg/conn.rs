@@ -13,8 +13,16 @@
 //! a partial package, or bytes the socket would not take. So a busy
 //! connection allocates nothing per read but its responses (which the cache
 //! keeps anyway), and an idle connection holds no buffer at all.
+//!
+//! A connection that opted in to the extensions also gets its pushes
+//! (queued in the user's outbox like late responses, replayed after
+//! `200 OK`), a kick package before a close because its session ended, and
+//! an empty package in answer to each empty package (heartbeat). The idle
+//! timeout is one timer per connection that is reset at most once per
+//! timeout period: reads only note the time.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,11 +37,12 @@ use codec::status::GateStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 use super::cache::{ExecId, OnRequest};
 use super::user::{CloseCause, ConnLink, User, complete_locked};
-use super::{Shared, bump, response_package};
+use super::{Shared, bump, kick_reason, response_package, write_kick};
 use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionEvent};
 
 /// Read size into a connection's own buffer (before the handshake, and to
@@ -79,6 +88,8 @@ enum End {
     TooManyInflight,
     /// The send queue exceeded its byte limit: the client does not read.
     SlowReader,
+    /// Nothing received within the idle timeout.
+    IdleTimeout,
     /// A newer connection of the user completed its handshake.
     Superseded,
     /// The session ended (logout, kick, expiry).
@@ -99,6 +110,7 @@ impl std::fmt::Display for End {
             End::Conflict => f.write_str("conflict session"),
             End::TooManyInflight => f.write_str("too many requests in flight"),
             End::SlowReader => f.write_str("send queue full (client not reading)"),
+            End::IdleTimeout => f.write_str("idle timeout (client sent nothing)"),
             End::Superseded => f.write_str("superseded by a newer connection"),
             End::SessionEnded => f.write_str("session ended"),
             End::Shutdown => f.write_str("gate shutdown"),
@@ -177,7 +189,13 @@ pub(super) async fn run(
     // now, not when the session ends.
     drop(payload);
     let (user, link) = match handshake {
-        Ok(bound) => bound,
+        Ok((user, link, replay)) => {
+            let _ = encode_package(GateStatus::OK.text().as_bytes(), &mut conn.wbuf);
+            // Pushes the client has not seen, right after `200 OK` and
+            // before any response.
+            conn.wbuf.extend_from_slice(&replay);
+            (user, link)
+        }
         Err(refusal) => {
             bump(&sh.metrics.handshakes_refused);
             tracing::debug!(
@@ -200,9 +218,9 @@ pub(super) async fn run(
         %addr,
         uid = %String::from_utf8_lossy(&user.uid),
         subid = %String::from_utf8_lossy(&user.subid),
+        opted_in = link.ext,
         "handshake ok"
     );
-    let _ = encode_package(GateStatus::OK.text().as_bytes(), &mut conn.wbuf);
 
     let ctx = SessionCtx::new(Arc::clone(&user));
     let end = {
@@ -215,8 +233,10 @@ pub(super) async fn run(
         };
         conn.session(&sh, &ctx, &link).await
     };
-    if matches!(end, End::SlowReader) {
-        bump(&sh.metrics.slow_readers_cut);
+    match end {
+        End::SlowReader => bump(&sh.metrics.slow_readers_cut),
+        End::IdleTimeout => bump(&sh.metrics.idle_timeouts),
+        _ => {}
     }
     tracing::debug!(
         %addr,
@@ -226,6 +246,16 @@ pub(super) async fn run(
         "connection closed"
     );
     if end.graceful() {
+        // An opted-in client learns why its session ended (the kick
+        // package, after whatever was still queued for it).
+        if let Some(farewell) = link.farewell() {
+            conn.wbuf.extend_from_slice(farewell);
+        } else if link.ext && matches!(end, End::Shutdown) {
+            write_kick(
+                &mut conn.wbuf,
+                kick_reason(&crate::link::EndReason::Shutdown),
+            );
+        }
         Box::pin(conn.close_gracefully(&sh, Some(&link))).await;
     } else {
         drop(conn);
@@ -269,6 +299,8 @@ impl Drop for Unbind<'_> {
 enum Event {
     /// The link: a close request or responses in the outbox.
     Woken,
+    /// The idle timer fired (the connection may have been active since).
+    IdleTimer,
     /// The socket has input (or EOF).
     Readable(io::Result<()>),
     /// The socket has room to write.
@@ -304,6 +336,10 @@ impl Conn {
     async fn session(&mut self, sh: &Arc<Shared>, ctx: &SessionCtx, link: &ConnLink) -> End {
         let limit = sh.cfg.send_queue_bytes;
         let mut draining = false;
+        // Boxed: only connections with a timeout pay for the timer.
+        let idle = sh.cfg.idle_timeout(link.ext);
+        let mut idle_timer = idle.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        let mut last_input = Instant::now();
         loop {
             // Waking up for the link does not count against tokio's
             // cooperative budget: spend one unit per round so a busy
@@ -346,6 +382,11 @@ impl Conn {
                         return Poll::Ready(Event::Writable(ready));
                     }
                 }
+                if let Some(timer) = idle_timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::IdleTimer);
+                    }
+                }
                 Poll::Pending
             })
             .await;
@@ -355,14 +396,24 @@ impl Conn {
                         CloseCause::Open => {}
                         CloseCause::Drain => draining = true,
                         CloseCause::Superseded => return End::Superseded,
+                        CloseCause::SlowReader => return End::SlowReader,
                         CloseCause::SessionEnded => return End::SessionEnded,
                         CloseCause::ShutdownNow => return End::ShutdownNow,
                     }
                     self.take_outbox(&ctx.user, link);
                 }
-                Event::Readable(Ok(())) => {
-                    if let Err(end) = self.on_readable(sh, ctx, link) {
-                        return end;
+                Event::Readable(Ok(())) => match self.on_readable(sh, ctx, link) {
+                    Ok(true) if idle_timer.is_some() => last_input = Instant::now(),
+                    Ok(_) => {}
+                    Err(end) => return end,
+                },
+                Event::IdleTimer => {
+                    if let (Some(timeout), Some(timer)) = (idle, idle_timer.as_mut()) {
+                        let deadline = last_input + timeout;
+                        if Instant::now() >= deadline {
+                            return End::IdleTimeout;
+                        }
+                        timer.as_mut().reset(deadline);
                     }
                 }
                 // The flush at the top of the loop writes.
@@ -372,13 +423,14 @@ impl Conn {
         }
     }
 
-    /// Reads what is there and runs it (see the module docs).
+    /// Reads what is there and runs it (see the module docs). `Ok(true)`
+    /// when something was read.
     fn on_readable(
         &mut self,
         sh: &Arc<Shared>,
         ctx: &SessionCtx,
         link: &ConnLink,
-    ) -> Result<(), End> {
+    ) -> Result<bool, End> {
         if !self.rbuf.is_empty() {
             // Finish the partial package in the connection's own buffer;
             // the session loop runs it.
@@ -394,7 +446,7 @@ impl Conn {
             match stream.try_read_buf(input) {
                 Ok(0) => return Err(End::PeerClosed),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) => return Err(End::Io(e.kind())),
             }
             let result = if wbuf.is_empty() {
@@ -414,35 +466,39 @@ impl Conn {
                 // A partial package: the connection keeps its beginning.
                 rbuf.extend_from_slice(input);
             }
-            result
+            result.map(|()| true)
         })
     }
 
-    /// Moves responses other tasks completed for this connection into the
-    /// write buffer.
+    /// Moves responses and pushes other tasks queued for this connection
+    /// into the write buffer.
     fn take_outbox(&mut self, user: &User, link: &ConnLink) {
         let outbox = {
             let mut st = user.lock();
             match st.bound.as_mut() {
-                Some(bound) if bound.link.id == link.id => std::mem::take(&mut bound.outbox),
+                Some(bound) if bound.link.id == link.id => {
+                    bound.outbox_bytes = 0;
+                    std::mem::take(&mut bound.outbox)
+                }
                 _ => return,
             }
         };
-        for package in outbox {
-            self.wbuf.extend_from_slice(&package);
+        for item in outbox {
+            item.write_to(&mut self.wbuf);
         }
     }
 
     /// One non-blocking read into the connection's own buffer. `WouldBlock`
-    /// (a spurious wake-up) is not an error.
-    fn read_own(&mut self) -> Result<(), End> {
+    /// (a spurious wake-up) is not an error. `Ok(true)` when something was
+    /// read.
+    fn read_own(&mut self) -> Result<bool, End> {
         if self.rbuf.capacity() == self.rbuf.len() {
             self.rbuf.reserve(OWN_READ);
         }
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Err(End::PeerClosed),
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) => Err(End::Io(e.kind())),
         }
     }
@@ -542,6 +598,12 @@ fn serve(
     link: &ConnLink,
 ) -> Result<(), End> {
     while let Some(frame) = decode(input)? {
+        if frame.is_empty() && link.ext {
+            // Heartbeat of an opted-in client: answered with an empty
+            // package. (A plain client is closed for it, as by skynet.)
+            out.extend_from_slice(&[0, 0]);
+            continue;
+        }
         let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
         request(out, sh, ctx, link, req)?;
     }
@@ -666,9 +728,10 @@ mod tests {
         let task = run(gate.shared(), stream, peer, permit);
         let size = std::mem::size_of_val(&task);
         println!(
-            "connection task future: {size} bytes; User {} ConnLink {}",
+            "connection task future: {size} bytes; User {} ConnLink {} idle timer {}",
             std::mem::size_of::<User>(),
-            std::mem::size_of::<ConnLink>()
+            std::mem::size_of::<ConnLink>(),
+            std::mem::size_of::<tokio::time::Sleep>()
         );
         assert!(size <= 768, "connection task future is {size} bytes");
         drop(client);

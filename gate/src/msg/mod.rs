@@ -17,12 +17,16 @@
 //!    username → `404 User Not Found`;
 //! 2. the index is not a number for Lua's `tonumber`, or is NaN/±inf
 //!    (e.g. `1e999`) → `400 Bad Request`;
-//! 3. the MAC field is not valid base64 → `400 Bad Request`;
+//! 3. the extension field is malformed (see [Extensions](#extensions)), or
+//!    the MAC field is not valid base64 → `400 Bad Request`;
 //! 4. the MAC does not verify → `401 Unauthorized`;
 //! 5. only now, the index is not above the last accepted one →
 //!    `403 Index Expired`;
-//! 6. `200 OK`: the index becomes the user's version, the connection is bound
-//!    to the user, and requests pipelined behind the handshake are processed.
+//! 6. the extension field's `push` is above the last push this session
+//!    made → `400 Bad Request`;
+//! 7. `200 OK`: the index becomes the user's version, the connection is bound
+//!    to the user, and requests pipelined behind the handshake are processed
+//!    (for an opted-in client, after the push replay).
 //!
 //! skynet checks the index (step 5) *before* the MAC, which tells anyone
 //! who knows a username whether an index is expired without knowing the
@@ -74,6 +78,127 @@
 //! resend/absorb/conflict/retirement rules, subids 1, 2, 3… per gate — is
 //! byte for byte skynet's.
 //!
+//! # Extensions
+//!
+//! A client opts in to the gate's extensions — server push with replay,
+//! kick reasons, heartbeat — in its handshake; without that, it is served
+//! exactly as by skynet and never receives a byte skynet would not send
+//! (pushes to it are kept for a later opted-in connection, kicks just
+//! close it, an empty package closes it, and by default no idle timeout
+//! applies). Everything an opted-in connection receives is a package of
+//! skynet's response layout `content ‖ u8(flag) ‖ BE32(n)`, with flags
+//! 2 to 5 added to skynet's 0 (error) and 1 (ok), plus the empty package
+//! of the heartbeat. All numbers are big-endian.
+//!
+//! | flag | package | when |
+//! |---|---|---|
+//! | 5 `WELCOME` | `v=1,idle=<ms>` ‖ 05 ‖ BE32(last push seq) | once, right after `200 OK` |
+//! | 4 `PUSH_GAP` | 04 ‖ BE32(last lost seq) (no content) | in the replay, before the kept pushes |
+//! | 2 `PUSH` | payload ‖ 02 ‖ BE32(seq) | replay after the welcome, then live |
+//! | 3 `KICK` | reason ‖ 03 ‖ BE32(0) | last package before a close that ends the session |
+//! | — | `00 00` (empty package) | answer to each empty package the client sends |
+//!
+//! ## Opting in: the handshake extension field
+//!
+//! The client appends `":" ext` to the handshake payload (skynet ignores
+//! anything after a third `:`, so a skynet gate still accepts it):
+//!
+//! ```text
+//! username ":" index ":" base64(mac) ":" ext
+//! ext   = item *( "," item )
+//! item  = key "=" value
+//! key   = 1*( "a"-"z" / "0"-"9" / "_" / "-" )
+//! value = *( visible ASCII %x21-7E except "," )
+//! ```
+//!
+//! * `v` (required, once): the extension version, decimal ≥ 1; this is
+//!   version `1`. A higher `v` is served as version 1.
+//! * `push` (optional, once): the sequence number of the last push the
+//!   client has seen **in this session** (decimal u32). Absent or `0`:
+//!   none.
+//! * Unknown keys are ignored. An empty field (`…:mac:`) is a plain
+//!   handshake.
+//! * Anything else is malformed → `400 Bad Request` (step 3 above): an
+//!   empty item, no `=`, a character outside the grammar, no `v`, `v=0`,
+//!   `v` or `push` not a 32-bit decimal integer, `v` or `push` twice.
+//! * `push` above the session's last push (the client mixed up sessions)
+//!   → `400 Bad Request`, after the MAC and index checks (step 6).
+//!
+//! The field is not covered by the MAC: it selects what the connection is
+//! sent, never who it is. Parser: [`codec::ext::Ext`]. Example:
+//! `aGVsbG8=@c2FtcGxl#MQ==:2:<mac>:v=1,push=17`.
+//!
+//! ## Welcome: `v=1,idle=<ms> ‖ 05 ‖ BE32(last push seq)`
+//!
+//! Right after `200 OK`, an opted-in connection gets one welcome package:
+//! its content (same grammar; clients ignore unknown keys) gives the
+//! extension version served (`v`) and the idle timeout of the connection in
+//! milliseconds (`idle`, 0 = none); its session field is the sequence
+//! number of the session's last push (0 if none), which is where the
+//! replay that follows ends. A skynet gate ignores the extension field and
+//! never sends this package, so a client knows from it whether the
+//! extensions are on — in particular, it must not send heartbeats before
+//! (skynet closes the connection on an empty package). Parser:
+//! [`codec::ext::Welcome`].
+//!
+//! ## Push: `payload ‖ 02 ‖ BE32(seq)`
+//!
+//! The backend pushes with [`MsgGate::push`], [`MsgGate::push_all`] or
+//! [`SessionCtx::push`]; payloads up to 65530 bytes (larger ones are
+//! refused, never cut). Each session numbers its pushes 1, 2, 3… (`seq`,
+//! in the session field), across all its connections; a new login starts
+//! again at 1. The gate keeps the last `push_backlog` pushes (default 64,
+//! at most `push_backlog_bytes` payload bytes, default 64 KiB) of each
+//! session, also while the user is away or on a plain connection.
+//!
+//! * On an opted-in connection, a push is sent at once, through the same
+//!   bounded send queue as responses (a client that does not read is
+//!   disconnected; the push stays in the backlog for its reconnect).
+//! * On a successful opted-in handshake with `push=K`, right after
+//!   `200 OK` and the welcome, before anything else, the gate sends every
+//!   kept push with `seq > K`, oldest first, each exactly once (a push made
+//!   during the handshake is either in that replay or sent after it, never
+//!   both). The client then remembers the highest `seq` it received and
+//!   sends it as `push=` on its next handshake.
+//!
+//! ## Push gap: `04 ‖ BE32(last lost seq)` (empty content)
+//!
+//! When pushes after `K` were already dropped from the backlog, the replay
+//! starts with one package of flag 4 (`PUSH_GAP`) whose session field is
+//! the last lost sequence number `L` (pushes `K+1 ..= L` are lost); the
+//! kept pushes `L+1 …` follow. A client sets its last seen push to `L`
+//! (for flags 2 and 4 alike: "last seen = session field"), so a client
+//! that ignores the notice still counts right. A distinct flag rather than
+//! an empty push keeps empty push payloads legal and unambiguous, and
+//! keeps "every flag-2 package is exactly one push" true.
+//!
+//! ## Kick: `reason ‖ 03 ‖ BE32(0)`
+//!
+//! When the session of an opted-in connection ends, the gate sends what
+//! was still queued for it, then this package, flushes, and closes the
+//! connection. The reason is UTF-8 text: the kick's reason
+//! ([`MsgGate::kick`], [`SessionCtx::kick`]; `logged in again` when the
+//! login server placed a new login of the same uid, `relogin` when the
+//! gate itself replaced the session), `logout` when the agent logged the
+//! user out, `shutdown` when the gate shuts down. After a kick the session
+//! is gone (a new handshake gets 404): log in again. A plain connection is
+//! just closed, as skynet's logout does. A connection closed while the
+//! session lives on (superseded by a newer handshake, idle timeout, slow
+//! reader, protocol error) gets no kick package: reconnect with index+1.
+//!
+//! ## Heartbeat: the empty package `00 00`, both ways
+//!
+//! An opted-in client may send an empty package (length 0; never a valid
+//! request, skynet closes the connection on it) at any time; the gate
+//! answers with an empty package, in order with the responses. An
+//! opted-in connection that sends nothing at all for `idle_timeout_ms`
+//! (default 60000; 0 = off) is closed without a package; the user becomes
+//! away and may reconnect within the reconnect window. Clients ping when
+//! they have sent nothing for a third of the welcome's `idle` (20 s by
+//! default), and only once welcomed. Plain connections have their own
+//! `plain_idle_timeout_ms`, default 0 (off), since skynet clients send
+//! nothing while idle.
+//!
 //! # Session events
 //!
 //! The agent hears [`SessionEvent::Login`] when the login server places a
@@ -84,6 +209,7 @@
 
 pub mod cache;
 mod conn;
+pub mod push;
 pub(crate) mod user;
 
 use std::collections::HashMap;
@@ -95,6 +221,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use codec::ext::{Ext, Welcome};
 use codec::message::{Handshake, MAX_RESPONSE_CONTENT, Response, ResponseFlag};
 use codec::package::HEADER_LEN;
 use codec::status::GateStatus;
@@ -104,7 +231,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::user::{Bound, CloseCause, ConnLink, User};
+use self::user::{Bound, CloseCause, ConnLink, Outgoing, User, push_wire_len, write_flagged};
 use crate::agent::{Agent, SessionCtx, SessionEvent};
 use crate::config::GateConfig;
 use crate::link::{EndReason, LoginLink, LoginRefusal};
@@ -132,6 +259,12 @@ pub enum HandshakeRefusal {
     /// The MAC field is not base64.
     #[error("MAC is not valid base64")]
     BadMacEncoding,
+    /// The extension field (after a third `:`) is malformed.
+    #[error("malformed extension field")]
+    BadExt,
+    /// The extension field claims a push this session never made.
+    #[error("last seen push is ahead of the session's pushes")]
+    PushAhead,
     /// The MAC does not verify.
     #[error("MAC mismatch")]
     MacMismatch,
@@ -148,9 +281,10 @@ impl HandshakeRefusal {
     pub fn status(self) -> Option<GateStatus> {
         match self {
             HandshakeRefusal::UnknownUser => Some(GateStatus::NOT_FOUND),
-            HandshakeRefusal::BadIndex | HandshakeRefusal::BadMacEncoding => {
-                Some(GateStatus::BAD_REQUEST)
-            }
+            HandshakeRefusal::BadIndex
+            | HandshakeRefusal::BadMacEncoding
+            | HandshakeRefusal::BadExt
+            | HandshakeRefusal::PushAhead => Some(GateStatus::BAD_REQUEST),
             HandshakeRefusal::MacMismatch => Some(GateStatus::UNAUTHORIZED),
             HandshakeRefusal::IndexExpired => Some(GateStatus::INDEX_EXPIRED),
             HandshakeRefusal::ShuttingDown => None,
@@ -181,6 +315,15 @@ pub struct GateMetrics {
     pub slow_readers_cut: u64,
     /// Sessions ended (any reason).
     pub sessions_ended: u64,
+    /// Pushes accepted (numbered and kept), one per user reached.
+    pub pushes: u64,
+    /// Pushes refused (payload too large, or no such session).
+    pub pushes_refused: u64,
+    /// Push-gap notices sent to reconnecting clients that were too far
+    /// behind.
+    pub push_gaps: u64,
+    /// Connections closed for sending nothing within the idle timeout.
+    pub idle_timeouts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +337,10 @@ pub(crate) struct Metrics {
     pub(crate) conflicts: AtomicU64,
     pub(crate) slow_readers_cut: AtomicU64,
     pub(crate) sessions_ended: AtomicU64,
+    pub(crate) pushes: AtomicU64,
+    pub(crate) pushes_refused: AtomicU64,
+    pub(crate) push_gaps: AtomicU64,
+    pub(crate) idle_timeouts: AtomicU64,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -292,11 +439,14 @@ impl Shared {
 
     /// Checks a handshake in the documented order (module docs) and, on
     /// success, binds a new connection to the user, closing the older one.
+    /// For a client that opted in, also returns the packages to send right
+    /// after `200 OK`: the welcome, the push-gap notice and the pushes it
+    /// has not seen.
     pub(crate) fn handshake(
         self: &Arc<Self>,
         payload: &Bytes,
         addr: SocketAddr,
-    ) -> Result<(Arc<User>, Arc<ConnLink>), HandshakeRefusal> {
+    ) -> Result<(Arc<User>, Arc<ConnLink>, BytesMut), HandshakeRefusal> {
         let hs = Handshake::parse(payload).ok_or(HandshakeRefusal::UnknownUser)?;
         let user = self
             .sessions
@@ -306,13 +456,19 @@ impl Shared {
             .index_number()
             .filter(|n| n.as_f64().is_finite())
             .ok_or(HandshakeRefusal::BadIndex)?;
+        let ext = match &hs.ext {
+            Some(text) => Ext::parse(text).map_err(|_| HandshakeRefusal::BadExt)?,
+            None => None,
+        };
         handshake::verify(&user.secret, &hs).map_err(|e| match e {
             HandshakeError::BadMacEncoding => HandshakeRefusal::BadMacEncoding,
             HandshakeError::MacMismatch => HandshakeRefusal::MacMismatch,
         })?;
         let link = Arc::new(ConnLink::new(
             self.next_conn.fetch_add(1, Ordering::Relaxed) + 1,
+            ext.is_some(),
         ));
+        let mut replay = BytesMut::new();
         let old = {
             let mut st = user.lock();
             if st.ended {
@@ -327,15 +483,37 @@ impl Shared {
             if self.draining.is_cancelled() {
                 return Err(HandshakeRefusal::ShuttingDown);
             }
+            if let Some(ext) = ext {
+                // Under the lock that pushes take: every push is either in
+                // this replay or queued to the new connection, never both.
+                let pending = st
+                    .pushes
+                    .replay(ext.last_push)
+                    .map_err(|_| HandshakeRefusal::PushAhead)?;
+                let welcome = Welcome {
+                    version: Ext::VERSION,
+                    idle_ms: u32::try_from(self.cfg.idle_timeout_ms).unwrap_or(u32::MAX),
+                };
+                write_flagged(
+                    &mut replay,
+                    welcome.encode().as_bytes(),
+                    ResponseFlag::WELCOME,
+                    st.pushes.last_seq(),
+                );
+                if let Some(lost) = pending.lost_through {
+                    bump(&self.metrics.push_gaps);
+                    write_flagged(&mut replay, &[], ResponseFlag::PUSH_GAP, lost);
+                }
+                for (seq, payload) in pending.pushes() {
+                    write_flagged(&mut replay, &payload, ResponseFlag::PUSH, seq);
+                }
+            }
             st.version = index;
             st.away_gen += 1;
             if let Some(timer) = st.away_timer.take() {
                 timer.abort();
             }
-            st.bound.replace(Bound {
-                link: Arc::clone(&link),
-                outbox: Vec::new(),
-            })
+            st.bound.replace(Bound::new(Arc::clone(&link)))
         };
         if let Some(old) = old {
             tracing::debug!(
@@ -349,7 +527,47 @@ impl Shared {
             &SessionCtx::new(Arc::clone(&user)),
             SessionEvent::Back { addr },
         );
-        Ok((user, link))
+        Ok((user, link, replay))
+    }
+
+    /// Numbers a push to `user`, keeps it in the backlog and queues it to
+    /// an opted-in bound connection (see [`MsgGate::push`]).
+    pub(crate) fn push_to(&self, user: &User, payload: Bytes) -> Option<u32> {
+        if payload.len() > MAX_RESPONSE_CONTENT {
+            bump(&self.metrics.pushes_refused);
+            tracing::debug!(
+                uid = %String::from_utf8_lossy(&user.uid),
+                len = payload.len(),
+                "push does not fit in a package: refused"
+            );
+            return None;
+        }
+        let mut st = user.lock();
+        if st.ended {
+            bump(&self.metrics.pushes_refused);
+            return None;
+        }
+        let seq = st.pushes.push(
+            payload.clone(),
+            self.cfg.push_backlog,
+            self.cfg.push_backlog_bytes,
+        );
+        let Some(seq) = seq else {
+            bump(&self.metrics.pushes_refused);
+            return None;
+        };
+        bump(&self.metrics.pushes);
+        if let Some(bound) = st.bound.as_mut().filter(|b| b.link.ext) {
+            if bound.outbox_bytes + push_wire_len(payload.len()) > self.cfg.send_queue_bytes {
+                // The task has not even taken what is queued: the client
+                // does not read. The push stays in the backlog for its
+                // reconnect.
+                bound.link.close(CloseCause::SlowReader);
+            } else {
+                bound.queue(Outgoing::Push { seq, payload });
+            }
+        }
+        Some(seq)
     }
 
     /// Ends a session: unregisters the user, closes its connection, tells
@@ -367,7 +585,14 @@ impl Shared {
             }
             st.ended = true;
             st.cache.clear();
-            (st.bound.take(), st.away_timer.take())
+            let bound = st.bound.take();
+            if let Some(bound) = bound.as_ref().filter(|b| b.link.ext) {
+                // Under the lock: the connection's task learns that the
+                // session ended either from the link or from this state,
+                // and finds the farewell set either way.
+                bound.link.set_farewell(farewell(&bound.outbox, &reason));
+            }
+            (bound, st.away_timer.take())
         };
         if let Some(timer) = timer {
             timer.abort();
@@ -441,6 +666,37 @@ impl Shared {
             }
         }
     }
+}
+
+/// The kick reason text an opted-in client is sent when its session ends.
+pub(crate) fn kick_reason(reason: &EndReason) -> &str {
+    match reason {
+        EndReason::Kicked(reason) => reason,
+        EndReason::Logout => "logout",
+        EndReason::Expired => "expired",
+        EndReason::Shutdown => "shutdown",
+    }
+}
+
+/// Appends the kick package `reason ‖ 03 ‖ BE32(0)`, the reason cut to
+/// what fits in a package (at a character boundary).
+pub(crate) fn write_kick(out: &mut BytesMut, reason: &str) {
+    let mut end = reason.len().min(MAX_RESPONSE_CONTENT);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    write_flagged(out, &reason.as_bytes()[..end], ResponseFlag::KICK, 0);
+}
+
+/// What an opted-in connection is sent when its session ends: what was
+/// still queued for it, then the kick package.
+fn farewell(outbox: &[Outgoing], reason: &EndReason) -> Bytes {
+    let mut out = BytesMut::new();
+    for item in outbox {
+        item.write_to(&mut out);
+    }
+    write_kick(&mut out, kick_reason(reason));
+    out.freeze()
 }
 
 /// Builds a response package (spec §5.4). An error, or content too large
@@ -590,6 +846,43 @@ impl MsgGate {
         sh.kick_user(&user, EndReason::Kicked(reason)).await;
     }
 
+    /// Pushes `payload` to the session of `uid` and returns the push's
+    /// sequence number (1, 2, 3… per session), or `None` if `uid` has no
+    /// session on this gate or the payload is larger than 65530 bytes (a
+    /// push is never cut or split).
+    ///
+    /// The push is kept in the user's push backlog (`push_backlog`,
+    /// `push_backlog_bytes`) and sent at once to the user's connection if
+    /// it opted in to the extensions; a plain skynet connection is never
+    /// sent a push, and a user that is away gets it replayed when it
+    /// reconnects (module docs). Never waits: the push is queued like a
+    /// late response, and a client whose queue overflows is disconnected.
+    pub fn push(&self, uid: &[u8], payload: Bytes) -> Option<u32> {
+        let user = self.inner.lock_uids().get(uid).cloned();
+        match user {
+            Some(user) => self.inner.push_to(&user, payload),
+            None => {
+                bump(&self.inner.metrics.pushes_refused);
+                None
+            }
+        }
+    }
+
+    /// Pushes `payload` to every session of this gate (as [`MsgGate::push`]
+    /// to each) and returns how many sessions took it. The payload is
+    /// shared, not copied, between all of them.
+    pub fn push_all(&self, payload: Bytes) -> usize {
+        if payload.len() > MAX_RESPONSE_CONTENT {
+            bump(&self.inner.metrics.pushes_refused);
+            return 0;
+        }
+        let users: Vec<Arc<User>> = self.inner.lock_uids().values().cloned().collect();
+        users
+            .iter()
+            .filter(|user| self.inner.push_to(user, payload.clone()).is_some())
+            .count()
+    }
+
     /// A snapshot of the counters.
     pub fn metrics(&self) -> GateMetrics {
         let m = &self.inner.metrics;
@@ -605,6 +898,10 @@ impl MsgGate {
             conflicts: get(&m.conflicts),
             slow_readers_cut: get(&m.slow_readers_cut),
             sessions_ended: get(&m.sessions_ended),
+            pushes: get(&m.pushes),
+            pushes_refused: get(&m.pushes_refused),
+            push_gaps: get(&m.push_gaps),
+            idle_timeouts: get(&m.idle_timeouts),
         }
     }
 
@@ -705,4 +1002,65 @@ impl MsgGate {
 fn is_resource_error(e: &io::Error) -> bool {
     // EMFILE / ENFILE / ENOBUFS / ENOMEM have no stable ErrorKind.
     matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
+#[cfg(test)]
+mod tests {
+    use codec::message::{Response, ResponseFlag};
+    use codec::package::PackageCodec;
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+
+    #[test]
+    fn extension_refusals_are_400() {
+        for refusal in [HandshakeRefusal::BadExt, HandshakeRefusal::PushAhead] {
+            assert_eq!(refusal.status(), Some(GateStatus::BAD_REQUEST));
+        }
+    }
+
+    #[test]
+    fn kick_package_layout_and_long_reasons() {
+        let mut out = BytesMut::new();
+        write_kick(&mut out, "bye");
+        assert_eq!(&out[..], b"\x00\x08bye\x03\x00\x00\x00\x00");
+
+        // A reason too long for one package is cut at a character boundary.
+        let reason = "é".repeat(40_000);
+        let mut out = BytesMut::new();
+        write_kick(&mut out, &reason);
+        let payload = PackageCodec.decode(&mut out).unwrap().unwrap();
+        let kick = Response::parse(payload).unwrap();
+        assert_eq!((kick.flag, kick.session), (ResponseFlag::KICK, 0));
+        assert_eq!(kick.content.len(), MAX_RESPONSE_CONTENT);
+        assert!(std::str::from_utf8(&kick.content).is_ok());
+        assert_eq!(kick_reason(&EndReason::Logout), "logout");
+        assert_eq!(kick_reason(&EndReason::Kicked("x".into())), "x");
+    }
+
+    #[test]
+    fn farewell_flushes_the_outbox_first() {
+        let outbox = vec![
+            Outgoing::Package(Bytes::from_static(b"\x00\x07ok\x01\x00\x00\x00\x07")),
+            Outgoing::Push {
+                seq: 3,
+                payload: Bytes::from_static(b"p"),
+            },
+        ];
+        let bytes = farewell(&outbox, &EndReason::Kicked("bye".into()));
+        let mut buf = BytesMut::from(&bytes[..]);
+        let mut seen = Vec::new();
+        while let Some(payload) = PackageCodec.decode(&mut buf).unwrap() {
+            let r = Response::parse(payload).unwrap();
+            seen.push((r.content.to_vec(), r.flag, r.session));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                (b"ok".to_vec(), ResponseFlag::OK, 7),
+                (b"p".to_vec(), ResponseFlag::PUSH, 3),
+                (b"bye".to_vec(), ResponseFlag::KICK, 0),
+            ]
+        );
+    }
 }

@@ -6,14 +6,16 @@
 //! handshake and takes this user's lock only, briefly, to classify a request
 //! and to store its response. Completions from other tasks (a backend
 //! answering later) take the same lock, queue the response in the bound
-//! connection's outbox and wake that connection's task.
+//! connection's outbox and wake that connection's task. Pushes take the
+//! same path, and are also kept in the user's [`PushBacklog`] for replay.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use codec::message::LuaNumber;
+use codec::message::{LuaNumber, Response, ResponseFlag};
+use codec::package::HEADER_LEN;
 use futures::task::AtomicWaker;
 use loginproto::handshake::SessionSecret;
 use tokio::sync::Notify;
@@ -21,6 +23,7 @@ use tokio::task::AbortHandle;
 
 use super::Shared;
 use super::cache::{ConnId, ExecId, ResponseCache};
+use super::push::PushBacklog;
 use super::response_package;
 use crate::link::EndReason;
 
@@ -35,10 +38,13 @@ pub(crate) enum CloseCause {
     Drain = 1,
     /// A newer connection of the same user completed its handshake.
     Superseded = 2,
+    /// Pushes queued for it exceeded the send queue limit: the client does
+    /// not read. Closed at once.
+    SlowReader = 3,
     /// The session ended (logout, kick, expiry, shutdown).
-    SessionEnded = 3,
+    SessionEnded = 4,
     /// Shutdown grace is over: close now.
-    ShutdownNow = 4,
+    ShutdownNow = 5,
 }
 
 impl CloseCause {
@@ -46,8 +52,9 @@ impl CloseCause {
         match v {
             1 => CloseCause::Drain,
             2 => CloseCause::Superseded,
-            3 => CloseCause::SessionEnded,
-            4 => CloseCause::ShutdownNow,
+            3 => CloseCause::SlowReader,
+            4 => CloseCause::SessionEnded,
+            5 => CloseCause::ShutdownNow,
             _ => CloseCause::Open,
         }
     }
@@ -62,6 +69,13 @@ impl CloseCause {
 #[derive(Debug)]
 pub(crate) struct ConnLink {
     pub(crate) id: ConnId,
+    /// The client opted in to the extensions (handshake ext field): it may
+    /// be sent pushes, kick packages and heartbeat answers.
+    pub(crate) ext: bool,
+    /// Packages to write before closing because the session ended (what
+    /// was still in the outbox, then the kick package); set once, by
+    /// [`super::Shared::end_session`], only for an opted-in connection.
+    farewell: OnceLock<Bytes>,
     /// Something to do: outbox not empty, or a close was requested.
     woken: AtomicBool,
     waker: AtomicWaker,
@@ -71,9 +85,11 @@ pub(crate) struct ConnLink {
 }
 
 impl ConnLink {
-    pub(crate) fn new(id: ConnId) -> ConnLink {
+    pub(crate) fn new(id: ConnId, ext: bool) -> ConnLink {
         ConnLink {
             id,
+            ext,
+            farewell: OnceLock::new(),
             woken: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             close: AtomicU8::new(CloseCause::Open as u8),
@@ -116,6 +132,16 @@ impl ConnLink {
         CloseCause::from_u8(self.close.load(Ordering::Acquire))
     }
 
+    /// Stores the packages to write before the close (first call wins).
+    pub(crate) fn set_farewell(&self, packages: Bytes) {
+        let _ = self.farewell.set(packages);
+    }
+
+    /// The packages to write before the close, if the session ended.
+    pub(crate) fn farewell(&self) -> Option<&Bytes> {
+        self.farewell.get()
+    }
+
     /// Called by the task when its socket is closed.
     pub(crate) fn set_finished(&self) {
         self.finished.store(true, Ordering::Release);
@@ -134,12 +160,76 @@ impl ConnLink {
     }
 }
 
-/// The connection a session is bound to, with the responses waiting for
-/// its task to pick them up.
+/// Something another task queued for a connection.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A complete package (a response).
+    Package(Bytes),
+    /// A push, framed when written: the payload is shared with the user's
+    /// backlog (and, for a push to all, with every other user's).
+    Push { seq: u32, payload: Bytes },
+}
+
+impl Outgoing {
+    /// Bytes it takes on the wire.
+    pub(crate) fn wire_len(&self) -> usize {
+        match self {
+            Outgoing::Package(package) => package.len(),
+            Outgoing::Push { payload, .. } => push_wire_len(payload.len()),
+        }
+    }
+
+    /// Appends it to `out`.
+    pub(crate) fn write_to(&self, out: &mut BytesMut) {
+        match self {
+            Outgoing::Package(package) => out.extend_from_slice(package),
+            Outgoing::Push { seq, payload } => {
+                write_flagged(out, payload, ResponseFlag::PUSH, *seq);
+            }
+        }
+    }
+}
+
+/// Wire size of a push (or kick) package with a `len`-byte payload.
+pub(crate) fn push_wire_len(len: usize) -> usize {
+    HEADER_LEN + len + 5
+}
+
+/// Appends `content ‖ flag ‖ BE32(session)` as one package. The callers
+/// check the content fits ([`codec::message::MAX_RESPONSE_CONTENT`]); a
+/// content that does not is left out rather than framed wrongly.
+pub(crate) fn write_flagged(out: &mut BytesMut, content: &[u8], flag: ResponseFlag, session: u32) {
+    if Response::encode(content, flag, session, out).is_err() {
+        tracing::warn!(len = content.len(), "package does not fit: not sent");
+    }
+}
+
+/// The connection a session is bound to, with the responses and pushes
+/// waiting for its task to pick them up.
 #[derive(Debug)]
 pub(crate) struct Bound {
     pub(crate) link: Arc<ConnLink>,
-    pub(crate) outbox: Vec<Bytes>,
+    pub(crate) outbox: Vec<Outgoing>,
+    /// Wire bytes in `outbox`: a push that would take it past the send
+    /// queue limit cuts the connection instead (the client is not reading).
+    pub(crate) outbox_bytes: usize,
+}
+
+impl Bound {
+    pub(crate) fn new(link: Arc<ConnLink>) -> Bound {
+        Bound {
+            link,
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+        }
+    }
+
+    /// Queues `item` and wakes the connection's task.
+    pub(crate) fn queue(&mut self, item: Outgoing) {
+        self.outbox_bytes += item.wire_len();
+        self.outbox.push(item);
+        self.link.wake();
+    }
 }
 
 /// Mutable per-user state (spec §5.1).
@@ -148,6 +238,9 @@ pub(crate) struct UserState {
     /// Last accepted handshake index (skynet's `version`), initially 0.
     pub(crate) version: LuaNumber,
     pub(crate) cache: ResponseCache,
+    /// Push numbers and the pushes kept for replay; lives as long as the
+    /// session, across connections.
+    pub(crate) pushes: PushBacklog,
     pub(crate) bound: Option<Bound>,
     /// Handlers running (including orphaned ones).
     pub(crate) inflight: u32,
@@ -193,6 +286,7 @@ impl User {
             state: Mutex::new(UserState {
                 version: LuaNumber::Int(0),
                 cache: ResponseCache::new(expired_number),
+                pushes: PushBacklog::new(),
                 bound: None,
                 inflight: 0,
                 ended: false,
@@ -263,9 +357,9 @@ pub(crate) fn complete_locked(
     match me {
         Some((id, out)) if id == delivery.conn => out.extend_from_slice(delivery.package),
         _ => {
+            let package = delivery.package.clone();
             if let Some(bound) = st.bound.as_mut() {
-                bound.outbox.push(delivery.package.clone());
-                bound.link.wake();
+                bound.queue(Outgoing::Package(package));
             }
         }
     }

@@ -7,7 +7,8 @@
 # of requests/s for 512 connections x 16 in flight and 64 x 1 (closed
 # loop), with 16-byte and 512-byte payloads; logins/s at 64 concurrent
 # clients for each suite; and the gate's memory per idle logged-in session
-# (RSS with N idle sessions minus RSS with none).
+# (RSS with N idle sessions minus RSS with none); and echo through a
+# backend service process (the `service` crate's echo example) at 512 x 16.
 #
 # Absolute numbers on a shared 2-core box are noise (the load generator runs
 # on the same cores); the ratios of one run are the figure.
@@ -16,7 +17,7 @@
 #   QUICK=1 bench/run.sh       # 1 round of 2 s, fewer idle sessions, < 1 min
 #
 # Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS,
-# LOGIN_PORT, GATE_PORT, RAW_PORT, SKIP_BUILD=1. Exit status is non-zero if
+# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, SKIP_BUILD=1. Exit status is non-zero if
 # any run lost or got a wrong response.
 set -euo pipefail
 
@@ -183,6 +184,60 @@ else
 fi
 kill "$IDLE_PID" 2>/dev/null || true
 wait "$IDLE_PID" 2>/dev/null || true
+
+echo
+# Backend services (issue 5): the same echo load, answered by the `service`
+# crate's echo example in its own process over the gate's backend RPC
+# (agent mode, every user bound to the one `echo` instance), against the
+# raw server in the same rounds. The service's --max-in-flight must cover
+# conns x depth, or it refuses the excess by design.
+BACKEND_PORT=${BACKEND_PORT:-28899}
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release --quiet -p service --example echo
+fi
+stop_gate
+cat >"$WORK/backend.toml" <<TOML
+[login]
+listen = "$LOGIN"
+max_connections = 4096
+[gate]
+listen = "$GATE"
+name = "sample"
+maxclient = 200000
+[backend]
+listen = "127.0.0.1:$BACKEND_PORT"
+agent_service = "echo"
+TOML
+RUST_LOG=warn "$BIN/gate" --config "$WORK/backend.toml" >"$WORK/gate-backend.log" 2>&1 &
+GATE_PID=$!
+PIDS+=("$GATE_PID")
+wait_port "$LOGIN_PORT"
+wait_port "$GATE_PORT"
+wait_port "$BACKEND_PORT"
+RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate "127.0.0.1:$BACKEND_PORT" \
+    --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
+PIDS+=("$!")
+# Until the service has registered, requests get "no instance" errors:
+# probe with one request (up to 10 s).
+for _ in $(seq 100); do
+    "$BIN/client" bench --json --gate "$GATE" --login "$LOGIN" --conns 1 --requests 1 \
+        --user-prefix probe >/dev/null 2>&1 && break
+    sleep 0.1
+done
+printf '%-28s %12s %12s %9s %10s %10s\n' figure "svc req/s" "raw req/s" svc/raw "svc p99" "raw p99"
+svc_rps="" raw_rps="" svc_p99="" raw_p99=""
+for _ in $(seq "$ROUNDS"); do
+    j=$(bench --gate "$GATE" --login "$LOGIN" --conns 512 --depth 16 --size 16 --duration "$DURATION")
+    svc_rps+=" $(field "$j" rps)"; svc_p99+=" $(field "$j" p99_us)"
+    j=$(bench --raw --gate "$RAW" --conns 512 --depth 16 --size 16 --duration "$DURATION")
+    raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"
+done
+g=$(median <<<"$svc_rps"); r=$(median <<<"$raw_rps")
+ratio=$(awk -v g="$g" -v r="$r" 'BEGIN { if (r > 0) printf "%.1f %%", 100 * g / r; else print "-" }')
+printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms\n' "echo service, 512x16, 16 B" "$g" "$r" "$ratio" \
+    "$(awk -v v="$(median <<<"$svc_p99")" 'BEGIN{print v/1000}')" \
+    "$(awk -v v="$(median <<<"$raw_p99")" 'BEGIN{print v/1000}')"
+echo "target (issue 5): echo through a service process >= 25 % of raw at 512x16"
 
 echo
 echo "targets (issue 3): 512x16 >= 50 %, 64x1 >= 85 %, logins skynet >= 25000/s, x25519 >= 8000/s, <= 4 KB per idle session (RSS delta / sessions; includes allocator slack)"

@@ -4,6 +4,7 @@
 //! listeners bound to `127.0.0.1:0` and their own shutdown future.
 
 pub mod agent;
+pub mod backend;
 pub mod config;
 pub mod link;
 pub mod login;

@@ -3,7 +3,9 @@
 //! Thin on purpose: parse flags, set up logging, call the library. With no
 //! subcommand it runs the demo of skynet's `examples/login` (login server on
 //! 127.0.0.1:8001, gate `sample` on 127.0.0.1:8888, echo agent, demo
-//! authentication unless an accounts file is given).
+//! authentication unless an accounts file is given). With
+//! `--backend-listen` game services dial the gate and answer its requests
+//! instead of the echo agent (`gate::backend`).
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -14,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
-use gate::config::Config;
+use gate::backend::Backend;
+use gate::config::{AuthSource, Config};
 
 /// Login server + message gate, wire-compatible with skynet's
 /// snax.loginserver / snax.msgserver.
@@ -40,7 +43,7 @@ enum Command {
 /// Options of `gate run`. Precedence: defaults < `--config` file < flags.
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// TOML configuration file (sections `[login]` and `[gate]`, top-level
+    /// TOML configuration file (sections `[login]`, `[gate]` and `[backend]`, top-level
     /// `accounts` and `shutdown_grace_ms`; every field optional).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
@@ -94,6 +97,40 @@ struct RunArgs {
     /// Time in-flight work gets to finish on SIGINT/SIGTERM, in ms [default: 5000].
     #[arg(long, value_name = "MS")]
     shutdown_grace_ms: Option<u64>,
+    /// Most pushes kept per user for replay after a reconnect (0: none; at
+    /// most push_backlog_bytes of payload, config file) [default: 64].
+    #[arg(long, value_name = "N")]
+    push_backlog: Option<usize>,
+    /// Close a connection that opted in to the extensions after this long
+    /// without a byte from the client, in ms (0: never) [default: 60000].
+    #[arg(long, value_name = "MS")]
+    idle_timeout_ms: Option<u64>,
+    /// The same for plain skynet connections, which send nothing while idle
+    /// [default: 0: never, as skynet].
+    #[arg(long, value_name = "MS")]
+    plain_idle_timeout_ms: Option<u64>,
+    /// Listen for backend game services on this address (services dial the
+    /// gate, e.g. 127.0.0.1:8899) [default: none: no backends, the built-in
+    /// echo agent answers].
+    #[arg(long, value_name = "ADDR")]
+    backend_listen: Option<SocketAddr>,
+    /// The backend service users are bound to in agent mode [default: agent].
+    #[arg(long, value_name = "NAME")]
+    agent_service: Option<String>,
+    /// Every request payload is a route envelope (`service.method` + body);
+    /// an empty route goes to the user's agent [default: off: payloads go
+    /// unchanged to the user's agent].
+    #[arg(long)]
+    route_mode: bool,
+    /// How long a backend service may take to answer a request before the
+    /// client gets an error response, in ms [default: 5000].
+    #[arg(long, value_name = "MS")]
+    request_timeout_ms: Option<u64>,
+    /// Who checks credentials: `accounts` (the --accounts file, or demo
+    /// authentication) or `service` (the backend service `auth`, needs
+    /// --backend-listen) [default: accounts].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    auth: Option<AuthSource>,
 }
 
 impl RunArgs {
@@ -144,7 +181,28 @@ impl RunArgs {
             self.max_inflight_per_user,
         );
         set(&mut config.gate.expired_number, self.expired_number);
+        set(&mut config.gate.push_backlog, self.push_backlog);
+        set(&mut config.gate.idle_timeout_ms, self.idle_timeout_ms);
+        set(
+            &mut config.gate.plain_idle_timeout_ms,
+            self.plain_idle_timeout_ms,
+        );
         set(&mut config.shutdown_grace_ms, self.shutdown_grace_ms);
+        if self.backend_listen.is_some() {
+            config.backend.listen = self.backend_listen;
+        }
+        set(
+            &mut config.backend.agent_service,
+            self.agent_service.clone(),
+        );
+        if self.route_mode {
+            config.backend.route_mode = true;
+        }
+        set(
+            &mut config.backend.request_timeout_ms,
+            self.request_timeout_ms,
+        );
+        set(&mut config.login.auth, self.auth);
         Ok(config)
     }
 
@@ -156,7 +214,14 @@ impl RunArgs {
         let gate = TcpListener::bind(config.gate.listen)
             .await
             .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))?;
-        gate::run(login, gate, config, shutdown_signal()).await?;
+        let mut components = gate::Components::default();
+        if let Some(addr) = config.backend.listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (backend)"))?;
+            components.backend = Some(Backend::new(config.backend.clone(), listener));
+        }
+        gate::run_with(login, gate, config, components, shutdown_signal()).await?;
         Ok(())
     }
 }
@@ -268,6 +333,35 @@ mod tests {
         assert!(config.accounts.is_none());
         assert!(config.login.allow_skynet_suite);
         assert!(!config.login.multilogin);
+        assert!(config.backend.listen.is_none());
+        assert!(!config.backend.route_mode);
+        assert_eq!(config.login.auth, AuthSource::Accounts);
+    }
+
+    #[test]
+    fn backend_flags_set_the_backend_section() {
+        let cli = Cli::try_parse_from([
+            "gate",
+            "--backend-listen",
+            "127.0.0.1:8899",
+            "--agent-service",
+            "echo",
+            "--route-mode",
+            "--request-timeout-ms",
+            "250",
+            "--auth",
+            "service",
+        ])
+        .unwrap();
+        let config = cli.run.config().unwrap();
+        assert_eq!(
+            config.backend.listen,
+            Some("127.0.0.1:8899".parse().unwrap())
+        );
+        assert_eq!(config.backend.agent_service, "echo");
+        assert!(config.backend.route_mode);
+        assert_eq!(config.backend.request_timeout_ms, 250);
+        assert_eq!(config.login.auth, AuthSource::Service);
     }
 
     #[test]
@@ -321,6 +415,10 @@ mod tests {
             format!("[default: {}]", d.gate.max_inflight_per_user),
             format!("[default: {}]", d.gate.expired_number),
             format!("[default: {}]", d.shutdown_grace_ms),
+            format!("[default: {}]", d.backend.agent_service),
+            format!("[default: {}]", d.backend.request_timeout_ms),
+            "[default: accounts]".to_owned(),
+            "[default: none: no backends".to_owned(),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}");
         }

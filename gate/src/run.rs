@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::agent::{Agent, EchoAgent};
-use crate::config::Config;
+use crate::backend::Backend;
+use crate::config::{AuthSource, Config};
 use crate::link::GateLink;
 use crate::login::{
     AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LoginServer, OnlineTable,
@@ -27,6 +28,12 @@ pub enum RunError {
     /// The message gate's listener failed.
     #[error("message gate failed: {0}")]
     Gate(#[source] std::io::Error),
+    /// The configuration asks for something these components cannot do.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The backend listener failed.
+    #[error("backend failed: {0}")]
+    Backend(#[source] std::io::Error),
 }
 
 /// Wraps the login server's gate link (tests hold a login mid-way with it;
@@ -39,11 +46,21 @@ pub type GateLinkLayer = Box<dyn FnOnce(Arc<dyn GateLink>) -> Arc<dyn GateLink> 
 pub struct Components {
     /// Source of login challenges and keys. Default: the OS CSPRNG.
     pub random: Option<Arc<dyn RandomSource>>,
-    /// Authenticator. Default: the accounts file of `config.accounts`, or
-    /// the demo authenticator (with a warning) when none is configured.
+    /// Authenticator. Default: with `login.auth = "accounts"` the accounts
+    /// file of `config.accounts`, or the demo authenticator (with a warning)
+    /// when none is configured; with `login.auth = "service"` the backend's
+    /// `auth` service ([`Backend::authenticator`]).
     pub authenticator: Option<Arc<dyn Authenticator>>,
-    /// The gate's agent. Default: [`EchoAgent`].
+    /// The gate's agent. Default: the backend's agent
+    /// ([`Backend::agent`]) when there is a backend, else [`EchoAgent`].
+    /// Replacing it while keeping a backend leaves services unable to name
+    /// a session by uid alone (a `Kick` or `Logout` with an empty subid):
+    /// the backend agent keeps that table.
     pub agent: Option<Arc<dyn Agent>>,
+    /// Backend services: the listener services dial, bound by the caller
+    /// (`main` binds `backend.listen`; tests bind `127.0.0.1:0` and keep a
+    /// clone to watch registrations). Default: none, backends off.
+    pub backend: Option<Backend>,
     /// Applied to the login server's link to the gates.
     pub gate_link_layer: Option<GateLinkLayer>,
 }
@@ -57,13 +74,18 @@ impl fmt::Debug for Components {
                 &self.authenticator.as_ref().map(|a| a.name()),
             )
             .field("agent", &self.agent.is_some())
+            .field(
+                "backend",
+                &self.backend.as_ref().and_then(Backend::local_addr),
+            )
             .field("gate_link_layer", &self.gate_link_layer.is_some())
             .finish()
     }
 }
 
 /// Runs the login server on `login_listener` and the gate `config.gate.name`
-/// (with the echo agent) on `gate_listener` until `shutdown` resolves; then
+/// (with the echo agent) on `gate_listener` until `shutdown` resolves (for
+/// backend services use [`run_with`] and [`Components::backend`]); then
 /// stops accepting, lets in-flight dialogues and requests finish within
 /// `config.shutdown_grace_ms` (the gate within the smaller of that and
 /// `config.gate.shutdown_grace_ms`), closes the rest and returns.
@@ -94,14 +116,27 @@ pub async fn run_with(
     components: Components,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let auth = match components.authenticator {
-        Some(auth) => auth,
-        None => authenticator(&config)?,
+    let backend = components.backend;
+    let auth = match (components.authenticator, config.login.auth, &backend) {
+        (Some(auth), _, _) => auth,
+        (None, AuthSource::Accounts, _) => authenticator(&config)?,
+        (None, AuthSource::Service, Some(backend)) => {
+            info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
+            backend.authenticator(config.login.auth_timeout())
+        }
+        (None, AuthSource::Service, None) => {
+            return Err(RunError::Config(
+                "login.auth = \"service\" needs backend services (set backend.listen / --backend-listen)"
+                    .to_owned(),
+            ));
+        }
     };
     let online = Arc::new(OnlineTable::new());
-    let agent = components
-        .agent
-        .unwrap_or_else(|| Arc::new(EchoAgent) as Arc<dyn Agent>);
+    let agent = match (components.agent, &backend) {
+        (Some(agent), _) => agent,
+        (None, Some(backend)) => backend.agent(),
+        (None, None) => Arc::new(EchoAgent) as Arc<dyn Agent>,
+    };
     // The top-level grace bounds the whole process; the gate's own setting
     // may only shorten it.
     let mut gate_config = config.gate.clone();
@@ -120,6 +155,10 @@ pub async fn run_with(
     }
 
     let token = CancellationToken::new();
+    // Backend links outlive the start of the shutdown: they carry the
+    // answers of requests in flight while the gate drains, and the final
+    // session events. They close once the gate is done.
+    let backends_stop = CancellationToken::new();
     let stop = async {
         shutdown.await;
         info!("shutting down");
@@ -134,9 +173,22 @@ pub async fn run_with(
     let gate_done = async {
         let result = gate.serve(gate_listener, token.clone()).await;
         token.cancel();
+        backends_stop.cancel();
         result
     };
-    let ((), (), gate_result) = tokio::join!(
+    let backend_done = async {
+        match &backend {
+            Some(backend) => {
+                let result = backend
+                    .serve(gate.clone(), token.clone(), backends_stop.clone())
+                    .await;
+                token.cancel();
+                result
+            }
+            None => Ok(()),
+        }
+    };
+    let ((), (), gate_result, backend_result) = tokio::join!(
         async {
             tokio::select! {
                 () = stop => {}
@@ -145,8 +197,10 @@ pub async fn run_with(
         },
         login_done,
         gate_done,
+        backend_done,
     );
     gate_result.map_err(RunError::Gate)?;
+    backend_result.map_err(RunError::Backend)?;
     info!("stopped");
     Ok(())
 }

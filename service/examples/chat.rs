@@ -124,8 +124,9 @@ impl Rooms {
     }
 }
 
+// `pub` so the workspace's backend tests can run this very handler.
 #[derive(Debug, Default)]
-struct Chat {
+pub struct Chat {
     rooms: Mutex<Rooms>,
 }
 

@@ -1,0 +1,286 @@
+//! The backend agent: the [`Agent`] that hands each client request to a
+//! service instance, and the table of sessions with their agent binding.
+//!
+//! See the module docs of [`crate::backend`] for the routing rule. In
+//! short: with `route_mode` off every payload goes to the user's bound
+//! agent instance; with it on every payload is a `RouteEnvelope`, and its
+//! route picks the service (an empty route meaning the user's agent).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use prost::Message;
+use proto::backend::{GateFrame, SessionEvent as EventFrame, SessionEventKind};
+use proto::route::RouteEnvelope;
+use tracing::debug;
+
+use super::link::Link;
+use super::{Shared, bump};
+use crate::agent::{Agent, AgentRequest, Dispatch, SessionCtx, SessionEvent};
+use crate::link::EndReason;
+
+/// Number of shards of the session table.
+const SHARDS: usize = 64;
+
+/// One session as the backend sees it.
+struct Entry {
+    ctx: SessionCtx,
+    /// The agent instance the user is bound to (agent mode); `None` until
+    /// an instance of the agent service exists.
+    bound: Option<Arc<Link>>,
+}
+
+/// The gate's sessions by uid, with their agent binding. Sharded, so the
+/// request path of different users does not share a lock.
+pub(crate) struct Sessions {
+    shards: Box<[Mutex<HashMap<Bytes, Entry>>]>,
+    hasher: RandomState,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions").finish_non_exhaustive()
+    }
+}
+
+impl Sessions {
+    pub(crate) fn new() -> Sessions {
+        Sessions {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, uid: &[u8]) -> MutexGuard<'_, HashMap<Bytes, Entry>> {
+        let hash = self.hasher.hash_one(uid);
+        // `as usize` keeps the low bits, which is all a modulo needs.
+        let shard = &self.shards[(hash as usize) % self.shards.len()];
+        // Each critical section is one map operation: a poisoned lock is
+        // still consistent.
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subid of `uid`'s session, if it has one.
+    pub(crate) fn subid(&self, uid: &[u8]) -> Option<Bytes> {
+        self.shard(uid).get(uid).map(|e| e.ctx.subid().clone())
+    }
+
+    /// Ends `uid`'s session quietly (a service's `Logout`); only the session
+    /// `subid` unless it is empty.
+    pub(crate) fn logout(&self, uid: &[u8], subid: &[u8]) {
+        let ctx = self
+            .shard(uid)
+            .get(uid)
+            .filter(|e| subid.is_empty() || e.ctx.subid() == subid)
+            .map(|e| e.ctx.clone());
+        // Outside the shard lock: ending the session calls back into
+        // `BackendAgent::event`.
+        if let Some(ctx) = ctx {
+            ctx.logout();
+        }
+    }
+
+    /// Number of sessions known (for metrics).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+/// The [`Agent`] of a gate with backends: routes requests to service
+/// instances and forwards session events. Made by
+/// [`Backend::agent`](super::Backend::agent).
+pub struct BackendAgent {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for BackendAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendAgent")
+            .field("agent_service", &self.shared.cfg.agent_service)
+            .field("route_mode", &self.shared.cfg.route_mode)
+            .finish()
+    }
+}
+
+/// How [`BackendAgent::agent_link`] found the instance.
+enum Binding {
+    /// The user's existing binding.
+    Kept(Arc<Link>),
+    /// A new binding (first one, or the old instance is gone): the instance
+    /// has not heard of this session yet.
+    New(Arc<Link>),
+}
+
+impl BackendAgent {
+    fn unroutable(&self, ctx: &SessionCtx, reason: String) -> Dispatch {
+        bump(&self.shared.metrics.unroutable);
+        debug!(uid = %String::from_utf8_lossy(ctx.uid()), %reason, "request not routable");
+        Dispatch::Ready(Err(reason))
+    }
+
+    /// The user's agent instance, binding (or re-binding) it if needed.
+    fn agent_link(&self, ctx: &SessionCtx) -> Option<Binding> {
+        let sh = &self.shared;
+        let uid = ctx.uid();
+        let mut shard = sh.sessions.shard(uid);
+        let entry = shard.entry(uid.clone()).or_insert_with(|| Entry {
+            ctx: ctx.clone(),
+            bound: None,
+        });
+        if entry.ctx.subid() != ctx.subid() {
+            if entry.ctx.is_active() {
+                // A request of an older session of the uid, still running
+                // while the new one exists: route it, but leave the new
+                // session's binding alone.
+                drop(shard);
+                return sh
+                    .registry
+                    .pick(&sh.cfg.agent_service, uid, None)
+                    .map(Binding::Kept);
+            }
+            *entry = Entry {
+                ctx: ctx.clone(),
+                bound: None,
+            };
+        }
+        if let Some(link) = entry.bound.as_ref().filter(|l| l.is_routable()) {
+            return Some(Binding::Kept(Arc::clone(link)));
+        }
+        let link = sh.registry.pick(&sh.cfg.agent_service, uid, None);
+        entry.bound.clone_from(&link);
+        link.map(Binding::New)
+    }
+
+    /// The user's agent instance; an instance it was just (re)bound to
+    /// first hears the session's `LOGIN`, so a service that keeps per-user
+    /// state learns about the user before its first request.
+    fn agent_link_announced(&self, ctx: &SessionCtx) -> Option<Arc<Link>> {
+        match self.agent_link(ctx)? {
+            Binding::Kept(link) => Some(link),
+            Binding::New(link) => {
+                link.send(event_frame(ctx, SessionEventKind::Login, String::new()));
+                Some(link)
+            }
+        }
+    }
+
+    fn no_agent(&self) -> String {
+        format!(
+            "no instance of the agent service {:?} is registered",
+            self.shared.cfg.agent_service
+        )
+    }
+}
+
+fn event_frame(ctx: &SessionCtx, kind: SessionEventKind, reason: String) -> GateFrame {
+    EventFrame {
+        uid: ctx.uid().clone(),
+        subid: ctx.subid().clone(),
+        kind: kind as i32,
+        reason,
+    }
+    .into()
+}
+
+impl Agent for BackendAgent {
+    fn request(&self, ctx: &SessionCtx, req: AgentRequest) -> Dispatch {
+        let sh = &self.shared;
+        let mut body = None;
+        if sh.cfg.route_mode {
+            // `req.content` shares the connection's read buffer; the body is
+            // a slice of it, encoded into the link's buffer before this
+            // returns.
+            let envelope = match RouteEnvelope::decode(req.content.clone()) {
+                Ok(envelope) => envelope,
+                Err(err) => {
+                    return self.unroutable(ctx, format!("payload is not a route envelope: {err}"));
+                }
+            };
+            if !envelope.route.is_empty() {
+                let route = envelope.route;
+                let Some((service, _)) = proto::split_route(&route) else {
+                    return self.unroutable(ctx, format!("malformed route {route:?}"));
+                };
+                let Some(link) = sh.registry.pick(service, ctx.uid(), Some(&route)) else {
+                    return self.unroutable(ctx, format!("no service instance serves {route:?}"));
+                };
+                let (_, completer, pending) = req.defer(ctx);
+                link.request(ctx.uid(), ctx.subid(), &route, envelope.body, completer);
+                return pending;
+            }
+            body = Some(envelope.body);
+        }
+        let Some(link) = self.agent_link_announced(ctx) else {
+            return self.unroutable(ctx, self.no_agent());
+        };
+        let (content, completer, pending) = req.defer(ctx);
+        link.request(
+            ctx.uid(),
+            ctx.subid(),
+            "",
+            body.unwrap_or(content),
+            completer,
+        );
+        pending
+    }
+
+    fn event(&self, ctx: &SessionCtx, event: SessionEvent) {
+        let sh = &self.shared;
+        let (kind, reason) = match &event {
+            SessionEvent::Login => (SessionEventKind::Login, String::new()),
+            SessionEvent::Back { .. } => (SessionEventKind::Back, String::new()),
+            SessionEvent::Away => (SessionEventKind::Away, String::new()),
+            SessionEvent::Ended(EndReason::Kicked(why)) => (SessionEventKind::Kicked, why.clone()),
+            SessionEvent::Ended(EndReason::Logout) => (SessionEventKind::Logout, "logout".into()),
+            SessionEvent::Ended(EndReason::Expired) => (SessionEventKind::Logout, "expired".into()),
+            SessionEvent::Ended(EndReason::Shutdown) => {
+                (SessionEventKind::Logout, "shutdown".into())
+            }
+        };
+        let bound = match event {
+            SessionEvent::Login => {
+                // A fresh session: bind now, the LOGIN below announces it.
+                sh.sessions.shard(ctx.uid()).insert(
+                    ctx.uid().clone(),
+                    Entry {
+                        ctx: ctx.clone(),
+                        bound: None,
+                    },
+                );
+                match self.agent_link(ctx) {
+                    Some(Binding::Kept(link) | Binding::New(link)) => Some(link),
+                    None => None,
+                }
+            }
+            SessionEvent::Back { .. } | SessionEvent::Away => self.agent_link_announced(ctx),
+            SessionEvent::Ended(_) => {
+                let mut shard = sh.sessions.shard(ctx.uid());
+                let is_this = shard
+                    .get(ctx.uid())
+                    .is_some_and(|e| e.ctx.subid() == ctx.subid());
+                if is_this {
+                    shard
+                        .remove(ctx.uid())
+                        .and_then(|e| e.bound)
+                        .filter(|l| l.is_routable())
+                } else {
+                    None
+                }
+            }
+        };
+        let frame = event_frame(ctx, kind, reason);
+        if let Some(link) = &bound {
+            link.send(frame.clone());
+        }
+        sh.registry.for_each_listener(|link| {
+            if !bound.as_ref().is_some_and(|b| Arc::ptr_eq(b, link)) {
+                link.send(frame.clone());
+            }
+        });
+    }
+}

@@ -1,0 +1,396 @@
+//! Backend game services: the gate's side of the `proto::backend` RPC.
+//!
+//! Services dial the gate (`[backend] listen`) and register (name, instance
+//! id, protocol version, routes); the gate hands them client requests and
+//! session events, and takes their answers, pushes, kicks and logouts. The
+//! service side is the `service` crate; the wire is `proto/proto/*.proto`.
+//!
+//! * [`Backend`]: the listener and registry of links; [`Backend::agent`]
+//!   is the gate's [`Agent`], [`Backend::authenticator`] the login server's
+//!   [`Authenticator`] for `login.auth = "service"`.
+//! * `link`: one service link — registration, requests and answers,
+//!   heartbeats, pacing (see its docs for the cost per request).
+//! * `inflight`: a link's requests in flight and their deadlines, without
+//!   a timer per request.
+//! * `registry`: the live instances by service and the rendezvous hash.
+//! * `agent`: routing and the session table with the agent bindings.
+//! * `auth`: the credential check through the `auth` service.
+//!
+//! # Registration
+//!
+//! The first frame of a link must be `Register`, within
+//! `backend.register_timeout_ms`. The gate refuses (with a
+//! `RegisterRefused`, then closes) a major protocol version other than its
+//! own ([`RegisterRefused::incompatible`](proto::backend::RegisterRefused::incompatible),
+//! naming both versions; the service stops instead of retrying), an empty
+//! service name or instance id, a `.` in the name, or a route not of the
+//! form `service.method` (`INVALID`); and any registration once the gate is
+//! shutting down (`SHUTTING_DOWN`, retryable). Otherwise it answers
+//! `RegisterAck`. A registration with the instance id of a live link
+//! replaces that link (most likely a restarted process whose old
+//! connection is not yet known dead): the older link is closed and its
+//! in-flight requests fail.
+//!
+//! # Routing: how the gate decides where a payload goes
+//!
+//! One switch, `backend.route_mode`, decides for the whole gate, never the
+//! payload's content:
+//!
+//! * **off (default, skynet's agent model)**: every request payload goes,
+//!   unchanged and with an empty route, to the user's agent instance.
+//! * **on**: every request payload must be a `RouteEnvelope` (`proto/route`).
+//!   A non-empty route `service.method` goes to an instance of `service`
+//!   that serves that route (its registered `routes`, or any route of the
+//!   service when it listed none), with the envelope's body as payload. An
+//!   empty route goes to the user's agent instance, so agent mode and route
+//!   mode work together on one gate (the chat example answers both). A
+//!   payload that is not an envelope, a malformed route, or a route no
+//!   registered instance serves gets an error response at once.
+//!
+//! Why not "a payload that decodes as an envelope is routed, anything else
+//! goes to the agent"? Protobuf decoding is permissive: the empty payload
+//! decodes as an empty envelope, and so do many byte strings of a game's
+//! own encoding (any payload that happens to start with a valid field 1
+//! string). Guessing would misroute some agent-mode payloads depending on
+//! their bytes — a bug that shows up only for certain messages. A per-gate
+//! switch is unambiguous, costs no decode in agent mode, and the client and
+//! the operator both know which protocol the gate speaks.
+//!
+//! **Agent binding.** The agent instance of a user is chosen among the
+//! routable instances of `backend.agent_service` by rendezvous hashing of
+//! the uid when the session starts (or on its first request if no instance
+//! existed then), and stored: the user sticks to it while it lives, even
+//! when new instances join. When the bound instance's link closes (or it
+//! says goodbye) the user is re-bound on its next request or session event;
+//! the new instance first gets the session's `LOGIN` event. Route-mode
+//! requests to other services pick an instance by the same hash of the uid
+//! (stable while the set of instances is), without storing it.
+//!
+//! When no instance of the needed service is registered the request gets
+//! an error response at once.
+//!
+//! # Deadlines and lost links
+//!
+//! Every request carries `deadline_ms = backend.request_timeout_ms`
+//! (default 5000). A request not answered by then gets an error response
+//! (ok byte 0) and a `warn` log line; the late answer is dropped (counted
+//! in [`BackendMetrics::late`]). When a link closes — the service
+//! disconnects, breaks the framing, stays silent past
+//! `backend.heartbeat_timeout_ms`, or is replaced — every request in flight
+//! on it is answered with an error response at once, and its users are
+//! re-bound on their next request.
+//!
+//! # Session events
+//!
+//! Each session event goes to the user's bound agent instance and to every
+//! instance registered with `all_session_events` (once each): `LOGIN` when
+//! the login server places the user, `BACK` on every successful handshake
+//! (the first one after the login too), `AWAY` when the connection goes,
+//! `LOGOUT` with reason `logout` / `expired` / `shutdown`, or `KICKED` with
+//! the kick's reason.
+//!
+//! # From services
+//!
+//! `Push` (one user, a list, or all) goes to the gate's push API; `Kick`
+//! ends the session with its reason ([`MsgGate::kick`]; an empty subid
+//! means the uid's current session); `Logout` ends it quietly. The gate
+//! answers `Ping` with `Pong`, pings every link each heartbeat interval
+//! (announced in the ack), and closes one silent for the heartbeat timeout.
+//!
+//! # Shutdown
+//!
+//! When the gate starts shutting down, every link gets a `Goodbye` and new
+//! registrations are refused; the links stay up while the message gate
+//! drains, so requests in flight are still answered and the final `LOGOUT`
+//! events are delivered; then the links are flushed and closed.
+
+mod agent;
+mod auth;
+mod inflight;
+mod link;
+mod registry;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use self::agent::BackendAgent;
+use self::agent::Sessions;
+pub use self::auth::ServiceAuth;
+use self::registry::Registry;
+use crate::agent::Agent;
+use crate::config::BackendConfig;
+use crate::login::Authenticator;
+use crate::msg::MsgGate;
+
+/// Pause after an accept error such as "too many open files".
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Counters of every link, since the backend was made.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) registered: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) answered: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) failed_on_close: AtomicU64,
+    pub(crate) late: AtomicU64,
+    pub(crate) unroutable: AtomicU64,
+    pub(crate) congested: AtomicU64,
+    pub(crate) pushes: AtomicU64,
+    pub(crate) kicks: AtomicU64,
+}
+
+/// A snapshot of the backend's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BackendMetrics {
+    /// Links registered now.
+    pub links: usize,
+    /// Sessions the backend agent knows now.
+    pub sessions: usize,
+    /// Registrations accepted.
+    pub registered: u64,
+    /// Registrations refused (any reason).
+    pub refused: u64,
+    /// Requests sent to services.
+    pub requests: u64,
+    /// Requests answered by their service in time.
+    pub answered: u64,
+    /// Requests answered with an error because their deadline passed.
+    pub timed_out: u64,
+    /// Requests answered with an error because their link closed.
+    pub failed_on_close: u64,
+    /// Answers that came after their deadline (dropped).
+    pub late: u64,
+    /// Requests answered with an error at once: no instance for them, or
+    /// not a route envelope in route mode.
+    pub unroutable: u64,
+    /// Requests refused at once because their instance was at its stated
+    /// `max_in_flight`, or its link's send queue was full.
+    pub congested: u64,
+    /// `Push` frames received.
+    pub pushes: u64,
+    /// `Kick` frames received.
+    pub kicks: u64,
+}
+
+/// What the backend's parts share.
+pub(crate) struct Shared {
+    pub(crate) cfg: BackendConfig,
+    pub(crate) registry: Registry,
+    pub(crate) sessions: Sessions,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) next_link: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+/// What the link tasks of one [`Backend::serve`] share. Holds the
+/// [`MsgGate`] (for pushes and kicks) only while serving: the gate owns the
+/// agent, which owns [`Shared`], so keeping the gate in `Shared` would make
+/// a reference cycle.
+pub(crate) struct Serve {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) gate: MsgGate,
+    pub(crate) draining: CancellationToken,
+    pub(crate) stop: CancellationToken,
+}
+
+/// The gate's backend: the listener services dial, and the registry of
+/// their links. Cheap to clone.
+#[derive(Clone)]
+pub struct Backend {
+    shared: Arc<Shared>,
+    listener: Arc<Mutex<Option<TcpListener>>>,
+    addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("agent_service", &self.shared.cfg.agent_service)
+            .field("route_mode", &self.shared.cfg.route_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// A backend that will accept service links on `listener` (its
+    /// `config.listen` is not used: the caller binds). Nothing is accepted
+    /// until [`Backend::serve`].
+    pub fn new(config: BackendConfig, listener: TcpListener) -> Backend {
+        let addr = listener.local_addr().ok();
+        Backend {
+            shared: Arc::new(Shared {
+                cfg: config,
+                registry: Registry::new(),
+                sessions: Sessions::new(),
+                metrics: Arc::new(Metrics::default()),
+                next_link: AtomicU64::new(0),
+            }),
+            listener: Arc::new(Mutex::new(Some(listener))),
+            addr,
+        }
+    }
+
+    /// Where services connect.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &BackendConfig {
+        &self.shared.cfg
+    }
+
+    /// The gate's agent: routes requests to services (see the module docs).
+    pub fn agent(&self) -> Arc<dyn Agent> {
+        Arc::new(BackendAgent {
+            shared: Arc::clone(&self.shared),
+        })
+    }
+
+    /// The login server's authenticator asking `backend.auth_service`,
+    /// each check bounded by `timeout` (`login.auth_timeout_ms`).
+    pub fn authenticator(&self, timeout: Duration) -> Arc<dyn Authenticator> {
+        Arc::new(ServiceAuth {
+            shared: Arc::clone(&self.shared),
+            timeout,
+        })
+    }
+
+    /// Number of instances of `service` that take new work now.
+    pub fn instances(&self, service: &str) -> usize {
+        self.shared.registry.count(service)
+    }
+
+    /// Waits until exactly `n` instances of `service` take new work (for
+    /// tests and readiness checks; no polling).
+    pub async fn wait_instances(&self, service: &str, n: usize) {
+        let mut changed = self.shared.registry.subscribe();
+        while self.instances(service) != n {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> BackendMetrics {
+        let m = &self.shared.metrics;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BackendMetrics {
+            links: self.shared.registry.all().len(),
+            sessions: self.shared.sessions.len(),
+            registered: get(&m.registered),
+            refused: get(&m.refused),
+            requests: get(&m.requests),
+            answered: get(&m.answered),
+            timed_out: get(&m.timed_out),
+            failed_on_close: get(&m.failed_on_close),
+            late: get(&m.late),
+            unroutable: get(&m.unroutable),
+            congested: get(&m.congested),
+            pushes: get(&m.pushes),
+            kicks: get(&m.kicks),
+        }
+    }
+
+    /// Accepts service links until `stop` is cancelled, pushing and kicking
+    /// through `gate`. When `draining` is cancelled (the gate starts
+    /// shutting down) every link gets a `Goodbye` and new registrations are
+    /// refused, but links stay up; `stop` (once the gate has drained) flushes
+    /// and closes them, and this returns once they are closed.
+    ///
+    /// At most `backend.max_links` links are open at once: the permit is
+    /// taken before `accept` and moved into the link's task.
+    ///
+    /// Call it once; a second call returns an error.
+    pub async fn serve(
+        &self,
+        gate: MsgGate,
+        draining: CancellationToken,
+        stop: CancellationToken,
+    ) -> io::Result<()> {
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .ok_or_else(|| io::Error::other("Backend::serve called twice"))?;
+        let shared = &self.shared;
+        tracing::info!(
+            addr = ?self.addr,
+            agent_service = %shared.cfg.agent_service,
+            route_mode = shared.cfg.route_mode,
+            "backend listening"
+        );
+        let serve = Arc::new(Serve {
+            shared: Arc::clone(shared),
+            gate,
+            draining: draining.clone(),
+            stop: stop.clone(),
+        });
+        let permits = Arc::new(Semaphore::new(
+            shared.cfg.max_links.clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        let tracker = TaskTracker::new();
+        let mut said_goodbye = false;
+        loop {
+            let mut permit = Arc::clone(&permits).try_acquire_owned().ok();
+            let accepted = tokio::select! {
+                biased;
+                // Each link also says goodbye when `stop` closes it, in case
+                // `stop` comes before this loop saw `draining`.
+                () = stop.cancelled() => break,
+                () = draining.cancelled(), if !said_goodbye => {
+                    said_goodbye = true;
+                    for link in shared.registry.all() {
+                        link.say_goodbye(link::GOODBYE);
+                    }
+                    continue;
+                }
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "backend accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            };
+            if permit.is_none() {
+                permit = Arc::clone(&permits).try_acquire_owned().ok();
+            }
+            let Some(permit) = permit else {
+                tracing::warn!(%addr, "backend.max_links links open: closed at accept");
+                drop(stream);
+                continue;
+            };
+            tracker.spawn(link::run(Arc::clone(&serve), stream, addr, permit));
+        }
+        drop(listener);
+        tracker.close();
+        tracker.wait().await;
+        tracing::info!("backend stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,537 @@
+//! Helpers for the backend tests: a real server (login + gate + backend
+//! listener) on `127.0.0.1:0`, players built on `client_cli`'s client
+//! library, services built with the `service` crate (each in a runtime of
+//! its own, so a test can kill one like a crashed process), a probe
+//! handler the tests steer with request payloads, a raw protocol link, and
+//! a proxy that makes a service claim another protocol version.
+//!
+//! Synchronisation is by events (responses, channels, the backend's
+//! registration watch); every wait has [`GUARD`] as a failure guard.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use client_cli::{GateConn, Ticket};
+use codec::{Response, ResponseFlag};
+use futures::{SinkExt, StreamExt};
+use gate::backend::Backend;
+use gate::config::Config;
+use gate::{Components, RunError};
+use loginproto::login::Suite;
+use loginproto::token::Credentials;
+use prost::Message;
+use proto::backend::{GateFrame, Register, ServiceFrame, service_frame};
+use proto::framing::{GateCodec, ServiceCodec};
+use proto::route::RouteEnvelope;
+use service::{
+    AuthDecision, AuthRequest, Builder, CancellationToken, Context, Handler, Request, Service,
+    ServiceError, SessionEvent,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::codec::{Framed, FramedRead};
+
+use crate::login::Server;
+
+/// Failure guard for every wait of the backend tests.
+pub const GUARD: Duration = Duration::from_secs(15);
+
+/// Awaits `fut`, failing the test after [`GUARD`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// A test configuration: defaults, except a request deadline far beyond
+/// any test's wait (tests that need a deadline set their own) and a short
+/// shutdown grace.
+pub fn config() -> Config {
+    let mut config = Config::default();
+    config.backend.request_timeout_ms = 60_000;
+    config.shutdown_grace_ms = 2000;
+    config
+}
+
+/// A running login server + gate + backend listener.
+#[derive(Debug)]
+pub struct BackendGate {
+    /// Login server, gate and the `run_with` task.
+    pub server: Server,
+    /// The backend (to wait for registrations and read counters).
+    pub backend: Backend,
+    /// Where services connect.
+    pub backend_addr: SocketAddr,
+}
+
+impl BackendGate {
+    /// Starts `gate::run_with` with a backend on a fresh loopback port.
+    pub async fn start(config: Config) -> BackendGate {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let backend_addr = listener.local_addr().expect("backend addr");
+        let backend = Backend::new(config.backend.clone(), listener);
+        let components = Components {
+            backend: Some(backend.clone()),
+            ..Components::default()
+        };
+        let server = Server::start(config, components).await;
+        BackendGate {
+            server,
+            backend,
+            backend_addr,
+        }
+    }
+
+    /// A service builder dialling this gate with quick reconnects.
+    pub fn service(&self, name: &str, instance: &str) -> Builder {
+        Service::builder(name)
+            .gate(self.backend_addr.to_string())
+            .instance_id(instance)
+            .backoff(Duration::from_millis(10), Duration::from_millis(200))
+    }
+
+    /// Waits until exactly `n` instances of `service` are registered.
+    pub async fn instances(&self, service: &str, n: usize) {
+        within(
+            &format!("{n} instance(s) of {service}"),
+            self.backend.wait_instances(service, n),
+        )
+        .await;
+    }
+
+    /// Logs `user` in (password `password`, the demo authenticator),
+    /// handshakes, and returns the player. `opt_in`: send the extension
+    /// field `v=1`, so pushes and kick reasons are delivered.
+    pub async fn player(&self, user: &str, opt_in: bool) -> Player {
+        self.player_as(user, "password", user, opt_in)
+            .await
+            .expect("login accepted")
+    }
+
+    /// Player `user<i>`, a plain skynet client.
+    pub async fn player_named(&self, i: usize) -> Player {
+        self.player(&format!("user{i}"), false).await
+    }
+
+    /// Player `member<i>`, opted in to pushes.
+    pub async fn player_opted_in(&self, i: usize) -> Player {
+        self.player(&format!("member{i}"), true).await
+    }
+
+    /// Logs in as `user` with `password` and handshakes as `uid` (the uid
+    /// the authenticator is expected to give). A refused login is `Err`.
+    pub async fn player_as(
+        &self,
+        user: &str,
+        password: &str,
+        uid: &str,
+        opt_in: bool,
+    ) -> Result<Player, client_cli::ClientError> {
+        let login = client_cli::login(
+            &self.server.login.to_string(),
+            Suite::X25519,
+            Credentials::new(user, "sample", password),
+        )
+        .await?;
+        let ticket = Ticket::new(uid.as_bytes(), b"sample", &login);
+        let mut conn = GateConn::new(self.server.gate.to_string(), ticket, GUARD);
+        if opt_in {
+            conn.set_handshake_ext(Some(b"v=1".to_vec()));
+        }
+        within("the handshake", conn.connect(1))
+            .await
+            .expect("handshake 200 OK");
+        Ok(Player {
+            conn,
+            uid: uid.to_owned(),
+            next_session: 0,
+            pushes: Vec::new(),
+        })
+    }
+
+    /// Shuts the server down and waits for `run_with` to return.
+    pub async fn shutdown(self) -> Result<(), RunError> {
+        self.server.shutdown().await
+    }
+}
+
+/// A logged-in, connected client.
+#[derive(Debug)]
+pub struct Player {
+    /// The connection (client_cli's).
+    pub conn: GateConn,
+    /// The uid it handshook as.
+    pub uid: String,
+    next_session: u32,
+    /// Pushes received while waiting for a response.
+    pub pushes: Vec<Bytes>,
+}
+
+impl Player {
+    /// Sends `payload` on a fresh session and returns that session.
+    pub async fn send(&mut self, payload: &[u8]) -> u32 {
+        self.next_session += 1;
+        let session = self.next_session;
+        within("a send", self.conn.send(payload, session))
+            .await
+            .expect("send");
+        session
+    }
+
+    /// The next package from the gate (`None`: the gate closed).
+    pub async fn recv(&mut self) -> Option<Response> {
+        within("a package from the gate", self.conn.recv())
+            .await
+            .unwrap_or(None)
+    }
+
+    /// The response to `session` (pushes meanwhile are kept in `pushes`).
+    pub async fn response(&mut self, session: u32) -> Response {
+        loop {
+            let response = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{}: closed before response {session}", self.uid));
+            if response.flag == ResponseFlag::PUSH {
+                self.pushes.push(response.content);
+                continue;
+            }
+            assert_eq!(response.session, session, "{}: out of order", self.uid);
+            return response;
+        }
+    }
+
+    /// Sends `payload` and returns `Ok(content)` or `Err(())` for an error
+    /// response.
+    pub async fn call(&mut self, payload: &[u8]) -> Result<Bytes, ()> {
+        let session = self.send(payload).await;
+        let response = self.response(session).await;
+        match response.flag {
+            ResponseFlag::OK => Ok(response.content),
+            ResponseFlag::ERROR => Err(()),
+            other => panic!("{}: unexpected flag {other:?}", self.uid),
+        }
+    }
+
+    /// [`Player::call`] with a route envelope (route mode).
+    pub async fn route(&mut self, route: &str, body: &[u8]) -> Result<Bytes, ()> {
+        self.call(&envelope(route, body)).await
+    }
+
+    /// Like [`Player::call`], text in and out; panics on an error response.
+    pub async fn ask(&mut self, payload: &str) -> String {
+        let content = self
+            .call(payload.as_bytes())
+            .await
+            .unwrap_or_else(|()| panic!("{}: error response to {payload:?}", self.uid));
+        String::from_utf8_lossy(&content).into_owned()
+    }
+
+    /// Waits for a push whose content is `expected` (other pushes and
+    /// responses are skipped).
+    pub async fn expect_push(&mut self, expected: &[u8]) {
+        if let Some(at) = self.pushes.iter().position(|p| p == expected) {
+            self.pushes.remove(at);
+            return;
+        }
+        loop {
+            let response = self
+                .recv()
+                .await
+                .unwrap_or_else(|| panic!("{}: closed before the push", self.uid));
+            if response.flag == ResponseFlag::PUSH && response.content == expected {
+                return;
+            }
+        }
+    }
+
+    /// Reads until the gate closes the connection; returns what came.
+    pub async fn until_closed(&mut self) -> Vec<Response> {
+        let mut seen = Vec::new();
+        while let Some(response) = self.recv().await {
+            seen.push(response);
+        }
+        seen
+    }
+}
+
+/// A route envelope's bytes.
+pub fn envelope(route: &str, body: &[u8]) -> Vec<u8> {
+    RouteEnvelope {
+        route: route.to_owned(),
+        body: Bytes::copy_from_slice(body),
+    }
+    .encode_to_vec()
+}
+
+/// What a [`Probe`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A request that will not be answered until released (`hang`, `slow`).
+    Holding {
+        /// The instance.
+        instance: String,
+        /// The user.
+        uid: Bytes,
+    },
+    /// A session event.
+    Event {
+        /// The instance.
+        instance: String,
+        /// The event.
+        event: SessionEvent,
+    },
+}
+
+/// A test service handler, steered by the request payload:
+///
+/// * `who` → the instance id; `uid` → the request's uid;
+/// * `hang` → never answered (reports [`Seen::Holding`]);
+/// * `slow` → answered `slow` once the test calls [`Probe::release`];
+/// * `kick <reason>` → kicks the caller with `reason`, answers `kicked`;
+/// * `push <text>` → pushes `text` to the caller, answers `pushed`;
+/// * `logout` → logs the caller out, answers `bye`;
+/// * `fail` → an error answer;
+/// * anything else → `<instance> <route> <payload>`.
+///
+/// Auth: `alice`/`secret` → uid `uid-alice`; `plain`/`secret` → allowed
+/// with no uid (the user name is used); `silent` → never answered;
+/// anything else → denied.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    instance: String,
+    seen: mpsc::UnboundedSender<Seen>,
+    release: Arc<Notify>,
+}
+
+impl Probe {
+    /// A probe for `instance` and what it reports.
+    pub fn new(instance: &str) -> (Probe, mpsc::UnboundedReceiver<Seen>) {
+        let (seen, rx) = mpsc::unbounded_channel();
+        (Probe::with(instance, seen), rx)
+    }
+
+    /// A probe reporting to an existing channel (several instances, one
+    /// log).
+    pub fn with(instance: &str, seen: mpsc::UnboundedSender<Seen>) -> Probe {
+        Probe {
+            instance: instance.to_owned(),
+            seen,
+            release: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Lets one `slow` request answer.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+}
+
+impl Handler for Probe {
+    async fn request(&self, ctx: Context, req: Request) -> Result<Bytes, String> {
+        let text = String::from_utf8_lossy(&req.payload).into_owned();
+        let (verb, rest) = text.split_once(' ').unwrap_or((&text, ""));
+        match verb {
+            "who" => Ok(Bytes::from(self.instance.clone())),
+            "uid" => Ok(req.uid),
+            "hang" | "slow" => {
+                let _ = self.seen.send(Seen::Holding {
+                    instance: self.instance.clone(),
+                    uid: req.uid,
+                });
+                if verb == "hang" {
+                    std::future::pending::<()>().await;
+                }
+                self.release.notified().await;
+                Ok(Bytes::from_static(b"slow"))
+            }
+            "kick" => {
+                ctx.gate()
+                    .kick(req.uid, rest)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Bytes::from_static(b"kicked"))
+            }
+            "push" => {
+                ctx.gate()
+                    .push(req.uid, rest.to_owned())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Bytes::from_static(b"pushed"))
+            }
+            "logout" => {
+                ctx.gate()
+                    .logout(req.uid)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Bytes::from_static(b"bye"))
+            }
+            "fail" => Err("asked to fail".into()),
+            _ => Ok(Bytes::from(format!(
+                "{} {} {}",
+                self.instance, req.route, text
+            ))),
+        }
+    }
+
+    async fn session(&self, _ctx: Context, event: SessionEvent) {
+        let _ = self.seen.send(Seen::Event {
+            instance: self.instance.clone(),
+            event,
+        });
+    }
+
+    async fn auth(&self, _ctx: Context, req: AuthRequest) -> AuthDecision {
+        match (&req.user[..], &req.password[..]) {
+            (b"alice", b"secret") => AuthDecision::Allow(Bytes::from_static(b"uid-alice")),
+            (b"plain", b"secret") => AuthDecision::Allow(Bytes::new()),
+            (b"silent", _) => std::future::pending().await,
+            _ => AuthDecision::Deny("wrong password".into()),
+        }
+    }
+}
+
+/// A service running in a runtime of its own, like a separate process:
+/// [`ServiceProcess::kill`] drops every task and socket at once, without
+/// any goodbye.
+#[derive(Debug)]
+pub struct ServiceProcess {
+    runtime: Option<tokio::runtime::Runtime>,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), ServiceError>>>,
+}
+
+impl ServiceProcess {
+    /// Builds and runs a service.
+    pub fn start<H: Handler>(builder: Builder, handler: H) -> ServiceProcess {
+        let service = builder.build(handler).expect("valid service settings");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("service runtime");
+        let shutdown = CancellationToken::new();
+        let task = runtime.spawn(service.run(shutdown.clone()));
+        ServiceProcess {
+            runtime: Some(runtime),
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    /// Kills it: every task and socket is dropped now.
+    pub fn kill(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+
+    /// Waits for `run` to return on its own (e.g. a permanent refusal).
+    pub async fn finished(mut self) -> Result<(), ServiceError> {
+        let task = self.task.take().expect("not awaited yet");
+        within("the service to stop", task)
+            .await
+            .expect("service task")
+    }
+
+    /// Stops it gracefully and returns what `run` returned.
+    pub async fn stop(self) -> Result<(), ServiceError> {
+        self.shutdown.cancel();
+        self.finished().await
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A raw service link speaking `proto::framing` (for what the `service`
+/// crate would not do, or to watch the gate's frames directly).
+#[derive(Debug)]
+pub struct RawLink {
+    framed: Framed<TcpStream, ServiceCodec>,
+}
+
+impl RawLink {
+    /// Connects to the gate's backend port.
+    pub async fn connect(addr: SocketAddr) -> RawLink {
+        let stream = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        RawLink {
+            framed: Framed::new(stream, ServiceCodec::new()),
+        }
+    }
+
+    /// Sends a frame.
+    pub async fn send(&mut self, frame: impl Into<ServiceFrame>) {
+        within("send", self.framed.send(frame.into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next frame, `None` once the gate closed.
+    pub async fn recv(&mut self) -> Option<GateFrame> {
+        match within("a frame from the gate", self.framed.next()).await {
+            Some(Ok(frame)) => Some(frame),
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// Registers and returns the gate's answer.
+    pub async fn register(&mut self, register: Register) -> GateFrame {
+        self.send(register).await;
+        self.recv().await.expect("an answer to the registration")
+    }
+}
+
+/// A proxy between one service and the gate that rewrites the service's
+/// `Register.protocol_version` to `version` and then forwards bytes both
+/// ways: a service of another protocol version, built from the real
+/// `service` crate.
+pub async fn version_shim(gate_backend: SocketAddr, version: u32) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind shim");
+    let addr = listener.local_addr().expect("shim addr");
+    let task = tokio::spawn(async move {
+        let Ok((service, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(mut gate) = TcpStream::connect(gate_backend).await else {
+            return;
+        };
+        // The service's frames decode as `ServiceFrame` with the gate's codec.
+        let mut from_service = FramedRead::new(service, GateCodec::new());
+        let Some(Ok(mut first)) = from_service.next().await else {
+            return;
+        };
+        if let Some(service_frame::Kind::Register(register)) = &mut first.kind {
+            register.protocol_version = version;
+        }
+        let mut buf = BytesMut::new();
+        if tokio_util::codec::Encoder::encode(&mut ServiceCodec::new(), first, &mut buf).is_err() {
+            return;
+        }
+        let parts = from_service.into_parts();
+        buf.extend_from_slice(&parts.read_buf);
+        let mut service = parts.io;
+        if tokio::io::AsyncWriteExt::write_all(&mut gate, &buf)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut service, &mut gate).await;
+    });
+    (addr, task)
+}

@@ -1,0 +1,551 @@
+//! End-to-end tests of the gate's backend services: a real login server,
+//! gate and backend listener on `127.0.0.1:0`, players on `client_cli`'s
+//! client library, services built with the `service` crate (each in a
+//! runtime of its own, so a test can kill one like a crashed process).
+//!
+//! Synchronisation is by responses, the probes' channels and the backend's
+//! registration watch; timeouts are failure guards, except where a deadline
+//! is the behaviour under test (then the test checks it was honoured).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use codec::{LoginStatus, ResponseFlag};
+use futures::future::join_all;
+use gate::config::AuthSource;
+use integration::backend::{
+    BackendGate, Probe, RawLink, Seen, ServiceProcess, config, version_shim, within,
+};
+use integration::msg::wait_until;
+use proto::PROTOCOL_VERSION;
+use proto::backend::{GateFrame, Ping, RefuseReason, Register, gate_frame::Kind};
+use service::{Service, ServiceError, SessionKind};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+/// The chat example's handler, compiled from the example's own source.
+#[allow(dead_code)]
+#[path = "../../service/examples/chat.rs"]
+mod chat;
+
+/// The next [`Seen::Holding`] report.
+async fn holding(seen: &mut mpsc::UnboundedReceiver<Seen>) -> (String, Bytes) {
+    loop {
+        match within("a request to reach the service", seen.recv()).await {
+            Some(Seen::Holding { instance, uid }) => return (instance, uid),
+            Some(Seen::Event { .. }) => {}
+            None => panic!("probe gone"),
+        }
+    }
+}
+
+/// The next session event of `uid`: (kind, reason).
+async fn event_of(seen: &mut mpsc::UnboundedReceiver<Seen>, uid: &str) -> (SessionKind, String) {
+    loop {
+        match within("a session event", seen.recv()).await {
+            Some(Seen::Event { event, .. }) if event.uid == uid.as_bytes() => {
+                return (event.kind, event.reason);
+            }
+            Some(_) => {}
+            None => panic!("probe gone"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_mode_reaches_two_services_and_refuses_unknown_routes_at_once() {
+    let mut config = config();
+    config.backend.route_mode = true;
+    let gate = BackendGate::start(config).await;
+    let _echo = ServiceProcess::start(gate.service("echo", "echo-1"), Probe::new("echo-1").0);
+    let _shout = ServiceProcess::start(
+        gate.service("shout", "shout-1").routes(["shout.loud"]),
+        Probe::new("shout-1").0,
+    );
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), Probe::new("agent-1").0);
+    for service in ["echo", "shout", "agent"] {
+        gate.instances(service, 1).await;
+    }
+    let mut player = gate.player("alice", false).await;
+
+    assert_eq!(
+        player.route("echo.say", b"hi").await,
+        Ok(Bytes::from("echo-1 echo.say hi"))
+    );
+    assert_eq!(
+        player.route("shout.loud", b"hey").await,
+        Ok(Bytes::from("shout-1 shout.loud hey"))
+    );
+    // An empty route goes to the user's agent, with the body as payload.
+    assert_eq!(
+        player.route("", b"hello").await,
+        Ok(Bytes::from("agent-1  hello"))
+    );
+    // A service's error answer is an error response.
+    assert_eq!(player.route("echo.x", b"fail").await, Err(()));
+
+    // Nothing serves these: error responses at once (the request deadline
+    // is a minute; the guard would fail the test long before).
+    let unroutable_before = gate.backend.metrics().unroutable;
+    assert_eq!(player.route("shout.quiet", b"").await, Err(()));
+    assert_eq!(player.route("nobody.home", b"").await, Err(()));
+    assert_eq!(player.route("nodot", b"").await, Err(()));
+    // Not a route envelope (an unterminated varint).
+    assert_eq!(player.call(&[0xff, 0xff]).await, Err(()));
+    assert_eq!(gate.backend.metrics().unroutable - unroutable_before, 4);
+
+    // And the connection is still fine.
+    assert_eq!(
+        player.route("echo.again", b"ok").await,
+        Ok(Bytes::from("echo-1 echo.again ok"))
+    );
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn users_stick_to_their_agent_instance_while_it_lives() {
+    let gate = BackendGate::start(config()).await;
+    let mut services: Vec<Option<ServiceProcess>> = (0..3)
+        .map(|i| {
+            let id = format!("agent-{i}");
+            Some(ServiceProcess::start(
+                gate.service("agent", &id),
+                Probe::new(&id).0,
+            ))
+        })
+        .collect();
+    gate.instances("agent", 3).await;
+
+    let mut players = join_all((0..200).map(|i| gate.player_named(i))).await;
+    let first: Vec<String> = join_all(players.iter_mut().map(|p| p.ask("who"))).await;
+    let mut spread: HashMap<&str, usize> = HashMap::new();
+    for who in &first {
+        *spread.entry(who.as_str()).or_default() += 1;
+    }
+    assert_eq!(spread.len(), 3, "every instance gets users: {spread:?}");
+    for (instance, users) in &spread {
+        // 200/3 ≈ 67 expected; far from degenerate.
+        assert!(*users >= 40, "{instance} got only {users} of 200 users");
+    }
+
+    // A new instance joins: nobody moves (the binding is stored).
+    let _late = ServiceProcess::start(gate.service("agent", "agent-3"), Probe::new("agent-3").0);
+    gate.instances("agent", 4).await;
+    for _ in 0..2 {
+        let again: Vec<String> = join_all(players.iter_mut().map(|p| p.ask("who"))).await;
+        assert_eq!(again, first, "a user changed instance while it lived");
+    }
+
+    // agent-0 dies: only its users move, each to a live instance.
+    if let Some(dead) = services[0].take() {
+        dead.kill();
+    }
+    gate.instances("agent", 3).await;
+    let after: Vec<String> = join_all(players.iter_mut().map(|p| p.ask("who"))).await;
+    for (before, now) in first.iter().zip(&after) {
+        if before == "agent-0" {
+            assert_ne!(now, "agent-0");
+        } else {
+            assert_eq!(now, before, "a user of a live instance moved");
+        }
+    }
+    drop(services);
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_gets_an_error_and_the_late_answer_is_dropped() {
+    let mut config = config();
+    config.backend.request_timeout_ms = 300;
+    let gate = BackendGate::start(config).await;
+    let (probe, mut seen) = Probe::new("agent-1");
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), probe.clone());
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("bob", false).await;
+
+    let started = Instant::now();
+    let session = player.send(b"slow").await;
+    holding(&mut seen).await;
+    let response = player.response(session).await;
+    assert_eq!(response.flag, ResponseFlag::ERROR);
+    assert!(response.content.is_empty());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered before the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(gate.backend.metrics().timed_out, 1);
+
+    // The service answers after all: the gate drops it.
+    probe.release();
+    let backend = gate.backend.clone();
+    wait_until("the late answer", || backend.metrics().late == 1).await;
+    // The next package the client gets is the next answer, not the late one.
+    assert_eq!(player.ask("who").await, "agent-1");
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_killed_service_fails_its_requests_at_once_and_a_restart_resumes() {
+    // A minute of deadline: an error within the guard proves "at once".
+    let gate = BackendGate::start(config()).await;
+    let (probe, mut seen) = Probe::new("agent-1");
+    let agent = ServiceProcess::start(gate.service("agent", "agent-1"), probe);
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("carol", false).await;
+    assert_eq!(player.ask("who").await, "agent-1");
+
+    let mut sessions = HashSet::new();
+    for _ in 0..3 {
+        sessions.insert(player.send(b"hang").await);
+    }
+    for _ in 0..3 {
+        holding(&mut seen).await;
+    }
+    agent.kill();
+    let mut failed = HashSet::new();
+    for _ in 0..3 {
+        let response = player.recv().await.expect("an answer, not a close");
+        assert_eq!(response.flag, ResponseFlag::ERROR);
+        failed.insert(response.session);
+    }
+    assert_eq!(failed, sessions);
+    assert_eq!(gate.backend.metrics().failed_on_close, 3);
+
+    // No instance now: an error at once, no waiting.
+    gate.instances("agent", 0).await;
+    assert_eq!(player.call(b"who").await, Err(()));
+
+    // The service comes back (a new process, a new instance id): the user is
+    // re-bound on its next request, on the same connection.
+    let _restarted =
+        ServiceProcess::start(gate.service("agent", "agent-1b"), Probe::new("agent-1b").0);
+    gate.instances("agent", 1).await;
+    assert_eq!(player.ask("who").await, "agent-1b");
+    assert_eq!(player.ask("uid").await, "carol");
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn credentials_are_checked_by_the_auth_service() {
+    let mut config = config();
+    config.login.auth = AuthSource::Service;
+    config.login.auth_timeout_ms = 300;
+    let gate = BackendGate::start(config).await;
+    let unauthorized = |result: Result<_, client_cli::ClientError>| match result {
+        Err(err) => assert_eq!(err.login_status(), Some(LoginStatus::UNAUTHORIZED), "{err}"),
+        Ok(_) => panic!("login accepted"),
+    };
+
+    // No auth service registered yet: refused.
+    unauthorized(gate.player_as("alice", "secret", "uid-alice", false).await);
+
+    let _auth = ServiceProcess::start(gate.service("auth", "auth-1"), Probe::new("auth-1").0);
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), Probe::new("agent-1").0);
+    gate.instances("auth", 1).await;
+    gate.instances("agent", 1).await;
+
+    // Allowed, as the uid the service chose (the handshake is signed for it).
+    let mut alice = gate
+        .player_as("alice", "secret", "uid-alice", false)
+        .await
+        .expect("alice allowed");
+    assert_eq!(alice.ask("uid").await, "uid-alice");
+    // Allowed with no uid: the user name.
+    let mut plain = gate
+        .player_as("plain", "secret", "plain", false)
+        .await
+        .expect("plain allowed");
+    assert_eq!(plain.ask("uid").await, "plain");
+
+    // Denied.
+    unauthorized(gate.player_as("alice", "guess", "uid-alice", false).await);
+    // Never answered: 401 once the deadline passes.
+    let started = Instant::now();
+    unauthorized(gate.player_as("silent", "secret", "silent", false).await);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_service_of_another_protocol_version_is_refused_clearly() {
+    let gate = BackendGate::start(config()).await;
+    let (shim, _shim_task) = version_shim(gate.backend_addr, PROTOCOL_VERSION + 1).await;
+    let old = ServiceProcess::start(
+        Service::builder("agent")
+            .gate(shim.to_string())
+            .instance_id("newer-1"),
+        Probe::new("newer-1").0,
+    );
+    // `run` gives up (no retry loop) with an error naming both versions.
+    let err = old.finished().await.expect_err("refused");
+    let ServiceError::IncompatibleVersion { message, .. } = &err else {
+        panic!("expected IncompatibleVersion, got {err:?}");
+    };
+    assert_eq!(
+        message,
+        &format!(
+            "service speaks protocol version {}, this gate speaks {PROTOCOL_VERSION}",
+            PROTOCOL_VERSION + 1
+        )
+    );
+    assert!(err.to_string().contains("incompatible"), "{err}");
+    assert_eq!(gate.backend.metrics().refused, 1);
+    assert_eq!(gate.backend.instances("agent"), 0);
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn registration_rules_heartbeats_replacement_and_goodbye() {
+    let gate = BackendGate::start(config()).await;
+
+    // Malformed: refused as invalid (permanent), then closed.
+    let mut bad = RawLink::connect(gate.backend_addr).await;
+    match bad.register(Register::new("agent", "")).await.kind {
+        Some(Kind::RegisterRefused(refused)) => {
+            assert_eq!(refused.reason(), RefuseReason::Invalid);
+            assert!(refused.reason().is_permanent());
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(bad.recv().await.is_none());
+
+    // Accepted: the ack says who the gate is; pings are answered.
+    let mut first = RawLink::connect(gate.backend_addr).await;
+    let Some(Kind::RegisterAck(ack)) = first.register(Register::new("agent", "dup")).await.kind
+    else {
+        panic!("expected an ack");
+    };
+    assert_eq!(ack.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(ack.gate_name, "sample");
+    assert!(ack.heartbeat_interval_ms > 0);
+    first
+        .send(Ping {
+            nonce: 7,
+            sent_at_ms: 99,
+        })
+        .await;
+    match first.recv().await.and_then(|f| f.kind) {
+        Some(Kind::Pong(pong)) => assert_eq!((pong.nonce, pong.sent_at_ms), (7, 99)),
+        other => panic!("expected a pong, got {other:?}"),
+    }
+
+    // The same instance id again: the newer link replaces the older one.
+    let mut second = RawLink::connect(gate.backend_addr).await;
+    assert!(matches!(
+        second.register(Register::new("agent", "dup")).await.kind,
+        Some(Kind::RegisterAck(_))
+    ));
+    // The older link hears why, then is closed.
+    match first.recv().await.and_then(|f| f.kind) {
+        Some(Kind::Goodbye(goodbye)) => assert!(goodbye.reason.contains("replaced"), "{goodbye:?}"),
+        other => panic!("expected a goodbye, got {other:?}"),
+    }
+    assert!(first.recv().await.is_none(), "the older link is closed");
+    gate.instances("agent", 1).await;
+
+    // Shutdown: a goodbye, then the close.
+    let stopping = tokio::spawn(gate.shutdown());
+    let mut frames: Vec<GateFrame> = Vec::new();
+    while let Some(frame) = second.recv().await {
+        frames.push(frame);
+    }
+    assert!(
+        frames
+            .iter()
+            .any(|f| matches!(&f.kind, Some(Kind::Goodbye(g)) if !g.reason.is_empty())),
+        "no goodbye in {frames:?}"
+    );
+    within("the gate to stop", stopping)
+        .await
+        .expect("join")
+        .expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn session_events_reach_the_bound_instance_and_listeners() {
+    let gate = BackendGate::start(config()).await;
+    let (agent, mut agent_seen) = Probe::new("agent-1");
+    let (watch, mut watch_seen) = Probe::new("watch-1");
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), agent);
+    let _watch = ServiceProcess::start(
+        gate.service("watch", "watch-1").all_session_events(true),
+        watch,
+    );
+    gate.instances("agent", 1).await;
+    gate.instances("watch", 1).await;
+
+    let mut player = gate.player("frank", false).await;
+    player.conn.disconnect();
+    within("the reconnect", player.conn.reconnect())
+        .await
+        .expect("reconnected");
+    // The service's logout frame overtakes its answer: the session ends
+    // and the connection closes (the answer is dropped with the session).
+    player.send(b"logout").await;
+    player.until_closed().await;
+
+    let expected = [
+        (SessionKind::Login, ""),
+        (SessionKind::Back, ""),
+        (SessionKind::Away, ""),
+        (SessionKind::Back, ""),
+        (SessionKind::Logout, "logout"),
+    ];
+    for seen in [&mut agent_seen, &mut watch_seen] {
+        for (kind, reason) in expected {
+            assert_eq!(event_of(seen, "frank").await, (kind, reason.to_owned()));
+        }
+    }
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_kick_from_a_service_closes_the_client_connection() {
+    let gate = BackendGate::start(config()).await;
+    let (watch, mut watch_seen) = Probe::new("watch-1");
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), Probe::new("agent-1").0);
+    let _watch = ServiceProcess::start(
+        gate.service("watch", "watch-1").all_session_events(true),
+        watch,
+    );
+    gate.instances("agent", 1).await;
+    gate.instances("watch", 1).await;
+
+    // A plain skynet client: the connection just closes.
+    let mut plain = gate.player("dave", false).await;
+    plain.send(b"kick cheating").await;
+    let got = plain.until_closed().await;
+    assert!(
+        got.iter().all(|r| r.flag != ResponseFlag::KICK),
+        "a plain client got an extension message: {got:?}"
+    );
+    loop {
+        let (kind, reason) = event_of(&mut watch_seen, "dave").await;
+        if kind == SessionKind::Kicked {
+            assert_eq!(reason, "cheating");
+            break;
+        }
+    }
+
+    // A client that opted in to the extensions is told the reason first.
+    let mut opted = gate.player("erin", true).await;
+    opted.send(b"kick afk").await;
+    let got = opted.until_closed().await;
+    assert!(
+        got.iter()
+            .any(|r| r.flag == ResponseFlag::KICK && r.content == "afk"),
+        "no kick reason in {got:?}"
+    );
+
+    // The kicked user can log in again (the login server's table was told).
+    let mut again = gate.player("dave", false).await;
+    assert_eq!(again.ask("uid").await, "dave");
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn a_chat_line_is_pushed_to_all_100_members() {
+    let mut config = config();
+    config.backend.route_mode = true;
+    let gate = BackendGate::start(config).await;
+    let _chat = ServiceProcess::start(
+        gate.service("chat", "chat-1")
+            .routes(["chat.join", "chat.say", "chat.leave"])
+            .all_session_events(true),
+        chat::Chat::default(),
+    );
+    gate.instances("chat", 1).await;
+
+    let mut players = join_all((0..100).map(|i| gate.player_opted_in(i))).await;
+    for (i, player) in players.iter_mut().enumerate() {
+        let joined = player.route("chat.join", b"tavern").await.expect("joined");
+        assert_eq!(
+            joined,
+            Bytes::from(format!("joined tavern ({} members)", i + 1))
+        );
+    }
+    let said = players[0].route("chat.say", b"hello all").await;
+    assert_eq!(said, Ok(Bytes::from_static(b"sent")));
+    let line = format!("[tavern] {}: hello all", players[0].uid);
+    join_all(players.iter_mut().map(|p| p.expect_push(line.as_bytes()))).await;
+    assert!(gate.backend.metrics().pushes >= 101);
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn auth_through_a_service_needs_a_backend() {
+    let mut config = config();
+    config.login.auth = AuthSource::Service;
+    let login = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gate = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let result = within(
+        "run to refuse",
+        gate::run(login, gate, config, std::future::pending()),
+    )
+    .await;
+    assert!(
+        matches!(result, Err(gate::RunError::Config(ref why)) if why.contains("backend")),
+        "{result:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn silent_links_are_closed() {
+    let mut config = config();
+    config.backend.register_timeout_ms = 2000;
+    config.backend.heartbeat_interval_ms = 1000;
+    config.backend.heartbeat_timeout_ms = 3000;
+    let gate = BackendGate::start(config).await;
+
+    // Connected, never registers: closed at the registration deadline.
+    let started = tokio::time::Instant::now();
+    let mut mute = RawLink::connect(gate.backend_addr).await;
+    assert!(mute.recv().await.is_none());
+    assert!(started.elapsed() >= Duration::from_secs(2));
+
+    // Registered, never answers: pinged while idle, closed once silent for
+    // the heartbeat timeout.
+    let mut deaf = RawLink::connect(gate.backend_addr).await;
+    assert!(matches!(
+        deaf.register(Register::new("agent", "deaf-1")).await.kind,
+        Some(Kind::RegisterAck(_))
+    ));
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    while let Some(frame) = deaf.recv().await {
+        assert!(matches!(frame.kind, Some(Kind::Ping(_))), "{frame:?}");
+        pings += 1;
+    }
+    let silent = started.elapsed();
+    assert!(pings >= 2, "only {pings} pings");
+    assert!(
+        silent >= Duration::from_secs(3) && silent < Duration::from_secs(5),
+        "closed after {silent:?}"
+    );
+    gate.instances("agent", 0).await;
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn an_instance_at_its_stated_limit_gets_no_more_requests() {
+    let gate = BackendGate::start(config()).await;
+    let (probe, mut seen) = Probe::new("agent-1");
+    let agent = ServiceProcess::start(gate.service("agent", "agent-1").max_in_flight(2), probe);
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("hank", false).await;
+
+    player.send(b"hang").await;
+    player.send(b"hang").await;
+    holding(&mut seen).await;
+    holding(&mut seen).await;
+    // The third is refused by the gate at once (a minute of deadline).
+    assert_eq!(player.call(b"who").await, Err(()));
+    assert_eq!(gate.backend.metrics().congested, 1);
+    assert_eq!(gate.backend.metrics().requests, 2);
+    // Gone with its two requests: they fail now, so the shutdown need not
+    // wait for them.
+    agent.kill();
+    gate.shutdown().await.expect("clean shutdown");
+}

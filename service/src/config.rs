@@ -47,7 +47,9 @@ pub struct Config {
     /// Largest frame sent or accepted, in bytes. Default: 1 MiB
     /// ([`proto::framing::DEFAULT_MAX_FRAME_LEN`]).
     pub max_frame_len: usize,
-    /// Frames queued per link before senders wait. Default: 1024.
+    /// Frames queued per link before senders wait (and the link stops
+    /// reading requests until the writer catches up); pongs and pings may
+    /// use as much again, so they never wait behind answers. Default: 1024.
     pub send_queue: usize,
     /// On shutdown, how long in-flight requests may take to finish before
     /// the links close anyway. Default: 10 s.

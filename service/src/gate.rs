@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use prost::Message;
 use proto::backend::{Kick, Logout, Push, ServiceFrame};
-use tokio::sync::mpsc;
+
+use crate::outbox::Outbox;
 
 /// Why a frame could not be handed to a gate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,7 +38,7 @@ pub enum SendError {
 /// What a connected link publishes to handles.
 #[derive(Debug, Clone)]
 pub(crate) struct Live {
-    pub(crate) tx: mpsc::Sender<ServiceFrame>,
+    pub(crate) outbox: Arc<Outbox>,
     pub(crate) gate_name: String,
     pub(crate) link_id: u64,
 }
@@ -119,11 +120,11 @@ impl GateHandle {
                 max: self.slot.max_frame_len,
             });
         }
-        // Clone the sender out so the lock is not held across the await.
-        let tx = self.live().as_ref().map(|live| live.tx.clone());
+        // Clone the outbox out so the lock is not held across the await.
+        let outbox = self.live().as_ref().map(|live| live.outbox.clone());
         let not_connected = || SendError::NotConnected(self.slot.addr.clone());
-        let tx = tx.ok_or_else(not_connected)?;
-        tx.send(frame).await.map_err(|_| not_connected())
+        let outbox = outbox.ok_or_else(not_connected)?;
+        outbox.send(frame).await.map_err(|_| not_connected())
     }
 
     /// Pushes `payload` to one user on this gate.
@@ -263,14 +264,14 @@ mod tests {
 
     use super::*;
 
-    fn connect(handle: &GateHandle) -> mpsc::Receiver<ServiceFrame> {
-        let (tx, rx) = mpsc::channel(8);
+    fn connect(handle: &GateHandle) -> Arc<Outbox> {
+        let outbox = Arc::new(Outbox::new(8, 1024));
         handle.publish(Some(Live {
-            tx,
+            outbox: outbox.clone(),
             gate_name: "sample".into(),
             link_id: 1,
         }));
-        rx
+        outbox
     }
 
     #[tokio::test]
@@ -290,12 +291,14 @@ mod tests {
     #[tokio::test]
     async fn frames_go_to_the_live_link() {
         let gate = GateHandle::new("a".into(), 1024);
-        let mut rx = connect(&gate);
+        let outbox = connect(&gate);
         assert_eq!(gate.gate_name().as_deref(), Some("sample"));
         gate.kick("u", "bye").await.unwrap();
-        let Some(ServiceFrame {
-            kind: Some(Kind::Kick(kick)),
-        }) = rx.recv().await
+        let [
+            ServiceFrame {
+                kind: Some(Kind::Kick(kick)),
+            },
+        ] = &outbox.queued()[..]
         else {
             panic!("expected a kick");
         };
@@ -309,17 +312,17 @@ mod tests {
     async fn broadcast_counts_connected_gates() {
         let a = GateHandle::new("a".into(), 1024);
         let b = GateHandle::new("b".into(), 1024);
-        let mut rx = connect(&a);
+        let outbox = connect(&a);
         let gates = Gates::new(vec![a, b]);
         assert_eq!(gates.connected(), 1);
         assert_eq!(gates.push_many(vec!["x".into()], "hi").await, Ok(1));
-        assert!(rx.recv().await.is_some());
+        assert_eq!(outbox.queued().len(), 1);
     }
 
     #[tokio::test]
     async fn oversize_pushes_are_refused() {
         let gate = GateHandle::new("a".into(), 16);
-        let _rx = connect(&gate);
+        let _outbox = connect(&gate);
         assert!(matches!(
             gate.push("u", vec![0u8; 64]).await,
             Err(SendError::TooLarge { max: 16, .. })

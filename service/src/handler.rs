@@ -5,10 +5,11 @@
 //! concurrency); a handler only sees requests, session events and, for an
 //! `auth` service, credential checks. Its methods return `impl Future + Send`
 //! so an implementation can simply be an `async fn`, and so the library can
-//! run each request on its own task.
+//! move a request that has to wait to a task of its own.
 
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -17,11 +18,17 @@ use crate::gate::{GateHandle, Gates};
 
 /// The game logic of a service.
 ///
-/// Requests run concurrently, each on its own task (a slow one does not
-/// hold up the others), up to [`Config::max_in_flight`](crate::Config) at
-/// once across all gates; beyond that the gate gets an error answer at once.
-/// Session events of one gate are delivered one at a time, in the order the
-/// gate sent them.
+/// Requests run concurrently, up to [`Config::max_in_flight`](crate::Config)
+/// at once across all gates; beyond that the gate gets an error answer at
+/// once. The library polls a request's future once as soon as the request
+/// is read, on the link's reader: if it is done (an echo, a lookup in
+/// memory) the answer goes out with no task spawned; if it has to wait, it
+/// continues on its own task, so a slow request does not hold up the
+/// others. So, as everywhere in async code, do not block the thread in a
+/// handler (long computations belong in `tokio::task::spawn_blocking`):
+/// before its first `.await` a handler runs on the reader and would hold up
+/// the link. Session events of one gate are delivered one at a time, in
+/// the order the gate sent them.
 pub trait Handler: Send + Sync + 'static {
     /// Answers one client request. `Ok(body)` reaches the client as a
     /// response with ok byte 1; `Err(reason)` as an error response (ok byte
@@ -57,6 +64,13 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Context {
     pub(crate) request_id: u64,
     pub(crate) deadline: Option<Instant>,
+    /// Shared by every call of a link: one reference count per call.
+    pub(crate) handles: Arc<Handles>,
+}
+
+/// The gates a [`Context`] reaches.
+#[derive(Debug)]
+pub(crate) struct Handles {
     pub(crate) gate: GateHandle,
     pub(crate) gates: Gates,
 }
@@ -77,12 +91,12 @@ impl Context {
 
     /// The gate this call came from (to push to or kick the caller's user).
     pub fn gate(&self) -> &GateHandle {
-        &self.gate
+        &self.handles.gate
     }
 
     /// Every gate of the service (to reach users on any gate).
     pub fn gates(&self) -> &Gates {
-        &self.gates
+        &self.handles.gates
     }
 }
 

@@ -9,9 +9,12 @@
 //!   (name, instance id, [`proto::PROTOCOL_VERSION`], routes); a gate
 //!   speaking another major version refuses, and [`Service::run`] returns
 //!   [`ServiceError::IncompatibleVersion`] instead of retrying;
-//! - runs each request on its own task, at most [`Config::max_in_flight`] at
-//!   once (beyond that the gate is answered "overloaded" at once, so nothing
-//!   queues without bound and heartbeats keep flowing);
+//! - answers a request whose handler is done at its first poll right where
+//!   it was read, batched with the other answers of that read, and runs one
+//!   that has to wait on its own task (so it holds up nobody); at most
+//!   [`Config::max_in_flight`] at once (beyond that the gate is answered
+//!   "overloaded" at once, so nothing queues without bound and heartbeats
+//!   keep flowing);
 //! - answers the gate's pings, pings it, and treats a gate silent past
 //!   [`Config::heartbeat_timeout`] as dead;
 //! - **reconnects** a lost link with exponential backoff and jitter, and
@@ -50,10 +53,10 @@ mod error;
 mod gate;
 mod handler;
 mod link;
+mod outbox;
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -94,7 +97,7 @@ impl<H: Handler> Service<H> {
             .map(|addr| GateHandle::new(addr.clone(), config.max_frame_len))
             .collect();
         let shared = Arc::new(link::Shared {
-            permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            permits: Arc::new(link::InFlight::new(config.max_in_flight)),
             gates: Gates::new(handles.clone()),
             config,
             handler,

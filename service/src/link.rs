@@ -1,35 +1,53 @@
 //! One link to one gate: connect, register, serve, and reconnect when the
 //! link is lost.
 //!
-//! Each connection has three parts: this task reading frames and
-//! dispatching them (it also sends pings and watches for a silent gate), a
-//! writer task draining a bounded queue into the socket (so handler tasks,
-//! pushes and pongs never contend for the socket and frames are batched
-//! into few writes), and a task per request. Session events go through one
-//! queue and task per connection, so a handler sees them in the gate's order.
+//! Each connection has a reader (this task: it reads frames, dispatches
+//! them, sends pings and watches for a silent gate) and a writer task that
+//! writes the link's [`Outbox`], so handler tasks, pushes and pongs never
+//! contend for the socket and answers are batched into few writes.
 //!
-//! The reader never waits for the writer (its own answers — pongs, refusals
-//! — are queued with `try_send`): a gate that stops reading fills the queue,
-//! and a reader stuck behind it would stop noticing that the gate went
-//! silent. The gate must likewise read and write independently.
+//! # Cost per request
+//!
+//! A request costs no task, channel message or write of its own when its
+//! handler is done at the first poll (an echo, a lookup in memory): the
+//! reader polls it once in place and encodes the answer into a batch that
+//! goes to the outbox, with the answers to every other request of the same
+//! read, in one append. Only a handler that has to wait moves to a task of
+//! its own, so a slow request still holds up nobody. Session events go
+//! through one queue and task per connection, so a handler sees them in
+//! the gate's order.
+//!
+//! # Reading and writing independently
+//!
+//! The reader never waits for the writer to send its own frames (pongs,
+//! pings — they have an allowance past the outbox's bound): a gate that
+//! stops reading fills the outbox, and a reader stuck behind it would stop
+//! noticing that the gate went silent. When the outbox is full the reader
+//! holds its batch and stops reading (backpressure to the gate) but keeps
+//! pinging and watching the clock. The gate must likewise read and write
+//! independently.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::BytesMut;
 use futures::{FutureExt, SinkExt, StreamExt};
-use prost::Message;
 use proto::PROTOCOL_VERSION;
 use proto::backend::{
     AuthReply, GateFrame, Goodbye, Ping, Pong, RefuseReason, Register, RegisterAck,
     RegisterRefused, Response, ServiceFrame, gate_frame::Kind,
 };
-use proto::framing::{FrameError, ServiceCodec};
+use proto::framing::ServiceCodec;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until, timeout_at};
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -39,12 +57,21 @@ use crate::config::Config;
 use crate::error::ServiceError;
 use crate::gate::{GateHandle, Gates, Live};
 use crate::handler::{
-    AuthDecision, AuthRequest, Context, Handler, Request, SessionEvent, SessionKind,
+    AuthDecision, AuthRequest, Context, Handler, Handles, Request, SessionEvent, SessionKind,
 };
+use crate::outbox::{self, Outbox, Refused};
 
 /// Session events queued per connection before the reader waits for the
 /// handler (backpressure instead of unbounded memory).
 const SESSION_QUEUE: usize = 1024;
+
+/// The reader reads into a buffer with at least `READ_MIN` bytes free,
+/// growing it by `READ_CHUNK` when less is. Decoded payloads share the
+/// buffer (zero copy), so a request that waits keeps its chunk alive: the
+/// chunk is small for that reason, and large enough to take in many
+/// requests per read.
+const READ_MIN: usize = 2 * 1024;
+const READ_CHUNK: usize = 8 * 1024;
 
 /// What every link of a service shares.
 #[derive(Debug)]
@@ -53,7 +80,7 @@ pub(crate) struct Shared<H> {
     pub(crate) handler: H,
     pub(crate) gates: Gates,
     /// Bounds the requests handled at once across all links.
-    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) permits: Arc<InFlight>,
 }
 
 /// How one connection ended.
@@ -224,55 +251,121 @@ struct Connection<H> {
     /// Dead-gate timeout for this link (the configured one, widened to the
     /// gate's announced ping interval).
     silence_limit: Duration,
-    /// Handler tasks and the session task of this connection.
+    /// The tasks of requests that had to wait, and the session task of
+    /// this connection.
     tracker: TaskTracker,
+    outbox: Arc<Outbox>,
+    /// What every [`Context`] of this link holds.
+    handles: Arc<Handles>,
+}
+
+/// Answers the reader produced while handling one read, encoded, on their
+/// way to the [`Outbox`] in one append.
+struct Batch {
+    buf: BytesMut,
+    frames: usize,
+    max_frame_len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, frame: ServiceFrame) {
+        if outbox::encode(frame, &mut self.buf, self.max_frame_len) {
+            self.frames += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.frames == 0
+    }
+
+    /// Moves the batch to the outbox unless it is full; `false` if it is
+    /// (the batch stays, and the reader must wait for room before reading
+    /// on).
+    fn flush(&mut self, outbox: &Outbox) -> bool {
+        if self.frames == 0 {
+            return true;
+        }
+        match outbox.try_append(&mut self.buf, self.frames) {
+            Err(Refused::Full) => false,
+            // Ok, or Closed: the link is ending and its answers go nowhere.
+            _ => {
+                self.buf.clear();
+                self.frames = 0;
+                true
+            }
+        }
+    }
 }
 
 impl<H: Handler> Connection<H> {
     fn new(shared: Arc<Shared<H>>, gate: GateHandle, ack: &RegisterAck) -> Self {
         let announced = Duration::from_millis(u64::from(ack.heartbeat_interval_ms)) * 3;
         let silence_limit = shared.config.heartbeat_timeout.max(announced);
+        let outbox = Arc::new(Outbox::new(
+            shared.config.send_queue,
+            shared.config.max_frame_len,
+        ));
         Connection {
-            shared,
-            gate,
+            gate: gate.clone(),
             gate_name: ack.gate_name.clone(),
             link_id: ack.link_id,
             silence_limit,
             tracker: TaskTracker::new(),
+            outbox,
+            handles: Arc::new(Handles {
+                gate,
+                gates: shared.gates.clone(),
+            }),
+            shared,
         }
     }
 
-    fn context(&self, request_id: u64, deadline_ms: u32) -> Context {
+    /// The context of a call that arrived at `now`.
+    fn context(&self, request_id: u64, deadline_ms: u32, now: Instant) -> Context {
         Context {
             request_id,
             deadline: (deadline_ms > 0)
-                .then(|| Instant::now() + Duration::from_millis(u64::from(deadline_ms))),
-            gate: self.gate.clone(),
-            gates: self.shared.gates.clone(),
+                .then(|| now + Duration::from_millis(u64::from(deadline_ms))),
+            handles: self.handles.clone(),
         }
     }
 
     async fn serve(
         self,
-        mut reader: FramedRead<OwnedReadHalf, ServiceCodec>,
+        reader: FramedRead<OwnedReadHalf, ServiceCodec>,
         writer: FramedWrite<OwnedWriteHalf, ServiceCodec>,
         shutdown: &CancellationToken,
     ) -> End {
         let config = &self.shared.config;
-        let (tx, rx) = mpsc::channel(config.send_queue);
-        let stop_writer = CancellationToken::new();
-        let mut writer_task = tokio::spawn(write_loop(writer, rx, stop_writer.clone()));
+        // The registration phase is over: from here on the reader decodes
+        // by hand (so it knows when a read's frames are all handled and its
+        // answers can go out together) and the writer writes the outbox.
+        let parts = reader.into_parts();
+        let mut read = parts.io;
+        let mut codec = parts.codec;
+        let mut rbuf = parts.read_buf;
+        let mut writer_task =
+            tokio::spawn(outbox::write_loop(self.outbox.clone(), writer.into_inner()));
+        let mut batch = Batch {
+            buf: BytesMut::new(),
+            frames: 0,
+            max_frame_len: self.outbox.max_frame_len(),
+        };
+        // Set while the outbox is full: the batch waits for room and the
+        // link reads nothing more (backpressure to the gate), though it
+        // still pings and watches for silence.
+        let mut stalled = false;
 
         let (events_tx, events_rx) = mpsc::channel(SESSION_QUEUE);
         let mut events_tx = Some(events_tx);
         self.tracker.spawn(session_loop(
             self.shared.clone(),
-            self.context(0, 0),
+            self.context(0, 0, Instant::now()),
             events_rx,
         ));
 
         self.gate.publish(Some(Live {
-            tx: tx.clone(),
+            outbox: self.outbox.clone(),
             gate_name: self.gate_name.clone(),
             link_id: self.link_id,
         }));
@@ -285,7 +378,26 @@ impl<H: Handler> Connection<H> {
         // Set once shutdown began: until then, in-flight requests may finish.
         let mut drain_until: Option<Instant> = None;
 
-        let end = loop {
+        // Frames that arrived with the registration answer.
+        let mut ready = !rbuf.is_empty();
+        let end = 'serve: loop {
+            if ready {
+                ready = false;
+                loop {
+                    match codec.decode(&mut rbuf) {
+                        Ok(Some(frame)) => {
+                            self.dispatch(frame, last_heard, &mut batch, events_tx.as_ref())
+                                .await;
+                        }
+                        Ok(None) => break,
+                        Err(err) => break 'serve lost(true, format!("bad frame from gate: {err}")),
+                    }
+                }
+                stalled = !batch.flush(&self.outbox);
+            }
+            if rbuf.capacity() - rbuf.len() < READ_MIN {
+                rbuf.reserve(READ_CHUNK);
+            }
             tokio::select! {
                 written = &mut writer_task => {
                     let why = match written {
@@ -298,34 +410,41 @@ impl<H: Handler> Connection<H> {
                     info!("stopping: telling the gate, finishing in-flight requests");
                     // A full queue would hold the drain up; the close tells
                     // the gate just as well.
-                    let _ = tx.try_send(Goodbye { reason: "service stopping".into() }.into());
+                    let _ = self.outbox.push_control(Goodbye { reason: "service stopping".into() }.into());
                     // Ends the session task once its queue is empty.
                     events_tx = None;
                     self.tracker.close();
                     drain_until = Some(Instant::now() + config.drain_timeout);
                 }
-                _ = self.tracker.wait(), if drain_until.is_some() => break End::Shutdown,
+                _ = self.tracker.wait(), if drain_until.is_some() && !stalled => break End::Shutdown,
                 _ = sleep_until(drain_until.unwrap_or_else(Instant::now)), if drain_until.is_some() => {
                     warn!(unanswered = self.tracker.len(), "drain timeout; closing anyway");
                     break End::Shutdown;
                 }
-                next = reader.next() => match next {
-                    None => break lost(true, "gate closed the link"),
-                    Some(Err(err)) => break lost(true, format!("bad frame from gate: {err}")),
-                    Some(Ok(frame)) => {
+                _ = self.outbox.append(&mut batch.buf, batch.frames), if stalled => {
+                    batch.frames = 0;
+                    stalled = false;
+                }
+                got = read.read_buf(&mut rbuf), if !stalled => match got {
+                    Ok(0) if rbuf.is_empty() => break lost(true, "gate closed the link"),
+                    Ok(0) => break lost(true, "bad frame from gate: the link closed inside a frame"),
+                    Ok(_) => {
                         last_heard = Instant::now();
-                        self.dispatch(frame, &tx, events_tx.as_ref()).await;
+                        ready = true;
                     }
+                    Err(err) => break lost(true, format!("read failed: {err}")),
                 },
                 _ = ticker.tick() => {
                     let silent = last_heard.elapsed();
                     if silent >= self.silence_limit {
-                        break lost(true, format!("gate silent for {silent:?}"));
+                        let why = if stalled { "not reading" } else { "silent" };
+                        break lost(true, format!("gate {why} for {silent:?}"));
                     }
                     nonce += 1;
-                    // If the queue is full the link is busy, and a ping
-                    // would say nothing the queued frames do not.
-                    let _ = tx.try_send(Ping { nonce, sent_at_ms: unix_ms() }.into());
+                    // Dropped if even the control allowance is used up:
+                    // the link is busy then, and a ping would say nothing
+                    // the queued frames do not.
+                    let _ = self.outbox.push_control(Ping { nonce, sent_at_ms: unix_ms() }.into());
                 }
             }
         };
@@ -333,47 +452,49 @@ impl<H: Handler> Connection<H> {
         // From here on pushes fail fast instead of queueing for a dead link.
         self.gate.publish(None);
         drop(events_tx);
-        drop(tx);
         match end {
             End::Shutdown if !writer_task.is_finished() => {
-                // The writer ends once every sender is gone, after flushing
-                // the answers queued during the drain; tasks still running
-                // past the drain deadline hold senders, hence the bound.
+                // Tasks still running past the drain deadline get a last
+                // moment to answer; then the writer writes what is queued
+                // and closes our direction, so the gate sees a clean end.
                 let grace = drain_until.unwrap_or_else(Instant::now) + Duration::from_secs(1);
+                if !batch.is_empty() {
+                    let _ =
+                        timeout_at(grace, self.outbox.append(&mut batch.buf, batch.frames)).await;
+                }
+                let _ = timeout_at(grace, self.tracker.wait()).await;
+                self.outbox.close();
                 if timeout_at(grace, &mut writer_task).await.is_err() {
-                    stop_writer.cancel();
                     writer_task.abort();
                 }
                 info!("link closed");
             }
             _ => {
-                stop_writer.cancel();
+                self.outbox.close();
                 writer_task.abort();
             }
         }
         end
     }
 
+    /// Handles one frame from the gate. Answers the reader produces go into
+    /// `batch`; requests that do not finish at once go on their own task.
     async fn dispatch(
         &self,
         frame: GateFrame,
-        tx: &mpsc::Sender<ServiceFrame>,
+        now: Instant,
+        batch: &mut Batch,
         events: Option<&mpsc::Sender<SessionEvent>>,
     ) {
         let draining = events.is_none();
         match frame.kind {
             Some(Kind::Request(req)) => {
                 let id = req.request_id;
-                let Some(permit) = self.admit(draining) else {
-                    let why = if draining {
-                        "service is stopping"
-                    } else {
-                        "service overloaded"
-                    };
-                    answer_now(tx, Response::error(id, why).into());
+                if let Err(why) = self.admit(draining) {
+                    batch.push(Response::error(id, why).into());
                     return;
-                };
-                let ctx = self.context(id, req.deadline_ms);
+                }
+                let ctx = self.context(id, req.deadline_ms, now);
                 let request = Request {
                     uid: req.uid,
                     subid: req.subid,
@@ -381,38 +502,26 @@ impl<H: Handler> Connection<H> {
                     payload: req.payload,
                 };
                 let shared = self.shared.clone();
-                let tx = tx.clone();
-                self.tracker.spawn(async move {
-                    let answer = AssertUnwindSafe(shared.handler.request(ctx, request))
-                        .catch_unwind()
-                        .await;
-                    drop(permit);
-                    let frame = match answer {
-                        Ok(Ok(body)) => Response::ok(id, body),
-                        Ok(Err(reason)) => Response::error(id, reason),
-                        Err(_) => {
+                let answer = async move { shared.handler.request(ctx, request).await };
+                self.run(answer, batch, move |answer| {
+                    match answer {
+                        Some(Ok(body)) => Response::ok(id, body),
+                        Some(Err(reason)) => Response::error(id, reason),
+                        None => {
                             error!(request_id = id, "request handler panicked");
                             Response::error(id, "request handler panicked")
                         }
-                    };
-                    let frame = fit_response(frame, shared.config.max_frame_len);
-                    // Err: the link is gone, and the gate already failed the
-                    // request.
-                    let _ = tx.send(frame).await;
+                    }
+                    .into()
                 });
             }
             Some(Kind::AuthRequest(req)) => {
                 let id = req.request_id;
-                let Some(permit) = self.admit(draining) else {
-                    let why = if draining {
-                        "service is stopping"
-                    } else {
-                        "service overloaded"
-                    };
-                    answer_now(tx, AuthReply::deny(id, why).into());
+                if let Err(why) = self.admit(draining) {
+                    batch.push(AuthReply::deny(id, why).into());
                     return;
-                };
-                let ctx = self.context(id, req.deadline_ms);
+                }
+                let ctx = self.context(id, req.deadline_ms, now);
                 let auth = AuthRequest {
                     user: req.user,
                     server: req.server,
@@ -420,21 +529,17 @@ impl<H: Handler> Connection<H> {
                     peer_addr: req.peer_addr,
                 };
                 let shared = self.shared.clone();
-                let tx = tx.clone();
-                self.tracker.spawn(async move {
-                    let decision = AssertUnwindSafe(shared.handler.auth(ctx, auth))
-                        .catch_unwind()
-                        .await;
-                    drop(permit);
-                    let frame = match decision {
-                        Ok(AuthDecision::Allow(uid)) => AuthReply::allow(id, uid),
-                        Ok(AuthDecision::Deny(reason)) => AuthReply::deny(id, reason),
-                        Err(_) => {
+                let decision = async move { shared.handler.auth(ctx, auth).await };
+                self.run(decision, batch, move |decision| {
+                    match decision {
+                        Some(AuthDecision::Allow(uid)) => AuthReply::allow(id, uid),
+                        Some(AuthDecision::Deny(reason)) => AuthReply::deny(id, reason),
+                        None => {
                             error!(request_id = id, "auth handler panicked");
                             AuthReply::deny(id, "auth handler panicked")
                         }
-                    };
-                    let _ = tx.send(frame.into()).await;
+                    }
+                    .into()
                 });
             }
             Some(Kind::SessionEvent(event)) => {
@@ -452,12 +557,29 @@ impl<H: Handler> Connection<H> {
                         kind,
                         reason: event.reason,
                     };
-                    // Err: the session task panicked; already logged.
-                    let _ = events.send(event).await;
+                    match events.try_send(event) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(event)) => {
+                            // Backpressure: the handler is behind. Answers
+                            // made so far go out first (if the outbox is
+                            // full they stay, for the reader to retry).
+                            batch.flush(&self.outbox);
+                            let _ = events.send(event).await;
+                        }
+                        // The session task panicked; already logged.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    }
                 }
             }
             Some(Kind::Ping(ping)) => {
-                answer_now(tx, Pong::answer(&ping).into());
+                // Not in the batch: a pong never waits behind answers.
+                if self
+                    .outbox
+                    .push_control(Pong::answer(&ping).into())
+                    .is_err()
+                {
+                    warn!("send queue full; pong dropped");
+                }
             }
             Some(Kind::Pong(_)) => {}
             Some(Kind::Goodbye(goodbye)) => {
@@ -472,44 +594,97 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// A permit to run one more handler, unless draining or at the bound.
-    fn admit(&self, draining: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if draining {
-            return None;
+    /// Runs an admitted call: polls `call` once right here, and when it is
+    /// done at once (an echo, a lookup in memory) puts the answer in
+    /// `batch` — no task, no channel, no wake-up. Otherwise the call goes
+    /// on its own task, so it waits without holding up other requests, and
+    /// queues its answer when done. The permit taken by
+    /// [`admit`](Self::admit) is held until the call is done either way.
+    /// `answer` turns the call's result (`None`: it panicked) into a frame.
+    fn run<F, T>(
+        &self,
+        call: F,
+        batch: &mut Batch,
+        answer: impl FnOnce(Option<T>) -> ServiceFrame + Send + 'static,
+    ) where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        // Boxed so it can move to a task after this first poll.
+        let mut call = Box::pin(AssertUnwindSafe(call).catch_unwind());
+        // A no-op waker: if the call is not done, its task polls it again
+        // at once and it registers that task's waker then.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match call.as_mut().poll(&mut cx) {
+            Poll::Ready(result) => {
+                self.shared.permits.release();
+                batch.push(answer(result.ok()));
+            }
+            Poll::Pending => {
+                let permit = Permit(self.shared.permits.clone());
+                let outbox = self.outbox.clone();
+                self.tracker.spawn(async move {
+                    let result = call.await;
+                    drop(permit);
+                    // Err: the link is gone, and the gate already failed
+                    // the request.
+                    let _ = outbox.send(answer(result.ok())).await;
+                });
+            }
         }
-        self.shared.permits.clone().try_acquire_owned().ok()
+    }
+
+    /// Takes a permit to run one more call, unless draining or at the
+    /// bound; the refusal says which.
+    fn admit(&self, draining: bool) -> Result<(), &'static str> {
+        if draining {
+            Err("service is stopping")
+        } else if self.shared.permits.try_acquire() {
+            Ok(())
+        } else {
+            Err("service overloaded")
+        }
     }
 }
 
-/// Queues a frame from the reader without waiting: should the gate stop
-/// reading, the queue fills, and a reader waiting on it would stop noticing
-/// that the gate went silent. A dropped answer costs the gate a deadline
-/// (or a pong), not a hang.
-fn answer_now(tx: &mpsc::Sender<ServiceFrame>, frame: ServiceFrame) {
-    if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
-        warn!("send queue full; immediate answer dropped");
+/// Bounds the requests and auth checks handled at once across all links
+/// ([`Config::max_in_flight`]): a counter, as a call that finishes at its
+/// first poll takes and returns its permit without ever waiting.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    now: AtomicUsize,
+    max: usize,
+}
+
+impl InFlight {
+    pub(crate) fn new(max: usize) -> Self {
+        InFlight {
+            now: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn try_acquire(&self) -> bool {
+        self.now
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |n| {
+                (n < self.max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    fn release(&self) {
+        self.now.fetch_sub(1, Ordering::Release);
     }
 }
 
-/// The frame for `response`, or an error answer when it is too large for a
-/// frame, so the client gets an answer now instead of the gate's deadline
-/// later.
-fn fit_response(response: Response, max_frame_len: usize) -> ServiceFrame {
-    let id = response.request_id;
-    let frame: ServiceFrame = response.into();
-    let len = frame.encoded_len();
-    if len <= max_frame_len {
-        return frame;
+/// A permit held by a call running on its own task; returned on drop, so
+/// also when the task is dropped unfinished.
+struct Permit(Arc<InFlight>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.release();
     }
-    warn!(
-        request_id = id,
-        len, max_frame_len, "response too large for a frame"
-    );
-    Response::error(
-        id,
-        format!("response of {len} bytes exceeds the frame limit of {max_frame_len} bytes"),
-    )
-    .into()
 }
 
 async fn session_loop<H: Handler>(
@@ -527,45 +702,6 @@ async fn session_loop<H: Handler>(
     }
 }
 
-/// Drains the queue into the socket, flushing only when the queue is empty
-/// so a burst of answers becomes one write.
-async fn write_loop(
-    mut writer: FramedWrite<OwnedWriteHalf, ServiceCodec>,
-    mut rx: mpsc::Receiver<ServiceFrame>,
-    stop: CancellationToken,
-) -> Result<(), FrameError> {
-    loop {
-        let first = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            frame = rx.recv() => frame,
-        };
-        let Some(frame) = first else { break };
-        feed(&mut writer, frame).await?;
-        while let Ok(frame) = rx.try_recv() {
-            feed(&mut writer, frame).await?;
-        }
-        writer.flush().await?;
-    }
-    // Every sender is gone (graceful stop): close our direction so the gate
-    // sees a clean end of stream.
-    writer.close().await
-}
-
-async fn feed(
-    writer: &mut FramedWrite<OwnedWriteHalf, ServiceCodec>,
-    frame: ServiceFrame,
-) -> Result<(), FrameError> {
-    match writer.feed(frame).await {
-        // Senders check sizes first; should one slip through, dropping it
-        // beats dropping the link (nothing was written).
-        Err(FrameError::TooLarge { len, max }) => {
-            error!(len, max, "frame too large; dropped");
-            Ok(())
-        }
-        other => other,
-    }
-}
-
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -575,26 +711,7 @@ fn unix_ms() -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
-
-    #[test]
-    fn oversize_responses_become_errors() {
-        use proto::backend::{response, service_frame};
-
-        let small = Response::ok(1, Bytes::from_static(b"hi"));
-        assert_eq!(fit_response(small.clone(), 1024), small.into());
-        let big = Response::ok(2, Bytes::from(vec![0u8; 2048]));
-        let Some(service_frame::Kind::Response(fitted)) = fit_response(big, 1024).kind else {
-            panic!("not a response");
-        };
-        assert_eq!(fitted.request_id, 2);
-        assert!(matches!(
-            fitted.result,
-            Some(response::Result::Error(ref why)) if why.contains("exceeds")
-        ));
-    }
 
     #[test]
     fn refusals_sort_into_fatal_and_retry() {

@@ -370,6 +370,50 @@ async fn a_slow_request_does_not_block_others() {
 }
 
 #[tokio::test]
+async fn a_burst_through_a_tiny_send_queue_is_answered_in_full() {
+    // A send queue of 2 frames: the answers of one read overflow it, so the
+    // service must hold them back and stop reading until its writer has
+    // made room, then carry on. Nothing may be lost or answered twice.
+    let gate = FakeGate::bind().await;
+    let running = start(builder(&gate).configure(|c| c.send_queue = 2));
+    let (mut link, _) = gate.accept_registered().await;
+    const BURST: u64 = 1000;
+    for id in 1..=BURST {
+        let route = if id % 100 == 0 { "test.fail" } else { "" };
+        link.framed
+            .feed(
+                Request {
+                    request_id: id,
+                    uid: Bytes::from_static(b"hello"),
+                    subid: Bytes::from_static(b"1"),
+                    route: route.into(),
+                    payload: Bytes::from(id.to_string()),
+                    deadline_ms: 5000,
+                }
+                .into(),
+            )
+            .await
+            .expect("queue a request");
+    }
+    link.framed.flush().await.expect("send the burst");
+    let mut seen = vec![false; BURST as usize + 1];
+    for _ in 1..=BURST {
+        let (id, answer) = link.response().await;
+        assert!(
+            !std::mem::replace(&mut seen[id as usize], true),
+            "{id} twice"
+        );
+        if id % 100 == 0 {
+            assert_eq!(answer, Err("no such room".into()));
+        } else {
+            assert_eq!(answer, Ok(Bytes::from(id.to_string())));
+        }
+    }
+    link.sync(1).await;
+    running.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn requests_over_the_bound_are_refused_at_once() {
     let gate = FakeGate::bind().await;
     let mut running = start(builder(&gate).max_in_flight(2));

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_util::codec::Framed;
+use tokio_util::codec::FramedRead;
 
 use codec::LineCodec;
 use loginproto::handshake::SessionSecret;
@@ -26,6 +26,10 @@ use crate::text;
 
 /// Deadline of a whole login dialogue when the caller does not choose one.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Initial read buffer of a dialogue: the server's lines are short (a
+/// longer one grows it).
+const READ_BUF: usize = 256;
 
 /// The crypt suite, as named on the command line and in scripts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -130,7 +134,13 @@ async fn dialogue(
         })?;
     // Lines 4 and 5 go out in one write; nothing gains from Nagle here.
     stream.set_nodelay(true)?;
-    let mut lines = Framed::new(stream, LineCodec::new());
+    // Each line of the server is answered at once, and the answer carries
+    // the ACK: no need for a segment of its own (a quick ACK).
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
+    // Lines are written straight to the socket (the state machine hands out
+    // complete lines), so only the read half is framed.
+    let mut lines = FramedRead::with_capacity(stream, LineCodec::new(), READ_BUF);
     let random = ClientRandom {
         skynet_key: loginproto::skynet::random_key(rand::random()),
         x25519_key: rand::random(),
@@ -143,17 +153,19 @@ async fn dialogue(
     Ok(state.receive(&next_line(&mut lines).await?)?)
 }
 
-async fn next_line(lines: &mut Framed<TcpStream, LineCodec>) -> Result<bytes::Bytes, ClientError> {
+async fn next_line(
+    lines: &mut FramedRead<TcpStream, LineCodec>,
+) -> Result<bytes::Bytes, ClientError> {
     match lines.next().await {
         Some(line) => Ok(line?),
         None => Err(ClientError::LoginClosed),
     }
 }
 
-/// The state machine hands out complete lines (LF included), so they bypass
-/// the line encoder; the write buffer of `Framed` is always empty here.
+/// The state machine hands out complete lines (LF included), so they are
+/// written as they are.
 async fn send_raw(
-    lines: &mut Framed<TcpStream, LineCodec>,
+    lines: &mut FramedRead<TcpStream, LineCodec>,
     bytes: &[u8],
 ) -> Result<(), ClientError> {
     let stream = lines.get_mut();

@@ -9,6 +9,7 @@ pub mod config;
 pub mod link;
 pub mod login;
 pub mod msg;
+pub mod net;
 mod run;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};

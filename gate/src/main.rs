@@ -13,11 +13,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 use gate::backend::Backend;
 use gate::config::{AuthSource, Config};
+use gate::net::{LISTEN_BACKLOG, listen};
 
 /// Login server + message gate, wire-compatible with skynet's
 /// snax.loginserver / snax.msgserver.
@@ -208,16 +208,13 @@ impl RunArgs {
 
     async fn run(self) -> anyhow::Result<()> {
         let config = self.config()?;
-        let login = TcpListener::bind(config.login.listen)
-            .await
+        let login = listen(config.login.listen, LISTEN_BACKLOG)
             .with_context(|| format!("cannot listen on {} (login)", config.login.listen))?;
-        let gate = TcpListener::bind(config.gate.listen)
-            .await
+        let gate = listen(config.gate.listen, LISTEN_BACKLOG)
             .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))?;
         let mut components = gate::Components::default();
         if let Some(addr) = config.backend.listen {
-            let listener = TcpListener::bind(addr)
-                .await
+            let listener = listen(addr, LISTEN_BACKLOG)
                 .with_context(|| format!("cannot listen on {addr} (backend)"))?;
             components.backend = Some(Backend::new(config.backend.clone(), listener));
         }
@@ -303,10 +300,23 @@ fn main() -> anyhow::Result<()> {
                 .with_env_filter(
                     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
                 )
+                .with_writer(std::io::stderr)
+                // Colour codes only on a terminal: a log file stays plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
-            tokio::runtime::Runtime::new()
-                .context("cannot start the tokio runtime")?
-                .block_on(args.run())
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
+            // The servers run as a task on a worker thread, not on this one
+            // (`block_on`): the connection tasks their accept loops spawn then
+            // go to that worker's own queue instead of the shared injection
+            // queue, which wakes another thread for every connection.
+            runtime.block_on(async {
+                match tokio::spawn(args.run()).await {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                    Err(e) => Err(anyhow::anyhow!("the server task was cancelled: {e}")),
+                }
+            })
         }
     }
 }

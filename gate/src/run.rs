@@ -44,7 +44,8 @@ pub type GateLinkLayer = Box<dyn FnOnce(Arc<dyn GateLink>) -> Arc<dyn GateLink> 
 /// [`run`] uses.
 #[derive(Default)]
 pub struct Components {
-    /// Source of login challenges and keys. Default: the OS CSPRNG.
+    /// Source of login challenges and keys. Default: a CSPRNG per thread
+    /// seeded (and regularly reseeded) from the OS ([`crate::login::ThreadRandom`]).
     pub random: Option<Arc<dyn RandomSource>>,
     /// Authenticator. Default: with `login.auth = "accounts"` the accounts
     /// file of `config.accounts`, or the demo authenticator (with a warning)

@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
-use tokio::net::TcpSocket;
 use tokio_util::sync::CancellationToken;
 
 /// A raw framed echo server: BE16 packages, each request `content ‖ BE32
@@ -26,16 +25,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // A deep accept queue: a load generator opens hundreds of connections
-    // at once, and the default of 128 makes some wait for a SYN retransmit.
-    let socket = if args.listen.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(args.listen)?;
-    let listener = socket.listen(4096)?;
+    // The same deep accept queue as the gate's listeners.
+    let listener = gate::net::listen(args.listen, gate::net::LISTEN_BACKLOG)?;
     println!("raw-echo listening on {}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();

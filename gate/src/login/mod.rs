@@ -19,5 +19,5 @@ pub use self::auth::{
 };
 pub use self::gates::Gates;
 pub use self::online::{OnlineSession, OnlineTable};
-pub use self::random::{FixedRandom, OsRandom, RandomSource};
+pub use self::random::{FixedRandom, OsRandom, RandomSource, ThreadRandom};
 pub use self::server::LoginServer;

@@ -125,9 +125,10 @@ impl OnlineTable {
     /// 4. ask the gate to log the user in; its refusal is `403`;
     /// 5. record `uid → (server, subid)` and return the subid.
     ///
-    /// Callers must let this future run to completion (spawn it) once it
-    /// has started: dropping it between the gate's answer and step 4 would
-    /// leave a session the table does not know.
+    /// Callers must let this future run to completion once it has started
+    /// (the login server polls it in place and moves it to a task of its
+    /// own if the dialogue is dropped): dropping it between the gate's
+    /// answer and step 4 would leave a session the table does not know.
     pub async fn place(
         self: Arc<Self>,
         gates: Arc<dyn GateLink>,

@@ -92,28 +92,7 @@ impl Ext {
         if text.is_empty() {
             return Ok(None);
         }
-        let mut version = None;
-        let mut push = None;
-        for item in items(text) {
-            let (key, value) = item?;
-            match key {
-                b"v" => {
-                    let v = decimal_u32(value)
-                        .filter(|&v| v >= 1)
-                        .ok_or(ExtError::BadVersion)?;
-                    if version.replace(v).is_some() {
-                        return Err(ExtError::Repeated);
-                    }
-                }
-                b"push" => {
-                    let p = decimal_u32(value).ok_or(ExtError::BadPush)?;
-                    if push.replace(p).is_some() {
-                        return Err(ExtError::Repeated);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (version, push) = version_and(text, b"push", ExtError::BadPush)?;
         let version = version.ok_or(ExtError::MissingVersion)?;
         Ok(Some(Ext {
             version,
@@ -143,28 +122,7 @@ impl Welcome {
     /// Parses the content (same grammar as [`Ext`]; `v` required, `idle`
     /// optional, unknown keys ignored).
     pub fn parse(text: &[u8]) -> Result<Welcome, ExtError> {
-        let mut version = None;
-        let mut idle = None;
-        for item in items(text) {
-            let (key, value) = item?;
-            match key {
-                b"v" => {
-                    let v = decimal_u32(value)
-                        .filter(|&v| v >= 1)
-                        .ok_or(ExtError::BadVersion)?;
-                    if version.replace(v).is_some() {
-                        return Err(ExtError::Repeated);
-                    }
-                }
-                b"idle" => {
-                    let ms = decimal_u32(value).ok_or(ExtError::Syntax)?;
-                    if idle.replace(ms).is_some() {
-                        return Err(ExtError::Repeated);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let (version, idle) = version_and(text, b"idle", ExtError::Syntax)?;
         Ok(Welcome {
             version: version.ok_or(ExtError::MissingVersion)?,
             idle_ms: idle.unwrap_or(0),
@@ -216,6 +174,36 @@ fn decimal_u32(text: &[u8]) -> Option<u32> {
         }
         acc.checked_mul(10)?.checked_add(u32::from(b - b'0'))
     })
+}
+
+/// Reads the two keys both the extension field and the welcome carry: the
+/// required-once `v` (decimal, at least 1) and one optional-once decimal
+/// `other` key (`bad` when its value is not a u32). Unknown keys are
+/// ignored.
+fn version_and(
+    text: &[u8],
+    other: &[u8],
+    bad: ExtError,
+) -> Result<(Option<u32>, Option<u32>), ExtError> {
+    let mut version = None;
+    let mut second = None;
+    for item in items(text) {
+        let (key, value) = item?;
+        if key == b"v" {
+            let v = decimal_u32(value)
+                .filter(|&v| v >= 1)
+                .ok_or(ExtError::BadVersion)?;
+            if version.replace(v).is_some() {
+                return Err(ExtError::Repeated);
+            }
+        } else if key == other {
+            let n = decimal_u32(value).ok_or(bad)?;
+            if second.replace(n).is_some() {
+                return Err(ExtError::Repeated);
+            }
+        }
+    }
+    Ok((version, second))
 }
 
 #[cfg(test)]

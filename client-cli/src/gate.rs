@@ -49,7 +49,8 @@ pub struct GateArgs {
     pub gate: String,
     /// Handshake like a plain skynet client: no extension field, so no
     /// pushes, no kick reasons, no heartbeat (the gate then sends exactly
-    /// what skynet would). [default: opt in with `v=1,push=<last seen>`]
+    /// what skynet would). By default the client opts in with
+    /// `v=1,push=<last seen>`.
     #[arg(long, conflicts_with = "handshake_ext")]
     pub plain: bool,
     /// Send this extension field verbatim after a third `:` of every

@@ -3,7 +3,7 @@
 //! (`spec/skynet-wire.md` §2, §4.3, §5.2, §5.4).
 //!
 //! * [`package`]: the gate's BE16 length-prefixed packages ([`PackageCodec`]).
-//! * [`line`]: the login server's LF-terminated lines with skynet's 8 KiB
+//! * [`line`](mod@line): the login server's LF-terminated lines with skynet's 8 KiB
 //!   buffer limit ([`LineCodec`]).
 //! * [`message`]: the gate handshake, the handshake index as a Lua number,
 //!   requests and responses, all zero copy over [`bytes::Bytes`].

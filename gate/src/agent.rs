@@ -9,11 +9,11 @@
 //!   return [`Dispatch::Ready`] from [`Agent::request`]. The gate calls them
 //!   on the connection's own task, between reading the request and writing
 //!   the response: no task, no channel, no allocation beyond the response.
-//! * **asynchronous** agents (a backend over RPC, issue 5) call
+//! * **asynchronous** agents (a backend over RPC) call
 //!   [`AgentRequest::defer`], return [`Dispatch::Pending`], and later answer
 //!   through the [`Completer`] from any task. The response then follows
-//!   skynet's cache rules (spec §5.5) like any other: it goes to the user's
-//!   current connection, or waits in the cache for a re-send.
+//!   skynet's cache rules like any other: it goes to the user's current
+//!   connection, or waits in the cache for a re-send.
 //!
 //! [`SessionCtx`] is a cheap handle (one `Arc`) on one logged-in session: an
 //! agent may keep it (e.g. in a table keyed by uid) to push to the user
@@ -26,21 +26,19 @@
 //! called re-entrantly from such a call.
 
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::link::EndReason;
-use crate::msg::cache::ExecId;
-use crate::msg::user::User;
+pub use crate::session::SessionEvent;
+use crate::session::{EndReason, ExecId, PushRefused};
 
 /// The game logic behind a gate.
 pub trait Agent: Send + Sync + 'static {
     /// A request of an authenticated user: answer now with
     /// [`Dispatch::Ready`], or defer it ([`AgentRequest::defer`]) and answer
-    /// later. `Err(reason)` becomes an error response (`ok = 0`, empty
-    /// content, as skynet's raising handler); the reason is only logged.
+    /// later. An `Err` becomes an error response (`ok = 0`, empty content,
+    /// as skynet's raising handler); the error is only logged.
     ///
     /// Must not block: it runs on the connection's task.
     fn request(&self, ctx: &SessionCtx, req: AgentRequest) -> Dispatch;
@@ -52,11 +50,50 @@ pub trait Agent: Send + Sync + 'static {
     }
 }
 
+/// Why a request got an error response instead of an answer. The client
+/// only sees the error response (`00 ‖ session`); this goes to the log and
+/// the metrics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RequestError {
+    /// The handler failed (skynet: the agent raised), with its message.
+    #[error("handler failed: {0}")]
+    Handler(String),
+    /// In route mode, the payload is not a route envelope or its route is
+    /// malformed.
+    #[error("not a valid route envelope: {0}")]
+    BadEnvelope(String),
+    /// No registered service instance serves what the request needs.
+    #[error("no instance of service {service:?} serves it")]
+    NoInstance {
+        /// The service that was needed.
+        service: String,
+    },
+    /// The instance is at its stated limit, or does not read its link.
+    #[error("service instance {instance} is congested")]
+    Congested {
+        /// `service/instance`.
+        instance: String,
+    },
+    /// The instance's link closed before it answered.
+    #[error("service instance {instance} went away")]
+    LinkLost {
+        /// `service/instance`.
+        instance: String,
+    },
+    /// No answer within the request deadline.
+    #[error("no answer within the request deadline")]
+    Timeout,
+    /// The agent dropped the request's completer without answering.
+    #[error("request dropped by the agent")]
+    Dropped,
+}
+
 /// What [`Agent::request`] did with a request.
 #[derive(Debug)]
 pub enum Dispatch {
-    /// The answer: `Ok(content)` or `Err(reason)` (an error response).
-    Ready(Result<Bytes, String>),
+    /// The answer: `Ok(content)` or an error (an error response).
+    Ready(Result<Bytes, RequestError>),
     /// The answer will come through the [`Completer`] returned by
     /// [`AgentRequest::defer`]; only that call can make this value.
     Pending(Deferred),
@@ -65,6 +102,19 @@ pub enum Dispatch {
 /// Proof that a request was deferred (see [`Dispatch::Pending`]).
 #[derive(Debug)]
 pub struct Deferred(());
+
+/// What a [`SessionCtx`] can do with its session; the gate's session table
+/// implements it. (A trait, so that this module does not depend on the
+/// gate's internals, which depend on it.)
+pub(crate) trait SessionHandle: Send + Sync + 'static {
+    fn uid(&self) -> &Bytes;
+    fn subid(&self) -> &Bytes;
+    fn username(&self) -> &Bytes;
+    fn is_active(&self) -> bool;
+    fn end(&self, reason: EndReason);
+    fn push(&self, payload: Bytes) -> Result<u32, PushRefused>;
+    fn complete(&self, session: u32, exec: ExecId, result: Result<Bytes, RequestError>);
+}
 
 /// A request handed to an agent.
 pub struct AgentRequest {
@@ -91,7 +141,7 @@ impl AgentRequest {
     /// the [`Dispatch::Pending`] to return from [`Agent::request`].
     pub fn defer(self, ctx: &SessionCtx) -> (Bytes, Completer, Dispatch) {
         let completer = Completer {
-            user: Some(Arc::clone(&ctx.user)),
+            handle: Some(Arc::clone(&ctx.handle)),
             session: self.session,
             exec: self.exec,
         };
@@ -112,10 +162,10 @@ impl fmt::Debug for AgentRequest {
 /// Answers one deferred request, from any task or thread.
 ///
 /// Dropping it without calling [`Completer::complete`] answers the request
-/// with an error response, so a backend that loses a request (crash,
-/// dropped future) never leaves the client waiting forever.
+/// with an error response ([`RequestError::Dropped`]), so a backend that
+/// loses a request (crash, dropped future) never leaves the client waiting.
 pub struct Completer {
-    user: Option<Arc<User>>,
+    handle: Option<Arc<dyn SessionHandle>>,
     session: u32,
     exec: ExecId,
 }
@@ -126,24 +176,20 @@ impl Completer {
         self.session
     }
 
-    /// Delivers the answer: `Ok(content)` or `Err(reason)` (error response).
+    /// Delivers the answer: `Ok(content)` or an error (error response).
     /// If the session ended meanwhile, or the request was orphaned by a
     /// "Conflict session", the answer is dropped (as skynet does).
-    pub fn complete(mut self, result: Result<Bytes, String>) {
-        if let Some(user) = self.user.take() {
-            user.complete(self.session, self.exec, result);
+    pub fn complete(mut self, result: Result<Bytes, RequestError>) {
+        if let Some(handle) = self.handle.take() {
+            handle.complete(self.session, self.exec, result);
         }
     }
 }
 
 impl Drop for Completer {
     fn drop(&mut self) {
-        if let Some(user) = self.user.take() {
-            user.complete(
-                self.session,
-                self.exec,
-                Err("request dropped by the agent".to_owned()),
-            );
+        if let Some(handle) = self.handle.take() {
+            handle.complete(self.session, self.exec, Err(RequestError::Dropped));
         }
     }
 }
@@ -156,54 +202,35 @@ impl fmt::Debug for Completer {
     }
 }
 
-/// Session events, in the order a session lives them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEvent {
-    /// The login server placed the user on this gate (no connection yet).
-    Login,
-    /// An authenticated connection is bound to the session (the first one
-    /// or a reconnect).
-    Back {
-        /// The client's address.
-        addr: SocketAddr,
-    },
-    /// The session's connection went away (skynet's `disconnect_handler`,
-    /// "AFK"). The session stays for the reconnect window.
-    Away,
-    /// The session ended (logout, kick, reconnect window over, shutdown).
-    /// Its connection, if any, is being closed; nothing follows.
-    Ended(EndReason),
-}
-
 /// A handle on one logged-in session (cheap to clone: one `Arc`).
 #[derive(Clone)]
 pub struct SessionCtx {
-    pub(crate) user: Arc<User>,
+    pub(crate) handle: Arc<dyn SessionHandle>,
 }
 
 impl SessionCtx {
-    pub(crate) fn new(user: Arc<User>) -> SessionCtx {
-        SessionCtx { user }
+    pub(crate) fn new(handle: Arc<dyn SessionHandle>) -> SessionCtx {
+        SessionCtx { handle }
     }
 
     /// The user id the login server gave.
     pub fn uid(&self) -> &Bytes {
-        &self.user.uid
+        self.handle.uid()
     }
 
     /// The subid the gate allocated (decimal text).
     pub fn subid(&self) -> &Bytes {
-        &self.user.subid
+        self.handle.subid()
     }
 
     /// The gate username `b64(uid)@b64(server)#b64(subid)`.
     pub fn username(&self) -> &Bytes {
-        &self.user.username
+        self.handle.username()
     }
 
     /// Whether the session still exists.
     pub fn is_active(&self) -> bool {
-        self.user.is_active()
+        self.handle.is_active()
     }
 
     /// Ends the session from the agent's side (skynet's
@@ -211,32 +238,31 @@ impl SessionCtx {
     /// the login server told ([`EndReason::Logout`]). Does nothing if the
     /// session already ended.
     pub fn logout(&self) {
-        self.user.end(EndReason::Logout);
+        self.handle.end(EndReason::Logout);
     }
 
     /// Ends the session with [`EndReason::Kicked`] and `reason`. A client
     /// that opted in to the extensions is sent the reason in a final kick
     /// package before the close; a plain client is just closed (skynet's
-    /// logout). See [`crate::msg`].
+    /// logout).
     pub fn kick(&self, reason: impl Into<String>) {
-        self.user.end(EndReason::Kicked(reason.into()));
+        self.handle.end(EndReason::Kicked(reason.into()));
     }
 
     /// Pushes `payload` to this session: the same as
     /// [`MsgGate::push`](crate::msg::MsgGate::push) for its uid, without
-    /// the lookup. Returns the push's sequence number, or `None` if the
-    /// session ended or the payload is larger than 65530 bytes. Never
-    /// blocks; may be called from inside [`Agent::request`].
-    pub fn push(&self, payload: Bytes) -> Option<u32> {
-        self.user.gate()?.push_to(&self.user, payload)
+    /// the lookup. Returns the push's sequence number. Never blocks; may be
+    /// called from inside [`Agent::request`].
+    pub fn push(&self, payload: Bytes) -> Result<u32, PushRefused> {
+        self.handle.push(payload)
     }
 }
 
 impl fmt::Debug for SessionCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionCtx")
-            .field("uid", &String::from_utf8_lossy(&self.user.uid))
-            .field("subid", &String::from_utf8_lossy(&self.user.subid))
+            .field("uid", &crate::esc::esc(self.uid()).to_string())
+            .field("subid", &crate::esc::esc(self.subid()).to_string())
             .finish()
     }
 }

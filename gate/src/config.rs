@@ -2,16 +2,44 @@
 //!
 //! Read from a TOML file (every field optional; the defaults reproduce
 //! skynet's `examples/login` on loopback) and then overridden by flags.
-//! Each field documents its default.
+//! Each field documents its default. Durations are written as text with a
+//! unit, as `humantime` reads them: `"5s"`, `"300ms"`, `"5m"`, `"1h 30m"`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+/// Serde for durations written `"5s"`, `"300ms"` (see the module docs).
+pub mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Reads `"5s"`-style text.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{text:?} is not a duration like \"5s\" or \"300ms\": {e}"
+            ))
+        })
+    }
+
+    /// Writes `"5s"`-style text.
+    pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    /// Parses a command-line value the same way.
+    pub fn parse(text: &str) -> Result<Duration, humantime::DurationError> {
+        humantime::parse_duration(text)
+    }
+}
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// The login server.
@@ -25,9 +53,12 @@ pub struct Config {
     /// Accounts file (`user:PHC-hash` lines). Default: none, which runs the
     /// demo authenticator (any user, password `password`) with a warning.
     pub accounts: Option<PathBuf>,
-    /// How long shutdown waits for in-flight requests before closing
-    /// connections. Default: 5000 ms.
-    pub shutdown_grace_ms: u64,
+    /// The one grace period for work in flight when something closes: at
+    /// shutdown, how long login dialogues and requests in flight may take
+    /// before the remaining connections are closed; after a client's FIN,
+    /// how long its requests may take to be answered. Default: 5s.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for Config {
@@ -37,20 +68,23 @@ impl Default for Config {
             gate: GateConfig::default(),
             backend: BackendConfig::default(),
             accounts: None,
-            shutdown_grace_ms: 5000,
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
 
 impl Config {
-    /// The shutdown grace period as a duration.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
+    /// The gate's settings with the top-level shutdown grace filled in.
+    pub fn gate(&self) -> GateConfig {
+        GateConfig {
+            shutdown_grace: self.shutdown_grace,
+            ..self.gate.clone()
+        }
     }
 }
 
 /// Login server settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoginConfig {
     /// Listen address. Default: `127.0.0.1:8001` (skynet's example).
@@ -62,8 +96,9 @@ pub struct LoginConfig {
     /// concurrent login gets `406 Not Acceptable`).
     pub multilogin: bool,
     /// Deadline for the whole login dialogue, from accept to status line.
-    /// Default: 10000 ms.
-    pub dialogue_timeout_ms: u64,
+    /// Default: 10s.
+    #[serde(with = "duration")]
+    pub dialogue_timeout: Duration,
     /// Most unread bytes buffered per login connection; more closes it.
     /// Default: 8192 (skynet's limit).
     pub max_line_bytes: usize,
@@ -71,8 +106,9 @@ pub struct LoginConfig {
     /// Default: 1024.
     pub max_connections: usize,
     /// Deadline for the authenticator (accounts file or auth service).
-    /// Default: 3000 ms.
-    pub auth_timeout_ms: u64,
+    /// Default: 3s.
+    #[serde(with = "duration")]
+    pub auth_timeout: Duration,
     /// Who checks credentials: `"accounts"` (the top-level `accounts` file,
     /// or the demo authenticator when none is set) or `"service"` (the
     /// backend service named `backend.auth_service`, which needs
@@ -81,14 +117,14 @@ pub struct LoginConfig {
 }
 
 /// Where the login server sends credentials (`[login] auth`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthSource {
     /// The accounts file, or the demo authenticator without one.
     #[default]
     Accounts,
     /// A backend service registered as `backend.auth_service` (an
-    /// `AuthRequest` per login, bounded by `login.auth_timeout_ms`; a deny,
+    /// `AuthRequest` per login, bounded by `login.auth_timeout`; a deny,
     /// a missing service or the deadline answer `401`).
     Service,
 }
@@ -99,29 +135,17 @@ impl Default for LoginConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             allow_skynet_suite: true,
             multilogin: false,
-            dialogue_timeout_ms: 10_000,
+            dialogue_timeout: Duration::from_secs(10),
             max_line_bytes: 8192,
             max_connections: 1024,
-            auth_timeout_ms: 3000,
+            auth_timeout: Duration::from_secs(3),
             auth: AuthSource::Accounts,
         }
     }
 }
 
-impl LoginConfig {
-    /// The login dialogue deadline as a duration.
-    pub fn dialogue_timeout(&self) -> Duration {
-        Duration::from_millis(self.dialogue_timeout_ms)
-    }
-
-    /// The authenticator deadline as a duration.
-    pub fn auth_timeout(&self) -> Duration {
-        Duration::from_millis(self.auth_timeout_ms)
-    }
-}
-
 /// Message gate settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GateConfig {
     /// The gate's server name, as clients put it in their token and
@@ -132,8 +156,9 @@ pub struct GateConfig {
     /// Most connections open at once, authenticated or not; the next one is
     /// closed at accept. Default: 65536.
     pub maxclient: usize,
-    /// Deadline from accept to a complete handshake package. Default: 10000 ms.
-    pub handshake_timeout_ms: u64,
+    /// Deadline from accept to a complete handshake package. Default: 10s.
+    #[serde(with = "duration")]
+    pub handshake_timeout: Duration,
     /// Most bytes queued for one connection that the client has not read;
     /// a client that stops reading is disconnected. Default: 1 MiB.
     pub send_queue_bytes: usize,
@@ -141,16 +166,22 @@ pub struct GateConfig {
     /// connection. Default: 128.
     pub max_inflight_per_user: usize,
     /// skynet's `expired_number`: the response cache keeps roughly the last
-    /// `E`..`2E` answered sessions per user. Default: 128.
+    /// `E`..`2E` answered sessions per user that were delivered. Default: 128.
     pub expired_number: u32,
+    /// Most bytes of cached answers per user (each answer counts its
+    /// package plus 64 bytes). Answers no connection got yet are kept until
+    /// re-sent; when this bound forces one out, a re-send of it is answered
+    /// with an error response instead of running again. Default: 262144
+    /// (256 KiB).
+    pub cache_bytes: usize,
     /// How long a user may stay disconnected before the gate logs it out.
-    /// Default: 300000 ms (5 minutes).
-    pub reconnect_window_ms: u64,
-    /// At shutdown, how long the gate lets requests in flight finish (and
-    /// their responses be written) before it closes the remaining
-    /// connections. Default: 5000 ms (the same as the top-level
-    /// `shutdown_grace_ms`).
-    pub shutdown_grace_ms: u64,
+    /// Default: 5m.
+    #[serde(with = "duration")]
+    pub reconnect_window: Duration,
+    /// Not read from the file: the top-level `shutdown_grace`, which
+    /// [`Config::gate`] copies here. Default: 5s.
+    #[serde(skip)]
+    pub shutdown_grace: Duration,
     /// Most pushes kept per user for replay to a client that reconnects
     /// (the oldest go first); 0 keeps none (a client that was away is only
     /// told how many it missed). Default: 64.
@@ -161,13 +192,15 @@ pub struct GateConfig {
     pub push_backlog_bytes: usize,
     /// An authenticated connection that opted in to the extensions and
     /// sends nothing (not even a heartbeat) for this long is closed; the
-    /// user becomes away and may reconnect. 0 = never. Default: 60000 ms
+    /// user becomes away and may reconnect. `"0s"` = never. Default: 60s
     /// (clients ping every 20 s).
-    pub idle_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
     /// The same for plain skynet connections. skynet clients send nothing
-    /// while idle and skynet never closes them, so the default is 0 =
+    /// while idle and skynet never closes them, so the default is `"0s"` =
     /// never; an operator may set it to reap dead peers.
-    pub plain_idle_timeout_ms: u64,
+    #[serde(with = "duration")]
+    pub plain_idle_timeout: Duration,
 }
 
 impl Default for GateConfig {
@@ -176,51 +209,37 @@ impl Default for GateConfig {
             name: "sample".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             maxclient: 65536,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout: Duration::from_secs(10),
             send_queue_bytes: 1 << 20,
             max_inflight_per_user: 128,
             expired_number: 128,
-            reconnect_window_ms: 300_000,
-            shutdown_grace_ms: 5000,
+            cache_bytes: 256 * 1024,
+            reconnect_window: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(5),
             push_backlog: 64,
             push_backlog_bytes: 64 * 1024,
-            idle_timeout_ms: 60_000,
-            plain_idle_timeout_ms: 0,
+            idle_timeout: Duration::from_secs(60),
+            plain_idle_timeout: Duration::ZERO,
         }
     }
 }
 
 impl GateConfig {
-    /// The handshake deadline as a duration.
-    pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
-    }
-
-    /// The reconnect window as a duration.
-    pub fn reconnect_window(&self) -> Duration {
-        Duration::from_millis(self.reconnect_window_ms)
-    }
-
-    /// The gate's shutdown grace period as a duration.
-    pub fn shutdown_grace(&self) -> Duration {
-        Duration::from_millis(self.shutdown_grace_ms)
-    }
-
     /// The idle timeout of a connection (opted in to the extensions or
     /// plain), `None` when off.
     pub fn idle_timeout(&self, opted_in: bool) -> Option<Duration> {
-        let ms = if opted_in {
-            self.idle_timeout_ms
+        let timeout = if opted_in {
+            self.idle_timeout
         } else {
-            self.plain_idle_timeout_ms
+            self.plain_idle_timeout
         };
-        (ms > 0).then(|| Duration::from_millis(ms))
+        (!timeout.is_zero()).then_some(timeout)
     }
 }
 
 /// Backend service settings (`[backend]`): see `gate::backend` for the
 /// protocol, the routing rule and the deadlines.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// Address the gate listens on for service links (services dial the
@@ -238,17 +257,21 @@ pub struct BackendConfig {
     pub route_mode: bool,
     /// How long the gate waits for a service to answer a request before it
     /// answers the client with an error response (and drops a late answer).
-    /// Default: 5000 ms.
-    pub request_timeout_ms: u64,
+    /// Default: 5s.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
     /// Deadline from accepting a service link to its `Register` frame.
-    /// Default: 5000 ms.
-    pub register_timeout_ms: u64,
+    /// Default: 5s.
+    #[serde(with = "duration")]
+    pub register_timeout: Duration,
     /// The gate pings every link this often (and announces it in the
-    /// `RegisterAck`). Default: 5000 ms.
-    pub heartbeat_interval_ms: u64,
+    /// `RegisterAck`). Default: 5s.
+    #[serde(with = "duration")]
+    pub heartbeat_interval: Duration,
     /// A link silent this long is closed (its requests fail at once);
-    /// checked at each heartbeat interval. Default: 15000 ms.
-    pub heartbeat_timeout_ms: u64,
+    /// checked at each heartbeat interval. Default: 15s.
+    #[serde(with = "duration")]
+    pub heartbeat_timeout: Duration,
     /// Largest frame accepted or sent on a link, in bytes. Default: 1 MiB.
     pub max_frame_len: usize,
     /// Bytes queued for one link that the service has not read yet; beyond
@@ -268,37 +291,15 @@ impl Default for BackendConfig {
             listen: None,
             agent_service: "agent".to_owned(),
             route_mode: false,
-            request_timeout_ms: 5000,
-            register_timeout_ms: 5000,
-            heartbeat_interval_ms: 5000,
-            heartbeat_timeout_ms: 15_000,
+            request_timeout: Duration::from_secs(5),
+            register_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(5),
+            heartbeat_timeout: Duration::from_secs(15),
             max_frame_len: 1 << 20,
             send_queue_bytes: 4 << 20,
             max_links: 1024,
             auth_service: "auth".to_owned(),
         }
-    }
-}
-
-impl BackendConfig {
-    /// The request deadline as a duration.
-    pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
-    }
-
-    /// The registration deadline as a duration.
-    pub fn register_timeout(&self) -> Duration {
-        Duration::from_millis(self.register_timeout_ms)
-    }
-
-    /// The ping interval as a duration.
-    pub fn heartbeat_interval(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_interval_ms)
-    }
-
-    /// The dead-link timeout as a duration.
-    pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
     }
 }
 
@@ -343,7 +344,7 @@ mod tests {
         );
         assert!(config.backend.route_mode);
         assert_eq!(config.backend.agent_service, "agent");
-        assert_eq!(config.backend.request_timeout(), Duration::from_secs(5));
+        assert_eq!(config.backend.request_timeout, Duration::from_secs(5));
         let default = Config::default();
         assert_eq!(default.login.auth, AuthSource::Accounts);
         assert!(default.backend.listen.is_none());
@@ -356,7 +357,8 @@ mod tests {
         assert_eq!(gate.idle_timeout(true), Some(Duration::from_secs(60)));
         assert_eq!(gate.idle_timeout(false), None);
         let config: Config =
-            toml::from_str("[gate]\nidle_timeout_ms = 0\nplain_idle_timeout_ms = 5\n").unwrap();
+            toml::from_str("[gate]\nidle_timeout = \"0s\"\nplain_idle_timeout = \"5ms\"\n")
+                .unwrap();
         assert_eq!(config.gate.idle_timeout(true), None);
         assert_eq!(
             config.gate.idle_timeout(false),
@@ -365,12 +367,22 @@ mod tests {
     }
 
     #[test]
-    fn gate_shutdown_grace_defaults_to_5s() {
-        let config: Config = toml::from_str("[gate]\nshutdown_grace_ms = 250\n").unwrap();
-        assert_eq!(config.gate.shutdown_grace(), Duration::from_millis(250));
-        assert_eq!(
-            GateConfig::default().shutdown_grace(),
-            Duration::from_secs(5)
-        );
+    fn durations_are_written_with_units() {
+        let config: Config = toml::from_str(
+            "shutdown_grace = \"250ms\"\n[gate]\nreconnect_window = \"2m 30s\"\n[login]\ndialogue_timeout = \"1h\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_millis(250));
+        assert_eq!(config.gate().shutdown_grace, Duration::from_millis(250));
+        assert_eq!(config.gate.reconnect_window, Duration::from_secs(150));
+        assert_eq!(config.login.dialogue_timeout, Duration::from_secs(3600));
+        let err = toml::from_str::<Config>("shutdown_grace = \"soon\"\n").unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+        // The gate section has no grace of its own.
+        assert!(toml::from_str::<Config>("[gate]\nshutdown_grace = \"1s\"\n").is_err());
+        // What is written reads back the same.
+        let text = toml::to_string(&Config::default()).unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back.gate.reconnect_window, Duration::from_secs(300));
     }
 }

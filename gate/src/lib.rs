@@ -2,15 +2,22 @@
 //!
 //! `main.rs` only parses flags and calls [`run`]; tests call [`run`] with
 //! listeners bound to `127.0.0.1:0` and their own shutdown future.
+//!
+//! The life of one player's session is [`session`], a sans-IO state
+//! machine; [`msg`] drives it over TCP.
 
 pub mod agent;
 pub mod backend;
 pub mod config;
-pub mod link;
+pub mod esc;
 pub mod login;
 pub mod msg;
 pub mod net;
+pub mod placement;
+pub mod raw_echo;
 mod run;
+pub mod session;
+pub mod shard;
+pub mod wire;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};
-pub mod raw_echo;

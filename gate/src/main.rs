@@ -10,13 +10,15 @@
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
 use gate::backend::Backend;
-use gate::config::{AuthSource, Config};
+use gate::config::{AuthSource, Config, duration};
 use gate::net::{LISTEN_BACKLOG, listen};
 
 /// Login server + message gate, wire-compatible with skynet's
@@ -41,169 +43,212 @@ enum Command {
 }
 
 /// Options of `gate run`. Precedence: defaults < `--config` file < flags.
-#[derive(Debug, Args)]
+///
+/// Each flag names a field of the configuration (`--login-listen` is
+/// `[login] listen`): the flags are serialized into a TOML table of the
+/// same shape and laid over the file's, so they are never copied field by
+/// field, and every field a flag does not cover is still settable in the
+/// file.
+#[derive(Debug, Args, Serialize)]
 struct RunArgs {
-    /// TOML configuration file (sections `[login]`, `[gate]` and `[backend]`, top-level
-    /// `accounts` and `shutdown_grace_ms`; every field optional).
+    /// TOML configuration file (sections `[login]`, `[gate]` and
+    /// `[backend]`, top-level `accounts` and `shutdown_grace`; every field
+    /// optional; durations as "5s", "300ms", "5m").
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     config: Option<PathBuf>,
-    /// Login server listen address [default: 127.0.0.1:8001].
-    #[arg(long, value_name = "ADDR")]
-    login_listen: Option<SocketAddr>,
-    /// Message gate listen address [default: 127.0.0.1:8888].
-    #[arg(long, value_name = "ADDR")]
-    gate_listen: Option<SocketAddr>,
-    /// The gate's server name, as clients put it in their token [default: sample].
-    #[arg(long, value_name = "NAME")]
-    name: Option<String>,
     /// Accounts file of `user:$argon2id$...` lines (see `gate hash-password`)
     /// [default: none: demo authentication, any user with password `password`].
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     accounts: Option<PathBuf>,
-    /// Most gate connections open at once, authenticated or not [default: 65536].
-    #[arg(long, value_name = "N")]
-    maxclient: Option<usize>,
+    /// Time in-flight work gets to finish on SIGINT/SIGTERM, and after a
+    /// client's FIN [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    shutdown_grace: Option<Duration>,
+    #[command(flatten)]
+    login: LoginFlags,
+    #[command(flatten)]
+    gate: GateFlags,
+    #[command(flatten)]
+    backend: BackendFlags,
+}
+
+/// `[login]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct LoginFlags {
+    /// Login server listen address [default: 127.0.0.1:8001].
+    #[arg(id = "login_listen", long = "login-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
     /// Refuse the weak skynet suite (8-byte DH keys get 401); only x25519
     /// clients can log in [default: the skynet suite is accepted].
     #[arg(long)]
+    #[serde(
+        rename = "allow_skynet_suite",
+        skip_serializing_if = "is_false",
+        serialize_with = "negated"
+    )]
     no_skynet_suite: bool,
     /// Let several logins of one uid run at once (no 406) [default: off].
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     multilogin: bool,
     /// Most login connections open at once; further clients wait [default: 1024].
+    #[arg(long = "login-max-connections", value_name = "N")]
+    #[serde(rename = "max_connections", skip_serializing_if = "Option::is_none")]
+    max_connections: Option<usize>,
+    /// Deadline of the whole login dialogue [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    dialogue_timeout: Option<Duration>,
+    /// Deadline of one authenticator call [default: 3s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    auth_timeout: Option<Duration>,
+    /// Who checks credentials: `accounts` (the --accounts file, or demo
+    /// authentication) or `service` (the backend service `auth`, needs
+    /// --backend-listen) [default: accounts].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthSource>,
+}
+
+/// `[gate]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct GateFlags {
+    /// Message gate listen address [default: 127.0.0.1:8888].
+    #[arg(id = "gate_listen", long = "gate-listen", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// The gate's server name, as clients put it in their token [default: sample].
+    #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Most gate connections open at once, authenticated or not [default: 65536].
     #[arg(long, value_name = "N")]
-    login_max_connections: Option<usize>,
-    /// Deadline of the whole login dialogue, in ms [default: 10000].
-    #[arg(long, value_name = "MS")]
-    dialogue_timeout_ms: Option<u64>,
-    /// Deadline of one authenticator call, in ms [default: 3000].
-    #[arg(long, value_name = "MS")]
-    auth_timeout_ms: Option<u64>,
-    /// Deadline from gate accept to a complete handshake, in ms [default: 10000].
-    #[arg(long, value_name = "MS")]
-    handshake_timeout_ms: Option<u64>,
-    /// How long a disconnected user stays logged in, in ms [default: 300000].
-    #[arg(long, value_name = "MS")]
-    reconnect_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    maxclient: Option<usize>,
+    /// Deadline from gate accept to a complete handshake [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    handshake_timeout: Option<Duration>,
+    /// How long a disconnected user stays logged in [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    reconnect_window: Option<Duration>,
     /// Most unread bytes queued per gate connection before it is cut [default: 1048576].
     #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     send_queue_bytes: Option<usize>,
     /// Most requests of one user in flight at once [default: 128].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_inflight_per_user: Option<usize>,
     /// skynet's expired_number: size of the per-user response cache [default: 128].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     expired_number: Option<u32>,
-    /// Time in-flight work gets to finish on SIGINT/SIGTERM, in ms [default: 5000].
-    #[arg(long, value_name = "MS")]
-    shutdown_grace_ms: Option<u64>,
+    /// Most bytes of cached answers per user [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_bytes: Option<usize>,
     /// Most pushes kept per user for replay after a reconnect (0: none; at
     /// most push_backlog_bytes of payload, config file) [default: 64].
     #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     push_backlog: Option<usize>,
     /// Close a connection that opted in to the extensions after this long
-    /// without a byte from the client, in ms (0: never) [default: 60000].
-    #[arg(long, value_name = "MS")]
-    idle_timeout_ms: Option<u64>,
+    /// without a byte from the client (0s: never) [default: 1m].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    idle_timeout: Option<Duration>,
     /// The same for plain skynet connections, which send nothing while idle
-    /// [default: 0: never, as skynet].
-    #[arg(long, value_name = "MS")]
-    plain_idle_timeout_ms: Option<u64>,
+    /// [default: 0s: never, as skynet].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    plain_idle_timeout: Option<Duration>,
+}
+
+/// `[backend]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct BackendFlags {
     /// Listen for backend game services on this address (services dial the
     /// gate, e.g. 127.0.0.1:8899) [default: none: no backends, the built-in
     /// echo agent answers].
-    #[arg(long, value_name = "ADDR")]
-    backend_listen: Option<SocketAddr>,
+    #[arg(id = "backend_listen", long = "backend-listen", value_name = "ADDR")]
+    #[serde(rename = "listen", skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
     /// The backend service users are bound to in agent mode [default: agent].
     #[arg(long, value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     agent_service: Option<String>,
     /// Every request payload is a route envelope (`service.method` + body);
     /// an empty route goes to the user's agent [default: off: payloads go
     /// unchanged to the user's agent].
     #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
     route_mode: bool,
     /// How long a backend service may take to answer a request before the
-    /// client gets an error response, in ms [default: 5000].
-    #[arg(long, value_name = "MS")]
-    request_timeout_ms: Option<u64>,
-    /// Who checks credentials: `accounts` (the --accounts file, or demo
-    /// authentication) or `service` (the backend service `auth`, needs
-    /// --backend-listen) [default: accounts].
-    #[arg(long, value_enum, value_name = "SOURCE")]
-    auth: Option<AuthSource>,
+    /// client gets an error response [default: 5s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    request_timeout: Option<Duration>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn negated<S: serde::Serializer>(b: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_bool(!*b)
+}
+
+/// `Option<Duration>` flags, written like the file's durations.
+mod opt_duration {
+    use std::time::Duration;
+
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => gate::config::duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Lays `over` onto `base`, table by table.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 impl RunArgs {
     /// Defaults, then the config file, then the flags.
     fn config(&self) -> anyhow::Result<Config> {
-        let mut config = match &self.config {
+        let mut table = match &self.config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read config file {}", path.display()))?;
                 toml::from_str(&text)
                     .with_context(|| format!("invalid config file {}", path.display()))?
             }
-            None => Config::default(),
+            None => toml::Table::new(),
         };
-        set(&mut config.login.listen, self.login_listen);
-        set(&mut config.gate.listen, self.gate_listen);
-        set(&mut config.gate.name, self.name.clone());
-        if self.accounts.is_some() {
-            config.accounts.clone_from(&self.accounts);
-        }
-        set(&mut config.gate.maxclient, self.maxclient);
-        if self.no_skynet_suite {
-            config.login.allow_skynet_suite = false;
-        }
-        if self.multilogin {
-            config.login.multilogin = true;
-        }
-        set(
-            &mut config.login.max_connections,
-            self.login_max_connections,
-        );
-        set(
-            &mut config.login.dialogue_timeout_ms,
-            self.dialogue_timeout_ms,
-        );
-        set(&mut config.login.auth_timeout_ms, self.auth_timeout_ms);
-        set(
-            &mut config.gate.handshake_timeout_ms,
-            self.handshake_timeout_ms,
-        );
-        set(
-            &mut config.gate.reconnect_window_ms,
-            self.reconnect_window_ms,
-        );
-        set(&mut config.gate.send_queue_bytes, self.send_queue_bytes);
-        set(
-            &mut config.gate.max_inflight_per_user,
-            self.max_inflight_per_user,
-        );
-        set(&mut config.gate.expired_number, self.expired_number);
-        set(&mut config.gate.push_backlog, self.push_backlog);
-        set(&mut config.gate.idle_timeout_ms, self.idle_timeout_ms);
-        set(
-            &mut config.gate.plain_idle_timeout_ms,
-            self.plain_idle_timeout_ms,
-        );
-        set(&mut config.shutdown_grace_ms, self.shutdown_grace_ms);
-        if self.backend_listen.is_some() {
-            config.backend.listen = self.backend_listen;
-        }
-        set(
-            &mut config.backend.agent_service,
-            self.agent_service.clone(),
-        );
-        if self.route_mode {
-            config.backend.route_mode = true;
-        }
-        set(
-            &mut config.backend.request_timeout_ms,
-            self.request_timeout_ms,
-        );
-        set(&mut config.login.auth, self.auth);
-        Ok(config)
+        let flags = toml::Table::try_from(self).context("cannot represent the flags")?;
+        merge(&mut table, flags);
+        let source = self.config.as_ref().map_or("the flags".to_owned(), |p| {
+            format!("{} and the flags", p.display())
+        });
+        Config::deserialize(table).with_context(|| format!("invalid configuration in {source}"))
     }
 
     async fn run(self) -> anyhow::Result<()> {
@@ -220,12 +265,6 @@ impl RunArgs {
         }
         gate::run_with(login, gate, config, components, shutdown_signal()).await?;
         Ok(())
-    }
-}
-
-fn set<T>(field: &mut T, value: Option<T>) {
-    if let Some(value) = value {
-        *field = value;
     }
 }
 
@@ -357,8 +396,8 @@ mod tests {
             "--agent-service",
             "echo",
             "--route-mode",
-            "--request-timeout-ms",
-            "250",
+            "--request-timeout",
+            "250ms",
             "--auth",
             "service",
         ])
@@ -370,7 +409,7 @@ mod tests {
         );
         assert_eq!(config.backend.agent_service, "echo");
         assert!(config.backend.route_mode);
-        assert_eq!(config.backend.request_timeout_ms, 250);
+        assert_eq!(config.backend.request_timeout, Duration::from_millis(250));
         assert_eq!(config.login.auth, AuthSource::Service);
     }
 
@@ -411,27 +450,97 @@ mod tests {
     fn help_defaults_match_config_defaults() {
         let help = Cli::command().render_long_help().to_string();
         let d = Config::default();
+        let dur = |d: Duration| humantime::format_duration(d).to_string();
         for expected in [
             format!("[default: {}]", d.login.listen),
             format!("[default: {}]", d.gate.listen),
             format!("[default: {}]", d.gate.name),
             format!("[default: {}]", d.gate.maxclient),
             format!("[default: {}]", d.login.max_connections),
-            format!("[default: {}]", d.login.dialogue_timeout_ms),
-            format!("[default: {}]", d.login.auth_timeout_ms),
-            format!("[default: {}]", d.gate.handshake_timeout_ms),
-            format!("[default: {}]", d.gate.reconnect_window_ms),
+            format!("[default: {}]", dur(d.login.dialogue_timeout)),
+            format!("[default: {}]", dur(d.login.auth_timeout)),
+            format!("[default: {}]", dur(d.gate.handshake_timeout)),
+            format!("[default: {}]", dur(d.gate.reconnect_window)),
+            format!("[default: {}]", dur(d.gate.idle_timeout)),
             format!("[default: {}]", d.gate.send_queue_bytes),
             format!("[default: {}]", d.gate.max_inflight_per_user),
             format!("[default: {}]", d.gate.expired_number),
-            format!("[default: {}]", d.shutdown_grace_ms),
+            format!("[default: {}]", d.gate.cache_bytes),
+            format!("[default: {}]", dur(d.shutdown_grace)),
             format!("[default: {}]", d.backend.agent_service),
-            format!("[default: {}]", d.backend.request_timeout_ms),
+            format!("[default: {}]", dur(d.backend.request_timeout)),
             "[default: accounts]".to_owned(),
             "[default: none: no backends".to_owned(),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}");
         }
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let cli = Cli::try_parse_from([
+            "gate",
+            "--shutdown-grace",
+            "1s",
+            "--dialogue-timeout",
+            "2s",
+            "--auth-timeout",
+            "3s",
+            "--handshake-timeout",
+            "4s",
+            "--reconnect-window",
+            "5s",
+            "--idle-timeout",
+            "6s",
+            "--plain-idle-timeout",
+            "7s",
+            "--send-queue-bytes",
+            "8",
+            "--max-inflight-per-user",
+            "9",
+            "--expired-number",
+            "10",
+            "--cache-bytes",
+            "11",
+            "--push-backlog",
+            "12",
+            "--login-max-connections",
+            "13",
+            "--name",
+            "world",
+            "--accounts",
+            "acc.txt",
+        ])
+        .unwrap();
+        let c = cli.run.config().unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(c.shutdown_grace, s(1));
+        assert_eq!(c.gate().shutdown_grace, s(1));
+        assert_eq!(
+            (c.login.dialogue_timeout, c.login.auth_timeout),
+            (s(2), s(3))
+        );
+        assert_eq!(
+            (c.gate.handshake_timeout, c.gate.reconnect_window),
+            (s(4), s(5))
+        );
+        assert_eq!(
+            (c.gate.idle_timeout, c.gate.plain_idle_timeout),
+            (s(6), s(7))
+        );
+        assert_eq!(
+            (
+                c.gate.send_queue_bytes,
+                c.gate.max_inflight_per_user,
+                c.gate.expired_number
+            ),
+            (8, 9, 10)
+        );
+        assert_eq!((c.gate.cache_bytes, c.gate.push_backlog), (11, 12));
+        assert_eq!(c.login.max_connections, 13);
+        assert_eq!(c.gate.name, "world");
+        assert_eq!(c.accounts, Some(PathBuf::from("acc.txt")));
+        assert!(Cli::try_parse_from(["gate", "--idle-timeout", "soon"]).is_err());
     }
 
     #[test]

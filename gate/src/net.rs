@@ -1,10 +1,93 @@
-//! Listening sockets for the binaries (the gate's login, gate and backend
-//! listeners, and `raw-echo`), all set up the same way.
+//! Listening sockets (the gate's login, gate and backend listeners, and
+//! `raw-echo`), all set up the same way, and the one accept loop they all
+//! run, with one policy for capacity and for accept errors.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Pause after an accept error that means "out of resources" (too many
+/// open files, no buffer space), so the loop does not spin while it lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What [`accept_loop`] does when every permit is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtCapacity {
+    /// Wait for a permit before accepting: further clients wait in the
+    /// kernel's accept queue (the login server: a crowd queues, nobody is
+    /// refused).
+    Wait,
+    /// Accept and hand the connection over without a permit (the gate
+    /// closes it at once: `maxclient` is exact).
+    Close,
+}
+
+/// Accepts connections on `listener` until `stop` resolves, handing each to
+/// `on_accept` with its permit (taken *before* `accept`, so it is released
+/// however the connection ends). With [`AtCapacity::Close`] a connection
+/// accepted while every permit is taken comes with `None`.
+///
+/// Accept errors are logged; those that mean "out of resources" pause the
+/// loop for a moment; others (a client that reset before it was accepted)
+/// concern one connection only. `stop` is checked first, so a flood of
+/// connections cannot delay shutdown. The listener is closed on return.
+pub async fn accept_loop(
+    listener: TcpListener,
+    permits: Arc<Semaphore>,
+    at_capacity: AtCapacity,
+    stop: impl Future<Output = ()>,
+    what: &'static str,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>),
+) {
+    tokio::pin!(stop);
+    loop {
+        let mut permit = match at_capacity {
+            AtCapacity::Wait => tokio::select! {
+                biased;
+                () = &mut stop => break,
+                permit = Arc::clone(&permits).acquire_owned() => match permit {
+                    Ok(permit) => Some(permit),
+                    Err(_) => break,
+                },
+            },
+            AtCapacity::Close => Arc::clone(&permits).try_acquire_owned().ok(),
+        };
+        let accepted = tokio::select! {
+            biased;
+            () = &mut stop => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(listener = what, error = %e, "accept failed");
+                if is_resource_error(&e) {
+                    tokio::select! {
+                        () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                        () = &mut stop => break,
+                    }
+                }
+                continue;
+            }
+        };
+        if permit.is_none() {
+            // A connection may have closed while we waited in accept.
+            permit = Arc::clone(&permits).try_acquire_owned().ok();
+        }
+        on_accept(stream, addr, permit);
+    }
+}
+
+/// Accept errors that mean "out of resources, try again later" (ENOMEM,
+/// ENFILE, EMFILE, ENOBUFS have no stable `ErrorKind`).
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
+}
 
 /// Accept queue length of [`listen`]. A load generator or a crowd of
 /// players reconnecting after a restart opens hundreds of connections at

@@ -12,12 +12,12 @@ use tracing::{info, warn};
 use crate::agent::{Agent, EchoAgent};
 use crate::backend::Backend;
 use crate::config::{AuthSource, Config};
-use crate::link::GateLink;
 use crate::login::{
     AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LoginServer, OnlineTable,
     RandomSource,
 };
 use crate::msg::MsgGate;
+use crate::placement::GateLink;
 
 /// Why [`run`] could not start or failed while serving.
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +88,7 @@ impl fmt::Debug for Components {
 /// (with the echo agent) on `gate_listener` until `shutdown` resolves (for
 /// backend services use [`run_with`] and [`Components::backend`]); then
 /// stops accepting, lets in-flight dialogues and requests finish within
-/// `config.shutdown_grace_ms` (the gate within the smaller of that and
-/// `config.gate.shutdown_grace_ms`), closes the rest and returns.
+/// `config.shutdown_grace`, closes the rest and returns.
 ///
 /// The listen addresses in `config` are not used: the caller binds (tests
 /// bind `127.0.0.1:0`).
@@ -123,7 +122,7 @@ pub async fn run_with(
         (None, AuthSource::Accounts, _) => authenticator(&config)?,
         (None, AuthSource::Service, Some(backend)) => {
             info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
-            backend.authenticator(config.login.auth_timeout())
+            backend.authenticator(config.login.auth_timeout)
         }
         (None, AuthSource::Service, None) => {
             return Err(RunError::Config(
@@ -138,11 +137,7 @@ pub async fn run_with(
         (None, Some(backend)) => backend.agent(),
         (None, None) => Arc::new(EchoAgent) as Arc<dyn Agent>,
     };
-    // The top-level grace bounds the whole process; the gate's own setting
-    // may only shorten it.
-    let mut gate_config = config.gate.clone();
-    gate_config.shutdown_grace_ms = gate_config.shutdown_grace_ms.min(config.shutdown_grace_ms);
-    let gate = MsgGate::new(gate_config, agent, online.clone());
+    let gate = MsgGate::new(config.gate(), agent, online.clone());
     let mut gates = Gates::new();
     gates.register(gate.clone());
     let mut link: Arc<dyn GateLink> = Arc::new(gates);
@@ -150,7 +145,7 @@ pub async fn run_with(
         link = layer(link);
     }
     let mut login = LoginServer::new(config.login.clone(), auth, link, online)
-        .with_shutdown_grace(config.shutdown_grace());
+        .with_shutdown_grace(config.shutdown_grace);
     if let Some(random) = components.random {
         login = login.with_random(random);
     }

@@ -53,8 +53,8 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 /// shutdown grace.
 pub fn config() -> Config {
     let mut config = Config::default();
-    config.backend.request_timeout_ms = 60_000;
-    config.shutdown_grace_ms = 2000;
+    config.backend.request_timeout = Duration::from_secs(60);
+    config.shutdown_grace = Duration::from_secs(2);
     config
 }
 

@@ -17,8 +17,8 @@ use codec::message::{Request, Response};
 use codec::package::PackageCodec;
 use futures::{SinkExt, StreamExt};
 use gate::config::Config;
-use gate::link::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
 use gate::login::FixedRandom;
+use gate::placement::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
 use gate::{Components, RunError};
 use loginproto::handshake::{self, SessionSecret};
 use loginproto::login::{ClientLogin, ClientRandom, LoginError, LoginSuccess, ServerRandom, Suite};
@@ -318,7 +318,7 @@ impl GateClient {
     }
 }
 
-/// Controls a [`HoldingGates`]: arm it, learn when a login is held,
+/// Controls a `HoldingGates` gate link: arm it, learn when a login is held,
 /// release it.
 #[derive(Debug, Default)]
 pub struct Hold {

@@ -15,10 +15,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use codec::package::encode_package;
-use gate::agent::{Agent, AgentRequest, Completer, Dispatch, SessionCtx, SessionEvent};
+use gate::agent::{
+    Agent, AgentRequest, Completer, Dispatch, RequestError, SessionCtx, SessionEvent,
+};
 use gate::config::GateConfig;
-use gate::link::{EndReason, LoginLink};
 use gate::msg::{GateMetrics, MsgGate};
+use gate::placement::{EndReason, LoginLink};
 use loginproto::handshake::{self, SessionSecret};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,7 +154,7 @@ impl Agent for TestAgent {
         let content = String::from_utf8_lossy(&req.content).into_owned();
         self.executed.lock().expect("lock").push(content.clone());
         let dispatch = if content == "raise" {
-            Dispatch::Ready(Err("raised".to_owned()))
+            Dispatch::Ready(Err(RequestError::Handler("raised".to_owned())))
         } else if content == "panic" {
             panic!("test agent panics on request");
         } else if content == "logout" {

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use codec::ext::Ext;
 use gate::agent::{Agent, AgentRequest, Dispatch, SessionCtx, SessionEvent};
 use gate::config::GateConfig;
-use gate::link::{EndReason, LoginLink};
 use gate::msg::{GateMetrics, MsgGate};
+use gate::placement::{EndReason, LoginLink};
 use loginproto::handshake::{self, SessionSecret};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -57,8 +57,8 @@ impl Agent for PushAgent {
         let content = req.content;
         let answer = if let Some(text) = content.strip_prefix(b"push ") {
             match ctx.push(Bytes::copy_from_slice(text)) {
-                Some(seq) => Bytes::from(seq.to_string()),
-                None => Bytes::from_static(b"none"),
+                Ok(seq) => Bytes::from(seq.to_string()),
+                Err(_) => Bytes::from_static(b"none"),
             }
         } else if let Some(text) = content.strip_prefix(b"pushall ") {
             let n = self
@@ -221,6 +221,7 @@ impl PushGate {
     pub fn push(&self, uid: &str, text: &str) -> Option<u32> {
         self.gate
             .push(uid.as_bytes(), Bytes::copy_from_slice(text.as_bytes()))
+            .ok()
     }
 
     /// The gate's counters.

@@ -157,7 +157,7 @@ async fn users_stick_to_their_agent_instance_while_it_lives() {
 #[tokio::test]
 async fn a_request_past_its_deadline_gets_an_error_and_the_late_answer_is_dropped() {
     let mut config = config();
-    config.backend.request_timeout_ms = 300;
+    config.backend.request_timeout = Duration::from_millis(300);
     let gate = BackendGate::start(config).await;
     let (probe, mut seen) = Probe::new("agent-1");
     let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), probe.clone());
@@ -231,7 +231,7 @@ async fn a_killed_service_fails_its_requests_at_once_and_a_restart_resumes() {
 async fn credentials_are_checked_by_the_auth_service() {
     let mut config = config();
     config.login.auth = AuthSource::Service;
-    config.login.auth_timeout_ms = 300;
+    config.login.auth_timeout = Duration::from_millis(300);
     let gate = BackendGate::start(config).await;
     let unauthorized = |result: Result<_, client_cli::ClientError>| match result {
         Err(err) => assert_eq!(err.login_status(), Some(LoginStatus::UNAUTHORIZED), "{err}"),
@@ -494,9 +494,9 @@ async fn auth_through_a_service_needs_a_backend() {
 #[tokio::test(start_paused = true)]
 async fn silent_links_are_closed() {
     let mut config = config();
-    config.backend.register_timeout_ms = 2000;
-    config.backend.heartbeat_interval_ms = 1000;
-    config.backend.heartbeat_timeout_ms = 3000;
+    config.backend.register_timeout = Duration::from_millis(2000);
+    config.backend.heartbeat_interval = Duration::from_millis(1000);
+    config.backend.heartbeat_timeout = Duration::from_millis(3000);
     let gate = BackendGate::start(config).await;
 
     // Connected, never registers: closed at the registration deadline.

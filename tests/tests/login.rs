@@ -5,12 +5,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use codec::message::ResponseFlag;
 use codec::status::LoginStatus;
 use gate::Components;
-use gate::link::BoxFuture;
 use gate::login::{AuthError, Authenticator, Credentials};
+use gate::placement::BoxFuture;
 use integration::login::{
     GateClient, Hold, Server, TempFile, Wire, guard, login, pinned, test_config,
 };
@@ -504,7 +505,7 @@ async fn malformed_accounts_file_stops_start_up_with_the_line() {
 #[tokio::test]
 async fn silent_client_is_closed_at_the_dialogue_deadline() {
     let mut config = test_config();
-    config.login.dialogue_timeout_ms = 200;
+    config.login.dialogue_timeout = Duration::from_millis(200);
     let server = Server::start(config, pinned()).await;
 
     let mut silent = Wire::connect(server.login).await;
@@ -598,8 +599,8 @@ async fn shutdown_stops_accepting_and_lets_dialogues_finish() {
 #[tokio::test]
 async fn shutdown_grace_closes_stuck_dialogues() {
     let mut config = test_config();
-    config.shutdown_grace_ms = 100;
-    config.login.dialogue_timeout_ms = 600_000;
+    config.shutdown_grace = Duration::from_millis(100);
+    config.login.dialogue_timeout = Duration::from_millis(600_000);
     let mut server = Server::start(config, pinned()).await;
     let mut stuck = Wire::connect(server.login).await;
     stuck.expect(b"obLD1OX2Bxg=\n").await;

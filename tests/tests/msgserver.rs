@@ -18,12 +18,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use gate::agent::{EchoAgent, SessionEvent};
 use gate::config::GateConfig;
-use gate::link::EndReason;
 use gate::msg::MsgGate;
+use gate::placement::EndReason;
 use integration::msg::{
     Client, Ended, Replay, TestGate, hello_secret, msg_transcript, scenario, step_bytes, unhex,
     wait_until, within,
@@ -116,13 +117,22 @@ async fn transcript_hello_scenarios() {
         .run_to_end()
         .await;
     assert_eq!(g.metrics().conflicts, 1);
-    // The orphaned handler finishes: its result is discarded.
+    // The conflicting request keeps running and finishes while the client
+    // is away: its answer waits in the cache.
     g.agent.release("slow-c").await;
 
-    // after_conflict: session 7 is free again; `slow-8` left running.
-    Replay::new(scenario(&doc, "after_conflict"), g.addr)
-        .run_to_end()
-        .await;
+    // after_conflict — FIXED. skynet dropped session 7's entry, so "q" on
+    // the next connection runs as a new request. Here session 7 is still
+    // the request that was running: the re-send gets its answer, and
+    // nothing runs twice.
+    let sc = scenario(&doc, "after_conflict");
+    let mut r = Replay::new(sc, g.addr);
+    r.run_until_response("q").await;
+    r.skip(); // skynet: "q" executed
+    r.conn("D").expect(&response(b"slow-c", 1, 7)).await;
+    r.run_to_end().await;
+    assert_eq!(g.agent.executions("q"), 0, "session 7 never runs twice");
+    assert_eq!(g.agent.executions("slow-c"), 1);
     g.agent.wait_pending("slow-8").await;
 
     // completed_after_reconnect — FIXED. skynet drops the response (E is
@@ -380,7 +390,7 @@ async fn agent_logout_ends_the_session() {
 #[tokio::test]
 async fn disconnect_is_away_and_the_reconnect_window_logs_out() {
     let cfg = GateConfig {
-        reconnect_window_ms: 50,
+        reconnect_window: Duration::from_millis(50),
         ..GateConfig::default()
     };
     let mut g = TestGate::start(cfg).await;
@@ -484,7 +494,7 @@ async fn too_many_requests_in_flight_close_the_connection() {
 #[tokio::test]
 async fn handshake_deadline_closes_silent_and_partial_connections() {
     let cfg = GateConfig {
-        handshake_timeout_ms: 100,
+        handshake_timeout: Duration::from_millis(100),
         ..GateConfig::default()
     };
     let g = TestGate::start(cfg).await;
@@ -656,7 +666,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_closes() {
 #[tokio::test]
 async fn shutdown_grace_over_closes_connections() {
     let cfg = GateConfig {
-        shutdown_grace_ms: 50,
+        shutdown_grace: Duration::from_millis(50),
         ..GateConfig::default()
     };
     let mut g = TestGate::start(cfg).await;
@@ -736,7 +746,7 @@ async fn echo_agent_pipelined() {
 #[derive(Debug)]
 struct NoLogin;
 
-impl gate::link::LoginLink for NoLogin {
+impl gate::placement::LoginLink for NoLogin {
     fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &EndReason) {}
 }
 

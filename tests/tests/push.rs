@@ -22,7 +22,7 @@ use client_cli::{GateConn, Ticket, shell};
 use codec::package::encode_package;
 use gate::agent::SessionEvent;
 use gate::config::GateConfig;
-use gate::link::EndReason;
+use gate::placement::EndReason;
 use integration::client::session_config;
 use integration::login::{GUARD, Server, guard, test_config};
 use integration::msg::{Client, wait_until, within};
@@ -299,7 +299,7 @@ async fn heartbeat_is_answered_in_order() {
 async fn idle_timeout_closes_a_silent_opted_in_connection() {
     const IDLE: Duration = Duration::from_millis(250);
     let mut g = PushGate::start(GateConfig {
-        idle_timeout_ms: 250,
+        idle_timeout: Duration::from_millis(250),
         ..GateConfig::default()
     })
     .await;
@@ -374,12 +374,12 @@ async fn oversize_push_is_refused() {
     let user = g.login("big").await;
     let mut c = user.opted_in(1, 0).await;
     let too_big = Bytes::from(vec![b'x'; 65531]);
-    assert_eq!(g.gate.push(b"big", too_big.clone()), None);
+    assert!(g.gate.push(b"big", too_big.clone()).is_err());
     assert_eq!(g.gate.push_all(too_big), 0);
     assert_eq!(g.metrics().pushes_refused, 2);
     // The largest push fits exactly one package (65535 bytes of payload).
     let largest = vec![b'y'; 65530];
-    assert_eq!(g.gate.push(b"big", Bytes::from(largest.clone())), Some(1));
+    assert_eq!(g.gate.push(b"big", Bytes::from(largest.clone())), Ok(1));
     let package = c.recv_package().await;
     assert_eq!(package.len(), 65535);
     assert_eq!(&package[..65530], &largest[..]);

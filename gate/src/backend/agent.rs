@@ -6,96 +6,26 @@
 //! agent instance; with it on every payload is a `RouteEnvelope`, and its
 //! route picks the service (an empty route meaning the user's agent).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use prost::Message;
 use proto::backend::{GateFrame, SessionEvent as EventFrame, SessionEventKind};
 use proto::route::RouteEnvelope;
 use tracing::debug;
 
-use super::link::Link;
-use super::{Shared, bump};
-use crate::agent::{Agent, AgentRequest, Dispatch, SessionCtx, SessionEvent};
-use crate::link::EndReason;
-
-/// Number of shards of the session table.
-const SHARDS: usize = 64;
-
-/// One session as the backend sees it.
-struct Entry {
-    ctx: SessionCtx,
-    /// The agent instance the user is bound to (agent mode); `None` until
-    /// an instance of the agent service exists.
-    bound: Option<Arc<Link>>,
-}
-
-/// The gate's sessions by uid, with their agent binding. Sharded, so the
-/// request path of different users does not share a lock.
-pub(crate) struct Sessions {
-    shards: Box<[Mutex<HashMap<Bytes, Entry>>]>,
-    hasher: RandomState,
-}
-
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions").finish_non_exhaustive()
-    }
-}
-
-impl Sessions {
-    pub(crate) fn new() -> Sessions {
-        Sessions {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-        }
-    }
-
-    fn shard(&self, uid: &[u8]) -> MutexGuard<'_, HashMap<Bytes, Entry>> {
-        let hash = self.hasher.hash_one(uid);
-        // `as usize` keeps the low bits, which is all a modulo needs.
-        let shard = &self.shards[(hash as usize) % self.shards.len()];
-        // Each critical section is one map operation: a poisoned lock is
-        // still consistent.
-        shard.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The subid of `uid`'s session, if it has one.
-    pub(crate) fn subid(&self, uid: &[u8]) -> Option<Bytes> {
-        self.shard(uid).get(uid).map(|e| e.ctx.subid().clone())
-    }
-
-    /// Ends `uid`'s session quietly (a service's `Logout`); only the session
-    /// `subid` unless it is empty.
-    pub(crate) fn logout(&self, uid: &[u8], subid: &[u8]) {
-        let ctx = self
-            .shard(uid)
-            .get(uid)
-            .filter(|e| subid.is_empty() || e.ctx.subid() == subid)
-            .map(|e| e.ctx.clone());
-        // Outside the shard lock: ending the session calls back into
-        // `BackendAgent::event`.
-        if let Some(ctx) = ctx {
-            ctx.logout();
-        }
-    }
-
-    /// Number of sessions known (for metrics).
-    pub(crate) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
-    }
-}
+use super::instance::Instance;
+use super::metrics::bump;
+use super::sessions::Entry;
+use super::state::BackendState;
+use crate::agent::{Agent, AgentRequest, Dispatch, RequestError, SessionCtx, SessionEvent};
+use crate::esc::esc;
+use crate::placement::EndReason;
 
 /// The [`Agent`] of a gate with backends: routes requests to service
 /// instances and forwards session events. Made by
 /// [`Backend::agent`](super::Backend::agent).
 pub struct BackendAgent {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<BackendState>,
 }
 
 impl std::fmt::Debug for BackendAgent {
@@ -110,24 +40,24 @@ impl std::fmt::Debug for BackendAgent {
 /// How [`BackendAgent::agent_link`] found the instance.
 enum Binding {
     /// The user's existing binding.
-    Kept(Arc<Link>),
+    Kept(Arc<Instance>),
     /// A new binding (first one, or the old instance is gone): the instance
     /// has not heard of this session yet.
-    New(Arc<Link>),
+    New(Arc<Instance>),
 }
 
 impl BackendAgent {
-    fn unroutable(&self, ctx: &SessionCtx, reason: String) -> Dispatch {
+    fn unroutable(&self, ctx: &SessionCtx, error: RequestError) -> Dispatch {
         bump(&self.shared.metrics.unroutable);
-        debug!(uid = %String::from_utf8_lossy(ctx.uid()), %reason, "request not routable");
-        Dispatch::Ready(Err(reason))
+        debug!(uid = %esc(ctx.uid()), %error, "request not routable");
+        Dispatch::Ready(Err(error))
     }
 
     /// The user's agent instance, binding (or re-binding) it if needed.
     fn agent_link(&self, ctx: &SessionCtx) -> Option<Binding> {
         let sh = &self.shared;
         let uid = ctx.uid();
-        let mut shard = sh.sessions.shard(uid);
+        let mut shard = sh.sessions.map.shard(uid);
         let entry = shard.entry(uid.clone()).or_insert_with(|| Entry {
             ctx: ctx.clone(),
             bound: None,
@@ -159,7 +89,7 @@ impl BackendAgent {
     /// The user's agent instance; an instance it was just (re)bound to
     /// first hears the session's `LOGIN`, so a service that keeps per-user
     /// state learns about the user before its first request.
-    fn agent_link_announced(&self, ctx: &SessionCtx) -> Option<Arc<Link>> {
+    fn agent_link_announced(&self, ctx: &SessionCtx) -> Option<Arc<Instance>> {
         match self.agent_link(ctx)? {
             Binding::Kept(link) => Some(link),
             Binding::New(link) => {
@@ -169,11 +99,10 @@ impl BackendAgent {
         }
     }
 
-    fn no_agent(&self) -> String {
-        format!(
-            "no instance of the agent service {:?} is registered",
-            self.shared.cfg.agent_service
-        )
+    fn no_agent(&self) -> RequestError {
+        RequestError::NoInstance {
+            service: self.shared.cfg.agent_service.clone(),
+        }
     }
 }
 
@@ -198,16 +127,27 @@ impl Agent for BackendAgent {
             let envelope = match RouteEnvelope::decode(req.content.clone()) {
                 Ok(envelope) => envelope,
                 Err(err) => {
-                    return self.unroutable(ctx, format!("payload is not a route envelope: {err}"));
+                    return self.unroutable(ctx, RequestError::BadEnvelope(err.to_string()));
                 }
             };
             if !envelope.route.is_empty() {
                 let route = envelope.route;
                 let Some((service, _)) = proto::split_route(&route) else {
-                    return self.unroutable(ctx, format!("malformed route {route:?}"));
+                    return self.unroutable(
+                        ctx,
+                        RequestError::BadEnvelope(format!(
+                            "malformed route {:?}",
+                            esc(route.as_bytes()).to_string()
+                        )),
+                    );
                 };
                 let Some(link) = sh.registry.pick(service, ctx.uid(), Some(&route)) else {
-                    return self.unroutable(ctx, format!("no service instance serves {route:?}"));
+                    return self.unroutable(
+                        ctx,
+                        RequestError::NoInstance {
+                            service: service.to_owned(),
+                        },
+                    );
                 };
                 let (_, completer, pending) = req.defer(ctx);
                 link.request(ctx.uid(), ctx.subid(), &route, envelope.body, completer);
@@ -245,7 +185,7 @@ impl Agent for BackendAgent {
         let bound = match event {
             SessionEvent::Login => {
                 // A fresh session: bind now, the LOGIN below announces it.
-                sh.sessions.shard(ctx.uid()).insert(
+                sh.sessions.map.shard(ctx.uid()).insert(
                     ctx.uid().clone(),
                     Entry {
                         ctx: ctx.clone(),
@@ -259,7 +199,7 @@ impl Agent for BackendAgent {
             }
             SessionEvent::Back { .. } | SessionEvent::Away => self.agent_link_announced(ctx),
             SessionEvent::Ended(_) => {
-                let mut shard = sh.sessions.shard(ctx.uid());
+                let mut shard = sh.sessions.map.shard(ctx.uid());
                 let is_this = shard
                     .get(ctx.uid())
                     .is_some_and(|e| e.ctx.subid() == ctx.subid());

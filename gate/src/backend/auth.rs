@@ -4,7 +4,7 @@
 //! Each login sends one `AuthRequest` to an instance of
 //! `backend.auth_service` (chosen by a stable hash of the user name, like
 //! agent bindings) and waits for its `AuthReply` up to
-//! `login.auth_timeout_ms`. Allow logs the user in as the reply's uid (the
+//! `login.auth_timeout`. Allow logs the user in as the reply's uid (the
 //! user name when empty); a deny, no registered instance, the instance's
 //! link closing, or the deadline all answer `401` (the login server's one
 //! refusal status), with the reason in the login log.
@@ -15,15 +15,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use proto::backend::auth_reply;
 
-use super::Shared;
-use super::link::Link;
-use crate::link::BoxFuture;
+use super::instance::Instance;
+use super::state::BackendState;
 use crate::login::{AuthError, Authenticator, Credentials};
+use crate::placement::BoxFuture;
 
 /// Asks the `auth` service. Made by
 /// [`Backend::authenticator`](super::Backend::authenticator).
 pub struct ServiceAuth {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<BackendState>,
     pub(crate) timeout: Duration,
 }
 
@@ -40,7 +40,7 @@ impl std::fmt::Debug for ServiceAuth {
 /// waiting, whichever way (answer, deadline, the login server's own
 /// timeout dropping the future).
 struct Forget<'a> {
-    link: &'a Link,
+    link: &'a Instance,
     id: u64,
 }
 

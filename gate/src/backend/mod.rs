@@ -8,18 +8,23 @@
 //! * [`Backend`]: the listener and registry of links; [`Backend::agent`]
 //!   is the gate's [`Agent`], [`Backend::authenticator`] the login server's
 //!   [`Authenticator`] for `login.auth = "service"`.
-//! * `link`: one service link — registration, requests and answers,
-//!   heartbeats, pacing (see its docs for the cost per request).
-//! * `inflight`: a link's requests in flight and their deadlines, without
-//!   a timer per request.
-//! * `registry`: the live instances by service and the rendezvous hash.
-//! * `agent`: routing and the session table with the agent bindings.
+//! * `serve`: the task of one service link — registration, reading the
+//!   service's frames, writing, heartbeats.
+//! * `instance`: one registered instance — requests and answers, events,
+//!   pacing (see its docs for the cost per request).
+//! * `inflight`: an instance's requests in flight and their deadlines,
+//!   without a timer per request.
+//! * `registry`: the live instances by service; `hash`: the rendezvous
+//!   hash that picks one.
+//! * `sessions`: the session table with the agent bindings; `agent`: the
+//!   routing of requests and events.
 //! * `auth`: the credential check through the `auth` service.
+//! * `state`, `metrics`: what these parts share.
 //!
 //! # Registration
 //!
 //! The first frame of a link must be `Register`, within
-//! `backend.register_timeout_ms`. The gate refuses (with a
+//! `backend.register_timeout`. The gate refuses (with a
 //! `RegisterRefused`, then closes) a major protocol version other than its
 //! own ([`RegisterRefused::incompatible`](proto::backend::RegisterRefused::incompatible),
 //! naming both versions; the service stops instead of retrying), an empty
@@ -71,12 +76,12 @@
 //!
 //! # Deadlines and lost links
 //!
-//! Every request carries `deadline_ms = backend.request_timeout_ms`
-//! (default 5000). A request not answered by then gets an error response
+//! Every request carries `deadline_ms`, from `backend.request_timeout`
+//! (default 5 s). A request not answered by then gets an error response
 //! (ok byte 0) and a `warn` log line; the late answer is dropped (counted
 //! in [`BackendMetrics::late`]). When a link closes — the service
 //! disconnects, breaks the framing, stays silent past
-//! `backend.heartbeat_timeout_ms`, or is replaced — every request in flight
+//! `backend.heartbeat_timeout`, or is replaced — every request in flight
 //! on it is answered with an error response at once, and its users are
 //! re-bound on their next request.
 //!
@@ -106,9 +111,14 @@
 
 mod agent;
 mod auth;
+mod hash;
 mod inflight;
-mod link;
+mod instance;
+mod metrics;
 mod registry;
+mod serve;
+mod sessions;
+mod state;
 
 use std::io;
 use std::net::SocketAddr;
@@ -122,101 +132,24 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use self::agent::BackendAgent;
-use self::agent::Sessions;
 pub use self::auth::ServiceAuth;
+pub use self::metrics::BackendMetrics;
+use self::metrics::Metrics;
 use self::registry::Registry;
+use self::serve::Serving;
+use self::sessions::Sessions;
+use self::state::BackendState;
 use crate::agent::Agent;
 use crate::config::BackendConfig;
 use crate::login::Authenticator;
 use crate::msg::MsgGate;
-
-/// Pause after an accept error such as "too many open files".
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Counters of every link, since the backend was made.
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub(crate) registered: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) answered: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) failed_on_close: AtomicU64,
-    pub(crate) late: AtomicU64,
-    pub(crate) unroutable: AtomicU64,
-    pub(crate) congested: AtomicU64,
-    pub(crate) pushes: AtomicU64,
-    pub(crate) kicks: AtomicU64,
-}
-
-/// A snapshot of the backend's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BackendMetrics {
-    /// Links registered now.
-    pub links: usize,
-    /// Sessions the backend agent knows now.
-    pub sessions: usize,
-    /// Registrations accepted.
-    pub registered: u64,
-    /// Registrations refused (any reason).
-    pub refused: u64,
-    /// Requests sent to services.
-    pub requests: u64,
-    /// Requests answered by their service in time.
-    pub answered: u64,
-    /// Requests answered with an error because their deadline passed.
-    pub timed_out: u64,
-    /// Requests answered with an error because their link closed.
-    pub failed_on_close: u64,
-    /// Answers that came after their deadline (dropped).
-    pub late: u64,
-    /// Requests answered with an error at once: no instance for them, or
-    /// not a route envelope in route mode.
-    pub unroutable: u64,
-    /// Requests refused at once because their instance was at its stated
-    /// `max_in_flight`, or its link's send queue was full.
-    pub congested: u64,
-    /// `Push` frames received.
-    pub pushes: u64,
-    /// `Kick` frames received.
-    pub kicks: u64,
-}
-
-/// What the backend's parts share.
-pub(crate) struct Shared {
-    pub(crate) cfg: BackendConfig,
-    pub(crate) registry: Registry,
-    pub(crate) sessions: Sessions,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) next_link: AtomicU64,
-}
-
-impl std::fmt::Debug for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shared").finish_non_exhaustive()
-    }
-}
-
-/// What the link tasks of one [`Backend::serve`] share. Holds the
-/// [`MsgGate`] (for pushes and kicks) only while serving: the gate owns the
-/// agent, which owns [`Shared`], so keeping the gate in `Shared` would make
-/// a reference cycle.
-pub(crate) struct Serve {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) gate: MsgGate,
-    pub(crate) draining: CancellationToken,
-    pub(crate) stop: CancellationToken,
-}
+use crate::net::{self, AtCapacity};
 
 /// The gate's backend: the listener services dial, and the registry of
 /// their links. Cheap to clone.
 #[derive(Clone)]
 pub struct Backend {
-    shared: Arc<Shared>,
+    shared: Arc<BackendState>,
     listener: Arc<Mutex<Option<TcpListener>>>,
     addr: Option<SocketAddr>,
 }
@@ -238,10 +171,10 @@ impl Backend {
     pub fn new(config: BackendConfig, listener: TcpListener) -> Backend {
         let addr = listener.local_addr().ok();
         Backend {
-            shared: Arc::new(Shared {
+            shared: Arc::new(BackendState {
                 cfg: config,
                 registry: Registry::new(),
-                sessions: Sessions::new(),
+                sessions: Sessions::default(),
                 metrics: Arc::new(Metrics::default()),
                 next_link: AtomicU64::new(0),
             }),
@@ -268,7 +201,7 @@ impl Backend {
     }
 
     /// The login server's authenticator asking `backend.auth_service`,
-    /// each check bounded by `timeout` (`login.auth_timeout_ms`).
+    /// each check bounded by `timeout` (`login.auth_timeout`).
     pub fn authenticator(&self, timeout: Duration) -> Arc<dyn Authenticator> {
         Arc::new(ServiceAuth {
             shared: Arc::clone(&self.shared),
@@ -342,8 +275,8 @@ impl Backend {
             route_mode = shared.cfg.route_mode,
             "backend listening"
         );
-        let serve = Arc::new(Serve {
-            shared: Arc::clone(shared),
+        let serving = Arc::new(Serving {
+            state: Arc::clone(shared),
             gate,
             draining: draining.clone(),
             stop: stop.clone(),
@@ -352,42 +285,35 @@ impl Backend {
             shared.cfg.max_links.clamp(1, Semaphore::MAX_PERMITS),
         ));
         let tracker = TaskTracker::new();
-        let mut said_goodbye = false;
-        loop {
-            let mut permit = Arc::clone(&permits).try_acquire_owned().ok();
-            let accepted = tokio::select! {
-                biased;
-                // Each link also says goodbye when `stop` closes it, in case
-                // `stop` comes before this loop saw `draining`.
-                () = stop.cancelled() => break,
-                () = draining.cancelled(), if !said_goodbye => {
-                    said_goodbye = true;
-                    for link in shared.registry.all() {
-                        link.say_goodbye(link::GOODBYE);
-                    }
-                    continue;
-                }
-                accepted = listener.accept() => accepted,
-            };
-            let (stream, addr) = match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "backend accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            };
-            if permit.is_none() {
-                permit = Arc::clone(&permits).try_acquire_owned().ok();
+        // Every link hears a goodbye when the gate starts draining (each
+        // also says it when `stop` closes it, in case `stop` comes first).
+        let goodbyes = async {
+            draining.cancelled().await;
+            for link in shared.registry.all() {
+                link.say_goodbye(serve::GOODBYE);
             }
-            let Some(permit) = permit else {
-                tracing::warn!(%addr, "backend.max_links links open: closed at accept");
-                drop(stream);
-                continue;
-            };
-            tracker.spawn(link::run(Arc::clone(&serve), stream, addr, permit));
+            std::future::pending::<()>().await;
+        };
+        let accepting = net::accept_loop(
+            listener,
+            permits,
+            AtCapacity::Close,
+            stop.cancelled(),
+            "backend",
+            |stream, addr, permit| match permit {
+                Some(permit) => {
+                    tracker.spawn(serve::run(Arc::clone(&serving), stream, addr, permit));
+                }
+                None => {
+                    tracing::warn!(%addr, "backend.max_links links open: closed at accept");
+                    drop(stream);
+                }
+            },
+        );
+        tokio::select! {
+            () = accepting => {}
+            () = goodbyes => {}
         }
-        drop(listener);
         tracker.close();
         tracker.wait().await;
         tracing::info!("backend stopped");

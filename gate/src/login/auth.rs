@@ -4,7 +4,7 @@
 //! and answers `401 Unauthorized` on any refusal. The trait returns a boxed
 //! future so it stays object safe and so a later authenticator can ask a
 //! backend service over the network (the server bounds every call with
-//! `login.auth_timeout_ms`).
+//! `login.auth_timeout`).
 //!
 //! * [`AccountsFile`]: `user:PHC-hash` lines with argon2 hashes, verified on
 //!   the blocking pool so a slow hash never stalls the runtime.
@@ -21,7 +21,7 @@ use argon2::{Argon2, PasswordHash};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::link::BoxFuture;
+use crate::placement::BoxFuture;
 
 /// What the client claimed in its login token (`user@server:password`, each
 /// part base64-decoded); `Debug` hides the password.
@@ -38,7 +38,7 @@ pub enum AuthError {
     /// hash). The client is refused all the same.
     #[error("authenticator unavailable: {0}")]
     Unavailable(String),
-    /// The authenticator did not answer within `login.auth_timeout_ms`.
+    /// The authenticator did not answer within `login.auth_timeout`.
     #[error("authenticator timed out")]
     Timeout,
 }
@@ -109,7 +109,7 @@ pub enum AccountsError {
 /// Concurrent argon2 verifications per CPU. Each one holds the hash's whole
 /// memory cost (19 MiB by default) and a core, so letting a login flood fill
 /// the blocking pool (512 threads) would exhaust memory without making
-/// anything faster; waiting logins count against `login.auth_timeout_ms`.
+/// anything faster; waiting logins count against `login.auth_timeout`.
 const VERIFY_SLOTS_PER_CPU: usize = 1;
 
 /// Accounts from a file of `user:PHC-hash` lines.

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use loginproto::handshake::SessionSecret;
 
-use crate::link::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
+use crate::placement::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
 
 /// Where a uid is logged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,10 +187,10 @@ impl LoginLink for OnlineTable {
     fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
         let removed = self.remove_if(uid, server, subid);
         tracing::debug!(
-            uid = %String::from_utf8_lossy(uid),
-            server = %String::from_utf8_lossy(server),
-            subid = %String::from_utf8_lossy(subid),
-            ?reason,
+            uid = %crate::esc::esc(uid),
+            server = %crate::esc::esc(server),
+            subid = %crate::esc::esc(subid),
+            reason = %crate::esc::esc(reason.text().as_bytes()),
             removed,
             "session ended"
         );
@@ -217,7 +217,7 @@ mod tests {
     use tokio::sync::{Notify, oneshot};
 
     use super::*;
-    use crate::link::BoxFuture;
+    use crate::placement::BoxFuture;
 
     /// A gate link that allocates subids 1, 2, 3… and records kicks; a
     /// login can be held until released.

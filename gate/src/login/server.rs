@@ -4,8 +4,8 @@
 //! LF-framed lines. A connection permit is taken *before* `accept`, so at
 //! most `login.max_connections` dialogues run and further clients wait in
 //! the kernel's backlog instead of costing memory. The whole dialogue, from
-//! accept to status line, runs under `login.dialogue_timeout_ms`; the
-//! authenticator call under `login.auth_timeout_ms`.
+//! accept to status line, runs under `login.dialogue_timeout`; the
+//! authenticator call under `login.auth_timeout`.
 //!
 //! Differences from skynet, all invisible to a well-behaved client:
 //!
@@ -64,13 +64,15 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::auth::{AuthError, Authenticator};
 use super::online::{OnlineTable, PlaceError};
 use super::random::{RandomSource, ThreadRandom};
 use crate::config::LoginConfig;
-use crate::link::GateLink;
+use crate::esc::esc;
+use crate::net::{self, AtCapacity};
+use crate::placement::GateLink;
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -83,20 +85,16 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// fits in one read; a longer line (up to `login.max_line_bytes`) grows it.
 const READ_BUF: usize = 256;
 
-/// Pause after an `accept` error such as "too many open files", so the loop
-/// does not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-
 /// Default for [`LoginServer::with_shutdown_grace`].
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// The login server: settings and the services it calls.
 pub struct LoginServer {
-    shared: Shared,
+    shared: LoginState,
     shutdown_grace: Duration,
 }
 
-struct Shared {
+struct LoginState {
     config: LoginConfig,
     auth: Arc<dyn Authenticator>,
     gates: Arc<dyn GateLink>,
@@ -127,7 +125,7 @@ impl LoginServer {
         online: Arc<OnlineTable>,
     ) -> LoginServer {
         LoginServer {
-            shared: Shared {
+            shared: LoginState {
                 config,
                 auth,
                 gates,
@@ -176,52 +174,30 @@ impl LoginServer {
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
                 .unwrap_or(false);
-        // One waiter for the whole loop, not one per connection; checked
-        // first (`biased`), so a flood of connections cannot delay shutdown.
-        let stopping = shutdown.cancelled();
-        tokio::pin!(stopping);
-        loop {
-            // The permit comes first (see the module docs).
-            let permit = tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                permit = Arc::clone(&permits).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (stream, addr) = tokio::select! {
-                biased;
-                () = &mut stopping => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        warn!(error = %e, "login accept failed");
-                        if is_resource_error(&e) {
-                            tokio::select! {
-                                () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
-                                () = &mut stopping => break,
-                            }
-                        }
-                        continue;
-                    }
-                },
-            };
-            let shared = Arc::clone(&shared);
-            let stop = Stop {
-                soft: shutdown.clone(),
-                hard: hard.clone(),
-            };
-            if !inherits_nodelay {
-                let _ = stream.set_nodelay(true);
-            }
-            // The client answers each line at once and its answer carries
-            // the ACK; a quick ACK would be a segment of its own.
-            #[cfg(target_os = "linux")]
-            let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
-            tracker.spawn(connection(shared, stream, addr, permit, stop));
-        }
-        drop(listener);
+        net::accept_loop(
+            listener,
+            permits,
+            AtCapacity::Wait,
+            shutdown.cancelled(),
+            "login",
+            |stream, addr, permit| {
+                let Some(permit) = permit else { return };
+                let shared = Arc::clone(&shared);
+                let stop = Stop {
+                    soft: shutdown.clone(),
+                    hard: hard.clone(),
+                };
+                if !inherits_nodelay {
+                    let _ = stream.set_nodelay(true);
+                }
+                // The client answers each line at once and its answer
+                // carries the ACK; a quick ACK would be a segment of its own.
+                #[cfg(target_os = "linux")]
+                let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
+                tracker.spawn(connection(shared, stream, addr, permit, stop));
+            },
+        )
+        .await;
         tracker.close();
         if timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
             info!(
@@ -233,13 +209,6 @@ impl LoginServer {
         }
         debug!("login server stopped");
     }
-}
-
-/// Accept errors that mean "out of resources, try again later" (EMFILE,
-/// ENFILE, ENOBUFS, ENOMEM; they have no stable `ErrorKind`). Others, like
-/// a client that reset before we accepted, concern one connection only.
-fn is_resource_error(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
 }
 
 /// How a dialogue ended, for the log line.
@@ -322,13 +291,13 @@ struct Stop {
 }
 
 async fn connection<S: Stream>(
-    shared: Arc<Shared>,
+    shared: Arc<LoginState>,
     stream: S,
     addr: SocketAddr,
     _permit: OwnedSemaphorePermit,
     stop: Stop,
 ) {
-    let deadline = Instant::now() + shared.config.dialogue_timeout();
+    let deadline = Instant::now() + shared.config.dialogue_timeout;
     let mut lines = FramedRead::with_capacity(
         stream,
         LineCodec::with_limit(shared.config.max_line_bytes),
@@ -379,11 +348,7 @@ async fn linger<S: Stream>(stream: &mut S, buf: &mut BytesMut) {
 }
 
 fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
-    let text = |b: &Option<Bytes>| {
-        b.as_deref()
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
-    };
+    let text = |b: &Option<Bytes>| b.as_deref().map(|b| esc(b).to_string()).unwrap_or_default();
     let (status, reason) = match ending {
         Ending::Status(status, reason) => (status.code().to_string(), reason.as_str()),
         Ending::ClientClosed => ("none".to_owned(), "client closed"),
@@ -400,7 +365,7 @@ fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
         suite = report.suite.map_or("", Suite::name),
         %addr,
         %status,
-        reason,
+        reason = %esc(reason.as_bytes()),
         "login"
     );
 }
@@ -438,7 +403,11 @@ async fn reject<S: Stream>(lines: &mut Lines<S>, rejected: Rejected) -> Ending {
     }
 }
 
-async fn dialogue<S: Stream>(shared: &Shared, lines: &mut Lines<S>, report: &mut Report) -> Ending {
+async fn dialogue<S: Stream>(
+    shared: &LoginState,
+    lines: &mut Lines<S>,
+    report: &mut Report,
+) -> Ending {
     match run_dialogue(shared, lines, report).await {
         Ok(ending) | Err(ending) => ending,
     }
@@ -447,7 +416,7 @@ async fn dialogue<S: Stream>(shared: &Shared, lines: &mut Lines<S>, report: &mut
 /// Steps 1–9 of spec §4.2. `Err` is an early end (the status, if any, was
 /// already sent); `Ok` the final status, already sent.
 async fn run_dialogue<S: Stream>(
-    shared: &Shared,
+    shared: &LoginState,
     lines: &mut Lines<S>,
     report: &mut Report,
 ) -> Result<Ending, Ending> {
@@ -491,7 +460,7 @@ async fn run_dialogue<S: Stream>(
 
 /// Steps 6–8: authenticate, then skynet's `login_handler`.
 async fn decide(
-    shared: &Shared,
+    shared: &LoginState,
     login: &Authenticate,
     report: &mut Report,
 ) -> (LoginOutcome, String) {
@@ -503,7 +472,7 @@ async fn decide(
     report.server = Some(server.clone());
 
     let authenticated = timeout(
-        shared.config.auth_timeout(),
+        shared.config.auth_timeout,
         shared.auth.authenticate(credentials),
     )
     .await
@@ -623,8 +592,8 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
-    use crate::link::{LoginRefusal, LoginRequest};
     use crate::login::auth::{Credentials, DemoAuth};
+    use crate::placement::{LoginRefusal, LoginRequest};
 
     impl Stream for DuplexStream {
         async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -642,7 +611,7 @@ mod tests {
         fn login(
             &self,
             req: LoginRequest,
-        ) -> crate::link::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
+        ) -> crate::placement::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
             Box::pin(async move {
                 if req.server != "sample" {
                     return Err(LoginRefusal::UnknownServer("?".into()));
@@ -653,7 +622,13 @@ mod tests {
             })
         }
 
-        fn kick(&self, _: Bytes, _: Bytes, _: Bytes, _: String) -> crate::link::BoxFuture<'_, ()> {
+        fn kick(
+            &self,
+            _: Bytes,
+            _: Bytes,
+            _: Bytes,
+            _: String,
+        ) -> crate::placement::BoxFuture<'_, ()> {
             Box::pin(async {})
         }
     }
@@ -665,7 +640,7 @@ mod tests {
         fn authenticate(
             &self,
             _: Credentials,
-        ) -> crate::link::BoxFuture<'_, Result<Bytes, AuthError>> {
+        ) -> crate::placement::BoxFuture<'_, Result<Bytes, AuthError>> {
             Box::pin(std::future::pending())
         }
 
@@ -674,8 +649,8 @@ mod tests {
         }
     }
 
-    fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<Shared> {
-        Arc::new(Shared {
+    fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
+        Arc::new(LoginState {
             config,
             auth,
             gates: Arc::new(Sample::default()),
@@ -690,7 +665,7 @@ mod tests {
 
     /// Runs one connection over an in-memory pipe; returns the client end
     /// and the connection task.
-    fn start(shared: Arc<Shared>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+    fn start(shared: Arc<LoginState>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
         let stop = Stop {
@@ -741,7 +716,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_client_is_closed_at_the_deadline_without_status() {
         let config = LoginConfig::default();
-        let deadline = config.dialogue_timeout();
+        let deadline = config.dialogue_timeout;
         let started = Instant::now();
         let (mut client, task) = start(shared(config, Arc::new(DemoAuth)));
         expect(&mut client, b"obLD1OX2Bxg=\n").await;
@@ -754,7 +729,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn authenticator_that_never_answers_is_401() {
         let config = LoginConfig::default();
-        let limit = config.auth_timeout();
+        let limit = config.auth_timeout;
         let started = Instant::now();
         let (mut client, task) = start(shared(config, Arc::new(Stuck)));
         worked_example(&mut client).await;

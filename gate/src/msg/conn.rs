@@ -15,11 +15,14 @@
 //! keeps anyway), and an idle connection holds no buffer at all.
 //!
 //! A connection that opted in to the extensions also gets its pushes
-//! (queued in the user's outbox like late responses, replayed after
+//! (queued in the session's outbox like late responses, replayed after
 //! `200 OK`), a kick package before a close because its session ended, and
-//! an empty package in answer to each empty package (heartbeat). The idle
-//! timeout is one timer per connection that is reset at most once per
-//! timeout period: reads only note the time.
+//! an empty package in answer to each empty package (heartbeat). Reads only
+//! note the time for the idle timeout; the gate's timers check it.
+//!
+//! When the client shuts down its write side (FIN), the task stops
+//! reading, answers what was asked (bounded by `shutdown_grace`), writes
+//! it, and closes.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -32,18 +35,22 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use codec::message::Request;
-use codec::package::{PackageCodec, encode_package};
-use codec::status::GateStatus;
+use codec::package::PackageCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
-use super::cache::{ExecId, OnRequest};
-use super::user::{CloseCause, ConnLink, User, complete_locked};
-use super::{Shared, bump, kick_reason, response_package, write_kick};
-use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionEvent};
+use super::bump;
+use super::core::{Bound, GateCore, User, response_package};
+use super::handle::{CloseCause, ConnHandle};
+use super::timers::Timer;
+use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionHandle};
+use crate::esc::esc;
+use crate::placement::EndReason;
+use crate::session::{Completion, ExecId, OnRequest, RequestRefused};
+use crate::wire;
 
 /// Read size into a connection's own buffer (before the handshake, and to
 /// finish a partial package). The codec reserves the rest of a package.
@@ -74,8 +81,11 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// Why a connection ended (for the log line and the close procedure).
 #[derive(Debug)]
 enum End {
-    /// The client closed.
+    /// The client closed (or reset).
     PeerClosed,
+    /// The client shut down its write side and everything it asked was
+    /// answered (or the grace for that passed).
+    HalfClosed,
     /// A socket error.
     Io(io::ErrorKind),
     /// No complete handshake package within the deadline.
@@ -104,6 +114,7 @@ impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             End::PeerClosed => f.write_str("closed by the client"),
+            End::HalfClosed => f.write_str("client shut down its side; answers delivered"),
             End::Io(kind) => write!(f, "socket error: {kind}"),
             End::HandshakeTimeout => f.write_str("handshake deadline passed"),
             End::InvalidPackage => f.write_str("invalid package"),
@@ -133,13 +144,13 @@ impl End {
 /// Counts the connection as open and holds its maxclient permit; both are
 /// released when the task ends, however it ends.
 struct OpenConn<'a> {
-    shared: &'a Shared,
+    core: &'a GateCore,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Drop for OpenConn<'_> {
     fn drop(&mut self) {
-        self.shared
+        self.core
             .metrics
             .connections
             .fetch_sub(1, Ordering::Relaxed);
@@ -148,14 +159,15 @@ impl Drop for OpenConn<'_> {
 
 /// Runs one accepted connection to its end.
 pub(super) async fn run(
-    sh: Arc<Shared>,
+    core: Arc<GateCore>,
     stream: TcpStream,
     addr: SocketAddr,
     permit: OwnedSemaphorePermit,
 ) {
-    sh.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    core.metrics.connections.fetch_add(1, Ordering::Relaxed);
     let _open = OpenConn {
-        shared: &sh,
+        core: &core,
         _permit: permit,
     };
     let mut conn = Conn {
@@ -167,8 +179,8 @@ pub(super) async fn run(
     // Boxed, like the close below: these phases are short, and keeping
     // them out of the task keeps every idle connection's task small.
     let handshake = Box::pin(tokio::time::timeout(
-        sh.cfg.handshake_timeout(),
-        conn.read_first(&sh),
+        core.cfg.handshake_timeout,
+        conn.read_first(&core),
     ))
     .await;
     let payload = match handshake {
@@ -178,26 +190,25 @@ pub(super) async fn run(
             return;
         }
         Err(_) => {
-            bump(&sh.metrics.handshakes_refused);
+            bump(&core.metrics.handshakes_refused);
             tracing::debug!(%addr, end = %End::HandshakeTimeout, "connection closed");
             return;
         }
     };
 
-    let handshake = sh.handshake(&payload, addr);
+    let handshake = core.handshake(&payload, addr);
     // The payload shares the first read buffer's allocation: let both go
     // now, not when the session ends.
     drop(payload);
-    let (user, link) = match handshake {
-        Ok((user, link, replay)) => {
-            let _ = encode_package(GateStatus::OK.text().as_bytes(), &mut conn.wbuf);
-            // Pushes the client has not seen, right after `200 OK` and
-            // before any response.
-            conn.wbuf.extend_from_slice(&replay);
-            (user, link)
-        }
+    let Bound {
+        user,
+        handle,
+        ext,
+        greeting,
+    } = match handshake {
+        Ok(bound) => bound,
         Err(refusal) => {
-            bump(&sh.metrics.handshakes_refused);
+            bump(&core.metrics.handshakes_refused);
             tracing::debug!(
                 %addr,
                 status = refusal.status().map(|s| s.code()),
@@ -207,60 +218,77 @@ pub(super) async fn run(
             // Packages pipelined behind a failed handshake are discarded.
             conn.rbuf = BytesMut::new();
             if let Some(status) = refusal.status() {
-                let _ = encode_package(status.text().as_bytes(), &mut conn.wbuf);
+                wire::write_status(&mut conn.wbuf, status);
             }
-            Box::pin(conn.close_gracefully(&sh, None)).await;
+            Box::pin(conn.close_gracefully(&core, None)).await;
             return;
         }
     };
-    bump(&sh.metrics.handshakes_ok);
+    // `200 OK`, then the welcome and the pushes the client has not seen,
+    // before any response.
+    conn.wbuf = greeting;
+    bump(&core.metrics.handshakes_ok);
     tracing::debug!(
         %addr,
-        uid = %String::from_utf8_lossy(&user.uid),
-        subid = %String::from_utf8_lossy(&user.subid),
-        opted_in = link.ext,
+        uid = %esc(&user.uid),
+        subid = %esc(&user.subid),
+        opted_in = ext,
         "handshake ok"
     );
 
-    let ctx = SessionCtx::new(Arc::clone(&user));
+    let ctx = SessionCtx::new(Arc::clone(&user) as Arc<dyn SessionHandle>);
     let end = {
         // Unbinds when the session loop ends, however it ends (even if the
         // agent panics inside it).
         let _unbind = Unbind {
-            sh: &sh,
-            ctx: &ctx,
-            link: &link,
+            core: &core,
+            user: &user,
+            conn: handle.id,
         };
-        conn.session(&sh, &ctx, &link).await
+        let link = Link {
+            core: &core,
+            user: &user,
+            ctx: &ctx,
+            handle: &handle,
+            ext,
+        };
+        conn.session(&link).await
     };
     match end {
-        End::SlowReader => bump(&sh.metrics.slow_readers_cut),
-        End::IdleTimeout => bump(&sh.metrics.idle_timeouts),
+        End::SlowReader => bump(&core.metrics.slow_readers_cut),
+        End::IdleTimeout => bump(&core.metrics.idle_timeouts),
         _ => {}
     }
     tracing::debug!(
         %addr,
-        uid = %String::from_utf8_lossy(&user.uid),
-        subid = %String::from_utf8_lossy(&user.subid),
+        uid = %esc(&user.uid),
+        subid = %esc(&user.subid),
         %end,
         "connection closed"
     );
     if end.graceful() {
         // An opted-in client learns why its session ended (the kick
         // package, after whatever was still queued for it).
-        if let Some(farewell) = link.farewell() {
+        if let Some(farewell) = handle.farewell() {
             conn.wbuf.extend_from_slice(farewell);
-        } else if link.ext && matches!(end, End::Shutdown) {
-            write_kick(
-                &mut conn.wbuf,
-                kick_reason(&crate::link::EndReason::Shutdown),
-            );
+        } else if ext && matches!(end, End::Shutdown) {
+            wire::write_kick(&mut conn.wbuf, EndReason::Shutdown.text());
         }
-        Box::pin(conn.close_gracefully(&sh, Some(&link))).await;
+        Box::pin(conn.close_gracefully(&core, Some(&handle))).await;
     } else {
         drop(conn);
-        link.set_finished();
+        handle.set_finished();
     }
+}
+
+/// What the session loop works with: the gate, the user and its session
+/// handle, this connection's handle, and whether the client opted in.
+struct Link<'a> {
+    core: &'a Arc<GateCore>,
+    user: &'a Arc<User>,
+    ctx: &'a SessionCtx,
+    handle: &'a Arc<ConnHandle>,
+    ext: bool,
 }
 
 /// After the connection ended: if the session is still bound to it, the
@@ -268,39 +296,25 @@ pub(super) async fn run(
 /// starts. A connection that was superseded or whose session ended changes
 /// nothing, so its late close can never touch a newer connection or session.
 struct Unbind<'a> {
-    sh: &'a Arc<Shared>,
-    ctx: &'a SessionCtx,
-    link: &'a ConnLink,
+    core: &'a Arc<GateCore>,
+    user: &'a Arc<User>,
+    conn: u64,
 }
 
 impl Drop for Unbind<'_> {
     fn drop(&mut self) {
-        let user: &Arc<User> = &self.ctx.user;
-        let away = {
-            let mut st = user.lock();
-            if !st.is_bound_to(self.link.id) {
-                return;
-            }
-            st.bound = None;
-            st.away_gen += 1;
-            (!st.ended).then_some(st.away_gen)
-        };
-        if let Some(generation) = away {
-            // No call into the agent while unwinding from its panic.
-            if !std::thread::panicking() {
-                self.sh.agent.event(self.ctx, SessionEvent::Away);
-            }
-            self.sh.start_away_timer(user, generation);
-        }
+        // No call into the agent while unwinding from its panic.
+        let notify = !std::thread::panicking();
+        self.core.connection_gone(self.user, self.conn, notify);
     }
 }
 
 /// What woke the session loop.
 enum Event {
-    /// The link: a close request or responses in the outbox.
+    /// The handle: a close request or responses in the outbox.
     Woken,
-    /// The idle timer fired (the connection may have been active since).
-    IdleTimer,
+    /// The half-close grace is over.
+    HalfCloseOver,
     /// The socket has input (or EOF).
     Readable(io::Result<()>),
     /// The socket has room to write.
@@ -316,39 +330,61 @@ struct Conn {
     wbuf: BytesMut,
 }
 
+/// What a read gave.
+enum Read {
+    /// Nothing (a spurious wake-up).
+    Nothing,
+    /// Bytes, all processed.
+    Data,
+    /// The client shut down its write side.
+    Eof,
+}
+
 impl Conn {
     /// Reads until the first complete package (the handshake).
-    async fn read_first(&mut self, sh: &Shared) -> Result<Bytes, End> {
+    async fn read_first(&mut self, core: &GateCore) -> Result<Bytes, End> {
         loop {
             if let Some(frame) = decode(&mut self.rbuf)? {
                 return Ok(frame);
             }
             tokio::select! {
                 biased;
-                () = sh.draining.cancelled() => return Err(End::Shutdown),
+                () = core.draining.cancelled() => return Err(End::Shutdown),
                 ready = self.stream.readable() => ready.map_err(|e| End::Io(e.kind()))?,
             }
-            self.read_own()?;
+            if let Read::Eof = self.read_own()? {
+                return Err(End::PeerClosed);
+            }
         }
     }
 
     /// The authenticated part of the connection.
-    async fn session(&mut self, sh: &Arc<Shared>, ctx: &SessionCtx, link: &ConnLink) -> End {
-        let limit = sh.cfg.send_queue_bytes;
+    async fn session(&mut self, link: &Link<'_>) -> End {
+        let core = link.core;
+        let limit = core.cfg.send_queue_bytes;
         let mut draining = false;
-        // Boxed: only connections with a timeout pay for the timer.
-        let idle = sh.cfg.idle_timeout(link.ext);
-        let mut idle_timer = idle.map(|timeout| Box::pin(tokio::time::sleep(timeout)));
-        let mut last_input = Instant::now();
+        // Set once the client's FIN arrived: no more reading, and a bound
+        // on how long its requests may take to be answered.
+        let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let idle = core.cfg.idle_timeout(link.ext);
+        if let Some(timeout) = idle {
+            let now = Instant::now();
+            link.handle.note_input(core.timers.ms(now));
+            core.timers.at(
+                now + timeout,
+                Timer::Idle(Arc::downgrade(link.handle), timeout),
+            );
+        }
         loop {
-            // Waking up for the link does not count against tokio's
+            // Waking up for the handle does not count against tokio's
             // cooperative budget: spend one unit per round so a busy
             // connection cannot starve the others.
             tokio::task::consume_budget().await;
-            if !draining && !self.rbuf.is_empty() {
+            let reading = !draining && half_closed.is_none();
+            if reading && !self.rbuf.is_empty() {
                 // Requests pipelined behind the handshake, or a package
                 // completed in the connection's own buffer.
-                let result = serve(&mut self.rbuf, &mut self.wbuf, sh, ctx, link);
+                let result = serve(&mut self.rbuf, &mut self.wbuf, link);
                 release_if_empty(&mut self.rbuf);
                 if let Err(end) = result {
                     return end;
@@ -360,8 +396,15 @@ impl Conn {
             if self.wbuf.len() > limit {
                 return End::SlowReader;
             }
-            if draining && self.wbuf.is_empty() && ctx.user.lock().inflight == 0 {
-                return End::Shutdown;
+            if (draining || half_closed.is_some())
+                && self.wbuf.is_empty()
+                && link.user.lock().session.inflight() == 0
+            {
+                return if draining {
+                    End::Shutdown
+                } else {
+                    End::HalfClosed
+                };
             }
             // A hand-written wait instead of `select!`: no waiter or
             // sub-future is stored in the task, which keeps every idle
@@ -369,53 +412,47 @@ impl Conn {
             let want_write = !self.wbuf.is_empty();
             let stream = &self.stream;
             let event = std::future::poll_fn(|cx| {
-                if link.poll_woken(cx).is_ready() {
+                if link.handle.poll_woken(cx).is_ready() {
                     return Poll::Ready(Event::Woken);
                 }
-                if !draining {
-                    if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
-                        return Poll::Ready(Event::Readable(ready));
-                    }
+                if reading && let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                    return Poll::Ready(Event::Readable(ready));
                 }
-                if want_write {
-                    if let Poll::Ready(ready) = stream.poll_write_ready(cx) {
-                        return Poll::Ready(Event::Writable(ready));
-                    }
+                if want_write && let Poll::Ready(ready) = stream.poll_write_ready(cx) {
+                    return Poll::Ready(Event::Writable(ready));
                 }
-                if let Some(timer) = idle_timer.as_mut() {
-                    if timer.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Event::IdleTimer);
-                    }
+                if let Some(grace) = half_closed.as_mut()
+                    && grace.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::HalfCloseOver);
                 }
                 Poll::Pending
             })
             .await;
             match event {
                 Event::Woken => {
-                    match link.close_cause() {
+                    match link.handle.close_cause() {
                         CloseCause::Open => {}
                         CloseCause::Drain => draining = true,
+                        CloseCause::Idle => return End::IdleTimeout,
                         CloseCause::Superseded => return End::Superseded,
                         CloseCause::SlowReader => return End::SlowReader,
                         CloseCause::SessionEnded => return End::SessionEnded,
                         CloseCause::ShutdownNow => return End::ShutdownNow,
                     }
-                    self.take_outbox(&ctx.user, link);
+                    self.take_outbox(link);
                 }
-                Event::Readable(Ok(())) => match self.on_readable(sh, ctx, link) {
-                    Ok(true) if idle_timer.is_some() => last_input = Instant::now(),
+                Event::Readable(Ok(())) => match self.on_readable(link) {
+                    Ok(Read::Data) if idle.is_some() => {
+                        link.handle.note_input(core.timers.ms(Instant::now()));
+                    }
+                    Ok(Read::Eof) => {
+                        half_closed = Some(Box::pin(tokio::time::sleep(core.cfg.shutdown_grace)));
+                    }
                     Ok(_) => {}
                     Err(end) => return end,
                 },
-                Event::IdleTimer => {
-                    if let (Some(timeout), Some(timer)) = (idle, idle_timer.as_mut()) {
-                        let deadline = last_input + timeout;
-                        if Instant::now() >= deadline {
-                            return End::IdleTimeout;
-                        }
-                        timer.as_mut().reset(deadline);
-                    }
-                }
+                Event::HalfCloseOver => return End::HalfClosed,
                 // The flush at the top of the loop writes.
                 Event::Writable(Ok(())) => {}
                 Event::Readable(Err(e)) | Event::Writable(Err(e)) => return End::Io(e.kind()),
@@ -423,14 +460,8 @@ impl Conn {
         }
     }
 
-    /// Reads what is there and runs it (see the module docs). `Ok(true)`
-    /// when something was read.
-    fn on_readable(
-        &mut self,
-        sh: &Arc<Shared>,
-        ctx: &SessionCtx,
-        link: &ConnLink,
-    ) -> Result<bool, End> {
+    /// Reads what is there and runs it (see the module docs).
+    fn on_readable(&mut self, link: &Link<'_>) -> Result<Read, End> {
         if !self.rbuf.is_empty() {
             // Finish the partial package in the connection's own buffer;
             // the session loop runs it.
@@ -444,14 +475,14 @@ impl Conn {
             // are dropped (they normally are by now).
             input.reserve(SCRATCH_READ);
             match stream.try_read_buf(input) {
-                Ok(0) => return Err(End::PeerClosed),
+                Ok(0) => return Ok(Read::Eof),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
                 Err(e) => return Err(End::Io(e.kind())),
             }
             let result = if wbuf.is_empty() {
                 output.clear();
-                let result = serve(input, output, sh, ctx, link);
+                let result = serve(input, output, link);
                 // Write the batch now; keep only what the socket refused.
                 let written = write_now(stream, output).map_err(|e| End::Io(e.kind()))?;
                 if let Some(rest) = output.get(written..) {
@@ -460,45 +491,34 @@ impl Conn {
                 result
             } else {
                 // Earlier bytes are still queued: keep the order.
-                serve(input, wbuf, sh, ctx, link)
+                serve(input, wbuf, link)
             };
             if !input.is_empty() {
                 // A partial package: the connection keeps its beginning.
                 rbuf.extend_from_slice(input);
             }
-            result.map(|()| true)
+            result.map(|()| Read::Data)
         })
     }
 
     /// Moves responses and pushes other tasks queued for this connection
     /// into the write buffer.
-    fn take_outbox(&mut self, user: &User, link: &ConnLink) {
-        let outbox = {
-            let mut st = user.lock();
-            match st.bound.as_mut() {
-                Some(bound) if bound.link.id == link.id => {
-                    bound.outbox_bytes = 0;
-                    std::mem::take(&mut bound.outbox)
-                }
-                _ => return,
-            }
-        };
+    fn take_outbox(&mut self, link: &Link<'_>) {
+        let outbox = link.user.lock().session.take_outbox(link.handle.id);
         for item in outbox {
             item.write_to(&mut self.wbuf);
         }
     }
 
-    /// One non-blocking read into the connection's own buffer. `WouldBlock`
-    /// (a spurious wake-up) is not an error. `Ok(true)` when something was
-    /// read.
-    fn read_own(&mut self) -> Result<bool, End> {
+    /// One non-blocking read into the connection's own buffer.
+    fn read_own(&mut self) -> Result<Read, End> {
         if self.rbuf.capacity() == self.rbuf.len() {
             self.rbuf.reserve(OWN_READ);
         }
         match self.stream.try_read_buf(&mut self.rbuf) {
-            Ok(0) => Err(End::PeerClosed),
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Ok(0) => Ok(Read::Eof),
+            Ok(_) => Ok(Read::Data),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::Nothing),
             Err(e) => Err(End::Io(e.kind())),
         }
     }
@@ -519,7 +539,7 @@ impl Conn {
     /// with RST, which can destroy data the client has not read yet, e.g.
     /// the status package of a refused handshake with a request pipelined
     /// behind it. At shutdown the wait for the peer is skipped.
-    async fn close_gracefully(&mut self, sh: &Shared, link: Option<&ConnLink>) {
+    async fn close_gracefully(&mut self, core: &GateCore, link: Option<&ConnHandle>) {
         let linger = async {
             let flushed = async {
                 self.stream.write_all(&self.wbuf).await?;
@@ -543,7 +563,7 @@ impl Conn {
                     },
                     // At shutdown, do not wait for clients to close: discard
                     // what has arrived and go.
-                    () = sh.draining.cancelled() => {
+                    () = core.draining.cancelled() => {
                         while matches!(self.stream.try_read_buf(&mut self.rbuf), Ok(n) if n > 0) {
                             self.rbuf.clear();
                         }
@@ -554,7 +574,7 @@ impl Conn {
         };
         tokio::select! {
             _ = tokio::time::timeout(CLOSE_LINGER, linger) => {}
-            () = sh.hard.cancelled() => {}
+            () = core.hard.cancelled() => {}
         }
         if let Some(link) = link {
             link.set_finished();
@@ -590,13 +610,7 @@ fn decode(input: &mut BytesMut) -> Result<Option<Bytes>, End> {
 }
 
 /// Runs every complete request in `input`, appending responses to `out`.
-fn serve(
-    input: &mut BytesMut,
-    out: &mut BytesMut,
-    sh: &Arc<Shared>,
-    ctx: &SessionCtx,
-    link: &ConnLink,
-) -> Result<(), End> {
+fn serve(input: &mut BytesMut, out: &mut BytesMut, link: &Link<'_>) -> Result<(), End> {
     while let Some(frame) = decode(input)? {
         if frame.is_empty() && link.ext {
             // Heartbeat of an opted-in client: answered with an empty
@@ -605,40 +619,23 @@ fn serve(
             continue;
         }
         let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
-        request(out, sh, ctx, link, req)?;
+        request(out, link, req)?;
     }
     Ok(())
 }
 
 /// One request (spec §5.4, §5.5); a response due now goes to `out`.
-fn request(
-    out: &mut BytesMut,
-    sh: &Arc<Shared>,
-    ctx: &SessionCtx,
-    link: &ConnLink,
-    req: Request,
-) -> Result<(), End> {
-    let user = &ctx.user;
+fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End> {
+    let (core, user) = (link.core, link.user);
     let session = req.session;
-    let outcome = {
-        let mut st = user.lock();
-        if !st.is_bound_to(link.id) {
-            // Superseded or ended between two packages of one batch.
-            return Err(if st.ended {
-                End::SessionEnded
-            } else {
-                End::Superseded
-            });
-        }
-        let outcome = st.cache.request(link.id, session);
-        if let OnRequest::Execute(exec) = outcome {
-            if st.inflight as usize >= sh.cfg.max_inflight_per_user {
-                st.cache.abandon(session, exec);
-                return Err(End::TooManyInflight);
-            }
-            st.inflight = st.inflight.saturating_add(1);
-        }
-        outcome
+    let conn = link.handle.id;
+    let outcome = user.lock().session.request(conn, session);
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(RequestRefused::NotBound { ended: true }) => return Err(End::SessionEnded),
+        // Superseded between two packages of one batch.
+        Err(RequestRefused::NotBound { ended: false }) => return Err(End::Superseded),
+        Err(RequestRefused::TooManyInflight) => return Err(End::TooManyInflight),
     };
     match outcome {
         OnRequest::Execute(exec) => {
@@ -647,28 +644,34 @@ fn request(
                 session,
                 exec,
             };
-            let dispatch = sh
+            let dispatch = core
                 .agent
-                .request(ctx, AgentRequest::new(session, req.content, exec));
+                .request(link.ctx, AgentRequest::new(session, req.content, exec));
             std::mem::forget(running);
             if let Dispatch::Ready(result) = dispatch {
-                let package = response_package(session, result, &user.uid);
-                complete_locked(
-                    &mut user.lock(),
-                    session,
-                    exec,
-                    package,
-                    Some((link.id, out)),
-                );
+                let package = response_package(user, session, result);
+                let completion = user
+                    .lock()
+                    .session
+                    .complete(session, exec, package, Some(conn));
+                match completion {
+                    Completion::Caller(package) => out.extend_from_slice(&package),
+                    Completion::Wake(other) => other.wake(),
+                    Completion::Nothing => {}
+                }
             }
         }
         OnRequest::Resend(package) => {
-            bump(&sh.metrics.resends);
+            bump(&core.metrics.resends);
             out.extend_from_slice(&package);
         }
-        OnRequest::Absorbed => bump(&sh.metrics.absorbed),
+        OnRequest::Lost(package) => {
+            bump(&core.metrics.lost);
+            out.extend_from_slice(&package);
+        }
+        OnRequest::Absorbed => bump(&core.metrics.absorbed),
         OnRequest::Conflict => {
-            bump(&sh.metrics.conflicts);
+            bump(&core.metrics.conflicts);
             return Err(End::Conflict);
         }
     }
@@ -686,9 +689,7 @@ struct Running<'a> {
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let mut st = self.user.lock();
-        st.inflight = st.inflight.saturating_sub(1);
-        st.cache.abandon(self.session, self.exec);
+        self.user.lock().session.abandon(self.session, self.exec);
     }
 }
 
@@ -702,8 +703,7 @@ mod tests {
     use super::*;
     use crate::agent::EchoAgent;
     use crate::config::GateConfig;
-    use crate::link::{EndReason, LoginLink};
-    use crate::msg::MsgGate;
+    use crate::placement::LoginLink;
 
     struct NoLogin;
 
@@ -715,23 +715,22 @@ mod tests {
     /// issue's budget is 4 KB of user-space memory per idle session).
     #[tokio::test]
     async fn connection_task_is_small() {
-        let gate = MsgGate::new(
+        let core = Arc::new(GateCore::new(
             GateConfig::default(),
             Arc::new(EchoAgent),
             Arc::new(NoLogin),
-        );
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let task = run(gate.shared(), stream, peer, permit);
+        let task = run(core, stream, peer, permit);
         let size = std::mem::size_of_val(&task);
         println!(
-            "connection task future: {size} bytes; User {} ConnLink {} idle timer {}",
+            "connection task future: {size} bytes; User {} ConnHandle {}",
             std::mem::size_of::<User>(),
-            std::mem::size_of::<ConnLink>(),
-            std::mem::size_of::<tokio::time::Sleep>()
+            std::mem::size_of::<ConnHandle>(),
         );
         assert!(size <= 768, "connection task future is {size} bytes");
         drop(client);

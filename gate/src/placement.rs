@@ -1,4 +1,4 @@
-//! The calls between the login server and the message gates.
+//! Placement: the calls between the login server and the message gates.
 //!
 //! The login server never touches a gate's session table directly: it goes
 //! through [`GateLink`], and gates report sessions that ended through
@@ -11,6 +11,8 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use loginproto::handshake::SessionSecret;
+
+pub use crate::session::EndReason;
 
 /// A boxed future, so the traits stay object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -39,19 +41,6 @@ pub enum LoginRefusal {
     /// The gate is shutting down or at its session limit.
     #[error("gate unavailable: {0}")]
     Unavailable(String),
-}
-
-/// Why a session ended, as told to the login server and written to logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
-    /// The agent (backend) logged the user out.
-    Logout,
-    /// Kicked, by the login server (re-login) or a backend; with a reason.
-    Kicked(String),
-    /// The user stayed away longer than the reconnect window.
-    Expired,
-    /// The gate is shutting down.
-    Shutdown,
 }
 
 /// The login server's handle on the gates.

@@ -31,6 +31,24 @@
 //!   connection it was *delivered* on (none if it was not delivered), so a
 //!   session whose answer the client never received is always answered from
 //!   the cache, never executed again.
+//! * **Undelivered answers are never retired by count.** skynet's retirement
+//!   (below) drops the oldest answers once `2E` were touched, whether the
+//!   client got them or not; a client that reconnects after its requests
+//!   completed while it was away, sends `E` new requests and then re-sends
+//!   the old ones, had some of them run twice. Here an answer that was never
+//!   delivered to a connection stays until the client re-sends it (then it
+//!   is delivered and ages like any other), the session ends, or the byte
+//!   bound below forces it out.
+//! * **Bounded by bytes.** All cached answers of a user, plus a fixed cost
+//!   per entry, stay within `max_bytes`. When an answer must go to keep
+//!   that bound (delivered ones first, oldest first), its session number is
+//!   remembered as **lost**: a later request with that number is answered
+//!   with an error response (ok byte 0) instead of running, so a bound
+//!   never turns into a silent second execution. Lost numbers are kept as a
+//!   few ranges ([`LostSessions`]); when there are too many, the two closest
+//!   ranges merge, so a number between them also answers with an error
+//!   instead of running (clients number their requests upwards, below the
+//!   numbers they still use).
 //! * **Remaining edge, documented:** a late response is marked `late`; the
 //!   first request for that session on the connection it was delivered to
 //!   is answered from the cache (it is most likely a re-send that crossed
@@ -38,6 +56,12 @@
 //!   twice — but a request is never executed twice. A client that reuses
 //!   that session number for a *new* request on that same connection gets
 //!   the cached answer once; the next reuse runs normally.
+//! * **A conflict does not forget the request.** skynet's "Conflict
+//!   session" (a session sent a third time on one connection while its
+//!   handler runs) closes the connection and drops the entry, so the
+//!   client's re-send on its next connection runs the request again. Here
+//!   the connection is closed the same way, but the entry stays: the
+//!   re-send gets the running request's answer.
 //! * Oversize responses are the caller's business: the gate turns them into
 //!   error responses before they reach [`ResponseCache::complete`], so no
 //!   entry is left "running" forever (spec §5.6).
@@ -48,9 +72,15 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
 
+use crate::wire;
+
 /// Identifies one authenticated connection of the gate. Plays the role of
 /// skynet's version `V` in the cache (see the module docs). Never reused.
 pub type ConnId = u64;
+
+/// Bytes an entry costs besides its package (map slot and fields), so
+/// that the byte bound also bounds the number of entries.
+pub const ENTRY_COST: usize = 64;
 
 /// Identifies one execution of a handler, so the result of an orphaned
 /// handler (its entry was dropped by a Conflict and the session reused) can
@@ -67,22 +97,26 @@ pub enum OnRequest {
     /// Send this cached response package (header included) to the
     /// connection the request came from; the request's content is ignored.
     Resend(Bytes),
+    /// The answer of this session number was dropped to keep the cache
+    /// within its byte bound: send this error response instead of running
+    /// the request again.
+    Lost(Bytes),
     /// The session's handler is still running; its response will go to the
     /// connection the request came from. Nothing to send now.
     Absorbed,
     /// skynet's "Conflict session": close the connection without a
-    /// response. The entry is gone; the running handler's result will be
-    /// discarded.
+    /// response. Unlike skynet, the running handler's answer is kept for a
+    /// re-send on the next connection, so the request never runs twice.
     Conflict,
 }
 
 /// A response to send: which connection, which package.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery<'a> {
+pub struct Delivery {
     /// The connection to write to.
     pub conn: ConnId,
     /// The complete response package (header included), as cached.
-    pub package: &'a Bytes,
+    pub package: Bytes,
     /// `true` when it goes to a newer connection than the one it was asked
     /// on (the fix for skynet's lost "completed after reconnect" response).
     pub late: bool,
@@ -124,7 +158,9 @@ struct Entry {
     target: Option<ConnId>,
     /// The response package, `None` while the handler runs.
     resp: Option<Bytes>,
-    /// The connection generation this entry belongs to (skynet's `ver`).
+    /// The connection generation this entry belongs to (skynet's `ver`):
+    /// the connection the answer was delivered on; `None` for an answer
+    /// that no connection got yet.
     ver: Option<ConnId>,
     /// Retirement stamp (skynet's `index` at the last touch).
     stamp: u32,
@@ -133,6 +169,102 @@ struct Entry {
     /// Delivered to a connection it was not asked on: the next request for
     /// this session on that connection is answered from the cache.
     late: bool,
+    /// Queued for its connection but not yet written: kept like an
+    /// undelivered answer until it is.
+    queued: bool,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        ENTRY_COST + self.resp.as_ref().map_or(0, Bytes::len)
+    }
+
+    /// Answered, and no connection ever got the answer.
+    fn undelivered(&self) -> bool {
+        self.resp.is_some() && self.ver.is_none() && self.target.is_none()
+    }
+
+    /// Answered, and the answer may not have left the gate yet.
+    fn unsent(&self) -> bool {
+        self.undelivered() || self.queued
+    }
+}
+
+/// Most ranges [`LostSessions`] keeps before merging the closest two.
+pub const MAX_LOST_RANGES: usize = 32;
+
+/// Session numbers whose answers were dropped to keep the byte bound, as
+/// sorted, disjoint, non-adjacent inclusive ranges.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LostSessions {
+    ranges: Vec<(u32, u32)>,
+}
+
+impl LostSessions {
+    /// Whether `session` is lost.
+    pub fn contains(&self, session: u32) -> bool {
+        let at = self.ranges.partition_point(|&(_, hi)| hi < session);
+        self.ranges.get(at).is_some_and(|&(lo, _)| lo <= session)
+    }
+
+    /// Marks `session` lost; merges the two closest ranges when there are
+    /// more than [`MAX_LOST_RANGES`].
+    pub fn insert(&mut self, session: u32) {
+        let at = self.ranges.partition_point(|&(_, hi)| hi < session);
+        if self.ranges.get(at).is_some_and(|&(lo, _)| lo <= session) {
+            return;
+        }
+        self.ranges.insert(at, (session, session));
+        // Join with the neighbours it touches.
+        if at + 1 < self.ranges.len() && self.ranges[at + 1].0 == session.wrapping_add(1) {
+            self.ranges[at].1 = self.ranges[at + 1].1;
+            self.ranges.remove(at + 1);
+        }
+        if at > 0 && self.ranges[at - 1].1.wrapping_add(1) == session {
+            self.ranges[at - 1].1 = self.ranges[at].1;
+            self.ranges.remove(at);
+        }
+        if self.ranges.len() > MAX_LOST_RANGES {
+            let closest = (1..self.ranges.len())
+                .min_by_key(|&i| self.ranges[i].0 - self.ranges[i - 1].1)
+                .unwrap_or(1);
+            self.ranges[closest - 1].1 = self.ranges[closest].1;
+            self.ranges.remove(closest);
+        }
+    }
+
+    /// Takes `session` out (its error response was sent; from now on it is
+    /// an ordinary cache entry).
+    pub fn remove(&mut self, session: u32) -> bool {
+        let at = self.ranges.partition_point(|&(_, hi)| hi < session);
+        let Some(&(lo, hi)) = self.ranges.get(at).filter(|&&(lo, _)| lo <= session) else {
+            return false;
+        };
+        match (lo == session, hi == session) {
+            (true, true) => {
+                self.ranges.remove(at);
+            }
+            (true, false) => self.ranges[at].0 = session + 1,
+            (false, true) => self.ranges[at].1 = session - 1,
+            (false, false) => {
+                self.ranges[at].1 = session - 1;
+                self.ranges.insert(at + 1, (session + 1, hi));
+                if self.ranges.len() > MAX_LOST_RANGES {
+                    // Splitting must not grow the set past its bound: merge
+                    // back, keeping `session` itself out of it by the entry
+                    // the caller creates for it (entries come first).
+                    self.ranges[at].1 = hi;
+                    self.ranges.remove(at + 1);
+                }
+            }
+        }
+        true
+    }
+
+    /// Number of ranges.
+    pub fn ranges(&self) -> usize {
+        self.ranges.len()
+    }
 }
 
 /// The response cache of one user.
@@ -144,17 +276,26 @@ pub struct ResponseCache {
     /// skynet's `expired_number` `E`.
     expired: u32,
     next_exec: u64,
+    /// What the entries cost ([`ENTRY_COST`] each plus their packages).
+    bytes: usize,
+    /// The bound on `bytes` for answered entries.
+    max_bytes: usize,
+    lost: LostSessions,
 }
 
 impl ResponseCache {
-    /// An empty cache retiring with `expired_number` = `expired` (skynet: 128).
-    /// Does not allocate until the first request.
-    pub fn new(expired: u32) -> ResponseCache {
+    /// An empty cache retiring with `expired_number` = `expired` (skynet:
+    /// 128), keeping answered entries within `max_bytes`. Does not allocate
+    /// until the first request.
+    pub fn new(expired: u32, max_bytes: usize) -> ResponseCache {
         ResponseCache {
             entries: SessionMap::default(),
             counter: 0,
             expired,
             next_exec: 0,
+            bytes: 0,
+            max_bytes,
+            lost: LostSessions::default(),
         }
     }
 
@@ -170,24 +311,52 @@ impl ResponseCache {
             stamp: 0,
             exec,
             late: false,
+            queued: false,
         };
         let e = match self.entries.entry(session) {
             Slot::Vacant(slot) => {
+                if self.lost.remove(session) {
+                    // Its answer was dropped for the byte bound: an error,
+                    // delivered here like any cached answer.
+                    let package = wire::error_response(session);
+                    slot.insert(Entry {
+                        target: None,
+                        resp: Some(package.clone()),
+                        ver: Some(conn),
+                        stamp: self.counter,
+                        exec,
+                        late: false,
+                        queued: false,
+                    });
+                    self.next_exec = self.next_exec.wrapping_add(1);
+                    self.bytes += ENTRY_COST + package.len();
+                    self.counter = self.counter.saturating_add(1);
+                    self.retire();
+                    return OnRequest::Lost(package);
+                }
                 slot.insert(fresh);
                 self.next_exec = self.next_exec.wrapping_add(1);
+                self.bytes += ENTRY_COST;
                 return OnRequest::Execute(exec);
             }
             Slot::Occupied(slot) if slot.get().ver == Some(conn) => {
-                if slot.get().resp.is_none() {
-                    // Re-sent twice in this generation while still running.
-                    slot.remove();
+                let e = slot.into_mut();
+                if e.resp.is_none() {
+                    // Re-sent twice in this generation while still running:
+                    // skynet's conflict closes the connection. The request
+                    // keeps running (skynet drops the entry, so a re-send
+                    // on the next connection runs it again): its answer
+                    // waits for that re-send like any other.
+                    e.target = None;
+                    e.ver = None;
                     return OnRequest::Conflict;
                 }
-                let e = slot.into_mut();
                 if !e.late {
                     // Answered in this generation: the session number is
                     // reused for a brand-new request.
+                    self.bytes -= e.cost();
                     *e = fresh;
+                    self.bytes += ENTRY_COST;
                     self.next_exec = self.next_exec.wrapping_add(1);
                     return OnRequest::Execute(exec);
                 }
@@ -202,6 +371,7 @@ impl ResponseCache {
         e.ver = Some(conn);
         e.stamp = self.counter;
         e.late = false;
+        e.queued = false;
         let Some(package) = e.resp.clone() else {
             return OnRequest::Absorbed;
         };
@@ -222,12 +392,13 @@ impl ResponseCache {
         exec: ExecId,
         package: Bytes,
         live: Option<ConnId>,
-    ) -> Option<Delivery<'_>> {
+    ) -> Option<Delivery> {
         let e = self.entries.get_mut(&session)?;
         if e.exec != exec || e.resp.is_some() {
             return None;
         }
-        e.resp = Some(package);
+        self.bytes += package.len();
+        e.resp = Some(package.clone());
         e.stamp = self.counter;
         let delivered = match (e.target, live) {
             (_, None) => {
@@ -247,9 +418,6 @@ impl ResponseCache {
         self.counter = self.counter.saturating_add(1);
         self.retire();
         let (conn, late) = delivered?;
-        // The entry was just stamped with the highest stamp, so retirement
-        // kept it.
-        let package = self.entries.get(&session)?.resp.as_ref()?;
         Some(Delivery {
             conn,
             package,
@@ -258,39 +426,103 @@ impl ResponseCache {
     }
 
     /// Forgets a request that was classified [`OnRequest::Execute`] but will
-    /// not run after all (the gate refused it, e.g. too many in flight).
+    /// not run after all (the gate refused it, or the agent panicked).
     pub fn abandon(&mut self, session: u32, exec: ExecId) {
         if self
             .entries
             .get(&session)
             .is_some_and(|e| e.exec == exec && e.resp.is_none())
+            && let Some(old) = self.entries.remove(&session)
         {
-            self.entries.remove(&session);
+            self.bytes -= old.cost();
         }
+    }
+
+    /// The answer of `session` was handed to `conn`'s outbox rather than
+    /// written at once: it counts as unsent until [`ResponseCache::sent`]
+    /// (or [`ResponseCache::undeliver`] if the connection goes first).
+    pub fn queued(&mut self, session: u32, package: &Bytes) {
+        if let Some(e) = self.entry_with(session, package) {
+            e.queued = true;
+        }
+    }
+
+    /// The queued answer of `session` was written to its connection.
+    pub fn sent(&mut self, session: u32, package: &Bytes) {
+        if let Some(e) = self.entry_with(session, package) {
+            e.queued = false;
+        }
+    }
+
+    /// The answer `package` of `session`, delivered to `conn`, never left
+    /// the gate (the connection went away with it still queued): it counts
+    /// as undelivered again, so count retirement keeps it for a re-send.
+    pub fn undeliver(&mut self, session: u32, conn: ConnId, package: &Bytes) {
+        if let Some(e) = self.entry_with(session, package)
+            && e.ver == Some(conn)
+            && e.target.is_none()
+        {
+            e.ver = None;
+            e.late = false;
+            e.queued = false;
+        }
+    }
+
+    /// The entry of `session` if it still holds this very package.
+    fn entry_with(&mut self, session: u32, package: &Bytes) -> Option<&mut Entry> {
+        self.entries.get_mut(&session).filter(|e| {
+            e.resp
+                .as_ref()
+                .is_some_and(|r| r.as_ptr() == package.as_ptr())
+        })
     }
 
     /// skynet's retirement: only once `N ≥ 2E`, drop answered entries
     /// stamped below `E`, shift the others down by `E`, restart `N` above
-    /// the highest remaining stamp. Entries waiting for a connection are
-    /// skipped entirely.
+    /// the highest remaining stamp. Running entries and entries waiting for
+    /// a connection are skipped entirely, and so are answers that may not
+    /// have left the gate (see the module docs). Then the byte bound.
     fn retire(&mut self) {
         let expired = self.expired;
-        if self.counter < expired.saturating_mul(2) {
-            return;
+        if self.counter >= expired.saturating_mul(2) {
+            let mut max = 0;
+            let mut freed = 0;
+            self.entries.retain(|_, e| {
+                if e.resp.is_none() || e.target.is_some() || e.unsent() {
+                    return true;
+                }
+                if e.stamp < expired {
+                    freed += e.cost();
+                    return false;
+                }
+                e.stamp -= expired;
+                max = max.max(e.stamp);
+                true
+            });
+            self.bytes -= freed;
+            self.counter = max.saturating_add(1);
         }
-        let mut max = 0;
-        self.entries.retain(|_, e| {
-            if e.target.is_some() {
-                return true;
-            }
-            if e.stamp < expired {
-                return false;
-            }
-            e.stamp -= expired;
-            max = max.max(e.stamp);
-            true
-        });
-        self.counter = max.saturating_add(1);
+        while self.bytes > self.max_bytes && self.evict_one() {}
+    }
+
+    /// Drops the answer that matters least (delivered before undelivered,
+    /// then the oldest) and marks its session number lost. `false` when
+    /// only running requests are left.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.resp.is_some() && e.target.is_none())
+            .min_by_key(|(_, e)| (e.unsent(), e.stamp))
+            .map(|(session, _)| *session);
+        let Some(session) = victim else {
+            return false;
+        };
+        if let Some(old) = self.entries.remove(&session) {
+            self.bytes -= old.cost();
+        }
+        self.lost.insert(session);
+        true
     }
 
     /// skynet's counter `N` (for tests and metrics).
@@ -306,6 +538,21 @@ impl ResponseCache {
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// What the entries cost in bytes ([`ENTRY_COST`] each plus packages).
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Answers no connection got yet.
+    pub fn undelivered(&self) -> usize {
+        self.entries.values().filter(|e| e.undelivered()).count()
+    }
+
+    /// The session numbers whose answers were dropped for the byte bound.
+    pub fn lost(&self) -> &LostSessions {
+        &self.lost
     }
 
     /// The retirement stamp of an answered session, if it is cached.
@@ -328,10 +575,12 @@ impl ResponseCache {
         sessions
     }
 
-    /// Drops everything (logout). Results of handlers still running are
-    /// discarded when they arrive.
+    /// Drops everything (the session ended). Results of handlers still
+    /// running are discarded when they arrive.
     pub fn clear(&mut self) {
         self.entries = SessionMap::default();
+        self.lost = LostSessions::default();
+        self.bytes = 0;
     }
 }
 
@@ -365,7 +614,7 @@ mod tests {
 
     #[test]
     fn basic_and_reconnect_resend() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         // Connection 1: session 1 answered, then reused: a new request.
         assert!(matches!(
             immediate(&mut c, 1, 1, "hello"),
@@ -385,7 +634,7 @@ mod tests {
 
     #[test]
     fn pending_resend_goes_to_the_new_connection() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         let e = exec(c.request(1, 5));
         // Connection 1 gone, connection 2 re-sends: absorbed.
         assert_eq!(c.request(2, 5), OnRequest::Absorbed);
@@ -400,22 +649,27 @@ mod tests {
     }
 
     #[test]
-    fn conflict_drops_the_entry_and_the_orphan() {
-        let mut c = ResponseCache::new(128);
-        let orphan = exec(c.request(1, 7));
+    fn conflict_closes_but_keeps_the_running_request() {
+        let mut c = ResponseCache::new(128, usize::MAX);
+        let running = exec(c.request(1, 7));
         assert_eq!(c.request(1, 7), OnRequest::Absorbed);
         assert_eq!(c.request(1, 7), OnRequest::Conflict);
-        // Next connection: session 7 is free again.
-        let fresh = exec(c.request(2, 7));
-        // The orphan finishes first: discarded, the new entry stays running.
-        assert_eq!(c.complete(7, orphan, pkg("orphan"), Some(2)), None);
-        assert!(c.complete(7, fresh, pkg("q"), Some(2)).is_some());
+        // Next connection: session 7 is still the same request.
+        assert_eq!(c.request(2, 7), OnRequest::Absorbed);
+        let d = c.complete(7, running, pkg("q"), Some(2)).unwrap();
+        assert_eq!((d.conn, d.late), (2, false));
         assert_eq!(c.request(3, 7), OnRequest::Resend(pkg("q")));
+        // Answered while no connection is bound: kept for the re-send.
+        let running = exec(c.request(3, 8));
+        assert_eq!(c.request(3, 8), OnRequest::Absorbed);
+        assert_eq!(c.request(3, 8), OnRequest::Conflict);
+        assert_eq!(c.complete(8, running, pkg("r"), None), None);
+        assert_eq!(c.request(4, 8), OnRequest::Resend(pkg("r")));
     }
 
     #[test]
     fn late_response_goes_to_newest_connection_and_is_never_rerun() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         let e = exec(c.request(1, 8));
         // Connection 2 authenticated before the handler finished.
         let d = c.complete(8, e, pkg("slow-8"), Some(2)).unwrap();
@@ -428,7 +682,7 @@ mod tests {
 
     #[test]
     fn response_without_any_connection_is_resent_on_the_next() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         let e = exec(c.request(1, 9));
         assert_eq!(c.complete(9, e, pkg("away"), None), None);
         assert_eq!(c.request(2, 9), OnRequest::Resend(pkg("away")));
@@ -441,7 +695,7 @@ mod tests {
         // skynet: the answer is cached with V' and a re-send on V' re-runs.
         // Here: delivered on 2, a re-send on 2 is served from the cache, a
         // re-send on 3 too.
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         let e = exec(c.request(1, 8));
         assert!(c.complete(8, e, pkg("slow-8"), Some(2)).is_some());
         assert_eq!(c.request(2, 8), OnRequest::Resend(pkg("slow-8")));
@@ -450,7 +704,7 @@ mod tests {
 
     #[test]
     fn abandon_forgets_a_refused_request() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         let e = exec(c.request(1, 1));
         c.abandon(1, e);
         assert!(c.is_empty());
@@ -459,19 +713,19 @@ mod tests {
 
     #[test]
     fn running_entries_are_never_retired() {
-        let mut c = ResponseCache::new(2);
+        let mut c = ResponseCache::new(2, usize::MAX);
         let running = exec(c.request(1, 100));
         for s in 0..20 {
             immediate(&mut c, 1, s, "x");
         }
         assert!(c.counter() <= 4);
         let d = c.complete(100, running, pkg("late"), Some(1)).unwrap();
-        assert_eq!(d.package, &pkg("late"));
+        assert_eq!(d.package, pkg("late"));
     }
 
     #[test]
     fn sequential_traffic_keeps_between_e_and_2e() {
-        let mut c = ResponseCache::new(128);
+        let mut c = ResponseCache::new(128, usize::MAX);
         for s in 0..300 {
             immediate(&mut c, 1, s, "x");
         }
@@ -485,7 +739,7 @@ mod tests {
 
     #[test]
     fn zero_expired_number_does_not_panic() {
-        let mut c = ResponseCache::new(0);
+        let mut c = ResponseCache::new(0, usize::MAX);
         for s in 0..10 {
             immediate(&mut c, 1, s, "x");
         }
@@ -513,7 +767,7 @@ mod tests {
         let checkpoints = scenario["model_checkpoints"].as_array().unwrap();
         assert_eq!(checkpoints.len(), 3);
 
-        let mut cache = ResponseCache::new(128);
+        let mut cache = ResponseCache::new(128, usize::MAX);
         let probe = |cache: &mut ResponseCache, conn: ConnId, name: &str| {
             for p in probes.iter().filter(|p| p["connection"] == name) {
                 let session = u32::try_from(p["session"].as_u64().unwrap()).unwrap();
@@ -569,5 +823,94 @@ mod tests {
         // bob-3: probes only.
         probe(&mut cache, 3, "bob-3");
         check(&cache, &checkpoints[2]);
+    }
+    /// The defect the byte bound and the undelivered rule fix: answers that
+    /// completed while the client was away survive any number of new
+    /// requests until they are re-sent.
+    #[test]
+    fn undelivered_answers_are_not_retired_by_count() {
+        let mut c = ResponseCache::new(128, usize::MAX);
+        let execs: Vec<ExecId> = (0..128).map(|s| exec(c.request(1, s))).collect();
+        // Connection 1 resets; everything completes while away.
+        for (s, e) in (0..128).zip(execs) {
+            assert_eq!(c.complete(s, e, pkg(&format!("r{s}")), None), None);
+        }
+        assert_eq!(c.undelivered(), 128);
+        // Connection 2: 20 new requests, then far more than 2E others.
+        for s in 1000..1300 {
+            immediate(&mut c, 2, s, "new");
+        }
+        for s in 0..128 {
+            assert_eq!(c.request(2, s), OnRequest::Resend(pkg(&format!("r{s}"))));
+        }
+        assert_eq!(c.undelivered(), 0);
+    }
+
+    #[test]
+    fn byte_bound_drops_delivered_first_and_answers_lost_with_an_error() {
+        // Room for two 100-byte answers.
+        let mut c = ResponseCache::new(128, 2 * (ENTRY_COST + 100));
+        let away = exec(c.request(1, 1));
+        assert_eq!(c.complete(1, away, Bytes::from(vec![1; 100]), None), None);
+        immediate(&mut c, 2, 2, &"d".repeat(100));
+        assert!(c.bytes() <= 2 * (ENTRY_COST + 100));
+        // A third answer: the delivered one (2) goes, not the undelivered.
+        immediate(&mut c, 2, 3, &"e".repeat(100));
+        assert_eq!(c.answered_sessions(), vec![1, 3]);
+        assert!(c.lost().contains(2));
+        // A re-send of 2 on a new connection: an error, not a new run.
+        assert_eq!(c.request(3, 2), OnRequest::Lost(wire::error_response(2)));
+        assert!(!c.lost().contains(2));
+        // ...and again on the next connection: the same error from the cache.
+        assert_eq!(c.request(4, 2), OnRequest::Resend(wire::error_response(2)));
+        assert!(c.bytes() <= 2 * (ENTRY_COST + 100));
+    }
+
+    #[test]
+    fn running_entries_are_never_evicted() {
+        let mut c = ResponseCache::new(128, ENTRY_COST);
+        let running: Vec<ExecId> = (0..4).map(|s| exec(c.request(1, s))).collect();
+        assert_eq!(c.len(), 4);
+        let d = c.complete(0, running[0], pkg("x"), Some(1)).unwrap();
+        // Delivered, then dropped for the bound: a re-send gets an error.
+        assert_eq!(d.package, pkg("x"));
+        assert_eq!(c.len(), 3);
+        assert!(c.lost().contains(0));
+    }
+
+    #[test]
+    fn undeliver_makes_an_answer_count_as_undelivered_again() {
+        let mut c = ResponseCache::new(1, usize::MAX);
+        let e = exec(c.request(1, 5));
+        let d = c.complete(5, e, pkg("five"), Some(1)).unwrap();
+        c.undeliver(5, 1, &d.package);
+        assert_eq!(c.undelivered(), 1);
+        for s in 10..20 {
+            immediate(&mut c, 2, s, "x");
+        }
+        assert_eq!(c.request(2, 5), OnRequest::Resend(pkg("five")));
+    }
+
+    #[test]
+    fn lost_sessions_merge_and_split() {
+        let mut l = LostSessions::default();
+        for s in [5, 7, 6, 100] {
+            l.insert(s);
+        }
+        assert_eq!(l.ranges, vec![(5, 7), (100, 100)]);
+        assert!(l.remove(6));
+        assert_eq!(l.ranges, vec![(5, 5), (7, 7), (100, 100)]);
+        assert!(!l.remove(6));
+        // Over the bound the closest ranges merge: never fewer numbers.
+        let mut l = LostSessions::default();
+        for s in (0..200).map(|i| i * 10) {
+            l.insert(s);
+        }
+        assert_eq!(l.ranges(), MAX_LOST_RANGES);
+        for s in (0..200).map(|i| i * 10) {
+            assert!(l.contains(s));
+        }
+        l.insert(u32::MAX);
+        assert!(l.contains(u32::MAX));
     }
 }

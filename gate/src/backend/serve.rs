@@ -1,0 +1,460 @@
+//! The task of one service link: registration, then reading the service's
+//! frames and writing what accumulates in its instance's buffer, heartbeats
+//! and deadlines, until the link closes.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use proto::backend::{
+    Ping, Pong, RefuseReason, Register, RegisterAck, RegisterRefused, ServiceFrame, push,
+    service_frame::Kind,
+};
+use proto::framing::GateCodec;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio_util::codec::{Encoder, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::instance::Instance;
+use super::metrics::bump;
+use super::state::BackendState;
+use crate::esc::esc;
+use crate::msg::MsgGate;
+
+/// How long a link that is being closed on purpose (gate stopping, newer
+/// link of the same instance) may take to flush what is queued.
+const CLOSE_FLUSH: Duration = Duration::from_secs(1);
+
+/// Initial read buffer of a link.
+const READ_CAPACITY: usize = 64 * 1024;
+
+/// What the link tasks of one [`super::Backend::serve`] share. Holds the
+/// [`MsgGate`] (for pushes and kicks) only while serving: the gate owns the
+/// agent, which owns [`BackendState`], so keeping the gate there would make
+/// a reference cycle.
+pub(crate) struct Serving {
+    pub(crate) state: Arc<BackendState>,
+    pub(crate) gate: MsgGate,
+    pub(crate) draining: CancellationToken,
+    pub(crate) stop: CancellationToken,
+}
+
+/// Why a link's task ended.
+enum End {
+    /// Closed on purpose (gate stopping, replaced): flush, then close.
+    Stopped(&'static str),
+    /// The service went away or broke the protocol: close now.
+    Lost(String),
+}
+
+/// Serves one accepted service connection until it closes.
+pub(crate) async fn run(
+    serve: Arc<Serving>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    // Frames are small and latency-bound; the writer batches on its own.
+    let _ = stream.set_nodelay(true);
+    let cfg = &serve.state.cfg;
+    let (read, mut write) = stream.into_split();
+    // Room for many small answers per read: a busy link is read in big
+    // batches instead of 8 KiB ones.
+    let mut reader = FramedRead::with_capacity(
+        read,
+        GateCodec::with_max_frame_len(cfg.max_frame_len),
+        READ_CAPACITY,
+    );
+
+    let registered = tokio::select! {
+        () = serve.stop.cancelled() => return,
+        registered = timeout(cfg.register_timeout, registration(&mut reader, &mut write, cfg.max_frame_len)) => registered,
+    };
+    let register = match registered {
+        Ok(Ok(register)) => register,
+        Ok(Err(why)) => {
+            debug!(%peer, %why, "service link closed before registering");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no registration within the deadline: closed");
+            return;
+        }
+    };
+    if let Err(refused) = check(&register, serve.draining.is_cancelled()) {
+        bump(&serve.state.metrics.refused);
+        warn!(
+            %peer,
+            service = %esc(register.service.as_bytes()),
+            instance = %esc(register.instance_id.as_bytes()),
+            reason = ?refused.reason(),
+            message = %refused.message,
+            "service registration refused"
+        );
+        let mut codec = GateCodec::with_max_frame_len(cfg.max_frame_len);
+        let mut buf = BytesMut::new();
+        if codec.encode(refused.into(), &mut buf).is_ok() {
+            let _ = timeout(CLOSE_FLUSH, async {
+                let _ = write.write_all(&buf).await;
+                let _ = write.shutdown().await;
+            })
+            .await;
+        }
+        return;
+    }
+
+    let id = serve.state.next_link.fetch_add(1, Ordering::Relaxed) + 1;
+    let link = Arc::new(Instance::new(
+        id,
+        register,
+        peer,
+        &serve.state.cfg,
+        Arc::clone(&serve.state.metrics),
+    ));
+    let span = info_span!("backend_link", link = id, service = %esc(link.service.as_bytes()), instance = %esc(link.instance.as_bytes()));
+    serve_link(serve, link, reader, write, permit)
+        .instrument(span)
+        .await;
+}
+
+/// Reads frames until the `Register` (answering pings meanwhile).
+async fn registration(
+    reader: &mut FramedRead<OwnedReadHalf, GateCodec>,
+    write: &mut OwnedWriteHalf,
+    max_frame_len: usize,
+) -> Result<Register, String> {
+    loop {
+        let frame = match reader.next().await {
+            None => return Err("closed".into()),
+            Some(Err(err)) => return Err(format!("bad frame: {err}")),
+            Some(Ok(frame)) => frame,
+        };
+        match frame.kind {
+            Some(Kind::Register(register)) => return Ok(register),
+            Some(Kind::Ping(ping)) => {
+                let mut buf = BytesMut::new();
+                GateCodec::with_max_frame_len(max_frame_len)
+                    .encode(Pong::answer(&ping).into(), &mut buf)
+                    .map_err(|e| e.to_string())?;
+                write.write_all(&buf).await.map_err(|e| e.to_string())?;
+            }
+            _ => return Err("a frame other than Register came first".into()),
+        }
+    }
+}
+
+/// Whether a registration is acceptable; the refusal to send if not.
+fn check(register: &Register, draining: bool) -> Result<(), RegisterRefused> {
+    proto::check_version(register.protocol_version).map_err(RegisterRefused::incompatible)?;
+    let invalid = |message: String| RegisterRefused {
+        reason: RefuseReason::Invalid as i32,
+        message,
+        gate_protocol_version: proto::PROTOCOL_VERSION,
+    };
+    if register.service.is_empty() || register.service.contains('.') {
+        return Err(invalid(format!(
+            "service name {:?} must be non-empty and contain no '.'",
+            register.service
+        )));
+    }
+    if register.instance_id.is_empty() {
+        return Err(invalid("instance id must be non-empty".into()));
+    }
+    if let Some(route) = register
+        .routes
+        .iter()
+        .find(|r| proto::split_route(r).is_none_or(|(service, _)| service != register.service))
+    {
+        return Err(invalid(format!(
+            "route {route:?} is not of the form {}.method",
+            register.service
+        )));
+    }
+    if draining {
+        return Err(RegisterRefused {
+            reason: RefuseReason::ShuttingDown as i32,
+            message: "the gate is shutting down".into(),
+            gate_protocol_version: proto::PROTOCOL_VERSION,
+        });
+    }
+    Ok(())
+}
+
+async fn serve_link(
+    serve: Arc<Serving>,
+    link: Arc<Instance>,
+    mut reader: FramedRead<OwnedReadHalf, GateCodec>,
+    write: OwnedWriteHalf,
+    _permit: OwnedSemaphorePermit,
+) {
+    let cfg = &serve.state.cfg;
+    // The ack goes first into the buffer, so it precedes any request.
+    link.send(
+        RegisterAck {
+            protocol_version: proto::PROTOCOL_VERSION,
+            gate_name: serve.gate.name().to_owned(),
+            link_id: link.id,
+            heartbeat_interval_ms: u32::try_from(cfg.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            max_frame_len: u32::try_from(cfg.max_frame_len).unwrap_or(u32::MAX),
+        }
+        .into(),
+    );
+    let mut writer = tokio::spawn(write_loop(Arc::clone(&link), write));
+    if let Some(old) = serve.state.registry.insert(Arc::clone(&link)) {
+        info!(
+            old_link = old.id,
+            "instance registered again: closing its older link"
+        );
+        old.stop.cancel();
+    }
+    // A registration that raced with the start of the shutdown still hears
+    // the goodbye.
+    if serve.draining.is_cancelled() {
+        link.say_goodbye(GOODBYE);
+    }
+    bump(&serve.state.metrics.registered);
+    info!(
+        peer = %link.peer,
+        routes = ?link.routes,
+        all_session_events = link.all_events,
+        "service registered"
+    );
+
+    let interval = cfg.heartbeat_interval;
+    let silence_limit = cfg.heartbeat_timeout;
+    let mut ticker = interval_at(Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Noted per frame as a flag and turned into a time at each tick: no
+    // clock read per frame, and the silence is measured to an interval.
+    let mut last_heard = Instant::now();
+    let mut heard = false;
+    let mut nonce = 0u64;
+    let timer = sleep_until(Instant::now());
+    tokio::pin!(timer);
+    let mut armed = false;
+
+    let end = loop {
+        tokio::select! {
+            () = serve.stop.cancelled() => break End::Stopped("the gate stopped"),
+            () = link.stop.cancelled() => break End::Stopped("replaced by a newer link of the instance"),
+            written = &mut writer => {
+                break End::Lost(match written {
+                    Ok(Err(err)) => format!("write failed: {err}"),
+                    _ => "writer stopped".to_owned(),
+                });
+            }
+            frame = reader.next() => match frame {
+                None => break End::Lost("closed by the service".into()),
+                Some(Err(err)) => break End::Lost(format!("bad frame: {err}")),
+                Some(Ok(frame)) => {
+                    heard = true;
+                    dispatch(&serve, &link, frame);
+                }
+            },
+            () = link.timer_wake.notified(), if !armed => {
+                if let Some(next) = link.sweep(Instant::now()) {
+                    timer.as_mut().reset(next);
+                    armed = true;
+                }
+            }
+            () = &mut timer, if armed => {
+                armed = false;
+                if let Some(next) = link.sweep(Instant::now()) {
+                    timer.as_mut().reset(next);
+                    armed = true;
+                }
+            }
+            now = ticker.tick() => {
+                if std::mem::take(&mut heard) {
+                    last_heard = now;
+                }
+                let silent = now.saturating_duration_since(last_heard);
+                if silent >= silence_limit {
+                    break End::Lost(format!("silent for {} ms", silent.as_millis()));
+                }
+                // Every interval, as the ack announced: the service's
+                // dead-gate timeout counts on it, whatever else flows.
+                nonce += 1;
+                link.send(Ping { nonce, sent_at_ms: unix_ms() }.into());
+            }
+        }
+    };
+
+    serve.state.registry.remove(&link);
+    let (graceful, why) = match end {
+        End::Stopped(why) => (true, why.to_owned()),
+        End::Lost(why) => (false, why),
+    };
+    if graceful {
+        // Also when the stop overtook the draining goodbye.
+        link.say_goodbye(&why);
+    }
+    let failed = link.shut(&why);
+    if graceful {
+        info!(%why, failed, "service link closed");
+        link.finishing.store(true, Ordering::Release);
+        link.writer_wake.notify_one();
+        if timeout(CLOSE_FLUSH, &mut writer).await.is_err() {
+            writer.abort();
+        }
+    } else {
+        warn!(%why, failed_requests = failed, "service link lost: its in-flight requests failed");
+        writer.abort();
+    }
+}
+
+/// What the gate says to every link when it starts shutting down.
+pub(crate) const GOODBYE: &str = "gate shutting down";
+
+/// Handles one frame from the service, without waiting for anything.
+fn dispatch(serve: &Arc<Serving>, link: &Arc<Instance>, frame: ServiceFrame) {
+    let metrics = &serve.state.metrics;
+    match frame.kind {
+        Some(Kind::Response(response)) => {
+            if link.answer(response) {
+                bump(&metrics.answered);
+            } else {
+                bump(&metrics.late);
+                debug!("answer to a request no longer waiting (deadline passed): dropped");
+            }
+        }
+        Some(Kind::AuthReply(reply)) => {
+            if !link.auth_reply(reply) {
+                debug!("auth reply nobody waits for (deadline passed): dropped");
+            }
+        }
+        Some(Kind::Push(p)) => {
+            bump(&metrics.pushes);
+            match p.target {
+                Some(push::Target::User(uid)) => {
+                    let _ = serve.gate.push(&uid, p.payload);
+                }
+                Some(push::Target::Users(list)) => {
+                    for uid in &list.uids {
+                        let _ = serve.gate.push(uid, p.payload.clone());
+                    }
+                }
+                Some(push::Target::All(_)) => {
+                    let reached = serve.gate.push_all(p.payload);
+                    debug!(reached, "push to all users");
+                }
+                None => debug!("push without a target: ignored"),
+            }
+        }
+        Some(Kind::Kick(kick)) => {
+            bump(&metrics.kicks);
+            let subid = if kick.subid.is_empty() {
+                serve.state.sessions.subid(&kick.uid)
+            } else {
+                Some(kick.subid)
+            };
+            let Some(subid) = subid else {
+                debug!(uid = %esc(&kick.uid), "kick of a user without a session: ignored");
+                return;
+            };
+            info!(uid = %esc(&kick.uid), reason = %esc(kick.reason.as_bytes()), "service kicks a user");
+            let gate = serve.gate.clone();
+            // `kick` waits for the connection to close: not on the reader.
+            tokio::spawn(async move {
+                gate.kick(&kick.uid, &subid, kick.reason).await;
+            });
+        }
+        Some(Kind::Logout(logout)) => {
+            debug!(uid = %esc(&logout.uid), "service logs a user out");
+            serve.state.sessions.logout(&logout.uid, &logout.subid);
+        }
+        Some(Kind::Ping(ping)) => {
+            link.send(Pong::answer(&ping).into());
+        }
+        Some(Kind::Pong(_)) => {}
+        Some(Kind::Goodbye(goodbye)) => {
+            info!(reason = %esc(goodbye.reason.as_bytes()), "service says goodbye: no new work goes to it");
+            link.goodbye.store(true, Ordering::Release);
+            serve.state.registry.touch();
+        }
+        Some(Kind::Register(_)) => warn!("second registration on a link: ignored"),
+        // A frame kind newer than this gate: additive changes keep the
+        // protocol version, so skip it.
+        None => debug!("frame of an unknown kind: ignored"),
+    }
+}
+
+/// Writes what accumulates in the link's buffer, one `write` per batch.
+async fn write_loop(link: Arc<Instance>, mut write: OwnedWriteHalf) -> io::Result<()> {
+    let mut spare = BytesMut::new();
+    loop {
+        link.writer_wake.notified().await;
+        // Let the connection tasks that are running now add their requests
+        // first: one write then carries many of them, which saves syscalls
+        // here and in the service.
+        tokio::task::yield_now().await;
+        loop {
+            std::mem::swap(&mut link.lock().out, &mut spare);
+            if spare.is_empty() {
+                break;
+            }
+            write.write_all(&spare).await?;
+            spare.clear();
+        }
+        if link.finishing.load(Ordering::Acquire) {
+            return write.shutdown().await;
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register() -> Register {
+        Register::new("chat", "chat-1")
+    }
+
+    #[test]
+    fn registrations_are_checked() {
+        assert!(check(&register(), false).is_ok());
+        let mut newer = register();
+        newer.protocol_version += 1;
+        let refused = check(&newer, false).unwrap_err();
+        assert_eq!(refused.reason(), RefuseReason::IncompatibleVersion);
+        assert!(refused.message.contains("protocol version"));
+        for edit in [
+            (|r: &mut Register| r.service.clear()) as fn(&mut Register),
+            |r| r.service = "a.b".into(),
+            |r| r.instance_id.clear(),
+            |r| r.routes = vec!["echo.say".into()],
+            |r| r.routes = vec!["chat".into()],
+        ] {
+            let mut bad = register();
+            edit(&mut bad);
+            assert_eq!(
+                check(&bad, false).unwrap_err().reason(),
+                RefuseReason::Invalid
+            );
+        }
+        let mut routed = register();
+        routed.routes = vec!["chat.say".into()];
+        assert!(check(&routed, false).is_ok());
+        assert_eq!(
+            check(&register(), true).unwrap_err().reason(),
+            RefuseReason::ShuttingDown
+        );
+    }
+}

@@ -1,0 +1,25 @@
+//! What the backend's parts share: settings, the registry of instances, the
+//! session table and the counters.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use super::metrics::Metrics;
+use super::registry::Registry;
+use super::sessions::Sessions;
+use crate::config::BackendConfig;
+
+/// What the backend's parts share.
+pub(crate) struct BackendState {
+    pub(crate) cfg: BackendConfig,
+    pub(crate) registry: Registry,
+    pub(crate) sessions: Sessions,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) next_link: AtomicU64,
+}
+
+impl std::fmt::Debug for BackendState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendState").finish_non_exhaustive()
+    }
+}

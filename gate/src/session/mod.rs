@@ -1,0 +1,777 @@
+//! The life of one player's session, as a sans-IO state machine: the one
+//! place to read how the gate treats a player.
+//!
+//! A [`Session`] is created when the login server places a user on the
+//! gate, and ends once (logout, kick, reconnect window over, shutdown). In
+//! between it takes events — a handshake on a new connection, that
+//! connection going away, a request, a handler's answer, a push, a kick,
+//! the clock passing a deadline — each with `now` passed in, and answers
+//! with what must happen: the packages to send, the [`Effect`]s for the
+//! driver to carry out (close a connection, wake one, tell the agent,
+//! unregister the session), and the next deadline ([`Session::poll_timeout`]).
+//! It never touches a socket, a task or the clock, so every transition and
+//! race is tested in memory (`tests.rs`).
+//!
+//! The driver (`crate::msg`) keeps each session behind a lock: it locks,
+//! calls, releases, then performs the effects. Connections are whatever
+//! handle type the driver uses ([`Conn`]); the session only compares their
+//! ids and hands them back in effects.
+//!
+//! # States
+//!
+//! ```text
+//!            login                 handshake                 connection gone
+//!   (new) ─────────▶ Placed ───────────────────▶ Online ─────────────────────▶ Away
+//!                      │  ▲                      │  ▲  handshake (supersedes)   │
+//!                      │  └──────────────────────┼──┴──────────────────────────┘
+//!                      │        deadline, kick, logout, shutdown (any state)
+//!                      └─────────────────────────┴──────────────▶ Ended
+//! ```
+//!
+//! * **Placed**: logged in, no connection yet; ends at the reconnect
+//!   window's deadline unless a handshake comes.
+//! * **Online**: bound to exactly one connection. A newer handshake binds
+//!   the new connection and closes the old one ([`Close::Superseded`]).
+//! * **Away**: the connection went; ends at the deadline (`now` + the
+//!   reconnect window) unless a handshake comes. A handshake at or after the
+//!   deadline is refused as if the session were gone.
+//! * **Ended**: final; every later event is refused or ignored.
+//!
+//! # What carries over between connections
+//!
+//! The handshake index (each handshake must be above the last accepted
+//! one), the response cache ([`cache`]: re-sent requests are answered, never
+//! run twice), the push backlog ([`push`]: pushes are numbered per session
+//! and replayed from the client's last seen one), and the requests still
+//! running: an answer that completes after its connection went goes to the
+//! newest connection, or waits in the cache.
+
+pub mod cache;
+pub mod push;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use codec::ext::{Ext, Welcome};
+use codec::message::{Handshake, LuaNumber, MAX_RESPONSE_CONTENT, ResponseFlag};
+use codec::status::GateStatus;
+use loginproto::handshake::{self, HandshakeError, SessionSecret};
+use tokio::time::Instant;
+
+pub use self::cache::{ConnId, ExecId, OnRequest, ResponseCache};
+pub use self::push::PushBacklog;
+use crate::wire;
+
+/// What a session needs of a driver's connection handle: a stable id.
+pub trait Conn: Clone {
+    /// The connection's id, unique per gate and never reused.
+    fn id(&self) -> ConnId;
+}
+
+impl Conn for ConnId {
+    fn id(&self) -> ConnId {
+        *self
+    }
+}
+
+/// Why a session ended, as told to the agent, the services, the login
+/// server and the logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// The agent (backend) logged the user out.
+    Logout,
+    /// Kicked, by the login server (re-login) or a backend; with a reason.
+    Kicked(String),
+    /// The user stayed away longer than the reconnect window.
+    Expired,
+    /// The gate is shutting down.
+    Shutdown,
+}
+
+impl EndReason {
+    /// The reason text an opted-in client is sent in its kick package.
+    pub fn text(&self) -> &str {
+        match self {
+            EndReason::Kicked(reason) => reason,
+            EndReason::Logout => "logout",
+            EndReason::Expired => "expired",
+            EndReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Session events, in the order a session lives them; the agent and the
+/// services hear them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The login server placed the user on this gate (no connection yet).
+    Login,
+    /// An authenticated connection is bound to the session (the first one
+    /// or a reconnect).
+    Back {
+        /// The client's address.
+        addr: SocketAddr,
+    },
+    /// The session's connection went away (skynet's `disconnect_handler`,
+    /// "AFK"). The session stays for the reconnect window.
+    Away,
+    /// The session ended. Its connection, if any, is being closed; nothing
+    /// follows.
+    Ended(EndReason),
+}
+
+/// Why a handshake was refused. [`HandshakeRefusal::status`] is the one
+/// place that maps it to a wire status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeRefusal {
+    /// Not `username:index:mac`, no such user, or its session is over.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The index is not a (finite) Lua number.
+    #[error("index is not a finite number")]
+    BadIndex,
+    /// The MAC field is not base64.
+    #[error("MAC is not valid base64")]
+    BadMacEncoding,
+    /// The extension field (after a third `:`) is malformed.
+    #[error("malformed extension field")]
+    BadExt,
+    /// The extension field claims a push this session never made.
+    #[error("last seen push is ahead of the session's pushes")]
+    PushAhead,
+    /// The MAC does not verify.
+    #[error("MAC mismatch")]
+    MacMismatch,
+    /// The index is not above the last accepted one.
+    #[error("index expired")]
+    IndexExpired,
+    /// The gate is shutting down or draining: closed without a status.
+    #[error("gate is not taking new connections")]
+    ShuttingDown,
+}
+
+impl HandshakeRefusal {
+    /// The status package to send, if any.
+    pub fn status(self) -> Option<GateStatus> {
+        match self {
+            HandshakeRefusal::UnknownUser => Some(GateStatus::NOT_FOUND),
+            HandshakeRefusal::BadIndex
+            | HandshakeRefusal::BadMacEncoding
+            | HandshakeRefusal::BadExt
+            | HandshakeRefusal::PushAhead => Some(GateStatus::BAD_REQUEST),
+            HandshakeRefusal::MacMismatch => Some(GateStatus::UNAUTHORIZED),
+            HandshakeRefusal::IndexExpired => Some(GateStatus::INDEX_EXPIRED),
+            HandshakeRefusal::ShuttingDown => None,
+        }
+    }
+}
+
+/// A handshake that passed the checks that need no session state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// The handshake's index.
+    pub index: LuaNumber,
+    /// The extension field, if the client opted in.
+    pub ext: Option<Ext>,
+    /// The client's address.
+    pub addr: SocketAddr,
+}
+
+/// The stateless checks of a handshake, in the documented order (skynet
+/// checks the index before the MAC; see `docs/PROTOCOL.md`): the index
+/// (`400`), the extension field and the MAC's base64 (`400`), the MAC
+/// (`401`). The caller has already found the user by the handshake's
+/// username (else `404`); [`Session::handshake`] does the rest (`404` for a
+/// session that is over, `403`, the push check).
+pub fn check_handshake(
+    secret: &SessionSecret,
+    hs: &Handshake,
+    addr: SocketAddr,
+) -> Result<Hello, HandshakeRefusal> {
+    let index = hs
+        .index_number()
+        .filter(|n| n.as_f64().is_finite())
+        .ok_or(HandshakeRefusal::BadIndex)?;
+    let ext = match &hs.ext {
+        Some(text) => Ext::parse(text).map_err(|_| HandshakeRefusal::BadExt)?,
+        None => None,
+    };
+    handshake::verify(secret, hs).map_err(|e| match e {
+        HandshakeError::BadMacEncoding => HandshakeRefusal::BadMacEncoding,
+        HandshakeError::MacMismatch => HandshakeRefusal::MacMismatch,
+    })?;
+    Ok(Hello { index, ext, addr })
+}
+
+/// The settings a session lives by (from the gate's configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// How long a session without a connection lives.
+    pub reconnect_window: Duration,
+    /// Most requests running at once; one more closes the connection.
+    pub max_inflight: usize,
+    /// Most bytes queued for the bound connection before it is cut.
+    pub send_queue_bytes: usize,
+    /// Most pushes kept for replay.
+    pub push_backlog: usize,
+    /// Most payload bytes of the pushes kept for replay.
+    pub push_backlog_bytes: usize,
+    /// skynet's `expired_number`.
+    pub expired_number: u32,
+    /// Most bytes of cached answers (see [`cache`]).
+    pub cache_bytes: usize,
+    /// The idle timeout announced in the welcome, in milliseconds (0: none).
+    pub idle_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            reconnect_window: Duration::from_secs(300),
+            max_inflight: 128,
+            send_queue_bytes: 1 << 20,
+            push_backlog: 64,
+            push_backlog_bytes: 64 * 1024,
+            expired_number: 128,
+            cache_bytes: 256 * 1024,
+            idle_ms: 60_000,
+        }
+    }
+}
+
+/// Where a session is in its life (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Logged in, never connected.
+    Placed,
+    /// Bound to a connection.
+    Online,
+    /// Its connection went; waiting for a reconnect.
+    Away,
+    /// Over.
+    Ended,
+}
+
+/// Why the session wants a connection closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// A newer connection of the session completed its handshake.
+    Superseded,
+    /// Pushes queued for it passed the send queue bound: the client does
+    /// not read. The pushes stay in the backlog for its reconnect.
+    SlowReader,
+    /// The session ended.
+    SessionEnded,
+}
+
+/// Something the driver must do after a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect<C> {
+    /// Tell the agent and the services.
+    Notify(SessionEvent),
+    /// Close this connection for `cause`, after writing `farewell` (what was
+    /// still queued for an opted-in connection, then its kick package).
+    Close {
+        /// The connection.
+        conn: C,
+        /// Why.
+        cause: Close,
+        /// Packages to write before closing.
+        farewell: Option<Bytes>,
+    },
+    /// Packages wait in this connection's outbox ([`Session::take_outbox`]).
+    Wake(C),
+    /// The session is over: remove it from the gate's tables and the session
+    /// directory, and report the end to the login server.
+    Unregister(EndReason),
+}
+
+/// Something queued for the bound connection by another party (a late
+/// answer, a push).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// A complete response package.
+    Response {
+        /// Its session number.
+        session: u32,
+        /// The package.
+        package: Bytes,
+    },
+    /// A push, framed when written: the payload is shared with the backlog
+    /// (and, for a push to all, with every other session's).
+    Push {
+        /// Its sequence number.
+        seq: u32,
+        /// Its payload.
+        payload: Bytes,
+    },
+}
+
+impl Outgoing {
+    /// Bytes it takes on the wire.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Outgoing::Response { package, .. } => package.len(),
+            Outgoing::Push { payload, .. } => wire::flagged_len(payload.len()),
+        }
+    }
+
+    /// Appends it to `out`.
+    pub fn write_to(&self, out: &mut BytesMut) {
+        match self {
+            Outgoing::Response { package, .. } => out.extend_from_slice(package),
+            Outgoing::Push { seq, payload } => {
+                wire::write_flagged(out, payload, ResponseFlag::PUSH, *seq);
+            }
+        }
+    }
+}
+
+/// A successful handshake.
+#[derive(Debug)]
+pub struct Accepted<C> {
+    /// What the new connection is sent first: `200 OK`, then for an
+    /// opted-in client the welcome, the push-gap notice and the pushes it
+    /// has not seen.
+    pub greeting: BytesMut,
+    /// The older connection to close, and the `Back` event.
+    pub effects: Vec<Effect<C>>,
+    /// The replay starts with a push-gap notice: pushes up to this one
+    /// were dropped from the backlog before the client saw them.
+    pub push_gap: Option<u32>,
+}
+
+/// Why a request is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestRefused {
+    /// The connection is no longer the session's (superseded, or the
+    /// session ended): close it.
+    NotBound {
+        /// Whether the session is over.
+        ended: bool,
+    },
+    /// The request would exceed `max_inflight`: close the connection.
+    TooManyInflight,
+}
+
+/// Where a handler's answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Completion<C> {
+    /// To the calling connection, which is the bound one: write it now.
+    Caller(Bytes),
+    /// Queued for this connection (or it must re-check its state): wake it.
+    Wake(C),
+    /// Nothing to send now (cached for a re-send, or dropped).
+    Nothing,
+}
+
+/// Why a push was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushRefused {
+    /// The payload does not fit in one package (over 65530 bytes).
+    #[error("push payload larger than a package")]
+    TooLarge,
+    /// The session is over.
+    #[error("session ended")]
+    Ended,
+    /// The session made 2^32 − 1 pushes already.
+    #[error("push sequence exhausted")]
+    Exhausted,
+}
+
+/// The connection a session is bound to.
+#[derive(Debug)]
+struct Binding<C> {
+    conn: C,
+    /// Opted in to the extensions: may be sent pushes and a kick package.
+    ext: bool,
+    /// Late answers and pushes for the connection's task to pick up.
+    outbox: Vec<Outgoing>,
+    /// Wire bytes in `outbox`.
+    outbox_bytes: usize,
+}
+
+#[derive(Debug)]
+enum State<C> {
+    Placed { expires: Instant },
+    Online(Binding<C>),
+    Away { expires: Instant },
+    Ended(EndReason),
+}
+
+/// One user's session on this gate (see the module docs).
+#[derive(Debug)]
+pub struct Session<C> {
+    limits: Arc<Limits>,
+    /// Last accepted handshake index (skynet's `version`), initially 0.
+    index: LuaNumber,
+    cache: ResponseCache,
+    pushes: PushBacklog,
+    state: State<C>,
+    /// Handlers running, including those whose connection went.
+    inflight: u32,
+}
+
+impl<C: Conn> Session<C> {
+    /// A session the login server just placed at `now`; it has the
+    /// reconnect window to connect. The driver announces
+    /// [`SessionEvent::Login`].
+    pub fn new(now: Instant, limits: Arc<Limits>) -> Session<C> {
+        Session {
+            index: LuaNumber::Int(0),
+            cache: ResponseCache::new(limits.expired_number, limits.cache_bytes),
+            pushes: PushBacklog::new(),
+            state: State::Placed {
+                expires: now + limits.reconnect_window,
+            },
+            inflight: 0,
+            limits,
+        }
+    }
+
+    /// A handshake that passed [`check_handshake`], on connection `conn`.
+    /// Refused when the session is over or past its deadline (`404`), the
+    /// index is not above the last one (`403`), the gate is `draining`
+    /// (closed without status), or the client claims a push this session
+    /// never made (`400`). Accepted, `conn` becomes the session's
+    /// connection and an older one is closed.
+    pub fn handshake(
+        &mut self,
+        now: Instant,
+        conn: C,
+        hello: Hello,
+        draining: bool,
+    ) -> Result<Accepted<C>, HandshakeRefusal> {
+        match &self.state {
+            State::Ended(_) => return Err(HandshakeRefusal::UnknownUser),
+            State::Placed { expires } | State::Away { expires } if now >= *expires => {
+                return Err(HandshakeRefusal::UnknownUser);
+            }
+            _ => {}
+        }
+        if hello.index.partial_cmp(&self.index) != Some(std::cmp::Ordering::Greater) {
+            return Err(HandshakeRefusal::IndexExpired);
+        }
+        if draining {
+            return Err(HandshakeRefusal::ShuttingDown);
+        }
+        let mut greeting = BytesMut::new();
+        wire::write_status(&mut greeting, GateStatus::OK);
+        let mut push_gap = None;
+        if let Some(ext) = hello.ext {
+            let replay = self
+                .pushes
+                .replay(ext.last_push)
+                .map_err(|_| HandshakeRefusal::PushAhead)?;
+            let welcome = Welcome {
+                version: Ext::VERSION,
+                idle_ms: self.limits.idle_ms,
+            };
+            wire::write_flagged(
+                &mut greeting,
+                welcome.encode().as_bytes(),
+                ResponseFlag::WELCOME,
+                self.pushes.last_seq(),
+            );
+            if let Some(lost) = replay.lost_through {
+                wire::write_flagged(&mut greeting, &[], ResponseFlag::PUSH_GAP, lost);
+                push_gap = Some(lost);
+            }
+            for (seq, payload) in replay.pushes() {
+                wire::write_flagged(&mut greeting, &payload, ResponseFlag::PUSH, seq);
+            }
+        }
+        self.index = hello.index;
+        let mut effects = Vec::with_capacity(2);
+        let new = Binding {
+            conn,
+            ext: hello.ext.is_some(),
+            outbox: Vec::new(),
+            outbox_bytes: 0,
+        };
+        if let State::Online(old) = std::mem::replace(&mut self.state, State::Online(new)) {
+            // What was queued for the old connection never left: its
+            // pushes are in the replay, its answers wait for a re-send.
+            self.undeliver(&old);
+            effects.push(Effect::Close {
+                conn: old.conn,
+                cause: Close::Superseded,
+                farewell: None,
+            });
+        }
+        effects.push(Effect::Notify(SessionEvent::Back { addr: hello.addr }));
+        Ok(Accepted {
+            greeting,
+            effects,
+            push_gap,
+        })
+    }
+
+    /// Connection `conn` is gone (closed by either side, for any reason).
+    /// If it was the session's, the session is away until `now` plus the
+    /// reconnect window. A connection that was superseded, or whose session
+    /// ended, changes nothing: its late end never touches a newer one.
+    pub fn connection_gone(&mut self, now: Instant, conn: ConnId) -> Vec<Effect<C>> {
+        if !self.is_bound_to(conn) {
+            return Vec::new();
+        }
+        let away = State::Away {
+            expires: now + self.limits.reconnect_window,
+        };
+        if let State::Online(old) = std::mem::replace(&mut self.state, away) {
+            self.undeliver(&old);
+        }
+        vec![Effect::Notify(SessionEvent::Away)]
+    }
+
+    /// A request for session number `session` arrived on `conn`. On
+    /// [`OnRequest::Execute`] the handler must run and its answer come back
+    /// through [`Session::complete`] (or [`Session::abandon`]).
+    pub fn request(&mut self, conn: ConnId, session: u32) -> Result<OnRequest, RequestRefused> {
+        if !self.is_bound_to(conn) {
+            return Err(RequestRefused::NotBound {
+                ended: matches!(self.state, State::Ended(_)),
+            });
+        }
+        let outcome = self.cache.request(conn, session);
+        if let OnRequest::Execute(exec) = outcome {
+            if self.inflight as usize >= self.limits.max_inflight {
+                self.cache.abandon(session, exec);
+                return Err(RequestRefused::TooManyInflight);
+            }
+            self.inflight += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// The handler of `(session, exec)` answered with `package` (a complete
+    /// response package, [`wire::response`]). `caller` is the connection
+    /// completing it inline, if any.
+    pub fn complete(
+        &mut self,
+        session: u32,
+        exec: ExecId,
+        package: Bytes,
+        caller: Option<ConnId>,
+    ) -> Completion<C> {
+        self.inflight = self.inflight.saturating_sub(1);
+        let live = match &self.state {
+            State::Online(b) => Some(b.conn.id()),
+            State::Ended(_) => return Completion::Nothing,
+            _ => None,
+        };
+        match self.cache.complete(session, exec, package, live) {
+            Some(delivery) if Some(delivery.conn) == caller => Completion::Caller(delivery.package),
+            Some(delivery) => {
+                self.cache.queued(session, &delivery.package);
+                let item = Outgoing::Response {
+                    session,
+                    package: delivery.package,
+                };
+                match self.queue(item) {
+                    Some(conn) => Completion::Wake(conn),
+                    None => Completion::Nothing,
+                }
+            }
+            None => match &self.state {
+                // A connection waiting for the last running request (to
+                // drain, or after the client's FIN) re-checks.
+                State::Online(b) if self.inflight == 0 => Completion::Wake(b.conn.clone()),
+                _ => Completion::Nothing,
+            },
+        }
+    }
+
+    /// A request classified [`OnRequest::Execute`] will not be answered
+    /// after all (its agent panicked): it no longer counts as running and
+    /// its session number is free again.
+    pub fn abandon(&mut self, session: u32, exec: ExecId) {
+        self.inflight = self.inflight.saturating_sub(1);
+        self.cache.abandon(session, exec);
+    }
+
+    /// Numbers `payload` as the session's next push, keeps it for replay
+    /// and, on an opted-in connection, queues it. The effect wakes that
+    /// connection, or cuts it when its queue is full (the push stays in
+    /// the backlog for its reconnect).
+    pub fn push(&mut self, payload: Bytes) -> Result<(u32, Option<Effect<C>>), PushRefused> {
+        if payload.len() > MAX_RESPONSE_CONTENT {
+            return Err(PushRefused::TooLarge);
+        }
+        if matches!(self.state, State::Ended(_)) {
+            return Err(PushRefused::Ended);
+        }
+        let seq = self
+            .pushes
+            .push(
+                payload.clone(),
+                self.limits.push_backlog,
+                self.limits.push_backlog_bytes,
+            )
+            .ok_or(PushRefused::Exhausted)?;
+        let effect = match &mut self.state {
+            State::Online(b) if b.ext => {
+                let len = wire::flagged_len(payload.len());
+                if b.outbox_bytes + len > self.limits.send_queue_bytes {
+                    // The task has not even taken what is queued: the
+                    // client does not read.
+                    Some(Effect::Close {
+                        conn: b.conn.clone(),
+                        cause: Close::SlowReader,
+                        farewell: None,
+                    })
+                } else {
+                    self.queue(Outgoing::Push { seq, payload })
+                        .map(Effect::Wake)
+                }
+            }
+            _ => None,
+        };
+        Ok((seq, effect))
+    }
+
+    /// Takes what was queued for `conn` (empty if it is not the session's).
+    pub fn take_outbox(&mut self, conn: ConnId) -> Vec<Outgoing> {
+        match &mut self.state {
+            State::Online(b) if b.conn.id() == conn => {
+                b.outbox_bytes = 0;
+                let items = std::mem::take(&mut b.outbox);
+                for item in &items {
+                    if let Outgoing::Response { session, package } = item {
+                        self.cache.sent(*session, package);
+                    }
+                }
+                items
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Ends the session (kick, logout, shutdown, expiry): its connection is
+    /// closed (an opted-in one after a farewell: what was still queued,
+    /// then the kick package with the reason), the driver unregisters it
+    /// and tells the agent. Nothing if it already ended.
+    pub fn end(&mut self, reason: EndReason) -> Vec<Effect<C>> {
+        if matches!(self.state, State::Ended(_)) {
+            return Vec::new();
+        }
+        let old = std::mem::replace(&mut self.state, State::Ended(reason.clone()));
+        self.cache.clear();
+        let mut effects = Vec::with_capacity(3);
+        if let State::Online(b) = old {
+            let farewell = b.ext.then(|| {
+                let mut out = BytesMut::new();
+                for item in &b.outbox {
+                    item.write_to(&mut out);
+                }
+                wire::write_kick(&mut out, reason.text());
+                out.freeze()
+            });
+            effects.push(Effect::Close {
+                conn: b.conn,
+                cause: Close::SessionEnded,
+                farewell,
+            });
+        }
+        effects.push(Effect::Unregister(reason.clone()));
+        effects.push(Effect::Notify(SessionEvent::Ended(reason)));
+        effects
+    }
+
+    /// The clock reached `now`: a session without a connection past its
+    /// deadline ends ([`EndReason::Expired`]).
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Effect<C>> {
+        match self.poll_timeout() {
+            Some(deadline) if now >= deadline => self.end(EndReason::Expired),
+            _ => Vec::new(),
+        }
+    }
+
+    /// When [`Session::handle_timeout`] must be called next, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::Placed { expires } | State::Away { expires } => Some(expires),
+            State::Online(_) | State::Ended(_) => None,
+        }
+    }
+
+    /// Where the session is in its life.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Placed { .. } => Phase::Placed,
+            State::Online(_) => Phase::Online,
+            State::Away { .. } => Phase::Away,
+            State::Ended(_) => Phase::Ended,
+        }
+    }
+
+    /// Whether `conn` is the session's connection.
+    pub fn is_bound_to(&self, conn: ConnId) -> bool {
+        matches!(&self.state, State::Online(b) if b.conn.id() == conn)
+    }
+
+    /// The connection the session is bound to.
+    pub fn conn(&self) -> Option<&C> {
+        match &self.state {
+            State::Online(b) => Some(&b.conn),
+            _ => None,
+        }
+    }
+
+    /// Whether the session is over.
+    pub fn is_ended(&self) -> bool {
+        matches!(self.state, State::Ended(_))
+    }
+
+    /// Why the session ended, once it has.
+    pub fn end_reason(&self) -> Option<&EndReason> {
+        match &self.state {
+            State::Ended(reason) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// The last accepted handshake index.
+    pub fn index(&self) -> LuaNumber {
+        self.index
+    }
+
+    /// Handlers running now.
+    pub fn inflight(&self) -> u32 {
+        self.inflight
+    }
+
+    /// The response cache (read-only).
+    pub fn cache(&self) -> &ResponseCache {
+        &self.cache
+    }
+
+    /// The push backlog (read-only).
+    pub fn pushes(&self) -> &PushBacklog {
+        &self.pushes
+    }
+
+    /// Queues `item` for the bound connection; the connection to wake.
+    fn queue(&mut self, item: Outgoing) -> Option<C> {
+        let State::Online(b) = &mut self.state else {
+            return None;
+        };
+        b.outbox_bytes += item.wire_len();
+        b.outbox.push(item);
+        Some(b.conn.clone())
+    }
+
+    /// Answers still queued for a connection that is going count as never
+    /// delivered (they wait in the cache for a re-send).
+    fn undeliver(&mut self, old: &Binding<C>) {
+        for item in &old.outbox {
+            if let Outgoing::Response { session, package } = item {
+                self.cache.undeliver(*session, old.conn.id(), package);
+            }
+        }
+    }
+}

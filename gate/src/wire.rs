@@ -1,0 +1,99 @@
+//! The packages the gate sends, built from `codec`'s types: responses,
+//! the extension packages (welcome, push, push gap, kick) and status
+//! packages. Pure functions; `docs/PROTOCOL.md` is the description a client
+//! author reads.
+
+use bytes::{Bytes, BytesMut};
+use codec::message::{MAX_RESPONSE_CONTENT, Response, ResponseFlag};
+use codec::package::{HEADER_LEN, encode_package};
+use codec::status::GateStatus;
+
+/// Wire size of a package of skynet's response layout with `len` content
+/// bytes: header, content, flag byte, BE32 session.
+pub fn flagged_len(len: usize) -> usize {
+    HEADER_LEN + len + 5
+}
+
+/// Appends `content ‖ flag ‖ BE32(session)` as one package. Content that
+/// does not fit in a package is left out (with a warning) rather than
+/// framed wrongly; every caller checks or cuts it first.
+pub fn write_flagged(out: &mut BytesMut, content: &[u8], flag: ResponseFlag, session: u32) {
+    if Response::encode(content, flag, session, out).is_err() {
+        tracing::warn!(len = content.len(), "package does not fit: not sent");
+    }
+}
+
+/// The error response `00 ‖ BE32(session)` (spec §5.4: a handler that
+/// raised).
+pub fn error_response(session: u32) -> Bytes {
+    let mut out = BytesMut::with_capacity(flagged_len(0));
+    write_flagged(&mut out, &[], ResponseFlag::ERROR, session);
+    out.freeze()
+}
+
+/// The response package of a handler's answer: `content ‖ 01 ‖ session`,
+/// or the error response when there is no content or it is larger than
+/// one package may carry (65530 bytes).
+pub fn response(session: u32, content: Option<&[u8]>) -> Bytes {
+    match content {
+        Some(content) if content.len() <= MAX_RESPONSE_CONTENT => {
+            let mut out = BytesMut::with_capacity(flagged_len(content.len()));
+            write_flagged(&mut out, content, ResponseFlag::OK, session);
+            out.freeze()
+        }
+        _ => error_response(session),
+    }
+}
+
+/// Appends a status package (`200 OK`, `404 User Not Found`, ...).
+pub fn write_status(out: &mut BytesMut, status: GateStatus) {
+    // A status text always fits in a package.
+    let _ = encode_package(status.text().as_bytes(), out);
+}
+
+/// Appends the kick package `reason ‖ 03 ‖ BE32(0)`, the reason cut to
+/// what fits in a package (at a character boundary).
+pub fn write_kick(out: &mut BytesMut, reason: &str) {
+    let mut end = reason.len().min(MAX_RESPONSE_CONTENT);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    write_flagged(out, &reason.as_bytes()[..end], ResponseFlag::KICK, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use codec::package::PackageCodec;
+    use tokio_util::codec::Decoder;
+
+    use super::*;
+
+    #[test]
+    fn responses_and_errors() {
+        assert_eq!(&error_response(7)[..], b"\x00\x05\x00\x00\x00\x00\x07");
+        assert_eq!(
+            &response(7, Some(b"ok"))[..],
+            b"\x00\x07ok\x01\x00\x00\x00\x07"
+        );
+        assert_eq!(response(7, None), error_response(7));
+        let big = vec![0u8; MAX_RESPONSE_CONTENT + 1];
+        assert_eq!(response(7, Some(&big)), error_response(7));
+        assert_eq!(flagged_len(2), 9);
+    }
+
+    #[test]
+    fn kick_package_layout_and_long_reasons() {
+        let mut out = BytesMut::new();
+        write_kick(&mut out, "bye");
+        assert_eq!(&out[..], b"\x00\x08bye\x03\x00\x00\x00\x00");
+        // A reason too long for one package is cut at a character boundary.
+        let reason = "é".repeat(40_000);
+        let mut out = BytesMut::new();
+        write_kick(&mut out, &reason);
+        let payload = PackageCodec.decode(&mut out).unwrap().unwrap();
+        let kick = Response::parse(payload).unwrap();
+        assert_eq!((kick.flag, kick.session), (ResponseFlag::KICK, 0));
+        assert_eq!(kick.content.len(), MAX_RESPONSE_CONTENT);
+        assert!(std::str::from_utf8(&kick.content).is_ok());
+    }
+}

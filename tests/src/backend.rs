@@ -156,6 +156,21 @@ impl BackendGate {
         })
     }
 
+    /// A new connection of `player`'s login (its ticket), handshaking with
+    /// `index`, for a player whose connection was taken or broken.
+    pub async fn reconnect(&self, ticket: Ticket, uid: &str, index: u64) -> Player {
+        let mut conn = GateConn::new(self.server.gate.to_string(), ticket, GUARD);
+        within("the handshake", conn.connect(index))
+            .await
+            .expect("handshake 200 OK");
+        Player {
+            conn,
+            uid: uid.to_owned(),
+            next_session: 0,
+            pushes: Vec::new(),
+        }
+    }
+
     /// Shuts the server down and waits for `run_with` to return.
     pub async fn shutdown(self) -> Result<(), RunError> {
         self.server.shutdown().await

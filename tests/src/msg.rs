@@ -41,12 +41,13 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-/// Waits until `cond` holds (checked every millisecond), failing after
-/// [`MSG_GUARD`]. For conditions only visible in the gate's counters.
+/// Waits until `cond` holds, re-checking each time the other tasks of the
+/// test's runtime have had a turn, failing after [`MSG_GUARD`]. For
+/// conditions only visible in the gate's counters.
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     within(what, async {
         while !cond() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::task::yield_now().await;
         }
     })
     .await;
@@ -429,6 +430,14 @@ impl Client {
         let payload = handshake::sign(secret, username, index.to_string().as_bytes());
         self.send_package(&payload).await;
         self.recv_package().await
+    }
+
+    /// Breaks the connection with a reset (SO_LINGER 0), as a client that
+    /// crashed or lost its network: the gate sees an error at once, not a
+    /// half-close.
+    pub fn reset(self) {
+        self.stream.set_zero_linger().expect("SO_LINGER");
+        drop(self.stream);
     }
 
     /// Expects the server to close the connection without sending anything

@@ -549,3 +549,202 @@ async fn an_instance_at_its_stated_limit_gets_no_more_requests() {
     agent.kill();
     gate.shutdown().await.expect("clean shutdown");
 }
+
+/// A service handler for the "run at most once" tests: `job-<n>` waits
+/// until the test releases all jobs, counts its runs and answers
+/// `done-<n>`; it reports each start and each answer on a channel.
+#[derive(Debug, Clone)]
+struct Jobs {
+    runs: std::sync::Arc<std::sync::Mutex<HashMap<String, u32>>>,
+    go: tokio::sync::watch::Receiver<bool>,
+    started: mpsc::UnboundedSender<String>,
+    answered: mpsc::UnboundedSender<String>,
+}
+
+impl service::Handler for Jobs {
+    async fn request(
+        &self,
+        _ctx: service::Context,
+        req: service::Request,
+    ) -> Result<Bytes, String> {
+        let text = String::from_utf8_lossy(&req.payload).into_owned();
+        *self
+            .runs
+            .lock()
+            .expect("lock")
+            .entry(text.clone())
+            .or_default() += 1;
+        let _ = self.started.send(text.clone());
+        let mut go = self.go.clone();
+        let _ = go.wait_for(|go| *go).await;
+        let _ = self.answered.send(text.clone());
+        Ok(Bytes::from(text.replace("job", "done")))
+    }
+}
+
+/// How the client's first connection ends in [`pipelined_requests_run_once`].
+#[derive(Debug, Clone, Copy)]
+enum Break {
+    /// A reset (SO_LINGER 0): the gate sees an error at once.
+    Reset,
+    /// A close with FIN: the gate takes it for a half-close, answers what
+    /// was asked into a socket nobody reads, and then closes.
+    Close,
+}
+
+/// The defect of the cache that retired undelivered answers by count: a
+/// client pipelines 128 requests to an external service, its connection
+/// breaks, they all complete while it is away; it reconnects, sends 20 new
+/// requests, then re-sends the 128. Every request runs exactly once and
+/// every re-send gets its answer.
+async fn pipelined_requests_run_once(how: Break) {
+    let gate = BackendGate::start(config()).await;
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (answered_tx, mut answered) = mpsc::unbounded_channel();
+    let jobs = Jobs {
+        runs: Default::default(),
+        go,
+        started: started_tx,
+        answered: answered_tx,
+    };
+    let runs = jobs.runs.clone();
+    let _service = ServiceProcess::start(gate.service("agent", "agent-1"), jobs);
+    gate.instances("agent", 1).await;
+
+    let mut player = gate.player("pipeliner", false).await;
+    for n in 1..=128u32 {
+        player
+            .conn
+            .queue(format!("job-{n}").as_bytes(), n)
+            .expect("queue");
+    }
+    within("the pipeline to go out", player.conn.flush())
+        .await
+        .expect("flush");
+    for _ in 0..128 {
+        within("a job to start", started.recv())
+            .await
+            .expect("service");
+    }
+    let ticket = player.conn.ticket().clone();
+    let (stream, _) = player.conn.into_parts().expect("connected");
+    match how {
+        Break::Reset => stream.set_zero_linger().expect("linger"),
+        Break::Close => {}
+    }
+    drop(stream);
+    go_tx.send(true).expect("release");
+    for _ in 0..128 {
+        within("a job to answer", answered.recv())
+            .await
+            .expect("service");
+    }
+
+    // Reconnect with index 2 (a new connection of the same login).
+    let mut player = gate.reconnect(ticket, "pipeliner", 2).await;
+    // 20 new requests first: answered after the 128 answers reached the
+    // gate (the service answers on one ordered link).
+    for n in 201..=220u32 {
+        player
+            .conn
+            .send(format!("job-{n}").as_bytes(), n)
+            .await
+            .expect("send");
+    }
+    for n in 201..=220u32 {
+        let r = player.response(n).await;
+        assert_eq!(r.content, format!("done-{n}").as_bytes());
+    }
+    // Then the re-sends: every answer comes from the cache.
+    for n in 1..=128u32 {
+        player
+            .conn
+            .queue(format!("job-{n}").as_bytes(), n)
+            .expect("queue");
+    }
+    within("the re-sends", player.conn.flush())
+        .await
+        .expect("flush");
+    for n in 1..=128u32 {
+        let r = player.response(n).await;
+        assert_eq!(
+            (r.flag, r.content.as_ref()),
+            (ResponseFlag::OK, format!("done-{n}").as_bytes()),
+            "re-send of {n}"
+        );
+    }
+    let runs = runs.lock().expect("lock").clone();
+    assert_eq!(runs.len(), 148);
+    for (job, count) in runs {
+        assert_eq!(count, 1, "{job} ran {count} times");
+    }
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn requests_completed_after_a_reset_run_once() {
+    pipelined_requests_run_once(Break::Reset).await;
+}
+
+#[tokio::test]
+async fn requests_answered_into_a_closed_connection_run_once() {
+    pipelined_requests_run_once(Break::Close).await;
+}
+
+/// The half-close defect: a client sends requests, then shuts down its
+/// write side; the answers of the external service still reach it, then
+/// the gate closes.
+#[tokio::test]
+async fn a_half_closed_connection_gets_its_answers_then_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let gate = BackendGate::start(config()).await;
+    let (go_tx, go) = tokio::sync::watch::channel(false);
+    let (started_tx, mut started) = mpsc::unbounded_channel();
+    let (answered_tx, _answered) = mpsc::unbounded_channel();
+    let jobs = Jobs {
+        runs: Default::default(),
+        go,
+        started: started_tx,
+        answered: answered_tx,
+    };
+    let _service = ServiceProcess::start(gate.service("agent", "agent-1"), jobs);
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("halfway", false).await;
+    for n in 1..=5u32 {
+        player
+            .conn
+            .queue(format!("job-{n}").as_bytes(), n)
+            .expect("queue");
+    }
+    within("flush", player.conn.flush()).await.expect("flush");
+    for _ in 0..5 {
+        within("a job to start", started.recv())
+            .await
+            .expect("service");
+    }
+    let (mut stream, rest) = player.conn.into_parts().expect("connected");
+    assert!(rest.is_empty());
+    stream.shutdown().await.expect("shut down the write side");
+    go_tx.send(true).expect("release");
+    let mut got = Vec::new();
+    within("the answers and the close", stream.read_to_end(&mut got))
+        .await
+        .expect("read");
+    let mut buf = bytes::BytesMut::from(&got[..]);
+    let mut answers = Vec::new();
+    while let Some(payload) =
+        tokio_util::codec::Decoder::decode(&mut codec::package::PackageCodec, &mut buf)
+            .expect("framing")
+    {
+        let r = codec::Response::parse(payload).expect("a response");
+        answers.push((r.session, r.flag, r.content));
+    }
+    answers.sort_by_key(|a| a.0);
+    let expected: Vec<_> = (1..=5u32)
+        .map(|n| (n, ResponseFlag::OK, Bytes::from(format!("done-{n}"))))
+        .collect();
+    assert_eq!(answers, expected);
+    gate.shutdown().await.expect("clean shutdown");
+}

@@ -237,6 +237,23 @@ async fn transcript_cache_retirement_and_pipelined_handshake() {
 
     let mut r = Replay::new(sc, g.addr);
     r.fill_bulk_gaps = true;
+    // FIXED on purpose: skynet retires answers by count whether or not the
+    // client got them. Here an answer an ended connection carried is kept
+    // until re-sent, so these probes on bob-3 get the cached answer where
+    // skynet had retired it and ran the probe as a new request.
+    for kept in [1255u32, 1129, 1299, 2000, 2050, 2079] {
+        r.run_until(|step| {
+            step["conn"] == "bob-3"
+                && step["dir"] == "S->C"
+                && step["decoded"]["session"].as_u64() == Some(u64::from(kept))
+        })
+        .await;
+        r.skip(); // skynet: the probe echoed as a new request
+        let cached = format!("fast-{kept}");
+        r.conn("bob-3")
+            .expect(&response(cached.as_bytes(), 1, kept))
+            .await;
+    }
     r.run_to_end().await;
     assert_eq!(g.agent.executions("fast-1200"), 1, "bulk gaps were filled");
     assert_eq!(g.agent.executions("fast-2100"), 1, "bulk gaps were filled");
@@ -427,7 +444,7 @@ async fn reconnect_within_the_window_keeps_the_session() {
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"slow-away", 7).await;
     g.agent.wait_pending("slow-away").await;
-    drop(c);
+    c.reset();
     g.event("Away", |e| e.event == SessionEvent::Away).await;
     // Completed while nobody is connected: cached, resent on reconnect.
     g.agent.release("slow-away").await;
@@ -760,4 +777,83 @@ async fn connect_fails(addr: std::net::SocketAddr) -> bool {
 fn response_helper_matches_transcript_layout() {
     assert_eq!(response(b"echo", 1, 0), unhex("00096563686f0100000000"));
     assert_eq!(response(b"", 0, 2), unhex("00050000000002"));
+}
+
+/// The cache's byte bound: answers that completed while the client was away
+/// are kept until re-sent, but only as many as fit; the oldest go, and a
+/// re-send of one of those gets an error response instead of running again.
+#[tokio::test]
+async fn a_cache_over_its_byte_bound_answers_lost_requests_with_an_error() {
+    // Each answer `slow-N` is a 13-byte package, 77 bytes with its entry:
+    // three fit.
+    let cfg = GateConfig {
+        cache_bytes: 3 * 80,
+        ..GateConfig::default()
+    };
+    let mut g = TestGate::start(cfg).await;
+    let secret = hello_secret();
+    let subid = g.login("hello", &secret).await;
+    let username = g.username("hello", &subid);
+    let mut c = g.session(&secret, &username, 1).await;
+    for n in 1..=6u32 {
+        c.send_request(format!("slow-{n}").as_bytes(), n).await;
+    }
+    for n in 1..=6u32 {
+        g.agent.wait_pending(&format!("slow-{n}")).await;
+    }
+    c.reset();
+    g.event("Away", |e| e.event == SessionEvent::Away).await;
+    for n in 1..=6u32 {
+        g.agent.release(&format!("slow-{n}")).await;
+    }
+    let mut c = g.session(&secret, &username, 2).await;
+    for n in 1..=6u32 {
+        c.send_request(b"again", n).await;
+    }
+    for n in 1..=3u32 {
+        assert_eq!(c.recv_response().await, (vec![], 0, n), "lost {n}");
+    }
+    for n in 4..=6u32 {
+        let answer = format!("slow-{n}").into_bytes();
+        assert_eq!(c.recv_response().await, (answer, 1, n), "kept {n}");
+    }
+    for n in 1..=6u32 {
+        assert_eq!(g.agent.executions(&format!("slow-{n}")), 1);
+    }
+    assert_eq!(g.agent.executions("again"), 0, "nothing ran twice");
+    assert_eq!(g.metrics().lost, 3);
+    // The error stands: a later request with that number gets it again.
+    let mut c = g.session(&secret, &username, 3).await;
+    c.send_request(b"again", 2).await;
+    assert_eq!(c.recv_response().await, (vec![], 0, 2));
+    assert_eq!(g.agent.executions("again"), 0);
+    g.stop().await;
+}
+
+/// After its FIN, a plain client still gets the answers of what it asked
+/// (an inline agent answers at once; here a slow one), then the gate
+/// closes; the session is then away.
+#[tokio::test]
+async fn a_half_closed_connection_is_answered_then_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut g = TestGate::start_default().await;
+    let secret = hello_secret();
+    let subid = g.login("hello", &secret).await;
+    let username = g.username("hello", &subid);
+    let mut c = g.session(&secret, &username, 1).await;
+    c.send_request(b"slow-half", 1).await;
+    c.send_request(b"fast", 2).await;
+    g.agent.wait_pending("slow-half").await;
+    c.stream.shutdown().await.expect("FIN");
+    g.agent.release("slow-half").await;
+    let mut rest = Vec::new();
+    within("answers, then the close", c.stream.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    let mut expected = response(b"fast", 1, 2);
+    expected.extend(response(b"slow-half", 1, 1));
+    assert_eq!(rest, expected);
+    g.event("Away", |e| e.event == SessionEvent::Away).await;
+    g.stop().await;
 }

@@ -765,13 +765,9 @@ impl<C: Conn> Session<C> {
         Some(b.conn.clone())
     }
 
-    /// Answers still queued for a connection that is going count as never
-    /// delivered (they wait in the cache for a re-send).
+    /// The connection of `old` is going: what it carried (and what was
+    /// still queued for it) may not have reached the client.
     fn undeliver(&mut self, old: &Binding<C>) {
-        for item in &old.outbox {
-            if let Outgoing::Response { session, package } = item {
-                self.cache.undeliver(*session, old.conn.id(), package);
-            }
-        }
+        self.cache.connection_ended(old.conn.id());
     }
 }

@@ -34,22 +34,19 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use codec::message::Request;
-use codec::package::PackageCodec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 
-use super::bump;
-use super::core::{Bound, GateCore, User, response_package};
+use super::core::{Bound, GateCore, Timer, User};
+use super::end::End;
 use super::handle::{CloseCause, ConnHandle};
-use super::timers::Timer;
-use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionHandle};
+use super::metrics::bump;
+use super::requests::{Link, decode, serve};
+use crate::agent::{SessionCtx, SessionHandle};
 use crate::esc::esc;
 use crate::placement::EndReason;
-use crate::session::{Completion, ExecId, OnRequest, RequestRefused};
 use crate::wire;
 
 /// Read size into a connection's own buffer (before the handshake, and to
@@ -77,69 +74,6 @@ struct Scratch {
 /// How long a closing connection may take to flush what is queued and see
 /// the peer's FIN (see [`Conn::close_gracefully`]).
 const CLOSE_LINGER: Duration = Duration::from_millis(500);
-
-/// Why a connection ended (for the log line and the close procedure).
-#[derive(Debug)]
-enum End {
-    /// The client closed (or reset).
-    PeerClosed,
-    /// The client shut down its write side and everything it asked was
-    /// answered (or the grace for that passed).
-    HalfClosed,
-    /// A socket error.
-    Io(io::ErrorKind),
-    /// No complete handshake package within the deadline.
-    HandshakeTimeout,
-    /// A request package shorter than its 4-byte session (spec §5.6).
-    InvalidPackage,
-    /// skynet's "Conflict session" (spec §5.5).
-    Conflict,
-    /// More requests in flight for the user than allowed.
-    TooManyInflight,
-    /// The send queue exceeded its byte limit: the client does not read.
-    SlowReader,
-    /// Nothing received within the idle timeout.
-    IdleTimeout,
-    /// A newer connection of the user completed its handshake.
-    Superseded,
-    /// The session ended (logout, kick, expiry).
-    SessionEnded,
-    /// Gate shutdown, after the in-flight requests were answered.
-    Shutdown,
-    /// Gate shutdown, grace period over.
-    ShutdownNow,
-}
-
-impl std::fmt::Display for End {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            End::PeerClosed => f.write_str("closed by the client"),
-            End::HalfClosed => f.write_str("client shut down its side; answers delivered"),
-            End::Io(kind) => write!(f, "socket error: {kind}"),
-            End::HandshakeTimeout => f.write_str("handshake deadline passed"),
-            End::InvalidPackage => f.write_str("invalid package"),
-            End::Conflict => f.write_str("conflict session"),
-            End::TooManyInflight => f.write_str("too many requests in flight"),
-            End::SlowReader => f.write_str("send queue full (client not reading)"),
-            End::IdleTimeout => f.write_str("idle timeout (client sent nothing)"),
-            End::Superseded => f.write_str("superseded by a newer connection"),
-            End::SessionEnded => f.write_str("session ended"),
-            End::Shutdown => f.write_str("gate shutdown"),
-            End::ShutdownNow => f.write_str("gate shutdown (grace over)"),
-        }
-    }
-}
-
-impl End {
-    /// Whether the close should flush what is queued and wait for the
-    /// peer's FIN, rather than just drop the socket.
-    fn graceful(&self) -> bool {
-        !matches!(
-            self,
-            End::PeerClosed | End::Io(_) | End::SlowReader | End::ShutdownNow
-        )
-    }
-}
 
 /// Counts the connection as open and holds its maxclient permit; both are
 /// released when the task ends, however it ends.
@@ -279,16 +213,6 @@ pub(super) async fn run(
         drop(conn);
         handle.set_finished();
     }
-}
-
-/// What the session loop works with: the gate, the user and its session
-/// handle, this connection's handle, and whether the client opted in.
-struct Link<'a> {
-    core: &'a Arc<GateCore>,
-    user: &'a Arc<User>,
-    ctx: &'a SessionCtx,
-    handle: &'a Arc<ConnHandle>,
-    ext: bool,
 }
 
 /// After the connection ended: if the session is still bound to it, the
@@ -601,95 +525,6 @@ fn write_now(stream: &TcpStream, data: &[u8]) -> io::Result<usize> {
 fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
-    }
-}
-
-/// The next complete package in `input`, if any.
-fn decode(input: &mut BytesMut) -> Result<Option<Bytes>, End> {
-    PackageCodec.decode(input).map_err(|_| End::InvalidPackage)
-}
-
-/// Runs every complete request in `input`, appending responses to `out`.
-fn serve(input: &mut BytesMut, out: &mut BytesMut, link: &Link<'_>) -> Result<(), End> {
-    while let Some(frame) = decode(input)? {
-        if frame.is_empty() && link.ext {
-            // Heartbeat of an opted-in client: answered with an empty
-            // package. (A plain client is closed for it, as by skynet.)
-            out.extend_from_slice(&[0, 0]);
-            continue;
-        }
-        let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
-        request(out, link, req)?;
-    }
-    Ok(())
-}
-
-/// One request (spec §5.4, §5.5); a response due now goes to `out`.
-fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End> {
-    let (core, user) = (link.core, link.user);
-    let session = req.session;
-    let conn = link.handle.id;
-    let outcome = user.lock().session.request(conn, session);
-    let outcome = match outcome {
-        Ok(outcome) => outcome,
-        Err(RequestRefused::NotBound { ended: true }) => return Err(End::SessionEnded),
-        // Superseded between two packages of one batch.
-        Err(RequestRefused::NotBound { ended: false }) => return Err(End::Superseded),
-        Err(RequestRefused::TooManyInflight) => return Err(End::TooManyInflight),
-    };
-    match outcome {
-        OnRequest::Execute(exec) => {
-            let running = Running {
-                user,
-                session,
-                exec,
-            };
-            let dispatch = core
-                .agent
-                .request(link.ctx, AgentRequest::new(session, req.content, exec));
-            std::mem::forget(running);
-            if let Dispatch::Ready(result) = dispatch {
-                let package = response_package(user, session, result);
-                let completion = user
-                    .lock()
-                    .session
-                    .complete(session, exec, package, Some(conn));
-                match completion {
-                    Completion::Caller(package) => out.extend_from_slice(&package),
-                    Completion::Wake(other) => other.wake(),
-                    Completion::Nothing => {}
-                }
-            }
-        }
-        OnRequest::Resend(package) => {
-            bump(&core.metrics.resends);
-            out.extend_from_slice(&package);
-        }
-        OnRequest::Lost(package) => {
-            bump(&core.metrics.lost);
-            out.extend_from_slice(&package);
-        }
-        OnRequest::Absorbed => bump(&core.metrics.absorbed),
-        OnRequest::Conflict => {
-            bump(&core.metrics.conflicts);
-            return Err(End::Conflict);
-        }
-    }
-    Ok(())
-}
-
-/// Undoes a request's bookkeeping if the agent panics while running it
-/// (forgotten when the agent returns): the request no longer counts as in
-/// flight, and its session is free again.
-struct Running<'a> {
-    user: &'a User,
-    session: u32,
-    exec: ExecId,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.user.lock().session.abandon(self.session, self.exec);
     }
 }
 

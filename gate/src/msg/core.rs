@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handle::{CloseCause, ConnHandle};
-use super::timers::{Timer, Timers};
-use super::{Metrics, bump};
+use super::metrics::{Metrics, bump};
+use super::timers::Timers;
 use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::esc::esc;
@@ -32,6 +32,16 @@ use crate::session::{
 };
 use crate::shard::ShardedMap;
 use crate::wire;
+
+/// What an entry of the gate's timers names.
+#[derive(Debug)]
+pub(crate) enum Timer {
+    /// A session's deadline ([`Session::poll_timeout`]).
+    Session(Weak<User>),
+    /// A connection's idle deadline: closed if it sent nothing for the
+    /// duration.
+    Idle(Weak<ConnHandle>, std::time::Duration),
+}
 
 /// A session's lock holds the session and its armed timer.
 #[derive(Debug)]
@@ -138,7 +148,7 @@ pub(crate) struct GateCore {
     by_uid: ShardedMap<Bytes, Arc<User>>,
     next_subid: AtomicU64,
     next_conn: AtomicU64,
-    pub(crate) timers: Timers,
+    pub(crate) timers: Timers<Timer>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
     /// Cancelled when shutdown starts: no new sessions or handshakes.

@@ -8,7 +8,8 @@
 //!   machine (where to read how a player is treated);
 //! * `core`: the session tables and the one place that carries out what a
 //!   session asks for;
-//! * `conn`: one connection's task (read, handshake, requests, writes);
+//! * `conn`: one connection's task (read, handshake, the session loop,
+//!   writes, the close); `requests`: its request path; `end`: why it ended;
 //! * `handle`: how other tasks wake or close a connection's task;
 //! * `timers`: the gate's one timer facility (reconnect windows, idle).
 //!
@@ -18,12 +19,15 @@
 
 mod conn;
 mod core;
+mod end;
 mod handle;
+mod metrics;
+mod requests;
 mod timers;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::core::{GateCore, User};
 use self::handle::CloseCause;
+pub use self::metrics::GateMetrics;
+use self::metrics::bump;
 use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::net::{self, AtCapacity};
@@ -42,67 +48,6 @@ use crate::session::PushRefused;
 
 /// How long a kick waits for the kicked connection to close.
 const KICK_WAIT: Duration = Duration::from_secs(5);
-
-/// A snapshot of the gate's counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GateMetrics {
-    /// Connections open now (authenticated or not).
-    pub connections: usize,
-    /// Users logged in now.
-    pub sessions: usize,
-    /// Connections closed at accept because maxclient were open.
-    pub refused_at_accept: u64,
-    /// Successful handshakes.
-    pub handshakes_ok: u64,
-    /// Refused handshakes (any status, or none at shutdown).
-    pub handshakes_refused: u64,
-    /// Re-sent sessions answered from the cache.
-    pub resends: u64,
-    /// Re-sent sessions whose answer was dropped for the cache's byte
-    /// bound, answered with an error response instead of running again.
-    pub lost: u64,
-    /// Re-sent sessions absorbed by a handler still running.
-    pub absorbed: u64,
-    /// "Conflict session" closes.
-    pub conflicts: u64,
-    /// Connections cut because their send queue was full.
-    pub slow_readers_cut: u64,
-    /// Sessions ended (any reason).
-    pub sessions_ended: u64,
-    /// Pushes accepted (numbered and kept), one per user reached.
-    pub pushes: u64,
-    /// Pushes refused (payload too large, or no such session).
-    pub pushes_refused: u64,
-    /// Push-gap notices sent to reconnecting clients that were too far
-    /// behind.
-    pub push_gaps: u64,
-    /// Connections closed for sending nothing within the idle timeout.
-    pub idle_timeouts: u64,
-    /// Entries in the gate's timer queue (live and stale).
-    pub timers: usize,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Metrics {
-    pub(crate) connections: AtomicUsize,
-    pub(crate) refused_at_accept: AtomicU64,
-    pub(crate) handshakes_ok: AtomicU64,
-    pub(crate) handshakes_refused: AtomicU64,
-    pub(crate) resends: AtomicU64,
-    pub(crate) lost: AtomicU64,
-    pub(crate) absorbed: AtomicU64,
-    pub(crate) conflicts: AtomicU64,
-    pub(crate) slow_readers_cut: AtomicU64,
-    pub(crate) sessions_ended: AtomicU64,
-    pub(crate) pushes: AtomicU64,
-    pub(crate) pushes_refused: AtomicU64,
-    pub(crate) push_gaps: AtomicU64,
-    pub(crate) idle_timeouts: AtomicU64,
-}
-
-pub(crate) fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
-}
 
 /// The message gate. Cheap to clone (one `Arc`); all clones are the same
 /// gate.

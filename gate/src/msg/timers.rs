@@ -9,7 +9,7 @@
 //! is earlier than the one already armed, which keeps about one entry per
 //! session or connection.
 
-use std::sync::{Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,42 +17,31 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use super::core::User;
-use super::handle::{ConnHandle, ms_since};
+use super::handle::ms_since;
 
-/// What a timer entry names.
+/// See the module docs; `T` says what an entry names.
 #[derive(Debug)]
-pub(crate) enum Timer {
-    /// A session's deadline ([`crate::session::Session::poll_timeout`]).
-    Session(Weak<User>),
-    /// A connection's idle deadline: closed if it sent nothing for the
-    /// duration.
-    Idle(Weak<ConnHandle>, Duration),
-}
-
-/// See the module docs.
-#[derive(Debug)]
-pub(crate) struct Timers {
-    queue: Mutex<DelayQueue<Timer>>,
+pub(crate) struct Timers<T> {
+    queue: Mutex<DelayQueue<T>>,
     /// The origin of [`ConnHandle::note_input`]'s milliseconds.
     epoch: Instant,
 }
 
-impl Timers {
-    pub(crate) fn new() -> Timers {
+impl<T> Timers<T> {
+    pub(crate) fn new() -> Timers<T> {
         Timers {
             queue: Mutex::new(DelayQueue::new()),
             epoch: Instant::now(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, DelayQueue<Timer>> {
+    fn lock(&self) -> MutexGuard<'_, DelayQueue<T>> {
         // One insert or one pop per critical section: never inconsistent.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Arms `timer` for `when`.
-    pub(crate) fn at(&self, when: Instant, timer: Timer) {
+    pub(crate) fn at(&self, when: Instant, timer: T) {
         self.lock().insert_at(timer, when);
     }
 
@@ -74,7 +63,7 @@ impl Timers {
     /// Fires entries as they come due, calling `fire` with the entry and
     /// the time, until `stop` is cancelled. Never holds the queue's lock
     /// while `fire` runs.
-    pub(crate) async fn run(&self, stop: CancellationToken, fire: impl Fn(Timer, Instant)) {
+    pub(crate) async fn run(&self, stop: CancellationToken, fire: impl Fn(T, Instant)) {
         loop {
             let next = std::future::poll_fn(|cx| match self.lock().poll_expired(cx) {
                 Poll::Ready(Some(expired)) => Poll::Ready(expired.into_inner()),

@@ -1,0 +1,116 @@
+//! The request path of one authenticated connection: from the packages
+//! read to the session (cache, in-flight cap) and the agent, and the
+//! answers due at once back into the write buffer.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use codec::message::Request;
+use codec::package::PackageCodec;
+use tokio_util::codec::Decoder;
+
+use super::core::{GateCore, User, response_package};
+use super::end::End;
+use super::handle::ConnHandle;
+use super::metrics::bump;
+use crate::agent::{AgentRequest, Dispatch, SessionCtx};
+use crate::session::{Completion, ExecId, OnRequest, RequestRefused};
+
+/// What the session loop works with: the gate, the user and its session
+/// handle, this connection's handle, and whether the client opted in.
+pub(super) struct Link<'a> {
+    pub(super) core: &'a Arc<GateCore>,
+    pub(super) user: &'a Arc<User>,
+    pub(super) ctx: &'a SessionCtx,
+    pub(super) handle: &'a Arc<ConnHandle>,
+    pub(super) ext: bool,
+}
+
+/// The next complete package in `input`, if any.
+pub(super) fn decode(input: &mut BytesMut) -> Result<Option<Bytes>, End> {
+    PackageCodec.decode(input).map_err(|_| End::InvalidPackage)
+}
+
+/// Runs every complete request in `input`, appending responses to `out`.
+pub(super) fn serve(input: &mut BytesMut, out: &mut BytesMut, link: &Link<'_>) -> Result<(), End> {
+    while let Some(frame) = decode(input)? {
+        if frame.is_empty() && link.ext {
+            // Heartbeat of an opted-in client: answered with an empty
+            // package. (A plain client is closed for it, as by skynet.)
+            out.extend_from_slice(&[0, 0]);
+            continue;
+        }
+        let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
+        request(out, link, req)?;
+    }
+    Ok(())
+}
+
+/// One request (spec §5.4, §5.5); a response due now goes to `out`.
+fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End> {
+    let (core, user) = (link.core, link.user);
+    let session = req.session;
+    let conn = link.handle.id;
+    let outcome = user.lock().session.request(conn, session);
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(RequestRefused::NotBound { ended: true }) => return Err(End::SessionEnded),
+        // Superseded between two packages of one batch.
+        Err(RequestRefused::NotBound { ended: false }) => return Err(End::Superseded),
+        Err(RequestRefused::TooManyInflight) => return Err(End::TooManyInflight),
+    };
+    match outcome {
+        OnRequest::Execute(exec) => {
+            let running = Running {
+                user,
+                session,
+                exec,
+            };
+            let dispatch = core
+                .agent
+                .request(link.ctx, AgentRequest::new(session, req.content, exec));
+            std::mem::forget(running);
+            if let Dispatch::Ready(result) = dispatch {
+                let package = response_package(user, session, result);
+                let completion = user
+                    .lock()
+                    .session
+                    .complete(session, exec, package, Some(conn));
+                match completion {
+                    Completion::Caller(package) => out.extend_from_slice(&package),
+                    Completion::Wake(other) => other.wake(),
+                    Completion::Nothing => {}
+                }
+            }
+        }
+        OnRequest::Resend(package) => {
+            bump(&core.metrics.resends);
+            out.extend_from_slice(&package);
+        }
+        OnRequest::Lost(package) => {
+            bump(&core.metrics.lost);
+            out.extend_from_slice(&package);
+        }
+        OnRequest::Absorbed => bump(&core.metrics.absorbed),
+        OnRequest::Conflict => {
+            bump(&core.metrics.conflicts);
+            return Err(End::Conflict);
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a request's bookkeeping if the agent panics while running it
+/// (forgotten when the agent returns): the request no longer counts as in
+/// flight, and its session is free again.
+struct Running<'a> {
+    user: &'a User,
+    session: u32,
+    exec: ExecId,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.user.lock().session.abandon(self.session, self.exec);
+    }
+}

@@ -6,6 +6,7 @@ use proto::backend::RefuseReason;
 /// Why [`Service::run`](crate::Service::run) or
 /// [`Service::new`](crate::Service::new) gave up.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
     /// The settings cannot work; nothing was started.
     #[error("invalid service configuration: {0}")]

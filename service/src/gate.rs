@@ -20,6 +20,7 @@ use crate::outbox::Outbox;
 
 /// Why a frame could not be handed to a gate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// The link to the gate (or to every gate, for [`Gates`]) is down; the
     /// library is reconnecting.

@@ -129,6 +129,7 @@ pub struct SessionEvent {
 
 /// What happened to a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SessionKind {
     /// The user logged in (a new session).
     Login,
@@ -191,6 +192,7 @@ impl fmt::Debug for AuthRequest {
 
 /// An auth service's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthDecision {
     /// Log the user in with this uid (empty: the request's user name).
     Allow(Bytes),

@@ -52,8 +52,8 @@ mod config;
 mod error;
 mod gate;
 mod handler;
-mod link;
 mod outbox;
+mod uplink;
 
 use std::sync::Arc;
 
@@ -74,7 +74,7 @@ pub use tokio_util::sync::CancellationToken;
 /// A configured service, ready to [`run`](Service::run).
 #[derive(Debug)]
 pub struct Service<H> {
-    shared: Arc<link::Shared<H>>,
+    shared: Arc<uplink::ServiceState<H>>,
     handles: Vec<GateHandle>,
 }
 
@@ -96,8 +96,8 @@ impl<H: Handler> Service<H> {
             .iter()
             .map(|addr| GateHandle::new(addr.clone(), config.max_frame_len))
             .collect();
-        let shared = Arc::new(link::Shared {
-            permits: Arc::new(link::InFlight::new(config.max_in_flight)),
+        let shared = Arc::new(uplink::ServiceState {
+            permits: Arc::new(uplink::InFlight::new(config.max_in_flight)),
             gates: Gates::new(handles.clone()),
             config,
             handler,
@@ -138,7 +138,7 @@ impl<H: Handler> Service<H> {
                 service = %config.service,
                 instance = %config.instance_id,
             );
-            links.spawn(link::run(self.shared.clone(), gate, stop.clone()).instrument(span));
+            links.spawn(uplink::run(self.shared.clone(), gate, stop.clone()).instrument(span));
         }
         let mut result = Ok(());
         while let Some(joined) = links.join_next().await {

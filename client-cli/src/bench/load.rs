@@ -121,7 +121,7 @@ impl Plan {
 
 /// State the coordinator and all workers see.
 #[derive(Debug)]
-pub(crate) struct Shared {
+pub(crate) struct LoadState {
     /// The phase, read by connections once per read.
     pub phase: AtomicU8,
     /// Responses (or logins) received so far, for the progress bar.
@@ -136,10 +136,10 @@ pub(crate) struct Shared {
     said: watch::Sender<Option<u64>>,
 }
 
-impl Shared {
-    pub fn new(kind: Kind) -> Shared {
+impl LoadState {
+    pub fn new(kind: Kind) -> LoadState {
         let ring = if kind == Kind::Fanout { FANOUT_RING } else { 0 };
-        Shared {
+        LoadState {
             phase: AtomicU8::new(SETUP),
             received: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -184,7 +184,7 @@ impl Stats {
         }
     }
 
-    fn error(&mut self, shared: &Shared, message: impl FnOnce() -> String) {
+    fn error(&mut self, shared: &LoadState, message: impl FnOnce() -> String) {
         self.errors += 1;
         shared.errors.fetch_add(1, Ordering::Relaxed);
         if self.samples.len() < MAX_SAMPLES {
@@ -227,7 +227,7 @@ pub(crate) struct Ready {
 pub(crate) fn worker(
     ids: Vec<usize>,
     plan: Arc<Plan>,
-    shared: Arc<Shared>,
+    shared: Arc<LoadState>,
     ready: mpsc::UnboundedSender<Ready>,
     mut phase: watch::Receiver<u8>,
 ) -> Stats {
@@ -468,7 +468,7 @@ async fn drive_echo(
     mut rbuf: BytesMut,
     quota: Option<u64>,
     plan: &Plan,
-    shared: &Shared,
+    shared: &LoadState,
     stats: &RefCell<Stats>,
 ) {
     let depth = plan.depth;
@@ -640,7 +640,7 @@ fn check(frame: &[u8], slots: &[Slot], mask: u32, payload: &Payload) -> Result<u
 }
 
 /// Logs user `i` in again and again until the run stops.
-async fn drive_logins(i: usize, plan: &Plan, shared: &Shared, stats: &RefCell<Stats>) {
+async fn drive_logins(i: usize, plan: &Plan, shared: &LoadState, stats: &RefCell<Stats>) {
     let user = plan.user(i);
     let creds = Credentials::new(
         user.as_bytes(),
@@ -689,7 +689,7 @@ fn fanout_number(content: &[u8]) -> Option<u64> {
 /// and reads its copies; every connection reads and checks the pushes,
 /// until the speaker stopped and every message it sent was delivered here
 /// (or nothing arrives for `--response-timeout`).
-async fn drive_fanout(conn: Conn, plan: &Plan, shared: &Shared, stats: &RefCell<Stats>) {
+async fn drive_fanout(conn: Conn, plan: &Plan, shared: &LoadState, stats: &RefCell<Stats>) {
     let Conn {
         i,
         mut stream,
@@ -862,7 +862,7 @@ async fn drive_fanout(conn: Conn, plan: &Plan, shared: &Shared, stats: &RefCell<
 async fn hold_idle(
     stream: TcpStream,
     mut phase: watch::Receiver<u8>,
-    shared: &Shared,
+    shared: &LoadState,
     stats: &RefCell<Stats>,
 ) {
     let _ = phase.wait_for(|p| *p >= STOP).await;

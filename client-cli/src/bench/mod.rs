@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use codec::MAX_RESPONSE_CONTENT;
 
-use self::load::{Kind, MEASURE, Plan, STOP, Shared, Stats, WARMUP};
+use self::load::{Kind, LoadState, MEASURE, Plan, STOP, Stats, WARMUP};
 use crate::login::SuiteName;
 use crate::text;
 
@@ -450,7 +450,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         fanout_join: cmd.fanout_join.clone(),
         fanout_say: cmd.fanout_say.clone(),
     });
-    let shared = Arc::new(Shared::new(kind));
+    let shared = Arc::new(LoadState::new(kind));
     let workers = cmd.workers.min(cmd.conns).max(1);
     let (phase_tx, phase_rx) = watch::channel(load::SETUP);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -606,7 +606,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
 /// (their results are then left in `finished`).
 async fn tick_until<F>(
     bar: &ProgressBar,
-    shared: &Shared,
+    shared: &LoadState,
     started: Instant,
     end: Option<Instant>,
     all_done: &mut F,

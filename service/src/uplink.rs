@@ -75,7 +75,7 @@ const READ_CHUNK: usize = 8 * 1024;
 
 /// What every link of a service shares.
 #[derive(Debug)]
-pub(crate) struct Shared<H> {
+pub(crate) struct ServiceState<H> {
     pub(crate) config: Config,
     pub(crate) handler: H,
     pub(crate) gates: Gates,
@@ -104,7 +104,7 @@ fn lost(registered: bool, why: impl ToString) -> End {
 
 /// Runs the link to `gate` until shutdown (`Ok`) or a permanent refusal.
 pub(crate) async fn run<H: Handler>(
-    shared: Arc<Shared<H>>,
+    shared: Arc<ServiceState<H>>,
     gate: GateHandle,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
@@ -136,7 +136,7 @@ pub(crate) async fn run<H: Handler>(
 }
 
 async fn connect_and_serve<H: Handler>(
-    shared: &Arc<Shared<H>>,
+    shared: &Arc<ServiceState<H>>,
     gate: &GateHandle,
     shutdown: &CancellationToken,
 ) -> End {
@@ -244,7 +244,7 @@ fn refusal(addr: &str, refused: RegisterRefused) -> End {
 
 /// One registered connection.
 struct Connection<H> {
-    shared: Arc<Shared<H>>,
+    shared: Arc<ServiceState<H>>,
     gate: GateHandle,
     gate_name: String,
     link_id: u64,
@@ -298,7 +298,7 @@ impl Batch {
 }
 
 impl<H: Handler> Connection<H> {
-    fn new(shared: Arc<Shared<H>>, gate: GateHandle, ack: &RegisterAck) -> Self {
+    fn new(shared: Arc<ServiceState<H>>, gate: GateHandle, ack: &RegisterAck) -> Self {
         let announced = Duration::from_millis(u64::from(ack.heartbeat_interval_ms)) * 3;
         let silence_limit = shared.config.heartbeat_timeout.max(announced);
         let outbox = Arc::new(Outbox::new(
@@ -688,7 +688,7 @@ impl Drop for Permit {
 }
 
 async fn session_loop<H: Handler>(
-    shared: Arc<Shared<H>>,
+    shared: Arc<ServiceState<H>>,
     ctx: Context,
     mut events: mpsc::Receiver<SessionEvent>,
 ) {

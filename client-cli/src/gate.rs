@@ -163,6 +163,8 @@ pub struct GateConn {
     opted_in: bool,
     /// The current connection's welcome, once received.
     welcome: Option<Welcome>,
+    /// The local address to dial from (default: the system's choice).
+    source: Option<std::net::IpAddr>,
     link: Option<Framed<TcpStream, PackageCodec>>,
 }
 
@@ -179,8 +181,15 @@ impl GateConn {
             last_push: 0,
             opted_in: false,
             welcome: None,
+            source: None,
             link: None,
         }
+    }
+
+    /// Dials from this local address from now on (`None`: the system's
+    /// choice); see [`crate::net`].
+    pub fn set_source(&mut self, source: Option<std::net::IpAddr>) {
+        self.source = source;
     }
 
     /// Dials and handshakes with `index`; `Ok` only on `200 OK`.
@@ -300,7 +309,7 @@ impl GateConn {
             .and_then(|hs| hs.ext)
             .is_some_and(|ext| matches!(Ext::parse(&ext), Ok(Some(_))));
         let timeout = self.timeout;
-        let (link, status) = tokio::time::timeout(timeout, dial(&self.addr, payload))
+        let (link, status) = tokio::time::timeout(timeout, dial(&self.addr, self.source, payload))
             .await
             .map_err(|_| ClientError::Timeout {
                 what: "gate handshake",
@@ -419,14 +428,16 @@ impl GateConn {
 
 async fn dial(
     addr: &str,
+    source: Option<std::net::IpAddr>,
     payload: &[u8],
 ) -> Result<(Framed<TcpStream, PackageCodec>, GateStatus), ClientError> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ClientError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let stream =
+        crate::net::connect(addr, source)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true)?;
     let mut link = Framed::new(stream, PackageCodec);

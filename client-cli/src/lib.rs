@@ -19,6 +19,7 @@ pub mod bench;
 pub mod error;
 pub mod gate;
 pub mod login;
+pub mod net;
 pub mod script;
 pub mod session;
 pub mod shell;

@@ -94,6 +94,8 @@ pub(crate) struct Plan {
     pub fanout_join: String,
     /// Fan-out: the speaker's request, followed by ` fanout:<n>`.
     pub fanout_say: String,
+    /// Local addresses to dial the gate from, round robin (empty: any).
+    pub source_addrs: Vec<std::net::IpAddr>,
 }
 
 /// The kinds of load.
@@ -106,6 +108,11 @@ pub(crate) enum Kind {
 }
 
 impl Plan {
+    /// The local address connection `i` dials the gate from.
+    fn source(&self, i: usize) -> Option<std::net::IpAddr> {
+        (!self.source_addrs.is_empty()).then(|| self.source_addrs[i % self.source_addrs.len()])
+    }
+
     /// The share of `--requests` connection `i` sends.
     fn quota(&self, i: usize) -> Option<u64> {
         let total = self.requests?;
@@ -333,10 +340,13 @@ struct Conn {
 /// `--raw`.
 async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
     if plan.raw {
-        let stream = tokio::time::timeout(plan.timeout, TcpStream::connect(&plan.gate_addr))
-            .await
-            .map_err(|_| format!("connect to {} timed out", plan.gate_addr))?
-            .map_err(|e| format!("connect to {}: {e}", plan.gate_addr))?;
+        let stream = tokio::time::timeout(
+            plan.timeout,
+            crate::net::connect(&plan.gate_addr, plan.source(i)),
+        )
+        .await
+        .map_err(|_| format!("connect to {} timed out", plan.gate_addr))?
+        .map_err(|e| format!("connect to {}: {e}", plan.gate_addr))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         return Ok(Conn {
             i,
@@ -356,6 +366,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
         .map_err(|e| format!("login {user}: {e}"))?;
     let ticket = Ticket::new(user.as_bytes(), plan.server.as_bytes(), &login);
     let mut conn = GateConn::new(plan.gate_addr.clone(), ticket, plan.timeout);
+    conn.set_source(plan.source(i));
     if plan.kind == Kind::Fanout {
         conn.set_extensions(Extensions::OptIn);
     }
@@ -991,6 +1002,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             fanout_join: String::new(),
             fanout_say: String::new(),
+            source_addrs: Vec::new(),
         };
         let total: u64 = (0..3).map(|i| plan.quota(i).unwrap()).sum();
         assert_eq!(total, 10);

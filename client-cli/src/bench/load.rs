@@ -96,6 +96,10 @@ pub(crate) struct Plan {
     pub fanout_say: String,
     /// Local addresses to dial the gate from, round robin (empty: any).
     pub source_addrs: Vec<std::net::IpAddr>,
+    /// Idle: opt in to the extensions.
+    pub opt_in: bool,
+    /// Idle: close each connection after its handshake.
+    pub away: bool,
 }
 
 /// The kinds of load.
@@ -302,6 +306,12 @@ pub(crate) fn worker(
                     drivers.push(Box::pin(drive_logins(i, &plan, &shared, &stats)));
                 }
             }
+            Kind::Idle if plan.away => {
+                // The sessions stay on the gate, away; nothing to hold.
+                drop(conns);
+                let mut phase = phase.clone();
+                let _ = phase.wait_for(|p| *p >= STOP).await;
+            }
             Kind::Idle => {
                 for conn in conns {
                     drivers.push(Box::pin(hold_idle(
@@ -367,7 +377,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
     let ticket = Ticket::new(user.as_bytes(), plan.server.as_bytes(), &login);
     let mut conn = GateConn::new(plan.gate_addr.clone(), ticket, plan.timeout);
     conn.set_source(plan.source(i));
-    if plan.kind == Kind::Fanout {
+    if plan.kind == Kind::Fanout || plan.opt_in {
         conn.set_extensions(Extensions::OptIn);
     }
     conn.connect(1)
@@ -1003,6 +1013,8 @@ mod tests {
             fanout_join: String::new(),
             fanout_say: String::new(),
             source_addrs: Vec::new(),
+            opt_in: false,
+            away: false,
         };
         let total: u64 = (0..3).map(|i| plan.quota(i).unwrap()).sum();
         assert_eq!(total, 10);

@@ -97,6 +97,16 @@ pub struct BenchCmd {
     /// `ready N` on stderr once all are up (for memory measurements).
     #[arg(long)]
     pub idle: bool,
+    /// With --idle: handshake with the extension field `v=1` (opted in), so
+    /// the gate's idle timeout for opted-in connections applies to the
+    /// sessions (the client sends no heartbeat).
+    #[arg(long, requires = "idle")]
+    pub opt_in: bool,
+    /// With --idle: close each connection right after its handshake, so the
+    /// sessions are away (waiting in their reconnect window) and nothing is
+    /// held open.
+    #[arg(long, requires = "idle")]
+    pub away: bool,
     /// Measure push fan-out: every connection opts in to the gate's
     /// extensions and sends --fanout-join once; then connection 0 sends
     /// `<--fanout-say> fanout:<n>` requests (--depth of them whose own push
@@ -158,6 +168,8 @@ impl BenchCmd {
             logins: false,
             raw: false,
             idle: false,
+            opt_in: false,
+            away: false,
             push_fanout: false,
             fanout_join: "join bench".into(),
             fanout_say: "say".into(),
@@ -456,6 +468,8 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         fanout_join: cmd.fanout_join.clone(),
         fanout_say: cmd.fanout_say.clone(),
         source_addrs: cmd.source_addrs.clone(),
+        opt_in: cmd.opt_in,
+        away: cmd.away,
     });
     let shared = Arc::new(LoadState::new(kind));
     let workers = cmd.workers.min(cmd.conns).max(1);

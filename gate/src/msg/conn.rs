@@ -39,12 +39,11 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
-use super::core::{Bound, GateCore, Timer, User};
+use super::core::{Bound, GateCore, Timer};
 use super::end::End;
 use super::handle::{CloseCause, ConnHandle};
 use super::metrics::bump;
 use super::requests::{Link, decode, serve};
-use crate::agent::{SessionCtx, SessionHandle};
 use crate::esc::esc;
 use crate::placement::EndReason;
 use crate::wire;
@@ -77,12 +76,12 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Counts the connection as open and holds its maxclient permit; both are
 /// released when the task ends, however it ends.
-struct OpenConn<'a> {
-    core: &'a GateCore,
+struct OpenConn {
+    core: Arc<GateCore>,
     _permit: OwnedSemaphorePermit,
 }
 
-impl Drop for OpenConn<'_> {
+impl Drop for OpenConn {
     fn drop(&mut self) {
         self.core
             .metrics
@@ -92,16 +91,20 @@ impl Drop for OpenConn<'_> {
 }
 
 /// Runs one accepted connection to its end.
-pub(super) async fn run(
+///
+/// Every idle connection is one of these futures, so what it holds while
+/// the session loop waits is kept small: the handshake phase and the close
+/// are boxed futures of their own, and nothing is held twice.
+pub(super) fn run(
     core: Arc<GateCore>,
     stream: TcpStream,
     addr: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
+) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     core.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let _open = OpenConn {
-        core: &core,
+    let open = OpenConn {
+        core,
         _permit: permit,
     };
     let mut conn = Conn {
@@ -109,109 +112,41 @@ pub(super) async fn run(
         rbuf: BytesMut::new(),
         wbuf: BytesMut::new(),
     };
-
-    // Boxed, like the close below: these phases are short, and keeping
-    // them out of the task keeps every idle connection's task small.
-    let handshake = Box::pin(tokio::time::timeout(
-        core.cfg.handshake_timeout,
-        conn.read_first(&core),
-    ))
-    .await;
-    let payload = match handshake {
-        Ok(Ok(payload)) => payload,
-        Ok(Err(end)) => {
-            tracing::debug!(%addr, %end, "connection closed before its handshake");
+    async move {
+        let core = &open.core;
+        let Some(bound) = Box::pin(conn.handshake(core, addr)).await else {
             return;
+        };
+        let link = Link::new(core, bound);
+        let end = {
+            // Unbinds when the session loop ends, however it ends (even if
+            // the agent panics inside it).
+            let _unbind = Unbind(&link);
+            conn.session(&link).await
+        };
+        match end {
+            End::SlowReader => bump(&core.metrics.slow_readers_cut),
+            End::IdleTimeout => bump(&core.metrics.idle_timeouts),
+            _ => {}
         }
-        Err(_) => {
-            bump(&core.metrics.handshakes_refused);
-            tracing::debug!(%addr, end = %End::HandshakeTimeout, "connection closed");
-            return;
-        }
-    };
-
-    let handshake = core.handshake(&payload, addr);
-    // The payload shares the first read buffer's allocation: let both go
-    // now, not when the session ends.
-    drop(payload);
-    let Bound {
-        user,
-        handle,
-        ext,
-        greeting,
-    } = match handshake {
-        Ok(bound) => bound,
-        Err(refusal) => {
-            bump(&core.metrics.handshakes_refused);
-            tracing::debug!(
-                %addr,
-                status = refusal.status().map(|s| s.code()),
-                reason = %refusal,
-                "handshake refused"
-            );
-            // Packages pipelined behind a failed handshake are discarded.
-            conn.rbuf = BytesMut::new();
-            if let Some(status) = refusal.status() {
-                wire::write_status(&mut conn.wbuf, status);
+        tracing::debug!(
+            uid = %esc(&link.user.uid),
+            subid = %esc(&link.user.subid),
+            %end,
+            "connection closed"
+        );
+        if end.graceful() {
+            // An opted-in client learns why its session ended (the kick
+            // package, after whatever was still queued for it).
+            if let Some(farewell) = link.handle.farewell() {
+                conn.wbuf.extend_from_slice(farewell);
+            } else if link.ext && matches!(end, End::Shutdown) {
+                wire::write_kick(&mut conn.wbuf, EndReason::Shutdown.text());
             }
-            Box::pin(conn.close_gracefully(&core, None)).await;
-            return;
+            Box::pin(conn.close_gracefully(core, Some(&link.handle))).await;
+        } else {
+            link.handle.set_finished();
         }
-    };
-    // `200 OK`, then the welcome and the pushes the client has not seen,
-    // before any response.
-    conn.wbuf = greeting;
-    bump(&core.metrics.handshakes_ok);
-    tracing::debug!(
-        %addr,
-        uid = %esc(&user.uid),
-        subid = %esc(&user.subid),
-        opted_in = ext,
-        "handshake ok"
-    );
-
-    let ctx = SessionCtx::new(Arc::clone(&user) as Arc<dyn SessionHandle>);
-    let end = {
-        // Unbinds when the session loop ends, however it ends (even if the
-        // agent panics inside it).
-        let _unbind = Unbind {
-            core: &core,
-            user: &user,
-            conn: handle.id,
-        };
-        let link = Link {
-            core: &core,
-            user: &user,
-            ctx: &ctx,
-            handle: &handle,
-            ext,
-        };
-        conn.session(&link).await
-    };
-    match end {
-        End::SlowReader => bump(&core.metrics.slow_readers_cut),
-        End::IdleTimeout => bump(&core.metrics.idle_timeouts),
-        _ => {}
-    }
-    tracing::debug!(
-        %addr,
-        uid = %esc(&user.uid),
-        subid = %esc(&user.subid),
-        %end,
-        "connection closed"
-    );
-    if end.graceful() {
-        // An opted-in client learns why its session ended (the kick
-        // package, after whatever was still queued for it).
-        if let Some(farewell) = handle.farewell() {
-            conn.wbuf.extend_from_slice(farewell);
-        } else if ext && matches!(end, End::Shutdown) {
-            wire::write_kick(&mut conn.wbuf, EndReason::Shutdown.text());
-        }
-        Box::pin(conn.close_gracefully(&core, Some(&handle))).await;
-    } else {
-        drop(conn);
-        handle.set_finished();
     }
 }
 
@@ -219,17 +154,15 @@ pub(super) async fn run(
 /// user is now away (skynet's `disconnect_handler`) and its reconnect window
 /// starts. A connection that was superseded or whose session ended changes
 /// nothing, so its late close can never touch a newer connection or session.
-struct Unbind<'a> {
-    core: &'a Arc<GateCore>,
-    user: &'a Arc<User>,
-    conn: u64,
-}
+struct Unbind<'a, 'b>(&'a Link<'b>);
 
-impl Drop for Unbind<'_> {
+impl Drop for Unbind<'_, '_> {
     fn drop(&mut self) {
         // No call into the agent while unwinding from its panic.
         let notify = !std::thread::panicking();
-        self.core.connection_gone(self.user, self.conn, notify);
+        let link = self.0;
+        link.core
+            .connection_gone(&link.user, link.handle.id, notify);
     }
 }
 
@@ -265,6 +198,63 @@ enum Read {
 }
 
 impl Conn {
+    /// The handshake phase: reads the first package within the handshake
+    /// deadline and checks it. Refused, the status is sent and the
+    /// connection closed here (`None`); accepted, the greeting (`200 OK`,
+    /// the welcome, the replay) is queued to be written first.
+    async fn handshake(&mut self, core: &Arc<GateCore>, addr: SocketAddr) -> Option<Bound> {
+        let first = tokio::time::timeout(core.cfg.handshake_timeout, self.read_first(core)).await;
+        let payload = match first {
+            Ok(Ok(payload)) => payload,
+            Ok(Err(end)) => {
+                tracing::debug!(%addr, %end, "connection closed before its handshake");
+                return None;
+            }
+            Err(_) => {
+                bump(&core.metrics.handshakes_refused);
+                tracing::debug!(%addr, end = %End::HandshakeTimeout, "connection closed");
+                return None;
+            }
+        };
+        let checked = core.handshake(&payload, addr);
+        // The payload shares the first read buffer's allocation: let both
+        // go now, not when the session ends.
+        drop(payload);
+        match checked {
+            Ok(mut bound) => {
+                // `200 OK`, then the welcome and the pushes the client has
+                // not seen, before any response.
+                self.wbuf = std::mem::take(&mut bound.greeting);
+                bump(&core.metrics.handshakes_ok);
+                tracing::debug!(
+                    %addr,
+                    uid = %esc(&bound.user.uid),
+                    subid = %esc(&bound.user.subid),
+                    opted_in = bound.ext,
+                    conn = bound.handle.id,
+                    "handshake ok"
+                );
+                Some(bound)
+            }
+            Err(refusal) => {
+                bump(&core.metrics.handshakes_refused);
+                tracing::debug!(
+                    %addr,
+                    status = refusal.status().map(|s| s.code()),
+                    reason = %refusal,
+                    "handshake refused"
+                );
+                // Packages pipelined behind a failed handshake are discarded.
+                self.rbuf = BytesMut::new();
+                if let Some(status) = refusal.status() {
+                    wire::write_status(&mut self.wbuf, status);
+                }
+                self.close_gracefully(core, None).await;
+                None
+            }
+        }
+    }
+
     /// Reads until the first complete package (the handshake).
     async fn read_first(&mut self, core: &GateCore) -> Result<Bytes, End> {
         loop {
@@ -291,13 +281,12 @@ impl Conn {
         // on how long its requests may take to be answered.
         let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
         let idle = core.cfg.idle_timeout(link.ext);
+        let note_input = idle.is_some();
         if let Some(timeout) = idle {
             let now = Instant::now();
-            link.handle.note_input(core.timers.ms(now));
-            core.timers.at(
-                now + timeout,
-                Timer::Idle(Arc::downgrade(link.handle), timeout),
-            );
+            link.handle.note_input(core.timers.tick(now));
+            core.timers
+                .at(now + timeout, Timer::Idle(Arc::downgrade(&link.handle)));
         }
         loop {
             // Waking up for the handle does not count against tokio's
@@ -367,8 +356,8 @@ impl Conn {
                     self.take_outbox(link);
                 }
                 Event::Readable(Ok(())) => match self.on_readable(link) {
-                    Ok(Read::Data) if idle.is_some() => {
-                        link.handle.note_input(core.timers.ms(Instant::now()));
+                    Ok(Read::Data) if note_input => {
+                        link.handle.note_input(core.timers.tick(Instant::now()));
                     }
                     Ok(Read::Eof) => {
                         half_closed = Some(Box::pin(tokio::time::sleep(core.cfg.shutdown_grace)));
@@ -547,7 +536,7 @@ mod tests {
     }
 
     /// Every idle connection is one of these futures: keep it small (the
-    /// issue's budget is 4 KB of user-space memory per idle session).
+    /// budget is 4 KB of user-space memory per idle session, all in).
     #[tokio::test]
     async fn connection_task_is_small() {
         let core = Arc::new(GateCore::new(
@@ -563,11 +552,13 @@ mod tests {
         let task = run(core, stream, peer, permit);
         let size = std::mem::size_of_val(&task);
         println!(
-            "connection task future: {size} bytes; User {} ConnHandle {}",
-            std::mem::size_of::<User>(),
+            "connection task future: {size} bytes; User {} ConnHandle {} Session {} Timer {}",
+            std::mem::size_of::<super::super::core::User>(),
             std::mem::size_of::<ConnHandle>(),
+            std::mem::size_of::<crate::session::Session<Arc<ConnHandle>>>(),
+            std::mem::size_of::<Timer>(),
         );
-        assert!(size <= 768, "connection task future is {size} bytes");
+        assert!(size <= 400, "connection task future is {size} bytes");
         drop(client);
     }
 }

@@ -38,17 +38,18 @@ use crate::wire;
 pub(crate) enum Timer {
     /// A session's deadline ([`Session::poll_timeout`]).
     Session(Weak<User>),
-    /// A connection's idle deadline: closed if it sent nothing for the
-    /// duration.
-    Idle(Weak<ConnHandle>, std::time::Duration),
+    /// A connection's idle deadline: closed if it sent nothing for its
+    /// idle timeout.
+    Idle(Weak<ConnHandle>),
 }
 
 /// A session's lock holds the session and its armed timer.
 #[derive(Debug)]
 pub(crate) struct Slot {
     pub(crate) session: Session<Arc<ConnHandle>>,
-    /// The earliest deadline armed in the gate's timers for this session.
-    timer_at: Option<Instant>,
+    /// The earliest deadline armed in the gate's timers for this session,
+    /// as a tick of the timers (0: none).
+    timer_at: u32,
 }
 
 /// One logged-in user: who it is, and its session.
@@ -249,7 +250,7 @@ impl GateCore {
                 core: Arc::downgrade(self),
                 slot: Mutex::new(Slot {
                     session: Session::new(Instant::now(), Arc::clone(&self.limits)),
-                    timer_at: None,
+                    timer_at: 0,
                 }),
             });
             by_uid.insert(uid.clone(), Arc::clone(&user));
@@ -277,6 +278,7 @@ impl GateCore {
         let ext = hello.ext.is_some();
         let handle = Arc::new(ConnHandle::new(
             self.next_conn.fetch_add(1, Ordering::Relaxed) + 1,
+            ext,
         ));
         let accepted = {
             let mut slot = user.lock();
@@ -371,8 +373,8 @@ impl GateCore {
                 let Some(user) = user.upgrade() else { return };
                 let effects = {
                     let mut slot = user.lock();
-                    if slot.timer_at.is_some_and(|at| at <= now) {
-                        slot.timer_at = None;
+                    if slot.timer_at != 0 && slot.timer_at <= self.timers.tick(now) {
+                        slot.timer_at = 0;
                     }
                     let effects = slot.session.handle_timeout(now);
                     self.arm(&user, &mut slot);
@@ -380,17 +382,19 @@ impl GateCore {
                 };
                 self.perform(&user, effects);
             }
-            Timer::Idle(conn, timeout) => {
+            Timer::Idle(conn) => {
                 let Some(conn) = conn.upgrade() else { return };
+                let Some(timeout) = self.cfg.idle_timeout(conn.ext) else {
+                    return;
+                };
                 if conn.close_cause() != CloseCause::Open {
                     return;
                 }
-                let deadline = self.timers.instant(conn.last_input_ms()) + timeout;
+                let deadline = self.timers.instant_of(conn.last_input()) + timeout;
                 if now >= deadline {
                     conn.close(CloseCause::Idle);
                 } else {
-                    self.timers
-                        .at(deadline, Timer::Idle(Arc::downgrade(&conn), timeout));
+                    self.timers.at(deadline, Timer::Idle(Arc::downgrade(&conn)));
                 }
             }
         }
@@ -400,9 +404,10 @@ impl GateCore {
     /// earlier than the one armed (timers are lazy: see `timers`).
     fn arm(&self, user: &Arc<User>, slot: &mut Slot) {
         if let Some(deadline) = slot.session.poll_timeout()
-            && slot.timer_at.is_none_or(|at| deadline < at)
+            && let tick = self.timers.tick(deadline)
+            && (slot.timer_at == 0 || tick < slot.timer_at)
         {
-            slot.timer_at = Some(deadline);
+            slot.timer_at = tick;
             self.timers
                 .at(deadline, Timer::Session(Arc::downgrade(user)));
         }

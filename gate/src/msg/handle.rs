@@ -7,13 +7,12 @@
 //! the task of every idle connection waits on it.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::session::{self, Conn, ConnId};
 
@@ -66,6 +65,8 @@ impl From<session::Close> for CloseCause {
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     pub(crate) id: ConnId,
+    /// The client opted in to the extensions (which idle timeout applies).
+    pub(crate) ext: bool,
     /// Packages to write before closing because the session ended (what
     /// was still queued, then the kick package); set once.
     farewell: OnceLock<Bytes>,
@@ -75,10 +76,9 @@ pub(crate) struct ConnHandle {
     close: AtomicU8,
     finished: AtomicBool,
     done: Notify,
-    /// When the client last sent something, as milliseconds since `epoch`
-    /// (the gate's timers read it; only connections with an idle timeout
-    /// write it).
-    last_input_ms: AtomicU64,
+    /// When the client last sent something, as a tick of the gate's timers
+    /// (they read it; only connections with an idle timeout write it).
+    last_input: AtomicU32,
 }
 
 impl Conn for std::sync::Arc<ConnHandle> {
@@ -88,16 +88,17 @@ impl Conn for std::sync::Arc<ConnHandle> {
 }
 
 impl ConnHandle {
-    pub(crate) fn new(id: ConnId) -> ConnHandle {
+    pub(crate) fn new(id: ConnId, ext: bool) -> ConnHandle {
         ConnHandle {
             id,
+            ext,
             farewell: OnceLock::new(),
             woken: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             close: AtomicU8::new(CloseCause::Open as u8),
             finished: AtomicBool::new(false),
             done: Notify::new(),
-            last_input_ms: AtomicU64::new(0),
+            last_input: AtomicU32::new(0),
         }
     }
 
@@ -148,14 +149,14 @@ impl ConnHandle {
         self.farewell.get()
     }
 
-    /// Notes input at `now` (milliseconds since the gate's timer epoch).
-    pub(crate) fn note_input(&self, now_ms: u64) {
-        self.last_input_ms.store(now_ms, Ordering::Relaxed);
+    /// Notes input at `tick` (of the gate's timers).
+    pub(crate) fn note_input(&self, tick: u32) {
+        self.last_input.store(tick, Ordering::Relaxed);
     }
 
     /// When the client last sent something (see [`ConnHandle::note_input`]).
-    pub(crate) fn last_input_ms(&self) -> u64 {
-        self.last_input_ms.load(Ordering::Relaxed)
+    pub(crate) fn last_input(&self) -> u32 {
+        self.last_input.load(Ordering::Relaxed)
     }
 
     /// Called by the task when its socket is closed.
@@ -174,9 +175,4 @@ impl ConnHandle {
         }
         notified.await;
     }
-}
-
-/// Milliseconds from `epoch` to `now` (0 if `now` is earlier).
-pub(crate) fn ms_since(epoch: Instant, now: Instant) -> u64 {
-    u64::try_from(now.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
 }

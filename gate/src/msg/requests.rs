@@ -9,21 +9,34 @@ use codec::message::Request;
 use codec::package::PackageCodec;
 use tokio_util::codec::Decoder;
 
-use super::core::{GateCore, User, response_package};
+use super::core::{Bound, GateCore, User, response_package};
 use super::end::End;
 use super::handle::ConnHandle;
 use super::metrics::bump;
-use crate::agent::{AgentRequest, Dispatch, SessionCtx};
+use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionHandle};
 use crate::session::{Completion, ExecId, OnRequest, RequestRefused};
 
 /// What the session loop works with: the gate, the user and its session
 /// handle, this connection's handle, and whether the client opted in.
 pub(super) struct Link<'a> {
     pub(super) core: &'a Arc<GateCore>,
-    pub(super) user: &'a Arc<User>,
-    pub(super) ctx: &'a SessionCtx,
-    pub(super) handle: &'a Arc<ConnHandle>,
+    pub(super) user: Arc<User>,
+    pub(super) ctx: SessionCtx,
+    pub(super) handle: Arc<ConnHandle>,
     pub(super) ext: bool,
+}
+
+impl<'a> Link<'a> {
+    /// The link of a connection that completed its handshake.
+    pub(super) fn new(core: &'a Arc<GateCore>, bound: Bound) -> Link<'a> {
+        Link {
+            core,
+            ctx: SessionCtx::new(Arc::clone(&bound.user) as Arc<dyn SessionHandle>),
+            user: bound.user,
+            handle: bound.handle,
+            ext: bound.ext,
+        }
+    }
 }
 
 /// The next complete package in `input`, if any.
@@ -48,7 +61,7 @@ pub(super) fn serve(input: &mut BytesMut, out: &mut BytesMut, link: &Link<'_>) -
 
 /// One request (spec §5.4, §5.5); a response due now goes to `out`.
 fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End> {
-    let (core, user) = (link.core, link.user);
+    let (core, user) = (link.core, &link.user);
     let session = req.session;
     let conn = link.handle.id;
     let outcome = user.lock().session.request(conn, session);
@@ -68,18 +81,16 @@ fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End>
             };
             let dispatch = core
                 .agent
-                .request(link.ctx, AgentRequest::new(session, req.content, exec));
+                .request(&link.ctx, AgentRequest::new(session, req.content, exec));
             std::mem::forget(running);
             if let Dispatch::Ready(result) = dispatch {
                 let package = response_package(user, session, result);
-                let completion = user
-                    .lock()
-                    .session
-                    .complete(session, exec, package, Some(conn));
-                match completion {
-                    Completion::Caller(package) => out.extend_from_slice(&package),
-                    Completion::Wake(other) => other.wake(),
-                    Completion::Nothing => {}
+                let completion =
+                    user.lock()
+                        .session
+                        .complete(session, exec, package, Some((conn, &mut *out)));
+                if let Completion::Wake(other) = completion {
+                    other.wake();
                 }
             }
         }

@@ -119,11 +119,11 @@ pub enum OnRequest {
 
 /// A response to send: which connection, which package.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
+pub struct Delivery<'a> {
     /// The connection to write to.
     pub conn: ConnId,
     /// The complete response package (header included), as cached.
-    pub package: Bytes,
+    pub package: &'a Bytes,
     /// `true` when it goes to a newer connection than the one it was asked
     /// on (the fix for skynet's lost "completed after reconnect" response).
     pub late: bool,
@@ -261,9 +261,8 @@ pub struct ResponseCache {
     bytes: usize,
     /// The bound on `bytes` for answered entries.
     max_bytes: usize,
-    lost: LostSessions,
-    /// Touches so far (the age of entries for the byte bound).
-    clock: u64,
+    /// Boxed: most sessions never lose an answer.
+    lost: Option<Box<LostSessions>>,
 }
 
 impl ResponseCache {
@@ -278,22 +277,23 @@ impl ResponseCache {
             next_exec: 0,
             bytes: 0,
             max_bytes,
-            lost: LostSessions::default(),
-            clock: 0,
+            lost: None,
         }
     }
 
+    /// The next number of the cache's one counter: execution ids and the
+    /// age of entries (for the byte bound) both come from it.
     fn tick(&mut self) -> u64 {
-        self.clock += 1;
-        self.clock
+        self.next_exec = self.next_exec.wrapping_add(1);
+        self.next_exec
     }
 
     /// A request for `session` arrived on `conn`, which must be the user's
     /// current connection (the gate closes superseded ones before they get
     /// here).
     pub fn request(&mut self, conn: ConnId, session: u32) -> OnRequest {
-        let exec = ExecId(self.next_exec);
         let touched = self.tick();
+        let exec = ExecId(touched);
         let fresh = Entry {
             target: Some(conn),
             resp: None,
@@ -306,14 +306,14 @@ impl ResponseCache {
         };
         let e = match self.entries.entry(session) {
             Slot::Vacant(slot) => {
-                if self.lost.contains(session) {
+                if self.lost.as_ref().is_some_and(|l| l.contains(session)) {
                     // Its answer was dropped for the byte bound: an error,
                     // now and for every later request with this number.
                     return OnRequest::Lost(wire::error_response(session));
                 }
                 slot.insert(fresh);
-                self.next_exec = self.next_exec.wrapping_add(1);
                 self.bytes += ENTRY_COST;
+                while self.bytes > self.max_bytes && self.evict_one(Some(session)) {}
                 return OnRequest::Execute(exec);
             }
             Slot::Occupied(slot) if slot.get().ver == Some(conn) => {
@@ -334,7 +334,6 @@ impl ResponseCache {
                     self.bytes -= e.cost();
                     *e = fresh;
                     self.bytes += ENTRY_COST;
-                    self.next_exec = self.next_exec.wrapping_add(1);
                     return OnRequest::Execute(exec);
                 }
                 // Fix: a late delivery here; answered from the cache, once
@@ -370,7 +369,7 @@ impl ResponseCache {
         exec: ExecId,
         package: Bytes,
         live: Option<ConnId>,
-    ) -> Option<Delivery> {
+    ) -> Option<Delivery<'_>> {
         let touched = self.tick();
         let e = self.entries.get_mut(&session)?;
         if e.exec != exec || e.resp.is_some() {
@@ -378,7 +377,7 @@ impl ResponseCache {
         }
         e.touched = touched;
         self.bytes += package.len();
-        e.resp = Some(package.clone());
+        e.resp = Some(package);
         e.stamp = self.counter;
         let delivered = match (e.target, live) {
             (_, None) => {
@@ -396,8 +395,12 @@ impl ResponseCache {
         };
         e.target = None;
         self.counter = self.counter.saturating_add(1);
-        self.retire();
+        // The entry just answered has the highest stamp and is the newest,
+        // so retirement keeps it, and the byte bound spares it (it may go
+        // past the bound by this one answer until the next touch).
+        self.retire_sparing(Some(session));
         let (conn, late) = delivered?;
+        let package = self.entries.get(&session)?.resp.as_ref()?;
         Some(Delivery {
             conn,
             package,
@@ -462,6 +465,11 @@ impl ResponseCache {
     /// a connection are skipped entirely, and so are answers that may not
     /// have left the gate (see the module docs). Then the byte bound.
     fn retire(&mut self) {
+        self.retire_sparing(None);
+    }
+
+    /// [`ResponseCache::retire`], never evicting `spare` for the byte bound.
+    fn retire_sparing(&mut self, spare: Option<u32>) {
         let expired = self.expired;
         if self.counter >= expired.saturating_mul(2) {
             let mut max = 0;
@@ -481,16 +489,16 @@ impl ResponseCache {
             self.bytes -= freed;
             self.counter = max.saturating_add(1);
         }
-        while self.bytes > self.max_bytes && self.evict_one() {}
+        while self.bytes > self.max_bytes && self.evict_one(spare) {}
     }
 
     /// Drops the oldest answer and marks its session number lost. `false` when
     /// only running requests are left.
-    fn evict_one(&mut self) -> bool {
+    fn evict_one(&mut self, spare: Option<u32>) -> bool {
         let victim = self
             .entries
             .iter()
-            .filter(|(_, e)| e.resp.is_some() && e.target.is_none())
+            .filter(|(s, e)| e.resp.is_some() && e.target.is_none() && Some(**s) != spare)
             .min_by_key(|(_, e)| e.touched)
             .map(|(session, _)| *session);
         let Some(session) = victim else {
@@ -499,7 +507,7 @@ impl ResponseCache {
         if let Some(old) = self.entries.remove(&session) {
             self.bytes -= old.cost();
         }
-        self.lost.insert(session);
+        self.lost.get_or_insert_default().insert(session);
         true
     }
 
@@ -529,8 +537,8 @@ impl ResponseCache {
     }
 
     /// The session numbers whose answers were dropped for the byte bound.
-    pub fn lost(&self) -> &LostSessions {
-        &self.lost
+    pub fn lost(&self) -> LostSessions {
+        self.lost.as_deref().cloned().unwrap_or_default()
     }
 
     /// The retirement stamp of an answered session, if it is cached.
@@ -557,7 +565,7 @@ impl ResponseCache {
     /// running are discarded when they arrive.
     pub fn clear(&mut self) {
         self.entries = SessionMap::default();
-        self.lost = LostSessions::default();
+        self.lost = None;
         self.bytes = 0;
     }
 }
@@ -698,7 +706,7 @@ mod tests {
         }
         assert!(c.counter() <= 4);
         let d = c.complete(100, running, pkg("late"), Some(1)).unwrap();
-        assert_eq!(d.package, pkg("late"));
+        assert_eq!(d.package, &pkg("late"));
     }
 
     #[test]
@@ -883,9 +891,10 @@ mod tests {
         let running: Vec<ExecId> = (0..4).map(|s| exec(c.request(1, s))).collect();
         assert_eq!(c.len(), 4);
         let d = c.complete(0, running[0], pkg("x"), Some(1)).unwrap();
-        // Delivered, then dropped for the bound: a re-send gets an error.
-        assert_eq!(d.package, pkg("x"));
-        assert_eq!(c.len(), 3);
+        // Delivered, and kept past the bound until the next touch...
+        assert_eq!(d.package, &pkg("x"));
+        assert!(matches!(c.request(1, 9), OnRequest::Execute(_)));
+        // ...which drops it: a re-send gets an error.
         assert!(c.lost().contains(0));
     }
 

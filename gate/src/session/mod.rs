@@ -358,11 +358,11 @@ pub enum RequestRefused {
     TooManyInflight,
 }
 
-/// Where a handler's answer goes.
+/// Where a handler's answer went.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Completion<C> {
-    /// To the calling connection, which is the bound one: write it now.
-    Caller(Bytes),
+    /// Appended to the calling connection's buffer (it is the bound one).
+    Written,
     /// Queued for this connection (or it must re-check its state): wake it.
     Wake(C),
     /// Nothing to send now (cached for a re-send, or dropped).
@@ -392,7 +392,7 @@ struct Binding<C> {
     /// Late answers and pushes for the connection's task to pick up.
     outbox: Vec<Outgoing>,
     /// Wire bytes in `outbox`.
-    outbox_bytes: usize,
+    outbox_bytes: u32,
 }
 
 #[derive(Debug)]
@@ -550,13 +550,15 @@ impl<C: Conn> Session<C> {
 
     /// The handler of `(session, exec)` answered with `package` (a complete
     /// response package, [`wire::response`]). `caller` is the connection
-    /// completing it inline, if any.
+    /// completing it inline, if any, with its write buffer: an answer for
+    /// it is appended there ([`Completion::Written`]), without a copy kept
+    /// apart from the cache's.
     pub fn complete(
         &mut self,
         session: u32,
         exec: ExecId,
         package: Bytes,
-        caller: Option<ConnId>,
+        caller: Option<(ConnId, &mut BytesMut)>,
     ) -> Completion<C> {
         self.inflight = self.inflight.saturating_sub(1);
         let live = match &self.state {
@@ -565,18 +567,20 @@ impl<C: Conn> Session<C> {
             _ => None,
         };
         match self.cache.complete(session, exec, package, live) {
-            Some(delivery) if Some(delivery.conn) == caller => Completion::Caller(delivery.package),
-            Some(delivery) => {
-                self.cache.queued(session, &delivery.package);
-                let item = Outgoing::Response {
-                    session,
-                    package: delivery.package,
-                };
-                match self.queue(item) {
-                    Some(conn) => Completion::Wake(conn),
-                    None => Completion::Nothing,
+            Some(delivery) => match caller {
+                Some((conn, out)) if conn == delivery.conn => {
+                    out.extend_from_slice(delivery.package);
+                    Completion::Written
                 }
-            }
+                _ => {
+                    let package = delivery.package.clone();
+                    self.cache.queued(session, &package);
+                    match self.queue(Outgoing::Response { session, package }) {
+                        Some(conn) => Completion::Wake(conn),
+                        None => Completion::Nothing,
+                    }
+                }
+            },
             None => match &self.state {
                 // A connection waiting for the last running request (to
                 // drain, or after the client's FIN) re-checks.
@@ -616,7 +620,7 @@ impl<C: Conn> Session<C> {
         let effect = match &mut self.state {
             State::Online(b) if b.ext => {
                 let len = wire::flagged_len(payload.len());
-                if b.outbox_bytes + len > self.limits.send_queue_bytes {
+                if b.outbox_bytes as usize + len > self.limits.send_queue_bytes {
                     // The task has not even taken what is queued: the
                     // client does not read.
                     Some(Effect::Close {
@@ -760,7 +764,9 @@ impl<C: Conn> Session<C> {
         let State::Online(b) = &mut self.state else {
             return None;
         };
-        b.outbox_bytes += item.wire_len();
+        b.outbox_bytes = b
+            .outbox_bytes
+            .saturating_add(u32::try_from(item.wire_len()).unwrap_or(u32::MAX));
         b.outbox.push(item);
         Some(b.conn.clone())
     }

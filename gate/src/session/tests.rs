@@ -266,7 +266,12 @@ fn answers_queued_for_a_connection_that_goes_count_as_undelivered() {
     s.handshake(t0, 2, hello(2, None), false).unwrap();
     for n in 100..500 {
         let e = exec(s.request(2, n));
-        s.complete(n, e, ok("x", n), Some(2));
+        let mut out = BytesMut::new();
+        assert_eq!(
+            s.complete(n, e, ok("x", n), Some((2, &mut out))),
+            Completion::Written
+        );
+        assert_eq!(&out[..], &ok("x", n)[..]);
     }
     assert_eq!(s.request(2, 5), Ok(OnRequest::Resend(ok("five", 5))));
 }
@@ -642,7 +647,7 @@ impl World {
                 let content = format!("answer-{n}");
                 match self.s.complete(n, e, ok(&content, n), None) {
                     Completion::Wake(_) | Completion::Nothing => {}
-                    Completion::Caller(_) => panic!("no caller was given"),
+                    Completion::Written => panic!("no caller was given"),
                 }
             }
             Op::Flush => {

@@ -404,10 +404,11 @@ async fn agent_logout_ends_the_session() {
     g.stop().await;
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the window passes in virtual time.
+#[tokio::test(start_paused = true)]
 async fn disconnect_is_away_and_the_reconnect_window_logs_out() {
     let cfg = GateConfig {
-        reconnect_window: Duration::from_millis(50),
+        reconnect_window: Duration::from_secs(5),
         ..GateConfig::default()
     };
     let mut g = TestGate::start(cfg).await;
@@ -508,10 +509,11 @@ async fn too_many_requests_in_flight_close_the_connection() {
     g.stop().await;
 }
 
-#[tokio::test]
+/// On tokio's paused clock: the deadline passes in virtual time.
+#[tokio::test(start_paused = true)]
 async fn handshake_deadline_closes_silent_and_partial_connections() {
     let cfg = GateConfig {
-        handshake_timeout: Duration::from_millis(100),
+        handshake_timeout: Duration::from_secs(5),
         ..GateConfig::default()
     };
     let g = TestGate::start(cfg).await;

@@ -13,13 +13,13 @@
 //! removed when the reported subid is the one on record, so a late report
 //! about an older session can never remove a newer one.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use loginproto::handshake::SessionSecret;
 
 use crate::placement::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
+use crate::shard::ShardedMap;
 
 /// Where a uid is logged in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,17 +30,12 @@ pub struct OnlineSession {
     pub subid: Bytes,
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    in_progress: HashSet<Bytes>,
-    online: HashMap<Bytes, OnlineSession>,
-}
-
 /// The online table and the per-uid login locks. Shared (`Arc`) between
 /// the login server and, as their [`LoginLink`], the gates.
 #[derive(Debug, Default)]
 pub struct OnlineTable {
-    inner: Mutex<Inner>,
+    in_progress: ShardedMap<Bytes, ()>,
+    online: ShardedMap<Bytes, OnlineSession>,
 }
 
 /// Why the login handler refused a login.
@@ -63,56 +58,45 @@ impl OnlineTable {
         OnlineTable::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // Every critical section leaves the maps consistent, so a panic
-        // elsewhere while holding the lock does not make them unusable.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Where `uid` is logged in, if anywhere.
     pub fn session(&self, uid: &[u8]) -> Option<OnlineSession> {
-        self.lock().online.get(uid).cloned()
+        self.online.get(uid)
     }
 
     /// Number of uids online.
     pub fn len(&self) -> usize {
-        self.lock().online.len()
+        self.online.len()
     }
 
     /// Whether nobody is online.
     pub fn is_empty(&self) -> bool {
-        self.lock().online.is_empty()
+        self.online.is_empty()
     }
 
     /// Takes the in-progress lock of `uid`, or `None` if another login of it
     /// holds it. Released when the guard drops.
     pub fn try_lock(self: &Arc<Self>, uid: &Bytes) -> Option<InProgress> {
-        if self.lock().in_progress.insert(uid.clone()) {
-            Some(InProgress {
-                table: Arc::clone(self),
-                uid: uid.clone(),
-            })
-        } else {
-            None
+        let mut shard = self.in_progress.shard(uid);
+        if shard.contains_key(uid) {
+            return None;
         }
+        shard.insert(uid.clone(), ());
+        Some(InProgress {
+            table: Arc::clone(self),
+            uid: uid.clone(),
+        })
     }
 
     /// Removes `uid` if it is still recorded as `(server, subid)`. Returns
     /// whether it was.
     pub fn remove_if(&self, uid: &[u8], server: &[u8], subid: &[u8]) -> bool {
-        let mut inner = self.lock();
-        let matches = inner
-            .online
-            .get(uid)
-            .is_some_and(|s| s.server == server && s.subid == subid);
-        if matches {
-            inner.online.remove(uid);
-        }
-        matches
+        self.online
+            .remove_if(uid, |s| s.server == server && s.subid == subid)
+            .is_some()
     }
 
     fn set_online(&self, uid: Bytes, session: OnlineSession) {
-        self.lock().online.insert(uid, session);
+        self.online.insert(uid, session);
     }
 
     /// skynet's `login_handler` (spec §4.2 steps 7–8, §6.1):
@@ -206,12 +190,13 @@ pub struct InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.table.lock().in_progress.remove(&self.uid);
+        self.table.in_progress.shard(&self.uid).remove(&self.uid);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use tokio::sync::{Notify, oneshot};

@@ -196,6 +196,7 @@ if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --quiet -p service --example echo
 fi
 stop_gate
+"$BIN/gate" link-secret >"$WORK/link.secret"
 cat >"$WORK/backend.toml" <<TOML
 [login]
 listen = "$LOGIN"
@@ -207,6 +208,7 @@ maxclient = 200000
 [backend]
 listen = "127.0.0.1:$BACKEND_PORT"
 agent_service = "echo"
+secret_file = "$WORK/link.secret"
 TOML
 RUST_LOG=warn "$BIN/gate" --config "$WORK/backend.toml" >"$WORK/gate-backend.log" 2>&1 &
 GATE_PID=$!
@@ -215,6 +217,7 @@ wait_port "$LOGIN_PORT"
 wait_port "$GATE_PORT"
 wait_port "$BACKEND_PORT"
 RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate "127.0.0.1:$BACKEND_PORT" \
+    --link-secret-file "$WORK/link.secret" \
     --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
 PIDS+=("$!")
 # Until the service has registered, requests get "no instance" errors:

@@ -283,6 +283,10 @@ pub struct BackendConfig {
     pub max_links: usize,
     /// The service asked when `login.auth = "service"`. Default: `auth`.
     pub auth_service: String,
+    /// File holding the link secret every service must prove it knows
+    /// (at least 16 bytes; trailing whitespace ignored; make one with
+    /// `gate link-secret`). Required when `listen` is set. Default: none.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -299,6 +303,7 @@ impl Default for BackendConfig {
             send_queue_bytes: 4 << 20,
             max_links: 1024,
             auth_service: "auth".to_owned(),
+            secret_file: None,
         }
     }
 }

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-use gate::backend::Backend;
+use gate::backend::{Backend, LinkSecret};
 use gate::config::{AuthSource, Config, duration};
 use gate::net::{LISTEN_BACKLOG, listen};
 
@@ -40,6 +40,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the argon2id PHC hash of a password, for the accounts file.
     HashPassword(HashPasswordArgs),
+    /// Print a new random link secret (64 hex digits) for `backend.secret_file`
+    /// and the services' `--link-secret-file`.
+    LinkSecret,
 }
 
 /// Options of `gate run`. Precedence: defaults < `--config` file < flags.
@@ -195,6 +198,11 @@ struct BackendFlags {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     request_timeout: Option<Duration>,
+    /// File with the link secret services must prove they know (make one
+    /// with `gate link-secret`); required with --backend-listen [default: none].
+    #[arg(long = "link-secret-file", value_name = "FILE")]
+    #[serde(rename = "secret_file", skip_serializing_if = "Option::is_none")]
+    secret_file: Option<PathBuf>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -259,9 +267,14 @@ impl RunArgs {
             .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))?;
         let mut components = gate::Components::default();
         if let Some(addr) = config.backend.listen {
+            let path = config.backend.secret_file.as_ref().context(
+                "backend services need a link secret: set backend.secret_file \
+                 (--link-secret-file FILE); make one with `gate link-secret > FILE`",
+            )?;
+            let secret = LinkSecret::from_file(path)?;
             let listener = listen(addr, LISTEN_BACKLOG)
                 .with_context(|| format!("cannot listen on {addr} (backend)"))?;
-            components.backend = Some(Backend::new(config.backend.clone(), listener));
+            components.backend = Some(Backend::new(config.backend.clone(), listener, secret));
         }
         gate::run_with(login, gate, config, components, shutdown_signal()).await?;
         Ok(())
@@ -334,6 +347,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::HashPassword(args) => args.run(),
+        Command::LinkSecret => {
+            let secret: [u8; 32] = rand::random();
+            println!(
+                "{}",
+                secret
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            Ok(())
+        }
         Command::Run(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

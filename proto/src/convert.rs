@@ -10,9 +10,10 @@ use bytes::Bytes;
 
 use crate::PROTOCOL_VERSION;
 use crate::backend::{
-    AllUsers, AuthAllow, AuthDeny, AuthReply, AuthRequest, GateFrame, Goodbye, Kick, Logout, Ping,
-    Pong, Push, RefuseReason, Register, RegisterAck, RegisterRefused, Request, Response,
-    ServiceFrame, SessionEvent, UserList, auth_reply, gate_frame, push, response, service_frame,
+    AllUsers, AuthAllow, AuthDeny, AuthReply, AuthRequest, GateFrame, Goodbye, Kick, LinkChallenge,
+    Logout, Ping, Pong, Push, RefuseReason, Register, RegisterAck, RegisterRefused, Request,
+    Response, ServiceFrame, SessionEvent, UserList, auth_reply, gate_frame, push, response,
+    service_frame,
 };
 
 /// A peer speaks another major protocol version than this crate.
@@ -59,6 +60,7 @@ into_frame!(GateFrame, gate_frame::Kind,
     Ping => Ping,
     Pong => Pong,
     Goodbye => Goodbye,
+    LinkChallenge => LinkChallenge,
 );
 
 into_frame!(ServiceFrame, service_frame::Kind,

@@ -189,6 +189,11 @@ mod tests {
                 link_id: 7,
                 heartbeat_interval_ms: 5000,
                 max_frame_len: 1 << 20,
+                proof: b("proof of the gate"),
+            }
+            .into(),
+            LinkChallenge {
+                gate_nonce: Bytes::from(vec![7; 32]),
             }
             .into(),
             RegisterRefused {
@@ -249,6 +254,8 @@ mod tests {
                 routes: vec!["chat.join".into(), "chat.say".into()],
                 all_session_events: true,
                 max_in_flight: 64,
+                service_nonce: Bytes::from(vec![9; 32]),
+                proof: b("proof of the service"),
             }
             .into(),
             Response::ok(1, b("pong")).into(),

@@ -9,8 +9,10 @@
 //! # The link
 //!
 //! **Services dial the gate.** A gate listens on a backend port; each service
-//! instance opens one TCP connection (a *link*) to every gate it serves and
-//! sends [`backend::Register`] first. The gate answers
+//! instance opens one TCP connection (a *link*) to every gate it serves. The
+//! gate opens with a [`backend::LinkChallenge`]; the service answers with
+//! [`backend::Register`], which proves it knows the deployment's link secret
+//! ([`link_auth`]). The gate answers
 //! [`backend::RegisterAck`] or [`backend::RegisterRefused`] (and closes).
 //! So the gate needs no list of services, and adding an instance is starting
 //! it. Either side may restart without restarting the other: a service whose
@@ -31,6 +33,7 @@
 //! route instead of by the user's bound agent.
 
 pub mod framing;
+pub mod link_auth;
 
 /// The gate ↔ service RPC (`gate.backend.v1`, `proto/backend.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -64,8 +67,9 @@ pub use convert::{VersionMismatch, split_route};
 /// whose `kind` decodes as `None` is skipped, an unknown enum value is treated
 /// as unspecified), so an older peer keeps working with a newer one. Removing
 /// or renumbering a field, changing a field's type or meaning, or changing the
-/// framing bumps the version.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// framing bumps the version. Version 2 added the link authentication: a
+/// version-1 service cannot answer the challenge.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Checks a peer's major protocol version against [`PROTOCOL_VERSION`].
 pub fn check_version(peer: u32) -> Result<(), VersionMismatch> {

@@ -14,7 +14,7 @@
 //! and gets the lines they missed from the gate's push backlog).
 //!
 //! ```text
-//! cargo run -p service --example chat -- --gate 127.0.0.1:8899
+//! cargo run -p service --example chat -- --gate 127.0.0.1:8899 --link-secret-file link.secret
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
@@ -34,6 +34,10 @@ struct Args {
     /// Instance id (default: `chat-<pid>-<random>`).
     #[arg(long)]
     instance: Option<String>,
+    /// File with the link secret the gates were given (their
+    /// `backend.secret_file`).
+    #[arg(long, env = "GATE_LINK_SECRET_FILE", value_name = "FILE")]
+    link_secret_file: std::path::PathBuf,
 }
 
 /// The room a user joins when they name none.
@@ -210,6 +214,7 @@ async fn main() -> anyhow::Result<()> {
     let mut builder = Service::builder("chat")
         .routes(["chat.join", "chat.say", "chat.leave"])
         .all_session_events(true);
+    builder = builder.link_secret(service::LinkSecret::from_file(&args.link_secret_file)?);
     for gate in args.gates {
         builder = builder.gate(gate);
     }

@@ -6,8 +6,8 @@
 //! them:
 //!
 //! ```text
-//! cargo run -p service --example echo -- --gate 127.0.0.1:8899
-//! cargo run -p service --example echo -- --gate 127.0.0.1:8899 --instance echo-2
+//! cargo run -p service --example echo -- --gate 127.0.0.1:8899 --link-secret-file link.secret
+//! cargo run -p service --example echo -- --gate 127.0.0.1:8899 --link-secret-file link.secret --instance echo-2
 //! ```
 
 use clap::Parser;
@@ -28,6 +28,10 @@ struct Args {
     /// Requests handled at once.
     #[arg(long, default_value_t = 1024)]
     max_in_flight: usize,
+    /// File with the link secret the gates were given (their
+    /// `backend.secret_file`).
+    #[arg(long, env = "GATE_LINK_SECRET_FILE", value_name = "FILE")]
+    link_secret_file: std::path::PathBuf,
 }
 
 #[tokio::main]
@@ -36,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
 
     let mut builder = Service::builder(args.name).max_in_flight(args.max_in_flight);
+    builder = builder.link_secret(service::LinkSecret::from_file(&args.link_secret_file)?);
     for gate in args.gates {
         builder = builder.gate(gate);
     }

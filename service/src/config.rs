@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use proto::link_auth::LinkSecret;
+
 use crate::error::ServiceError;
 
 /// Settings of a [`Service`](crate::Service). Build with
@@ -54,6 +56,10 @@ pub struct Config {
     /// On shutdown, how long in-flight requests may take to finish before
     /// the links close anyway. Default: 10 s.
     pub drain_timeout: Duration,
+    /// The deployment's link secret, which the service proves it knows
+    /// when it registers and checks the gate knows too
+    /// (`proto::link_auth`). Required, no default.
+    pub secret: Option<LinkSecret>,
 }
 
 impl Config {
@@ -80,6 +86,7 @@ impl Config {
             max_frame_len: proto::framing::DEFAULT_MAX_FRAME_LEN,
             send_queue: 1024,
             drain_timeout: Duration::from_secs(10),
+            secret: None,
         }
     }
 
@@ -94,6 +101,9 @@ impl Config {
         }
         if self.gates.is_empty() {
             return bad("at least one gate address is required");
+        }
+        if self.secret.is_none() {
+            return bad("a link secret is required (the gate's backend.secret_file)");
         }
         if let Some(route) = self
             .routes
@@ -125,6 +135,12 @@ pub struct Builder {
 }
 
 impl Builder {
+    /// Sets the link secret (required; the same as the gates').
+    pub fn link_secret(mut self, secret: LinkSecret) -> Self {
+        self.config.secret = Some(secret);
+        self
+    }
+
     /// Adds a gate address to serve (call once per gate).
     pub fn gate(mut self, addr: impl Into<String>) -> Self {
         self.config.gates.push(addr.into());
@@ -210,12 +226,16 @@ mod tests {
     fn valid() -> Config {
         let mut config = Config::new("chat");
         config.gates.push("127.0.0.1:8899".into());
+        config.secret = Some(LinkSecret::new(b"0123456789abcdef".to_vec()).unwrap());
         config
     }
 
     #[test]
-    fn defaults_are_valid_once_a_gate_is_set() {
+    fn defaults_are_valid_once_a_gate_and_a_secret_are_set() {
         assert!(Config::new("chat").validate().is_err());
+        let mut config = valid();
+        config.secret = None;
+        assert!(config.validate().is_err(), "no secret");
         let config = valid();
         config.validate().unwrap();
         assert!(config.instance_id.starts_with("chat-"));

@@ -40,10 +40,16 @@
 //!     }
 //! }
 //!
-//! # async fn demo() -> Result<(), service::ServiceError> {
-//! let service = Service::builder("echo").gate("127.0.0.1:8899").build(Echo)?;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // The same secret as the gates' `backend.secret_file`.
+//! let secret = service::LinkSecret::from_file("link.secret".as_ref())?;
+//! let service = Service::builder("echo")
+//!     .gate("127.0.0.1:8899")
+//!     .link_secret(secret)
+//!     .build(Echo)?;
 //! let shutdown = CancellationToken::new();
-//! service.run(shutdown).await
+//! service.run(shutdown).await?;
+//! # Ok(())
 //! # }
 //! ```
 
@@ -69,6 +75,7 @@ pub use crate::handler::{
 };
 // Re-exported so a service needs no direct dependency to name them.
 pub use bytes::Bytes;
+pub use proto::link_auth::LinkSecret;
 pub use tokio_util::sync::CancellationToken;
 
 /// A configured service, ready to [`run`](Service::run).

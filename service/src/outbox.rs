@@ -98,7 +98,10 @@ impl Outbox {
         self.max_frame_len
     }
 
-    /// Queues `frame` if there is room below `limit` frames.
+    /// Queues `frame` if there is room below `limit` frames; hands it back
+    /// when not, so the caller can wait and retry without a copy (boxing it
+    /// would allocate on every refusal, which is when the link is busiest).
+    #[allow(clippy::result_large_err)]
     fn push_within(
         &self,
         frame: ServiceFrame,

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
 use proto::PROTOCOL_VERSION;
 use proto::backend::{
@@ -42,6 +42,7 @@ use proto::backend::{
     RegisterRefused, Response, ServiceFrame, gate_frame::Kind,
 };
 use proto::framing::ServiceCodec;
+use proto::link_auth::{self, Proof};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -162,6 +163,28 @@ async fn connect_and_serve<H: Handler>(
         ServiceCodec::with_max_frame_len(config.max_frame_len),
     );
 
+    // The gate speaks first: its challenge.
+    let gate_nonce = loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return End::Shutdown,
+            next = timeout_at(deadline, reader.next()) => next,
+        };
+        match next {
+            Err(_) => return lost(false, "no link challenge from the gate in time"),
+            Ok(None) => return lost(false, "gate closed the link before its challenge"),
+            Ok(Some(Err(err))) => return lost(false, format!("bad frame from gate: {err}")),
+            Ok(Some(Ok(GateFrame {
+                kind: Some(Kind::LinkChallenge(challenge)),
+            }))) => break challenge.gate_nonce,
+            // A gate of protocol version 1 sends nothing first; ours then
+            // waits here until the deadline, and reconnects.
+            Ok(Some(Ok(_))) => debug!("frame before the link challenge; ignored"),
+        }
+    };
+    let Some(secret) = config.secret.as_ref() else {
+        return End::Fatal(ServiceError::Config("no link secret".into()));
+    };
+    let service_nonce: [u8; link_auth::NONCE_LEN] = rand::random();
     let register = Register {
         protocol_version: PROTOCOL_VERSION,
         service: config.service.clone(),
@@ -169,6 +192,15 @@ async fn connect_and_serve<H: Handler>(
         routes: config.routes.clone(),
         all_session_events: config.all_session_events,
         max_in_flight: u32::try_from(config.max_in_flight).unwrap_or(u32::MAX),
+        service_nonce: Bytes::copy_from_slice(&service_nonce),
+        proof: link_auth::service_proof(
+            secret.bytes(),
+            &gate_nonce,
+            &service_nonce,
+            &config.service,
+            &config.instance_id,
+        )
+        .into(),
     };
     match timeout_at(deadline, writer.send(register.into())).await {
         Ok(Ok(())) => {}
@@ -210,6 +242,20 @@ async fn connect_and_serve<H: Handler>(
             service_version: mismatch.ours,
             message: "the gate acknowledged the registration with another version".into(),
         });
+    }
+    let gate_proved = link_auth::verify(
+        secret.bytes(),
+        &gate_nonce,
+        &service_nonce,
+        Proof::Gate,
+        &ack.proof,
+    );
+    if !gate_proved {
+        error!(
+            gate = %gate.addr(),
+            "the gate did not prove the link secret: not serving it"
+        );
+        return lost(false, "the gate did not prove the link secret");
     }
     info!(gate_name = %ack.gate_name, link_id = ack.link_id, "registered");
 
@@ -585,7 +631,7 @@ impl<H: Handler> Connection<H> {
             Some(Kind::Goodbye(goodbye)) => {
                 info!(reason = %goodbye.reason, "gate is going away");
             }
-            Some(Kind::RegisterAck(_) | Kind::RegisterRefused(_)) => {
+            Some(Kind::RegisterAck(_) | Kind::RegisterRefused(_) | Kind::LinkChallenge(_)) => {
                 warn!("registration answer on a registered link; ignored");
             }
             // A frame kind added after this library was built: additive

@@ -12,15 +12,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use proto::backend::{
-    AuthRequest, GateFrame, Ping, RefuseReason, Register, RegisterAck, RegisterRefused, Request,
-    ServiceFrame, SessionEvent as ProtoSessionEvent, SessionEventKind, auth_reply, push, response,
-    service_frame::Kind,
+    AuthRequest, GateFrame, LinkChallenge, Ping, RefuseReason, Register, RegisterAck,
+    RegisterRefused, Request, ServiceFrame, SessionEvent as ProtoSessionEvent, SessionEventKind,
+    auth_reply, push, response, service_frame::Kind,
 };
 use proto::framing::GateCodec;
+use proto::link_auth::{self, Proof};
 use proto::{PROTOCOL_VERSION, VersionMismatch};
 use service::{
-    AuthDecision, Builder, CancellationToken, Context, Handler, SendError, Service, ServiceError,
-    SessionEvent, SessionKind,
+    AuthDecision, Builder, CancellationToken, Context, Handler, LinkSecret, SendError, Service,
+    ServiceError, SessionEvent, SessionKind,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -55,13 +56,20 @@ impl FakeGate {
         self.listener.local_addr().expect("local addr").to_string()
     }
 
+    /// Accepts a link and sends the challenge, as a gate does.
     async fn accept(&self) -> Link {
         let (stream, _) = within("a connection", self.listener.accept())
             .await
             .expect("accept");
-        Link {
+        let mut link = Link {
             framed: Framed::new(stream, GateCodec::new()),
-        }
+            service_nonce: Bytes::new(),
+        };
+        link.send(LinkChallenge {
+            gate_nonce: Bytes::from_static(&GATE_NONCE),
+        })
+        .await;
+        link
     }
 
     /// Accepts, expects a registration, acknowledges it.
@@ -75,7 +83,17 @@ impl FakeGate {
 
 struct Link {
     framed: Framed<TcpStream, GateCodec>,
+    /// The service's nonce, from its registration.
+    service_nonce: Bytes,
 }
+
+/// The link secret of these tests.
+fn secret() -> LinkSecret {
+    LinkSecret::new(b"fake gate secret, 32 bytes long!".to_vec()).expect("long enough")
+}
+
+/// The fake gate's challenge.
+const GATE_NONCE: [u8; 32] = [7; 32];
 
 impl Link {
     /// The next frame, `None` once the service closed the link.
@@ -103,20 +121,37 @@ impl Link {
             .expect("send to the service");
     }
 
+    /// The registration, whose proof of the link secret must verify.
     async fn expect_register(&mut self) -> Register {
         match self.recv_kind().await {
-            Kind::Register(register) => register,
+            Kind::Register(register) => {
+                let proved = link_auth::verify(
+                    secret().bytes(),
+                    &GATE_NONCE,
+                    &register.service_nonce,
+                    Proof::Service {
+                        service: &register.service,
+                        instance: &register.instance_id,
+                    },
+                    &register.proof,
+                );
+                assert!(proved, "the service's proof does not verify");
+                self.service_nonce = register.service_nonce.clone();
+                register
+            }
             other => panic!("expected a registration, got {other:?}"),
         }
     }
 
     async fn ack(&mut self) {
+        let proof = link_auth::gate_proof(secret().bytes(), &GATE_NONCE, &self.service_nonce);
         self.send(RegisterAck {
             protocol_version: PROTOCOL_VERSION,
             gate_name: "sample".into(),
             link_id: 1,
             heartbeat_interval_ms: 0,
             max_frame_len: 0,
+            proof: proof.into(),
         })
         .await;
     }
@@ -241,6 +276,7 @@ impl Handler for TestHandler {
 fn builder(gate: &FakeGate) -> Builder {
     Service::builder("test")
         .gate(gate.addr())
+        .link_secret(secret())
         .instance_id("test-1")
         // Quick reconnects keep the reconnect tests short in real time.
         .backoff(Duration::from_millis(1), Duration::from_millis(20))
@@ -297,7 +333,12 @@ async fn registers_with_name_instance_version_and_capabilities() {
             .all_session_events(true)
             .max_in_flight(7),
     );
-    let (_link, register) = gate.accept_registered().await;
+    let (_link, mut register) = gate.accept_registered().await;
+    // The proof verified (`expect_register`); the nonce is fresh.
+    assert_eq!(register.service_nonce.len(), 32);
+    assert_ne!(&register.service_nonce[..], &GATE_NONCE[..]);
+    register.service_nonce = Bytes::new();
+    register.proof = Bytes::new();
     assert_eq!(
         register,
         Register {
@@ -307,8 +348,34 @@ async fn registers_with_name_instance_version_and_capabilities() {
             routes: vec!["test.echo".into(), "test.slow".into()],
             all_session_events: true,
             max_in_flight: 7,
+            service_nonce: Bytes::new(),
+            proof: Bytes::new(),
         }
     );
+    running.stop().await.unwrap();
+}
+
+/// A gate that cannot prove the link secret is not served: the service
+/// drops the link before handling anything and tries again.
+#[tokio::test]
+async fn a_gate_without_the_secret_is_not_served() {
+    let gate = FakeGate::bind().await;
+    let running = start(builder(&gate));
+    let mut link = gate.accept().await;
+    link.expect_register().await;
+    link.send(RegisterAck {
+        protocol_version: PROTOCOL_VERSION,
+        gate_name: "impostor".into(),
+        link_id: 1,
+        proof: Bytes::from_static(&[0; 32]),
+        ..RegisterAck::default()
+    })
+    .await;
+    link.request(1, "", b"echo").await;
+    assert!(link.recv().await.is_none(), "the service closed the link");
+    // It reconnects and registers again (with a fresh nonce).
+    let mut again = gate.accept().await;
+    again.expect_register().await;
     running.stop().await.unwrap();
 }
 
@@ -548,7 +615,11 @@ async fn session_events_arrive_in_order_and_unknown_frames_are_skipped() {
 #[tokio::test]
 async fn auth_requests_are_answered() {
     let gate = FakeGate::bind().await;
-    let running = start(Service::builder("auth").gate(gate.addr()));
+    let running = start(
+        Service::builder("auth")
+            .gate(gate.addr())
+            .link_secret(secret()),
+    );
     let (mut link, register) = gate.accept_registered().await;
     assert_eq!(register.service, "auth");
 
@@ -664,6 +735,7 @@ async fn a_service_started_before_its_gate_keeps_trying() {
     let running = start(
         Service::builder("test")
             .gate(addr.to_string())
+            .link_secret(secret())
             .backoff(Duration::from_millis(1), Duration::from_millis(20)),
     );
     let gate = FakeGate {

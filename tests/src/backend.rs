@@ -23,12 +23,12 @@ use gate::{Components, RunError};
 use loginproto::login::Suite;
 use loginproto::token::Credentials;
 use prost::Message;
-use proto::backend::{GateFrame, Register, ServiceFrame, service_frame};
+use proto::backend::{GateFrame, Register, ServiceFrame, gate_frame, service_frame};
 use proto::framing::{GateCodec, ServiceCodec};
 use proto::route::RouteEnvelope;
 use service::{
-    AuthDecision, AuthRequest, Builder, CancellationToken, Context, Handler, Request, Service,
-    ServiceError, SessionEvent,
+    AuthDecision, AuthRequest, Builder, CancellationToken, Context, Handler, LinkSecret, Request,
+    Service, ServiceError, SessionEvent,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
@@ -46,6 +46,11 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         Ok(out) => out,
         Err(_) => panic!("timed out waiting for {what}"),
     }
+}
+
+/// The link secret of the test gates and services.
+pub fn link_secret() -> LinkSecret {
+    LinkSecret::new(b"the test deployment's link secret".to_vec()).expect("long enough")
 }
 
 /// A test configuration: defaults, except a request deadline far beyond
@@ -76,7 +81,7 @@ impl BackendGate {
             .await
             .expect("bind backend");
         let backend_addr = listener.local_addr().expect("backend addr");
-        let backend = Backend::new(config.backend.clone(), listener);
+        let backend = Backend::new(config.backend.clone(), listener, link_secret());
         let components = Components {
             backend: Some(backend.clone()),
             ..Components::default()
@@ -93,6 +98,7 @@ impl BackendGate {
     pub fn service(&self, name: &str, instance: &str) -> Builder {
         Service::builder(name)
             .gate(self.backend_addr.to_string())
+            .link_secret(link_secret())
             .instance_id(instance)
             .backoff(Duration::from_millis(10), Duration::from_millis(200))
     }
@@ -476,17 +482,27 @@ impl Drop for ServiceProcess {
 #[derive(Debug)]
 pub struct RawLink {
     framed: Framed<TcpStream, ServiceCodec>,
+    /// The gate's challenge (the first frame of the link).
+    gate_nonce: Bytes,
 }
 
 impl RawLink {
-    /// Connects to the gate's backend port.
+    /// Connects to the gate's backend port and reads its challenge.
     pub async fn connect(addr: SocketAddr) -> RawLink {
         let stream = within("connect", TcpStream::connect(addr))
             .await
             .expect("connect");
-        RawLink {
+        let mut link = RawLink {
             framed: Framed::new(stream, ServiceCodec::new()),
+            gate_nonce: Bytes::new(),
+        };
+        match link.recv().await.and_then(|f| f.kind) {
+            Some(gate_frame::Kind::LinkChallenge(challenge)) => {
+                link.gate_nonce = challenge.gate_nonce;
+            }
+            other => panic!("expected the link challenge first, got {other:?}"),
         }
+        link
     }
 
     /// Sends a frame.
@@ -504,10 +520,30 @@ impl RawLink {
         }
     }
 
-    /// Registers and returns the gate's answer.
-    pub async fn register(&mut self, register: Register) -> GateFrame {
+    /// Registers with a proof of `secret` and returns the gate's answer.
+    pub async fn register_with(
+        &mut self,
+        mut register: Register,
+        secret: &LinkSecret,
+    ) -> GateFrame {
+        let nonce = [5u8; proto::link_auth::NONCE_LEN];
+        register.service_nonce = Bytes::copy_from_slice(&nonce);
+        register.proof = proto::link_auth::service_proof(
+            secret.bytes(),
+            &self.gate_nonce,
+            &nonce,
+            &register.service,
+            &register.instance_id,
+        )
+        .into();
         self.send(register).await;
         self.recv().await.expect("an answer to the registration")
+    }
+
+    /// Registers with the test deployment's secret and returns the gate's
+    /// answer.
+    pub async fn register(&mut self, register: Register) -> GateFrame {
+        self.register_with(register, &link_secret()).await
     }
 }
 
@@ -522,11 +558,17 @@ pub async fn version_shim(gate_backend: SocketAddr, version: u32) -> (SocketAddr
         let Ok((service, _)) = listener.accept().await else {
             return;
         };
-        let Ok(mut gate) = TcpStream::connect(gate_backend).await else {
+        let Ok(gate) = TcpStream::connect(gate_backend).await else {
             return;
         };
+        let (mut gate_read, mut gate_write) = gate.into_split();
+        let (service_read, mut service_write) = service.into_split();
+        // The gate speaks first (its challenge): pass everything it says on.
+        let down = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut gate_read, &mut service_write).await;
+        });
         // The service's frames decode as `ServiceFrame` with the gate's codec.
-        let mut from_service = FramedRead::new(service, GateCodec::new());
+        let mut from_service = FramedRead::new(service_read, GateCodec::new());
         let Some(Ok(mut first)) = from_service.next().await else {
             return;
         };
@@ -539,14 +581,15 @@ pub async fn version_shim(gate_backend: SocketAddr, version: u32) -> (SocketAddr
         }
         let parts = from_service.into_parts();
         buf.extend_from_slice(&parts.read_buf);
-        let mut service = parts.io;
-        if tokio::io::AsyncWriteExt::write_all(&mut gate, &buf)
+        let mut service_read = parts.io;
+        if tokio::io::AsyncWriteExt::write_all(&mut gate_write, &buf)
             .await
             .is_err()
         {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut service, &mut gate).await;
+        let _ = tokio::io::copy(&mut service_read, &mut gate_write).await;
+        let _ = down.await;
     });
     (addr, task)
 }

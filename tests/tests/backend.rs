@@ -275,6 +275,7 @@ async fn a_service_of_another_protocol_version_is_refused_clearly() {
     let old = ServiceProcess::start(
         Service::builder("agent")
             .gate(shim.to_string())
+            .link_secret(integration::backend::link_secret())
             .instance_id("newer-1"),
         Probe::new("newer-1").0,
     );
@@ -746,5 +747,69 @@ async fn a_half_closed_connection_gets_its_answers_then_closes() {
         .map(|n| (n, ResponseFlag::OK, Bytes::from(format!("done-{n}"))))
         .collect();
     assert_eq!(answers, expected);
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+/// Every service link proves the deployment's link secret before anything
+/// else: a raw link with the wrong secret, or none, is refused
+/// (`UNAUTHENTICATED`) and nothing reaches it; a `service`-crate instance
+/// with the wrong secret never registers; the right one works.
+#[tokio::test]
+async fn a_service_without_the_link_secret_is_refused_and_hears_nothing() {
+    let gate = BackendGate::start(config()).await;
+    let wrong = service::LinkSecret::new(b"not the deployment's secret at all".to_vec())
+        .expect("long enough");
+
+    // A raw link: a wrong proof, then no proof at all.
+    for proof in ["wrong", "none"] {
+        let mut link = RawLink::connect(gate.backend_addr).await;
+        let answer = if proof == "wrong" {
+            link.register_with(Register::new("agent", "intruder"), &wrong)
+                .await
+        } else {
+            link.send(Register::new("agent", "intruder")).await;
+            link.recv().await.expect("an answer")
+        };
+        let Some(Kind::RegisterRefused(refused)) = answer.kind else {
+            panic!("expected a refusal, got {answer:?}");
+        };
+        assert_eq!(refused.reason(), RefuseReason::Unauthenticated, "{proof}");
+        assert!(
+            refused.message.contains("link secret"),
+            "{}",
+            refused.message
+        );
+        assert!(link.recv().await.is_none(), "closed after the refusal");
+    }
+    assert_eq!(gate.backend.metrics().refused, 2);
+
+    // A `service` instance with the wrong secret: refused again and again,
+    // never an instance, never a request or a session event.
+    let (probe, mut seen) = Probe::new("intruder-1");
+    let intruder = ServiceProcess::start(
+        service::Service::builder("agent")
+            .gate(gate.backend_addr.to_string())
+            .link_secret(wrong)
+            .instance_id("intruder-1")
+            .backoff(Duration::from_millis(10), Duration::from_millis(50)),
+        probe,
+    );
+    let backend = gate.backend.clone();
+    wait_until("two refusals of the intruder", || {
+        backend.metrics().refused >= 4
+    })
+    .await;
+    assert_eq!(gate.backend.instances("agent"), 0);
+
+    // The right secret registers, and only it gets the users.
+    let (good, mut good_seen) = Probe::new("agent-1");
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), good);
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("carol", false).await;
+    assert_eq!(player.ask("who").await, "agent-1");
+    let (kind, _) = event_of(&mut good_seen, "carol").await;
+    assert!(matches!(kind, SessionKind::Login | SessionKind::Back));
+    assert!(seen.try_recv().is_err(), "the intruder heard nothing");
+    intruder.kill();
     gate.shutdown().await.expect("clean shutdown");
 }

@@ -139,6 +139,8 @@ use self::registry::Registry;
 use self::serve::Serving;
 use self::sessions::Sessions;
 use self::state::BackendState;
+pub use proto::link_auth::LinkSecret;
+
 use crate::agent::Agent;
 use crate::config::BackendConfig;
 use crate::login::Authenticator;
@@ -168,11 +170,12 @@ impl Backend {
     /// A backend that will accept service links on `listener` (its
     /// `config.listen` is not used: the caller binds). Nothing is accepted
     /// until [`Backend::serve`].
-    pub fn new(config: BackendConfig, listener: TcpListener) -> Backend {
+    pub fn new(config: BackendConfig, listener: TcpListener, secret: LinkSecret) -> Backend {
         let addr = listener.local_addr().ok();
         Backend {
             shared: Arc::new(BackendState {
                 cfg: config,
+                secret,
                 registry: Registry::new(),
                 sessions: Sessions::default(),
                 metrics: Arc::new(Metrics::default()),

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use proto::backend::{
-    Ping, Pong, RefuseReason, Register, RegisterAck, RegisterRefused, ServiceFrame, push,
-    service_frame::Kind,
+    GateFrame, LinkChallenge, Ping, Pong, RefuseReason, Register, RegisterAck, RegisterRefused,
+    ServiceFrame, push, service_frame::Kind,
 };
 use proto::framing::GateCodec;
+use proto::link_auth::{self, LinkSecret, NONCE_LEN, Proof};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -75,9 +76,18 @@ pub(crate) async fn run(
         READ_CAPACITY,
     );
 
+    // The challenge goes first: nothing else happens on a link that has
+    // not proved the link secret.
+    let gate_nonce: [u8; NONCE_LEN] = rand::random();
+    let challenge = LinkChallenge {
+        gate_nonce: Bytes::copy_from_slice(&gate_nonce),
+    };
     let registered = tokio::select! {
         () = serve.stop.cancelled() => return,
-        registered = timeout(cfg.register_timeout, registration(&mut reader, &mut write, cfg.max_frame_len)) => registered,
+        registered = timeout(cfg.register_timeout, async {
+            send_frame(&mut write, cfg.max_frame_len, challenge.into()).await?;
+            registration(&mut reader, &mut write, cfg.max_frame_len).await
+        }) => registered,
     };
     let register = match registered {
         Ok(Ok(register)) => register,
@@ -90,14 +100,16 @@ pub(crate) async fn run(
             return;
         }
     };
-    if let Err(refused) = check(&register, serve.draining.is_cancelled()) {
+    let checked = check(&register, serve.draining.is_cancelled())
+        .and_then(|()| authenticate(&serve.state.secret, &gate_nonce, &register));
+    if let Err(refused) = checked {
         bump(&serve.state.metrics.refused);
         warn!(
             %peer,
             service = %esc(register.service.as_bytes()),
             instance = %esc(register.instance_id.as_bytes()),
             reason = ?refused.reason(),
-            message = %refused.message,
+            message = %esc(refused.message.as_bytes()),
             "service registration refused"
         );
         let mut codec = GateCodec::with_max_frame_len(cfg.max_frame_len);
@@ -112,6 +124,11 @@ pub(crate) async fn run(
         return;
     }
 
+    let proof = link_auth::gate_proof(
+        serve.state.secret.bytes(),
+        &gate_nonce,
+        &register.service_nonce,
+    );
     let id = serve.state.next_link.fetch_add(1, Ordering::Relaxed) + 1;
     let link = Arc::new(Instance::new(
         id,
@@ -121,9 +138,53 @@ pub(crate) async fn run(
         Arc::clone(&serve.state.metrics),
     ));
     let span = info_span!("backend_link", link = id, service = %esc(link.service.as_bytes()), instance = %esc(link.instance.as_bytes()));
-    serve_link(serve, link, reader, write, permit)
+    serve_link(serve, link, proof, reader, write, permit)
         .instrument(span)
         .await;
+}
+
+/// Encodes and writes one frame (before the link's writer exists).
+async fn send_frame(
+    write: &mut OwnedWriteHalf,
+    max_frame_len: usize,
+    frame: GateFrame,
+) -> Result<(), String> {
+    let mut buf = BytesMut::new();
+    GateCodec::with_max_frame_len(max_frame_len)
+        .encode(frame, &mut buf)
+        .map_err(|e| e.to_string())?;
+    write.write_all(&buf).await.map_err(|e| e.to_string())
+}
+
+/// Checks the registration's proof of the link secret (constant time).
+fn authenticate(
+    secret: &LinkSecret,
+    gate_nonce: &[u8],
+    register: &Register,
+) -> Result<(), RegisterRefused> {
+    let proved = link_auth::verify(
+        secret.bytes(),
+        gate_nonce,
+        &register.service_nonce,
+        Proof::Service {
+            service: &register.service,
+            instance: &register.instance_id,
+        },
+        &register.proof,
+    );
+    if proved {
+        Ok(())
+    } else {
+        Err(RegisterRefused {
+            reason: RefuseReason::Unauthenticated as i32,
+            message: if register.proof.is_empty() {
+                "no proof of the link secret".into()
+            } else {
+                "wrong proof of the link secret".into()
+            },
+            gate_protocol_version: proto::PROTOCOL_VERSION,
+        })
+    }
 }
 
 /// Reads frames until the `Register` (answering pings meanwhile).
@@ -141,11 +202,7 @@ async fn registration(
         match frame.kind {
             Some(Kind::Register(register)) => return Ok(register),
             Some(Kind::Ping(ping)) => {
-                let mut buf = BytesMut::new();
-                GateCodec::with_max_frame_len(max_frame_len)
-                    .encode(Pong::answer(&ping).into(), &mut buf)
-                    .map_err(|e| e.to_string())?;
-                write.write_all(&buf).await.map_err(|e| e.to_string())?;
+                send_frame(write, max_frame_len, Pong::answer(&ping).into()).await?;
             }
             _ => return Err("a frame other than Register came first".into()),
         }
@@ -192,6 +249,7 @@ fn check(register: &Register, draining: bool) -> Result<(), RegisterRefused> {
 async fn serve_link(
     serve: Arc<Serving>,
     link: Arc<Instance>,
+    proof: Vec<u8>,
     mut reader: FramedRead<OwnedReadHalf, GateCodec>,
     write: OwnedWriteHalf,
     _permit: OwnedSemaphorePermit,
@@ -206,6 +264,7 @@ async fn serve_link(
             heartbeat_interval_ms: u32::try_from(cfg.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             max_frame_len: u32::try_from(cfg.max_frame_len).unwrap_or(u32::MAX),
+            proof: proof.into(),
         }
         .into(),
     );

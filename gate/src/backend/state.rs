@@ -8,10 +8,13 @@ use super::metrics::Metrics;
 use super::registry::Registry;
 use super::sessions::Sessions;
 use crate::config::BackendConfig;
+use proto::link_auth::LinkSecret;
 
 /// What the backend's parts share.
 pub(crate) struct BackendState {
     pub(crate) cfg: BackendConfig,
+    /// What every service link must prove it knows.
+    pub(crate) secret: LinkSecret,
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
     pub(crate) metrics: Arc<Metrics>,

@@ -423,7 +423,7 @@ impl ResponseCache {
 
     /// The answer of `session` was handed to `conn`'s outbox rather than
     /// written at once: it counts as unsent until [`ResponseCache::sent`]
-    /// (or [`ResponseCache::undeliver`] if the connection goes first).
+    /// (or [`ResponseCache::connection_ended`] if the connection goes first).
     pub fn queued(&mut self, session: u32, package: &Bytes) {
         if let Some(e) = self.entry_with(session, package) {
             e.queued = true;

@@ -49,7 +49,11 @@ enum Binding {
 impl BackendAgent {
     fn unroutable(&self, ctx: &SessionCtx, error: RequestError) -> Dispatch {
         bump(&self.shared.metrics.unroutable);
-        debug!(uid = %esc(ctx.uid()), %error, "request not routable");
+        debug!(
+            uid = %esc(ctx.uid()),
+            error = %esc(error.to_string().as_bytes()),
+            "request not routable"
+        );
         Dispatch::Ready(Err(error))
     }
 

@@ -133,7 +133,13 @@ pub(crate) fn response_package(
             wire::response(session, Some(&content))
         }
         Err(error) => {
-            tracing::debug!(uid = %esc(&user.uid), session, %error, "error response");
+            let error = error.to_string();
+            tracing::debug!(
+                uid = %esc(&user.uid),
+                session,
+                error = %esc(error.as_bytes()),
+                "error response"
+            );
             wire::error_response(session)
         }
     }

@@ -39,9 +39,11 @@ cat >"$WORK/gate.toml" <<EOF
 [login]
 listen = "$LOGIN"
 max_connections = 4096
+max_connections_per_source = 0
 [gate]
 listen = "$GATE"
 maxclient = 200000
+max_connections_per_source = 0
 EOF
 RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
 GATE_PID=$!

@@ -105,6 +105,11 @@ pub struct LoginConfig {
     /// Most login connections open at once; further accepts wait.
     /// Default: 1024.
     pub max_connections: usize,
+    /// Most login dialogues from one source address at once; one more is
+    /// closed at accept without a line (0: no bound). A slot is held until
+    /// the status line is sent, not while the server lingers after it.
+    /// Default: 64.
+    pub max_connections_per_source: usize,
     /// Deadline for the authenticator (accounts file or auth service).
     /// Default: 3s.
     #[serde(with = "duration")]
@@ -138,6 +143,7 @@ impl Default for LoginConfig {
             dialogue_timeout: Duration::from_secs(10),
             max_line_bytes: 8192,
             max_connections: 1024,
+            max_connections_per_source: 64,
             auth_timeout: Duration::from_secs(3),
             auth: AuthSource::Accounts,
         }
@@ -156,6 +162,10 @@ pub struct GateConfig {
     /// Most connections open at once, authenticated or not; the next one is
     /// closed at accept. Default: 65536.
     pub maxclient: usize,
+    /// Most connections from one source address at once (players behind
+    /// one NAT share an address: keep it generous); one more is closed at
+    /// accept (0: no bound). Default: 4096.
+    pub max_connections_per_source: usize,
     /// Deadline from accept to a complete handshake package. Default: 10s.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
@@ -209,6 +219,7 @@ impl Default for GateConfig {
             name: "sample".to_owned(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             maxclient: 65536,
+            max_connections_per_source: 4096,
             handshake_timeout: Duration::from_secs(10),
             send_queue_bytes: 1 << 20,
             max_inflight_per_user: 128,

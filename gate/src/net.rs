@@ -4,12 +4,14 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::shard::ShardedMap;
 
 /// Pause after an accept error that means "out of resources" (too many
 /// open files, no buffer space), so the loop does not spin while it lasts.
@@ -83,6 +85,69 @@ pub async fn accept_loop(
     }
 }
 
+/// Connections open per source address, each bounded: one address (a bot,
+/// a flood of idle sockets) cannot take every slot of a listener. IPv6
+/// addresses that map IPv4 ones count as the IPv4 address.
+#[derive(Debug)]
+pub struct PerSource {
+    open: ShardedMap<IpAddr, u32>,
+    max: u32,
+}
+
+impl PerSource {
+    /// At most `max` connections per source address at once (0: no bound).
+    pub fn new(max: usize) -> Arc<PerSource> {
+        Arc::new(PerSource {
+            open: ShardedMap::new(),
+            max: u32::try_from(max).unwrap_or(u32::MAX),
+        })
+    }
+
+    /// Counts a connection from `ip`, or `None` when `ip` has `max` open.
+    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
+        let ip = ip.to_canonical();
+        if self.max > 0 {
+            let mut shard = self.open.shard(&ip);
+            let open = shard.entry(ip).or_insert(0);
+            if *open >= self.max {
+                return None;
+            }
+            *open += 1;
+        }
+        Some(SourceSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip` now.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        self.open.get(&ip.to_canonical()).unwrap_or(0)
+    }
+}
+
+/// One counted connection (see [`PerSource`]); uncounted on drop.
+#[derive(Debug)]
+pub struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if self.table.max == 0 {
+            return;
+        }
+        let mut shard = self.table.open.shard(&self.ip);
+        if let Some(open) = shard.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                shard.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accept errors that mean "out of resources, try again later" (ENOMEM,
 /// ENFILE, EMFILE, ENOBUFS have no stable `ErrorKind`).
 fn is_resource_error(e: &io::Error) -> bool {
@@ -134,6 +199,24 @@ mod tests {
         let mut got = [0; 2];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hi");
+    }
+
+    #[test]
+    fn per_source_bounds_each_address() {
+        let table = PerSource::new(2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let one = table.enter(a).unwrap();
+        let _two = table.enter(mapped).unwrap();
+        assert!(table.enter(a).is_none(), "the mapped address is the same");
+        let _other = table.enter(b).unwrap();
+        drop(one);
+        assert_eq!(table.open(a), 1);
+        assert!(table.enter(a).is_some());
+        let unbounded = PerSource::new(0);
+        let slots: Vec<_> = (0..100).map(|_| unbounded.enter(a).unwrap()).collect();
+        assert_eq!(slots.len(), 100);
     }
 
     #[tokio::test]

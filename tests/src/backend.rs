@@ -54,12 +54,14 @@ pub fn link_secret() -> LinkSecret {
 }
 
 /// A test configuration: defaults, except a request deadline far beyond
-/// any test's wait (tests that need a deadline set their own) and a short
-/// shutdown grace.
+/// any test's wait (tests that need a deadline set their own), a short
+/// shutdown grace, and no bound on login dialogues per address.
 pub fn config() -> Config {
     let mut config = Config::default();
     config.backend.request_timeout = Duration::from_secs(60);
     config.shutdown_grace = Duration::from_secs(2);
+    // The tests log a hundred players in at once, all from 127.0.0.1.
+    config.login.max_connections_per_source = 0;
     config
 }
 

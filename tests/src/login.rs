@@ -217,6 +217,21 @@ pub async fn login(
     password: &str,
     seed: u8,
 ) -> Result<LoginSuccess, LoginError> {
+    login_keeping_the_socket(addr, suite, user, server, password, seed)
+        .await
+        .0
+}
+
+/// [`login`], and the socket, still open on the client's side (a client
+/// that reads its status and does not close).
+pub async fn login_keeping_the_socket(
+    addr: SocketAddr,
+    suite: Suite,
+    user: &str,
+    server: &str,
+    password: &str,
+    seed: u8,
+) -> (Result<LoginSuccess, LoginError>, TcpStream) {
     let stream = guard("connect", TcpStream::connect(addr))
         .await
         .expect("connect");
@@ -227,13 +242,19 @@ pub async fn login(
         client_random(seed),
     );
     let challenge = next_line(&mut lines).await;
-    let (state, key_line) = state.receive(&challenge)?;
+    let (state, key_line) = match state.receive(&challenge) {
+        Ok(next) => next,
+        Err(e) => return (Err(e), lines.into_inner()),
+    };
     write_raw(&mut lines, &key_line).await;
     let server_key = next_line(&mut lines).await;
-    let (state, proof_and_token) = state.receive(&server_key)?;
+    let (state, proof_and_token) = match state.receive(&server_key) {
+        Ok(next) => next,
+        Err(e) => return (Err(e), lines.into_inner()),
+    };
     write_raw(&mut lines, &proof_and_token).await;
     let status = next_line(&mut lines).await;
-    state.receive(&status)
+    (state.receive(&status), lines.into_inner())
 }
 
 /// The next line (without LF); a server line of 401 in place of line 3 is

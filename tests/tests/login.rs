@@ -608,3 +608,58 @@ async fn shutdown_grace_closes_stuck_dialogues() {
     stuck.expect_eof().await;
     server.stopped().await.expect("clean shutdown");
 }
+
+/// A login's slot (of `max_connections` and of its address's
+/// `max_connections_per_source`) is given back when the status is sent: a
+/// client that reads its status and keeps the socket open does not hold it
+/// while the server lingers for its FIN.
+#[tokio::test]
+async fn the_status_gives_the_slot_back() {
+    let mut config = test_config();
+    config.login.max_connections_per_source = 1;
+    let server = Server::start(config, Components::default()).await;
+    let (first, _kept_open) = integration::login::login_keeping_the_socket(
+        server.login,
+        Suite::X25519,
+        "alice",
+        "sample",
+        "password",
+        1,
+    )
+    .await;
+    first.expect("first login");
+    // Same address, while the first socket is still open.
+    let second = login(server.login, Suite::X25519, "bob", "sample", "password", 2).await;
+    second.expect("second login, at once");
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// One address cannot take every login slot: its dialogues beyond
+/// `max_connections_per_source` are closed at accept without a line, while
+/// another address logs in.
+#[tokio::test]
+async fn idle_sockets_from_one_address_do_not_block_others() {
+    let mut config = test_config();
+    config.login.max_connections_per_source = 2;
+    let server = Server::start(config, Components::default()).await;
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let mut wire = Wire::connect(server.login).await;
+        assert_eq!(wire.line().await.len(), 13, "the challenge line");
+        idle.push(wire);
+    }
+    let mut third = Wire::connect(server.login).await;
+    third.expect_eof().await;
+    // From 127.0.0.2: served.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let stream = socket.connect(server.login).await.expect("connect");
+    let mut lines = tokio_util::codec::Framed::new(stream, codec::line::LineCodec::new());
+    let challenge = futures::StreamExt::next(&mut lines).await;
+    assert!(matches!(challenge, Some(Ok(line)) if line.len() == 12));
+    drop(lines);
+    drop(idle);
+    server.shutdown().await.expect("clean shutdown");
+}

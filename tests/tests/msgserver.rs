@@ -859,3 +859,33 @@ async fn a_half_closed_connection_is_answered_then_closed() {
     g.event("Away", |e| e.event == SessionEvent::Away).await;
     g.stop().await;
 }
+
+/// One address cannot take every gate connection: beyond
+/// `max_connections_per_source` it is closed at accept; other addresses
+/// are served.
+#[tokio::test]
+async fn connections_per_source_address_are_bounded() {
+    let cfg = GateConfig {
+        max_connections_per_source: 2,
+        ..GateConfig::default()
+    };
+    let g = TestGate::start(cfg).await;
+    let secret = hello_secret();
+    let subid = g.login("hello", &secret).await;
+    let username = g.username("hello", &subid);
+    let held = [g.connect().await, g.connect().await];
+    let mut third = g.connect().await;
+    third.expect_closed().await;
+    assert_eq!(g.metrics().refused_per_source, 1);
+    // Another address.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.2:0".parse().expect("addr"))
+        .expect("bind");
+    let stream = socket.connect(g.addr).await.expect("connect");
+    let mut other = Client { stream };
+    assert_eq!(other.handshake(&secret, &username, 1).await, b"200 OK");
+    other.echo(b"from elsewhere", 1).await;
+    drop(held);
+    g.stop().await;
+}

@@ -71,7 +71,7 @@ use super::online::{OnlineTable, PlaceError};
 use super::random::{RandomSource, ThreadRandom};
 use crate::config::LoginConfig;
 use crate::esc::esc;
-use crate::net::{self, AtCapacity};
+use crate::net::{self, AtCapacity, PerSource, SourceSlot};
 use crate::placement::GateLink;
 
 /// Longest we keep reading (and discarding) after the status line, waiting
@@ -174,6 +174,7 @@ impl LoginServer {
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
                 .unwrap_or(false);
+        let per_source = PerSource::new(shared.config.max_connections_per_source);
         net::accept_loop(
             listener,
             permits,
@@ -182,6 +183,18 @@ impl LoginServer {
             "login",
             |stream, addr, permit| {
                 let Some(permit) = permit else { return };
+                let Some(source) = per_source.enter(addr.ip()) else {
+                    debug!(
+                        %addr,
+                        max = shared.config.max_connections_per_source,
+                        "too many login dialogues from this address: closed at accept"
+                    );
+                    return;
+                };
+                let slot = Slot {
+                    _permit: permit,
+                    _source: source,
+                };
                 let shared = Arc::clone(&shared);
                 let stop = Stop {
                     soft: shutdown.clone(),
@@ -194,7 +207,7 @@ impl LoginServer {
                 // carries the ACK; a quick ACK would be a segment of its own.
                 #[cfg(target_os = "linux")]
                 let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
-                tracker.spawn(connection(shared, stream, addr, permit, stop));
+                tracker.spawn(connection(shared, stream, addr, slot, stop));
             },
         )
         .await;
@@ -290,11 +303,19 @@ struct Stop {
     hard: CancellationToken,
 }
 
+/// A dialogue's place: one of `max_connections`, and one of its source
+/// address's `max_connections_per_source`. Given back when the status line
+/// is sent: lingering for the client's FIN holds neither.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    _source: SourceSlot,
+}
+
 async fn connection<S: Stream>(
     shared: Arc<LoginState>,
     stream: S,
     addr: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    slot: Slot,
     stop: Stop,
 ) {
     let deadline = Instant::now() + shared.config.dialogue_timeout;
@@ -312,6 +333,8 @@ async fn connection<S: Stream>(
         () = stop.hard.cancelled() => Ending::Shutdown,
     };
     log_result(&report, addr, &ending);
+    // The status is written: the next client may have the slot.
+    drop(slot);
     let parts = lines.into_parts();
     let (mut stream, mut buf) = (parts.io, parts.read_buf);
     // FIN after the last byte we wrote.
@@ -668,12 +691,19 @@ mod tests {
     fn start(shared: Arc<LoginState>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(16 * 1024);
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let source = PerSource::new(1)
+            .enter(SocketAddr::from(([127, 0, 0, 1], 1)).ip())
+            .unwrap();
+        let slot = Slot {
+            _permit: permit,
+            _source: source,
+        };
         let stop = Stop {
             soft: CancellationToken::new(),
             hard: CancellationToken::new(),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let task = tokio::spawn(connection(shared, server, addr, permit, stop));
+        let task = tokio::spawn(connection(shared, server, addr, slot, stop));
         (client, task)
     }
 

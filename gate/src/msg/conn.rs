@@ -45,6 +45,7 @@ use super::handle::{CloseCause, ConnHandle};
 use super::metrics::bump;
 use super::requests::{Link, decode, serve};
 use crate::esc::esc;
+use crate::net::SourceSlot;
 use crate::placement::EndReason;
 use crate::wire;
 
@@ -78,7 +79,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// released when the task ends, however it ends.
 struct OpenConn {
     core: Arc<GateCore>,
-    _permit: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, SourceSlot),
 }
 
 impl Drop for OpenConn {
@@ -99,13 +100,13 @@ pub(super) fn run(
     core: Arc<GateCore>,
     stream: TcpStream,
     addr: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slots: (OwnedSemaphorePermit, SourceSlot),
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     core.metrics.connections.fetch_add(1, Ordering::Relaxed);
     let open = OpenConn {
         core,
-        _permit: permit,
+        _slots: slots,
     };
     let mut conn = Conn {
         stream,
@@ -549,7 +550,8 @@ mod tests {
         let client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
-        let task = run(core, stream, peer, permit);
+        let source = crate::net::PerSource::new(1).enter(peer.ip()).unwrap();
+        let task = run(core, stream, peer, (permit, source));
         let size = std::mem::size_of_val(&task);
         println!(
             "connection task future: {size} bytes; User {} ConnHandle {} Session {} Timer {}",

@@ -11,6 +11,9 @@ pub struct GateMetrics {
     pub sessions: usize,
     /// Connections closed at accept because maxclient were open.
     pub refused_at_accept: u64,
+    /// Connections closed at accept because their source address had
+    /// `max_connections_per_source` open.
+    pub refused_per_source: u64,
     /// Successful handshakes.
     pub handshakes_ok: u64,
     /// Refused handshakes (any status, or none at shutdown).
@@ -45,6 +48,7 @@ pub struct GateMetrics {
 pub(crate) struct Metrics {
     pub(crate) connections: AtomicUsize,
     pub(crate) refused_at_accept: AtomicU64,
+    pub(crate) refused_per_source: AtomicU64,
     pub(crate) handshakes_ok: AtomicU64,
     pub(crate) handshakes_refused: AtomicU64,
     pub(crate) resends: AtomicU64,

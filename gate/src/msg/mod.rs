@@ -42,7 +42,7 @@ pub use self::metrics::GateMetrics;
 use self::metrics::bump;
 use crate::agent::Agent;
 use crate::config::GateConfig;
-use crate::net::{self, AtCapacity};
+use crate::net::{self, AtCapacity, PerSource};
 use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::session::PushRefused;
 
@@ -159,6 +159,7 @@ impl MsgGate {
             connections: m.connections.load(Ordering::Relaxed),
             sessions: self.core.sessions(),
             refused_at_accept: get(&m.refused_at_accept),
+            refused_per_source: get(&m.refused_per_source),
             handshakes_ok: get(&m.handshakes_ok),
             handshakes_refused: get(&m.handshakes_refused),
             resends: get(&m.resends),
@@ -218,22 +219,30 @@ impl MsgGate {
                 () = core.draining.cancelled() => {}
             }
         };
+        let per_source = PerSource::new(core.cfg.max_connections_per_source);
         net::accept_loop(
             listener,
             Arc::clone(&core.permits),
             AtCapacity::Close,
             stop,
             "gate",
-            |stream, addr, permit| match permit {
-                Some(permit) => {
-                    core.tracker
-                        .spawn(conn::run(Arc::clone(core), stream, addr, permit));
-                }
-                None => {
+            |stream, addr, permit| {
+                let Some(permit) = permit else {
                     bump(&core.metrics.refused_at_accept);
                     tracing::debug!(%addr, "maxclient connections open: closed at accept");
-                    drop(stream);
-                }
+                    return;
+                };
+                let Some(source) = per_source.enter(addr.ip()) else {
+                    bump(&core.metrics.refused_per_source);
+                    tracing::debug!(
+                        %addr,
+                        max = core.cfg.max_connections_per_source,
+                        "too many connections from this address: closed at accept"
+                    );
+                    return;
+                };
+                core.tracker
+                    .spawn(conn::run(Arc::clone(core), stream, addr, (permit, source)));
             },
         )
         .await;

@@ -114,6 +114,20 @@ pub struct LoginConfig {
     /// Default: 3s.
     #[serde(with = "duration")]
     pub auth_timeout: Duration,
+    /// Refused passwords a user name may have before its logins are
+    /// throttled (answered `401` at once, without asking the
+    /// authenticator). Default: 5.
+    pub throttle_user_failures: u32,
+    /// The same for all the user names tried from one source address.
+    /// Default: 20.
+    pub throttle_source_failures: u32,
+    /// How long a throttled key is blocked after its first failure past
+    /// the free ones; each further failure doubles it. Default: 1s.
+    #[serde(with = "duration")]
+    pub throttle_delay: Duration,
+    /// The longest block. Default: 5m.
+    #[serde(with = "duration")]
+    pub throttle_max: Duration,
     /// Who checks credentials: `"accounts"` (the top-level `accounts` file,
     /// or the demo authenticator when none is set) or `"service"` (the
     /// backend service named `backend.auth_service`, which needs
@@ -145,6 +159,10 @@ impl Default for LoginConfig {
             max_connections: 1024,
             max_connections_per_source: 64,
             auth_timeout: Duration::from_secs(3),
+            throttle_user_failures: 5,
+            throttle_source_failures: 20,
+            throttle_delay: Duration::from_secs(1),
+            throttle_max: Duration::from_secs(300),
             auth: AuthSource::Accounts,
         }
     }

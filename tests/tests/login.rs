@@ -663,3 +663,59 @@ async fn idle_sockets_from_one_address_do_not_block_others() {
     drop(idle);
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// Counts the calls into an authenticator (the demo one).
+#[derive(Debug, Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl Authenticator for Counting {
+    fn authenticate(
+        &self,
+        credentials: Credentials,
+    ) -> BoxFuture<'_, Result<bytes::Bytes, AuthError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        gate::login::DemoAuth.authenticate(credentials)
+    }
+
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+}
+
+/// Refused passwords throttle a user name: past its free failures its
+/// logins are answered 401 at once without asking the authenticator (no
+/// argon2 spent on a guesser), even with the right password, until the
+/// block passes; other users are not affected. On tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn guessing_a_password_is_throttled() {
+    let mut config = test_config();
+    config.login.throttle_user_failures = 2;
+    config.login.throttle_delay = Duration::from_secs(4);
+    let counting = Arc::new(Counting::default());
+    let components = Components {
+        authenticator: Some(counting.clone()),
+        ..Components::default()
+    };
+    let server = Server::start(config, components).await;
+    let calls = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
+    let attempt = |user: &'static str, password: &'static str| {
+        login(server.login, Suite::X25519, user, "sample", password, 3)
+    };
+    for n in 1..=3 {
+        let refused = attempt("alice", "guess").await;
+        assert_eq!(refused, Err(LoginError::Status(LoginStatus::UNAUTHORIZED)));
+        assert_eq!(calls(), n, "the authenticator ran for failure {n}");
+    }
+    // Throttled now: refused at once, even with the right password.
+    assert!(attempt("alice", "password").await.is_err());
+    assert_eq!(calls(), 3, "not asked while throttled");
+    // Another user is not.
+    attempt("bob", "password").await.expect("bob logs in");
+    assert_eq!(calls(), 4);
+    // The block passes.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    attempt("alice", "password")
+        .await
+        .expect("alice logs in after the block");
+    server.shutdown().await.expect("clean shutdown");
+}

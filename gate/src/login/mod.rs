@@ -7,12 +7,14 @@
 //! * [`gates`]: the in-process registry of gates the login server places
 //!   users on.
 //! * [`random`]: the source of challenges and private keys.
+//! * [`throttle`]: failed logins per user name and per source address.
 
 pub mod auth;
 pub mod gates;
 pub mod online;
 pub mod random;
 pub mod server;
+pub mod throttle;
 
 pub use self::auth::{
     AccountsError, AccountsFile, AuthError, Authenticator, Credentials, DemoAuth,

@@ -69,6 +69,7 @@ use tracing::{debug, info};
 use super::auth::{AuthError, Authenticator};
 use super::online::{OnlineTable, PlaceError};
 use super::random::{RandomSource, ThreadRandom};
+use super::throttle::{Policy, Throttle, Throttled};
 use crate::config::LoginConfig;
 use crate::esc::esc;
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
@@ -88,6 +89,22 @@ const READ_BUF: usize = 256;
 /// Default for [`LoginServer::with_shutdown_grace`].
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// A key that has not failed for this long starts counting again.
+const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);
+
+fn throttle(config: &LoginConfig) -> Throttle {
+    let policy = |free| Policy {
+        free,
+        delay: config.throttle_delay,
+        max: config.throttle_max,
+    };
+    Throttle::new(
+        policy(config.throttle_user_failures),
+        policy(config.throttle_source_failures),
+        THROTTLE_FORGET,
+    )
+}
+
 /// The login server: settings and the services it calls.
 pub struct LoginServer {
     shared: LoginState,
@@ -96,6 +113,7 @@ pub struct LoginServer {
 
 struct LoginState {
     config: LoginConfig,
+    throttle: Throttle,
     auth: Arc<dyn Authenticator>,
     gates: Arc<dyn GateLink>,
     online: Arc<OnlineTable>,
@@ -126,6 +144,7 @@ impl LoginServer {
     ) -> LoginServer {
         LoginServer {
             shared: LoginState {
+                throttle: throttle(&config),
                 config,
                 auth,
                 gates,
@@ -327,7 +346,7 @@ async fn connection<S: Stream>(
     let mut report = Report::default();
     let ending = tokio::select! {
         biased;
-        ended = timeout_at(deadline, dialogue(&shared, &mut lines, &mut report)) => {
+        ended = timeout_at(deadline, dialogue(&shared, &mut lines, &mut report, addr)) => {
             ended.unwrap_or(Ending::TimedOut)
         }
         () = stop.hard.cancelled() => Ending::Shutdown,
@@ -430,8 +449,9 @@ async fn dialogue<S: Stream>(
     shared: &LoginState,
     lines: &mut Lines<S>,
     report: &mut Report,
+    addr: SocketAddr,
 ) -> Ending {
-    match run_dialogue(shared, lines, report).await {
+    match run_dialogue(shared, lines, report, addr).await {
         Ok(ending) | Err(ending) => ending,
     }
 }
@@ -442,6 +462,7 @@ async fn run_dialogue<S: Stream>(
     shared: &LoginState,
     lines: &mut Lines<S>,
     report: &mut Report,
+    addr: SocketAddr,
 ) -> Result<Ending, Ending> {
     let random = shared
         .random
@@ -475,7 +496,7 @@ async fn run_dialogue<S: Stream>(
         Err(rejected) => return Err(reject(lines, rejected).await),
     };
 
-    let (outcome, reason) = decide(shared, &login, report).await;
+    let (outcome, reason) = decide(shared, &login, report, addr).await;
     let status = outcome.status();
     send_last(lines, &login.finish(outcome)).await?;
     Ok(Ending::Status(status, reason))
@@ -486,6 +507,7 @@ async fn decide(
     shared: &LoginState,
     login: &Authenticate,
     report: &mut Report,
+    addr: SocketAddr,
 ) -> (LoginOutcome, String) {
     let Some(credentials) = login.credentials() else {
         return (LoginOutcome::Unauthorized, "malformed token".into());
@@ -494,6 +516,17 @@ async fn decide(
     report.user = Some(Bytes::copy_from_slice(&credentials.user));
     report.server = Some(server.clone());
 
+    let user = credentials.user.clone();
+    if let Err(throttled) = shared.throttle.check(&user, addr.ip(), Instant::now()) {
+        let which = match throttled {
+            Throttled::User(_) => "this user name",
+            Throttled::Source(_) => "this address",
+        };
+        return (
+            LoginOutcome::Unauthorized,
+            format!("throttled: too many refused passwords for {which}"),
+        );
+    }
     let authenticated = timeout(
         shared.config.auth_timeout,
         shared.auth.authenticate(credentials),
@@ -501,8 +534,16 @@ async fn decide(
     .await
     .unwrap_or(Err(AuthError::Timeout));
     let uid = match authenticated {
-        Ok(uid) => uid,
-        Err(e) => return (LoginOutcome::Unauthorized, e.to_string()),
+        Ok(uid) => {
+            shared.throttle.succeeded(&user);
+            uid
+        }
+        Err(e) => {
+            if matches!(e, AuthError::Denied(_)) {
+                shared.throttle.failed(&user, addr.ip(), Instant::now());
+            }
+            return (LoginOutcome::Unauthorized, e.to_string());
+        }
     };
     report.uid = Some(uid.clone());
 
@@ -674,6 +715,7 @@ mod tests {
 
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
         Arc::new(LoginState {
+            throttle: throttle(&config),
             config,
             auth,
             gates: Arc::new(Sample::default()),

@@ -20,8 +20,9 @@ use crate::modern::{self, Key32};
 use crate::skynet::{self, Key};
 
 /// The secret a session's gate handshakes are signed with, tagged with the
-/// suite it came from. `Debug` never prints the key bytes.
-#[derive(Clone, PartialEq, Eq)]
+/// suite it came from. `Debug` never prints the key bytes; the bytes are
+/// wiped when it drops.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub enum SessionSecret {
     /// skynet suite: the 8-byte DH secret.
     Skynet(Key),
@@ -191,5 +192,16 @@ mod tests {
             format!("{:?}", SessionSecret::X25519([0xab; 32])),
             "SessionSecret::X25519(..)"
         );
+    }
+
+    #[test]
+    fn secrets_are_wiped() {
+        use zeroize::Zeroize;
+        let mut secret = SessionSecret::X25519([7; 32]);
+        secret.zeroize();
+        assert_eq!(secret, SessionSecret::X25519([0; 32]));
+        let mut secret = SessionSecret::Skynet([7; 8]);
+        secret.zeroize();
+        assert_eq!(secret, SessionSecret::Skynet([0; 8]));
     }
 }

@@ -181,8 +181,9 @@ fn hmac_sha256(key: &Key32, parts: &[&[u8]]) -> Key32 {
 }
 
 /// The keys of one x25519 login, derived from the shared secret and the
-/// transcript hash. `Debug` does not print them.
-#[derive(Clone)]
+/// transcript hash. `Debug` does not print them; they are wiped when they
+/// drop.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct SessionKeys {
     th: Key32,
     proof_key: Key32,
@@ -218,7 +219,7 @@ impl SessionKeys {
         client_public: &Key32,
         server_public: &Key32,
     ) -> Result<SessionKeys, ModernError> {
-        let shared = shared_secret(own_private, peer_public)?;
+        let shared = zeroize::Zeroizing::new(shared_secret(own_private, peer_public)?);
         let th = transcript_hash(challenge, client_public, server_public);
         Ok(SessionKeys::derive(&shared, &th))
     }

@@ -8,7 +8,8 @@ use crate::skynet::{base64_decode, base64_encode_into};
 
 /// What a client logs in with, and what the server recovers from a token.
 ///
-/// `Debug` shows the user and the server but never the password.
+/// `Debug` shows the user and the server but never the password; the
+/// password is wiped when the credentials drop.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
     /// The user id (`uid`).
@@ -16,7 +17,7 @@ pub struct Credentials {
     /// The name of the gate the user wants to reach.
     pub server: Vec<u8>,
     /// The password, checked by the server's auth handler.
-    pub password: Vec<u8>,
+    pub password: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl Credentials {
@@ -29,7 +30,7 @@ impl Credentials {
         Credentials {
             user: user.into(),
             server: server.into(),
-            password: password.into(),
+            password: zeroize::Zeroizing::new(password.into()),
         }
     }
 
@@ -59,7 +60,7 @@ impl Credentials {
         Some(Credentials {
             user: base64_decode(user).ok()?,
             server: base64_decode(server).ok()?,
-            password: base64_decode(password).ok()?,
+            password: zeroize::Zeroizing::new(base64_decode(password).ok()?),
         })
     }
 }

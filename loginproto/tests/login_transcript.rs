@@ -113,7 +113,7 @@ impl App {
         let Some(creds) = auth.credentials() else {
             return Err(auth.finish(LoginOutcome::Unauthorized));
         };
-        if creds.password != b"password" {
+        if creds.password.as_slice() != b"password" {
             return Err(auth.finish(LoginOutcome::Unauthorized));
         }
         if !self.locked.insert(creds.user.clone()) {

@@ -84,7 +84,11 @@ struct Outcome {
 /// The accounts of this test's auth handler.
 fn decide(creds: Option<Credentials>) -> LoginOutcome {
     match creds {
-        Some(c) if c.user == b"hello" && c.password == b"password" && c.server == b"sample" => {
+        Some(c)
+            if c.user == b"hello"
+                && c.password.as_slice() == b"password"
+                && c.server == b"sample" =>
+        {
             LoginOutcome::Ok {
                 subid: b"7".to_vec(),
             }
@@ -507,7 +511,7 @@ proptest! {
         server in proptest::collection::vec(any::<u8>(), 1..20),
         password in proptest::collection::vec(any::<u8>(), 1..20),
     ) {
-        let creds = Credentials { user, server, password };
+        let creds = Credentials::new(user, server, password);
         prop_assert_eq!(Credentials::parse_token(&creds.token()), Some(creds));
     }
 }

@@ -33,9 +33,9 @@ const GATE_LABEL: &[u8] = b"gatelink v1 gate";
 type HmacSha256 = Hmac<Sha256>;
 
 /// The link secret of a deployment: what every gate and service of it
-/// shares. `Debug` never shows it.
+/// shares. `Debug` never shows it; it is wiped when it drops.
 #[derive(Clone, PartialEq, Eq)]
-pub struct LinkSecret(Vec<u8>);
+pub struct LinkSecret(zeroize::Zeroizing<Vec<u8>>);
 
 /// Why a link secret is not usable.
 #[derive(Debug, thiserror::Error)]
@@ -61,20 +61,21 @@ impl LinkSecret {
         if bytes.len() < MIN_SECRET_LEN {
             return Err(SecretError::TooShort(bytes.len()));
         }
-        Ok(LinkSecret(bytes))
+        Ok(LinkSecret(zeroize::Zeroizing::new(bytes)))
     }
 
     /// The secret in a file: its contents, without trailing whitespace (so
     /// a file written by `echo` or an editor works).
     pub fn from_file(path: &Path) -> Result<LinkSecret, SecretError> {
-        let mut bytes = std::fs::read(path).map_err(|source| SecretError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let mut bytes =
+            zeroize::Zeroizing::new(std::fs::read(path).map_err(|source| SecretError::Read {
+                path: path.display().to_string(),
+                source,
+            })?);
         while bytes.last().is_some_and(u8::is_ascii_whitespace) {
             bytes.pop();
         }
-        LinkSecret::new(bytes)
+        LinkSecret::new(std::mem::take(&mut *bytes))
     }
 
     /// The secret's bytes.

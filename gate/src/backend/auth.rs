@@ -64,7 +64,7 @@ impl Authenticator for ServiceAuth {
             let Some((id, verdict)) = link.auth(
                 user.clone(),
                 Bytes::from(credentials.server),
-                Bytes::from(credentials.password),
+                Bytes::copy_from_slice(&credentials.password),
                 deadline_ms,
             ) else {
                 return Err(AuthError::Unavailable(format!(

@@ -70,7 +70,7 @@ impl Authenticator for DemoAuth {
             // The demo password is public, so a constant-time compare buys nothing.
             if credentials.user.is_empty() {
                 Err(AuthError::Denied("empty user name".into()))
-            } else if credentials.password == Self::PASSWORD {
+            } else if credentials.password.as_slice() == Self::PASSWORD {
                 Ok(Bytes::from(credentials.user))
             } else {
                 Err(AuthError::Denied("wrong password".into()))

@@ -17,7 +17,7 @@ use crate::token::Credentials;
 /// The randomness one client-side login consumes, from the caller's CSPRNG.
 ///
 /// Only the key of the chosen suite is used. `Debug` does not print them.
-#[derive(Clone)]
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct ClientRandom {
     /// The skynet DH private key. Pass it through [`skynet::random_key`] so
     /// it is never zero.

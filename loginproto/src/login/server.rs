@@ -37,7 +37,7 @@ impl Default for ServerConfig {
 ///
 /// Only the key of the suite the client picks is used. `Debug` does not
 /// print the private keys.
-#[derive(Clone)]
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct ServerRandom {
     /// The challenge of line 1.
     pub challenge: [u8; 8],
@@ -286,7 +286,10 @@ impl AwaitToken {
                 (token, SessionSecret::X25519(*keys.gate_secret()))
             }
         };
-        Ok(Authenticate { token, secret })
+        Ok(Authenticate {
+            token: zeroize::Zeroizing::new(token),
+            secret,
+        })
     }
 }
 
@@ -297,7 +300,8 @@ impl AwaitToken {
 /// user with the gate using [`Authenticate::secret`]; then send
 /// [`Authenticate::finish`].
 pub struct Authenticate {
-    token: Vec<u8>,
+    /// Wiped when dropped: it holds the password.
+    token: zeroize::Zeroizing<Vec<u8>>,
     secret: SessionSecret,
 }
 

@@ -24,6 +24,11 @@ pub struct LoginRequest {
     pub server: Bytes,
     /// The user id the authenticator settled on.
     pub uid: Bytes,
+    /// The user name the client logged in with: the same as `uid` unless
+    /// the authenticator mapped it. The client does not know a mapped uid,
+    /// so it signs its gate handshakes with this name; the gate accepts
+    /// either.
+    pub user: Bytes,
     /// The key the client will sign its gate handshakes with.
     pub secret: SessionSecret,
 }

@@ -142,9 +142,33 @@ impl BackendGate {
         uid: &str,
         opt_in: bool,
     ) -> Result<Player, client_cli::ClientError> {
+        self.player_logged_in(user, password, uid, opt_in, Suite::X25519)
+            .await
+    }
+
+    /// [`BackendGate::player_as`], plain, with the login suite chosen.
+    pub async fn player_with_suite(
+        &self,
+        user: &str,
+        password: &str,
+        uid: &str,
+        suite: Suite,
+    ) -> Result<Player, client_cli::ClientError> {
+        self.player_logged_in(user, password, uid, false, suite)
+            .await
+    }
+
+    async fn player_logged_in(
+        &self,
+        user: &str,
+        password: &str,
+        uid: &str,
+        opt_in: bool,
+        suite: Suite,
+    ) -> Result<Player, client_cli::ClientError> {
         let login = client_cli::login(
             &self.server.login.to_string(),
-            Suite::X25519,
+            suite,
             Credentials::new(user, "sample", password),
         )
         .await?;

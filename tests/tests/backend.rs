@@ -18,6 +18,7 @@ use integration::backend::{
     BackendGate, Probe, RawLink, Seen, ServiceProcess, config, version_shim, within,
 };
 use integration::msg::wait_until;
+use loginproto::login::Suite;
 use proto::PROTOCOL_VERSION;
 use proto::backend::{GateFrame, Ping, RefuseReason, Register, gate_frame::Kind};
 use service::{Service, ServiceError, SessionKind};
@@ -252,6 +253,17 @@ async fn credentials_are_checked_by_the_auth_service() {
         .await
         .expect("alice allowed");
     assert_eq!(alice.ask("uid").await, "uid-alice");
+    // A client that does not know the uid it was given handshakes with the
+    // name it logged in with (a skynet-suite one too): the same kind of
+    // session, under the uid the service chose. (The new login kicked the
+    // first one.)
+    for suite in [Suite::X25519, Suite::Skynet] {
+        let mut by_name = gate
+            .player_with_suite("alice", "secret", "alice", suite)
+            .await
+            .expect("alice allowed");
+        assert_eq!(by_name.ask("uid").await, "uid-alice", "{suite:?}");
+    }
     // Allowed with no uid: the user name.
     let mut plain = gate
         .player_as("plain", "secret", "plain", false)

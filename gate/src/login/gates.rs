@@ -56,7 +56,7 @@ impl GateLink for Gates {
                     String::from_utf8_lossy(&req.server).into_owned(),
                 ));
             };
-            gate.login(req.uid, req.secret).await
+            gate.login_as(req.uid, req.user, req.secret).await
         })
     }
 

@@ -16,7 +16,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use loginproto::handshake::SessionSecret;
 
 use crate::placement::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
 use crate::shard::ShardedMap;
@@ -117,10 +116,9 @@ impl OnlineTable {
         self: Arc<Self>,
         gates: Arc<dyn GateLink>,
         multilogin: bool,
-        server: Bytes,
-        uid: Bytes,
-        secret: SessionSecret,
+        req: LoginRequest,
     ) -> Result<Bytes, PlaceError> {
+        let (server, uid) = (req.server.clone(), req.uid.clone());
         let _lock = if multilogin {
             None
         } else {
@@ -149,13 +147,7 @@ impl OnlineTable {
                 return Err(LoginRefusal::AlreadyOnline.into());
             }
         }
-        let subid = gates
-            .login(LoginRequest {
-                server: server.clone(),
-                uid: uid.clone(),
-                secret,
-            })
-            .await?;
+        let subid = gates.login(req).await?;
         self.set_online(
             uid,
             OnlineSession {
@@ -199,6 +191,7 @@ mod tests {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use loginproto::handshake::SessionSecret;
     use tokio::sync::{Notify, oneshot};
 
     use super::*;
@@ -252,6 +245,15 @@ mod tests {
         SessionSecret::Skynet([7; 8])
     }
 
+    fn request(server: &[u8], uid: &[u8]) -> LoginRequest {
+        LoginRequest {
+            server: Bytes::copy_from_slice(server),
+            uid: Bytes::copy_from_slice(uid),
+            user: Bytes::copy_from_slice(uid),
+            secret: secret(),
+        }
+    }
+
     async fn place(
         table: &Arc<OnlineTable>,
         gates: &Arc<FakeGates>,
@@ -259,13 +261,7 @@ mod tests {
     ) -> Result<Bytes, PlaceError> {
         let gates: Arc<dyn GateLink> = gates.clone();
         Arc::clone(table)
-            .place(
-                gates,
-                false,
-                Bytes::from_static(b"sample"),
-                Bytes::from_static(uid.as_bytes()),
-                secret(),
-            )
+            .place(gates, false, request(b"sample", uid.as_bytes()))
             .await
     }
 
@@ -328,13 +324,7 @@ mod tests {
         let link: Arc<dyn GateLink> = gates.clone();
         let err = table
             .clone()
-            .place(
-                link,
-                false,
-                Bytes::from_static(b"nosuch"),
-                Bytes::from_static(b"hello"),
-                secret(),
-            )
+            .place(link, false, request(b"nosuch", b"hello"))
             .await
             .unwrap_err();
         assert!(matches!(
@@ -352,13 +342,7 @@ mod tests {
         let uid = Bytes::from_static(b"hello");
         let err = table
             .clone()
-            .place(
-                gates.clone(),
-                false,
-                Bytes::from_static(b"nosuch"),
-                uid.clone(),
-                secret(),
-            )
+            .place(gates.clone(), false, request(b"nosuch", &uid))
             .await
             .unwrap_err();
         assert!(matches!(

@@ -73,7 +73,7 @@ use super::throttle::{Policy, Throttle, Throttled};
 use crate::config::LoginConfig;
 use crate::esc::esc;
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
-use crate::placement::GateLink;
+use crate::placement::{GateLink, LoginRequest};
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -554,9 +554,12 @@ async fn decide(
         AssertUnwindSafe(Arc::clone(&shared.online).place(
             Arc::clone(&shared.gates),
             shared.config.multilogin,
-            server,
-            uid,
-            login.secret().clone(),
+            LoginRequest {
+                server,
+                uid,
+                user: Bytes::from(user),
+                secret: login.secret().clone(),
+            },
         ))
         .catch_unwind(),
     );
@@ -657,7 +660,7 @@ mod tests {
 
     use super::*;
     use crate::login::auth::{Credentials, DemoAuth};
-    use crate::placement::{LoginRefusal, LoginRequest};
+    use crate::placement::LoginRefusal;
 
     impl Stream for DuplexStream {
         async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {

@@ -58,6 +58,9 @@ pub(crate) struct User {
     pub(crate) uid: Bytes,
     pub(crate) subid: Bytes,
     pub(crate) username: Bytes,
+    /// The username with the name the client logged in with, when the
+    /// authenticator gave it another uid (the client signs with that one).
+    alias: Option<Bytes>,
     pub(crate) secret: SessionSecret,
     core: Weak<GateCore>,
     slot: Mutex<Slot>,
@@ -238,8 +241,10 @@ impl GateCore {
     pub(crate) fn place(
         self: &Arc<Self>,
         uid: &Bytes,
+        user: &Bytes,
         secret: &SessionSecret,
     ) -> Result<Arc<User>, Arc<User>> {
+        let name = user;
         let user = {
             let mut by_uid = self.by_uid.shard(uid);
             if let Some(old) = by_uid.get(uid) {
@@ -248,10 +253,13 @@ impl GateCore {
             let subid =
                 Bytes::from((self.next_subid.fetch_add(1, Ordering::Relaxed) + 1).to_string());
             let username = Bytes::from(handshake::username(uid, self.cfg.name.as_bytes(), &subid));
+            let alias = (name != uid)
+                .then(|| Bytes::from(handshake::username(name, self.cfg.name.as_bytes(), &subid)));
             let user = Arc::new(User {
                 uid: uid.clone(),
                 subid,
                 username: username.clone(),
+                alias: alias.clone(),
                 secret: secret.clone(),
                 core: Arc::downgrade(self),
                 slot: Mutex::new(Slot {
@@ -261,6 +269,9 @@ impl GateCore {
             });
             by_uid.insert(uid.clone(), Arc::clone(&user));
             self.by_username.insert(username, Arc::clone(&user));
+            if let Some(alias) = alias {
+                self.by_username.insert(alias, Arc::clone(&user));
+            }
             user
         };
         self.arm(&user, &mut user.lock());
@@ -441,6 +452,9 @@ impl GateCore {
     fn unregister(&self, user: &Arc<User>, reason: &EndReason) {
         let this = |u: &Arc<User>| Arc::ptr_eq(u, user);
         self.by_username.remove_if(&user.username, this);
+        if let Some(alias) = &user.alias {
+            self.by_username.remove_if(alias, this);
+        }
         self.by_uid.remove_if(&user.uid, this);
         bump(&self.metrics.sessions_ended);
         tracing::info!(

@@ -84,13 +84,25 @@ impl MsgGate {
     /// closed. The old session's late events can never remove the new one.
     /// The new session has the reconnect window to connect.
     pub async fn login(&self, uid: Bytes, secret: SessionSecret) -> Result<Bytes, LoginRefusal> {
+        self.login_as(uid.clone(), uid, secret).await
+    }
+
+    /// [`MsgGate::login`] of a user who logged in as `user` and was given
+    /// another `uid` by the authenticator: its handshakes may name either
+    /// (the client does not know the uid).
+    pub async fn login_as(
+        &self,
+        uid: Bytes,
+        user: Bytes,
+        secret: SessionSecret,
+    ) -> Result<Bytes, LoginRefusal> {
         loop {
             if self.core.draining.is_cancelled() {
                 return Err(LoginRefusal::Unavailable(
                     "gate is shutting down".to_owned(),
                 ));
             }
-            match self.core.place(&uid, &secret) {
+            match self.core.place(&uid, &user, &secret) {
                 Ok(user) => return Ok(user.subid.clone()),
                 Err(old) => {
                     self.kick_user(&old, EndReason::Kicked("relogin".into()))

@@ -81,6 +81,20 @@ pub struct LoginArgs {
     /// handshake, an expected response): 250ms, 1.5s, 3 (seconds).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = text::parse_duration)]
     pub timeout: Duration,
+    /// Pin the login server's long-term public key (base64 of 32 bytes, as
+    /// `gate keygen` prints it): an x25519 login that only the server
+    /// holding the private key can complete, so a man in the middle learns
+    /// nothing. [default: not pinned]
+    #[arg(long, value_name = "BASE64", value_parser = parse_server_key)]
+    pub server_key: Option<[u8; 32]>,
+}
+
+/// Reads `--server-key`: base64 of 32 bytes.
+pub fn parse_server_key(text: &str) -> Result<[u8; 32], String> {
+    let bytes = loginproto::skynet::base64_decode(text.trim().as_bytes())
+        .map_err(|_| "not base64".to_owned())?;
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| format!("{} bytes; a server key is 32", bytes.len()))
 }
 
 impl LoginArgs {
@@ -113,7 +127,19 @@ pub async fn login_with_timeout(
     creds: Credentials,
     timeout: Duration,
 ) -> Result<LoginSuccess, ClientError> {
-    tokio::time::timeout(timeout, dialogue(addr, suite, creds))
+    login_pinned(addr, suite, creds, None, timeout).await
+}
+
+/// [`login_with_timeout`], pinning the server's long-term public key when
+/// `server_key` is given (the x25519 suite then, whatever `suite` says).
+pub async fn login_pinned(
+    addr: &str,
+    suite: Suite,
+    creds: Credentials,
+    server_key: Option<[u8; 32]>,
+    timeout: Duration,
+) -> Result<LoginSuccess, ClientError> {
+    tokio::time::timeout(timeout, dialogue(addr, suite, creds, server_key))
         .await
         .map_err(|_| ClientError::Timeout {
             what: "login dialogue",
@@ -125,6 +151,7 @@ async fn dialogue(
     addr: &str,
     suite: Suite,
     creds: Credentials,
+    server_key: Option<[u8; 32]>,
 ) -> Result<LoginSuccess, ClientError> {
     let stream = TcpStream::connect(addr)
         .await
@@ -145,7 +172,10 @@ async fn dialogue(
         skynet_key: loginproto::skynet::random_key(rand::random()),
         x25519_key: rand::random(),
     };
-    let state = ClientLogin::new(suite, creds, random);
+    let state = match server_key {
+        Some(key) => ClientLogin::pinned(creds, random, key),
+        None => ClientLogin::new(suite, creds, random),
+    };
     let (state, out) = state.receive(&next_line(&mut lines).await?)?;
     send_raw(&mut lines, &out).await?;
     let (state, out) = state.receive(&next_line(&mut lines).await?)?;
@@ -197,10 +227,11 @@ pub struct LoginCmd {
 pub async fn run(cmd: LoginCmd) -> ExitCode {
     let args = &cmd.login;
     let started = Instant::now();
-    let result = login_with_timeout(
+    let result = login_pinned(
         &args.login_addr,
         args.suite.into(),
         args.credentials(),
+        args.server_key,
         args.timeout,
     )
     .await;

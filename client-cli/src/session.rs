@@ -18,7 +18,7 @@ use loginproto::token::Credentials;
 
 use crate::error::ClientError;
 use crate::gate::{Extensions, GateArgs, GateConn, Inbound, Ticket};
-use crate::login::{LoginArgs, login_with_timeout};
+use crate::login::{LoginArgs, login_pinned};
 use crate::text;
 
 /// Where to connect and as whom.
@@ -36,6 +36,8 @@ pub struct SessionConfig {
     pub password: String,
     /// Crypt suite.
     pub suite: Suite,
+    /// The login server's pinned long-term public key, if any.
+    pub server_key: Option<[u8; 32]>,
     /// Deadline of each network step.
     pub timeout: Duration,
     /// Whether handshakes opt in to the gate's extensions (push, kick
@@ -58,6 +60,7 @@ impl SessionConfig {
             server: args.server.clone(),
             password: args.password.clone(),
             suite: args.suite.into(),
+            server_key: args.server_key,
             timeout: args.timeout,
             extensions: gate.extensions(),
             heartbeat: gate.heartbeat,
@@ -277,8 +280,14 @@ impl Session {
         let suite = over.suite.unwrap_or(self.cfg.suite);
         let creds = Credentials::new(user.as_bytes(), server.as_bytes(), password.as_bytes());
         let started = Instant::now();
-        let success =
-            login_with_timeout(&self.cfg.login_addr, suite, creds, self.cfg.timeout).await?;
+        let success = login_pinned(
+            &self.cfg.login_addr,
+            suite,
+            creds,
+            self.cfg.server_key,
+            self.cfg.timeout,
+        )
+        .await?;
         self.login_time = Some(started.elapsed());
         let ticket = Ticket::new(user.as_bytes(), server.as_bytes(), &success);
         self.conn = None;

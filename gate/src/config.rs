@@ -92,6 +92,14 @@ pub struct LoginConfig {
     /// Accept the weak skynet suite (8-byte DH keys) besides x25519.
     /// Default: true, so existing skynet clients connect.
     pub allow_skynet_suite: bool,
+    /// File with the server's long-term X25519 private key (base64 of 32
+    /// bytes; `gate keygen` makes one and prints the public key). Clients
+    /// that pin the public key get logins a man in the middle can neither
+    /// read nor complete. Default: none.
+    pub server_key_file: Option<PathBuf>,
+    /// Refuse logins that do not pin the server key (skynet and plain
+    /// x25519 clients get `401`); needs `server_key_file`. Default: false.
+    pub require_pinned: bool,
     /// Let several logins of one uid run at once. Default: false (a second
     /// concurrent login gets `406 Not Acceptable`).
     pub multilogin: bool,
@@ -153,6 +161,8 @@ impl Default for LoginConfig {
         LoginConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             allow_skynet_suite: true,
+            server_key_file: None,
+            require_pinned: false,
             multilogin: false,
             dialogue_timeout: Duration::from_secs(10),
             max_line_bytes: 8192,

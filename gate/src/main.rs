@@ -43,6 +43,34 @@ enum Command {
     /// Print a new random link secret (64 hex digits) for `backend.secret_file`
     /// and the services' `--link-secret-file`.
     LinkSecret,
+    /// Write a new long-term server key to FILE (for `login.server_key_file`)
+    /// and print its public key, which clients pin (`client --server-key`).
+    Keygen(KeygenArgs),
+}
+
+/// Options of `gate keygen`.
+#[derive(Debug, Args)]
+struct KeygenArgs {
+    /// Where to write the private key (must not exist yet).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+impl KeygenArgs {
+    fn run(self) -> anyhow::Result<()> {
+        use std::io::Write;
+        let (private, public) = gate::login::server_key::generate();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options
+            .open(&self.out)
+            .with_context(|| format!("cannot create {}", self.out.display()))?;
+        writeln!(file, "{private}").context("cannot write the key")?;
+        println!("{public}");
+        Ok(())
+    }
 }
 
 /// Options of `gate run`. Precedence: defaults < `--config` file < flags.
@@ -85,6 +113,16 @@ struct LoginFlags {
     #[arg(id = "login_listen", long = "login-listen", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
+    /// File with the server's long-term key (from `gate keygen`); clients
+    /// that pin its public key get logins a man in the middle cannot read
+    /// or complete [default: none].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_key_file: Option<PathBuf>,
+    /// Refuse logins that do not pin the server key [default: off].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    require_pinned: bool,
     /// Refuse the weak skynet suite (8-byte DH keys get 401); only x25519
     /// clients can log in [default: the skynet suite is accepted].
     #[arg(long)]
@@ -347,6 +385,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run(Box::new(cli.run))) {
         Command::HashPassword(args) => args.run(),
+        Command::Keygen(args) => args.run(),
         Command::LinkSecret => {
             let secret: [u8; 32] = rand::random();
             println!(

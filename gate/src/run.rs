@@ -146,6 +146,20 @@ pub async fn run_with(
     }
     let mut login = LoginServer::new(config.login.clone(), auth, link, online)
         .with_shutdown_grace(config.shutdown_grace);
+    match &config.login.server_key_file {
+        Some(path) => {
+            let key = crate::login::server_key::load(path).map_err(RunError::Config)?;
+            info!(public = %crate::login::server_key::public_text(&key), "clients may pin this server key");
+            login = login.with_server_key(key);
+        }
+        None if config.login.require_pinned => {
+            return Err(RunError::Config(
+                "login.require_pinned needs login.server_key_file (make one with `gate keygen`)"
+                    .to_owned(),
+            ));
+        }
+        None => {}
+    }
     if let Some(random) = components.random {
         login = login.with_random(random);
     }

@@ -91,6 +91,13 @@ pub const TAG_LEN: usize = 16;
 /// Domain-separation label hashed first into the transcript hash.
 pub const TRANSCRIPT_LABEL: &[u8] = b"gatelogin x25519 v1";
 
+/// Label of the transcript hash of a pinned login (the server proves a
+/// long-term key the client pinned).
+pub const PINNED_TRANSCRIPT_LABEL: &[u8] = b"gatelogin x25519 pinned v1";
+
+/// The first byte of a pinned client's key line (`0x01 ‖ client_pub`).
+pub const PINNED_V1: u8 = 0x01;
+
 /// HKDF `info` of the key the client proves possession of on line 4.
 pub const INFO_CLIENT_PROOF: &[u8] = b"client proof";
 /// HKDF `info` of the AEAD key that seals the token on line 5.
@@ -169,6 +176,24 @@ pub fn transcript_hash(challenge: &[u8; 8], client_public: &Key32, server_public
         .into()
 }
 
+/// `th = SHA-256(PINNED_TRANSCRIPT_LABEL ‖ challenge ‖ client_pub ‖
+/// server_pub ‖ static_pub)`.
+pub fn pinned_transcript_hash(
+    challenge: &[u8; 8],
+    client_public: &Key32,
+    server_public: &Key32,
+    static_public: &Key32,
+) -> Key32 {
+    Sha256::new()
+        .chain_update(PINNED_TRANSCRIPT_LABEL)
+        .chain_update(challenge)
+        .chain_update(client_public)
+        .chain_update(server_public)
+        .chain_update(static_public)
+        .finalize()
+        .into()
+}
+
 /// HMAC-SHA256 of the concatenation of `parts` under a 32-byte key.
 fn hmac_sha256(key: &Key32, parts: &[&[u8]]) -> Key32 {
     // HMAC takes keys of any length; the error case of `new_from_slice` only
@@ -194,7 +219,13 @@ pub struct SessionKeys {
 impl SessionKeys {
     /// Runs the key schedule: HKDF-SHA256 with `salt = th`, `ikm = shared`.
     pub fn derive(shared: &Key32, th: &Key32) -> SessionKeys {
-        let hkdf = Hkdf::<Sha256>::new(Some(th), shared);
+        SessionKeys::derive_from(shared, th)
+    }
+
+    /// The key schedule over any input keying material (`ee ‖ es` for a
+    /// pinned login).
+    fn derive_from(ikm: &[u8], th: &Key32) -> SessionKeys {
+        let hkdf = Hkdf::<Sha256>::new(Some(th), ikm);
         let expand = |info: &[u8]| {
             let mut out = [0u8; KEY_LEN];
             // 32 bytes is one HMAC block, far below HKDF's 255-block limit.
@@ -222,6 +253,46 @@ impl SessionKeys {
         let shared = zeroize::Zeroizing::new(shared_secret(own_private, peer_public)?);
         let th = transcript_hash(challenge, client_public, server_public);
         Ok(SessionKeys::derive(&shared, &th))
+    }
+
+    /// A pinned login from the client's side: `ee = X25519(own, server_pub)`,
+    /// `es = X25519(own, static_pub)` (the pinned key), the pinned
+    /// transcript hash, and the key schedule over `ee ‖ es`. A man in the
+    /// middle without the static private key cannot compute `es`.
+    pub fn agree_pinned_client(
+        own_private: &Key32,
+        server_public: &Key32,
+        static_public: &Key32,
+        challenge: &[u8; 8],
+        client_public: &Key32,
+    ) -> Result<SessionKeys, ModernError> {
+        let ee = zeroize::Zeroizing::new(shared_secret(own_private, server_public)?);
+        let es = zeroize::Zeroizing::new(shared_secret(own_private, static_public)?);
+        let th = pinned_transcript_hash(challenge, client_public, server_public, static_public);
+        Ok(SessionKeys::derive_pinned(&ee, &es, &th))
+    }
+
+    /// A pinned login from the server's side: `ee = X25519(own, client_pub)`,
+    /// `es = X25519(static_private, client_pub)`.
+    pub fn agree_pinned_server(
+        own_private: &Key32,
+        static_private: &Key32,
+        client_public: &Key32,
+        challenge: &[u8; 8],
+        server_public: &Key32,
+        static_public: &Key32,
+    ) -> Result<SessionKeys, ModernError> {
+        let ee = zeroize::Zeroizing::new(shared_secret(own_private, client_public)?);
+        let es = zeroize::Zeroizing::new(shared_secret(static_private, client_public)?);
+        let th = pinned_transcript_hash(challenge, client_public, server_public, static_public);
+        Ok(SessionKeys::derive_pinned(&ee, &es, &th))
+    }
+
+    fn derive_pinned(ee: &Key32, es: &Key32, th: &Key32) -> SessionKeys {
+        let mut ikm = zeroize::Zeroizing::new([0u8; 2 * KEY_LEN]);
+        ikm[..KEY_LEN].copy_from_slice(ee);
+        ikm[KEY_LEN..].copy_from_slice(es);
+        SessionKeys::derive_from(&ikm[..], th)
     }
 
     /// The transcript hash the keys are bound to.

@@ -25,7 +25,7 @@ use codec::line::{LineCodec, LineError};
 use loginproto::handshake::SessionSecret;
 use loginproto::login::{
     Authenticate, AwaitClientKey, AwaitProof, AwaitToken, ClientLogin, ClientRandom, KeyStep,
-    LoginOutcome, ServerConfig, ServerLogin, ServerRandom, Suite,
+    LoginOutcome, ServerConfig, ServerLogin, ServerRandom, StaticKey, Suite,
 };
 use loginproto::token::Credentials;
 
@@ -472,4 +472,154 @@ fn x25519_known_answer_both_sides() {
         hs["index"].as_str().expect("index").as_bytes(),
     );
     assert_eq!(payload, hs["payload"].as_str().expect("payload").as_bytes());
+}
+
+/// The pinned x25519 login (the server proves a long-term key the client
+/// pinned) against the independent known-answer vector made with
+/// pyca/cryptography (`testdata/gen/x25519_pinned_login.py`), both sides;
+/// then the policies: a pinned key line without a server key, a wrong
+/// version byte, and required pins.
+#[test]
+fn x25519_pinned_known_answer_both_sides() {
+    let file = load("x25519_pinned_login.json");
+    let v = &file["values"];
+    let s = |name: &str| v[name].as_str().unwrap_or_else(|| panic!("no {name}"));
+    let steps: Vec<Vec<u8>> = file["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(step_bytes)
+        .collect();
+    let strip = |line: &[u8]| line.strip_suffix(b"\n").expect("LF").to_vec();
+    let gate_secret = SessionSecret::X25519(key32(s("gate_secret")));
+    let static_key = StaticKey::from_private(key32(s("static_private")));
+    assert_eq!(static_key.public(), &key32(s("static_public")));
+    let random = || ServerRandom {
+        challenge: key8(s("challenge")),
+        skynet_key: [1; 8],
+        x25519_key: key32(s("server_private")),
+    };
+    let pinning = ServerConfig {
+        static_key: Some(static_key.clone()),
+        ..ServerConfig::default()
+    };
+
+    // Server.
+    let (state, line1) = ServerLogin::start(pinning.clone(), random());
+    assert_eq!(line1, steps[0]);
+    let KeyStep::Continue(state, line3) = state.receive(&strip(&steps[1])) else {
+        panic!("pinned client key refused");
+    };
+    assert_eq!(line3, steps[2]);
+    let state = state.receive(&strip(&steps[3])).expect("proof");
+    let auth = state.receive(&strip(&steps[4])).expect("token");
+    assert_eq!(auth.token(), s("token").as_bytes());
+    assert_eq!(auth.secret(), &gate_secret);
+    assert_eq!(
+        auth.finish(LoginOutcome::Ok {
+            subid: s("subid").as_bytes().to_vec(),
+        }),
+        steps[5]
+    );
+
+    // Client.
+    let client = ClientLogin::pinned(
+        Credentials::new("hello", "sample", "password"),
+        ClientRandom {
+            skynet_key: [1; 8],
+            x25519_key: key32(s("client_private")),
+        },
+        key32(s("static_public")),
+    );
+    let (client, line2) = client.receive(&strip(&steps[0])).expect("challenge");
+    assert_eq!(line2, steps[1]);
+    let (client, lines45) = client.receive(&strip(&steps[2])).expect("server key");
+    assert_eq!(lines45, [steps[3].clone(), steps[4].clone()].concat());
+    let success = client.receive(&strip(&steps[5])).expect("200");
+    assert_eq!(success.secret, gate_secret);
+
+    // A pinned key line, but no server key: 401 at once.
+    let (state, _) = ServerLogin::start(ServerConfig::default(), random());
+    let KeyStep::Reject(rejected) = state.receive(&strip(&steps[1])) else {
+        panic!("accepted a pin without a key");
+    };
+    assert_eq!(rejected.reply, b"401 Unauthorized\n");
+    // An unknown version byte: 401.
+    let mut other = b"\x02".to_vec();
+    other.extend_from_slice(&key32(s("client_public")));
+    let (state, _) = ServerLogin::start(pinning.clone(), random());
+    let line = loginproto::skynet::base64_encode(&other);
+    assert!(matches!(state.receive(line.as_bytes()), KeyStep::Reject(_)));
+    // Pins required: plain x25519 and skynet key lines get 401.
+    let requiring = ServerConfig {
+        require_pinned: true,
+        ..pinning
+    };
+    for plain in [
+        loginproto::skynet::base64_encode(&key32(s("client_public"))),
+        loginproto::skynet::base64_encode(&[5u8; 8]),
+    ] {
+        let (state, _) = ServerLogin::start(requiring.clone(), random());
+        let KeyStep::Reject(rejected) = state.receive(plain.as_bytes()) else {
+            panic!("accepted an unpinned login");
+        };
+        assert_eq!(rejected.reply, b"401 Unauthorized\n");
+    }
+}
+
+/// A man in the middle who answers a pinned client with its own
+/// ephemeral key (it has no static private key) cannot finish the login
+/// with the real server: the token it relays does not open there, and it
+/// cannot open it itself.
+#[test]
+fn a_man_in_the_middle_cannot_complete_a_pinned_login() {
+    let static_key = StaticKey::from_private([0x81; 32]);
+    let server_random = || ServerRandom {
+        challenge: [9; 8],
+        skynet_key: [1; 8],
+        x25519_key: [0x42; 32],
+    };
+    let config = ServerConfig {
+        static_key: Some(static_key.clone()),
+        ..ServerConfig::default()
+    };
+    let (server, challenge) = ServerLogin::start(config, server_random());
+    let client = ClientLogin::pinned(
+        Credentials::new("hello", "sample", "password"),
+        ClientRandom {
+            skynet_key: [1; 8],
+            x25519_key: [0x11; 32],
+        },
+        *static_key.public(),
+    );
+    let strip = |line: Vec<u8>| line.strip_suffix(b"\n").expect("LF").to_vec();
+    let (client, line2) = client.receive(&strip(challenge)).expect("challenge");
+    // The relay passes line 2 on, but answers the client with its own key.
+    let KeyStep::Continue(server, _real_line3) = server.receive(&strip(line2)) else {
+        panic!("refused");
+    };
+    let mitm_public = loginproto::modern::public_key(&[0x66; 32]);
+    let forged_line3 = loginproto::skynet::base64_encode(&mitm_public);
+    let (_client, lines45) = client
+        .receive(forged_line3.as_bytes())
+        .expect("the client computes its lines");
+    let mut lines = lines45.split(|&b| b == b'\n');
+    let (proof, token) = (lines.next().expect("proof"), lines.next().expect("token"));
+    // Relayed to the real server: the proof is refused.
+    let Err(rejected) = server.receive(proof) else {
+        panic!("the server took a proof made for the man in the middle");
+    };
+    assert_eq!(rejected.reply, b"401 Unauthorized\n");
+    // The man in the middle cannot open the token either: without `es`
+    // its keys are not the client's.
+    let mitm_view = loginproto::modern::SessionKeys::agree(
+        &[0x66; 32],
+        &loginproto::modern::public_key(&[0x11; 32]),
+        &[9; 8],
+        &loginproto::modern::public_key(&[0x11; 32]),
+        &mitm_public,
+    )
+    .expect("agree");
+    let sealed = loginproto::skynet::base64_decode(token).expect("base64");
+    assert!(mitm_view.open_token(&sealed).is_err());
 }

@@ -326,8 +326,9 @@ fn tampered_key_lines_break_the_proof() {
 fn skynet_suite_can_be_refused() {
     let config = ServerConfig {
         allow_skynet: false,
+        ..ServerConfig::default()
     };
-    let out = login(Suite::Skynet, hello(), config, 7, |_, _| {});
+    let out = login(Suite::Skynet, hello(), config.clone(), 7, |_, _| {});
     // No line 3: the client's next line is the status.
     assert_eq!(out.client.unwrap_err(), unauthorized());
     assert_eq!(out.server_reason, Some(LoginError::SkynetDisabled));
@@ -444,7 +445,10 @@ proptest! {
             .take(honest)
             .chain(garbage)
             .collect();
-        let config = ServerConfig { allow_skynet };
+        let config = ServerConfig {
+            allow_skynet,
+            ..ServerConfig::default()
+        };
         let (server, _) = ServerLogin::start(config, Rng(seed).server());
         let mut server = Server::Key(server);
         for line in &lines {

@@ -36,6 +36,7 @@ pub fn session_config(login: SocketAddr, gate: SocketAddr, user: &str) -> Sessio
         server: "sample".to_owned(),
         password: "password".to_owned(),
         suite: Suite::X25519,
+        server_key: None,
         timeout: Duration::from_secs(5),
         extensions: Extensions::OptIn,
         heartbeat: Duration::from_secs(20),

@@ -719,3 +719,135 @@ async fn guessing_a_password_is_throttled() {
         .expect("alice logs in after the block");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// An active man in the middle: it runs the login dialogue with the client
+/// itself (with a long-term key of its own, in case the client pins one)
+/// and reports the credentials it recovered, if any. Returns its address.
+async fn man_in_the_middle() -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<Option<gate::login::Credentials>>,
+) {
+    use futures::StreamExt;
+    use loginproto::login::{KeyStep, ServerConfig, ServerLogin, ServerRandom, StaticKey};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Framed;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        let mut lines = Framed::new(client, codec::line::LineCodec::new());
+        let config = ServerConfig {
+            static_key: Some(StaticKey::from_private([0x99; 32])),
+            ..ServerConfig::default()
+        };
+        let random = ServerRandom {
+            challenge: [1; 8],
+            skynet_key: loginproto::skynet::random_key([2; 8]),
+            x25519_key: [0x66; 32],
+        };
+        let (state, line1) = ServerLogin::start(config, random);
+        let _ = lines.get_mut().write_all(&line1).await;
+        let stolen = async {
+            let line2 = lines.next().await?.ok()?;
+            let KeyStep::Continue(state, line3) = state.receive(&line2) else {
+                return None;
+            };
+            lines.get_mut().write_all(&line3).await.ok()?;
+            let proof = lines.next().await?.ok()?;
+            let token = lines.next().await?.ok()?;
+            let state = state.receive(&proof).ok()?;
+            let auth = state.receive(&token).ok()?;
+            auth.credentials()
+        }
+        .await;
+        let reply: &[u8] = if stolen.is_some() {
+            b"200 MQ==\n"
+        } else {
+            b"401 Unauthorized\n"
+        };
+        let _ = lines.get_mut().write_all(reply).await;
+        let _ = tx.send(stolen);
+    });
+    (addr, rx)
+}
+
+/// A client that pins the login server's key logs in and reaches the gate;
+/// one whose relay swaps the server's key (a man in the middle) is refused,
+/// as is one that pins another key; unpinned clients keep working unless
+/// the operator requires pins.
+#[tokio::test]
+async fn pinned_logins_defeat_a_man_in_the_middle() {
+    let (private, public) = gate::login::server_key::generate();
+    let key_file = TempFile::new("server-key", &private);
+    let pin = client_cli::login::parse_server_key(&public).expect("public key");
+    let mut config = test_config();
+    config.login.server_key_file = Some(key_file.path.clone());
+    let server = Server::start(config.clone(), Components::default()).await;
+    let login_addr = server.login.to_string();
+    let pinned = |addr: String, pin: [u8; 32]| async move {
+        client_cli::login::login_pinned(
+            &addr,
+            Suite::X25519,
+            gate::login::Credentials::new("alice", "sample", "password"),
+            Some(pin),
+            Duration::from_secs(10),
+        )
+        .await
+    };
+
+    let success = pinned(login_addr.clone(), pin).await.expect("pinned login");
+    let ticket = client_cli::Ticket::new(b"alice", b"sample", &success);
+    let mut conn =
+        client_cli::GateConn::new(server.gate.to_string(), ticket, Duration::from_secs(10));
+    conn.connect(1)
+        .await
+        .expect("handshake with the pinned login's secret");
+
+    // A man in the middle reads an unpinned client's password...
+    let (mitm, stolen) = man_in_the_middle().await;
+    let _ = login(mitm, Suite::X25519, "alice", "sample", "password", 3).await;
+    let stolen = stolen
+        .await
+        .expect("mitm done")
+        .expect("the unpinned password");
+    assert_eq!(stolen.password.as_slice(), b"password");
+    // ...but not a pinned client's: it cannot make the pinned key's DH, so
+    // the client's proof fails there and the token stays sealed.
+    let (mitm, stolen) = man_in_the_middle().await;
+    let err = pinned(mitm.to_string(), pin).await.expect_err("refused");
+    assert_eq!(err.login_status(), Some(LoginStatus::UNAUTHORIZED), "{err}");
+    assert!(stolen.await.expect("mitm done").is_none(), "nothing stolen");
+    // Pinning another key: refused.
+    let other = *loginproto::login::StaticKey::from_private([7; 32]).public();
+    let err = pinned(login_addr.clone(), other)
+        .await
+        .expect_err("wrong pin");
+    assert_eq!(err.login_status(), Some(LoginStatus::UNAUTHORIZED), "{err}");
+    // Unpinned logins still work here.
+    login(server.login, Suite::X25519, "bob", "sample", "password", 1)
+        .await
+        .expect("unpinned x25519");
+    server.shutdown().await.expect("clean shutdown");
+
+    // Required pins: unpinned clients of both suites are refused.
+    config.login.require_pinned = true;
+    let server = Server::start(config, Components::default()).await;
+    for suite in [Suite::X25519, Suite::Skynet] {
+        let refused = login(server.login, suite, "carol", "sample", "password", 2).await;
+        assert_eq!(
+            refused,
+            Err(LoginError::Status(LoginStatus::UNAUTHORIZED)),
+            "{suite:?}"
+        );
+    }
+    pinned(server.login.to_string(), pin)
+        .await
+        .expect("pinned login");
+    server.shutdown().await.expect("clean shutdown");
+}

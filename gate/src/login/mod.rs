@@ -8,12 +8,14 @@
 //!   users on.
 //! * [`random`]: the source of challenges and private keys.
 //! * [`throttle`]: failed logins per user name and per source address.
+//! * [`server_key`]: the long-term key clients may pin, on disk.
 
 pub mod auth;
 pub mod gates;
 pub mod online;
 pub mod random;
 pub mod server;
+pub mod server_key;
 pub mod throttle;
 
 pub use self::auth::{

@@ -55,7 +55,7 @@ use codec::line::{LineCodec, LineError};
 use codec::status::LoginStatus;
 use futures::{FutureExt, StreamExt};
 use loginproto::login::{
-    Authenticate, KeyStep, LoginOutcome, Rejected, ServerConfig, ServerLogin, Suite,
+    Authenticate, KeyStep, LoginOutcome, Rejected, ServerConfig, ServerLogin, StaticKey, Suite,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -113,6 +113,8 @@ pub struct LoginServer {
 
 struct LoginState {
     config: LoginConfig,
+    /// The key-exchange policy every dialogue starts from.
+    server: ServerConfig,
     throttle: Throttle,
     auth: Arc<dyn Authenticator>,
     gates: Arc<dyn GateLink>,
@@ -145,6 +147,11 @@ impl LoginServer {
         LoginServer {
             shared: LoginState {
                 throttle: throttle(&config),
+                server: ServerConfig {
+                    allow_skynet: config.allow_skynet_suite,
+                    static_key: None,
+                    require_pinned: config.require_pinned,
+                },
                 config,
                 auth,
                 gates,
@@ -153,6 +160,14 @@ impl LoginServer {
             },
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
+    }
+
+    /// Gives the server its long-term key: clients that pin its public key
+    /// get a login a man in the middle cannot read or complete.
+    #[must_use]
+    pub fn with_server_key(mut self, key: StaticKey) -> LoginServer {
+        self.shared.server.static_key = Some(key);
+        self
     }
 
     /// Replaces the random source (tests pin it to replay transcripts).
@@ -468,10 +483,7 @@ async fn run_dialogue<S: Stream>(
         .random
         .server_random()
         .map_err(|e| Ending::Failed(e.to_string()))?;
-    let config = ServerConfig {
-        allow_skynet: shared.config.allow_skynet_suite,
-    };
-    let (state, challenge) = ServerLogin::start(config, random);
+    let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
     send(lines, &challenge).await?;
 
     let client_key = receive(lines).await?;
@@ -719,6 +731,7 @@ mod tests {
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
         Arc::new(LoginState {
             throttle: throttle(&config),
+            server: ServerConfig::default(),
             config,
             auth,
             gates: Arc::new(Sample::default()),

@@ -10,7 +10,7 @@ use codec::status::LoginStatus;
 
 use super::{Line, LoginError, Suite, b64_line, b64_line_into};
 use crate::handshake::SessionSecret;
-use crate::modern::{self, Key32, SessionKeys};
+use crate::modern::{self, KEY_LEN, Key32, SessionKeys};
 use crate::skynet::{self, Key, Padding};
 use crate::token::Credentials;
 
@@ -47,6 +47,24 @@ impl ClientLogin {
             suite,
             token: credentials.token(),
             random,
+            pin: None,
+        }
+    }
+
+    /// Prepares an x25519 login that pins the server's long-term public key
+    /// `server_key`: it only succeeds with the server that holds the
+    /// private key, so a man in the middle can neither read the token nor
+    /// complete the login.
+    pub fn pinned(
+        credentials: Credentials,
+        random: ClientRandom,
+        server_key: Key32,
+    ) -> AwaitChallenge {
+        AwaitChallenge {
+            suite: Suite::X25519,
+            token: credentials.token(),
+            random,
+            pin: Some(server_key),
         }
     }
 }
@@ -56,6 +74,8 @@ pub struct AwaitChallenge {
     suite: Suite,
     token: Vec<u8>,
     random: ClientRandom,
+    /// The server's long-term public key, when pinned.
+    pin: Option<Key32>,
 }
 
 impl fmt::Debug for AwaitChallenge {
@@ -82,7 +102,23 @@ impl AwaitChallenge {
             Suite::X25519 => {
                 let private = self.random.x25519_key;
                 let public = modern::public_key(&private);
-                (Exchange::X25519 { private, public }, b64_line(&public))
+                let line2 = match self.pin {
+                    None => b64_line(&public),
+                    Some(_) => {
+                        let mut pinned = [0u8; KEY_LEN + 1];
+                        pinned[0] = modern::PINNED_V1;
+                        pinned[1..].copy_from_slice(&public);
+                        b64_line(&pinned)
+                    }
+                };
+                (
+                    Exchange::X25519 {
+                        private,
+                        public,
+                        pin: self.pin,
+                    },
+                    line2,
+                )
             }
         };
         Ok((
@@ -98,8 +134,14 @@ impl AwaitChallenge {
 
 /// Our half of the key exchange.
 enum Exchange {
-    Skynet { private: Key },
-    X25519 { private: Key32, public: Key32 },
+    Skynet {
+        private: Key,
+    },
+    X25519 {
+        private: Key32,
+        public: Key32,
+        pin: Option<Key32>,
+    },
 }
 
 /// Waiting for line 3, the server's public key.
@@ -157,9 +199,22 @@ impl AwaitServerKey {
                 b64_line_into(&sealed, &mut out);
                 SessionSecret::Skynet(secret)
             }
-            Exchange::X25519 { private, public } => {
+            Exchange::X25519 {
+                private,
+                public,
+                pin,
+            } => {
                 let peer = Key32::try_from(server_key.as_slice()).map_err(|_| key_length())?;
-                let keys = SessionKeys::agree(&private, &peer, &self.challenge, &public, &peer)?;
+                let keys = match pin {
+                    None => SessionKeys::agree(&private, &peer, &self.challenge, &public, &peer)?,
+                    Some(pin) => SessionKeys::agree_pinned_client(
+                        &private,
+                        &peer,
+                        &pin,
+                        &self.challenge,
+                        &public,
+                    )?,
+                };
                 b64_line_into(&keys.client_proof(), &mut out);
                 b64_line_into(&keys.seal_token(&self.token)?, &mut out);
                 SessionSecret::X25519(*keys.gate_secret())

@@ -30,7 +30,7 @@ pub use self::client::{
 };
 pub use self::server::{
     Authenticate, AwaitClientKey, AwaitProof, AwaitToken, KeyStep, LoginOutcome, Rejected,
-    ServerConfig, ServerLogin, ServerRandom,
+    ServerConfig, ServerLogin, ServerRandom, StaticKey,
 };
 
 /// The crypt suite of one login, chosen by the client.
@@ -121,6 +121,15 @@ pub enum LoginError {
         /// The decoded length.
         len: usize,
     },
+    /// A pinned key line, but this server has no long-term key.
+    #[error("pinned login, but the server has no long-term key")]
+    NoServerKey,
+    /// A pinned key line of a version this server does not speak.
+    #[error("pinned key line of unknown version {0}")]
+    PinVersion(u8),
+    /// The operator requires pinned logins, and this one is not.
+    #[error("this server requires logins that pin its key")]
+    PinRequired,
     /// The challenge is not 8 bytes.
     #[error("challenge decoded to {0} bytes, expected 8")]
     ChallengeLength(usize),

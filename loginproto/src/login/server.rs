@@ -14,22 +14,64 @@ use subtle::ConstantTimeEq;
 
 use super::{Line, LoginError, Suite, b64_line};
 use crate::handshake::SessionSecret;
-use crate::modern::{self, Key32, SessionKeys};
+use crate::modern::{self, KEY_LEN, Key32, SessionKeys};
 use crate::skynet::{self, Key, Padding};
 use crate::token::Credentials;
 
 /// Server policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Accept clients that choose the skynet suite (8-byte key line).
     /// Default `true`: existing skynet clients keep working. Switch it off
     /// once every client speaks x25519; an 8-byte key then gets `401`.
     pub allow_skynet: bool,
+    /// The server's long-term key, which clients may pin: a pinned login
+    /// (`0x01 ‖ client_pub` on line 2) mixes a DH with it into the key
+    /// schedule, so a man in the middle can neither read the token nor
+    /// complete the login. Default: none (a pinned key line gets `401`).
+    pub static_key: Option<StaticKey>,
+    /// Refuse logins that do not pin the static key (skynet and plain
+    /// x25519 key lines get `401`). Default `false`.
+    pub require_pinned: bool,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { allow_skynet: true }
+        ServerConfig {
+            allow_skynet: true,
+            static_key: None,
+            require_pinned: false,
+        }
+    }
+}
+
+/// The login server's long-term X25519 key. `Debug` shows the public key
+/// only; the private key is wiped when it drops.
+#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+pub struct StaticKey {
+    private: Key32,
+    public: Key32,
+}
+
+impl StaticKey {
+    /// The key pair of `private` (any 32 bytes; clamped when used).
+    pub fn from_private(private: Key32) -> StaticKey {
+        StaticKey {
+            public: modern::public_key(&private),
+            private,
+        }
+    }
+
+    /// The public key clients pin.
+    pub fn public(&self) -> &Key32 {
+        &self.public
+    }
+}
+
+impl fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let public: String = self.public.iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "StaticKey(public {public})")
     }
 }
 
@@ -130,6 +172,10 @@ impl AwaitClientKey {
         let Ok(client_key) = skynet::base64_decode(line) else {
             return KeyStep::Reject(Rejected::new(LoginError::BadBase64(Line::ClientKey)));
         };
+        let pinned = client_key.len() == KEY_LEN + 1;
+        if self.config.require_pinned && !pinned {
+            return KeyStep::Reject(Rejected::new(LoginError::PinRequired));
+        }
         if let Ok(peer) = Key::try_from(client_key.as_slice()) {
             if !self.config.allow_skynet {
                 return KeyStep::Reject(Rejected::new(LoginError::SkynetDisabled));
@@ -137,7 +183,17 @@ impl AwaitClientKey {
             return self.skynet(&peer);
         }
         if let Ok(peer) = Key32::try_from(client_key.as_slice()) {
-            return self.x25519(&peer);
+            return self.x25519(&peer, None);
+        }
+        if pinned {
+            if client_key[0] != modern::PINNED_V1 {
+                return KeyStep::Reject(Rejected::new(LoginError::PinVersion(client_key[0])));
+            }
+            let Some(static_key) = self.config.static_key.clone() else {
+                return KeyStep::Reject(Rejected::new(LoginError::NoServerKey));
+            };
+            let peer = Key32::try_from(&client_key[1..]).unwrap_or_else(|_| unreachable!());
+            return self.x25519(&peer, Some(&static_key));
         }
         KeyStep::Reject(Rejected::new(LoginError::KeyLength {
             line: Line::ClientKey,
@@ -168,17 +224,28 @@ impl AwaitClientKey {
         }
     }
 
-    fn x25519(self, client_public: &Key32) -> KeyStep {
+    fn x25519(self, client_public: &Key32, pinned: Option<&StaticKey>) -> KeyStep {
         let private = self.random.x25519_key;
         let server_public = modern::public_key(&private);
         let line3 = b64_line(&server_public);
-        match SessionKeys::agree(
-            &private,
-            client_public,
-            &self.random.challenge,
-            client_public,
-            &server_public,
-        ) {
+        let agreed = match pinned {
+            None => SessionKeys::agree(
+                &private,
+                client_public,
+                &self.random.challenge,
+                client_public,
+                &server_public,
+            ),
+            Some(key) => SessionKeys::agree_pinned_server(
+                &private,
+                &key.private,
+                client_public,
+                &self.random.challenge,
+                &server_public,
+                &key.public,
+            ),
+        };
+        match agreed {
             Ok(keys) => KeyStep::Continue(
                 AwaitProof {
                     keys: Keys::X25519(Box::new(keys)),
@@ -424,6 +491,7 @@ mod tests {
     fn skynet_can_be_switched_off() {
         let config = ServerConfig {
             allow_skynet: false,
+            ..ServerConfig::default()
         };
         let (state, _) = ServerLogin::start(config, random());
         let KeyStep::Reject(rejected) = state.receive(b"mE4UGCgyNe0=") else {

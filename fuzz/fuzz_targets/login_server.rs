@@ -1,6 +1,8 @@
-//! The server login state machine on arbitrary lines, both suites, with
-//! fixed randomness. The first byte picks the suite of the honest prefix,
-//! the skynet switch, and how many honest client lines (0–3) go first, so
+//! The server login state machine on arbitrary lines, both suites, pinned
+//! or not, with fixed randomness. The first byte picks the suite of the
+//! honest prefix, the skynet switch, the server's long-term key and
+//! whether it requires pinned logins (and then whether the honest client
+//! pins it), and how many honest client lines (0–3) go first, so
 //! every state (key, proof, token, authenticate) gets arbitrary input. The
 //! rest of the input is split on LF into further lines. Nothing panics;
 //! every refusal ends in exactly `401 Unauthorized\n`; line 3 has the
@@ -10,6 +12,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use loginproto::login::StaticKey;
 use loginproto::login::{
     ClientLogin, ClientRandom, KeyStep, LoginOutcome, ServerConfig, ServerLogin, ServerRandom,
     Suite,
@@ -24,18 +27,30 @@ fn server_random() -> ServerRandom {
     }
 }
 
-/// Lines 2, 4 and 5 of an honest client against the fixed server.
-fn honest_lines(suite: Suite) -> Vec<Vec<u8>> {
+/// The server's long-term key, when it has one.
+fn static_key() -> StaticKey {
+    StaticKey::from_private([0x5a; 32])
+}
+
+/// Lines 2, 4 and 5 of an honest client against the fixed server (with
+/// its long-term key, which the client pins when `pinned`).
+fn honest_lines(suite: Suite, pinned: bool) -> Vec<Vec<u8>> {
     let strip = |line: &[u8]| line[..line.len() - 1].to_vec();
-    let (server, line1) = ServerLogin::start(ServerConfig::default(), server_random());
-    let client = ClientLogin::new(
-        suite,
-        Credentials::new("hello", "sample", "password"),
-        ClientRandom {
-            skynet_key: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
-            x25519_key: [0x24; 32],
-        },
-    );
+    let config = ServerConfig {
+        static_key: Some(static_key()),
+        ..ServerConfig::default()
+    };
+    let (server, line1) = ServerLogin::start(config, server_random());
+    let credentials = Credentials::new("hello", "sample", "password");
+    let random = ClientRandom {
+        skynet_key: *b"\x01\x02\x03\x04\x05\x06\x07\x08",
+        x25519_key: [0x24; 32],
+    };
+    let client = if pinned {
+        ClientLogin::pinned(credentials, random, *static_key().public())
+    } else {
+        ClientLogin::new(suite, credentials, random)
+    };
     let (client, line2) = client.receive(&strip(&line1)).expect("challenge");
     let KeyStep::Continue(_, line3) = server.receive(&strip(&line2)) else {
         panic!("honest key refused");
@@ -50,7 +65,8 @@ fn honest_lines(suite: Suite) -> Vec<Vec<u8>> {
     out
 }
 
-static HONEST: OnceLock<[Vec<Vec<u8>>; 2]> = OnceLock::new();
+/// Honest lines: skynet, x25519, pinned x25519.
+static HONEST: OnceLock<[Vec<Vec<u8>>; 3]> = OnceLock::new();
 
 const UNAUTHORIZED: &[u8] = b"401 Unauthorized\n";
 
@@ -65,10 +81,26 @@ fuzz_target!(|data: &[u8]| {
     let Some((&control, rest)) = data.split_first() else {
         return;
     };
-    let honest = HONEST.get_or_init(|| [honest_lines(Suite::Skynet), honest_lines(Suite::X25519)]);
-    let prefix = &honest[usize::from(control & 1)][..usize::from((control >> 2) & 3)];
+    let honest = HONEST.get_or_init(|| {
+        [
+            honest_lines(Suite::Skynet, false),
+            honest_lines(Suite::X25519, false),
+            honest_lines(Suite::X25519, true),
+        ]
+    });
+    // Bits 6–7: 0 no long-term key; 1 a key, the client does not pin it;
+    // 2 a key, pinned; 3 pinned logins required, pinned.
+    let key_mode = control >> 6;
+    let which = if key_mode >= 2 {
+        2
+    } else {
+        usize::from(control & 1)
+    };
+    let prefix = &honest[which][..usize::from((control >> 2) & 3)];
     let config = ServerConfig {
         allow_skynet: control & 2 == 0,
+        static_key: (key_mode > 0).then(static_key),
+        require_pinned: key_mode == 3,
     };
     let outcome = match (control >> 4) & 3 {
         0 => LoginOutcome::Ok {

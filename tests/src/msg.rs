@@ -275,6 +275,12 @@ impl TestGate {
         String::from_utf8(subid.to_vec()).expect("decimal subid")
     }
 
+    /// Logs `uid` in and returns the username its handshakes use.
+    pub async fn logged_in(&self, uid: &str, secret: &SessionSecret) -> Vec<u8> {
+        let subid = self.login(uid, secret).await;
+        self.username(uid, &subid)
+    }
+
     /// The username of `(uid, subid)` on this gate.
     pub fn username(&self, uid: &str, subid: &str) -> Vec<u8> {
         handshake::username(

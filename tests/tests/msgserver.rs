@@ -268,8 +268,7 @@ async fn transcript_cache_retirement_and_pipelined_handshake() {
 async fn non_finite_index_is_bad_request() {
     let g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     for index in ["1e999", "-1e999", "nan", "inf", "0x"] {
         let mut c = g.connect().await;
         c.send_package(&handshake::sign(&secret, &username, index.as_bytes()))
@@ -287,8 +286,7 @@ async fn non_finite_index_is_bad_request() {
 async fn unknown_user_learns_nothing_about_versions() {
     let g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 5).await;
     c.echo(b"a", 1).await;
     // Without the secret, a stale and a fresh index look the same: 401.
@@ -390,8 +388,7 @@ async fn kick_closes_the_connection_and_tells_everyone() {
 async fn agent_logout_ends_the_session() {
     let mut g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"logout", 1).await;
     c.expect_closed().await;
@@ -440,8 +437,7 @@ async fn disconnect_is_away_and_the_reconnect_window_logs_out() {
 async fn reconnect_within_the_window_keeps_the_session() {
     let mut g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"slow-away", 7).await;
     g.agent.wait_pending("slow-away").await;
@@ -477,8 +473,7 @@ async fn dropped_completer_answers_with_an_error() {
 async fn agent_panic_closes_the_connection_but_keeps_the_session() {
     let g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"panic", 1).await;
     c.expect_closed().await;
@@ -794,8 +789,7 @@ async fn a_cache_over_its_byte_bound_answers_lost_requests_with_an_error() {
     };
     let mut g = TestGate::start(cfg).await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 1).await;
     for n in 1..=6u32 {
         c.send_request(format!("slow-{n}").as_bytes(), n).await;
@@ -841,8 +835,7 @@ async fn a_half_closed_connection_is_answered_then_closed() {
 
     let mut g = TestGate::start_default().await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"slow-half", 1).await;
     c.send_request(b"fast", 2).await;
@@ -871,8 +864,7 @@ async fn connections_per_source_address_are_bounded() {
     };
     let g = TestGate::start(cfg).await;
     let secret = hello_secret();
-    let subid = g.login("hello", &secret).await;
-    let username = g.username("hello", &subid);
+    let username = g.logged_in("hello", &secret).await;
     let held = [g.connect().await, g.connect().await];
     let mut third = g.connect().await;
     third.expect_closed().await;

@@ -682,6 +682,26 @@ impl World {
     }
 }
 
+impl World {
+    /// Lives `ops`, settles, and checks that no request ran twice and
+    /// every request was answered.
+    fn run(&mut self, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        for op in ops {
+            self.step(op);
+        }
+        self.settle();
+        for (n, runs) in &self.runs {
+            prop_assert!(*runs <= 1, "request {} ran {} times", n, runs);
+        }
+        prop_assert!(
+            self.unanswered.is_empty(),
+            "unanswered: {:?}",
+            self.unanswered
+        );
+        Ok(())
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -697,14 +717,7 @@ proptest! {
             max_inflight: 1000,
             ..Limits::default()
         });
-        for op in ops {
-            w.step(op);
-        }
-        w.settle();
-        for (n, runs) in &w.runs {
-            prop_assert!(*runs <= 1, "request {} ran {} times", n, runs);
-        }
-        prop_assert!(w.unanswered.is_empty(), "unanswered: {:?}", w.unanswered);
+        w.run(ops)?;
         for (n, answer) in &w.answers {
             if w.runs.contains_key(n) {
                 prop_assert_eq!(answer, &format!("answer-{n}").into_bytes());
@@ -724,14 +737,7 @@ proptest! {
             max_inflight: 1000,
             ..Limits::default()
         });
-        for op in ops {
-            w.step(op);
-        }
-        w.settle();
-        for (n, runs) in &w.runs {
-            prop_assert!(*runs <= 1, "request {} ran {} times", n, runs);
-        }
-        prop_assert!(w.unanswered.is_empty(), "unanswered: {:?}", w.unanswered);
+        w.run(ops)?;
         prop_assert!(w.s.cache().bytes() <= 3 * (cache::ENTRY_COST + 20) + 1000 * cache::ENTRY_COST);
     }
 }

@@ -19,23 +19,7 @@ DURATION=${DURATION:-5}
 IDLE_SESSIONS=${IDLE_SESSIONS:-10000}
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    exit 1
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # start NAME BIN_DIR LOGIN_PORT GATE_PORT: a gate with the demo
 # authenticator; its pid in $STARTED
@@ -100,7 +84,6 @@ for figure in "512 16" "64 1"; do
         printf "%-22s %12.0f %12.0f %12.0f %7.1f%% %7.1f%%\n", f, a, b, r, 100*a/r, 100*b/r }'
 done
 
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # idle NAME PID LOGIN GATE: KiB of gate RSS per idle logged-in session
 idle() {
     "$B/client" bench --idle --gate "$4" --login "$3" --conns 1 --duration 0 --user-prefix "warm$1" >/dev/null 2>&1

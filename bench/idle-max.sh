@@ -26,14 +26,7 @@ ulimit -n "$(ulimit -Hn)"
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --quiet -p gate -p client-cli --bin gate --bin client
 fi
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/lib.sh
 
 cat >"$WORK/gate.toml" <<EOF
 [login]
@@ -48,11 +41,7 @@ EOF
 RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
 GATE_PID=$!
 PIDS+=("$GATE_PID")
-for _ in $(seq 100); do
-    (exec 3<>"/dev/tcp/${GATE%:*}/${GATE#*:}") 2>/dev/null && break
-    sleep 0.1
-done
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+wait_port "${GATE#*:}"
 before=$(rss_kb "$GATE_PID")
 
 hold() { # hold NAME SOURCES: one load-generator process

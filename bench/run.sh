@@ -59,23 +59,7 @@ for b in gate raw-echo client; do
     [[ -x $BIN/$b ]] || { echo "missing $BIN/$b" >&2; exit 1; }
 done
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() { # wait_port PORT: until something accepts on 127.0.0.1:PORT (10 s)
-    for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "nothing listens on port $1" >&2
-    exit 1
-}
+source bench/lib.sh
 
 start_gate() { # start_gate: a fresh gate; sets GATE_PID
     cat >"$WORK/gate.toml" <<EOF
@@ -159,7 +143,6 @@ echo
 # sessions (one connection each), held by one client process.
 stop_gate
 start_gate
-rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # One session first, so one-time allocations (runtime, tables) are not
 # charged to the idle sessions.
 "$BIN/client" bench --idle --gate "$GATE" --login "$LOGIN" --conns 1 --duration 0 --user-prefix warm >/dev/null 2>&1

@@ -4,7 +4,11 @@
 //! `protoc`; prost-build then turns the descriptor set into Rust.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const FILES: [&str; 2] = ["proto/backend.proto", "proto/route.proto"];
+    const FILES: [&str; 3] = [
+        "proto/backend.proto",
+        "proto/route.proto",
+        "proto/control.proto",
+    ];
     for file in FILES {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -21,13 +21,18 @@ impl LoginStatus {
     pub const FORBIDDEN: LoginStatus = LoginStatus(403);
     /// Another login of the same uid is in progress (multilogin off).
     pub const NOT_ACCEPTABLE: LoginStatus = LoginStatus(406);
+    /// The login server cannot place anyone right now (in a cluster: the
+    /// session directory is unreachable); retry later. Not a skynet status:
+    /// a skynet client treats it as any other failure.
+    pub const SERVICE_UNAVAILABLE: LoginStatus = LoginStatus(503);
 
     /// Every status the login server can send.
-    pub const ALL: [LoginStatus; 4] = [
+    pub const ALL: [LoginStatus; 5] = [
         Self::OK,
         Self::UNAUTHORIZED,
         Self::FORBIDDEN,
         Self::NOT_ACCEPTABLE,
+        Self::SERVICE_UNAVAILABLE,
     ];
 
     /// The numeric code.
@@ -48,6 +53,7 @@ impl LoginStatus {
             401 => "401 Unauthorized",
             403 => "403 Forbidden",
             406 => "406 Not Acceptable",
+            503 => "503 Service Unavailable",
             _ => "500 Internal Server Error",
         }
     }
@@ -163,6 +169,10 @@ mod tests {
         assert_eq!(LoginStatus::UNAUTHORIZED.line(), b"401 Unauthorized\n");
         assert_eq!(LoginStatus::FORBIDDEN.line(), b"403 Forbidden\n");
         assert_eq!(LoginStatus::NOT_ACCEPTABLE.line(), b"406 Not Acceptable\n");
+        assert_eq!(
+            LoginStatus::SERVICE_UNAVAILABLE.line(),
+            b"503 Service Unavailable\n"
+        );
         assert_eq!(LoginStatus::ok_line(b"MQ=="), b"200 MQ==\n");
         assert_eq!(LoginStatus::ok_line(b""), b"200 \n");
     }

@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod esc;
 pub mod login;

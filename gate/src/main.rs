@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
 use gate::backend::{Backend, LinkSecret};
-use gate::config::{AuthSource, Config, duration};
+use gate::config::{AuthSource, Config, Role, duration};
 use gate::net::{LISTEN_BACKLOG, listen};
 
 /// Login server + message gate, wire-compatible with skynet's
@@ -82,8 +82,8 @@ impl KeygenArgs {
 /// file.
 #[derive(Debug, Args, Serialize)]
 struct RunArgs {
-    /// TOML configuration file (sections `[login]`, `[gate]` and
-    /// `[backend]`, top-level `accounts` and `shutdown_grace`; every field
+    /// TOML configuration file (sections `[login]`, `[gate]`, `[backend]`
+    /// and `[cluster]`, top-level `accounts` and `shutdown_grace`; every field
     /// optional; durations as "5s", "300ms", "5m").
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -104,6 +104,51 @@ struct RunArgs {
     gate: GateFlags,
     #[command(flatten)]
     backend: BackendFlags,
+    #[command(flatten)]
+    cluster: ClusterFlags,
+}
+
+/// `[cluster]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct ClusterFlags {
+    /// What this process runs: `all` (login server and gate, no Redis),
+    /// `login` (a login node of a cluster) or `gate` (a gate node)
+    /// [default: all].
+    #[arg(long, value_enum, value_name = "ROLE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<gate::config::Role>,
+    /// Redis holding the cluster's registry and session directory, e.g.
+    /// redis://127.0.0.1:6379 (login and gate nodes) [default: none].
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<String>,
+    /// This node's id in the registry and logs [default: <role>-<pid>].
+    #[arg(long, value_name = "ID")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<String>,
+    /// Gate nodes: where login nodes dial the control link [default: 127.0.0.1:8890].
+    #[arg(long, value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_listen: Option<SocketAddr>,
+    /// File with the secret of the control links between login and gate
+    /// nodes (make one with `gate link-secret`); required for both roles
+    /// [default: none].
+    #[arg(
+        id = "cluster_secret_file",
+        long = "cluster-secret-file",
+        value_name = "FILE"
+    )]
+    #[serde(rename = "secret_file", skip_serializing_if = "Option::is_none")]
+    secret_file: Option<PathBuf>,
+    /// How long a gate node's registration lives without a heartbeat; a
+    /// killed gate stops owning its users after it [default: 10s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    lease: Option<Duration>,
+    /// Prefix of every Redis key [default: gate:].
+    #[arg(long, value_name = "PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_prefix: Option<String>,
 }
 
 /// `[login]` fields settable by flag.
@@ -299,10 +344,27 @@ impl RunArgs {
 
     async fn run(self) -> anyhow::Result<()> {
         let config = self.config()?;
-        let login = listen(config.login.listen, LISTEN_BACKLOG)
-            .with_context(|| format!("cannot listen on {} (login)", config.login.listen))?;
-        let gate = listen(config.gate.listen, LISTEN_BACKLOG)
-            .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))?;
+        let role = config.cluster.role;
+        let login_listener = || {
+            listen(config.login.listen, LISTEN_BACKLOG)
+                .with_context(|| format!("cannot listen on {} (login)", config.login.listen))
+        };
+        let gate_listener = || {
+            listen(config.gate.listen, LISTEN_BACKLOG)
+                .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))
+        };
+        if role == Role::Login {
+            let login = login_listener()?;
+            gate::cluster::run_login_node(
+                login,
+                config,
+                gate::Components::default(),
+                shutdown_signal(),
+            )
+            .await?;
+            return Ok(());
+        }
+        let gate = gate_listener()?;
         let mut components = gate::Components::default();
         if let Some(addr) = config.backend.listen {
             let path = config.backend.secret_file.as_ref().context(
@@ -314,6 +376,15 @@ impl RunArgs {
                 .with_context(|| format!("cannot listen on {addr} (backend)"))?;
             components.backend = Some(Backend::new(config.backend.clone(), listener, secret));
         }
+        if role == Role::Gate {
+            let addr = config.cluster.control_listen;
+            let control = listen(addr, LISTEN_BACKLOG)
+                .with_context(|| format!("cannot listen on {addr} (control)"))?;
+            gate::cluster::run_gate_node(gate, control, config, components, shutdown_signal())
+                .await?;
+            return Ok(());
+        }
+        let login = login_listener()?;
         gate::run_with(login, gate, config, components, shutdown_signal()).await?;
         Ok(())
     }

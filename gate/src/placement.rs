@@ -48,6 +48,37 @@ pub enum LoginRefusal {
     Unavailable(String),
 }
 
+/// Why the login handler refused a login; [`crate::login::LoginServer`]
+/// maps each to one status line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlaceError {
+    /// Another login of the uid is in progress (multilogin off): `406`.
+    #[error("another login of this uid is in progress")]
+    InProgress,
+    /// The gate did not take the login, or the old session would not go: `403`.
+    #[error(transparent)]
+    Refused(#[from] LoginRefusal),
+    /// Nobody can be placed now: the session directory is unreachable
+    /// (cluster mode): `503`.
+    #[error("session directory unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// skynet's `login_handler`: decides where an authenticated user goes,
+/// ends its previous session, and returns the new subid. One process uses
+/// [`crate::login::LocalPlacer`] (an in-memory online table); a login node
+/// of a cluster uses [`crate::cluster::ClusterPlacer`] (the Redis session
+/// directory and control links to the gate nodes).
+///
+/// The login server runs the returned future to completion once it has
+/// started, even if the client's dialogue is dropped meanwhile, so an
+/// implementation never stops half-way between the gate's answer and its
+/// own bookkeeping.
+pub trait Placer: Send + Sync + 'static {
+    /// Places `req` and returns the subid (decimal text).
+    fn place(&self, req: LoginRequest) -> BoxFuture<'static, Result<Bytes, PlaceError>>;
+}
+
 /// The login server's handle on the gates.
 pub trait GateLink: Send + Sync + 'static {
     /// Registers `req.uid` on gate `req.server` and returns the subid the gate

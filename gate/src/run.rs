@@ -13,11 +13,11 @@ use crate::agent::{Agent, EchoAgent};
 use crate::backend::Backend;
 use crate::config::{AuthSource, Config};
 use crate::login::{
-    AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LoginServer, OnlineTable,
-    RandomSource,
+    AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LocalPlacer, LoginServer,
+    OnlineTable, RandomSource,
 };
 use crate::msg::MsgGate;
-use crate::placement::GateLink;
+use crate::placement::{GateLink, Placer};
 
 /// Why [`run`] could not start or failed while serving.
 #[derive(Debug, thiserror::Error)]
@@ -117,20 +117,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let backend = components.backend;
-    let auth = match (components.authenticator, config.login.auth, &backend) {
-        (Some(auth), _, _) => auth,
-        (None, AuthSource::Accounts, _) => authenticator(&config)?,
-        (None, AuthSource::Service, Some(backend)) => {
-            info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
-            backend.authenticator(config.login.auth_timeout)
-        }
-        (None, AuthSource::Service, None) => {
-            return Err(RunError::Config(
-                "login.auth = \"service\" needs backend services (set backend.listen / --backend-listen)"
-                    .to_owned(),
-            ));
-        }
-    };
+    let auth = choose_authenticator(&config, components.authenticator, backend.as_ref())?;
     let online = Arc::new(OnlineTable::new());
     let agent = match (components.agent, &backend) {
         (Some(agent), _) => agent,
@@ -144,25 +131,12 @@ pub async fn run_with(
     if let Some(layer) = components.gate_link_layer {
         link = layer(link);
     }
-    let mut login = LoginServer::new(config.login.clone(), auth, link, online)
-        .with_shutdown_grace(config.shutdown_grace);
-    match &config.login.server_key_file {
-        Some(path) => {
-            let key = crate::login::server_key::load(path).map_err(RunError::Config)?;
-            info!(public = %crate::login::server_key::public_text(&key), "clients may pin this server key");
-            login = login.with_server_key(key);
-        }
-        None if config.login.require_pinned => {
-            return Err(RunError::Config(
-                "login.require_pinned needs login.server_key_file (make one with `gate keygen`)"
-                    .to_owned(),
-            ));
-        }
-        None => {}
-    }
-    if let Some(random) = components.random {
-        login = login.with_random(random);
-    }
+    let placer = Arc::new(LocalPlacer {
+        online,
+        gates: link,
+        multilogin: config.login.multilogin,
+    });
+    let login = login_server(&config, auth, placer, components.random)?;
 
     let token = CancellationToken::new();
     // Backend links outlive the start of the shutdown: they carry the
@@ -213,6 +187,60 @@ pub async fn run_with(
     backend_result.map_err(RunError::Backend)?;
     info!("stopped");
     Ok(())
+}
+
+/// The authenticator `run` uses: the one given, else by
+/// `config.login.auth` the accounts file (or demo) or the backend's `auth`
+/// service.
+pub(crate) fn choose_authenticator(
+    config: &Config,
+    given: Option<Arc<dyn Authenticator>>,
+    backend: Option<&Backend>,
+) -> Result<Arc<dyn Authenticator>, RunError> {
+    Ok(match (given, config.login.auth, backend) {
+        (Some(auth), _, _) => auth,
+        (None, AuthSource::Accounts, _) => authenticator(config)?,
+        (None, AuthSource::Service, Some(backend)) => {
+            info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
+            backend.authenticator(config.login.auth_timeout)
+        }
+        (None, AuthSource::Service, None) => {
+            return Err(RunError::Config(
+                "login.auth = \"service\" needs backend services (set backend.listen / --backend-listen)"
+                    .to_owned(),
+            ));
+        }
+    })
+}
+
+/// The login server of `config` placing users with `placer`: its
+/// long-term key loaded, its random source set.
+pub(crate) fn login_server(
+    config: &Config,
+    auth: Arc<dyn Authenticator>,
+    placer: Arc<dyn Placer>,
+    random: Option<Arc<dyn RandomSource>>,
+) -> Result<LoginServer, RunError> {
+    let mut login = LoginServer::new(config.login.clone(), auth, placer)
+        .with_shutdown_grace(config.shutdown_grace);
+    match &config.login.server_key_file {
+        Some(path) => {
+            let key = crate::login::server_key::load(path).map_err(RunError::Config)?;
+            info!(public = %crate::login::server_key::public_text(&key), "clients may pin this server key");
+            login = login.with_server_key(key);
+        }
+        None if config.login.require_pinned => {
+            return Err(RunError::Config(
+                "login.require_pinned needs login.server_key_file (make one with `gate keygen`)"
+                    .to_owned(),
+            ));
+        }
+        None => {}
+    }
+    if let Some(random) = random {
+        login = login.with_random(random);
+    }
+    Ok(login)
 }
 
 /// The accounts file of `config.accounts`, or the demo authenticator.

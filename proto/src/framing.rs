@@ -24,6 +24,7 @@ use prost::Message;
 use tokio_util::codec::{Decoder, Encoder};
 
 use crate::backend::{GateFrame, ServiceFrame};
+use crate::control::{ControlFrame, LoginFrame};
 
 /// Size of the length header in front of every frame.
 pub const HEADER_LEN: usize = 4;
@@ -73,6 +74,14 @@ pub type ServiceCodec = FrameCodec<GateFrame, ServiceFrame>;
 
 /// The codec of a gate: reads [`ServiceFrame`]s, writes [`GateFrame`]s.
 pub type GateCodec = FrameCodec<ServiceFrame, GateFrame>;
+
+/// The login node's side of a control link: decodes [`ControlFrame`]s,
+/// encodes [`LoginFrame`]s.
+pub type LoginCodec = FrameCodec<ControlFrame, LoginFrame>;
+
+/// The gate's side of a control link: decodes [`LoginFrame`]s, encodes
+/// [`ControlFrame`]s.
+pub type ControlCodec = FrameCodec<LoginFrame, ControlFrame>;
 
 impl<D, E> FrameCodec<D, E> {
     /// A codec with the [`DEFAULT_MAX_FRAME_LEN`] limit.

@@ -41,6 +41,15 @@ pub mod backend {
     include!(concat!(env!("OUT_DIR"), "/gate.backend.v1.rs"));
 }
 
+/// The login node ↔ gate node control link of a cluster
+/// (`gate.control.v1`, `proto/control.proto`): place a user, kick a
+/// session. Framed like the backend link ([`framing::ControlCodec`],
+/// [`framing::LoginCodec`]), authenticated like it ([`link_auth::login_proof`]).
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod control {
+    include!(concat!(env!("OUT_DIR"), "/gate.control.v1.rs"));
+}
+
 /// The client's route envelope (`gate.route.v1`, `proto/route.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod route {
@@ -70,6 +79,11 @@ pub use convert::{VersionMismatch, split_route};
 /// framing bumps the version. Version 2 added the link authentication: a
 /// version-1 service cannot answer the challenge.
 pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The version of the control link (`proto/control.proto`), sent in
+/// `Hello`; a gate refuses a login node with another. Same rule as
+/// [`PROTOCOL_VERSION`].
+pub const CONTROL_VERSION: u32 = 1;
 
 /// Checks a peer's major protocol version against [`PROTOCOL_VERSION`].
 pub fn check_version(peer: u32) -> Result<(), VersionMismatch> {

@@ -1,4 +1,5 @@
-//! Mutual authentication of a gate ↔ service link with a shared secret.
+//! Mutual authentication of a gate ↔ service link, and of a login node ↔
+//! gate control link, with a shared secret.
 //!
 //! The gate opens every link with a [`LinkChallenge`](crate::backend::LinkChallenge)
 //! of 32 random bytes (`gate_nonce`); the service answers in its `Register`
@@ -14,6 +15,10 @@
 //!                                     ‖ BE32(len service) ‖ service ‖ BE32(len instance) ‖ instance)
 //! gate_proof    = HMAC-SHA256(secret, "gatelink v1 gate" ‖ gate_nonce ‖ service_nonce)
 //! ```
+//!
+//! A control link ([`crate::control`]) runs the same exchange with its own
+//! labels ([`login_proof`], [`control_gate_proof`]), so no proof made on
+//! one kind of link is valid on the other.
 
 use std::fmt;
 use std::path::Path;
@@ -29,6 +34,8 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 const SERVICE_LABEL: &[u8] = b"gatelink v1 service";
 const GATE_LABEL: &[u8] = b"gatelink v1 gate";
+const LOGIN_LABEL: &[u8] = b"gatecontrol v1 login";
+const CONTROL_GATE_LABEL: &[u8] = b"gatecontrol v1 gate";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -95,30 +102,43 @@ fn mac(secret: &[u8]) -> HmacSha256 {
     <HmacSha256 as KeyInit>::new_from_slice(secret).unwrap_or_else(|_| unreachable!())
 }
 
-fn service_mac(
+/// HMAC-SHA256 under `secret` over `label ‖ gate_nonce ‖ peer_nonce`, then
+/// each of `names` as `BE32(len) ‖ bytes`.
+fn labelled_mac(
     secret: &[u8],
+    label: &[u8],
     gate_nonce: &[u8],
-    service_nonce: &[u8],
-    service: &str,
-    instance: &str,
+    peer_nonce: &[u8],
+    names: &[&str],
 ) -> HmacSha256 {
     let mut m = mac(secret);
-    m.update(SERVICE_LABEL);
+    m.update(label);
     m.update(gate_nonce);
-    m.update(service_nonce);
-    for part in [service.as_bytes(), instance.as_bytes()] {
+    m.update(peer_nonce);
+    for part in names {
         m.update(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-        m.update(part);
+        m.update(part.as_bytes());
     }
     m
 }
 
-fn gate_mac(secret: &[u8], gate_nonce: &[u8], service_nonce: &[u8]) -> HmacSha256 {
-    let mut m = mac(secret);
-    m.update(GATE_LABEL);
-    m.update(gate_nonce);
-    m.update(service_nonce);
-    m
+fn proof_mac(secret: &[u8], gate_nonce: &[u8], peer_nonce: &[u8], which: Proof<'_>) -> HmacSha256 {
+    match which {
+        Proof::Service { service, instance } => labelled_mac(
+            secret,
+            SERVICE_LABEL,
+            gate_nonce,
+            peer_nonce,
+            &[service, instance],
+        ),
+        Proof::Gate => labelled_mac(secret, GATE_LABEL, gate_nonce, peer_nonce, &[]),
+        Proof::Login { node } => labelled_mac(secret, LOGIN_LABEL, gate_nonce, peer_nonce, &[node]),
+        Proof::ControlGate => labelled_mac(secret, CONTROL_GATE_LABEL, gate_nonce, peer_nonce, &[]),
+    }
+}
+
+fn finish(m: HmacSha256) -> Vec<u8> {
+    m.finalize().into_bytes().to_vec()
 }
 
 /// The service's proof (see the module docs).
@@ -129,18 +149,40 @@ pub fn service_proof(
     service: &str,
     instance: &str,
 ) -> Vec<u8> {
-    service_mac(secret, gate_nonce, service_nonce, service, instance)
-        .finalize()
-        .into_bytes()
-        .to_vec()
+    finish(proof_mac(
+        secret,
+        gate_nonce,
+        service_nonce,
+        Proof::Service { service, instance },
+    ))
 }
 
 /// The gate's proof (see the module docs).
 pub fn gate_proof(secret: &[u8], gate_nonce: &[u8], service_nonce: &[u8]) -> Vec<u8> {
-    gate_mac(secret, gate_nonce, service_nonce)
-        .finalize()
-        .into_bytes()
-        .to_vec()
+    finish(proof_mac(secret, gate_nonce, service_nonce, Proof::Gate))
+}
+
+/// A login node's proof on a control link (`proto/control.proto`):
+/// `HMAC-SHA256(secret, "gatecontrol v1 login" ‖ gate_nonce ‖ login_nonce ‖
+/// BE32(len node) ‖ node)`.
+pub fn login_proof(secret: &[u8], gate_nonce: &[u8], login_nonce: &[u8], node: &str) -> Vec<u8> {
+    finish(proof_mac(
+        secret,
+        gate_nonce,
+        login_nonce,
+        Proof::Login { node },
+    ))
+}
+
+/// A gate's proof on a control link:
+/// `HMAC-SHA256(secret, "gatecontrol v1 gate" ‖ gate_nonce ‖ login_nonce)`.
+pub fn control_gate_proof(secret: &[u8], gate_nonce: &[u8], login_nonce: &[u8]) -> Vec<u8> {
+    finish(proof_mac(
+        secret,
+        gate_nonce,
+        login_nonce,
+        Proof::ControlGate,
+    ))
 }
 
 /// Which proof [`verify`] checks.
@@ -153,8 +195,15 @@ pub enum Proof<'a> {
         /// The registration's instance id.
         instance: &'a str,
     },
-    /// The gate's.
+    /// The gate's, on a backend link.
     Gate,
+    /// A login node's, on a control link, for its node id.
+    Login {
+        /// The `Hello`'s node id.
+        node: &'a str,
+    },
+    /// The gate's, on a control link.
+    ControlGate,
 }
 
 /// Checks `proof` in constant time. Nonces of the wrong length fail.
@@ -168,13 +217,9 @@ pub fn verify(
     if gate_nonce.len() != NONCE_LEN || service_nonce.len() != NONCE_LEN {
         return false;
     }
-    let m = match which {
-        Proof::Service { service, instance } => {
-            service_mac(secret, gate_nonce, service_nonce, service, instance)
-        }
-        Proof::Gate => gate_mac(secret, gate_nonce, service_nonce),
-    };
-    m.verify_slice(proof).is_ok()
+    proof_mac(secret, gate_nonce, service_nonce, which)
+        .verify_slice(proof)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -235,5 +280,38 @@ mod tests {
         assert!(!verify(SECRET, &g, &s, Proof::Gate, &gp[..31]));
         assert!(!verify(SECRET, &g[..31], &s, Proof::Gate, &gp));
         assert!(!verify(SECRET, &g, &s, Proof::Gate, &[]));
+    }
+
+    #[test]
+    fn control_link_proofs_are_their_own() {
+        let (g, l) = ([4u8; 32], [5u8; 32]);
+        let p = login_proof(SECRET, &g, &l, "login-1");
+        let who = Proof::Login { node: "login-1" };
+        assert!(verify(SECRET, &g, &l, who, &p));
+        assert!(!verify(
+            SECRET,
+            &g,
+            &l,
+            Proof::Login { node: "login-2" },
+            &p
+        ));
+        // A login node's proof is no service registration, and the reverse.
+        let as_service = Proof::Service {
+            service: "login-1",
+            instance: "",
+        };
+        assert!(!verify(SECRET, &g, &l, as_service, &p));
+        let sp = service_proof(SECRET, &g, &l, "login-1", "");
+        assert!(!verify(SECRET, &g, &l, who, &sp));
+        let gp = control_gate_proof(SECRET, &g, &l);
+        assert!(verify(SECRET, &g, &l, Proof::ControlGate, &gp));
+        assert!(!verify(SECRET, &g, &l, Proof::Gate, &gp));
+        assert!(!verify(
+            SECRET,
+            &g,
+            &l,
+            Proof::ControlGate,
+            &gate_proof(SECRET, &g, &l)
+        ));
     }
 }

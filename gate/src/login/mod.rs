@@ -22,6 +22,6 @@ pub use self::auth::{
     AccountsError, AccountsFile, AuthError, Authenticator, Credentials, DemoAuth,
 };
 pub use self::gates::Gates;
-pub use self::online::{OnlineSession, OnlineTable};
+pub use self::online::{LocalPlacer, OnlineSession, OnlineTable};
 pub use self::random::{FixedRandom, OsRandom, RandomSource, ThreadRandom};
 pub use self::server::LoginServer;

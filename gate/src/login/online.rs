@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::placement::{EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest};
+use crate::placement::{
+    BoxFuture, EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer,
+};
 use crate::shard::ShardedMap;
 
 /// Where a uid is logged in.
@@ -37,15 +39,33 @@ pub struct OnlineTable {
     online: ShardedMap<Bytes, OnlineSession>,
 }
 
-/// Why the login handler refused a login.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PlaceError {
-    /// Another login of the uid is in progress (multilogin off): `406`.
-    #[error("another login of this uid is in progress")]
-    InProgress,
-    /// The gate did not take the login, or the old session would not go: `403`.
-    #[error(transparent)]
-    Refused(#[from] LoginRefusal),
+pub use crate::placement::PlaceError;
+
+/// The one-process [`Placer`]: the online table and the gates of this
+/// process.
+#[derive(Clone)]
+pub struct LocalPlacer {
+    /// Who is online (the gates report ended sessions to it).
+    pub online: Arc<OnlineTable>,
+    /// The gates.
+    pub gates: Arc<dyn GateLink>,
+    /// `login.multilogin`.
+    pub multilogin: bool,
+}
+
+impl std::fmt::Debug for LocalPlacer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalPlacer")
+            .field("online", &self.online.len())
+            .field("multilogin", &self.multilogin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Placer for LocalPlacer {
+    fn place(&self, req: LoginRequest) -> BoxFuture<'static, Result<Bytes, PlaceError>> {
+        Box::pin(Arc::clone(&self.online).place(Arc::clone(&self.gates), self.multilogin, req))
+    }
 }
 
 /// Reason given to the old session when the same uid logs in again.
@@ -195,7 +215,6 @@ mod tests {
     use tokio::sync::{Notify, oneshot};
 
     use super::*;
-    use crate::placement::BoxFuture;
 
     /// A gate link that allocates subids 1, 2, 3… and records kicks; a
     /// login can be held until released.

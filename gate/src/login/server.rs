@@ -67,13 +67,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::auth::{AuthError, Authenticator};
-use super::online::{OnlineTable, PlaceError};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
 use crate::config::LoginConfig;
 use crate::esc::esc;
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
-use crate::placement::{GateLink, LoginRequest};
+use crate::placement::{LoginRequest, PlaceError, Placer};
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -117,8 +116,7 @@ struct LoginState {
     server: ServerConfig,
     throttle: Throttle,
     auth: Arc<dyn Authenticator>,
-    gates: Arc<dyn GateLink>,
-    online: Arc<OnlineTable>,
+    placer: Arc<dyn Placer>,
     random: Arc<dyn RandomSource>,
 }
 
@@ -127,22 +125,20 @@ impl std::fmt::Debug for LoginServer {
         f.debug_struct("LoginServer")
             .field("config", &self.shared.config)
             .field("auth", &self.shared.auth.name())
-            .field("online", &self.shared.online.len())
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
     }
 }
 
 impl LoginServer {
-    /// A login server that authenticates with `auth`, places users on
-    /// gates through `gates` and records them in `online` (which the gates
-    /// must report ended sessions to, as their `LoginLink`). Randomness
-    /// comes from a CSPRNG per thread seeded from the OS ([`ThreadRandom`]).
+    /// A login server that authenticates with `auth` and places users with
+    /// `placer` (one process: [`super::LocalPlacer`] over an [`super::OnlineTable`] the
+    /// gates report ended sessions to). Randomness comes from a CSPRNG per
+    /// thread seeded from the OS ([`ThreadRandom`]).
     pub fn new(
         config: LoginConfig,
         auth: Arc<dyn Authenticator>,
-        gates: Arc<dyn GateLink>,
-        online: Arc<OnlineTable>,
+        placer: Arc<dyn Placer>,
     ) -> LoginServer {
         LoginServer {
             shared: LoginState {
@@ -154,8 +150,7 @@ impl LoginServer {
                 },
                 config,
                 auth,
-                gates,
-                online,
+                placer,
                 random: Arc::new(ThreadRandom),
             },
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -563,16 +558,12 @@ async fn decide(
     // drops this future: then the online table stays in step with the
     // gate. A panic in it is a 403, as for a handler in a task of its own.
     let handler = Detach::new(
-        AssertUnwindSafe(Arc::clone(&shared.online).place(
-            Arc::clone(&shared.gates),
-            shared.config.multilogin,
-            LoginRequest {
-                server,
-                uid,
-                user: Bytes::from(user),
-                secret: login.secret().clone(),
-            },
-        ))
+        AssertUnwindSafe(shared.placer.place(LoginRequest {
+            server,
+            uid,
+            user: Bytes::from(user),
+            secret: login.secret().clone(),
+        }))
         .catch_unwind(),
     );
     match handler.await {
@@ -590,6 +581,7 @@ async fn decide(
             PlaceError::InProgress.to_string(),
         ),
         Ok(Err(PlaceError::Refused(refusal))) => (LoginOutcome::Forbidden, refusal.to_string()),
+        Ok(Err(e @ PlaceError::Unavailable(_))) => (LoginOutcome::Unavailable, e.to_string()),
         Err(panic) => (
             LoginOutcome::Forbidden,
             format!("login handler failed: {}", panic_message(&*panic)),
@@ -672,7 +664,8 @@ mod tests {
 
     use super::*;
     use crate::login::auth::{Credentials, DemoAuth};
-    use crate::placement::LoginRefusal;
+    use crate::login::online::{LocalPlacer, OnlineTable};
+    use crate::placement::{GateLink, LoginRefusal};
 
     impl Stream for DuplexStream {
         async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -732,10 +725,13 @@ mod tests {
         Arc::new(LoginState {
             throttle: throttle(&config),
             server: ServerConfig::default(),
+            placer: Arc::new(LocalPlacer {
+                online: Arc::new(OnlineTable::new()),
+                gates: Arc::new(Sample::default()),
+                multilogin: config.multilogin,
+            }),
             config,
             auth,
-            gates: Arc::new(Sample::default()),
-            online: Arc::new(OnlineTable::new()),
             random: Arc::new(FixedRandom(ServerRandom {
                 challenge: [0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18],
                 skynet_key: [0x5e, 0x2f, 0x3a, 0x4b, 0x6c, 0x7d, 0x8e, 0x9f],

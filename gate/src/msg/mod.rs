@@ -163,6 +163,20 @@ impl MsgGate {
             .count()
     }
 
+    /// The `(uid, subid)` of every session on this gate (a snapshot).
+    pub fn session_ids(&self) -> Vec<(Bytes, Bytes)> {
+        self.core
+            .users()
+            .iter()
+            .map(|u| (u.uid.clone(), u.subid.clone()))
+            .collect()
+    }
+
+    /// Whether the gate refuses new sessions (it is shutting down).
+    pub fn is_draining(&self) -> bool {
+        self.core.draining.is_cancelled()
+    }
+
     /// A snapshot of the counters.
     pub fn metrics(&self) -> GateMetrics {
         let m = &self.core.metrics;

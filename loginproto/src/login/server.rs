@@ -427,6 +427,9 @@ pub enum LoginOutcome {
     Forbidden,
     /// Another login of the same uid is in progress (`406`).
     NotAcceptable,
+    /// Nobody can be placed right now, e.g. the cluster's session directory
+    /// is unreachable (`503`).
+    Unavailable,
 }
 
 impl LoginOutcome {
@@ -437,6 +440,7 @@ impl LoginOutcome {
             LoginOutcome::Unauthorized => LoginStatus::UNAUTHORIZED,
             LoginOutcome::Forbidden => LoginStatus::FORBIDDEN,
             LoginOutcome::NotAcceptable => LoginStatus::NOT_ACCEPTABLE,
+            LoginOutcome::Unavailable => LoginStatus::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -1,0 +1,528 @@
+//! The cluster's state in Redis: the gate registry and the session
+//! directory, changed only by the Lua scripts in this file (each runs
+//! atomically on the Redis server, so every change is a compare-and-set).
+//!
+//! Round trips of one login with no previous session: [`Directory::begin`]
+//! on the login node (lock, target gate, old record: one script),
+//! [`Directory::commit`] on the gate (record and unlock: one script), and
+//! later [`Directory::end`] when the session ends: three in all.
+//!
+//! Redis is never on a client's request path: only logins, session ends and
+//! the registry heartbeat touch it. Every call has a deadline
+//! ([`DirectoryOptions::timeout`]); a failed call is a [`DirError`] the
+//! caller turns into a refusal (`503` for a login), never a hang.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+
+use super::record::{Keys, Record};
+
+/// Why a directory call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// No answer within the deadline.
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// An answer of an unexpected shape (another program wrote the keys).
+    #[error("unexpected answer from redis: {0}")]
+    Shape(String),
+}
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct DirectoryOptions {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Deadline of every call.
+    pub timeout: Duration,
+}
+
+/// The registry entry of a gate node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateEntry {
+    /// The gate's node id.
+    pub node: String,
+    /// Its boot epoch.
+    pub epoch: u64,
+    /// The address clients connect to.
+    pub client: String,
+    /// The address login nodes dial for the control link.
+    pub control: String,
+    /// Sessions on it at the last heartbeat.
+    pub online: u64,
+    /// Whether it refuses new sessions (shutting down, draining).
+    pub draining: bool,
+}
+
+/// What [`Directory::register`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registered {
+    /// The entry was there with our epoch; its lease is renewed.
+    Renewed,
+    /// There was no entry (first registration, a lapsed lease, or a Redis
+    /// that lost its data): it is written now.
+    Created,
+    /// Another boot of the server name holds a live lease.
+    Taken {
+        /// That gate's node id.
+        node: String,
+        /// Its epoch.
+        epoch: u64,
+    },
+}
+
+/// A gate as a login node needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Boot epoch.
+    pub epoch: u64,
+    /// Control address.
+    pub control: String,
+    /// Draining.
+    pub draining: bool,
+}
+
+/// The session a uid had when a login began.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OldSession {
+    /// The record, as stored (passed back to [`Directory::commit`]).
+    pub raw: Bytes,
+    /// The record, parsed (`None` if it was malformed: then it is replaced).
+    pub record: Option<Record>,
+    /// The gate it is on, if that gate's lease is live **and** its epoch is
+    /// the record's: only then can the session still exist.
+    pub live_on: Option<String>,
+}
+
+/// What [`Directory::begin`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Another login of the uid holds the lock (`406`).
+    Busy,
+    /// The lock is ours (or multilogin is on).
+    Ready {
+        /// The gate serving the requested server name, if registered.
+        target: Option<Target>,
+        /// The uid's current session, if it has a record.
+        old: Option<OldSession>,
+    },
+}
+
+/// What [`Directory::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The new record is written and the lock released.
+    Done,
+    /// Another session's record is there: a concurrent login won.
+    Taken,
+    /// The login's lock expired and another login took it.
+    LockLost,
+}
+
+/// The scripts. `Script` sends `EVALSHA` and falls back to `EVAL` when the
+/// server does not know the script (e.g. after a restart).
+struct Scripts {
+    register: Script,
+    unregister: Script,
+    begin: Script,
+    release: Script,
+    commit: Script,
+    end: Script,
+    restore: Script,
+}
+
+/// Writes the gate's entry if it is absent or ours (same epoch), with the
+/// lease as its expiry. Returns {1} renewed, {2} created, {0, node, epoch}
+/// taken.
+const REGISTER: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'epoch')
+if cur and cur ~= ARGV[2] then
+  return {0, redis.call('HGET', KEYS[1], 'node') or '', cur}
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'client', ARGV[3],
+  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[7])
+if cur then return {1} else return {2} end
+";
+
+/// Deletes the gate's entry if it is still ours.
+const UNREGISTER: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// KEYS: lock, user, target gate. ARGV: token ('' = no lock), lock ttl ms,
+/// key prefix. Takes the lock, reads the target gate and the old record,
+/// and the old record's gate (epoch, control) if it is registered.
+const BEGIN: &str = r"
+if ARGV[1] ~= '' then
+  if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {'busy'}
+  end
+end
+local t = redis.call('HMGET', KEYS[3], 'epoch', 'control', 'draining')
+local old = redis.call('GET', KEYS[2])
+if not old then
+  return {'ok', t[1] or '', t[2] or '', t[3] or '', '', '', ''}
+end
+local server = string.match(old, '^[^\n]*\n[^\n]*\n(.*)$') or ''
+local o = redis.call('HMGET', ARGV[3] .. 'gate:' .. server, 'epoch', 'control')
+return {'ok', t[1] or '', t[2] or '', t[3] or '', old, o[1] or '', o[2] or ''}
+";
+
+/// KEYS: lock. ARGV: token. Releases the lock if it is still this login's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// KEYS: user, lock. ARGV: new record, expected old record ('' none),
+/// token ('' none). Writes the record if the current one is absent or the
+/// expected one, and the lock (if any) is still this login's.
+const COMMIT: &str = r"
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return 'lock'
+end
+local cur = redis.call('GET', KEYS[1])
+if cur and cur ~= ARGV[2] then
+  return 'taken'
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then
+  redis.call('DEL', KEYS[2])
+end
+return 'ok'
+";
+
+/// KEYS: user. ARGV: record. Deletes the record only if it is this one:
+/// the late end of an old session never removes a newer one.
+const END: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// KEYS: user. ARGV: record. Writes the record back if the uid has none
+/// (after Redis lost its data); returns 1 written or already ours, 0 when
+/// another session's record is there.
+const RESTORE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+if cur == ARGV[1] then return 1 end
+return 0
+";
+
+/// The registry and the session directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Directory {
+    conn: ConnectionManager,
+    keys: Keys,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("prefix", &self.keys.prefix())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn text(v: &Value) -> Option<Bytes> {
+    match v {
+        Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
+        Value::SimpleString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
+        Value::Int(i) => Some(Bytes::from(i.to_string())),
+        Value::Nil => Some(Bytes::new()),
+        _ => None,
+    }
+}
+
+fn parse_u64(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn shape(what: &str, v: &Value) -> DirError {
+    DirError::Shape(format!("{what}: {v:?}"))
+}
+
+impl Directory {
+    /// A directory on the Redis at `opts.url`. Connects lazily: a node
+    /// starts while Redis is down and every call fails fast until it is
+    /// back; the connection is re-established on the next call after a
+    /// failure.
+    pub fn new(opts: &DirectoryOptions) -> Result<Directory, DirError> {
+        let client = redis::Client::open(opts.url.as_str())?;
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(opts.timeout))
+            .set_response_timeout(Some(opts.timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(20))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
+        Ok(Directory {
+            conn,
+            keys: Keys::new(opts.prefix.clone()),
+            timeout: opts.timeout,
+            scripts: Arc::new(Scripts {
+                register: Script::new(REGISTER),
+                unregister: Script::new(UNREGISTER),
+                begin: Script::new(BEGIN),
+                release: Script::new(RELEASE),
+                commit: Script::new(COMMIT),
+                end: Script::new(END),
+                restore: Script::new(RESTORE),
+            }),
+        })
+    }
+
+    /// The key names.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, inv.invoke_async::<Value>(&mut conn)).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(DirError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Whether Redis answers a `PING` within the deadline.
+    pub async fn ping(&self) -> Result<(), DirError> {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
+            Ok(result) => result.map(drop).map_err(DirError::from),
+            Err(_) => Err(DirError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Writes or renews the registry entry of `server` under a lease.
+    pub async fn register(
+        &self,
+        server: &[u8],
+        entry: &GateEntry,
+        lease: Duration,
+    ) -> Result<Registered, DirError> {
+        let mut inv = self.scripts.register.key(self.keys.gate(server));
+        inv.arg(&entry.node)
+            .arg(entry.epoch.to_string())
+            .arg(&entry.client)
+            .arg(&entry.control)
+            .arg(entry.online.to_string())
+            .arg(if entry.draining { "1" } else { "0" })
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+        let v = self.run(inv).await?;
+        let Value::Array(items) = &v else {
+            return Err(shape("register", &v));
+        };
+        match items.first() {
+            Some(Value::Int(1)) => Ok(Registered::Renewed),
+            Some(Value::Int(2)) => Ok(Registered::Created),
+            Some(Value::Int(0)) => {
+                let node = items.get(1).and_then(text).unwrap_or_default();
+                let epoch = items.get(2).and_then(text).unwrap_or_default();
+                Ok(Registered::Taken {
+                    node: String::from_utf8_lossy(&node).into_owned(),
+                    epoch: parse_u64(&epoch).unwrap_or(0),
+                })
+            }
+            _ => Err(shape("register", &v)),
+        }
+    }
+
+    /// Deletes the registry entry of `server` if it is still `epoch`'s.
+    pub async fn unregister(&self, server: &[u8], epoch: u64) -> Result<(), DirError> {
+        let mut inv = self.scripts.unregister.key(self.keys.gate(server));
+        inv.arg(epoch.to_string());
+        self.run(inv).await.map(drop)
+    }
+
+    /// The registry entry of `server`, if its lease is live.
+    pub async fn gate(&self, server: &[u8]) -> Result<Option<GateEntry>, DirError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("HGETALL").arg(self.keys.gate(server)).clone();
+        let v = match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await
+        {
+            Ok(v) => v?,
+            Err(_) => return Err(DirError::Timeout(self.timeout)),
+        };
+        let pairs: Vec<(Bytes, Bytes)> = match &v {
+            Value::Array(items) => items
+                .chunks(2)
+                .filter_map(|kv| Some((text(kv.first()?)?, text(kv.get(1)?)?)))
+                .collect(),
+            Value::Map(items) => items
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, text(v)?)))
+                .collect(),
+            _ => return Err(shape("gate", &v)),
+        };
+        if pairs.is_empty() {
+            return Ok(None);
+        }
+        let field = |name: &str| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name.as_bytes())
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        Ok(Some(GateEntry {
+            node: field("node"),
+            epoch: field("epoch").parse().unwrap_or(0),
+            client: field("client"),
+            control: field("control"),
+            online: field("online").parse().unwrap_or(0),
+            draining: field("draining") == "1",
+        }))
+    }
+
+    /// The first step of a login of `uid` on `server`: takes the uid's lock
+    /// (unless `token` is empty: multilogin), reads the target gate, the
+    /// uid's current record and whether that record's gate still lives.
+    pub async fn begin(
+        &self,
+        uid: &[u8],
+        server: &[u8],
+        token: &str,
+        lock_ttl: Duration,
+    ) -> Result<Begin, DirError> {
+        let mut inv = self.scripts.begin.prepare_invoke();
+        inv.key(self.keys.lock(uid))
+            .key(self.keys.user(uid))
+            .key(self.keys.gate(server))
+            .arg(token)
+            .arg(
+                u64::try_from(lock_ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(self.keys.prefix());
+        let v = self.run(inv).await?;
+        let Value::Array(items) = &v else {
+            return Err(shape("begin", &v));
+        };
+        let field = |i: usize| items.get(i).and_then(text);
+        match field(0).as_deref() {
+            Some(b"busy") => return Ok(Begin::Busy),
+            Some(b"ok") if items.len() == 7 => {}
+            _ => return Err(shape("begin", &v)),
+        }
+        let (t_epoch, t_control, t_draining) = (
+            field(1).unwrap_or_default(),
+            field(2).unwrap_or_default(),
+            field(3).unwrap_or_default(),
+        );
+        let target = parse_u64(&t_epoch).map(|epoch| Target {
+            epoch,
+            control: String::from_utf8_lossy(&t_control).into_owned(),
+            draining: &t_draining[..] == b"1",
+        });
+        let raw = field(4).unwrap_or_default();
+        let old = if raw.is_empty() {
+            None
+        } else {
+            let record = Record::decode(&raw);
+            let o_epoch = field(5).and_then(|e| parse_u64(&e));
+            let live_on = match (&record, o_epoch) {
+                (Some(r), Some(e)) if r.epoch == e => {
+                    Some(String::from_utf8_lossy(&field(6).unwrap_or_default()).into_owned())
+                }
+                _ => None,
+            };
+            Some(OldSession {
+                raw,
+                record,
+                live_on,
+            })
+        };
+        Ok(Begin::Ready { target, old })
+    }
+
+    /// Releases the lock of `uid` if `token` still holds it (a login that
+    /// did not reach [`Directory::commit`]).
+    pub async fn release(&self, uid: &[u8], token: &str) -> Result<(), DirError> {
+        if token.is_empty() {
+            return Ok(());
+        }
+        let mut inv = self.scripts.release.key(self.keys.lock(uid));
+        inv.arg(token);
+        self.run(inv).await.map(drop)
+    }
+
+    /// Records `record` as the session of `uid` if the current record is
+    /// `expected` (empty: none) and `token` (if any) still holds the lock,
+    /// and releases the lock.
+    pub async fn commit(
+        &self,
+        uid: &[u8],
+        record: &Record,
+        expected: &[u8],
+        token: &[u8],
+    ) -> Result<Commit, DirError> {
+        let mut inv = self.scripts.commit.key(self.keys.user(uid));
+        inv.key(self.keys.lock(uid))
+            .arg(record.encode())
+            .arg(expected)
+            .arg(token);
+        let v = self.run(inv).await?;
+        match text(&v).as_deref() {
+            Some(b"ok") => Ok(Commit::Done),
+            Some(b"taken") => Ok(Commit::Taken),
+            Some(b"lock") => Ok(Commit::LockLost),
+            _ => Err(shape("commit", &v)),
+        }
+    }
+
+    /// Removes the record of `uid` if it is `record`. Returns whether it
+    /// was.
+    pub async fn end(&self, uid: &[u8], record: &Record) -> Result<bool, DirError> {
+        let mut inv = self.scripts.end.key(self.keys.user(uid));
+        inv.arg(record.encode());
+        let v = self.run(inv).await?;
+        Ok(matches!(v, Value::Int(1)))
+    }
+
+    /// Writes `record` back for `uid` if it has none. `Ok(false)`: another
+    /// session's record is there.
+    pub async fn restore(&self, uid: &[u8], record: &Record) -> Result<bool, DirError> {
+        let mut inv = self.scripts.restore.key(self.keys.user(uid));
+        inv.arg(record.encode());
+        let v = self.run(inv).await?;
+        Ok(matches!(v, Value::Int(1)))
+    }
+
+    /// The record of `uid`, if any (for tools and tests).
+    pub async fn record(&self, uid: &[u8]) -> Result<Option<Record>, DirError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("GET").arg(self.keys.user(uid)).clone();
+        let v = match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await
+        {
+            Ok(v) => v?,
+            Err(_) => return Err(DirError::Timeout(self.timeout)),
+        };
+        Ok(text(&v).and_then(|b| Record::decode(&b)))
+    }
+}

@@ -1,0 +1,29 @@
+//! Many login nodes and many gate nodes on one Redis.
+//!
+//! ```text
+//! clients ──▶ login nodes (stateless) ──control link──▶ gate nodes
+//!                 │  begin: lock, target, old record        │ commit / end
+//!                 └──────────────▶  Redis  ◀─────────────────┘ registry lease
+//! services ──authenticated backend links──▶ every gate node
+//! ```
+//!
+//! * [`record`]: key names and the directory record format;
+//! * [`directory`]: the registry and the session directory, changed only by
+//!   compare-and-set scripts;
+//! * [`gate_node`]: registration and its heartbeat, the control listener,
+//!   record removal when a session ends;
+//! * [`login_node`]: the control links and the [`ClusterPlacer`].
+//!
+//! The rules the directory keeps, and the test of each, are listed in the
+//! README's "Cluster" section.
+
+pub mod directory;
+pub mod gate_node;
+pub mod login_node;
+pub mod record;
+mod run;
+
+pub use self::directory::{Directory, DirectoryOptions};
+pub use self::gate_node::{DirectoryLink, GateNode};
+pub use self::login_node::{ClusterPlacer, ControlLinks};
+pub use self::run::{run_gate_node, run_login_node};

@@ -1,0 +1,188 @@
+//! Entry points of the two cluster roles, like [`crate::run_with`] for the
+//! all-in-one process: the caller binds the listeners and passes its own
+//! shutdown future.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use proto::link_auth::LinkSecret;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::directory::{Directory, DirectoryOptions};
+use super::gate_node::{self, DirectoryLink, GateNode, new_epoch};
+use super::login_node::{ClusterPlacer, ControlLinks};
+use crate::agent::{Agent, EchoAgent};
+use crate::config::{AuthSource, Config};
+use crate::msg::MsgGate;
+use crate::run::{Components, RunError, choose_authenticator, login_server};
+
+fn secret(config: &Config) -> Result<LinkSecret, RunError> {
+    let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
+        RunError::Config(
+            "cluster nodes need a link secret: set cluster.secret_file (--cluster-secret-file); \
+             make one with `gate link-secret > FILE`"
+                .to_owned(),
+        )
+    })?;
+    LinkSecret::from_file(path).map_err(|e| RunError::Config(e.to_string()))
+}
+
+fn directory(config: &Config) -> Result<Directory, RunError> {
+    let url = config.cluster.redis.clone().ok_or_else(|| {
+        RunError::Config("cluster nodes need cluster.redis (--redis redis://HOST:PORT)".to_owned())
+    })?;
+    Directory::new(&DirectoryOptions {
+        url,
+        prefix: config.cluster.key_prefix.clone(),
+        timeout: config.cluster.redis_timeout,
+    })
+    .map_err(|e| RunError::Config(e.to_string()))
+}
+
+/// Runs a gate node: the gate on `gate_listener`, the control link on
+/// `control_listener`, the backend listener of `components.backend`, the
+/// registration heartbeat. Refuses to start if another live gate node
+/// serves `config.gate.name`. On `shutdown`: marks itself draining, shuts
+/// the gate down as [`crate::run`] does, removes its sessions' records and
+/// its registration.
+pub async fn run_gate_node(
+    gate_listener: TcpListener,
+    control_listener: TcpListener,
+    config: Config,
+    components: Components,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let secret = secret(&config)?;
+    let dir = directory(&config)?;
+    let epoch = new_epoch();
+    let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
+    let backend = components.backend;
+    let agent = match (components.agent, &backend) {
+        (Some(agent), _) => agent,
+        (None, Some(backend)) => backend.agent(),
+        (None, None) => Arc::new(EchoAgent) as Arc<dyn Agent>,
+    };
+    let gate = MsgGate::new(config.gate(), agent, link.clone());
+    let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let node = Arc::new(GateNode {
+        gate: gate.clone(),
+        dir,
+        node: config.cluster.node_id(),
+        epoch,
+        secret,
+        client_addr: config
+            .cluster
+            .client_advertise
+            .clone()
+            .unwrap_or_else(|| local(&gate_listener)),
+        control_addr: config
+            .cluster
+            .control_advertise
+            .clone()
+            .unwrap_or_else(|| local(&control_listener)),
+        lease: config.cluster.lease,
+    });
+    node.register()
+        .await
+        .map_err(|e| RunError::Config(e.to_string()))?;
+
+    let token = CancellationToken::new();
+    let backends_stop = CancellationToken::new();
+    let heartbeat_stop = CancellationToken::new();
+    let stop = async {
+        shutdown.await;
+        info!("shutting down");
+        token.cancel();
+    };
+    let gate_done = async {
+        let result = gate.serve(gate_listener, token.clone()).await;
+        token.cancel();
+        backends_stop.cancel();
+        heartbeat_stop.cancel();
+        result
+    };
+    let backend_done = async {
+        match &backend {
+            Some(backend) => {
+                let result = backend
+                    .serve(gate.clone(), token.clone(), backends_stop.clone())
+                    .await;
+                token.cancel();
+                result
+            }
+            None => Ok(()),
+        }
+    };
+    let ((), (), (), gate_result, backend_result) = tokio::join!(
+        async {
+            tokio::select! {
+                () = stop => {}
+                () = token.cancelled() => {}
+            }
+        },
+        node.heartbeat(heartbeat_stop.clone()),
+        gate_node::serve_control(Arc::clone(&node), control_listener, token.clone()),
+        gate_done,
+        backend_done,
+    );
+    link.flush(config.shutdown_grace).await;
+    node.unregister().await;
+    gate_result.map_err(RunError::Gate)?;
+    backend_result.map_err(RunError::Backend)?;
+    info!("stopped");
+    Ok(())
+}
+
+/// Runs a login node on `login_listener` until `shutdown`: users are
+/// placed on the gate nodes registered in Redis. Credentials come from
+/// `components.authenticator` or the accounts file (the `auth` service
+/// needs a backend listener, which only gate nodes have).
+pub async fn run_login_node(
+    login_listener: TcpListener,
+    config: Config,
+    components: Components,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    if components.authenticator.is_none() && config.login.auth == AuthSource::Service {
+        return Err(RunError::Config(
+            "a login node checks credentials with the accounts file (login.auth = \"accounts\")"
+                .to_owned(),
+        ));
+    }
+    let secret = secret(&config)?;
+    let dir = directory(&config)?;
+    let node = config.cluster.node_id();
+    let auth = choose_authenticator(&config, components.authenticator, None)?;
+    let links = ControlLinks::new(node.clone(), secret, config.cluster.control_timeout);
+    let placer = ClusterPlacer::new(
+        dir.clone(),
+        links,
+        config.login.multilogin,
+        config.cluster.lock_ttl,
+    );
+    let login = login_server(&config, auth, Arc::new(placer), components.random)?;
+    match dir.ping().await {
+        Ok(()) => info!(node = %node, "login node up"),
+        Err(e) => {
+            tracing::warn!(node = %node, error = %e, "login node up, Redis unreachable: logins get 503 until it answers")
+        }
+    }
+    let token = CancellationToken::new();
+    let serve = async {
+        login.serve(login_listener, token.clone()).await;
+        token.cancel();
+    };
+    tokio::join!(
+        async {
+            tokio::select! {
+                () = shutdown => { info!("shutting down"); token.cancel(); }
+                () = token.cancelled() => {}
+            }
+        },
+        serve,
+    );
+    info!("stopped");
+    Ok(())
+}

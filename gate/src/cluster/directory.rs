@@ -140,13 +140,18 @@ struct Scripts {
     restore: Script,
 }
 
-/// Writes the gate's entry if it is absent or ours (same epoch), with the
-/// lease as its expiry. Returns {1} renewed, {2} created, {0, node, epoch}
-/// taken.
+/// Writes the gate's entry if it is absent or ours (same epoch), or, when
+/// ARGV[8] is '1', another boot of the same node id (a restarted node
+/// takes its name over at once), with the lease as its expiry. Returns {1}
+/// renewed, {2} created, {0, node, epoch} taken.
 const REGISTER: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if cur and cur ~= ARGV[2] then
-  return {0, redis.call('HGET', KEYS[1], 'node') or '', cur}
+  local node = redis.call('HGET', KEYS[1], 'node') or ''
+  if ARGV[8] ~= '1' or node ~= ARGV[1] then
+    return {0, node, cur}
+  end
+  cur = false
 end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'client', ARGV[3],
   'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6])
@@ -318,12 +323,16 @@ impl Directory {
         }
     }
 
-    /// Writes or renews the registry entry of `server` under a lease.
+    /// Writes or renews the registry entry of `server` under a lease. With
+    /// `takeover`, an entry of another boot of the same node id is
+    /// replaced (the node restarted); an entry of another node id is never
+    /// replaced while its lease lives.
     pub async fn register(
         &self,
         server: &[u8],
         entry: &GateEntry,
         lease: Duration,
+        takeover: bool,
     ) -> Result<Registered, DirError> {
         let mut inv = self.scripts.register.key(self.keys.gate(server));
         inv.arg(&entry.node)
@@ -332,7 +341,8 @@ impl Directory {
             .arg(&entry.control)
             .arg(entry.online.to_string())
             .arg(if entry.draining { "1" } else { "0" })
-            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+            .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
+            .arg(if takeover { "1" } else { "0" });
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("register", &v));

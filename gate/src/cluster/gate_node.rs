@@ -147,21 +147,6 @@ pub struct GateNode {
     pub lease: Duration,
 }
 
-/// Why a gate node cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum NodeError {
-    /// Another live gate node serves the server name.
-    #[error("server name {server:?} is already served by gate node {node:?} (epoch {epoch})")]
-    NameTaken {
-        /// The name.
-        server: String,
-        /// The other node.
-        node: String,
-        /// Its epoch.
-        epoch: u64,
-    },
-}
-
 impl GateNode {
     fn entry(&self, draining: bool) -> GateEntry {
         GateEntry {
@@ -178,34 +163,43 @@ impl GateNode {
         self.gate.name().as_bytes()
     }
 
-    /// The first registration. Redis unreachable is not fatal (the
-    /// heartbeat keeps trying, and nobody can log in meanwhile anyway); a
-    /// name held by another live node is.
-    pub async fn register(&self) -> Result<(), NodeError> {
-        match self
-            .dir
-            .register(self.server(), &self.entry(false), self.lease)
-            .await
-        {
-            Ok(Registered::Taken { node, epoch }) => Err(NodeError::NameTaken {
-                server: self.gate.name().to_owned(),
-                node,
-                epoch,
-            }),
-            Ok(_) => {
-                info!(
+    /// The first registration: returns once this node holds its server
+    /// name, or `stop` is cancelled (`false`). A live entry of another boot
+    /// of the same node id is taken over at once (this node restarted);
+    /// one of another node id is waited out, with a warning, until its
+    /// lease lapses. Redis unreachable: logged, retried.
+    pub async fn register(&self, stop: &CancellationToken) -> bool {
+        let period = (self.lease / 3).max(Duration::from_millis(50));
+        loop {
+            let registered = self
+                .dir
+                .register(self.server(), &self.entry(false), self.lease, true)
+                .await;
+            match registered {
+                Ok(Registered::Taken { node, epoch }) => warn!(
                     server = %self.gate.name(),
-                    node = %self.node,
-                    epoch = self.epoch,
-                    client = %self.client_addr,
-                    control = %self.control_addr,
-                    "registered in the cluster"
-                );
-                Ok(())
+                    other = %esc(node.as_bytes()),
+                    other_epoch = epoch,
+                    "another gate node holds this server name; waiting for its lease to lapse"
+                ),
+                Ok(_) => {
+                    info!(
+                        server = %self.gate.name(),
+                        node = %self.node,
+                        epoch = self.epoch,
+                        client = %self.client_addr,
+                        control = %self.control_addr,
+                        "registered in the cluster"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot register in the cluster yet (Redis unreachable?); retrying")
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "cannot register in the cluster yet; retrying");
-                Ok(())
+            tokio::select! {
+                () = tokio::time::sleep(period) => {}
+                () = stop.cancelled() => return false,
             }
         }
     }
@@ -215,11 +209,12 @@ impl GateNode {
     pub async fn heartbeat(&self, stop: CancellationToken) {
         let period = (self.lease / 3).max(Duration::from_millis(50));
         let mut healthy = true;
-        let mut registered = false;
+        // `register` ran first.
+        let mut registered = true;
         loop {
             match self
                 .dir
-                .register(self.server(), &self.entry(false), self.lease)
+                .register(self.server(), &self.entry(false), self.lease, false)
                 .await
             {
                 Ok(Registered::Renewed) => registered = true,
@@ -264,7 +259,7 @@ impl GateNode {
         }
         let _ = self
             .dir
-            .register(self.server(), &self.entry(true), self.lease)
+            .register(self.server(), &self.entry(true), self.lease, false)
             .await;
     }
 

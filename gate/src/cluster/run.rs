@@ -84,10 +84,6 @@ pub async fn run_gate_node(
             .unwrap_or_else(|| local(&control_listener)),
         lease: config.cluster.lease,
     });
-    node.register()
-        .await
-        .map_err(|e| RunError::Config(e.to_string()))?;
-
     let token = CancellationToken::new();
     let backends_stop = CancellationToken::new();
     let heartbeat_stop = CancellationToken::new();
@@ -96,6 +92,15 @@ pub async fn run_gate_node(
         info!("shutting down");
         token.cancel();
     };
+    tokio::pin!(stop);
+    // Serve nothing until this node holds its name.
+    tokio::select! {
+        () = &mut stop => {}
+        _ = node.register(&token) => {}
+    }
+    if token.is_cancelled() {
+        return Ok(());
+    }
     let gate_done = async {
         let result = gate.serve(gate_listener, token.clone()).await;
         token.cancel();

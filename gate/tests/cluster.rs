@@ -1,0 +1,671 @@
+//! The cluster against a real Redis and real node processes: login nodes
+//! and gate nodes are the `gate` binary started by the test
+//! (`--role login|gate`), each test with its own `redis-server` on a free
+//! loopback port with persistence off (install Debian's `redis-server`;
+//! `.ci/run` does).
+//!
+//! Every rule of the session directory has its own test. Waits are on
+//! events: a port that accepts, a key that appears or lapses in Redis, a
+//! package on the wire; each has a failure guard.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use client_cli::ClientError;
+use client_cli::gate::Extensions;
+use client_cli::session::{ConnectSpec, Event, LoginOverrides};
+use client_cli::{Session, SessionConfig};
+use codec::message::ResponseFlag;
+use codec::status::{GateStatus, LoginStatus};
+use gate::cluster::directory::{Begin, Commit, Directory, DirectoryOptions};
+use gate::cluster::record::Record;
+use loginproto::login::Suite;
+
+/// Failure guard of every wait.
+const GUARD: Duration = Duration::from_secs(30);
+/// Lease of the test gates: short, so a killed gate lapses quickly.
+const LEASE: &str = "1s";
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+/// Polls `check` until it holds (a wait on state another process changes).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    guard(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+async fn port_open(addr: SocketAddr) {
+    eventually(&format!("{addr} accepts"), || async move {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+/// A child process, killed when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `redis-server` on a free port, no persistence.
+struct Redis {
+    port: u16,
+    proc: Option<Proc>,
+    dir: PathBuf,
+}
+
+impl Redis {
+    async fn start(dir: &Path) -> Redis {
+        let mut redis = Redis {
+            port: free_port(),
+            proc: None,
+            dir: dir.to_owned(),
+        };
+        redis.restart().await;
+        redis
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, empty) on the same port.
+    async fn restart(&mut self) {
+        let log = self.dir.join(format!("redis-{}.log", self.port));
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", self.dir.to_str().expect("utf-8 path")])
+            .stdout(std::fs::File::create(&log).expect("redis log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "cannot start redis-server: install Debian's redis-server \
+                 (.ci/run does when it is missing)",
+            );
+        self.proc = Some(Proc { child, log });
+        port_open(SocketAddr::from(([127, 0, 0, 1], self.port))).await;
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+
+    fn directory(&self) -> Directory {
+        Directory::new(&DirectoryOptions {
+            url: self.url(),
+            prefix: "gate:".into(),
+            timeout: Duration::from_secs(1),
+        })
+        .expect("directory")
+    }
+}
+
+/// One test's cluster: its Redis, secret and nodes.
+struct Cluster {
+    dir: PathBuf,
+    redis: Redis,
+    secret: PathBuf,
+}
+
+struct GateNode {
+    proc: Proc,
+    name: String,
+    client: SocketAddr,
+    backend: SocketAddr,
+}
+
+struct LoginNode {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Cluster {
+    async fn start(test: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("cluster-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
+        let redis = Redis::start(&dir).await;
+        Cluster { dir, redis, secret }
+    }
+
+    fn node(&self, id: &str, args: &[String]) -> Proc {
+        let log = self.dir.join(format!("{id}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_gate"))
+            .arg("run")
+            .args(["--redis", &self.redis.url()])
+            .args(["--node-id", id])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("node log"))
+            .spawn()
+            .expect("start the gate binary");
+        Proc { child, log }
+    }
+
+    /// A gate node serving `name` with the built-in echo agent, registered
+    /// when this returns.
+    async fn gate(&self, id: &str, name: &str) -> GateNode {
+        self.gate_with(id, name, &self.secret, false).await
+    }
+
+    /// A gate node; with `backend`, requests go to backend services (the
+    /// `agent` service) dialling `GateNode::backend`.
+    async fn gate_with(&self, id: &str, name: &str, secret: &Path, backend: bool) -> GateNode {
+        let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let secret = secret.to_str().expect("utf-8").to_owned();
+        let mut args: Vec<String> = if backend {
+            vec![
+                "--backend-listen".into(),
+                backend_addr.to_string(),
+                "--link-secret-file".into(),
+                secret.clone(),
+            ]
+        } else {
+            Vec::new()
+        };
+        args.extend([
+            "--role".into(),
+            "gate".into(),
+            "--name".into(),
+            name.into(),
+            "--gate-listen".into(),
+            client.to_string(),
+            "--control-listen".into(),
+            control.to_string(),
+            "--cluster-secret-file".into(),
+            secret,
+            "--lease".into(),
+            LEASE.into(),
+            "--reconnect-window".into(),
+            "1m".into(),
+        ]);
+        let proc = self.node(id, &args);
+        let dir = self.redis.directory();
+        let wanted = client.to_string();
+        eventually(&format!("gate {name} registered"), || {
+            let (dir, wanted) = (dir.clone(), wanted.clone());
+            async move {
+                matches!(dir.gate(name.as_bytes()).await, Ok(Some(e)) if e.client == wanted)
+            }
+        })
+        .await;
+        port_open(client).await;
+        GateNode {
+            proc,
+            name: name.to_owned(),
+            client,
+            backend: backend_addr,
+        }
+    }
+
+    /// A login node, accepting when this returns.
+    async fn login(&self, id: &str) -> LoginNode {
+        self.login_with(id, &self.secret).await
+    }
+
+    async fn login_with(&self, id: &str, secret: &Path) -> LoginNode {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let proc = self.node(
+            id,
+            &[
+                "--role".into(),
+                "login".into(),
+                "--login-listen".into(),
+                addr.to_string(),
+                "--cluster-secret-file".into(),
+                secret.to_str().expect("utf-8").into(),
+            ],
+        );
+        port_open(addr).await;
+        LoginNode { proc, addr }
+    }
+}
+
+/// A player: the client library's session, opted in to the extensions.
+struct Player {
+    s: Session,
+}
+
+impl Player {
+    fn new(login: &LoginNode, gate: &GateNode, user: &str) -> Player {
+        Player {
+            s: Session::new(SessionConfig {
+                login_addr: login.addr.to_string(),
+                gate_addr: gate.client.to_string(),
+                user: user.to_owned(),
+                server: gate.name.clone(),
+                password: "password".into(),
+                suite: Suite::X25519,
+                server_key: None,
+                timeout: Duration::from_secs(10),
+                extensions: Extensions::OptIn,
+                heartbeat: Duration::from_secs(20),
+            }),
+        }
+    }
+
+    async fn login(&mut self) -> Result<Bytes, ClientError> {
+        let ticket = self.s.login(&LoginOverrides::default()).await?;
+        Ok(Bytes::from(ticket.subid))
+    }
+
+    async fn connect(&mut self) -> GateStatus {
+        let (status, _) = self
+            .s
+            .connect(&ConnectSpec::default())
+            .await
+            .expect("handshake");
+        if status == GateStatus::OK {
+            match guard("welcome", self.s.recv()).await {
+                Ok(Event::Welcome { .. }) => {}
+                other => panic!("expected the welcome, got {other:?}"),
+            }
+        }
+        status
+    }
+
+    /// Logs in and connects, or panics.
+    async fn online(login: &LoginNode, gate: &GateNode, user: &str) -> Player {
+        let mut p = Player::new(login, gate, user);
+        p.login().await.expect("login");
+        assert_eq!(p.connect().await, GateStatus::OK);
+        p
+    }
+
+    /// The next package that is not a response: (flag, content).
+    async fn next_message(&mut self) -> Option<(ResponseFlag, Bytes)> {
+        loop {
+            match guard("a package", self.s.recv()).await.expect("recv") {
+                Event::Message(m) => return Some((m.response.flag, m.response.content)),
+                Event::Closed => return None,
+                _ => {}
+            }
+        }
+    }
+
+    async fn echo(&mut self, text: &str) -> Bytes {
+        let session = self
+            .s
+            .send(None, Bytes::copy_from_slice(text.as_bytes()))
+            .await
+            .expect("send");
+        loop {
+            match guard("an answer", self.s.recv()).await.expect("recv") {
+                Event::Message(m) if m.response.session == session => {
+                    assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
+                    return m.response.content;
+                }
+                Event::Closed => panic!("closed while waiting for {text:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Reads up to the close; returns the kick reasons seen.
+    async fn kicks_until_closed(&mut self) -> Vec<Bytes> {
+        let mut kicks = Vec::new();
+        while let Some((flag, content)) = self.next_message().await {
+            if flag == ResponseFlag::KICK {
+                kicks.push(content);
+            }
+        }
+        kicks
+    }
+}
+
+fn refused(result: Result<Bytes, ClientError>) -> LoginStatus {
+    match result {
+        Err(ClientError::LoginRefused(status)) => status,
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_relogin_on_another_gate_kicks_the_old_session_exactly_once() {
+    let c = Cluster::start("relogin").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let (l1, l2) = (c.login("l1").await, c.login("l2").await);
+
+    let mut old = Player::online(&l1, &g1, "alice").await;
+    assert_eq!(old.echo("before").await, "before");
+    let record = c.redis.directory().record(b"alice").await.unwrap().unwrap();
+    assert_eq!(record.server, "north");
+
+    // The same user on the other gate, through the other login node.
+    let mut new = Player::online(&l2, &g2, "alice").await;
+    assert_eq!(
+        old.kicks_until_closed().await,
+        vec![Bytes::from("logged in again")]
+    );
+    assert_eq!(new.echo("after").await, "after");
+    let record = c.redis.directory().record(b"alice").await.unwrap().unwrap();
+    assert_eq!(record.server, "south");
+    // The old session is gone for good: its ticket no longer connects.
+    assert_eq!(old.connect().await, GateStatus::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn concurrent_logins_of_one_uid_leave_exactly_one_live_session() {
+    let c = Cluster::start("race").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let (l1, l2) = (c.login("l1").await, c.login("l2").await);
+    let dir = c.redis.directory();
+    for round in 0..25 {
+        let user = format!("racer{round}");
+        let mut a = Player::new(&l1, &g1, &user);
+        let mut b = Player::new(&l2, &g2, &user);
+        let (ra, rb) = tokio::join!(a.login(), b.login());
+        let mut winners = Vec::new();
+        for (who, result) in [("a", ra), ("b", rb)] {
+            match result {
+                Ok(subid) => winners.push((who, subid)),
+                Err(ClientError::LoginRefused(s)) => {
+                    assert_eq!(s, LoginStatus::NOT_ACCEPTABLE, "round {round} {who}")
+                }
+                Err(e) => panic!("round {round} {who}: {e}"),
+            }
+        }
+        assert!(!winners.is_empty(), "round {round}: nobody logged in");
+        // However the two interleaved, exactly one session connects: a
+        // login that finished first was kicked by the second.
+        let mut live = Vec::new();
+        for (who, _) in &winners {
+            let p = if *who == "a" { &mut a } else { &mut b };
+            if p.connect().await == GateStatus::OK {
+                live.push(*who);
+            }
+        }
+        assert_eq!(live.len(), 1, "round {round}: live sessions {live:?}");
+        let record = dir.record(user.as_bytes()).await.unwrap().unwrap();
+        let expected = if live[0] == "a" { "north" } else { "south" };
+        assert_eq!(record.server, expected, "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn the_late_end_of_an_old_session_never_removes_a_newer_one() {
+    let c = Cluster::start("late-end").await;
+    let dir = c.redis.directory();
+    let rec = |subid: &'static str| Record {
+        epoch: 7,
+        subid: Bytes::from_static(subid.as_bytes()),
+        server: Bytes::from_static(b"north"),
+    };
+    let lock = Duration::from_secs(5);
+    let Begin::Ready { old: None, .. } = dir.begin(b"bob", b"north", "t1", lock).await.unwrap()
+    else {
+        panic!("a fresh uid has no record")
+    };
+    assert_eq!(
+        dir.commit(b"bob", &rec("1"), b"", b"t1").await.unwrap(),
+        Commit::Done
+    );
+    // A relogin replaces subid 1 with subid 2 (expecting 1)...
+    let Begin::Ready { old: Some(old), .. } =
+        dir.begin(b"bob", b"north", "t2", lock).await.unwrap()
+    else {
+        panic!("bob has a record")
+    };
+    assert_eq!(old.record, Some(rec("1")));
+    // ...nobody else holds the lock meanwhile...
+    assert_eq!(
+        dir.begin(b"bob", b"north", "t3", lock).await.unwrap(),
+        Begin::Busy
+    );
+    assert_eq!(
+        dir.commit(b"bob", &rec("2"), &old.raw, b"t2")
+            .await
+            .unwrap(),
+        Commit::Done
+    );
+    // ...and the end of session 1, arriving late, removes nothing.
+    assert!(!dir.end(b"bob", &rec("1")).await.unwrap());
+    assert_eq!(dir.record(b"bob").await.unwrap(), Some(rec("2")));
+    // A commit expecting a record that is no longer there is refused.
+    assert_eq!(
+        dir.commit(b"bob", &rec("3"), &old.raw, b"").await.unwrap(),
+        Commit::Taken
+    );
+    assert!(dir.end(b"bob", &rec("2")).await.unwrap());
+    assert_eq!(dir.record(b"bob").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_killed_gate_stops_owning_its_users_when_its_lease_lapses() {
+    let c = Cluster::start("kill9").await;
+    let (mut g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let l1 = c.login("l1").await;
+    let _carol = Player::online(&l1, &g1, "carol").await;
+    let mut dave = Player::online(&l1, &g2, "dave").await;
+
+    g1.proc.kill9();
+    // While the dead gate's lease lives, its user cannot be placed
+    // elsewhere (its old session might still exist).
+    let dir = c.redis.directory();
+    if dir.gate(b"north").await.unwrap().is_some() {
+        let mut early = Player::new(&l1, &g2, "carol");
+        let status = refused(early.login().await);
+        assert_eq!(status, LoginStatus::FORBIDDEN);
+    }
+    eventually("the killed gate's lease lapses", || {
+        let dir = dir.clone();
+        async move { matches!(dir.gate(b"north").await, Ok(None)) }
+    })
+    .await;
+    // Then carol logs in elsewhere normally; dave never noticed.
+    let mut carol = Player::online(&l1, &g2, "carol").await;
+    assert_eq!(carol.echo("moved").await, "moved");
+    for i in 0..20 {
+        assert_eq!(dave.echo(&format!("still {i}")).await, format!("still {i}"));
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_gate_never_inherits_the_old_boots_sessions() {
+    let c = Cluster::start("restart").await;
+    let mut g1 = c.gate("g1", "north").await;
+    let l1 = c.login("l1").await;
+    let _erin = Player::online(&l1, &g1, "erin").await;
+    let dir = c.redis.directory();
+    let old_epoch = dir.gate(b"north").await.unwrap().unwrap().epoch;
+    let erin_record = dir.record(b"erin").await.unwrap().unwrap();
+    assert_eq!(erin_record.epoch, old_epoch);
+
+    // The same node restarts at once (same node id: it takes its name over
+    // without waiting for the lease).
+    g1.proc.kill9();
+    let g1 = c.gate("g1", "north").await;
+    let new_epoch = dir.gate(b"north").await.unwrap().unwrap().epoch;
+    assert_ne!(new_epoch, old_epoch);
+    // frank gets subid 1 of the new boot, the subid erin had in the old one.
+    let mut frank = Player::online(&l1, &g1, "frank").await;
+    assert_eq!(
+        dir.record(b"frank").await.unwrap().unwrap().subid,
+        erin_record.subid
+    );
+    // erin's stale record names the old epoch: her login neither kicks
+    // frank's equal subid nor is refused.
+    let mut erin = Player::online(&l1, &g1, "erin").await;
+    assert_eq!(erin.echo("new boot").await, "new boot");
+    assert_eq!(frank.echo("untouched").await, "untouched");
+    assert_eq!(dir.record(b"erin").await.unwrap().unwrap().epoch, new_epoch);
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_sessions_working_and_refuses_logins_with_503() {
+    let mut c = Cluster::start("outage").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let l1 = c.login("l1").await;
+    let mut gina = Player::online(&l1, &g1, "gina").await;
+
+    c.redis.stop();
+    for i in 0..50 {
+        assert_eq!(gina.echo(&format!("up {i}")).await, format!("up {i}"));
+    }
+    let mut hank = Player::new(&l1, &g2, "hank");
+    assert_eq!(
+        refused(hank.login().await),
+        LoginStatus::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        l1.proc.log().contains("session directory unreachable"),
+        "the refusal is logged"
+    );
+
+    // Redis comes back empty: no node restarts, logins recover, and the
+    // gates write their sessions back so a relogin still finds gina's.
+    c.redis.restart().await;
+    let dir = c.redis.directory();
+    eventually(
+        "both gates registered again, gina's record restored",
+        || {
+            let dir = dir.clone();
+            async move {
+                matches!(dir.gate(b"north").await, Ok(Some(_)))
+                    && matches!(dir.gate(b"south").await, Ok(Some(_)))
+                    && matches!(dir.record(b"gina").await, Ok(Some(_)))
+            }
+        },
+    )
+    .await;
+    let mut hank = Player::online(&l1, &g2, "hank").await;
+    assert_eq!(hank.echo("after").await, "after");
+    assert_eq!(gina.echo("still").await, "still");
+    let _gina_again = Player::online(&l1, &g2, "gina").await;
+    assert_eq!(
+        gina.kicks_until_closed().await,
+        vec![Bytes::from("logged in again")]
+    );
+}
+
+#[tokio::test]
+async fn pushes_and_kicks_from_a_service_reach_users_on_any_gate() {
+    let c = Cluster::start("push").await;
+    let g1 = c.gate_with("g1", "north", &c.secret, true).await;
+    let g2 = c.gate_with("g2", "south", &c.secret, true).await;
+    let l1 = c.login("l1").await;
+    let secret = proto::link_auth::LinkSecret::from_file(&c.secret).unwrap();
+    let service = service::Service::builder("agent")
+        .gate(g1.backend.to_string())
+        .gate(g2.backend.to_string())
+        .link_secret(secret)
+        .instance_id("agent-1")
+        .build(service::handler_fn(
+            |_ctx: service::Context, req: service::Request| async move { Ok(req.payload) },
+        ))
+        .unwrap();
+    let gates = service.gates();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(service.run(stop.clone()));
+    eventually("the service linked to both gates", || {
+        let gates = gates.clone();
+        async move { gates.connected() == 2 }
+    })
+    .await;
+
+    let mut ivy = Player::online(&l1, &g1, "ivy").await;
+    let mut jim = Player::online(&l1, &g2, "jim").await;
+    assert_eq!(ivy.echo("via service").await, "via service");
+
+    gates.push("jim", "to jim").await.unwrap();
+    assert_eq!(
+        jim.next_message().await,
+        Some((ResponseFlag::PUSH, Bytes::from("to jim")))
+    );
+    gates.push_all("to all").await.unwrap();
+    for p in [&mut ivy, &mut jim] {
+        assert_eq!(
+            p.next_message().await,
+            Some((ResponseFlag::PUSH, Bytes::from("to all")))
+        );
+    }
+    gates.kick("jim", "bye jim").await.unwrap();
+    assert_eq!(jim.kicks_until_closed().await, vec![Bytes::from("bye jim")]);
+    let dir = c.redis.directory();
+    eventually("jim's record removed", || {
+        let dir = dir.clone();
+        async move { matches!(dir.record(b"jim").await, Ok(None)) }
+    })
+    .await;
+    assert_eq!(ivy.echo("ivy stays").await, "ivy stays");
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_node_with_a_wrong_secret_is_refused_and_nothing_reaches_it() {
+    let c = Cluster::start("secret").await;
+    let g1 = c.gate("g1", "north").await;
+    let wrong = c.dir.join("wrong");
+    std::fs::write(&wrong, "a different secret, 32 bytes long").unwrap();
+    let bad = c.login_with("intruder", &wrong).await;
+    let mut p = Player::new(&bad, &g1, "kim");
+    assert_eq!(refused(p.login().await), LoginStatus::FORBIDDEN);
+    eventually("the gate logs the refusal", || {
+        let log = g1.proc.log();
+        async move {
+            log.contains("control link refused") && log.contains("wrong or missing proof")
+        }
+    })
+    .await;
+    assert!(bad.proc.log().contains("refused the control link"));
+    assert_eq!(c.redis.directory().record(b"kim").await.unwrap(), None);
+
+    // A gate with the wrong secret: the login node will not trust it.
+    let g2 = c.gate_with("g2", "south", &wrong, false).await;
+    let l1 = c.login("l1").await;
+    let mut p = Player::new(&l1, &g2, "kim");
+    assert_eq!(refused(p.login().await), LoginStatus::FORBIDDEN);
+    // The honest pair still works.
+    let mut ok = Player::online(&l1, &g1, "kim").await;
+    assert_eq!(ok.echo("fine").await, "fine");
+}

@@ -1,7 +1,8 @@
 //! A gate node: the gate, its registration in Redis, and the control
 //! listener login nodes place users through.
 //!
-//! * [`Registration`] keeps the registry entry alive: it renews the lease
+//! * [`GateNode::register`] and [`GateNode::heartbeat`] keep the registry
+//!   entry alive: the heartbeat renews the lease
 //!   every third of it with the online count and the draining flag. When
 //!   the entry was gone (its lease lapsed during a Redis outage, or Redis
 //!   lost its data), it is written again and every session of this gate is

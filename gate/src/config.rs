@@ -342,6 +342,17 @@ pub struct ClusterConfig {
     /// (at least 16 bytes; `gate link-secret` makes one). Required for
     /// `login` and `gate`. Default: none.
     pub secret_file: Option<PathBuf>,
+    /// Gate nodes: serve the control link over TLS with this certificate
+    /// chain (PEM, leaf first); needs `tls_key_file`. Default: none (plain
+    /// TCP; keep it on a private network).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Gate nodes: the private key of `tls_cert_file` (PEM). Default: none.
+    pub tls_key_file: Option<PathBuf>,
+    /// Login nodes: dial control links over TLS, trusting the CA
+    /// certificates in this PEM file (the gate's certificate must name the
+    /// host or IP address of its published control address). Default:
+    /// none (plain TCP).
+    pub tls_ca_file: Option<PathBuf>,
     /// Deadline of one Redis call; a login whose call misses it is
     /// answered `503`. Default: 1s.
     #[serde(with = "duration")]
@@ -368,6 +379,9 @@ impl Default for ClusterConfig {
             control_advertise: None,
             client_advertise: None,
             secret_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_file: None,
             redis_timeout: Duration::from_secs(1),
             control_timeout: Duration::from_secs(8),
             lock_ttl: Duration::from_secs(30),
@@ -434,6 +448,13 @@ pub struct BackendConfig {
     /// (at least 16 bytes; trailing whitespace ignored; make one with
     /// `gate link-secret`). Required when `listen` is set. Default: none.
     pub secret_file: Option<PathBuf>,
+    /// Serve service links over TLS with this certificate chain (PEM,
+    /// leaf first); needs `tls_key_file`. Services then dial with the CA
+    /// that signed it (`service::Builder::tls_ca_file`). Default: none
+    /// (plain TCP; keep it on a private network).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM). Default: none.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for BackendConfig {
@@ -451,6 +472,8 @@ impl Default for BackendConfig {
             max_links: 1024,
             auth_service: "auth".to_owned(),
             secret_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod raw_echo;
 mod run;
 pub mod session;
 pub mod shard;
+pub mod tls;
 pub mod wire;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};

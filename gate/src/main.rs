@@ -374,7 +374,15 @@ impl RunArgs {
             let secret = LinkSecret::from_file(path)?;
             let listener = listen(addr, LISTEN_BACKLOG)
                 .with_context(|| format!("cannot listen on {addr} (backend)"))?;
-            components.backend = Some(Backend::new(config.backend.clone(), listener, secret));
+            let mut backend = Backend::new(config.backend.clone(), listener, secret);
+            match (&config.backend.tls_cert_file, &config.backend.tls_key_file) {
+                (Some(cert), Some(key)) => {
+                    backend = backend.with_tls(gate::tls::acceptor(cert, key)?);
+                }
+                (None, None) => {}
+                _ => anyhow::bail!("backend.tls_cert_file and backend.tls_key_file go together"),
+            }
+            components.backend = Some(backend);
         }
         if role == Role::Gate {
             let addr = config.cluster.control_listen;

@@ -8,6 +8,9 @@
 //! events: a port that accepts, a key that appears or lapses in Redis, a
 //! package on the wire; each has a failure guard.
 
+// Helpers here are test code too: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -198,6 +201,18 @@ impl Cluster {
     /// A gate node; with `backend`, requests go to backend services (the
     /// `agent` service) dialling `GateNode::backend`.
     async fn gate_with(&self, id: &str, name: &str, secret: &Path, backend: bool) -> GateNode {
+        self.gate_full(id, name, secret, backend, &[]).await
+    }
+
+    /// [`Cluster::gate_with`] with more flags.
+    async fn gate_full(
+        &self,
+        id: &str,
+        name: &str,
+        secret: &Path,
+        backend: bool,
+        extra: &[String],
+    ) -> GateNode {
         let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -228,6 +243,7 @@ impl Cluster {
             "--reconnect-window".into(),
             "1m".into(),
         ]);
+        args.extend(extra.iter().cloned());
         let proc = self.node(id, &args);
         let dir = self.redis.directory();
         let wanted = client.to_string();
@@ -253,18 +269,22 @@ impl Cluster {
     }
 
     async fn login_with(&self, id: &str, secret: &Path) -> LoginNode {
+        self.login_full(id, secret, &[]).await
+    }
+
+    /// [`Cluster::login_with`] with more flags.
+    async fn login_full(&self, id: &str, secret: &Path, extra: &[String]) -> LoginNode {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let proc = self.node(
-            id,
-            &[
-                "--role".into(),
-                "login".into(),
-                "--login-listen".into(),
-                addr.to_string(),
-                "--cluster-secret-file".into(),
-                secret.to_str().expect("utf-8").into(),
-            ],
-        );
+        let mut args: Vec<String> = vec![
+            "--role".into(),
+            "login".into(),
+            "--login-listen".into(),
+            addr.to_string(),
+            "--cluster-secret-file".into(),
+            secret.to_str().expect("utf-8").into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let proc = self.node(id, &args);
         port_open(addr).await;
         LoginNode { proc, addr }
     }
@@ -593,16 +613,7 @@ async fn pushes_and_kicks_from_a_service_reach_users_on_any_gate() {
     let g1 = c.gate_with("g1", "north", &c.secret, true).await;
     let g2 = c.gate_with("g2", "south", &c.secret, true).await;
     let l1 = c.login("l1").await;
-    let secret = proto::link_auth::LinkSecret::from_file(&c.secret).unwrap();
-    let service = service::Service::builder("agent")
-        .gate(g1.backend.to_string())
-        .gate(g2.backend.to_string())
-        .link_secret(secret)
-        .instance_id("agent-1")
-        .build(service::handler_fn(
-            |_ctx: service::Context, req: service::Request| async move { Ok(req.payload) },
-        ))
-        .unwrap();
+    let service = echo_service(&[&g1, &g2], &c.secret, None);
     let gates = service.gates();
     let stop = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(service.run(stop.clone()));
@@ -668,4 +679,165 @@ async fn a_node_with_a_wrong_secret_is_refused_and_nothing_reaches_it() {
     // The honest pair still works.
     let mut ok = Player::online(&l1, &g1, "kim").await;
     assert_eq!(ok.echo("fine").await, "fine");
+}
+
+/// Writes a CA and a certificate for 127.0.0.1 signed by it into `dir`;
+/// returns (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join(format!("{name}-ca.pem")),
+        dir.join(format!("{name}-cert.pem")),
+        dir.join(format!("{name}-key.pem")),
+    );
+    std::fs::write(&paths.0, ca_cert.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    (paths.0, paths.1, paths.2)
+}
+
+/// A config file with these `[cluster]` lines.
+fn cluster_config(dir: &Path, name: &str, lines: &[String]) -> Vec<String> {
+    config_file(dir, name, "cluster", lines)
+}
+
+/// A config file with these lines in `[section]`.
+fn config_file(dir: &Path, name: &str, section: &str, lines: &[String]) -> Vec<String> {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, format!("[{section}]\n{}\n", lines.join("\n"))).unwrap();
+    vec!["--config".into(), path.to_str().unwrap().into()]
+}
+
+/// The `agent` service, echoing, linked to each of `gates`.
+fn echo_service(
+    gates: &[&GateNode],
+    secret: &Path,
+    tls: Option<&Path>,
+) -> service::Service<impl service::Handler> {
+    let mut builder = service::Service::builder("agent")
+        .link_secret(proto::link_auth::LinkSecret::from_file(secret).unwrap())
+        .connect_timeout(Duration::from_secs(2));
+    for gate in gates {
+        builder = builder.gate(gate.backend.to_string());
+    }
+    if let Some(ca) = tls {
+        builder = builder.tls(service::LinkTls::from_ca_file(ca).unwrap());
+    }
+    builder
+        .build(service::handler_fn(
+            |_ctx: service::Context, req: service::Request| async move { Ok(req.payload) },
+        ))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn control_links_run_over_tls_when_configured() {
+    let c = Cluster::start("tls").await;
+    let (ca, cert, key) = certificates(&c.dir, "good");
+    let (other_ca, _, _) = certificates(&c.dir, "other");
+    let gate_tls = cluster_config(
+        &c.dir,
+        "gate-tls",
+        &[
+            format!("tls_cert_file = {:?}", cert.to_str().unwrap()),
+            format!("tls_key_file = {:?}", key.to_str().unwrap()),
+        ],
+    );
+    let g1 = c
+        .gate_full("g1", "north", &c.secret, false, &gate_tls)
+        .await;
+    let trusting = cluster_config(
+        &c.dir,
+        "login-tls",
+        &[format!("tls_ca_file = {:?}", ca.to_str().unwrap())],
+    );
+    let l1 = c.login_full("l1", &c.secret, &trusting).await;
+    let mut p = Player::online(&l1, &g1, "liz").await;
+    assert_eq!(p.echo("over tls").await, "over tls");
+    assert!(l1.proc.log().contains("control link up"));
+
+    // A login node trusting another CA does not talk to the gate, and a
+    // plain-TCP login node cannot speak to a TLS listener.
+    let distrusting = cluster_config(
+        &c.dir,
+        "login-other",
+        &[format!("tls_ca_file = {:?}", other_ca.to_str().unwrap())],
+    );
+    let l2 = c.login_full("l2", &c.secret, &distrusting).await;
+    let mut p = Player::new(&l2, &g1, "max");
+    assert_eq!(refused(p.login().await), LoginStatus::FORBIDDEN);
+    assert!(l2.proc.log().contains("TLS"), "{}", l2.proc.log());
+    let l3 = c.login("l3").await;
+    let mut p = Player::new(&l3, &g1, "max");
+    assert_eq!(refused(p.login().await), LoginStatus::FORBIDDEN);
+    eventually("the gate logs the failed TLS handshake", || {
+        let log = g1.proc.log();
+        async move { log.contains("TLS handshake failed") }
+    })
+    .await;
+    assert_eq!(c.redis.directory().record(b"max").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn backend_links_run_over_tls_when_configured() {
+    let c = Cluster::start("backend-tls").await;
+    let (ca, cert, key) = certificates(&c.dir, "good");
+    let (other_ca, _, _) = certificates(&c.dir, "other");
+    let tls = config_file(
+        &c.dir,
+        "backend-tls",
+        "backend",
+        &[
+            format!("tls_cert_file = {:?}", cert.to_str().unwrap()),
+            format!("tls_key_file = {:?}", key.to_str().unwrap()),
+        ],
+    );
+    let g1 = c.gate_full("g1", "north", &c.secret, true, &tls).await;
+    let l1 = c.login("l1").await;
+    let stop = tokio_util::sync::CancellationToken::new();
+
+    // A service that does not trust the gate's CA, and one that speaks
+    // plain TCP, never link; the gate logs each failed handshake.
+    for (i, ca) in [Some(other_ca.as_path()), None].into_iter().enumerate() {
+        let service = echo_service(&[&g1], &c.secret, ca);
+        let gates = service.gates();
+        let running = tokio::spawn(service.run(stop.clone()));
+        eventually("the gate logs a failed TLS handshake", || {
+            let log = g1.proc.log();
+            async move { log.matches("service link: TLS handshake failed").count() > i }
+        })
+        .await;
+        assert_eq!(gates.connected(), 0);
+        running.abort();
+    }
+
+    let service = echo_service(&[&g1], &c.secret, Some(&ca));
+    let gates = service.gates();
+    let running = tokio::spawn(service.run(stop.clone()));
+    eventually("the service linked over TLS", || {
+        let gates = gates.clone();
+        async move { gates.connected() == 1 }
+    })
+    .await;
+    let mut p = Player::online(&l1, &g1, "nia").await;
+    assert_eq!(p.echo("through tls").await, "through tls");
+    gates.push("nia", "pushed over tls").await.unwrap();
+    assert_eq!(
+        p.next_message().await,
+        Some((ResponseFlag::PUSH, Bytes::from("pushed over tls")))
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
 }

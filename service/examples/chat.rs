@@ -38,6 +38,10 @@ struct Args {
     /// `backend.secret_file`).
     #[arg(long, env = "GATE_LINK_SECRET_FILE", value_name = "FILE")]
     link_secret_file: std::path::PathBuf,
+    /// Dial the gates over TLS, trusting the CA certificates in this PEM
+    /// file (gates with `backend.tls_cert_file`) [default: plain TCP].
+    #[arg(long, value_name = "FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
 }
 
 /// The room a user joins when they name none.
@@ -215,6 +219,9 @@ async fn main() -> anyhow::Result<()> {
         .routes(["chat.join", "chat.say", "chat.leave"])
         .all_session_events(true);
     builder = builder.link_secret(service::LinkSecret::from_file(&args.link_secret_file)?);
+    if let Some(ca) = &args.tls_ca_file {
+        builder = builder.tls(service::LinkTls::from_ca_file(ca)?);
+    }
     for gate in args.gates {
         builder = builder.gate(gate);
     }

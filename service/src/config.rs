@@ -60,6 +60,9 @@ pub struct Config {
     /// when it registers and checks the gate knows too
     /// (`proto::link_auth`). Required, no default.
     pub secret: Option<LinkSecret>,
+    /// Dial the gates over TLS, trusting these CAs (for gates with
+    /// `backend.tls_cert_file`). Default: none, plain TCP.
+    pub tls: Option<crate::LinkTls>,
 }
 
 impl Config {
@@ -87,6 +90,7 @@ impl Config {
             send_queue: 1024,
             drain_timeout: Duration::from_secs(10),
             secret: None,
+            tls: None,
         }
     }
 
@@ -138,6 +142,12 @@ impl Builder {
     /// Sets the link secret (required; the same as the gates').
     pub fn link_secret(mut self, secret: LinkSecret) -> Self {
         self.config.secret = Some(secret);
+        self
+    }
+
+    /// Dials the gates over TLS (see [`crate::LinkTls`]).
+    pub fn tls(mut self, tls: crate::LinkTls) -> Self {
+        self.config.tls = Some(tls);
         self
     }
 

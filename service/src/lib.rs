@@ -59,6 +59,7 @@ mod error;
 mod gate;
 mod handler;
 mod outbox;
+mod tls;
 mod uplink;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub use crate::handler::{
     AuthDecision, AuthRequest, Context, FnHandler, Handler, Request, SessionEvent, SessionKind,
     handler_fn,
 };
+pub use crate::tls::LinkTls;
 // Re-exported so a service needs no direct dependency to name them.
 pub use bytes::Bytes;
 pub use proto::link_auth::LinkSecret;

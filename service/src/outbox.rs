@@ -25,8 +25,8 @@ use bytes::{BufMut, BytesMut};
 use prost::Message;
 use proto::backend::{Response, ServiceFrame, service_frame::Kind};
 use proto::framing::HEADER_LEN;
+use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 use tracing::{error, warn};
 
@@ -289,7 +289,7 @@ fn write_frame(frame: &ServiceFrame, len: usize, buf: &mut BytesMut) {
 /// clean end of stream.
 pub(crate) async fn write_loop(
     outbox: std::sync::Arc<Outbox>,
-    mut write: OwnedWriteHalf,
+    mut write: Box<dyn AsyncWrite + Send + Unpin>,
 ) -> io::Result<()> {
     let mut out = BytesMut::new();
     loop {

@@ -44,8 +44,13 @@ use proto::backend::{
 use proto::framing::ServiceCodec;
 use proto::link_auth::{self, Proof};
 use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A link's read half: TCP's own, or TLS's.
+type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A link's write half.
+type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep, sleep_until, timeout_at};
 use tokio_util::codec::{Decoder, FramedRead, FramedWrite};
@@ -156,7 +161,26 @@ async fn connect_and_serve<H: Handler>(
     if let Err(err) = stream.set_nodelay(true) {
         debug!(%err, "cannot set TCP_NODELAY");
     }
-    let (read, write) = stream.into_split();
+    let (read, write): (LinkRead, LinkWrite) = match &config.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return End::Shutdown,
+                handshake = timeout_at(deadline, tls.connect(gate.addr(), stream)) => handshake,
+            };
+            match handshake {
+                Err(_) => return lost(false, "TLS handshake timed out"),
+                Ok(Err(err)) => return lost(false, format!("TLS handshake failed: {err}")),
+                Ok(Ok(io)) => {
+                    let (read, write) = tokio::io::split(io);
+                    (Box::new(read), Box::new(write))
+                }
+            }
+        }
+    };
     let mut reader = FramedRead::new(read, ServiceCodec::with_max_frame_len(config.max_frame_len));
     let mut writer = FramedWrite::new(
         write,
@@ -378,8 +402,8 @@ impl<H: Handler> Connection<H> {
 
     async fn serve(
         self,
-        reader: FramedRead<OwnedReadHalf, ServiceCodec>,
-        writer: FramedWrite<OwnedWriteHalf, ServiceCodec>,
+        reader: FramedRead<LinkRead, ServiceCodec>,
+        writer: FramedWrite<LinkWrite, ServiceCodec>,
         shutdown: &CancellationToken,
     ) -> End {
         let config = &self.shared.config;

@@ -176,6 +176,7 @@ impl Backend {
             shared: Arc::new(BackendState {
                 cfg: config,
                 secret,
+                tls: None,
                 registry: Registry::new(),
                 sessions: Sessions::default(),
                 metrics: Arc::new(Metrics::default()),
@@ -184,6 +185,16 @@ impl Backend {
             listener: Arc::new(Mutex::new(Some(listener))),
             addr,
         }
+    }
+
+    /// Serves the links over TLS (`backend.tls_cert_file`). Call before
+    /// the backend is shared.
+    #[must_use]
+    pub fn with_tls(mut self, tls: crate::tls::ServerTls) -> Backend {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tls = Some(tls);
+        }
+        self
     }
 
     /// Where services connect.

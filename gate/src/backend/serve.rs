@@ -17,8 +17,13 @@ use proto::backend::{
 use proto::framing::GateCodec;
 use proto::link_auth::{self, LinkSecret, NONCE_LEN, Proof};
 use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// A link's read half: TCP's own, or TLS's.
+type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A link's write half.
+type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tokio_util::codec::{Encoder, FramedRead};
@@ -67,7 +72,32 @@ pub(crate) async fn run(
     // Frames are small and latency-bound; the writer batches on its own.
     let _ = stream.set_nodelay(true);
     let cfg = &serve.state.cfg;
-    let (read, mut write) = stream.into_split();
+    let (read, mut write): (LinkRead, LinkWrite) = match &serve.state.tls {
+        None => {
+            let (read, write) = stream.into_split();
+            (Box::new(read), Box::new(write))
+        }
+        Some(tls) => {
+            let accepted = tokio::select! {
+                () = serve.stop.cancelled() => return,
+                accepted = timeout(cfg.register_timeout, crate::tls::accept(Some(tls), stream)) => accepted,
+            };
+            match accepted {
+                Ok(Ok(io)) => {
+                    let (read, write) = tokio::io::split(io);
+                    (Box::new(read), Box::new(write))
+                }
+                Ok(Err(e)) => {
+                    warn!(%peer, error = %e, "service link: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, "service link: no TLS handshake within the deadline");
+                    return;
+                }
+            }
+        }
+    };
     // Room for many small answers per read: a busy link is read in big
     // batches instead of 8 KiB ones.
     let mut reader = FramedRead::with_capacity(
@@ -145,7 +175,7 @@ pub(crate) async fn run(
 
 /// Encodes and writes one frame (before the link's writer exists).
 async fn send_frame(
-    write: &mut OwnedWriteHalf,
+    write: &mut LinkWrite,
     max_frame_len: usize,
     frame: GateFrame,
 ) -> Result<(), String> {
@@ -189,8 +219,8 @@ fn authenticate(
 
 /// Reads frames until the `Register` (answering pings meanwhile).
 async fn registration(
-    reader: &mut FramedRead<OwnedReadHalf, GateCodec>,
-    write: &mut OwnedWriteHalf,
+    reader: &mut FramedRead<LinkRead, GateCodec>,
+    write: &mut LinkWrite,
     max_frame_len: usize,
 ) -> Result<Register, String> {
     loop {
@@ -250,8 +280,8 @@ async fn serve_link(
     serve: Arc<Serving>,
     link: Arc<Instance>,
     proof: Vec<u8>,
-    mut reader: FramedRead<OwnedReadHalf, GateCodec>,
-    write: OwnedWriteHalf,
+    mut reader: FramedRead<LinkRead, GateCodec>,
+    write: LinkWrite,
     _permit: OwnedSemaphorePermit,
 ) {
     let cfg = &serve.state.cfg;
@@ -449,7 +479,7 @@ fn dispatch(serve: &Arc<Serving>, link: &Arc<Instance>, frame: ServiceFrame) {
 }
 
 /// Writes what accumulates in the link's buffer, one `write` per batch.
-async fn write_loop(link: Arc<Instance>, mut write: OwnedWriteHalf) -> io::Result<()> {
+async fn write_loop(link: Arc<Instance>, mut write: LinkWrite) -> io::Result<()> {
     let mut spare = BytesMut::new();
     loop {
         link.writer_wake.notified().await;

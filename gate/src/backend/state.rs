@@ -15,6 +15,8 @@ pub(crate) struct BackendState {
     pub(crate) cfg: BackendConfig,
     /// What every service link must prove it knows.
     pub(crate) secret: LinkSecret,
+    /// TLS on the listener, if configured.
+    pub(crate) tls: Option<crate::tls::ServerTls>,
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
     pub(crate) metrics: Arc<Metrics>,

@@ -40,6 +40,7 @@ use crate::esc::esc;
 use crate::login::online::RELOGIN_KICK_REASON;
 use crate::msg::MsgGate;
 use crate::placement::{EndReason, LoginLink, LoginRefusal};
+use crate::tls::{self, BoxIo};
 
 /// Deadline for a login node's `Hello`.
 const HELLO_DEADLINE: Duration = Duration::from_secs(5);
@@ -146,6 +147,8 @@ pub struct GateNode {
     pub control_addr: String,
     /// Registration lease.
     pub lease: Duration,
+    /// TLS on the control listener (`cluster.tls_cert_file`), if configured.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl GateNode {
@@ -431,7 +434,19 @@ async fn control_link(
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let mut framed = Framed::new(stream, ControlCodec::new());
+    let io =
+        match tokio::time::timeout(HELLO_DEADLINE, tls::accept(node.tls.as_ref(), stream)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
+                warn!(%peer, error = %e, "control link: TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                warn!(%peer, "control link: no TLS handshake within the deadline");
+                return;
+            }
+        };
+    let mut framed = Framed::new(io, ControlCodec::new());
     let gate_nonce: [u8; link_auth::NONCE_LEN] = rand::random();
     let challenge = ControlFrame {
         kind: Some(control_frame::Kind::Challenge(Challenge {
@@ -568,7 +583,7 @@ async fn control_link(
     info!(%peer, node = %esc(login_node.as_bytes()), "login node link closed");
 }
 
-async fn refuse_link(mut framed: Framed<TcpStream, ControlCodec>, peer: SocketAddr, why: &str) {
+async fn refuse_link(mut framed: Framed<BoxIo, ControlCodec>, peer: SocketAddr, why: &str) {
     warn!(%peer, reason = %why, "control link refused");
     let refused = ControlFrame {
         kind: Some(control_frame::Kind::Refused(Refused {

@@ -39,6 +39,7 @@ use super::directory::{Begin, Directory};
 use crate::esc::esc;
 use crate::login::online::RELOGIN_KICK_REASON;
 use crate::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
+use crate::tls::{self, ClientTls};
 
 /// Frames queued for one link's writer.
 const LINK_QUEUE: usize = 1024;
@@ -88,17 +89,24 @@ pub struct ControlLinks {
     node: String,
     secret: LinkSecret,
     timeout: Duration,
+    tls: Option<ClientTls>,
     links: Mutex<HashMap<String, LinkSlot>>,
 }
 
 impl ControlLinks {
     /// Links for login node `node`, proving `secret`; every call (connect
-    /// included) has `timeout`.
-    pub fn new(node: String, secret: LinkSecret, timeout: Duration) -> ControlLinks {
+    /// included) has `timeout`; over TLS when `tls` is given.
+    pub fn new(
+        node: String,
+        secret: LinkSecret,
+        timeout: Duration,
+        tls: Option<ClientTls>,
+    ) -> ControlLinks {
         ControlLinks {
             node,
             secret,
             timeout,
+            tls,
             links: Mutex::new(HashMap::new()),
         }
     }
@@ -130,7 +138,10 @@ impl ControlLinks {
             .await
             .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, LoginCodec::new());
+        let io = tls::connect(self.tls.as_ref(), addr, stream)
+            .await
+            .map_err(|e| err(format!("TLS: {e}")))?;
+        let mut framed = Framed::new(io, LoginCodec::new());
         let challenge = match framed.next().await {
             Some(Ok(ControlFrame {
                 kind: Some(control_frame::Kind::Challenge(c)),

@@ -41,6 +41,18 @@ fn directory(config: &Config) -> Result<Directory, RunError> {
     .map_err(|e| RunError::Config(e.to_string()))
 }
 
+fn acceptor(config: &Config) -> Result<Option<crate::tls::ServerTls>, RunError> {
+    match (&config.cluster.tls_cert_file, &config.cluster.tls_key_file) {
+        (Some(cert), Some(key)) => crate::tls::acceptor(cert, key)
+            .map(Some)
+            .map_err(|e| RunError::Config(e.to_string())),
+        (None, None) => Ok(None),
+        _ => Err(RunError::Config(
+            "cluster.tls_cert_file and cluster.tls_key_file go together".to_owned(),
+        )),
+    }
+}
+
 /// Runs a gate node: the gate on `gate_listener`, the control link on
 /// `control_listener`, the backend listener of `components.backend`, the
 /// registration heartbeat. Refuses to start if another live gate node
@@ -83,6 +95,7 @@ pub async fn run_gate_node(
             .clone()
             .unwrap_or_else(|| local(&control_listener)),
         lease: config.cluster.lease,
+        tls: acceptor(&config)?,
     });
     let token = CancellationToken::new();
     let backends_stop = CancellationToken::new();
@@ -160,7 +173,11 @@ pub async fn run_login_node(
     let dir = directory(&config)?;
     let node = config.cluster.node_id();
     let auth = choose_authenticator(&config, components.authenticator, None)?;
-    let links = ControlLinks::new(node.clone(), secret, config.cluster.control_timeout);
+    let tls = match &config.cluster.tls_ca_file {
+        Some(ca) => Some(crate::tls::connector(ca).map_err(|e| RunError::Config(e.to_string()))?),
+        None => None,
+    };
+    let links = ControlLinks::new(node.clone(), secret, config.cluster.control_timeout, tls);
     let placer = ClusterPlacer::new(
         dir.clone(),
         links,

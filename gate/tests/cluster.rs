@@ -27,6 +27,11 @@ use gate::cluster::directory::{Begin, Commit, Directory, DirectoryOptions};
 use gate::cluster::record::Record;
 use loginproto::login::Suite;
 
+/// The chat example's handler, compiled from the example's own source.
+#[allow(dead_code)]
+#[path = "../../service/examples/chat.rs"]
+mod chat;
+
 /// Failure guard of every wait.
 const GUARD: Duration = Duration::from_secs(30);
 /// Lease of the test gates: short, so a killed gate lapses quickly.
@@ -293,6 +298,8 @@ impl Cluster {
 /// A player: the client library's session, opted in to the extensions.
 struct Player {
     s: Session,
+    /// Pushes and kicks that arrived while an answer was awaited.
+    early: std::collections::VecDeque<(ResponseFlag, Bytes)>,
 }
 
 impl Player {
@@ -310,6 +317,7 @@ impl Player {
                 extensions: Extensions::OptIn,
                 heartbeat: Duration::from_secs(20),
             }),
+            early: std::collections::VecDeque::new(),
         }
     }
 
@@ -343,10 +351,39 @@ impl Player {
 
     /// The next package that is not a response: (flag, content).
     async fn next_message(&mut self) -> Option<(ResponseFlag, Bytes)> {
+        if let Some(early) = self.early.pop_front() {
+            return Some(early);
+        }
         loop {
             match guard("a package", self.s.recv()).await.expect("recv") {
                 Event::Message(m) => return Some((m.response.flag, m.response.content)),
                 Event::Closed => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends `body` to `route` in a route envelope; returns the answer.
+    async fn route(&mut self, route: &str, body: &str) -> Bytes {
+        use prost::Message;
+        let envelope = proto::route::RouteEnvelope {
+            route: route.to_owned(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        };
+        let text = String::from_utf8(envelope.encode_to_vec()).unwrap_or_default();
+        let session = self
+            .s
+            .send(None, Bytes::from(envelope.encode_to_vec()))
+            .await
+            .expect("send");
+        loop {
+            match guard("an answer", self.s.recv()).await.expect("recv") {
+                Event::Message(m) if m.response.session == session => {
+                    assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
+                    return m.response.content;
+                }
+                Event::Message(m) => self.early.push_back((m.response.flag, m.response.content)),
+                Event::Closed => panic!("closed while waiting for {route}"),
                 _ => {}
             }
         }
@@ -364,6 +401,7 @@ impl Player {
                     assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
                     return m.response.content;
                 }
+                Event::Message(m) => self.early.push_back((m.response.flag, m.response.content)),
                 Event::Closed => panic!("closed while waiting for {text:?}"),
                 _ => {}
             }
@@ -838,6 +876,65 @@ async fn backend_links_run_over_tls_when_configured() {
         p.next_message().await,
         Some((ResponseFlag::PUSH, Bytes::from("pushed over tls")))
     );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn chat_reaches_members_on_every_gate() {
+    let c = Cluster::start("chat").await;
+    let route_mode = ["--route-mode".to_owned()];
+    let g1 = c
+        .gate_full("g1", "north", &c.secret, true, &route_mode)
+        .await;
+    let g2 = c
+        .gate_full("g2", "south", &c.secret, true, &route_mode)
+        .await;
+    let g3 = c
+        .gate_full("g3", "east", &c.secret, true, &route_mode)
+        .await;
+    let (l1, l2) = (c.login("l1").await, c.login("l2").await);
+    let mut builder = service::Service::builder("chat")
+        .link_secret(proto::link_auth::LinkSecret::from_file(&c.secret).unwrap())
+        .routes(["chat.join", "chat.say", "chat.leave"])
+        .all_session_events(true);
+    for g in [&g1, &g2, &g3] {
+        builder = builder.gate(g.backend.to_string());
+    }
+    let service = builder.build(chat::Chat::default()).unwrap();
+    let gates = service.gates();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(service.run(stop.clone()));
+    eventually("the chat service linked to the three gates", || {
+        let gates = gates.clone();
+        async move { gates.connected() == 3 }
+    })
+    .await;
+
+    let mut players = vec![
+        Player::online(&l1, &g1, "olga").await,
+        Player::online(&l2, &g2, "pete").await,
+        Player::online(&l1, &g3, "quin").await,
+    ];
+    for (i, p) in players.iter_mut().enumerate() {
+        let joined = p.route("chat.join", "tavern").await;
+        assert_eq!(joined, format!("joined tavern ({} members)", i + 1));
+    }
+    assert_eq!(
+        players[1].route("chat.say", "hello from the south").await,
+        "sent"
+    );
+    // Join notices come first (some may have arrived with the answers).
+    let line = Bytes::from("[tavern] pete: hello from the south");
+    for p in &mut players {
+        loop {
+            match p.next_message().await {
+                Some((ResponseFlag::PUSH, text)) if text == line => break,
+                Some((ResponseFlag::PUSH, text)) if text.starts_with(b"* ") => {}
+                other => panic!("expected the chat line, got {other:?}"),
+            }
+        }
+    }
     stop.cancel();
     running.await.unwrap().unwrap();
 }

@@ -139,7 +139,7 @@ pub async fn login_pinned(
     server_key: Option<[u8; 32]>,
     timeout: Duration,
 ) -> Result<LoginSuccess, ClientError> {
-    tokio::time::timeout(timeout, dialogue(addr, suite, creds, server_key))
+    tokio::time::timeout(timeout, dialogue(addr, suite, creds, server_key, None))
         .await
         .map_err(|_| ClientError::Timeout {
             what: "login dialogue",
@@ -147,11 +147,51 @@ pub async fn login_pinned(
         })?
 }
 
+/// What a login heard while it waited in the server's login queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueWait {
+    /// Queue notices received.
+    pub notices: u32,
+    /// The position of the first notice (logins admitted before this one).
+    pub first_position: Option<u64>,
+    /// The server's last estimate of the wait, in milliseconds.
+    pub last_wait_ms: Option<u64>,
+    /// The login's place in the server's arrival order.
+    pub number: Option<u64>,
+    /// When line 3 (the server's key) arrived: when the server admitted
+    /// the login, as this client saw it.
+    pub admitted_at: Option<Instant>,
+}
+
+/// [`login_pinned`] that asks the server for queue notices (x25519 only;
+/// see `docs/PROTOCOL.md`, "Login queue") and returns what it heard. The
+/// whole dialogue, waiting included, must finish within `timeout`.
+pub async fn login_queued(
+    addr: &str,
+    suite: Suite,
+    creds: Credentials,
+    server_key: Option<[u8; 32]>,
+    timeout: Duration,
+) -> Result<(LoginSuccess, QueueWait), ClientError> {
+    let mut wait = QueueWait::default();
+    let success = tokio::time::timeout(
+        timeout,
+        dialogue(addr, suite, creds, server_key, Some(&mut wait)),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout {
+        what: "login dialogue",
+        after: timeout,
+    })??;
+    Ok((success, wait))
+}
+
 async fn dialogue(
     addr: &str,
     suite: Suite,
     creds: Credentials,
     server_key: Option<[u8; 32]>,
+    mut queue: Option<&mut QueueWait>,
 ) -> Result<LoginSuccess, ClientError> {
     let stream = TcpStream::connect(addr)
         .await
@@ -172,13 +212,32 @@ async fn dialogue(
         skynet_key: loginproto::skynet::random_key(rand::random()),
         x25519_key: rand::random(),
     };
-    let state = match server_key {
+    let mut state = match server_key {
         Some(key) => ClientLogin::pinned(creds, random, key),
         None => ClientLogin::new(suite, creds, random),
     };
+    if queue.is_some() {
+        state = state.with_queue_notices();
+    }
     let (state, out) = state.receive(&next_line(&mut lines).await?)?;
     send_raw(&mut lines, &out).await?;
-    let (state, out) = state.receive(&next_line(&mut lines).await?)?;
+    // Queue notices come before line 3, and only if asked for.
+    let server_key_line = loop {
+        let line = next_line(&mut lines).await?;
+        match (&mut queue, loginproto::login::parse_queue_notice(&line)) {
+            (Some(wait), Some(notice)) => {
+                wait.notices += 1;
+                wait.first_position.get_or_insert(notice.position);
+                wait.last_wait_ms = Some(notice.wait_ms);
+                wait.number = Some(notice.number);
+            }
+            _ => break line,
+        }
+    };
+    if let Some(wait) = &mut queue {
+        wait.admitted_at = Some(Instant::now());
+    }
+    let (state, out) = state.receive(&server_key_line)?;
     send_raw(&mut lines, &out).await?;
     Ok(state.receive(&next_line(&mut lines).await?)?)
 }
@@ -220,6 +279,12 @@ pub struct LoginCmd {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Ask the server for queue notices while it holds the login in its
+    /// admission queue, and print them (x25519 only; the server must
+    /// understand the flag: this project's login server does, skynet's
+    /// has no x25519 suite at all).
+    #[arg(long)]
+    pub queue_notices: bool,
 }
 
 /// `client login`: runs the dialogue, prints subid and secret, or the status
@@ -227,17 +292,29 @@ pub struct LoginCmd {
 pub async fn run(cmd: LoginCmd) -> ExitCode {
     let args = &cmd.login;
     let started = Instant::now();
-    let result = login_pinned(
-        &args.login_addr,
-        args.suite.into(),
-        args.credentials(),
-        args.server_key,
-        args.timeout,
-    )
-    .await;
+    let result = if cmd.queue_notices {
+        login_queued(
+            &args.login_addr,
+            args.suite.into(),
+            args.credentials(),
+            args.server_key,
+            args.timeout,
+        )
+        .await
+    } else {
+        login_pinned(
+            &args.login_addr,
+            args.suite.into(),
+            args.credentials(),
+            args.server_key,
+            args.timeout,
+        )
+        .await
+        .map(|success| (success, QueueWait::default()))
+    };
     let elapsed = started.elapsed();
     match result {
-        Ok(success) => {
+        Ok((success, queued)) => {
             let ticket = Ticket::new(args.user.as_bytes(), args.server.as_bytes(), &success);
             let username = String::from_utf8_lossy(&ticket.username()).into_owned();
             let subid = String::from_utf8_lossy(&success.subid).into_owned();
@@ -250,6 +327,8 @@ pub async fn run(cmd: LoginCmd) -> ExitCode {
                     "suite": success.suite.name(),
                     "username": username,
                     "elapsed_us": elapsed.as_micros() as u64,
+                    "queue_notices": queued.notices,
+                    "queue_first_position": queued.first_position,
                 });
                 println!("{value}");
             } else {
@@ -261,6 +340,12 @@ pub async fn run(cmd: LoginCmd) -> ExitCode {
                 println!("subid     {subid}");
                 println!("secret    {secret}");
                 println!("username  {username}");
+                if let Some(position) = queued.first_position {
+                    println!(
+                        "queued    at position {position}, {} notice(s)",
+                        queued.notices
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

@@ -145,6 +145,21 @@ pub struct LoginConfig {
     /// backend service named `backend.auth_service`, which needs
     /// `backend.listen`). Default: `"accounts"`.
     pub auth: AuthSource,
+    /// Logins admitted per second; beyond it logins wait in a first come,
+    /// first served queue after their key line (`docs/PROTOCOL.md`, "Login
+    /// queue"). 0: no queue. Default: 0.
+    pub admission_rate: u32,
+    /// Logins admitted at once after a quiet spell (the token bucket's
+    /// size). Default: 100.
+    pub admission_burst: u32,
+    /// Most logins waiting in the queue; one more gets `503`. Queued
+    /// dialogues hold their connection slot, so raise `max_connections`
+    /// with it. Default: 10000.
+    pub queue_max: usize,
+    /// Longest a login waits in the queue before it gets `503`; the
+    /// dialogue deadline does not run while it waits. Default: 60s.
+    #[serde(with = "duration")]
+    pub queue_timeout: Duration,
 }
 
 /// Where the login server sends credentials (`[login] auth`).
@@ -178,6 +193,10 @@ impl Default for LoginConfig {
             throttle_delay: Duration::from_secs(1),
             throttle_max: Duration::from_secs(300),
             auth: AuthSource::Accounts,
+            admission_rate: 0,
+            admission_burst: 100,
+            queue_max: 10_000,
+            queue_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -193,6 +193,16 @@ struct LoginFlags {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     auth_timeout: Option<Duration>,
+    /// Logins admitted per second; beyond it logins wait in a first come,
+    /// first served queue (x25519 clients that ask are told their place)
+    /// [default: 0: no queue].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admission_rate: Option<u32>,
+    /// Most logins waiting in the queue; one more gets 503 [default: 10000].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_max: Option<usize>,
     /// Who checks credentials: `accounts` (the --accounts file, or demo
     /// authentication) or `service` (the backend service `auth`, needs
     /// --backend-listen) [default: accounts].

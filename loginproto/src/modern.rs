@@ -96,7 +96,13 @@ pub const TRANSCRIPT_LABEL: &[u8] = b"gatelogin x25519 v1";
 pub const PINNED_TRANSCRIPT_LABEL: &[u8] = b"gatelogin x25519 pinned v1";
 
 /// The first byte of a pinned client's key line (`0x01 ‖ client_pub`).
+/// The byte is a set of flags: this one, [`QUEUE_NOTICES`], or both.
 pub const PINNED_V1: u8 = 0x01;
+
+/// Flag of the key line's first byte: the client reads queue notices
+/// (`# <position> <wait_ms>` lines before line 3) while the login server
+/// holds it in its admission queue.
+pub const QUEUE_NOTICES: u8 = 0x02;
 
 /// HKDF `info` of the key the client proves possession of on line 4.
 pub const INFO_CLIENT_PROOF: &[u8] = b"client proof";

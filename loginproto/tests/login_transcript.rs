@@ -544,12 +544,22 @@ fn x25519_pinned_known_answer_both_sides() {
         panic!("accepted a pin without a key");
     };
     assert_eq!(rejected.reply, b"401 Unauthorized\n");
-    // An unknown version byte: 401.
-    let mut other = b"\x02".to_vec();
-    other.extend_from_slice(&key32(s("client_public")));
-    let (state, _) = ServerLogin::start(pinning.clone(), random());
-    let line = loginproto::skynet::base64_encode(&other);
-    assert!(matches!(state.receive(line.as_bytes()), KeyStep::Reject(_)));
+    // Flags bytes: an unknown one is 401; pin + queue notices (0x03) is
+    // the same pinned login, with notices on.
+    for (flags, accepted) in [(0x00u8, false), (0x04, false), (0x81, false), (0x03, true)] {
+        let mut flagged = vec![flags];
+        flagged.extend_from_slice(&key32(s("client_public")));
+        let (state, _) = ServerLogin::start(pinning.clone(), random());
+        let line = loginproto::skynet::base64_encode(&flagged);
+        match state.receive(line.as_bytes()) {
+            KeyStep::Reject(_) => assert!(!accepted, "flags {flags:#04x} refused"),
+            KeyStep::Continue(proof, line3) => {
+                assert!(accepted, "flags {flags:#04x} accepted");
+                assert!(proof.queue_notices());
+                assert_eq!(line3, steps[2]);
+            }
+        }
+    }
     // Pins required: plain x25519 and skynet key lines get 401.
     let requiring = ServerConfig {
         require_pinned: true,

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client_cli::ClientError;
 use codec::message::ResponseFlag;
 use codec::status::LoginStatus;
 use gate::Components;
@@ -850,4 +851,123 @@ async fn pinned_logins_defeat_a_man_in_the_middle() {
         .await
         .expect("pinned login");
     server.shutdown().await.expect("clean shutdown");
+}
+
+/// A config with the login queue on and no per-source bound (every test
+/// client dials from 127.0.0.1).
+fn queued_config(rate: u32, burst: u32, queue_max: usize) -> gate::config::Config {
+    let mut config = test_config();
+    config.login.admission_rate = rate;
+    config.login.admission_burst = burst;
+    config.login.queue_max = queue_max;
+    config.login.max_connections_per_source = 0;
+    config
+}
+
+#[tokio::test]
+async fn queued_logins_all_get_in_and_x25519_clients_hear_their_place() {
+    // One login at once, then 20 per second: most of these 16 wait.
+    let server = Server::start(queued_config(20, 1, 100), Components::default()).await;
+    let addr = server.login.to_string();
+    let creds = |i: usize| Credentials::new(format!("q{i}").as_bytes(), b"sample", b"password");
+    let timeout = Duration::from_secs(20);
+    let asking = (0..10).map(|i| {
+        let (addr, creds) = (addr.clone(), creds(i));
+        tokio::spawn(async move {
+            client_cli::login::login_queued(&addr, Suite::X25519, creds, None, timeout).await
+        })
+    });
+    let silent = (10..16).map(|i| {
+        let (addr, creds) = (addr.clone(), creds(i));
+        // Skynet clients and x25519 clients that did not ask: no notices,
+        // their status simply comes later.
+        let suite = if i % 2 == 0 {
+            Suite::Skynet
+        } else {
+            Suite::X25519
+        };
+        tokio::spawn(async move {
+            client_cli::login::login_with_timeout(&addr, suite, creds, timeout).await
+        })
+    });
+    let silent: Vec<_> = silent.collect();
+    let mut notices = 0;
+    for task in asking.collect::<Vec<_>>() {
+        let (success, wait) = guard("a queued login", task).await.unwrap().expect("login");
+        assert!(!success.subid.is_empty());
+        if let Some(position) = wait.first_position {
+            notices += 1;
+            assert!(wait.notices >= 1);
+            assert!(position < 16, "position {position}");
+            assert!(wait.last_wait_ms.is_some());
+        }
+    }
+    assert!(
+        notices >= 5,
+        "most of the clients that asked waited: {notices}"
+    );
+    for task in silent {
+        guard("a silent login", task).await.unwrap().expect("login");
+    }
+}
+
+#[tokio::test]
+async fn a_full_login_queue_answers_503_and_a_client_that_leaves_gives_its_place_up() {
+    // One login per second, one waiting at most.
+    let server = Server::start(queued_config(1, 1, 1), Components::default()).await;
+    let addr = server.login.to_string();
+    let creds = |user: &str| Credentials::new(user.as_bytes(), b"sample", b"password");
+    let timeout = Duration::from_secs(20);
+    client_cli::login::login_with_timeout(&addr, Suite::X25519, creds("first"), timeout)
+        .await
+        .expect("the one token");
+
+    // A raw client asks for notices (flags byte 0x02) and is queued first.
+    let mut waiting = Wire::connect(server.login).await;
+    let _challenge = waiting.line().await;
+    let mut key = vec![loginproto::modern::QUEUE_NOTICES];
+    key.extend_from_slice(&[9u8; 32]);
+    let mut line = loginproto::skynet::base64_encode(&key).into_bytes();
+    line.push(b'\n');
+    waiting.send(&line).await;
+    let mut notice = waiting.line().await;
+    if notice.last() == Some(&b'\n') {
+        notice.pop();
+    }
+    assert_eq!(
+        loginproto::login::parse_queue_notice(&notice).map(|n| n.position),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&notice)
+    );
+
+    // The queue is full: the next login is refused at once.
+    let refused =
+        client_cli::login::login_with_timeout(&addr, Suite::X25519, creds("third"), timeout).await;
+    assert!(
+        matches!(refused, Err(ClientError::LoginRefused(s)) if s == LoginStatus::SERVICE_UNAVAILABLE),
+        "{refused:?}"
+    );
+
+    // The waiting client leaves: once the server has seen it go, its place
+    // is free again (until then the queue is still full: 503).
+    drop(waiting);
+    guard("a login after the waiting client left", async {
+        loop {
+            match client_cli::login::login_queued(
+                &addr,
+                Suite::X25519,
+                creds("fourth"),
+                None,
+                timeout,
+            )
+            .await
+            {
+                Ok(_) => break,
+                Err(ClientError::LoginRefused(s)) if s == LoginStatus::SERVICE_UNAVAILABLE => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await;
 }

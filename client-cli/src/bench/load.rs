@@ -40,7 +40,7 @@ use loginproto::login::Suite;
 use loginproto::token::Credentials;
 
 use crate::gate::{Extensions, GateConn, Ticket};
-use crate::login::login_with_timeout;
+use crate::login::{login_queued, login_with_timeout};
 use crate::session::new_histogram;
 
 /// Connections are being set up.
@@ -100,6 +100,9 @@ pub(crate) struct Plan {
     pub opt_in: bool,
     /// Idle: close each connection after its handshake.
     pub away: bool,
+    /// Logins: ask for queue notices and record each login's first queue
+    /// position and when it finished.
+    pub queue_notices: bool,
 }
 
 /// The kinds of load.
@@ -165,6 +168,17 @@ impl LoadState {
     }
 }
 
+/// One login of a `--queue-notices` run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuedLogin {
+    /// Its first notice's position (`None`: admitted without waiting).
+    pub position: Option<u64>,
+    /// Its place in the server's arrival order (`None`: not queued).
+    pub number: Option<u64>,
+    /// When the server admitted it (line 3 arrived), or when it finished.
+    pub admitted_ns: u64,
+}
+
 /// One worker's (and after merging, the whole run's) counts.
 #[derive(Debug, Clone)]
 pub(crate) struct Stats {
@@ -178,6 +192,9 @@ pub(crate) struct Stats {
     /// Fan-out: messages the speaker sent.
     pub said: u64,
     pub samples: Vec<String>,
+    /// Logins with queue notices: what each heard, and when it finished
+    /// (ns since the run began).
+    pub queue: Vec<QueuedLogin>,
 }
 
 impl Stats {
@@ -192,6 +209,7 @@ impl Stats {
             lost: 0,
             said: 0,
             samples: Vec::new(),
+            queue: Vec::new(),
         }
     }
 
@@ -219,6 +237,7 @@ impl Stats {
         self.errors += other.errors;
         self.lost += other.lost;
         self.said += other.said;
+        self.queue.extend_from_slice(&other.queue);
         for s in &other.samples {
             if self.samples.len() < MAX_SAMPLES {
                 self.samples.push(s.clone());
@@ -672,8 +691,21 @@ async fn drive_logins(i: usize, plan: &Plan, shared: &LoadState, stats: &RefCell
     let mut done: u64 = 0;
     while shared.phase.load(Ordering::Relaxed) < STOP && quota.is_none_or(|q| done < q) {
         let started = Instant::now();
-        let result =
-            login_with_timeout(&plan.login_addr, plan.suite, creds.clone(), plan.timeout).await;
+        let result = if plan.queue_notices {
+            login_queued(
+                &plan.login_addr,
+                plan.suite,
+                creds.clone(),
+                None,
+                plan.timeout,
+            )
+            .await
+            .map(|(_, wait)| Some(wait))
+        } else {
+            login_with_timeout(&plan.login_addr, plan.suite, creds.clone(), plan.timeout)
+                .await
+                .map(|_| None)
+        };
         let latency = started.elapsed();
         done += 1;
         let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
@@ -681,9 +713,17 @@ async fn drive_logins(i: usize, plan: &Plan, shared: &LoadState, stats: &RefCell
         st.sent += 1;
         st.received += 1;
         match result {
-            Ok(_) => {
+            Ok(queued) => {
                 if measuring {
                     st.record(latency);
+                }
+                if let Some(wait) = queued {
+                    st.queue.push(QueuedLogin {
+                        position: wait.first_position,
+                        number: wait.number,
+                        admitted_ns: shared
+                            .nanos_since_epoch(wait.admitted_at.unwrap_or_else(Instant::now)),
+                    });
                 }
             }
             Err(e) => st.error(shared, || format!("login {user}: {e}")),
@@ -1015,6 +1055,7 @@ mod tests {
             source_addrs: Vec::new(),
             opt_in: false,
             away: false,
+            queue_notices: false,
         };
         let total: u64 = (0..3).map(|i| plan.quota(i).unwrap()).sum();
         assert_eq!(total, 10);

@@ -2,6 +2,8 @@
 //! `logind` handlers), wire-compatible byte for byte.
 //!
 //! * [`server`]: listener, per-connection dialogue driver, deadlines.
+//! * [`admission`]: the login queue (admission rate, first come first
+//!   served).
 //! * [`auth`]: the [`Authenticator`] trait, the accounts file, the demo.
 //! * [`online`]: the online table, the multilogin lock, `login_handler`.
 //! * [`gates`]: the in-process registry of gates the login server places
@@ -10,6 +12,7 @@
 //! * [`throttle`]: failed logins per user name and per source address.
 //! * [`server_key`]: the long-term key clients may pin, on disk.
 
+pub mod admission;
 pub mod auth;
 pub mod gates;
 pub mod online;

@@ -47,6 +47,7 @@ use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -60,12 +61,13 @@ use loginproto::login::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::time::{Instant, timeout};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
+use super::admission::{Admission, AdmissionConfig};
 use super::auth::{AuthError, Authenticator};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
@@ -118,6 +120,8 @@ struct LoginState {
     auth: Arc<dyn Authenticator>,
     placer: Arc<dyn Placer>,
     random: Arc<dyn RandomSource>,
+    /// The login queue, when `admission_rate` is set.
+    admission: Option<Admission>,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -142,6 +146,7 @@ impl LoginServer {
     ) -> LoginServer {
         LoginServer {
             shared: LoginState {
+                admission: admission(&config),
                 throttle: throttle(&config),
                 server: ServerConfig {
                     allow_skynet: config.allow_skynet_suite,
@@ -320,6 +325,61 @@ async fn write_before_fin(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()
     stream.write_all(bytes).await
 }
 
+/// The login queue of `config`, if it has an admission rate.
+fn admission(config: &LoginConfig) -> Option<Admission> {
+    (config.admission_rate > 0).then(|| {
+        Admission::new(AdmissionConfig {
+            rate: config.admission_rate,
+            burst: config.admission_burst,
+            max_queue: config.queue_max,
+            timeout: config.queue_timeout,
+        })
+    })
+}
+
+/// The dialogue deadline, which stands still while the login waits in the
+/// queue (the queue has its own).
+struct DialogueClock {
+    /// Milliseconds since `start` at which the dialogue times out.
+    due_ms: AtomicU64,
+    /// Set while the login waits in the queue.
+    paused: AtomicBool,
+    start: Instant,
+    changed: tokio::sync::Notify,
+}
+
+impl DialogueClock {
+    fn new(timeout: Duration) -> DialogueClock {
+        DialogueClock {
+            due_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            paused: AtomicBool::new(false),
+            start: Instant::now(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// When the dialogue times out; `None` while paused.
+    fn deadline(&self) -> Option<Instant> {
+        if self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.start + Duration::from_millis(self.due_ms.load(Ordering::Acquire)))
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Ends a pause that lasted `waited`: the deadline moves by as much.
+    fn resume(&self, waited: Duration) {
+        let waited = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        self.due_ms.fetch_add(waited, Ordering::AcqRel);
+        self.paused.store(false, Ordering::Release);
+        self.changed.notify_one();
+    }
+}
+
 /// Lines are written straight to the stream (the state machine hands out
 /// complete lines), so only the read half is framed.
 type Lines<S> = FramedRead<S, LineCodec>;
@@ -347,19 +407,32 @@ async fn connection<S: Stream>(
     slot: Slot,
     stop: Stop,
 ) {
-    let deadline = Instant::now() + shared.config.dialogue_timeout;
+    let clock = DialogueClock::new(shared.config.dialogue_timeout);
     let mut lines = FramedRead::with_capacity(
         stream,
         LineCodec::with_limit(shared.config.max_line_bytes),
         READ_BUF,
     );
     let mut report = Report::default();
-    let ending = tokio::select! {
-        biased;
-        ended = timeout_at(deadline, dialogue(&shared, &mut lines, &mut report, addr)) => {
-            ended.unwrap_or(Ending::TimedOut)
+    let ending = {
+        let dialogue = dialogue(&shared, &mut lines, &mut report, addr, &clock);
+        tokio::pin!(dialogue);
+        loop {
+            // While the login is queued there is no dialogue deadline; the
+            // clock wakes this loop when that changes.
+            let deadline = clock.deadline();
+            tokio::select! {
+                biased;
+                ended = &mut dialogue => break ended,
+                () = stop.hard.cancelled() => break Ending::Shutdown,
+                () = clock.changed.notified() => {}
+                () = sleep_until_some(deadline) => {
+                    if clock.deadline().is_some_and(|d| Instant::now() >= d) {
+                        break Ending::TimedOut;
+                    }
+                }
+            }
         }
-        () = stop.hard.cancelled() => Ending::Shutdown,
     };
     log_result(&report, addr, &ending);
     // The status is written: the next client may have the slot.
@@ -455,13 +528,22 @@ async fn reject<S: Stream>(lines: &mut Lines<S>, rejected: Rejected) -> Ending {
     }
 }
 
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn dialogue<S: Stream>(
     shared: &LoginState,
     lines: &mut Lines<S>,
     report: &mut Report,
     addr: SocketAddr,
+    clock: &DialogueClock,
 ) -> Ending {
-    match run_dialogue(shared, lines, report, addr).await {
+    match run_dialogue(shared, lines, report, addr, clock).await {
         Ok(ending) | Err(ending) => ending,
     }
 }
@@ -473,6 +555,7 @@ async fn run_dialogue<S: Stream>(
     lines: &mut Lines<S>,
     report: &mut Report,
     addr: SocketAddr,
+    clock: &DialogueClock,
 ) -> Result<Ending, Ending> {
     let random = shared
         .random
@@ -485,6 +568,13 @@ async fn run_dialogue<S: Stream>(
     let state = match state.receive(&client_key) {
         KeyStep::Continue(state, server_key) => {
             report.suite = Some(state.suite());
+            if let Some(queue) = &shared.admission {
+                clock.pause();
+                let started = Instant::now();
+                let queued = queue_for(queue, lines, state.queue_notices()).await;
+                clock.resume(started.elapsed());
+                queued?;
+            }
             send(lines, &server_key).await?;
             state
         }
@@ -507,6 +597,47 @@ async fn run_dialogue<S: Stream>(
     let status = outcome.status();
     send_last(lines, &login.finish(outcome)).await?;
     Ok(Ending::Status(status, reason))
+}
+
+/// Waits for the login's turn in the queue, telling the client its
+/// position if it asked (`notices`). A client that closes, or sends a line
+/// (it must wait for line 3), leaves the queue. A refusal sends `503`.
+async fn queue_for<S: Stream>(
+    queue: &Admission,
+    lines: &mut Lines<S>,
+    notices: bool,
+) -> Result<(), Ending> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let admitted = queue.admit(|position| {
+        let _ = tx.send(position);
+    });
+    tokio::pin!(admitted);
+    let result = loop {
+        tokio::select! {
+            biased;
+            result = &mut admitted => break result,
+            Some(at) = rx.recv() => {
+                if notices {
+                    let wait_ms = u64::try_from(at.wait.as_millis()).unwrap_or(u64::MAX);
+                    send(lines, &loginproto::login::queue_notice(at.ahead, wait_ms, at.ticket)).await?;
+                }
+            }
+            line = lines.next() => return Err(match line {
+                None => Ending::ClientClosed,
+                Some(Err(LineError::TooLong)) => Ending::LineTooLong,
+                Some(Err(e)) => Ending::Failed(format!("read: {e}")),
+                Some(Ok(_)) => Ending::Failed("a line while queued, before the server's key".into()),
+            }),
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(refused) => {
+            let status = LoginStatus::SERVICE_UNAVAILABLE;
+            send_last(lines, &status.line()).await?;
+            Err(Ending::Status(status, refused.to_string()))
+        }
+    }
 }
 
 /// Steps 6–8: authenticate, then skynet's `login_handler`.
@@ -723,6 +854,7 @@ mod tests {
 
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
         Arc::new(LoginState {
+            admission: admission(&config),
             throttle: throttle(&config),
             server: ServerConfig::default(),
             placer: Arc::new(LocalPlacer {

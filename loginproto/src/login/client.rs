@@ -48,6 +48,7 @@ impl ClientLogin {
             token: credentials.token(),
             random,
             pin: None,
+            queue_notices: false,
         }
     }
 
@@ -65,6 +66,7 @@ impl ClientLogin {
             token: credentials.token(),
             random,
             pin: Some(server_key),
+            queue_notices: false,
         }
     }
 }
@@ -76,6 +78,8 @@ pub struct AwaitChallenge {
     random: ClientRandom,
     /// The server's long-term public key, when pinned.
     pin: Option<Key32>,
+    /// Ask for queue notices (x25519 only).
+    queue_notices: bool,
 }
 
 impl fmt::Debug for AwaitChallenge {
@@ -87,6 +91,17 @@ impl fmt::Debug for AwaitChallenge {
 }
 
 impl AwaitChallenge {
+    /// Asks the server for queue notices (`# <position> <wait_ms>` lines
+    /// before line 3, read with [`crate::login::parse_queue_notice`])
+    /// while it holds this login in its admission queue. x25519 only: the
+    /// skynet suite has no room for the flag, and a skynet client simply
+    /// waits.
+    #[must_use]
+    pub fn with_queue_notices(mut self) -> AwaitChallenge {
+        self.queue_notices = self.suite == Suite::X25519;
+        self
+    }
+
     /// Takes line 1; returns line 2 (our public key) to send.
     pub fn receive(self, line: &[u8]) -> Result<(AwaitServerKey, Vec<u8>), LoginError> {
         let challenge =
@@ -102,14 +117,20 @@ impl AwaitChallenge {
             Suite::X25519 => {
                 let private = self.random.x25519_key;
                 let public = modern::public_key(&private);
-                let line2 = match self.pin {
-                    None => b64_line(&public),
-                    Some(_) => {
-                        let mut pinned = [0u8; KEY_LEN + 1];
-                        pinned[0] = modern::PINNED_V1;
-                        pinned[1..].copy_from_slice(&public);
-                        b64_line(&pinned)
-                    }
+                let mut flags = 0;
+                if self.pin.is_some() {
+                    flags |= modern::PINNED_V1;
+                }
+                if self.queue_notices {
+                    flags |= modern::QUEUE_NOTICES;
+                }
+                let line2 = if flags == 0 {
+                    b64_line(&public)
+                } else {
+                    let mut flagged = [0u8; KEY_LEN + 1];
+                    flagged[0] = flags;
+                    flagged[1..].copy_from_slice(&public);
+                    b64_line(&flagged)
                 };
                 (
                     Exchange::X25519 {

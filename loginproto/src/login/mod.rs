@@ -29,8 +29,8 @@ pub use self::client::{
     AwaitChallenge, AwaitServerKey, AwaitStatus, ClientLogin, ClientRandom, LoginSuccess,
 };
 pub use self::server::{
-    Authenticate, AwaitClientKey, AwaitProof, AwaitToken, KeyStep, LoginOutcome, Rejected,
-    ServerConfig, ServerLogin, ServerRandom, StaticKey,
+    Authenticate, AwaitClientKey, AwaitProof, AwaitToken, KeyStep, LoginOutcome, QueueNotice,
+    Rejected, ServerConfig, ServerLogin, ServerRandom, StaticKey, parse_queue_notice, queue_notice,
 };
 
 /// The crypt suite of one login, chosen by the client.

@@ -167,12 +167,19 @@ impl fmt::Debug for AwaitClientKey {
 }
 
 impl AwaitClientKey {
-    /// Takes line 2; the decoded length picks the suite.
+    /// Takes line 2; the decoded length picks the suite. 33 bytes are an
+    /// x25519 key after a flags byte: [`modern::PINNED_V1`] (pin the
+    /// server key), [`modern::QUEUE_NOTICES`] (the client reads queue
+    /// notices), or both; any other first byte is refused.
     pub fn receive(self, line: &[u8]) -> KeyStep {
         let Ok(client_key) = skynet::base64_decode(line) else {
             return KeyStep::Reject(Rejected::new(LoginError::BadBase64(Line::ClientKey)));
         };
-        let pinned = client_key.len() == KEY_LEN + 1;
+        let flags = match client_key.len() {
+            n if n == KEY_LEN + 1 => client_key[0],
+            _ => 0,
+        };
+        let pinned = flags & modern::PINNED_V1 != 0;
         if self.config.require_pinned && !pinned {
             return KeyStep::Reject(Rejected::new(LoginError::PinRequired));
         }
@@ -183,17 +190,22 @@ impl AwaitClientKey {
             return self.skynet(&peer);
         }
         if let Ok(peer) = Key32::try_from(client_key.as_slice()) {
-            return self.x25519(&peer, None);
+            return self.x25519(&peer, None, false);
         }
-        if pinned {
-            if client_key[0] != modern::PINNED_V1 {
-                return KeyStep::Reject(Rejected::new(LoginError::PinVersion(client_key[0])));
+        if client_key.len() == KEY_LEN + 1 {
+            let known = modern::PINNED_V1 | modern::QUEUE_NOTICES;
+            if flags == 0 || flags & !known != 0 {
+                return KeyStep::Reject(Rejected::new(LoginError::PinVersion(flags)));
+            }
+            let notices = flags & modern::QUEUE_NOTICES != 0;
+            let peer = Key32::try_from(&client_key[1..]).unwrap_or_else(|_| unreachable!());
+            if !pinned {
+                return self.x25519(&peer, None, notices);
             }
             let Some(static_key) = self.config.static_key.clone() else {
                 return KeyStep::Reject(Rejected::new(LoginError::NoServerKey));
             };
-            let peer = Key32::try_from(&client_key[1..]).unwrap_or_else(|_| unreachable!());
-            return self.x25519(&peer, Some(&static_key));
+            return self.x25519(&peer, Some(&static_key), notices);
         }
         KeyStep::Reject(Rejected::new(LoginError::KeyLength {
             line: Line::ClientKey,
@@ -215,6 +227,7 @@ impl AwaitClientKey {
                         challenge: self.random.challenge,
                         secret,
                     },
+                    queue_notices: false,
                 },
                 line3,
             ),
@@ -224,7 +237,12 @@ impl AwaitClientKey {
         }
     }
 
-    fn x25519(self, client_public: &Key32, pinned: Option<&StaticKey>) -> KeyStep {
+    fn x25519(
+        self,
+        client_public: &Key32,
+        pinned: Option<&StaticKey>,
+        queue_notices: bool,
+    ) -> KeyStep {
         let private = self.random.x25519_key;
         let server_public = modern::public_key(&private);
         let line3 = b64_line(&server_public);
@@ -249,6 +267,7 @@ impl AwaitClientKey {
             Ok(keys) => KeyStep::Continue(
                 AwaitProof {
                     keys: Keys::X25519(Box::new(keys)),
+                    queue_notices,
                 },
                 line3,
             ),
@@ -278,6 +297,7 @@ impl Keys {
 /// Waiting for line 4, the client's proof.
 pub struct AwaitProof {
     keys: Keys,
+    queue_notices: bool,
 }
 
 impl fmt::Debug for AwaitProof {
@@ -292,6 +312,12 @@ impl AwaitProof {
     /// The suite the client picked.
     pub fn suite(&self) -> Suite {
         self.keys.suite()
+    }
+
+    /// Whether the client reads queue notices ([`queue_notice`]) before
+    /// line 3.
+    pub fn queue_notices(&self) -> bool {
+        self.queue_notices
     }
 
     /// Takes line 4. A wrong proof is refused at once; skynet does not read
@@ -413,6 +439,41 @@ impl Authenticate {
     }
 }
 
+/// A queue notice line: `# <position> <wait_ms> <number>` with LF, where
+/// `position` is how many logins are admitted before this one (0: next),
+/// `wait_ms` the server's estimate of the wait in milliseconds, and
+/// `number` the login's place in the server's arrival order (it only grows,
+/// so clients that compare numbers can check they were served first come,
+/// first served). Sent only to clients that set [`modern::QUEUE_NOTICES`]
+/// on line 2, any number of times, before line 3. `#` is outside the
+/// base64 alphabet, so a notice can never be mistaken for line 3.
+pub fn queue_notice(position: u64, wait_ms: u64, number: u64) -> Vec<u8> {
+    format!("# {position} {wait_ms} {number}\n").into_bytes()
+}
+
+/// A parsed queue notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueNotice {
+    /// Logins admitted before this one.
+    pub position: u64,
+    /// The server's estimate of the wait, in milliseconds.
+    pub wait_ms: u64,
+    /// The login's place in the server's arrival order.
+    pub number: u64,
+}
+
+/// Reads a queue notice line (without its LF), or `None` if the line is
+/// not one. Fields after the third are ignored (room for more).
+pub fn parse_queue_notice(line: &[u8]) -> Option<QueueNotice> {
+    let text = std::str::from_utf8(line.strip_prefix(b"# ")?).ok()?;
+    let mut fields = text.split(' ');
+    Some(QueueNotice {
+        position: fields.next()?.parse().ok()?,
+        wait_ms: fields.next()?.parse().ok()?,
+        number: fields.next()?.parse().ok()?,
+    })
+}
+
 /// How the application decided a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginOutcome {
@@ -529,6 +590,18 @@ mod tests {
         assert_eq!(LoginOutcome::Unauthorized.line(), b"401 Unauthorized\n");
         assert_eq!(LoginOutcome::Forbidden.line(), b"403 Forbidden\n");
         assert_eq!(LoginOutcome::NotAcceptable.line(), b"406 Not Acceptable\n");
+        assert_eq!(queue_notice(3, 1500, 42), b"# 3 1500 42\n");
+        assert_eq!(
+            parse_queue_notice(b"# 3 1500 42 later"),
+            Some(QueueNotice {
+                position: 3,
+                wait_ms: 1500,
+                number: 42
+            })
+        );
+        for bad in [&b"#3 1 2"[..], b"# 3 1", b"# a 1 2", b"MQ==", b""] {
+            assert_eq!(parse_queue_notice(bad), None);
+        }
     }
 
     #[test]

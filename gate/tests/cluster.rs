@@ -938,3 +938,72 @@ async fn chat_reaches_members_on_every_gate() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_login_queue_is_shared_by_every_login_node() {
+    let c = Cluster::start("queue").await;
+    let g1 = c.gate("g1", "north").await;
+    // Five logins a second for the whole cluster, one at once.
+    let queue = config_file(
+        &c.dir,
+        "queue",
+        "login",
+        &[
+            "admission_rate = 5".into(),
+            "admission_burst = 1".into(),
+            "max_connections_per_source = 0".into(),
+        ],
+    );
+    let (l1, l2) = (
+        c.login_full("l1", &c.secret, &queue).await,
+        c.login_full("l2", &c.secret, &queue).await,
+    );
+    let logins = (0..10).map(|i| {
+        let login = if i % 2 == 0 { &l1 } else { &l2 };
+        let addr = login.addr.to_string();
+        let server = g1.name.clone();
+        tokio::spawn(async move {
+            let creds = loginproto::token::Credentials::new(
+                format!("crowd{i}").as_bytes(),
+                server.as_bytes(),
+                b"password",
+            );
+            client_cli::login::login_queued(&addr, Suite::X25519, creds, None, GUARD).await
+        })
+    });
+    let mut numbers = Vec::new();
+    for login in logins.collect::<Vec<_>>() {
+        let (_, wait) = guard("a queued login", login)
+            .await
+            .unwrap()
+            .expect("login");
+        numbers.extend(wait.number);
+    }
+    // Tickets come from one counter: no number twice, whichever node the
+    // login went through, and as many as logins that waited.
+    numbers.sort_unstable();
+    let before = numbers.len();
+    numbers.dedup();
+    assert_eq!(
+        numbers.len(),
+        before,
+        "a ticket handed out twice: {numbers:?}"
+    );
+    assert!(before >= 5, "most of the crowd waited: {numbers:?}");
+    let tail = Command::new("redis-cli")
+        .args([
+            "-p",
+            &c.redis.port.to_string(),
+            "hget",
+            "gate:queue",
+            "tail",
+        ])
+        .output()
+        .expect("redis-cli");
+    let tail: u64 = String::from_utf8_lossy(&tail.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(tail, before as u64);
+    assert_eq!(numbers.last().copied(), Some(tail));
+}

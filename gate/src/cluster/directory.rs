@@ -128,6 +128,22 @@ pub enum Commit {
     LockLost,
 }
 
+/// What [`Directory::admission_take`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// The queue was empty and a token was there: go on.
+    Admitted,
+    /// `max_queue` logins wait already.
+    Full(u64),
+    /// Wait for this ticket; the head was at `head` then.
+    Ticket {
+        /// This login's ticket.
+        ticket: u64,
+        /// Tickets admitted so far.
+        head: u64,
+    },
+}
+
 /// The scripts. `Script` sends `EVALSHA` and falls back to `EVAL` when the
 /// server does not know the script (e.g. after a restart).
 struct Scripts {
@@ -138,6 +154,7 @@ struct Scripts {
     commit: Script,
     end: Script,
     restore: Script,
+    admission: Script,
 }
 
 /// Writes the gate's entry if it is absent or ours (same epoch), or, when
@@ -234,6 +251,47 @@ if cur == ARGV[1] then return 1 end
 return 0
 ";
 
+/// The cluster-wide login queue: a token bucket and a ticket counter in one
+/// hash (`tokens`, `last` ms, `head`, `tail`), on Redis's clock. KEYS: the
+/// hash. ARGV: mode (`take` or `poll`), rate per second, burst, max queue.
+/// `take`: admits at once if nobody waits and a token is there, else hands
+/// out the next ticket ({'ok'}, {'full', waiting}, {'ticket', ticket,
+/// head}); `poll`: {'head', head}. Both first move the head over as many
+/// tickets as there are tokens.
+const ADMISSION: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate, burst, maxq = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local st = redis.call('HMGET', KEYS[1], 'tokens', 'last', 'head', 'tail')
+local tokens = tonumber(st[1]) or burst
+local last = tonumber(st[2]) or now
+local head = tonumber(st[3]) or 0
+local tail = tonumber(st[4]) or 0
+if now > last then
+  tokens = math.min(burst, tokens + (now - last) * rate / 1000)
+end
+local moved = math.min(tail - head, math.floor(tokens))
+head = head + moved
+tokens = tokens - moved
+local reply
+if ARGV[1] == 'take' then
+  if head == tail and tokens >= 1 then
+    tokens = tokens - 1
+    reply = {'ok'}
+  elseif tail - head >= maxq then
+    reply = {'full', tostring(tail - head)}
+  else
+    tail = tail + 1
+    reply = {'ticket', tostring(tail), tostring(head)}
+  end
+else
+  reply = {'head', tostring(head)}
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(math.max(now, last)),
+  'head', tostring(head), 'tail', tostring(tail))
+return reply
+";
+
 /// The registry and the session directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Directory {
@@ -296,6 +354,7 @@ impl Directory {
                 commit: Script::new(COMMIT),
                 end: Script::new(END),
                 restore: Script::new(RESTORE),
+                admission: Script::new(ADMISSION),
             }),
         })
     }
@@ -522,6 +581,61 @@ impl Directory {
         inv.arg(record.encode());
         let v = self.run(inv).await?;
         Ok(matches!(v, Value::Int(1)))
+    }
+
+    fn admission_call(
+        &self,
+        mode: &str,
+        rate: u32,
+        burst: u32,
+        max_queue: usize,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.scripts.admission.key(self.keys.queue());
+        inv.arg(mode)
+            .arg(rate.max(1))
+            .arg(burst.max(1))
+            .arg(u64::try_from(max_queue).unwrap_or(u64::MAX));
+        inv
+    }
+
+    /// One login arrives at the cluster-wide queue (see [`Take`]).
+    pub async fn admission_take(
+        &self,
+        rate: u32,
+        burst: u32,
+        max_queue: usize,
+    ) -> Result<Take, DirError> {
+        let v = self
+            .run(self.admission_call("take", rate, burst, max_queue))
+            .await?;
+        let Value::Array(items) = &v else {
+            return Err(shape("admission", &v));
+        };
+        let field = |i: usize| items.get(i).and_then(text).and_then(|b| parse_u64(&b));
+        match items.first().and_then(text).as_deref() {
+            Some(b"ok") => Ok(Take::Admitted),
+            Some(b"full") => Ok(Take::Full(field(1).unwrap_or(0))),
+            Some(b"ticket") => match (field(1), field(2)) {
+                (Some(ticket), Some(head)) => Ok(Take::Ticket { ticket, head }),
+                _ => Err(shape("admission", &v)),
+            },
+            _ => Err(shape("admission", &v)),
+        }
+    }
+
+    /// The queue's head (tickets admitted so far), after moving it on.
+    pub async fn admission_head(&self, rate: u32, burst: u32) -> Result<u64, DirError> {
+        let v = self
+            .run(self.admission_call("poll", rate, burst, 0))
+            .await?;
+        match &v {
+            Value::Array(items) => items
+                .get(1)
+                .and_then(text)
+                .and_then(|b| parse_u64(&b))
+                .ok_or_else(|| shape("admission", &v)),
+            _ => Err(shape("admission", &v)),
+        }
     }
 
     /// The record of `uid`, if any (for tools and tests).

@@ -12,17 +12,20 @@
 //!   compare-and-set scripts;
 //! * [`gate_node`]: registration and its heartbeat, the control listener,
 //!   record removal when a session ends;
-//! * [`login_node`]: the control links and the [`ClusterPlacer`].
+//! * [`login_node`]: the control links and the [`ClusterPlacer`];
+//! * [`admission`]: the login queue all login nodes share.
 //!
 //! The rules the directory keeps, and the test of each, are listed in the
 //! README's "Cluster" section.
 
+pub mod admission;
 pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
 mod run;
 
+pub use self::admission::SharedAdmission;
 pub use self::directory::{Directory, DirectoryOptions};
 pub use self::gate_node::{DirectoryLink, GateNode};
 pub use self::login_node::{ClusterPlacer, ControlLinks};

@@ -8,6 +8,7 @@
 //! | `{prefix}gate:{server}` | hash, expires after the lease | the gate node serving `server`: `node`, `epoch`, `client`, `control`, `online`, `draining` |
 //! | `{prefix}user:{uid}` | string | the uid's session: a [`Record`] |
 //! | `{prefix}lock:{uid}` | string, expires | the token of the login of `uid` in progress |
+//! | `{prefix}queue` | hash | the cluster-wide login queue: `tokens`, `last`, `head`, `tail` |
 
 use std::fmt;
 
@@ -54,6 +55,13 @@ impl Keys {
     /// The login lock of `uid`.
     pub fn lock(&self, uid: &[u8]) -> Vec<u8> {
         self.key("lock", uid)
+    }
+
+    /// The cluster-wide login queue.
+    pub fn queue(&self) -> Vec<u8> {
+        let mut key = self.prefix.as_bytes().to_vec();
+        key.extend_from_slice(b"queue");
+        key
     }
 }
 

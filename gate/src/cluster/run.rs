@@ -184,7 +184,14 @@ pub async fn run_login_node(
         config.login.multilogin,
         config.cluster.lock_ttl,
     );
-    let login = login_server(&config, auth, Arc::new(placer), components.random)?;
+    let mut login = login_server(&config, auth, Arc::new(placer), components.random)?;
+    if config.login.admission_rate > 0 {
+        // One queue for the whole cluster, in Redis.
+        login = login.with_admission(Arc::new(super::SharedAdmission::new(
+            dir.clone(),
+            crate::login::admission::AdmissionConfig::of(&config.login),
+        )));
+    }
     match dir.ping().await {
         Ok(()) => info!(node = %node, "login node up"),
         Err(e) => {

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 pub const NOTICE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a login was not admitted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// `max_queue` logins are waiting already.
     #[error("the login queue is full ({0} waiting)")]
@@ -36,6 +36,9 @@ pub enum Refused {
     /// The login waited longer than the queue's deadline.
     #[error("waited in the login queue longer than {0:?}")]
     TimedOut(Duration),
+    /// The queue cannot be reached (a cluster's queue lives in Redis).
+    #[error("login queue unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Queue settings.
@@ -52,6 +55,18 @@ pub struct AdmissionConfig {
     pub timeout: Duration,
 }
 
+impl AdmissionConfig {
+    /// The queue settings of a login server's configuration.
+    pub fn of(config: &crate::config::LoginConfig) -> AdmissionConfig {
+        AdmissionConfig {
+            rate: config.admission_rate,
+            burst: config.admission_burst,
+            max_queue: config.queue_max,
+            timeout: config.queue_timeout,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
     tokens: f64,
@@ -64,7 +79,30 @@ struct State {
     gone: BTreeSet<u64>,
 }
 
-/// The queue. Share it (`Arc`) between all dialogues of a login server.
+/// A login queue: the in-process [`Admission`], or the cluster-wide one of
+/// the login nodes ([`crate::cluster::SharedAdmission`]).
+pub trait Admit: Send + Sync + std::fmt::Debug + 'static {
+    /// Waits for this login's turn, calling `report` with its position
+    /// when it starts waiting and then at most once per [`NOTICE_EVERY`]
+    /// while the position changes. Cancel safe: a login dropped while
+    /// waiting gives its place up.
+    fn admit<'a>(
+        &'a self,
+        report: &'a mut (dyn FnMut(Position) + Send),
+    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>>;
+}
+
+impl Admit for Admission {
+    fn admit<'a>(
+        &'a self,
+        report: &'a mut (dyn FnMut(Position) + Send),
+    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>> {
+        Box::pin(Admission::admit(self, report))
+    }
+}
+
+/// The in-process queue. Share it (`Arc`) between all dialogues of a login
+/// server.
 #[derive(Debug)]
 pub struct Admission {
     cfg: AdmissionConfig,

@@ -67,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
-use super::admission::{Admission, AdmissionConfig};
+use super::admission::{Admission, AdmissionConfig, Admit};
 use super::auth::{AuthError, Authenticator};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
@@ -121,7 +121,7 @@ struct LoginState {
     placer: Arc<dyn Placer>,
     random: Arc<dyn RandomSource>,
     /// The login queue, when `admission_rate` is set.
-    admission: Option<Admission>,
+    admission: Option<Arc<dyn Admit>>,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -167,6 +167,14 @@ impl LoginServer {
     #[must_use]
     pub fn with_server_key(mut self, key: StaticKey) -> LoginServer {
         self.shared.server.static_key = Some(key);
+        self
+    }
+
+    /// Replaces the login queue (a cluster's login nodes share one through
+    /// Redis). Without this, `admission_rate` makes an in-process queue.
+    #[must_use]
+    pub fn with_admission(mut self, queue: Arc<dyn Admit>) -> LoginServer {
+        self.shared.admission = Some(queue);
         self
     }
 
@@ -326,15 +334,9 @@ async fn write_before_fin(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()
 }
 
 /// The login queue of `config`, if it has an admission rate.
-fn admission(config: &LoginConfig) -> Option<Admission> {
-    (config.admission_rate > 0).then(|| {
-        Admission::new(AdmissionConfig {
-            rate: config.admission_rate,
-            burst: config.admission_burst,
-            max_queue: config.queue_max,
-            timeout: config.queue_timeout,
-        })
-    })
+fn admission(config: &LoginConfig) -> Option<Arc<dyn Admit>> {
+    (config.admission_rate > 0)
+        .then(|| Arc::new(Admission::new(AdmissionConfig::of(config))) as Arc<dyn Admit>)
 }
 
 /// The dialogue deadline, which stands still while the login waits in the
@@ -571,7 +573,7 @@ async fn run_dialogue<S: Stream>(
             if let Some(queue) = &shared.admission {
                 clock.pause();
                 let started = Instant::now();
-                let queued = queue_for(queue, lines, state.queue_notices()).await;
+                let queued = queue_for(queue.as_ref(), lines, state.queue_notices()).await;
                 clock.resume(started.elapsed());
                 queued?;
             }
@@ -603,14 +605,15 @@ async fn run_dialogue<S: Stream>(
 /// position if it asked (`notices`). A client that closes, or sends a line
 /// (it must wait for line 3), leaves the queue. A refusal sends `503`.
 async fn queue_for<S: Stream>(
-    queue: &Admission,
+    queue: &dyn Admit,
     lines: &mut Lines<S>,
     notices: bool,
 ) -> Result<(), Ending> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let admitted = queue.admit(|position| {
+    let mut report = move |position| {
         let _ = tx.send(position);
-    });
+    };
+    let admitted = queue.admit(&mut report);
     tokio::pin!(admitted);
     let result = loop {
         tokio::select! {

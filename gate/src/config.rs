@@ -53,6 +53,9 @@ pub struct Config {
     /// Which role this process plays and, for a cluster node, how it finds
     /// the others (`gate::cluster`). Default: all-in-one, no Redis.
     pub cluster: ClusterConfig,
+    /// The operations listener: metrics, health, admin API (`gate::ops`).
+    /// Default: off.
+    pub ops: OpsConfig,
     /// Accounts file (`user:PHC-hash` lines). Default: none, which runs the
     /// demo authenticator (any user, password `password`) with a warning.
     pub accounts: Option<PathBuf>,
@@ -71,6 +74,7 @@ impl Default for Config {
             gate: GateConfig::default(),
             backend: BackendConfig::default(),
             cluster: ClusterConfig::default(),
+            ops: OpsConfig::default(),
             accounts: None,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -297,6 +301,20 @@ impl GateConfig {
         };
         (!timeout.is_zero()).then_some(timeout)
     }
+}
+
+/// Operations settings (`[ops]`): see `gate::ops`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OpsConfig {
+    /// Listen address of the operations HTTP listener (`/metrics`,
+    /// `/healthz`, `/readyz`, `/admin/...`). Keep it on loopback or a
+    /// private network. Default: none (off).
+    pub listen: Option<SocketAddr>,
+    /// File with the admin API's bearer token (at least 16 bytes; `gate
+    /// link-secret` makes one). Default: none: every admin call is `401`;
+    /// metrics and health are served anyway.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// What one process runs (`[cluster] role`).

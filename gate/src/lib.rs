@@ -14,6 +14,7 @@ pub mod esc;
 pub mod login;
 pub mod msg;
 pub mod net;
+pub mod ops;
 pub mod placement;
 pub mod raw_echo;
 mod run;

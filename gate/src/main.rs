@@ -106,6 +106,37 @@ struct RunArgs {
     backend: BackendFlags,
     #[command(flatten)]
     cluster: ClusterFlags,
+    #[command(flatten)]
+    ops: OpsFlags,
+    /// Log lines as text (for people) or JSON objects (for log shippers)
+    /// [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    #[serde(skip)]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// One line of text per event.
+    Text,
+    /// One JSON object per event (tracing's JSON formatter).
+    Json,
+}
+
+/// `[ops]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct OpsFlags {
+    /// Serve /metrics, /healthz, /readyz and the admin API on this address
+    /// [default: none: off].
+    #[arg(id = "ops_listen", long = "ops-listen", value_name = "ADDR")]
+    #[serde(rename = "listen", skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// File with the admin API's bearer token (e.g. from `gate
+    /// link-secret`) [default: none: admin calls get 401].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<PathBuf>,
 }
 
 /// `[cluster]` fields settable by flag.
@@ -355,6 +386,13 @@ impl RunArgs {
     async fn run(self) -> anyhow::Result<()> {
         let config = self.config()?;
         let role = config.cluster.role;
+        let ops_listener = match config.ops.listen {
+            Some(addr) => Some(
+                listen(addr, LISTEN_BACKLOG)
+                    .with_context(|| format!("cannot listen on {addr} (operations)"))?,
+            ),
+            None => None,
+        };
         let login_listener = || {
             listen(config.login.listen, LISTEN_BACKLOG)
                 .with_context(|| format!("cannot listen on {} (login)", config.login.listen))
@@ -365,17 +403,18 @@ impl RunArgs {
         };
         if role == Role::Login {
             let login = login_listener()?;
-            gate::cluster::run_login_node(
-                login,
-                config,
-                gate::Components::default(),
-                shutdown_signal(),
-            )
-            .await?;
+            let components = gate::Components {
+                ops: ops_listener,
+                ..gate::Components::default()
+            };
+            gate::cluster::run_login_node(login, config, components, shutdown_signal()).await?;
             return Ok(());
         }
         let gate = gate_listener()?;
-        let mut components = gate::Components::default();
+        let mut components = gate::Components {
+            ops: ops_listener,
+            ..gate::Components::default()
+        };
         if let Some(addr) = config.backend.listen {
             let path = config.backend.secret_file.as_ref().context(
                 "backend services need a link secret: set backend.secret_file \
@@ -487,14 +526,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            let logs = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match args.log_format {
+                LogFormat::Json => logs.json().init(),
                 // Colour codes only on a terminal: a log file stays plain text.
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+                LogFormat::Text => logs
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init(),
+            }
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
             // The servers run as a task on a worker thread, not on this one

@@ -17,6 +17,7 @@ use crate::login::{
     OnlineTable, RandomSource,
 };
 use crate::msg::MsgGate;
+use crate::ops::{AdminToken, Ops};
 use crate::placement::{GateLink, Placer};
 
 /// Why [`run`] could not start or failed while serving.
@@ -34,6 +35,9 @@ pub enum RunError {
     /// The backend listener failed.
     #[error("backend failed: {0}")]
     Backend(#[source] std::io::Error),
+    /// The operations listener failed.
+    #[error("operations listener failed: {0}")]
+    Ops(#[source] std::io::Error),
 }
 
 /// Wraps the login server's gate link (tests hold a login mid-way with it;
@@ -64,6 +68,9 @@ pub struct Components {
     pub backend: Option<Backend>,
     /// Applied to the login server's link to the gates.
     pub gate_link_layer: Option<GateLinkLayer>,
+    /// The operations listener (metrics, health, admin API), bound by the
+    /// caller (`main` binds `ops.listen`). Default: none.
+    pub ops: Option<TcpListener>,
 }
 
 impl fmt::Debug for Components {
@@ -80,6 +87,7 @@ impl fmt::Debug for Components {
                 &self.backend.as_ref().and_then(Backend::local_addr),
             )
             .field("gate_link_layer", &self.gate_link_layer.is_some())
+            .field("ops", &self.ops.as_ref().and_then(|l| l.local_addr().ok()))
             .finish()
     }
 }
@@ -137,6 +145,14 @@ pub async fn run_with(
         multilogin: config.login.multilogin,
     });
     let login = login_server(&config, auth, placer, components.random)?;
+    let ops = ops_state(
+        &config,
+        "all",
+        Some(gate.clone()),
+        backend.clone(),
+        Some(login.metrics()),
+        None,
+    )?;
 
     let token = CancellationToken::new();
     // Backend links outlive the start of the shutdown: they carry the
@@ -172,7 +188,8 @@ pub async fn run_with(
             None => Ok(()),
         }
     };
-    let ((), (), gate_result, backend_result) = tokio::join!(
+    let ops_done = serve_ops(components.ops, ops, token.clone());
+    let ((), (), gate_result, backend_result, ops_result) = tokio::join!(
         async {
             tokio::select! {
                 () = stop => {}
@@ -182,7 +199,9 @@ pub async fn run_with(
         login_done,
         gate_done,
         backend_done,
+        ops_done,
     );
+    ops_result.map_err(RunError::Ops)?;
     gate_result.map_err(RunError::Gate)?;
     backend_result.map_err(RunError::Backend)?;
     info!("stopped");
@@ -241,6 +260,47 @@ pub(crate) fn login_server(
         login = login.with_random(random);
     }
     Ok(login)
+}
+
+/// The operations state of a process, with the admin token of
+/// `config.ops` loaded.
+pub(crate) fn ops_state(
+    config: &Config,
+    role: &'static str,
+    gate: Option<MsgGate>,
+    backend: Option<Backend>,
+    login: Option<Arc<crate::login::metrics::LoginMetrics>>,
+    dir: Option<crate::cluster::Directory>,
+) -> Result<Arc<Ops>, RunError> {
+    let token = match &config.ops.admin_token_file {
+        Some(path) => Some(AdminToken::from_file(path).map_err(RunError::Config)?),
+        None => None,
+    };
+    Ok(Arc::new(Ops::new(
+        config.cluster.node_id(),
+        role,
+        gate,
+        backend,
+        login,
+        dir,
+        token,
+    )))
+}
+
+/// Serves the operations listener, if there is one, until `stop`; it is
+/// ready once called (the other listeners are bound by then).
+pub(crate) async fn serve_ops(
+    listener: Option<TcpListener>,
+    ops: Arc<Ops>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    match listener {
+        Some(listener) => {
+            ops.set_ready(true);
+            crate::ops::serve(listener, ops, stop).await
+        }
+        None => Ok(()),
+    }
 }
 
 /// The accounts file of `config.accounts`, or the demo authenticator.

@@ -16,7 +16,7 @@ use super::login_node::{ClusterPlacer, ControlLinks};
 use crate::agent::{Agent, EchoAgent};
 use crate::config::{AuthSource, Config};
 use crate::msg::MsgGate;
-use crate::run::{Components, RunError, choose_authenticator, login_server};
+use crate::run::{Components, RunError, choose_authenticator, login_server, ops_state, serve_ops};
 
 fn secret(config: &Config) -> Result<LinkSecret, RunError> {
     let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
@@ -97,6 +97,14 @@ pub async fn run_gate_node(
         lease: config.cluster.lease,
         tls: acceptor(&config)?,
     });
+    let ops = ops_state(
+        &config,
+        "gate",
+        Some(gate.clone()),
+        backend.clone(),
+        None,
+        Some(node.dir.clone()),
+    )?;
     let token = CancellationToken::new();
     let backends_stop = CancellationToken::new();
     let heartbeat_stop = CancellationToken::new();
@@ -133,7 +141,7 @@ pub async fn run_gate_node(
             None => Ok(()),
         }
     };
-    let ((), (), (), gate_result, backend_result) = tokio::join!(
+    let ((), (), (), gate_result, backend_result, ops_result) = tokio::join!(
         async {
             tokio::select! {
                 () = stop => {}
@@ -144,7 +152,9 @@ pub async fn run_gate_node(
         gate_node::serve_control(Arc::clone(&node), control_listener, token.clone()),
         gate_done,
         backend_done,
+        serve_ops(components.ops, ops, token.clone()),
     );
+    ops_result.map_err(RunError::Ops)?;
     link.flush(config.shutdown_grace).await;
     node.unregister().await;
     gate_result.map_err(RunError::Gate)?;
@@ -198,12 +208,20 @@ pub async fn run_login_node(
             tracing::warn!(node = %node, error = %e, "login node up, Redis unreachable: logins get 503 until it answers")
         }
     }
+    let ops = ops_state(
+        &config,
+        "login",
+        None,
+        None,
+        Some(login.metrics()),
+        Some(dir),
+    )?;
     let token = CancellationToken::new();
     let serve = async {
         login.serve(login_listener, token.clone()).await;
         token.cancel();
     };
-    tokio::join!(
+    let ((), (), ops_result) = tokio::join!(
         async {
             tokio::select! {
                 () = shutdown => { info!("shutting down"); token.cancel(); }
@@ -211,7 +229,9 @@ pub async fn run_login_node(
             }
         },
         serve,
+        serve_ops(components.ops, ops, token.clone()),
     );
+    ops_result.map_err(RunError::Ops)?;
     info!("stopped");
     Ok(())
 }

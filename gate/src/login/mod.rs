@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod auth;
 pub mod gates;
+pub mod metrics;
 pub mod online;
 pub mod random;
 pub mod server;

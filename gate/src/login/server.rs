@@ -69,6 +69,7 @@ use tracing::{debug, info};
 
 use super::admission::{Admission, AdmissionConfig, Admit};
 use super::auth::{AuthError, Authenticator};
+use super::metrics::{LoginLabels, LoginMetrics, status_label};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
 use crate::config::LoginConfig;
@@ -122,6 +123,7 @@ struct LoginState {
     random: Arc<dyn RandomSource>,
     /// The login queue, when `admission_rate` is set.
     admission: Option<Arc<dyn Admit>>,
+    metrics: Arc<LoginMetrics>,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -146,6 +148,7 @@ impl LoginServer {
     ) -> LoginServer {
         LoginServer {
             shared: LoginState {
+                metrics: Arc::default(),
                 admission: admission(&config),
                 throttle: throttle(&config),
                 server: ServerConfig {
@@ -168,6 +171,11 @@ impl LoginServer {
     pub fn with_server_key(mut self, key: StaticKey) -> LoginServer {
         self.shared.server.static_key = Some(key);
         self
+    }
+
+    /// The login metrics (register them on an operations registry).
+    pub fn metrics(&self) -> Arc<LoginMetrics> {
+        Arc::clone(&self.shared.metrics)
     }
 
     /// Replaces the login queue (a cluster's login nodes share one through
@@ -437,6 +445,17 @@ async fn connection<S: Stream>(
         }
     };
     log_result(&report, addr, &ending);
+    let status = match &ending {
+        Ending::Status(status, _) => Some(status.code()),
+        _ => None,
+    };
+    shared.metrics.record(
+        LoginLabels {
+            suite: report.suite.map_or("none", Suite::name),
+            status: status_label(status),
+        },
+        clock.start.elapsed().as_secs_f64(),
+    );
     // The status is written: the next client may have the slot.
     drop(slot);
     let parts = lines.into_parts();
@@ -857,6 +876,7 @@ mod tests {
 
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
         Arc::new(LoginState {
+            metrics: Arc::default(),
             admission: admission(&config),
             throttle: throttle(&config),
             server: ServerConfig::default(),

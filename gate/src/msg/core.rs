@@ -63,6 +63,9 @@ pub(crate) struct User {
     alias: Option<Bytes>,
     pub(crate) secret: SessionSecret,
     core: Weak<GateCore>,
+    /// The gate's counters (a user's responses are counted as they are
+    /// made, without reaching the gate through `core`).
+    metrics: Arc<Metrics>,
     slot: Mutex<Slot>,
 }
 
@@ -123,6 +126,12 @@ pub(crate) fn response_package(
     session: u32,
     result: Result<Bytes, RequestError>,
 ) -> Bytes {
+    match &result {
+        Ok(content) if content.len() <= codec::message::MAX_RESPONSE_CONTENT => {
+            user.metrics.responses.bump();
+        }
+        _ => user.metrics.error_responses.bump(),
+    }
     match result {
         Ok(content) => {
             if content.len() > codec::message::MAX_RESPONSE_CONTENT {
@@ -163,9 +172,12 @@ pub(crate) struct GateCore {
     pub(crate) tracker: TaskTracker,
     /// Cancelled when shutdown starts: no new sessions or handshakes.
     pub(crate) draining: CancellationToken,
+    /// An operator drained the gate: new logins are refused.
+    pub(crate) drained: std::sync::atomic::AtomicBool,
     /// Cancelled when the shutdown grace is over.
     pub(crate) hard: CancellationToken,
-    pub(crate) metrics: Metrics,
+    /// Shared with every user (responses are counted where they are made).
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for GateCore {
@@ -211,8 +223,9 @@ impl GateCore {
             timers: Timers::new(),
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
+            drained: std::sync::atomic::AtomicBool::new(false),
             hard: CancellationToken::new(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -262,6 +275,7 @@ impl GateCore {
                 alias: alias.clone(),
                 secret: secret.clone(),
                 core: Arc::downgrade(self),
+                metrics: Arc::clone(&self.metrics),
                 slot: Mutex::new(Slot {
                     session: Session::new(Instant::now(), Arc::clone(&self.limits)),
                     timer_at: 0,

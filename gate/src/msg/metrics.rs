@@ -42,6 +42,47 @@ pub struct GateMetrics {
     pub idle_timeouts: u64,
     /// Entries in the gate's timer queue (live and stale).
     pub timers: usize,
+    /// Requests run by the agent (re-sends answered from the cache are in
+    /// `resends`).
+    pub requests: u64,
+    /// Responses made (ok byte 1).
+    pub responses: u64,
+    /// Error responses made (ok byte 0).
+    pub error_responses: u64,
+}
+
+/// A counter bumped on the request path by every worker thread: one
+/// cache-line-sized cell per stripe, so threads do not fight over one
+/// line; read (rarely) by summing.
+#[derive(Debug, Default)]
+pub(crate) struct Striped {
+    cells: [Cell; STRIPES],
+}
+
+const STRIPES: usize = 16;
+
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cell(AtomicU64);
+
+thread_local! {
+    static STRIPE: usize = {
+        use std::hash::BuildHasher;
+        let hash = std::collections::hash_map::RandomState::new()
+            .hash_one(std::thread::current().id());
+        usize::try_from(hash % STRIPES as u64).unwrap_or(0)
+    };
+}
+
+impl Striped {
+    pub(crate) fn bump(&self) {
+        let i = STRIPE.with(|s| *s);
+        self.cells[i].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +102,9 @@ pub(crate) struct Metrics {
     pub(crate) pushes_refused: AtomicU64,
     pub(crate) push_gaps: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) requests: Striped,
+    pub(crate) responses: Striped,
+    pub(crate) error_responses: Striped,
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {

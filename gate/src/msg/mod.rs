@@ -46,6 +46,29 @@ use crate::net::{self, AtCapacity, PerSource};
 use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::session::PushRefused;
 
+/// One session, as the operations API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The uid.
+    pub uid: Bytes,
+    /// Its subid on this gate.
+    pub subid: Bytes,
+    /// This gate's server name.
+    pub server: String,
+    /// Online (connected), away, placed (never connected) or ended.
+    pub phase: crate::session::Phase,
+    /// The last accepted handshake index (as text).
+    pub index: String,
+    /// Requests running.
+    pub inflight: u32,
+    /// Answers kept for re-sends.
+    pub cached_answers: usize,
+    /// Their bytes.
+    pub cached_bytes: usize,
+    /// The sequence number of the last push (0: none yet).
+    pub last_push: u32,
+}
+
 /// How long a kick waits for the kicked connection to close.
 const KICK_WAIT: Duration = Duration::from_secs(5);
 
@@ -101,6 +124,9 @@ impl MsgGate {
                 return Err(LoginRefusal::Unavailable(
                     "gate is shutting down".to_owned(),
                 ));
+            }
+            if self.core.drained.load(Ordering::Acquire) {
+                return Err(LoginRefusal::Unavailable("gate is draining".to_owned()));
             }
             match self.core.place(&uid, &user, &secret) {
                 Ok(user) => return Ok(user.subid.clone()),
@@ -172,9 +198,51 @@ impl MsgGate {
             .collect()
     }
 
-    /// Whether the gate refuses new sessions (it is shutting down).
+    /// Whether the gate refuses new sessions: it is shutting down, or an
+    /// operator drained it ([`MsgGate::set_drained`]).
     pub fn is_draining(&self) -> bool {
-        self.core.draining.is_cancelled()
+        self.core.draining.is_cancelled() || self.core.drained.load(Ordering::Acquire)
+    }
+
+    /// Drains the gate (or undoes it): new logins are refused (`403` on the
+    /// login line, "gate is draining"), while established sessions go on
+    /// and may reconnect. For rolling restarts: drain, wait for the users
+    /// to leave or move, then stop it.
+    pub fn set_drained(&self, drained: bool) {
+        self.core.drained.store(drained, Ordering::Release);
+    }
+
+    /// Sessions bound to a connection, and the others (away, or placed and
+    /// not connected yet). Walks every session: for scrapes, not for hot
+    /// paths.
+    pub fn sessions_by_phase(&self) -> (usize, usize) {
+        let users = self.core.users();
+        let online = users
+            .iter()
+            .filter(|u| u.lock().session.phase() == crate::session::Phase::Online)
+            .count();
+        (online, users.len() - online)
+    }
+
+    /// What the gate knows of the session of `uid`, if it has one.
+    pub fn session_info(&self, uid: &[u8]) -> Option<SessionInfo> {
+        let user = self.core.user_by_uid(uid)?;
+        let slot = user.lock();
+        let session = &slot.session;
+        Some(SessionInfo {
+            uid: user.uid.clone(),
+            subid: user.subid.clone(),
+            server: self.core.cfg.name.clone(),
+            phase: session.phase(),
+            index: match session.index() {
+                codec::message::LuaNumber::Int(n) => n.to_string(),
+                codec::message::LuaNumber::Float(f) => f.to_string(),
+            },
+            inflight: session.inflight(),
+            cached_answers: session.cache().len(),
+            cached_bytes: session.cache().bytes(),
+            last_push: session.pushes().last_seq(),
+        })
     }
 
     /// A snapshot of the counters.
@@ -199,6 +267,9 @@ impl MsgGate {
             push_gaps: get(&m.push_gaps),
             idle_timeouts: get(&m.idle_timeouts),
             timers: self.core.timers.len(),
+            requests: m.requests.get(),
+            responses: m.responses.get(),
+            error_responses: m.error_responses.get(),
         }
     }
 

@@ -74,6 +74,7 @@ fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End>
     };
     match outcome {
         OnRequest::Execute(exec) => {
+            core.metrics.requests.bump();
             let running = Running {
                 user,
                 session,

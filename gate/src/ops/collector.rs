@@ -1,0 +1,248 @@
+//! The gate's, the backend's and the process's numbers, read at scrape
+//! time. The gate counts with its own atomics on the request path (striped
+//! where every request touches them); this collector only reads them when
+//! Prometheus asks, so exporting costs the request path nothing.
+
+use std::fmt::Error;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Unit;
+
+use crate::backend::Backend;
+use crate::msg::MsgGate;
+
+/// Reads a gate (and its backend) on each scrape.
+#[derive(Debug)]
+pub struct GateCollector {
+    /// The gate.
+    pub gate: MsgGate,
+    /// Its backend, if services are on.
+    pub backend: Option<Backend>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result<(), Error> {
+    let c = ConstCounter::new(value);
+    c.encode(e.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> Result<(), Error> {
+    let g = ConstGauge::new(value);
+    g.encode(e.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl Collector for GateCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), Error> {
+        let m = self.gate.metrics();
+        let (online, away) = self.gate.sessions_by_phase();
+        {
+            let g = ConstGauge::new(as_i64(m.connections));
+            let mut family = e.encode_descriptor(
+                "gate_connections_open",
+                "Client connections open now, by listener",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(family.encode_family(&ListenerLabel { listener: "gate" })?)?;
+        }
+        gauge(
+            &mut e,
+            "gate_sessions_online",
+            "Sessions bound to a connection",
+            as_i64(online),
+        )?;
+        gauge(
+            &mut e,
+            "gate_sessions_away",
+            "Sessions waiting for a reconnect (or never connected yet)",
+            as_i64(away),
+        )?;
+        {
+            let ok = ConstCounter::new(m.handshakes_ok);
+            let refused = ConstCounter::new(m.handshakes_refused);
+            let mut family = e.encode_descriptor(
+                "gate_handshakes",
+                "Gate handshakes, by outcome",
+                None,
+                ok.metric_type(),
+            )?;
+            ok.encode(family.encode_family(&StatusLabel { status: "ok" })?)?;
+            refused.encode(family.encode_family(&StatusLabel { status: "refused" })?)?;
+        }
+        counter(
+            &mut e,
+            "gate_requests",
+            "Requests run by the agent",
+            m.requests,
+        )?;
+        counter(
+            &mut e,
+            "gate_responses",
+            "Responses made (ok byte 1)",
+            m.responses,
+        )?;
+        counter(
+            &mut e,
+            "gate_error_responses",
+            "Error responses made (ok byte 0)",
+            m.error_responses,
+        )?;
+        counter(
+            &mut e,
+            "gate_resends_answered",
+            "Re-sent requests answered from the response cache",
+            m.resends,
+        )?;
+        counter(
+            &mut e,
+            "gate_resends_lost",
+            "Re-sent requests whose answer had left the cache (answered with an error)",
+            m.lost,
+        )?;
+        counter(
+            &mut e,
+            "gate_pushes",
+            "Pushes accepted (one per session reached)",
+            m.pushes,
+        )?;
+        counter(
+            &mut e,
+            "gate_pushes_refused",
+            "Pushes refused (no such session, too large)",
+            m.pushes_refused,
+        )?;
+        counter(
+            &mut e,
+            "gate_push_gaps",
+            "Push-gap notices sent to reconnecting clients",
+            m.push_gaps,
+        )?;
+        counter(
+            &mut e,
+            "gate_sessions_ended",
+            "Sessions ended",
+            m.sessions_ended,
+        )?;
+        {
+            let causes = [
+                ("slow_reader", m.slow_readers_cut),
+                ("idle", m.idle_timeouts),
+                ("conflict", m.conflicts),
+                ("maxclient", m.refused_at_accept),
+                ("per_source", m.refused_per_source),
+            ];
+            let first = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "gate_connections_cut",
+                "Connections closed by the gate, by cause",
+                None,
+                first.metric_type(),
+            )?;
+            for (cause, value) in causes {
+                ConstCounter::new(value).encode(family.encode_family(&CauseLabel { cause })?)?;
+            }
+        }
+        if let Some(backend) = &self.backend {
+            let b = backend.metrics();
+            gauge(
+                &mut e,
+                "gate_backend_links",
+                "Service links registered now",
+                as_i64(b.links),
+            )?;
+            counter(
+                &mut e,
+                "gate_backend_requests",
+                "Requests sent to services",
+                b.requests,
+            )?;
+            counter(
+                &mut e,
+                "gate_backend_deadlines_missed",
+                "Requests answered with an error because their service missed the deadline",
+                b.timed_out,
+            )?;
+            counter(
+                &mut e,
+                "gate_backend_unroutable",
+                "Requests no service could take",
+                b.unroutable,
+            )?;
+        }
+        process(&mut e)
+    }
+}
+
+/// CPU seconds, resident memory and open descriptors of this process,
+/// from `/proc/self` (Linux; nothing elsewhere).
+fn process(e: &mut DescriptorEncoder) -> Result<(), Error> {
+    #[cfg(target_os = "linux")]
+    {
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command (which may hold spaces) start at `)`.
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 (1-based) of the line:
+            // 12 and 13 after the state field here.
+            let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+                // Linux reports clock ticks of 1/100 s (USER_HZ) to user space.
+                let seconds = (user + system) as f64 / 100.0;
+                let c = ConstCounter::new(seconds);
+                c.encode(e.encode_descriptor(
+                    "process_cpu",
+                    "CPU time used by the process",
+                    Some(&Unit::Seconds),
+                    c.metric_type(),
+                )?)?;
+            }
+        }
+        if let Ok(status) = std::fs::read_to_string("/proc/self/status") {
+            let rss_kb = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok());
+            if let Some(kb) = rss_kb {
+                let g = ConstGauge::new(kb * 1024);
+                g.encode(e.encode_descriptor(
+                    "process_resident_memory",
+                    "Resident memory of the process",
+                    Some(&Unit::Bytes),
+                    g.metric_type(),
+                )?)?;
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            gauge(
+                e,
+                "process_open_fds",
+                "File descriptors the process holds",
+                as_i64(dir.count()),
+            )?;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = e;
+    Ok(())
+}

@@ -1,0 +1,411 @@
+//! The operations listener: Prometheus metrics, health, and the admin API.
+//!
+//! Off unless `ops.listen` is set. Routes:
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | every metric, Prometheus text format 0.0.4 ([`collector`], the login metrics) |
+//! | `GET /healthz` | `200 ok` while the process serves |
+//! | `GET /readyz` | `200` once the listeners are up (and, on a cluster node, Redis answers); `503` otherwise |
+//! | `GET /admin/summary` | node, role, version, uptime, sessions, connections, draining, limits |
+//! | `GET /admin/users/{uid}` | one session: subid, phase, index, requests in flight, cached answers and bytes, last push |
+//! | `POST /admin/users/{uid}/kick` | `{"reason": "..."}`: end the session; an opted-in client gets KICK with the reason |
+//! | `POST /admin/users/{uid}/push` | `{"payload": "..."}`: push to the user |
+//! | `POST /admin/push` | `{"payload": "..."}`: push to every session of this gate |
+//! | `POST /admin/drain` | `{"drain": true}` refuse new logins on this gate (established sessions go on); `false` undoes it |
+//!
+//! Every `/admin` call needs `Authorization: Bearer <token>` with the token
+//! of `ops.admin_token_file` (compared in constant time); a missing or
+//! wrong token is `401` and nothing happens, an admin API without a
+//! configured token answers `401` to everything. Bodies are JSON; a bad
+//! body is `400` with the reason. Answers are JSON.
+
+pub mod collector;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus_client::registry::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::collector::GateCollector;
+use crate::backend::Backend;
+use crate::cluster::Directory;
+use crate::esc::esc;
+use crate::login::metrics::LoginMetrics;
+use crate::msg::MsgGate;
+use crate::session::Phase;
+
+/// The admin API's bearer token. `Debug` never shows it.
+#[derive(Clone)]
+pub struct AdminToken(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(..)")
+    }
+}
+
+impl AdminToken {
+    /// The token in `path`: its contents without trailing whitespace; at
+    /// least 16 bytes.
+    pub fn from_file(path: &std::path::Path) -> Result<AdminToken, String> {
+        let mut bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read the admin token file {}: {e}", path.display()))?;
+        while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+            bytes.pop();
+        }
+        if bytes.len() < 16 {
+            return Err(format!(
+                "the admin token in {} is {} bytes; at least 16 are needed",
+                path.display(),
+                bytes.len()
+            ));
+        }
+        Ok(AdminToken(zeroize::Zeroizing::new(bytes)))
+    }
+
+    fn matches(&self, presented: &[u8]) -> bool {
+        presented.ct_eq(&self.0).into()
+    }
+}
+
+/// What the operations listener serves from.
+#[derive(Debug)]
+pub struct Ops {
+    /// This node's id and role, for the summary.
+    pub node: String,
+    /// `all`, `login` or `gate`.
+    pub role: &'static str,
+    /// The gate, if this process has one.
+    pub gate: Option<MsgGate>,
+    /// Its backend, if services are on.
+    pub backend: Option<Backend>,
+    /// The login server's metrics, if this process has one.
+    pub login: Option<Arc<LoginMetrics>>,
+    /// The cluster's Redis, whose reachability `/readyz` checks.
+    pub dir: Option<Directory>,
+    /// The admin API's token; none: every admin call is `401`.
+    pub token: Option<AdminToken>,
+    started: Instant,
+    ready: AtomicBool,
+    registry: Registry,
+}
+
+impl Ops {
+    /// The operations state of one process.
+    pub fn new(
+        node: String,
+        role: &'static str,
+        gate: Option<MsgGate>,
+        backend: Option<Backend>,
+        login: Option<Arc<LoginMetrics>>,
+        dir: Option<Directory>,
+        token: Option<AdminToken>,
+    ) -> Ops {
+        let mut registry = Registry::default();
+        if let Some(gate) = &gate {
+            registry.register_collector(Box::new(GateCollector {
+                gate: gate.clone(),
+                backend: backend.clone(),
+            }));
+        }
+        if let Some(login) = &login {
+            login.register(&mut registry);
+        }
+        Ops {
+            node,
+            role,
+            gate,
+            backend,
+            login,
+            dir,
+            token,
+            started: Instant::now(),
+            ready: AtomicBool::new(false),
+            registry,
+        }
+    }
+
+    /// Marks the node ready (its listeners are up): `/readyz` answers 200
+    /// from now on, while Redis (if any) answers.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// The metrics as Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+        {
+            warn!(error = %e, "cannot encode the metrics");
+        }
+        out
+    }
+}
+
+/// Serves the operations routes on `listener` until `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    ops: Arc<Ops>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    info!(addr = ?listener.local_addr().ok(), "operations listener up");
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/summary", get(summary))
+        .route("/admin/users/{uid}", get(user))
+        .route("/admin/users/{uid}/kick", post(kick))
+        .route("/admin/users/{uid}/push", post(push_user))
+        .route("/admin/push", post(push_all))
+        .route("/admin/drain", post(drain))
+        .with_state(ops);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        ops.render(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
+    if !ops.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n").into_response();
+    }
+    if let Some(dir) = &ops.dir
+        && let Err(e) = dir.ping().await
+    {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")).into_response();
+    }
+    (StatusCode::OK, "ready\n").into_response()
+}
+
+/// A refused admin call: its status and reason, sent as `{"error": ...}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError {
+        status,
+        message: message.into(),
+    }
+}
+
+/// `Err` is the `401` to send.
+fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+    match (&ops.token, presented) {
+        (Some(token), Some(presented)) if token.matches(presented) => Ok(()),
+        (None, _) => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "the admin API has no token configured (ops.admin_token_file)",
+        )),
+        _ => {
+            warn!("admin call with a missing or wrong token refused");
+            Err(error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token",
+            ))
+        }
+    }
+}
+
+fn gate(ops: &Ops) -> Result<&MsgGate, ApiError> {
+    ops.gate
+        .as_ref()
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "this node has no gate"))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+}
+
+fn phase_name(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Placed => "placed",
+        Phase::Online => "connected",
+        Phase::Away => "away",
+        Phase::Ended => "ended",
+    }
+}
+
+async fn summary(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let mut body = json!({
+        "node": ops.node,
+        "role": ops.role,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": ops.started.elapsed().as_secs(),
+    });
+    if let Some(gate) = &ops.gate {
+        let m = gate.metrics();
+        let (online, away) = gate.sessions_by_phase();
+        let cfg = gate.config();
+        body["gate"] = json!({
+            "server": gate.name(),
+            "sessions": m.sessions,
+            "online": online,
+            "away": away,
+            "connections": m.connections,
+            "draining": gate.is_draining(),
+            "limits": {
+                "maxclient": cfg.maxclient,
+                "max_connections_per_source": cfg.max_connections_per_source,
+                "send_queue_bytes": cfg.send_queue_bytes,
+                "max_inflight_per_user": cfg.max_inflight_per_user,
+                "cache_bytes": cfg.cache_bytes,
+            },
+        });
+    }
+    if let Some(backend) = &ops.backend {
+        body["backend_links"] = json!(backend.metrics().links);
+    }
+    Ok(axum::Json(body).into_response())
+}
+
+async fn user(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let gate = gate(&ops)?;
+    match gate.session_info(uid.as_bytes()) {
+        Some(s) => Ok(axum::Json(json!({
+            "uid": String::from_utf8_lossy(&s.uid),
+            "server": s.server,
+            "subid": String::from_utf8_lossy(&s.subid),
+            "phase": phase_name(s.phase),
+            "index": s.index,
+            "inflight": s.inflight,
+            "cached_answers": s.cached_answers,
+            "cached_bytes": s.cached_bytes,
+            "last_push": s.last_push,
+        }))
+        .into_response()),
+        None => Err(error(
+            StatusCode::NOT_FOUND,
+            "no session for this uid on this gate",
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickBody {
+    reason: String,
+}
+
+async fn kick(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let gate = gate(&ops)?;
+    let body: KickBody = parse(&body)?;
+    let Some(session) = gate.session_info(uid.as_bytes()) else {
+        return Err(error(
+            StatusCode::NOT_FOUND,
+            "no session for this uid on this gate",
+        ));
+    };
+    info!(
+        uid = %esc(uid.as_bytes()),
+        reason = %esc(body.reason.as_bytes()),
+        "kicked by an operator"
+    );
+    gate.kick(uid.as_bytes(), &session.subid, body.reason).await;
+    Ok(
+        axum::Json(json!({ "kicked": true, "subid": String::from_utf8_lossy(&session.subid) }))
+            .into_response(),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushBody {
+    payload: String,
+}
+
+async fn push_user(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    Path(uid): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let gate = gate(&ops)?;
+    let body: PushBody = parse(&body)?;
+    match gate.push(uid.as_bytes(), Bytes::from(body.payload)) {
+        Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
+        Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),
+    }
+}
+
+async fn push_all(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let gate = gate(&ops)?;
+    let body: PushBody = parse(&body)?;
+    let reached = gate.push_all(Bytes::from(body.payload));
+    Ok(axum::Json(json!({ "sessions": reached })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    drain: bool,
+}
+
+async fn drain(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&ops, &headers)?;
+    let gate = gate(&ops)?;
+    let body: DrainBody = parse(&body)?;
+    gate.set_drained(body.drain);
+    info!(drain = body.drain, "drain set by an operator");
+    Ok(axum::Json(json!({ "draining": gate.is_draining() })).into_response())
+}

@@ -15,6 +15,7 @@
 //! next to its `run`: [`mod@login`] (`client login`), [`shell`], [`script`]
 //! (`client run`) and [`mod@bench`].
 
+pub mod admin;
 pub mod bench;
 pub mod error;
 pub mod gate;

@@ -27,6 +27,9 @@ enum Command {
     Run(RunCmd),
     /// Load generator: many simulated players, pipelined requests, latency percentiles.
     Bench(BenchCmd),
+    /// Call a gate's admin API (operations listener): summary, user, kick,
+    /// push, drain, metrics.
+    Admin(client_cli::admin::AdminCmd),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
             Command::Shell(cmd) => client_cli::shell::run(cmd).await,
             Command::Run(cmd) => client_cli::script::run(cmd).await,
             Command::Bench(cmd) => client_cli::bench::run(cmd).await,
+            Command::Admin(cmd) => client_cli::admin::run(cmd).await,
         }
     })
 }

@@ -390,3 +390,60 @@ async fn the_admin_api_needs_its_token_and_does_what_it_says() {
     );
     assert_eq!(next(&mut alice).await, None);
 }
+
+#[tokio::test]
+async fn client_admin_drives_the_admin_api() {
+    use client_cli::admin::{AdminCall, AdminCmd, call};
+    let (server, ops, token) = start().await;
+    let mut alice = online(&server, "alice").await;
+    let cmd = |call: AdminCall, token_file: Option<std::path::PathBuf>| AdminCmd {
+        addr: ops.to_string(),
+        token_file,
+        timeout: 10,
+        call,
+    };
+    let good = Some(token.path.clone());
+
+    let answer = call(&cmd(AdminCall::Summary, good.clone()))
+        .await
+        .expect("call");
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains(r#""sessions":1"#), "{}", answer.body);
+    let answer = call(&cmd(AdminCall::Summary, None)).await.expect("call");
+    assert_eq!(answer.status, 401);
+
+    let answer = call(&cmd(
+        AdminCall::Push {
+            uid: "alice".into(),
+            text: "hi from QA".into(),
+        },
+        good.clone(),
+    ))
+    .await
+    .expect("call");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        next(&mut alice).await,
+        Some((ResponseFlag::PUSH, Bytes::from("hi from QA")))
+    );
+    let answer = call(&cmd(
+        AdminCall::Kick {
+            uid: "alice".into(),
+            reason: "QA kick".into(),
+        },
+        good.clone(),
+    ))
+    .await
+    .expect("call");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        next(&mut alice).await,
+        Some((ResponseFlag::KICK, Bytes::from("QA kick")))
+    );
+    let answer = call(&cmd(AdminCall::Metrics, None)).await.expect("call");
+    assert!(
+        answer.body.contains("gate_sessions_ended_total 1"),
+        "{}",
+        answer.body
+    );
+}

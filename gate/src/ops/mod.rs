@@ -250,9 +250,14 @@ fn gate(ops: &Ops) -> Result<&MsgGate, ApiError> {
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "this node has no gate"))
 }
 
+/// Reads an admin call's JSON body strictly (unknown fields refused);
+/// `Err` is the reason a bad body gets `400`.
+pub fn parse_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(body).map_err(|e| format!("bad JSON body: {e}"))
+}
+
 fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad JSON body: {e}")))
+    parse_body(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
 fn phase_name(phase: Phase) -> &'static str {
@@ -325,10 +330,12 @@ async fn user(
     }
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /admin/users/{uid}/kick`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct KickBody {
-    reason: String,
+pub struct KickBody {
+    /// What the kicked client is told.
+    pub reason: String,
 }
 
 async fn kick(
@@ -358,10 +365,12 @@ async fn kick(
     )
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /admin/users/{uid}/push` and `POST /admin/push`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct PushBody {
-    payload: String,
+pub struct PushBody {
+    /// The push's payload (UTF-8 text).
+    pub payload: String,
 }
 
 async fn push_user(
@@ -391,10 +400,12 @@ async fn push_all(
     Ok(axum::Json(json!({ "sessions": reached })).into_response())
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /admin/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct DrainBody {
-    drain: bool,
+pub struct DrainBody {
+    /// Drain (true) or stop draining (false).
+    pub drain: bool,
 }
 
 async fn drain(

@@ -1007,3 +1007,57 @@ async fn the_login_queue_is_shared_by_every_login_node() {
     assert_eq!(tail, before as u64);
     assert_eq!(numbers.last().copied(), Some(tail));
 }
+
+#[tokio::test]
+async fn a_gate_node_reports_redis_in_its_metrics_and_readiness() {
+    let mut c = Cluster::start("ops").await;
+    let ops = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let g1 = c
+        .gate_full(
+            "g1",
+            "north",
+            &c.secret,
+            false,
+            &["--ops-listen".into(), ops.to_string()],
+        )
+        .await;
+    let l1 = c.login("l1").await;
+    let _p = Player::online(&l1, &g1, "ops").await;
+    let get = |call| async move {
+        client_cli::admin::call(&client_cli::admin::AdminCmd {
+            addr: ops.to_string(),
+            token_file: None,
+            timeout: 10,
+            call,
+        })
+        .await
+        .expect("the operations listener answers")
+    };
+    let scrape = get(client_cli::admin::AdminCall::Metrics).await.body;
+    let count = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("gate_redis_op_duration_seconds_count "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        count >= 2.0,
+        "registration and the login's commit:\n{scrape}"
+    );
+    let ready = |addr: SocketAddr| async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    assert!(ready(ops).await.starts_with("HTTP/1.1 200"));
+    c.redis.stop();
+    eventually("readyz says Redis is gone", || async move {
+        ready(ops).await.starts_with("HTTP/1.1 503")
+    })
+    .await;
+}

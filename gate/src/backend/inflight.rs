@@ -63,12 +63,18 @@ impl<T> Inflight<T> {
     }
 
     /// Takes the request `id` out, if it is still waiting.
+    #[cfg(test)]
     pub(crate) fn take(&mut self, id: u64) -> Option<T> {
+        self.take_with_deadline(id).map(|(_, value)| value)
+    }
+
+    /// [`Inflight::take`], with the request's deadline.
+    pub(crate) fn take_with_deadline(&mut self, id: u64) -> Option<(Instant, T)> {
         let taken = id
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.ring.get_mut(i))
-            .and_then(|slot| slot.value.take());
+            .and_then(|slot| Some((slot.deadline, slot.value.take()?)));
         if taken.is_some() {
             self.waiting -= 1;
         }

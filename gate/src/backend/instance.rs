@@ -371,10 +371,14 @@ impl Instance {
     /// that came too late (the client already got an error) or never had
     /// a request.
     pub(crate) fn answer(&self, response: Response) -> bool {
-        let pending = self.lock().inflight.take(response.request_id);
-        let Some(pending) = pending else {
+        let pending = self.lock().inflight.take_with_deadline(response.request_id);
+        let Some((deadline, pending)) = pending else {
             return false;
         };
+        // Every request of a link has the same timeout: sent at deadline -
+        // timeout.
+        let sent = deadline - self.limits.request_timeout;
+        self.metrics.latency.observe(sent.elapsed().as_secs_f64());
         let result = match response.result {
             Some(response::Result::Ok(body)) => Ok(body),
             Some(response::Result::Error(reason)) => {

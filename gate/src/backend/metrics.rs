@@ -7,8 +7,10 @@ pub(crate) fn bump(counter: &AtomicU64) {
 }
 
 /// Counters of every link, since the backend was made.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Metrics {
+    /// Seconds from sending a request to a service to its answer.
+    pub(crate) latency: prometheus_client::metrics::histogram::Histogram,
     pub(crate) registered: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -20,6 +22,28 @@ pub(crate) struct Metrics {
     pub(crate) congested: AtomicU64,
     pub(crate) pushes: AtomicU64,
     pub(crate) kicks: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            // 100 µs .. ~13 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 18),
+            ),
+            registered: AtomicU64::default(),
+            refused: AtomicU64::default(),
+            requests: AtomicU64::default(),
+            answered: AtomicU64::default(),
+            timed_out: AtomicU64::default(),
+            failed_on_close: AtomicU64::default(),
+            late: AtomicU64::default(),
+            unroutable: AtomicU64::default(),
+            congested: AtomicU64::default(),
+            pushes: AtomicU64::default(),
+            kicks: AtomicU64::default(),
+        }
+    }
 }
 
 /// A snapshot of the backend's counters.

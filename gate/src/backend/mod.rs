@@ -260,6 +260,12 @@ impl Backend {
         }
     }
 
+    /// The distribution of service answer times (seconds from sending a
+    /// request to its answer), for the metrics.
+    pub fn latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.shared.metrics.latency.clone()
+    }
+
     /// Accepts service links until `stop` is cancelled, pushing and kicking
     /// through `gate`. When `draining` is cancelled (the gate starts
     /// shutting down) every link gets a `Goodbye` and new registrations are

@@ -292,6 +292,27 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'last', tostring(math.ma
 return reply
 ";
 
+/// How Redis calls went, for the metrics.
+#[derive(Debug, Clone)]
+pub struct RedisMetrics {
+    /// Seconds per call (failed ones included).
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// Calls that failed or missed their deadline.
+    pub errors: prometheus_client::metrics::counter::Counter,
+}
+
+impl Default for RedisMetrics {
+    fn default() -> Self {
+        RedisMetrics {
+            // 50 µs .. ~1.6 s.
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.00005, 2.0, 16),
+            ),
+            errors: prometheus_client::metrics::counter::Counter::default(),
+        }
+    }
+}
+
 /// The registry and the session directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Directory {
@@ -299,6 +320,7 @@ pub struct Directory {
     keys: Keys,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    metrics: RedisMetrics,
 }
 
 impl std::fmt::Debug for Directory {
@@ -346,6 +368,7 @@ impl Directory {
             conn,
             keys: Keys::new(opts.prefix.clone()),
             timeout: opts.timeout,
+            metrics: RedisMetrics::default(),
             scripts: Arc::new(Scripts {
                 register: Script::new(REGISTER),
                 unregister: Script::new(UNREGISTER),
@@ -364,12 +387,26 @@ impl Directory {
         &self.keys
     }
 
+    /// The Redis call metrics of this directory (and its clones).
+    pub fn metrics(&self) -> &RedisMetrics {
+        &self.metrics
+    }
+
     async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
         let mut conn = self.conn.clone();
-        match tokio::time::timeout(self.timeout, inv.invoke_async::<Value>(&mut conn)).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(DirError::Timeout(self.timeout)),
+        let started = std::time::Instant::now();
+        let result =
+            match tokio::time::timeout(self.timeout, inv.invoke_async::<Value>(&mut conn)).await {
+                Ok(result) => result.map_err(DirError::from),
+                Err(_) => Err(DirError::Timeout(self.timeout)),
+            };
+        self.metrics
+            .latency
+            .observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            self.metrics.errors.inc();
         }
+        result
     }
 
     /// Whether Redis answers a `PING` within the deadline.

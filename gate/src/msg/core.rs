@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handle::{CloseCause, ConnHandle};
-use super::metrics::{Metrics, bump};
+use super::metrics::{EndCause, Metrics, bump};
 use super::timers::Timers;
 use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
@@ -471,6 +471,7 @@ impl GateCore {
         }
         self.by_uid.remove_if(&user.uid, this);
         bump(&self.metrics.sessions_ended);
+        bump(&self.metrics.ended_by[EndCause::of(reason) as usize]);
         tracing::info!(
             uid = %esc(&user.uid),
             subid = %esc(&user.subid),

@@ -49,6 +49,62 @@ pub struct GateMetrics {
     pub responses: u64,
     /// Error responses made (ok byte 0).
     pub error_responses: u64,
+    /// Sessions ended, by cause (in the order of [`EndCause::ALL`]).
+    pub ended_by: [u64; EndCause::ALL.len()],
+}
+
+/// Why sessions end, as a bounded label set (a kick's own reason is free
+/// text and stays in the logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndCause {
+    /// A new login of the same uid (`logged in again`, `relogin`).
+    Relogin,
+    /// Any other kick: a service, an operator.
+    Kicked,
+    /// Logged out by the agent.
+    Logout,
+    /// Away past the reconnect window.
+    Expired,
+    /// The gate shut down.
+    Shutdown,
+}
+
+impl EndCause {
+    /// Every cause, in a fixed order.
+    pub const ALL: [EndCause; 5] = [
+        EndCause::Relogin,
+        EndCause::Kicked,
+        EndCause::Logout,
+        EndCause::Expired,
+        EndCause::Shutdown,
+    ];
+
+    /// The label text.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndCause::Relogin => "relogin",
+            EndCause::Kicked => "kicked",
+            EndCause::Logout => "logout",
+            EndCause::Expired => "expired",
+            EndCause::Shutdown => "shutdown",
+        }
+    }
+
+    /// The cause of `reason`.
+    pub fn of(reason: &crate::session::EndReason) -> EndCause {
+        use crate::session::EndReason;
+        match reason {
+            EndReason::Kicked(text)
+                if text == crate::login::online::RELOGIN_KICK_REASON || text == "relogin" =>
+            {
+                EndCause::Relogin
+            }
+            EndReason::Kicked(_) => EndCause::Kicked,
+            EndReason::Logout => EndCause::Logout,
+            EndReason::Expired => EndCause::Expired,
+            EndReason::Shutdown => EndCause::Shutdown,
+        }
+    }
 }
 
 /// A counter bumped on the request path by every worker thread: one
@@ -102,6 +158,8 @@ pub(crate) struct Metrics {
     pub(crate) pushes_refused: AtomicU64,
     pub(crate) push_gaps: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    /// Sessions ended, by [`EndCause`].
+    pub(crate) ended_by: [AtomicU64; EndCause::ALL.len()],
     pub(crate) requests: Striped,
     pub(crate) responses: Striped,
     pub(crate) error_responses: Striped,

@@ -38,8 +38,8 @@ use tokio_util::sync::CancellationToken;
 
 use self::core::{GateCore, User};
 use self::handle::CloseCause;
-pub use self::metrics::GateMetrics;
 use self::metrics::bump;
+pub use self::metrics::{EndCause, GateMetrics};
 use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::net::{self, AtCapacity, PerSource};
@@ -270,6 +270,7 @@ impl MsgGate {
             requests: m.requests.get(),
             responses: m.responses.get(),
             error_responses: m.error_responses.get(),
+            ended_by: std::array::from_fn(|i| get(&m.ended_by[i])),
         }
     }
 

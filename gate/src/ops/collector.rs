@@ -177,6 +177,13 @@ impl Collector for GateCollector {
                 "Requests sent to services",
                 b.requests,
             )?;
+            let latency = backend.latency();
+            latency.encode(e.encode_descriptor(
+                "gate_backend_request_duration",
+                "Time from sending a request to a service to its answer",
+                Some(&Unit::Seconds),
+                latency.metric_type(),
+            )?)?;
             counter(
                 &mut e,
                 "gate_backend_deadlines_missed",

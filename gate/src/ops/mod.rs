@@ -125,6 +125,20 @@ impl Ops {
         if let Some(login) = &login {
             login.register(&mut registry);
         }
+        if let Some(dir) = &dir {
+            let m = dir.metrics();
+            registry.register_with_unit(
+                "gate_redis_op_duration",
+                "Time per Redis call of the cluster directory",
+                prometheus_client::registry::Unit::Seconds,
+                m.latency.clone(),
+            );
+            registry.register(
+                "gate_redis_op_errors",
+                "Redis calls that failed or missed their deadline",
+                m.errors.clone(),
+            );
+        }
         Ops {
             node,
             role,

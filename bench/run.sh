@@ -16,7 +16,10 @@
 #   bench/run.sh               # full: 3 rounds of 5 s per figure, ~6 min
 #   QUICK=1 bench/run.sh       # 1 round of 2 s, fewer idle sessions, < 1 min
 #
-# Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS,
+# Writes a chart of latency by percentile (gate and raw echo, 512 x 16) to
+# docs/latency.png with gnuplot when it is installed.
+#
+# Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS, CHART,
 # LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, SKIP_BUILD=1. Exit status is non-zero if
 # any run lost or got a wrong response.
 set -euo pipefail
@@ -42,6 +45,8 @@ RAW_PORT=${RAW_PORT:-28999}
 LOGIN=127.0.0.1:$LOGIN_PORT
 GATE=127.0.0.1:$GATE_PORT
 RAW=127.0.0.1:$RAW_PORT
+# Where the latency chart goes (PNG).
+CHART=${CHART:-$ROOT/docs/latency.png}
 
 # The load comes from one address: no per-source bound in these configs.
 # Idle sessions need a descriptor each, in the gate and in the client.
@@ -113,10 +118,16 @@ for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
     read -r conns depth size <<<"$figure"
     gate_rps="" raw_rps="" gate_p99="" raw_p99=""
     for _ in $(seq "$ROUNDS"); do
-        # Interleaved, so drift on the machine hits both sides alike.
-        j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        # Interleaved, so drift on the machine hits both sides alike. The
+        # 512 x 16, 16 B figure also keeps its latency distributions (the
+        # last round's) for the chart.
+        hg=() hr=()
+        if [[ $figure == "512 16 16" ]]; then
+            hg=(--hgrm "$WORK/gate.hgrm"); hr=(--hgrm "$WORK/raw.hgrm")
+        fi
+        j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION" "${hg[@]}")
         gate_rps+=" $(field "$j" rps)"; gate_p99+=" $(field "$j" p99_us)"
-        j=$(bench --raw --gate "$RAW" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        j=$(bench --raw --gate "$RAW" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION" "${hr[@]}")
         raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"
     done
     g=$(median <<<"$gate_rps"); r=$(median <<<"$raw_rps")
@@ -125,6 +136,30 @@ for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
     printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms\n' "$conns conns x $depth, $size B" "$g" "$r" "$ratio" \
         "$(awk -v v="$gp" 'BEGIN{print v/1000}')" "$(awk -v v="$rp" 'BEGIN{print v/1000}')"
 done
+
+# The chart: latency by percentile, gate and raw echo from the same run
+# (needs gnuplot, e.g. Debian's gnuplot-nox; skipped without it).
+if command -v gnuplot >/dev/null && [[ -s $WORK/gate.hgrm && -s $WORK/raw.hgrm ]]; then
+    cp "$WORK/gate.hgrm" "${CHART%.png}-gate.hgrm"
+    cp "$WORK/raw.hgrm" "${CHART%.png}-raw.hgrm"
+    gnuplot <<GNUPLOT
+set terminal png size 900,520
+set output "$CHART"
+set title "Echo latency by percentile, 512 connections x 16 in flight, 16 B ($cores cores, one run)"
+set logscale x
+set xrange [1:100000]
+set xtics ("0%%" 1, "50%%" 2, "90%%" 10, "99%%" 100, "99.9%%" 1000, "99.99%%" 10000, "99.999%%" 100000)
+set xlabel "percentile"
+set ylabel "latency (ms)"
+set key top left
+set grid
+plot "$WORK/gate.hgrm" skip 2 using 4:1 with lines lw 2 title "gate", \
+     "$WORK/raw.hgrm" skip 2 using 4:1 with lines lw 2 title "raw framed echo"
+GNUPLOT
+    echo "chart: $CHART (distributions: ${CHART%.png}-gate.hgrm, ${CHART%.png}-raw.hgrm)"
+else
+    echo "chart skipped (needs gnuplot)"
+fi
 
 echo
 printf '%-28s %12s %10s\n' figure "logins/s" "p99"

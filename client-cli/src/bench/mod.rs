@@ -133,6 +133,10 @@ pub struct BenchCmd {
     /// Print one JSON object instead of the text report (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Also write the latency distribution to FILE as an HdrHistogram
+    /// percentile file (`.hgrm`, values in milliseconds), for plotting.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<std::path::PathBuf>,
     /// Worker threads driving the connections (each a single-threaded
     /// runtime with one task for all its connections). [default: cores]
     #[arg(long, value_name = "N", default_value_t = default_workers(), hide_default_value = true)]
@@ -181,6 +185,7 @@ impl BenchCmd {
             fanout_join: "join bench".into(),
             fanout_say: "say".into(),
             json: false,
+            hgrm: None,
             workers: default_workers(),
             response_timeout: Duration::from_secs(5),
             setup_concurrency: 32,
@@ -427,6 +432,52 @@ impl BenchReport {
             })),
             "ok": self.check().is_ok(),
         })
+    }
+
+    /// The latency distribution in HdrHistogram's percentile format
+    /// (`.hgrm`: value, percentile, total count, 1/(1-percentile); values in
+    /// milliseconds), five steps per halving of the remaining tail.
+    pub fn hgrm(&self) -> String {
+        use std::fmt::Write;
+        let ms = |us: f64| us / 1000.0;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:>12} {:>14} {:>10} {:>14}\n",
+            "Value", "Percentile", "TotalCount", "1/(1-Percentile)"
+        );
+        let mut total = 0u64;
+        for v in self.latency.iter_quantiles(5) {
+            total += v.count_since_last_iteration();
+            let q = v.quantile_iterated_to();
+            let inverse = if q < 1.0 {
+                format!("{:14.2}", 1.0 / (1.0 - q))
+            } else {
+                format!("{:>14}", "inf")
+            };
+            let _ = writeln!(
+                out,
+                "{:12.3} {:14.12} {:10} {inverse}",
+                ms(v.value_iterated_to() as f64),
+                q,
+                total
+            );
+        }
+        let (mean, stdev, max) = if self.latency.is_empty() {
+            (0.0, 0.0, 0.0)
+        } else {
+            (
+                ms(self.latency.mean()),
+                ms(self.latency.stdev()),
+                ms(self.latency.max() as f64),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "#[Mean    = {mean:12.3}, StdDeviation   = {stdev:12.3}]\n#[Max     = {max:12.3}, Total count    = {:12}]",
+            self.latency.len()
+        );
+        out
     }
 
     /// The report for people, several lines.
@@ -787,6 +838,12 @@ fn progress_bar(cmd: &BenchCmd, show: bool) -> ProgressBar {
 pub async fn run(cmd: BenchCmd) -> ExitCode {
     match bench(&cmd, true).await {
         Ok(report) => {
+            if let Some(path) = &cmd.hgrm
+                && let Err(e) = std::fs::write(path, report.hgrm())
+            {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
             if cmd.json {
                 println!("{}", report.to_json());
             } else {

@@ -149,6 +149,18 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
         .await;
     assert!(matches!(refused, Err(ClientError::LoginRefused(s)) if s == LoginStatus::UNAUTHORIZED));
 
+    // A handshake with a wrong MAC: 401.
+    let mut eve = player(&server, "eve");
+    eve.login(&LoginOverrides::default()).await.expect("login");
+    let (status, _) = eve
+        .connect(&ConnectSpec {
+            bad_mac: true,
+            ..ConnectSpec::default()
+        })
+        .await
+        .expect("handshake");
+    assert_eq!(status, GateStatus::UNAUTHORIZED);
+
     let (status, scrape) = http(ops, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
     let mut promtool = Command::new("promtool")
@@ -173,18 +185,19 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
     let value = |name: &str| sample(&scrape, name).unwrap_or_else(|| panic!("{name} in\n{scrape}"));
     assert_eq!(
         value(r#"gate_logins_total{suite="x25519",status="200"}"#),
-        2.0
+        3.0
     );
     assert_eq!(
         value(r#"gate_logins_total{suite="x25519",status="401"}"#),
         1.0
     );
-    assert_eq!(value("gate_login_duration_seconds_count"), 3.0);
+    assert_eq!(value("gate_login_duration_seconds_count"), 4.0);
     assert_eq!(value("gate_requests_total"), 3.0);
     assert_eq!(value("gate_responses_total"), 3.0);
     assert_eq!(value("gate_error_responses_total"), 0.0);
     assert_eq!(value("gate_sessions_online"), 2.0);
-    assert_eq!(value(r#"gate_handshakes_total{status="ok"}"#), 2.0);
+    assert_eq!(value(r#"gate_handshakes_total{status="200"}"#), 2.0);
+    assert_eq!(value(r#"gate_handshakes_total{status="401"}"#), 1.0);
     assert_eq!(value(r#"gate_connections_open{listener="gate"}"#), 2.0);
     assert!(value("process_resident_memory_bytes") > 0.0);
     assert!(value("process_open_fds") > 0.0);

@@ -42,7 +42,7 @@ use tokio::time::Instant;
 use super::core::{Bound, GateCore, Timer};
 use super::end::End;
 use super::handle::{CloseCause, ConnHandle};
-use super::metrics::bump;
+use super::metrics::{RefusedStatus, bump};
 use super::requests::{Link, decode, serve};
 use crate::esc::esc;
 use crate::net::SourceSlot;
@@ -128,6 +128,7 @@ pub(super) fn run(
         match end {
             End::SlowReader => bump(&core.metrics.slow_readers_cut),
             End::IdleTimeout => bump(&core.metrics.idle_timeouts),
+            End::TooManyInflight => bump(&core.metrics.inflight_cut),
             _ => {}
         }
         tracing::debug!(
@@ -213,6 +214,7 @@ impl Conn {
             }
             Err(_) => {
                 bump(&core.metrics.handshakes_refused);
+                bump(&core.metrics.handshake_timeouts);
                 tracing::debug!(%addr, end = %End::HandshakeTimeout, "connection closed");
                 return None;
             }
@@ -239,6 +241,7 @@ impl Conn {
             }
             Err(refusal) => {
                 bump(&core.metrics.handshakes_refused);
+                bump(&core.metrics.refused_by[RefusedStatus::of(refusal.status()) as usize]);
                 tracing::debug!(
                     %addr,
                     status = refusal.status().map(|s| s.code()),

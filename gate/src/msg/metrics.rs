@@ -51,6 +51,61 @@ pub struct GateMetrics {
     pub error_responses: u64,
     /// Sessions ended, by cause (in the order of [`EndCause::ALL`]).
     pub ended_by: [u64; EndCause::ALL.len()],
+    /// Connections cut for going over `max_inflight_per_user`.
+    pub inflight_cut: u64,
+    /// Connections closed for sending no complete handshake in time.
+    pub handshake_timeouts: u64,
+    /// Refused handshakes, by status (in the order of
+    /// [`RefusedStatus::ALL`]).
+    pub refused_by: [u64; RefusedStatus::ALL.len()],
+}
+
+/// The status a refused handshake got, as a bounded label set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedStatus {
+    /// `400 Bad Request`.
+    BadRequest,
+    /// `401 Unauthorized`.
+    Unauthorized,
+    /// `403 Index Expired`.
+    IndexExpired,
+    /// `404 User Not Found`.
+    NotFound,
+    /// Closed without a status (shutting down).
+    None,
+}
+
+impl RefusedStatus {
+    /// Every status, in a fixed order.
+    pub const ALL: [RefusedStatus; 5] = [
+        RefusedStatus::BadRequest,
+        RefusedStatus::Unauthorized,
+        RefusedStatus::IndexExpired,
+        RefusedStatus::NotFound,
+        RefusedStatus::None,
+    ];
+
+    /// The label text.
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusedStatus::BadRequest => "400",
+            RefusedStatus::Unauthorized => "401",
+            RefusedStatus::IndexExpired => "403",
+            RefusedStatus::NotFound => "404",
+            RefusedStatus::None => "none",
+        }
+    }
+
+    /// The label of a refusal's status.
+    pub fn of(status: Option<codec::status::GateStatus>) -> RefusedStatus {
+        match status.map(codec::status::GateStatus::code) {
+            Some(400) => RefusedStatus::BadRequest,
+            Some(401) => RefusedStatus::Unauthorized,
+            Some(403) => RefusedStatus::IndexExpired,
+            Some(404) => RefusedStatus::NotFound,
+            _ => RefusedStatus::None,
+        }
+    }
 }
 
 /// Why sessions end, as a bounded label set (a kick's own reason is free
@@ -158,6 +213,12 @@ pub(crate) struct Metrics {
     pub(crate) pushes_refused: AtomicU64,
     pub(crate) push_gaps: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    /// Connections cut for going over the in-flight limit.
+    pub(crate) inflight_cut: AtomicU64,
+    /// Connections that sent no complete handshake in time.
+    pub(crate) handshake_timeouts: AtomicU64,
+    /// Refused handshakes, by [`RefusedStatus`].
+    pub(crate) refused_by: [AtomicU64; RefusedStatus::ALL.len()],
     /// Sessions ended, by [`EndCause`].
     pub(crate) ended_by: [AtomicU64; EndCause::ALL.len()],
     pub(crate) requests: Striped,

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use self::core::{GateCore, User};
 use self::handle::CloseCause;
 use self::metrics::bump;
-pub use self::metrics::{EndCause, GateMetrics};
+pub use self::metrics::{EndCause, GateMetrics, RefusedStatus};
 use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::net::{self, AtCapacity, PerSource};
@@ -271,6 +271,9 @@ impl MsgGate {
             responses: m.responses.get(),
             error_responses: m.error_responses.get(),
             ended_by: std::array::from_fn(|i| get(&m.ended_by[i])),
+            inflight_cut: get(&m.inflight_cut),
+            handshake_timeouts: get(&m.handshake_timeouts),
+            refused_by: std::array::from_fn(|i| get(&m.refused_by[i])),
         }
     }
 

@@ -80,15 +80,20 @@ impl Collector for GateCollector {
         )?;
         {
             let ok = ConstCounter::new(m.handshakes_ok);
-            let refused = ConstCounter::new(m.handshakes_refused);
             let mut family = e.encode_descriptor(
                 "gate_handshakes",
-                "Gate handshakes, by outcome",
+                "Gate handshakes, by status (timeout: no complete handshake in time)",
                 None,
                 ok.metric_type(),
             )?;
-            ok.encode(family.encode_family(&StatusLabel { status: "ok" })?)?;
-            refused.encode(family.encode_family(&StatusLabel { status: "refused" })?)?;
+            ok.encode(family.encode_family(&StatusLabel { status: "200" })?)?;
+            for (status, value) in crate::msg::RefusedStatus::ALL.iter().zip(m.refused_by) {
+                ConstCounter::new(value).encode(family.encode_family(&StatusLabel {
+                    status: status.name(),
+                })?)?;
+            }
+            ConstCounter::new(m.handshake_timeouts)
+                .encode(family.encode_family(&StatusLabel { status: "timeout" })?)?;
         }
         counter(
             &mut e,
@@ -148,6 +153,7 @@ impl Collector for GateCollector {
             let causes = [
                 ("slow_reader", m.slow_readers_cut),
                 ("idle", m.idle_timeouts),
+                ("inflight_limit", m.inflight_cut),
                 ("conflict", m.conflicts),
                 ("maxclient", m.refused_at_accept),
                 ("per_source", m.refused_per_source),

@@ -387,6 +387,36 @@ async fn the_admin_api_needs_its_token_and_does_what_it_says() {
     assert_eq!(status, 200);
     let _dave = online(&server, "dave").await;
 
+    // A push while alice is away is replayed when she comes back.
+    alice.disconnect();
+    guard("alice to be away", async {
+        loop {
+            let (_, body) = http(ops, "GET", "/admin/users/alice", Some(TOKEN), None).await;
+            if body.contains(r#""phase":"away""#) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (status, _) = http(
+        ops,
+        "POST",
+        "/admin/users/alice/push",
+        Some(TOKEN),
+        Some(r#"{"payload":"while away"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = alice.connect(&ConnectSpec::default()).await.expect("back");
+    assert_eq!(status, GateStatus::OK);
+    assert_eq!(
+        next(&mut alice).await,
+        Some((ResponseFlag::PUSH, Bytes::from("while away")))
+    );
+    let (_, scrape) = http(ops, "GET", "/metrics", None, None).await;
+    assert_eq!(sample(&scrape, "gate_pushes_replayed_total"), Some(1.0));
+
     // Kick with a reason: the opted-in client gets it, then the close.
     let (status, _) = http(
         ops,

@@ -326,6 +326,12 @@ impl GateCore {
         if accepted.push_gap.is_some() {
             bump(&self.metrics.push_gaps);
         }
+        if accepted.replayed > 0 {
+            self.metrics.pushes_replayed.fetch_add(
+                u64::from(accepted.replayed),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
         self.perform(&user, accepted.effects);
         Ok(Bound {
             user,

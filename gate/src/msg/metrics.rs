@@ -53,6 +53,9 @@ pub struct GateMetrics {
     pub ended_by: [u64; EndCause::ALL.len()],
     /// Connections cut for going over `max_inflight_per_user`.
     pub inflight_cut: u64,
+    /// Pushes replayed to reconnecting clients (sent again after a
+    /// reconnect because the client had not seen them).
+    pub pushes_replayed: u64,
     /// Connections closed for sending no complete handshake in time.
     pub handshake_timeouts: u64,
     /// Refused handshakes, by status (in the order of
@@ -215,6 +218,8 @@ pub(crate) struct Metrics {
     pub(crate) idle_timeouts: AtomicU64,
     /// Connections cut for going over the in-flight limit.
     pub(crate) inflight_cut: AtomicU64,
+    /// Pushes replayed to reconnecting clients.
+    pub(crate) pushes_replayed: AtomicU64,
     /// Connections that sent no complete handshake in time.
     pub(crate) handshake_timeouts: AtomicU64,
     /// Refused handshakes, by [`RefusedStatus`].

@@ -272,6 +272,7 @@ impl MsgGate {
             error_responses: m.error_responses.get(),
             ended_by: std::array::from_fn(|i| get(&m.ended_by[i])),
             inflight_cut: get(&m.inflight_cut),
+            pushes_replayed: get(&m.pushes_replayed),
             handshake_timeouts: get(&m.handshake_timeouts),
             refused_by: std::array::from_fn(|i| get(&m.refused_by[i])),
         }

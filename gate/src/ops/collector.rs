@@ -139,6 +139,12 @@ impl Collector for GateCollector {
         )?;
         counter(
             &mut e,
+            "gate_pushes_replayed",
+            "Pushes sent again to reconnecting clients that had not seen them",
+            m.pushes_replayed,
+        )?;
+        counter(
+            &mut e,
             "gate_push_gaps",
             "Push-gap notices sent to reconnecting clients",
             m.push_gaps,

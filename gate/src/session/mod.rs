@@ -343,6 +343,8 @@ pub struct Accepted<C> {
     /// The replay starts with a push-gap notice: pushes up to this one
     /// were dropped from the backlog before the client saw them.
     pub push_gap: Option<u32>,
+    /// Pushes replayed in the greeting.
+    pub replayed: u32,
 }
 
 /// Why a request is not served.
@@ -462,6 +464,7 @@ impl<C: Conn> Session<C> {
         let mut greeting = BytesMut::new();
         wire::write_status(&mut greeting, GateStatus::OK);
         let mut push_gap = None;
+        let mut replayed = 0u32;
         if let Some(ext) = hello.ext {
             let replay = self
                 .pushes
@@ -483,6 +486,7 @@ impl<C: Conn> Session<C> {
             }
             for (seq, payload) in replay.pushes() {
                 wire::write_flagged(&mut greeting, &payload, ResponseFlag::PUSH, seq);
+                replayed += 1;
             }
         }
         self.index = hello.index;
@@ -508,6 +512,7 @@ impl<C: Conn> Session<C> {
             greeting,
             effects,
             push_gap,
+            replayed,
         })
     }
 

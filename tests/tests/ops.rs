@@ -199,6 +199,7 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
     assert_eq!(value(r#"gate_handshakes_total{status="200"}"#), 2.0);
     assert_eq!(value(r#"gate_handshakes_total{status="401"}"#), 1.0);
     assert_eq!(value(r#"gate_connections_open{listener="gate"}"#), 2.0);
+    assert_eq!(value("gate_send_queue_bytes"), 0.0);
     assert!(value("process_resident_memory_bytes") > 0.0);
     assert!(value("process_open_fds") > 0.0);
 

@@ -46,6 +46,18 @@ use crate::net::{self, AtCapacity, PerSource};
 use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::session::PushRefused;
 
+/// Counts over every session of a gate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Sessions bound to a connection.
+    pub online: usize,
+    /// The others (away, or placed and not connected yet).
+    pub away: usize,
+    /// Bytes queued for clients (pushes and answers made by other tasks)
+    /// and not yet taken by their connections.
+    pub queued_bytes: usize,
+}
+
 /// One session, as the operations API shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionInfo {
@@ -216,12 +228,24 @@ impl MsgGate {
     /// not connected yet). Walks every session: for scrapes, not for hot
     /// paths.
     pub fn sessions_by_phase(&self) -> (usize, usize) {
+        let stats = self.session_stats();
+        (stats.online, stats.away)
+    }
+
+    /// [`MsgGate::sessions_by_phase`] and the bytes queued for clients, in
+    /// one walk over the sessions.
+    pub fn session_stats(&self) -> SessionStats {
         let users = self.core.users();
-        let online = users
-            .iter()
-            .filter(|u| u.lock().session.phase() == crate::session::Phase::Online)
-            .count();
-        (online, users.len() - online)
+        let mut stats = SessionStats::default();
+        for user in &users {
+            let slot = user.lock();
+            if slot.session.phase() == crate::session::Phase::Online {
+                stats.online += 1;
+            }
+            stats.queued_bytes += slot.session.queued_bytes();
+        }
+        stats.away = users.len() - stats.online;
+        stats
     }
 
     /// What the gate knows of the session of `uid`, if it has one.

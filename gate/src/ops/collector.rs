@@ -55,7 +55,8 @@ fn as_i64(n: usize) -> i64 {
 impl Collector for GateCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), Error> {
         let m = self.gate.metrics();
-        let (online, away) = self.gate.sessions_by_phase();
+        let stats = self.gate.session_stats();
+        let (online, away) = (stats.online, stats.away);
         {
             let g = ConstGauge::new(as_i64(m.connections));
             let mut family = e.encode_descriptor(
@@ -78,6 +79,13 @@ impl Collector for GateCollector {
             "Sessions waiting for a reconnect (or never connected yet)",
             as_i64(away),
         )?;
+        let queued = ConstGauge::new(as_i64(stats.queued_bytes));
+        queued.encode(e.encode_descriptor(
+            "gate_send_queue",
+            "Bytes queued for clients and not yet taken by their connections",
+            Some(&Unit::Bytes),
+            queued.metric_type(),
+        )?)?;
         {
             let ok = ConstCounter::new(m.handshakes_ok);
             let mut family = e.encode_descriptor(

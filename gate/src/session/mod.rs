@@ -759,6 +759,15 @@ impl<C: Conn> Session<C> {
         &self.cache
     }
 
+    /// Bytes queued for the bound connection and not yet taken by it (0
+    /// when no connection is bound).
+    pub fn queued_bytes(&self) -> usize {
+        match &self.state {
+            State::Online(b) => b.outbox_bytes as usize,
+            _ => 0,
+        }
+    }
+
     /// The push backlog (read-only).
     pub fn pushes(&self) -> &PushBacklog {
         &self.pushes

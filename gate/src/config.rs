@@ -375,6 +375,10 @@ pub struct ClusterConfig {
     /// Gate nodes: the client address published in the registry. Default:
     /// `gate.listen`.
     pub client_advertise: Option<String>,
+    /// Gate nodes: the operations address published in the registry, where
+    /// other nodes forward admin calls for this gate's users. Default:
+    /// `ops.listen`.
+    pub ops_advertise: Option<String>,
     /// File with the secret both ends of a control link prove they know
     /// (at least 16 bytes; `gate link-secret` makes one). Required for
     /// `login` and `gate`. Default: none.
@@ -415,6 +419,7 @@ impl Default for ClusterConfig {
             control_listen: SocketAddr::from(([127, 0, 0, 1], 8890)),
             control_advertise: None,
             client_advertise: None,
+            ops_advertise: None,
             secret_file: None,
             tls_cert_file: None,
             tls_key_file: None,

@@ -1061,3 +1061,108 @@ async fn a_gate_node_reports_redis_in_its_metrics_and_readiness() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn admin_user_calls_work_on_any_node() {
+    let c = Cluster::start("admin").await;
+    let token = c.dir.join("admin.token");
+    std::fs::write(&token, "a cluster admin token for tests\n").unwrap();
+    let ops_flags = |addr: SocketAddr| {
+        vec![
+            "--ops-listen".to_owned(),
+            addr.to_string(),
+            "--admin-token-file".to_owned(),
+            token.to_str().unwrap().to_owned(),
+        ]
+    };
+    let (ops1, ops2, ops_login) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let _g1 = c
+        .gate_full("g1", "north", &c.secret, false, &ops_flags(ops1))
+        .await;
+    let g2 = c
+        .gate_full("g2", "south", &c.secret, false, &ops_flags(ops2))
+        .await;
+    let l1 = c.login_full("l1", &c.secret, &ops_flags(ops_login)).await;
+    port_open(ops_login).await;
+    let mut alice = Player::online(&l1, &g2, "alice").await;
+    let admin = |addr: SocketAddr, call| {
+        let token = token.clone();
+        async move {
+            client_cli::admin::call(&client_cli::admin::AdminCmd {
+                addr: addr.to_string(),
+                token_file: Some(token),
+                timeout: 10,
+                call,
+            })
+            .await
+            .expect("the operations listener answers")
+        }
+    };
+    use client_cli::admin::AdminCall;
+
+    // Asked on the login node and on the other gate: the answer is g2's.
+    for addr in [ops_login, ops1] {
+        let answer = admin(
+            addr,
+            AdminCall::User {
+                uid: "alice".into(),
+            },
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert!(
+            answer.body.contains(r#""server":"south""#),
+            "{}",
+            answer.body
+        );
+        assert!(
+            answer.body.contains(r#""phase":"connected""#),
+            "{}",
+            answer.body
+        );
+    }
+    let answer = admin(
+        ops1,
+        AdminCall::Push {
+            uid: "alice".into(),
+            text: "pushed from north".into(),
+        },
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        alice.next_message().await,
+        Some((ResponseFlag::PUSH, Bytes::from("pushed from north")))
+    );
+    let answer = admin(
+        ops_login,
+        AdminCall::Kick {
+            uid: "alice".into(),
+            reason: "from the login node".into(),
+        },
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        alice.kicks_until_closed().await,
+        vec![Bytes::from("from the login node")]
+    );
+    // A forwarded call keeps its token: a wrong one is refused on the way.
+    let wrong = c.dir.join("wrong.token");
+    std::fs::write(&wrong, "not the cluster admin token....\n").unwrap();
+    let answer = client_cli::admin::call(&client_cli::admin::AdminCmd {
+        addr: ops1.to_string(),
+        token_file: Some(wrong),
+        timeout: 10,
+        call: AdminCall::User {
+            uid: "alice".into(),
+        },
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.status, 401);
+}

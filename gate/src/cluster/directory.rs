@@ -57,6 +57,8 @@ pub struct GateEntry {
     pub client: String,
     /// The address login nodes dial for the control link.
     pub control: String,
+    /// The address of its operations listener (empty: none).
+    pub ops: String,
     /// Sessions on it at the last heartbeat.
     pub online: u64,
     /// Whether it refuses new sessions (shutting down, draining).
@@ -158,7 +160,8 @@ struct Scripts {
 }
 
 /// Writes the gate's entry if it is absent or ours (same epoch), or, when
-/// ARGV[8] is '1', another boot of the same node id (a restarted node
+/// ARGV[8] is '1', another boot of the same node id (ARGV[9]: the
+/// operations address) (a restarted node
 /// takes its name over at once), with the lease as its expiry. Returns {1}
 /// renewed, {2} created, {0, node, epoch} taken.
 const REGISTER: &str = r"
@@ -171,7 +174,7 @@ if cur and cur ~= ARGV[2] then
   cur = false
 end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'client', ARGV[3],
-  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6])
+  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6], 'ops', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 if cur then return {1} else return {2} end
 ";
@@ -438,7 +441,8 @@ impl Directory {
             .arg(entry.online.to_string())
             .arg(if entry.draining { "1" } else { "0" })
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
-            .arg(if takeover { "1" } else { "0" });
+            .arg(if takeover { "1" } else { "0" })
+            .arg(&entry.ops);
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("register", &v));
@@ -500,6 +504,7 @@ impl Directory {
             epoch: field("epoch").parse().unwrap_or(0),
             client: field("client"),
             control: field("control"),
+            ops: field("ops"),
             online: field("online").parse().unwrap_or(0),
             draining: field("draining") == "1",
         }))

@@ -145,6 +145,9 @@ pub struct GateNode {
     pub client_addr: String,
     /// Published control address.
     pub control_addr: String,
+    /// Published operations address (empty: none), where other nodes
+    /// forward admin calls for this gate's users.
+    pub ops_addr: String,
     /// Registration lease.
     pub lease: Duration,
     /// TLS on the control listener (`cluster.tls_cert_file`), if configured.
@@ -158,6 +161,7 @@ impl GateNode {
             epoch: self.epoch,
             client: self.client_addr.clone(),
             control: self.control_addr.clone(),
+            ops: self.ops_addr.clone(),
             online: u64::try_from(self.gate.metrics().sessions).unwrap_or(u64::MAX),
             draining: draining || self.gate.is_draining(),
         }

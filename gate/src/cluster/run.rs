@@ -96,6 +96,17 @@ pub async fn run_gate_node(
             .unwrap_or_else(|| local(&control_listener)),
         lease: config.cluster.lease,
         tls: acceptor(&config)?,
+        ops_addr: components
+            .ops
+            .as_ref()
+            .map(|l| {
+                config
+                    .cluster
+                    .ops_advertise
+                    .clone()
+                    .unwrap_or_else(|| local(l))
+            })
+            .unwrap_or_default(),
     });
     let ops = ops_state(
         &config,

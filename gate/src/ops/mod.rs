@@ -14,6 +14,11 @@
 //! | `POST /admin/push` | `{"payload": "..."}`: push to every session of this gate |
 //! | `POST /admin/drain` | `{"drain": true}` refuse new logins on this gate (established sessions go on); `false` undoes it |
 //!
+//! On a cluster node, a user call (`/admin/users/{uid}...`) for a uid
+//! whose session is on another gate node is forwarded to that node's
+//! operations listener (published in the registry), with the same token,
+//! and its answer relayed: user calls work on any node.
+//!
 //! Every `/admin` call needs `Authorization: Bearer <token>` with the token
 //! of `ops.admin_token_file` (compared in constant time); a missing or
 //! wrong token is `401` and nothing happens, an admin API without a
@@ -274,6 +279,104 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, ApiError> {
     parse_body(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
+/// Marks a call one node forwarded to another, so it is never forwarded
+/// again.
+const FORWARDED: &str = "x-gate-forwarded";
+
+/// On a cluster node, the operations address of the gate node holding
+/// `uid`'s session, if that is another node: admin calls for users are
+/// forwarded there. `None`: answer here.
+async fn owner_elsewhere(ops: &Ops, uid: &str, headers: &HeaderMap) -> Option<String> {
+    if headers.contains_key(FORWARDED) {
+        return None;
+    }
+    let dir = ops.dir.as_ref()?;
+    if let Some(gate) = &ops.gate
+        && gate.session_info(uid.as_bytes()).is_some()
+    {
+        return None;
+    }
+    let record = dir.record(uid.as_bytes()).await.ok()??;
+    if ops
+        .gate
+        .as_ref()
+        .is_some_and(|g| g.name().as_bytes() == record.server)
+    {
+        return None;
+    }
+    let entry = dir.gate(&record.server).await.ok()??;
+    (entry.epoch == record.epoch && !entry.ops.is_empty()).then_some(entry.ops)
+}
+
+/// Sends the same call to the operations listener at `addr` and relays
+/// its answer.
+async fn forward(
+    addr: &str,
+    method: axum::http::Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    use http_body_util::BodyExt;
+    let unreachable = |e: String| {
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("the user's gate node at {addr} did not answer: {e}"),
+        )
+    };
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, addr)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(FORWARDED, "1");
+        if let Some(auth) = headers.get(header::AUTHORIZATION) {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request
+            .body(http_body_util::Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let answer = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = answer.status();
+        let body = answer
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| unreachable("timed out".into()))?
+        .map_err(unreachable)?;
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Percent-encodes a path segment.
+fn encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Placed => "placed",
@@ -323,6 +426,17 @@ async fn user(
     Path(uid): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
+    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
+        let path = format!("/admin/users/{}", encode_segment(&uid));
+        return forward(
+            &addr,
+            axum::http::Method::GET,
+            &path,
+            &headers,
+            Bytes::new(),
+        )
+        .await;
+    }
     let gate = gate(&ops)?;
     match gate.session_info(uid.as_bytes()) {
         Some(s) => Ok(axum::Json(json!({
@@ -359,8 +473,13 @@ async fn kick(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
+    let parsed: KickBody = parse(&body)?;
+    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
+        let path = format!("/admin/users/{}/kick", encode_segment(&uid));
+        return forward(&addr, axum::http::Method::POST, &path, &headers, body).await;
+    }
+    let body = parsed;
     let gate = gate(&ops)?;
-    let body: KickBody = parse(&body)?;
     let Some(session) = gate.session_info(uid.as_bytes()) else {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -394,8 +513,13 @@ async fn push_user(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
+    let parsed: PushBody = parse(&body)?;
+    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
+        let path = format!("/admin/users/{}/push", encode_segment(&uid));
+        return forward(&addr, axum::http::Method::POST, &path, &headers, body).await;
+    }
+    let body = parsed;
     let gate = gate(&ops)?;
-    let body: PushBody = parse(&body)?;
     match gate.push(uid.as_bytes(), Bytes::from(body.payload)) {
         Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
         Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),

@@ -150,6 +150,9 @@ pub struct GateNode {
     pub ops_addr: String,
     /// Registration lease.
     pub lease: Duration,
+    /// Whether this node holds its server name in the registry now (for
+    /// `/readyz`).
+    pub registered: Arc<std::sync::atomic::AtomicBool>,
     /// TLS on the control listener (`cluster.tls_cert_file`), if configured.
     pub tls: Option<crate::tls::ServerTls>,
 }
@@ -191,6 +194,7 @@ impl GateNode {
                     "another gate node holds this server name; waiting for its lease to lapse"
                 ),
                 Ok(_) => {
+                    self.set_registered(true);
                     info!(
                         server = %self.gate.name(),
                         node = %self.node,
@@ -225,8 +229,12 @@ impl GateNode {
                 .register(self.server(), &self.entry(false), self.lease, false)
                 .await
             {
-                Ok(Registered::Renewed) => registered = true,
+                Ok(Registered::Renewed) => {
+                    registered = true;
+                    self.set_registered(true);
+                }
                 Ok(Registered::Created) => {
+                    self.set_registered(true);
                     if registered {
                         warn!(
                             server = %self.gate.name(),
@@ -237,6 +245,7 @@ impl GateNode {
                     registered = true;
                 }
                 Ok(Registered::Taken { node, epoch }) => {
+                    self.set_registered(false);
                     error!(
                         server = %self.gate.name(),
                         other = %node,
@@ -246,6 +255,7 @@ impl GateNode {
                     );
                 }
                 Err(e) => {
+                    self.set_registered(false);
                     if healthy {
                         warn!(error = %e, "cannot renew the registration (Redis unreachable?)");
                     }
@@ -269,6 +279,11 @@ impl GateNode {
             .dir
             .register(self.server(), &self.entry(true), self.lease, false)
             .await;
+    }
+
+    fn set_registered(&self, held: bool) {
+        self.registered
+            .store(held, std::sync::atomic::Ordering::Release);
     }
 
     /// Writes every session of this gate back into the directory; kicks

@@ -95,6 +95,7 @@ pub async fn run_gate_node(
             .clone()
             .unwrap_or_else(|| local(&control_listener)),
         lease: config.cluster.lease,
+        registered: Arc::default(),
         tls: acceptor(&config)?,
         ops_addr: components
             .ops
@@ -116,6 +117,7 @@ pub async fn run_gate_node(
         None,
         Some(node.dir.clone()),
     )?;
+    ops.set_registration(Arc::clone(&node.registered));
     let token = CancellationToken::new();
     let backends_stop = CancellationToken::new();
     let heartbeat_stop = CancellationToken::new();

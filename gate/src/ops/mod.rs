@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `GET /metrics` | every metric, Prometheus text format 0.0.4 ([`collector`], the login metrics) |
 //! | `GET /healthz` | `200 ok` while the process serves |
-//! | `GET /readyz` | `200` once the listeners are up (and, on a cluster node, Redis answers); `503` otherwise |
+//! | `GET /readyz` | `200` once the listeners are up (and, on a cluster node, Redis answers and a gate node holds its name in the registry); `503` otherwise |
 //! | `GET /admin/summary` | node, role, version, uptime, sessions, connections, draining, limits |
 //! | `GET /admin/users/{uid}` | one session: subid, phase, index, requests in flight, cached answers and bytes, last push |
 //! | `POST /admin/users/{uid}/kick` | `{"reason": "..."}`: end the session; an opted-in client gets KICK with the reason |
@@ -106,6 +106,8 @@ pub struct Ops {
     pub token: Option<AdminToken>,
     started: Instant,
     ready: AtomicBool,
+    /// A gate node's "holds its name in the registry" flag.
+    registration: std::sync::OnceLock<Arc<AtomicBool>>,
     registry: Registry,
 }
 
@@ -154,6 +156,7 @@ impl Ops {
             token,
             started: Instant::now(),
             ready: AtomicBool::new(false),
+            registration: std::sync::OnceLock::new(),
             registry,
         }
     }
@@ -162,6 +165,12 @@ impl Ops {
     /// from now on, while Redis (if any) answers.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// On a gate node: `/readyz` also needs the node to hold its server
+    /// name in the registry (`flag`).
+    pub fn set_registration(&self, flag: Arc<AtomicBool>) {
+        let _ = self.registration.set(flag);
     }
 
     /// The metrics as Prometheus text.
@@ -218,6 +227,15 @@ async fn readyz(State(ops): State<Arc<Ops>>) -> Response {
         && let Err(e) = dir.ping().await
     {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("redis: {e}\n")).into_response();
+    }
+    if let Some(flag) = ops.registration.get()
+        && !flag.load(Ordering::Acquire)
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not registered in the cluster\n",
+        )
+            .into_response();
     }
     (StatusCode::OK, "ready\n").into_response()
 }

@@ -94,14 +94,7 @@ pub struct Answer {
 
 /// Percent-encodes a path segment (a uid may hold any character).
 fn segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(text, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// Makes the call `cmd` describes.
@@ -218,5 +211,6 @@ mod tests {
         assert_eq!(segment("alice"), "alice");
         assert_eq!(segment("a b/c?d"), "a%20b%2Fc%3Fd");
         assert_eq!(segment("é"), "%C3%A9");
+        assert_eq!(segment("a.b"), "a%2Eb");
     }
 }

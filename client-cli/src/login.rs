@@ -139,12 +139,9 @@ pub async fn login_pinned(
     server_key: Option<[u8; 32]>,
     timeout: Duration,
 ) -> Result<LoginSuccess, ClientError> {
-    tokio::time::timeout(timeout, dialogue(addr, suite, creds, server_key, None))
+    login_dialogue(addr, suite, creds, server_key, timeout, false)
         .await
-        .map_err(|_| ClientError::Timeout {
-            what: "login dialogue",
-            after: timeout,
-        })?
+        .map(|(success, _)| success)
 }
 
 /// What a login heard while it waited in the server's login queue.
@@ -173,16 +170,27 @@ pub async fn login_queued(
     server_key: Option<[u8; 32]>,
     timeout: Duration,
 ) -> Result<(LoginSuccess, QueueWait), ClientError> {
+    login_dialogue(addr, suite, creds, server_key, timeout, true).await
+}
+
+/// The whole dialogue under `timeout`, asking for queue notices when
+/// `notices` is set.
+async fn login_dialogue(
+    addr: &str,
+    suite: Suite,
+    creds: Credentials,
+    server_key: Option<[u8; 32]>,
+    timeout: Duration,
+    notices: bool,
+) -> Result<(LoginSuccess, QueueWait), ClientError> {
     let mut wait = QueueWait::default();
-    let success = tokio::time::timeout(
-        timeout,
-        dialogue(addr, suite, creds, server_key, Some(&mut wait)),
-    )
-    .await
-    .map_err(|_| ClientError::Timeout {
-        what: "login dialogue",
-        after: timeout,
-    })??;
+    let queue = notices.then_some(&mut wait);
+    let success = tokio::time::timeout(timeout, dialogue(addr, suite, creds, server_key, queue))
+        .await
+        .map_err(|_| ClientError::Timeout {
+            what: "login dialogue",
+            after: timeout,
+        })??;
     Ok((success, wait))
 }
 
@@ -292,26 +300,15 @@ pub struct LoginCmd {
 pub async fn run(cmd: LoginCmd) -> ExitCode {
     let args = &cmd.login;
     let started = Instant::now();
-    let result = if cmd.queue_notices {
-        login_queued(
-            &args.login_addr,
-            args.suite.into(),
-            args.credentials(),
-            args.server_key,
-            args.timeout,
-        )
-        .await
-    } else {
-        login_pinned(
-            &args.login_addr,
-            args.suite.into(),
-            args.credentials(),
-            args.server_key,
-            args.timeout,
-        )
-        .await
-        .map(|success| (success, QueueWait::default()))
-    };
+    let result = login_dialogue(
+        &args.login_addr,
+        args.suite.into(),
+        args.credentials(),
+        args.server_key,
+        args.timeout,
+        cmd.queue_notices,
+    )
+    .await;
     let elapsed = started.elapsed();
     match result {
         Ok((success, queued)) => {

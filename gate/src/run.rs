@@ -176,18 +176,7 @@ pub async fn run_with(
         backends_stop.cancel();
         result
     };
-    let backend_done = async {
-        match &backend {
-            Some(backend) => {
-                let result = backend
-                    .serve(gate.clone(), token.clone(), backends_stop.clone())
-                    .await;
-                token.cancel();
-                result
-            }
-            None => Ok(()),
-        }
-    };
+    let backend_done = serve_backend(backend.as_ref(), &gate, &token, &backends_stop);
     let ops_done = serve_ops(components.ops, ops, token.clone());
     let ((), (), gate_result, backend_result, ops_result) = tokio::join!(
         async {
@@ -285,6 +274,28 @@ pub(crate) fn ops_state(
         dir,
         token,
     )))
+}
+
+/// Serves the backend listener, if there is one, until `backends_stop`
+/// (which the gate cancels once it is done: links carry the answers of
+/// requests in flight while it drains); its failure stops the rest
+/// (`token`).
+pub(crate) async fn serve_backend(
+    backend: Option<&Backend>,
+    gate: &MsgGate,
+    token: &CancellationToken,
+    backends_stop: &CancellationToken,
+) -> std::io::Result<()> {
+    match backend {
+        Some(backend) => {
+            let result = backend
+                .serve(gate.clone(), token.clone(), backends_stop.clone())
+                .await;
+            token.cancel();
+            result
+        }
+        None => Ok(()),
+    }
 }
 
 /// Serves the operations listener, if there is one, until `stop`; it is

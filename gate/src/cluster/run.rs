@@ -16,7 +16,9 @@ use super::login_node::{ClusterPlacer, ControlLinks};
 use crate::agent::{Agent, EchoAgent};
 use crate::config::{AuthSource, Config};
 use crate::msg::MsgGate;
-use crate::run::{Components, RunError, choose_authenticator, login_server, ops_state, serve_ops};
+use crate::run::{
+    Components, RunError, choose_authenticator, login_server, ops_state, serve_backend, serve_ops,
+};
 
 fn secret(config: &Config) -> Result<LinkSecret, RunError> {
     let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
@@ -142,18 +144,7 @@ pub async fn run_gate_node(
         heartbeat_stop.cancel();
         result
     };
-    let backend_done = async {
-        match &backend {
-            Some(backend) => {
-                let result = backend
-                    .serve(gate.clone(), token.clone(), backends_stop.clone())
-                    .await;
-                token.cancel();
-                result
-            }
-            None => Ok(()),
-        }
-    };
+    let backend_done = serve_backend(backend.as_ref(), &gate, &token, &backends_stop);
     let ((), (), (), gate_result, backend_result, ops_result) = tokio::join!(
         async {
             tokio::select! {

@@ -34,7 +34,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use prometheus_client::registry::Registry;
@@ -326,11 +326,25 @@ async fn owner_elsewhere(ops: &Ops, uid: &str, headers: &HeaderMap) -> Option<St
     (entry.epoch == record.epoch && !entry.ops.is_empty()).then_some(entry.ops)
 }
 
+/// A user call for a uid whose session is on another gate node, sent on
+/// there (its answer relayed); `None`: answer here.
+async fn elsewhere(
+    ops: &Ops,
+    uid: &str,
+    headers: &HeaderMap,
+    method: &Method,
+    uri: &Uri,
+    body: Bytes,
+) -> Option<Result<Response, ApiError>> {
+    let addr = owner_elsewhere(ops, uid, headers).await?;
+    Some(forward(&addr, method.clone(), uri.path(), headers, body).await)
+}
+
 /// Sends the same call to the operations listener at `addr` and relays
 /// its answer.
 async fn forward(
     addr: &str,
-    method: axum::http::Method,
+    method: Method,
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
@@ -383,18 +397,6 @@ async fn forward(
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Percent-encodes a path segment.
-fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Placed => "placed",
@@ -440,20 +442,14 @@ async fn summary(State(ops): State<Arc<Ops>>, headers: HeaderMap) -> Result<Resp
 
 async fn user(
     State(ops): State<Arc<Ops>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path(uid): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
-    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
-        let path = format!("/admin/users/{}", encode_segment(&uid));
-        return forward(
-            &addr,
-            axum::http::Method::GET,
-            &path,
-            &headers,
-            Bytes::new(),
-        )
-        .await;
+    if let Some(answer) = elsewhere(&ops, &uid, &headers, &method, &uri, Bytes::new()).await {
+        return answer;
     }
     let gate = gate(&ops)?;
     match gate.session_info(uid.as_bytes()) {
@@ -486,15 +482,16 @@ pub struct KickBody {
 
 async fn kick(
     State(ops): State<Arc<Ops>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path(uid): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
     let parsed: KickBody = parse(&body)?;
-    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
-        let path = format!("/admin/users/{}/kick", encode_segment(&uid));
-        return forward(&addr, axum::http::Method::POST, &path, &headers, body).await;
+    if let Some(answer) = elsewhere(&ops, &uid, &headers, &method, &uri, body).await {
+        return answer;
     }
     let body = parsed;
     let gate = gate(&ops)?;
@@ -526,15 +523,16 @@ pub struct PushBody {
 
 async fn push_user(
     State(ops): State<Arc<Ops>>,
+    method: Method,
+    uri: Uri,
     headers: HeaderMap,
     Path(uid): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&ops, &headers)?;
     let parsed: PushBody = parse(&body)?;
-    if let Some(addr) = owner_elsewhere(&ops, &uid, &headers).await {
-        let path = format!("/admin/users/{}/push", encode_segment(&uid));
-        return forward(&addr, axum::http::Method::POST, &path, &headers, body).await;
+    if let Some(answer) = elsewhere(&ops, &uid, &headers, &method, &uri, body).await {
+        return answer;
     }
     let body = parsed;
     let gate = gate(&ops)?;

@@ -584,14 +584,36 @@ async fn a_restarted_gate_never_inherits_the_old_boots_sessions() {
     let g1 = c.gate("g1", "north").await;
     let new_epoch = dir.gate(b"north").await.unwrap().unwrap().epoch;
     assert_ne!(new_epoch, old_epoch);
+    // The new boot sweeps the old boot's records away.
+    eventually("erin's dead record swept", || {
+        let dir = dir.clone();
+        async move { matches!(dir.record(b"erin").await, Ok(None)) }
+    })
+    .await;
     // frank gets subid 1 of the new boot, the subid erin had in the old one.
     let mut frank = Player::online(&l1, &g1, "frank").await;
     assert_eq!(
         dir.record(b"frank").await.unwrap().unwrap().subid,
         erin_record.subid
     );
-    // erin's stale record names the old epoch: her login neither kicks
-    // frank's equal subid nor is refused.
+    // A stale record left in place (as if the sweep had not run yet) names
+    // the old epoch: erin's login neither kicks frank's equal subid nor is
+    // refused.
+    let stale = Record {
+        epoch: old_epoch,
+        ..erin_record.clone()
+    };
+    let Begin::Ready { old: None, .. } = dir
+        .begin(b"erin", b"north", "", Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("erin's record is gone")
+    };
+    assert_eq!(
+        dir.commit(b"erin", &stale, b"", b"").await.unwrap(),
+        Commit::Done
+    );
     let mut erin = Player::online(&l1, &g1, "erin").await;
     assert_eq!(erin.echo("new boot").await, "new boot");
     assert_eq!(frank.echo("untouched").await, "untouched");

@@ -680,6 +680,57 @@ impl Directory {
         }
     }
 
+    /// Deletes the records of server `server` left by boots other than
+    /// `epoch` (a gate that crashed and came back): walks the directory
+    /// with `SCAN` in batches of `batch` keys, deleting each stale record
+    /// only if it is still the same (compare-and-delete). Returns how many
+    /// it deleted.
+    pub async fn sweep_stale(
+        &self,
+        server: &[u8],
+        epoch: u64,
+        batch: usize,
+    ) -> Result<usize, DirError> {
+        let mut pattern = self.keys.user(b"");
+        pattern.push(b'*');
+        let prefix_len = pattern.len() - 1;
+        let mut cursor: u64 = 0;
+        let mut deleted = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(batch)
+                .clone();
+            let scanned = tokio::time::timeout(
+                self.timeout,
+                cmd.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn),
+            )
+            .await
+            .map_err(|_| DirError::Timeout(self.timeout))??;
+            let (next, keys) = scanned;
+            for key in keys {
+                let uid = &key[prefix_len..];
+                let Some(record) = self.record(uid).await? else {
+                    continue;
+                };
+                if record.server == server
+                    && record.epoch != epoch
+                    && self.end(uid, &record).await?
+                {
+                    deleted += 1;
+                }
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// The record of `uid`, if any (for tools and tests).
     pub async fn record(&self, uid: &[u8]) -> Result<Option<Record>, DirError> {
         let mut conn = self.conn.clone();

@@ -49,6 +49,8 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_CALLS_PER_LINK: usize = 4096;
 /// Frames queued for one link's writer.
 const LINK_QUEUE: usize = 1024;
+/// Keys per `SCAN` step when sweeping an earlier boot's records.
+const SWEEP_BATCH: usize = 1000;
 /// How many directory writes a restore keeps in flight.
 const RESTORE_BATCH: usize = 256;
 
@@ -203,6 +205,20 @@ impl GateNode {
                         control = %self.control_addr,
                         "registered in the cluster"
                     );
+                    // Records an earlier boot of this name left (it
+                    // crashed) are dead: remove them in the background.
+                    let (dir, server, epoch) = (
+                        self.dir.clone(),
+                        Bytes::copy_from_slice(self.server()),
+                        self.epoch,
+                    );
+                    tokio::spawn(async move {
+                        match dir.sweep_stale(&server, epoch, SWEEP_BATCH).await {
+                            Ok(0) => {}
+                            Ok(n) => info!(records = n, "removed the records of an earlier boot"),
+                            Err(e) => warn!(error = %e, "cannot sweep an earlier boot's records"),
+                        }
+                    });
                     return true;
                 }
                 Err(e) => {

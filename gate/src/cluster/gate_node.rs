@@ -450,6 +450,7 @@ pub async fn serve_control(node: Arc<GateNode>, listener: TcpListener, stop: Can
             },
         };
         let _ = stream.set_nodelay(true);
+        super::login_node::keepalive(&stream);
         tasks.spawn(control_link(
             Arc::clone(&node),
             stream,

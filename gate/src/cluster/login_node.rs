@@ -44,6 +44,18 @@ use crate::tls::{self, ClientTls};
 /// Frames queued for one link's writer.
 const LINK_QUEUE: usize = 1024;
 
+/// TCP keepalive on a control link: a gate that vanished without closing
+/// (a host gone, a partition) is noticed within about half a minute even
+/// while no login goes to it, and its link is dialled again.
+pub(crate) fn keepalive(stream: &TcpStream) {
+    let probe = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(10))
+        .with_interval(Duration::from_secs(5));
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    let probe = probe.with_retries(3);
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&probe);
+}
+
 /// Why a control call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
@@ -138,6 +150,7 @@ impl ControlLinks {
             .await
             .map_err(|e| err(e.to_string()))?;
         let _ = stream.set_nodelay(true);
+        keepalive(&stream);
         let io = tls::connect(self.tls.as_ref(), addr, stream)
             .await
             .map_err(|e| err(format!("TLS: {e}")))?;

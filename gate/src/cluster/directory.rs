@@ -395,14 +395,17 @@ impl Directory {
         &self.metrics
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
-        let mut conn = self.conn.clone();
+    /// Every Redis call goes through here: one deadline, and the latency
+    /// and error metrics.
+    async fn call<T, F>(&self, send: impl FnOnce(ConnectionManager) -> F) -> Result<T, DirError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
         let started = std::time::Instant::now();
-        let result =
-            match tokio::time::timeout(self.timeout, inv.invoke_async::<Value>(&mut conn)).await {
-                Ok(result) => result.map_err(DirError::from),
-                Err(_) => Err(DirError::Timeout(self.timeout)),
-            };
+        let result = match tokio::time::timeout(self.timeout, send(self.conn.clone())).await {
+            Ok(result) => result.map_err(DirError::from),
+            Err(_) => Err(DirError::Timeout(self.timeout)),
+        };
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());
@@ -412,14 +415,19 @@ impl Directory {
         result
     }
 
+    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
+        self.call(|mut conn| async move { inv.invoke_async::<Value>(&mut conn).await })
+            .await
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, DirError> {
+        self.call(|mut conn| async move { cmd.query_async::<T>(&mut conn).await })
+            .await
+    }
+
     /// Whether Redis answers a `PING` within the deadline.
     pub async fn ping(&self) -> Result<(), DirError> {
-        let mut conn = self.conn.clone();
-        let ping = redis::cmd("PING");
-        match tokio::time::timeout(self.timeout, ping.query_async::<Value>(&mut conn)).await {
-            Ok(result) => result.map(drop).map_err(DirError::from),
-            Err(_) => Err(DirError::Timeout(self.timeout)),
-        }
+        self.query::<Value>(redis::cmd("PING")).await.map(drop)
     }
 
     /// Writes or renews the registry entry of `server` under a lease. With
@@ -471,13 +479,8 @@ impl Directory {
 
     /// The registry entry of `server`, if its lease is live.
     pub async fn gate(&self, server: &[u8]) -> Result<Option<GateEntry>, DirError> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("HGETALL").arg(self.keys.gate(server)).clone();
-        let v = match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await
-        {
-            Ok(v) => v?,
-            Err(_) => return Err(DirError::Timeout(self.timeout)),
-        };
+        let v: Value = self.query(cmd).await?;
         let pairs: Vec<(Bytes, Bytes)> = match &v {
             Value::Array(items) => items
                 .chunks(2)
@@ -697,7 +700,6 @@ impl Directory {
         let mut cursor: u64 = 0;
         let mut deleted = 0;
         loop {
-            let mut conn = self.conn.clone();
             let cmd = redis::cmd("SCAN")
                 .arg(cursor)
                 .arg("MATCH")
@@ -705,13 +707,7 @@ impl Directory {
                 .arg("COUNT")
                 .arg(batch)
                 .clone();
-            let scanned = tokio::time::timeout(
-                self.timeout,
-                cmd.query_async::<(u64, Vec<Vec<u8>>)>(&mut conn),
-            )
-            .await
-            .map_err(|_| DirError::Timeout(self.timeout))??;
-            let (next, keys) = scanned;
+            let (next, keys): (u64, Vec<Vec<u8>>) = self.query(cmd).await?;
             for key in keys {
                 let uid = &key[prefix_len..];
                 let Some(record) = self.record(uid).await? else {
@@ -733,13 +729,8 @@ impl Directory {
 
     /// The record of `uid`, if any (for tools and tests).
     pub async fn record(&self, uid: &[u8]) -> Result<Option<Record>, DirError> {
-        let mut conn = self.conn.clone();
         let cmd = redis::cmd("GET").arg(self.keys.user(uid)).clone();
-        let v = match tokio::time::timeout(self.timeout, cmd.query_async::<Value>(&mut conn)).await
-        {
-            Ok(v) => v?,
-            Err(_) => return Err(DirError::Timeout(self.timeout)),
-        };
+        let v: Value = self.query(cmd).await?;
         Ok(text(&v).and_then(|b| Record::decode(&b)))
     }
 }

@@ -326,6 +326,35 @@ async fn owner_elsewhere(ops: &Ops, uid: &str, headers: &HeaderMap) -> Option<St
     (entry.epoch == record.epoch && !entry.ops.is_empty()).then_some(entry.ops)
 }
 
+/// Where a user call with a body is answered.
+enum UserCall<'a, T> {
+    /// Here, on this gate, with the parsed body.
+    Here(&'a MsgGate, T),
+    /// By the gate node that holds the user: its answer.
+    Relayed(Response),
+}
+
+use UserCall::{Here, Relayed};
+
+/// The common start of a user call with a body: the token, the body, and
+/// whether another gate node holds the user (then the call is relayed
+/// there).
+async fn user_call<'a, T: for<'de> Deserialize<'de>>(
+    ops: &'a Ops,
+    uid: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<UserCall<'a, T>, ApiError> {
+    authorize(ops, headers)?;
+    let parsed: T = parse(&body)?;
+    if let Some(answer) = elsewhere(ops, uid, headers, method, uri, body).await {
+        return answer.map(Relayed);
+    }
+    Ok(Here(gate(ops)?, parsed))
+}
+
 /// A user call for a uid whose session is on another gate node, sent on
 /// there (its answer relayed); `None`: answer here.
 async fn elsewhere(
@@ -488,13 +517,11 @@ async fn kick(
     Path(uid): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&ops, &headers)?;
-    let parsed: KickBody = parse(&body)?;
-    if let Some(answer) = elsewhere(&ops, &uid, &headers, &method, &uri, body).await {
-        return answer;
-    }
-    let body = parsed;
-    let gate = gate(&ops)?;
+    let (gate, body) =
+        match user_call::<KickBody>(&ops, &uid, &method, &uri, &headers, body).await? {
+            Here(gate, body) => (gate, body),
+            Relayed(answer) => return Ok(answer),
+        };
     let Some(session) = gate.session_info(uid.as_bytes()) else {
         return Err(error(
             StatusCode::NOT_FOUND,
@@ -529,13 +556,11 @@ async fn push_user(
     Path(uid): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&ops, &headers)?;
-    let parsed: PushBody = parse(&body)?;
-    if let Some(answer) = elsewhere(&ops, &uid, &headers, &method, &uri, body).await {
-        return answer;
-    }
-    let body = parsed;
-    let gate = gate(&ops)?;
+    let (gate, body) =
+        match user_call::<PushBody>(&ops, &uid, &method, &uri, &headers, body).await? {
+            Here(gate, body) => (gate, body),
+            Relayed(answer) => return Ok(answer),
+        };
     match gate.push(uid.as_bytes(), Bytes::from(body.payload)) {
         Ok(seq) => Ok(axum::Json(json!({ "seq": seq })).into_response()),
         Err(e) => Err(error(StatusCode::NOT_FOUND, e.to_string())),

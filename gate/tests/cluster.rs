@@ -673,15 +673,8 @@ async fn pushes_and_kicks_from_a_service_reach_users_on_any_gate() {
     let g1 = c.gate_with("g1", "north", &c.secret, true).await;
     let g2 = c.gate_with("g2", "south", &c.secret, true).await;
     let l1 = c.login("l1").await;
-    let service = echo_service(&[&g1, &g2], &c.secret, None);
-    let gates = service.gates();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(service.run(stop.clone()));
-    eventually("the service linked to both gates", || {
-        let gates = gates.clone();
-        async move { gates.connected() == 2 }
-    })
-    .await;
+    let running = Running::linked(echo_service(&[&g1, &g2], &c.secret, None), 2).await;
+    let gates = running.gates.clone();
 
     let mut ivy = Player::online(&l1, &g1, "ivy").await;
     let mut jim = Player::online(&l1, &g2, "jim").await;
@@ -708,8 +701,7 @@ async fn pushes_and_kicks_from_a_service_reach_users_on_any_gate() {
     })
     .await;
     assert_eq!(ivy.echo("ivy stays").await, "ivy stays");
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -778,6 +770,33 @@ fn config_file(dir: &Path, name: &str, section: &str, lines: &[String]) -> Vec<S
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, format!("[{section}]\n{}\n", lines.join("\n"))).unwrap();
     vec!["--config".into(), path.to_str().unwrap().into()]
+}
+
+/// A running service, linked to as many gates as it was given.
+struct Running {
+    gates: service::Gates,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), service::ServiceError>>,
+}
+
+impl Running {
+    /// Runs `service` until every one of its `links` gates has it linked.
+    async fn linked<H: service::Handler>(service: service::Service<H>, links: usize) -> Running {
+        let gates = service.gates();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(service.run(stop.clone()));
+        eventually(&format!("the service linked to {links} gate(s)"), || {
+            let gates = gates.clone();
+            async move { gates.connected() == links }
+        })
+        .await;
+        Running { gates, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        self.task.await.unwrap().unwrap();
+    }
 }
 
 /// The `agent` service, echoing, linked to each of `gates`.
@@ -866,14 +885,13 @@ async fn backend_links_run_over_tls_when_configured() {
     );
     let g1 = c.gate_full("g1", "north", &c.secret, true, &tls).await;
     let l1 = c.login("l1").await;
-    let stop = tokio_util::sync::CancellationToken::new();
 
     // A service that does not trust the gate's CA, and one that speaks
     // plain TCP, never link; the gate logs each failed handshake.
     for (i, ca) in [Some(other_ca.as_path()), None].into_iter().enumerate() {
         let service = echo_service(&[&g1], &c.secret, ca);
         let gates = service.gates();
-        let running = tokio::spawn(service.run(stop.clone()));
+        let running = tokio::spawn(service.run(tokio_util::sync::CancellationToken::new()));
         eventually("the gate logs a failed TLS handshake", || {
             let log = g1.proc.log();
             async move { log.matches("service link: TLS handshake failed").count() > i }
@@ -883,14 +901,8 @@ async fn backend_links_run_over_tls_when_configured() {
         running.abort();
     }
 
-    let service = echo_service(&[&g1], &c.secret, Some(&ca));
-    let gates = service.gates();
-    let running = tokio::spawn(service.run(stop.clone()));
-    eventually("the service linked over TLS", || {
-        let gates = gates.clone();
-        async move { gates.connected() == 1 }
-    })
-    .await;
+    let running = Running::linked(echo_service(&[&g1], &c.secret, Some(&ca)), 1).await;
+    let gates = running.gates.clone();
     let mut p = Player::online(&l1, &g1, "nia").await;
     assert_eq!(p.echo("through tls").await, "through tls");
     gates.push("nia", "pushed over tls").await.unwrap();
@@ -898,8 +910,7 @@ async fn backend_links_run_over_tls_when_configured() {
         p.next_message().await,
         Some((ResponseFlag::PUSH, Bytes::from("pushed over tls")))
     );
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
@@ -923,15 +934,7 @@ async fn chat_reaches_members_on_every_gate() {
     for g in [&g1, &g2, &g3] {
         builder = builder.gate(g.backend.to_string());
     }
-    let service = builder.build(chat::Chat::default()).unwrap();
-    let gates = service.gates();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(service.run(stop.clone()));
-    eventually("the chat service linked to the three gates", || {
-        let gates = gates.clone();
-        async move { gates.connected() == 3 }
-    })
-    .await;
+    let running = Running::linked(builder.build(chat::Chat::default()).unwrap(), 3).await;
 
     let mut players = vec![
         Player::online(&l1, &g1, "olga").await,
@@ -957,8 +960,7 @@ async fn chat_reaches_members_on_every_gate() {
             }
         }
     }
-    stop.cancel();
-    running.await.unwrap().unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]

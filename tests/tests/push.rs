@@ -553,7 +553,6 @@ reconnect
 send say last
 expect sent
 expect push seq=7 last
-sleep 10ms
 send kick bye
 expect kick bye
 expect closed

@@ -26,8 +26,10 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use codec::websocket::Mapping;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
+
+use crate::net::Stream;
 use tokio_util::codec::Framed;
 
 use codec::{Ext, GateStatus, Handshake, PackageCodec, Request, Response, ResponseFlag, Welcome};
@@ -40,7 +42,8 @@ use crate::text;
 /// Where the gate is and how to handshake; shared by `shell` and `run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GateArgs {
-    /// Address of the message gate.
+    /// Address of the message gate: `host:port` for TCP, or
+    /// `ws://host:port` for its WebSocket listener.
     #[arg(
         long = "gate",
         value_name = "HOST:PORT",
@@ -165,7 +168,7 @@ pub struct GateConn {
     welcome: Option<Welcome>,
     /// The local address to dial from (default: the system's choice).
     source: Option<std::net::IpAddr>,
-    link: Option<Framed<TcpStream, PackageCodec>>,
+    link: Option<Framed<Stream, PackageCodec>>,
 }
 
 impl GateConn {
@@ -418,7 +421,7 @@ impl GateConn {
 
     /// Takes the socket out for a caller that drives it itself (the load
     /// generator), with any bytes already read but not yet decoded.
-    pub fn into_parts(self) -> Option<(TcpStream, BytesMut)> {
+    pub fn into_parts(self) -> Option<(Stream, BytesMut)> {
         self.link.map(|link| {
             let parts = link.into_parts();
             (parts.io, parts.read_buf)
@@ -430,16 +433,15 @@ async fn dial(
     addr: &str,
     source: Option<std::net::IpAddr>,
     payload: &[u8],
-) -> Result<(Framed<TcpStream, PackageCodec>, GateStatus), ClientError> {
-    let stream =
-        crate::net::connect(addr, source)
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-    // Requests are small and latency matters more than packet count.
-    stream.set_nodelay(true)?;
+) -> Result<(Framed<Stream, PackageCodec>, GateStatus), ClientError> {
+    // Requests are small and latency matters more than packet count: the
+    // dial sets TCP_NODELAY.
+    let stream = crate::net::dial(addr, source, Mapping::Packages)
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let mut link = Framed::new(stream, PackageCodec);
     link.send(payload).await?;
     let reply = match link.next().await {

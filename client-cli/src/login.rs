@@ -1,7 +1,7 @@
 //! Logging in: the async driver of `loginproto`'s client state machine, the
 //! login options every subcommand shares, and the `client login` subcommand.
 //!
-//! The driver pumps [`ClientLogin`] over `Framed<TcpStream, LineCodec>`:
+//! The driver pumps [`ClientLogin`] over `Framed<Stream, LineCodec>` (TCP or WebSocket):
 //! read a line, feed it to the current state, write what the state returns.
 //! The whole dialogue runs under one deadline, so a silent server cannot hang
 //! a client.
@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use codec::websocket::Mapping;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
+
+use crate::net::Stream;
 use tokio_util::codec::FramedRead;
 
 use codec::LineCodec;
@@ -53,7 +55,8 @@ impl From<SuiteName> for Suite {
 /// Where and as whom to log in; shared by `login`, `shell` and `run`.
 #[derive(Debug, Clone, Args)]
 pub struct LoginArgs {
-    /// Address of the login server.
+    /// Address of the login server: `host:port` for TCP, or
+    /// `ws://host:port` for its WebSocket listener.
     #[arg(
         long = "login",
         value_name = "HOST:PORT",
@@ -201,18 +204,17 @@ async fn dialogue(
     server_key: Option<[u8; 32]>,
     mut queue: Option<&mut QueueWait>,
 ) -> Result<LoginSuccess, ClientError> {
-    let stream = TcpStream::connect(addr)
+    // Lines 4 and 5 go out in one write; nothing gains from Nagle here.
+    let stream = crate::net::dial(addr, None, Mapping::Lines)
         .await
         .map_err(|source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
-    // Lines 4 and 5 go out in one write; nothing gains from Nagle here.
-    stream.set_nodelay(true)?;
     // Each line of the server is answered at once, and the answer carries
     // the ACK: no need for a segment of its own (a quick ACK).
     #[cfg(target_os = "linux")]
-    let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
+    let _ = socket2::SockRef::from(stream.tcp()).set_tcp_quickack(false);
     // Lines are written straight to the socket (the state machine hands out
     // complete lines), so only the read half is framed.
     let mut lines = FramedRead::with_capacity(stream, LineCodec::new(), READ_BUF);
@@ -250,9 +252,7 @@ async fn dialogue(
     Ok(state.receive(&next_line(&mut lines).await?)?)
 }
 
-async fn next_line(
-    lines: &mut FramedRead<TcpStream, LineCodec>,
-) -> Result<bytes::Bytes, ClientError> {
+async fn next_line(lines: &mut FramedRead<Stream, LineCodec>) -> Result<bytes::Bytes, ClientError> {
     match lines.next().await {
         Some(line) => Ok(line?),
         None => Err(ClientError::LoginClosed),
@@ -262,11 +262,12 @@ async fn next_line(
 /// The state machine hands out complete lines (LF included), so they are
 /// written as they are.
 async fn send_raw(
-    lines: &mut FramedRead<TcpStream, LineCodec>,
+    lines: &mut FramedRead<Stream, LineCodec>,
     bytes: &[u8],
 ) -> Result<(), ClientError> {
     let stream = lines.get_mut();
     stream.write_all(bytes).await?;
+    stream.flush().await?;
     Ok(())
 }
 

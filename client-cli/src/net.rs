@@ -2,11 +2,119 @@
 //! address gives a load generator about 28,000 connections to one port (the
 //! ephemeral port range), so `client bench --source-addrs 127.0.0.2,...`
 //! spreads connections over several.
+//!
+//! An address `ws://host:port/path` dials the same server over WebSocket
+//! (`docs/PROTOCOL.md` §9); [`Stream`] then carries the same lines or
+//! packages as a TCP connection would, so everything above is the same.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
+use codec::websocket::{Mapping, MessageStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// A connection to the login server or the gate: TCP, or WebSocket
+/// carrying the same bytes.
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Tcp(TcpStream),
+    /// WebSocket (boxed: it is much larger than a socket).
+    Ws(Box<MessageStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The TCP connection underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Ws(ws) => ws.get_ref().get_ref(),
+        }
+    }
+
+    /// Whether this is a WebSocket connection.
+    pub fn is_websocket(&self) -> bool {
+        matches!(self, Stream::Ws(_))
+    }
+}
+
+/// The host and port of a `ws://` address, or `None` for a plain
+/// `host:port`.
+pub fn websocket_host(addr: &str) -> Option<&str> {
+    let rest = addr.strip_prefix("ws://")?;
+    Some(rest.split_once('/').map_or(rest, |(host, _)| host))
+}
+
+/// Dials `addr` (`host:port`, or `ws://host:port[/path]` for WebSocket
+/// with `mapping`), from `source` when given (see [`connect`]).
+pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::Result<Stream> {
+    let Some(host) = websocket_host(addr) else {
+        let stream = connect(addr, source).await?;
+        stream.set_nodelay(true)?;
+        return Ok(Stream::Tcp(stream));
+    };
+    let stream = connect(host, source).await?;
+    stream.set_nodelay(true)?;
+    let url = if addr["ws://".len()..].contains('/') {
+        addr.to_owned()
+    } else {
+        format!("{addr}/")
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .max_message_size(Some(
+            mapping.max_message(codec::line::LineCodec::DEFAULT_MAX_BUFFERED),
+        ))
+        .max_frame_size(Some(codec::package::MAX_PAYLOAD));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .map_err(codec::websocket::io_error)?;
+    Ok(Stream::Ws(Box::new(MessageStream::new(ws, mapping))))
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Connects to `addr` (`host:port`), from `source` (port chosen by the
 /// kernel) when given. Tries each address `addr` resolves to of the same

@@ -8,6 +8,8 @@
 //! * [`message`]: the gate handshake, the handshake index as a Lua number,
 //!   requests and responses, all zero copy over [`bytes::Bytes`].
 //! * [`status`]: login and gate status codes with their exact wire text.
+//! * `websocket` (feature `websocket`): the same lines and packages carried
+//!   as WebSocket messages, for browsers.
 //! * [`ext`]: the handshake extension field a client opts in to the gate's
 //!   extensions with (push, kick reasons, heartbeat).
 //!
@@ -39,6 +41,8 @@ pub mod line;
 pub mod message;
 pub mod package;
 pub mod status;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 pub use ext::{Ext, ExtError, Welcome};
 pub use line::{LineCodec, LineError, encode_line};

@@ -56,6 +56,9 @@ pub struct Config {
     /// The operations listener: metrics, health, admin API (`gate::ops`).
     /// Default: off.
     pub ops: OpsConfig,
+    /// WebSocket listeners for browser clients (`gate::web`). Default: on,
+    /// on loopback, for the demo page.
+    pub web: WebConfig,
     /// Accounts file (`user:PHC-hash` lines). Default: none, which runs the
     /// demo authenticator (any user, password `password`) with a warning.
     pub accounts: Option<PathBuf>,
@@ -75,6 +78,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             cluster: ClusterConfig::default(),
             ops: OpsConfig::default(),
+            web: WebConfig::default(),
             accounts: None,
             shutdown_grace: Duration::from_secs(5),
         }
@@ -315,6 +319,41 @@ pub struct OpsConfig {
     /// link-secret` makes one). Default: none: every admin call is `401`;
     /// metrics and health are served anyway.
     pub admin_token_file: Option<PathBuf>,
+}
+
+/// WebSocket settings (`[web]`): the login dialogue and the gate's
+/// packages over WebSocket (`docs/PROTOCOL.md` §9), for browser games.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebConfig {
+    /// Whether the WebSocket listeners run. Default: true.
+    pub enabled: bool,
+    /// Listen address of the login server's WebSocket listener (a login
+    /// node, or all-in-one). Default: 127.0.0.1:8002.
+    pub login_listen: SocketAddr,
+    /// Listen address of the gate's WebSocket listener (a gate node, or
+    /// all-in-one). Default: 127.0.0.1:8889.
+    pub gate_listen: SocketAddr,
+    /// Origins (`scheme://host[:port]`, as browsers send them) whose pages
+    /// may connect; `*` allows any. A request without an `Origin` header
+    /// (not a browser) is always allowed; one with an origin not listed is
+    /// refused with HTTP `403`. Default: the demo page's
+    /// `http://127.0.0.1:8080` and `http://localhost:8080`.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            login_listen: SocketAddr::from(([127, 0, 0, 1], 8002)),
+            gate_listen: SocketAddr::from(([127, 0, 0, 1], 8889)),
+            allowed_origins: vec![
+                "http://127.0.0.1:8080".to_owned(),
+                "http://localhost:8080".to_owned(),
+            ],
+        }
+    }
 }
 
 /// What one process runs (`[cluster] role`).

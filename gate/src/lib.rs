@@ -21,6 +21,7 @@ mod run;
 pub mod session;
 pub mod shard;
 pub mod tls;
+pub mod web;
 pub mod wire;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};

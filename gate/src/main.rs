@@ -82,8 +82,8 @@ impl KeygenArgs {
 /// file.
 #[derive(Debug, Args, Serialize)]
 struct RunArgs {
-    /// TOML configuration file (sections `[login]`, `[gate]`, `[backend]`
-    /// and `[cluster]`, top-level `accounts` and `shutdown_grace`; every field
+    /// TOML configuration file (sections `[login]`, `[gate]`, `[backend]`,
+    /// `[cluster]`, `[ops]` and `[web]`, top-level `accounts` and `shutdown_grace`; every field
     /// optional; durations as "5s", "300ms", "5m").
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -108,6 +108,8 @@ struct RunArgs {
     cluster: ClusterFlags,
     #[command(flatten)]
     ops: OpsFlags,
+    #[command(flatten)]
+    web: WebFlags,
     /// Log lines as text (for people) or JSON objects (for log shippers)
     /// [default: text].
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
@@ -137,6 +139,42 @@ struct OpsFlags {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token_file: Option<PathBuf>,
+}
+
+/// `[web]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+struct WebFlags {
+    /// Do not serve WebSocket clients [default: WebSocket listeners on].
+    #[arg(id = "no_web", long = "no-web")]
+    #[serde(
+        rename = "enabled",
+        skip_serializing_if = "is_false",
+        serialize_with = "negated"
+    )]
+    no_web: bool,
+    /// The login server's WebSocket listen address [default: 127.0.0.1:8002].
+    #[arg(
+        id = "web_login_listen",
+        long = "web-login-listen",
+        value_name = "ADDR"
+    )]
+    #[serde(rename = "login_listen", skip_serializing_if = "Option::is_none")]
+    login_listen: Option<SocketAddr>,
+    /// The gate's WebSocket listen address [default: 127.0.0.1:8889].
+    #[arg(id = "web_gate_listen", long = "web-gate-listen", value_name = "ADDR")]
+    #[serde(rename = "gate_listen", skip_serializing_if = "Option::is_none")]
+    gate_listen: Option<SocketAddr>,
+    /// An origin whose pages may connect over WebSocket
+    /// (`scheme://host[:port]`, or `*` for any); repeat for more. Requests
+    /// without an Origin header are always allowed [default:
+    /// http://127.0.0.1:8080 and http://localhost:8080, the demo page].
+    #[arg(
+        id = "web_allowed_origin",
+        long = "web-allowed-origin",
+        value_name = "ORIGIN"
+    )]
+    #[serde(rename = "allowed_origins", skip_serializing_if = "Vec::is_empty")]
+    allowed_origins: Vec<String>,
 }
 
 /// `[cluster]` fields settable by flag.
@@ -401,10 +439,19 @@ impl RunArgs {
             listen(config.gate.listen, LISTEN_BACKLOG)
                 .with_context(|| format!("cannot listen on {} (gate)", config.gate.listen))
         };
+        let web_listener = |addr: SocketAddr| -> anyhow::Result<Option<tokio::net::TcpListener>> {
+            if !config.web.enabled {
+                return Ok(None);
+            }
+            listen(addr, LISTEN_BACKLOG)
+                .map(Some)
+                .with_context(|| format!("cannot listen on {addr} (WebSocket)"))
+        };
         if role == Role::Login {
             let login = login_listener()?;
             let components = gate::Components {
                 ops: ops_listener,
+                web_login: web_listener(config.web.login_listen)?,
                 ..gate::Components::default()
             };
             gate::cluster::run_login_node(login, config, components, shutdown_signal()).await?;
@@ -413,6 +460,7 @@ impl RunArgs {
         let gate = gate_listener()?;
         let mut components = gate::Components {
             ops: ops_listener,
+            web_gate: web_listener(config.web.gate_listen)?,
             ..gate::Components::default()
         };
         if let Some(addr) = config.backend.listen {
@@ -442,6 +490,7 @@ impl RunArgs {
             return Ok(());
         }
         let login = login_listener()?;
+        components.web_login = web_listener(config.web.login_listen)?;
         gate::run_with(login, gate, config, components, shutdown_signal()).await?;
         Ok(())
     }

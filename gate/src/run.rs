@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use codec::websocket::Mapping;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -19,6 +20,7 @@ use crate::login::{
 use crate::msg::MsgGate;
 use crate::ops::{AdminToken, Ops};
 use crate::placement::{GateLink, Placer};
+use crate::web::WebPolicy;
 
 /// Why [`run`] could not start or failed while serving.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +73,12 @@ pub struct Components {
     /// The operations listener (metrics, health, admin API), bound by the
     /// caller (`main` binds `ops.listen`). Default: none.
     pub ops: Option<TcpListener>,
+    /// The login server's WebSocket listener, bound by the caller (`main`
+    /// binds `web.login_listen` when `web.enabled`). Default: none.
+    pub web_login: Option<TcpListener>,
+    /// The gate's WebSocket listener, bound by the caller (`main` binds
+    /// `web.gate_listen` when `web.enabled`). Default: none.
+    pub web_gate: Option<TcpListener>,
 }
 
 impl fmt::Debug for Components {
@@ -88,6 +96,14 @@ impl fmt::Debug for Components {
             )
             .field("gate_link_layer", &self.gate_link_layer.is_some())
             .field("ops", &self.ops.as_ref().and_then(|l| l.local_addr().ok()))
+            .field(
+                "web_login",
+                &self.web_login.as_ref().and_then(|l| l.local_addr().ok()),
+            )
+            .field(
+                "web_gate",
+                &self.web_gate.as_ref().and_then(|l| l.local_addr().ok()),
+            )
             .finish()
     }
 }
@@ -145,6 +161,8 @@ pub async fn run_with(
         multilogin: config.login.multilogin,
     });
     let login = login_server(&config, auth, placer, components.random)?;
+    let web_login = web_listener(&config, components.web_login, Mapping::Lines);
+    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages);
     let ops = ops_state(
         &config,
         "all",
@@ -167,11 +185,15 @@ pub async fn run_with(
     // Either server stopping on its own (the gate's listener failing) also
     // stops the other, so `run` never hangs with half a server.
     let login_done = async {
-        login.serve(login_listener, token.clone()).await;
+        login
+            .serve_with_web(login_listener, web_login, token.clone())
+            .await;
         token.cancel();
     };
     let gate_done = async {
-        let result = gate.serve(gate_listener, token.clone()).await;
+        let result = gate
+            .serve_with_web(gate_listener, web_gate, token.clone())
+            .await;
         token.cancel();
         backends_stop.cancel();
         result
@@ -274,6 +296,20 @@ pub(crate) fn ops_state(
         dir,
         token,
     )))
+}
+
+/// A WebSocket listener with its policy (`[web]`), if one was bound.
+pub(crate) fn web_listener(
+    config: &Config,
+    listener: Option<TcpListener>,
+    mapping: Mapping,
+) -> Option<(TcpListener, Arc<WebPolicy>)> {
+    listener.map(|l| {
+        (
+            l,
+            WebPolicy::new(&config.web, mapping, config.login.max_line_bytes),
+        )
+    })
 }
 
 /// Serves the backend listener, if there is one, until `backends_stop`

@@ -187,6 +187,10 @@ impl Cluster {
             .arg("run")
             .args(["--redis", &self.redis.url()])
             .args(["--node-id", id])
+            // Several nodes share the machine: WebSocket listeners on any
+            // free port.
+            .args(["--web-login-listen", "127.0.0.1:0"])
+            .args(["--web-gate-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")

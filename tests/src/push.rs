@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use codec::ext::Ext;
+use codec::websocket::Mapping;
 use gate::agent::{Agent, AgentRequest, Dispatch, SessionCtx, SessionEvent};
-use gate::config::GateConfig;
+use gate::config::{GateConfig, WebConfig};
 use gate::msg::{GateMetrics, MsgGate};
 use gate::placement::{EndReason, LoginLink};
+use gate::web::WebPolicy;
 use loginproto::handshake::{self, SessionSecret};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -151,6 +153,8 @@ pub struct PushGate {
     pub gate: MsgGate,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where it listens for WebSocket clients (see [`PushGate::start_web`]).
+    pub ws_addr: Option<SocketAddr>,
     /// Session events seen by the agent.
     pub events: mpsc::UnboundedReceiver<SeenEvent>,
     /// Session ends reported to the login server.
@@ -162,6 +166,25 @@ pub struct PushGate {
 impl PushGate {
     /// A gate with `cfg` (its `listen` is ignored).
     pub async fn start(cfg: GateConfig) -> PushGate {
+        PushGate::start_with(cfg, None).await
+    }
+
+    /// A gate with `cfg` that also serves WebSocket clients with the
+    /// settings of `web` (its listen addresses are ignored).
+    pub async fn start_web(cfg: GateConfig, web: WebConfig) -> PushGate {
+        PushGate::start_with(cfg, Some(web)).await
+    }
+
+    async fn start_with(cfg: GateConfig, web: Option<WebConfig>) -> PushGate {
+        let ws = match web {
+            Some(web) => {
+                let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let policy = WebPolicy::new(&web, Mapping::Packages, 8192);
+                Some((listener, policy))
+            }
+            None => None,
+        };
+        let ws_addr = ws.as_ref().map(|(l, _)| l.local_addr().expect("addr"));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -176,11 +199,12 @@ impl PushGate {
         let serve = tokio::spawn({
             let gate = gate.clone();
             let shutdown = shutdown.clone();
-            async move { gate.serve(listener, shutdown).await }
+            async move { gate.serve_with_web(listener, ws, shutdown).await }
         });
         PushGate {
             gate,
             addr,
+            ws_addr,
             events,
             ended,
             shutdown,

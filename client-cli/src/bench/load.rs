@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::net::Stream;
 use bytes::{Buf, BufMut, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
 use codec::ResponseFlag;
@@ -357,7 +357,7 @@ pub(crate) fn worker(
 struct Conn {
     /// Its player number.
     i: usize,
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes already read and not yet decoded.
     buf: BytesMut,
     /// Fan-out: the last push sequence number seen during setup.
@@ -379,7 +379,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         return Ok(Conn {
             i,
-            stream,
+            stream: Stream::Tcp(stream),
             buf: BytesMut::with_capacity(READ_BUF),
             last_push: 0,
         });
@@ -504,7 +504,7 @@ struct Bad {
 /// Drives one echo connection until it has nothing in flight and may send
 /// no more, or it fails.
 async fn drive_echo(
-    mut stream: TcpStream,
+    mut stream: Stream,
     mut rbuf: BytesMut,
     quota: Option<u64>,
     plan: &Plan,
@@ -921,14 +921,14 @@ async fn drive_fanout(conn: Conn, plan: &Plan, shared: &LoadState, stats: &RefCe
 /// Holds an idle session until the run stops, then checks the gate did
 /// not close it.
 async fn hold_idle(
-    stream: TcpStream,
+    stream: Stream,
     mut phase: watch::Receiver<u8>,
     shared: &LoadState,
     stats: &RefCell<Stats>,
 ) {
     let _ = phase.wait_for(|p| *p >= STOP).await;
     let mut probe = [0u8; 256];
-    let closed = match stream.try_read(&mut probe) {
+    let closed = match stream.tcp().try_read(&mut probe) {
         Ok(0) => Some("the gate closed an idle session".to_owned()),
         Ok(_) => None,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,

@@ -39,14 +39,16 @@ fn default_workers() -> usize {
 /// Options of `client bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchCmd {
-    /// Address of the login server (not used with --raw).
+    /// Address of the login server, `host:port` or `ws://host:port` for
+    /// WebSocket (not used with --raw).
     #[arg(
         long = "login",
         value_name = "HOST:PORT",
         default_value = "127.0.0.1:8001"
     )]
     pub login: String,
-    /// Address of the message gate; with --raw, of the raw framed echo server.
+    /// Address of the message gate, `host:port` or `ws://host:port` for
+    /// WebSocket; with --raw, of the raw framed echo server (TCP).
     #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8888")]
     pub gate: String,
     /// Gate server name to log in to.

@@ -18,7 +18,9 @@ use crate::config::{AuthSource, Config};
 use crate::msg::MsgGate;
 use crate::run::{
     Components, RunError, choose_authenticator, login_server, ops_state, serve_backend, serve_ops,
+    web_listener,
 };
+use codec::websocket::Mapping;
 
 fn secret(config: &Config) -> Result<LinkSecret, RunError> {
     let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
@@ -73,6 +75,7 @@ pub async fn run_gate_node(
     let epoch = new_epoch();
     let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
     let backend = components.backend;
+    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages);
     let agent = match (components.agent, &backend) {
         (Some(agent), _) => agent,
         (None, Some(backend)) => backend.agent(),
@@ -138,7 +141,9 @@ pub async fn run_gate_node(
         return Ok(());
     }
     let gate_done = async {
-        let result = gate.serve(gate_listener, token.clone()).await;
+        let result = gate
+            .serve_with_web(gate_listener, web_gate, token.clone())
+            .await;
         token.cancel();
         backends_stop.cancel();
         heartbeat_stop.cancel();
@@ -199,6 +204,7 @@ pub async fn run_login_node(
         config.cluster.lock_ttl,
     );
     let mut login = login_server(&config, auth, Arc::new(placer), components.random)?;
+    let web_login = web_listener(&config, components.web_login, Mapping::Lines);
     if config.login.admission_rate > 0 {
         // One queue for the whole cluster, in Redis.
         login = login.with_admission(Arc::new(super::SharedAdmission::new(
@@ -222,7 +228,9 @@ pub async fn run_login_node(
     )?;
     let token = CancellationToken::new();
     let serve = async {
-        login.serve(login_listener, token.clone()).await;
+        login
+            .serve_with_web(login_listener, web_login, token.clone())
+            .await;
         token.cancel();
     };
     let ((), (), ops_result) = tokio::join!(

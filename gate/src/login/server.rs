@@ -54,6 +54,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use codec::line::{LineCodec, LineError};
 use codec::status::LoginStatus;
+use codec::websocket::MessageStream;
 use futures::{FutureExt, StreamExt};
 use loginproto::login::{
     Authenticate, KeyStep, LoginOutcome, Rejected, ServerConfig, ServerLogin, StaticKey, Suite,
@@ -76,6 +77,7 @@ use crate::config::LoginConfig;
 use crate::esc::esc;
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
 use crate::placement::{LoginRequest, PlaceError, Placer};
+use crate::web::WebPolicy;
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -205,6 +207,18 @@ impl LoginServer {
     /// accepting, lets running dialogues finish within the shutdown grace,
     /// closes the rest and returns.
     pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) {
+        self.serve_with_web(listener, None, shutdown).await;
+    }
+
+    /// [`LoginServer::serve`], plus the same dialogue over WebSocket on
+    /// `web` (`docs/PROTOCOL.md` §9): both listeners share the limits on
+    /// dialogues at once and per source address.
+    pub async fn serve_with_web(
+        self,
+        listener: TcpListener,
+        web: Option<(TcpListener, Arc<WebPolicy>)>,
+        shutdown: CancellationToken,
+    ) {
         let shared = Arc::new(self.shared);
         let permits = Arc::new(Semaphore::new(
             shared
@@ -218,6 +232,9 @@ impl LoginServer {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, auth = shared.auth.name(), "login server listening");
         }
+        if let Some(addr) = web.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+            info!(%addr, "login server listening for WebSocket clients");
+        }
         // Each line is one complete message; do not let Nagle hold it back.
         // Linux gives accepted sockets the listener's setting.
         let inherits_nodelay = cfg!(target_os = "linux")
@@ -225,42 +242,82 @@ impl LoginServer {
                 .tcp_nodelay()
                 .unwrap_or(false);
         let per_source = PerSource::new(shared.config.max_connections_per_source);
-        net::accept_loop(
+        let start = |stream: TcpStream,
+                     addr: SocketAddr,
+                     permit: Option<OwnedSemaphorePermit>,
+                     web: Option<&Arc<WebPolicy>>| {
+            let Some(permit) = permit else { return };
+            let Some(source) = per_source.enter(addr.ip()) else {
+                debug!(
+                    %addr,
+                    max = shared.config.max_connections_per_source,
+                    "too many login dialogues from this address: closed at accept"
+                );
+                return;
+            };
+            let slot = Slot {
+                _permit: permit,
+                _source: source,
+            };
+            let shared = Arc::clone(&shared);
+            let stop = Stop {
+                soft: shutdown.clone(),
+                hard: hard.clone(),
+            };
+            if web.is_some() || !inherits_nodelay {
+                let _ = stream.set_nodelay(true);
+            }
+            // The client answers each line at once and its answer
+            // carries the ACK; a quick ACK would be a segment of its own.
+            #[cfg(target_os = "linux")]
+            let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
+            match web {
+                None => {
+                    tracker.spawn(connection(shared, stream, addr, slot, stop));
+                }
+                Some(policy) => {
+                    let policy = Arc::clone(policy);
+                    tracker.spawn(async move {
+                        // The upgrade has the dialogue's deadline too.
+                        let upgrade = tokio::select! {
+                            upgraded = timeout(shared.config.dialogue_timeout, policy.upgrade(stream, addr)) => upgraded,
+                            () = stop.hard.cancelled() => return,
+                        };
+                        match upgrade {
+                            Ok(Ok(ws)) => {
+                                let stream = MessageStream::new(ws, policy.mapping());
+                                connection(shared, stream, addr, slot, stop).await;
+                            }
+                            Ok(Err(e)) => debug!(%addr, error = %e, "WebSocket upgrade failed"),
+                            Err(_) => debug!(%addr, "WebSocket upgrade not done in time"),
+                        }
+                    });
+                }
+            }
+        };
+        let tcp = net::accept_loop(
             listener,
-            permits,
+            Arc::clone(&permits),
             AtCapacity::Wait,
             shutdown.cancelled(),
             "login",
-            |stream, addr, permit| {
-                let Some(permit) = permit else { return };
-                let Some(source) = per_source.enter(addr.ip()) else {
-                    debug!(
-                        %addr,
-                        max = shared.config.max_connections_per_source,
-                        "too many login dialogues from this address: closed at accept"
-                    );
-                    return;
-                };
-                let slot = Slot {
-                    _permit: permit,
-                    _source: source,
-                };
-                let shared = Arc::clone(&shared);
-                let stop = Stop {
-                    soft: shutdown.clone(),
-                    hard: hard.clone(),
-                };
-                if !inherits_nodelay {
-                    let _ = stream.set_nodelay(true);
-                }
-                // The client answers each line at once and its answer
-                // carries the ACK; a quick ACK would be a segment of its own.
-                #[cfg(target_os = "linux")]
-                let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
-                tracker.spawn(connection(shared, stream, addr, slot, stop));
-            },
-        )
-        .await;
+            |stream, addr, permit| start(stream, addr, permit, None),
+        );
+        let web_loop = async {
+            let Some((listener, policy)) = web else {
+                return;
+            };
+            net::accept_loop(
+                listener,
+                Arc::clone(&permits),
+                AtCapacity::Wait,
+                shutdown.cancelled(),
+                "login (WebSocket)",
+                |stream, addr, permit| start(stream, addr, permit, Some(&policy)),
+            )
+            .await;
+        };
+        tokio::join!(tcp, web_loop);
         tracker.close();
         if timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
             info!(
@@ -312,6 +369,14 @@ trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
 impl Stream for TcpStream {
     async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
         write_before_fin(self, bytes).await
+    }
+}
+
+/// The dialogue over WebSocket: each line one text message.
+impl Stream for MessageStream<TcpStream> {
+    async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 }
 

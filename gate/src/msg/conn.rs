@@ -77,9 +77,20 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 
 /// Counts the connection as open and holds its maxclient permit; both are
 /// released when the task ends, however it ends.
-struct OpenConn {
-    core: Arc<GateCore>,
+pub(super) struct OpenConn {
+    pub(super) core: Arc<GateCore>,
     _slots: (OwnedSemaphorePermit, SourceSlot),
+}
+
+impl OpenConn {
+    /// Counts an accepted connection as open until this is dropped.
+    pub(super) fn new(core: Arc<GateCore>, slots: (OwnedSemaphorePermit, SourceSlot)) -> OpenConn {
+        core.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        OpenConn {
+            core,
+            _slots: slots,
+        }
+    }
 }
 
 impl Drop for OpenConn {
@@ -103,11 +114,7 @@ pub(super) fn run(
     slots: (OwnedSemaphorePermit, SourceSlot),
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
-    core.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let open = OpenConn {
-        core,
-        _slots: slots,
-    };
+    let open = OpenConn::new(core, slots);
     let mut conn = Conn {
         stream,
         rbuf: BytesMut::new(),
@@ -125,26 +132,7 @@ pub(super) fn run(
             let _unbind = Unbind(&link);
             conn.session(&link).await
         };
-        match end {
-            End::SlowReader => bump(&core.metrics.slow_readers_cut),
-            End::IdleTimeout => bump(&core.metrics.idle_timeouts),
-            End::TooManyInflight => bump(&core.metrics.inflight_cut),
-            _ => {}
-        }
-        tracing::debug!(
-            uid = %esc(&link.user.uid),
-            subid = %esc(&link.user.subid),
-            %end,
-            "connection closed"
-        );
-        if end.graceful() {
-            // An opted-in client learns why its session ended (the kick
-            // package, after whatever was still queued for it).
-            if let Some(farewell) = link.handle.farewell() {
-                conn.wbuf.extend_from_slice(farewell);
-            } else if link.ext && matches!(end, End::Shutdown) {
-                wire::write_kick(&mut conn.wbuf, EndReason::Shutdown.text());
-            }
+        if ended(&link, &end, &mut conn.wbuf) {
             Box::pin(conn.close_gracefully(core, Some(&link.handle))).await;
         } else {
             link.handle.set_finished();
@@ -152,11 +140,39 @@ pub(super) fn run(
     }
 }
 
+/// Counts and logs how a session's connection ended; if it is to close
+/// gracefully (`true`), appends the farewell an opted-in client is sent:
+/// the kick package that tells it why its session ended.
+pub(super) fn ended(link: &Link<'_>, end: &End, out: &mut BytesMut) -> bool {
+    let core = link.core;
+    match end {
+        End::SlowReader => bump(&core.metrics.slow_readers_cut),
+        End::IdleTimeout => bump(&core.metrics.idle_timeouts),
+        End::TooManyInflight => bump(&core.metrics.inflight_cut),
+        _ => {}
+    }
+    tracing::debug!(
+        uid = %esc(&link.user.uid),
+        subid = %esc(&link.user.subid),
+        %end,
+        "connection closed"
+    );
+    if !end.graceful() {
+        return false;
+    }
+    if let Some(farewell) = link.handle.farewell() {
+        out.extend_from_slice(farewell);
+    } else if link.ext && matches!(end, End::Shutdown) {
+        wire::write_kick(out, EndReason::Shutdown.text());
+    }
+    true
+}
+
 /// After the connection ended: if the session is still bound to it, the
 /// user is now away (skynet's `disconnect_handler`) and its reconnect window
 /// starts. A connection that was superseded or whose session ended changes
 /// nothing, so its late close can never touch a newer connection or session.
-struct Unbind<'a, 'b>(&'a Link<'b>);
+pub(super) struct Unbind<'a, 'b>(pub(super) &'a Link<'b>);
 
 impl Drop for Unbind<'_, '_> {
     fn drop(&mut self) {
@@ -219,7 +235,7 @@ impl Conn {
                 return None;
             }
         };
-        let checked = core.handshake(&payload, addr);
+        let checked = checked_handshake(core, &payload, addr);
         // The payload shares the first read buffer's allocation: let both
         // go now, not when the session ends.
         drop(payload);
@@ -228,29 +244,12 @@ impl Conn {
                 // `200 OK`, then the welcome and the pushes the client has
                 // not seen, before any response.
                 self.wbuf = std::mem::take(&mut bound.greeting);
-                bump(&core.metrics.handshakes_ok);
-                tracing::debug!(
-                    %addr,
-                    uid = %esc(&bound.user.uid),
-                    subid = %esc(&bound.user.subid),
-                    opted_in = bound.ext,
-                    conn = bound.handle.id,
-                    "handshake ok"
-                );
                 Some(bound)
             }
-            Err(refusal) => {
-                bump(&core.metrics.handshakes_refused);
-                bump(&core.metrics.refused_by[RefusedStatus::of(refusal.status()) as usize]);
-                tracing::debug!(
-                    %addr,
-                    status = refusal.status().map(|s| s.code()),
-                    reason = %refusal,
-                    "handshake refused"
-                );
+            Err(status) => {
                 // Packages pipelined behind a failed handshake are discarded.
                 self.rbuf = BytesMut::new();
-                if let Some(status) = refusal.status() {
+                if let Some(status) = status {
                     wire::write_status(&mut self.wbuf, status);
                 }
                 self.close_gracefully(core, None).await;
@@ -495,6 +494,40 @@ impl Conn {
         }
         if let Some(link) = link {
             link.set_finished();
+        }
+    }
+}
+
+/// Checks a handshake package, counts and logs the outcome. Refused: the
+/// status to send, if any.
+pub(super) fn checked_handshake(
+    core: &Arc<GateCore>,
+    payload: &Bytes,
+    addr: SocketAddr,
+) -> Result<Bound, Option<codec::status::GateStatus>> {
+    match core.handshake(payload, addr) {
+        Ok(bound) => {
+            bump(&core.metrics.handshakes_ok);
+            tracing::debug!(
+                %addr,
+                uid = %esc(&bound.user.uid),
+                subid = %esc(&bound.user.subid),
+                opted_in = bound.ext,
+                conn = bound.handle.id,
+                "handshake ok"
+            );
+            Ok(bound)
+        }
+        Err(refusal) => {
+            bump(&core.metrics.handshakes_refused);
+            bump(&core.metrics.refused_by[RefusedStatus::of(refusal.status()) as usize]);
+            tracing::debug!(
+                %addr,
+                status = refusal.status().map(|s| s.code()),
+                reason = %refusal,
+                "handshake refused"
+            );
+            Err(refusal.status())
         }
     }
 }

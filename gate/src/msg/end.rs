@@ -33,6 +33,10 @@ pub(super) enum End {
     Shutdown,
     /// Gate shutdown, grace period over.
     ShutdownNow,
+    /// A WebSocket client broke the protocol or the mapping (a text
+    /// message, one over the package limit, a bad frame): the close code
+    /// it is sent.
+    WebSocket(u16),
 }
 
 impl std::fmt::Display for End {
@@ -51,6 +55,9 @@ impl std::fmt::Display for End {
             End::SessionEnded => f.write_str("session ended"),
             End::Shutdown => f.write_str("gate shutdown"),
             End::ShutdownNow => f.write_str("gate shutdown (grace over)"),
+            End::WebSocket(code) => {
+                write!(f, "WebSocket protocol or mapping broken (close {code})")
+            }
         }
     }
 }
@@ -63,5 +70,16 @@ impl End {
             self,
             End::PeerClosed | End::Io(_) | End::SlowReader | End::ShutdownNow
         )
+    }
+
+    /// The close code a WebSocket connection that ended this way is sent
+    /// (`docs/PROTOCOL.md` §9.3).
+    pub(super) fn close_code(&self) -> u16 {
+        match self {
+            End::WebSocket(code) => *code,
+            End::InvalidPackage | End::Conflict | End::TooManyInflight | End::SlowReader => 1008,
+            End::Shutdown | End::ShutdownNow => 1001,
+            _ => 1000,
+        }
     }
 }

@@ -24,6 +24,7 @@ mod handle;
 mod metrics;
 mod requests;
 mod timers;
+mod ws;
 
 use std::io;
 use std::sync::Arc;
@@ -33,7 +34,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use codec::message::MAX_RESPONSE_CONTENT;
 use loginproto::handshake::{self, SessionSecret};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{GateCore, User};
@@ -45,6 +49,7 @@ use crate::config::GateConfig;
 use crate::net::{self, AtCapacity, PerSource};
 use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::session::PushRefused;
+use crate::web::WebPolicy;
 
 /// Counts over every session of a gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -322,7 +327,22 @@ impl MsgGate {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
+        self.serve_with_web(listener, None, shutdown).await
+    }
+
+    /// [`MsgGate::serve`], plus WebSocket clients on `web`
+    /// (`docs/PROTOCOL.md` §9): the same sessions, limits and shutdown;
+    /// `maxclient` and the per-source bound count both listeners together.
+    pub async fn serve_with_web(
+        &self,
+        listener: TcpListener,
+        web: Option<(TcpListener, Arc<WebPolicy>)>,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
         let core = &self.core;
+        if let Some(addr) = web.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+            tracing::info!(%addr, name = %core.cfg.name, "message gate listening for WebSocket clients");
+        }
         tracing::info!(
             addr = ?listener.local_addr().ok(),
             name = %core.cfg.name,
@@ -346,32 +366,67 @@ impl MsgGate {
             }
         };
         let per_source = PerSource::new(core.cfg.max_connections_per_source);
-        net::accept_loop(
+        let start = |stream: TcpStream,
+                     addr: SocketAddr,
+                     permit: Option<OwnedSemaphorePermit>,
+                     web: Option<&Arc<WebPolicy>>| {
+            let Some(permit) = permit else {
+                bump(&core.metrics.refused_at_accept);
+                tracing::debug!(%addr, "maxclient connections open: closed at accept");
+                return;
+            };
+            let Some(source) = per_source.enter(addr.ip()) else {
+                bump(&core.metrics.refused_per_source);
+                tracing::debug!(
+                    %addr,
+                    max = core.cfg.max_connections_per_source,
+                    "too many connections from this address: closed at accept"
+                );
+                return;
+            };
+            let slots = (permit, source);
+            match web {
+                None => core
+                    .tracker
+                    .spawn(conn::run(Arc::clone(core), stream, addr, slots)),
+                Some(policy) => core.tracker.spawn(ws::run(
+                    Arc::clone(core),
+                    stream,
+                    addr,
+                    slots,
+                    Arc::clone(policy),
+                )),
+            };
+        };
+        let tcp = net::accept_loop(
             listener,
             Arc::clone(&core.permits),
             AtCapacity::Close,
             stop,
             "gate",
-            |stream, addr, permit| {
-                let Some(permit) = permit else {
-                    bump(&core.metrics.refused_at_accept);
-                    tracing::debug!(%addr, "maxclient connections open: closed at accept");
-                    return;
-                };
-                let Some(source) = per_source.enter(addr.ip()) else {
-                    bump(&core.metrics.refused_per_source);
-                    tracing::debug!(
-                        %addr,
-                        max = core.cfg.max_connections_per_source,
-                        "too many connections from this address: closed at accept"
-                    );
-                    return;
-                };
-                core.tracker
-                    .spawn(conn::run(Arc::clone(core), stream, addr, (permit, source)));
-            },
-        )
-        .await;
+            |stream, addr, permit| start(stream, addr, permit, None),
+        );
+        let web_loop = async {
+            let Some((listener, policy)) = web else {
+                return;
+            };
+            let stop = async {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = core.draining.cancelled() => {}
+                }
+            };
+            net::accept_loop(
+                listener,
+                Arc::clone(&core.permits),
+                AtCapacity::Close,
+                stop,
+                "gate (WebSocket)",
+                |stream, addr, permit| start(stream, addr, permit, Some(&policy)),
+            )
+            .await;
+        };
+        tokio::join!(tcp, web_loop);
         self.drain().await;
         timers_stop.cancel();
         let _ = timers.await;

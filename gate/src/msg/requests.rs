@@ -44,19 +44,25 @@ pub(super) fn decode(input: &mut BytesMut) -> Result<Option<Bytes>, End> {
     PackageCodec.decode(input).map_err(|_| End::InvalidPackage)
 }
 
-/// Runs every complete request in `input`, appending responses to `out`.
+/// Runs every complete package in `input`, appending responses to `out`.
 pub(super) fn serve(input: &mut BytesMut, out: &mut BytesMut, link: &Link<'_>) -> Result<(), End> {
     while let Some(frame) = decode(input)? {
-        if frame.is_empty() && link.ext {
-            // Heartbeat of an opted-in client: answered with an empty
-            // package. (A plain client is closed for it, as by skynet.)
-            out.extend_from_slice(&[0, 0]);
-            continue;
-        }
-        let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
-        request(out, link, req)?;
+        serve_package(frame, out, link)?;
     }
     Ok(())
+}
+
+/// Runs one package's payload (a request, or a heartbeat), appending what
+/// is due now to `out`.
+pub(super) fn serve_package(frame: Bytes, out: &mut BytesMut, link: &Link<'_>) -> Result<(), End> {
+    if frame.is_empty() && link.ext {
+        // Heartbeat of an opted-in client: answered with an empty
+        // package. (A plain client is closed for it, as by skynet.)
+        out.extend_from_slice(&[0, 0]);
+        return Ok(());
+    }
+    let req = Request::parse(frame).ok_or(End::InvalidPackage)?;
+    request(out, link, req)
 }
 
 /// One request (spec §5.4, §5.5); a response due now goes to `out`.

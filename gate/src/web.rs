@@ -1,0 +1,150 @@
+//! The WebSocket side of the listeners (`[web]`, `docs/PROTOCOL.md` §9):
+//! the HTTP upgrade with its Origin allow-list, and the WebSocket settings
+//! each listener uses. The login server then runs its dialogue over
+//! [`codec::websocket::MessageStream`]; the gate runs its own connection
+//! loop over the messages (`msg::ws`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use codec::websocket::Mapping;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{StatusCode, header};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::config::WebConfig;
+use crate::esc::esc;
+
+/// Input buffer of one WebSocket connection (allocated when it is
+/// accepted, so it is part of every idle web session).
+const READ_BUFFER: usize = 4096;
+
+/// What a WebSocket listener checks and how it frames: shared by every
+/// connection of the listener.
+#[derive(Debug)]
+pub struct WebPolicy {
+    /// Origins allowed (lower case); `None`: any.
+    origins: Option<Vec<String>>,
+    mapping: Mapping,
+    max_message: usize,
+}
+
+/// Why an upgrade did not happen (for the log line).
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The page's origin is not allowed (answered `403`).
+    #[error("origin {0} not allowed")]
+    Origin(String),
+    /// Not a WebSocket upgrade, or the connection failed during it.
+    #[error("{0}")]
+    Handshake(String),
+}
+
+impl WebPolicy {
+    /// The policy of `config`'s listeners for `mapping`; `max_line` is the
+    /// login's line limit (LF included).
+    pub fn new(config: &WebConfig, mapping: Mapping, max_line: usize) -> Arc<WebPolicy> {
+        let any = config.allowed_origins.iter().any(|o| o == "*");
+        Arc::new(WebPolicy {
+            origins: (!any).then(|| {
+                config
+                    .allowed_origins
+                    .iter()
+                    .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+                    .collect()
+            }),
+            mapping,
+            max_message: mapping.max_message(max_line),
+        })
+    }
+
+    /// The mapping of this listener.
+    pub fn mapping(&self) -> Mapping {
+        self.mapping
+    }
+
+    /// Whether a request with this `Origin` header value may connect.
+    pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
+        match (&self.origins, origin) {
+            (None, _) | (_, None) => true,
+            (Some(list), Some(origin)) => {
+                let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
+                list.iter().any(|allowed| *allowed == origin)
+            }
+        }
+    }
+
+    /// WebSocket settings: messages up to the mapping's limit, a small
+    /// input buffer, writes gathered until the caller flushes. No
+    /// extensions are offered, so compression is never on.
+    pub fn ws_config(&self) -> WebSocketConfig {
+        let write = 64 * 1024;
+        WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(write)
+            // One message past the gathering size: a slow reader is the
+            // caller's to bound (the gate's send queue), not a panic here.
+            .max_write_buffer_size(write + self.max_message + 16)
+            .max_message_size(Some(self.max_message))
+            .max_frame_size(Some(self.max_message))
+    }
+
+    /// Runs the HTTP upgrade on an accepted connection. A request whose
+    /// Origin is not allowed is answered `403 Forbidden`.
+    pub async fn upgrade(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<WebSocketStream<TcpStream>, UpgradeError> {
+        let mut refused = None;
+        let check = |request: &Request, response: Response| {
+            let origin = request.headers().get(header::ORIGIN).map(|v| v.as_bytes());
+            if self.origin_allowed(origin) {
+                return Ok(response);
+            }
+            refused = Some(esc(origin.unwrap_or_default()).to_string());
+            let mut denied = ErrorResponse::new(Some("origin not allowed\n".to_owned()));
+            *denied.status_mut() = StatusCode::FORBIDDEN;
+            Err(denied)
+        };
+        let upgraded =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(self.ws_config()))
+                .await;
+        match (upgraded, refused) {
+            (Ok(ws), _) => Ok(ws),
+            (Err(_), Some(origin)) => {
+                tracing::info!(%addr, %origin, "WebSocket origin not allowed: 403");
+                Err(UpgradeError::Origin(origin))
+            }
+            (Err(e), None) => Err(UpgradeError::Handshake(
+                esc(e.to_string().as_bytes()).to_string(),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_matched_exactly_and_absent_ones_pass() {
+        let config = WebConfig {
+            allowed_origins: vec!["https://Game.example/".to_owned()],
+            ..WebConfig::default()
+        };
+        let policy = WebPolicy::new(&config, Mapping::Packages, 8192);
+        assert!(policy.origin_allowed(Some(b"https://game.example")));
+        assert!(!policy.origin_allowed(Some(b"https://game.example.evil")));
+        assert!(!policy.origin_allowed(Some(b"null")));
+        assert!(policy.origin_allowed(None));
+        let any = WebConfig {
+            allowed_origins: vec!["*".to_owned()],
+            ..WebConfig::default()
+        };
+        assert!(WebPolicy::new(&any, Mapping::Lines, 8192).origin_allowed(Some(b"null")));
+        assert_eq!(WebPolicy::new(&any, Mapping::Lines, 8192).max_message, 8191);
+    }
+}

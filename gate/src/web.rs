@@ -71,7 +71,7 @@ impl WebPolicy {
             (None, _) | (_, None) => true,
             (Some(list), Some(origin)) => {
                 let origin = String::from_utf8_lossy(origin).to_ascii_lowercase();
-                list.iter().any(|allowed| *allowed == origin)
+                list.contains(&origin)
             }
         }
     }
@@ -99,6 +99,8 @@ impl WebPolicy {
         addr: SocketAddr,
     ) -> Result<WebSocketStream<TcpStream>, UpgradeError> {
         let mut refused = None;
+        // The callback's types are tungstenite's.
+        #[allow(clippy::result_large_err)]
         let check = |request: &Request, response: Response| {
             let origin = request.headers().get(header::ORIGIN).map(|v| v.as_bytes());
             if self.origin_allowed(origin) {

@@ -66,6 +66,8 @@ pub struct Server {
     pub login: SocketAddr,
     /// The message gate's address.
     pub gate: SocketAddr,
+    /// The WebSocket listeners (login, gate), if started with them.
+    pub web: Option<(SocketAddr, SocketAddr)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), RunError>>>,
 }
@@ -90,9 +92,29 @@ impl Server {
         Server {
             login,
             gate,
+            web: None,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// [`Server::start`] with the WebSocket listeners too, on two more
+    /// fresh ports ([`Server::web`]).
+    pub async fn start_web(config: Config) -> Server {
+        let web_login = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web_gate = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let web = (
+            web_login.local_addr().expect("addr"),
+            web_gate.local_addr().expect("addr"),
+        );
+        let components = Components {
+            web_login: Some(web_login),
+            web_gate: Some(web_gate),
+            ..Components::default()
+        };
+        let mut server = Server::start(config, components).await;
+        server.web = Some(web);
+        server
     }
 
     /// Signals shutdown without waiting.

@@ -1,0 +1,152 @@
+// The library against the real gate binary over WebSocket: login,
+// requests as promises, pushes between two players through the chat
+// example service, reconnect after a dropped network (missed pushes
+// exactly once, an unanswered request re-sent and answered from the cache
+// without running twice), kick on relogin, the Origin allow-list.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { WebSocket } from 'ws';
+
+import { GateClient, login, text } from '../src/index.js';
+import { guard, startGate, startProxy, until } from './harness.mjs';
+
+let gate;
+before(async () => {
+  gate = await startGate({ chat: true, origins: ['http://game.example'] });
+});
+after(async () => {
+  await gate?.stop();
+});
+
+/** A player: logged in, connected (through `url`), pushes recorded. */
+async function player(user, url = gate.gate) {
+  const ticket = await login({ url: gate.login, user, password: 'password', WebSocket });
+  const pushes = [];
+  const kicks = [];
+  const listeners = new Set();
+  const changed = () => {
+    for (const listener of listeners) listener();
+  };
+  const client = new GateClient({
+    url,
+    ticket,
+    WebSocket,
+    reconnectDelayMs: 20,
+    maxReconnectDelayMs: 200,
+    onPush: (content, seq) => {
+      pushes.push({ text: text(content), seq });
+      changed();
+    },
+    onKick: (reason) => {
+      kicks.push(reason);
+      changed();
+    },
+    onState: changed,
+  });
+  await guard(`${user} to connect`, client.connect());
+  const subscribe = (listener) => {
+    listeners.add(listener);
+    return () => listeners.delete(listener);
+  };
+  return {
+    client,
+    pushes,
+    kicks,
+    /** Resolves once `cond()` holds (checked on every push, kick, state change). */
+    until: (what, cond) => until(`${user}: ${what}`, cond, subscribe),
+    said: (line) => pushes.filter((p) => p.text === line).length,
+  };
+}
+
+test('requests are promises keyed by session number', async () => {
+  const p = await player('js-echo');
+  assert.equal(await p.client.requestText('join echo-room'), 'joined echo-room (1 members)');
+  // Pipelined: every answer goes to its own promise.
+  const answers = await guard(
+    'pipelined answers',
+    Promise.all(Array.from({ length: 50 }, (_, i) => p.client.requestText(`say line ${i}`))),
+  );
+  assert.deepEqual(answers, Array(50).fill('sent'));
+  await p.until('its own 50 lines', () => p.pushes.length >= 51);
+  assert.deepEqual(
+    p.pushes.slice(1).map((x) => x.text),
+    Array.from({ length: 50 }, (_, i) => `[echo-room] js-echo: line ${i}`),
+  );
+  // Sequence numbers count up by one.
+  p.pushes.forEach((x, i) => assert.equal(x.seq, i + 1));
+  assert.ok(p.client.welcome.idleMs > 0, 'the welcome names the idle timeout');
+  // An error response rejects: leaving twice.
+  assert.equal(await p.client.requestText('leave'), 'left echo-room');
+  await assert.rejects(p.client.request('leave'), (e) => e.name === 'RequestError');
+  p.client.close();
+});
+
+test('pushes reach the other player, and a dropped network misses nothing', async () => {
+  const proxy = await startProxy(gate.gateAddr);
+  const alice = await player('js-alice');
+  const bob = await player('js-bob', proxy.url);
+  await alice.client.requestText('join room1');
+  await bob.client.requestText('join room1');
+  await alice.client.requestText('say hello');
+  await bob.until('hello', () => bob.said('[room1] js-alice: hello') === 1);
+
+  // Bob's network goes down: alice talks on.
+  proxy.drop();
+  await bob.until('noticing the drop', () => bob.client.state === 'reconnecting');
+  for (const line of ['m1', 'm2', 'm3']) await alice.client.requestText(`say ${line}`);
+  proxy.restore();
+  await bob.until('m1..m3', () => bob.said('[room1] js-alice: m3') === 1);
+  for (const line of ['hello', 'm1', 'm2', 'm3']) {
+    assert.equal(bob.said(`[room1] js-alice: ${line}`), 1, `${line} exactly once`);
+  }
+  assert.equal(bob.client.state, 'open');
+  assert.ok(bob.client.index >= 2, 'reconnected with a higher index');
+
+  // A request whose answer is lost: the network keeps the request but
+  // loses the answer, then drops. After the reconnect the request is
+  // re-sent with its session number and answered from the gate's cache:
+  // it ran once (alice hears it once).
+  proxy.blackhole();
+  const answer = bob.client.requestText('say only once');
+  await alice.until('bob speaking', () => alice.said('[room1] js-bob: only once') === 1);
+  proxy.drop();
+  proxy.restore();
+  assert.equal(await guard('the re-sent answer', answer), 'sent');
+  await bob.until('its own line', () => bob.said('[room1] js-bob: only once') === 1);
+  await alice.client.requestText('say sync');
+  await bob.until('sync', () => bob.said('[room1] js-alice: sync') === 1);
+  assert.equal(alice.said('[room1] js-bob: only once'), 1, 'the request ran once');
+  assert.equal(bob.said('[room1] js-bob: only once'), 1);
+  alice.client.close();
+  bob.client.close();
+  await proxy.close();
+});
+
+test('a relogin kicks the old session', async () => {
+  const first = await player('js-twice');
+  const pending = first.client.requestText('join kicked-room');
+  assert.equal(await pending, 'joined kicked-room (1 members)');
+  const second = await player('js-twice');
+  await first.until('the kick', () => first.kicks.length === 1);
+  assert.equal(first.kicks[0], 'logged in again');
+  assert.equal(first.client.state, 'ended');
+  await assert.rejects(first.client.request('say x'), (e) => e.name === 'SessionEnded');
+  assert.equal(await second.client.requestText('join kicked-room'), 'joined kicked-room (1 members)');
+  second.client.close();
+});
+
+test('pages from origins not allowed are refused', async () => {
+  const refused = new WebSocket(gate.gate, { origin: 'http://evil.example' });
+  const status = await guard(
+    'the refusal',
+    new Promise((resolve) => refused.on('unexpected-response', (_, res) => resolve(res.statusCode))),
+  );
+  assert.equal(status, 403);
+  const allowed = new WebSocket(gate.gate, { origin: 'http://game.example' });
+  await guard('the upgrade', new Promise((resolve, reject) => {
+    allowed.on('open', resolve);
+    allowed.on('error', reject);
+  }));
+  allowed.close();
+});

@@ -1,0 +1,228 @@
+// Test harness: the real `gate` binary (and the chat example service) on
+// free loopback ports, a TCP proxy that can drop a client's network, and
+// waiting on events with a guard. Binaries come from GATE_BIN / CHAT_BIN,
+// else the workspace's target/debug (`cargo build -p gate -p service
+// --example chat`).
+
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+function binary(env, rel) {
+  const file = process.env[env] ?? path.join(root, rel);
+  if (!existsSync(file)) {
+    throw new Error(`${file} is missing: run \`cargo build -p gate -p service --example chat\` (or set ${env})`);
+  }
+  return file;
+}
+
+/** Rejects if `promise` takes longer than `ms` (a failure guard, not a wait). */
+export function guard(what, promise, ms = 15000) {
+  let timer;
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/** Resolves once `cond()` holds, checked on every change `subscribe` reports. */
+export function until(what, cond, subscribe, ms) {
+  return guard(
+    what,
+    new Promise((resolve) => {
+      if (cond()) return resolve();
+      const off = subscribe(() => {
+        if (cond()) {
+          off();
+          resolve();
+        }
+      });
+    }),
+    ms,
+  );
+}
+
+/** A child process whose JSON (gate) or text log lines are watched. */
+class Proc {
+  constructor(name, file, args) {
+    this.name = name;
+    this.lines = [];
+    this.watchers = new Set();
+    this.child = spawn(file, args, {
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, RUST_LOG: 'info', NO_COLOR: '1' },
+    });
+    this.exited = new Promise((resolve) => this.child.once('exit', resolve));
+    readline.createInterface({ input: this.child.stderr }).on('line', (line) => {
+      this.lines.push(line);
+      for (const watcher of this.watchers) watcher(line);
+    });
+  }
+
+  /** The first log line (past or future) `pick` returns a value for. */
+  wait(what, pick) {
+    return guard(
+      `${this.name}: ${what}`,
+      new Promise((resolve, reject) => {
+        for (const line of this.lines) {
+          const value = pick(line);
+          if (value !== undefined) return resolve(value);
+        }
+        const watcher = (line) => {
+          const value = pick(line);
+          if (value !== undefined) {
+            this.watchers.delete(watcher);
+            resolve(value);
+          }
+        };
+        this.watchers.add(watcher);
+        this.exited.then((code) => reject(new Error(`${this.name} exited (${code}):\n${this.lines.join('\n')}`)));
+      }),
+    );
+  }
+
+  async stop() {
+    if (this.child.exitCode === null) this.child.kill('SIGTERM');
+    await guard(`${this.name} to exit`, this.exited);
+  }
+}
+
+function jsonField(message, field) {
+  return (line) => {
+    try {
+      const event = JSON.parse(line);
+      if (event.fields?.message === message) {
+        return String(event.fields[field]).replace(/^Some\((.*)\)$/, '$1');
+      }
+    } catch {
+      return undefined;
+    }
+    return undefined;
+  };
+}
+
+/**
+ * Starts the all-in-one gate on free ports; with `chat`, the chat example
+ * service as every user's agent (text commands: `join <room>`, `say
+ * <text>`, `leave`). Resolves with the WebSocket addresses.
+ */
+export async function startGate({ chat = false, origins = [], args = [] } = {}) {
+  const dir = mkdtempSync(path.join(tmpdir(), 'gate-js-'));
+  const secret = path.join(dir, 'link.secret');
+  writeFileSync(secret, '0123456789abcdef0123456789abcdef\n');
+  const gateArgs = [
+    'run',
+    '--log-format', 'json',
+    '--login-listen', '127.0.0.1:0',
+    '--gate-listen', '127.0.0.1:0',
+    '--web-login-listen', '127.0.0.1:0',
+    '--web-gate-listen', '127.0.0.1:0',
+    ...origins.flatMap((o) => ['--web-allowed-origin', o]),
+    ...(chat
+      ? ['--backend-listen', '127.0.0.1:0', '--link-secret-file', secret, '--agent-service', 'chat']
+      : []),
+    ...args,
+  ];
+  const gate = new Proc('gate', binary('GATE_BIN', 'target/debug/gate'), gateArgs);
+  const procs = [gate];
+  const stop = async () => {
+    for (const proc of procs.reverse()) await proc.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const login = await gate.wait('the WebSocket login listener', jsonField('login server listening for WebSocket clients', 'addr'));
+    const gateWs = await gate.wait('the WebSocket gate listener', jsonField('message gate listening for WebSocket clients', 'addr'));
+    if (chat) {
+      const backend = await gate.wait('the backend listener', jsonField('backend listening', 'addr'));
+      procs.push(
+        new Proc('chat', binary('CHAT_BIN', 'target/debug/examples/chat'), [
+          '--gate', backend,
+          '--link-secret-file', secret,
+        ]),
+      );
+      await gate.wait('the chat service to register', jsonField('service registered', 'peer'));
+    }
+    return {
+      login: `ws://${login}/`,
+      gate: `ws://${gateWs}/`,
+      gateAddr: gateWs,
+      logs: gate.lines,
+      stop,
+    };
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+}
+
+/**
+ * A TCP proxy in front of `target` (`host:port`) whose network can be
+ * dropped: `drop()` cuts every connection and refuses new ones until
+ * `restore()`; `blackhole()` keeps connections open but discards what the
+ * server sends (a network that lost the answers).
+ */
+export async function startProxy(target) {
+  const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
+  const pairs = new Set();
+  let down = false;
+  let discard = false;
+  const server = net.createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(port, host);
+    const pair = { client, upstream };
+    pairs.add(pair);
+    const close = () => {
+      pairs.delete(pair);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('data', (data) => upstream.write(data));
+    upstream.on('data', (data) => {
+      if (!discard) client.write(data);
+    });
+    client.on('close', close);
+    upstream.on('close', close);
+    client.on('error', close);
+    upstream.on('error', close);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port: listening } = server.address();
+  return {
+    url: `ws://127.0.0.1:${listening}/`,
+    connections: () => pairs.size,
+    blackhole() {
+      discard = true;
+    },
+    drop() {
+      down = true;
+      discard = false;
+      for (const { client, upstream } of [...pairs]) {
+        client.destroy();
+        upstream.destroy();
+      }
+    },
+    restore() {
+      down = false;
+      discard = false;
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const { client, upstream } of pairs) {
+          client.destroy();
+          upstream.destroy();
+        }
+        server.close(resolve);
+      }),
+  };
+}

@@ -1,0 +1,418 @@
+//! End-to-end tests of the WebSocket transport (`docs/PROTOCOL.md` §9)
+//! over real sockets on `127.0.0.1:0`: one session model across TCP and
+//! WebSocket (index, response cache, push replay, supersede, kick), the
+//! limits (handshake deadline, message size and kind, send queue, idle,
+//! Origin), and `client` speaking `ws://` for login, shell, scripts and
+//! bench.
+//!
+//! No sleeps: waits are on messages, closes and the gate's counters, each
+//! with a failure guard.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client_cli::bench::{BenchCmd, bench};
+use client_cli::gate::Extensions;
+use client_cli::script::{load, run_script};
+use client_cli::{GateConn, Ticket};
+use codec::ext::Ext;
+use futures::{SinkExt, StreamExt};
+use gate::config::{GateConfig, WebConfig};
+use integration::client::{scripts_dir, session_config};
+use integration::login::{Server, test_config};
+use integration::msg::{wait_until, within};
+use integration::push::{FLAG_KICK, FLAG_OK, FLAG_PUSH, FLAG_WELCOME, PushGate, User};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::http::Request;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket to `addr`, with an `Origin` header when given.
+async fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let mut request = Request::builder()
+        .uri(format!("ws://{addr}/"))
+        .header("Host", addr.to_string())
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", generate_key());
+    if let Some(origin) = origin {
+        request = request.header("Origin", origin);
+    }
+    let request = request.body(()).expect("request");
+    tokio_tungstenite::client_async(request, stream)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A request payload `content ‖ BE32(session)`.
+fn request(content: &[u8], session: u32) -> Message {
+    let mut payload = content.to_vec();
+    payload.extend_from_slice(&session.to_be_bytes());
+    Message::binary(payload)
+}
+
+/// The next data message's payload, split as a response: content, flag,
+/// session. Control messages are skipped; a close fails the test.
+async fn recv_response(ws: &mut Ws) -> (Vec<u8>, u8, u32) {
+    let payload = recv_binary(ws).await;
+    assert!(payload.len() >= 5, "short response {payload:?}");
+    let (content, tail) = payload.split_at(payload.len() - 5);
+    let session = u32::from_be_bytes([tail[1], tail[2], tail[3], tail[4]]);
+    (content.to_vec(), tail[0], session)
+}
+
+async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
+    within("a binary message", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(payload))) => return payload.to_vec(),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a binary message, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
+/// Reads until the gate closes; returns the close code it sent (`None`
+/// when the connection ended without a close frame).
+async fn close_code(ws: &mut Ws) -> Option<u16> {
+    within("the gate to close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    })
+    .await
+}
+
+/// Handshakes `user` over WebSocket with `index` (opted in having seen
+/// `last_push`, or plain); checks `200 OK` and, opted in, the welcome.
+async fn ws_session(g: &PushGate, user: &User, index: u64, last_push: Option<u32>) -> Ws {
+    let mut ws = ws_connect(g.ws_addr.expect("web listener"), None)
+        .await
+        .expect("upgrade");
+    let ext = last_push.map(|p| Ext::new(p).encode());
+    ws.send(Message::binary(
+        user.handshake_payload(index, ext.as_deref()),
+    ))
+    .await
+    .expect("send handshake");
+    assert_eq!(recv_binary(&mut ws).await, b"200 OK");
+    if last_push.is_some() {
+        let (_, flag, _) = recv_response(&mut ws).await;
+        assert_eq!(flag, FLAG_WELCOME);
+    }
+    ws
+}
+
+fn web_any() -> WebConfig {
+    WebConfig {
+        allowed_origins: vec!["https://game.example".to_owned()],
+        ..WebConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn one_session_across_websocket_and_tcp() {
+    let g = PushGate::start_web(GateConfig::default(), web_any()).await;
+    let alice = g.login("alice").await;
+
+    // WebSocket first: a request, a live push.
+    let mut ws = ws_session(&g, &alice, 1, Some(0)).await;
+    ws.send(request(b"first", 7)).await.expect("send");
+    assert_eq!(
+        recv_response(&mut ws).await,
+        (b"first".to_vec(), FLAG_OK, 7)
+    );
+    assert_eq!(g.push("alice", "p1"), Some(1));
+    assert_eq!(recv_response(&mut ws).await, (b"p1".to_vec(), FLAG_PUSH, 1));
+    // The same package twice in one message is not a thing: each message
+    // is one package, and an empty one is the heartbeat.
+    ws.send(Message::binary(Bytes::new())).await.expect("ping");
+    assert_eq!(recv_binary(&mut ws).await, b"");
+    ws.close(None).await.expect("close");
+    wait_until("alice away", || g.gate.session_stats().away == 1).await;
+
+    // Away: a push waits in the backlog.
+    assert_eq!(g.push("alice", "p2"), Some(2));
+
+    // TCP next, index 2, seen up to push 1: the replay brings p2 once,
+    // and a re-send of session 7 is answered from the cache (new content
+    // ignored: it does not run again).
+    let mut tcp = alice.opted_in(2, 1).await;
+    let (content, flag, seq) = tcp.recv_response().await;
+    assert_eq!((content.as_slice(), flag, seq), (&b"p2"[..], FLAG_PUSH, 2));
+    tcp.send_request(b"changed", 7).await;
+    let (content, flag, session) = tcp.recv_response().await;
+    assert_eq!(
+        (content.as_slice(), flag, session),
+        (&b"first"[..], FLAG_OK, 7)
+    );
+    assert_eq!(g.metrics().resends, 1);
+
+    // A stale index over WebSocket is refused as over TCP, and the TCP
+    // connection is untouched.
+    let mut stale = ws_connect(g.ws_addr.expect("web"), None).await.expect("ws");
+    stale
+        .send(Message::binary(alice.handshake_payload(2, None)))
+        .await
+        .expect("send");
+    assert_eq!(recv_binary(&mut stale).await, b"403 Index Expired");
+    assert_eq!(close_code(&mut stale).await, Some(1000));
+    tcp.send_request(b"still here", 8).await;
+    assert_eq!(tcp.recv_response().await.0, b"still here");
+
+    // WebSocket again, index 3: it supersedes the TCP connection.
+    let mut ws = ws_session(&g, &alice, 3, Some(2)).await;
+    tcp.expect_closed().await;
+    ws.send(request(b"third", 9)).await.expect("send");
+    assert_eq!(
+        recv_response(&mut ws).await,
+        (b"third".to_vec(), FLAG_OK, 9)
+    );
+
+    // A kick: the kick package, then a normal close.
+    ws.send(request(b"kick bye", 10)).await.expect("send");
+    let mut kicked = false;
+    let code = within("the kick", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(p))) => {
+                    if p.len() >= 5 && p[p.len() - 5] == FLAG_KICK {
+                        assert_eq!(&p[..p.len() - 5], b"bye");
+                        kicked = true;
+                    }
+                }
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| f.code),
+                Some(Ok(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert!(kicked, "kick package before the close");
+    assert_eq!(code, Some(CloseCode::Normal));
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn messages_that_break_the_mapping_close_with_their_code() {
+    let g = PushGate::start_web(GateConfig::default(), web_any()).await;
+    let addr = g.ws_addr.expect("web");
+    let alice = g.login("alice").await;
+
+    // A text message where a package is expected: 1003.
+    let mut ws = ws_connect(addr, None).await.expect("ws");
+    ws.send(Message::text("hello")).await.expect("send");
+    assert_eq!(close_code(&mut ws).await, Some(1003));
+
+    // Over the package limit: 1009, before any of it is used.
+    let mut ws = ws_connect(addr, None).await.expect("ws");
+    let _ = ws.send(Message::binary(vec![b'x'; 65536])).await;
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+
+    // A request shorter than its session number, after the handshake:
+    // 1008, and the session lives on.
+    let mut ws = ws_session(&g, &alice, 1, None).await;
+    ws.send(Message::binary(&b"abc"[..])).await.expect("send");
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    let mut ws = ws_session(&g, &alice, 2, None).await;
+    ws.send(request(b"ok", 1)).await.expect("send");
+    assert_eq!(recv_response(&mut ws).await.0, b"ok");
+
+    // A WebSocket ping is answered by a pong.
+    ws.send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .expect("ping");
+    let pong = within("the pong", async {
+        loop {
+            if let Some(Ok(Message::Pong(p))) = ws.next().await {
+                return p;
+            }
+        }
+    })
+    .await;
+    assert_eq!(&pong[..], b"hi");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn origins_outside_the_allow_list_get_403() {
+    let g = PushGate::start_web(GateConfig::default(), web_any()).await;
+    let addr = g.ws_addr.expect("web");
+    match ws_connect(addr, Some("https://evil.example")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 403),
+        other => panic!("expected 403, got {other:?}"),
+    }
+    ws_connect(addr, Some("https://game.example"))
+        .await
+        .expect("allowed origin");
+    ws_connect(addr, None)
+        .await
+        .expect("no origin: not a browser");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_limits_are_those_of_tcp() {
+    let cfg = GateConfig {
+        handshake_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        send_queue_bytes: 64 * 1024,
+        ..GateConfig::default()
+    };
+    let g = PushGate::start_web(cfg, web_any()).await;
+    let addr = g.ws_addr.expect("web");
+
+    // Upgraded but no handshake package: closed at the deadline.
+    let mut ws = ws_connect(addr, None).await.expect("ws");
+    assert_eq!(close_code(&mut ws).await, None);
+    assert_eq!(g.metrics().handshake_timeouts, 1);
+    // Not even the upgrade: closed too.
+    let mut silent = TcpStream::connect(addr).await.expect("tcp");
+    let mut byte = [0u8; 1];
+    let read = within("the deadline", async {
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await
+    })
+    .await;
+    assert!(matches!(read, Ok(0) | Err(_)));
+
+    // An opted-in connection that sends nothing is closed at its idle
+    // timeout; the session stays (away).
+    let alice = g.login("alice").await;
+    let mut ws = ws_session(&g, &alice, 1, Some(0)).await;
+    let _ = close_code(&mut ws).await;
+    wait_until("idle cut", || g.metrics().idle_timeouts == 1).await;
+
+    // A client that does not read: pushes pile up past the send queue
+    // bound and the connection is cut; the session stays.
+    let bob = g.login("bob").await;
+    let ws = ws_session(&g, &bob, 1, Some(0)).await;
+    let chunk = "x".repeat(60_000);
+    within("the slow reader to be cut", async {
+        while g.metrics().slow_readers_cut == 0 {
+            let _ = g.push("bob", &chunk);
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(ws);
+    assert_eq!(g.gate.session_stats().online, 0);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn client_logs_in_and_talks_over_websocket() {
+    let server = Server::start_web(test_config()).await;
+    let (login, gate) = server.web.expect("web listeners");
+    let login = format!("ws://{login}");
+    let gate_addr = format!("ws://{gate}");
+
+    let creds = loginproto::token::Credentials::new(b"carol", b"sample", b"password");
+    let ok = client_cli::login::login(&login, loginproto::login::Suite::X25519, creds)
+        .await
+        .expect("login over WebSocket");
+    let ticket = Ticket::new(b"carol", b"sample", &ok);
+    let mut conn = GateConn::new(gate_addr.clone(), ticket.clone(), Duration::from_secs(5));
+    conn.set_extensions(Extensions::OptIn);
+    conn.connect(1).await.expect("handshake over WebSocket");
+    for session in 0..20u32 {
+        conn.queue(format!("echo {session}").as_bytes(), session)
+            .expect("queue");
+    }
+    conn.flush().await.expect("flush");
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let response = conn.recv().await.expect("recv").expect("open");
+        assert_eq!(
+            response.content,
+            format!("echo {}", response.session).as_bytes()
+        );
+        seen.push(response.session);
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    assert!(conn.welcome().is_some(), "the welcome came first");
+    // The same login over TCP next: reconnect with index 2 on the TCP
+    // gate; a re-send is answered from the cache.
+    let mut tcp = GateConn::new(server.gate.to_string(), ticket, Duration::from_secs(5));
+    tcp.connect(2).await.expect("TCP handshake");
+    tcp.send(b"other", 3).await.expect("send");
+    let response = tcp.recv().await.expect("recv").expect("open");
+    assert_eq!(
+        (&response.content[..], response.session),
+        (&b"echo 3"[..], 3)
+    );
+
+    // A binary message on the login listener: closed with 1003, no status.
+    let mut ws = ws_connect(server.web.expect("web").0, None)
+        .await
+        .expect("ws");
+    let challenge = within("the challenge", ws.next()).await;
+    assert!(matches!(challenge, Some(Ok(Message::Text(_)))));
+    ws.send(Message::binary(&b"AAAAAAAAAAA="[..]))
+        .await
+        .expect("send");
+    assert_eq!(close_code(&mut ws).await, Some(1003));
+
+    // The load generator over WebSocket, checked answers.
+    let mut cmd = BenchCmd::new(&gate_addr);
+    cmd.login = login;
+    cmd.workers = 2;
+    cmd.warmup = Some(Duration::ZERO);
+    cmd.conns = 8;
+    cmd.depth = 4;
+    cmd.requests = Some(2000);
+    let report = within("bench over WebSocket", bench(&cmd, false))
+        .await
+        .expect("bench");
+    assert_eq!(report.check(), Ok(()), "{}", report.human());
+    assert_eq!((report.sent, report.received), (2000, 2000));
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// Every QA script of the repository passes over WebSocket too: login
+/// and gate addresses `ws://...`, nothing else changed.
+#[tokio::test]
+async fn qa_scripts_pass_over_websocket() {
+    let server = Server::start_web(test_config()).await;
+    let (login, gate) = server.web.expect("web listeners");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(scripts_dir()).expect("scripts dir") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "script") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let script = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let mut cfg = session_config(login, gate, &format!("web-{name}"));
+        cfg.login_addr = format!("ws://{login}");
+        cfg.gate_addr = format!("ws://{gate}");
+        let mut out = Vec::new();
+        let result = within(&name, run_script(&script, cfg, &mut out, false)).await;
+        if let Err(failure) = result {
+            panic!(
+                "{name} failed over WebSocket:\n{failure}\n--- log ---\n{}",
+                out.join("\n")
+            );
+        }
+        ran += 1;
+    }
+    assert!(ran >= 5, "ran {ran} scripts");
+    server.shutdown().await.expect("clean shutdown");
+}

@@ -67,7 +67,7 @@ node() {
         echo "max_connections_per_source = 0"
     } >"$WORK/$name.toml"
     # The [cluster] keys come first; listen addresses come as flags.
-    RUST_LOG=warn "$BIN/gate" run --config "$WORK/$name.toml" "${NODE_FLAGS[@]}" >"$WORK/$name.log" 2>&1 &
+    RUST_LOG=warn "$BIN/gate" run --no-web --config "$WORK/$name.toml" "${NODE_FLAGS[@]}" >"$WORK/$name.log" 2>&1 &
     PIDS+=("$!")
     eval "PID_$name=$!"
 }
@@ -117,7 +117,7 @@ name = "g1"
 maxclient = 200000
 max_connections_per_source = 0
 EOF
-RUST_LOG=warn "$BIN/gate" --config "$WORK/all.toml" >"$WORK/all.log" 2>&1 &
+RUST_LOG=warn "$BIN/gate" --no-web --config "$WORK/all.toml" >"$WORK/all.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$ALL_GATE"
 

@@ -29,6 +29,11 @@ start() {
     if "$2/gate" --help | grep -q -- --link-secret-file; then
         unbounded="max_connections_per_source = 0"
     fi
+    # Builds with WebSocket listeners: off, so two builds can run at once.
+    local web=""
+    if "$2/gate" run --help 2>/dev/null | grep -q -- --no-web; then
+        web=$'[web]\nenabled = false'
+    fi
     cat >"$WORK/$1.toml" <<EOF
 [login]
 listen = "127.0.0.1:$3"
@@ -38,6 +43,7 @@ $unbounded
 listen = "127.0.0.1:$4"
 maxclient = 200000
 $unbounded
+$web
 EOF
     RUST_LOG=warn "$2/gate" --config "$WORK/$1.toml" >"$WORK/$1.log" 2>&1 &
     STARTED=$!

@@ -38,7 +38,7 @@ listen = "$GATE"
 maxclient = 200000
 max_connections_per_source = 0
 EOF
-RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
+RUST_LOG=warn "$BIN/gate" --no-web --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
 GATE_PID=$!
 PIDS+=("$GATE_PID")
 wait_port "${GATE#*:}"

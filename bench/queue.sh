@@ -45,7 +45,7 @@ TOML
 
 if [[ ${CLUSTER:-0} != 1 ]]; then
     login_section "$LOGIN_PORT" >"$WORK/gate.toml"
-    RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
+    RUST_LOG=warn "$BIN/gate" --no-web --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
     PIDS+=("$!")
     wait_port "$LOGIN_PORT"
     wait_port "$GATE_PORT"
@@ -66,13 +66,13 @@ cluster_section() {
         "$1" "$REDIS_PORT" "$2" "$WORK/secret" "$(( LOGIN_PORT + 11 ))"
 }
 { cluster_section gate g1; login_section "$LOGIN_PORT"; } >"$WORK/g1.toml"
-RUST_LOG=warn "$BIN/gate" run --config "$WORK/g1.toml" --name sample >"$WORK/g1.log" 2>&1 &
+RUST_LOG=warn "$BIN/gate" run --no-web --config "$WORK/g1.toml" --name sample >"$WORK/g1.log" 2>&1 &
 PIDS+=("$!")
 wait_port "$GATE_PORT"
 for n in 1 2; do
     { cluster_section login "l$n"; login_section "$(( LOGIN_PORT + 1 + n ))"; } >"$WORK/l$n.toml"
     # Only the login section's listen matters on a login node.
-    RUST_LOG=warn "$BIN/gate" run --config "$WORK/l$n.toml" >"$WORK/l$n.log" 2>&1 &
+    RUST_LOG=warn "$BIN/gate" run --no-web --config "$WORK/l$n.toml" >"$WORK/l$n.log" 2>&1 &
     PIDS+=("$!")
     wait_port "$(( LOGIN_PORT + 1 + n ))"
 done

@@ -8,7 +8,9 @@
 # loop), with 16-byte and 512-byte payloads; logins/s at 64 concurrent
 # clients for each suite; and the gate's memory per idle logged-in session
 # (RSS with N idle sessions minus RSS with none); and echo through a
-# backend service process (the `service` crate's echo example) at 512 x 16.
+# backend service process (the `service` crate's echo example) at 512 x 16;
+# and echo over the gate's WebSocket listener against TCP echo through the
+# same gate, interleaved in the same rounds (requests/s and p99).
 #
 # Absolute numbers on a shared 2-core box are noise (the load generator runs
 # on the same cores); the ratios of one run are the figure.
@@ -20,7 +22,7 @@
 # docs/latency.png with gnuplot when it is installed.
 #
 # Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS, CHART,
-# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, SKIP_BUILD=1. Exit status is non-zero if
+# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, WEB_GATE_PORT, SKIP_BUILD=1. Exit status is non-zero if
 # any run lost or got a wrong response.
 set -euo pipefail
 
@@ -42,6 +44,8 @@ fi
 LOGIN_PORT=${LOGIN_PORT:-28001}
 GATE_PORT=${GATE_PORT:-28888}
 RAW_PORT=${RAW_PORT:-28999}
+WEB_GATE_PORT=${WEB_GATE_PORT:-28889}
+WEB_LOGIN_PORT=${WEB_LOGIN_PORT:-28002}
 LOGIN=127.0.0.1:$LOGIN_PORT
 GATE=127.0.0.1:$GATE_PORT
 RAW=127.0.0.1:$RAW_PORT
@@ -77,12 +81,16 @@ listen = "$GATE"
 name = "sample"
 maxclient = 200000
 max_connections_per_source = 0
+[web]
+login_listen = "127.0.0.1:$WEB_LOGIN_PORT"
+gate_listen = "127.0.0.1:$WEB_GATE_PORT"
 EOF
     RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
     GATE_PID=$!
     PIDS+=("$GATE_PID")
     wait_port "$LOGIN_PORT"
     wait_port "$GATE_PORT"
+    wait_port "$WEB_GATE_PORT"
 }
 
 stop_gate() {
@@ -137,6 +145,30 @@ for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
         "$(awk -v v="$gp" 'BEGIN{print v/1000}')" "$(awk -v v="$rp" 'BEGIN{print v/1000}')"
 done
 
+echo
+# WebSocket: the same gate, its WebSocket listener against its TCP one,
+# interleaved rounds (the load generator masks and frames every message
+# too, on the same cores).
+printf '%-28s %12s %12s %9s %10s %10s\n' figure "ws req/s" "tcp req/s" ws/tcp "ws p99" "tcp p99"
+for figure in "512 16 16" "512 16 512" "64 1 16"; do
+    read -r conns depth size <<<"$figure"
+    ws_rps="" tcp_rps="" ws_p99="" tcp_p99=""
+    for _ in $(seq "$ROUNDS"); do
+        j=$(bench --gate "ws://127.0.0.1:$WEB_GATE_PORT" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        ws_rps+=" $(field "$j" rps)"; ws_p99+=" $(field "$j" p99_us)"
+        j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
+        tcp_rps+=" $(field "$j" rps)"; tcp_p99+=" $(field "$j" p99_us)"
+    done
+    w=$(median <<<"$ws_rps"); t=$(median <<<"$tcp_rps")
+    wp=$(median <<<"$ws_p99"); tp=$(median <<<"$tcp_p99")
+    ratio=$(awk -v w="$w" -v t="$t" 'BEGIN { if (t > 0) printf "%.1f %%", 100 * w / t; else print "-" }')
+    p99ratio=$(awk -v w="$wp" -v t="$tp" 'BEGIN { if (t > 0) printf "%.2fx", w / t; else print "-" }')
+    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms  (p99 %s)\n' "ws $conns conns x $depth, $size B" "$w" "$t" "$ratio" \
+        "$(awk -v v="$wp" 'BEGIN{print v/1000}')" "$(awk -v v="$tp" 'BEGIN{print v/1000}')" "$p99ratio"
+done
+echo "target (issue 12): WebSocket echo >= 60 % of TCP at 512x16"
+
+echo
 # The chart: latency by percentile, gate and raw echo from the same run
 # (needs gnuplot, e.g. Debian's gnuplot-nox; skipped without it).
 if command -v gnuplot >/dev/null && [[ -s $WORK/gate.hgrm && -s $WORK/raw.hgrm ]]; then
@@ -228,6 +260,8 @@ listen = "$GATE"
 name = "sample"
 maxclient = 200000
 max_connections_per_source = 0
+[web]
+enabled = false
 [backend]
 listen = "127.0.0.1:$BACKEND_PORT"
 agent_service = "echo"

@@ -201,6 +201,17 @@ impl<S> MessageStream<S> {
     }
 }
 
+/// The close code (and reason) for a WebSocket error of the peer's: 1009
+/// for a message or frame over the limit, 1007 for a text message that is
+/// not UTF-8, 1002 for the rest (RFC 6455 §7.4.1).
+pub fn close_code_of(e: &tungstenite::Error) -> (u16, &'static str) {
+    match e {
+        tungstenite::Error::Capacity(_) => (1009, "message too big"),
+        tungstenite::Error::Utf8(_) => (1007, "text is not UTF-8"),
+        _ => (1002, "protocol error"),
+    }
+}
+
 /// The `io::Error` for a WebSocket error.
 pub fn io_error(e: tungstenite::Error) -> io::Error {
     match e {
@@ -267,7 +278,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MessageStream<S> {
                     this.failed = Some(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 Some(Err(e)) => {
-                    this.close = (1002, "protocol error");
+                    this.close = close_code_of(&e);
                     this.failed = Some(io_error(e));
                 }
             }

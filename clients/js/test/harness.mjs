@@ -12,6 +12,9 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
+// Node 18 has WebCrypto only as a module: the library reads the global.
+globalThis.crypto ??= (await import('node:crypto')).webcrypto;
+
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
 function binary(env, rel) {

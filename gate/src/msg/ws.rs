@@ -22,7 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use codec::websocket::{Mapping, MappingError};
+use codec::websocket::{Mapping, MappingError, close_code_of};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -180,12 +180,11 @@ fn received(message: Option<Result<Message, tungstenite::Error>>) -> Result<Opti
         // Pings are answered by the WebSocket layer itself.
         Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(None),
         None | Some(Ok(Message::Close(_))) => Err(End::PeerClosed),
-        Some(Err(tungstenite::Error::Capacity(_))) => Err(End::WebSocket(1009)),
         Some(Err(tungstenite::Error::Io(e))) => Err(End::Io(e.kind())),
         Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
             Err(End::PeerClosed)
         }
-        Some(Err(_)) => Err(End::WebSocket(1002)),
+        Some(Err(e)) => Err(End::WebSocket(close_code_of(&e).0)),
     }
 }
 

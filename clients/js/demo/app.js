@@ -1,0 +1,78 @@
+// The chat page: logs in with the library, joins a room of the chat example
+// service (agent mode: `join <room>`, `say <text>`), shows every push, and
+// keeps going across dropped connections (the library reconnects, re-sends
+// and replays). Addresses come from the query string (`?login=ws://...&gate=ws://...`)
+// or default to the gate's demo listeners.
+
+import { GateClient, login, text } from '../src/index.js';
+
+const params = new URLSearchParams(location.search);
+const loginUrl = params.get('login') ?? 'ws://127.0.0.1:8002/';
+const gateUrl = params.get('gate') ?? 'ws://127.0.0.1:8889/';
+const $ = (id) => document.getElementById(id);
+$('login-url').textContent = loginUrl;
+$('gate-url').textContent = gateUrl;
+if (params.get('user')) $('user').value = params.get('user');
+
+let client = null;
+
+function show(line, kind = '') {
+  const item = document.createElement('li');
+  item.textContent = line;
+  if (kind) item.className = kind;
+  $('messages').append(item);
+  $('messages').scrollTop = $('messages').scrollHeight;
+}
+
+function setState(state) {
+  $('state').textContent = state;
+  $('state').className = `state ${state}`;
+  document.body.dataset.state = state;
+}
+
+$('login-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const user = $('user').value.trim();
+  try {
+    setState('logging in');
+    const ticket = await login({ url: loginUrl, user, password: $('password').value });
+    client = new GateClient({
+      url: gateUrl,
+      ticket,
+      onPush: (content) => show(text(content)),
+      onGap: () => show('(some messages were missed)', 'note'),
+      onKick: (reason) => show(`disconnected: ${reason}`, 'error'),
+      onState: setState,
+    });
+    await client.connect();
+    show(`logged in as ${user}`, 'note');
+    $('login-form').hidden = true;
+    $('join-form').hidden = false;
+    $('say-form').hidden = false;
+  } catch (error) {
+    setState('offline');
+    show(String(error.message ?? error), 'error');
+  }
+});
+
+$('join-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  try {
+    show(await client.requestText(`join ${$('room').value.trim()}`), 'note');
+    document.body.dataset.joined = $('room').value.trim();
+  } catch (error) {
+    show(String(error.message ?? error), 'error');
+  }
+});
+
+$('say-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const line = $('text').value;
+  if (!line) return;
+  $('text').value = '';
+  try {
+    await client.requestText(`say ${line}`);
+  } catch (error) {
+    show(String(error.message ?? error), 'error');
+  }
+});

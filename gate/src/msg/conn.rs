@@ -37,11 +37,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 
-use super::core::{Bound, GateCore, Timer};
+use super::core::{Bound, GateCore};
 use super::end::End;
-use super::handle::{CloseCause, ConnHandle};
+use super::handle::ConnHandle;
 use super::metrics::{RefusedStatus, bump};
 use super::requests::{Link, decode, serve};
 use crate::esc::esc;
@@ -283,14 +282,7 @@ impl Conn {
         // Set once the client's FIN arrived: no more reading, and a bound
         // on how long its requests may take to be answered.
         let mut half_closed: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        let idle = core.cfg.idle_timeout(link.ext);
-        let note_input = idle.is_some();
-        if let Some(timeout) = idle {
-            let now = Instant::now();
-            link.handle.note_input(core.timers.tick(now));
-            core.timers
-                .at(now + timeout, Timer::Idle(Arc::downgrade(&link.handle)));
-        }
+        let note_input = link.start_idle_timer();
         loop {
             // Waking up for the handle does not count against tokio's
             // cooperative budget: spend one unit per round so a busy
@@ -347,21 +339,14 @@ impl Conn {
             .await;
             match event {
                 Event::Woken => {
-                    match link.handle.close_cause() {
-                        CloseCause::Open => {}
-                        CloseCause::Drain => draining = true,
-                        CloseCause::Idle => return End::IdleTimeout,
-                        CloseCause::Superseded => return End::Superseded,
-                        CloseCause::SlowReader => return End::SlowReader,
-                        CloseCause::SessionEnded => return End::SessionEnded,
-                        CloseCause::ShutdownNow => return End::ShutdownNow,
+                    match link.woken() {
+                        Ok(drain) => draining |= drain,
+                        Err(end) => return end,
                     }
-                    self.take_outbox(link);
+                    link.take_outbox(&mut self.wbuf);
                 }
                 Event::Readable(Ok(())) => match self.on_readable(link) {
-                    Ok(Read::Data) if note_input => {
-                        link.handle.note_input(core.timers.tick(Instant::now()));
-                    }
+                    Ok(Read::Data) if note_input => link.note_input(),
                     Ok(Read::Eof) => {
                         half_closed = Some(Box::pin(tokio::time::sleep(core.cfg.shutdown_grace)));
                     }
@@ -415,15 +400,6 @@ impl Conn {
             }
             result.map(|()| Read::Data)
         })
-    }
-
-    /// Moves responses and pushes other tasks queued for this connection
-    /// into the write buffer.
-    fn take_outbox(&mut self, link: &Link<'_>) {
-        let outbox = link.user.lock().session.take_outbox(link.handle.id);
-        for item in outbox {
-            item.write_to(&mut self.wbuf);
-        }
     }
 
     /// One non-blocking read into the connection's own buffer.
@@ -594,7 +570,7 @@ mod tests {
             std::mem::size_of::<super::super::core::User>(),
             std::mem::size_of::<ConnHandle>(),
             std::mem::size_of::<crate::session::Session<Arc<ConnHandle>>>(),
-            std::mem::size_of::<Timer>(),
+            std::mem::size_of::<super::super::core::Timer>(),
         );
         assert!(size <= 400, "connection task future is {size} bytes");
         drop(client);

@@ -9,9 +9,11 @@ use codec::message::Request;
 use codec::package::PackageCodec;
 use tokio_util::codec::Decoder;
 
-use super::core::{Bound, GateCore, User, response_package};
+use tokio::time::Instant;
+
+use super::core::{Bound, GateCore, Timer, User, response_package};
 use super::end::End;
-use super::handle::ConnHandle;
+use super::handle::{CloseCause, ConnHandle};
 use super::metrics::bump;
 use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionHandle};
 use crate::session::{Completion, ExecId, OnRequest, RequestRefused};
@@ -35,6 +37,52 @@ impl<'a> Link<'a> {
             user: bound.user,
             handle: bound.handle,
             ext: bound.ext,
+        }
+    }
+}
+
+impl Link<'_> {
+    /// Starts the idle timer of an authenticated connection, if it has an
+    /// idle timeout; then reads must note their input (`true`).
+    pub(super) fn start_idle_timer(&self) -> bool {
+        let Some(timeout) = self.core.cfg.idle_timeout(self.ext) else {
+            return false;
+        };
+        let now = Instant::now();
+        self.handle.note_input(self.core.timers.tick(now));
+        self.core
+            .timers
+            .at(now + timeout, Timer::Idle(Arc::downgrade(&self.handle)));
+        true
+    }
+
+    /// Notes input now (for the idle timeout).
+    pub(super) fn note_input(&self) {
+        self.handle
+            .note_input(self.core.timers.tick(Instant::now()));
+    }
+
+    /// Moves responses and pushes other tasks queued for this connection
+    /// into `out`.
+    pub(super) fn take_outbox(&self, out: &mut BytesMut) {
+        let outbox = self.user.lock().session.take_outbox(self.handle.id);
+        for item in outbox {
+            item.write_to(out);
+        }
+    }
+
+    /// Why the handle woke the connection: `Err` with how it ends, or
+    /// `Ok(draining)` when it stays open (answering what is asked and,
+    /// while draining, no more).
+    pub(super) fn woken(&self) -> Result<bool, End> {
+        match self.handle.close_cause() {
+            CloseCause::Open => Ok(false),
+            CloseCause::Drain => Ok(true),
+            CloseCause::Idle => Err(End::IdleTimeout),
+            CloseCause::Superseded => Err(End::Superseded),
+            CloseCause::SlowReader => Err(End::SlowReader),
+            CloseCause::SessionEnded => Err(End::SessionEnded),
+            CloseCause::ShutdownNow => Err(End::ShutdownNow),
         }
     }
 }

@@ -33,9 +33,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::conn::{OpenConn, Unbind, checked_handshake, ended};
-use super::core::{Bound, GateCore, Timer};
+use super::core::{Bound, GateCore};
 use super::end::End;
-use super::handle::{CloseCause, ConnHandle};
+use super::handle::ConnHandle;
 use super::metrics::bump;
 use super::requests::{Link, serve_package};
 use crate::net::SourceSlot;
@@ -210,14 +210,7 @@ impl WsConn {
         let core = link.core;
         let limit = core.cfg.send_queue_bytes;
         let mut draining = false;
-        let idle = core.cfg.idle_timeout(link.ext);
-        let note_input = idle.is_some();
-        if let Some(timeout) = idle {
-            let now = Instant::now();
-            link.handle.note_input(core.timers.tick(now));
-            core.timers
-                .at(now + timeout, Timer::Idle(Arc::downgrade(&link.handle)));
-        }
+        let note_input = link.start_idle_timer();
         // Whether the WebSocket holds written bytes not yet flushed.
         let mut unflushed = true;
         loop {
@@ -250,22 +243,17 @@ impl WsConn {
             })
             .await;
             match event {
-                Event::Woken => match link.handle.close_cause() {
-                    CloseCause::Open => take_outbox(&mut self.wbuf, link),
-                    CloseCause::Drain => {
-                        draining = true;
-                        take_outbox(&mut self.wbuf, link);
+                Event::Woken => {
+                    match link.woken() {
+                        Ok(drain) => draining |= drain,
+                        Err(end) => return end,
                     }
-                    CloseCause::Idle => return End::IdleTimeout,
-                    CloseCause::Superseded => return End::Superseded,
-                    CloseCause::SlowReader => return End::SlowReader,
-                    CloseCause::SessionEnded => return End::SessionEnded,
-                    CloseCause::ShutdownNow => return End::ShutdownNow,
-                },
+                    link.take_outbox(&mut self.wbuf);
+                }
                 Event::Received(message) => match received(message) {
                     Ok(Some(payload)) => {
                         if note_input {
-                            link.handle.note_input(core.timers.tick(Instant::now()));
+                            link.note_input();
                         }
                         if let Err(end) = serve_package(payload, &mut self.wbuf, link) {
                             return end;
@@ -324,15 +312,6 @@ impl WsConn {
         if let Some(handle) = handle {
             handle.set_finished();
         }
-    }
-}
-
-/// Moves responses and pushes other tasks queued for this connection into
-/// the send queue.
-fn take_outbox(wbuf: &mut BytesMut, link: &Link<'_>) {
-    let outbox = link.user.lock().session.take_outbox(link.handle.id);
-    for item in outbox {
-        item.write_to(wbuf);
     }
 }
 

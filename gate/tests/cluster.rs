@@ -151,6 +151,15 @@ impl Redis {
     }
 }
 
+/// `flag 127.0.0.1:0` unless `args` sets `flag` already.
+fn web_flag(args: &[String], flag: &str) -> Vec<String> {
+    if args.iter().any(|a| a == flag) {
+        Vec::new()
+    } else {
+        vec![flag.to_owned(), "127.0.0.1:0".to_owned()]
+    }
+}
+
 /// One test's cluster: its Redis, secret and nodes.
 struct Cluster {
     dir: PathBuf,
@@ -188,9 +197,9 @@ impl Cluster {
             .args(["--redis", &self.redis.url()])
             .args(["--node-id", id])
             // Several nodes share the machine: WebSocket listeners on any
-            // free port.
-            .args(["--web-login-listen", "127.0.0.1:0"])
-            .args(["--web-gate-listen", "127.0.0.1:0"])
+            // free port, unless the test names one.
+            .args(web_flag(args, "--web-login-listen"))
+            .args(web_flag(args, "--web-gate-listen"))
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
@@ -308,12 +317,22 @@ struct Player {
 
 impl Player {
     fn new(login: &LoginNode, gate: &GateNode, user: &str) -> Player {
+        Player::at(
+            login.addr.to_string(),
+            gate.client.to_string(),
+            &gate.name,
+            user,
+        )
+    }
+
+    /// A player dialling these addresses (`ws://` ones for WebSocket).
+    fn at(login: String, gate: String, server: &str, user: &str) -> Player {
         Player {
             s: Session::new(SessionConfig {
-                login_addr: login.addr.to_string(),
-                gate_addr: gate.client.to_string(),
+                login_addr: login,
+                gate_addr: gate,
                 user: user.to_owned(),
-                server: gate.name.clone(),
+                server: server.to_owned(),
                 password: "password".into(),
                 suite: Suite::X25519,
                 server_key: None,
@@ -453,6 +472,51 @@ async fn a_relogin_on_another_gate_kicks_the_old_session_exactly_once() {
     assert_eq!(record.server, "south");
     // The old session is gone for good: its ticket no longer connects.
     assert_eq!(old.connect().await, GateStatus::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn web_clients_log_in_on_a_login_node_and_play_on_a_gate_node() {
+    let c = Cluster::start("web").await;
+    let web_gate = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let web_login = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let g1 = c
+        .gate_full(
+            "g1",
+            "north",
+            &c.secret,
+            false,
+            &["--web-gate-listen".into(), web_gate.to_string()],
+        )
+        .await;
+    let l1 = c
+        .login_full(
+            "l1",
+            &c.secret,
+            &["--web-login-listen".into(), web_login.to_string()],
+        )
+        .await;
+    port_open(web_gate).await;
+    port_open(web_login).await;
+
+    let mut web = Player::at(
+        format!("ws://{web_login}"),
+        format!("ws://{web_gate}"),
+        "north",
+        "alice",
+    );
+    web.login().await.expect("login over WebSocket");
+    assert_eq!(web.connect().await, GateStatus::OK);
+    assert_eq!(web.echo("over the web").await, "over the web");
+    let record = c.redis.directory().record(b"alice").await.unwrap().unwrap();
+    assert_eq!(record.server, "north");
+
+    // The same user over TCP: the WebSocket session is kicked once.
+    let mut tcp = Player::online(&l1, &g1, "alice").await;
+    assert_eq!(
+        web.kicks_until_closed().await,
+        vec![Bytes::from("logged in again")]
+    );
+    assert_eq!(tcp.echo("over tcp").await, "over tcp");
 }
 
 #[tokio::test]

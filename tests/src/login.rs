@@ -68,6 +68,8 @@ pub struct Server {
     pub gate: SocketAddr,
     /// The WebSocket listeners (login, gate), if started with them.
     pub web: Option<(SocketAddr, SocketAddr)>,
+    /// The operations listener, if started with one ([`Server::start_web`]).
+    pub ops: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), RunError>>>,
 }
@@ -93,27 +95,33 @@ impl Server {
             login,
             gate,
             web: None,
+            ops: None,
             stop: Some(stop),
             task: Some(task),
         }
     }
 
-    /// [`Server::start`] with the WebSocket listeners too, on two more
-    /// fresh ports ([`Server::web`]).
+    /// [`Server::start`] with the WebSocket listeners and the operations
+    /// listener too, on three more fresh ports ([`Server::web`],
+    /// [`Server::ops`]).
     pub async fn start_web(config: Config) -> Server {
         let web_login = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let web_gate = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let web = (
             web_login.local_addr().expect("addr"),
             web_gate.local_addr().expect("addr"),
         );
+        let ops_addr = ops.local_addr().expect("addr");
         let components = Components {
             web_login: Some(web_login),
             web_gate: Some(web_gate),
+            ops: Some(ops),
             ..Components::default()
         };
         let mut server = Server::start(config, components).await;
         server.web = Some(web);
+        server.ops = Some(ops_addr);
         server
     }
 

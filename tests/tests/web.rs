@@ -51,6 +51,21 @@ async fn ws_connect(addr: SocketAddr, origin: Option<&str>) -> Result<Ws, tungst
         .map(|(ws, _)| ws)
 }
 
+/// The operations listener's `/metrics` text.
+async fn scrape(ops: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(ops).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: ops\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("request");
+    let mut body = String::new();
+    within("the scrape", stream.read_to_string(&mut body))
+        .await
+        .expect("response");
+    body
+}
+
 /// A request payload `content ‖ BE32(session)`.
 fn request(content: &[u8], session: u32) -> Message {
     let mut payload = content.to_vec();
@@ -230,6 +245,14 @@ async fn messages_that_break_the_mapping_close_with_their_code() {
     let mut ws = ws_session(&g, &alice, 2, None).await;
     ws.send(request(b"ok", 1)).await.expect("send");
     assert_eq!(recv_response(&mut ws).await.0, b"ok");
+    // Text and oversized messages are counted; the short request is a
+    // protocol error of the gate's own, counted as over TCP.
+    assert_eq!(g.metrics().websocket_protocol_closes, 2);
+    // The closed ones are gone once their close is done.
+    wait_until("one WebSocket connection open", || {
+        g.metrics().websocket_connections == 1
+    })
+    .await;
 
     // A WebSocket ping is answered by a pong.
     ws.send(Message::Ping(Bytes::from_static(b"hi")))
@@ -344,6 +367,16 @@ async fn client_logs_in_and_talks_over_websocket() {
     seen.sort_unstable();
     assert_eq!(seen, (0..20).collect::<Vec<_>>());
     assert!(conn.welcome().is_some(), "the welcome came first");
+    // The scrape tells the listeners apart.
+    let metrics = scrape(server.ops.expect("ops listener")).await;
+    assert!(
+        metrics.contains("gate_connections_open{listener=\"gate_websocket\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gate_connections_open{listener=\"gate\"} 0\n"),
+        "{metrics}"
+    );
     // The same login over TCP next: reconnect with index 2 on the TCP
     // gate; a re-send is answered from the cache.
     let mut tcp = GateConn::new(server.gate.to_string(), ticket, Duration::from_secs(5));

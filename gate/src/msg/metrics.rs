@@ -61,6 +61,16 @@ pub struct GateMetrics {
     /// Refused handshakes, by status (in the order of
     /// [`RefusedStatus::ALL`]).
     pub refused_by: [u64; RefusedStatus::ALL.len()],
+    /// WebSocket connections open now (part of `connections`).
+    pub websocket_connections: usize,
+    /// WebSocket upgrades refused for a page origin not allowed (`403`).
+    pub websocket_origin_refused: u64,
+    /// WebSocket upgrades that failed otherwise (not an upgrade request,
+    /// or the client left during it).
+    pub websocket_upgrades_failed: u64,
+    /// WebSocket connections closed for breaking the protocol or the
+    /// mapping (close codes 1002, 1003, 1007, 1009).
+    pub websocket_protocol_closes: u64,
 }
 
 /// The status a refused handshake got, as a bounded label set.
@@ -226,6 +236,11 @@ pub(crate) struct Metrics {
     pub(crate) refused_by: [AtomicU64; RefusedStatus::ALL.len()],
     /// Sessions ended, by [`EndCause`].
     pub(crate) ended_by: [AtomicU64; EndCause::ALL.len()],
+    /// WebSocket connections open now.
+    pub(crate) ws_connections: AtomicUsize,
+    pub(crate) ws_origin_refused: AtomicU64,
+    pub(crate) ws_upgrades_failed: AtomicU64,
+    pub(crate) ws_protocol_closes: AtomicU64,
     pub(crate) requests: Striped,
     pub(crate) responses: Striped,
     pub(crate) error_responses: Striped,

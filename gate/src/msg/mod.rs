@@ -304,6 +304,10 @@ impl MsgGate {
             pushes_replayed: get(&m.pushes_replayed),
             handshake_timeouts: get(&m.handshake_timeouts),
             refused_by: std::array::from_fn(|i| get(&m.refused_by[i])),
+            websocket_connections: m.ws_connections.load(Ordering::Relaxed),
+            websocket_origin_refused: get(&m.ws_origin_refused),
+            websocket_upgrades_failed: get(&m.ws_upgrades_failed),
+            websocket_protocol_closes: get(&m.ws_protocol_closes),
         }
     }
 

@@ -39,7 +39,7 @@ use super::handle::ConnHandle;
 use super::metrics::bump;
 use super::requests::{Link, serve_package};
 use crate::net::SourceSlot;
-use crate::web::WebPolicy;
+use crate::web::{UpgradeError, WebPolicy};
 use crate::wire;
 
 /// How long a closing connection may take to flush and see the client's
@@ -63,6 +63,7 @@ pub(super) fn run(
     let open = OpenConn::new(core, slots);
     async move {
         let core = &open.core;
+        let _counted = WsOpen::new(core);
         let Some((ws, bound)) = Box::pin(handshake(core, stream, addr, &policy)).await else {
             return;
         };
@@ -77,6 +78,9 @@ pub(super) fn run(
             let _unbind = Unbind(&link);
             conn.session(&link).await
         };
+        if let End::WebSocket(_) = end {
+            bump(&core.metrics.ws_protocol_closes);
+        }
         if ended(&link, &end, &mut conn.wbuf) {
             Box::pin(conn.close(core, end.close_code(), Some(&link.handle))).await;
         } else {
@@ -86,6 +90,27 @@ pub(super) fn run(
                 let _ = tokio::time::timeout(CLOSE_LINGER, conn.ws.flush()).await;
             }
         }
+    }
+}
+
+/// Counts a WebSocket connection as open until dropped.
+struct WsOpen<'a>(&'a GateCore);
+
+impl<'a> WsOpen<'a> {
+    fn new(core: &'a GateCore) -> WsOpen<'a> {
+        core.metrics
+            .ws_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        WsOpen(core)
+    }
+}
+
+impl Drop for WsOpen<'_> {
+    fn drop(&mut self) {
+        self.0
+            .metrics
+            .ws_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -103,6 +128,10 @@ async fn handshake(
         let mut ws = match policy.upgrade(stream, addr).await {
             Ok(ws) => ws,
             Err(e) => {
+                bump(match e {
+                    UpgradeError::Origin(_) => &core.metrics.ws_origin_refused,
+                    UpgradeError::Handshake(_) => &core.metrics.ws_upgrades_failed,
+                });
                 tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
                 return None;
             }
@@ -128,6 +157,9 @@ async fn handshake(
     let payload = match first {
         Ok(payload) => payload,
         Err(end) => {
+            if let End::WebSocket(_) = end {
+                bump(&core.metrics.ws_protocol_closes);
+            }
             tracing::debug!(%addr, %end, "connection closed before its handshake");
             if end.graceful() {
                 conn.close(core, end.close_code(), None).await;

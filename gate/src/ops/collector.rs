@@ -58,14 +58,40 @@ impl Collector for GateCollector {
         let stats = self.gate.session_stats();
         let (online, away) = (stats.online, stats.away);
         {
-            let g = ConstGauge::new(as_i64(m.connections));
+            let g = ConstGauge::new(0i64);
             let mut family = e.encode_descriptor(
                 "gate_connections_open",
                 "Client connections open now, by listener",
                 None,
                 g.metric_type(),
             )?;
-            g.encode(family.encode_family(&ListenerLabel { listener: "gate" })?)?;
+            // The TCP listener's, then the WebSocket listener's.
+            ConstGauge::new(as_i64(
+                m.connections.saturating_sub(m.websocket_connections),
+            ))
+            .encode(family.encode_family(&ListenerLabel { listener: "gate" })?)?;
+            ConstGauge::new(as_i64(m.websocket_connections)).encode(family.encode_family(
+                &ListenerLabel {
+                    listener: "gate_websocket",
+                },
+            )?)?;
+        }
+        {
+            let causes = [
+                ("origin", m.websocket_origin_refused),
+                ("upgrade", m.websocket_upgrades_failed),
+                ("protocol", m.websocket_protocol_closes),
+            ];
+            let first = ConstCounter::new(0u64);
+            let mut family = e.encode_descriptor(
+                "gate_websocket_refused",
+                "WebSocket connections refused or closed by the gate: page origin not allowed, failed upgrade, protocol or mapping broken",
+                None,
+                first.metric_type(),
+            )?;
+            for (cause, value) in causes {
+                ConstCounter::new(value).encode(family.encode_family(&CauseLabel { cause })?)?;
+            }
         }
         gauge(
             &mut e,

@@ -97,9 +97,15 @@ export class GateClient {
     this.lastSent = 0;
     this.lastReceived = 0;
     this.delay = this.reconnectDelayMs;
+    /** Whether a handshake ever succeeded: only then are drops retried. */
+    this.everOpened = false;
   }
 
-  /** Connects (index 1, or the next one); resolves on `200 OK`. */
+  /**
+   * Connects (index 1, or the next one); resolves on `200 OK`. If this
+   * first connection fails, the client is closed (no retries); once one
+   * succeeded, every later drop is retried.
+   */
   connect() {
     if (this.state === 'ended' || this.state === 'closed') {
       return Promise.reject(new SessionEnded(this.state));
@@ -199,6 +205,10 @@ export class GateClient {
         this.ws = null;
         this.stopHeartbeat();
         if (this.state === 'ended' || this.state === 'closed') return;
+        if (!this.everOpened) {
+          this.end('closed', new SessionEnded('the first connection failed'));
+          return;
+        }
         this.scheduleReconnect();
       };
     });
@@ -206,6 +216,7 @@ export class GateClient {
 
   /** `200 OK`: re-send what is unanswered, in order. */
   opened() {
+    this.everOpened = true;
     this.setState('open');
     this.delay = this.reconnectDelayMs;
     this.lastReceived = Date.now();

@@ -150,3 +150,22 @@ test('pages from origins not allowed are refused', async () => {
   }));
   allowed.close();
 });
+
+test('a ticket the gate does not know is refused without retries', async () => {
+  const ticket = await login({ url: gate.login, user: 'js-forged', password: 'password', WebSocket });
+  const states = [];
+  const forged = new GateClient({
+    url: gate.gate,
+    ticket: { ...ticket, secret: new Uint8Array(32) },
+    WebSocket,
+    onState: (state) => states.push(state),
+  });
+  await assert.rejects(guard('the refusal', forged.connect()), (e) => e.name === 'SessionEnded' && /401/.test(e.message));
+  assert.equal(forged.state, 'ended');
+  await assert.rejects(forged.request('say x'), (e) => e.name === 'SessionEnded');
+  // An unknown session: 404, and the client is closed, not retrying.
+  const unknown = new GateClient({ url: gate.gate, ticket: { ...ticket, subid: '999999' }, WebSocket });
+  await assert.rejects(guard('the refusal', unknown.connect()), /404/);
+  assert.equal(unknown.state, 'ended');
+  assert.deepEqual(states, ['connecting', 'ended']);
+});

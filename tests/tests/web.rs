@@ -449,3 +449,29 @@ async fn qa_scripts_pass_over_websocket() {
     assert!(ran >= 5, "ran {ran} scripts");
     server.shutdown().await.expect("clean shutdown");
 }
+
+/// `maxclient` counts TCP and WebSocket connections together.
+#[tokio::test]
+async fn maxclient_counts_both_listeners() {
+    let cfg = GateConfig {
+        maxclient: 1,
+        ..GateConfig::default()
+    };
+    let g = PushGate::start_web(cfg, web_any()).await;
+    let alice = g.login("alice").await;
+    let tcp = alice.plain(1).await;
+    assert!(
+        ws_connect(g.ws_addr.expect("web"), None).await.is_err(),
+        "the WebSocket connection is closed at accept"
+    );
+    assert_eq!(g.metrics().refused_at_accept, 1);
+    drop(tcp);
+    wait_until("the TCP connection gone", || g.metrics().connections == 0).await;
+    let mut ws = ws_session(&g, &alice, 2, None).await;
+    ws.send(request(b"now", 1)).await.expect("send");
+    assert_eq!(recv_response(&mut ws).await.0, b"now");
+    let mut refused = integration::msg::Client::connect(g.addr).await;
+    refused.expect_closed().await;
+    assert_eq!(g.metrics().refused_at_accept, 2);
+    g.stop().await;
+}

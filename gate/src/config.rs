@@ -340,6 +340,13 @@ pub struct WebConfig {
     /// refused with HTTP `403`. Default: the demo page's
     /// `http://127.0.0.1:8080` and `http://localhost:8080`.
     pub allowed_origins: Vec<String>,
+    /// Certificate chain (PEM, leaf first) for `wss://`: with
+    /// `tls_key_file`, both WebSocket listeners speak TLS (pages served
+    /// over HTTPS may only open `wss://`). Default: none (plain `ws://`,
+    /// or TLS ended in front of the gate).
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM). Default: none.
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for WebConfig {
@@ -352,6 +359,8 @@ impl Default for WebConfig {
                 "http://127.0.0.1:8080".to_owned(),
                 "http://localhost:8080".to_owned(),
             ],
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

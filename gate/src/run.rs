@@ -161,8 +161,8 @@ pub async fn run_with(
         multilogin: config.login.multilogin,
     });
     let login = login_server(&config, auth, placer, components.random)?;
-    let web_login = web_listener(&config, components.web_login, Mapping::Lines);
-    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages);
+    let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
+    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
     let ops = ops_state(
         &config,
         "all",
@@ -303,13 +303,13 @@ pub(crate) fn web_listener(
     config: &Config,
     listener: Option<TcpListener>,
     mapping: Mapping,
-) -> Option<(TcpListener, Arc<WebPolicy>)> {
-    listener.map(|l| {
-        (
-            l,
-            WebPolicy::new(&config.web, mapping, config.login.max_line_bytes),
-        )
-    })
+) -> Result<Option<(TcpListener, Arc<WebPolicy>)>, RunError> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let policy = WebPolicy::with_tls(&config.web, mapping, config.login.max_line_bytes)
+        .map_err(|e| RunError::Config(format!("web TLS: {e}")))?;
+    Ok(Some((listener, policy)))
 }
 
 /// Serves the backend listener, if there is one, until `backends_stop`

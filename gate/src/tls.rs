@@ -110,6 +110,16 @@ pub fn connector(ca: &Path) -> Result<ClientTls, TlsError> {
     Ok(ClientTls(TlsConnector::from(Arc::new(config))))
 }
 
+impl ServerTls {
+    /// The TLS handshake on an accepted connection.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
+        self.0.accept(stream).await
+    }
+}
+
 /// The server side of an accepted connection: TLS if `acceptor` is given.
 pub async fn accept(acceptor: Option<&ServerTls>, stream: TcpStream) -> io::Result<BoxIo> {
     match acceptor {

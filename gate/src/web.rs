@@ -4,10 +4,14 @@
 //! [`codec::websocket::MessageStream`]; the gate runs its own connection
 //! loop over the messages (`msg::ws`).
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use codec::websocket::Mapping;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -16,6 +20,57 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::config::WebConfig;
 use crate::esc::esc;
+use crate::tls::{self, ServerTls, TlsError};
+
+/// A WebSocket connection's byte stream: plain TCP (`ws://`) or TLS over
+/// it (`wss://`).
+#[derive(Debug)]
+pub enum WebIo {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://` (boxed: a TLS session is large).
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for WebIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WebIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WebIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WebIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WebIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WebIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Input buffer of one WebSocket connection (allocated when it is
 /// accepted, so it is part of every idle web session).
@@ -29,6 +84,8 @@ pub struct WebPolicy {
     origins: Option<Vec<String>>,
     mapping: Mapping,
     max_message: usize,
+    /// TLS (`wss://`), if configured.
+    tls: Option<ServerTls>,
 }
 
 /// Why an upgrade did not happen (for the log line).
@@ -46,6 +103,36 @@ impl WebPolicy {
     /// The policy of `config`'s listeners for `mapping`; `max_line` is the
     /// login's line limit (LF included).
     pub fn new(config: &WebConfig, mapping: Mapping, max_line: usize) -> Arc<WebPolicy> {
+        WebPolicy::build(config, mapping, max_line, None)
+    }
+
+    /// [`WebPolicy::new`] with TLS from `config.tls_cert_file` and
+    /// `config.tls_key_file` when both are set (one without the other is an
+    /// error).
+    pub fn with_tls(
+        config: &WebConfig,
+        mapping: Mapping,
+        max_line: usize,
+    ) -> Result<Arc<WebPolicy>, TlsError> {
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(TlsError::File {
+                    path: "[web]".to_owned(),
+                    why: "tls_cert_file and tls_key_file go together".to_owned(),
+                });
+            }
+        };
+        Ok(WebPolicy::build(config, mapping, max_line, tls))
+    }
+
+    fn build(
+        config: &WebConfig,
+        mapping: Mapping,
+        max_line: usize,
+        tls: Option<ServerTls>,
+    ) -> Arc<WebPolicy> {
         let any = config.allowed_origins.iter().any(|o| o == "*");
         Arc::new(WebPolicy {
             origins: (!any).then(|| {
@@ -57,7 +144,13 @@ impl WebPolicy {
             }),
             mapping,
             max_message: mapping.max_message(max_line),
+            tls,
         })
+    }
+
+    /// Whether the listener speaks TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The mapping of this listener.
@@ -91,13 +184,20 @@ impl WebPolicy {
             .max_frame_size(Some(self.max_message))
     }
 
-    /// Runs the HTTP upgrade on an accepted connection. A request whose
-    /// Origin is not allowed is answered `403 Forbidden`.
+    /// Runs the TLS handshake (if configured) and the HTTP upgrade on an
+    /// accepted connection. A request whose Origin is not allowed is
+    /// answered `403 Forbidden`.
     pub async fn upgrade(
         &self,
         stream: TcpStream,
         addr: SocketAddr,
-    ) -> Result<WebSocketStream<TcpStream>, UpgradeError> {
+    ) -> Result<WebSocketStream<WebIo>, UpgradeError> {
+        let stream = match &self.tls {
+            None => WebIo::Plain(stream),
+            Some(tls) => WebIo::Tls(Box::new(tls.accept(stream).await.map_err(|e| {
+                UpgradeError::Handshake(format!("TLS: {}", esc(e.to_string().as_bytes())))
+            })?)),
+        };
         let mut refused = None;
         // The callback's types are tungstenite's.
         #[allow(clippy::result_large_err)]

@@ -475,3 +475,71 @@ async fn maxclient_counts_both_listeners() {
     assert_eq!(g.metrics().refused_at_accept, 2);
     g.stop().await;
 }
+
+/// With `web.tls_cert_file` / `tls_key_file` both WebSocket listeners
+/// speak TLS (`wss://`): the login's challenge and the gate's status
+/// arrive over it, and a plain `ws://` client gets nowhere.
+#[tokio::test]
+async fn wss_when_a_certificate_is_configured() {
+    use std::sync::Arc;
+
+    use rustls::pki_types::ServerName;
+
+    let dir = std::env::temp_dir().join(format!("web-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write");
+    let mut config = test_config();
+    config.web.tls_cert_file = Some(cert);
+    config.web.tls_key_file = Some(key);
+    let server = Server::start_web(config).await;
+    let (login, gate) = server.web.expect("web listeners");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let wss = |addr: SocketAddr| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(addr).await.expect("connect");
+            let name = ServerName::try_from("127.0.0.1").expect("name");
+            let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+            tokio_tungstenite::client_async(format!("wss://{addr}/"), stream)
+                .await
+                .expect("upgrade")
+                .0
+        }
+    };
+
+    let mut dialogue = wss(login).await;
+    match within("the challenge", dialogue.next()).await {
+        Some(Ok(Message::Text(challenge))) => assert_eq!(challenge.len(), 12),
+        other => panic!("expected the challenge, got {other:?}"),
+    }
+    let mut ws = wss(gate).await;
+    ws.send(Message::binary(&b"bm9ib2R5@c2FtcGxl#MQ==:1:AAAA"[..]))
+        .await
+        .expect("send");
+    match within("the status", ws.next()).await {
+        Some(Ok(Message::Binary(status))) => assert_eq!(&status[..], b"404 User Not Found"),
+        other => panic!("expected a status, got {other:?}"),
+    }
+    assert!(
+        ws_connect(gate, None).await.is_err(),
+        "plain ws:// to a wss:// listener"
+    );
+    // The dialogue ends when its client leaves (not at the shutdown grace).
+    drop(dialogue);
+    server.shutdown().await.expect("clean shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -75,7 +75,7 @@ pub async fn run_gate_node(
     let epoch = new_epoch();
     let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
     let backend = components.backend;
-    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages);
+    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
     let agent = match (components.agent, &backend) {
         (Some(agent), _) => agent,
         (None, Some(backend)) => backend.agent(),
@@ -204,7 +204,7 @@ pub async fn run_login_node(
         config.cluster.lock_ttl,
     );
     let mut login = login_server(&config, auth, Arc::new(placer), components.random)?;
-    let web_login = web_listener(&config, components.web_login, Mapping::Lines);
+    let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
     if config.login.admission_rate > 0 {
         // One queue for the whole cluster, in Redis.
         login = login.with_admission(Arc::new(super::SharedAdmission::new(

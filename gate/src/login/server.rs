@@ -77,7 +77,7 @@ use crate::config::LoginConfig;
 use crate::esc::esc;
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
 use crate::placement::{LoginRequest, PlaceError, Placer};
-use crate::web::WebPolicy;
+use crate::web::{WebIo, WebPolicy};
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -373,7 +373,7 @@ impl Stream for TcpStream {
 }
 
 /// The dialogue over WebSocket: each line one text message.
-impl Stream for MessageStream<TcpStream> {
+impl Stream for MessageStream<WebIo> {
     async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.write_all(bytes).await?;
         self.flush().await

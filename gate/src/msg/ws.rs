@@ -39,7 +39,7 @@ use super::handle::ConnHandle;
 use super::metrics::bump;
 use super::requests::{Link, serve_package};
 use crate::net::SourceSlot;
-use crate::web::{UpgradeError, WebPolicy};
+use crate::web::{UpgradeError, WebIo, WebPolicy};
 use crate::wire;
 
 /// How long a closing connection may take to flush and see the client's
@@ -49,7 +49,7 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 /// Queued bytes at which answers are sent even while input is waiting.
 const FLUSH_AT: usize = 32 * 1024;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<WebIo>;
 
 /// Runs one accepted WebSocket connection to its end.
 pub(super) fn run(

@@ -398,6 +398,13 @@ async fn client_logs_in_and_talks_over_websocket() {
         .await
         .expect("send");
     assert_eq!(close_code(&mut ws).await, Some(1003));
+    // A line over the login's limit: 1009, no status.
+    let mut ws = ws_connect(server.web.expect("web").0, None)
+        .await
+        .expect("ws");
+    let _ = within("the challenge", ws.next()).await;
+    let _ = ws.send(Message::text("A".repeat(9000))).await;
+    assert_eq!(close_code(&mut ws).await, Some(1009));
 
     // The load generator over WebSocket, checked answers.
     let mut cmd = BenchCmd::new(&gate_addr);

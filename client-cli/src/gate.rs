@@ -43,7 +43,7 @@ use crate::text;
 #[derive(Debug, Clone, clap::Args)]
 pub struct GateArgs {
     /// Address of the message gate: `host:port` for TCP, or
-    /// `ws://host:port` for its WebSocket listener.
+    /// `ws://host:port` (`wss://` with `--tls-ca-file`) for its WebSocket listener.
     #[arg(
         long = "gate",
         value_name = "HOST:PORT",

@@ -56,7 +56,7 @@ impl From<SuiteName> for Suite {
 #[derive(Debug, Clone, Args)]
 pub struct LoginArgs {
     /// Address of the login server: `host:port` for TCP, or
-    /// `ws://host:port` for its WebSocket listener.
+    /// `ws://host:port` (`wss://` with `--tls-ca-file`) for its WebSocket listener.
     #[arg(
         long = "login",
         value_name = "HOST:PORT",

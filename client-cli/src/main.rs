@@ -13,6 +13,11 @@ use client_cli::shell::ShellCmd;
 #[derive(Debug, Parser)]
 #[command(name = "client", version, about, long_about = None)]
 struct Cli {
+    /// Trust the CA certificates in this PEM file for `wss://` addresses
+    /// (a gate with `web.tls_cert_file`) [default: the system's roots are
+    /// not used: wss:// needs this].
+    #[arg(long, global = true, value_name = "FILE")]
+    tls_ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -42,6 +47,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(ca) = &cli.tls_ca_file
+        && let Err(e) = client_cli::net::trust_ca_file(ca)
+    {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,15 +4,21 @@
 //! spreads connections over several.
 //!
 //! An address `ws://host:port/path` dials the same server over WebSocket
-//! (`docs/PROTOCOL.md` §9); [`Stream`] then carries the same lines or
-//! packages as a TCP connection would, so everything above is the same.
+//! (`docs/PROTOCOL.md` §9), `wss://` over TLS to a server whose certificate
+//! a CA of [`trust_ca_file`] signed; [`Stream`] then carries the same lines
+//! or packages as a TCP connection would, so everything above is the same.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
 use codec::websocket::{Mapping, MessageStream};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -24,7 +30,43 @@ pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
     /// WebSocket (boxed: it is much larger than a socket).
-    Ws(Box<MessageStream<TcpStream>>),
+    Ws(Box<MessageStream<WsIo>>),
+}
+
+/// What a WebSocket runs on: TCP (`ws://`) or TLS over it (`wss://`).
+#[derive(Debug)]
+pub enum WsIo {
+    /// `ws://`.
+    Plain(TcpStream),
+    /// `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+static TRUSTED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
+
+/// Trusts the CA certificates in `path` (PEM) for every later `wss://`
+/// connection of this process. Once per process.
+pub fn trust_ca_file(path: &Path) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(&e))? {
+        roots
+            .add(cert.map_err(|e| fail(&e))?)
+            .map_err(|e| fail(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(fail(&"no certificate in the file"));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(&e))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    TRUSTED
+        .set(Arc::new(config))
+        .map_err(|_| "the trusted CAs are set already".to_owned())
 }
 
 impl Stream {
@@ -32,7 +74,10 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(s) => s,
-            Stream::Ws(ws) => ws.get_ref().get_ref(),
+            Stream::Ws(ws) => match ws.get_ref().get_ref() {
+                WsIo::Plain(s) => s,
+                WsIo::Tls(s) => s.get_ref().0,
+            },
         }
     }
 
@@ -42,24 +87,48 @@ impl Stream {
     }
 }
 
-/// The host and port of a `ws://` address, or `None` for a plain
-/// `host:port`.
-pub fn websocket_host(addr: &str) -> Option<&str> {
-    let rest = addr.strip_prefix("ws://")?;
-    Some(rest.split_once('/').map_or(rest, |(host, _)| host))
+/// The host and port of a `ws://` or `wss://` address (and whether it is
+/// `wss://`), or `None` for a plain `host:port`.
+pub fn websocket_host(addr: &str) -> Option<(&str, bool)> {
+    let (rest, tls) = match addr.strip_prefix("wss://") {
+        Some(rest) => (rest, true),
+        None => (addr.strip_prefix("ws://")?, false),
+    };
+    Some((rest.split_once('/').map_or(rest, |(host, _)| host), tls))
 }
 
 /// Dials `addr` (`host:port`, or `ws://host:port[/path]` for WebSocket
 /// with `mapping`), from `source` when given (see [`connect`]).
 pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::Result<Stream> {
-    let Some(host) = websocket_host(addr) else {
+    let Some((host, tls)) = websocket_host(addr) else {
         let stream = connect(addr, source).await?;
         stream.set_nodelay(true)?;
         return Ok(Stream::Tcp(stream));
     };
     let stream = connect(host, source).await?;
     stream.set_nodelay(true)?;
-    let url = if addr["ws://".len()..].contains('/') {
+    let stream = if tls {
+        let config = TRUSTED.get().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "wss:// needs the CA that signed the server's certificate (--tls-ca-file)",
+            )
+        })?;
+        let name = host
+            .rsplit_once(':')
+            .map_or(host, |(name, _)| name)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = ServerName::try_from(name.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+            .connect(name, stream)
+            .await?;
+        WsIo::Tls(Box::new(tls))
+    } else {
+        WsIo::Plain(stream)
+    };
+    let url = if host.len() + addr.find("://").map_or(0, |i| i + 3) < addr.len() {
         addr.to_owned()
     } else {
         format!("{addr}/")
@@ -74,6 +143,46 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
         .await
         .map_err(codec::websocket::io_error)?;
     Ok(Stream::Ws(Box::new(MessageStream::new(ws, mapping))))
+}
+
+impl AsyncRead for WsIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WsIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WsIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WsIo::Plain(s) => Pin::new(s).poll_write(cx, data),
+            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WsIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WsIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 impl AsyncRead for Stream {

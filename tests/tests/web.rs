@@ -547,6 +547,24 @@ async fn wss_when_a_certificate_is_configured() {
     );
     // The dialogue ends when its client leaves (not at the shutdown grace).
     drop(dialogue);
+
+    // The client library over wss://, trusting the certificate.
+    client_cli::net::trust_ca_file(&dir.join("cert.pem")).expect("trust");
+    let creds = loginproto::token::Credentials::new(b"tls-user", b"sample", b"password");
+    let ok = client_cli::login::login(
+        &format!("wss://{login}"),
+        loginproto::login::Suite::X25519,
+        creds,
+    )
+    .await
+    .expect("login over wss://");
+    let ticket = Ticket::new(b"tls-user", b"sample", &ok);
+    let mut conn = GateConn::new(format!("wss://{gate}/"), ticket, Duration::from_secs(5));
+    conn.connect(1).await.expect("handshake over wss://");
+    conn.send(b"secure echo", 1).await.expect("send");
+    let response = conn.recv().await.expect("recv").expect("open");
+    assert_eq!(&response.content[..], b"secure echo");
+    drop(conn);
     server.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }

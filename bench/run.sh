@@ -6,7 +6,8 @@
 # load against each in turn, several rounds, and prints the gate/raw ratio
 # of requests/s for 512 connections x 16 in flight and 64 x 1 (closed
 # loop), with 16-byte and 512-byte payloads; logins/s at 64 concurrent
-# clients for each suite; and the gate's memory per idle logged-in session
+# clients for each suite; and the gate's memory per idle logged-in session,
+# over TCP and over WebSocket
 # (RSS with N idle sessions minus RSS with none); and echo through a
 # backend service process (the `service` crate's echo example) at 512 x 16;
 # and echo over the gate's WebSocket listener against TCP echo through the
@@ -207,36 +208,42 @@ done
 
 echo
 # Memory: a fresh gate, RSS before and with N idle logged-in, handshaken
-# sessions (one connection each), held by one client process.
-stop_gate
-start_gate
-# One session first, so one-time allocations (runtime, tables) are not
-# charged to the idle sessions.
-"$BIN/client" bench --idle --gate "$GATE" --login "$LOGIN" --conns 1 --duration 0 --user-prefix warm >/dev/null 2>&1
-before=$(rss_kb "$GATE_PID")
-hold=$(( 30 + IDLE_SESSIONS / 500 ))
-"$BIN/client" bench --idle --json --gate "$GATE" --login "$LOGIN" --conns "$IDLE_SESSIONS" \
-    --duration "$hold" --user-prefix idle >"$WORK/idle.json" 2>"$WORK/idle.err" &
-IDLE_PID=$!
-PIDS+=("$IDLE_PID")
-for _ in $(seq $(( hold * 10 ))); do
-    grep -q '^ready' "$WORK/idle.err" && break
-    kill -0 "$IDLE_PID" 2>/dev/null || break
-    sleep 0.1
-done
-ready=$(awk '/^ready/ {print $2}' "$WORK/idle.err")
-if [[ -n $ready ]]; then
-    sleep 1 # let the last handshakes' transient buffers go
-    after=$(rss_kb "$GATE_PID")
-    awk -v n="$ready" -v b="$before" -v a="$after" 'BEGIN {
-        printf "idle sessions: %d logged in and connected; gate RSS %.1f MiB -> %.1f MiB: %.2f KiB per session\n",
-            n, b / 1024, a / 1024, (a - b) / n }'
-else
-    echo "idle sessions: setup failed: $(cat "$WORK/idle.err")"
-    FAILED=1
-fi
-kill "$IDLE_PID" 2>/dev/null || true
-wait "$IDLE_PID" 2>/dev/null || true
+# sessions (one connection each), held by one client process; over TCP,
+# then over WebSocket.
+idle_rss() { # idle_rss LABEL GATE_ADDR
+    stop_gate
+    start_gate
+    # One session first, so one-time allocations (runtime, tables) are not
+    # charged to the idle sessions.
+    "$BIN/client" bench --idle --gate "$2" --login "$LOGIN" --conns 1 --duration 0 --user-prefix warm >/dev/null 2>&1
+    local before after ready hold
+    before=$(rss_kb "$GATE_PID")
+    hold=$(( 30 + IDLE_SESSIONS / 500 ))
+    "$BIN/client" bench --idle --json --gate "$2" --login "$LOGIN" --conns "$IDLE_SESSIONS" \
+        --duration "$hold" --user-prefix idle >"$WORK/idle.json" 2>"$WORK/idle.err" &
+    IDLE_PID=$!
+    PIDS+=("$IDLE_PID")
+    for _ in $(seq $(( hold * 10 ))); do
+        grep -q '^ready' "$WORK/idle.err" && break
+        kill -0 "$IDLE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    ready=$(awk '/^ready/ {print $2}' "$WORK/idle.err")
+    if [[ -n $ready ]]; then
+        sleep 1 # let the last handshakes' transient buffers go
+        after=$(rss_kb "$GATE_PID")
+        awk -v l="$1" -v n="$ready" -v b="$before" -v a="$after" 'BEGIN {
+            printf "idle %s sessions: %d logged in and connected; gate RSS %.1f MiB -> %.1f MiB: %.2f KiB per session\n",
+                l, n, b / 1024, a / 1024, (a - b) / n }'
+    else
+        echo "idle $1 sessions: setup failed: $(cat "$WORK/idle.err")"
+        FAILED=1
+    fi
+    kill "$IDLE_PID" 2>/dev/null || true
+    wait "$IDLE_PID" 2>/dev/null || true
+}
+idle_rss TCP "$GATE"
+idle_rss WebSocket "ws://127.0.0.1:$WEB_GATE_PORT"
 
 echo
 # Backend services (issue 5): the same echo load, answered by the `service`

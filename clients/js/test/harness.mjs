@@ -113,16 +113,20 @@ function jsonField(message, field) {
 }
 
 /**
- * Starts the all-in-one gate on free ports; with `chat`, the chat example
+ * Starts the all-in-one gate on free ports (`config`: TOML text laid under
+ * the flags); with `chat`, the chat example
  * service as every user's agent (text commands: `join <room>`, `say
  * <text>`, `leave`). Resolves with the WebSocket addresses.
  */
-export async function startGate({ chat = false, origins = [], args = [] } = {}) {
+export async function startGate({ chat = false, origins = [], args = [], config = '' } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'gate-js-'));
   const secret = path.join(dir, 'link.secret');
   writeFileSync(secret, '0123456789abcdef0123456789abcdef\n');
+  const configFile = path.join(dir, 'gate.toml');
+  writeFileSync(configFile, config);
   const gateArgs = [
     'run',
+    '--config', configFile,
     '--log-format', 'json',
     '--login-listen', '127.0.0.1:0',
     '--gate-listen', '127.0.0.1:0',

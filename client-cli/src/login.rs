@@ -14,7 +14,7 @@ use codec::websocket::Mapping;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::net::Stream;
+use crate::net::{Stream, Underlying};
 use tokio_util::codec::FramedRead;
 
 use codec::LineCodec;

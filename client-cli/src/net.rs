@@ -10,8 +10,6 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -19,27 +17,34 @@ use std::sync::{Arc, OnceLock};
 use codec::websocket::{Mapping, MessageStream};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
 
-/// A connection to the login server or the gate: TCP, or WebSocket
-/// carrying the same bytes.
-#[derive(Debug)]
-pub enum Stream {
-    /// Plain TCP.
-    Tcp(TcpStream),
-    /// WebSocket (boxed: it is much larger than a socket).
-    Ws(Box<MessageStream<WsIo>>),
+/// A connection to the login server or the gate: TCP (left), or WebSocket
+/// carrying the same bytes (right; boxed: it is much larger than a socket).
+pub type Stream = Either<TcpStream, Box<MessageStream<WsIo>>>;
+
+/// What a WebSocket runs on: TCP (`ws://`, left) or TLS over it (`wss://`,
+/// right).
+pub type WsIo = Either<TcpStream, Box<tokio_rustls::client::TlsStream<TcpStream>>>;
+
+/// The TCP connection under a [`Stream`].
+pub trait Underlying {
+    /// The socket.
+    fn tcp(&self) -> &TcpStream;
 }
 
-/// What a WebSocket runs on: TCP (`ws://`) or TLS over it (`wss://`).
-#[derive(Debug)]
-pub enum WsIo {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://`.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+impl Underlying for Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Either::Left(s) => s,
+            Either::Right(ws) => match ws.get_ref().get_ref() {
+                Either::Left(s) => s,
+                Either::Right(tls) => tls.get_ref().0,
+            },
+        }
+    }
 }
 
 static TRUSTED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
@@ -69,24 +74,6 @@ pub fn trust_ca_file(path: &Path) -> Result<(), String> {
         .map_err(|_| "the trusted CAs are set already".to_owned())
 }
 
-impl Stream {
-    /// The TCP connection underneath.
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Stream::Tcp(s) => s,
-            Stream::Ws(ws) => match ws.get_ref().get_ref() {
-                WsIo::Plain(s) => s,
-                WsIo::Tls(s) => s.get_ref().0,
-            },
-        }
-    }
-
-    /// Whether this is a WebSocket connection.
-    pub fn is_websocket(&self) -> bool {
-        matches!(self, Stream::Ws(_))
-    }
-}
-
 /// The host and port of a `ws://` or `wss://` address (and whether it is
 /// `wss://`), or `None` for a plain `host:port`.
 pub fn websocket_host(addr: &str) -> Option<(&str, bool)> {
@@ -103,7 +90,7 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
     let Some((host, tls)) = websocket_host(addr) else {
         let stream = connect(addr, source).await?;
         stream.set_nodelay(true)?;
-        return Ok(Stream::Tcp(stream));
+        return Ok(Either::Left(stream));
     };
     let stream = connect(host, source).await?;
     stream.set_nodelay(true)?;
@@ -124,9 +111,9 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
             .connect(name, stream)
             .await?;
-        WsIo::Tls(Box::new(tls))
+        Either::Right(Box::new(tls))
     } else {
-        WsIo::Plain(stream)
+        Either::Left(stream)
     };
     let url = if host.len() + addr.find("://").map_or(0, |i| i + 3) < addr.len() {
         addr.to_owned()
@@ -142,87 +129,7 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .map_err(codec::websocket::io_error)?;
-    Ok(Stream::Ws(Box::new(MessageStream::new(ws, mapping))))
-}
-
-impl AsyncRead for WsIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WsIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_write(cx, data),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WsIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WsIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, data),
-            Stream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
+    Ok(Either::Right(Box::new(MessageStream::new(ws, mapping))))
 }
 
 /// Connects to `addr` (`host:port`), from `source` (port chosen by the

@@ -4,73 +4,24 @@
 //! [`codec::websocket::MessageStream`]; the gate runs its own connection
 //! loop over the messages (`msg::ws`).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use codec::websocket::Mapping;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::either::Either;
 
 use crate::config::WebConfig;
 use crate::esc::esc;
 use crate::tls::{self, ServerTls, TlsError};
 
-/// A WebSocket connection's byte stream: plain TCP (`ws://`) or TLS over
-/// it (`wss://`).
-#[derive(Debug)]
-pub enum WebIo {
-    /// `ws://`.
-    Plain(TcpStream),
-    /// `wss://` (boxed: a TLS session is large).
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for WebIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WebIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_write(cx, data),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WebIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WebIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
+/// A WebSocket connection's byte stream: plain TCP (`ws://`, left) or TLS
+/// over it (`wss://`, right; boxed: a TLS session is large).
+pub type WebIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// Input buffer of one WebSocket connection (allocated when it is
 /// accepted, so it is part of every idle web session).
@@ -192,9 +143,9 @@ impl WebPolicy {
         stream: TcpStream,
         addr: SocketAddr,
     ) -> Result<WebSocketStream<WebIo>, UpgradeError> {
-        let stream = match &self.tls {
-            None => WebIo::Plain(stream),
-            Some(tls) => WebIo::Tls(Box::new(tls.accept(stream).await.map_err(|e| {
+        let stream: WebIo = match &self.tls {
+            None => Either::Left(stream),
+            Some(tls) => Either::Right(Box::new(tls.accept(stream).await.map_err(|e| {
                 UpgradeError::Handshake(format!("TLS: {}", esc(e.to_string().as_bytes())))
             })?)),
         };

@@ -643,7 +643,9 @@ async fn pipelined_requests_run_once(how: Break) {
     let ticket = player.conn.ticket().clone();
     let (stream, _) = player.conn.into_parts().expect("connected");
     match how {
-        Break::Reset => stream.tcp().set_zero_linger().expect("linger"),
+        Break::Reset => client_cli::net::Underlying::tcp(&stream)
+            .set_zero_linger()
+            .expect("linger"),
         Break::Close => {}
     }
     drop(stream);

@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::net::Stream;
+use tokio_util::either::Either;
+
+use crate::net::{Stream, Underlying};
 use bytes::{Buf, BufMut, BytesMut};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -379,7 +381,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         return Ok(Conn {
             i,
-            stream: Stream::Tcp(stream),
+            stream: Either::Left(stream),
             buf: BytesMut::with_capacity(READ_BUF),
             last_push: 0,
         });

@@ -338,13 +338,10 @@ impl Conn {
             })
             .await;
             match event {
-                Event::Woken => {
-                    match link.woken() {
-                        Ok(drain) => draining |= drain,
-                        Err(end) => return end,
-                    }
-                    link.take_outbox(&mut self.wbuf);
-                }
+                Event::Woken => match link.woken(&mut self.wbuf) {
+                    Ok(drain) => draining |= drain,
+                    Err(end) => return end,
+                },
                 Event::Readable(Ok(())) => match self.on_readable(link) {
                     Ok(Read::Data) if note_input => link.note_input(),
                     Ok(Read::Eof) => {

@@ -64,26 +64,28 @@ impl Link<'_> {
 
     /// Moves responses and pushes other tasks queued for this connection
     /// into `out`.
-    pub(super) fn take_outbox(&self, out: &mut BytesMut) {
+    fn take_outbox(&self, out: &mut BytesMut) {
         let outbox = self.user.lock().session.take_outbox(self.handle.id);
         for item in outbox {
             item.write_to(out);
         }
     }
 
-    /// Why the handle woke the connection: `Err` with how it ends, or
-    /// `Ok(draining)` when it stays open (answering what is asked and,
-    /// while draining, no more).
-    pub(super) fn woken(&self) -> Result<bool, End> {
-        match self.handle.close_cause() {
-            CloseCause::Open => Ok(false),
-            CloseCause::Drain => Ok(true),
-            CloseCause::Idle => Err(End::IdleTimeout),
-            CloseCause::Superseded => Err(End::Superseded),
-            CloseCause::SlowReader => Err(End::SlowReader),
-            CloseCause::SessionEnded => Err(End::SessionEnded),
-            CloseCause::ShutdownNow => Err(End::ShutdownNow),
-        }
+    /// The handle woke the connection: `Err` with how it ends, or, when it
+    /// stays open, what other tasks queued for it moved into `out` and
+    /// `Ok(draining)` (answering what was asked and, draining, no more).
+    pub(super) fn woken(&self, out: &mut BytesMut) -> Result<bool, End> {
+        let draining = match self.handle.close_cause() {
+            CloseCause::Open => false,
+            CloseCause::Drain => true,
+            CloseCause::Idle => return Err(End::IdleTimeout),
+            CloseCause::Superseded => return Err(End::Superseded),
+            CloseCause::SlowReader => return Err(End::SlowReader),
+            CloseCause::SessionEnded => return Err(End::SessionEnded),
+            CloseCause::ShutdownNow => return Err(End::ShutdownNow),
+        };
+        self.take_outbox(out);
+        Ok(draining)
     }
 }
 

@@ -275,13 +275,10 @@ impl WsConn {
             })
             .await;
             match event {
-                Event::Woken => {
-                    match link.woken() {
-                        Ok(drain) => draining |= drain,
-                        Err(end) => return end,
-                    }
-                    link.take_outbox(&mut self.wbuf);
-                }
+                Event::Woken => match link.woken(&mut self.wbuf) {
+                    Ok(drain) => draining |= drain,
+                    Err(end) => return end,
+                },
                 Event::Received(message) => match received(message) {
                     Ok(Some(payload)) => {
                         if note_input {

@@ -9,7 +9,9 @@
 //! * `core`: the session tables and the one place that carries out what a
 //!   session asks for;
 //! * `conn`: one connection's task (read, handshake, the session loop,
-//!   writes, the close); `requests`: its request path; `end`: why it ended;
+//!   writes, the close); `ws`: the same for a WebSocket client (one
+//!   message per package); `requests`: their request path; `end`: why a
+//!   connection ended;
 //! * `handle`: how other tasks wake or close a connection's task;
 //! * `timers`: the gate's one timer facility (reconnect windows, idle).
 //!

@@ -347,6 +347,12 @@ pub struct WebConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// The certificate's private key (PEM). Default: none.
     pub tls_key_file: Option<PathBuf>,
+    /// Input buffer of each WebSocket connection, allocated when it is
+    /// accepted and held while it is idle (at least 256). Larger reads more
+    /// of a pipelining client's batch per system call; smaller keeps idle
+    /// web sessions lean. Default: 1024 (about 3.9 KiB per idle WebSocket
+    /// session in all, against 6.8 KiB with 4096).
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for WebConfig {
@@ -361,6 +367,7 @@ impl Default for WebConfig {
             ],
             tls_cert_file: None,
             tls_key_file: None,
+            read_buffer_bytes: 1024,
         }
     }
 }

@@ -23,10 +23,6 @@ use crate::tls::{self, ServerTls, TlsError};
 /// over it (`wss://`, right; boxed: a TLS session is large).
 pub type WebIo = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
-/// Input buffer of one WebSocket connection (allocated when it is
-/// accepted, so it is part of every idle web session).
-const READ_BUFFER: usize = 4096;
-
 /// What a WebSocket listener checks and how it frames: shared by every
 /// connection of the listener.
 #[derive(Debug)]
@@ -35,6 +31,8 @@ pub struct WebPolicy {
     origins: Option<Vec<String>>,
     mapping: Mapping,
     max_message: usize,
+    /// Input buffer of each connection (`web.read_buffer_bytes`).
+    read_buffer: usize,
     /// TLS (`wss://`), if configured.
     tls: Option<ServerTls>,
 }
@@ -95,6 +93,7 @@ impl WebPolicy {
             }),
             mapping,
             max_message: mapping.max_message(max_line),
+            read_buffer: config.read_buffer_bytes.max(256),
             tls,
         })
     }
@@ -126,7 +125,7 @@ impl WebPolicy {
     pub fn ws_config(&self) -> WebSocketConfig {
         let write = 64 * 1024;
         WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
+            .read_buffer_size(self.read_buffer)
             .write_buffer_size(write)
             // One message past the gathering size: a slow reader is the
             // caller's to bound (the gate's send queue), not a panic here.

@@ -568,3 +568,26 @@ async fn wss_when_a_certificate_is_configured() {
     server.shutdown().await.expect("clean shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small input buffer (`web.read_buffer_bytes`) still takes messages up
+/// to the package limit, and batches of them.
+#[tokio::test]
+async fn a_small_read_buffer_takes_large_messages() {
+    let web = WebConfig {
+        read_buffer_bytes: 256,
+        ..web_any()
+    };
+    let g = PushGate::start_web(GateConfig::default(), web).await;
+    let alice = g.login("alice").await;
+    let mut ws = ws_session(&g, &alice, 1, None).await;
+    let big = vec![b'z'; 65_000];
+    for session in 1..=4 {
+        ws.feed(request(&big, session)).await.expect("feed");
+    }
+    ws.flush().await.expect("flush");
+    for _ in 1..=4 {
+        let (content, flag, _) = recv_response(&mut ws).await;
+        assert_eq!((content.len(), flag), (65_000, FLAG_OK));
+    }
+    g.stop().await;
+}

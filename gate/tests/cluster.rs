@@ -72,6 +72,36 @@ async fn port_open(addr: SocketAddr) {
     .await;
 }
 
+/// How many times a node is started on newly picked ports when one of
+/// them turns out to be taken.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Waits until `ready` holds for a node just started: `true`; `false` if
+/// the node exited first because a port it was given was taken meanwhile.
+/// Any other exit fails the test with the node's log.
+async fn started<F, Fut>(proc: &mut Proc, what: &str, mut ready: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    guard(what, async {
+        loop {
+            if ready().await {
+                return true;
+            }
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = proc.log();
+                if log.contains("Address already in use") {
+                    return false;
+                }
+                panic!("{what}: the node exited ({status}):\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
 /// A child process, killed when dropped.
 struct Proc {
     child: Child,
@@ -151,13 +181,10 @@ impl Redis {
     }
 }
 
-/// `flag 127.0.0.1:0` unless `args` sets `flag` already.
-fn web_flag(args: &[String], flag: &str) -> Vec<String> {
-    if args.iter().any(|a| a == flag) {
-        Vec::new()
-    } else {
-        vec![flag.to_owned(), "127.0.0.1:0".to_owned()]
-    }
+/// `--no-web`, unless `args` names a WebSocket listener.
+fn no_web(args: &[String]) -> Option<&'static str> {
+    let web = args.iter().any(|a| a.starts_with("--web-"));
+    (!web).then_some("--no-web")
 }
 
 /// One test's cluster: its Redis, secret and nodes.
@@ -196,10 +223,9 @@ impl Cluster {
             .arg("run")
             .args(["--redis", &self.redis.url()])
             .args(["--node-id", id])
-            // Several nodes share the machine: WebSocket listeners on any
-            // free port, unless the test names one.
-            .args(web_flag(args, "--web-login-listen"))
-            .args(web_flag(args, "--web-gate-listen"))
+            // No WebSocket listeners unless the test names their ports
+            // (several nodes share the machine and its ports).
+            .args(no_web(args))
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("RUST_BACKTRACE")
@@ -231,54 +257,63 @@ impl Cluster {
         backend: bool,
         extra: &[String],
     ) -> GateNode {
-        let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let secret = secret.to_str().expect("utf-8").to_owned();
-        let mut args: Vec<String> = if backend {
-            vec![
-                "--backend-listen".into(),
-                backend_addr.to_string(),
-                "--link-secret-file".into(),
-                secret.clone(),
-            ]
-        } else {
-            Vec::new()
-        };
-        args.extend([
-            "--role".into(),
-            "gate".into(),
-            "--name".into(),
-            name.into(),
-            "--gate-listen".into(),
-            client.to_string(),
-            "--control-listen".into(),
-            control.to_string(),
-            "--cluster-secret-file".into(),
-            secret,
-            "--lease".into(),
-            LEASE.into(),
-            "--reconnect-window".into(),
-            "1m".into(),
-        ]);
-        args.extend(extra.iter().cloned());
-        let proc = self.node(id, &args);
-        let dir = self.redis.directory();
-        let wanted = client.to_string();
-        eventually(&format!("gate {name} registered"), || {
-            let (dir, wanted) = (dir.clone(), wanted.clone());
-            async move {
-                matches!(dir.gate(name.as_bytes()).await, Ok(Some(e)) if e.client == wanted)
+        // A port picked free can be taken before the node binds it (other
+        // tests start processes too): then the node exits, and it is
+        // started again on other ports.
+        for _ in 0..PORT_ATTEMPTS {
+            let client = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let backend_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let secret = secret.to_str().expect("utf-8").to_owned();
+            let mut args: Vec<String> = if backend {
+                vec![
+                    "--backend-listen".into(),
+                    backend_addr.to_string(),
+                    "--link-secret-file".into(),
+                    secret.clone(),
+                ]
+            } else {
+                Vec::new()
+            };
+            args.extend([
+                "--role".into(),
+                "gate".into(),
+                "--name".into(),
+                name.into(),
+                "--gate-listen".into(),
+                client.to_string(),
+                "--control-listen".into(),
+                control.to_string(),
+                "--cluster-secret-file".into(),
+                secret,
+                "--lease".into(),
+                LEASE.into(),
+                "--reconnect-window".into(),
+                "1m".into(),
+            ]);
+            args.extend(extra.iter().cloned());
+            let mut proc = self.node(id, &args);
+            let dir = self.redis.directory();
+            let wanted = client.to_string();
+            let registered = started(&mut proc, &format!("gate {name} registered"), || {
+                let (dir, wanted) = (dir.clone(), wanted.clone());
+                async move {
+                    matches!(dir.gate(name.as_bytes()).await, Ok(Some(e)) if e.client == wanted)
+                }
+            })
+            .await;
+            if !registered {
+                continue;
             }
-        })
-        .await;
-        port_open(client).await;
-        GateNode {
-            proc,
-            name: name.to_owned(),
-            client,
-            backend: backend_addr,
+            port_open(client).await;
+            return GateNode {
+                proc,
+                name: name.to_owned(),
+                client,
+                backend: backend_addr,
+            };
         }
+        panic!("gate {name}: no free ports in {PORT_ATTEMPTS} attempts");
     }
 
     /// A login node, accepting when this returns.
@@ -292,19 +327,28 @@ impl Cluster {
 
     /// [`Cluster::login_with`] with more flags.
     async fn login_full(&self, id: &str, secret: &Path, extra: &[String]) -> LoginNode {
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let mut args: Vec<String> = vec![
-            "--role".into(),
-            "login".into(),
-            "--login-listen".into(),
-            addr.to_string(),
-            "--cluster-secret-file".into(),
-            secret.to_str().expect("utf-8").into(),
-        ];
-        args.extend(extra.iter().cloned());
-        let proc = self.node(id, &args);
-        port_open(addr).await;
-        LoginNode { proc, addr }
+        // As for gate nodes: another port if the one picked was taken.
+        for _ in 0..PORT_ATTEMPTS {
+            let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let mut args: Vec<String> = vec![
+                "--role".into(),
+                "login".into(),
+                "--login-listen".into(),
+                addr.to_string(),
+                "--cluster-secret-file".into(),
+                secret.to_str().expect("utf-8").into(),
+            ];
+            args.extend(extra.iter().cloned());
+            let mut proc = self.node(id, &args);
+            let listening = started(&mut proc, &format!("{addr} accepts"), || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            if listening {
+                return LoginNode { proc, addr };
+            }
+        }
+        panic!("login node {id}: no free ports in {PORT_ATTEMPTS} attempts");
     }
 }
 

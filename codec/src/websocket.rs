@@ -157,7 +157,8 @@ impl Mapping {
 /// by a read, still gets its bytes out. A message that breaks the mapping
 /// fails the read with [`io::ErrorKind::InvalidData`]; the close frame a
 /// later [`AsyncWrite::poll_shutdown`] sends then carries the matching
-/// code (see [`MappingError::close_code`]); otherwise it is 1000.
+/// code (see [`MappingError::close_code`], [`close_code_of`]); otherwise
+/// it is 1000.
 #[derive(Debug)]
 pub struct MessageStream<S> {
     ws: WebSocketStream<S>,
@@ -193,11 +194,6 @@ impl<S> MessageStream<S> {
     /// The WebSocket connection inside.
     pub fn get_ref(&self) -> &WebSocketStream<S> {
         &self.ws
-    }
-
-    /// Sets the code (and reason) the shutdown's close frame carries.
-    pub fn set_close(&mut self, code: u16, reason: &'static str) {
-        self.close = (code, reason);
     }
 }
 
@@ -272,10 +268,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MessageStream<S> {
                         this.close = (e.close_code(), "message breaks the mapping");
                         this.failed = Some(io::Error::new(io::ErrorKind::InvalidData, e));
                     }
-                }
-                Some(Err(tungstenite::Error::Capacity(e))) => {
-                    this.close = (1009, "message too big");
-                    this.failed = Some(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 Some(Err(e)) => {
                     this.close = close_code_of(&e);

@@ -143,11 +143,7 @@ pub async fn run_with(
     let backend = components.backend;
     let auth = choose_authenticator(&config, components.authenticator, backend.as_ref())?;
     let online = Arc::new(OnlineTable::new());
-    let agent = match (components.agent, &backend) {
-        (Some(agent), _) => agent,
-        (None, Some(backend)) => backend.agent(),
-        (None, None) => Arc::new(EchoAgent) as Arc<dyn Agent>,
-    };
+    let agent = choose_agent(components.agent, backend.as_ref());
     let gate = MsgGate::new(config.gate(), agent, online.clone());
     let mut gates = Gates::new();
     gates.register(gate.clone());
@@ -217,6 +213,19 @@ pub async fn run_with(
     backend_result.map_err(RunError::Backend)?;
     info!("stopped");
     Ok(())
+}
+
+/// The agent `run` uses: the one given, else the backend's, else the
+/// built-in echo agent (see [`Components::agent`]).
+pub(crate) fn choose_agent(
+    given: Option<Arc<dyn Agent>>,
+    backend: Option<&Backend>,
+) -> Arc<dyn Agent> {
+    match (given, backend) {
+        (Some(agent), _) => agent,
+        (None, Some(backend)) => backend.agent(),
+        (None, None) => Arc::new(EchoAgent),
+    }
 }
 
 /// The authenticator `run` uses: the one given, else by

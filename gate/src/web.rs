@@ -98,11 +98,6 @@ impl WebPolicy {
         })
     }
 
-    /// Whether the listener speaks TLS (`wss://`).
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The mapping of this listener.
     pub fn mapping(&self) -> Mapping {
         self.mapping

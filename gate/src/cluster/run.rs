@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use codec::websocket::Mapping;
 use proto::link_auth::LinkSecret;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -13,14 +14,12 @@ use tracing::info;
 use super::directory::{Directory, DirectoryOptions};
 use super::gate_node::{self, DirectoryLink, GateNode, new_epoch};
 use super::login_node::{ClusterPlacer, ControlLinks};
-use crate::agent::{Agent, EchoAgent};
 use crate::config::{AuthSource, Config};
 use crate::msg::MsgGate;
 use crate::run::{
-    Components, RunError, choose_authenticator, login_server, ops_state, serve_backend, serve_ops,
-    web_listener,
+    Components, RunError, choose_agent, choose_authenticator, login_server, ops_state,
+    serve_backend, serve_ops, web_listener,
 };
-use codec::websocket::Mapping;
 
 fn secret(config: &Config) -> Result<LinkSecret, RunError> {
     let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
@@ -76,11 +75,7 @@ pub async fn run_gate_node(
     let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
     let backend = components.backend;
     let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
-    let agent = match (components.agent, &backend) {
-        (Some(agent), _) => agent,
-        (None, Some(backend)) => backend.agent(),
-        (None, None) => Arc::new(EchoAgent) as Arc<dyn Agent>,
-    };
+    let agent = choose_agent(components.agent, backend.as_ref());
     let gate = MsgGate::new(config.gate(), agent, link.clone());
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let node = Arc::new(GateNode {

@@ -12,7 +12,7 @@
 //!
 //! [`Extensions`] says whether the handshake opts in to the gate's
 //! extensions (server push with replay, kick reasons, heartbeat; the gate's
-//! `gate::msg` docs and the README's protocol section have the wire
+//! `gate::players` docs and the README's protocol section have the wire
 //! format). An opted-in connection remembers the sequence number of the last
 //! push (or push-gap notice) it received and sends it with every later
 //! handshake (`v=1,push=N`), so after a reconnect the gate replays exactly

@@ -50,5 +50,7 @@ pub use message::{
     Handshake, LuaNumber, MAX_REQUEST_CONTENT, MAX_RESPONSE_CONTENT, Request, Response,
     ResponseFlag,
 };
-pub use package::{FrameError, HEADER_LEN, MAX_PAYLOAD, PackageCodec, encode_package};
+pub use package::{
+    FrameError, HEADER_LEN, MAX_PAYLOAD, PackageCodec, decode_package, encode_package,
+};
 pub use status::{GateStatus, LoginStatus};

@@ -54,26 +54,34 @@ impl PackageCodec {
     }
 }
 
+/// Takes the next complete package's payload off the front of `src`, or
+/// `None` when `src` holds only part of one (then room for the rest is
+/// reserved, bounded by the 16-bit header). The same as
+/// [`PackageCodec`]'s `decode`, for callers without tokio-util.
+pub fn decode_package(src: &mut BytesMut) -> Option<Bytes> {
+    let Some(header) = src.get(..HEADER_LEN) else {
+        // Partial header: ask for the rest of it only, nothing more is known.
+        src.reserve(HEADER_LEN - src.len());
+        return None;
+    };
+    let n = usize::from(u16::from_be_bytes([header[0], header[1]]));
+    let frame_len = HEADER_LEN + n;
+    if src.len() < frame_len {
+        // The limit is implied by the 16-bit header, so reserving the
+        // whole frame is bounded by 65537 bytes.
+        src.reserve(frame_len - src.len());
+        return None;
+    }
+    src.advance(HEADER_LEN);
+    Some(src.split_to(n).freeze())
+}
+
 impl Decoder for PackageCodec {
     type Item = Bytes;
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
-        let Some(header) = src.get(..HEADER_LEN) else {
-            // Partial header: ask for the rest of it only, nothing more is known.
-            src.reserve(HEADER_LEN - src.len());
-            return Ok(None);
-        };
-        let n = usize::from(u16::from_be_bytes([header[0], header[1]]));
-        let frame_len = HEADER_LEN + n;
-        if src.len() < frame_len {
-            // The limit is implied by the 16-bit header, so reserving the
-            // whole frame is bounded by 65537 bytes.
-            src.reserve(frame_len - src.len());
-            return Ok(None);
-        }
-        src.advance(HEADER_LEN);
-        Ok(Some(src.split_to(n).freeze()))
+        Ok(decode_package(src))
     }
 
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {

@@ -30,8 +30,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-pub use crate::session::SessionEvent;
-use crate::session::{EndReason, ExecId, PushRefused};
+use gate_core::End;
+pub use gate_core::session::SessionEvent;
+use gate_core::session::{ExecId, PushRefused};
 
 /// The game logic behind a gate.
 pub trait Agent: Send + Sync + 'static {
@@ -111,7 +112,7 @@ pub(crate) trait SessionHandle: Send + Sync + 'static {
     fn subid(&self) -> &Bytes;
     fn username(&self) -> &Bytes;
     fn is_active(&self) -> bool;
-    fn end(&self, reason: EndReason);
+    fn end(&self, reason: End);
     fn push(&self, payload: Bytes) -> Result<u32, PushRefused>;
     fn complete(&self, session: u32, exec: ExecId, result: Result<Bytes, RequestError>);
 }
@@ -235,22 +236,22 @@ impl SessionCtx {
 
     /// Ends the session from the agent's side (skynet's
     /// `msgserver.logout`): the user is unregistered, its connection closed,
-    /// the login server told ([`EndReason::Logout`]). Does nothing if the
+    /// the login server told ([`End::Logout`]). Does nothing if the
     /// session already ended.
     pub fn logout(&self) {
-        self.handle.end(EndReason::Logout);
+        self.handle.end(End::Logout);
     }
 
-    /// Ends the session with [`EndReason::Kicked`] and `reason`. A client
+    /// Ends the session with [`End::Kicked`] and `reason`. A client
     /// that opted in to the extensions is sent the reason in a final kick
     /// package before the close; a plain client is just closed (skynet's
     /// logout).
     pub fn kick(&self, reason: impl Into<String>) {
-        self.handle.end(EndReason::Kicked(reason.into()));
+        self.handle.end(End::Kicked(reason.into()));
     }
 
     /// Pushes `payload` to this session: the same as
-    /// [`MsgGate::push`](crate::msg::MsgGate::push) for its uid, without
+    /// [`MsgGate::push`](crate::players::MsgGate::push) for its uid, without
     /// the lookup. Returns the push's sequence number. Never blocks; may be
     /// called from inside [`Agent::request`].
     pub fn push(&self, payload: Bytes) -> Result<u32, PushRefused> {

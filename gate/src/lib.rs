@@ -3,8 +3,9 @@
 //! `main.rs` only parses flags and calls [`run`]; tests call [`run`] with
 //! listeners bound to `127.0.0.1:0` and their own shutdown future.
 //!
-//! The life of one player's session is [`session`], a sans-IO state
-//! machine; [`msg`] drives it over TCP.
+//! The rules a player's session and connection follow are state machines
+//! without I/O in the `gate-core` crate; [`players`] drives them over TCP
+//! and WebSocket.
 
 pub mod agent;
 pub mod backend;
@@ -12,16 +13,14 @@ pub mod cluster;
 pub mod config;
 pub mod esc;
 pub mod login;
-pub mod msg;
 pub mod net;
 pub mod ops;
 pub mod placement;
+pub mod players;
 pub mod raw_echo;
 mod run;
-pub mod session;
 pub mod shard;
 pub mod tls;
 pub mod web;
-pub mod wire;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};

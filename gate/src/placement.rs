@@ -12,7 +12,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use loginproto::handshake::SessionSecret;
 
-pub use crate::session::EndReason;
+pub use gate_core::End;
 
 /// A boxed future, so the traits stay object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -87,7 +87,7 @@ pub trait GateLink: Send + Sync + 'static {
 
     /// Ends the session `(uid, subid)` on gate `server`, if it still exists,
     /// and resolves once it is gone (its connection closed, its agent told).
-    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: String) -> BoxFuture<'_, ()>;
+    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: End) -> BoxFuture<'_, ()>;
 
     /// Whether a gate named `server` exists. The login server asks before
     /// it kicks a user's old session, so a login naming an unknown server is
@@ -105,5 +105,5 @@ pub trait LoginLink: Send + Sync + 'static {
     /// Session `(uid, subid)` on gate `server` has ended. The login server
     /// must only forget the uid if `subid` is still the one it knows: a late
     /// report about an older session never removes a newer one.
-    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason);
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End);
 }

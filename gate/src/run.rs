@@ -17,9 +17,9 @@ use crate::login::{
     AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LocalPlacer, LoginServer,
     OnlineTable, RandomSource,
 };
-use crate::msg::MsgGate;
 use crate::ops::{AdminToken, Ops};
 use crate::placement::{GateLink, Placer};
+use crate::players::MsgGate;
 use crate::web::WebPolicy;
 
 /// Why [`run`] could not start or failed while serving.

@@ -18,7 +18,7 @@ use codec::package::PackageCodec;
 use futures::{SinkExt, StreamExt};
 use gate::config::Config;
 use gate::login::FixedRandom;
-use gate::placement::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
+use gate::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
 use gate::{Components, RunError};
 use loginproto::handshake::{self, SessionSecret};
 use loginproto::login::{ClientLogin, ClientRandom, LoginError, LoginSuccess, ServerRandom, Suite};
@@ -417,7 +417,7 @@ impl GateLink for HoldingGates {
         })
     }
 
-    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: String) -> BoxFuture<'_, ()> {
+    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: End) -> BoxFuture<'_, ()> {
         self.inner.kick(server, uid, subid, reason)
     }
 

@@ -19,8 +19,8 @@ use gate::agent::{
     Agent, AgentRequest, Completer, Dispatch, RequestError, SessionCtx, SessionEvent,
 };
 use gate::config::GateConfig;
-use gate::msg::{GateMetrics, MsgGate};
-use gate::placement::{EndReason, LoginLink};
+use gate::placement::{End, LoginLink};
+use gate::players::{GateMetrics, MsgGate};
 use loginproto::handshake::{self, SessionSecret};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -194,7 +194,7 @@ pub struct Ended {
     /// subid.
     pub subid: Bytes,
     /// Why.
-    pub reason: EndReason,
+    pub reason: End,
 }
 
 /// A login link that reports every ended session on a channel.
@@ -204,7 +204,7 @@ pub struct TestLogin {
 }
 
 impl LoginLink for TestLogin {
-    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End) {
         let _ = self.tx.send(Ended {
             server: Bytes::copy_from_slice(server),
             uid: Bytes::copy_from_slice(uid),

@@ -1,6 +1,6 @@
 //! Helpers for the push / kick / heartbeat tests: a real [`MsgGate`] on
 //! `127.0.0.1:0` with an agent that pushes and kicks on request, and a raw
-//! client that speaks the extensions (`gate::msg`, "Extensions").
+//! client that speaks the extensions (`gate::players`, "Extensions").
 //!
 //! Synchronisation is by events (session events, login-link reports, the
 //! gate's counters, bytes on the wire); every wait has
@@ -15,8 +15,8 @@ use codec::ext::Ext;
 use codec::websocket::Mapping;
 use gate::agent::{Agent, AgentRequest, Dispatch, SessionCtx, SessionEvent};
 use gate::config::{GateConfig, WebConfig};
-use gate::msg::{GateMetrics, MsgGate};
-use gate::placement::{EndReason, LoginLink};
+use gate::placement::{End, LoginLink};
+use gate::players::{GateMetrics, MsgGate};
 use gate::web::WebPolicy;
 use loginproto::handshake::{self, SessionSecret};
 use tokio::net::TcpListener;
@@ -136,7 +136,7 @@ impl Agent for ChatAgent {
 struct ChannelLogin(mpsc::UnboundedSender<Ended>);
 
 impl LoginLink for ChannelLogin {
-    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End) {
         let _ = self.0.send(Ended {
             server: Bytes::copy_from_slice(server),
             uid: Bytes::copy_from_slice(uid),

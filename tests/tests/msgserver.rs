@@ -2,7 +2,7 @@
 //!
 //! The live skynet transcript (`testdata/vectors/msgserver_transcript.json`)
 //! is replayed byte for byte, except where this gate fixes a skynet bug on
-//! purpose (documented in `gate::msg`); there the test says so and asserts
+//! purpose (documented in `gate::players`); there the test says so and asserts
 //! the fixed behaviour:
 //!
 //! * `completed_after_reconnect`: the late response reaches the newest
@@ -23,8 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use gate::agent::{EchoAgent, SessionEvent};
 use gate::config::GateConfig;
-use gate::msg::MsgGate;
-use gate::placement::EndReason;
+use gate::placement::End;
+use gate::players::MsgGate;
 use integration::msg::{
     Client, Ended, Replay, TestGate, hello_secret, msg_transcript, scenario, step_bytes, unhex,
     wait_until, within,
@@ -326,7 +326,7 @@ async fn relogin_kicks_the_old_session() {
             server: Bytes::from_static(b"sample"),
             uid: Bytes::from_static(b"hello"),
             subid: Bytes::from_static(b"1"),
-            reason: EndReason::Kicked("relogin".to_owned()),
+            reason: End::Relogin,
         }
     );
     // The old username is gone; the new one works, and the old
@@ -354,21 +354,24 @@ async fn kick_closes_the_connection_and_tells_everyone() {
 
     within(
         "kick",
-        g.gate
-            .kick(b"hello", subid.as_bytes(), "maintenance".to_owned()),
+        g.gate.kick(
+            b"hello",
+            subid.as_bytes(),
+            End::Kicked("maintenance".to_owned()),
+        ),
     )
     .await;
     c.expect_closed().await;
     assert_eq!(
         g.next_ended().await.reason,
-        EndReason::Kicked("maintenance".to_owned())
+        End::Kicked("maintenance".to_owned())
     );
     let ended = g
         .event("Ended event", |e| matches!(e.event, SessionEvent::Ended(_)))
         .await;
     assert_eq!(
         ended.event,
-        SessionEvent::Ended(EndReason::Kicked("maintenance".to_owned()))
+        SessionEvent::Ended(End::Kicked("maintenance".to_owned()))
     );
     let mut again = g.connect().await;
     assert_eq!(
@@ -377,9 +380,11 @@ async fn kick_closes_the_connection_and_tells_everyone() {
     );
     // Kicking again, or an unknown session, does nothing.
     g.gate
-        .kick(b"hello", subid.as_bytes(), "again".to_owned())
+        .kick(b"hello", subid.as_bytes(), End::Kicked("again".to_owned()))
         .await;
-    g.gate.kick(b"nobody", b"9", "x".to_owned()).await;
+    g.gate
+        .kick(b"nobody", b"9", End::Kicked("x".to_owned()))
+        .await;
     assert_eq!(g.metrics().sessions_ended, 1);
     g.stop().await;
 }
@@ -392,7 +397,7 @@ async fn agent_logout_ends_the_session() {
     let mut c = g.session(&secret, &username, 1).await;
     c.send_request(b"logout", 1).await;
     c.expect_closed().await;
-    assert_eq!(g.next_ended().await.reason, EndReason::Logout);
+    assert_eq!(g.next_ended().await.reason, End::Logout);
     let mut again = g.connect().await;
     assert_eq!(
         again.handshake(&secret, &username, 2).await,
@@ -419,7 +424,7 @@ async fn disconnect_is_away_and_the_reconnect_window_logs_out() {
     let ended = g.next_ended().await;
     assert_eq!(
         (ended.subid.as_ref(), ended.reason),
-        (b"1".as_ref(), EndReason::Expired)
+        (b"1".as_ref(), End::Expired)
     );
 
     // A user that never connects expires too.
@@ -429,7 +434,7 @@ async fn disconnect_is_away_and_the_reconnect_window_logs_out() {
         (ended.uid.as_ref(), ended.subid.as_ref()),
         (b"ghost".as_ref(), subid.as_bytes())
     );
-    assert_eq!(ended.reason, EndReason::Expired);
+    assert_eq!(ended.reason, End::Expired);
     g.stop().await;
 }
 
@@ -673,7 +678,7 @@ async fn graceful_shutdown_finishes_in_flight_requests_then_closes() {
         .await
         .expect("task")
         .expect("serve ok");
-    assert_eq!(g.next_ended().await.reason, EndReason::Shutdown);
+    assert_eq!(g.next_ended().await.reason, End::Shutdown);
     assert!(connect_fails(g.addr).await, "listener closed");
 }
 
@@ -695,7 +700,7 @@ async fn shutdown_grace_over_closes_connections() {
         .await
         .expect("task")
         .expect("serve ok");
-    assert_eq!(g.next_ended().await.reason, EndReason::Shutdown);
+    assert_eq!(g.next_ended().await.reason, End::Shutdown);
 }
 
 /// The built-in echo agent with many pipelined requests on a few
@@ -761,7 +766,7 @@ async fn echo_agent_pipelined() {
 struct NoLogin;
 
 impl gate::placement::LoginLink for NoLogin {
-    fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &EndReason) {}
+    fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &End) {}
 }
 
 async fn connect_fails(addr: std::net::SocketAddr) -> bool {

@@ -22,7 +22,7 @@ use client_cli::{GateConn, Ticket, shell};
 use codec::package::encode_package;
 use gate::agent::SessionEvent;
 use gate::config::GateConfig;
-use gate::placement::EndReason;
+use gate::placement::End;
 use integration::client::session_config;
 use integration::login::{GUARD, Server, guard, test_config};
 use integration::msg::{Client, wait_until, within};
@@ -86,7 +86,10 @@ async fn plain_client_never_gets_a_push_byte_and_is_closed_without_a_kick() {
     // Kicked: closed without any byte (read to EOF), as skynet's logout.
     let kick = tokio::spawn({
         let gate = g.gate.clone();
-        async move { gate.kick(b"bob", b"1", "maintenance".to_owned()).await }
+        async move {
+            gate.kick(b"bob", b"1", End::Kicked("maintenance".to_owned()))
+                .await
+        }
     });
     c.expect_closed().await;
     within("kick", kick).await.expect("kick task");
@@ -95,7 +98,7 @@ async fn plain_client_never_gets_a_push_byte_and_is_closed_without_a_kick() {
         (ended.uid, ended.reason),
         (
             Bytes::from_static(b"bob"),
-            EndReason::Kicked("maintenance".to_owned())
+            End::Kicked("maintenance".to_owned())
         )
     );
     // The session is gone: the login server was told, the gate says 404.
@@ -220,8 +223,12 @@ async fn kick_with_reason_reaches_an_opted_in_client_then_eof() {
         let gate = g.gate.clone();
         let subid = frank.subid.clone();
         async move {
-            gate.kick(b"frank", subid.as_bytes(), "maintenance".to_owned())
-                .await;
+            gate.kick(
+                b"frank",
+                subid.as_bytes(),
+                End::Kicked("maintenance".to_owned()),
+            )
+            .await;
         }
     });
     assert_eq!(recv_kick(&mut c).await, "maintenance");
@@ -233,7 +240,7 @@ async fn kick_with_reason_reaches_an_opted_in_client_then_eof() {
         (
             Bytes::from_static(b"frank"),
             Bytes::from(frank.subid.clone()),
-            EndReason::Kicked("maintenance".to_owned())
+            End::Kicked("maintenance".to_owned())
         )
     );
 
@@ -246,7 +253,7 @@ async fn kick_with_reason_reaches_an_opted_in_client_then_eof() {
     c.expect_closed().await;
     assert_eq!(
         g.next_ended().await.reason,
-        EndReason::Kicked("cheating".to_owned())
+        End::Kicked("cheating".to_owned())
     );
 
     // A logout and a relogin tell the client why too.
@@ -258,7 +265,7 @@ async fn kick_with_reason_reaches_an_opted_in_client_then_eof() {
     let ivy = g.login("ivy").await;
     let mut c = ivy.opted_in(1, 0).await;
     let _again = g.login("ivy").await;
-    assert_eq!(recv_kick(&mut c).await, "relogin");
+    assert_eq!(recv_kick(&mut c).await, "logged in again");
     c.expect_closed().await;
     g.stop().await;
 }

@@ -19,7 +19,7 @@ use super::sessions::Entry;
 use super::state::BackendState;
 use crate::agent::{Agent, AgentRequest, Dispatch, RequestError, SessionCtx, SessionEvent};
 use crate::esc::esc;
-use crate::placement::EndReason;
+use gate_core::End;
 
 /// The [`Agent`] of a gate with backends: routes requests to service
 /// instances and forwards session events. Made by
@@ -179,11 +179,12 @@ impl Agent for BackendAgent {
             SessionEvent::Login => (SessionEventKind::Login, String::new()),
             SessionEvent::Back { .. } => (SessionEventKind::Back, String::new()),
             SessionEvent::Away => (SessionEventKind::Away, String::new()),
-            SessionEvent::Ended(EndReason::Kicked(why)) => (SessionEventKind::Kicked, why.clone()),
-            SessionEvent::Ended(EndReason::Logout) => (SessionEventKind::Logout, "logout".into()),
-            SessionEvent::Ended(EndReason::Expired) => (SessionEventKind::Logout, "expired".into()),
-            SessionEvent::Ended(EndReason::Shutdown) => {
-                (SessionEventKind::Logout, "shutdown".into())
+            SessionEvent::Ended(end) => {
+                let kind = match end {
+                    End::Kicked(_) | End::Relogin => SessionEventKind::Kicked,
+                    _ => SessionEventKind::Logout,
+                };
+                (kind, end.kick_text().unwrap_or_default().to_owned())
             }
         };
         let bound = match event {

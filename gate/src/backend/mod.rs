@@ -144,8 +144,8 @@ pub use proto::link_auth::LinkSecret;
 use crate::agent::Agent;
 use crate::config::BackendConfig;
 use crate::login::Authenticator;
-use crate::msg::MsgGate;
 use crate::net::{self, AtCapacity};
+use crate::players::MsgGate;
 
 /// The gate's backend: the listener services dial, and the registry of
 /// their links. Cheap to clone.

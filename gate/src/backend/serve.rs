@@ -34,7 +34,7 @@ use super::instance::Instance;
 use super::metrics::bump;
 use super::state::BackendState;
 use crate::esc::esc;
-use crate::msg::MsgGate;
+use crate::players::MsgGate;
 
 /// How long a link that is being closed on purpose (gate stopping, newer
 /// link of the same instance) may take to flush what is queued.
@@ -54,8 +54,8 @@ pub(crate) struct Serving {
     pub(crate) stop: CancellationToken,
 }
 
-/// Why a link's task ended.
-enum End {
+/// Why a service link's task ended.
+enum LinkEnd {
     /// Closed on purpose (gate stopping, replaced): flush, then close.
     Stopped(&'static str),
     /// The service went away or broke the protocol: close now.
@@ -334,17 +334,17 @@ async fn serve_link(
 
     let end = loop {
         tokio::select! {
-            () = serve.stop.cancelled() => break End::Stopped("the gate stopped"),
-            () = link.stop.cancelled() => break End::Stopped("replaced by a newer link of the instance"),
+            () = serve.stop.cancelled() => break LinkEnd::Stopped("the gate stopped"),
+            () = link.stop.cancelled() => break LinkEnd::Stopped("replaced by a newer link of the instance"),
             written = &mut writer => {
-                break End::Lost(match written {
+                break LinkEnd::Lost(match written {
                     Ok(Err(err)) => format!("write failed: {err}"),
                     _ => "writer stopped".to_owned(),
                 });
             }
             frame = reader.next() => match frame {
-                None => break End::Lost("closed by the service".into()),
-                Some(Err(err)) => break End::Lost(format!("bad frame: {err}")),
+                None => break LinkEnd::Lost("closed by the service".into()),
+                Some(Err(err)) => break LinkEnd::Lost(format!("bad frame: {err}")),
                 Some(Ok(frame)) => {
                     heard = true;
                     dispatch(&serve, &link, frame);
@@ -369,7 +369,7 @@ async fn serve_link(
                 }
                 let silent = now.saturating_duration_since(last_heard);
                 if silent >= silence_limit {
-                    break End::Lost(format!("silent for {} ms", silent.as_millis()));
+                    break LinkEnd::Lost(format!("silent for {} ms", silent.as_millis()));
                 }
                 // Every interval, as the ack announced: the service's
                 // dead-gate timeout counts on it, whatever else flows.
@@ -381,8 +381,8 @@ async fn serve_link(
 
     serve.state.registry.remove(&link);
     let (graceful, why) = match end {
-        End::Stopped(why) => (true, why.to_owned()),
-        End::Lost(why) => (false, why),
+        LinkEnd::Stopped(why) => (true, why.to_owned()),
+        LinkEnd::Lost(why) => (false, why),
     };
     if graceful {
         // Also when the stop overtook the draining goodbye.
@@ -455,7 +455,8 @@ fn dispatch(serve: &Arc<Serving>, link: &Arc<Instance>, frame: ServiceFrame) {
             let gate = serve.gate.clone();
             // `kick` waits for the connection to close: not on the reader.
             tokio::spawn(async move {
-                gate.kick(&kick.uid, &subid, kick.reason).await;
+                gate.kick(&kick.uid, &subid, gate_core::End::Kicked(kick.reason))
+                    .await;
             });
         }
         Some(Kind::Logout(logout)) => {

@@ -37,9 +37,8 @@ use tracing::{debug, error, info, warn};
 use super::directory::{Commit, Directory, GateEntry, Registered};
 use super::record::Record;
 use crate::esc::esc;
-use crate::login::online::RELOGIN_KICK_REASON;
-use crate::msg::MsgGate;
-use crate::placement::{EndReason, LoginLink, LoginRefusal};
+use crate::placement::{End, LoginLink, LoginRefusal};
+use crate::players::MsgGate;
 use crate::tls::{self, BoxIo};
 
 /// Deadline for a login node's `Hello`.
@@ -94,14 +93,14 @@ impl DirectoryLink {
 }
 
 impl LoginLink for DirectoryLink {
-    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End) {
         let record = Record {
             epoch: self.epoch,
             subid: Bytes::copy_from_slice(subid),
             server: Bytes::copy_from_slice(server),
         };
         let uid = Bytes::copy_from_slice(uid);
-        let reason = reason.text().to_string();
+        let cause = reason.label();
         let dir = self.dir.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -112,7 +111,7 @@ impl LoginLink for DirectoryLink {
                     Ok(removed) => debug!(
                         uid = %esc(&uid),
                         subid = %esc(&record.subid),
-                        reason = %esc(reason.as_bytes()),
+                        cause,
                         removed,
                         "session ended"
                     ),
@@ -331,9 +330,7 @@ impl GateNode {
             }
         }
         for (uid, subid) in &superseded {
-            self.gate
-                .kick(uid, subid, RELOGIN_KICK_REASON.to_owned())
-                .await;
+            self.gate.kick(uid, subid, End::Relogin).await;
         }
         info!(
             total,
@@ -400,7 +397,7 @@ impl GateNode {
         let undo = |why: &'static str| {
             let gate = self.gate.clone();
             let (uid, subid) = (p.uid.clone(), subid.clone());
-            async move { gate.kick(&uid, &subid, why.to_owned()).await }
+            async move { gate.kick(&uid, &subid, End::Kicked(why.to_owned())).await }
         };
         match self
             .dir
@@ -426,7 +423,12 @@ impl GateNode {
 
     async fn kick(&self, k: Kick) -> ControlFrame {
         if k.epoch == self.epoch {
-            self.gate.kick(&k.uid, &k.subid, k.reason).await;
+            let reason = if k.relogin {
+                End::Relogin
+            } else {
+                End::Kicked(k.reason)
+            };
+            self.gate.kick(&k.uid, &k.subid, reason).await;
         }
         ControlFrame {
             kind: Some(control_frame::Kind::Kicked(Kicked { id: k.id })),

@@ -37,7 +37,6 @@ use tracing::{info, warn};
 
 use super::directory::{Begin, Directory};
 use crate::esc::esc;
-use crate::login::online::RELOGIN_KICK_REASON;
 use crate::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
 use crate::tls::{self, ClientTls};
 
@@ -396,7 +395,8 @@ impl PlacerInner {
                         epoch,
                         uid,
                         subid,
-                        reason: RELOGIN_KICK_REASON.to_owned(),
+                        reason: gate_core::RELOGIN_TEXT.to_owned(),
+                        relogin: true,
                     })
                 })
                 .await;

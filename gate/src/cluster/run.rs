@@ -15,7 +15,7 @@ use super::directory::{Directory, DirectoryOptions};
 use super::gate_node::{self, DirectoryLink, GateNode, new_epoch};
 use super::login_node::{ClusterPlacer, ControlLinks};
 use crate::config::{AuthSource, Config};
-use crate::msg::MsgGate;
+use crate::players::MsgGate;
 use crate::run::{
     Components, RunError, choose_agent, choose_authenticator, login_server, ops_state,
     serve_backend, serve_ops, web_listener,

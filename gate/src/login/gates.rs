@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::msg::MsgGate;
-use crate::placement::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
+use crate::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
+use crate::players::MsgGate;
 
 /// The gates of this process, by server name.
 #[derive(Debug, Default, Clone)]
@@ -60,7 +60,7 @@ impl GateLink for Gates {
         })
     }
 
-    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: String) -> BoxFuture<'_, ()> {
+    fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, reason: End) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             if let Some(gate) = self.gate(&server) {
                 gate.kick(&uid, &subid, reason).await;

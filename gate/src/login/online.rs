@@ -17,9 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::placement::{
-    BoxFuture, EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer,
-};
+use crate::placement::{BoxFuture, End, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer};
 use crate::shard::ShardedMap;
 
 /// Where a uid is logged in.
@@ -67,9 +65,6 @@ impl Placer for LocalPlacer {
         Box::pin(Arc::clone(&self.online).place(Arc::clone(&self.gates), self.multilogin, req))
     }
 }
-
-/// Reason given to the old session when the same uid logs in again.
-pub const RELOGIN_KICK_REASON: &str = "logged in again";
 
 impl OnlineTable {
     /// An empty table.
@@ -155,7 +150,7 @@ impl OnlineTable {
                     old.server.clone(),
                     uid.clone(),
                     old.subid.clone(),
-                    RELOGIN_KICK_REASON.to_owned(),
+                    End::Relogin,
                 )
                 .await;
             // The kick resolves once the session is gone; its gate normally
@@ -180,13 +175,13 @@ impl OnlineTable {
 }
 
 impl LoginLink for OnlineTable {
-    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
+    fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End) {
         let removed = self.remove_if(uid, server, subid);
         tracing::debug!(
             uid = %crate::esc::esc(uid),
             server = %crate::esc::esc(server),
             subid = %crate::esc::esc(subid),
-            reason = %crate::esc::esc(reason.text().as_bytes()),
+            cause = reason.label(),
             removed,
             "session ended"
         );
@@ -246,7 +241,7 @@ mod tests {
             server == b"sample"
         }
 
-        fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, _: String) -> BoxFuture<'_, ()> {
+        fn kick(&self, server: Bytes, uid: Bytes, subid: Bytes, _: End) -> BoxFuture<'_, ()> {
             Box::pin(async move {
                 self.kicks
                     .lock()
@@ -254,7 +249,7 @@ mod tests {
                     .push((uid.clone(), subid.clone()));
                 let table = self.table.lock().unwrap().clone();
                 if let Some(table) = table {
-                    table.session_ended(&server, &uid, &subid, &EndReason::Kicked("x".into()));
+                    table.session_ended(&server, &uid, &subid, &End::Kicked("x".into()));
                 }
             })
         }
@@ -296,9 +291,9 @@ mod tests {
             vec![(Bytes::from_static(b"hello"), Bytes::from_static(b"1"))]
         );
         // A late report about subid 1 does not remove subid 2.
-        table.session_ended(b"sample", b"hello", b"1", &EndReason::Logout);
+        table.session_ended(b"sample", b"hello", b"1", &End::Logout);
         assert_eq!(table.session(b"hello").unwrap().subid, "2");
-        table.session_ended(b"sample", b"hello", b"2", &EndReason::Logout);
+        table.session_ended(b"sample", b"hello", b"2", &End::Logout);
         assert!(table.is_empty());
     }
 

@@ -917,7 +917,7 @@ mod tests {
             _: Bytes,
             _: Bytes,
             _: Bytes,
-            _: String,
+            _: crate::placement::End,
         ) -> crate::placement::BoxFuture<'_, ()> {
             Box::pin(async {})
         }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
 use crate::backend::Backend;
-use crate::msg::MsgGate;
+use crate::players::MsgGate;
 
 /// Reads a gate (and its backend) on each scrape.
 #[derive(Debug)]
@@ -121,7 +121,7 @@ impl Collector for GateCollector {
                 ok.metric_type(),
             )?;
             ok.encode(family.encode_family(&StatusLabel { status: "200" })?)?;
-            for (status, value) in crate::msg::RefusedStatus::ALL.iter().zip(m.refused_by) {
+            for (status, value) in crate::players::RefusedStatus::ALL.iter().zip(m.refused_by) {
                 ConstCounter::new(value).encode(family.encode_family(&StatusLabel {
                     status: status.name(),
                 })?)?;

@@ -50,8 +50,8 @@ use crate::backend::Backend;
 use crate::cluster::Directory;
 use crate::esc::esc;
 use crate::login::metrics::LoginMetrics;
-use crate::msg::MsgGate;
-use crate::session::Phase;
+use crate::players::MsgGate;
+use gate_core::session::Phase;
 
 /// The admin API's bearer token. `Debug` never shows it.
 #[derive(Clone)]
@@ -533,7 +533,12 @@ async fn kick(
         reason = %esc(body.reason.as_bytes()),
         "kicked by an operator"
     );
-    gate.kick(uid.as_bytes(), &session.subid, body.reason).await;
+    gate.kick(
+        uid.as_bytes(),
+        &session.subid,
+        gate_core::End::Kicked(body.reason),
+    )
+    .await;
     Ok(
         axum::Json(json!({ "kicked": true, "subid": String::from_utf8_lossy(&session.subid) }))
             .into_response(),

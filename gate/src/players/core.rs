@@ -3,7 +3,8 @@
 //! out what a session asks for ([`GateCore::perform`]).
 //!
 //! Every operation has the same shape: lock the user, call its session with
-//! `now`, re-arm its timer, release, then perform the effects (close or
+//! `now`, re-arm its timer, release, then hand the effects to
+//! [`GateCore::perform`], the one place that carries them out (close or
 //! wake a connection, tell the agent, unregister, report to the login
 //! server). No call into the agent or the login server happens under a lock.
 
@@ -13,39 +14,39 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::{Bytes, BytesMut};
 use codec::message::Handshake;
+use gate_core::connection::ConnLimits;
+use gate_core::session::{
+    Completion, Effect, ExecId, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent,
+    check_handshake,
+};
+use gate_core::{End, wire};
 use loginproto::handshake::{self, SessionSecret};
 use tokio::sync::Semaphore;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::handle::{CloseCause, ConnHandle};
-use super::metrics::{EndCause, Metrics, bump};
+use super::handle::ConnHandle;
+use super::metrics::{Metrics, bump};
 use super::timers::Timers;
 use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::esc::esc;
-use crate::placement::{EndReason, LoginLink};
-use crate::session::{
-    Completion, Effect, ExecId, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent,
-    check_handshake,
-};
+use crate::placement::LoginLink;
 use crate::shard::ShardedMap;
-use crate::wire;
 
 /// What an entry of the gate's timers names.
 #[derive(Debug)]
 pub(crate) enum Timer {
     /// A session's deadline ([`Session::poll_timeout`]).
     Session(Weak<User>),
-    /// A connection's idle deadline: closed if it sent nothing for its
-    /// idle timeout.
-    Idle(Weak<ConnHandle>),
+    /// A connection's deadline ([`gate_core::connection::Connection::poll_timeout`]):
+    /// its task is woken to look at it.
+    Conn(Weak<ConnHandle>),
 }
 
-/// A session's lock holds the session and its armed timer.
+/// What a user's lock guards: the session and its armed timer.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct UserState {
     pub(crate) session: Session<Arc<ConnHandle>>,
     /// The earliest deadline armed in the gate's timers for this session,
     /// as a tick of the timers (0: none).
@@ -63,17 +64,20 @@ pub(crate) struct User {
     alias: Option<Bytes>,
     pub(crate) secret: SessionSecret,
     core: Weak<GateCore>,
+    /// The user itself, for handing out as the agent's session handle
+    /// where only a reference is at hand.
+    me: Weak<User>,
     /// The gate's counters (a user's responses are counted as they are
     /// made, without reaching the gate through `core`).
     metrics: Arc<Metrics>,
-    slot: Mutex<Slot>,
+    state: Mutex<UserState>,
 }
 
 impl User {
     /// Locks the session. Every critical section leaves it consistent, so a
     /// poisoned lock (a panic elsewhere) is still usable.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn lock(&self) -> MutexGuard<'_, UserState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn core(&self) -> Option<Arc<GateCore>> {
@@ -98,7 +102,7 @@ impl SessionHandle for User {
         !self.lock().session.is_ended()
     }
 
-    fn end(&self, reason: EndReason) {
+    fn end(&self, reason: End) {
         if let Some(core) = self.core() {
             core.end_by_handle(self, reason);
         }
@@ -114,8 +118,8 @@ impl SessionHandle for User {
     fn complete(&self, session: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
         let package = response_package(self, session, result);
         let completion = self.lock().session.complete(session, exec, package, None);
-        if let Completion::Wake(conn) = completion {
-            conn.wake();
+        if let (Completion::Wake(conn), Some(core)) = (completion, self.core()) {
+            core.perform(self, [Effect::Wake(conn)]);
         }
     }
 }
@@ -161,6 +165,8 @@ pub(crate) fn response_package(
 pub(crate) struct GateCore {
     pub(crate) cfg: GateConfig,
     limits: Arc<Limits>,
+    /// What every connection lives by.
+    pub(crate) conn_limits: Arc<ConnLimits>,
     pub(crate) agent: Arc<dyn Agent>,
     login: Arc<dyn LoginLink>,
     by_username: ShardedMap<Bytes, Arc<User>>,
@@ -191,7 +197,6 @@ impl std::fmt::Debug for GateCore {
 /// What a successful handshake gives the connection task.
 pub(crate) struct Bound {
     pub(crate) user: Arc<User>,
-    pub(crate) handle: Arc<ConnHandle>,
     /// The client opted in to the extensions.
     pub(crate) ext: bool,
     /// `200 OK` and, for an opted-in client, the welcome and the replay.
@@ -210,7 +215,15 @@ impl GateCore {
             cache_bytes: cfg.cache_bytes,
             idle_ms: u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX),
         });
+        let conn_limits = Arc::new(ConnLimits {
+            handshake_timeout: cfg.handshake_timeout,
+            idle_timeout: cfg.idle_timeout,
+            plain_idle_timeout: cfg.plain_idle_timeout,
+            send_queue_bytes: cfg.send_queue_bytes,
+            half_close_grace: cfg.shutdown_grace,
+        });
         GateCore {
+            conn_limits,
             permits: Arc::new(Semaphore::new(cfg.maxclient.min(Semaphore::MAX_PERMITS))),
             cfg,
             limits,
@@ -268,7 +281,8 @@ impl GateCore {
             let username = Bytes::from(handshake::username(uid, self.cfg.name.as_bytes(), &subid));
             let alias = (name != uid)
                 .then(|| Bytes::from(handshake::username(name, self.cfg.name.as_bytes(), &subid)));
-            let user = Arc::new(User {
+            let user = Arc::new_cyclic(|me| User {
+                me: me.clone(),
                 uid: uid.clone(),
                 subid,
                 username: username.clone(),
@@ -276,8 +290,8 @@ impl GateCore {
                 secret: secret.clone(),
                 core: Arc::downgrade(self),
                 metrics: Arc::clone(&self.metrics),
-                slot: Mutex::new(Slot {
-                    session: Session::new(Instant::now(), Arc::clone(&self.limits)),
+                state: Mutex::new(UserState {
+                    session: Session::new(self.timers.now(), Arc::clone(&self.limits)),
                     timer_at: 0,
                 }),
             });
@@ -294,12 +308,18 @@ impl GateCore {
         Ok(user)
     }
 
-    /// Checks a handshake in the documented order and, on success, binds a
-    /// new connection to the user (closing the older one).
+    /// A new connection id (unique per gate, never reused).
+    pub(crate) fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Checks a handshake in the documented order and, on success, binds
+    /// connection `handle` to the user (closing the older one).
     pub(crate) fn handshake(
         self: &Arc<Self>,
         payload: &Bytes,
         addr: SocketAddr,
+        handle: &Arc<ConnHandle>,
     ) -> Result<Bound, HandshakeRefusal> {
         let hs = Handshake::parse(payload).ok_or(HandshakeRefusal::UnknownUser)?;
         let user = self
@@ -307,20 +327,17 @@ impl GateCore {
             .ok_or(HandshakeRefusal::UnknownUser)?;
         let hello = check_handshake(&user.secret, &hs, addr)?;
         let ext = hello.ext.is_some();
-        let handle = Arc::new(ConnHandle::new(
-            self.next_conn.fetch_add(1, Ordering::Relaxed) + 1,
-            ext,
-        ));
         let accepted = {
-            let mut slot = user.lock();
+            let mut state = user.lock();
             // Checked under the user lock: shutdown closes every bound
             // connection after cancelling `draining`, so a handshake either
             // sees the cancellation here or is seen by the shutdown.
             let draining = self.draining.is_cancelled();
             let accepted =
-                slot.session
-                    .handshake(Instant::now(), Arc::clone(&handle), hello, draining)?;
-            self.arm(&user, &mut slot);
+                state
+                    .session
+                    .handshake(self.timers.now(), Arc::clone(handle), hello, draining)?;
+            self.arm(&user, &mut state);
             accepted
         };
         if accepted.push_gap.is_some() {
@@ -335,7 +352,6 @@ impl GateCore {
         self.perform(&user, accepted.effects);
         Ok(Bound {
             user,
-            handle,
             ext,
             greeting: accepted.greeting,
         })
@@ -345,9 +361,9 @@ impl GateCore {
     /// unwinding from an agent's panic: the agent is not called again then.
     pub(crate) fn connection_gone(self: &Arc<Self>, user: &Arc<User>, conn: u64, notify: bool) {
         let effects = {
-            let mut slot = user.lock();
-            let effects = slot.session.connection_gone(Instant::now(), conn);
-            self.arm(user, &mut slot);
+            let mut state = user.lock();
+            let effects = state.session.connection_gone(self.timers.now(), conn);
+            self.arm(user, &mut state);
             effects
         };
         if notify {
@@ -355,18 +371,14 @@ impl GateCore {
         }
     }
 
-    /// Pushes to `user` (see [`crate::msg::MsgGate::push`]).
+    /// Pushes to `user` (see [`crate::players::MsgGate::push`]).
     pub(crate) fn push_to(&self, user: &User, payload: Bytes) -> Result<u32, PushRefused> {
         let len = payload.len();
         let pushed = user.lock().session.push(payload);
         match pushed {
             Ok((seq, effect)) => {
                 bump(&self.metrics.pushes);
-                match effect {
-                    Some(Effect::Wake(conn)) => conn.wake(),
-                    Some(Effect::Close { conn, cause, .. }) => conn.close(cause.into()),
-                    _ => {}
-                }
+                self.perform(user, effect);
                 Ok(seq)
             }
             Err(refused) => {
@@ -379,11 +391,7 @@ impl GateCore {
 
     /// Ends `user`'s session; returns its closed connection, if it had one
     /// (to wait for it). Idempotent.
-    pub(crate) fn end(
-        self: &Arc<Self>,
-        user: &Arc<User>,
-        reason: EndReason,
-    ) -> Option<Arc<ConnHandle>> {
+    pub(crate) fn end(self: &Arc<Self>, user: &Arc<User>, reason: End) -> Option<Arc<ConnHandle>> {
         let effects = user.lock().session.end(reason);
         let closed = effects.iter().find_map(|e| match e {
             Effect::Close { conn, .. } => Some(Arc::clone(conn)),
@@ -395,7 +403,7 @@ impl GateCore {
 
     /// [`GateCore::end`] through a session handle (the agent's call). A
     /// user no longer in the tables has ended already.
-    fn end_by_handle(self: &Arc<Self>, user: &User, reason: EndReason) {
+    fn end_by_handle(self: &Arc<Self>, user: &User, reason: End) {
         if let Some(registered) = self.user_by_username(&user.username)
             && std::ptr::eq(Arc::as_ptr(&registered), user)
         {
@@ -404,95 +412,112 @@ impl GateCore {
     }
 
     /// A timer fired at `now`.
-    pub(crate) fn fire(self: &Arc<Self>, timer: Timer, now: Instant) {
+    pub(crate) fn fire(self: &Arc<Self>, timer: Timer, now: tokio::time::Instant) {
+        let now_tick = self.timers.tick(now);
         match timer {
             Timer::Session(user) => {
                 let Some(user) = user.upgrade() else { return };
                 let effects = {
-                    let mut slot = user.lock();
-                    if slot.timer_at != 0 && slot.timer_at <= self.timers.tick(now) {
-                        slot.timer_at = 0;
+                    let mut state = user.lock();
+                    if state.timer_at != 0 && state.timer_at <= now_tick {
+                        state.timer_at = 0;
                     }
-                    let effects = slot.session.handle_timeout(now);
-                    self.arm(&user, &mut slot);
+                    let effects = state.session.handle_timeout(self.timers.time(now));
+                    self.arm(&user, &mut state);
                     effects
                 };
                 self.perform(&user, effects);
             }
-            Timer::Idle(conn) => {
-                let Some(conn) = conn.upgrade() else { return };
-                let Some(timeout) = self.cfg.idle_timeout(conn.ext) else {
-                    return;
-                };
-                if conn.close_cause() != CloseCause::Open {
-                    return;
-                }
-                let deadline = self.timers.instant_of(conn.last_input()) + timeout;
-                if now >= deadline {
-                    conn.close(CloseCause::Idle);
-                } else {
-                    self.timers.at(deadline, Timer::Idle(Arc::downgrade(&conn)));
+            // The connection's task looks at its own deadline.
+            Timer::Conn(conn) => {
+                if let Some(conn) = conn.upgrade() {
+                    conn.timer_fired(now_tick);
                 }
             }
+        }
+    }
+
+    /// Arms the gate's timers for connection `conn`'s next deadline, if it
+    /// is earlier than the one armed.
+    pub(crate) fn arm_conn(&self, conn: &Arc<ConnHandle>, deadline: gate_core::Time) {
+        let when = self.timers.instant(deadline);
+        if conn.arm_at(self.timers.tick(when)) {
+            self.timers.at(when, Timer::Conn(Arc::downgrade(conn)));
         }
     }
 
     /// Arms the gate's timers for the session's next deadline, if it is
     /// earlier than the one armed (timers are lazy: see `timers`).
-    fn arm(&self, user: &Arc<User>, slot: &mut Slot) {
-        if let Some(deadline) = slot.session.poll_timeout()
-            && let tick = self.timers.tick(deadline)
-            && (slot.timer_at == 0 || tick < slot.timer_at)
+    fn arm(&self, user: &Arc<User>, state: &mut UserState) {
+        if let Some(deadline) = state.session.poll_timeout()
+            && let when = self.timers.instant(deadline)
+            && let tick = self.timers.tick(when)
+            && (state.timer_at == 0 || tick < state.timer_at)
         {
-            slot.timer_at = tick;
-            self.timers
-                .at(deadline, Timer::Session(Arc::downgrade(user)));
+            state.timer_at = tick;
+            self.timers.at(when, Timer::Session(Arc::downgrade(user)));
         }
     }
 
-    /// Carries out what a session asked for (see the module docs).
-    pub(crate) fn perform(&self, user: &Arc<User>, effects: Vec<Effect<Arc<ConnHandle>>>) {
+    /// Carries out what a session asked for (see the module docs): the one
+    /// place that does.
+    pub(crate) fn perform(
+        &self,
+        user: &User,
+        effects: impl IntoIterator<Item = Effect<Arc<ConnHandle>>>,
+    ) {
         for effect in effects {
             match effect {
                 Effect::Notify(event) => {
-                    let ctx = SessionCtx::new(Arc::clone(user) as Arc<dyn SessionHandle>);
-                    self.agent.event(&ctx, event);
+                    if let Some(user) = user.me.upgrade() {
+                        let ctx = SessionCtx::new(user as Arc<dyn SessionHandle>);
+                        self.agent.event(&ctx, event);
+                    }
                 }
                 Effect::Close {
                     conn,
                     cause,
                     farewell,
-                } => conn.close_with(cause.into(), farewell),
+                } => conn.close_with(cause, farewell),
                 Effect::Wake(conn) => conn.wake(),
                 Effect::Unregister(reason) => self.unregister(user, &reason),
             }
         }
     }
 
-    fn unregister(&self, user: &Arc<User>, reason: &EndReason) {
-        let this = |u: &Arc<User>| Arc::ptr_eq(u, user);
+    fn unregister(&self, user: &User, reason: &End) {
+        let this = |u: &Arc<User>| std::ptr::eq(Arc::as_ptr(u), user);
         self.by_username.remove_if(&user.username, this);
         if let Some(alias) = &user.alias {
             self.by_username.remove_if(alias, this);
         }
         self.by_uid.remove_if(&user.uid, this);
-        bump(&self.metrics.sessions_ended);
-        bump(&self.metrics.ended_by[EndCause::of(reason) as usize]);
+        self.metrics.session_ended(reason);
         tracing::info!(
             uid = %esc(&user.uid),
             subid = %esc(&user.subid),
-            reason = %esc(reason.text().as_bytes()),
+            cause = reason.label(),
+            reason = %reason,
             "session ended"
         );
         self.login
             .session_ended(self.cfg.name.as_bytes(), &user.uid, &user.subid, reason);
     }
 
-    /// Marks every bound connection with `cause` (shutdown phases).
-    pub(crate) fn close_all(&self, cause: CloseCause) {
+    /// Asks every bound connection to drain (shutdown begins).
+    pub(crate) fn drain_all(&self) {
         for user in self.users() {
             if let Some(conn) = user.lock().session.conn() {
-                conn.close(cause);
+                conn.drain();
+            }
+        }
+    }
+
+    /// Asks every bound connection to close now (the grace is over).
+    pub(crate) fn close_all_now(&self) {
+        for user in self.users() {
+            if let Some(conn) = user.lock().session.conn() {
+                conn.close(End::ShutdownNow);
             }
         }
     }

@@ -12,7 +12,7 @@
 //! It never touches a socket, a task or the clock, so every transition and
 //! race is tested in memory (`tests.rs`).
 //!
-//! The driver (`crate::msg`) keeps each session behind a lock: it locks,
+//! The driver (the `gate` crate's `players` module) keeps each session behind a lock: it locks,
 //! calls, releases, then performs the effects. Connections are whatever
 //! handle type the driver uses ([`Conn`]); the session only compares their
 //! ids and hands them back in effects.
@@ -31,7 +31,7 @@
 //! * **Placed**: logged in, no connection yet; ends at the reconnect
 //!   window's deadline unless a handshake comes.
 //! * **Online**: bound to exactly one connection. A newer handshake binds
-//!   the new connection and closes the old one ([`Close::Superseded`]).
+//!   the new connection and closes the old one ([`End::Superseded`]).
 //! * **Away**: the connection went; ends at the deadline (`now` + the
 //!   reconnect window) unless a handshake comes. A handshake at or after the
 //!   deadline is refused as if the session were gone.
@@ -47,6 +47,7 @@
 //! newest connection, or waits in the cache.
 
 pub mod cache;
+mod lua_number;
 pub mod push;
 #[cfg(test)]
 mod tests;
@@ -60,10 +61,12 @@ use codec::ext::{Ext, Welcome};
 use codec::message::{Handshake, LuaNumber, MAX_RESPONSE_CONTENT, ResponseFlag};
 use codec::status::GateStatus;
 use loginproto::handshake::{self, HandshakeError, SessionSecret};
-use tokio::time::Instant;
+use serde::{Deserialize, Serialize};
 
 pub use self::cache::{ConnId, ExecId, OnRequest, ResponseCache};
 pub use self::push::PushBacklog;
+use crate::End;
+use crate::time::Time;
 use crate::wire;
 
 /// What a session needs of a driver's connection handle: a stable id.
@@ -78,29 +81,16 @@ impl Conn for ConnId {
     }
 }
 
-/// Why a session ended, as told to the agent, the services, the login
-/// server and the logs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndReason {
-    /// The agent (backend) logged the user out.
-    Logout,
-    /// Kicked, by the login server (re-login) or a backend; with a reason.
-    Kicked(String),
-    /// The user stayed away longer than the reconnect window.
-    Expired,
-    /// The gate is shutting down.
-    Shutdown,
+/// A connection handle a driver shares behind an [`Arc`]: the `Arc` is
+/// the [`Conn`].
+pub trait SharedConn {
+    /// The connection's id (see [`Conn::id`]).
+    fn conn_id(&self) -> ConnId;
 }
 
-impl EndReason {
-    /// The reason text an opted-in client is sent in its kick package.
-    pub fn text(&self) -> &str {
-        match self {
-            EndReason::Kicked(reason) => reason,
-            EndReason::Logout => "logout",
-            EndReason::Expired => "expired",
-            EndReason::Shutdown => "shutdown",
-        }
+impl<T: SharedConn + ?Sized> Conn for Arc<T> {
+    fn id(&self) -> ConnId {
+        (**self).conn_id()
     }
 }
 
@@ -121,7 +111,7 @@ pub enum SessionEvent {
     Away,
     /// The session ended. Its connection, if any, is being closed; nothing
     /// follows.
-    Ended(EndReason),
+    Ended(End),
 }
 
 /// Why a handshake was refused. [`HandshakeRefusal::status`] is the one
@@ -244,7 +234,7 @@ impl Default for Limits {
 }
 
 /// Where a session is in its life (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     /// Logged in, never connected.
     Placed,
@@ -254,18 +244,6 @@ pub enum Phase {
     Away,
     /// Over.
     Ended,
-}
-
-/// Why the session wants a connection closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Close {
-    /// A newer connection of the session completed its handshake.
-    Superseded,
-    /// Pushes queued for it passed the send queue bound: the client does
-    /// not read. The pushes stay in the backlog for its reconnect.
-    SlowReader,
-    /// The session ended.
-    SessionEnded,
 }
 
 /// Something the driver must do after a call.
@@ -279,7 +257,7 @@ pub enum Effect<C> {
         /// The connection.
         conn: C,
         /// Why.
-        cause: Close,
+        cause: End,
         /// Packages to write before closing.
         farewell: Option<Bytes>,
     },
@@ -287,12 +265,12 @@ pub enum Effect<C> {
     Wake(C),
     /// The session is over: remove it from the gate's tables and the session
     /// directory, and report the end to the login server.
-    Unregister(EndReason),
+    Unregister(End),
 }
 
 /// Something queued for the bound connection by another party (a late
 /// answer, a push).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outgoing {
     /// A complete response package.
     Response {
@@ -386,7 +364,7 @@ pub enum PushRefused {
 }
 
 /// The connection a session is bound to.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Binding<C> {
     conn: C,
     /// Opted in to the extensions: may be sent pushes and a kick package.
@@ -397,19 +375,24 @@ struct Binding<C> {
     outbox_bytes: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 enum State<C> {
-    Placed { expires: Instant },
+    Placed { expires: Time },
     Online(Binding<C>),
-    Away { expires: Instant },
-    Ended(EndReason),
+    Away { expires: Time },
+    Ended(End),
 }
 
 /// One user's session on this gate (see the module docs).
-#[derive(Debug)]
+/// Its state is plain data (`serde`): written out with each connection
+/// handle turned into its id ([`Session::map_conn`]) and read back with
+/// the gate's limits given again ([`Session::with_limits`]).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Session<C> {
+    #[serde(skip)]
     limits: Arc<Limits>,
     /// Last accepted handshake index (skynet's `version`), initially 0.
+    #[serde(with = "crate::session::lua_number")]
     index: LuaNumber,
     cache: ResponseCache,
     pushes: PushBacklog,
@@ -422,7 +405,7 @@ impl<C: Conn> Session<C> {
     /// A session the login server just placed at `now`; it has the
     /// reconnect window to connect. The driver announces
     /// [`SessionEvent::Login`].
-    pub fn new(now: Instant, limits: Arc<Limits>) -> Session<C> {
+    pub fn new(now: Time, limits: Arc<Limits>) -> Session<C> {
         Session {
             index: LuaNumber::Int(0),
             cache: ResponseCache::new(limits.expired_number, limits.cache_bytes),
@@ -443,7 +426,7 @@ impl<C: Conn> Session<C> {
     /// connection and an older one is closed.
     pub fn handshake(
         &mut self,
-        now: Instant,
+        now: Time,
         conn: C,
         hello: Hello,
         draining: bool,
@@ -503,7 +486,7 @@ impl<C: Conn> Session<C> {
             self.undeliver(&old);
             effects.push(Effect::Close {
                 conn: old.conn,
-                cause: Close::Superseded,
+                cause: End::Superseded,
                 farewell: None,
             });
         }
@@ -520,7 +503,7 @@ impl<C: Conn> Session<C> {
     /// If it was the session's, the session is away until `now` plus the
     /// reconnect window. A connection that was superseded, or whose session
     /// ended, changes nothing: its late end never touches a newer one.
-    pub fn connection_gone(&mut self, now: Instant, conn: ConnId) -> Vec<Effect<C>> {
+    pub fn connection_gone(&mut self, now: Time, conn: ConnId) -> Vec<Effect<C>> {
         if !self.is_bound_to(conn) {
             return Vec::new();
         }
@@ -630,7 +613,7 @@ impl<C: Conn> Session<C> {
                     // client does not read.
                     Some(Effect::Close {
                         conn: b.conn.clone(),
-                        cause: Close::SlowReader,
+                        cause: End::SlowReader,
                         farewell: None,
                     })
                 } else {
@@ -664,7 +647,7 @@ impl<C: Conn> Session<C> {
     /// closed (an opted-in one after a farewell: what was still queued,
     /// then the kick package with the reason), the driver unregisters it
     /// and tells the agent. Nothing if it already ended.
-    pub fn end(&mut self, reason: EndReason) -> Vec<Effect<C>> {
+    pub fn end(&mut self, reason: End) -> Vec<Effect<C>> {
         if matches!(self.state, State::Ended(_)) {
             return Vec::new();
         }
@@ -677,12 +660,12 @@ impl<C: Conn> Session<C> {
                 for item in &b.outbox {
                     item.write_to(&mut out);
                 }
-                wire::write_kick(&mut out, reason.text());
+                wire::write_kick(&mut out, reason.kick_text().unwrap_or_default());
                 out.freeze()
             });
             effects.push(Effect::Close {
                 conn: b.conn,
-                cause: Close::SessionEnded,
+                cause: reason.clone(),
                 farewell,
             });
         }
@@ -692,16 +675,16 @@ impl<C: Conn> Session<C> {
     }
 
     /// The clock reached `now`: a session without a connection past its
-    /// deadline ends ([`EndReason::Expired`]).
-    pub fn handle_timeout(&mut self, now: Instant) -> Vec<Effect<C>> {
+    /// deadline ends ([`End::Expired`]).
+    pub fn handle_timeout(&mut self, now: Time) -> Vec<Effect<C>> {
         match self.poll_timeout() {
-            Some(deadline) if now >= deadline => self.end(EndReason::Expired),
+            Some(deadline) if now >= deadline => self.end(End::Expired),
             _ => Vec::new(),
         }
     }
 
     /// When [`Session::handle_timeout`] must be called next, if ever.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Time> {
         match self.state {
             State::Placed { expires } | State::Away { expires } => Some(expires),
             State::Online(_) | State::Ended(_) => None,
@@ -737,7 +720,7 @@ impl<C: Conn> Session<C> {
     }
 
     /// Why the session ended, once it has.
-    pub fn end_reason(&self) -> Option<&EndReason> {
+    pub fn end_reason(&self) -> Option<&End> {
         match &self.state {
             State::Ended(reason) => Some(reason),
             _ => None,
@@ -771,6 +754,38 @@ impl<C: Conn> Session<C> {
     /// The push backlog (read-only).
     pub fn pushes(&self) -> &PushBacklog {
         &self.pushes
+    }
+
+    /// The session's state with each connection handle turned into
+    /// another type by `f` (for example into its [`ConnId`], to write the
+    /// state out).
+    pub fn map_conn<D>(self, f: impl FnOnce(C) -> D) -> Session<D> {
+        let state = match self.state {
+            State::Placed { expires } => State::Placed { expires },
+            State::Away { expires } => State::Away { expires },
+            State::Ended(end) => State::Ended(end),
+            State::Online(b) => State::Online(Binding {
+                conn: f(b.conn),
+                ext: b.ext,
+                outbox: b.outbox,
+                outbox_bytes: b.outbox_bytes,
+            }),
+        };
+        Session {
+            limits: self.limits,
+            index: self.index,
+            cache: self.cache,
+            pushes: self.pushes,
+            state,
+            inflight: self.inflight,
+        }
+    }
+
+    /// A session read back from its written-out state, living by `limits`
+    /// from now on.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Session<C> {
+        self.limits = limits;
+        self
     }
 
     /// Queues `item` for the bound connection; the connection to wake.

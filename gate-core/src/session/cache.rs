@@ -78,6 +78,7 @@ use std::collections::hash_map::Entry as Slot;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 use crate::wire;
 
@@ -92,7 +93,7 @@ pub const ENTRY_COST: usize = 64;
 /// Identifies one execution of a handler, so the result of an orphaned
 /// handler (its entry was dropped by a Conflict and the session reused) can
 /// never fill a newer entry of the same session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ExecId(u64);
 
 /// What to do with a request (spec §5.5, first block).
@@ -159,7 +160,7 @@ impl Hasher for SessionHasher {
 
 type SessionMap = HashMap<u32, Entry, BuildHasherDefault<SessionHasher>>;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     /// Connection waiting for the response (`None` = nothing pending).
     target: Option<ConnId>,
@@ -204,7 +205,7 @@ pub const MAX_LOST_RANGES: usize = 32;
 
 /// Session numbers whose answers were dropped to keep the byte bound, as
 /// sorted, disjoint, non-adjacent inclusive ranges.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LostSessions {
     ranges: Vec<(u32, u32)>,
 }
@@ -249,7 +250,7 @@ impl LostSessions {
 }
 
 /// The response cache of one user.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseCache {
     entries: SessionMap,
     /// skynet's per-user counter `N`.

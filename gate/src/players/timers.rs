@@ -1,5 +1,6 @@
-//! The gate's one timer facility: every reconnect-window deadline and every
-//! idle deadline of the gate, served by one task, instead of a task or a
+//! The gate's one timer facility and clock: every session deadline (the
+//! reconnect window) and every connection deadline (idle timeout,
+//! half-close grace) of the gate, served by one task, instead of a task or a
 //! `Sleep` per user.
 //!
 //! A timing wheel of [`TICK`] slots kept in a `BTreeMap` (only the slots in
@@ -18,6 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use gate_core::Time;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +58,21 @@ impl<T> Timers<T> {
         let since = when.saturating_duration_since(self.epoch);
         let tick = since.as_nanos().div_ceil(TICK.as_nanos()).max(1);
         u32::try_from(tick).unwrap_or(u32::MAX)
+    }
+
+    /// `when` as the machines' [`Time`] (since the timers' epoch).
+    pub(crate) fn time(&self, when: Instant) -> Time {
+        Time::from_epoch(when.saturating_duration_since(self.epoch))
+    }
+
+    /// The machines' `time` as an instant.
+    pub(crate) fn instant(&self, time: Time) -> Instant {
+        self.epoch + time.since_epoch()
+    }
+
+    /// The time now, as the machines see it.
+    pub(crate) fn now(&self) -> Time {
+        self.time(Instant::now())
     }
 
     /// The instant of `tick`.

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use gate_core::{End, ProtocolError};
+
 /// A snapshot of the gate's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GateMetrics {
@@ -49,8 +51,8 @@ pub struct GateMetrics {
     pub responses: u64,
     /// Error responses made (ok byte 0).
     pub error_responses: u64,
-    /// Sessions ended, by cause (in the order of [`EndCause::ALL`]).
-    pub ended_by: [u64; EndCause::ALL.len()],
+    /// Sessions ended, by cause (in the order of [`SESSION_ENDS`]).
+    pub ended_by: [u64; SESSION_ENDS.len()],
     /// Connections cut for going over `max_inflight_per_user`.
     pub inflight_cut: u64,
     /// Pushes replayed to reconnecting clients (sent again after a
@@ -121,57 +123,20 @@ impl RefusedStatus {
     }
 }
 
-/// Why sessions end, as a bounded label set (a kick's own reason is free
-/// text and stays in the logs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndCause {
-    /// A new login of the same uid (`logged in again`, `relogin`).
-    Relogin,
-    /// Any other kick: a service, an operator.
-    Kicked,
-    /// Logged out by the agent.
-    Logout,
-    /// Away past the reconnect window.
-    Expired,
-    /// The gate shut down.
-    Shutdown,
-}
+/// The label of each slot of [`GateMetrics::ended_by`]: the ways a
+/// session ends, each [`End::label`] of its kind.
+pub const SESSION_ENDS: [&str; 5] = ["relogin", "kicked", "logout", "expired", "shutdown"];
 
-impl EndCause {
-    /// Every cause, in a fixed order.
-    pub const ALL: [EndCause; 5] = [
-        EndCause::Relogin,
-        EndCause::Kicked,
-        EndCause::Logout,
-        EndCause::Expired,
-        EndCause::Shutdown,
-    ];
-
-    /// The label text.
-    pub fn name(self) -> &'static str {
-        match self {
-            EndCause::Relogin => "relogin",
-            EndCause::Kicked => "kicked",
-            EndCause::Logout => "logout",
-            EndCause::Expired => "expired",
-            EndCause::Shutdown => "shutdown",
-        }
-    }
-
-    /// The cause of `reason`.
-    pub fn of(reason: &crate::session::EndReason) -> EndCause {
-        use crate::session::EndReason;
-        match reason {
-            EndReason::Kicked(text)
-                if text == crate::login::online::RELOGIN_KICK_REASON || text == "relogin" =>
-            {
-                EndCause::Relogin
-            }
-            EndReason::Kicked(_) => EndCause::Kicked,
-            EndReason::Logout => EndCause::Logout,
-            EndReason::Expired => EndCause::Expired,
-            EndReason::Shutdown => EndCause::Shutdown,
-        }
+/// The slot of [`GateMetrics::ended_by`] counting `end`, if it ends a
+/// session.
+fn session_end_slot(end: &End) -> Option<usize> {
+    match end {
+        End::Relogin => Some(0),
+        End::Kicked(_) => Some(1),
+        End::Logout => Some(2),
+        End::Expired => Some(3),
+        End::Shutdown | End::ShutdownNow => Some(4),
+        _ => None,
     }
 }
 
@@ -234,8 +199,8 @@ pub(crate) struct Metrics {
     pub(crate) handshake_timeouts: AtomicU64,
     /// Refused handshakes, by [`RefusedStatus`].
     pub(crate) refused_by: [AtomicU64; RefusedStatus::ALL.len()],
-    /// Sessions ended, by [`EndCause`].
-    pub(crate) ended_by: [AtomicU64; EndCause::ALL.len()],
+    /// Sessions ended, by [`SESSION_ENDS`].
+    pub(crate) ended_by: [AtomicU64; SESSION_ENDS.len()],
     /// WebSocket connections open now.
     pub(crate) ws_connections: AtomicUsize,
     pub(crate) ws_origin_refused: AtomicU64,
@@ -246,6 +211,55 @@ pub(crate) struct Metrics {
     pub(crate) error_responses: Striped,
 }
 
+impl Metrics {
+    /// Counts a session that ended.
+    pub(crate) fn session_ended(&self, end: &End) {
+        bump(&self.sessions_ended);
+        if let Some(slot) = session_end_slot(end) {
+            bump(&self.ended_by[slot]);
+        }
+    }
+
+    /// Counts how a connection ended, where a counter follows it.
+    pub(crate) fn connection_ended(&self, end: &End) {
+        match end {
+            End::SlowReader => bump(&self.slow_readers_cut),
+            End::IdleTimeout => bump(&self.idle_timeouts),
+            End::TooManyInflight => bump(&self.inflight_cut),
+            End::Conflict => bump(&self.conflicts),
+            End::HandshakeTimeout => {
+                bump(&self.handshakes_refused);
+                bump(&self.handshake_timeouts);
+            }
+            End::Protocol(
+                ProtocolError::TextMessage | ProtocolError::TooLarge | ProtocolError::WebSocket(_),
+            ) => bump(&self.ws_protocol_closes),
+            _ => {}
+        }
+    }
+}
+
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_end_labels_are_the_endings_own() {
+        let ends = [
+            End::Relogin,
+            End::Kicked("x".into()),
+            End::Logout,
+            End::Expired,
+            End::Shutdown,
+        ];
+        for end in ends {
+            let slot = session_end_slot(&end).unwrap();
+            assert_eq!(SESSION_ENDS[slot], end.label());
+        }
+        assert_eq!(session_end_slot(&End::IdleTimeout), None);
+    }
 }

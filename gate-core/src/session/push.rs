@@ -1,6 +1,6 @@
 //! The per-user push backlog, as a plain data structure: sequence numbers,
 //! the last pushes kept for replay, and what a reconnecting client must be
-//! sent (see the module docs of [`crate::msg`] for the wire side).
+//! sent (see [`crate::wire`] for the packages).
 //!
 //! Pushes of one session are numbered 1, 2, 3… without gaps. The backlog
 //! keeps the most recent ones, bounded both by count and by payload bytes,
@@ -11,9 +11,10 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
 /// A session's pushes: the last sequence number and the kept payloads.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct PushBacklog {
     /// The last sequence number assigned (0 before the first push).
     last_seq: u32,

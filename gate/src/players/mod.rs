@@ -1,31 +1,34 @@
-//! The message gate: skynet's `snax.msgserver` on tokio.
+//! The message gate (skynet's `snax.msgserver`): the players' sessions and
+//! connections, on tokio.
 //!
 //! [`MsgGate`] owns the sessions the login server places on this gate,
 //! accepts client connections ([`MsgGate::serve`]) and runs them until they
-//! end. The parts, each with one job:
+//! end. The rules live in the `gate-core` crate, as state machines without
+//! I/O: [`gate_core::session`] (how a player is treated) and
+//! [`gate_core::connection`] (how a connection is treated). Here, each part
+//! has one job:
 //!
-//! * [`crate::session`]: the life of one session as a sans-IO state
-//!   machine (where to read how a player is treated);
 //! * `core`: the session tables and the one place that carries out what a
 //!   session asks for;
-//! * `conn`: one connection's task (read, handshake, the session loop,
-//!   writes, the close); `ws`: the same for a WebSocket client (one
-//!   message per package); `requests`: their request path; `end`: why a
-//!   connection ended;
-//! * `handle`: how other tasks wake or close a connection's task;
-//! * `timers`: the gate's one timer facility (reconnect windows, idle).
+//! * `driver`: the one connection driver, pumping both machines over any
+//!   transport; `tcp` and `ws`: the two transports; `requests`: the
+//!   request path from a request to the agent and back;
+//! * `handle`: how other tasks wake a connection's task or ask it to close;
+//! * `timers`: the gate's one timer facility and clock (session and
+//!   connection deadlines).
 //!
 //! What a client sees — framing, status texts, the handshake's check order,
 //! the cache rules, pushes, kicks, heartbeats, every difference from
 //! skynet — is written down in `docs/PROTOCOL.md`.
 
-mod conn;
 mod core;
-mod end;
+mod driver;
 mod handle;
 mod metrics;
 mod requests;
+mod tcp;
 mod timers;
+mod transport;
 mod ws;
 
 use std::io;
@@ -33,24 +36,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-use codec::message::MAX_RESPONSE_CONTENT;
-use loginproto::handshake::{self, SessionSecret};
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+use codec::message::MAX_RESPONSE_CONTENT;
+use gate_core::End;
+use gate_core::session::PushRefused;
+use loginproto::handshake::{self, SessionSecret};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{GateCore, User};
-use self::handle::CloseCause;
 use self::metrics::bump;
-pub use self::metrics::{EndCause, GateMetrics, RefusedStatus};
+pub use self::metrics::{GateMetrics, RefusedStatus, SESSION_ENDS};
 use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::net::{self, AtCapacity, PerSource};
-use crate::placement::{EndReason, LoginLink, LoginRefusal};
-use crate::session::PushRefused;
+use crate::placement::{LoginLink, LoginRefusal};
 use crate::web::WebPolicy;
 
 /// Counts over every session of a gate.
@@ -75,7 +78,7 @@ pub struct SessionInfo {
     /// This gate's server name.
     pub server: String,
     /// Online (connected), away, placed (never connected) or ended.
-    pub phase: crate::session::Phase,
+    pub phase: gate_core::session::Phase,
     /// The last accepted handshake index (as text).
     pub index: String,
     /// Requests running.
@@ -122,7 +125,7 @@ impl MsgGate {
     /// and returns the subid (decimal text; 1, 2, 3… per gate).
     ///
     /// If the uid is already logged in on this gate, that session is kicked
-    /// first (reason `relogin`) and this waits until its connection is
+    /// first ([`End::Relogin`]) and this waits until its connection is
     /// closed. The old session's late events can never remove the new one.
     /// The new session has the reconnect window to connect.
     pub async fn login(&self, uid: Bytes, secret: SessionSecret) -> Result<Bytes, LoginRefusal> {
@@ -149,26 +152,24 @@ impl MsgGate {
             }
             match self.core.place(&uid, &user, &secret) {
                 Ok(user) => return Ok(user.subid.clone()),
-                Err(old) => {
-                    self.kick_user(&old, EndReason::Kicked("relogin".into()))
-                        .await
-                }
+                Err(old) => self.kick_user(&old, End::Relogin).await,
             }
         }
     }
 
-    /// Ends session `(uid, subid)` with [`EndReason::Kicked`]`(reason)`:
-    /// its connection is closed, the agent and the login server are told.
-    /// Resolves once the connection is closed (at most a few seconds).
-    /// Does nothing if there is no such session.
-    pub async fn kick(&self, uid: &[u8], subid: &[u8], reason: String) {
+    /// Ends session `(uid, subid)` for `reason` (a session ending of
+    /// [`End`]: a kick, a relogin...): its connection is closed, the agent
+    /// and the login server are told. Resolves once the connection is
+    /// closed (at most a few seconds). Does nothing if there is no such
+    /// session.
+    pub async fn kick(&self, uid: &[u8], subid: &[u8], reason: End) {
         let username = handshake::username(uid, self.core.cfg.name.as_bytes(), subid);
         if let Some(user) = self.core.user_by_username(&username) {
-            self.kick_user(&user, EndReason::Kicked(reason)).await;
+            self.kick_user(&user, reason).await;
         }
     }
 
-    async fn kick_user(&self, user: &Arc<User>, reason: EndReason) {
+    async fn kick_user(&self, user: &Arc<User>, reason: End) {
         if let Some(conn) = self.core.end(user, reason) {
             let _ = tokio::time::timeout(KICK_WAIT, conn.finished()).await;
         }
@@ -245,11 +246,11 @@ impl MsgGate {
         let users = self.core.users();
         let mut stats = SessionStats::default();
         for user in &users {
-            let slot = user.lock();
-            if slot.session.phase() == crate::session::Phase::Online {
+            let state = user.lock();
+            if state.session.phase() == gate_core::session::Phase::Online {
                 stats.online += 1;
             }
-            stats.queued_bytes += slot.session.queued_bytes();
+            stats.queued_bytes += state.session.queued_bytes();
         }
         stats.away = users.len() - stats.online;
         stats
@@ -258,8 +259,8 @@ impl MsgGate {
     /// What the gate knows of the session of `uid`, if it has one.
     pub fn session_info(&self, uid: &[u8]) -> Option<SessionInfo> {
         let user = self.core.user_by_uid(uid)?;
-        let slot = user.lock();
-        let session = &slot.session;
+        let state = user.lock();
+        let session = &state.session;
         Some(SessionInfo {
             uid: user.uid.clone(),
             subid: user.subid.clone(),
@@ -321,7 +322,7 @@ impl MsgGate {
     /// 2. connections stop reading new requests; each closes once the
     ///    requests in flight of its user are answered and written;
     /// 3. after `cfg.shutdown_grace`, the remaining connections are closed;
-    /// 4. every session ends with [`EndReason::Shutdown`].
+    /// 4. every session ends with [`End::Shutdown`].
     ///
     /// At most `cfg.maxclient` connections are open at once: a connection
     /// permit is taken before `accept` and moved into the connection's task;
@@ -394,8 +395,8 @@ impl MsgGate {
             match web {
                 None => core
                     .tracker
-                    .spawn(conn::run(Arc::clone(core), stream, addr, slots)),
-                Some(policy) => core.tracker.spawn(ws::run(
+                    .spawn(driver::run_tcp(Arc::clone(core), stream, addr, slots)),
+                Some(policy) => core.tracker.spawn(driver::run_ws(
                     Arc::clone(core),
                     stream,
                     addr,
@@ -444,7 +445,7 @@ impl MsgGate {
         let core = &self.core;
         tracing::info!(name = %core.cfg.name, "message gate shutting down");
         core.draining.cancel();
-        core.close_all(CloseCause::Drain);
+        core.drain_all();
         core.tracker.close();
         let grace = core.cfg.shutdown_grace;
         if tokio::time::timeout(grace, core.tracker.wait())
@@ -456,11 +457,11 @@ impl MsgGate {
                 "shutdown grace over: closing the remaining connections"
             );
             core.hard.cancel();
-            core.close_all(CloseCause::ShutdownNow);
+            core.close_all_now();
             core.tracker.wait().await;
         }
         for user in core.users() {
-            core.end(&user, EndReason::Shutdown);
+            core.end(&user, End::Shutdown);
         }
         tracing::info!(name = %core.cfg.name, "message gate stopped");
     }

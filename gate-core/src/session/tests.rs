@@ -7,13 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::time::Time;
 use bytes::{Bytes, BytesMut};
 use codec::ext::Ext;
 use codec::message::{LuaNumber, Response, ResponseFlag};
-use codec::package::PackageCodec;
+use codec::package::decode_package;
 use proptest::prelude::*;
-use tokio::time::Instant;
-use tokio_util::codec::Decoder;
 
 use super::*;
 
@@ -46,7 +45,7 @@ fn hello(index: i64, ext: Option<u32>) -> Hello {
 fn packages(bytes: &[u8]) -> Vec<(Vec<u8>, u8, u32)> {
     let mut buf = BytesMut::from(bytes);
     let mut out = Vec::new();
-    while let Some(payload) = PackageCodec.decode(&mut buf).unwrap() {
+    while let Some(payload) = decode_package(&mut buf) {
         if [&b"200 OK"[..], b"400 Bad Request", b"401 Unauthorized"].contains(&&payload[..]) {
             out.push((payload.to_vec(), 0xff, 0));
             continue;
@@ -78,7 +77,7 @@ fn exec(r: Result<OnRequest, RequestRefused>) -> ExecId {
 }
 
 /// A session online on connection `conn` at `now`.
-fn online(now: Instant, conn: ConnId, ext: Option<u32>) -> Session<ConnId> {
+fn online(now: Time, conn: ConnId, ext: Option<u32>) -> Session<ConnId> {
     let mut s = Session::new(now, limits());
     s.handshake(now, conn, hello(1, ext), false).unwrap();
     s
@@ -86,7 +85,7 @@ fn online(now: Instant, conn: ConnId, ext: Option<u32>) -> Session<ConnId> {
 
 #[test]
 fn placed_then_handshake_then_away_then_expired() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s: Session<ConnId> = Session::new(t0, limits());
     assert_eq!(s.phase(), Phase::Placed);
     assert_eq!(s.poll_timeout(), Some(t0 + WINDOW));
@@ -117,34 +116,34 @@ fn placed_then_handshake_then_away_then_expired() {
     assert_eq!(
         s.handle_timeout(t1 + WINDOW),
         vec![
-            Effect::Unregister(EndReason::Expired),
-            Effect::Notify(SessionEvent::Ended(EndReason::Expired))
+            Effect::Unregister(End::Expired),
+            Effect::Notify(SessionEvent::Ended(End::Expired))
         ]
     );
     assert_eq!(s.phase(), Phase::Ended);
-    assert_eq!(s.end_reason(), Some(&EndReason::Expired));
+    assert_eq!(s.end_reason(), Some(&End::Expired));
     assert_eq!(s.poll_timeout(), None);
     // Nothing more happens to an ended session.
-    assert!(s.end(EndReason::Logout).is_empty());
+    assert!(s.end(End::Logout).is_empty());
     assert!(s.handle_timeout(t1 + WINDOW * 2).is_empty());
 }
 
 #[test]
 fn a_placed_session_that_never_connects_expires() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s: Session<ConnId> = Session::new(t0, limits());
     assert_eq!(
         s.handle_timeout(t0 + WINDOW),
         vec![
-            Effect::Unregister(EndReason::Expired),
-            Effect::Notify(SessionEvent::Ended(EndReason::Expired))
+            Effect::Unregister(End::Expired),
+            Effect::Notify(SessionEvent::Ended(End::Expired))
         ]
     );
 }
 
 #[test]
 fn handshake_at_the_instant_the_window_expires_is_404() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     s.connection_gone(t0, 1);
     // One millisecond before: still welcome.
@@ -173,7 +172,7 @@ fn handshake_at_the_instant_the_window_expires_is_404() {
 
 #[test]
 fn index_rules_and_refusals_do_not_use_up_the_index() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     for stale in [0, 1] {
         assert_eq!(
@@ -206,7 +205,7 @@ fn index_rules_and_refusals_do_not_use_up_the_index() {
 
 #[test]
 fn a_newer_handshake_supersedes_and_the_late_end_of_the_old_changes_nothing() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     let running = exec(s.request(1, 10));
     let accepted = s.handshake(t0, 2, hello(2, None), false).unwrap();
@@ -215,7 +214,7 @@ fn a_newer_handshake_supersedes_and_the_late_end_of_the_old_changes_nothing() {
         vec![
             Effect::Close {
                 conn: 1,
-                cause: Close::Superseded,
+                cause: End::Superseded,
                 farewell: None
             },
             Effect::Notify(SessionEvent::Back { addr: addr() })
@@ -243,7 +242,7 @@ fn a_newer_handshake_supersedes_and_the_late_end_of_the_old_changes_nothing() {
 
 #[test]
 fn an_answer_completing_after_its_connection_is_gone_waits_for_the_resend() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     let e = exec(s.request(1, 5));
     s.connection_gone(t0, 1);
@@ -255,7 +254,7 @@ fn an_answer_completing_after_its_connection_is_gone_waits_for_the_resend() {
 
 #[test]
 fn answers_queued_for_a_connection_that_goes_count_as_undelivered() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     let e = exec(s.request(1, 5));
     // Completed from another task: queued for connection 1...
@@ -278,10 +277,10 @@ fn answers_queued_for_a_connection_that_goes_count_as_undelivered() {
 
 #[test]
 fn relogin_while_away_ends_without_a_connection_to_close() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, Some(0));
     s.connection_gone(t0, 1);
-    let reason = EndReason::Kicked("relogin".into());
+    let reason = End::Relogin;
     assert_eq!(
         s.end(reason.clone()),
         vec![
@@ -295,9 +294,9 @@ fn relogin_while_away_ends_without_a_connection_to_close() {
 fn a_kick_during_a_handshake_wins() {
     // The driver checks the MAC without the lock; a kick that lands before
     // it takes the lock ends the session: the handshake is then a 404.
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s: Session<ConnId> = Session::new(t0, limits());
-    s.end(EndReason::Kicked("logged in again".into()));
+    s.end(End::Relogin);
     assert_eq!(
         s.handshake(t0, 1, hello(1, Some(0)), false).unwrap_err(),
         HandshakeRefusal::UnknownUser
@@ -306,7 +305,7 @@ fn a_kick_during_a_handshake_wins() {
 
 #[test]
 fn a_push_during_a_handshake_is_sent_exactly_once() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, Some(0));
     s.connection_gone(t0, 1);
     // Before the handshake takes the lock: in the replay.
@@ -328,7 +327,7 @@ fn a_push_during_a_handshake_is_sent_exactly_once() {
 
 #[test]
 fn replay_starts_after_the_last_seen_push_and_reports_gaps() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let lim = Arc::new(Limits {
         push_backlog: 2,
         ..Limits::default()
@@ -353,7 +352,7 @@ fn replay_starts_after_the_last_seen_push_and_reports_gaps() {
 
 #[test]
 fn pushes_to_a_plain_connection_are_only_kept() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     assert_eq!(s.push(Bytes::from_static(b"p")).unwrap(), (1, None));
     assert!(s.take_outbox(1).is_empty());
@@ -364,7 +363,7 @@ fn pushes_to_a_plain_connection_are_only_kept() {
 
 #[test]
 fn a_client_that_does_not_read_is_cut_by_its_queue() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let lim = Arc::new(Limits {
         send_queue_bytes: 100,
         ..Limits::default()
@@ -386,7 +385,7 @@ fn a_client_that_does_not_read_is_cut_by_its_queue() {
             3,
             Some(Effect::Close {
                 conn: 1,
-                cause: Close::SlowReader,
+                cause: End::SlowReader,
                 farewell: None
             })
         )
@@ -397,15 +396,15 @@ fn a_client_that_does_not_read_is_cut_by_its_queue() {
 
 #[test]
 fn ending_an_opted_in_session_sends_what_was_queued_then_the_kick() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, Some(0));
     let e = exec(s.request(1, 9));
     assert_eq!(s.complete(9, e, ok("nine", 9), None), Completion::Wake(1));
-    let reason = EndReason::Kicked("bye".into());
+    let reason = End::Kicked("bye".into());
     let effects = s.end(reason.clone());
     let Effect::Close {
         conn: 1,
-        cause: Close::SessionEnded,
+        cause: End::Kicked(_),
         farewell: Some(farewell),
     } = &effects[0]
     else {
@@ -431,13 +430,13 @@ fn ending_an_opted_in_session_sends_what_was_queued_then_the_kick() {
 
 #[test]
 fn a_plain_connection_is_closed_without_a_farewell() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     assert_eq!(
-        s.end(EndReason::Logout)[0],
+        s.end(End::Logout)[0],
         Effect::Close {
             conn: 1,
-            cause: Close::SessionEnded,
+            cause: End::Logout,
             farewell: None
         }
     );
@@ -445,7 +444,7 @@ fn a_plain_connection_is_closed_without_a_farewell() {
 
 #[test]
 fn inflight_cap_conflict_and_abandon() {
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let lim = Arc::new(Limits {
         max_inflight: 2,
         ..Limits::default()
@@ -470,7 +469,7 @@ fn inflight_cap_conflict_and_abandon() {
 fn the_last_answer_wakes_a_connection_waiting_to_close() {
     // An orphaned execution (its entry dropped by a conflict) finishing
     // last still wakes the bound connection, which may be draining.
-    let t0 = Instant::now();
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, None);
     let orphan = exec(s.request(1, 2));
     assert_eq!(s.request(1, 2), Ok(OnRequest::Absorbed));
@@ -523,7 +522,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// running behind the gate.
 struct World {
     s: Session<ConnId>,
-    now: Instant,
+    now: Time,
     conn: Option<ConnId>,
     next_conn: ConnId,
     index: i64,
@@ -543,7 +542,7 @@ struct World {
 
 impl World {
     fn new(limits: Limits) -> World {
-        let now = Instant::now();
+        let now = Time::from_epoch(Duration::from_secs(1000));
         let mut w = World {
             s: Session::new(now, Arc::new(limits)),
             now,
@@ -740,4 +739,31 @@ proptest! {
         w.run(ops)?;
         prop_assert!(w.s.cache().bytes() <= 3 * (cache::ENTRY_COST + 20) + 1000 * cache::ENTRY_COST);
     }
+}
+
+#[test]
+fn a_session_written_out_and_read_back_goes_on_where_it_was() {
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
+    let mut s = online(t0, 1, Some(0));
+    let done = exec(s.request(1, 1));
+    s.complete(1, done, ok("one", 1), None);
+    let running = exec(s.request(1, 2));
+    s.push(Bytes::from_static(b"p1")).unwrap();
+    s.push(Bytes::from_static(b"p2")).unwrap();
+    let text = serde_json::to_string(&s).unwrap();
+    let back: Session<ConnId> = serde_json::from_str(&text).unwrap();
+    let mut back = back.with_limits(limits());
+    assert_eq!(serde_json::to_string(&back).unwrap(), text);
+    assert_eq!((back.phase(), back.inflight()), (Phase::Online, 1));
+    assert_eq!(back.index(), LuaNumber::Int(1));
+    assert_eq!(back.pushes().last_seq(), 2);
+    // The running request still completes into the restored session, and
+    // a re-send of the answered one is answered from the cache.
+    back.take_outbox(1);
+    let mut out = BytesMut::new();
+    back.complete(2, running, ok("two", 2), Some((1, &mut out)));
+    assert_eq!(packages(&out), vec![(b"two".to_vec(), 1, 2)]);
+    back.connection_gone(t0, 1);
+    back.handshake(t0, 2, hello(2, Some(1)), false).unwrap();
+    assert_eq!(back.request(2, 1), Ok(OnRequest::Resend(ok("one", 1))));
 }

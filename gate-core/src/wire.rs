@@ -14,13 +14,12 @@ pub fn flagged_len(len: usize) -> usize {
     HEADER_LEN + len + 5
 }
 
-/// Appends `content ‖ flag ‖ BE32(session)` as one package. Content that
-/// does not fit in a package is left out (with a warning) rather than
-/// framed wrongly; every caller checks or cuts it first.
-pub fn write_flagged(out: &mut BytesMut, content: &[u8], flag: ResponseFlag, session: u32) {
-    if Response::encode(content, flag, session, out).is_err() {
-        tracing::warn!(len = content.len(), "package does not fit: not sent");
-    }
+/// Appends `content ‖ flag ‖ BE32(number)` as one package. Content that
+/// does not fit in a package is left out rather than framed wrongly; every
+/// caller checks or cuts it first (a debug build asserts so).
+pub fn write_flagged(out: &mut BytesMut, content: &[u8], flag: ResponseFlag, number: u32) {
+    let encoded = Response::encode(content, flag, number, out);
+    debug_assert!(encoded.is_ok(), "a package of {} bytes", content.len());
 }
 
 /// The error response `00 ‖ BE32(session)` (spec §5.4: a handler that
@@ -45,6 +44,12 @@ pub fn response(session: u32, content: Option<&[u8]>) -> Bytes {
     }
 }
 
+/// Appends the empty package: the answer to an opted-in client's
+/// heartbeat.
+pub fn write_heartbeat(out: &mut BytesMut) {
+    out.extend_from_slice(&[0, 0]);
+}
+
 /// Appends a status package (`200 OK`, `404 User Not Found`, ...).
 pub fn write_status(out: &mut BytesMut, status: GateStatus) {
     // A status text always fits in a package.
@@ -63,8 +68,7 @@ pub fn write_kick(out: &mut BytesMut, reason: &str) {
 
 #[cfg(test)]
 mod tests {
-    use codec::package::PackageCodec;
-    use tokio_util::codec::Decoder;
+    use codec::package::decode_package;
 
     use super::*;
 
@@ -90,7 +94,7 @@ mod tests {
         let reason = "é".repeat(40_000);
         let mut out = BytesMut::new();
         write_kick(&mut out, &reason);
-        let payload = PackageCodec.decode(&mut out).unwrap().unwrap();
+        let payload = decode_package(&mut out).unwrap();
         let kick = Response::parse(payload).unwrap();
         assert_eq!((kick.flag, kick.session), (ResponseFlag::KICK, 0));
         assert_eq!(kick.content.len(), MAX_RESPONSE_CONTENT);

@@ -1,0 +1,529 @@
+//! The one connection driver: pumps a [`Connection`] machine and the
+//! player's session over any [`Transport`] (TCP, WebSocket), on one task
+//! per connection, from accept to close.
+//!
+//! It is a thin pump: wait for input, the handle (wake-ups, close
+//! requests, deadlines) or room to write; feed what arrived to the
+//! machine; serve each input (the handshake, then requests); write; arm
+//! the gate's one timer facility for the machine's next deadline. Every
+//! decision (when to stop reading, when to close, with which code, what
+//! to say first) is the machine's or the session's.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use gate_core::End;
+use gate_core::connection::{CLOSE_LINGER, Connection, Input, Mapping};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::core::{Bound, GateCore};
+use super::handle::{Asked, ConnHandle};
+use super::metrics::{RefusedStatus, bump};
+use super::requests::PlayerConn;
+use super::tcp::Tcp;
+use super::transport::{Flow, Read, Transport};
+use super::ws::Ws;
+use crate::esc::esc;
+use crate::net::SourceSlot;
+use crate::web::{UpgradeError, WebPolicy};
+
+/// The slots an accepted connection holds: its maxclient permit and its
+/// place in its source address's count.
+pub(super) type Slots = (OwnedSemaphorePermit, SourceSlot);
+
+/// Runs one accepted TCP connection to its end.
+pub(super) fn run_tcp(
+    core: Arc<GateCore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slots: Slots,
+) -> impl Future<Output = ()> + Send {
+    drive(
+        core,
+        addr,
+        slots,
+        std::future::ready(Some(Tcp::new(stream))),
+    )
+}
+
+/// Runs one accepted WebSocket connection to its end: the upgrade (and
+/// TLS) within the handshake deadline, then as any connection.
+pub(super) fn run_ws(
+    core: Arc<GateCore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slots: Slots,
+    policy: Arc<WebPolicy>,
+) -> impl Future<Output = ()> + Send {
+    let _ = stream.set_nodelay(true);
+    let metrics = Arc::clone(&core.metrics);
+    let opening = async move {
+        match policy.upgrade(stream, addr).await {
+            Ok(ws) => Some(Ws::new(ws)),
+            Err(e) => {
+                bump(match e {
+                    UpgradeError::Origin(_) => &metrics.ws_origin_refused,
+                    UpgradeError::Handshake(_) => &metrics.ws_upgrades_failed,
+                });
+                tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
+                None
+            }
+        }
+    };
+    drive(core, addr, slots, opening)
+}
+
+/// Counts the connection as open (and a WebSocket one as such) and holds
+/// its slots; all released when the task ends, however it ends.
+struct OpenConn<T: Transport> {
+    core: Arc<GateCore>,
+    _slots: Slots,
+    _transport: PhantomData<fn() -> T>,
+}
+
+impl<T: Transport> OpenConn<T> {
+    fn new(core: Arc<GateCore>, slots: Slots) -> OpenConn<T> {
+        core.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        if T::MAPPING == Mapping::Messages {
+            core.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
+        }
+        OpenConn {
+            core,
+            _slots: slots,
+            _transport: PhantomData,
+        }
+    }
+}
+
+impl<T: Transport> Drop for OpenConn<T> {
+    fn drop(&mut self) {
+        let metrics = &self.core.metrics;
+        metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        if T::MAPPING == Mapping::Messages {
+            metrics.ws_connections.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One connection from accept to close (see the module docs).
+///
+/// Every idle connection is one of these futures, so what it holds while
+/// the session loop waits is kept small: the handshake phase (with the
+/// opening and the address) and the close are boxed futures of their own.
+fn drive<T: Transport + 'static>(
+    core: Arc<GateCore>,
+    addr: SocketAddr,
+    slots: Slots,
+    opening: impl Future<Output = Option<T>> + Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    let open = OpenConn::<T>::new(core, slots);
+    let handle = Arc::new(ConnHandle::new(open.core.next_conn_id()));
+    let conn = Connection::new(
+        open.core.timers.now(),
+        T::MAPPING,
+        Arc::clone(&open.core.conn_limits),
+    );
+    let handshaking = Box::pin(handshake(
+        Arc::clone(&open.core),
+        conn,
+        Arc::clone(&handle),
+        addr,
+        opening,
+    ));
+    async move {
+        let core = &open.core;
+        let Some((mut opened, player)) = handshaking.await.map(|(opened, bound)| {
+            let player = PlayerConn::new(core, &bound, handle);
+            (opened, player)
+        }) else {
+            return;
+        };
+        let end = {
+            // Unbinds when the session loop ends, however it ends (even if
+            // the agent panics inside it).
+            let _unbind = Unbind(&player);
+            let Opened {
+                transport,
+                conn,
+                pending,
+            } = &mut opened;
+            session(transport, conn, pending, &player).await
+        };
+        Box::pin(finish(core, opened, &player, end)).await;
+    }
+}
+
+/// How the authenticated connection ended: counted, logged, closed.
+async fn finish<T: Transport>(
+    core: &GateCore,
+    opened: Opened<T>,
+    player: &PlayerConn<'_>,
+    end: End,
+) {
+    let Opened {
+        mut transport,
+        conn,
+        mut pending,
+    } = opened;
+    core.metrics.connection_ended(&end);
+    tracing::debug!(
+        uid = %esc(&player.user.uid),
+        subid = %esc(&player.user.subid),
+        cause = end.label(),
+        %end,
+        "connection closed"
+    );
+    if end.graceful() {
+        match player.handle.farewell() {
+            Some(farewell) => pending.extend_from_slice(farewell),
+            None => conn.farewell(&end, &mut pending),
+        }
+        close(core, &mut transport, pending, &end, Some(&player.handle)).await;
+    } else {
+        player.handle.set_finished();
+        let _ = tokio::time::timeout(CLOSE_LINGER, transport.abort(&end)).await;
+    }
+}
+
+/// What a successful handshake phase hands the session loop (with the
+/// [`Bound`] session).
+struct Opened<T> {
+    transport: T,
+    conn: Connection,
+    /// The greeting, if the transport could not write it at once.
+    pending: BytesMut,
+}
+
+/// The handshake phase: the transport's opening (a WebSocket upgrade) and
+/// the first package, within the machine's deadline. Refused, the status
+/// is sent and the connection closed here (`None`); accepted, the greeting
+/// (`200 OK`, the welcome, the replay) is written or queued first.
+async fn handshake<T: Transport>(
+    core: Arc<GateCore>,
+    mut conn: Connection,
+    handle: Arc<ConnHandle>,
+    addr: SocketAddr,
+    opening: impl Future<Output = Option<T>>,
+) -> Option<(Opened<T>, Bound)> {
+    let (core, handle) = (&core, &handle);
+    let mut pending = BytesMut::new();
+    let deadline = core.timers.instant(conn.poll_timeout()?);
+    let opened = tokio::select! {
+        biased;
+        () = core.draining.cancelled() => return None,
+        opened = tokio::time::timeout_at(deadline, opening) => opened,
+    };
+    let mut transport = match opened {
+        Ok(Some(transport)) => transport,
+        Ok(None) => return None,
+        Err(_) => {
+            let end = End::HandshakeTimeout;
+            core.metrics.connection_ended(&end);
+            tracing::debug!(%addr, %end, "connection closed");
+            return None;
+        }
+    };
+    let mut bound = None;
+    let result = loop {
+        let ready = tokio::select! {
+            biased;
+            () = core.draining.cancelled() => Err(conn.drain().unwrap_or(End::Shutdown)),
+            () = tokio::time::sleep_until(deadline) => {
+                Err(conn.handle_timeout(core.timers.now()).unwrap_or(End::HandshakeTimeout))
+            }
+            ready = std::future::poll_fn(|cx| transport.poll_input(cx)) => ready,
+        };
+        if let Err(end) = ready {
+            break Err(end);
+        }
+        let read = transport.read(&mut conn, &mut pending, |conn, input, out| match input {
+            Input::Handshake(payload) => match checked_handshake(core, &payload, addr, handle) {
+                Ok(accepted) => {
+                    conn.accepted(core.timers.now(), accepted.ext);
+                    // `200 OK`, then the welcome and the pushes the
+                    // client has not seen, before any answer.
+                    out.extend_from_slice(&accepted.greeting);
+                    bound = Some(accepted);
+                    Ok(Flow::Pause)
+                }
+                Err(status) => Err(conn.refuse(status, out)),
+            },
+            // The machine gives requests only after `accepted`.
+            Input::Request(_) => Ok(Flow::Pause),
+        });
+        match read {
+            Ok(Read::Eof) => {
+                break Err(conn
+                    .input_ended(core.timers.now())
+                    .unwrap_or(End::PeerClosed));
+            }
+            Ok(_) if bound.is_some() => break Ok(()),
+            Ok(_) => {}
+            Err(end) => break Err(end),
+        }
+    };
+    let end = match (result, bound) {
+        (Ok(()), Some(bound)) => {
+            return Some((
+                Opened {
+                    transport,
+                    conn,
+                    pending,
+                },
+                bound,
+            ));
+        }
+        (Err(end), _) => end,
+        // The loop ends well only once bound.
+        (Ok(()), None) => End::PeerClosed,
+    };
+    core.metrics.connection_ended(&end);
+    tracing::debug!(%addr, cause = end.label(), %end, "connection closed before its session");
+    if end.graceful() {
+        close(core, &mut transport, pending, &end, None).await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_LINGER, transport.abort(&end)).await;
+    }
+    None
+}
+
+/// The authenticated part of the connection; returns how it ends.
+async fn session<T: Transport>(
+    transport: &mut T,
+    conn: &mut Connection,
+    pending: &mut BytesMut,
+    player: &PlayerConn<'_>,
+) -> End {
+    let core = player.core;
+    arm(player, conn);
+    loop {
+        // Waking up for the handle does not count against tokio's
+        // cooperative budget: spend one unit per round so a busy
+        // connection cannot starve the others.
+        tokio::task::consume_budget().await;
+        if conn.reading()
+            && transport.has_buffered()
+            && let Err(end) = read(transport, conn, pending, player)
+        {
+            return end;
+        }
+        if let Err(end) = transport.flush(pending) {
+            return end;
+        }
+        let inflight = if conn.reading() { 0 } else { player.inflight() };
+        if let Some(end) = conn.check(pending.len(), inflight) {
+            return end;
+        }
+        // A hand-written wait instead of `select!`: no waiter or
+        // sub-future is stored in the task, which keeps every idle
+        // connection small.
+        let reading = conn.reading();
+        let event = std::future::poll_fn(|cx| {
+            if player.handle.poll_woken(cx).is_ready() {
+                return Poll::Ready(Ok(Event::Woken));
+            }
+            if transport.wants_write(pending)
+                && let Err(end) = transport.poll_write(cx, pending)
+            {
+                return Poll::Ready(Err(end));
+            }
+            if reading && let Poll::Ready(ready) = transport.poll_input(cx) {
+                return Poll::Ready(ready.map(|()| Event::Input));
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Err(end) => return end,
+            Ok(Event::Woken) => {
+                match player.handle.asked() {
+                    Asked::Close(end) => return end,
+                    Asked::Drain => {
+                        if let Some(end) = conn.drain() {
+                            return end;
+                        }
+                    }
+                    Asked::Nothing => {}
+                }
+                if conn.poll_timeout().is_some() {
+                    if let Some(end) = conn.handle_timeout(core.timers.now()) {
+                        return end;
+                    }
+                    arm(player, conn);
+                }
+                player.take_outbox(pending);
+            }
+            Ok(Event::Input) => match read(transport, conn, pending, player) {
+                Ok(Read::Eof) => {
+                    if let Some(end) = conn.input_ended(core.timers.now()) {
+                        return end;
+                    }
+                    arm(player, conn);
+                }
+                Ok(Read::Data) if conn.tracks_input() => conn.input_at(core.timers.now()),
+                Ok(_) => {}
+                Err(end) => return end,
+            },
+        }
+    }
+}
+
+/// What woke the session loop.
+enum Event {
+    /// The handle: a close request, a deadline, or the outbox.
+    Woken,
+    /// Input to read.
+    Input,
+}
+
+/// Reads and serves what arrived on an authenticated connection.
+fn read<T: Transport>(
+    transport: &mut T,
+    conn: &mut Connection,
+    pending: &mut BytesMut,
+    player: &PlayerConn<'_>,
+) -> Result<Read, End> {
+    transport.read(conn, pending, |_, input, out| match input {
+        Input::Request(request) => player.request(request, out).map(|()| Flow::More),
+        // The machine gives a handshake only before `accepted`.
+        Input::Handshake(_) => Ok(Flow::More),
+    })
+}
+
+/// Arms the gate's timers for the connection's next deadline.
+fn arm(player: &PlayerConn<'_>, conn: &Connection) {
+    if let Some(deadline) = conn.poll_timeout() {
+        player.core.arm_conn(&player.handle, deadline);
+    }
+}
+
+/// Closes gracefully (see [`Transport::close`]) within [`CLOSE_LINGER`],
+/// or at once when the shutdown grace is over; then tells `handle`, if
+/// any, that the connection is closed (a kick waits for that).
+async fn close<T: Transport>(
+    core: &GateCore,
+    transport: &mut T,
+    pending: BytesMut,
+    end: &End,
+    handle: Option<&Arc<ConnHandle>>,
+) {
+    let closed = || {
+        if let Some(handle) = handle {
+            handle.set_finished();
+        }
+    };
+    let closing = transport.close(pending, end.close_code(), closed, core.draining.cancelled());
+    tokio::select! {
+        _ = tokio::time::timeout(CLOSE_LINGER, closing) => {}
+        () = core.hard.cancelled() => {}
+    }
+    if let Some(handle) = handle {
+        handle.set_finished();
+    }
+}
+
+/// Checks a handshake package, counts and logs the outcome. Refused: the
+/// status to send, if any.
+fn checked_handshake(
+    core: &Arc<GateCore>,
+    payload: &Bytes,
+    addr: SocketAddr,
+    handle: &Arc<ConnHandle>,
+) -> Result<Bound, Option<codec::status::GateStatus>> {
+    match core.handshake(payload, addr, handle) {
+        Ok(bound) => {
+            bump(&core.metrics.handshakes_ok);
+            tracing::debug!(
+                %addr,
+                uid = %esc(&bound.user.uid),
+                subid = %esc(&bound.user.subid),
+                opted_in = bound.ext,
+                conn = handle.id,
+                "handshake ok"
+            );
+            Ok(bound)
+        }
+        Err(refusal) => {
+            bump(&core.metrics.handshakes_refused);
+            bump(&core.metrics.refused_by[RefusedStatus::of(refusal.status()) as usize]);
+            tracing::debug!(
+                %addr,
+                status = refusal.status().map(|s| s.code()),
+                reason = %refusal,
+                "handshake refused"
+            );
+            Err(refusal.status())
+        }
+    }
+}
+
+/// After the session loop: if the session is still bound to this
+/// connection, the user is now away (skynet's `disconnect_handler`) and
+/// its reconnect window starts. A connection that was superseded or whose
+/// session ended changes nothing, so its late close can never touch a
+/// newer connection or session.
+struct Unbind<'a, 'b>(&'a PlayerConn<'b>);
+
+impl Drop for Unbind<'_, '_> {
+    fn drop(&mut self) {
+        // No call into the agent while unwinding from its panic.
+        let notify = !std::thread::panicking();
+        let player = self.0;
+        player
+            .core
+            .connection_gone(&player.user, player.handle.id, notify);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::agent::EchoAgent;
+    use crate::config::GateConfig;
+    use crate::placement::LoginLink;
+
+    struct NoLogin;
+
+    impl LoginLink for NoLogin {
+        fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &End) {}
+    }
+
+    /// Every idle connection is one of these futures: keep it small (the
+    /// budget is 4 KB of user-space memory per idle session, all in).
+    #[tokio::test]
+    async fn connection_task_is_small() {
+        let core = Arc::new(GateCore::new(
+            GateConfig::default(),
+            Arc::new(EchoAgent),
+            Arc::new(NoLogin),
+        ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let source = crate::net::PerSource::new(1).enter(peer.ip()).unwrap();
+        let task = run_tcp(core, stream, peer, (permit, source));
+        let size = std::mem::size_of_val(&task);
+        println!(
+            "connection task future: {size} bytes; ConnHandle {} Connection {} Tcp {} PlayerConn {} OpenConn {} End {}",
+            std::mem::size_of::<ConnHandle>(),
+            std::mem::size_of::<Connection>(),
+            std::mem::size_of::<Tcp>(),
+            std::mem::size_of::<PlayerConn<'_>>(),
+            std::mem::size_of::<OpenConn<Tcp>>(),
+            std::mem::size_of::<End>(),
+        );
+        assert!(size <= 400, "connection task future is {size} bytes");
+        drop(client);
+    }
+}

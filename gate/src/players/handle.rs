@@ -1,0 +1,172 @@
+//! [`ConnHandle`]: the shared half of one connection — how the rest of the
+//! gate wakes its task, asks it to close, tells it a deadline came, and
+//! waits for it to be closed.
+//!
+//! The wake-up is an atomic flag plus an [`AtomicWaker`] rather than a
+//! `Notify`: polling it needs no lock and no waiter stored in the task, and
+//! the task of every idle connection waits on it.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use gate_core::End;
+use gate_core::session::{ConnId, SharedConn};
+use tokio::sync::Notify;
+
+/// What another party asked of a connection's task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Asked {
+    /// Nothing: keep going.
+    Nothing,
+    /// Gate shutdown: stop reading, finish what was asked, then close.
+    Drain,
+    /// Close for this reason.
+    Close(End),
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    pub(crate) id: ConnId,
+    /// Packages to write before closing because the session ended (what
+    /// was still queued, then the kick package); set once.
+    farewell: OnceLock<Bytes>,
+    /// Something to do: outbox not empty, a deadline, or a close request.
+    woken: AtomicBool,
+    waker: AtomicWaker,
+    /// Why to close, once asked; the strongest reason wins
+    /// ([`End::strength`]). Boxed: most connections are never asked.
+    close: Mutex<Option<Box<End>>>,
+    drain: AtomicBool,
+    /// The connection's deadline armed in the gate's timers, as a tick of
+    /// the timers (0: none armed).
+    timer_at: AtomicU32,
+    finished: AtomicBool,
+    done: Notify,
+}
+
+impl SharedConn for ConnHandle {
+    fn conn_id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl ConnHandle {
+    pub(crate) fn new(id: ConnId) -> ConnHandle {
+        ConnHandle {
+            id,
+            farewell: OnceLock::new(),
+            woken: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
+            close: Mutex::new(None),
+            drain: AtomicBool::new(false),
+            timer_at: AtomicU32::new(0),
+            finished: AtomicBool::new(false),
+            done: Notify::new(),
+        }
+    }
+
+    /// Wakes the connection's task (it then checks what it was asked, its
+    /// deadline and its outbox).
+    pub(crate) fn wake(&self) {
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready once after each [`ConnHandle::wake`].
+    pub(crate) fn poll_woken(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register first, then check: a wake in between is not lost.
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Asks the task to close for `end`; a stronger reason replaces a
+    /// weaker one.
+    pub(crate) fn close(&self, end: End) {
+        {
+            let mut close = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+            if close
+                .as_ref()
+                .is_none_or(|old| end.strength() > old.strength())
+            {
+                *close = Some(Box::new(end));
+            }
+        }
+        self.wake();
+    }
+
+    /// Closes after writing `farewell` (the session ended).
+    pub(crate) fn close_with(&self, end: End, farewell: Option<Bytes>) {
+        if let Some(farewell) = farewell {
+            let _ = self.farewell.set(farewell);
+        }
+        self.close(end);
+    }
+
+    /// Asks the task to drain (gate shutdown).
+    pub(crate) fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// What the task was asked.
+    pub(crate) fn asked(&self) -> Asked {
+        let close = self.close.lock().unwrap_or_else(PoisonError::into_inner);
+        match close.as_deref() {
+            Some(end) => Asked::Close(end.clone()),
+            None if self.drain.load(Ordering::Acquire) => Asked::Drain,
+            None => Asked::Nothing,
+        }
+    }
+
+    /// The packages to write before the close, if the session ended.
+    pub(crate) fn farewell(&self) -> Option<&Bytes> {
+        self.farewell.get()
+    }
+
+    /// Whether a deadline at `tick` needs arming: none is armed, or the
+    /// armed one is later. Notes it as armed if so.
+    pub(crate) fn arm_at(&self, tick: u32) -> bool {
+        self.timer_at
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |armed| {
+                (armed == 0 || tick < armed).then_some(tick)
+            })
+            .is_ok()
+    }
+
+    /// The gate's timers reached `now_tick`: an armed deadline up to it
+    /// is no longer armed (the task re-arms what is still to come). Wakes
+    /// the task to look at its deadline.
+    pub(crate) fn timer_fired(&self, now_tick: u32) {
+        let _ = self
+            .timer_at
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |armed| {
+                (armed != 0 && armed <= now_tick).then_some(0)
+            });
+        self.wake();
+    }
+
+    /// Called by the task when its socket is closed.
+    pub(crate) fn set_finished(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.done.notify_waiters();
+    }
+
+    /// Resolves once the task has closed the socket.
+    pub(crate) async fn finished(&self) {
+        let notified = self.done.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+}

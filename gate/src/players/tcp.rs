@@ -1,0 +1,272 @@
+//! A TCP client connection as a [`Transport`]: the byte stream of BE16
+//! packages.
+//!
+//! It reads with `try_read` and writes with `try_write`, so it never has a
+//! read or write half-done across a wait. Each time the socket is
+//! readable it reads into a per-thread scratch buffer, hands every
+//! complete package to the driver (an inline agent answers right there,
+//! into a per-thread output buffer), writes all the answers with one
+//! `write`, and keeps only what is left over: the tail of a partial
+//! package, or bytes the socket would not take. So a busy connection
+//! allocates nothing per read but its answers (which the cache keeps
+//! anyway), and an idle one holds no buffer at all.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use gate_core::End;
+use gate_core::connection::{Connection, Mapping};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::transport::{Flow, Read, Serve, Transport};
+
+/// Read size into a connection's own buffer (to finish a partial
+/// package). The decoder reserves the rest of a package.
+const OWN_READ: usize = 512;
+
+/// Size of the per-thread scratch read buffer.
+const SCRATCH_READ: usize = 64 * 1024;
+
+thread_local! {
+    /// Per worker thread: what connections read into and build answers
+    /// in. A connection only borrows it within one synchronous step (read,
+    /// serve, write), so no connection ever owns it.
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        input: BytesMut::new(),
+        output: BytesMut::new(),
+    });
+}
+
+struct Scratch {
+    input: BytesMut,
+    output: BytesMut,
+}
+
+/// The socket and its own buffer, which holds only input kept for later:
+/// a partial package, or packages behind a pause.
+#[derive(Debug)]
+pub(super) struct Tcp {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// The last read stopped at a pause: `rbuf` holds whole packages.
+    paused: bool,
+}
+
+impl Tcp {
+    pub(super) fn new(stream: TcpStream) -> Tcp {
+        let _ = stream.set_nodelay(true);
+        Tcp {
+            stream,
+            rbuf: BytesMut::new(),
+            paused: false,
+        }
+    }
+
+    /// One non-blocking read into the connection's own buffer.
+    fn read_own(&mut self) -> Result<Read, End> {
+        if self.rbuf.capacity() == self.rbuf.len() {
+            self.rbuf.reserve(OWN_READ);
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Ok(Read::Eof),
+            Ok(_) => Ok(Read::Data),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Read::Nothing),
+            Err(e) => Err(e.kind().into()),
+        }
+    }
+}
+
+/// Hands every complete package in `input` to `serve`, until a pause.
+fn serve_all(
+    conn: &mut Connection,
+    input: &mut BytesMut,
+    out: &mut BytesMut,
+    serve: &mut impl Serve,
+) -> Result<Flow, End> {
+    while let Some(next) = conn.next_input(input, out)? {
+        if serve(conn, next, out)? == Flow::Pause {
+            return Ok(Flow::Pause);
+        }
+    }
+    Ok(Flow::More)
+}
+
+impl Transport for Tcp {
+    const MAPPING: Mapping = Mapping::Stream;
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        self.stream
+            .poll_read_ready(cx)
+            .map_err(|e| End::from(e.kind()))
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.paused
+    }
+
+    fn read(
+        &mut self,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        mut serve: impl Serve,
+    ) -> Result<Read, End> {
+        self.paused = false;
+        if !self.rbuf.is_empty() {
+            // Input kept from before: packages behind a pause first, then
+            // the rest of a partial package into the connection's own
+            // buffer.
+            if serve_all(conn, &mut self.rbuf, pending, &mut serve)? == Flow::Pause {
+                self.paused = true;
+                return Ok(Read::Data);
+            }
+            if !self.rbuf.is_empty() {
+                let read = self.read_own()?;
+                if read == Read::Data {
+                    self.paused =
+                        serve_all(conn, &mut self.rbuf, pending, &mut serve)? == Flow::Pause;
+                }
+                release_if_empty(&mut self.rbuf);
+                return Ok(read);
+            }
+            release_if_empty(&mut self.rbuf);
+        }
+        let Tcp {
+            stream,
+            rbuf,
+            paused,
+        } = self;
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch { input, output } = scratch;
+            input.clear();
+            // Reclaims the same allocation once the last batch's packages
+            // are dropped (they normally are by now).
+            input.reserve(SCRATCH_READ);
+            match stream.try_read_buf(input) {
+                Ok(0) => return Ok(Read::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+                Err(e) => return Err(e.kind().into()),
+            }
+            let served = if pending.is_empty() {
+                output.clear();
+                let served = serve_all(conn, input, output, &mut serve);
+                // Write the batch now; keep only what the socket refused.
+                let written = write_now(stream, output)?;
+                if let Some(rest) = output.get(written..) {
+                    pending.extend_from_slice(rest);
+                }
+                served
+            } else {
+                // Earlier bytes are still queued: keep the order.
+                serve_all(conn, input, pending, &mut serve)
+            };
+            if !input.is_empty() {
+                // A partial package, or packages behind a pause: the
+                // connection keeps them.
+                rbuf.extend_from_slice(input);
+            }
+            *paused = served? == Flow::Pause;
+            Ok(Read::Data)
+        })
+    }
+
+    fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End> {
+        let written = write_now(&self.stream, pending)?;
+        pending.advance(written);
+        release_if_empty(pending);
+        Ok(())
+    }
+
+    fn wants_write(&self, pending: &BytesMut) -> bool {
+        !pending.is_empty()
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, pending: &mut BytesMut) -> Result<(), End> {
+        while !pending.is_empty() {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e.kind().into()),
+                Poll::Pending => return Ok(()),
+            }
+            let written = write_now(&self.stream, pending)?;
+            pending.advance(written);
+        }
+        release_if_empty(pending);
+        Ok(())
+    }
+
+    /// Flushes and sends FIN, then reads, discarding, until the client
+    /// closes. Closing a socket that still has unread input makes the
+    /// kernel answer with RST, which can destroy data the client has not
+    /// read yet, e.g. the status package of a refused handshake with a
+    /// request pipelined behind it.
+    async fn close(
+        &mut self,
+        pending: BytesMut,
+        _code: u16,
+        closed: impl FnOnce() + Send,
+        stop_waiting: impl Future<Output = ()> + Send,
+    ) {
+        let flushed = async {
+            self.stream.write_all(&pending).await?;
+            self.stream.shutdown().await
+        }
+        .await;
+        drop(pending);
+        closed();
+        if flushed.is_err() {
+            return;
+        }
+        self.rbuf = BytesMut::with_capacity(OWN_READ);
+        let discard = async {
+            loop {
+                self.rbuf.clear();
+                match self.stream.read_buf(&mut self.rbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = discard => {}
+            // At shutdown, do not wait for clients to close: discard
+            // what has arrived and go.
+            () = stop_waiting => {
+                self.rbuf.clear();
+                while matches!(self.stream.try_read_buf(&mut self.rbuf), Ok(n) if n > 0) {
+                    self.rbuf.clear();
+                }
+            }
+        }
+    }
+
+    fn abort(&mut self, _end: &End) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
+}
+
+/// Writes as much of `data` as the socket takes without waiting; returns
+/// how much that was.
+fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
+    let mut written = 0;
+    while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
+        match stream.try_write(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e.kind().into()),
+        }
+    }
+    Ok(written)
+}
+
+/// Drops a buffer's allocation once it holds nothing.
+pub(super) fn release_if_empty(buf: &mut BytesMut) {
+    if buf.is_empty() && buf.capacity() > 0 {
+        *buf = BytesMut::new();
+    }
+}

@@ -1,0 +1,93 @@
+//! What the driver needs of a transport: wait for input, read what has
+//! arrived and hand it to the connection machine, write, close. The rules
+//! are the machine's ([`gate_core::connection`]); a transport only moves
+//! bytes or messages. Two exist: [`super::tcp`] (a byte stream) and
+//! [`super::ws`] (WebSocket messages, over TCP or TLS).
+
+use std::future::Future;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use gate_core::End;
+use gate_core::connection::{Connection, Input, Mapping};
+
+/// Whether the driver takes more input in the same read, or leaves the
+/// rest buffered for later (after the handshake, so the session is set up
+/// before the packages pipelined behind it are served).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flow {
+    /// Go on.
+    More,
+    /// Stop here; the transport keeps what is left.
+    Pause,
+}
+
+/// What a read gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// Nothing new (a spurious wake-up).
+    Nothing,
+    /// Input, all handed to the machine (or kept for after a pause).
+    Data,
+    /// The client shut down its write side.
+    Eof,
+}
+
+/// The driver's hook for each input: serves it, with answers due now
+/// appended to the buffer it is given.
+pub(super) trait Serve:
+    FnMut(&mut Connection, Input, &mut BytesMut) -> Result<Flow, End>
+{
+}
+
+impl<F: FnMut(&mut Connection, Input, &mut BytesMut) -> Result<Flow, End>> Serve for F {}
+
+/// See the module docs.
+pub(super) trait Transport: Send {
+    /// How packages travel on it.
+    const MAPPING: Mapping;
+
+    /// Ready once input may be read (or the input ended, or failed).
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>>;
+
+    /// Whether input that arrived earlier is still waiting to be served
+    /// (kept by a [`Flow::Pause`]).
+    fn has_buffered(&self) -> bool;
+
+    /// Reads what has arrived, without waiting, feeding it to `conn` and
+    /// each input to `serve`. Answers go to `pending` (bytes not yet
+    /// written), or, where the transport can write them straight away, out
+    /// at once with only what the socket refused kept in `pending`.
+    fn read(
+        &mut self,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        serve: impl Serve,
+    ) -> Result<Read, End>;
+
+    /// Writes what the socket takes now, without a waker (before a wait).
+    fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End>;
+
+    /// Whether there is something to write (or flush).
+    fn wants_write(&self, pending: &BytesMut) -> bool;
+
+    /// Writes from `pending` what the socket takes, registering for
+    /// write readiness when it takes no more. Ok whether or not all went.
+    fn poll_write(&mut self, cx: &mut Context<'_>, pending: &mut BytesMut) -> Result<(), End>;
+
+    /// Closes gracefully: writes `pending`, closes (a WebSocket close frame
+    /// with `code`), calls `closed` once the close is sent, then waits a
+    /// little for the client to close too — until `stop_waiting` resolves
+    /// (the gate shuts down). The caller bounds the whole.
+    fn close(
+        &mut self,
+        pending: BytesMut,
+        code: u16,
+        closed: impl FnOnce() + Send,
+        stop_waiting: impl Future<Output = ()> + Send,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Closes at once (the peer is gone, or there is no time); a
+    /// WebSocket answers a client's close frame first.
+    fn abort(&mut self, end: &End) -> impl Future<Output = ()> + Send;
+}

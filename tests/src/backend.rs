@@ -8,6 +8,7 @@
 //! Synchronisation is by events (responses, channels, the backend's
 //! registration watch); every wait has [`GUARD`] as a failure guard.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,8 +184,9 @@ impl BackendGate {
         Ok(Player {
             conn,
             uid: uid.to_owned(),
-            next_session: 0,
+            next_number: 0,
             pushes: Vec::new(),
+            unclaimed: BTreeMap::new(),
         })
     }
 
@@ -198,8 +200,9 @@ impl BackendGate {
         Player {
             conn,
             uid: uid.to_owned(),
-            next_session: 0,
+            next_number: 0,
             pushes: Vec::new(),
+            unclaimed: BTreeMap::new(),
         }
     }
 
@@ -210,26 +213,35 @@ impl BackendGate {
 }
 
 /// A logged-in, connected client.
+///
+/// Answers are matched to requests by request number, never by arrival
+/// order: the gate may deliver them in any order (a service answers
+/// when it likes), and an answer that completed after an earlier
+/// connection of the login was gone comes to the newest one unasked
+/// (`docs/PROTOCOL.md` §4.1 rule 5).
 #[derive(Debug)]
 pub struct Player {
     /// The connection (client_cli's).
     pub conn: GateConn,
     /// The uid it handshook as.
     pub uid: String,
-    next_session: u32,
+    next_number: u32,
     /// Pushes received while waiting for a response.
     pub pushes: Vec<Bytes>,
+    /// Answers that came while another was awaited, by request number,
+    /// until a test asks for them.
+    unclaimed: BTreeMap<u32, Response>,
 }
 
 impl Player {
-    /// Sends `payload` on a fresh session and returns that session.
+    /// Sends `payload` with a fresh request number and returns that number.
     pub async fn send(&mut self, payload: &[u8]) -> u32 {
-        self.next_session += 1;
-        let session = self.next_session;
-        within("a send", self.conn.send(payload, session))
+        self.next_number += 1;
+        let number = self.next_number;
+        within("a send", self.conn.send(payload, number))
             .await
             .expect("send");
-        session
+        number
     }
 
     /// The next package from the gate (`None`: the gate closed).
@@ -239,27 +251,68 @@ impl Player {
             .unwrap_or(None)
     }
 
-    /// The response to `session` (pushes meanwhile are kept in `pushes`).
-    pub async fn response(&mut self, session: u32) -> Response {
-        loop {
-            let response = self
-                .recv()
-                .await
-                .unwrap_or_else(|| panic!("{}: closed before response {session}", self.uid));
+    /// The answer to request `number`, whenever it comes: answers to other
+    /// numbers meanwhile are kept for [`Player::response`],
+    /// [`Player::responses`] and [`Player::take_unclaimed`], pushes in
+    /// `pushes`. Panics if the gate closes first, or if another number is
+    /// answered twice while waiting.
+    pub async fn response(&mut self, number: u32) -> Response {
+        let mut answers = self.responses([number]).await;
+        match answers.remove(&number) {
+            Some(answer) => answer,
+            None => unreachable!("responses returns every number it was given"),
+        }
+    }
+
+    /// The answers to every request in `numbers`, by number, in whatever
+    /// order they come; each must be answered exactly once. Answers kept
+    /// from earlier waits count. Answers to other numbers are kept (see
+    /// [`Player::take_unclaimed`]).
+    pub async fn responses(
+        &mut self,
+        numbers: impl IntoIterator<Item = u32>,
+    ) -> BTreeMap<u32, Response> {
+        let mut missing: Vec<u32> = numbers.into_iter().collect();
+        let mut got = BTreeMap::new();
+        missing.retain(|number| match self.unclaimed.remove(number) {
+            Some(answer) => {
+                got.insert(*number, answer);
+                false
+            }
+            None => true,
+        });
+        while !missing.is_empty() {
+            let Some(response) = self.recv().await else {
+                panic!("{}: closed before the answers to {missing:?}", self.uid);
+            };
             if response.flag == ResponseFlag::PUSH {
                 self.pushes.push(response.content);
                 continue;
             }
-            assert_eq!(response.session, session, "{}: out of order", self.uid);
-            return response;
+            let number = response.session;
+            if let Some(at) = missing.iter().position(|n| *n == number) {
+                missing.swap_remove(at);
+                got.insert(number, response);
+            } else if got.contains_key(&number) || self.unclaimed.contains_key(&number) {
+                panic!("{}: request {number} answered twice", self.uid);
+            } else {
+                self.unclaimed.insert(number, response);
+            }
         }
+        got
+    }
+
+    /// The answers that came unasked (kept while others were awaited), by
+    /// request number; they are forgotten here.
+    pub fn take_unclaimed(&mut self) -> BTreeMap<u32, Response> {
+        std::mem::take(&mut self.unclaimed)
     }
 
     /// Sends `payload` and returns `Ok(content)` or `Err(())` for an error
     /// response.
     pub async fn call(&mut self, payload: &[u8]) -> Result<Bytes, ()> {
-        let session = self.send(payload).await;
-        let response = self.response(session).await;
+        let number = self.send(payload).await;
+        let response = self.response(number).await;
         match response.flag {
             ResponseFlag::OK => Ok(response.content),
             ResponseFlag::ERROR => Err(()),

@@ -32,7 +32,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{FutureExt, SinkExt, StreamExt};
@@ -514,7 +514,7 @@ impl<H: Handler> Connection<H> {
                     // Dropped if even the control allowance is used up:
                     // the link is busy then, and a ping would say nothing
                     // the queued frames do not.
-                    let _ = self.outbox.push_control(Ping { nonce, sent_at_ms: unix_ms() }.into());
+                    let _ = self.outbox.push_control(Ping::now(nonce).into());
                 }
             }
         };
@@ -770,13 +770,6 @@ async fn session_loop<H: Handler>(
             error!("session event handler panicked; event dropped");
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

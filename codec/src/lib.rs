@@ -28,10 +28,10 @@
 //! Request::encode(b"echo", 7, &mut wire)?;
 //! let payload = PackageCodec.decode(&mut wire)?.expect("a whole package");
 //! let request = Request::parse(payload).expect("at least 4 bytes");
-//! assert_eq!((&request.content[..], request.session), (&b"echo"[..], 7));
+//! assert_eq!((&request.content[..], request.number), (&b"echo"[..], 7));
 //!
-//! // The answer, exactly as skynet frames it: content ‖ 01 ‖ BE32(session).
-//! Response::encode(&request.content, ResponseFlag::OK, request.session, &mut wire)?;
+//! // The answer, exactly as skynet frames it: content ‖ 01 ‖ BE32(number).
+//! Response::encode(&request.content, ResponseFlag::OK, request.number, &mut wire)?;
 //! assert_eq!(&wire[..], b"\x00\x09echo\x01\x00\x00\x00\x07");
 //! # Ok::<(), codec::FrameError>(())
 //! ```

@@ -13,16 +13,18 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::package::{FrameError, HEADER_LEN, header_for};
 
-/// Largest request content: 65535 − 4 bytes of session (spec §5.4).
+/// Largest request content: 65535 − 4 bytes of request number (spec §5.4).
 pub const MAX_REQUEST_CONTENT: usize = 65531;
 
-/// Largest response content: 65535 − 1 flag byte − 4 bytes of session
+/// Largest response content: 65535 − 1 flag byte − 4 bytes of request
+/// number
 /// (spec §5.4). A larger response cannot be framed; skynet then closes the
 /// connection (spec §5.6).
 pub const MAX_RESPONSE_CONTENT: usize = 65530;
 
-/// Size of the session trailer of requests and responses.
-const SESSION_LEN: usize = 4;
+/// Size of the request-number trailer of requests and responses (skynet's
+/// "session").
+const NUMBER_LEN: usize = 4;
 
 // ---------------------------------------------------------------------------
 // Handshake
@@ -493,42 +495,46 @@ fn round_to_f64(mantissa: u64, exp: i64, sticky: bool) -> f64 {
 // Requests and responses
 // ---------------------------------------------------------------------------
 
-/// A client request after the handshake: payload `content ‖ BE32(session)`
+/// A client request after the handshake: payload `content ‖ BE32(number)`
 /// (spec §5.4).
+///
+/// `number` is the request number, skynet's "session": chosen by the
+/// client, echoed by the response. It is not the player's session (the
+/// login the gate keeps across connections), hence the name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Request {
     /// The request body (a slice of the received payload).
     pub content: Bytes,
-    /// Chosen by the client; the response echoes it.
-    pub session: u32,
+    /// The request number, chosen by the client; the response echoes it.
+    pub number: u32,
 }
 
 impl Request {
     /// Splits a request payload. `None` when it is shorter than 4 bytes
     /// (including empty): skynet then closes the connection (spec §5.6).
     pub fn parse(payload: Bytes) -> Option<Request> {
-        let (content, session) = split_session(payload)?;
-        Some(Request { content, session })
+        let (content, number) = split_number(payload)?;
+        Some(Request { content, number })
     }
 
     /// Appends the whole request package
-    /// (`BE16(len) ‖ content ‖ BE32(session)`) to `dst`.
+    /// (`BE16(len) ‖ content ‖ BE32(number)`) to `dst`.
     ///
     /// Content longer than [`MAX_REQUEST_CONTENT`] is refused with
     /// [`FrameError::TooLarge`] (its `len` is the payload length,
     /// content + 4); `dst` is then unchanged.
-    pub fn encode(content: &[u8], session: u32, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let payload_len = content.len() + SESSION_LEN;
+    pub fn encode(content: &[u8], number: u32, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let payload_len = content.len() + NUMBER_LEN;
         let header = header_for(payload_len)?;
         dst.reserve(HEADER_LEN + payload_len);
         dst.put_u16(header);
         dst.put_slice(content);
-        dst.put_u32(session);
+        dst.put_u32(number);
         Ok(())
     }
 }
 
-/// The flag byte in front of a response's session.
+/// The flag byte in front of a response's number.
 ///
 /// skynet sends only [`ResponseFlag::ERROR`] and [`ResponseFlag::OK`].
 /// [`ResponseFlag::PUSH`] and [`ResponseFlag::KICK`] are this gate's
@@ -543,25 +549,25 @@ impl ResponseFlag {
     pub const ERROR: ResponseFlag = ResponseFlag(0);
     /// The handler succeeded; the content is its result (skynet).
     pub const OK: ResponseFlag = ResponseFlag(1);
-    /// Extension: a server push. The session field carries the push
-    /// sequence number instead of a request session.
+    /// Extension: a server push. The number field carries the push
+    /// sequence number instead of a request number.
     pub const PUSH: ResponseFlag = ResponseFlag(2);
     /// Extension: the last message before the gate closes the connection;
-    /// the content is the reason text and the session field is 0.
+    /// the content is the reason text and the number field is 0.
     pub const KICK: ResponseFlag = ResponseFlag(3);
     /// Extension: pushes were lost (dropped from the gate's push backlog
     /// before the client came back for them). The content is empty and the
-    /// session field is the sequence number of the last lost push: the
+    /// number field is the sequence number of the last lost push: the
     /// next push the client receives has the next number.
     pub const PUSH_GAP: ResponseFlag = ResponseFlag(4);
     /// Extension: the gate accepted the client's opt-in; sent once, right
     /// after `200 OK`. The content is `v=<version>,idle=<ms>`
-    /// ([`crate::ext::Welcome`]), the session field the sequence number of
+    /// ([`crate::ext::Welcome`]), the number field the sequence number of
     /// the session's last push (the replay that follows ends there).
     pub const WELCOME: ResponseFlag = ResponseFlag(5);
 }
 
-/// A gate response: payload `content ‖ u8(flag) ‖ BE32(session)`
+/// A gate response: payload `content ‖ u8(flag) ‖ BE32(number)`
 /// (spec §5.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Response {
@@ -569,27 +575,28 @@ pub struct Response {
     pub content: Bytes,
     /// What kind of response this is.
     pub flag: ResponseFlag,
-    /// The request's session (or push sequence number, or 0 for a kick).
-    pub session: u32,
+    /// The request's number (or a push sequence number, or 0 for a kick;
+    /// see [`ResponseFlag`]).
+    pub number: u32,
 }
 
 impl Response {
     /// Splits a response payload; `None` when it is shorter than 5 bytes.
     /// Any flag value is accepted: interpreting it is the caller's job.
     pub fn parse(payload: Bytes) -> Option<Response> {
-        let (mut content, session) = split_session(payload)?;
+        let (mut content, number) = split_number(payload)?;
         let flag_at = content.len().checked_sub(1)?;
         let flag = ResponseFlag(*content.get(flag_at)?);
         content.truncate(flag_at);
         Some(Response {
             content,
             flag,
-            session,
+            number,
         })
     }
 
     /// Appends the whole response package
-    /// (`BE16(len) ‖ content ‖ u8(flag) ‖ BE32(session)`) to `dst`.
+    /// (`BE16(len) ‖ content ‖ u8(flag) ‖ BE32(number)`) to `dst`.
     ///
     /// Content longer than [`MAX_RESPONSE_CONTENT`] is refused with
     /// [`FrameError::TooLarge`] (its `len` is the payload length,
@@ -597,26 +604,26 @@ impl Response {
     pub fn encode(
         content: &[u8],
         flag: ResponseFlag,
-        session: u32,
+        number: u32,
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let payload_len = content.len() + 1 + SESSION_LEN;
+        let payload_len = content.len() + 1 + NUMBER_LEN;
         let header = header_for(payload_len)?;
         dst.reserve(HEADER_LEN + payload_len);
         dst.put_u16(header);
         dst.put_slice(content);
         dst.put_u8(flag.0);
-        dst.put_u32(session);
+        dst.put_u32(number);
         Ok(())
     }
 }
 
-/// Splits `rest ‖ BE32(session)`; `None` below 4 bytes.
-fn split_session(mut payload: Bytes) -> Option<(Bytes, u32)> {
-    let at = payload.len().checked_sub(SESSION_LEN)?;
-    let session: [u8; SESSION_LEN] = payload.get(at..)?.try_into().ok()?;
+/// Splits `rest ‖ BE32(number)`; `None` below 4 bytes.
+fn split_number(mut payload: Bytes) -> Option<(Bytes, u32)> {
+    let at = payload.len().checked_sub(NUMBER_LEN)?;
+    let number: [u8; NUMBER_LEN] = payload.get(at..)?.try_into().ok()?;
     payload.truncate(at);
-    Some((payload, u32::from_be_bytes(session)))
+    Some((payload, u32::from_be_bytes(number)))
 }
 
 #[cfg(test)]
@@ -808,10 +815,10 @@ mod tests {
     fn request_parse_and_encode() {
         let r = Request::parse(Bytes::from_static(b"echo\x00\x00\x00\x00")).unwrap();
         assert_eq!(r.content, &b"echo"[..]);
-        assert_eq!(r.session, 0);
+        assert_eq!(r.number, 0);
         let r = Request::parse(Bytes::from_static(b"\x01\x02\x03\x04")).unwrap();
         assert!(r.content.is_empty());
-        assert_eq!(r.session, 0x0102_0304);
+        assert_eq!(r.number, 0x0102_0304);
         assert_eq!(Request::parse(Bytes::from_static(b"abc")), None);
         assert_eq!(Request::parse(Bytes::new()), None);
 
@@ -828,7 +835,7 @@ mod tests {
         assert_eq!(out.len(), 2 + MAX_PAYLOAD);
         let frame = PackageCodec.decode(&mut out).unwrap().unwrap();
         let r = Request::parse(frame).unwrap();
-        assert_eq!((r.content.len(), r.session), (MAX_REQUEST_CONTENT, 201));
+        assert_eq!((r.content.len(), r.number), (MAX_REQUEST_CONTENT, 201));
 
         let err = Request::encode(&vec![0; MAX_REQUEST_CONTENT + 1], 1, &mut out).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len: 65536 }));
@@ -843,11 +850,11 @@ mod tests {
             Response {
                 content: Bytes::from_static(b"echo"),
                 flag: ResponseFlag::OK,
-                session: 0
+                number: 0
             }
         );
         let r = Response::parse(Bytes::from_static(b"\x00\x00\x00\x00\x02")).unwrap();
-        assert_eq!((r.flag, r.session), (ResponseFlag::ERROR, 2));
+        assert_eq!((r.flag, r.number), (ResponseFlag::ERROR, 2));
         assert!(r.content.is_empty());
         let r = Response::parse(Bytes::from_static(b"x\x07\x00\x00\x00\x02")).unwrap();
         assert_eq!(r.flag, ResponseFlag(7));
@@ -883,7 +890,7 @@ mod tests {
         let frame = PackageCodec.decode(&mut out).unwrap().unwrap();
         let r = Response::parse(frame).unwrap();
         assert_eq!(r.content.len(), MAX_RESPONSE_CONTENT);
-        assert_eq!((r.flag, r.session), (ResponseFlag::OK, 200));
+        assert_eq!((r.flag, r.number), (ResponseFlag::OK, 200));
 
         let err = Response::encode(
             &vec![0; MAX_RESPONSE_CONTENT + 1],

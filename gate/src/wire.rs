@@ -92,7 +92,7 @@ mod tests {
         write_kick(&mut out, &reason);
         let payload = PackageCodec.decode(&mut out).unwrap().unwrap();
         let kick = Response::parse(payload).unwrap();
-        assert_eq!((kick.flag, kick.session), (ResponseFlag::KICK, 0));
+        assert_eq!((kick.flag, kick.number), (ResponseFlag::KICK, 0));
         assert_eq!(kick.content.len(), MAX_RESPONSE_CONTENT);
         assert!(std::str::from_utf8(&kick.content).is_ok());
     }

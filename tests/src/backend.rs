@@ -289,7 +289,7 @@ impl Player {
                 self.pushes.push(response.content);
                 continue;
             }
-            let number = response.session;
+            let number = response.number;
             if let Some(at) = missing.iter().position(|n| *n == number) {
                 missing.swap_remove(at);
                 got.insert(number, response);

@@ -375,9 +375,9 @@ impl Client {
     }
 
     /// Writes a request package.
-    pub async fn send_request(&mut self, content: &[u8], session: u32) {
+    pub async fn send_request(&mut self, content: &[u8], number: u32) {
         let mut payload = content.to_vec();
-        payload.extend_from_slice(&session.to_be_bytes());
+        payload.extend_from_slice(&number.to_be_bytes());
         self.send_package(&payload).await;
     }
 
@@ -409,21 +409,21 @@ impl Client {
         self.recv_exact(len).await
     }
 
-    /// Reads a response package: (content, ok flag, session).
+    /// Reads a response package: (content, ok flag, request number).
     pub async fn recv_response(&mut self) -> (Vec<u8>, u8, u32) {
         let mut payload = self.recv_package().await;
         assert!(payload.len() >= 5, "short response {payload:?}");
         let at = payload.len() - 5;
-        let session = u32::from_be_bytes(payload[at + 1..].try_into().expect("4 bytes"));
+        let number = u32::from_be_bytes(payload[at + 1..].try_into().expect("4 bytes"));
         let flag = payload[at];
         payload.truncate(at);
-        (payload, flag, session)
+        (payload, flag, number)
     }
 
-    /// Sends `content` on `session` and expects the echo.
-    pub async fn echo(&mut self, content: &[u8], session: u32) {
-        self.send_request(content, session).await;
-        assert_eq!(self.recv_response().await, (content.to_vec(), 1, session));
+    /// Sends `content` with request number `number` and expects the echo.
+    pub async fn echo(&mut self, content: &[u8], number: u32) {
+        self.send_request(content, number).await;
+        assert_eq!(self.recv_response().await, (content.to_vec(), 1, number));
     }
 
     /// Sends a signed handshake and returns the status text.
@@ -523,8 +523,8 @@ pub struct Replay<'a> {
     pos: usize,
     addr: SocketAddr,
     conns: HashMap<String, Client>,
-    /// Per connection: the last bulk session (`fast-<n>` on session `n`),
-    /// for filling the gaps of bulk runs recorded only at both ends.
+    /// Per connection: the last bulk request number (`fast-<n>` is request
+    /// `n`), for filling the gaps of bulk runs recorded only at both ends.
     bulk: HashMap<String, u32>,
     /// Fill gaps of bulk runs (cache_retirement).
     pub fill_bulk_gaps: bool,
@@ -615,29 +615,29 @@ impl<'a> Replay<'a> {
         }
     }
 
-    /// Sends the bulk requests a recording left out (`fast-<n>` on session
+    /// Sends the bulk requests a recording left out (`fast-<n>` is request
     /// `n`, each answered before the next) between the last bulk request of
     /// `conn` and this one.
     async fn fill_gap(&mut self, conn: &str, step: &Value) {
         let decoded = &step["decoded"];
-        let (Some(content), Some(session)) =
+        let (Some(content), Some(number)) =
             (decoded["content"].as_str(), decoded["session"].as_u64())
         else {
             return;
         };
-        let Ok(session) = u32::try_from(session) else {
+        let Ok(number) = u32::try_from(number) else {
             return;
         };
-        if content != format!("fast-{session}") {
+        if content != format!("fast-{number}") {
             return;
         }
         if let Some(&last) = self.bulk.get(conn) {
-            for s in last + 1..session {
+            for s in last + 1..number {
                 let text = format!("fast-{s}");
                 self.conn(conn).echo(text.as_bytes(), s).await;
             }
         }
-        self.bulk.insert(conn.to_owned(), session);
+        self.bulk.insert(conn.to_owned(), number);
     }
 
     /// Runs steps until the next one is an `S->C` response whose decoded

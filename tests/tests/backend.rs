@@ -166,9 +166,9 @@ async fn a_request_past_its_deadline_gets_an_error_and_the_late_answer_is_droppe
     let mut player = gate.player("bob", false).await;
 
     let started = Instant::now();
-    let session = player.send(b"slow").await;
+    let number = player.send(b"slow").await;
     holding(&mut seen).await;
-    let response = player.response(session).await;
+    let response = player.response(number).await;
     assert_eq!(response.flag, ResponseFlag::ERROR);
     assert!(response.content.is_empty());
     assert!(
@@ -197,9 +197,9 @@ async fn a_killed_service_fails_its_requests_at_once_and_a_restart_resumes() {
     let mut player = gate.player("carol", false).await;
     assert_eq!(player.ask("who").await, "agent-1");
 
-    let mut sessions = HashSet::new();
+    let mut numbers = HashSet::new();
     for _ in 0..3 {
-        sessions.insert(player.send(b"hang").await);
+        numbers.insert(player.send(b"hang").await);
     }
     for _ in 0..3 {
         holding(&mut seen).await;
@@ -209,9 +209,9 @@ async fn a_killed_service_fails_its_requests_at_once_and_a_restart_resumes() {
     for _ in 0..3 {
         let response = player.recv().await.expect("an answer, not a close");
         assert_eq!(response.flag, ResponseFlag::ERROR);
-        failed.insert(response.session);
+        failed.insert(response.number);
     }
-    assert_eq!(failed, sessions);
+    assert_eq!(failed, numbers);
     assert_eq!(gate.backend.metrics().failed_on_close, 3);
 
     // No instance now: an error at once, no waiting.
@@ -765,7 +765,7 @@ async fn a_half_closed_connection_gets_its_answers_then_closes() {
             .expect("framing")
     {
         let r = codec::Response::parse(payload).expect("a response");
-        answers.push((r.session, r.flag, r.content));
+        answers.push((r.number, r.flag, r.content));
     }
     answers.sort_by_key(|a| a.0);
     let expected: Vec<_> = (1..=5u32)

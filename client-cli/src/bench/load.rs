@@ -2,12 +2,12 @@
 //! task drives a share of the connections as futures (no task per request,
 //! no task per connection, no locks between connections).
 //!
-//! An echo connection keeps `depth` requests in flight in slots. The session
-//! id is `generation << slot_bits | slot`, so a response finds its slot with
-//! a mask and the slot checks it is the generation in flight. A response is
-//! checked (session, ok byte, the echoed payload, which carries the session
-//! in its first bytes so a swapped reply is caught) and its slot is refilled
-//! at once. Everything one read brought in is answered with one write;
+//! An echo connection keeps `depth` requests in flight in slots. The request
+//! number is `generation << slot_bits | slot`, so a response finds its slot
+//! with a mask and the slot checks it is the generation in flight. A
+//! response is checked (request number, ok byte, the echoed payload, which
+//! carries the number in its first bytes so a swapped reply is caught)
+//! and its slot is refilled at once. Everything one read brought in is answered with one write;
 //! buffers are reused, so the hot path does not allocate.
 //!
 //! A push fan-out run (`--push-fanout`) opts every connection in to the
@@ -432,12 +432,12 @@ async fn join(conn: &mut GateConn, plan: &Plan) -> Result<(), String> {
         loop {
             match conn.recv().await {
                 Ok(Some(r)) if r.flag == ResponseFlag::PUSH => {}
-                Ok(Some(r)) if r.flag == ResponseFlag::OK && r.session == 0 => return Ok(()),
+                Ok(Some(r)) if r.flag == ResponseFlag::OK && r.number == 0 => return Ok(()),
                 Ok(Some(r)) => {
                     return Err(format!(
-                        "answered flag {} session {} {}",
+                        "answered flag {} request number {} {}",
                         r.flag.0,
-                        r.session,
+                        r.number,
                         crate::text::payload(&r.content)
                     ));
                 }
@@ -454,13 +454,13 @@ async fn join(conn: &mut GateConn, plan: &Plan) -> Result<(), String> {
 /// One in-flight request slot.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    session: u32,
+    number: u32,
     sent_at: Instant,
     busy: bool,
 }
 
 /// The payload of a request: a fixed pattern whose first bytes (up to 4)
-/// are the session, so each echo is distinguishable.
+/// are the request number, so each echo is distinguishable.
 struct Payload {
     template: Vec<u8>,
 }
@@ -476,29 +476,29 @@ impl Payload {
         self.template.len().min(4)
     }
 
-    /// Appends the request package for `session` to `out`.
-    fn encode(&self, session: u32, out: &mut BytesMut) {
+    /// Appends the request package with request number `number` to `out`.
+    fn encode(&self, number: u32, out: &mut BytesMut) {
         let len = self.template.len() + 4;
         // Sizes are validated up front to fit one package.
         out.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
         let start = out.len();
         out.put_slice(&self.template);
         let stamp = self.stamp_len();
-        out[start..start + stamp].copy_from_slice(&session.to_be_bytes()[..stamp]);
-        out.put_u32(session);
+        out[start..start + stamp].copy_from_slice(&number.to_be_bytes()[..stamp]);
+        out.put_u32(number);
     }
 
-    fn matches(&self, session: u32, content: &[u8]) -> bool {
+    fn matches(&self, number: u32, content: &[u8]) -> bool {
         let stamp = self.stamp_len();
         content.len() == self.template.len()
-            && content[..stamp] == session.to_be_bytes()[..stamp]
+            && content[..stamp] == number.to_be_bytes()[..stamp]
             && content[stamp..] == self.template[stamp..]
     }
 }
 
 /// A response that failed its check.
 struct Bad {
-    /// The slot it answered, when the session was the one in flight.
+    /// The slot it answered, when the request number was the one in flight.
     slot: Option<usize>,
     message: String,
 }
@@ -522,7 +522,7 @@ async fn drive_echo(
     let started = Instant::now();
     let mut slots = vec![
         Slot {
-            session: 0,
+            number: 0,
             sent_at: started,
             busy: false,
         };
@@ -535,9 +535,9 @@ async fn drive_echo(
         if !may_send(sent) {
             break;
         }
-        slot.session = k as u32;
+        slot.number = k as u32;
         slot.busy = true;
-        payload.encode(slot.session, &mut wbuf);
+        payload.encode(slot.number, &mut wbuf);
         sent += 1;
         outstanding += 1;
     }
@@ -614,13 +614,13 @@ async fn drive_echo(
                 slots[k].busy = false;
                 outstanding -= 1;
                 if !stopping && may_send(sent) {
-                    let session = slots[k].session.wrapping_add(step);
+                    let number = slots[k].number.wrapping_add(step);
                     slots[k] = Slot {
-                        session,
+                        number,
                         sent_at: now,
                         busy: true,
                     };
-                    payload.encode(session, &mut wbuf);
+                    payload.encode(number, &mut wbuf);
                     sent += 1;
                     outstanding += 1;
                 }
@@ -649,30 +649,30 @@ fn check(frame: &[u8], slots: &[Slot], mask: u32, payload: &Payload) -> Result<u
             message: format!("malformed response package of {n} bytes"),
         });
     }
-    let session = u32::from_be_bytes([frame[n - 4], frame[n - 3], frame[n - 2], frame[n - 1]]);
+    let number = u32::from_be_bytes([frame[n - 4], frame[n - 3], frame[n - 2], frame[n - 1]]);
     let flag = frame[n - 5];
     let content = &frame[..n - 5];
-    let k = (session & mask) as usize;
+    let k = (number & mask) as usize;
     match slots.get(k) {
-        Some(slot) if slot.busy && slot.session == session => {}
+        Some(slot) if slot.busy && slot.number == number => {}
         _ => {
             return Err(Bad {
                 slot: None,
-                message: format!("response for session {session}, which is not in flight"),
+                message: format!("response for request number {number}, which is not in flight"),
             });
         }
     }
     if flag != 1 {
         return Err(Bad {
             slot: Some(k),
-            message: format!("s={session}: ok byte {flag} (expected 1)"),
+            message: format!("s={number}: ok byte {flag} (expected 1)"),
         });
     }
-    if !payload.matches(session, content) {
+    if !payload.matches(number, content) {
         return Err(Bad {
             slot: Some(k),
             message: format!(
-                "s={session}: payload is not the echo ({} bytes: {})",
+                "s={number}: payload is not the echo ({} bytes: {})",
                 content.len(),
                 crate::text::payload(content)
             ),
@@ -946,7 +946,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn payload_carries_the_session() {
+    fn payload_carries_the_request_number() {
         let p = Payload::new(16);
         let mut out = BytesMut::new();
         p.encode(0x01020304, &mut out);
@@ -965,10 +965,10 @@ mod tests {
         assert!(Payload::new(0).matches(7, &[]));
     }
 
-    fn response(content: &[u8], flag: u8, session: u32) -> Vec<u8> {
+    fn response(content: &[u8], flag: u8, number: u32) -> Vec<u8> {
         let mut frame = content.to_vec();
         frame.push(flag);
-        frame.extend_from_slice(&session.to_be_bytes());
+        frame.extend_from_slice(&number.to_be_bytes());
         frame
     }
 
@@ -978,17 +978,17 @@ mod tests {
         let now = Instant::now();
         let slots = [
             Slot {
-                session: 4,
+                number: 4,
                 sent_at: now,
                 busy: true,
             },
             Slot {
-                session: 1,
+                number: 1,
                 sent_at: now,
                 busy: true,
             },
             Slot {
-                session: 2,
+                number: 2,
                 sent_at: now,
                 busy: false,
             },

@@ -69,8 +69,9 @@ pub enum Command {
     Drop,
     /// `send [session=N] (TEXT | hex=HEX | file=PATH)`
     Send {
-        /// Explicit session id (a resend), else the next one.
-        session: Option<u32>,
+        /// Explicit request number (a resend), else the next one. The
+        /// script says `session=N`, skynet's word for it.
+        number: Option<u32>,
         /// What to send.
         payload: Payload,
     },
@@ -135,9 +136,10 @@ impl Template {
 /// What an `expect` waits for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expectation {
-    /// The session of the response; default: the oldest request sent and
-    /// not yet expected.
-    pub session: Option<u32>,
+    /// The request number of the response (`session=N` in the script,
+    /// skynet's word); default: the oldest request sent and not yet
+    /// expected.
+    pub number: Option<u32>,
     /// Deadline, if not the script's.
     pub within: Option<Duration>,
     /// For `push` and `gap`: the sequence number it must carry.
@@ -448,7 +450,8 @@ impl Parts<'_> {
         Ok(code)
     }
 
-    fn session(&self) -> Result<Option<u32>, String> {
+    /// The `session=N` option: a request number.
+    fn number(&self) -> Result<Option<u32>, String> {
         self.option("session")
             .map(|v| {
                 v.parse::<u32>()
@@ -550,7 +553,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
                 ))
             };
             Ok(Command::Send {
-                session: p.session()?,
+                number: p.number()?,
                 payload,
             })
         }
@@ -599,11 +602,11 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
             } else {
                 Matcher::Any
             };
-            if kind == ExpectKind::Closed && (matcher != Matcher::Any || p.session()?.is_some()) {
+            if kind == ExpectKind::Closed && (matcher != Matcher::Any || p.number()?.is_some()) {
                 return Err("`expect closed` takes only within=".into());
             }
             if matches!(kind, ExpectKind::Push | ExpectKind::Gap | ExpectKind::Kick)
-                && p.session()?.is_some()
+                && p.number()?.is_some()
             {
                 return Err(format!("`expect {}` takes no session=", kind.word()));
             }
@@ -621,7 +624,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
                 return Err("`expect gap` has no content to match (give seq=)".into());
             }
             Ok(Command::Expect(Expectation {
-                session: p.session()?,
+                number: p.number()?,
                 within: p.duration("within")?,
                 seq,
                 kind,
@@ -705,35 +708,35 @@ mod tests {
         assert_eq!(
             one("send hello world"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(b"hello world".to_vec())),
             }
         );
         assert_eq!(
             one(r#"send session=7 "a \"b\"\n # not a comment""#),
             Command::Send {
-                session: Some(7),
+                number: Some(7),
                 payload: Payload::Text(Template(b"a \"b\"\n # not a comment".to_vec())),
             }
         );
         assert_eq!(
             one("send hex=00ff"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Bytes(vec![0, 0xff]),
             }
         );
         assert_eq!(
             one("send file=data/x.bin"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::File(PathBuf::from("data/x.bin")),
             }
         );
         assert_eq!(
             one("send"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(Vec::new())),
             }
         );
@@ -741,7 +744,7 @@ mod tests {
         assert_eq!(
             one("send a=b"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(b"a=b".to_vec())),
             }
         );
@@ -758,11 +761,11 @@ mod tests {
         };
         let plain = e("expect hello");
         assert_eq!(plain.kind, ExpectKind::Ok);
-        assert_eq!(plain.session, None);
+        assert_eq!(plain.number, None);
         assert_eq!(plain.matcher, exact("hello"));
 
         let full = e("expect session=3 within=250ms ok prefix=hel");
-        assert_eq!(full.session, Some(3));
+        assert_eq!(full.number, Some(3));
         assert_eq!(full.within, Some(Duration::from_millis(250)));
         assert_eq!(full.matcher, Matcher::Prefix(Template(b"hel".to_vec())));
 

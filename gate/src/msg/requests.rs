@@ -118,7 +118,7 @@ pub(super) fn serve_package(frame: Bytes, out: &mut BytesMut, link: &Link<'_>) -
 /// One request (spec §5.4, §5.5); a response due now goes to `out`.
 fn request(out: &mut BytesMut, link: &Link<'_>, req: Request) -> Result<(), End> {
     let (core, user) = (link.core, &link.user);
-    let session = req.session;
+    let session = req.number;
     let conn = link.handle.id;
     let outcome = user.lock().session.request(conn, session);
     let outcome = match outcome {

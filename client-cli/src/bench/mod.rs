@@ -9,10 +9,12 @@
 //!
 //! `--push-fanout` measures server push instead: pushes delivered per
 //! second to `--conns` opted-in members and the latency from a message to
-//! each delivery (see `load`). It needs an agent that pushes what one user
+//! each delivery (see `fanout`). It needs an agent that pushes what one user
 //! says to everyone who joined — the chat example service, or any agent
 //! with the same two requests (`--fanout-join`, `--fanout-say`).
 
+mod echo;
+mod fanout;
 mod load;
 
 use std::io::IsTerminal;

@@ -334,8 +334,9 @@ impl Player {
         String::from_utf8_lossy(&content).into_owned()
     }
 
-    /// Waits for a push whose content is `expected` (other pushes and
-    /// responses are skipped).
+    /// Waits for a push whose content is `expected`. Other pushes are
+    /// skipped; answers meanwhile are kept for [`Player::response`], since
+    /// a push may overtake the answer to an earlier request.
     pub async fn expect_push(&mut self, expected: &[u8]) {
         if let Some(at) = self.pushes.iter().position(|p| p == expected) {
             self.pushes.remove(at);
@@ -346,8 +347,15 @@ impl Player {
                 .recv()
                 .await
                 .unwrap_or_else(|| panic!("{}: closed before the push", self.uid));
-            if response.flag == ResponseFlag::PUSH && response.content == expected {
-                return;
+            if response.flag == ResponseFlag::PUSH {
+                if response.content == expected {
+                    return;
+                }
+            } else if response.flag == ResponseFlag::OK || response.flag == ResponseFlag::ERROR {
+                let number = response.number;
+                if self.unclaimed.insert(number, response).is_some() {
+                    panic!("{}: request {number} answered twice", self.uid);
+                }
             }
         }
     }

@@ -7,3 +7,4 @@ pub mod login;
 pub mod msg;
 pub mod player;
 pub mod push;
+pub mod replay;

@@ -324,17 +324,18 @@ impl GateConn {
         Ok(status)
     }
 
-    /// Sends one request (`content ‖ BE32 session`).
-    pub async fn send(&mut self, content: &[u8], session: u32) -> Result<(), ClientError> {
-        self.queue(content, session)?;
+    /// Sends one request (`content ‖ BE32 number`) with request number
+    /// `number`.
+    pub async fn send(&mut self, content: &[u8], number: u32) -> Result<(), ClientError> {
+        self.queue(content, number)?;
         self.flush().await
     }
 
     /// Appends a request to the write buffer without sending it yet (for
     /// pipelining several requests in one write); see [`GateConn::flush`].
-    pub fn queue(&mut self, content: &[u8], session: u32) -> Result<(), ClientError> {
+    pub fn queue(&mut self, content: &[u8], number: u32) -> Result<(), ClientError> {
         let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
-        Request::encode(content, session, link.write_buffer_mut())?;
+        Request::encode(content, number, link.write_buffer_mut())?;
         Ok(())
     }
 
@@ -394,14 +395,14 @@ impl GateConn {
                         self.welcome = Some(welcome);
                         Ok(Some(Inbound::Welcome {
                             welcome,
-                            last_push: response.session,
+                            last_push: response.number,
                         }))
                     }
                     Some(response) => {
                         if matches!(response.flag, ResponseFlag::PUSH | ResponseFlag::PUSH_GAP) {
                             // Each push (and gap) carries the number of the
                             // last push it accounts for.
-                            self.last_push = response.session;
+                            self.last_push = response.number;
                         }
                         Ok(Some(Inbound::Response(response)))
                     }

@@ -9,7 +9,7 @@
 //!   responses, pushes and kicks, and reconnects with index + 1 (or any
 //!   index) so the gate replays cached responses;
 //! * [`Session`] adds the bookkeeping a QA tool needs (pending requests,
-//!   round trips, the last response per session).
+//!   round trips, the last response per request number).
 //!
 //! The `client` binary's subcommands live here too, each with its options
 //! next to its `run`: [`mod@login`] (`client login`), [`shell`], [`script`]

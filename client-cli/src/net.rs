@@ -15,8 +15,6 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use codec::websocket::{Mapping, MessageStream};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
@@ -52,23 +50,7 @@ static TRUSTED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
 /// Trusts the CA certificates in `path` (PEM) for every later `wss://`
 /// connection of this process. Once per process.
 pub fn trust_ca_file(path: &Path) -> Result<(), String> {
-    let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(path).map_err(|e| fail(&e))? {
-        roots
-            .add(cert.map_err(|e| fail(&e))?)
-            .map_err(|e| fail(&e))?;
-    }
-    if roots.is_empty() {
-        return Err(fail(&"no certificate in the file"));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| fail(&e))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config = tlsfiles::client_config(path).map_err(|e| e.to_string())?;
     TRUSTED
         .set(Arc::new(config))
         .map_err(|_| "the trusted CAs are set already".to_owned())
@@ -101,13 +83,8 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
                 "wss:// needs the CA that signed the server's certificate (--tls-ca-file)",
             )
         })?;
-        let name = host
-            .rsplit_once(':')
-            .map_or(host, |(name, _)| name)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let name = ServerName::try_from(name.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: {e}")))?;
+        let name = tlsfiles::server_name(host)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
             .connect(name, stream)
             .await?;

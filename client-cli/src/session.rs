@@ -1,9 +1,9 @@
-//! A QA client's whole state: the login, the gate connection, the session
-//! counter, the requests in flight and the responses received.
+//! A QA client's whole state: the login, the gate connection, the next
+//! request number, the requests in flight and the responses received.
 //!
 //! The shell and the script runner both drive a [`Session`]; it keeps the
 //! bookkeeping (round-trip times, what is pending, the last response per
-//! session) so both show the same facts in the same words.
+//! request number) so both show the same facts in the same words.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -121,7 +121,7 @@ pub struct Pending {
     pub sent_at: Instant,
 }
 
-/// The last response received for a session.
+/// The last response received for a request number.
 #[derive(Debug, Clone)]
 pub struct Received {
     /// OK or ERROR.
@@ -174,24 +174,20 @@ impl Incoming {
             .map(|d| format!(" ({})", text::duration(d)))
             .unwrap_or_default();
         match r.flag {
-            ResponseFlag::OK => format!("<- s={} ok {}{rtt}", r.session, text::payload(&r.content)),
-            ResponseFlag::ERROR if r.content.is_empty() => format!("<- s={} error{rtt}", r.session),
+            ResponseFlag::OK => format!("<- s={} ok {}{rtt}", r.number, text::payload(&r.content)),
+            ResponseFlag::ERROR if r.content.is_empty() => format!("<- s={} error{rtt}", r.number),
             ResponseFlag::ERROR => {
-                format!(
-                    "<- s={} error {}{rtt}",
-                    r.session,
-                    text::payload(&r.content)
-                )
+                format!("<- s={} error {}{rtt}", r.number, text::payload(&r.content))
             }
-            ResponseFlag::PUSH => format!("<- push #{} {}", r.session, text::payload(&r.content)),
+            ResponseFlag::PUSH => format!("<- push #{} {}", r.number, text::payload(&r.content)),
             ResponseFlag::PUSH_GAP => format!(
                 "<- push gap: pushes up to #{} were lost (dropped from the gate's backlog)",
-                r.session
+                r.number
             ),
             ResponseFlag::KICK => format!("<- kicked: {}", text::payload(&r.content)),
             other => format!(
                 "<- s={} flag={} {}{rtt}",
-                r.session,
+                r.number,
                 other.0,
                 text::payload(&r.content)
             ),
@@ -208,7 +204,8 @@ pub struct Session {
     handshake_time: Option<Duration>,
     highest_index: u64,
     accepted_index: Option<u64>,
-    next_session: u32,
+    /// The request number the next [`Session::send`] without one uses.
+    next_number: u32,
     pending: BTreeMap<u32, Pending>,
     responses: BTreeMap<u32, Received>,
     rtt: Histogram<u64>,
@@ -232,7 +229,7 @@ impl Session {
             handshake_time: None,
             highest_index: 0,
             accepted_index: None,
-            next_session: 0,
+            next_number: 0,
             pending: BTreeMap::new(),
             responses: BTreeMap::new(),
             rtt: new_histogram(),
@@ -272,7 +269,7 @@ impl Session {
     }
 
     /// Logs in (again). A new login is a new gate session: the index, the
-    /// session counter, the pending requests and the responses start over.
+    /// request numbers, the pending requests and the responses start over.
     pub async fn login(&mut self, over: &LoginOverrides) -> Result<Ticket, ClientError> {
         let user = over.user.as_deref().unwrap_or(&self.cfg.user);
         let server = over.server.as_deref().unwrap_or(&self.cfg.server);
@@ -293,7 +290,7 @@ impl Session {
         self.conn = None;
         self.highest_index = 0;
         self.accepted_index = None;
-        self.next_session = 0;
+        self.next_number = 0;
         self.pending.clear();
         self.responses.clear();
         self.pings.clear();
@@ -380,27 +377,27 @@ impl Session {
         }
     }
 
-    /// The session id the next [`Session::send`] without one would use.
-    pub fn next_session(&self) -> u32 {
-        self.next_session
+    /// The request number the next [`Session::send`] without one would use.
+    pub fn next_number(&self) -> u32 {
+        self.next_number
     }
 
-    /// Sends `content` as a request with `session`, or with the next session
-    /// id. Returns the session used.
-    pub async fn send(&mut self, session: Option<u32>, content: Bytes) -> Result<u32, ClientError> {
+    /// Sends `content` as a request with request number `number`, or with
+    /// the next one. Returns the number used.
+    pub async fn send(&mut self, number: Option<u32>, content: Bytes) -> Result<u32, ClientError> {
         let conn = self.conn.as_mut().ok_or(ClientError::NotLoggedIn)?;
-        let session = session.unwrap_or(self.next_session);
-        conn.send(&content, session).await?;
+        let number = number.unwrap_or(self.next_number);
+        conn.send(&content, number).await?;
         self.last_sent = Instant::now();
-        self.next_session = self.next_session.max(session.wrapping_add(1));
+        self.next_number = self.next_number.max(number.wrapping_add(1));
         self.pending.insert(
-            session,
+            number,
             Pending {
                 content,
                 sent_at: Instant::now(),
             },
         );
-        Ok(session)
+        Ok(number)
     }
 
     /// Sends a heartbeat; its answer comes as [`Event::Pong`].
@@ -494,14 +491,14 @@ impl Session {
             flag => {
                 rtt = self
                     .pending
-                    .remove(&response.session)
+                    .remove(&response.number)
                     .map(|p| now.saturating_duration_since(p.sent_at));
                 if let Some(rtt) = rtt {
                     let micros = u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX);
                     self.rtt.saturating_record(micros.max(1));
                 }
                 self.responses.insert(
-                    response.session,
+                    response.number,
                     Received {
                         flag,
                         content: response.content.clone(),
@@ -514,12 +511,12 @@ impl Session {
         Ok(Event::Message(Incoming { response, rtt }))
     }
 
-    /// Requests sent and not answered, by session.
+    /// Requests sent and not answered, by request number.
     pub fn pending(&self) -> &BTreeMap<u32, Pending> {
         &self.pending
     }
 
-    /// The last response received per session.
+    /// The last response received per request number.
     pub fn responses(&self) -> &BTreeMap<u32, Received> {
         &self.responses
     }

@@ -1,7 +1,8 @@
 //! `client shell`: log in, connect, then type requests.
 //!
-//! A typed line is sent as a request with the next session id; responses,
-//! pushes and kicks print as they arrive, tagged with session and flag, so
+//! A typed line is sent as a request with the next request number
+//! (skynet's "session", shown as `s=N`); responses, pushes and kicks print
+//! as they arrive, tagged with request number and flag, so
 //! out-of-order replies are visible (`<- push #7 "text"`,
 //! `<- kicked: "reason"`). The connection opts in to the gate's extensions
 //! unless `--plain`: pushes missed while disconnected are replayed on
@@ -43,18 +44,18 @@ pub struct ShellCmd {
 }
 
 const HELP: &str = "\
-TEXT                 send TEXT as a request with the next session id
+TEXT                 send TEXT as a request with the next request number
 :send TEXT           the same; for text starting with ':' (\"quoted\" takes \\n \\xHH escapes)
 :hex HEX             send bytes given in hex (de ad be ef)
 :file PATH           send a file's bytes
-:resend N [TEXT]     send session N again (default content: what was sent as N)
+:resend N [TEXT]     send request number N again (default content: what was sent as N)
 :ping                send a heartbeat (opted-in connections; a plain one is closed for it)
 :drop                close the gate connection without logging out
 :reconnect [INDEX]   new connection, handshake with index+1 (or INDEX: an old one gets 403)
 :login               log in again (new subid; the old session is kicked) and connect
 :logout              drop the connection and forget the login
 :pending             requests sent and not answered yet
-:cache               the last response received per session
+:cache               the last response received per request number
 :timings             login, handshake and round-trip times, pushes received
 :wait [DURATION]     wait until no request or :ping is pending (default: --timeout)
 :help                this list
@@ -136,7 +137,7 @@ enum Step {
 struct Shell<'o> {
     session: Session,
     out: &'o mut (dyn Output + Send),
-    /// What was sent per session, for `:resend N`.
+    /// What was sent per request number, for `:resend N`.
     sent: BTreeMap<u32, Bytes>,
 }
 
@@ -230,15 +231,15 @@ impl Shell<'_> {
         self.out.line(&line);
     }
 
-    async fn send(&mut self, session: Option<u32>, content: Bytes) {
+    async fn send(&mut self, number: Option<u32>, content: Bytes) {
         if !self.session.is_connected() {
             self.out
                 .line("!! not connected (:reconnect, or :login for a new session)");
             return;
         }
-        match self.session.send(session, content.clone()).await {
+        match self.session.send(number, content.clone()).await {
             Ok(s) => {
-                let resend = if session.is_some() { " (resend)" } else { "" };
+                let resend = if number.is_some() { " (resend)" } else { "" };
                 self.out
                     .line(&format!("-> s={s} {}{resend}", text::payload(&content)));
                 self.sent.insert(s, content);
@@ -276,12 +277,12 @@ impl Shell<'_> {
                 let (number, rest) = arg
                     .split_once(char::is_whitespace)
                     .map_or((arg, ""), |(n, r)| (n, r.trim()));
-                let Ok(session) = number.parse::<u32>() else {
+                let Ok(number) = number.parse::<u32>() else {
                     self.out.line("!! usage: :resend N [TEXT]");
                     return true;
                 };
                 let content = if rest.is_empty() {
-                    self.sent.get(&session).cloned().unwrap_or_default()
+                    self.sent.get(&number).cloned().unwrap_or_default()
                 } else {
                     match text_arg(rest) {
                         Ok(bytes) => Bytes::from(bytes),
@@ -291,7 +292,7 @@ impl Shell<'_> {
                         }
                     }
                 };
-                self.send(Some(session), content).await;
+                self.send(Some(number), content).await;
             }
             "ping" => {
                 if !self.session.is_connected() {

@@ -69,8 +69,8 @@ fn messages(c: &mut Criterion) {
     group.bench_function("request_encode_1000x64B", |b| {
         b.iter(|| {
             out.clear();
-            for session in 0..PACKAGES as u32 {
-                Request::encode(black_box(&content), session, &mut out).unwrap();
+            for number in 0..PACKAGES as u32 {
+                Request::encode(black_box(&content), number, &mut out).unwrap();
             }
             black_box(out.len())
         })
@@ -78,8 +78,8 @@ fn messages(c: &mut Criterion) {
     group.bench_function("response_encode_1000x64B", |b| {
         b.iter(|| {
             out.clear();
-            for session in 0..PACKAGES as u32 {
-                Response::encode(black_box(&content), ResponseFlag::OK, session, &mut out).unwrap();
+            for number in 0..PACKAGES as u32 {
+                Response::encode(black_box(&content), ResponseFlag::OK, number, &mut out).unwrap();
             }
             black_box(out.len())
         })

@@ -5,8 +5,11 @@
 //! * [`package`]: the gate's BE16 length-prefixed packages ([`PackageCodec`]).
 //! * [`line`](mod@line): the login server's LF-terminated lines with skynet's 8 KiB
 //!   buffer limit ([`LineCodec`]).
-//! * [`message`]: the gate handshake, the handshake index as a Lua number,
-//!   requests and responses, all zero copy over [`bytes::Bytes`].
+//! * [`handshake`]: the gate handshake, zero copy over [`bytes::Bytes`].
+//! * [`lua_number`]: the handshake index read as skynet reads it, a Lua
+//!   number.
+//! * [`message`]: requests and responses, zero copy over [`bytes::Bytes`]
+//!   (and the two above re-exported, where they were first written).
 //! * [`status`]: login and gate status codes with their exact wire text.
 //! * `websocket` (feature `websocket`): the same lines and packages carried
 //!   as WebSocket messages, for browsers.
@@ -28,16 +31,18 @@
 //! Request::encode(b"echo", 7, &mut wire)?;
 //! let payload = PackageCodec.decode(&mut wire)?.expect("a whole package");
 //! let request = Request::parse(payload).expect("at least 4 bytes");
-//! assert_eq!((&request.content[..], request.session), (&b"echo"[..], 7));
+//! assert_eq!((&request.content[..], request.number), (&b"echo"[..], 7));
 //!
-//! // The answer, exactly as skynet frames it: content ‖ 01 ‖ BE32(session).
-//! Response::encode(&request.content, ResponseFlag::OK, request.session, &mut wire)?;
+//! // The answer, exactly as skynet frames it: content ‖ 01 ‖ BE32(number).
+//! Response::encode(&request.content, ResponseFlag::OK, request.number, &mut wire)?;
 //! assert_eq!(&wire[..], b"\x00\x09echo\x01\x00\x00\x00\x07");
 //! # Ok::<(), codec::FrameError>(())
 //! ```
 
 pub mod ext;
+pub mod handshake;
 pub mod line;
+pub mod lua_number;
 pub mod message;
 pub mod package;
 pub mod status;

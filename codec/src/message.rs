@@ -1,534 +1,72 @@
-//! Typed messages of the message gate (spec §5.2, §5.4), zero copy over
-//! [`Bytes`]: the gate handshake, the handshake index as a Lua number,
-//! requests and responses.
+//! Requests and responses after the handshake (spec §5.4), zero copy over
+//! [`Bytes`]: `content ‖ BE32(number)` up, `content ‖ u8(flag) ‖
+//! BE32(number)` down, with the size limits that keep each in one package.
 //!
-//! Parsing only splits bytes; it decides nothing. Which status a bad
-//! handshake earns, or whether a short request closes the connection, is
-//! the protocol layer's call (`loginproto`/`gate`), so these functions
-//! return `Option` rather than errors.
-
-use std::cmp::Ordering;
+//! Parsing only splits bytes; it decides nothing. Whether a short request
+//! closes the connection is the protocol layer's call (`gate`), so these
+//! functions return `Option` rather than errors. The handshake and the
+//! index live in [`crate::handshake`] and [`crate::lua_number`]; they are
+//! re-exported here, where they were first written, so
+//! `codec::message::Handshake` keeps working.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+pub use crate::handshake::Handshake;
+pub use crate::lua_number::LuaNumber;
 use crate::package::{FrameError, HEADER_LEN, header_for};
 
-/// Largest request content: 65535 − 4 bytes of session (spec §5.4).
+/// Largest request content: 65535 − 4 bytes of request number (spec §5.4).
 pub const MAX_REQUEST_CONTENT: usize = 65531;
 
-/// Largest response content: 65535 − 1 flag byte − 4 bytes of session
-/// (spec §5.4). A larger response cannot be framed; skynet then closes the
+/// Largest response content: 65535 − 1 flag byte − 4 bytes of request
+/// number (spec §5.4). A larger response cannot be framed; skynet then closes the
 /// connection (spec §5.6).
 pub const MAX_RESPONSE_CONTENT: usize = 65530;
 
-/// Size of the session trailer of requests and responses.
-const SESSION_LEN: usize = 4;
+/// Size of the request-number trailer of requests and responses (skynet's
+/// "session").
+const NUMBER_LEN: usize = 4;
 
-// ---------------------------------------------------------------------------
-// Handshake
-// ---------------------------------------------------------------------------
-
-/// The first package on a gate connection:
-/// `username ":" index ":" base64(mac) [":" ext]` (spec §5.2).
-///
-/// All fields are slices of the received payload (no copy). The fields are
-/// raw bytes exactly as sent: the MAC covers the index text *as sent*
-/// (`0x10` stays `0x10`), so nothing is normalised here.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Handshake {
-    /// `U`: everything before the first `:`.
-    pub username: Bytes,
-    /// `I`: the index text between the first and second `:` (parse it with
-    /// [`LuaNumber::parse`] / [`Handshake::index_number`]).
-    pub index: Bytes,
-    /// `H`: the base64 MAC text after the second `:`, up to a third `:` or
-    /// the end.
-    pub mac: Bytes,
-    /// Whatever follows a third `:`. skynet ignores it; this project uses it
-    /// to carry optional client extensions. It is **not** covered by the MAC,
-    /// so nothing in it may be trusted for authentication.
-    pub ext: Option<Bytes>,
-}
-
-impl Handshake {
-    /// Splits a handshake payload exactly as skynet does (spec §5.2 step 1).
-    ///
-    /// Returns `None` when the payload has fewer than two `:` (including the
-    /// empty payload); the gate answers that with `404 User Not Found`, since
-    /// skynet then looks up no user at all.
-    pub fn parse(payload: &Bytes) -> Option<Handshake> {
-        let first = find_colon(payload, 0)?;
-        let second = find_colon(payload, first + 1)?;
-        let third = find_colon(payload, second + 1);
-        Some(Handshake {
-            username: payload.slice(..first),
-            index: payload.slice(first + 1..second),
-            mac: payload.slice(second + 1..third.unwrap_or(payload.len())),
-            ext: third.map(|t| payload.slice(t + 1..)),
-        })
-    }
-
-    /// The text the MAC covers: `username ":" index`, the index as sent.
-    pub fn signed_text(&self) -> Vec<u8> {
-        let mut text = Vec::with_capacity(self.username.len() + 1 + self.index.len());
-        text.extend_from_slice(&self.username);
-        text.push(b':');
-        text.extend_from_slice(&self.index);
-        text
-    }
-
-    /// The index read as Lua's `tonumber` reads it (spec §5.2 step 3);
-    /// `None` means the gate answers `400 Bad Request`.
-    pub fn index_number(&self) -> Option<LuaNumber> {
-        LuaNumber::parse(&self.index)
-    }
-
-    /// Builds a handshake payload (without the package header).
-    ///
-    /// `username`, `index` and `mac_b64` must not contain `:` (base64 and
-    /// decimal text never do), or the server will split differently. `ext`,
-    /// when given, is appended after a third `:` and may contain anything.
-    pub fn encode(username: &[u8], index: &[u8], mac_b64: &[u8], ext: Option<&[u8]>) -> Vec<u8> {
-        let ext_len = ext.map_or(0, |e| 1 + e.len());
-        let mut payload =
-            Vec::with_capacity(username.len() + index.len() + mac_b64.len() + 2 + ext_len);
-        payload.extend_from_slice(username);
-        payload.push(b':');
-        payload.extend_from_slice(index);
-        payload.push(b':');
-        payload.extend_from_slice(mac_b64);
-        if let Some(ext) = ext {
-            payload.push(b':');
-            payload.extend_from_slice(ext);
-        }
-        payload
-    }
-}
-
-fn find_colon(payload: &[u8], from: usize) -> Option<usize> {
-    payload
-        .get(from..)?
-        .iter()
-        .position(|&b| b == b':')
-        .map(|p| from + p)
-}
-
-// ---------------------------------------------------------------------------
-// Lua numbers
-// ---------------------------------------------------------------------------
-
-/// A Lua number as produced by `tonumber(string)`: an integer or a float.
-///
-/// The gate keeps the last accepted handshake index of a user as such a
-/// number (it may be a float) and requires the next one to be strictly
-/// greater, so the comparisons are Lua's: integers and floats compare by
-/// their exact mathematical values (`Int(i64::MAX) < Float(2^63)`,
-/// `Int(1) == Float(1.0)`), and NaN is unordered (it cannot come out of
-/// [`LuaNumber::parse`], but a `Float(NAN)` built by hand behaves as in Lua).
-#[derive(Debug, Clone, Copy)]
-pub enum LuaNumber {
-    /// A Lua integer (64-bit, wrapping hex literals).
-    Int(i64),
-    /// A Lua float (IEEE double).
-    Float(f64),
-}
-
-impl LuaNumber {
-    /// Lua 5.4/5.5 `tonumber(text)` for a string argument (spec §5.2 step 3).
-    ///
-    /// First as an integer: optional surrounding whitespace (space, `\t`,
-    /// `\n`, `\v`, `\f`, `\r`), optional sign, then decimal digits (if the
-    /// value does not fit an `i64` this attempt fails and the float one
-    /// decides) or `0x`/`0X` and hex digits (wrapping modulo 2^64). Then as a
-    /// float, the way C `strtod` reads it: decimal with optional fraction and
-    /// `e` exponent, or hex with optional fraction and `p` exponent, correctly
-    /// rounded, overflow giving ±inf; any text containing `n`/`N` is refused
-    /// first, which excludes `inf` and `nan`. Trailing garbage and NUL bytes
-    /// are refused; empty or blank text is not a number.
-    pub fn parse(text: &[u8]) -> Option<LuaNumber> {
-        // tonumber checks that the conversion consumed the whole string; C
-        // stops at a NUL, so a string with an embedded NUL is never a number.
-        if text.contains(&0) {
-            return None;
-        }
-        if let Some(i) = str_to_int(text) {
-            return Some(LuaNumber::Int(i));
-        }
-        str_to_float(text).map(LuaNumber::Float)
-    }
-
-    /// The value as a float (Lua's `int → float` conversion, rounding).
-    pub fn as_f64(self) -> f64 {
-        match self {
-            LuaNumber::Int(i) => i as f64,
-            LuaNumber::Float(f) => f,
-        }
-    }
-
-    /// `true` for [`LuaNumber::Int`].
-    pub const fn is_int(self) -> bool {
-        matches!(self, LuaNumber::Int(_))
-    }
-}
-
-impl From<i64> for LuaNumber {
-    fn from(i: i64) -> Self {
-        LuaNumber::Int(i)
-    }
-}
-
-impl From<f64> for LuaNumber {
-    fn from(f: f64) -> Self {
-        LuaNumber::Float(f)
-    }
-}
-
-impl PartialEq for LuaNumber {
-    fn eq(&self, other: &Self) -> bool {
-        self.partial_cmp(other) == Some(Ordering::Equal)
-    }
-}
-
-impl PartialOrd for LuaNumber {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        match (*self, *other) {
-            (LuaNumber::Int(a), LuaNumber::Int(b)) => Some(a.cmp(&b)),
-            (LuaNumber::Float(a), LuaNumber::Float(b)) => a.partial_cmp(&b),
-            (LuaNumber::Int(a), LuaNumber::Float(b)) => cmp_int_float(a, b),
-            (LuaNumber::Float(a), LuaNumber::Int(b)) => cmp_int_float(b, a).map(Ordering::reverse),
-        }
-    }
-}
-
-/// Compares an integer with a float by exact mathematical value, as Lua's
-/// mixed comparisons do (no rounding of the integer to a float).
-fn cmp_int_float(i: i64, f: f64) -> Option<Ordering> {
-    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
-    if f.is_nan() {
-        return None;
-    }
-    if f >= TWO_63 {
-        return Some(Ordering::Less);
-    }
-    if f < -TWO_63 {
-        return Some(Ordering::Greater);
-    }
-    // Now -2^63 <= floor(f) < 2^63, so the cast is exact.
-    let floor = f.floor();
-    let fi = floor as i64;
-    match i.cmp(&fi) {
-        // i == floor(f): equal only if f has no fractional part, else f is
-        // above i.
-        Ordering::Equal if f == floor => Some(Ordering::Equal),
-        Ordering::Equal => Some(Ordering::Less),
-        // i < floor(f) <= f, or i >= floor(f) + 1 > f.
-        other => Some(other),
-    }
-}
-
-/// Lua's (and C's `isspace` in the C locale) whitespace.
-fn is_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
-fn skip_spaces(text: &[u8], mut at: usize) -> usize {
-    while text.get(at).copied().is_some_and(is_space) {
-        at += 1;
-    }
-    at
-}
-
-/// Reads an optional sign at `*at`; returns whether it was `-`.
-fn read_sign(text: &[u8], at: &mut usize) -> bool {
-    match text.get(*at) {
-        Some(b'-') => {
-            *at += 1;
-            true
-        }
-        Some(b'+') => {
-            *at += 1;
-            false
-        }
-        _ => false,
-    }
-}
-
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-fn digit_value(b: u8) -> Option<u8> {
-    b.is_ascii_digit().then(|| b - b'0')
-}
-
-fn is_hex_prefix(text: &[u8], at: usize) -> bool {
-    text.get(at) == Some(&b'0') && matches!(text.get(at + 1), Some(b'x' | b'X'))
-}
-
-/// Lua's `l_str2int`: the integer reading of a numeral, or `None` if the text
-/// is not an integer numeral (or a decimal one that does not fit).
-fn str_to_int(text: &[u8]) -> Option<i64> {
-    const MAX_BY_10: u64 = (i64::MAX / 10) as u64;
-    const MAX_LAST_DIGIT: u64 = (i64::MAX % 10) as u64;
-
-    let mut at = skip_spaces(text, 0);
-    let negative = read_sign(text, &mut at);
-    let mut value: u64 = 0;
-    let mut empty = true;
-    if is_hex_prefix(text, at) {
-        at += 2;
-        while let Some(d) = text.get(at).copied().and_then(hex_value) {
-            // Hex integers wrap around (Lua reads them modulo 2^64).
-            value = value.wrapping_mul(16).wrapping_add(u64::from(d));
-            empty = false;
-            at += 1;
-        }
-    } else {
-        while let Some(d) = text.get(at).copied().and_then(digit_value) {
-            let d = u64::from(d);
-            // One more unit is allowed for a negative number (i64::MIN).
-            if value >= MAX_BY_10 && (value > MAX_BY_10 || d > MAX_LAST_DIGIT + u64::from(negative))
-            {
-                return None;
-            }
-            value = value * 10 + d;
-            empty = false;
-            at += 1;
-        }
-    }
-    at = skip_spaces(text, at);
-    if empty || at != text.len() {
-        return None;
-    }
-    let value = if negative {
-        0u64.wrapping_sub(value)
-    } else {
-        value
-    };
-    Some(value as i64)
-}
-
-/// Lua's `l_str2d`: the float reading of a numeral.
-fn str_to_float(text: &[u8]) -> Option<f64> {
-    // Lua refuses any text whose first "special" character is n/N, which is
-    // how `inf`, `nan` and their spellings never reach strtod.
-    let special = text
-        .iter()
-        .find(|b| matches!(b, b'.' | b'x' | b'X' | b'n' | b'N'));
-    if matches!(special, Some(b'n' | b'N')) {
-        return None;
-    }
-    let (value, end) = strtod(text)?;
-    (skip_spaces(text, end) == text.len()).then_some(value)
-}
-
-/// C `strtod` in the C locale without inf/nan: the value and the index just
-/// past the recognised numeral, or `None` if nothing was recognised.
-fn strtod(text: &[u8]) -> Option<(f64, usize)> {
-    let mut at = skip_spaces(text, 0);
-    let negative = read_sign(text, &mut at);
-    let sign = |v: f64| if negative { -v } else { v };
-    if is_hex_prefix(text, at) {
-        return Some(match hex_float(text, at + 2) {
-            Some((value, end)) => (sign(value), end),
-            // "0x" without hex digits: strtod reads just the "0".
-            None => (sign(0.0), at + 1),
-        });
-    }
-    let start = at;
-    let int_digits = count_digits(text, at);
-    at += int_digits;
-    let mut frac_digits = 0;
-    if text.get(at) == Some(&b'.') {
-        frac_digits = count_digits(text, at + 1);
-        if int_digits + frac_digits > 0 {
-            at += 1 + frac_digits;
-        }
-    }
-    if int_digits + frac_digits == 0 {
-        return None;
-    }
-    if matches!(text.get(at), Some(b'e' | b'E')) {
-        let mut exp_at = at + 1;
-        read_sign(text, &mut exp_at);
-        let exp_digits = count_digits(text, exp_at);
-        // An exponent without digits is not part of the numeral.
-        if exp_digits > 0 {
-            at = exp_at + exp_digits;
-        }
-    }
-    // The numeral is ASCII digits, '.', 'e' and signs: the grammar Rust's
-    // correctly rounded float parser accepts; it saturates to ±inf / 0 on
-    // overflow / underflow like strtod.
-    let numeral = std::str::from_utf8(text.get(start..at)?).ok()?;
-    let value: f64 = numeral.parse().ok()?;
-    Some((sign(value), at))
-}
-
-fn count_digits(text: &[u8], at: usize) -> usize {
-    text.get(at..).map_or(0, |rest| {
-        rest.iter().take_while(|b| b.is_ascii_digit()).count()
-    })
-}
-
-/// The magnitude of a hex float after `0x` (digits, optional `.`, optional
-/// `p` exponent) rounded to nearest, ties to even, like glibc's strtod. `None`
-/// when there is no hex digit at all.
-fn hex_float(text: &[u8], mut at: usize) -> Option<(f64, usize)> {
-    // Up to 15 significant hex digits (60 bits) are kept exactly; later
-    // digits only matter as a "sticky" non-zero marker for rounding.
-    const MAX_SIG_DIGITS: u32 = 15;
-    let mut mantissa: u64 = 0;
-    let mut sig_digits = 0u32;
-    let mut sticky = false;
-    let mut any_digit = false;
-    let mut seen_dot = false;
-    // Binary exponent: value = mantissa * 2^exp (ignoring sticky bits).
-    let mut exp: i64 = 0;
-    loop {
-        match text.get(at).copied() {
-            Some(b'.') if !seen_dot => seen_dot = true,
-            Some(b) => {
-                let Some(d) = hex_value(b) else { break };
-                any_digit = true;
-                if mantissa == 0 && d == 0 {
-                    // Leading zero: only shifts the point.
-                    if seen_dot {
-                        exp -= 4;
-                    }
-                } else if sig_digits < MAX_SIG_DIGITS {
-                    mantissa = mantissa * 16 + u64::from(d);
-                    sig_digits += 1;
-                    if seen_dot {
-                        exp -= 4;
-                    }
-                } else {
-                    sticky |= d != 0;
-                    if !seen_dot {
-                        exp += 4;
-                    }
-                }
-            }
-            None => break,
-        }
-        at += 1;
-    }
-    if !any_digit {
-        return None;
-    }
-    if matches!(text.get(at), Some(b'p' | b'P')) {
-        let mut exp_at = at + 1;
-        let negative = read_sign(text, &mut exp_at);
-        let digits = count_digits(text, exp_at);
-        if digits > 0 {
-            // Saturate: anything beyond ±2^40 is already inf or zero.
-            const CAP: i64 = 1 << 40;
-            let mut p: i64 = 0;
-            for &b in &text[exp_at..exp_at + digits] {
-                p = (p * 10 + i64::from(b - b'0')).min(CAP);
-            }
-            exp += if negative { -p } else { p };
-            at = exp_at + digits;
-        }
-    }
-    Some((round_to_f64(mantissa, exp, sticky), at))
-}
-
-/// `mantissa * 2^exp` (plus a non-zero fraction below the mantissa's last
-/// bit when `sticky`) rounded to the nearest double, ties to even, with
-/// gradual underflow and overflow to infinity.
-fn round_to_f64(mantissa: u64, exp: i64, sticky: bool) -> f64 {
-    const MANT_BITS: i64 = 52;
-    const MIN_LSB: i64 = -1074; // weight of the smallest subnormal
-    const MAX_TOP: i64 = 1023; // weight of the top bit of the largest normal
-
-    if mantissa == 0 {
-        return 0.0;
-    }
-    let bits = i64::from(64 - mantissa.leading_zeros());
-    let top = bits - 1 + exp;
-    if top > MAX_TOP {
-        return f64::INFINITY;
-    }
-    // Weight of the last bit the result can keep.
-    let mut lsb = (top - MANT_BITS).max(MIN_LSB);
-    let shift = lsb - exp;
-    let mut q = if shift <= 0 {
-        // Exact: the top bit lands at most at bit 52. (Sticky digits only
-        // exist with 57+ mantissa bits, which always means shift > 0.)
-        mantissa << (-shift)
-    } else if shift >= 64 {
-        // Below half of the last kept bit (mantissa < 2^60 <= 2^(shift-1)).
-        0
-    } else {
-        let q = mantissa >> shift;
-        let rem = mantissa & ((1u64 << shift) - 1);
-        let half = 1u64 << (shift - 1);
-        let round_up = rem > half || (rem == half && (sticky || q & 1 == 1));
-        q + u64::from(round_up)
-    };
-    if q == 1 << (MANT_BITS + 1) {
-        // Rounding carried into a new bit.
-        q >>= 1;
-        lsb += 1;
-    }
-    if q >= 1 << MANT_BITS {
-        let biased = lsb + MANT_BITS + 1023;
-        if biased >= 2047 {
-            return f64::INFINITY;
-        }
-        f64::from_bits(((biased as u64) << MANT_BITS) | (q & ((1 << MANT_BITS) - 1)))
-    } else {
-        // Subnormal (lsb == MIN_LSB): the bits are the mantissa itself.
-        f64::from_bits(q)
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Requests and responses
-// ---------------------------------------------------------------------------
-
-/// A client request after the handshake: payload `content ‖ BE32(session)`
+/// A client request after the handshake: payload `content ‖ BE32(number)`
 /// (spec §5.4).
+///
+/// `number` is the request number, skynet's "session": chosen by the
+/// client, echoed by the response. It is not the player's session (the
+/// login the gate keeps across connections), hence the name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Request {
     /// The request body (a slice of the received payload).
     pub content: Bytes,
-    /// Chosen by the client; the response echoes it.
-    pub session: u32,
+    /// The request number, chosen by the client; the response echoes it.
+    pub number: u32,
 }
 
 impl Request {
     /// Splits a request payload. `None` when it is shorter than 4 bytes
     /// (including empty): skynet then closes the connection (spec §5.6).
     pub fn parse(payload: Bytes) -> Option<Request> {
-        let (content, session) = split_session(payload)?;
-        Some(Request { content, session })
+        let (content, number) = split_number(payload)?;
+        Some(Request { content, number })
     }
 
     /// Appends the whole request package
-    /// (`BE16(len) ‖ content ‖ BE32(session)`) to `dst`.
+    /// (`BE16(len) ‖ content ‖ BE32(number)`) to `dst`.
     ///
     /// Content longer than [`MAX_REQUEST_CONTENT`] is refused with
     /// [`FrameError::TooLarge`] (its `len` is the payload length,
     /// content + 4); `dst` is then unchanged.
-    pub fn encode(content: &[u8], session: u32, dst: &mut BytesMut) -> Result<(), FrameError> {
-        let payload_len = content.len() + SESSION_LEN;
+    pub fn encode(content: &[u8], number: u32, dst: &mut BytesMut) -> Result<(), FrameError> {
+        let payload_len = content.len() + NUMBER_LEN;
         let header = header_for(payload_len)?;
         dst.reserve(HEADER_LEN + payload_len);
         dst.put_u16(header);
         dst.put_slice(content);
-        dst.put_u32(session);
+        dst.put_u32(number);
         Ok(())
     }
 }
 
-/// The flag byte in front of a response's session.
+/// The flag byte in front of a response's number.
 ///
 /// skynet sends only [`ResponseFlag::ERROR`] and [`ResponseFlag::OK`].
 /// [`ResponseFlag::PUSH`] and [`ResponseFlag::KICK`] are this gate's
@@ -543,25 +81,25 @@ impl ResponseFlag {
     pub const ERROR: ResponseFlag = ResponseFlag(0);
     /// The handler succeeded; the content is its result (skynet).
     pub const OK: ResponseFlag = ResponseFlag(1);
-    /// Extension: a server push. The session field carries the push
-    /// sequence number instead of a request session.
+    /// Extension: a server push. The number field carries the push
+    /// sequence number instead of a request number.
     pub const PUSH: ResponseFlag = ResponseFlag(2);
     /// Extension: the last message before the gate closes the connection;
-    /// the content is the reason text and the session field is 0.
+    /// the content is the reason text and the number field is 0.
     pub const KICK: ResponseFlag = ResponseFlag(3);
     /// Extension: pushes were lost (dropped from the gate's push backlog
     /// before the client came back for them). The content is empty and the
-    /// session field is the sequence number of the last lost push: the
+    /// number field is the sequence number of the last lost push: the
     /// next push the client receives has the next number.
     pub const PUSH_GAP: ResponseFlag = ResponseFlag(4);
     /// Extension: the gate accepted the client's opt-in; sent once, right
     /// after `200 OK`. The content is `v=<version>,idle=<ms>`
-    /// ([`crate::ext::Welcome`]), the session field the sequence number of
+    /// ([`crate::ext::Welcome`]), the number field the sequence number of
     /// the session's last push (the replay that follows ends there).
     pub const WELCOME: ResponseFlag = ResponseFlag(5);
 }
 
-/// A gate response: payload `content ‖ u8(flag) ‖ BE32(session)`
+/// A gate response: payload `content ‖ u8(flag) ‖ BE32(number)`
 /// (spec §5.4).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Response {
@@ -569,27 +107,28 @@ pub struct Response {
     pub content: Bytes,
     /// What kind of response this is.
     pub flag: ResponseFlag,
-    /// The request's session (or push sequence number, or 0 for a kick).
-    pub session: u32,
+    /// The request's number (or a push sequence number, or 0 for a kick;
+    /// see [`ResponseFlag`]).
+    pub number: u32,
 }
 
 impl Response {
     /// Splits a response payload; `None` when it is shorter than 5 bytes.
     /// Any flag value is accepted: interpreting it is the caller's job.
     pub fn parse(payload: Bytes) -> Option<Response> {
-        let (mut content, session) = split_session(payload)?;
+        let (mut content, number) = split_number(payload)?;
         let flag_at = content.len().checked_sub(1)?;
         let flag = ResponseFlag(*content.get(flag_at)?);
         content.truncate(flag_at);
         Some(Response {
             content,
             flag,
-            session,
+            number,
         })
     }
 
     /// Appends the whole response package
-    /// (`BE16(len) ‖ content ‖ u8(flag) ‖ BE32(session)`) to `dst`.
+    /// (`BE16(len) ‖ content ‖ u8(flag) ‖ BE32(number)`) to `dst`.
     ///
     /// Content longer than [`MAX_RESPONSE_CONTENT`] is refused with
     /// [`FrameError::TooLarge`] (its `len` is the payload length,
@@ -597,26 +136,26 @@ impl Response {
     pub fn encode(
         content: &[u8],
         flag: ResponseFlag,
-        session: u32,
+        number: u32,
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let payload_len = content.len() + 1 + SESSION_LEN;
+        let payload_len = content.len() + 1 + NUMBER_LEN;
         let header = header_for(payload_len)?;
         dst.reserve(HEADER_LEN + payload_len);
         dst.put_u16(header);
         dst.put_slice(content);
         dst.put_u8(flag.0);
-        dst.put_u32(session);
+        dst.put_u32(number);
         Ok(())
     }
 }
 
-/// Splits `rest ‖ BE32(session)`; `None` below 4 bytes.
-fn split_session(mut payload: Bytes) -> Option<(Bytes, u32)> {
-    let at = payload.len().checked_sub(SESSION_LEN)?;
-    let session: [u8; SESSION_LEN] = payload.get(at..)?.try_into().ok()?;
+/// Splits `rest ‖ BE32(number)`; `None` below 4 bytes.
+fn split_number(mut payload: Bytes) -> Option<(Bytes, u32)> {
+    let at = payload.len().checked_sub(NUMBER_LEN)?;
+    let number: [u8; NUMBER_LEN] = payload.get(at..)?.try_into().ok()?;
     payload.truncate(at);
-    Some((payload, u32::from_be_bytes(session)))
+    Some((payload, u32::from_be_bytes(number)))
 }
 
 #[cfg(test)]
@@ -626,192 +165,14 @@ mod tests {
     use crate::package::{MAX_PAYLOAD, PackageCodec};
     use tokio_util::codec::Decoder;
 
-    fn hs(text: &'static [u8]) -> Option<Handshake> {
-        Handshake::parse(&Bytes::from_static(text))
-    }
-
-    #[test]
-    fn handshake_splits_like_skynet() {
-        let h = hs(b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=").unwrap();
-        assert_eq!(h.username, &b"aGVsbG8=@c2FtcGxl#MQ=="[..]);
-        assert_eq!(h.index, &b"1"[..]);
-        assert_eq!(h.mac, &b"xEa32HAUlak="[..]);
-        assert_eq!(h.ext, None);
-        assert_eq!(h.signed_text(), b"aGVsbG8=@c2FtcGxl#MQ==:1");
-        assert_eq!(h.index_number(), Some(LuaNumber::Int(1)));
-    }
-
-    #[test]
-    fn handshake_third_colon_starts_ext() {
-        let h = hs(b"u:2:mac:push=1:more").unwrap();
-        assert_eq!(h.mac, &b"mac"[..]);
-        assert_eq!(h.ext.as_deref(), Some(&b"push=1:more"[..]));
-        let h = hs(b"u:2:mac:").unwrap();
-        assert_eq!(h.ext.as_deref(), Some(&b""[..]));
-    }
-
-    #[test]
-    fn handshake_empty_fields_and_failures() {
-        let h = hs(b"::").unwrap();
-        assert!(h.username.is_empty() && h.index.is_empty() && h.mac.is_empty());
-        assert_eq!(h.ext, None);
-        assert_eq!(hs(b""), None);
-        assert_eq!(hs(b"garbage"), None);
-        assert_eq!(hs(b"one:colon"), None);
-        let h = hs(b"a:b:").unwrap();
-        assert!(h.mac.is_empty());
-    }
-
-    #[test]
-    fn handshake_is_zero_copy() {
-        let payload = Bytes::from_static(b"user:7:bWFj:x");
-        let h = Handshake::parse(&payload).unwrap();
-        let base = payload.as_ptr() as usize;
-        assert_eq!(h.username.as_ptr() as usize, base);
-        assert_eq!(h.index.as_ptr() as usize, base + 5);
-        assert_eq!(h.mac.as_ptr() as usize, base + 7);
-    }
-
-    #[test]
-    fn handshake_encode_roundtrips() {
-        let p = Handshake::encode(b"aGVsbG8=@c2FtcGxl#MQ==", b"1", b"xEa32HAUlak=", None);
-        assert_eq!(p, b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=");
-        let p = Handshake::encode(b"u", b"0x10", b"m", Some(b"v=2:x"));
-        assert_eq!(p, b"u:0x10:m:v=2:x");
-        let h = Handshake::parse(&Bytes::from(p)).unwrap();
-        assert_eq!(h.ext.as_deref(), Some(&b"v=2:x"[..]));
-        assert_eq!(h.signed_text(), b"u:0x10");
-    }
-
-    fn num(text: &str) -> Option<LuaNumber> {
-        LuaNumber::parse(text.as_bytes())
-    }
-
-    fn assert_int(text: &str, v: i64) {
-        match num(text) {
-            Some(LuaNumber::Int(i)) => assert_eq!(i, v, "{text:?}"),
-            other => panic!("{text:?} gave {other:?}, want Int({v})"),
-        }
-    }
-
-    fn assert_float(text: &str, v: f64) {
-        match num(text) {
-            Some(LuaNumber::Float(f)) => {
-                assert_eq!(f.to_bits(), v.to_bits(), "{text:?}: {f:e} vs {v:e}")
-            }
-            other => panic!("{text:?} gave {other:?}, want Float({v})"),
-        }
-    }
-
-    #[test]
-    fn lua_integers() {
-        assert_int("1", 1);
-        assert_int(" 2 ", 2);
-        assert_int("\t\n\x0b\x0c\r3\r\n", 3);
-        assert_int("0x10", 16);
-        assert_int("0X1f", 31);
-        assert_int("-3", -3);
-        assert_int("+4", 4);
-        assert_int("-0x10", -16);
-        assert_int("007", 7);
-        assert_int("9223372036854775807", i64::MAX);
-        assert_int("-9223372036854775808", i64::MIN);
-        assert_int("0xffffffffffffffff", -1);
-        assert_int("0xffffffffffffffffff", -1);
-        assert_int("0x10000000000000000", 0);
-        assert_int("0x8000000000000000", i64::MIN);
-        assert_int("-0", 0);
-        assert_int("0x1e3", 0x1e3);
-    }
-
-    #[test]
-    fn lua_floats() {
-        assert_float("1e2", 100.0);
-        assert_float("0x1p4", 16.0);
-        assert_float("1.5", 1.5);
-        assert_float(" -1.5e-1 ", -0.15);
-        assert_float("1.", 1.0);
-        assert_float(".5", 0.5);
-        assert_float("1.e5", 1e5);
-        assert_float("9223372036854775808", 9_223_372_036_854_775_808.0);
-        assert_float("-9223372036854775809", -9_223_372_036_854_775_808.0);
-        assert_float("1e999", f64::INFINITY);
-        assert_float("-1e999", f64::NEG_INFINITY);
-        assert_float("1e-999", 0.0);
-        assert_float("-0.0", -0.0);
-        assert_float("0x.8", 0.5);
-        assert_float("0x1.", 1.0);
-        assert_float("0xA.8p1", 21.0);
-        assert_float("0x1P-1", 0.5);
-        assert_float("0x1p+1", 2.0);
-        assert_float("0x1p-1074", 5e-324);
-        assert_float("0x1p-1075", 0.0);
-        assert_float("0x1.8p-1075", 5e-324);
-        assert_float("0x1p1023", 2f64.powi(1023));
-        assert_float("0x1p1024", f64::INFINITY);
-        assert_float("0x1fffffffffffffp971", f64::MAX);
-        assert_float("0x1fffffffffffff8p967", f64::INFINITY);
-        assert_float("0x1p99999999999999999999999", f64::INFINITY);
-        assert_float("0x1p-99999999999999999999999", 0.0);
-        assert_float("0x0p99999999999999999999999", 0.0);
-        // Ties to even on the 54th bit, and the sticky bit beyond 15 digits.
-        assert_float("0x20000000000001p0", 9_007_199_254_740_992.0);
-        assert_float("0x20000000000003p0", 9_007_199_254_740_996.0);
-        assert_float("0x200000000000010000000001p-40", 9_007_199_254_740_994.0);
-        assert_float("0x20000000000001.00000000001p0", 9_007_199_254_740_994.0);
-    }
-
-    #[test]
-    fn lua_not_numbers() {
-        for text in [
-            "", " ", "abc", "1x", "inf", "nan", "-inf", "INF", "NaN", "infinity", "0x", "0x.",
-            "0x.p1", "0xg", "1e", "1e+", "0x1p", "0x1p+", ".", "-", "+", "- 1", "+-1", "--1",
-            "1 2", "1.5.5", "0x1.8.1", "1e5e5", "1_000", "١", "0x1n", "1.5n", "\u{a0}1",
-        ] {
-            assert_eq!(num(text), None, "{text:?}");
-        }
-        assert_eq!(LuaNumber::parse(b"1\0"), None);
-        assert_eq!(LuaNumber::parse(b"\x001"), None);
-        assert_eq!(LuaNumber::parse(b"1\xff"), None);
-    }
-
-    #[test]
-    fn lua_mixed_comparisons_are_exact() {
-        use LuaNumber::{Float, Int};
-        let two63 = 9_223_372_036_854_775_808.0;
-        assert!(Int(i64::MAX) < Float(two63));
-        assert!(Float(two63) > Int(i64::MAX));
-        assert_ne!(Int(i64::MAX), Float(two63));
-        assert_eq!(Int(i64::MIN), Float(-two63));
-        assert!(Int(i64::MIN) > Float(-two63 * 2.0));
-        assert_eq!(Int(1), Float(1.0));
-        assert_eq!(Float(-0.0), Int(0));
-        assert!(Int(1) < Float(1.5));
-        assert!(Int(2) > Float(1.5));
-        assert!(Int(-2) < Float(-1.5));
-        assert!(Int(-1) > Float(-1.5));
-        // 2^53 + 1 does not round-trip through f64; Lua still orders it.
-        assert!(Int((1 << 53) + 1) > Float(9_007_199_254_740_992.0));
-        assert!(Float(f64::INFINITY) > Int(i64::MAX));
-        assert!(Float(f64::NEG_INFINITY) < Int(i64::MIN));
-        let nan = Float(f64::NAN);
-        assert_eq!(nan.partial_cmp(&Int(0)), None);
-        assert_eq!(Int(0).partial_cmp(&nan), None);
-        assert_ne!(nan, nan);
-        assert!(Int(3) <= Int(3) && Float(0.5) < Float(1.0));
-        assert_eq!(LuaNumber::from(3), Float(3.0));
-        assert!(LuaNumber::from(3).is_int() && !LuaNumber::from(3.0).is_int());
-        assert_eq!(Int(3).as_f64(), 3.0);
-    }
-
     #[test]
     fn request_parse_and_encode() {
         let r = Request::parse(Bytes::from_static(b"echo\x00\x00\x00\x00")).unwrap();
         assert_eq!(r.content, &b"echo"[..]);
-        assert_eq!(r.session, 0);
+        assert_eq!(r.number, 0);
         let r = Request::parse(Bytes::from_static(b"\x01\x02\x03\x04")).unwrap();
         assert!(r.content.is_empty());
-        assert_eq!(r.session, 0x0102_0304);
+        assert_eq!(r.number, 0x0102_0304);
         assert_eq!(Request::parse(Bytes::from_static(b"abc")), None);
         assert_eq!(Request::parse(Bytes::new()), None);
 
@@ -828,7 +189,7 @@ mod tests {
         assert_eq!(out.len(), 2 + MAX_PAYLOAD);
         let frame = PackageCodec.decode(&mut out).unwrap().unwrap();
         let r = Request::parse(frame).unwrap();
-        assert_eq!((r.content.len(), r.session), (MAX_REQUEST_CONTENT, 201));
+        assert_eq!((r.content.len(), r.number), (MAX_REQUEST_CONTENT, 201));
 
         let err = Request::encode(&vec![0; MAX_REQUEST_CONTENT + 1], 1, &mut out).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { len: 65536 }));
@@ -843,11 +204,11 @@ mod tests {
             Response {
                 content: Bytes::from_static(b"echo"),
                 flag: ResponseFlag::OK,
-                session: 0
+                number: 0
             }
         );
         let r = Response::parse(Bytes::from_static(b"\x00\x00\x00\x00\x02")).unwrap();
-        assert_eq!((r.flag, r.session), (ResponseFlag::ERROR, 2));
+        assert_eq!((r.flag, r.number), (ResponseFlag::ERROR, 2));
         assert!(r.content.is_empty());
         let r = Response::parse(Bytes::from_static(b"x\x07\x00\x00\x00\x02")).unwrap();
         assert_eq!(r.flag, ResponseFlag(7));
@@ -883,7 +244,7 @@ mod tests {
         let frame = PackageCodec.decode(&mut out).unwrap().unwrap();
         let r = Response::parse(frame).unwrap();
         assert_eq!(r.content.len(), MAX_RESPONSE_CONTENT);
-        assert_eq!((r.flag, r.session), (ResponseFlag::OK, 200));
+        assert_eq!((r.flag, r.number), (ResponseFlag::OK, 200));
 
         let err = Response::encode(
             &vec![0; MAX_RESPONSE_CONTENT + 1],

@@ -270,22 +270,22 @@ proptest! {
     #[test]
     fn requests_and_responses_roundtrip(
         content in prop::collection::vec(any::<u8>(), 0..200),
-        session in any::<u32>(),
+        number in any::<u32>(),
         flag in any::<u8>(),
     ) {
         let mut wire = BytesMut::new();
-        Request::encode(&content, session, &mut wire).unwrap();
+        Request::encode(&content, number, &mut wire).unwrap();
         let frame = PackageCodec.decode(&mut wire).unwrap().unwrap();
         let r = Request::parse(frame).unwrap();
         prop_assert_eq!(&r.content[..], &content[..]);
-        prop_assert_eq!(r.session, session);
+        prop_assert_eq!(r.number, number);
 
-        Response::encode(&content, ResponseFlag(flag), session, &mut wire).unwrap();
+        Response::encode(&content, ResponseFlag(flag), number, &mut wire).unwrap();
         let frame = PackageCodec.decode(&mut wire).unwrap().unwrap();
         let r = Response::parse(frame).unwrap();
         prop_assert_eq!(&r.content[..], &content[..]);
         prop_assert_eq!(r.flag, ResponseFlag(flag));
-        prop_assert_eq!(r.session, session);
+        prop_assert_eq!(r.number, number);
         prop_assert!(wire.is_empty());
     }
 

@@ -278,13 +278,13 @@ fn check_request(frame: &Bytes, want: &Value, original: &[u8], stats: &mut Stats
         return;
     }
     let r = parsed.unwrap();
-    assert_eq!(u64::from(r.session), u64_field(want, "session"));
+    assert_eq!(u64::from(r.number), u64_field(want, "session"));
     assert_eq!(r.content.len() as u64, u64_field(want, "content_length"));
     if let Some(content) = want["content"].as_str() {
         assert_eq!(&r.content[..], content.as_bytes());
     }
     let mut out = BytesMut::new();
-    Request::encode(&r.content, r.session, &mut out).unwrap();
+    Request::encode(&r.content, r.number, &mut out).unwrap();
     assert_eq!(&out[..], original, "Request::encode");
 }
 
@@ -301,7 +301,7 @@ fn check_response(frame: &Bytes, want: &Value, original: &[u8], stats: &mut Stat
     let r = Response::parse(frame.clone()).unwrap();
     assert_eq!(u64::from(r.flag.0), u64_field(want, "ok"));
     assert!(r.flag == ResponseFlag::OK || r.flag == ResponseFlag::ERROR);
-    assert_eq!(u64::from(r.session), u64_field(want, "session"));
+    assert_eq!(u64::from(r.number), u64_field(want, "session"));
     if let Some(hex) = want["content_hex"].as_str() {
         assert_eq!(&r.content[..], &unhex(hex)[..]);
         assert_eq!(&r.content[..], str_field(want, "content").as_bytes());
@@ -309,7 +309,7 @@ fn check_response(frame: &Bytes, want: &Value, original: &[u8], stats: &mut Stat
         assert_eq!(r.content.len() as u64, u64_field(want, "content_length"));
     }
     let mut out = BytesMut::new();
-    Response::encode(&r.content, r.flag, r.session, &mut out).unwrap();
+    Response::encode(&r.content, r.flag, r.number, &mut out).unwrap();
     assert_eq!(&out[..], original, "Response::encode");
 }
 

@@ -66,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
     match Request::parse(payload.clone()) {
         Some(r) => {
             let mut out = BytesMut::new();
-            if Request::encode(&r.content, r.session, &mut out).is_ok() {
+            if Request::encode(&r.content, r.number, &mut out).is_ok() {
                 let frame = PackageCodec
                     .decode(&mut out)
                     .expect("decodes")
@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     match Response::parse(payload.clone()) {
         Some(r) => {
             let mut out = BytesMut::new();
-            if Response::encode(&r.content, r.flag, r.session, &mut out).is_ok() {
+            if Response::encode(&r.content, r.flag, r.number, &mut out).is_ok() {
                 let frame = PackageCodec
                     .decode(&mut out)
                     .expect("decodes")

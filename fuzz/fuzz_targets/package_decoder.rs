@@ -35,12 +35,12 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 if let Some(r) = Request::parse(frame.clone()) {
                     let mut out = BytesMut::new();
-                    Request::encode(&r.content, r.session, &mut out).expect("fits");
+                    Request::encode(&r.content, r.number, &mut out).expect("fits");
                     assert_eq!(out, package);
                 }
                 if let Some(r) = Response::parse(frame.clone()) {
                     let mut out = BytesMut::new();
-                    Response::encode(&r.content, r.flag, r.session, &mut out).expect("fits");
+                    Response::encode(&r.content, r.flag, r.number, &mut out).expect("fits");
                     assert_eq!(out, package);
                 }
             }

@@ -96,7 +96,7 @@ mod tests {
         write_kick(&mut out, &reason);
         let payload = decode_package(&mut out).unwrap();
         let kick = Response::parse(payload).unwrap();
-        assert_eq!((kick.flag, kick.session), (ResponseFlag::KICK, 0));
+        assert_eq!((kick.flag, kick.number), (ResponseFlag::KICK, 0));
         assert_eq!(kick.content.len(), MAX_RESPONSE_CONTENT);
         assert!(std::str::from_utf8(&kick.content).is_ok());
     }

@@ -89,7 +89,7 @@ async fn echo(mut stream: TcpStream) -> io::Result<()> {
             Response::encode(
                 &request.content,
                 ResponseFlag::OK,
-                request.session,
+                request.number,
                 &mut output,
             )
             .map_err(io::Error::other)?;

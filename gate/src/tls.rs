@@ -7,14 +7,13 @@
 //! shared secret, `proto::link_auth`) still runs inside it and still
 //! authenticates both ends. Certificates and keys are PEM files; the dialing
 //! side trusts the CA certificates in one PEM file and checks the name (or
-//! IP address) it dialled against the certificate.
+//! IP address) it dialled against the certificate. Reading the files is
+//! `tlsfiles`' job, shared with the service library and the client.
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -50,63 +49,30 @@ pub type BoxIo = Box<dyn Io>;
 /// Why a TLS configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM file cannot be read or holds nothing usable.
+    /// The settings do not make a configuration (e.g. a certificate
+    /// without its key).
     #[error("{path}: {why}")]
     File {
-        /// The file.
+        /// The setting or file.
         path: String,
         /// What is wrong.
         why: String,
     },
-    /// rustls refused the certificate, key or CA.
-    #[error("TLS configuration: {0}")]
-    Rustls(#[from] rustls::Error),
-}
-
-fn file_error(path: &Path, why: impl ToString) -> TlsError {
-    TlsError::File {
-        path: path.display().to_string(),
-        why: why.to_string(),
-    }
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| file_error(path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| file_error(path, e))?;
-    if certs.is_empty() {
-        return Err(file_error(path, "no certificate in the file"));
-    }
-    Ok(certs)
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    /// A PEM file cannot be used, or rustls refused what it holds.
+    #[error(transparent)]
+    Files(#[from] tlsfiles::Error),
 }
 
 /// The listening side: the certificate chain in `cert` (PEM, leaf first)
 /// and its private key in `key` (PEM, PKCS#8, PKCS#1 or SEC1).
 pub fn acceptor(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
-    let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+    let config = tlsfiles::server_config(cert, key)?;
     Ok(ServerTls(TlsAcceptor::from(Arc::new(config))))
 }
 
 /// The dialing side: trusts the CA certificates in `ca` (PEM).
 pub fn connector(ca: &Path) -> Result<ClientTls, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certificates(ca)? {
-        roots.add(cert)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = tlsfiles::client_config(ca)?;
     Ok(ClientTls(TlsConnector::from(Arc::new(config))))
 }
 
@@ -139,12 +105,7 @@ pub async fn connect(
     let Some(connector) = connector else {
         return Ok(Box::new(stream));
     };
-    let host = addr
-        .rsplit_once(':')
-        .map_or(addr, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    let name = ServerName::try_from(host.to_owned())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+    let name =
+        tlsfiles::server_name(addr).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     Ok(Box::new(connector.0.connect(name, stream).await?))
 }

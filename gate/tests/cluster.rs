@@ -445,7 +445,7 @@ impl Player {
             .expect("send");
         loop {
             match guard("an answer", self.s.recv()).await.expect("recv") {
-                Event::Message(m) if m.response.session == session => {
+                Event::Message(m) if m.response.number == session => {
                     assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
                     return m.response.content;
                 }
@@ -464,7 +464,7 @@ impl Player {
             .expect("send");
         loop {
             match guard("an answer", self.s.recv()).await.expect("recv") {
-                Event::Message(m) if m.response.session == session => {
+                Event::Message(m) if m.response.number == session => {
                     assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
                     return m.response.content;
                 }

@@ -1,10 +1,13 @@
 //! Small conveniences over the generated types: `From` each message into
-//! its frame, constructors for the answers both sides build all the time,
+//! its frame, constructors for the answers both sides build all the time
+//! (a ping stamped with the clock among them),
 //! the version-mismatch error and route splitting.
 //!
 //! They exist so the gate and the service library say `frame.into()` and
 //! `Response::ok(id, body)` instead of spelling out nested `oneof` paths,
 //! and so both sides word a version refusal the same way.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -179,6 +182,28 @@ impl AuthReply {
             })),
         }
     }
+}
+
+impl Ping {
+    /// A ping with `nonce`, stamped with this side's clock ([`unix_ms`]).
+    pub fn now(nonce: u64) -> Self {
+        Ping {
+            nonce,
+            sent_at_ms: unix_ms(),
+        }
+    }
+}
+
+/// The wall clock in Unix milliseconds, as `sent_at_ms` carries it.
+///
+/// The stamp is only echoed back to its sender to measure a round trip, so
+/// a clock before 1970 gives 0 and one past `u64::MAX` ms saturates rather
+/// than failing a heartbeat.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 impl Pong {

@@ -58,7 +58,7 @@ pub mod route {
 
 mod convert;
 
-pub use convert::{VersionMismatch, split_route};
+pub use convert::{VersionMismatch, split_route, unix_ms};
 
 /// The major version of the gate ↔ service protocol, sent in
 /// [`backend::Register::protocol_version`] and

@@ -55,10 +55,12 @@
 
 mod backoff;
 mod config;
+mod connection;
 mod error;
 mod gate;
 mod handler;
 mod outbox;
+mod register;
 mod tls;
 mod uplink;
 

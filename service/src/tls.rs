@@ -8,8 +8,6 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -29,23 +27,8 @@ impl std::fmt::Debug for LinkTls {
 impl LinkTls {
     /// Trusts the CA certificates in the PEM file `path`.
     pub fn from_ca_file(path: &Path) -> Result<LinkTls, ServiceError> {
-        let bad = |why: String| ServiceError::Config(format!("{}: {why}", path.display()));
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
-            roots
-                .add(cert.map_err(|e| bad(e.to_string()))?)
-                .map_err(|e| bad(e.to_string()))?;
-        }
-        if roots.is_empty() {
-            return Err(bad("no CA certificate in the file".into()));
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| bad(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let config =
+            tlsfiles::client_config(path).map_err(|e| ServiceError::Config(e.to_string()))?;
         Ok(LinkTls(TlsConnector::from(Arc::new(config))))
     }
 
@@ -56,13 +39,8 @@ impl LinkTls {
         addr: &str,
         stream: TcpStream,
     ) -> io::Result<impl AsyncRead + AsyncWrite + Send + Unpin + 'static> {
-        let host = addr
-            .rsplit_once(':')
-            .map_or(addr, |(host, _)| host)
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let name = ServerName::try_from(host.to_owned())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
+        let name = tlsfiles::server_name(addr)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         self.0.connect(name, stream).await
     }
 }

@@ -1,9 +1,10 @@
 //! Helpers for the backend tests: a real server (login + gate + backend
 //! listener) on `127.0.0.1:0`, players built on `client_cli`'s client
-//! library, services built with the `service` crate (each in a runtime of
-//! its own, so a test can kill one like a crashed process), a probe
-//! handler the tests steer with request payloads, a raw protocol link, and
-//! a proxy that makes a service claim another protocol version.
+//! library (the [`Player`] type lives in [`crate::player`]), services
+//! built with the `service` crate (each in a runtime of its own, so a test
+//! can kill one like a crashed process), a probe handler the tests steer
+//! with request payloads, a raw protocol link, and a proxy that makes a
+//! service claim another protocol version.
 //!
 //! Synchronisation is by events (responses, channels, the backend's
 //! registration watch); every wait has [`GUARD`] as a failure guard.
@@ -15,17 +16,14 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use client_cli::{GateConn, Ticket};
-use codec::{Response, ResponseFlag};
 use futures::{SinkExt, StreamExt};
 use gate::backend::Backend;
 use gate::config::Config;
 use gate::{Components, RunError};
 use loginproto::login::Suite;
 use loginproto::token::Credentials;
-use prost::Message;
 use proto::backend::{GateFrame, Register, ServiceFrame, gate_frame, service_frame};
 use proto::framing::{GateCodec, ServiceCodec};
-use proto::route::RouteEnvelope;
 use service::{
     AuthDecision, AuthRequest, Builder, CancellationToken, Context, Handler, LinkSecret, Request,
     Service, ServiceError, SessionEvent,
@@ -36,6 +34,7 @@ use tokio::task::JoinHandle;
 use tokio_util::codec::{Framed, FramedRead};
 
 use crate::login::Server;
+pub use crate::player::{Player, envelope};
 
 /// Failure guard for every wait of the backend tests.
 pub const GUARD: Duration = Duration::from_secs(15);
@@ -180,12 +179,7 @@ impl BackendGate {
         within("the handshake", conn.connect(1))
             .await
             .expect("handshake 200 OK");
-        Ok(Player {
-            conn,
-            uid: uid.to_owned(),
-            next_session: 0,
-            pushes: Vec::new(),
-        })
+        Ok(Player::new(conn, uid))
     }
 
     /// A new connection of `player`'s login (its ticket), handshaking with
@@ -195,127 +189,13 @@ impl BackendGate {
         within("the handshake", conn.connect(index))
             .await
             .expect("handshake 200 OK");
-        Player {
-            conn,
-            uid: uid.to_owned(),
-            next_session: 0,
-            pushes: Vec::new(),
-        }
+        Player::new(conn, uid)
     }
 
     /// Shuts the server down and waits for `run_with` to return.
     pub async fn shutdown(self) -> Result<(), RunError> {
         self.server.shutdown().await
     }
-}
-
-/// A logged-in, connected client.
-#[derive(Debug)]
-pub struct Player {
-    /// The connection (client_cli's).
-    pub conn: GateConn,
-    /// The uid it handshook as.
-    pub uid: String,
-    next_session: u32,
-    /// Pushes received while waiting for a response.
-    pub pushes: Vec<Bytes>,
-}
-
-impl Player {
-    /// Sends `payload` on a fresh session and returns that session.
-    pub async fn send(&mut self, payload: &[u8]) -> u32 {
-        self.next_session += 1;
-        let session = self.next_session;
-        within("a send", self.conn.send(payload, session))
-            .await
-            .expect("send");
-        session
-    }
-
-    /// The next package from the gate (`None`: the gate closed).
-    pub async fn recv(&mut self) -> Option<Response> {
-        within("a package from the gate", self.conn.recv())
-            .await
-            .unwrap_or(None)
-    }
-
-    /// The response to `session` (pushes meanwhile are kept in `pushes`).
-    pub async fn response(&mut self, session: u32) -> Response {
-        loop {
-            let response = self
-                .recv()
-                .await
-                .unwrap_or_else(|| panic!("{}: closed before response {session}", self.uid));
-            if response.flag == ResponseFlag::PUSH {
-                self.pushes.push(response.content);
-                continue;
-            }
-            assert_eq!(response.session, session, "{}: out of order", self.uid);
-            return response;
-        }
-    }
-
-    /// Sends `payload` and returns `Ok(content)` or `Err(())` for an error
-    /// response.
-    pub async fn call(&mut self, payload: &[u8]) -> Result<Bytes, ()> {
-        let session = self.send(payload).await;
-        let response = self.response(session).await;
-        match response.flag {
-            ResponseFlag::OK => Ok(response.content),
-            ResponseFlag::ERROR => Err(()),
-            other => panic!("{}: unexpected flag {other:?}", self.uid),
-        }
-    }
-
-    /// [`Player::call`] with a route envelope (route mode).
-    pub async fn route(&mut self, route: &str, body: &[u8]) -> Result<Bytes, ()> {
-        self.call(&envelope(route, body)).await
-    }
-
-    /// Like [`Player::call`], text in and out; panics on an error response.
-    pub async fn ask(&mut self, payload: &str) -> String {
-        let content = self
-            .call(payload.as_bytes())
-            .await
-            .unwrap_or_else(|()| panic!("{}: error response to {payload:?}", self.uid));
-        String::from_utf8_lossy(&content).into_owned()
-    }
-
-    /// Waits for a push whose content is `expected` (other pushes and
-    /// responses are skipped).
-    pub async fn expect_push(&mut self, expected: &[u8]) {
-        if let Some(at) = self.pushes.iter().position(|p| p == expected) {
-            self.pushes.remove(at);
-            return;
-        }
-        loop {
-            let response = self
-                .recv()
-                .await
-                .unwrap_or_else(|| panic!("{}: closed before the push", self.uid));
-            if response.flag == ResponseFlag::PUSH && response.content == expected {
-                return;
-            }
-        }
-    }
-
-    /// Reads until the gate closes the connection; returns what came.
-    pub async fn until_closed(&mut self) -> Vec<Response> {
-        let mut seen = Vec::new();
-        while let Some(response) = self.recv().await {
-            seen.push(response);
-        }
-        seen
-    }
-}
-
-/// A route envelope's bytes.
-pub fn envelope(route: &str, body: &[u8]) -> Vec<u8> {
-    RouteEnvelope {
-        route: route.to_owned(),
-        body: Bytes::copy_from_slice(body),
-    }
-    .encode_to_vec()
 }
 
 /// What a [`Probe`] saw.

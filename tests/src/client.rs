@@ -118,7 +118,7 @@ async fn faulty_conn(
                 }
                 _ => {}
             }
-            Response::encode(&content, flag, request.session, &mut output).expect("fits");
+            Response::encode(&content, flag, request.number, &mut output).expect("fits");
         }
         if !output.is_empty() {
             if stream.write_all(&output).await.is_err() {

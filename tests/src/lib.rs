@@ -5,4 +5,6 @@ pub mod backend;
 pub mod client;
 pub mod login;
 pub mod msg;
+pub mod player;
 pub mod push;
+pub mod replay;

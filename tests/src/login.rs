@@ -339,9 +339,9 @@ impl GateClient {
     }
 
     /// Sends a request.
-    pub async fn request(&mut self, content: &[u8], session: u32) {
+    pub async fn request(&mut self, content: &[u8], number: u32) {
         let mut buf = BytesMut::new();
-        Request::encode(content, session, &mut buf).expect("encode request");
+        Request::encode(content, number, &mut buf).expect("encode request");
         guard("send", self.framed.get_mut().write_all(&buf))
             .await
             .expect("send request");

@@ -1,7 +1,7 @@
 //! Helpers for the message-gate tests: a real [`MsgGate`] on `127.0.0.1:0`
-//! with a controllable agent and login link, a raw byte-level client, and a
-//! replayer for the live skynet transcript
-//! (`testdata/vectors/msgserver_transcript.json`).
+//! with a controllable agent and login link, and a raw byte-level client.
+//! The replayer of the live skynet transcript is [`crate::replay`]'s,
+//! re-exported here.
 //!
 //! Synchronisation is by events (agent calls, session events, gate
 //! counters); every wait has [`MSG_GUARD`] as a failure guard only.
@@ -22,13 +22,14 @@ use gate::config::GateConfig;
 use gate::placement::{End, LoginLink};
 use gate::players::{GateMetrics, MsgGate};
 use loginproto::handshake::{self, SessionSecret};
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
+
+pub use crate::replay::{Replay, msg_transcript, scenario, step_bytes};
 
 /// Failure guard for every wait of the gate tests.
 pub const MSG_GUARD: Duration = Duration::from_secs(10);
@@ -375,9 +376,9 @@ impl Client {
     }
 
     /// Writes a request package.
-    pub async fn send_request(&mut self, content: &[u8], session: u32) {
+    pub async fn send_request(&mut self, content: &[u8], number: u32) {
         let mut payload = content.to_vec();
-        payload.extend_from_slice(&session.to_be_bytes());
+        payload.extend_from_slice(&number.to_be_bytes());
         self.send_package(&payload).await;
     }
 
@@ -409,21 +410,21 @@ impl Client {
         self.recv_exact(len).await
     }
 
-    /// Reads a response package: (content, ok flag, session).
+    /// Reads a response package: (content, ok flag, request number).
     pub async fn recv_response(&mut self) -> (Vec<u8>, u8, u32) {
         let mut payload = self.recv_package().await;
         assert!(payload.len() >= 5, "short response {payload:?}");
         let at = payload.len() - 5;
-        let session = u32::from_be_bytes(payload[at + 1..].try_into().expect("4 bytes"));
+        let number = u32::from_be_bytes(payload[at + 1..].try_into().expect("4 bytes"));
         let flag = payload[at];
         payload.truncate(at);
-        (payload, flag, session)
+        (payload, flag, number)
     }
 
-    /// Sends `content` on `session` and expects the echo.
-    pub async fn echo(&mut self, content: &[u8], session: u32) {
-        self.send_request(content, session).await;
-        assert_eq!(self.recv_response().await, (content.to_vec(), 1, session));
+    /// Sends `content` with request number `number` and expects the echo.
+    pub async fn echo(&mut self, content: &[u8], number: u32) {
+        self.send_request(content, number).await;
+        assert_eq!(self.recv_response().await, (content.to_vec(), 1, number));
     }
 
     /// Sends a signed handshake and returns the status text.
@@ -464,209 +465,12 @@ impl Client {
     }
 }
 
-fn preview(bytes: &[u8]) -> String {
+/// The first 40 bytes of `bytes` in hex, for assertion messages.
+pub(crate) fn preview(bytes: &[u8]) -> String {
     let hex: String = bytes.iter().take(40).map(|b| format!("{b:02x}")).collect();
     if bytes.len() > 40 {
         format!("{hex}… ({} bytes)", bytes.len())
     } else {
         hex
-    }
-}
-
-/// The gate transcript (`testdata/vectors/msgserver_transcript.json`).
-pub fn msg_transcript() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testdata/vectors/msgserver_transcript.json"
-    );
-    let text = std::fs::read_to_string(path).expect("transcript");
-    serde_json::from_str(&text).expect("json")
-}
-
-/// One scenario of the gate transcript, by name.
-pub fn scenario<'a>(doc: &'a Value, name: &str) -> &'a Value {
-    doc["scenarios"]
-        .as_array()
-        .expect("scenarios")
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no scenario {name}"))
-}
-
-/// The bytes of a transcript step: `hex`, or a long one rebuilt from
-/// `hex_prefix`, `hex_suffix` and `length` (the middle repeats the last
-/// byte of the prefix, as every long step of the transcript does).
-pub fn step_bytes(step: &Value) -> Vec<u8> {
-    if let Some(hex) = step["hex"].as_str() {
-        return unhex(hex);
-    }
-    let prefix = unhex(step["hex_prefix"].as_str().expect("hex or hex_prefix"));
-    let suffix = unhex(step["hex_suffix"].as_str().expect("hex_suffix"));
-    let length = usize::try_from(step["length"].as_u64().expect("length")).expect("usize");
-    let fill = *prefix.last().expect("prefix");
-    let mut bytes = prefix.clone();
-    bytes.resize(length - suffix.len(), fill);
-    bytes.extend_from_slice(&suffix);
-    bytes
-}
-
-/// Replays a transcript scenario step by step against a gate.
-///
-/// `connect`, `C->S`, `S->C` (exact bytes), `client_close` and
-/// `server_closed` are replayed as recorded. `nothing_received` is checked
-/// by the next exact `S->C` step of that connection (anything sent in
-/// between would not match), so it costs no waiting. Steps on the login
-/// port are skipped (tests register users with [`MsgGate::login`]).
-#[derive(Debug)]
-pub struct Replay<'a> {
-    steps: &'a [Value],
-    pos: usize,
-    addr: SocketAddr,
-    conns: HashMap<String, Client>,
-    /// Per connection: the last bulk session (`fast-<n>` on session `n`),
-    /// for filling the gaps of bulk runs recorded only at both ends.
-    bulk: HashMap<String, u32>,
-    /// Fill gaps of bulk runs (cache_retirement).
-    pub fill_bulk_gaps: bool,
-}
-
-impl<'a> Replay<'a> {
-    /// A replay of `scenario` against the gate at `addr`.
-    pub fn new(scenario: &'a Value, addr: SocketAddr) -> Replay<'a> {
-        Replay {
-            steps: scenario["steps"].as_array().expect("steps"),
-            pos: 0,
-            addr,
-            conns: HashMap::new(),
-            bulk: HashMap::new(),
-            fill_bulk_gaps: false,
-        }
-    }
-
-    /// A replay that continues with connections of an earlier one (a
-    /// scenario that goes on on a connection opened before).
-    pub fn with_conns(mut self, conns: HashMap<String, Client>) -> Replay<'a> {
-        self.conns.extend(conns);
-        self
-    }
-
-    /// The open connections, to hand to the next scenario.
-    pub fn into_conns(self) -> HashMap<String, Client> {
-        self.conns
-    }
-
-    /// The next step, if any.
-    pub fn peek(&self) -> Option<&'a Value> {
-        self.steps.get(self.pos)
-    }
-
-    /// Whether every step ran.
-    pub fn done(&self) -> bool {
-        self.pos >= self.steps.len()
-    }
-
-    /// The client of connection `name`.
-    pub fn conn(&mut self, name: &str) -> &mut Client {
-        self.conns
-            .get_mut(name)
-            .unwrap_or_else(|| panic!("no connection {name}"))
-    }
-
-    /// Skips the next step (for steps a fixed behaviour replaces).
-    pub fn skip(&mut self) -> &'a Value {
-        let step = &self.steps[self.pos];
-        self.pos += 1;
-        step
-    }
-
-    /// Runs the next step.
-    pub async fn step(&mut self) {
-        let step = &self.steps[self.pos];
-        self.pos += 1;
-        let conn = step["conn"].as_str().unwrap_or("").to_owned();
-        if conn == "login" {
-            return;
-        }
-        let what = format!("step {} of conn {conn}: {step}", self.pos - 1);
-        match (step["event"].as_str(), step["dir"].as_str()) {
-            (Some("connect"), _) => {
-                let client = Client::connect(self.addr).await;
-                self.conns.insert(conn, client);
-            }
-            (Some("client_close"), _) => {
-                self.conns.remove(&conn);
-            }
-            (Some("server_closed"), _) => self.conn(&conn).expect_closed().await,
-            (Some("nothing_received" | "still_open"), _) => {}
-            (_, Some("C->S")) => {
-                if self.fill_bulk_gaps {
-                    self.fill_gap(&conn, step).await;
-                }
-                let bytes = step_bytes(step);
-                self.conn(&conn).send(&bytes).await;
-            }
-            (_, Some("S->C")) => {
-                let bytes = step_bytes(step);
-                let client = self.conn(&conn);
-                let got = client.recv_exact(bytes.len()).await;
-                assert!(got == bytes, "{what}: got {}", preview(&got));
-            }
-            _ => panic!("unknown step {what}"),
-        }
-    }
-
-    /// Sends the bulk requests a recording left out (`fast-<n>` on session
-    /// `n`, each answered before the next) between the last bulk request of
-    /// `conn` and this one.
-    async fn fill_gap(&mut self, conn: &str, step: &Value) {
-        let decoded = &step["decoded"];
-        let (Some(content), Some(session)) =
-            (decoded["content"].as_str(), decoded["session"].as_u64())
-        else {
-            return;
-        };
-        let Ok(session) = u32::try_from(session) else {
-            return;
-        };
-        if content != format!("fast-{session}") {
-            return;
-        }
-        if let Some(&last) = self.bulk.get(conn) {
-            for s in last + 1..session {
-                let text = format!("fast-{s}");
-                self.conn(conn).echo(text.as_bytes(), s).await;
-            }
-        }
-        self.bulk.insert(conn.to_owned(), session);
-    }
-
-    /// Runs steps until the next one is an `S->C` response whose decoded
-    /// content is `content` (not run).
-    pub async fn run_until_response(&mut self, content: &str) {
-        while let Some(step) = self.peek() {
-            if step["dir"] == "S->C" && step["decoded"]["content"] == content {
-                return;
-            }
-            self.step().await;
-        }
-        panic!("no response {content:?} left in the scenario");
-    }
-
-    /// Runs steps until the next one satisfies `pred` (not run).
-    pub async fn run_until(&mut self, pred: impl Fn(&Value) -> bool) {
-        while let Some(step) = self.peek() {
-            if pred(step) {
-                return;
-            }
-            self.step().await;
-        }
-        panic!("no such step left in the scenario");
-    }
-
-    /// Runs every remaining step.
-    pub async fn run_to_end(&mut self) {
-        while !self.done() {
-            self.step().await;
-        }
     }
 }

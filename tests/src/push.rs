@@ -363,7 +363,7 @@ pub async fn recv_push(client: &mut Client) -> (String, u32) {
     assert_eq!(
         flag,
         FLAG_PUSH,
-        "expected a push, got flag {flag} content {:?} session {seq}",
+        "expected a push, got flag {flag} content {:?} number {seq}",
         String::from_utf8_lossy(&content)
     );
     (String::from_utf8(content).expect("utf-8 push"), seq)
@@ -378,9 +378,9 @@ pub async fn expect_pushes(client: &mut Client, expected: &[(&str, u32)]) {
 
 /// Reads a kick package and returns its reason.
 pub async fn recv_kick(client: &mut Client) -> String {
-    let (content, flag, session) = client.recv_response().await;
+    let (content, flag, number) = client.recv_response().await;
     assert_eq!(
-        (flag, session),
+        (flag, number),
         (FLAG_KICK, 0),
         "expected a kick, got content {:?}",
         String::from_utf8_lossy(&content)
@@ -389,10 +389,10 @@ pub async fn recv_kick(client: &mut Client) -> String {
 }
 
 /// Sends a request and returns the answer's text (flag 1 checked).
-pub async fn call(client: &mut Client, content: &str, session: u32) -> String {
-    client.send_request(content.as_bytes(), session).await;
+pub async fn call(client: &mut Client, content: &str, number: u32) -> String {
+    client.send_request(content.as_bytes(), number).await;
     let (answer, flag, got) = client.recv_response().await;
-    assert_eq!((flag, got), (FLAG_OK, session), "response to {content:?}");
+    assert_eq!((flag, got), (FLAG_OK, number), "response to {content:?}");
     String::from_utf8(answer).expect("utf-8 answer")
 }
 

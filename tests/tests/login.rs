@@ -276,7 +276,7 @@ async fn both_suites_log_in_and_echo_through_the_gate() {
         let response = gate.response().await;
         assert_eq!(&response.content[..], b"echo");
         assert_eq!(response.flag, ResponseFlag::OK);
-        assert_eq!(response.session, 7);
+        assert_eq!(response.number, 7);
     }
     server.shutdown().await.expect("clean shutdown");
 }

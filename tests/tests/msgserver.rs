@@ -34,13 +34,13 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
-/// A response package: `BE16(len) ‖ content ‖ flag ‖ BE32(session)`.
-fn response(content: &[u8], flag: u8, session: u32) -> Vec<u8> {
+/// A response package: `BE16(len) ‖ content ‖ flag ‖ BE32(number)`.
+fn response(content: &[u8], flag: u8, number: u32) -> Vec<u8> {
     let len = u16::try_from(content.len() + 5).expect("fits");
     let mut out = len.to_be_bytes().to_vec();
     out.extend_from_slice(content);
     out.push(flag);
-    out.extend_from_slice(&session.to_be_bytes());
+    out.extend_from_slice(&number.to_be_bytes());
     out
 }
 
@@ -94,13 +94,13 @@ async fn transcript_hello_scenarios() {
     let absorbed = g.metrics().absorbed;
     let mut r = Replay::new(scenario(&doc, "pending_resend"), g.addr);
     r.run_until_response("slow-pending").await;
-    wait_until("re-send of session 5 absorbed", || {
+    wait_until("re-send of request 5 absorbed", || {
         g.metrics().absorbed == absorbed + 1
     })
     .await;
     g.agent.release("slow-pending").await;
     r.run_until_response("slow-dup").await;
-    wait_until("duplicate of session 6 absorbed", || {
+    wait_until("duplicate of request 6 absorbed", || {
         g.metrics().absorbed == absorbed + 2
     })
     .await;
@@ -121,8 +121,8 @@ async fn transcript_hello_scenarios() {
     // is away: its answer waits in the cache.
     g.agent.release("slow-c").await;
 
-    // after_conflict — FIXED. skynet dropped session 7's entry, so "q" on
-    // the next connection runs as a new request. Here session 7 is still
+    // after_conflict — FIXED. skynet dropped request 7's entry, so "q" on
+    // the next connection runs as a new request. Here request 7 is still
     // the request that was running: the re-send gets its answer, and
     // nothing runs twice.
     let sc = scenario(&doc, "after_conflict");
@@ -131,14 +131,14 @@ async fn transcript_hello_scenarios() {
     r.skip(); // skynet: "q" executed
     r.conn("D").expect(&response(b"slow-c", 1, 7)).await;
     r.run_to_end().await;
-    assert_eq!(g.agent.executions("q"), 0, "session 7 never runs twice");
+    assert_eq!(g.agent.executions("q"), 0, "request 7 never runs twice");
     assert_eq!(g.agent.executions("slow-c"), 1);
     g.agent.wait_pending("slow-8").await;
 
     // completed_after_reconnect — FIXED. skynet drops the response (E is
     // not the connection it was asked on) and then runs "retry" as a new
     // request. Here the response goes to E, the newest connection, and the
-    // re-send is answered from the cache: session 8 runs exactly once.
+    // re-send is answered from the cache: request 8 runs exactly once.
     let sc = scenario(&doc, "completed_after_reconnect");
     let mut r = Replay::new(sc, g.addr);
     r.run_until(|s| is_event(s, "nothing_received")).await;
@@ -146,13 +146,13 @@ async fn transcript_hello_scenarios() {
     g.agent.release("slow-8").await;
     let slow8 = response(b"slow-8", 1, 8);
     r.conn("E").expect(&slow8).await;
-    r.step().await; // C->S "retry" on session 8
+    r.step().await; // C->S "retry" on request 8
     r.skip(); // skynet: "retry" executed again
     r.conn("E").expect(&slow8).await;
     r.run_until(|s| is_response_on(s, "F")).await; // E closes, F connects
     r.step().await; // 200 OK on F
-    r.run_until(|s| is_response_on(s, "F")).await; // C->S "zzz" on session 8
-    // F re-sends session 8: skynet resends E's "retry", here "slow-8".
+    r.run_until(|s| is_response_on(s, "F")).await; // C->S "zzz" on request 8
+    // F re-sends request 8: skynet resends E's "retry", here "slow-8".
     r.skip();
     r.conn("F").expect(&slow8).await;
     r.run_to_end().await;
@@ -202,7 +202,7 @@ async fn transcript_hello_scenarios() {
     r.skip(); // skynet: absorbed forever
     r.conn("K2").expect(&error201).await; // the cached error response
     r.run_until(|s| is_event(s, "server_closed")).await; // 202, then 201 again
-    r.skip(); // skynet: Conflict; here session 201 was answered on K2, so a
+    r.skip(); // skynet: Conflict; here request 201 was answered on K2, so a
     // new request
     r.conn("K2")
         .expect(&response(b"fast-retry-2", 1, 201))
@@ -638,11 +638,11 @@ async fn slow_reader_is_cut_while_others_are_served() {
         }
         false
     });
-    let mut session = 0;
+    let mut number = 0;
     let mut served_meanwhile = 0;
     while g.metrics().slow_readers_cut == 0 {
-        session += 1;
-        fast.echo(b"still here", session).await;
+        number += 1;
+        fast.echo(b"still here", number).await;
         served_meanwhile += 1;
         assert!(served_meanwhile < 1_000_000);
     }
@@ -650,7 +650,7 @@ async fn slow_reader_is_cut_while_others_are_served() {
         within("slow writer to fail", writer).await.expect("task"),
         "slow client was cut"
     );
-    fast.echo(b"after", session + 1).await;
+    fast.echo(b"after", number + 1).await;
     g.stop().await;
 }
 
@@ -745,12 +745,12 @@ async fn echo_agent_pipelined() {
             c.send(&batch).await;
             let mut seen = HashSet::new();
             for s in 0..500u32 {
-                let (content, ok, session) = c.recv_response().await;
+                let (content, ok, number) = c.recv_response().await;
                 assert_eq!(
-                    (content, ok, session),
+                    (content, ok, number),
                     (format!("msg-{s}").into_bytes(), 1, s)
                 );
-                seen.insert(session);
+                seen.insert(number);
             }
             seen.len()
         }));

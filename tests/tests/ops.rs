@@ -110,7 +110,7 @@ async fn next(s: &mut Session) -> Option<(ResponseFlag, Bytes)> {
 }
 
 async fn echo(s: &mut Session, text: &str) {
-    let session = s
+    let number = s
         .send(None, Bytes::copy_from_slice(text.as_bytes()))
         .await
         .expect("send");
@@ -118,7 +118,7 @@ async fn echo(s: &mut Session, text: &str) {
         match next(s).await {
             Some((ResponseFlag::OK, content)) if content == text.as_bytes() => return,
             Some(_) => {}
-            None => panic!("closed while waiting for the answer to session {session}"),
+            None => panic!("closed while waiting for the answer to request {number}"),
         }
     }
 }

@@ -31,10 +31,10 @@ use integration::push::{
     recv_push, recv_welcome,
 };
 
-/// A request package `content ‖ BE32(session)`.
-fn request(content: &[u8], session: u32) -> Vec<u8> {
+/// A request package `content ‖ BE32(number)`.
+fn request(content: &[u8], number: u32) -> Vec<u8> {
     let mut payload = content.to_vec();
-    payload.extend_from_slice(&session.to_be_bytes());
+    payload.extend_from_slice(&number.to_be_bytes());
     let mut out = BytesMut::new();
     encode_package(&payload, &mut out).expect("fits");
     out.to_vec()
@@ -478,7 +478,7 @@ async fn client_library_tracks_pushes_across_reconnects() {
             .await
             .expect("recv")
             .expect("open");
-        (r.content.to_vec(), r.flag.0, r.session)
+        (r.content.to_vec(), r.flag.0, r.number)
     }
     g.push("lib", "a");
     g.push("lib", "b");

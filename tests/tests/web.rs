@@ -66,10 +66,10 @@ async fn scrape(ops: SocketAddr) -> String {
     body
 }
 
-/// A request payload `content ‖ BE32(session)`.
-fn request(content: &[u8], session: u32) -> Message {
+/// A request payload `content ‖ BE32(number)`.
+fn request(content: &[u8], number: u32) -> Message {
     let mut payload = content.to_vec();
-    payload.extend_from_slice(&session.to_be_bytes());
+    payload.extend_from_slice(&number.to_be_bytes());
     Message::binary(payload)
 }
 
@@ -79,8 +79,8 @@ async fn recv_response(ws: &mut Ws) -> (Vec<u8>, u8, u32) {
     let payload = recv_binary(ws).await;
     assert!(payload.len() >= 5, "short response {payload:?}");
     let (content, tail) = payload.split_at(payload.len() - 5);
-    let session = u32::from_be_bytes([tail[1], tail[2], tail[3], tail[4]]);
-    (content.to_vec(), tail[0], session)
+    let number = u32::from_be_bytes([tail[1], tail[2], tail[3], tail[4]]);
+    (content.to_vec(), tail[0], number)
 }
 
 async fn recv_binary(ws: &mut Ws) -> Vec<u8> {
@@ -163,15 +163,15 @@ async fn one_session_across_websocket_and_tcp() {
     assert_eq!(g.push("alice", "p2"), Some(2));
 
     // TCP next, index 2, seen up to push 1: the replay brings p2 once,
-    // and a re-send of session 7 is answered from the cache (new content
+    // and a re-send of request 7 is answered from the cache (new content
     // ignored: it does not run again).
     let mut tcp = alice.opted_in(2, 1).await;
     let (content, flag, seq) = tcp.recv_response().await;
     assert_eq!((content.as_slice(), flag, seq), (&b"p2"[..], FLAG_PUSH, 2));
     tcp.send_request(b"changed", 7).await;
-    let (content, flag, session) = tcp.recv_response().await;
+    let (content, flag, number) = tcp.recv_response().await;
     assert_eq!(
-        (content.as_slice(), flag, session),
+        (content.as_slice(), flag, number),
         (&b"first"[..], FLAG_OK, 7)
     );
     assert_eq!(g.metrics().resends, 1);
@@ -237,7 +237,7 @@ async fn messages_that_break_the_mapping_close_with_their_code() {
     let _ = ws.send(Message::binary(vec![b'x'; 65536])).await;
     assert_eq!(close_code(&mut ws).await, Some(1009));
 
-    // A request shorter than its session number, after the handshake:
+    // A request shorter than its request number, after the handshake:
     // 1008, and the session lives on.
     let mut ws = ws_session(&g, &alice, 1, None).await;
     ws.send(Message::binary(&b"abc"[..])).await.expect("send");
@@ -350,8 +350,8 @@ async fn client_logs_in_and_talks_over_websocket() {
     let mut conn = GateConn::new(gate_addr.clone(), ticket.clone(), Duration::from_secs(5));
     conn.set_extensions(Extensions::OptIn);
     conn.connect(1).await.expect("handshake over WebSocket");
-    for session in 0..20u32 {
-        conn.queue(format!("echo {session}").as_bytes(), session)
+    for number in 0..20u32 {
+        conn.queue(format!("echo {number}").as_bytes(), number)
             .expect("queue");
     }
     conn.flush().await.expect("flush");
@@ -360,9 +360,9 @@ async fn client_logs_in_and_talks_over_websocket() {
         let response = conn.recv().await.expect("recv").expect("open");
         assert_eq!(
             response.content,
-            format!("echo {}", response.session).as_bytes()
+            format!("echo {}", response.number).as_bytes()
         );
-        seen.push(response.session);
+        seen.push(response.number);
     }
     seen.sort_unstable();
     assert_eq!(seen, (0..20).collect::<Vec<_>>());
@@ -384,7 +384,7 @@ async fn client_logs_in_and_talks_over_websocket() {
     tcp.send(b"other", 3).await.expect("send");
     let response = tcp.recv().await.expect("recv").expect("open");
     assert_eq!(
-        (&response.content[..], response.session),
+        (&response.content[..], response.number),
         (&b"echo 3"[..], 3)
     );
 
@@ -581,8 +581,8 @@ async fn a_small_read_buffer_takes_large_messages() {
     let alice = g.login("alice").await;
     let mut ws = ws_session(&g, &alice, 1, None).await;
     let big = vec![b'z'; 65_000];
-    for session in 1..=4 {
-        ws.feed(request(&big, session)).await.expect("feed");
+    for number in 1..=4 {
+        ws.feed(request(&big, number)).await.expect("feed");
     }
     ws.flush().await.expect("flush");
     for _ in 1..=4 {

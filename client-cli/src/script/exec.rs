@@ -1,6 +1,6 @@
 //! Runs a parsed [`Script`] against a login server and a gate.
 //!
-//! Responses are matched by session, not by arrival order: whatever arrives
+//! Responses are matched by request number, not by arrival order: whatever arrives
 //! while an `expect` waits for something else is kept in an inbox for later
 //! expectations, so scripts stay deterministic when the gate answers out of
 //! order. The inbox belongs to the current connection and is emptied by
@@ -207,7 +207,7 @@ impl Runner<'_> {
                 self.closed_seen = false;
                 Ok("drop (session kept on the gate)".to_owned())
             }
-            Command::Send { session, payload } => {
+            Command::Send { number, payload } => {
                 let content = match payload {
                     Payload::Text(t) => Bytes::from(t.expand(i)),
                     Payload::Bytes(b) => Bytes::from(b.clone()),
@@ -232,7 +232,7 @@ impl Runner<'_> {
                         "not connected",
                     ));
                 }
-                match self.session.send(*session, content.clone()).await {
+                match self.session.send(*number, content.clone()).await {
                     Ok(s) => {
                         self.awaiting.retain(|&a| a != s);
                         self.awaiting.push_back(s);
@@ -371,13 +371,13 @@ impl Runner<'_> {
             ExpectKind::Push => Target::Flag(ResponseFlag::PUSH, exp.seq),
             ExpectKind::Gap => Target::Flag(ResponseFlag::PUSH_GAP, exp.seq),
             ExpectKind::Kick => Target::Flag(ResponseFlag::KICK, None),
-            _ => match exp.session {
+            _ => match exp.number {
                 Some(s) => {
                     self.awaiting.retain(|&a| a != s);
-                    Target::Session(s)
+                    Target::Number(s)
                 }
                 None => match self.awaiting.pop_front() {
-                    Some(s) => Target::Session(s),
+                    Some(s) => Target::Number(s),
                     None => {
                         return Err(self.fail(
                             step,
@@ -388,12 +388,12 @@ impl Runner<'_> {
                 },
             },
         };
-        let session = match target {
-            Target::Session(s) => Some(s),
+        let number = match target {
+            Target::Number(s) => Some(s),
             Target::Flag(..) => None,
         };
         let want = |m: &Incoming| target.accepts(m);
-        let expected = describe(exp, session, i);
+        let expected = describe(exp, number, i);
         match self.wait_for(deadline, want).await {
             Ok(message) => {
                 let flag_ok = match exp.kind {
@@ -412,7 +412,7 @@ impl Runner<'_> {
             }
             Err(WaitEnd::Timeout) => {
                 let mut got = format!("nothing within {}", text::duration(within));
-                if let Some(s) = session {
+                if let Some(s) = number {
                     got = format!("no response for s={s} within {}", text::duration(within));
                 }
                 if !self.inbox.is_empty() {
@@ -499,8 +499,8 @@ impl Runner<'_> {
 /// Which message an expectation takes.
 #[derive(Debug, Clone, Copy)]
 enum Target {
-    /// The response (ok or error) to this session.
-    Session(u32),
+    /// The response (ok or error) to this request number.
+    Number(u32),
     /// The next message with this flag (push, gap, kick), with this
     /// sequence number if given.
     Flag(ResponseFlag, Option<u32>),
@@ -510,8 +510,8 @@ impl Target {
     fn accepts(self, m: &Incoming) -> bool {
         let flag = m.response.flag;
         match self {
-            Target::Session(s) => m.response.session == s && is_response(flag),
-            Target::Flag(f, seq) => flag == f && seq.is_none_or(|n| m.response.session == n),
+            Target::Number(s) => m.response.number == s && is_response(flag),
+            Target::Flag(f, seq) => flag == f && seq.is_none_or(|n| m.response.number == n),
         }
     }
 }
@@ -525,7 +525,7 @@ fn is_response(flag: ResponseFlag) -> bool {
 }
 
 /// What an expectation waits for, in words.
-fn describe(exp: &Expectation, session: Option<u32>, i: Option<u64>) -> String {
+fn describe(exp: &Expectation, number: Option<u32>, i: Option<u64>) -> String {
     let show = |t: &Template| text::payload(&t.expand(i));
     let content = match &exp.matcher {
         Matcher::Any => "any content".to_owned(),
@@ -536,7 +536,7 @@ fn describe(exp: &Expectation, session: Option<u32>, i: Option<u64>) -> String {
             r.replace("${i}", &i.map_or("${i}".into(), |i| i.to_string()))
         ),
     };
-    let s = session.map(|s| format!("s={s} ")).unwrap_or_default();
+    let s = number.map(|s| format!("s={s} ")).unwrap_or_default();
     let seq = exp.seq.map(|n| format!(" #{n}")).unwrap_or_default();
     match exp.kind {
         ExpectKind::Ok => format!("{s}ok response with {content}"),

@@ -1,8 +1,11 @@
 //! `client run SCRIPT`: QA scripts in a small line-based format
-//! (`client-cli/SCRIPTS.md`), parsed by [`parse`] and run by [`exec`].
+//! (`client-cli/SCRIPTS.md`), parsed by [`parse`] (into the types of
+//! [`steps`], splitting lines with `words`) and run by [`exec`].
 
 pub mod exec;
 pub mod parse;
+pub mod steps;
+mod words;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -7,202 +7,21 @@
 //! comment after whitespace outside quotes. Quoted strings (`"…"`) take the
 //! escapes `\n \r \t \0 \\ \" \xHH`. Text payloads and expected text may use
 //! `${i}`, the iteration number of the innermost `repeat` (from 0).
+//!
+//! Splitting a line into words is the private `words` module's job; the
+//! types built here are in [`super::steps`] and re-exported, so
+//! `script::parse::Command` and the rest keep their paths.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use loginproto::login::Suite;
 
+pub use super::steps::{
+    Command, ExpectKind, Expectation, Matcher, ParseError, Payload, Script, Step, Template,
+};
+use super::words::{Token, rest_bytes, split, tokenize, trimmed_source, value_bytes, value_string};
 use crate::session::{ConnectSpec, IndexSpec};
 use crate::text;
-
-/// A parsed script.
-#[derive(Debug, Clone)]
-pub struct Script {
-    /// Name for messages (the file path as given).
-    pub name: String,
-    /// Directory `file=` paths are relative to.
-    pub base_dir: PathBuf,
-    /// The top-level steps.
-    pub steps: Vec<Step>,
-}
-
-/// One command with where it came from.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Step {
-    /// 1-based line number.
-    pub line: usize,
-    /// The line as written (trimmed), for messages.
-    pub source: String,
-    /// What to do.
-    pub command: Command,
-}
-
-/// A script command.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Command {
-    /// `login [user=] [password=] [server=] [suite=] [expect=CODE] [within=]`
-    Login {
-        /// Who, if not the command-line user.
-        user: Option<String>,
-        /// Password, if not the command-line one.
-        password: Option<String>,
-        /// Server name, if not the command-line one.
-        server: Option<String>,
-        /// Suite, if not the command-line one.
-        suite: Option<Suite>,
-        /// Expected status code (200 unless given).
-        expect: u16,
-        /// Deadline, if not the script's.
-        within: Option<Duration>,
-    },
-    /// `connect …` / `reconnect …`: a new gate connection and handshake.
-    Connect {
-        /// The handshake to send.
-        spec: ConnectSpec,
-        /// Expected status code (200 unless given).
-        expect: u16,
-        /// Written as `reconnect` (same effect; reads better after `drop`).
-        reconnect: bool,
-    },
-    /// `drop`: close the gate connection without logging out.
-    Drop,
-    /// `send [session=N] (TEXT | hex=HEX | file=PATH)`
-    Send {
-        /// Explicit session id (a resend), else the next one.
-        session: Option<u32>,
-        /// What to send.
-        payload: Payload,
-    },
-    /// `expect …`
-    Expect(Expectation),
-    /// `ping [within=]`: a heartbeat, and wait for its answer.
-    Ping {
-        /// Deadline, if not the script's.
-        within: Option<Duration>,
-    },
-    /// `sleep DURATION`
-    Sleep(Duration),
-    /// `timeout DURATION`: the default deadline of later steps.
-    Timeout(Duration),
-    /// `repeat N` … `end`
-    Repeat {
-        /// How many times.
-        count: u32,
-        /// The steps in between.
-        body: Vec<Step>,
-    },
-    /// `print TEXT`
-    Print(Template),
-}
-
-/// A request body.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    /// Text (with `${i}`).
-    Text(Template),
-    /// Raw bytes (`hex=`).
-    Bytes(Vec<u8>),
-    /// A file's bytes (`file=`, relative to the script).
-    File(PathBuf),
-}
-
-/// Bytes that may contain `${i}`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template(pub Vec<u8>);
-
-impl Template {
-    /// The bytes with every `${i}` replaced by `i` (or left as is without a
-    /// loop).
-    pub fn expand(&self, i: Option<u64>) -> Vec<u8> {
-        const VAR: &[u8] = b"${i}";
-        let Some(i) = i else {
-            return self.0.clone();
-        };
-        let value = i.to_string();
-        let mut out = Vec::with_capacity(self.0.len() + 8);
-        let mut rest = &self.0[..];
-        while let Some(at) = rest.windows(VAR.len()).position(|w| w == VAR) {
-            out.extend_from_slice(&rest[..at]);
-            out.extend_from_slice(value.as_bytes());
-            rest = &rest[at + VAR.len()..];
-        }
-        out.extend_from_slice(rest);
-        out
-    }
-}
-
-/// What an `expect` waits for.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Expectation {
-    /// The session of the response; default: the oldest request sent and
-    /// not yet expected.
-    pub session: Option<u32>,
-    /// Deadline, if not the script's.
-    pub within: Option<Duration>,
-    /// For `push` and `gap`: the sequence number it must carry.
-    pub seq: Option<u32>,
-    /// What kind of message.
-    pub kind: ExpectKind,
-    /// How its content must look.
-    pub matcher: Matcher,
-}
-
-/// The kind of message an `expect` waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExpectKind {
-    /// A response with ok byte 1 (the default).
-    Ok,
-    /// A response with ok byte 0.
-    Error,
-    /// A server push.
-    Push,
-    /// A push-gap notice (pushes were lost from the gate's backlog).
-    Gap,
-    /// A kick message.
-    Kick,
-    /// The gate closing the connection.
-    Closed,
-}
-
-impl ExpectKind {
-    /// The word used in scripts.
-    pub fn word(self) -> &'static str {
-        match self {
-            ExpectKind::Ok => "ok",
-            ExpectKind::Error => "error",
-            ExpectKind::Push => "push",
-            ExpectKind::Gap => "gap",
-            ExpectKind::Kick => "kick",
-            ExpectKind::Closed => "closed",
-        }
-    }
-}
-
-/// How a content must look.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Matcher {
-    /// Anything.
-    Any,
-    /// Exactly these bytes.
-    Exact(Template),
-    /// Starting with these bytes.
-    Prefix(Template),
-    /// Matching this regular expression (over bytes; `${i}` expanded first).
-    Regex(String),
-}
-
-/// A syntax error with its line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name}:{line}: {message}")]
-pub struct ParseError {
-    /// Script name.
-    pub name: String,
-    /// 1-based line.
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
 
 impl Script {
     /// Parses script text; `name` is used in messages, `base_dir` for
@@ -265,210 +84,6 @@ impl Script {
             base_dir,
             steps,
         })
-    }
-}
-
-/// The line without its trailing comment.
-fn trimmed_source(line: &str, tokens: &[Token]) -> String {
-    let end = tokens.last().map_or(0, |t| t.end);
-    line[..end].to_owned()
-}
-
-/// One whitespace-separated word; quoted sections may contain spaces.
-#[derive(Debug, Clone)]
-struct Token {
-    /// Byte offset of the token in the line.
-    start: usize,
-    /// Byte offset just past it.
-    end: usize,
-    /// The token as written.
-    raw: String,
-}
-
-/// Splits a line into tokens, stopping at a comment.
-fn tokenize(line: &str) -> Result<Vec<Token>, String> {
-    let mut tokens = Vec::new();
-    let bytes = line.as_bytes();
-    let mut at = 0;
-    while at < bytes.len() {
-        if bytes[at].is_ascii_whitespace() {
-            at += 1;
-            continue;
-        }
-        if bytes[at] == b'#' {
-            break;
-        }
-        let start = at;
-        let mut in_quotes = false;
-        while at < bytes.len() {
-            match bytes[at] {
-                b'\\' if in_quotes => at += 1,
-                b'"' => in_quotes = !in_quotes,
-                b if b.is_ascii_whitespace() && !in_quotes => break,
-                _ => {}
-            }
-            at += 1;
-        }
-        if in_quotes {
-            return Err("unterminated quoted string".into());
-        }
-        let end = at.min(bytes.len());
-        tokens.push(Token {
-            start,
-            end,
-            raw: line[start..end].to_owned(),
-        });
-    }
-    Ok(tokens)
-}
-
-/// A value: quoted (escapes processed) or as written.
-fn value_bytes(raw: &str) -> Result<Vec<u8>, String> {
-    match raw.strip_prefix('"') {
-        Some(inner) => {
-            let inner = inner
-                .strip_suffix('"')
-                .ok_or_else(|| format!("text after the closing quote in {raw}"))?;
-            text::unescape(inner)
-        }
-        None => Ok(raw.as_bytes().to_vec()),
-    }
-}
-
-fn value_string(raw: &str) -> Result<String, String> {
-    String::from_utf8(value_bytes(raw)?).map_err(|_| format!("{raw} is not UTF-8 text"))
-}
-
-/// The words of one command: options, flags, and the free text after them.
-struct Parts<'a> {
-    options: Vec<(&'a str, &'a str)>,
-    flags: Vec<&'a str>,
-    /// The rest of the line from the first token that is neither.
-    rest: Option<&'a str>,
-}
-
-/// Splits the tokens after the command word. `keys` are the options this
-/// command knows, `flags` its flag words. With `strict_keys`, an unknown
-/// `word=…` is an error (catches typos); otherwise it starts the free text.
-fn split<'a>(
-    line: &'a str,
-    tokens: &'a [Token],
-    keys: &[&str],
-    flags: &[&str],
-    strict_keys: bool,
-) -> Result<Parts<'a>, String> {
-    let mut parts = Parts {
-        options: Vec::new(),
-        flags: Vec::new(),
-        rest: None,
-    };
-    for (n, token) in tokens.iter().enumerate().skip(1) {
-        let raw = token.raw.as_str();
-        if let Some((key, value)) = raw.split_once('=')
-            && !key.starts_with('"')
-        {
-            if keys.contains(&key) {
-                if parts.options.iter().any(|(k, _)| *k == key) {
-                    return Err(format!("option {key}= given twice"));
-                }
-                parts.options.push((key, value));
-                continue;
-            }
-            if strict_keys && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "unknown option {key}= (this command knows: {}); quote text that contains =",
-                    keys.iter()
-                        .map(|k| format!("{k}="))
-                        .collect::<Vec<_>>()
-                        .join(" ")
-                ));
-            }
-        }
-        if flags.contains(&raw) {
-            if parts.flags.contains(&raw) {
-                return Err(format!("{raw} given twice"));
-            }
-            parts.flags.push(raw);
-            continue;
-        }
-        let end = tokens.last().map_or(token.end, |t| t.end);
-        parts.rest = Some(&line[tokens[n].start..end]);
-        break;
-    }
-    Ok(parts)
-}
-
-impl Parts<'_> {
-    fn option(&self, key: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
-    }
-
-    fn has(&self, flag: &str) -> bool {
-        self.flags.contains(&flag)
-    }
-
-    fn no_rest(&self, command: &str) -> Result<(), String> {
-        match self.rest {
-            Some(rest) => Err(format!("`{command}` takes no text, but got {rest:?}")),
-            None => Ok(()),
-        }
-    }
-
-    fn string(&self, key: &str) -> Result<Option<String>, String> {
-        self.option(key).map(value_string).transpose()
-    }
-
-    fn duration(&self, key: &str) -> Result<Option<Duration>, String> {
-        self.option(key)
-            .map(|v| text::parse_duration(&value_string(v)?))
-            .transpose()
-    }
-
-    fn code(&self, allowed: &[u16]) -> Result<u16, String> {
-        let Some(value) = self.option("expect") else {
-            return Ok(200);
-        };
-        let code = value
-            .parse::<u16>()
-            .ok()
-            .filter(|c| allowed.contains(c))
-            .ok_or_else(|| {
-                format!(
-                    "expect={value}: expected one of {}",
-                    allowed
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
-        Ok(code)
-    }
-
-    fn session(&self) -> Result<Option<u32>, String> {
-        self.option("session")
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| format!("session={v}: expected a number 0..4294967295"))
-            })
-            .transpose()
-    }
-}
-
-/// The text after the options: one quoted string, or the rest of the line
-/// as written.
-fn rest_bytes(rest: &str) -> Result<Vec<u8>, String> {
-    if rest.starts_with('"') {
-        let tokens = tokenize(rest)?;
-        if tokens.len() > 1 {
-            return Err(format!("text after the closing quote in {rest}"));
-        }
-        value_bytes(rest)
-    } else {
-        Ok(rest.as_bytes().to_vec())
     }
 }
 
@@ -550,7 +165,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
                 ))
             };
             Ok(Command::Send {
-                session: p.session()?,
+                number: p.number()?,
                 payload,
             })
         }
@@ -599,11 +214,11 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
             } else {
                 Matcher::Any
             };
-            if kind == ExpectKind::Closed && (matcher != Matcher::Any || p.session()?.is_some()) {
+            if kind == ExpectKind::Closed && (matcher != Matcher::Any || p.number()?.is_some()) {
                 return Err("`expect closed` takes only within=".into());
             }
             if matches!(kind, ExpectKind::Push | ExpectKind::Gap | ExpectKind::Kick)
-                && p.session()?.is_some()
+                && p.number()?.is_some()
             {
                 return Err(format!("`expect {}` takes no session=", kind.word()));
             }
@@ -621,7 +236,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
                 return Err("`expect gap` has no content to match (give seq=)".into());
             }
             Ok(Command::Expect(Expectation {
-                session: p.session()?,
+                number: p.number()?,
                 within: p.duration("within")?,
                 seq,
                 kind,
@@ -670,6 +285,8 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn parse(source: &str) -> Result<Vec<Step>, ParseError> {
@@ -705,35 +322,35 @@ mod tests {
         assert_eq!(
             one("send hello world"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(b"hello world".to_vec())),
             }
         );
         assert_eq!(
             one(r#"send session=7 "a \"b\"\n # not a comment""#),
             Command::Send {
-                session: Some(7),
+                number: Some(7),
                 payload: Payload::Text(Template(b"a \"b\"\n # not a comment".to_vec())),
             }
         );
         assert_eq!(
             one("send hex=00ff"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Bytes(vec![0, 0xff]),
             }
         );
         assert_eq!(
             one("send file=data/x.bin"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::File(PathBuf::from("data/x.bin")),
             }
         );
         assert_eq!(
             one("send"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(Vec::new())),
             }
         );
@@ -741,7 +358,7 @@ mod tests {
         assert_eq!(
             one("send a=b"),
             Command::Send {
-                session: None,
+                number: None,
                 payload: Payload::Text(Template(b"a=b".to_vec())),
             }
         );
@@ -758,11 +375,11 @@ mod tests {
         };
         let plain = e("expect hello");
         assert_eq!(plain.kind, ExpectKind::Ok);
-        assert_eq!(plain.session, None);
+        assert_eq!(plain.number, None);
         assert_eq!(plain.matcher, exact("hello"));
 
         let full = e("expect session=3 within=250ms ok prefix=hel");
-        assert_eq!(full.session, Some(3));
+        assert_eq!(full.number, Some(3));
         assert_eq!(full.within, Some(Duration::from_millis(250)));
         assert_eq!(full.matcher, Matcher::Prefix(Template(b"hel".to_vec())));
 

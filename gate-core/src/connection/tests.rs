@@ -118,7 +118,7 @@ fn the_first_package_is_the_handshake_then_requests() {
         let Ok(Some(Input::Request(r))) = c.send(&request(b"hi", 7)) else {
             panic!("not a request");
         };
-        assert_eq!((&r.content[..], r.session), (&b"hi"[..], 7));
+        assert_eq!((&r.content[..], r.number), (&b"hi"[..], 7));
     }
 }
 
@@ -132,7 +132,7 @@ fn several_packages_in_one_read_come_out_one_by_one() {
     received.extend_from_slice(&[0, 9, b'x']);
     let mut numbers = Vec::new();
     while let Some(Input::Request(r)) = c.conn.next_input(&mut received, &mut c.out).unwrap() {
-        numbers.push(r.session);
+        numbers.push(r.number);
     }
     assert_eq!(numbers, [1, 2]);
     // The heartbeat between them was answered; the partial package stays.

@@ -51,7 +51,7 @@ fn packages(bytes: &[u8]) -> Vec<(Vec<u8>, u8, u32)> {
             continue;
         }
         let r = Response::parse(payload).unwrap();
-        out.push((r.content.to_vec(), r.flag.0, r.session));
+        out.push((r.content.to_vec(), r.flag.0, r.number));
     }
     assert!(buf.is_empty(), "trailing bytes");
     out

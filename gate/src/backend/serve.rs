@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
@@ -374,7 +374,7 @@ async fn serve_link(
                 // Every interval, as the ack announced: the service's
                 // dead-gate timeout counts on it, whatever else flows.
                 nonce += 1;
-                link.send(Ping { nonce, sent_at_ms: unix_ms() }.into());
+                link.send(Ping::now(nonce).into());
             }
         }
     };
@@ -500,13 +500,6 @@ async fn write_loop(link: Arc<Instance>, mut write: LinkWrite) -> io::Result<()>
             return write.shutdown().await;
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

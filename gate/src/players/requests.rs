@@ -60,7 +60,7 @@ impl<'a> PlayerConn<'a> {
     /// One request (spec §5.4, §5.5); an answer due now goes to `out`.
     pub(super) fn request(&self, req: Request, out: &mut BytesMut) -> Result<(), End> {
         let (core, user) = (self.core, &self.user);
-        let number = req.session;
+        let number = req.number;
         let conn = self.handle.id;
         let outcome = user.lock().session.request(conn, number);
         let outcome = match outcome {

@@ -13,14 +13,14 @@ use tracing::{info, warn};
 use crate::agent::{Agent, EchoAgent};
 use crate::backend::Backend;
 use crate::config::{AuthSource, Config};
+use crate::login::placement::{GateLink, Placer};
 use crate::login::{
     AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LocalPlacer, LoginServer,
     OnlineTable, RandomSource,
 };
 use crate::msg::MsgGate;
+use crate::net::web::WebPolicy;
 use crate::ops::{AdminToken, Ops};
-use crate::placement::{GateLink, Placer};
-use crate::web::WebPolicy;
 
 /// Why [`run`] could not start or failed while serving.
 #[derive(Debug, thiserror::Error)]

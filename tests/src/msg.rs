@@ -19,8 +19,8 @@ use gate::agent::{
     Agent, AgentRequest, Completer, Dispatch, RequestError, SessionCtx, SessionEvent,
 };
 use gate::config::GateConfig;
+use gate::login::placement::{EndReason, LoginLink};
 use gate::msg::{GateMetrics, MsgGate};
-use gate::placement::{EndReason, LoginLink};
 use loginproto::handshake::{self, SessionSecret};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -23,8 +23,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use gate::agent::{EchoAgent, SessionEvent};
 use gate::config::GateConfig;
+use gate::login::placement::EndReason;
 use gate::msg::MsgGate;
-use gate::placement::EndReason;
 use integration::msg::{
     Client, Ended, Replay, TestGate, hello_secret, msg_transcript, scenario, step_bytes, unhex,
     wait_until, within,
@@ -760,7 +760,7 @@ async fn echo_agent_pipelined() {
 #[derive(Debug)]
 struct NoLogin;
 
-impl gate::placement::LoginLink for NoLogin {
+impl gate::login::placement::LoginLink for NoLogin {
     fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &EndReason) {}
 }
 

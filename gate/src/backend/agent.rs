@@ -18,8 +18,8 @@ use super::metrics::bump;
 use super::sessions::Entry;
 use super::state::BackendState;
 use crate::agent::{Agent, AgentRequest, Dispatch, RequestError, SessionCtx, SessionEvent};
-use crate::esc::esc;
-use crate::placement::EndReason;
+use crate::logging::esc;
+use crate::login::placement::EndReason;
 
 /// The [`Agent`] of a gate with backends: routes requests to service
 /// instances and forwards session events. Made by

@@ -36,10 +36,10 @@ use tracing::{debug, error, info, warn};
 
 use super::directory::{Commit, Directory, GateEntry, Registered};
 use super::record::Record;
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::login::online::RELOGIN_KICK_REASON;
+use crate::login::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::msg::MsgGate;
-use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::tls::{self, BoxIo};
 
 /// Deadline for a login node's `Hello`.

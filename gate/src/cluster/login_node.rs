@@ -36,9 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::directory::{Begin, Directory};
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::login::online::RELOGIN_KICK_REASON;
-use crate::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
+use crate::login::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
 use crate::tls::{self, ClientTls};
 
 /// Frames queued for one link's writer.

@@ -89,14 +89,14 @@ pub trait Admit: Send + Sync + std::fmt::Debug + 'static {
     fn admit<'a>(
         &'a self,
         report: &'a mut (dyn FnMut(Position) + Send),
-    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>>;
+    ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>>;
 }
 
 impl Admit for Admission {
     fn admit<'a>(
         &'a self,
         report: &'a mut (dyn FnMut(Position) + Send),
-    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>> {
+    ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>> {
         Box::pin(Admission::admit(self, report))
     }
 }

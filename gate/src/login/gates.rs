@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use crate::login::placement::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
 use crate::msg::MsgGate;
-use crate::placement::{BoxFuture, GateLink, LoginRefusal, LoginRequest};
 
 /// The gates of this process, by server name.
 #[derive(Debug, Default, Clone)]

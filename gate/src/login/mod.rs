@@ -17,6 +17,7 @@ pub mod auth;
 pub mod gates;
 pub mod metrics;
 pub mod online;
+pub mod placement;
 pub mod random;
 pub mod server;
 pub mod server_key;

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::placement::{
+use crate::login::placement::{
     BoxFuture, EndReason, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer,
 };
 use crate::shard::ShardedMap;
@@ -39,7 +39,7 @@ pub struct OnlineTable {
     online: ShardedMap<Bytes, OnlineSession>,
 }
 
-pub use crate::placement::PlaceError;
+pub use crate::login::placement::PlaceError;
 
 /// The one-process [`Placer`]: the online table and the gates of this
 /// process.
@@ -183,10 +183,10 @@ impl LoginLink for OnlineTable {
     fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &EndReason) {
         let removed = self.remove_if(uid, server, subid);
         tracing::debug!(
-            uid = %crate::esc::esc(uid),
-            server = %crate::esc::esc(server),
-            subid = %crate::esc::esc(subid),
-            reason = %crate::esc::esc(reason.text().as_bytes()),
+            uid = %crate::logging::esc(uid),
+            server = %crate::logging::esc(server),
+            subid = %crate::logging::esc(subid),
+            reason = %crate::logging::esc(reason.text().as_bytes()),
             removed,
             "session ended"
         );

@@ -74,10 +74,10 @@ use super::metrics::{LoginLabels, LoginMetrics, status_label};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
 use crate::config::LoginConfig;
-use crate::esc::esc;
+use crate::logging::esc;
+use crate::login::placement::{LoginRequest, PlaceError, Placer};
+use crate::net::web::{WebIo, WebPolicy};
 use crate::net::{self, AtCapacity, PerSource, SourceSlot};
-use crate::placement::{LoginRequest, PlaceError, Placer};
-use crate::web::{WebIo, WebPolicy};
 
 /// Longest we keep reading (and discarding) after the status line, waiting
 /// for the client's FIN. Well-behaved clients close at once.
@@ -883,7 +883,7 @@ mod tests {
     use super::*;
     use crate::login::auth::{Credentials, DemoAuth};
     use crate::login::online::{LocalPlacer, OnlineTable};
-    use crate::placement::{GateLink, LoginRefusal};
+    use crate::login::placement::{GateLink, LoginRefusal};
 
     impl Stream for DuplexStream {
         async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -901,7 +901,7 @@ mod tests {
         fn login(
             &self,
             req: LoginRequest,
-        ) -> crate::placement::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
+        ) -> crate::login::placement::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
             Box::pin(async move {
                 if req.server != "sample" {
                     return Err(LoginRefusal::UnknownServer("?".into()));
@@ -918,7 +918,7 @@ mod tests {
             _: Bytes,
             _: Bytes,
             _: String,
-        ) -> crate::placement::BoxFuture<'_, ()> {
+        ) -> crate::login::placement::BoxFuture<'_, ()> {
             Box::pin(async {})
         }
     }
@@ -930,7 +930,7 @@ mod tests {
         fn authenticate(
             &self,
             _: Credentials,
-        ) -> crate::placement::BoxFuture<'_, Result<Bytes, AuthError>> {
+        ) -> crate::login::placement::BoxFuture<'_, Result<Bytes, AuthError>> {
             Box::pin(std::future::pending())
         }
 

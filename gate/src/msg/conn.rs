@@ -43,9 +43,9 @@ use super::end::End;
 use super::handle::ConnHandle;
 use super::metrics::{RefusedStatus, bump};
 use super::requests::{Link, decode, serve};
-use crate::esc::esc;
+use crate::logging::esc;
+use crate::login::placement::EndReason;
 use crate::net::SourceSlot;
-use crate::placement::EndReason;
 use crate::wire;
 
 /// Read size into a connection's own buffer (before the handshake, and to
@@ -537,7 +537,7 @@ mod tests {
     use super::*;
     use crate::agent::EchoAgent;
     use crate::config::GateConfig;
-    use crate::placement::LoginLink;
+    use crate::login::placement::LoginLink;
 
     struct NoLogin;
 

@@ -24,8 +24,8 @@ use super::metrics::{EndCause, Metrics, bump};
 use super::timers::Timers;
 use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
-use crate::esc::esc;
-use crate::placement::{EndReason, LoginLink};
+use crate::logging::esc;
+use crate::login::placement::{EndReason, LoginLink};
 use crate::session::{
     Completion, Effect, ExecId, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent,
     check_handshake,

@@ -48,10 +48,10 @@ use self::metrics::bump;
 pub use self::metrics::{EndCause, GateMetrics, RefusedStatus};
 use crate::agent::Agent;
 use crate::config::GateConfig;
+use crate::login::placement::{EndReason, LoginLink, LoginRefusal};
+use crate::net::web::WebPolicy;
 use crate::net::{self, AtCapacity, PerSource};
-use crate::placement::{EndReason, LoginLink, LoginRefusal};
 use crate::session::PushRefused;
-use crate::web::WebPolicy;
 
 /// Counts over every session of a gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -39,7 +39,7 @@ use super::handle::ConnHandle;
 use super::metrics::bump;
 use super::requests::{Link, serve_package};
 use crate::net::SourceSlot;
-use crate::web::{UpgradeError, WebIo, WebPolicy};
+use crate::net::web::{UpgradeError, WebIo, WebPolicy};
 use crate::wire;
 
 /// How long a closing connection may take to flush and see the client's

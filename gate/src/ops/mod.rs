@@ -48,7 +48,7 @@ use tracing::{info, warn};
 use self::collector::GateCollector;
 use crate::backend::Backend;
 use crate::cluster::Directory;
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::login::metrics::LoginMetrics;
 use crate::msg::MsgGate;
 use crate::session::Phase;

@@ -1,7 +1,9 @@
 //! The login server and the message gate, as a library.
 //!
-//! `main.rs` only parses flags and calls [`run`]; tests call [`run`] with
-//! listeners bound to `127.0.0.1:0` and their own shutdown future.
+//! `main.rs` only parses flags into a [`config::Config`] and calls
+//! [`serve`], which binds the configured listeners and runs the configured
+//! role; tests call [`run`] with listeners bound to `127.0.0.1:0` and their
+//! own shutdown future.
 //!
 //! The life of one player's session is [`session`], a sans-IO state
 //! machine; [`msg`] drives it over TCP.
@@ -21,4 +23,4 @@ pub mod shard;
 pub mod tls;
 pub mod wire;
 
-pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with};
+pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with, serve};

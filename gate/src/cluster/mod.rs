@@ -15,6 +15,8 @@
 //! * [`login_node`]: the control links and the [`ClusterPlacer`];
 //! * [`admission`]: the login queue all login nodes share.
 //!
+//! The two node roles are started by [`crate::serve`] (`cluster.role`).
+//!
 //! The rules the directory keeps, and the test of each, are listed in the
 //! README's "Cluster" section.
 
@@ -23,10 +25,8 @@ pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
-mod run;
 
 pub use self::admission::SharedAdmission;
 pub use self::directory::{Directory, DirectoryOptions};
 pub use self::gate_node::{DirectoryLink, GateNode};
 pub use self::login_node::{ClusterPlacer, ControlLinks};
-pub use self::run::{run_gate_node, run_login_node};

@@ -73,7 +73,7 @@ use super::auth::{AuthError, Authenticator};
 use super::metrics::{LoginLabels, LoginMetrics, status_label};
 use super::random::{RandomSource, ThreadRandom};
 use super::throttle::{Policy, Throttle, Throttled};
-use crate::config::LoginConfig;
+use crate::config::{DEFAULT_SHUTDOWN_GRACE, LoginConfig};
 use crate::logging::esc;
 use crate::login::placement::{LoginRequest, PlaceError, Placer};
 use crate::net::web::{WebIo, WebPolicy};
@@ -89,9 +89,6 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Initial read buffer of a dialogue: every line of a well-behaved client
 /// fits in one read; a longer line (up to `login.max_line_bytes`) grows it.
 const READ_BUF: usize = 256;
-
-/// Default for [`LoginServer::with_shutdown_grace`].
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// A key that has not failed for this long starts counting again.
 const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);

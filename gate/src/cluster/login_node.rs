@@ -83,11 +83,11 @@ pub enum ControlError {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ControlFrame>>>>;
 
 /// The link to one gate, if open; its lock is held while connecting.
-type LinkSlot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
+type LinkEntry = Arc<tokio::sync::Mutex<Option<Arc<ControlLink>>>>;
 
 /// One authenticated link to one gate.
 #[derive(Debug)]
-struct Link {
+struct ControlLink {
     tx: mpsc::Sender<LoginFrame>,
     pending: Pending,
     next_id: AtomicU64,
@@ -102,7 +102,7 @@ pub struct ControlLinks {
     secret: LinkSecret,
     timeout: Duration,
     tls: Option<ClientTls>,
-    links: Mutex<HashMap<String, LinkSlot>>,
+    links: Mutex<HashMap<String, LinkEntry>>,
 }
 
 impl ControlLinks {
@@ -123,7 +123,7 @@ impl ControlLinks {
         }
     }
 
-    async fn link(&self, addr: &str) -> Result<Arc<Link>, ControlError> {
+    async fn link(&self, addr: &str) -> Result<Arc<ControlLink>, ControlError> {
         let slot = {
             let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(links.entry(addr.to_owned()).or_default())
@@ -141,7 +141,7 @@ impl ControlLinks {
         Ok(link)
     }
 
-    async fn connect(&self, addr: &str) -> Result<Link, ControlError> {
+    async fn connect(&self, addr: &str) -> Result<ControlLink, ControlError> {
         let err = |why: String| ControlError::Link {
             addr: addr.to_owned(),
             why,
@@ -276,7 +276,7 @@ impl ControlLinks {
                 info!(%addr, "control link closed");
             }
         });
-        Ok(Link {
+        Ok(ControlLink {
             tx,
             pending,
             next_id: AtomicU64::new(1),

@@ -252,7 +252,7 @@ impl LoginServer {
                 );
                 return;
             };
-            let slot = Slot {
+            let place = DialoguePlace {
                 _permit: permit,
                 _source: source,
             };
@@ -270,7 +270,7 @@ impl LoginServer {
             let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
             match web {
                 None => {
-                    tracker.spawn(connection(shared, stream, addr, slot, stop));
+                    tracker.spawn(connection(shared, stream, addr, place, stop));
                 }
                 Some(policy) => {
                     let policy = Arc::clone(policy);
@@ -283,7 +283,7 @@ impl LoginServer {
                         match upgrade {
                             Ok(Ok(ws)) => {
                                 let stream = MessageStream::new(ws, policy.mapping());
-                                connection(shared, stream, addr, slot, stop).await;
+                                connection(shared, stream, addr, place, stop).await;
                             }
                             Ok(Err(e)) => debug!(%addr, error = %e, "WebSocket upgrade failed"),
                             Err(_) => debug!(%addr, "WebSocket upgrade not done in time"),
@@ -467,7 +467,7 @@ struct Stop {
 /// A dialogue's place: one of `max_connections`, and one of its source
 /// address's `max_connections_per_source`. Given back when the status line
 /// is sent: lingering for the client's FIN holds neither.
-struct Slot {
+struct DialoguePlace {
     _permit: OwnedSemaphorePermit,
     _source: SourceSlot,
 }
@@ -476,7 +476,7 @@ async fn connection<S: Stream>(
     shared: Arc<LoginState>,
     stream: S,
     addr: SocketAddr,
-    slot: Slot,
+    place: DialoguePlace,
     stop: Stop,
 ) {
     let clock = DialogueClock::new(shared.config.dialogue_timeout);
@@ -518,8 +518,8 @@ async fn connection<S: Stream>(
         },
         clock.start.elapsed().as_secs_f64(),
     );
-    // The status is written: the next client may have the slot.
-    drop(slot);
+    // The status is written: the next client may have the place.
+    drop(place);
     let parts = lines.into_parts();
     let (mut stream, mut buf) = (parts.io, parts.read_buf);
     // FIN after the last byte we wrote.
@@ -965,7 +965,7 @@ mod tests {
         let source = PerSource::new(1)
             .enter(SocketAddr::from(([127, 0, 0, 1], 1)).ip())
             .unwrap();
-        let slot = Slot {
+        let place = DialoguePlace {
             _permit: permit,
             _source: source,
         };
@@ -974,7 +974,7 @@ mod tests {
             hard: CancellationToken::new(),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let task = tokio::spawn(connection(shared, server, addr, slot, stop));
+        let task = tokio::spawn(connection(shared, server, addr, place, stop));
         (client, task)
     }
 

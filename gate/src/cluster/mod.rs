@@ -9,9 +9,10 @@
 //!
 //! * [`record`]: key names and the directory record format;
 //! * [`directory`]: the registry and the session directory, changed only by
-//!   compare-and-set scripts;
-//! * [`gate_node`]: registration and its heartbeat, the control listener,
-//!   record removal when a session ends;
+//!   the compare-and-set scripts of `scripts`;
+//! * [`gate_node`]: registration and its heartbeat, record removal when a
+//!   session ends, the answers to control calls;
+//! * [`control`]: the gate node's control listener login nodes dial;
 //! * [`login_node`]: the control links and the [`ClusterPlacer`];
 //! * [`admission`]: the login queue all login nodes share.
 //!
@@ -21,10 +22,12 @@
 //! README's "Cluster" section.
 
 pub mod admission;
+pub mod control;
 pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
+mod scripts;
 
 pub use self::admission::SharedAdmission;
 pub use self::directory::{Directory, DirectoryOptions};

@@ -18,8 +18,9 @@ use super::parts::{
 };
 use super::{Components, RunError};
 use crate::cluster::SharedAdmission;
+use crate::cluster::control;
 use crate::cluster::directory::{Directory, DirectoryOptions};
-use crate::cluster::gate_node::{self, DirectoryLink, GateNode, new_epoch};
+use crate::cluster::gate_node::{DirectoryLink, GateNode, new_epoch};
 use crate::cluster::login_node::{ClusterPlacer, ControlLinks};
 use crate::config::{AuthSource, Config};
 use crate::msg::MsgGate;
@@ -139,7 +140,7 @@ pub(super) async fn run_gate_node(
     let ((), (), (), gate_end, ops_result) = tokio::join!(
         stop,
         node.heartbeat(gate_stopped.clone()),
-        gate_node::serve_control(Arc::clone(&node), control_listener, token.clone()),
+        control::serve_control(Arc::clone(&node), control_listener, token.clone()),
         serve_gate(
             &gate,
             gate_listener,

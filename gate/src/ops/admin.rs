@@ -1,5 +1,5 @@
 //! The admin API (`/admin/...`): its bearer token, the one opening every
-//! call shares ([`open`]: token, body, where the user is, this node's
+//! call shares (`open`: token, body, where the user is, this node's
 //! gate), and one handler per route, which only does its own job.
 
 use std::sync::Arc;

@@ -26,7 +26,7 @@
 //! body is `400` with the reason. Answers are JSON.
 //!
 //! * [`admin`]: the admin API's token and its handlers;
-//! * [`relay`]: user calls for a session on another gate node, sent there;
+//! * `relay`: user calls for a session on another gate node, sent there;
 //! * [`collector`]: the gate's metrics, read when scraped.
 
 pub mod admin;

@@ -87,7 +87,7 @@ pub struct Components {
     /// `auth` service ([`Backend::authenticator`]).
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// The gate's agent. Default: the backend's agent
-    /// ([`Backend::agent`]) when there is a backend, else [`EchoAgent`].
+    /// ([`Backend::agent`]) when there is a backend, else [`EchoAgent`](crate::agent::EchoAgent).
     /// Replacing it while keeping a backend leaves services unable to name
     /// a session by uid alone (a `Kick` or `Logout` with an empty subid):
     /// the backend agent keeps that table.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use super::RunError;
+use super::{Components, RunError};
 use crate::backend::{Backend, LinkSecret};
 use crate::config::Config;
 use crate::net::{LISTEN_BACKLOG, listen};
@@ -14,6 +14,23 @@ use crate::net::{LISTEN_BACKLOG, listen};
 /// A listener on `addr`; `what` names it in the error.
 pub(super) fn listener(addr: SocketAddr, what: &'static str) -> Result<TcpListener, RunError> {
     listen(addr, LISTEN_BACKLOG).map_err(|source| RunError::Listen { what, addr, source })
+}
+
+/// What a process with a gate binds for it: the gate's listener, and the
+/// components that go with it (its WebSocket listener, the backend
+/// listener) together with the operations listener `ops`, bound before.
+pub(super) fn gate_side(
+    config: &Config,
+    ops: Option<TcpListener>,
+) -> Result<(TcpListener, Components), RunError> {
+    let gate = listener(config.gate.listen, "gate")?;
+    let components = Components {
+        ops,
+        web_gate: web(config, config.web.gate_listen)?,
+        backend: backend(config)?,
+        ..Components::default()
+    };
+    Ok((gate, components))
 }
 
 /// The operations listener, if `ops.listen` is set.

@@ -152,29 +152,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     let ops = bind::ops(&config)?;
-    if config.cluster.role == Role::Login {
-        let login = bind::listener(config.login.listen, "login")?;
-        let components = Components {
-            ops,
-            web_login: bind::web(&config, config.web.login_listen)?,
-            ..Components::default()
-        };
-        return cluster::run_login_node(login, config, components, shutdown).await;
+    match config.cluster.role {
+        Role::Login => {
+            let login = bind::listener(config.login.listen, "login")?;
+            let components = Components {
+                ops,
+                web_login: bind::web(&config, config.web.login_listen)?,
+                ..Components::default()
+            };
+            cluster::run_login_node(login, config, components, shutdown).await
+        }
+        Role::Gate => {
+            let (gate, components) = bind::gate_side(&config, ops)?;
+            let control = bind::listener(config.cluster.control_listen, "control")?;
+            cluster::run_gate_node(gate, control, config, components, shutdown).await
+        }
+        Role::All => {
+            let (gate, mut components) = bind::gate_side(&config, ops)?;
+            let login = bind::listener(config.login.listen, "login")?;
+            components.web_login = bind::web(&config, config.web.login_listen)?;
+            run_with(login, gate, config, components, shutdown).await
+        }
     }
-    let gate = bind::listener(config.gate.listen, "gate")?;
-    let mut components = Components {
-        ops,
-        web_gate: bind::web(&config, config.web.gate_listen)?,
-        backend: bind::backend(&config)?,
-        ..Components::default()
-    };
-    if config.cluster.role == Role::Gate {
-        let control = bind::listener(config.cluster.control_listen, "control")?;
-        return cluster::run_gate_node(gate, control, config, components, shutdown).await;
-    }
-    let login = bind::listener(config.login.listen, "login")?;
-    components.web_login = bind::web(&config, config.web.login_listen)?;
-    run_with(login, gate, config, components, shutdown).await
 }
 
 /// Runs the login server on `login_listener` and the gate `config.gate.name`

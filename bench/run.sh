@@ -62,7 +62,7 @@ fi
 
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     echo "building release binaries..." >&2
-    cargo build --release --quiet -p gate -p client-cli --bin gate --bin raw-echo --bin client
+    cargo build --release --quiet -p gate -p client-cli -p raw-echo --bin gate --bin raw-echo --bin client
 fi
 BIN=$TARGET_DIR/release
 for b in gate raw-echo client; do

@@ -262,8 +262,8 @@ impl SessionCtx {
 impl fmt::Debug for SessionCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionCtx")
-            .field("uid", &crate::esc::esc(self.uid()).to_string())
-            .field("subid", &crate::esc::esc(self.subid()).to_string())
+            .field("uid", &crate::logging::esc(self.uid()).to_string())
+            .field("subid", &crate::logging::esc(self.subid()).to_string())
             .finish()
     }
 }

@@ -70,6 +70,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
 }
 
+/// The default of [`Config::shutdown_grace`], which the gate
+/// ([`GateConfig::shutdown_grace`]) and the login server
+/// (`LoginServer::with_shutdown_grace`) also start from when built alone.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -80,7 +85,7 @@ impl Default for Config {
             ops: OpsConfig::default(),
             web: WebConfig::default(),
             accounts: None,
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -285,7 +290,7 @@ impl Default for GateConfig {
             expired_number: 128,
             cache_bytes: 256 * 1024,
             reconnect_window: Duration::from_secs(300),
-            shutdown_grace: Duration::from_secs(5),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             push_backlog: 64,
             push_backlog_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),

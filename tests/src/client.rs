@@ -55,7 +55,7 @@ pub enum Fault {
     Error(u64),
 }
 
-/// A raw framed echo server (like `gate::raw_echo`) with one [`Fault`].
+/// A raw framed echo server (like `raw_echo`, bench/raw-echo) with one [`Fault`].
 #[derive(Debug)]
 pub struct FaultyEcho {
     /// Where it listens.

@@ -18,7 +18,7 @@ use codec::package::PackageCodec;
 use futures::{SinkExt, StreamExt};
 use gate::config::Config;
 use gate::login::FixedRandom;
-use gate::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
+use gate::login::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
 use gate::{Components, RunError};
 use loginproto::handshake::{self, SessionSecret};
 use loginproto::login::{ClientLogin, ClientRandom, LoginError, LoginSuccess, ServerRandom, Suite};

@@ -19,7 +19,7 @@ use gate::agent::{
     Agent, AgentRequest, Completer, Dispatch, RequestError, SessionCtx, SessionEvent,
 };
 use gate::config::GateConfig;
-use gate::placement::{End, LoginLink};
+use gate::login::placement::{End, LoginLink};
 use gate::players::{GateMetrics, MsgGate};
 use loginproto::handshake::{self, SessionSecret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

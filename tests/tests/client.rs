@@ -249,7 +249,7 @@ async fn bench_raw_against_the_raw_echo_server() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let echo = tokio::spawn(gate::raw_echo::serve(listener, shutdown.clone()));
+    let echo = tokio::spawn(raw_echo::serve(listener, shutdown.clone()));
     let mut cmd = BenchCmd::new(&addr.to_string());
     quick(&mut cmd);
     cmd.raw = true;

@@ -11,8 +11,8 @@ use client_cli::ClientError;
 use codec::message::ResponseFlag;
 use codec::status::LoginStatus;
 use gate::Components;
+use gate::login::placement::BoxFuture;
 use gate::login::{AuthError, Authenticator, Credentials};
-use gate::placement::BoxFuture;
 use integration::login::{
     GateClient, Hold, Server, TempFile, Wire, guard, login, pinned, test_config,
 };

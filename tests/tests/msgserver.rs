@@ -23,7 +23,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gate::agent::{EchoAgent, SessionEvent};
 use gate::config::GateConfig;
-use gate::placement::End;
+use gate::login::placement::End;
 use gate::players::MsgGate;
 use integration::msg::{
     Client, Ended, Replay, TestGate, hello_secret, msg_transcript, scenario, step_bytes, unhex,
@@ -765,7 +765,7 @@ async fn echo_agent_pipelined() {
 #[derive(Debug)]
 struct NoLogin;
 
-impl gate::placement::LoginLink for NoLogin {
+impl gate::login::placement::LoginLink for NoLogin {
     fn session_ended(&self, _: &[u8], _: &[u8], _: &[u8], _: &End) {}
 }
 

@@ -22,7 +22,7 @@ use client_cli::{GateConn, Ticket, shell};
 use codec::package::encode_package;
 use gate::agent::SessionEvent;
 use gate::config::GateConfig;
-use gate::placement::End;
+use gate::login::placement::End;
 use integration::client::session_config;
 use integration::login::{GUARD, Server, guard, test_config};
 use integration::msg::{Client, wait_until, within};

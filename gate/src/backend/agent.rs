@@ -18,7 +18,7 @@ use super::metrics::bump;
 use super::sessions::Entry;
 use super::state::BackendState;
 use crate::agent::{Agent, AgentRequest, Dispatch, RequestError, SessionCtx, SessionEvent};
-use crate::esc::esc;
+use crate::logging::esc;
 use gate_core::End;
 
 /// The [`Agent`] of a gate with backends: routes requests to service

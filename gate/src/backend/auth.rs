@@ -17,8 +17,8 @@ use proto::backend::auth_reply;
 
 use super::instance::Instance;
 use super::state::BackendState;
+use crate::login::placement::BoxFuture;
 use crate::login::{AuthError, Authenticator, Credentials};
-use crate::placement::BoxFuture;
 
 /// Asks the `auth` service. Made by
 /// [`Backend::authenticator`](super::Backend::authenticator).

@@ -6,7 +6,7 @@
 //! (`VecDeque`) indexed by `id - base`: sending is a push at the back,
 //! matching an answer is an index, and the front always holds the earliest
 //! deadline, so one timer per link (armed for the front) finds every
-//! expired request by popping from the front. Answered slots are popped as
+//! expired request by popping from the front. Answered entries are popped as
 //! soon as they reach the front, so on a healthy link the ring is about as
 //! long as the number of requests in flight.
 
@@ -14,19 +14,20 @@ use std::collections::VecDeque;
 
 use tokio::time::Instant;
 
-struct Slot<T> {
+/// One request of the ring: its deadline, and what its answer goes to.
+struct Entry<T> {
     deadline: Instant,
-    /// `None` once answered (the slot waits to reach the front).
+    /// `None` once answered (the entry waits to reach the front).
     value: Option<T>,
 }
 
 /// Requests in flight, in id order. Ids start at 1 (0 means "no request"
 /// to a service).
 pub(crate) struct Inflight<T> {
-    ring: VecDeque<Slot<T>>,
+    ring: VecDeque<Entry<T>>,
     /// The id of `ring[0]`.
     base: u64,
-    /// Slots still waiting for an answer.
+    /// Entries still waiting for an answer.
     waiting: usize,
 }
 
@@ -54,7 +55,7 @@ impl<T> Inflight<T> {
     /// timeouts, taken in order).
     pub(crate) fn push(&mut self, deadline: Instant, value: T) -> u64 {
         let id = self.next_id();
-        self.ring.push_back(Slot {
+        self.ring.push_back(Entry {
             deadline,
             value: Some(value),
         });
@@ -74,7 +75,7 @@ impl<T> Inflight<T> {
             .checked_sub(self.base)
             .and_then(|i| usize::try_from(i).ok())
             .and_then(|i| self.ring.get_mut(i))
-            .and_then(|slot| Some((slot.deadline, slot.value.take()?)));
+            .and_then(|entry| Some((entry.deadline, entry.value.take()?)));
         if taken.is_some() {
             self.waiting -= 1;
         }
@@ -92,12 +93,12 @@ impl<T> Inflight<T> {
         loop {
             match self.ring.front() {
                 None => break,
-                Some(slot) if slot.value.is_some() && slot.deadline > now => break,
+                Some(entry) if entry.value.is_some() && entry.deadline > now => break,
                 Some(_) => {}
             }
             let id = self.base;
             self.base += 1;
-            if let Some(Slot {
+            if let Some(Entry {
                 value: Some(value), ..
             }) = self.ring.pop_front()
             {
@@ -142,7 +143,7 @@ mod tests {
         assert_eq!(inflight.ring.len(), 5, "a hole in the middle stays");
         assert_eq!(inflight.take(1), Some(0));
         assert_eq!(inflight.take(2), Some(1));
-        assert_eq!(inflight.ring.len(), 2, "answered front slots are popped");
+        assert_eq!(inflight.ring.len(), 2, "answered front entries are popped");
         assert_eq!(inflight.waiting(), 2);
         assert_eq!(inflight.take(0), None);
         assert_eq!(inflight.take(99), None);

@@ -57,7 +57,7 @@ use super::inflight::Inflight;
 use super::metrics::{Metrics, bump};
 use crate::agent::{Completer, RequestError};
 use crate::config::BackendConfig;
-use crate::esc::esc;
+use crate::logging::esc;
 
 /// Auth request ids have this bit set, so they never collide with the
 /// consecutive request ids of the ring.

@@ -33,7 +33,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::instance::Instance;
 use super::metrics::bump;
 use super::state::BackendState;
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::players::MsgGate;
 
 /// How long a link that is being closed on purpose (gate stopping, newer

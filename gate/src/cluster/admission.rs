@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::directory::{Directory, Take};
 use crate::login::admission::{AdmissionConfig, Admit, NOTICE_EVERY, Position, Refused};
-use crate::placement::BoxFuture;
+use crate::login::placement::BoxFuture;
 
 /// How often a login node with waiting logins reads the queue's head.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);

@@ -36,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::directory::{Begin, Directory};
-use crate::esc::esc;
-use crate::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
+use crate::logging::esc;
+use crate::login::placement::{BoxFuture, LoginRefusal, LoginRequest, PlaceError, Placer};
 use crate::tls::{self, ClientTls};
 
 /// Frames queued for one link's writer.
@@ -82,11 +82,11 @@ pub enum ControlError {
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<ControlFrame>>>>;
 
 /// The link to one gate, if open; its lock is held while connecting.
-type LinkSlot = Arc<tokio::sync::Mutex<Option<Arc<Link>>>>;
+type LinkEntry = Arc<tokio::sync::Mutex<Option<Arc<ControlLink>>>>;
 
 /// One authenticated link to one gate.
 #[derive(Debug)]
-struct Link {
+struct ControlLink {
     tx: mpsc::Sender<LoginFrame>,
     pending: Pending,
     next_id: AtomicU64,
@@ -101,7 +101,7 @@ pub struct ControlLinks {
     secret: LinkSecret,
     timeout: Duration,
     tls: Option<ClientTls>,
-    links: Mutex<HashMap<String, LinkSlot>>,
+    links: Mutex<HashMap<String, LinkEntry>>,
 }
 
 impl ControlLinks {
@@ -122,7 +122,7 @@ impl ControlLinks {
         }
     }
 
-    async fn link(&self, addr: &str) -> Result<Arc<Link>, ControlError> {
+    async fn link(&self, addr: &str) -> Result<Arc<ControlLink>, ControlError> {
         let slot = {
             let mut links = self.links.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(links.entry(addr.to_owned()).or_default())
@@ -140,7 +140,7 @@ impl ControlLinks {
         Ok(link)
     }
 
-    async fn connect(&self, addr: &str) -> Result<Link, ControlError> {
+    async fn connect(&self, addr: &str) -> Result<ControlLink, ControlError> {
         let err = |why: String| ControlError::Link {
             addr: addr.to_owned(),
             why,
@@ -275,7 +275,7 @@ impl ControlLinks {
                 info!(%addr, "control link closed");
             }
         });
-        Ok(Link {
+        Ok(ControlLink {
             tx,
             pending,
             next_id: AtomicU64::new(1),

@@ -9,24 +9,27 @@
 //!
 //! * [`record`]: key names and the directory record format;
 //! * [`directory`]: the registry and the session directory, changed only by
-//!   compare-and-set scripts;
-//! * [`gate_node`]: registration and its heartbeat, the control listener,
-//!   record removal when a session ends;
+//!   the compare-and-set scripts of `scripts`;
+//! * [`gate_node`]: registration and its heartbeat, record removal when a
+//!   session ends, the answers to control calls;
+//! * [`control`]: the gate node's control listener login nodes dial;
 //! * [`login_node`]: the control links and the [`ClusterPlacer`];
 //! * [`admission`]: the login queue all login nodes share.
+//!
+//! The two node roles are started by [`crate::serve`] (`cluster.role`).
 //!
 //! The rules the directory keeps, and the test of each, are listed in the
 //! README's "Cluster" section.
 
 pub mod admission;
+pub mod control;
 pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
-mod run;
+mod scripts;
 
 pub use self::admission::SharedAdmission;
 pub use self::directory::{Directory, DirectoryOptions};
 pub use self::gate_node::{DirectoryLink, GateNode};
 pub use self::login_node::{ClusterPlacer, ControlLinks};
-pub use self::run::{run_gate_node, run_login_node};

@@ -113,8 +113,8 @@ impl fmt::Debug for Record {
         write!(
             f,
             "Record({}@{}#{})",
-            crate::esc::esc(&self.subid),
-            crate::esc::esc(&self.server),
+            crate::logging::esc(&self.subid),
+            crate::logging::esc(&self.server),
             self.epoch
         )
     }

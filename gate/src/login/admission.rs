@@ -67,9 +67,13 @@ impl AdmissionConfig {
     }
 }
 
+/// The queue's books: the token bucket that admits at `rate`, and the
+/// ticket numbers handed out, admitted and abandoned.
 #[derive(Debug)]
-struct State {
+struct TicketBook {
+    /// Admissions the bucket holds now (up to the burst).
     tokens: f64,
+    /// When `tokens` was last refilled.
     last: Instant,
     /// Tickets handed out: the last ticket's number.
     tail: u64,
@@ -89,14 +93,14 @@ pub trait Admit: Send + Sync + std::fmt::Debug + 'static {
     fn admit<'a>(
         &'a self,
         report: &'a mut (dyn FnMut(Position) + Send),
-    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>>;
+    ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>>;
 }
 
 impl Admit for Admission {
     fn admit<'a>(
         &'a self,
         report: &'a mut (dyn FnMut(Position) + Send),
-    ) -> crate::placement::BoxFuture<'a, Result<(), Refused>> {
+    ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>> {
         Box::pin(Admission::admit(self, report))
     }
 }
@@ -106,7 +110,7 @@ impl Admit for Admission {
 #[derive(Debug)]
 pub struct Admission {
     cfg: AdmissionConfig,
-    state: Mutex<State>,
+    book: Mutex<TicketBook>,
 }
 
 /// A position report while a login waits.
@@ -124,7 +128,7 @@ impl Admission {
     /// A queue with `cfg`, its bucket full.
     pub fn new(cfg: AdmissionConfig) -> Admission {
         Admission {
-            state: Mutex::new(State {
+            book: Mutex::new(TicketBook {
                 tokens: f64::from(cfg.burst.max(1)),
                 last: Instant::now(),
                 tail: 0,
@@ -146,8 +150,8 @@ impl Admission {
         usize::try_from(st.tail - st.head).unwrap_or(usize::MAX) - st.gone.len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, TicketBook> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn rate(&self) -> f64 {
@@ -156,7 +160,7 @@ impl Admission {
 
     /// Refills the bucket up to `now` and moves the head over as many
     /// waiting tickets as there are tokens.
-    fn advance(&self, st: &mut State, now: Instant) {
+    fn advance(&self, st: &mut TicketBook, now: Instant) {
         let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
         st.last = now;
         st.tokens = (st.tokens + elapsed * self.rate()).min(f64::from(self.cfg.burst.max(1)));

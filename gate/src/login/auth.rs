@@ -21,7 +21,7 @@ use argon2::{Argon2, PasswordHash};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
-use crate::placement::BoxFuture;
+use crate::login::placement::BoxFuture;
 
 /// What the client claimed in its login token (`user@server:password`, each
 /// part base64-decoded); `Debug` hides the password.

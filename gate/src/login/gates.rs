@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
+use crate::login::placement::{BoxFuture, End, GateLink, LoginRefusal, LoginRequest};
 use crate::players::MsgGate;
 
 /// The gates of this process, by server name.

@@ -1,7 +1,8 @@
 //! The login server (skynet's `snax.loginserver` with `examples/login`'s
 //! `logind` handlers), wire-compatible byte for byte.
 //!
-//! * [`server`]: listener, per-connection dialogue driver, deadlines.
+//! * [`server`]: the listeners, connection limits, shutdown; each
+//!   connection's dialogue is run by `dialogue`, closed by `closing`.
 //! * [`admission`]: the login queue (admission rate, first come first
 //!   served).
 //! * [`auth`]: the [`Authenticator`] trait, the accounts file, the demo.
@@ -14,9 +15,13 @@
 
 pub mod admission;
 pub mod auth;
+mod closing;
+mod detach;
+mod dialogue;
 pub mod gates;
 pub mod metrics;
 pub mod online;
+pub mod placement;
 pub mod random;
 pub mod server;
 pub mod server_key;

@@ -17,7 +17,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::placement::{BoxFuture, End, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer};
+use crate::login::placement::{
+    BoxFuture, End, GateLink, LoginLink, LoginRefusal, LoginRequest, Placer,
+};
 use crate::shard::ShardedMap;
 
 /// Where a uid is logged in.
@@ -37,7 +39,7 @@ pub struct OnlineTable {
     online: ShardedMap<Bytes, OnlineSession>,
 }
 
-pub use crate::placement::PlaceError;
+pub use crate::login::placement::PlaceError;
 
 /// The one-process [`Placer`]: the online table and the gates of this
 /// process.
@@ -178,9 +180,9 @@ impl LoginLink for OnlineTable {
     fn session_ended(&self, server: &[u8], uid: &[u8], subid: &[u8], reason: &End) {
         let removed = self.remove_if(uid, server, subid);
         tracing::debug!(
-            uid = %crate::esc::esc(uid),
-            server = %crate::esc::esc(server),
-            subid = %crate::esc::esc(subid),
+            uid = %crate::logging::esc(uid),
+            server = %crate::logging::esc(server),
+            subid = %crate::logging::esc(subid),
             cause = reason.label(),
             removed,
             "session ended"

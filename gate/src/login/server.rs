@@ -15,11 +15,10 @@
 //!   without a status line (skynet has no timeout);
 //! * an authenticator that does not answer in time is a `401`.
 //!
-//! Closing is "lingering": we send FIN after the last byte and then read
-//! and discard whatever the client still sends, for a short bounded time.
-//! Closing a socket with unread input makes the kernel send RST, which can
-//! destroy the status line before the client has read it (e.g. a client
-//! that sends its token line right after a proof that we answer with 401).
+//! The pieces: this module accepts and hands each connection to
+//! `dialogue`, which runs it; `closing` writes the last
+//! line and lingers for the client's FIN; `detach` keeps a login
+//! handler running when its dialogue is dropped.
 //!
 //! # Cost per login
 //!
@@ -41,57 +40,29 @@
 //! * lingering reuses the read buffer and ends at once if the client's FIN
 //!   is already there, without arming the linger timer.
 
-use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use codec::line::{LineCodec, LineError};
-use codec::status::LoginStatus;
 use codec::websocket::MessageStream;
-use futures::{FutureExt, StreamExt};
-use loginproto::login::{
-    Authenticate, KeyStep, LoginOutcome, Rejected, ServerConfig, ServerLogin, StaticKey, Suite,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use loginproto::login::{ServerConfig, StaticKey};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, timeout};
-use tokio_util::codec::FramedRead;
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::admission::{Admission, AdmissionConfig, Admit};
-use super::auth::{AuthError, Authenticator};
-use super::metrics::{LoginLabels, LoginMetrics, status_label};
+use super::auth::Authenticator;
+use super::dialogue::{DialoguePlace, Stop, connection};
+use super::metrics::LoginMetrics;
 use super::random::{RandomSource, ThreadRandom};
-use super::throttle::{Policy, Throttle, Throttled};
-use crate::config::LoginConfig;
-use crate::esc::esc;
-use crate::net::{self, AtCapacity, PerSource, SourceSlot};
-use crate::placement::{LoginRequest, PlaceError, Placer};
-use crate::web::{WebIo, WebPolicy};
-
-/// Longest we keep reading (and discarding) after the status line, waiting
-/// for the client's FIN. Well-behaved clients close at once.
-const LINGER: Duration = Duration::from_secs(2);
-
-/// Most bytes discarded while lingering before we give up on a clean FIN.
-const LINGER_BYTES: usize = 64 * 1024;
-
-/// Initial read buffer of a dialogue: every line of a well-behaved client
-/// fits in one read; a longer line (up to `login.max_line_bytes`) grows it.
-const READ_BUF: usize = 256;
-
-/// Default for [`LoginServer::with_shutdown_grace`].
-const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+use super::throttle::{Policy, Throttle};
+use crate::config::{DEFAULT_SHUTDOWN_GRACE, LoginConfig};
+use crate::login::placement::Placer;
+use crate::net::web::WebPolicy;
+use crate::net::{self, AtCapacity, PerSource};
 
 /// A key that has not failed for this long starts counting again.
 const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);
@@ -115,17 +86,17 @@ pub struct LoginServer {
     shutdown_grace: Duration,
 }
 
-struct LoginState {
-    config: LoginConfig,
+pub(super) struct LoginState {
+    pub(super) config: LoginConfig,
     /// The key-exchange policy every dialogue starts from.
-    server: ServerConfig,
-    throttle: Throttle,
-    auth: Arc<dyn Authenticator>,
-    placer: Arc<dyn Placer>,
-    random: Arc<dyn RandomSource>,
+    pub(super) server: ServerConfig,
+    pub(super) throttle: Throttle,
+    pub(super) auth: Arc<dyn Authenticator>,
+    pub(super) placer: Arc<dyn Placer>,
+    pub(super) random: Arc<dyn RandomSource>,
     /// The login queue, when `admission_rate` is set.
-    admission: Option<Arc<dyn Admit>>,
-    metrics: Arc<LoginMetrics>,
+    pub(super) admission: Option<Arc<dyn Admit>>,
+    pub(super) metrics: Arc<LoginMetrics>,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -255,7 +226,7 @@ impl LoginServer {
                 );
                 return;
             };
-            let slot = Slot {
+            let place = DialoguePlace {
                 _permit: permit,
                 _source: source,
             };
@@ -273,7 +244,7 @@ impl LoginServer {
             let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
             match web {
                 None => {
-                    tracker.spawn(connection(shared, stream, addr, slot, stop));
+                    tracker.spawn(connection(shared, stream, addr, place, stop));
                 }
                 Some(policy) => {
                     let policy = Arc::clone(policy);
@@ -286,7 +257,7 @@ impl LoginServer {
                         match upgrade {
                             Ok(Ok(ws)) => {
                                 let stream = MessageStream::new(ws, policy.mapping());
-                                connection(shared, stream, addr, slot, stop).await;
+                                connection(shared, stream, addr, place, stop).await;
                             }
                             Ok(Err(e)) => debug!(%addr, error = %e, "WebSocket upgrade failed"),
                             Err(_) => debug!(%addr, "WebSocket upgrade not done in time"),
@@ -331,567 +302,34 @@ impl LoginServer {
     }
 }
 
-/// How a dialogue ended, for the log line.
-#[derive(Debug)]
-enum Ending {
-    /// The status line was sent.
-    Status(LoginStatus, String),
-    /// The client closed before the status line.
-    ClientClosed,
-    /// More than `max_line_bytes` unread bytes: closed without a status.
-    LineTooLong,
-    /// The dialogue deadline passed.
-    TimedOut,
-    /// The server shut down.
-    Shutdown,
-    /// A socket error, or no randomness.
-    Failed(String),
-}
-
-/// What we know about the login so far, for the log line.
-#[derive(Debug, Default)]
-struct Report {
-    user: Option<Bytes>,
-    server: Option<Bytes>,
-    uid: Option<Bytes>,
-    subid: Option<Bytes>,
-    suite: Option<Suite>,
-}
-
-/// A login connection's byte stream: a `TcpStream` in production,
-/// `tokio::io::duplex` in unit tests.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
-    /// Writes the last bytes of the dialogue (the status line); the caller
-    /// shuts the stream down right after.
-    fn write_last(&mut self, bytes: &[u8]) -> impl Future<Output = io::Result<()>> + Send;
-}
-
-impl Stream for TcpStream {
-    async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
-        write_before_fin(self, bytes).await
-    }
-}
-
-/// The dialogue over WebSocket: each line one text message.
-impl Stream for MessageStream<WebIo> {
-    async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.write_all(bytes).await?;
-        self.flush().await
-    }
-}
-
-/// Writes `bytes` with `MSG_MORE`: the kernel holds them until the
-/// `shutdown` that follows, which sends them together with the FIN in one
-/// segment (one fewer for both ends to process). On other systems, a plain
-/// write.
-#[cfg(target_os = "linux")]
-async fn write_before_fin(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    let socket = socket2::SockRef::from(stream);
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_io(tokio::io::Interest::WRITABLE, || {
-            socket.send_with_flags(bytes, libc::MSG_MORE | libc::MSG_NOSIGNAL)
-        }) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(target_os = "linux"))]
-async fn write_before_fin(stream: &mut TcpStream, bytes: &[u8]) -> io::Result<()> {
-    stream.write_all(bytes).await
-}
-
 /// The login queue of `config`, if it has an admission rate.
 fn admission(config: &LoginConfig) -> Option<Arc<dyn Admit>> {
     (config.admission_rate > 0)
         .then(|| Arc::new(Admission::new(AdmissionConfig::of(config))) as Arc<dyn Admit>)
 }
 
-/// The dialogue deadline, which stands still while the login waits in the
-/// queue (the queue has its own).
-struct DialogueClock {
-    /// Milliseconds since `start` at which the dialogue times out.
-    due_ms: AtomicU64,
-    /// Set while the login waits in the queue.
-    paused: AtomicBool,
-    start: Instant,
-    changed: tokio::sync::Notify,
-}
-
-impl DialogueClock {
-    fn new(timeout: Duration) -> DialogueClock {
-        DialogueClock {
-            due_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
-            paused: AtomicBool::new(false),
-            start: Instant::now(),
-            changed: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// When the dialogue times out; `None` while paused.
-    fn deadline(&self) -> Option<Instant> {
-        if self.paused.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(self.start + Duration::from_millis(self.due_ms.load(Ordering::Acquire)))
-    }
-
-    fn pause(&self) {
-        self.paused.store(true, Ordering::Release);
-        self.changed.notify_one();
-    }
-
-    /// Ends a pause that lasted `waited`: the deadline moves by as much.
-    fn resume(&self, waited: Duration) {
-        let waited = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
-        self.due_ms.fetch_add(waited, Ordering::AcqRel);
-        self.paused.store(false, Ordering::Release);
-        self.changed.notify_one();
-    }
-}
-
-/// Lines are written straight to the stream (the state machine hands out
-/// complete lines), so only the read half is framed.
-type Lines<S> = FramedRead<S, LineCodec>;
-
-/// The two stages of shutdown, as seen by a connection.
-struct Stop {
-    /// Shutdown began: finish the dialogue, but do not linger afterwards.
-    soft: CancellationToken,
-    /// The grace period is over: stop now.
-    hard: CancellationToken,
-}
-
-/// A dialogue's place: one of `max_connections`, and one of its source
-/// address's `max_connections_per_source`. Given back when the status line
-/// is sent: lingering for the client's FIN holds neither.
-struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _source: SourceSlot,
-}
-
-async fn connection<S: Stream>(
-    shared: Arc<LoginState>,
-    stream: S,
-    addr: SocketAddr,
-    slot: Slot,
-    stop: Stop,
-) {
-    let clock = DialogueClock::new(shared.config.dialogue_timeout);
-    let mut lines = FramedRead::with_capacity(
-        stream,
-        LineCodec::with_limit(shared.config.max_line_bytes),
-        READ_BUF,
-    );
-    let mut report = Report::default();
-    let ending = {
-        let dialogue = dialogue(&shared, &mut lines, &mut report, addr, &clock);
-        tokio::pin!(dialogue);
-        loop {
-            // While the login is queued there is no dialogue deadline; the
-            // clock wakes this loop when that changes.
-            let deadline = clock.deadline();
-            tokio::select! {
-                biased;
-                ended = &mut dialogue => break ended,
-                () = stop.hard.cancelled() => break Ending::Shutdown,
-                () = clock.changed.notified() => {}
-                () = sleep_until_some(deadline) => {
-                    if clock.deadline().is_some_and(|d| Instant::now() >= d) {
-                        break Ending::TimedOut;
-                    }
-                }
-            }
-        }
-    };
-    log_result(&report, addr, &ending);
-    let status = match &ending {
-        Ending::Status(status, _) => Some(status.code()),
-        _ => None,
-    };
-    shared.metrics.record(
-        LoginLabels {
-            suite: report.suite.map_or("none", Suite::name),
-            status: status_label(status),
-        },
-        clock.start.elapsed().as_secs_f64(),
-    );
-    // The status is written: the next client may have the slot.
-    drop(slot);
-    let parts = lines.into_parts();
-    let (mut stream, mut buf) = (parts.io, parts.read_buf);
-    // FIN after the last byte we wrote.
-    if stream.shutdown().await.is_err() {
-        return;
-    }
-    // Biased: a client whose FIN is already there is done with on the
-    // first poll, without arming the linger timer or the shutdown waiter.
-    tokio::select! {
-        biased;
-        () = linger(&mut stream, &mut buf) => {}
-        () = stop.soft.cancelled() => {}
-    }
-}
-
-/// Discards input until the client's FIN (bounded in time and bytes), in
-/// the dialogue's read buffer.
-async fn linger<S: Stream>(stream: &mut S, buf: &mut BytesMut) {
-    // `timeout` polls the reads first: the timer is only armed if the
-    // client has not closed yet.
-    let _ = timeout(LINGER, async {
-        let mut discarded = 0;
-        while discarded <= LINGER_BYTES {
-            buf.clear();
-            // Reuses the whole buffer (the lines read are gone by now).
-            buf.reserve(READ_BUF);
-            match stream.read_buf(buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => discarded += n,
-            }
-        }
-    })
-    .await;
-}
-
-fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
-    let text = |b: &Option<Bytes>| b.as_deref().map(|b| esc(b).to_string()).unwrap_or_default();
-    let (status, reason) = match ending {
-        Ending::Status(status, reason) => (status.code().to_string(), reason.as_str()),
-        Ending::ClientClosed => ("none".to_owned(), "client closed"),
-        Ending::LineTooLong => ("none".to_owned(), "line over the buffer limit"),
-        Ending::TimedOut => ("none".to_owned(), "dialogue deadline passed"),
-        Ending::Shutdown => ("none".to_owned(), "server shutting down"),
-        Ending::Failed(reason) => ("none".to_owned(), reason.as_str()),
-    };
-    info!(
-        user = %text(&report.user),
-        uid = %text(&report.uid),
-        server = %text(&report.server),
-        subid = %text(&report.subid),
-        suite = report.suite.map_or("", Suite::name),
-        %addr,
-        %status,
-        reason = %esc(reason.as_bytes()),
-        "login"
-    );
-}
-
-async fn send<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), Ending> {
-    lines
-        .get_mut()
-        .write_all(bytes)
-        .await
-        .map_err(|e| Ending::Failed(format!("write: {e}")))
-}
-
-/// Sends the status line (or whatever else ends the dialogue).
-async fn send_last<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), Ending> {
-    lines
-        .get_mut()
-        .write_last(bytes)
-        .await
-        .map_err(|e| Ending::Failed(format!("write: {e}")))
-}
-
-async fn receive<S: Stream>(lines: &mut Lines<S>) -> Result<Bytes, Ending> {
-    match lines.next().await {
-        Some(Ok(line)) => Ok(line),
-        Some(Err(LineError::TooLong)) => Err(Ending::LineTooLong),
-        Some(Err(e)) => Err(Ending::Failed(format!("read: {e}"))),
-        None => Err(Ending::ClientClosed),
-    }
-}
-
-async fn reject<S: Stream>(lines: &mut Lines<S>, rejected: Rejected) -> Ending {
-    match send_last(lines, &rejected.reply).await {
-        Ok(()) => Ending::Status(LoginStatus::UNAUTHORIZED, rejected.reason.to_string()),
-        Err(e) => e,
-    }
-}
-
-/// Sleeps until `deadline`, or forever if there is none.
-async fn sleep_until_some(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn dialogue<S: Stream>(
-    shared: &LoginState,
-    lines: &mut Lines<S>,
-    report: &mut Report,
-    addr: SocketAddr,
-    clock: &DialogueClock,
-) -> Ending {
-    match run_dialogue(shared, lines, report, addr, clock).await {
-        Ok(ending) | Err(ending) => ending,
-    }
-}
-
-/// Steps 1–9 of spec §4.2. `Err` is an early end (the status, if any, was
-/// already sent); `Ok` the final status, already sent.
-async fn run_dialogue<S: Stream>(
-    shared: &LoginState,
-    lines: &mut Lines<S>,
-    report: &mut Report,
-    addr: SocketAddr,
-    clock: &DialogueClock,
-) -> Result<Ending, Ending> {
-    let random = shared
-        .random
-        .server_random()
-        .map_err(|e| Ending::Failed(e.to_string()))?;
-    let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
-    send(lines, &challenge).await?;
-
-    let client_key = receive(lines).await?;
-    let state = match state.receive(&client_key) {
-        KeyStep::Continue(state, server_key) => {
-            report.suite = Some(state.suite());
-            if let Some(queue) = &shared.admission {
-                clock.pause();
-                let started = Instant::now();
-                let queued = queue_for(queue.as_ref(), lines, state.queue_notices()).await;
-                clock.resume(started.elapsed());
-                queued?;
-            }
-            send(lines, &server_key).await?;
-            state
-        }
-        KeyStep::Reject(rejected) => return Err(reject(lines, rejected).await),
-    };
-
-    let proof = receive(lines).await?;
-    let state = match state.receive(&proof) {
-        Ok(state) => state,
-        Err(rejected) => return Err(reject(lines, rejected).await),
-    };
-
-    let token = receive(lines).await?;
-    let login = match state.receive(&token) {
-        Ok(login) => login,
-        Err(rejected) => return Err(reject(lines, rejected).await),
-    };
-
-    let (outcome, reason) = decide(shared, &login, report, addr).await;
-    let status = outcome.status();
-    send_last(lines, &login.finish(outcome)).await?;
-    Ok(Ending::Status(status, reason))
-}
-
-/// Waits for the login's turn in the queue, telling the client its
-/// position if it asked (`notices`). A client that closes, or sends a line
-/// (it must wait for line 3), leaves the queue. A refusal sends `503`.
-async fn queue_for<S: Stream>(
-    queue: &dyn Admit,
-    lines: &mut Lines<S>,
-    notices: bool,
-) -> Result<(), Ending> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut report = move |position| {
-        let _ = tx.send(position);
-    };
-    let admitted = queue.admit(&mut report);
-    tokio::pin!(admitted);
-    let result = loop {
-        tokio::select! {
-            biased;
-            result = &mut admitted => break result,
-            Some(at) = rx.recv() => {
-                if notices {
-                    let wait_ms = u64::try_from(at.wait.as_millis()).unwrap_or(u64::MAX);
-                    send(lines, &loginproto::login::queue_notice(at.ahead, wait_ms, at.ticket)).await?;
-                }
-            }
-            line = lines.next() => return Err(match line {
-                None => Ending::ClientClosed,
-                Some(Err(LineError::TooLong)) => Ending::LineTooLong,
-                Some(Err(e)) => Ending::Failed(format!("read: {e}")),
-                Some(Ok(_)) => Ending::Failed("a line while queued, before the server's key".into()),
-            }),
-        }
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err(refused) => {
-            let status = LoginStatus::SERVICE_UNAVAILABLE;
-            send_last(lines, &status.line()).await?;
-            Err(Ending::Status(status, refused.to_string()))
-        }
-    }
-}
-
-/// Steps 6–8: authenticate, then skynet's `login_handler`.
-async fn decide(
-    shared: &LoginState,
-    login: &Authenticate,
-    report: &mut Report,
-    addr: SocketAddr,
-) -> (LoginOutcome, String) {
-    let Some(credentials) = login.credentials() else {
-        return (LoginOutcome::Unauthorized, "malformed token".into());
-    };
-    let server = Bytes::from(credentials.server.clone());
-    report.user = Some(Bytes::copy_from_slice(&credentials.user));
-    report.server = Some(server.clone());
-
-    let user = credentials.user.clone();
-    if let Err(throttled) = shared.throttle.check(&user, addr.ip(), Instant::now()) {
-        let which = match throttled {
-            Throttled::User(_) => "this user name",
-            Throttled::Source(_) => "this address",
-        };
-        return (
-            LoginOutcome::Unauthorized,
-            format!("throttled: too many refused passwords for {which}"),
-        );
-    }
-    let authenticated = timeout(
-        shared.config.auth_timeout,
-        shared.auth.authenticate(credentials),
-    )
-    .await
-    .unwrap_or(Err(AuthError::Timeout));
-    let uid = match authenticated {
-        Ok(uid) => {
-            shared.throttle.succeeded(&user);
-            uid
-        }
-        Err(e) => {
-            if matches!(e, AuthError::Denied(_)) {
-                shared.throttle.failed(&user, addr.ip(), Instant::now());
-            }
-            return (LoginOutcome::Unauthorized, e.to_string());
-        }
-    };
-    report.uid = Some(uid.clone());
-
-    // The handler must finish once started, even if the dialogue deadline
-    // drops this future: then the online table stays in step with the
-    // gate. A panic in it is a 403, as for a handler in a task of its own.
-    let handler = Detach::new(
-        AssertUnwindSafe(shared.placer.place(LoginRequest {
-            server,
-            uid,
-            user: Bytes::from(user),
-            secret: login.secret().clone(),
-        }))
-        .catch_unwind(),
-    );
-    match handler.await {
-        Ok(Ok(subid)) => {
-            report.subid = Some(subid.clone());
-            (
-                LoginOutcome::Ok {
-                    subid: subid.to_vec(),
-                },
-                "logged in".into(),
-            )
-        }
-        Ok(Err(PlaceError::InProgress)) => (
-            LoginOutcome::NotAcceptable,
-            PlaceError::InProgress.to_string(),
-        ),
-        Ok(Err(PlaceError::Refused(refusal))) => (LoginOutcome::Forbidden, refusal.to_string()),
-        Ok(Err(e @ PlaceError::Unavailable(_))) => (LoginOutcome::Unavailable, e.to_string()),
-        Err(panic) => (
-            LoginOutcome::Forbidden,
-            format!("login handler failed: {}", panic_message(&*panic)),
-        ),
-    }
-}
-
-/// The text of a panic payload, for the log line.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
-    panic
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("panic")
-}
-
-/// Runs a future that must not stop half-way where it is, and if this
-/// wrapper is dropped before it completed, moves what is left of it to a
-/// task of its own. Cheaper than spawning it up front, since almost always
-/// it completes in place.
-struct Detach<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    future: Option<Pin<Box<F>>>,
-}
-
-impl<F> Detach<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn new(future: F) -> Detach<F> {
-        Detach {
-            future: Some(Box::pin(future)),
-        }
-    }
-}
-
-impl<F> Future for Detach<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let future = self
-            .future
-            .as_mut()
-            .expect("Detach polled after completion");
-        let output = ready!(future.as_mut().poll(cx));
-        self.future = None;
-        Poll::Ready(output)
-    }
-}
-
-impl<F> Drop for Detach<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            // No runtime means it is being torn down: nothing would run
-            // the task either.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                drop(runtime.spawn(future));
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::sync::atomic::{AtomicU32, Ordering};
 
+    use bytes::Bytes;
+    use loginproto::login::{ServerConfig, ServerRandom};
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio::time::Instant;
 
     use super::*;
-    use crate::login::auth::{Credentials, DemoAuth};
+    use crate::login::auth::{AuthError, Credentials, DemoAuth};
+    use crate::login::closing::Stream;
     use crate::login::online::{LocalPlacer, OnlineTable};
-    use crate::placement::{GateLink, LoginRefusal};
+    use crate::login::placement::{GateLink, LoginRefusal, LoginRequest};
+    use crate::login::random::FixedRandom;
 
     impl Stream for DuplexStream {
         async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
             self.write_all(bytes).await
         }
     }
-    use crate::login::random::FixedRandom;
-    use loginproto::login::ServerRandom;
 
     /// Gate `sample` handing out subids 1, 2, 3…
     #[derive(Default)]
@@ -901,7 +339,7 @@ mod tests {
         fn login(
             &self,
             req: LoginRequest,
-        ) -> crate::placement::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
+        ) -> crate::login::placement::BoxFuture<'_, Result<Bytes, LoginRefusal>> {
             Box::pin(async move {
                 if req.server != "sample" {
                     return Err(LoginRefusal::UnknownServer("?".into()));
@@ -917,8 +355,8 @@ mod tests {
             _: Bytes,
             _: Bytes,
             _: Bytes,
-            _: crate::placement::End,
-        ) -> crate::placement::BoxFuture<'_, ()> {
+            _: crate::login::placement::End,
+        ) -> crate::login::placement::BoxFuture<'_, ()> {
             Box::pin(async {})
         }
     }
@@ -930,7 +368,7 @@ mod tests {
         fn authenticate(
             &self,
             _: Credentials,
-        ) -> crate::placement::BoxFuture<'_, Result<Bytes, AuthError>> {
+        ) -> crate::login::placement::BoxFuture<'_, Result<Bytes, AuthError>> {
             Box::pin(std::future::pending())
         }
 
@@ -968,7 +406,7 @@ mod tests {
         let source = PerSource::new(1)
             .enter(SocketAddr::from(([127, 0, 0, 1], 1)).ip())
             .unwrap();
-        let slot = Slot {
+        let place = DialoguePlace {
             _permit: permit,
             _source: source,
         };
@@ -977,7 +415,7 @@ mod tests {
             hard: CancellationToken::new(),
         };
         let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let task = tokio::spawn(connection(shared, server, addr, slot, stop));
+        let task = tokio::spawn(connection(shared, server, addr, place, stop));
         (client, task)
     }
 
@@ -1067,26 +505,5 @@ mod tests {
         expect_eof(&mut client).await;
         drop(client);
         task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn detached_future_finishes_after_the_wrapper_is_dropped() {
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let mut detach = Detach::new(async move {
-            let _ = go_rx.await;
-            let _ = done_tx.send(());
-            7
-        });
-        // Started, then dropped half-way (as a deadline drops a dialogue).
-        assert!(futures::poll!(&mut detach).is_pending());
-        drop(detach);
-        go_tx.send(()).unwrap();
-        done_rx.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn detached_future_completes_in_place() {
-        assert_eq!(Detach::new(async { 7 }).await, 7);
     }
 }

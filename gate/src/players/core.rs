@@ -30,8 +30,8 @@ use super::metrics::{Metrics, bump};
 use super::timers::Timers;
 use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
-use crate::esc::esc;
-use crate::placement::LoginLink;
+use crate::logging::esc;
+use crate::login::placement::LoginLink;
 use crate::shard::ShardedMap;
 
 /// What an entry of the gate's timers names.

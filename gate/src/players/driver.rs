@@ -29,9 +29,9 @@ use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::transport::{Flow, Read, Transport};
 use super::ws::Ws;
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::net::SourceSlot;
-use crate::web::{UpgradeError, WebPolicy};
+use crate::net::web::{UpgradeError, WebPolicy};
 
 /// The slots an accepted connection holds: its maxclient permit and its
 /// place in its source address's count.
@@ -489,7 +489,7 @@ mod tests {
     use super::*;
     use crate::agent::EchoAgent;
     use crate::config::GateConfig;
-    use crate::placement::LoginLink;
+    use crate::login::placement::LoginLink;
 
     struct NoLogin;
 

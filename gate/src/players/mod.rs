@@ -52,9 +52,9 @@ use self::metrics::bump;
 pub use self::metrics::{GateMetrics, RefusedStatus, SESSION_ENDS};
 use crate::agent::Agent;
 use crate::config::GateConfig;
+use crate::login::placement::{LoginLink, LoginRefusal};
+use crate::net::web::WebPolicy;
 use crate::net::{self, AtCapacity, PerSource};
-use crate::placement::{LoginLink, LoginRefusal};
-use crate::web::WebPolicy;
 
 /// Counts over every session of a gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::transport::{Flow, Read, Serve, Transport};
-use crate::web::WebIo;
+use crate::net::web::WebIo;
 
 /// Queued bytes at which answers are sent even while input is waiting.
 const FLUSH_AT: usize = 32 * 1024;

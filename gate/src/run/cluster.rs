@@ -1,6 +1,7 @@
-//! Entry points of the two cluster roles, like [`crate::run_with`] for the
-//! all-in-one process: the caller binds the listeners and passes its own
-//! shutdown future.
+//! The two cluster roles, built like [`super::run_with`] builds the
+//! all-in-one process ([`super::serve`] binds their listeners): what they
+//! add is the Redis directory, the control links between them, and a gate
+//! node's registration.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,15 +12,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::directory::{Directory, DirectoryOptions};
-use super::gate_node::{self, DirectoryLink, GateNode, new_epoch};
-use super::login_node::{ClusterPlacer, ControlLinks};
+use super::parts::{
+    choose_agent, choose_authenticator, login_server, ops_state, serve_gate, serve_login,
+    serve_ops, stopping, web_listener,
+};
+use super::{Components, RunError};
+use crate::cluster::SharedAdmission;
+use crate::cluster::control;
+use crate::cluster::directory::{Directory, DirectoryOptions};
+use crate::cluster::gate_node::{DirectoryLink, GateNode, new_epoch};
+use crate::cluster::login_node::{ClusterPlacer, ControlLinks};
 use crate::config::{AuthSource, Config};
 use crate::players::MsgGate;
-use crate::run::{
-    Components, RunError, choose_agent, choose_authenticator, login_server, ops_state,
-    serve_backend, serve_ops, web_listener,
-};
 
 fn secret(config: &Config) -> Result<LinkSecret, RunError> {
     let path = config.cluster.secret_file.as_ref().ok_or_else(|| {
@@ -60,9 +64,9 @@ fn acceptor(config: &Config) -> Result<Option<crate::tls::ServerTls>, RunError> 
 /// `control_listener`, the backend listener of `components.backend`, the
 /// registration heartbeat. Refuses to start if another live gate node
 /// serves `config.gate.name`. On `shutdown`: marks itself draining, shuts
-/// the gate down as [`crate::run`] does, removes its sessions' records and
+/// the gate down as [`super::run`] does, removes its sessions' records and
 /// its registration.
-pub async fn run_gate_node(
+pub(super) async fn run_gate_node(
     gate_listener: TcpListener,
     control_listener: TcpListener,
     config: Config,
@@ -119,13 +123,11 @@ pub async fn run_gate_node(
     )?;
     ops.set_registration(Arc::clone(&node.registered));
     let token = CancellationToken::new();
-    let backends_stop = CancellationToken::new();
-    let heartbeat_stop = CancellationToken::new();
-    let stop = async {
-        shutdown.await;
-        info!("shutting down");
-        token.cancel();
-    };
+    // Set once the gate is done: the registration heartbeat and the backend
+    // links (which carry the answers of requests in flight) run until the
+    // gate has drained.
+    let gate_stopped = CancellationToken::new();
+    let stop = stopping(shutdown, &token);
     tokio::pin!(stop);
     // Serve nothing until this node holds its name.
     tokio::select! {
@@ -135,34 +137,24 @@ pub async fn run_gate_node(
     if token.is_cancelled() {
         return Ok(());
     }
-    let gate_done = async {
-        let result = gate
-            .serve_with_web(gate_listener, web_gate, token.clone())
-            .await;
-        token.cancel();
-        backends_stop.cancel();
-        heartbeat_stop.cancel();
-        result
-    };
-    let backend_done = serve_backend(backend.as_ref(), &gate, &token, &backends_stop);
-    let ((), (), (), gate_result, backend_result, ops_result) = tokio::join!(
-        async {
-            tokio::select! {
-                () = stop => {}
-                () = token.cancelled() => {}
-            }
-        },
-        node.heartbeat(heartbeat_stop.clone()),
-        gate_node::serve_control(Arc::clone(&node), control_listener, token.clone()),
-        gate_done,
-        backend_done,
+    let ((), (), (), gate_end, ops_result) = tokio::join!(
+        stop,
+        node.heartbeat(gate_stopped.clone()),
+        control::serve_control(Arc::clone(&node), control_listener, token.clone()),
+        serve_gate(
+            &gate,
+            gate_listener,
+            web_gate,
+            backend.as_ref(),
+            &token,
+            &gate_stopped
+        ),
         serve_ops(components.ops, ops, token.clone()),
     );
     ops_result.map_err(RunError::Ops)?;
     link.flush(config.shutdown_grace).await;
     node.unregister().await;
-    gate_result.map_err(RunError::Gate)?;
-    backend_result.map_err(RunError::Backend)?;
+    gate_end.into_result()?;
     info!("stopped");
     Ok(())
 }
@@ -171,7 +163,7 @@ pub async fn run_gate_node(
 /// placed on the gate nodes registered in Redis. Credentials come from
 /// `components.authenticator` or the accounts file (the `auth` service
 /// needs a backend listener, which only gate nodes have).
-pub async fn run_login_node(
+pub(super) async fn run_login_node(
     login_listener: TcpListener,
     config: Config,
     components: Components,
@@ -202,7 +194,7 @@ pub async fn run_login_node(
     let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
     if config.login.admission_rate > 0 {
         // One queue for the whole cluster, in Redis.
-        login = login.with_admission(Arc::new(super::SharedAdmission::new(
+        login = login.with_admission(Arc::new(SharedAdmission::new(
             dir.clone(),
             crate::login::admission::AdmissionConfig::of(&config.login),
         )));
@@ -222,20 +214,9 @@ pub async fn run_login_node(
         Some(dir),
     )?;
     let token = CancellationToken::new();
-    let serve = async {
-        login
-            .serve_with_web(login_listener, web_login, token.clone())
-            .await;
-        token.cancel();
-    };
     let ((), (), ops_result) = tokio::join!(
-        async {
-            tokio::select! {
-                () = shutdown => { info!("shutting down"); token.cancel(); }
-                () = token.cancelled() => {}
-            }
-        },
-        serve,
+        stopping(shutdown, &token),
+        serve_login(login, login_listener, web_login, &token),
         serve_ops(components.ops, ops, token.clone()),
     );
     ops_result.map_err(RunError::Ops)?;

@@ -1,6 +1,10 @@
-//! Listening sockets (the gate's login, gate and backend listeners, and
-//! `raw-echo`), all set up the same way, and the one accept loop they all
+//! Listening sockets (the login, gate, backend, control and operations
+//! listeners), all set up the same way, and the one accept loop they all
 //! run, with one policy for capacity and for accept errors.
+//!
+//! [`web`] serves WebSocket clients on top of these sockets.
+
+pub mod web;
 
 use std::future::Future;
 use std::io;

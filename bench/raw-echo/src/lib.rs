@@ -15,11 +15,12 @@
 //! connection, as the gate does.
 
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -28,6 +29,28 @@ use codec::{PackageCodec, Request, Response, ResponseFlag};
 
 /// Read buffer size per connection; grows for larger packages.
 const READ_BUF: usize = 16 * 1024;
+
+/// The accept queue of the listener: the same as the gate's listeners
+/// (`gate::net::LISTEN_BACKLOG`), so a burst of connects is queued, not
+/// refused, on both sides of the comparison.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` set up as the gate sets up its own
+/// (`gate::net::listen`): `SO_REUSEADDR`, `TCP_NODELAY` inherited by
+/// accepted sockets on Linux, an accept queue of [`LISTEN_BACKLOG`].
+///
+/// Must be called from within a tokio runtime.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves echo connections accepted on `listener` until `shutdown` is
 /// cancelled, then closes every connection and returns once their tasks

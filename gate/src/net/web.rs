@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
 
 use crate::config::WebConfig;
-use crate::esc::esc;
+use crate::logging::esc;
 use crate::tls::{self, ServerTls, TlsError};
 
 /// A WebSocket connection's byte stream: plain TCP (`ws://`, left) or TLS

@@ -1,5 +1,5 @@
 //! `raw-echo`: the raw framed echo server used as the baseline of
-//! `client bench --raw` (see `gate::raw_echo`).
+//! `client bench --raw` (the server itself is this package's library).
 
 use std::net::SocketAddr;
 
@@ -25,8 +25,7 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    // The same deep accept queue as the gate's listeners.
-    let listener = gate::net::listen(args.listen, gate::net::LISTEN_BACKLOG)?;
+    let listener = raw_echo::listen(args.listen)?;
     println!("raw-echo listening on {}", listener.local_addr()?);
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -34,6 +33,6 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         on_signal.cancel();
     });
-    gate::raw_echo::serve(listener, shutdown).await;
+    raw_echo::serve(listener, shutdown).await;
     Ok(())
 }

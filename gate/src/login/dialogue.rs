@@ -1,0 +1,439 @@
+//! One login connection, from accept to the status line: the dialogue
+//! driver that pumps `loginproto`'s server state machine over LF-framed
+//! lines, under the dialogue deadline (which stands still while the login
+//! waits in the queue), then the log line and the metrics of how it ended.
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use codec::line::{LineCodec, LineError};
+use codec::status::LoginStatus;
+use futures::{FutureExt, StreamExt};
+use loginproto::login::{Authenticate, KeyStep, LoginOutcome, Rejected, ServerLogin, Suite};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, timeout};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::admission::Admit;
+use super::auth::AuthError;
+use super::closing::{Stream, linger};
+use super::detach::{Detach, panic_message};
+use super::metrics::{LoginLabels, status_label};
+use super::server::LoginState;
+use super::throttle::Throttled;
+use crate::logging::esc;
+use crate::login::placement::{LoginRequest, PlaceError};
+use crate::net::SourceSlot;
+
+/// Initial read buffer of a dialogue: every line of a well-behaved client
+/// fits in one read; a longer line (up to `login.max_line_bytes`) grows it.
+pub(super) const READ_BUF: usize = 256;
+
+/// How a dialogue ended, for the log line.
+#[derive(Debug)]
+enum Ending {
+    /// The status line was sent.
+    Status(LoginStatus, String),
+    /// The client closed before the status line.
+    ClientClosed,
+    /// More than `max_line_bytes` unread bytes: closed without a status.
+    LineTooLong,
+    /// The dialogue deadline passed.
+    TimedOut,
+    /// The server shut down.
+    Shutdown,
+    /// A socket error, or no randomness.
+    Failed(String),
+}
+
+/// What we know about the login so far, for the log line.
+#[derive(Debug, Default)]
+struct Report {
+    user: Option<Bytes>,
+    server: Option<Bytes>,
+    uid: Option<Bytes>,
+    subid: Option<Bytes>,
+    suite: Option<Suite>,
+}
+
+/// The dialogue deadline, which stands still while the login waits in the
+/// queue (the queue has its own).
+struct DialogueClock {
+    /// Milliseconds since `start` at which the dialogue times out.
+    due_ms: AtomicU64,
+    /// Set while the login waits in the queue.
+    paused: AtomicBool,
+    start: Instant,
+    changed: tokio::sync::Notify,
+}
+
+impl DialogueClock {
+    fn new(timeout: Duration) -> DialogueClock {
+        DialogueClock {
+            due_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+            paused: AtomicBool::new(false),
+            start: Instant::now(),
+            changed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// When the dialogue times out; `None` while paused.
+    fn deadline(&self) -> Option<Instant> {
+        if self.paused.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.start + Duration::from_millis(self.due_ms.load(Ordering::Acquire)))
+    }
+
+    fn pause(&self) {
+        self.paused.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    /// Ends a pause that lasted `waited`: the deadline moves by as much.
+    fn resume(&self, waited: Duration) {
+        let waited = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+        self.due_ms.fetch_add(waited, Ordering::AcqRel);
+        self.paused.store(false, Ordering::Release);
+        self.changed.notify_one();
+    }
+}
+
+/// Lines are written straight to the stream (the state machine hands out
+/// complete lines), so only the read half is framed.
+type Lines<S> = FramedRead<S, LineCodec>;
+
+/// The two stages of shutdown, as seen by a connection.
+pub(super) struct Stop {
+    /// Shutdown began: finish the dialogue, but do not linger afterwards.
+    pub(super) soft: CancellationToken,
+    /// The grace period is over: stop now.
+    pub(super) hard: CancellationToken,
+}
+
+/// A dialogue's place: one of `max_connections`, and one of its source
+/// address's `max_connections_per_source`. Given back when the status line
+/// is sent: lingering for the client's FIN holds neither.
+pub(super) struct DialoguePlace {
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) _source: SourceSlot,
+}
+
+pub(super) async fn connection<S: Stream>(
+    shared: Arc<LoginState>,
+    stream: S,
+    addr: SocketAddr,
+    place: DialoguePlace,
+    stop: Stop,
+) {
+    let clock = DialogueClock::new(shared.config.dialogue_timeout);
+    let mut lines = FramedRead::with_capacity(
+        stream,
+        LineCodec::with_limit(shared.config.max_line_bytes),
+        READ_BUF,
+    );
+    let mut report = Report::default();
+    let ending = {
+        let dialogue = dialogue(&shared, &mut lines, &mut report, addr, &clock);
+        tokio::pin!(dialogue);
+        loop {
+            // While the login is queued there is no dialogue deadline; the
+            // clock wakes this loop when that changes.
+            let deadline = clock.deadline();
+            tokio::select! {
+                biased;
+                ended = &mut dialogue => break ended,
+                () = stop.hard.cancelled() => break Ending::Shutdown,
+                () = clock.changed.notified() => {}
+                () = sleep_until_some(deadline) => {
+                    if clock.deadline().is_some_and(|d| Instant::now() >= d) {
+                        break Ending::TimedOut;
+                    }
+                }
+            }
+        }
+    };
+    log_result(&report, addr, &ending);
+    let status = match &ending {
+        Ending::Status(status, _) => Some(status.code()),
+        _ => None,
+    };
+    shared.metrics.record(
+        LoginLabels {
+            suite: report.suite.map_or("none", Suite::name),
+            status: status_label(status),
+        },
+        clock.start.elapsed().as_secs_f64(),
+    );
+    // The status is written: the next client may have the place.
+    drop(place);
+    let parts = lines.into_parts();
+    let (mut stream, mut buf) = (parts.io, parts.read_buf);
+    // FIN after the last byte we wrote.
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    // Biased: a client whose FIN is already there is done with on the
+    // first poll, without arming the linger timer or the shutdown waiter.
+    tokio::select! {
+        biased;
+        () = linger(&mut stream, &mut buf) => {}
+        () = stop.soft.cancelled() => {}
+    }
+}
+
+fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
+    let text = |b: &Option<Bytes>| b.as_deref().map(|b| esc(b).to_string()).unwrap_or_default();
+    let (status, reason) = match ending {
+        Ending::Status(status, reason) => (status.code().to_string(), reason.as_str()),
+        Ending::ClientClosed => ("none".to_owned(), "client closed"),
+        Ending::LineTooLong => ("none".to_owned(), "line over the buffer limit"),
+        Ending::TimedOut => ("none".to_owned(), "dialogue deadline passed"),
+        Ending::Shutdown => ("none".to_owned(), "server shutting down"),
+        Ending::Failed(reason) => ("none".to_owned(), reason.as_str()),
+    };
+    info!(
+        user = %text(&report.user),
+        uid = %text(&report.uid),
+        server = %text(&report.server),
+        subid = %text(&report.subid),
+        suite = report.suite.map_or("", Suite::name),
+        %addr,
+        %status,
+        reason = %esc(reason.as_bytes()),
+        "login"
+    );
+}
+
+async fn send<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), Ending> {
+    lines
+        .get_mut()
+        .write_all(bytes)
+        .await
+        .map_err(|e| Ending::Failed(format!("write: {e}")))
+}
+
+/// Sends the status line (or whatever else ends the dialogue).
+async fn send_last<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), Ending> {
+    lines
+        .get_mut()
+        .write_last(bytes)
+        .await
+        .map_err(|e| Ending::Failed(format!("write: {e}")))
+}
+
+async fn receive<S: Stream>(lines: &mut Lines<S>) -> Result<Bytes, Ending> {
+    match lines.next().await {
+        Some(Ok(line)) => Ok(line),
+        Some(Err(LineError::TooLong)) => Err(Ending::LineTooLong),
+        Some(Err(e)) => Err(Ending::Failed(format!("read: {e}"))),
+        None => Err(Ending::ClientClosed),
+    }
+}
+
+async fn reject<S: Stream>(lines: &mut Lines<S>, rejected: Rejected) -> Ending {
+    match send_last(lines, &rejected.reply).await {
+        Ok(()) => Ending::Status(LoginStatus::UNAUTHORIZED, rejected.reason.to_string()),
+        Err(e) => e,
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn dialogue<S: Stream>(
+    shared: &LoginState,
+    lines: &mut Lines<S>,
+    report: &mut Report,
+    addr: SocketAddr,
+    clock: &DialogueClock,
+) -> Ending {
+    match run_dialogue(shared, lines, report, addr, clock).await {
+        Ok(ending) | Err(ending) => ending,
+    }
+}
+
+/// Steps 1–9 of spec §4.2. `Err` is an early end (the status, if any, was
+/// already sent); `Ok` the final status, already sent.
+async fn run_dialogue<S: Stream>(
+    shared: &LoginState,
+    lines: &mut Lines<S>,
+    report: &mut Report,
+    addr: SocketAddr,
+    clock: &DialogueClock,
+) -> Result<Ending, Ending> {
+    let random = shared
+        .random
+        .server_random()
+        .map_err(|e| Ending::Failed(e.to_string()))?;
+    let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
+    send(lines, &challenge).await?;
+
+    let client_key = receive(lines).await?;
+    let state = match state.receive(&client_key) {
+        KeyStep::Continue(state, server_key) => {
+            report.suite = Some(state.suite());
+            if let Some(queue) = &shared.admission {
+                clock.pause();
+                let started = Instant::now();
+                let queued = queue_for(queue.as_ref(), lines, state.queue_notices()).await;
+                clock.resume(started.elapsed());
+                queued?;
+            }
+            send(lines, &server_key).await?;
+            state
+        }
+        KeyStep::Reject(rejected) => return Err(reject(lines, rejected).await),
+    };
+
+    let proof = receive(lines).await?;
+    let state = match state.receive(&proof) {
+        Ok(state) => state,
+        Err(rejected) => return Err(reject(lines, rejected).await),
+    };
+
+    let token = receive(lines).await?;
+    let login = match state.receive(&token) {
+        Ok(login) => login,
+        Err(rejected) => return Err(reject(lines, rejected).await),
+    };
+
+    let (outcome, reason) = decide(shared, &login, report, addr).await;
+    let status = outcome.status();
+    send_last(lines, &login.finish(outcome)).await?;
+    Ok(Ending::Status(status, reason))
+}
+
+/// Waits for the login's turn in the queue, telling the client its
+/// position if it asked (`notices`). A client that closes, or sends a line
+/// (it must wait for line 3), leaves the queue. A refusal sends `503`.
+async fn queue_for<S: Stream>(
+    queue: &dyn Admit,
+    lines: &mut Lines<S>,
+    notices: bool,
+) -> Result<(), Ending> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut report = move |position| {
+        let _ = tx.send(position);
+    };
+    let admitted = queue.admit(&mut report);
+    tokio::pin!(admitted);
+    let result = loop {
+        tokio::select! {
+            biased;
+            result = &mut admitted => break result,
+            Some(at) = rx.recv() => {
+                if notices {
+                    let wait_ms = u64::try_from(at.wait.as_millis()).unwrap_or(u64::MAX);
+                    send(lines, &loginproto::login::queue_notice(at.ahead, wait_ms, at.ticket)).await?;
+                }
+            }
+            line = lines.next() => return Err(match line {
+                None => Ending::ClientClosed,
+                Some(Err(LineError::TooLong)) => Ending::LineTooLong,
+                Some(Err(e)) => Ending::Failed(format!("read: {e}")),
+                Some(Ok(_)) => Ending::Failed("a line while queued, before the server's key".into()),
+            }),
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(refused) => {
+            let status = LoginStatus::SERVICE_UNAVAILABLE;
+            send_last(lines, &status.line()).await?;
+            Err(Ending::Status(status, refused.to_string()))
+        }
+    }
+}
+
+/// Steps 6–8: authenticate, then skynet's `login_handler`.
+async fn decide(
+    shared: &LoginState,
+    login: &Authenticate,
+    report: &mut Report,
+    addr: SocketAddr,
+) -> (LoginOutcome, String) {
+    let Some(credentials) = login.credentials() else {
+        return (LoginOutcome::Unauthorized, "malformed token".into());
+    };
+    let server = Bytes::from(credentials.server.clone());
+    report.user = Some(Bytes::copy_from_slice(&credentials.user));
+    report.server = Some(server.clone());
+
+    let user = credentials.user.clone();
+    if let Err(throttled) = shared.throttle.check(&user, addr.ip(), Instant::now()) {
+        let which = match throttled {
+            Throttled::User(_) => "this user name",
+            Throttled::Source(_) => "this address",
+        };
+        return (
+            LoginOutcome::Unauthorized,
+            format!("throttled: too many refused passwords for {which}"),
+        );
+    }
+    let authenticated = timeout(
+        shared.config.auth_timeout,
+        shared.auth.authenticate(credentials),
+    )
+    .await
+    .unwrap_or(Err(AuthError::Timeout));
+    let uid = match authenticated {
+        Ok(uid) => {
+            shared.throttle.succeeded(&user);
+            uid
+        }
+        Err(e) => {
+            if matches!(e, AuthError::Denied(_)) {
+                shared.throttle.failed(&user, addr.ip(), Instant::now());
+            }
+            return (LoginOutcome::Unauthorized, e.to_string());
+        }
+    };
+    report.uid = Some(uid.clone());
+
+    // The handler must finish once started, even if the dialogue deadline
+    // drops this future: then the online table stays in step with the
+    // gate. A panic in it is a 403, as for a handler in a task of its own.
+    let handler = Detach::new(
+        AssertUnwindSafe(shared.placer.place(LoginRequest {
+            server,
+            uid,
+            user: Bytes::from(user),
+            secret: login.secret().clone(),
+        }))
+        .catch_unwind(),
+    );
+    match handler.await {
+        Ok(Ok(subid)) => {
+            report.subid = Some(subid.clone());
+            (
+                LoginOutcome::Ok {
+                    subid: subid.to_vec(),
+                },
+                "logged in".into(),
+            )
+        }
+        Ok(Err(PlaceError::InProgress)) => (
+            LoginOutcome::NotAcceptable,
+            PlaceError::InProgress.to_string(),
+        ),
+        Ok(Err(PlaceError::Refused(refusal))) => (LoginOutcome::Forbidden, refusal.to_string()),
+        Ok(Err(e @ PlaceError::Unavailable(_))) => (LoginOutcome::Unavailable, e.to_string()),
+        Err(panic) => (
+            LoginOutcome::Forbidden,
+            format!("login handler failed: {}", panic_message(&*panic)),
+        ),
+    }
+}

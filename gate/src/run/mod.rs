@@ -1,0 +1,284 @@
+//! Starting a process: the one path from a [`Config`] to running servers.
+//!
+//! [`serve`] binds every listener the configuration names for its role
+//! (`cluster.role`) and runs that role until its shutdown future resolves;
+//! the binary calls it and binds nothing itself. Tests bind `127.0.0.1:0`
+//! and call [`run`] or [`run_with`] (the all-in-one role) with their own
+//! listeners and shutdown future.
+//!
+//! * [`bind`]: the listeners of each role, bound from the configuration;
+//! * [`parts`]: what every role builds and serves the same way (the
+//!   authenticator, the login server, the gate with its backend, the
+//!   operations listener, the shutdown);
+//! * [`cluster`]: the login node and the gate node of a cluster.
+
+mod bind;
+mod cluster;
+mod parts;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use codec::websocket::Mapping;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use self::parts::{
+    choose_agent, choose_authenticator, login_server, ops_state, serve_gate, serve_login,
+    serve_ops, stopping, web_listener,
+};
+use crate::agent::Agent;
+use crate::backend::Backend;
+use crate::config::{Config, Role};
+use crate::login::placement::GateLink;
+use crate::login::{
+    AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LocalPlacer, OnlineTable,
+    RandomSource,
+};
+use crate::players::MsgGate;
+
+/// Why [`run`] could not start or failed while serving.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The accounts file is missing or malformed.
+    #[error(transparent)]
+    Accounts(#[from] AccountsError),
+    /// The message gate's listener failed.
+    #[error("message gate failed: {0}")]
+    Gate(#[source] std::io::Error),
+    /// The configuration asks for something these components cannot do.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The backend listener failed.
+    #[error("backend failed: {0}")]
+    Backend(#[source] std::io::Error),
+    /// The operations listener failed.
+    #[error("operations listener failed: {0}")]
+    Ops(#[source] std::io::Error),
+    /// A listener of the configuration could not be bound.
+    #[error("cannot listen on {addr} ({what})")]
+    Listen {
+        /// Which listener (`login`, `gate`, `backend`, ...).
+        what: &'static str,
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Wraps the login server's gate link (tests hold a login mid-way with it;
+/// a deployment could add metrics or an RPC hop).
+pub type GateLinkLayer = Box<dyn FnOnce(Arc<dyn GateLink>) -> Arc<dyn GateLink> + Send>;
+
+/// Parts of the server a caller may replace; `Default` gives the ones
+/// [`run`] uses.
+#[derive(Default)]
+pub struct Components {
+    /// Source of login challenges and keys. Default: a CSPRNG per thread
+    /// seeded (and regularly reseeded) from the OS ([`crate::login::ThreadRandom`]).
+    pub random: Option<Arc<dyn RandomSource>>,
+    /// Authenticator. Default: with `login.auth = "accounts"` the accounts
+    /// file of `config.accounts`, or the demo authenticator (with a warning)
+    /// when none is configured; with `login.auth = "service"` the backend's
+    /// `auth` service ([`Backend::authenticator`]).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// The gate's agent. Default: the backend's agent
+    /// ([`Backend::agent`]) when there is a backend, else [`EchoAgent`](crate::agent::EchoAgent).
+    /// Replacing it while keeping a backend leaves services unable to name
+    /// a session by uid alone (a `Kick` or `Logout` with an empty subid):
+    /// the backend agent keeps that table.
+    pub agent: Option<Arc<dyn Agent>>,
+    /// Backend services: the listener services dial, bound by the caller
+    /// ([`serve`] binds `backend.listen`; tests bind `127.0.0.1:0` and keep a
+    /// clone to watch registrations). Default: none, backends off.
+    pub backend: Option<Backend>,
+    /// Applied to the login server's link to the gates.
+    pub gate_link_layer: Option<GateLinkLayer>,
+    /// The operations listener (metrics, health, admin API), bound by the
+    /// caller ([`serve`] binds `ops.listen`). Default: none.
+    pub ops: Option<TcpListener>,
+    /// The login server's WebSocket listener, bound by the caller
+    /// ([`serve`] binds `web.login_listen` when `web.enabled`). Default: none.
+    pub web_login: Option<TcpListener>,
+    /// The gate's WebSocket listener, bound by the caller ([`serve`] binds
+    /// `web.gate_listen` when `web.enabled`). Default: none.
+    pub web_gate: Option<TcpListener>,
+}
+
+impl fmt::Debug for Components {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Components")
+            .field("random", &self.random.is_some())
+            .field(
+                "authenticator",
+                &self.authenticator.as_ref().map(|a| a.name()),
+            )
+            .field("agent", &self.agent.is_some())
+            .field(
+                "backend",
+                &self.backend.as_ref().and_then(Backend::local_addr),
+            )
+            .field("gate_link_layer", &self.gate_link_layer.is_some())
+            .field("ops", &self.ops.as_ref().and_then(|l| l.local_addr().ok()))
+            .field(
+                "web_login",
+                &self.web_login.as_ref().and_then(|l| l.local_addr().ok()),
+            )
+            .field(
+                "web_gate",
+                &self.web_gate.as_ref().and_then(|l| l.local_addr().ok()),
+            )
+            .finish()
+    }
+}
+
+/// Runs the role `config.cluster.role` names, on listeners bound from
+/// `config`, until `shutdown` resolves: the all-in-one process ([`run_with`]),
+/// a login node or a gate node of a cluster. What each role binds:
+///
+/// * every role: `ops.listen` if set;
+/// * login and all-in-one: `login.listen`, and `web.login_listen` when
+///   `web.enabled`;
+/// * gate and all-in-one: `gate.listen`, `web.gate_listen` when
+///   `web.enabled`, and `backend.listen` if set (with its link secret and
+///   TLS);
+/// * gate node: `cluster.control_listen`.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let ops = bind::ops(&config)?;
+    match config.cluster.role {
+        Role::Login => {
+            let login = bind::listener(config.login.listen, "login")?;
+            let components = Components {
+                ops,
+                web_login: bind::web(&config, config.web.login_listen)?,
+                ..Components::default()
+            };
+            cluster::run_login_node(login, config, components, shutdown).await
+        }
+        Role::Gate => {
+            let (gate, components) = bind::gate_side(&config, ops)?;
+            let control = bind::listener(config.cluster.control_listen, "control")?;
+            cluster::run_gate_node(gate, control, config, components, shutdown).await
+        }
+        Role::All => {
+            let (gate, mut components) = bind::gate_side(&config, ops)?;
+            let login = bind::listener(config.login.listen, "login")?;
+            components.web_login = bind::web(&config, config.web.login_listen)?;
+            run_with(login, gate, config, components, shutdown).await
+        }
+    }
+}
+
+/// Runs the login server on `login_listener` and the gate `config.gate.name`
+/// (with the echo agent) on `gate_listener` until `shutdown` resolves (for
+/// backend services use [`run_with`] and [`Components::backend`]); then
+/// stops accepting, lets in-flight dialogues and requests finish within
+/// `config.shutdown_grace`, closes the rest and returns.
+///
+/// The listen addresses in `config` are not used: the caller binds (tests
+/// bind `127.0.0.1:0`; [`serve`] binds the configured ones).
+pub async fn run(
+    login_listener: TcpListener,
+    gate_listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    run_with(
+        login_listener,
+        gate_listener,
+        config,
+        Components::default(),
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] with some of its parts replaced.
+pub async fn run_with(
+    login_listener: TcpListener,
+    gate_listener: TcpListener,
+    config: Config,
+    components: Components,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let backend = components.backend;
+    let auth = choose_authenticator(&config, components.authenticator, backend.as_ref())?;
+    let online = Arc::new(OnlineTable::new());
+    let agent = choose_agent(components.agent, backend.as_ref());
+    let gate = MsgGate::new(config.gate(), agent, online.clone());
+    let mut gates = Gates::new();
+    gates.register(gate.clone());
+    let mut link: Arc<dyn GateLink> = Arc::new(gates);
+    if let Some(layer) = components.gate_link_layer {
+        link = layer(link);
+    }
+    let placer = Arc::new(LocalPlacer {
+        online,
+        gates: link,
+        multilogin: config.login.multilogin,
+    });
+    let login = login_server(&config, auth, placer, components.random)?;
+    let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
+    let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
+    let ops = ops_state(
+        &config,
+        "all",
+        Some(gate.clone()),
+        backend.clone(),
+        Some(login.metrics()),
+        None,
+    )?;
+
+    let token = CancellationToken::new();
+    // Set once the gate is done: backend links outlive the start of the
+    // shutdown (they carry the answers of requests in flight while the gate
+    // drains, and the final session events).
+    let gate_stopped = CancellationToken::new();
+    let ((), (), gate_end, ops_result) = tokio::join!(
+        stopping(shutdown, &token),
+        serve_login(login, login_listener, web_login, &token),
+        serve_gate(
+            &gate,
+            gate_listener,
+            web_gate,
+            backend.as_ref(),
+            &token,
+            &gate_stopped
+        ),
+        serve_ops(components.ops, ops, token.clone()),
+    );
+    ops_result.map_err(RunError::Ops)?;
+    gate_end.into_result()?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The accounts file of `config.accounts`, or the demo authenticator.
+pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, AccountsError> {
+    match &config.accounts {
+        Some(path) => {
+            let accounts = AccountsFile::load(path)?;
+            if accounts.is_empty() {
+                warn!(path = %path.display(), "the accounts file lists no account: every login is refused");
+            } else {
+                info!(path = %path.display(), accounts = accounts.len(), "accounts loaded");
+            }
+            Ok(Arc::new(accounts))
+        }
+        None => {
+            warn!(
+                "DEMO AUTHENTICATION: any user name with the password `password` logs in. \
+                 Never run this in production: configure an accounts file \
+                 (`accounts = \"FILE\"` or --accounts FILE; hashes from `gate hash-password`)."
+            );
+            Ok(Arc::new(DemoAuth))
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The pieces every role of a process builds and serves the same way, so
+//! the all-in-one process and the cluster nodes differ only in what they
+//! combine: the authenticator and the login server, the gate's agent,
+//! the WebSocket policies, the operations state; serving the login server,
+//! the gate with its backend listener, the operations listener, and the
+//! one shutdown rule (a shutdown request or any server stopping on its own
+//! stops them all).
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+
+use codec::websocket::Mapping;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::RunError;
+use crate::agent::{Agent, EchoAgent};
+use crate::backend::Backend;
+use crate::config::{AuthSource, Config};
+use crate::login::placement::Placer;
+use crate::login::{Authenticator, LoginServer, RandomSource};
+use crate::net::web::WebPolicy;
+use crate::ops::{AdminToken, Ops};
+use crate::players::MsgGate;
+
+/// A WebSocket listener with the policy it serves under.
+pub(super) type WebListener = (TcpListener, Arc<WebPolicy>);
+
+/// Resolves once the process stops: when `shutdown` resolves (it then
+/// cancels `token`, which every server watches) or when a server that ended
+/// on its own cancelled `token`, so a process never runs with half its
+/// servers.
+pub(super) async fn stopping(shutdown: impl Future<Output = ()>, token: &CancellationToken) {
+    tokio::select! {
+        () = shutdown => {
+            info!("shutting down");
+            token.cancel();
+        }
+        () = token.cancelled() => {}
+    }
+}
+
+/// Serves the login server (and its WebSocket listener) until `token`;
+/// stopping on its own stops the rest.
+pub(super) async fn serve_login(
+    login: LoginServer,
+    listener: TcpListener,
+    web: Option<WebListener>,
+    token: &CancellationToken,
+) {
+    login.serve_with_web(listener, web, token.clone()).await;
+    token.cancel();
+}
+
+/// How the gate and its backend listener ended ([`serve_gate`]).
+#[derive(Debug)]
+pub(super) struct GateEnd {
+    gate: io::Result<()>,
+    backend: io::Result<()>,
+}
+
+impl GateEnd {
+    /// The first failure, the gate's before the backend's.
+    pub(super) fn into_result(self) -> Result<(), RunError> {
+        self.gate.map_err(RunError::Gate)?;
+        self.backend.map_err(RunError::Backend)
+    }
+}
+
+/// Serves the gate (and its WebSocket listener) and the backend listener
+/// until `token`. The gate stopping, on its own or at shutdown once it has
+/// drained, stops the rest and cancels `gate_stopped`: what must outlive
+/// the drain (backend links, which carry the answers of requests in
+/// flight; a gate node's registration heartbeat) waits for that one.
+pub(super) async fn serve_gate(
+    gate: &MsgGate,
+    listener: TcpListener,
+    web: Option<WebListener>,
+    backend: Option<&Backend>,
+    token: &CancellationToken,
+    gate_stopped: &CancellationToken,
+) -> GateEnd {
+    let gate_done = async {
+        let result = gate.serve_with_web(listener, web, token.clone()).await;
+        token.cancel();
+        gate_stopped.cancel();
+        result
+    };
+    let (gate, backend) =
+        tokio::join!(gate_done, serve_backend(backend, gate, token, gate_stopped));
+    GateEnd { gate, backend }
+}
+
+/// The agent `run` uses: the one given, else the backend's, else the
+/// built-in echo agent (see [`super::Components::agent`]).
+pub(super) fn choose_agent(
+    given: Option<Arc<dyn Agent>>,
+    backend: Option<&Backend>,
+) -> Arc<dyn Agent> {
+    match (given, backend) {
+        (Some(agent), _) => agent,
+        (None, Some(backend)) => backend.agent(),
+        (None, None) => Arc::new(EchoAgent),
+    }
+}
+
+/// The authenticator `run` uses: the one given, else by
+/// `config.login.auth` the accounts file (or demo) or the backend's `auth`
+/// service.
+pub(super) fn choose_authenticator(
+    config: &Config,
+    given: Option<Arc<dyn Authenticator>>,
+    backend: Option<&Backend>,
+) -> Result<Arc<dyn Authenticator>, RunError> {
+    Ok(match (given, config.login.auth, backend) {
+        (Some(auth), _, _) => auth,
+        (None, AuthSource::Accounts, _) => super::authenticator(config)?,
+        (None, AuthSource::Service, Some(backend)) => {
+            info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
+            backend.authenticator(config.login.auth_timeout)
+        }
+        (None, AuthSource::Service, None) => {
+            return Err(RunError::Config(
+                "login.auth = \"service\" needs backend services (set backend.listen / --backend-listen)"
+                    .to_owned(),
+            ));
+        }
+    })
+}
+
+/// The login server of `config` placing users with `placer`: its
+/// long-term key loaded, its random source set.
+pub(super) fn login_server(
+    config: &Config,
+    auth: Arc<dyn Authenticator>,
+    placer: Arc<dyn Placer>,
+    random: Option<Arc<dyn RandomSource>>,
+) -> Result<LoginServer, RunError> {
+    let mut login = LoginServer::new(config.login.clone(), auth, placer)
+        .with_shutdown_grace(config.shutdown_grace);
+    match &config.login.server_key_file {
+        Some(path) => {
+            let key = crate::login::server_key::load(path).map_err(RunError::Config)?;
+            info!(public = %crate::login::server_key::public_text(&key), "clients may pin this server key");
+            login = login.with_server_key(key);
+        }
+        None if config.login.require_pinned => {
+            return Err(RunError::Config(
+                "login.require_pinned needs login.server_key_file (make one with `gate keygen`)"
+                    .to_owned(),
+            ));
+        }
+        None => {}
+    }
+    if let Some(random) = random {
+        login = login.with_random(random);
+    }
+    Ok(login)
+}
+
+/// The operations state of a process, with the admin token of
+/// `config.ops` loaded.
+pub(super) fn ops_state(
+    config: &Config,
+    role: &'static str,
+    gate: Option<MsgGate>,
+    backend: Option<Backend>,
+    login: Option<Arc<crate::login::metrics::LoginMetrics>>,
+    dir: Option<crate::cluster::Directory>,
+) -> Result<Arc<Ops>, RunError> {
+    let token = match &config.ops.admin_token_file {
+        Some(path) => Some(AdminToken::from_file(path).map_err(RunError::Config)?),
+        None => None,
+    };
+    Ok(Arc::new(Ops::new(
+        config.cluster.node_id(),
+        role,
+        gate,
+        backend,
+        login,
+        dir,
+        token,
+    )))
+}
+
+/// A WebSocket listener with its policy (`[web]`), if one was bound.
+pub(super) fn web_listener(
+    config: &Config,
+    listener: Option<TcpListener>,
+    mapping: Mapping,
+) -> Result<Option<WebListener>, RunError> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let policy = WebPolicy::with_tls(&config.web, mapping, config.login.max_line_bytes)
+        .map_err(|e| RunError::Config(format!("web TLS: {e}")))?;
+    Ok(Some((listener, policy)))
+}
+
+/// Serves the backend listener, if there is one, until `backends_stop`
+/// (which the gate cancels once it is done: links carry the answers of
+/// requests in flight while it drains); its failure stops the rest
+/// (`token`).
+async fn serve_backend(
+    backend: Option<&Backend>,
+    gate: &MsgGate,
+    token: &CancellationToken,
+    backends_stop: &CancellationToken,
+) -> io::Result<()> {
+    match backend {
+        Some(backend) => {
+            let result = backend
+                .serve(gate.clone(), token.clone(), backends_stop.clone())
+                .await;
+            token.cancel();
+            result
+        }
+        None => Ok(()),
+    }
+}
+
+/// Serves the operations listener, if there is one, until `stop`; it is
+/// ready once called (the other listeners are bound by then).
+pub(super) async fn serve_ops(
+    listener: Option<TcpListener>,
+    ops: Arc<Ops>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    match listener {
+        Some(listener) => {
+            ops.set_ready(true);
+            crate::ops::serve(listener, ops, stop).await
+        }
+        None => Ok(()),
+    }
+}

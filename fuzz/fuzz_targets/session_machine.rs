@@ -19,11 +19,11 @@ use bytes::{Bytes, BytesMut};
 use codec::ext::Ext;
 use codec::message::{LuaNumber, Response};
 use codec::package::PackageCodec;
-use gate::session::cache::{ConnId, ExecId, OnRequest};
-use gate::session::{EndReason, Hello, Limits, Session};
-use gate::wire;
+use gate_core::session::cache::{ConnId, ExecId, OnRequest};
+use gate_core::End;
+use gate_core::session::{Hello, Limits, Session};
+use gate_core::{Time, wire};
 use libfuzzer_sys::fuzz_target;
-use tokio::time::Instant;
 use tokio_util::codec::Decoder;
 
 /// Reads the fuzzer's bytes as small numbers; zeros once used up.
@@ -68,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         cache_bytes: usize::from(input.byte()) * 4,
         idle_ms: 0,
     };
-    let mut now = Instant::now();
+    let mut now = Time::ZERO;
     let mut s: Session<ConnId> = Session::new(now, Arc::new(limits));
     let addr = SocketAddr::from(([127, 0, 0, 1], 4000));
     let mut next_conn: ConnId = 1;
@@ -167,9 +167,9 @@ fuzz_target!(|data: &[u8]| {
             }
             8 => {
                 let reason = match input.byte() % 3 {
-                    0 => EndReason::Kicked("kick".into()),
-                    1 => EndReason::Logout,
-                    _ => EndReason::Shutdown,
+                    0 => End::Kicked("kick".into()),
+                    1 => End::Logout,
+                    _ => End::Shutdown,
                 };
                 let _ = s.end(reason);
                 ended = true;

@@ -53,7 +53,7 @@ pub fn step_bytes(step: &Value) -> Vec<u8> {
 /// `server_closed` are replayed as recorded. `nothing_received` is checked
 /// by the next exact `S->C` step of that connection (anything sent in
 /// between would not match), so it costs no waiting. Steps on the login
-/// port are skipped (tests register users with [`gate::msg::MsgGate::login`]).
+/// port are skipped (tests register users with [`gate::players::MsgGate::login`]).
 #[derive(Debug)]
 pub struct Replay<'a> {
     steps: &'a [Value],

@@ -308,6 +308,22 @@ async fn unknown_user_learns_nothing_about_versions() {
     g.stop().await;
 }
 
+/// A session that ended keeps nothing for its reconnect window: its
+/// deadline entry goes with it, so relogins of one user hold one entry,
+/// not one per login.
+#[tokio::test]
+async fn relogins_leave_no_timer_behind() {
+    let g = TestGate::start_default().await;
+    let secret = hello_secret();
+    for _ in 0..200 {
+        g.login("hello", &secret).await;
+    }
+    assert_eq!(g.metrics().sessions, 1);
+    assert_eq!(g.metrics().sessions_ended, 199);
+    assert_eq!(g.metrics().timers, 1);
+    g.stop().await;
+}
+
 #[tokio::test]
 async fn relogin_kicks_the_old_session() {
     let mut g = TestGate::start_default().await;

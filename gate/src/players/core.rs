@@ -486,6 +486,17 @@ impl GateCore {
     }
 
     fn unregister(&self, user: &User, reason: &End) {
+        // The session's deadline entry would keep the user's allocation
+        // (through its weak reference) until the reconnect window passed:
+        // at thousands of relogins a second, that is the memory of every
+        // session of the last minutes.
+        let armed = std::mem::take(&mut user.lock().timer_at);
+        if armed != 0 {
+            self.timers.remove(
+                armed,
+                |timer| matches!(timer, Timer::Session(weak) if std::ptr::eq(weak.as_ptr(), user)),
+            );
+        }
         let this = |u: &Arc<User>| std::ptr::eq(Arc::as_ptr(u), user);
         self.by_username.remove_if(&user.username, this);
         if let Some(alias) = &user.alias {

@@ -96,6 +96,19 @@ impl<T> Timers<T> {
         }
     }
 
+    /// Removes the entries of slot `tick` that `armed` picks (an entry
+    /// whose subject is gone for good: its memory need not wait for the
+    /// deadline).
+    pub(crate) fn remove(&self, tick: u32, armed: impl Fn(&T) -> bool) {
+        let mut slots = self.lock();
+        if let Some(slot) = slots.get_mut(&tick) {
+            slot.retain(|t| !armed(t));
+            if slot.is_empty() {
+                slots.remove(&tick);
+            }
+        }
+    }
+
     /// Entries armed (live or stale).
     pub(crate) fn len(&self) -> usize {
         self.lock().values().map(Vec::len).sum()

@@ -75,6 +75,10 @@ pub enum ProtocolError {
     TextMessage,
     /// A WebSocket message longer than a package can be.
     TooLarge,
+    /// A WebSocket client sent control frames (pings, pongs) or frames
+    /// that complete no message, beyond the budget between two data
+    /// messages.
+    ControlFlood,
     /// A broken WebSocket frame or handshake, with the close code the
     /// WebSocket layer chose.
     WebSocket(u16),
@@ -163,7 +167,7 @@ impl End {
             End::Protocol(ProtocolError::WebSocket(code)) => *code,
             End::Protocol(ProtocolError::TextMessage) => 1003,
             End::Protocol(ProtocolError::TooLarge) => 1009,
-            End::Protocol(ProtocolError::InvalidPackage)
+            End::Protocol(ProtocolError::InvalidPackage | ProtocolError::ControlFlood)
             | End::Conflict
             | End::TooManyInflight
             | End::SlowReader => 1008,
@@ -231,6 +235,9 @@ impl fmt::Display for End {
             End::Protocol(ProtocolError::TextMessage) => f.write_str("text message (close 1003)"),
             End::Protocol(ProtocolError::TooLarge) => {
                 f.write_str("message over the package limit (close 1009)")
+            }
+            End::Protocol(ProtocolError::ControlFlood) => {
+                f.write_str("control frames without data beyond the budget (close 1008)")
             }
             End::Protocol(ProtocolError::WebSocket(code)) => {
                 write!(f, "WebSocket protocol broken (close {code})")

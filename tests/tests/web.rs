@@ -270,6 +270,64 @@ async fn messages_that_break_the_mapping_close_with_their_code() {
     g.stop().await;
 }
 
+/// Control frames are not free: pings beyond the budget between two data
+/// messages, or a stream of empty fragments that never completes a
+/// message, close the connection with 1008; the session lives on.
+#[tokio::test]
+async fn control_frame_floods_close_with_policy_violation() {
+    use gate_core::connection::MAX_CONTROL_RUN;
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    let g = PushGate::start_web(GateConfig::default(), web_any()).await;
+    let alice = g.login("alice").await;
+    let mut ws = ws_session(&g, &alice, 1, Some(0)).await;
+    for round in 0..3u32 {
+        for _ in 0..MAX_CONTROL_RUN {
+            ws.feed(Message::Ping(Bytes::from_static(b"p")))
+                .await
+                .expect("ping");
+        }
+        ws.send(request(b"data", round)).await.expect("send");
+        assert_eq!(recv_response(&mut ws).await.0, b"data");
+    }
+    for _ in 0..=MAX_CONTROL_RUN {
+        if ws.feed(Message::Ping(Bytes::new())).await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.flush().await;
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+
+    // Empty continuation frames after a first fragment: no message ever
+    // completes; cut once their bytes pass the budget.
+    let mut ws = ws_session(&g, &alice, 2, Some(0)).await;
+    let first = Frame::message(Bytes::from_static(b"x"), OpCode::Data(Data::Binary), false);
+    ws.feed(Message::Frame(first))
+        .await
+        .expect("first fragment");
+    let mut sent = 0usize;
+    while sent < gate_core::connection::MAX_WIRE_WITHOUT_DATA * 6 / 5 {
+        let empty = Frame::message(Bytes::new(), OpCode::Data(Data::Continue), false);
+        if ws.feed(Message::Frame(empty)).await.is_err() {
+            break;
+        }
+        // A masked empty frame: 2 header bytes and a 4-byte mask.
+        sent += 6;
+        if sent % (64 * 1024) == 0 && ws.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = ws.flush().await;
+    assert_eq!(close_code(&mut ws).await, Some(1008));
+    assert_eq!(g.metrics().websocket_protocol_closes, 2);
+    // The session is still there for a reconnect.
+    let mut ws = ws_session(&g, &alice, 3, Some(0)).await;
+    ws.send(request(b"after", 9)).await.expect("send");
+    assert_eq!(recv_response(&mut ws).await.0, b"after");
+    g.stop().await;
+}
+
 #[tokio::test]
 async fn origins_outside_the_allow_list_get_403() {
     let g = PushGate::start_web(GateConfig::default(), web_any()).await;

@@ -35,6 +35,10 @@
 //! * **Half-close.** After the client's FIN nothing more is read; once what
 //!   it asked is answered and written, or after the grace, the connection
 //!   closes ([`End::HalfClosed`]).
+//! * **Control-frame budget** (WebSocket): at most [`MAX_CONTROL_RUN`]
+//!   pings and pongs between two data messages, and at most
+//!   [`MAX_WIRE_WITHOUT_DATA`] bytes that complete no data message; beyond
+//!   either the client is closed with 1008.
 //! * **Slow reader.** More than `send_queue_bytes` waiting to be written:
 //!   cut at once ([`End::SlowReader`]), no farewell.
 //! * **Drain** (gate shutdown): nothing more is read; once what was asked
@@ -63,6 +67,16 @@ use crate::wire;
 /// How long a closing connection may take to write what is queued and
 /// see the client close, before the socket is dropped.
 pub const CLOSE_LINGER: Duration = Duration::from_millis(500);
+
+/// Control messages (pings, pongs) a WebSocket client may send between
+/// two data messages. Each costs a wake-up and a pong written back; a
+/// client sending nothing else has no use for more.
+pub const MAX_CONTROL_RUN: u8 = 64;
+
+/// Bytes a WebSocket client may send without completing a data message:
+/// control frames, empty or tiny fragments. A package of 65535 bytes cut
+/// into one-byte fragments takes about 460 KiB; more than this is a flood.
+pub const MAX_WIRE_WITHOUT_DATA: usize = 1 << 20;
 
 /// The settings a connection lives by (from the gate's configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +186,8 @@ pub struct Connection {
     /// The client's FIN came: no more reading; closed once answered or at
     /// `deadline`.
     half_closed: bool,
+    /// WebSocket control messages since the last data message.
+    controls: u8,
 }
 
 impl Connection {
@@ -186,6 +202,7 @@ impl Connection {
             opted_in: false,
             draining: false,
             half_closed: false,
+            controls: 0,
         }
     }
 
@@ -259,11 +276,30 @@ impl Connection {
             Message::Binary(payload) if payload.len() > MAX_PAYLOAD => {
                 Err(ProtocolError::TooLarge.into())
             }
-            Message::Binary(payload) => self.package(payload, out),
+            Message::Binary(payload) => {
+                self.controls = 0;
+                self.package(payload, out)
+            }
             Message::Text => Err(ProtocolError::TextMessage.into()),
-            Message::Control => Ok(None),
+            Message::Control => {
+                self.controls = self.controls.saturating_add(1);
+                if self.controls > MAX_CONTROL_RUN {
+                    return Err(ProtocolError::ControlFlood.into());
+                }
+                Ok(None)
+            }
             Message::Close => Err(End::PeerClosed),
         }
+    }
+
+    /// `bytes` arrived on a WebSocket connection since its last data
+    /// message (frame headers, control frames, fragments): over
+    /// [`MAX_WIRE_WITHOUT_DATA`] the client is flooding.
+    pub fn wire_without_data(&self, bytes: usize) -> Result<(), End> {
+        if bytes > MAX_WIRE_WITHOUT_DATA {
+            return Err(ProtocolError::ControlFlood.into());
+        }
+        Ok(())
     }
 
     /// One package's payload.

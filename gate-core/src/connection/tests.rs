@@ -293,6 +293,30 @@ fn protocol_errors_and_their_statuses() {
 }
 
 #[test]
+fn websocket_control_frames_have_a_budget_between_data_messages() {
+    let mut c = Client::open(Mapping::Messages, true);
+    for _ in 0..3 {
+        for _ in 0..MAX_CONTROL_RUN {
+            assert_eq!(c.conn.message(Message::Control, &mut c.out), Ok(None));
+        }
+        // A data message renews the budget.
+        assert!(c.send(&request(b"x", 1)).unwrap().is_some());
+    }
+    for _ in 0..MAX_CONTROL_RUN {
+        c.conn.message(Message::Control, &mut c.out).unwrap();
+    }
+    let end = c.conn.message(Message::Control, &mut c.out).unwrap_err();
+    assert_eq!(end, End::Protocol(ProtocolError::ControlFlood));
+    assert_eq!(end.close_code(), 1008);
+    // Bytes that complete no message are bounded too.
+    assert!(c.conn.wire_without_data(MAX_WIRE_WITHOUT_DATA).is_ok());
+    assert_eq!(
+        c.conn.wire_without_data(MAX_WIRE_WITHOUT_DATA + 1),
+        Err(End::Protocol(ProtocolError::ControlFlood))
+    );
+}
+
+#[test]
 fn the_state_is_plain_data() {
     let mut c = Client::open(Mapping::Messages, true);
     c.conn.input_at(at(30));

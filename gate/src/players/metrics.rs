@@ -232,7 +232,10 @@ impl Metrics {
                 bump(&self.handshake_timeouts);
             }
             End::Protocol(
-                ProtocolError::TextMessage | ProtocolError::TooLarge | ProtocolError::WebSocket(_),
+                ProtocolError::TextMessage
+                | ProtocolError::TooLarge
+                | ProtocolError::ControlFlood
+                | ProtocolError::WebSocket(_),
             ) => bump(&self.ws_protocol_closes),
             _ => {}
         }

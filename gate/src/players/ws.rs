@@ -38,6 +38,8 @@ pub(super) struct Ws {
     next: Option<Input>,
     /// The WebSocket holds written bytes not yet flushed.
     unflushed: bool,
+    /// Bytes read since the last data message.
+    wire: usize,
 }
 
 impl Ws {
@@ -46,6 +48,7 @@ impl Ws {
             ws,
             next: None,
             unflushed: false,
+            wire: 0,
         }
     }
 
@@ -95,10 +98,19 @@ impl Transport for Ws {
         if self.next.is_some() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.ws).poll_next(cx).map(|input| {
+        let polled = Pin::new(&mut self.ws).poll_next(cx);
+        if let Poll::Ready(input) = polled {
             self.next = Some(input);
-            Ok(())
-        })
+            return Poll::Ready(Ok(()));
+        }
+        // Frames that complete no message (empty fragments) are consumed
+        // inside the WebSocket layer without a message: count their bytes
+        // here, and have `read` report a flood to the machine.
+        self.wire = self.wire.saturating_add(self.ws.get_mut().take_read());
+        if self.wire > gate_core::connection::MAX_WIRE_WITHOUT_DATA {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
     }
 
     fn has_buffered(&self) -> bool {
@@ -112,10 +124,19 @@ impl Transport for Ws {
         mut serve: impl Serve,
     ) -> Result<Read, End> {
         let mut read = Read::Nothing;
+        conn.wire_without_data(self.wire)?;
         while pending.len() < FLUSH_AT {
             let Some(input) = self.next_now() else { break };
             read = Read::Data;
             let message = received(input)?;
+            // What the socket gave for this message: a data message spends
+            // it, anything else adds to what arrived without data.
+            self.wire = self.wire.saturating_add(self.ws.get_mut().take_read());
+            if matches!(message, Received::Binary(_)) {
+                self.wire = 0;
+            } else {
+                conn.wire_without_data(self.wire)?;
+            }
             if let Some(input) = conn.message(message, pending)?
                 && serve(conn, input, pending)? == Flow::Pause
             {

@@ -68,6 +68,11 @@ pub struct Config {
     /// how long its requests may take to be answered. Default: 5s.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// How addresses are grouped into sources and networks for the
+    /// per-source and per-network bounds of the login and gate listeners.
+    /// Default: a source is an IPv4 /32 or IPv6 /64, a network an IPv4 /24
+    /// or IPv6 /48.
+    pub sources: crate::net::Prefixes,
 }
 
 /// The default of [`Config::shutdown_grace`], which the gate
@@ -86,6 +91,7 @@ impl Default for Config {
             web: WebConfig::default(),
             accounts: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sources: crate::net::Prefixes::default(),
         }
     }
 }
@@ -95,6 +101,7 @@ impl Config {
     pub fn gate(&self) -> GateConfig {
         GateConfig {
             shutdown_grace: self.shutdown_grace,
+            sources: self.sources,
             ..self.gate.clone()
         }
     }
@@ -135,6 +142,18 @@ pub struct LoginConfig {
     /// the status line is sent, not while the server lingers after it.
     /// Default: 64.
     pub max_connections_per_source: usize,
+    /// Most login dialogues from one network (`[sources]` prefixes: /24,
+    /// IPv6 /48) at once; one more is closed at accept (0: no bound).
+    /// Default: 0.
+    pub max_connections_per_network: usize,
+    /// New login connections one source may open per second (bursts of
+    /// twice that); faster ones are closed at accept (0: no bound).
+    /// Default: 0.
+    pub new_connections_per_source: u32,
+    /// Not read from the file: the top-level `[sources]`, copied here when
+    /// the login server is built from a [`Config`].
+    #[serde(skip)]
+    pub sources: crate::net::Prefixes,
     /// Deadline for the authenticator (accounts file or auth service).
     /// Default: 3s.
     #[serde(with = "duration")]
@@ -200,6 +219,9 @@ impl Default for LoginConfig {
             max_line_bytes: 8192,
             max_connections: 1024,
             max_connections_per_source: 64,
+            max_connections_per_network: 0,
+            new_connections_per_source: 0,
+            sources: crate::net::Prefixes::default(),
             auth_timeout: Duration::from_secs(3),
             throttle_user_failures: 5,
             throttle_source_failures: 20,
@@ -230,6 +252,13 @@ pub struct GateConfig {
     /// one NAT share an address: keep it generous); one more is closed at
     /// accept (0: no bound). Default: 4096.
     pub max_connections_per_source: usize,
+    /// Most connections from one network (`[sources]` prefixes: /24,
+    /// IPv6 /48) at once; one more is closed at accept (0: no bound).
+    /// Default: 0.
+    pub max_connections_per_network: usize,
+    /// New connections one source may open per second (bursts of twice
+    /// that); faster ones are closed at accept (0: no bound). Default: 0.
+    pub new_connections_per_source: u32,
     /// Deadline from accept to a complete handshake package. Default: 10s.
     #[serde(with = "duration")]
     pub handshake_timeout: Duration,
@@ -256,6 +285,10 @@ pub struct GateConfig {
     /// [`Config::gate`] copies here. Default: 5s.
     #[serde(skip)]
     pub shutdown_grace: Duration,
+    /// Not read from the file: the top-level `[sources]`, which
+    /// [`Config::gate`] copies here.
+    #[serde(skip)]
+    pub sources: crate::net::Prefixes,
     /// Most pushes kept per user for replay to a client that reconnects
     /// (the oldest go first); 0 keeps none (a client that was away is only
     /// told how many it missed). Default: 64.
@@ -284,6 +317,8 @@ impl Default for GateConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             maxclient: 65536,
             max_connections_per_source: 4096,
+            max_connections_per_network: 0,
+            new_connections_per_source: 0,
             handshake_timeout: Duration::from_secs(10),
             send_queue_bytes: 1 << 20,
             max_inflight_per_user: 128,
@@ -291,6 +326,7 @@ impl Default for GateConfig {
             cache_bytes: 256 * 1024,
             reconnect_window: Duration::from_secs(300),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            sources: crate::net::Prefixes::default(),
             push_backlog: 64,
             push_backlog_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),

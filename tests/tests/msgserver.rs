@@ -902,3 +902,57 @@ async fn connections_per_source_address_are_bounded() {
     drop(held);
     g.stop().await;
 }
+
+/// Connects from `source` (a loopback address of the test's choosing).
+async fn connect_from(g: &TestGate, source: &str) -> Client {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{source}:0").parse().expect("addr"))
+        .expect("bind");
+    Client {
+        stream: socket.connect(g.addr).await.expect("connect"),
+    }
+}
+
+/// Many addresses of one network count as that network; sources that
+/// open connections too fast are refused too; others are served.
+#[tokio::test]
+async fn networks_and_connection_rates_are_bounded_at_accept() {
+    let cfg = GateConfig {
+        max_connections_per_network: 4,
+        ..GateConfig::default()
+    };
+    let g = TestGate::start(cfg).await;
+    let secret = hello_secret();
+    let username = g.logged_in("hello", &secret).await;
+    let mut held = Vec::new();
+    for host in 2..6 {
+        held.push(connect_from(&g, &format!("127.0.5.{host}")).await);
+    }
+    let mut fifth = connect_from(&g, "127.0.5.9").await;
+    fifth.expect_closed().await;
+    assert_eq!(g.metrics().refused_per_source, 1);
+    let mut other = connect_from(&g, "127.0.6.1").await;
+    assert_eq!(other.handshake(&secret, &username, 1).await, b"200 OK");
+    drop(held);
+    g.stop().await;
+
+    let cfg = GateConfig {
+        new_connections_per_source: 2,
+        ..GateConfig::default()
+    };
+    let g = TestGate::start(cfg).await;
+    let username = g.logged_in("hello", &secret).await;
+    // A burst of twice the rate is let in; the rest are closed at accept
+    // (a token more may have come back while connecting).
+    let mut burst = Vec::new();
+    for _ in 0..7 {
+        burst.push(connect_from(&g, "127.0.7.1").await);
+    }
+    wait_until("refusals counted", || g.metrics().refused_per_source >= 2).await;
+    assert!(g.metrics().refused_per_source <= 3);
+    let mut other = connect_from(&g, "127.0.7.2").await;
+    assert_eq!(other.handshake(&secret, &username, 1).await, b"200 OK");
+    drop(burst);
+    g.stop().await;
+}

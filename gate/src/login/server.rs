@@ -62,7 +62,7 @@ use super::throttle::{Policy, Throttle};
 use crate::config::{DEFAULT_SHUTDOWN_GRACE, LoginConfig};
 use crate::login::placement::Placer;
 use crate::net::web::WebPolicy;
-use crate::net::{self, AtCapacity, PerSource};
+use crate::net::{self, AtCapacity, PerSource, RefusalLog};
 
 /// A key that has not failed for this long starts counting again.
 const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);
@@ -212,19 +212,24 @@ impl LoginServer {
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
                 .unwrap_or(false);
-        let per_source = PerSource::new(shared.config.max_connections_per_source);
+        let per_source = PerSource::with(
+            shared.config.max_connections_per_source,
+            shared.config.max_connections_per_network,
+            f64::from(shared.config.new_connections_per_source),
+            shared.config.sources,
+        );
+        let refusals = RefusalLog::new("login", Duration::from_secs(10));
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
                      web: Option<&Arc<WebPolicy>>| {
             let Some(permit) = permit else { return };
-            let Some(source) = per_source.enter(addr.ip()) else {
-                debug!(
-                    %addr,
-                    max = shared.config.max_connections_per_source,
-                    "too many login dialogues from this address: closed at accept"
-                );
-                return;
+            let source = match per_source.enter(addr.ip()) {
+                Ok(source) => source,
+                Err(refused) => {
+                    refusals.refused(refused.label());
+                    return;
+                }
             };
             let place = DialoguePlace {
                 _permit: permit,

@@ -4,18 +4,20 @@
 //!
 //! [`web`] serves WebSocket clients on top of these sockets.
 
+pub mod budget;
+mod source;
 pub mod web;
+
+pub use source::{PerSource, Prefixes, Refused, SourceSlot};
 
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::shard::ShardedMap;
 
 /// Pause after an accept error that means "out of resources" (too many
 /// open files, no buffer space), so the loop does not spin while it lasts.
@@ -89,65 +91,66 @@ pub async fn accept_loop(
     }
 }
 
-/// Connections open per source address, each bounded: one address (a bot,
-/// a flood of idle sockets) cannot take every slot of a listener. IPv6
-/// addresses that map IPv4 ones count as the IPv4 address.
+/// Refusals at accept, logged as a summary at most once per interval per
+/// listener instead of one line each: a flood must not turn into a flood
+/// of log lines (the counts are in the metrics as they happen).
 #[derive(Debug)]
-pub struct PerSource {
-    open: ShardedMap<IpAddr, u32>,
-    max: u32,
+pub struct RefusalLog {
+    what: &'static str,
+    every: Duration,
+    state: std::sync::Mutex<RefusalCounts>,
 }
 
-impl PerSource {
-    /// At most `max` connections per source address at once (0: no bound).
-    pub fn new(max: usize) -> Arc<PerSource> {
-        Arc::new(PerSource {
-            open: ShardedMap::new(),
-            max: u32::try_from(max).unwrap_or(u32::MAX),
-        })
-    }
-
-    /// Counts a connection from `ip`, or `None` when `ip` has `max` open.
-    pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Option<SourceSlot> {
-        let ip = ip.to_canonical();
-        if self.max > 0 {
-            let mut shard = self.open.shard(&ip);
-            let open = shard.entry(ip).or_insert(0);
-            if *open >= self.max {
-                return None;
-            }
-            *open += 1;
-        }
-        Some(SourceSlot {
-            table: Arc::clone(self),
-            ip,
-        })
-    }
-
-    /// Connections open from `ip` now.
-    pub fn open(&self, ip: IpAddr) -> u32 {
-        self.open.get(&ip.to_canonical()).unwrap_or(0)
-    }
-}
-
-/// One counted connection (see [`PerSource`]); uncounted on drop.
 #[derive(Debug)]
-pub struct SourceSlot {
-    table: Arc<PerSource>,
-    ip: IpAddr,
+struct RefusalCounts {
+    since: Option<tokio::time::Instant>,
+    counts: Vec<(&'static str, u64)>,
 }
 
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        if self.table.max == 0 {
-            return;
+impl RefusalLog {
+    /// A summary for listener `what`, at most one line per `every`.
+    pub fn new(what: &'static str, every: Duration) -> RefusalLog {
+        RefusalLog {
+            what,
+            every,
+            state: std::sync::Mutex::new(RefusalCounts {
+                since: None,
+                counts: Vec::new(),
+            }),
         }
-        let mut shard = self.table.open.shard(&self.ip);
-        if let Some(open) = shard.get_mut(&self.ip) {
-            *open = open.saturating_sub(1);
-            if *open == 0 {
-                shard.remove(&self.ip);
-            }
+    }
+
+    /// Notes a connection refused for `cause`; writes a summary line when
+    /// the last one is at least the interval old.
+    pub fn refused(&self, cause: &'static str) {
+        let now = tokio::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match state.counts.iter_mut().find(|(c, _)| *c == cause) {
+            Some((_, n)) => *n += 1,
+            None => state.counts.push((cause, 1)),
+        }
+        let due = state
+            .since
+            .is_none_or(|since| now.duration_since(since) >= self.every);
+        if due {
+            // The first refusal after a quiet interval is told at once; the
+            // rest of an interval in one line with the next refusal after
+            // it (the metrics count every one as it happens).
+            let summary: Vec<String> = state
+                .counts
+                .iter()
+                .map(|(cause, n)| format!("{cause}={n}"))
+                .collect();
+            tracing::warn!(
+                listener = self.what,
+                refused = %summary.join(","),
+                "connections refused at accept (per cause, since the last such line)"
+            );
+            state.counts.clear();
+            state.since = Some(now);
         }
     }
 }
@@ -203,24 +206,6 @@ mod tests {
         let mut got = [0; 2];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"hi");
-    }
-
-    #[test]
-    fn per_source_bounds_each_address() {
-        let table = PerSource::new(2);
-        let a: IpAddr = "10.0.0.1".parse().unwrap();
-        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        let b: IpAddr = "10.0.0.2".parse().unwrap();
-        let one = table.enter(a).unwrap();
-        let _two = table.enter(mapped).unwrap();
-        assert!(table.enter(a).is_none(), "the mapped address is the same");
-        let _other = table.enter(b).unwrap();
-        drop(one);
-        assert_eq!(table.open(a), 1);
-        assert!(table.enter(a).is_some());
-        let unbounded = PerSource::new(0);
-        let slots: Vec<_> = (0..100).map(|_| unbounded.enter(a).unwrap()).collect();
-        assert_eq!(slots.len(), 100);
     }
 
     #[tokio::test]

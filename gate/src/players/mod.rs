@@ -54,7 +54,7 @@ use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::login::placement::{LoginLink, LoginRefusal};
 use crate::net::web::WebPolicy;
-use crate::net::{self, AtCapacity, PerSource};
+use crate::net::{self, AtCapacity, PerSource, RefusalLog};
 
 /// Counts over every session of a gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -90,6 +90,10 @@ pub struct SessionInfo {
     /// The sequence number of the last push (0: none yet).
     pub last_push: u32,
 }
+
+/// At most one line per this interval summarises the connections refused
+/// at accept.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a kick waits for the kicked connection to close.
 const KICK_WAIT: Duration = Duration::from_secs(5);
@@ -372,24 +376,29 @@ impl MsgGate {
                 () = core.draining.cancelled() => {}
             }
         };
-        let per_source = PerSource::new(core.cfg.max_connections_per_source);
+        let per_source = PerSource::with(
+            core.cfg.max_connections_per_source,
+            core.cfg.max_connections_per_network,
+            f64::from(core.cfg.new_connections_per_source),
+            core.cfg.sources,
+        );
+        let refusals = RefusalLog::new("gate", REFUSAL_LOG_EVERY);
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
                      web: Option<&Arc<WebPolicy>>| {
             let Some(permit) = permit else {
                 bump(&core.metrics.refused_at_accept);
-                tracing::debug!(%addr, "maxclient connections open: closed at accept");
+                refusals.refused("maxclient");
                 return;
             };
-            let Some(source) = per_source.enter(addr.ip()) else {
-                bump(&core.metrics.refused_per_source);
-                tracing::debug!(
-                    %addr,
-                    max = core.cfg.max_connections_per_source,
-                    "too many connections from this address: closed at accept"
-                );
-                return;
+            let source = match per_source.enter(addr.ip()) {
+                Ok(source) => source,
+                Err(refused) => {
+                    bump(&core.metrics.refused_per_source);
+                    refusals.refused(refused.label());
+                    return;
+                }
             };
             let slots = (permit, source);
             match web {

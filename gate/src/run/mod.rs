@@ -148,9 +148,21 @@ impl fmt::Debug for Components {
 ///   TLS);
 /// * gate node: `cluster.control_listen`.
 pub async fn serve(
-    config: Config,
+    mut config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    if let Some(limit) = crate::net::budget::raise_file_limit() {
+        let shares = crate::net::budget::fit(&mut config, limit);
+        info!(
+            file_limit = limit,
+            maxclient = config.gate.maxclient,
+            login_connections = config.login.max_connections,
+            backend_links = config.backend.max_links,
+            control_links = shares.control,
+            ops_connections = shares.ops,
+            "connection bounds fitted to the file limit"
+        );
+    }
     let ops = bind::ops(&config)?;
     match config.cluster.role {
         Role::Login => {

@@ -138,8 +138,12 @@ pub(super) fn login_server(
     placer: Arc<dyn Placer>,
     random: Option<Arc<dyn RandomSource>>,
 ) -> Result<LoginServer, RunError> {
-    let mut login = LoginServer::new(config.login.clone(), auth, placer)
-        .with_shutdown_grace(config.shutdown_grace);
+    let login_config = crate::config::LoginConfig {
+        sources: config.sources,
+        ..config.login.clone()
+    };
+    let mut login =
+        LoginServer::new(login_config, auth, placer).with_shutdown_grace(config.shutdown_grace);
     match &config.login.server_key_file {
         Some(path) => {
             let key = crate::login::server_key::load(path).map_err(RunError::Config)?;

@@ -150,6 +150,11 @@ pub struct LoginConfig {
     /// twice that); faster ones are closed at accept (0: no bound).
     /// Default: 0.
     pub new_connections_per_source: u32,
+    /// When every login slot is taken, a newcomer takes the slot of the
+    /// oldest dialogue whose client has said nothing (no key line) for at
+    /// least this long. Default: 500ms.
+    #[serde(with = "duration")]
+    pub evict_silent_after: Duration,
     /// Not read from the file: the top-level `[sources]`, copied here when
     /// the login server is built from a [`Config`].
     #[serde(skip)]
@@ -221,6 +226,7 @@ impl Default for LoginConfig {
             max_connections_per_source: 64,
             max_connections_per_network: 0,
             new_connections_per_source: 0,
+            evict_silent_after: Duration::from_millis(500),
             sources: crate::net::Prefixes::default(),
             auth_timeout: Duration::from_secs(3),
             throttle_user_failures: 5,

@@ -665,6 +665,51 @@ async fn idle_sockets_from_one_address_do_not_block_others() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// When every login slot is taken by silent sockets (from many addresses,
+/// each under its own bound), a newcomer takes the slot of the oldest
+/// silent one instead of waiting for the dialogue deadline; a client that
+/// has talked keeps its slot.
+#[tokio::test]
+async fn silent_dialogues_give_their_slots_to_newcomers_when_full() {
+    let mut config = test_config();
+    config.login.max_connections = 3;
+    config.login.evict_silent_after = Duration::ZERO;
+    let server = Server::start(config, Components::default()).await;
+    let mut idle = Vec::new();
+    for host in 2..5 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("127.0.9.{host}:0").parse().expect("addr"))
+            .expect("bind");
+        let stream = socket.connect(server.login).await.expect("connect");
+        let mut lines = tokio_util::codec::Framed::new(stream, codec::line::LineCodec::new());
+        let challenge = futures::StreamExt::next(&mut lines).await;
+        assert!(matches!(challenge, Some(Ok(line)) if line.len() == 12));
+        idle.push(lines);
+    }
+    // Every slot is taken; a real login still gets in at once.
+    let ok = login(
+        server.login,
+        Suite::X25519,
+        "alice",
+        "sample",
+        "password",
+        1,
+    )
+    .await;
+    assert!(ok.is_ok(), "{ok:?}");
+    // The oldest silent socket gave its slot up: closed without a line.
+    let mut oldest = idle.remove(0);
+    let end = guard(
+        "the evicted socket to close",
+        futures::StreamExt::next(&mut oldest),
+    )
+    .await;
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+    drop(idle);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// Counts the calls into an authenticator (the demo one).
 #[derive(Debug, Default)]
 struct Counting(std::sync::atomic::AtomicUsize);

@@ -49,6 +49,9 @@ enum Ending {
     TimedOut,
     /// The server shut down.
     Shutdown,
+    /// The slots were full and this client had said nothing: its slot went
+    /// to a newcomer.
+    Evicted,
     /// A socket error, or no randomness.
     Failed(String),
 }
@@ -134,6 +137,8 @@ pub(super) async fn connection<S: Stream>(
     stop: Stop,
 ) {
     let clock = DialogueClock::new(shared.config.dialogue_timeout);
+    let registered = shared.dialogues.enter();
+    let seat = &registered.seat;
     let mut lines = FramedRead::with_capacity(
         stream,
         LineCodec::with_limit(shared.config.max_line_bytes),
@@ -141,7 +146,7 @@ pub(super) async fn connection<S: Stream>(
     );
     let mut report = Report::default();
     let ending = {
-        let dialogue = dialogue(&shared, &mut lines, &mut report, addr, &clock);
+        let dialogue = dialogue(&shared, &mut lines, &mut report, addr, &clock, seat);
         tokio::pin!(dialogue);
         loop {
             // While the login is queued there is no dialogue deadline; the
@@ -151,6 +156,7 @@ pub(super) async fn connection<S: Stream>(
                 biased;
                 ended = &mut dialogue => break ended,
                 () = stop.hard.cancelled() => break Ending::Shutdown,
+                () = seat.evict.notified() => break Ending::Evicted,
                 () = clock.changed.notified() => {}
                 () = sleep_until_some(deadline) => {
                     if clock.deadline().is_some_and(|d| Instant::now() >= d) {
@@ -174,6 +180,7 @@ pub(super) async fn connection<S: Stream>(
     );
     // The status is written: the next client may have the place.
     drop(place);
+    drop(registered);
     let parts = lines.into_parts();
     let (mut stream, mut buf) = (parts.io, parts.read_buf);
     // FIN after the last byte we wrote.
@@ -190,6 +197,12 @@ pub(super) async fn connection<S: Stream>(
 }
 
 fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
+    if let Ending::Evicted = ending {
+        // One line per evicted idle socket would turn a flood into a log
+        // flood: the accept loop summarises evictions instead.
+        tracing::debug!(%addr, "login dialogue evicted (slots full, client silent)");
+        return;
+    }
     let text = |b: &Option<Bytes>| b.as_deref().map(|b| esc(b).to_string()).unwrap_or_default();
     let (status, reason) = match ending {
         Ending::Status(status, reason) => (status.code().to_string(), reason.as_str()),
@@ -197,6 +210,10 @@ fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
         Ending::LineTooLong => ("none".to_owned(), "line over the buffer limit"),
         Ending::TimedOut => ("none".to_owned(), "dialogue deadline passed"),
         Ending::Shutdown => ("none".to_owned(), "server shutting down"),
+        Ending::Evicted => (
+            "none".to_owned(),
+            "evicted: slots full and the client said nothing",
+        ),
         Ending::Failed(reason) => ("none".to_owned(), reason.as_str()),
     };
     info!(
@@ -259,8 +276,9 @@ async fn dialogue<S: Stream>(
     report: &mut Report,
     addr: SocketAddr,
     clock: &DialogueClock,
+    seat: &super::evict::Seat,
 ) -> Ending {
-    match run_dialogue(shared, lines, report, addr, clock).await {
+    match run_dialogue(shared, lines, report, addr, clock, seat).await {
         Ok(ending) | Err(ending) => ending,
     }
 }
@@ -273,6 +291,7 @@ async fn run_dialogue<S: Stream>(
     report: &mut Report,
     addr: SocketAddr,
     clock: &DialogueClock,
+    seat: &super::evict::Seat,
 ) -> Result<Ending, Ending> {
     let random = shared
         .random
@@ -282,6 +301,7 @@ async fn run_dialogue<S: Stream>(
     send(lines, &challenge).await?;
 
     let client_key = receive(lines).await?;
+    seat.talked();
     let state = match state.receive(&client_key) {
         KeyStep::Continue(state, server_key) => {
             report.suite = Some(state.suite());

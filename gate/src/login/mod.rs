@@ -18,6 +18,7 @@ pub mod auth;
 mod closing;
 mod detach;
 mod dialogue;
+mod evict;
 pub mod gates;
 pub mod metrics;
 pub mod online;

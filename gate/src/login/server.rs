@@ -97,6 +97,8 @@ pub(super) struct LoginState {
     /// The login queue, when `admission_rate` is set.
     pub(super) admission: Option<Arc<dyn Admit>>,
     pub(super) metrics: Arc<LoginMetrics>,
+    /// The dialogues holding a slot, for eviction when the slots are full.
+    pub(super) dialogues: Arc<super::evict::Dialogues>,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -122,6 +124,7 @@ impl LoginServer {
         LoginServer {
             shared: LoginState {
                 metrics: Arc::default(),
+                dialogues: Arc::default(),
                 admission: admission(&config),
                 throttle: throttle(&config),
                 server: ServerConfig {
@@ -218,7 +221,7 @@ impl LoginServer {
             f64::from(shared.config.new_connections_per_source),
             shared.config.sources,
         );
-        let refusals = RefusalLog::new("login", Duration::from_secs(10));
+        let refusals = Arc::new(RefusalLog::new("login", Duration::from_secs(10)));
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
@@ -271,10 +274,20 @@ impl LoginServer {
                 }
             }
         };
+        let dialogues = Arc::clone(&shared.dialogues);
+        let evictions = Arc::clone(&refusals);
+        let min_age = shared.config.evict_silent_after;
+        let at_capacity = AtCapacity::Evict(Arc::new(move || {
+            let evicted = dialogues.evict_one(min_age);
+            if evicted {
+                evictions.refused("evicted_silent");
+            }
+            evicted
+        }));
         let tcp = net::accept_loop(
             listener,
             Arc::clone(&permits),
-            AtCapacity::Wait,
+            at_capacity.clone(),
             shutdown.cancelled(),
             "login",
             |stream, addr, permit| start(stream, addr, permit, None),
@@ -286,7 +299,7 @@ impl LoginServer {
             net::accept_loop(
                 listener,
                 Arc::clone(&permits),
-                AtCapacity::Wait,
+                at_capacity.clone(),
                 shutdown.cancelled(),
                 "login (WebSocket)",
                 |stream, addr, permit| start(stream, addr, permit, Some(&policy)),
@@ -385,6 +398,7 @@ mod tests {
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
         Arc::new(LoginState {
             metrics: Arc::default(),
+            dialogues: Arc::default(),
             admission: admission(&config),
             throttle: throttle(&config),
             server: ServerConfig::default(),

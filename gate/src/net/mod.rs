@@ -24,21 +24,39 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// What [`accept_loop`] does when every permit is taken.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum AtCapacity {
     /// Wait for a permit before accepting: further clients wait in the
-    /// kernel's accept queue (the login server: a crowd queues, nobody is
-    /// refused).
+    /// kernel's accept queue (a crowd queues, nobody is refused).
     Wait,
     /// Accept and hand the connection over without a permit (the gate
     /// closes it at once: `maxclient` is exact).
     Close,
+    /// Accept, then ask this to free a permit (the login server evicts a
+    /// silent dialogue; `false`: nothing to evict) and wait for one; a
+    /// newcomer is never refused, and idle sockets cannot keep it out.
+    Evict(Arc<dyn Fn() -> bool + Send + Sync>),
 }
+
+impl std::fmt::Debug for AtCapacity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AtCapacity::Wait => "Wait",
+            AtCapacity::Close => "Close",
+            AtCapacity::Evict(_) => "Evict",
+        })
+    }
+}
+
+/// How long a connection accepted at capacity waits for the slot an
+/// eviction frees before the loop asks again.
+const EVICT_WAIT: Duration = Duration::from_millis(100);
 
 /// Accepts connections on `listener` until `stop` resolves, handing each to
 /// `on_accept` with its permit (taken *before* `accept`, so it is released
 /// however the connection ends). With [`AtCapacity::Close`] a connection
-/// accepted while every permit is taken comes with `None`.
+/// accepted while every permit is taken comes with `None`; with
+/// [`AtCapacity::Evict`] it waits for a slot to be freed.
 ///
 /// Accept errors are logged; those that mean "out of resources" pause the
 /// loop for a moment; others (a client that reset before it was accepted)
@@ -54,7 +72,7 @@ pub async fn accept_loop(
 ) {
     tokio::pin!(stop);
     loop {
-        let mut permit = match at_capacity {
+        let mut permit = match &at_capacity {
             AtCapacity::Wait => tokio::select! {
                 biased;
                 () = &mut stop => break,
@@ -63,7 +81,9 @@ pub async fn accept_loop(
                     Err(_) => break,
                 },
             },
-            AtCapacity::Close => Arc::clone(&permits).try_acquire_owned().ok(),
+            AtCapacity::Close | AtCapacity::Evict(_) => {
+                Arc::clone(&permits).try_acquire_owned().ok()
+            }
         };
         let accepted = tokio::select! {
             biased;
@@ -86,6 +106,24 @@ pub async fn accept_loop(
         if permit.is_none() {
             // A connection may have closed while we waited in accept.
             permit = Arc::clone(&permits).try_acquire_owned().ok();
+        }
+        if let (None, AtCapacity::Evict(evict)) = (&permit, &at_capacity) {
+            // Free a slot for this one, and wait for it (one accepted
+            // connection waits here at most: the loop accepts no other).
+            while permit.is_none() {
+                let wait = if evict() { EVICT_WAIT } else { ACCEPT_BACKOFF };
+                tokio::select! {
+                    biased;
+                    () = &mut stop => return,
+                    acquired = tokio::time::timeout(wait, Arc::clone(&permits).acquire_owned()) => {
+                        match acquired {
+                            Ok(Ok(acquired)) => permit = Some(acquired),
+                            Ok(Err(_)) => return,
+                            Err(_) => {}
+                        }
+                    }
+                }
+            }
         }
         on_accept(stream, addr, permit);
     }

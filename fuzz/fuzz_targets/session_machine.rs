@@ -1,9 +1,9 @@
 //! The gate's session state machine driven by a hostile client and a
 //! random scheduler: handshakes with any index and push claim on old or
-//! new connections, any session number on any connection, answers,
+//! new connections, any request number on any connection, answers,
 //! abandoned handlers, drops, pushes, kicks and the clock, in any order.
 //!
-//! Checks: no panic; a session number is never handed out to run while
+//! Checks: no panic; a request number is never handed out to run while
 //! a handler for it is still running; the running count is the driver's;
 //! everything the session gives a connection to write is whole packages;
 //! once ended, nothing runs, no handshake is accepted and no push is
@@ -19,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use codec::ext::Ext;
 use codec::message::{LuaNumber, Response};
 use codec::package::PackageCodec;
-use gate_core::session::cache::{ConnId, ExecId, OnRequest};
 use gate_core::End;
+use gate_core::session::cache::{ConnId, ExecId, OnRequest};
 use gate_core::session::{Hello, Limits, Session};
 use gate_core::{Time, wire};
 use libfuzzer_sys::fuzz_target;
@@ -111,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
                         assert!(!ended, "a request ran on an ended session");
                         assert!(
                             running.iter().all(|(n, _)| *n != number),
-                            "session {number} handed out while it runs"
+                            "request {number} handed out while it runs"
                         );
                         running.push((number, exec));
                     }
@@ -157,12 +157,9 @@ fuzz_target!(|data: &[u8]| {
             }
             7 => {
                 let len = usize::from(input.byte());
-                match s.push(Bytes::from(vec![b'p'; len])) {
-                    Ok((seq, _)) => {
-                        assert!(!ended, "a push taken by an ended session");
-                        assert!(seq > 0);
-                    }
-                    Err(_) => {}
+                if let Ok((seq, _)) = s.push(Bytes::from(vec![b'p'; len])) {
+                    assert!(!ended, "a push taken by an ended session");
+                    assert!(seq > 0);
                 }
             }
             8 => {

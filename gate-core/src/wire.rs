@@ -9,7 +9,7 @@ use codec::package::{HEADER_LEN, encode_package};
 use codec::status::GateStatus;
 
 /// Wire size of a package of skynet's response layout with `len` content
-/// bytes: header, content, flag byte, BE32 session.
+/// bytes: header, content, flag byte, BE32 request number.
 pub fn flagged_len(len: usize) -> usize {
     HEADER_LEN + len + 5
 }
@@ -22,25 +22,25 @@ pub fn write_flagged(out: &mut BytesMut, content: &[u8], flag: ResponseFlag, num
     debug_assert!(encoded.is_ok(), "a package of {} bytes", content.len());
 }
 
-/// The error response `00 ‖ BE32(session)` (spec §5.4: a handler that
+/// The error response `00 ‖ BE32(number)` (spec §5.4: a handler that
 /// raised).
-pub fn error_response(session: u32) -> Bytes {
+pub fn error_response(number: u32) -> Bytes {
     let mut out = BytesMut::with_capacity(flagged_len(0));
-    write_flagged(&mut out, &[], ResponseFlag::ERROR, session);
+    write_flagged(&mut out, &[], ResponseFlag::ERROR, number);
     out.freeze()
 }
 
-/// The response package of a handler's answer: `content ‖ 01 ‖ session`,
+/// The response package of a handler's answer: `content ‖ 01 ‖ number`,
 /// or the error response when there is no content or it is larger than
 /// one package may carry (65530 bytes).
-pub fn response(session: u32, content: Option<&[u8]>) -> Bytes {
+pub fn response(number: u32, content: Option<&[u8]>) -> Bytes {
     match content {
         Some(content) if content.len() <= MAX_RESPONSE_CONTENT => {
             let mut out = BytesMut::with_capacity(flagged_len(content.len()));
-            write_flagged(&mut out, content, ResponseFlag::OK, session);
+            write_flagged(&mut out, content, ResponseFlag::OK, number);
             out.freeze()
         }
-        _ => error_response(session),
+        _ => error_response(number),
     }
 }
 

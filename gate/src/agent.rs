@@ -52,7 +52,7 @@ pub trait Agent: Send + Sync + 'static {
 }
 
 /// Why a request got an error response instead of an answer. The client
-/// only sees the error response (`00 ‖ session`); this goes to the log and
+/// only sees the error response (`00 ‖ number`); this goes to the log and
 /// the metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -114,13 +114,13 @@ pub(crate) trait SessionHandle: Send + Sync + 'static {
     fn is_active(&self) -> bool;
     fn end(&self, reason: End);
     fn push(&self, payload: Bytes) -> Result<u32, PushRefused>;
-    fn complete(&self, session: u32, exec: ExecId, result: Result<Bytes, RequestError>);
+    fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>);
 }
 
 /// A request handed to an agent.
 pub struct AgentRequest {
-    /// The client's session number (echoed in the response).
-    pub session: u32,
+    /// The client's request number (echoed in the response).
+    pub number: u32,
     /// The request content. It shares the reading thread's buffer: copy it
     /// ([`Bytes::copy_from_slice`]) to keep it after `request` returns
     /// ([`AgentRequest::defer`] does).
@@ -129,9 +129,9 @@ pub struct AgentRequest {
 }
 
 impl AgentRequest {
-    pub(crate) fn new(session: u32, content: Bytes, exec: ExecId) -> AgentRequest {
+    pub(crate) fn new(number: u32, content: Bytes, exec: ExecId) -> AgentRequest {
         AgentRequest {
-            session,
+            number,
             content,
             exec,
         }
@@ -143,7 +143,7 @@ impl AgentRequest {
     pub fn defer(self, ctx: &SessionCtx) -> (Bytes, Completer, Dispatch) {
         let completer = Completer {
             handle: Some(Arc::clone(&ctx.handle)),
-            session: self.session,
+            number: self.number,
             exec: self.exec,
         };
         let content = Bytes::copy_from_slice(&self.content);
@@ -154,7 +154,7 @@ impl AgentRequest {
 impl fmt::Debug for AgentRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentRequest")
-            .field("session", &self.session)
+            .field("number", &self.number)
             .field("content_len", &self.content.len())
             .finish()
     }
@@ -167,14 +167,14 @@ impl fmt::Debug for AgentRequest {
 /// loses a request (crash, dropped future) never leaves the client waiting.
 pub struct Completer {
     handle: Option<Arc<dyn SessionHandle>>,
-    session: u32,
+    number: u32,
     exec: ExecId,
 }
 
 impl Completer {
-    /// The session number of the request being answered.
-    pub fn session(&self) -> u32 {
-        self.session
+    /// The number of the request being answered.
+    pub fn number(&self) -> u32 {
+        self.number
     }
 
     /// Delivers the answer: `Ok(content)` or an error (error response).
@@ -182,7 +182,7 @@ impl Completer {
     /// "Conflict session", the answer is dropped (as skynet does).
     pub fn complete(mut self, result: Result<Bytes, RequestError>) {
         if let Some(handle) = self.handle.take() {
-            handle.complete(self.session, self.exec, result);
+            handle.complete(self.number, self.exec, result);
         }
     }
 }
@@ -190,7 +190,7 @@ impl Completer {
 impl Drop for Completer {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.complete(self.session, self.exec, Err(RequestError::Dropped));
+            handle.complete(self.number, self.exec, Err(RequestError::Dropped));
         }
     }
 }
@@ -198,7 +198,7 @@ impl Drop for Completer {
 impl fmt::Debug for Completer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completer")
-            .field("session", &self.session)
+            .field("number", &self.number)
             .finish()
     }
 }

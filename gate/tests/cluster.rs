@@ -438,14 +438,14 @@ impl Player {
             body: Bytes::copy_from_slice(body.as_bytes()),
         };
         let text = String::from_utf8(envelope.encode_to_vec()).unwrap_or_default();
-        let session = self
+        let number = self
             .s
             .send(None, Bytes::from(envelope.encode_to_vec()))
             .await
             .expect("send");
         loop {
             match guard("an answer", self.s.recv()).await.expect("recv") {
-                Event::Message(m) if m.response.number == session => {
+                Event::Message(m) if m.response.number == number => {
                     assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
                     return m.response.content;
                 }
@@ -457,14 +457,14 @@ impl Player {
     }
 
     async fn echo(&mut self, text: &str) -> Bytes {
-        let session = self
+        let number = self
             .s
             .send(None, Bytes::copy_from_slice(text.as_bytes()))
             .await
             .expect("send");
         loop {
             match guard("an answer", self.s.recv()).await.expect("recv") {
-                Event::Message(m) if m.response.number == session => {
+                Event::Message(m) if m.response.number == number => {
                     assert_eq!(m.response.flag, ResponseFlag::OK, "answer to {text:?}");
                     return m.response.content;
                 }

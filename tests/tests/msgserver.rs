@@ -77,8 +77,8 @@ async fn transcript_hello_scenarios() {
     assert_eq!(g.login("hello", &secret).await, "1");
     assert_eq!(g.username("hello", "1"), b"aGVsbG8=@c2FtcGxl#MQ==");
 
-    // basic: split handshake, reuse of a session on the same connection,
-    // handler error, two pipelined requests.
+    // basic: split handshake, reuse of a request number on the same
+    // connection, handler error, two pipelined requests.
     Replay::new(scenario(&doc, "basic"), g.addr)
         .run_to_end()
         .await;

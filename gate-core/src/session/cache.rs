@@ -29,7 +29,7 @@
 //!   Here a response whose connection is gone is delivered to the user's
 //!   current connection if there is one, and an entry is stamped with the
 //!   connection it was *delivered* on (none if it was not delivered), so a
-//!   session whose answer the client never received is always answered from
+//!   request whose answer the client never received is always answered from
 //!   the cache, never executed again.
 //! * **Only answers the live connection carried age by count.** skynet's
 //!   retirement (below) drops the oldest answers once `2E` were touched,
@@ -41,32 +41,32 @@
 //!   no connection, and every answer an ended connection carried, are
 //!   *unconfirmed* and stay until the client re-sends them (then they are
 //!   delivered again and age like any other), the session ends, or the byte
-//!   bound below forces them out. The visible change: a session number
+//!   bound below forces them out. The visible change: a request number
 //!   answered on an earlier connection keeps answering from the cache (not
 //!   running anew) until the byte bound retires it — number requests
 //!   upwards for the whole login session, as skynet's own client does.
 //! * **Bounded by bytes.** All cached answers of a user, plus a fixed cost
 //!   per entry, stay within `max_bytes`. When an answer must go to keep
-//!   that bound (the oldest first), its session number is
+//!   that bound (the oldest first), its request number is
 //!   remembered as **lost**: every later request with that number, on any
 //!   connection of the session, is answered with an error response (ok
 //!   byte 0) instead of running, so a bound never turns into a silent
 //!   second execution. Lost numbers are kept as a
-//!   few ranges ([`LostSessions`]); when there are too many, the two closest
+//!   few ranges ([`LostNumbers`]); when there are too many, the two closest
 //!   ranges merge, so a number between them also answers with an error
 //!   instead of running (clients number their requests upwards, below the
 //!   numbers they still use).
 //! * **Remaining edge, documented:** a late response is marked `late`; the
-//!   first request for that session on the connection it was delivered to
+//!   first request for that number on the connection it was delivered to
 //!   is answered from the cache (it is most likely a re-send that crossed
 //!   the delivery on the wire), so such a client may receive the same answer
 //!   twice — but a request is never executed twice. A client that reuses
-//!   that session number for a *new* request on that same connection gets
+//!   that request number for a *new* request on that same connection gets
 //!   the cached answer once; the next reuse runs normally.
 //! * **A conflict does not forget the request.** skynet's "Conflict
-//!   session" (a session sent a third time on one connection while its
-//!   handler runs) closes the connection and drops the entry, so the
-//!   client's re-send on its next connection runs the request again. Here
+//!   session" (a request number sent a third time on one connection
+//!   while its handler runs) closes the connection and drops the entry, so
+//!   the client's re-send on its next connection runs the request again. Here
 //!   the connection is closed the same way, but the entry stays: the
 //!   re-send gets the running request's answer.
 //! * Oversize responses are the caller's business: the gate turns them into
@@ -91,8 +91,8 @@ pub type ConnId = u64;
 pub const ENTRY_COST: usize = 64;
 
 /// Identifies one execution of a handler, so the result of an orphaned
-/// handler (its entry was dropped by a Conflict and the session reused) can
-/// never fill a newer entry of the same session.
+/// handler (its entry was dropped by a Conflict and its number reused) can
+/// never fill a newer entry of the same number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ExecId(u64);
 
@@ -105,12 +105,12 @@ pub enum OnRequest {
     /// Send this cached response package (header included) to the
     /// connection the request came from; the request's content is ignored.
     Resend(Bytes),
-    /// The answer of this session number was dropped to keep the cache
+    /// The answer of this request number was dropped to keep the cache
     /// within its byte bound: send this error response instead of running
     /// the request again (the same for every later request with it).
     Lost(Bytes),
-    /// The session's handler is still running; its response will go to the
-    /// connection the request came from. Nothing to send now.
+    /// The handler of this number is still running; its response will go
+    /// to the connection the request came from. Nothing to send now.
     Absorbed,
     /// skynet's "Conflict session": close the connection without a
     /// response. Unlike skynet, the running handler's answer is kept for a
@@ -130,15 +130,15 @@ pub struct Delivery<'a> {
     pub late: bool,
 }
 
-/// Hashes session numbers by one multiplication (Fibonacci hashing, as
-/// FxHash does). Sessions are client-chosen, but each user has a map of its
+/// Hashes request numbers by one multiplication (Fibonacci hashing, as
+/// FxHash does). They are client-chosen, but each user has a map of its
 /// own with at most a few hundred entries, so a client can only slow
 /// itself down; SipHash's flooding resistance buys nothing here and costs
 /// several times more per request.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SessionHasher(u64);
+pub struct NumberHasher(u64);
 
-impl Hasher for SessionHasher {
+impl Hasher for NumberHasher {
     fn finish(&self) -> u64 {
         self.0
     }
@@ -158,7 +158,7 @@ impl Hasher for SessionHasher {
     }
 }
 
-type SessionMap = HashMap<u32, Entry, BuildHasherDefault<SessionHasher>>;
+type NumberMap = HashMap<u32, Entry, BuildHasherDefault<NumberHasher>>;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
@@ -175,7 +175,7 @@ struct Entry {
     /// The execution whose result may fill `resp`.
     exec: ExecId,
     /// Delivered to a connection it was not asked on: the next request for
-    /// this session on that connection is answered from the cache.
+    /// this number on that connection is answered from the cache.
     late: bool,
     /// Queued for its connection but not yet written: kept like an
     /// undelivered answer until it is.
@@ -200,37 +200,37 @@ impl Entry {
     }
 }
 
-/// Most ranges [`LostSessions`] keeps before merging the closest two.
+/// Most ranges [`LostNumbers`] keeps before merging the closest two.
 pub const MAX_LOST_RANGES: usize = 32;
 
-/// Session numbers whose answers were dropped to keep the byte bound, as
+/// Request numbers whose answers were dropped to keep the byte bound, as
 /// sorted, disjoint, non-adjacent inclusive ranges.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LostSessions {
+pub struct LostNumbers {
     ranges: Vec<(u32, u32)>,
 }
 
-impl LostSessions {
-    /// Whether `session` is lost.
-    pub fn contains(&self, session: u32) -> bool {
-        let at = self.ranges.partition_point(|&(_, hi)| hi < session);
-        self.ranges.get(at).is_some_and(|&(lo, _)| lo <= session)
+impl LostNumbers {
+    /// Whether `number` is lost.
+    pub fn contains(&self, number: u32) -> bool {
+        let at = self.ranges.partition_point(|&(_, hi)| hi < number);
+        self.ranges.get(at).is_some_and(|&(lo, _)| lo <= number)
     }
 
-    /// Marks `session` lost; merges the two closest ranges when there are
+    /// Marks `number` lost; merges the two closest ranges when there are
     /// more than [`MAX_LOST_RANGES`].
-    pub fn insert(&mut self, session: u32) {
-        let at = self.ranges.partition_point(|&(_, hi)| hi < session);
-        if self.ranges.get(at).is_some_and(|&(lo, _)| lo <= session) {
+    pub fn insert(&mut self, number: u32) {
+        let at = self.ranges.partition_point(|&(_, hi)| hi < number);
+        if self.ranges.get(at).is_some_and(|&(lo, _)| lo <= number) {
             return;
         }
-        self.ranges.insert(at, (session, session));
+        self.ranges.insert(at, (number, number));
         // Join with the neighbours it touches.
-        if at + 1 < self.ranges.len() && self.ranges[at + 1].0 == session.wrapping_add(1) {
+        if at + 1 < self.ranges.len() && self.ranges[at + 1].0 == number.wrapping_add(1) {
             self.ranges[at].1 = self.ranges[at + 1].1;
             self.ranges.remove(at + 1);
         }
-        if at > 0 && self.ranges[at - 1].1.wrapping_add(1) == session {
+        if at > 0 && self.ranges[at - 1].1.wrapping_add(1) == number {
             self.ranges[at - 1].1 = self.ranges[at].1;
             self.ranges.remove(at);
         }
@@ -252,7 +252,7 @@ impl LostSessions {
 /// The response cache of one user.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseCache {
-    entries: SessionMap,
+    entries: NumberMap,
     /// skynet's per-user counter `N`.
     counter: u32,
     /// skynet's `expired_number` `E`.
@@ -263,7 +263,7 @@ pub struct ResponseCache {
     /// The bound on `bytes` for answered entries.
     max_bytes: usize,
     /// Boxed: most sessions never lose an answer.
-    lost: Option<Box<LostSessions>>,
+    lost: Option<Box<LostNumbers>>,
 }
 
 impl ResponseCache {
@@ -272,7 +272,7 @@ impl ResponseCache {
     /// until the first request.
     pub fn new(expired: u32, max_bytes: usize) -> ResponseCache {
         ResponseCache {
-            entries: SessionMap::default(),
+            entries: NumberMap::default(),
             counter: 0,
             expired,
             next_exec: 0,
@@ -289,10 +289,10 @@ impl ResponseCache {
         self.next_exec
     }
 
-    /// A request for `session` arrived on `conn`, which must be the user's
+    /// A request for `number` arrived on `conn`, which must be the user's
     /// current connection (the gate closes superseded ones before they get
     /// here).
-    pub fn request(&mut self, conn: ConnId, session: u32) -> OnRequest {
+    pub fn request(&mut self, conn: ConnId, number: u32) -> OnRequest {
         let touched = self.tick();
         let exec = ExecId(touched);
         let fresh = Entry {
@@ -305,16 +305,16 @@ impl ResponseCache {
             queued: false,
             touched,
         };
-        let e = match self.entries.entry(session) {
+        let e = match self.entries.entry(number) {
             Slot::Vacant(slot) => {
-                if self.lost.as_ref().is_some_and(|l| l.contains(session)) {
+                if self.lost.as_ref().is_some_and(|l| l.contains(number)) {
                     // Its answer was dropped for the byte bound: an error,
                     // now and for every later request with this number.
-                    return OnRequest::Lost(wire::error_response(session));
+                    return OnRequest::Lost(wire::error_response(number));
                 }
                 slot.insert(fresh);
                 self.bytes += ENTRY_COST;
-                while self.bytes > self.max_bytes && self.evict_one(Some(session)) {}
+                while self.bytes > self.max_bytes && self.evict_one(Some(number)) {}
                 return OnRequest::Execute(exec);
             }
             Slot::Occupied(slot) if slot.get().ver == Some(conn) => {
@@ -330,7 +330,7 @@ impl ResponseCache {
                     return OnRequest::Conflict;
                 }
                 if !e.late {
-                    // Answered in this generation: the session number is
+                    // Answered in this generation: the request number is
                     // reused for a brand-new request.
                     self.bytes -= e.cost();
                     *e = fresh;
@@ -359,20 +359,20 @@ impl ResponseCache {
         OnRequest::Resend(package)
     }
 
-    /// The handler of `(session, exec)` finished with `package` (the
+    /// The handler of `(number, exec)` finished with `package` (the
     /// complete response package). `live` is the user's current
     /// authenticated connection, if any. Returns where to send the package;
     /// `None` when nobody can get it now (it stays cached for a re-send) or
     /// when the execution was orphaned by a Conflict (its result is dropped).
     pub fn complete(
         &mut self,
-        session: u32,
+        number: u32,
         exec: ExecId,
         package: Bytes,
         live: Option<ConnId>,
     ) -> Option<Delivery<'_>> {
         let touched = self.tick();
-        let e = self.entries.get_mut(&session)?;
+        let e = self.entries.get_mut(&number)?;
         if e.exec != exec || e.resp.is_some() {
             return None;
         }
@@ -399,9 +399,9 @@ impl ResponseCache {
         // The entry just answered has the highest stamp and is the newest,
         // so retirement keeps it, and the byte bound spares it (it may go
         // past the bound by this one answer until the next touch).
-        self.retire_sparing(Some(session));
+        self.retire_sparing(Some(number));
         let (conn, late) = delivered?;
-        let package = self.entries.get(&session)?.resp.as_ref()?;
+        let package = self.entries.get(&number)?.resp.as_ref()?;
         Some(Delivery {
             conn,
             package,
@@ -411,29 +411,29 @@ impl ResponseCache {
 
     /// Forgets a request that was classified [`OnRequest::Execute`] but will
     /// not run after all (the gate refused it, or the agent panicked).
-    pub fn abandon(&mut self, session: u32, exec: ExecId) {
+    pub fn abandon(&mut self, number: u32, exec: ExecId) {
         if self
             .entries
-            .get(&session)
+            .get(&number)
             .is_some_and(|e| e.exec == exec && e.resp.is_none())
-            && let Some(old) = self.entries.remove(&session)
+            && let Some(old) = self.entries.remove(&number)
         {
             self.bytes -= old.cost();
         }
     }
 
-    /// The answer of `session` was handed to `conn`'s outbox rather than
+    /// The answer of `number` was handed to `conn`'s outbox rather than
     /// written at once: it counts as unsent until [`ResponseCache::sent`]
     /// (or [`ResponseCache::connection_ended`] if the connection goes first).
-    pub fn queued(&mut self, session: u32, package: &Bytes) {
-        if let Some(e) = self.entry_with(session, package) {
+    pub fn queued(&mut self, number: u32, package: &Bytes) {
+        if let Some(e) = self.entry_with(number, package) {
             e.queued = true;
         }
     }
 
-    /// The queued answer of `session` was written to its connection.
-    pub fn sent(&mut self, session: u32, package: &Bytes) {
-        if let Some(e) = self.entry_with(session, package) {
+    /// The queued answer of `number` was written to its connection.
+    pub fn sent(&mut self, number: u32, package: &Bytes) {
+        if let Some(e) = self.entry_with(number, package) {
             e.queued = false;
         }
     }
@@ -451,9 +451,9 @@ impl ResponseCache {
         }
     }
 
-    /// The entry of `session` if it still holds this very package.
-    fn entry_with(&mut self, session: u32, package: &Bytes) -> Option<&mut Entry> {
-        self.entries.get_mut(&session).filter(|e| {
+    /// The entry of `number` if it still holds this very package.
+    fn entry_with(&mut self, number: u32, package: &Bytes) -> Option<&mut Entry> {
+        self.entries.get_mut(&number).filter(|e| {
             e.resp
                 .as_ref()
                 .is_some_and(|r| r.as_ptr() == package.as_ptr())
@@ -493,7 +493,7 @@ impl ResponseCache {
         while self.bytes > self.max_bytes && self.evict_one(spare) {}
     }
 
-    /// Drops the oldest answer and marks its session number lost. `false` when
+    /// Drops the oldest answer and marks its request number lost. `false` when
     /// only running requests are left.
     fn evict_one(&mut self, spare: Option<u32>) -> bool {
         let victim = self
@@ -501,14 +501,14 @@ impl ResponseCache {
             .iter()
             .filter(|(s, e)| e.resp.is_some() && e.target.is_none() && Some(**s) != spare)
             .min_by_key(|(_, e)| e.touched)
-            .map(|(session, _)| *session);
-        let Some(session) = victim else {
+            .map(|(number, _)| *number);
+        let Some(number) = victim else {
             return false;
         };
-        if let Some(old) = self.entries.remove(&session) {
+        if let Some(old) = self.entries.remove(&number) {
             self.bytes -= old.cost();
         }
-        self.lost.get_or_insert_default().insert(session);
+        self.lost.get_or_insert_default().insert(number);
         true
     }
 
@@ -537,35 +537,35 @@ impl ResponseCache {
         self.entries.values().filter(|e| e.undelivered()).count()
     }
 
-    /// The session numbers whose answers were dropped for the byte bound.
-    pub fn lost(&self) -> LostSessions {
+    /// The request numbers whose answers were dropped for the byte bound.
+    pub fn lost(&self) -> LostNumbers {
         self.lost.as_deref().cloned().unwrap_or_default()
     }
 
-    /// The retirement stamp of an answered session, if it is cached.
-    pub fn stamp(&self, session: u32) -> Option<u32> {
+    /// The retirement stamp of an answered request number, if it is cached.
+    pub fn stamp(&self, number: u32) -> Option<u32> {
         self.entries
-            .get(&session)
+            .get(&number)
             .filter(|e| e.resp.is_some())
             .map(|e| e.stamp)
     }
 
-    /// Sessions with a cached response, sorted.
-    pub fn answered_sessions(&self) -> Vec<u32> {
-        let mut sessions: Vec<u32> = self
+    /// The request numbers with a cached response, sorted.
+    pub fn answered_numbers(&self) -> Vec<u32> {
+        let mut numbers: Vec<u32> = self
             .entries
             .iter()
             .filter(|(_, e)| e.resp.is_some())
             .map(|(s, _)| *s)
             .collect();
-        sessions.sort_unstable();
-        sessions
+        numbers.sort_unstable();
+        numbers
     }
 
     /// Drops everything (the session ended). Results of handlers still
     /// running are discarded when they arrive.
     pub fn clear(&mut self) {
-        self.entries = SessionMap::default();
+        self.entries = NumberMap::default();
         self.lost = None;
         self.bytes = 0;
     }
@@ -580,12 +580,10 @@ mod tests {
     }
 
     /// Runs a request whose handler answers at once on `conn`.
-    fn immediate(cache: &mut ResponseCache, conn: ConnId, session: u32, text: &str) -> OnRequest {
-        let outcome = cache.request(conn, session);
+    fn immediate(cache: &mut ResponseCache, conn: ConnId, number: u32, text: &str) -> OnRequest {
+        let outcome = cache.request(conn, number);
         if let OnRequest::Execute(exec) = outcome {
-            let d = cache
-                .complete(session, exec, pkg(text), Some(conn))
-                .unwrap();
+            let d = cache.complete(number, exec, pkg(text), Some(conn)).unwrap();
             assert_eq!(d.conn, conn);
             assert!(!d.late);
         }
@@ -602,7 +600,7 @@ mod tests {
     #[test]
     fn basic_and_reconnect_resend() {
         let mut c = ResponseCache::new(128, usize::MAX);
-        // Connection 1: session 1 answered, then reused: a new request.
+        // Connection 1: number 1 answered, then reused: a new request.
         assert!(matches!(
             immediate(&mut c, 1, 1, "hello"),
             OnRequest::Execute(_)
@@ -641,7 +639,7 @@ mod tests {
         let running = exec(c.request(1, 7));
         assert_eq!(c.request(1, 7), OnRequest::Absorbed);
         assert_eq!(c.request(1, 7), OnRequest::Conflict);
-        // Next connection: session 7 is still the same request.
+        // Next connection: number 7 is still the same request.
         assert_eq!(c.request(2, 7), OnRequest::Absorbed);
         let d = c.complete(7, running, pkg("q"), Some(2)).unwrap();
         assert_eq!((d.conn, d.late), (2, false));
@@ -663,7 +661,7 @@ mod tests {
         assert_eq!((d.conn, d.late), (2, true));
         // A re-send that crossed the delivery is answered from the cache...
         assert_eq!(c.request(2, 8), OnRequest::Resend(pkg("slow-8")));
-        // ...once; then the session number is free for new requests.
+        // ...once; then the request number is free for new requests.
         assert!(matches!(c.request(2, 8), OnRequest::Execute(_)));
     }
 
@@ -717,9 +715,9 @@ mod tests {
             immediate(&mut c, 1, s, "x");
         }
         // Spec §5.5: after 300 requests on a fresh user, N = 172 and the
-        // sessions 128..299 are cached.
+        // numbers 128..299 are cached.
         assert_eq!(c.counter(), 172);
-        assert_eq!(c.answered_sessions(), (128..300).collect::<Vec<_>>());
+        assert_eq!(c.answered_numbers(), (128..300).collect::<Vec<_>>());
         assert_eq!(c.stamp(128), Some(0));
         assert_eq!(c.stamp(299), Some(171));
     }
@@ -737,7 +735,7 @@ mod tests {
     /// probe outcomes (new request vs cached resend) and the model
     /// checkpoints (counter, cached ranges, stamps) must all match, but for
     /// the one deliberate difference: answers that an ended connection
-    /// carried are kept until re-sent, so six probes on bob-3 of sessions
+    /// carried are kept until re-sent, so six probes on bob-3 of numbers
     /// answered on bob-1 and bob-2 are answered from the cache where skynet
     /// had retired them.
     #[test]
@@ -762,23 +760,23 @@ mod tests {
         let mut cache = ResponseCache::new(128, usize::MAX);
         let probe = |cache: &mut ResponseCache, conn: ConnId, name: &str| {
             for p in probes.iter().filter(|p| p["connection"] == name) {
-                let session = u32::try_from(p["session"].as_u64().unwrap()).unwrap();
-                let unconfirmed = cache.entries.get(&session).is_some_and(Entry::undelivered);
-                let outcome = immediate(cache, conn, session, "probe");
+                let number = u32::try_from(p["session"].as_u64().unwrap()).unwrap();
+                let unconfirmed = cache.entries.get(&number).is_some_and(Entry::undelivered);
+                let outcome = immediate(cache, conn, number, "probe");
                 let got = match outcome {
                     OnRequest::Execute(_) => "new",
                     OnRequest::Resend(_) => "resend",
-                    other => panic!("probe {session}: {other:?}"),
+                    other => panic!("probe {number}: {other:?}"),
                 };
                 let expected = if unconfirmed {
                     if p["outcome"] == "new" {
-                        kept.borrow_mut().push(session);
+                        kept.borrow_mut().push(number);
                     }
                     "resend"
                 } else {
                     p["outcome"].as_str().unwrap()
                 };
-                assert_eq!(got, expected, "{name} session {session}");
+                assert_eq!(got, expected, "{name} number {number}");
             }
         };
         let check = |cache: &ResponseCache, cp: &serde_json::Value| {
@@ -805,21 +803,21 @@ mod tests {
             );
             ours.sort_unstable();
             ours.dedup();
-            assert_eq!(cache.answered_sessions(), ours, "{cp}");
-            for (session, stamp) in cp["stamps_of_range_ends"].as_object().unwrap() {
-                let session: u32 = session.parse().unwrap();
-                if cache.entries.get(&session).is_some_and(Entry::undelivered) {
+            assert_eq!(cache.answered_numbers(), ours, "{cp}");
+            for (number, stamp) in cp["stamps_of_range_ends"].as_object().unwrap() {
+                let number: u32 = number.parse().unwrap();
+                if cache.entries.get(&number).is_some_and(Entry::undelivered) {
                     continue;
                 }
                 assert_eq!(
-                    cache.stamp(session).map(u64::from),
+                    cache.stamp(number).map(u64::from),
                     stamp.as_u64(),
-                    "stamp of {session} at {cp}"
+                    "stamp of {number} at {cp}"
                 );
             }
         };
 
-        // bob-1: 300 new requests, sessions 1000..1299.
+        // bob-1: 300 new requests, numbers 1000..1299.
         for s in 1000..1300 {
             assert!(matches!(
                 immediate(&mut cache, 1, s, "fast"),
@@ -875,14 +873,14 @@ mod tests {
         assert!(c.bytes() <= 2 * (ENTRY_COST + 100));
         // A third answer: the oldest (1) goes.
         immediate(&mut c, 2, 3, &"e".repeat(100));
-        assert_eq!(c.answered_sessions(), vec![2, 3]);
+        assert_eq!(c.answered_numbers(), vec![2, 3]);
         assert!(c.lost().contains(1));
         // A re-send of 1 on a new connection: an error, not a new run...
         assert_eq!(c.request(3, 1), OnRequest::Lost(wire::error_response(1)));
         // ...and so is every later request with that number.
         assert_eq!(c.request(3, 1), OnRequest::Lost(wire::error_response(1)));
         assert_eq!(c.request(4, 1), OnRequest::Lost(wire::error_response(1)));
-        assert_eq!(c.answered_sessions(), vec![2, 3]);
+        assert_eq!(c.answered_numbers(), vec![2, 3]);
         assert!(c.bytes() <= 2 * (ENTRY_COST + 100));
     }
 
@@ -918,15 +916,15 @@ mod tests {
     }
 
     #[test]
-    fn lost_sessions_merge() {
-        let mut l = LostSessions::default();
+    fn lost_numbers_merge() {
+        let mut l = LostNumbers::default();
         for s in [5, 7, 6, 100] {
             l.insert(s);
         }
         assert_eq!(l.ranges, vec![(5, 7), (100, 100)]);
         assert!(l.contains(6) && !l.contains(8) && !l.contains(4));
         // Over the bound the closest ranges merge: never fewer numbers.
-        let mut l = LostSessions::default();
+        let mut l = LostNumbers::default();
         for s in (0..200).map(|i| i * 10) {
             l.insert(s);
         }

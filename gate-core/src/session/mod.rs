@@ -274,8 +274,10 @@ pub enum Effect<C> {
 pub enum Outgoing {
     /// A complete response package.
     Response {
-        /// Its session number.
-        session: u32,
+        /// Its request number. Serialized under its old name, so that state
+        /// written out by a gate before the rename reads back unchanged.
+        #[serde(rename = "session")]
+        number: u32,
         /// The package.
         package: Bytes,
     },
@@ -516,19 +518,19 @@ impl<C: Conn> Session<C> {
         vec![Effect::Notify(SessionEvent::Away)]
     }
 
-    /// A request for session number `session` arrived on `conn`. On
+    /// A request numbered `number` arrived on `conn`. On
     /// [`OnRequest::Execute`] the handler must run and its answer come back
     /// through [`Session::complete`] (or [`Session::abandon`]).
-    pub fn request(&mut self, conn: ConnId, session: u32) -> Result<OnRequest, RequestRefused> {
+    pub fn request(&mut self, conn: ConnId, number: u32) -> Result<OnRequest, RequestRefused> {
         if !self.is_bound_to(conn) {
             return Err(RequestRefused::NotBound {
                 ended: matches!(self.state, State::Ended(_)),
             });
         }
-        let outcome = self.cache.request(conn, session);
+        let outcome = self.cache.request(conn, number);
         if let OnRequest::Execute(exec) = outcome {
             if self.inflight as usize >= self.limits.max_inflight {
-                self.cache.abandon(session, exec);
+                self.cache.abandon(number, exec);
                 return Err(RequestRefused::TooManyInflight);
             }
             self.inflight += 1;
@@ -536,14 +538,14 @@ impl<C: Conn> Session<C> {
         Ok(outcome)
     }
 
-    /// The handler of `(session, exec)` answered with `package` (a complete
+    /// The handler of `(number, exec)` answered with `package` (a complete
     /// response package, [`wire::response`]). `caller` is the connection
     /// completing it inline, if any, with its write buffer: an answer for
     /// it is appended there ([`Completion::Written`]), without a copy kept
     /// apart from the cache's.
     pub fn complete(
         &mut self,
-        session: u32,
+        number: u32,
         exec: ExecId,
         package: Bytes,
         caller: Option<(ConnId, &mut BytesMut)>,
@@ -554,7 +556,7 @@ impl<C: Conn> Session<C> {
             State::Ended(_) => return Completion::Nothing,
             _ => None,
         };
-        match self.cache.complete(session, exec, package, live) {
+        match self.cache.complete(number, exec, package, live) {
             Some(delivery) => match caller {
                 Some((conn, out)) if conn == delivery.conn => {
                     out.extend_from_slice(delivery.package);
@@ -562,8 +564,8 @@ impl<C: Conn> Session<C> {
                 }
                 _ => {
                     let package = delivery.package.clone();
-                    self.cache.queued(session, &package);
-                    match self.queue(Outgoing::Response { session, package }) {
+                    self.cache.queued(number, &package);
+                    match self.queue(Outgoing::Response { number, package }) {
                         Some(conn) => Completion::Wake(conn),
                         None => Completion::Nothing,
                     }
@@ -580,10 +582,10 @@ impl<C: Conn> Session<C> {
 
     /// A request classified [`OnRequest::Execute`] will not be answered
     /// after all (its agent panicked): it no longer counts as running and
-    /// its session number is free again.
-    pub fn abandon(&mut self, session: u32, exec: ExecId) {
+    /// its request number is free again.
+    pub fn abandon(&mut self, number: u32, exec: ExecId) {
         self.inflight = self.inflight.saturating_sub(1);
-        self.cache.abandon(session, exec);
+        self.cache.abandon(number, exec);
     }
 
     /// Numbers `payload` as the session's next push, keeps it for replay
@@ -633,8 +635,8 @@ impl<C: Conn> Session<C> {
                 b.outbox_bytes = 0;
                 let items = std::mem::take(&mut b.outbox);
                 for item in &items {
-                    if let Outgoing::Response { session, package } = item {
-                        self.cache.sent(*session, package);
+                    if let Outgoing::Response { number, package } = item {
+                        self.cache.sent(*number, package);
                     }
                 }
                 items

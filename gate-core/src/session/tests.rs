@@ -40,7 +40,7 @@ fn hello(index: i64, ext: Option<u32>) -> Hello {
     }
 }
 
-/// The packages in `bytes`, as (content, flag, session); status packages
+/// The packages in `bytes`, as (content, flag, number); status packages
 /// come out with flag 0xff.
 fn packages(bytes: &[u8]) -> Vec<(Vec<u8>, u8, u32)> {
     let mut buf = BytesMut::from(bytes);
@@ -65,8 +65,8 @@ fn outgoing_packages(items: &[Outgoing]) -> Vec<(Vec<u8>, u8, u32)> {
     packages(&out)
 }
 
-fn ok(text: &str, session: u32) -> Bytes {
-    wire::response(session, Some(text.as_bytes()))
+fn ok(text: &str, number: u32) -> Bytes {
+    wire::response(number, Some(text.as_bytes()))
 }
 
 fn exec(r: Result<OnRequest, RequestRefused>) -> ExecId {
@@ -518,7 +518,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A well-behaved client with increasing session numbers, and the handlers
+/// A well-behaved client with increasing request numbers, and the handlers
 /// running behind the gate.
 struct World {
     s: Session<ConnId>,
@@ -526,14 +526,14 @@ struct World {
     conn: Option<ConnId>,
     next_conn: ConnId,
     index: i64,
-    next_session: u32,
-    /// Requests sent and not answered, by session.
+    next_number: u32,
+    /// Requests sent and not answered, by number.
     unanswered: BTreeSet<u32>,
-    /// Answers the client received (ok or error), by session.
+    /// Answers the client received (ok or error), by number.
     answers: BTreeMap<u32, Vec<u8>>,
     /// Times each request's handler ran.
     runs: HashMap<u32, u32>,
-    /// Handlers running: (session, exec).
+    /// Handlers running: (number, exec).
     running: Vec<(u32, ExecId)>,
     /// Pushes received, in order.
     pushes: Vec<u32>,
@@ -549,7 +549,7 @@ impl World {
             conn: None,
             next_conn: 1,
             index: 0,
-            next_session: 1,
+            next_number: 1,
             unanswered: BTreeSet::new(),
             answers: BTreeMap::new(),
             runs: HashMap::new(),
@@ -623,8 +623,8 @@ impl World {
         self.now += Duration::from_millis(1);
         match op {
             Op::Send => {
-                let n = self.next_session;
-                self.next_session += 1;
+                let n = self.next_number;
+                self.next_number += 1;
                 if self.conn.is_some() {
                     self.unanswered.insert(n);
                     self.request(n);
@@ -739,6 +739,21 @@ proptest! {
         w.run(ops)?;
         prop_assert!(w.s.cache().bytes() <= 3 * (cache::ENTRY_COST + 20) + 1000 * cache::ENTRY_COST);
     }
+}
+
+#[test]
+fn a_queued_response_keeps_the_field_name_of_older_state() {
+    // State written out by a gate from before the request number was
+    // called so must read back: the key on the wire of the state is still
+    // skynet's word.
+    let item = Outgoing::Response {
+        number: 7,
+        package: ok("x", 7),
+    };
+    let value = serde_json::to_value(&item).unwrap();
+    assert_eq!(value["Response"]["session"], 7, "{value}");
+    let back: Outgoing = serde_json::from_value(value).unwrap();
+    assert_eq!(back, item);
 }
 
 #[test]

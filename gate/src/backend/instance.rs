@@ -432,7 +432,7 @@ impl Instance {
                         service = %self.name(),
                         request_id = id,
                         uid = %esc(&pending.uid),
-                        session = pending.completer.session(),
+                        session = pending.completer.number(),
                         timeout_ms = self.limits.request_timeout.as_millis() as u64,
                         "request passed its deadline: answered with an error"
                     );

@@ -115,9 +115,9 @@ impl SessionHandle for User {
         }
     }
 
-    fn complete(&self, session: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
-        let package = response_package(self, session, result);
-        let completion = self.lock().session.complete(session, exec, package, None);
+    fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
+        let package = response_package(self, number, result);
+        let completion = self.lock().session.complete(number, exec, package, None);
         if let (Completion::Wake(conn), Some(core)) = (completion, self.core()) {
             core.perform(self, [Effect::Wake(conn)]);
         }
@@ -125,9 +125,11 @@ impl SessionHandle for User {
 }
 
 /// The response package of a handler's result; errors are logged here.
+/// The log field keeps skynet's word, `session`, which operators and
+/// existing log queries know the request number by.
 pub(crate) fn response_package(
     user: &User,
-    session: u32,
+    number: u32,
     result: Result<Bytes, RequestError>,
 ) -> Bytes {
     match &result {
@@ -141,22 +143,22 @@ pub(crate) fn response_package(
             if content.len() > codec::message::MAX_RESPONSE_CONTENT {
                 tracing::debug!(
                     uid = %esc(&user.uid),
-                    session,
+                    session = number,
                     len = content.len(),
                     "response does not fit in a package: sent as an error response"
                 );
             }
-            wire::response(session, Some(&content))
+            wire::response(number, Some(&content))
         }
         Err(error) => {
             let error = error.to_string();
             tracing::debug!(
                 uid = %esc(&user.uid),
-                session,
+                session = number,
                 error = %esc(error.as_bytes()),
                 "error response"
             );
-            wire::error_response(session)
+            wire::error_response(number)
         }
     }
 }

@@ -336,3 +336,202 @@ async fn connection(
     conn.as_mut().graceful_shutdown();
     let _ = timeout(request_timeout, conn).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::ops::admin::TokenFailures;
+    use crate::ops::{AdminToken, Ops};
+
+    const TOKEN: &str = "a token for the listener tests";
+
+    /// An operations listener without a gate, under `cfg`.
+    async fn start(cfg: OpsConfig) -> (SocketAddr, Arc<Ops>, CancellationToken) {
+        let path = std::env::temp_dir().join(format!(
+            "ops-listener-token-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&path, TOKEN).expect("token file");
+        let token = AdminToken::from_file(&path).expect("token");
+        let _ = std::fs::remove_file(&path);
+        let ops = Arc::new(
+            Ops::new("n".into(), "login", None, None, None, None, Some(token)).with_config(cfg),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::ops::serve(listener, Arc::clone(&ops), stop.clone()));
+        (addr, ops, stop)
+    }
+
+    fn count(ops: &Ops, cause: OpsCause) -> u64 {
+        ops.counters
+            .totals()
+            .into_iter()
+            .find(|(name, _)| *name == cause.name())
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// One `Connection: close` exchange: the status (0: none).
+    async fn call(addr: SocketAddr, method: &str, path: &str, token: &str) -> u16 {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer)
+            .split(' ')
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Reads one keep-alive answer to `GET /healthz` (its body is `ok\n`).
+    async fn healthz(s: &mut TcpStream) {
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"\r\n\r\nok\n") {
+            let mut buf = [0u8; 512];
+            let n = s.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_beyond_the_cap_is_closed_at_once() {
+        let cfg = OpsConfig {
+            max_connections: 2,
+            ..OpsConfig::default()
+        };
+        let (addr, ops, stop) = start(cfg).await;
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.expect("connect");
+            // An answer proves the connection holds its permit.
+            healthz(&mut s).await;
+            held.push(s);
+        }
+        let mut third = TcpStream::connect(addr).await.expect("connect");
+        let mut buf = [0u8; 16];
+        let n = third.read(&mut buf).await.unwrap_or(0);
+        assert_eq!(n, 0, "the third connection is closed without an answer");
+        assert_eq!(count(&ops, OpsCause::Capacity), 1);
+        drop(held);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_header_is_cut_at_the_header_deadline() {
+        let (addr, ops, stop) = start(OpsConfig::default()).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHo")
+            .await
+            .expect("write");
+        let mut answer = Vec::new();
+        let _ = s.read_to_end(&mut answer).await;
+        assert!(answer.is_empty(), "no answer to half a head");
+        assert_eq!(count(&ops, OpsCause::HeaderTimeout), 1);
+        assert_eq!(count(&ops, OpsCause::IdleTimeout), 0);
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_keep_alive_connection_is_closed() {
+        let (addr, ops, stop) = start(OpsConfig::default()).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        healthz(&mut s).await;
+        healthz(&mut s).await;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+        assert!(rest.is_empty());
+        assert_eq!(count(&ops, OpsCause::IdleTimeout), 1);
+        assert_eq!(count(&ops, OpsCause::HeaderTimeout), 0);
+        stop.cancel();
+    }
+
+    /// Collects what the log subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_tokens_are_rate_limited_per_address_and_logged_with_peer_method_path() {
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        // A current-thread runtime: every task logs through this thread.
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let cfg = OpsConfig {
+            failed_tokens_per_minute: 2,
+            ..OpsConfig::default()
+        };
+        let (addr, ops, stop) = start(cfg).await;
+        assert_eq!(call(addr, "GET", "/admin/summary", TOKEN).await, 200);
+        assert_eq!(call(addr, "GET", "/admin/summary", "wrong").await, 401);
+        assert_eq!(
+            call(addr, "POST", "/admin/users/x%0Ay/kick", "wrong").await,
+            401
+        );
+        // Over the bound: 429 without looking at the token, right or not.
+        assert_eq!(call(addr, "GET", "/admin/summary", "wrong").await, 429);
+        assert_eq!(call(addr, "GET", "/admin/summary", TOKEN).await, 429);
+        // Endpoints without a token are not affected.
+        assert_eq!(call(addr, "GET", "/healthz", "").await, 200);
+        assert_eq!(count(&ops, OpsCause::Token), 2);
+        assert_eq!(count(&ops, OpsCause::TokenRate), 2);
+        let text = String::from_utf8_lossy(&log.0.lock().expect("log")).into_owned();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("missing or wrong token"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("peer=127.0.0.1:"), "{}", lines[0]);
+        assert!(lines[0].contains("method=GET") && lines[0].contains("path=/admin/summary"));
+        assert!(
+            lines[1].contains("method=POST") && lines[1].contains("path=/admin/users/x%0Ay/kick")
+        );
+        stop.cancel();
+    }
+
+    #[test]
+    fn failures_count_per_address_in_one_minute_windows() {
+        let failures = TokenFailures::new(2);
+        let a: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: std::net::IpAddr = "10.0.0.2".parse().expect("ip");
+        let now = Instant::now();
+        failures.failed(a, now);
+        assert!(!failures.over(a, now));
+        failures.failed(a, now);
+        assert!(failures.over(a, now));
+        assert!(!failures.over(b, now), "another address is not affected");
+        assert!(
+            !failures.over(a, now + Duration::from_secs(61)),
+            "a new minute"
+        );
+    }
+}

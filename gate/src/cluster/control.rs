@@ -36,7 +36,7 @@ const MAX_CALLS_PER_LINK: usize = 4096;
 const LINK_QUEUE: usize = 1024;
 /// Accepts login nodes on `listener` until `stop`. A link holds a slot of
 /// `pending` (taken before `accept`, bounded per source address) until it
-/// proves the cluster secret, all within [`HELLO_DEADLINE`]; refusals
+/// proves the cluster secret, all within `HELLO_DEADLINE` (5s); refusals
 /// before the proof are counted and summarised once a second, since
 /// anyone who reaches the port can cause them.
 pub async fn serve_control(

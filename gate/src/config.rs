@@ -355,7 +355,7 @@ impl GateConfig {
 }
 
 /// Operations settings (`[ops]`): see `gate::ops`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OpsConfig {
     /// Listen address of the operations HTTP listener (`/metrics`,
@@ -366,6 +366,44 @@ pub struct OpsConfig {
     /// link-secret` makes one). Default: none: every admin call is `401`;
     /// metrics and health are served anyway.
     pub admin_token_file: Option<PathBuf>,
+    /// Most operations connections open at once; the next one is closed
+    /// at accept (and counted), so idle HTTP connections cannot take the
+    /// file descriptors the players need. Default: 64.
+    pub max_connections: usize,
+    /// Deadline from the first byte of a request to the end of its head
+    /// (request line and headers): a client sending its head slowly is
+    /// cut. Default: 5s.
+    #[serde(with = "duration")]
+    pub header_timeout: Duration,
+    /// A connection with no request in progress and no byte of the next
+    /// one (a keep-alive connection left idle) is closed after this long.
+    /// Default: 30s.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Deadline of one request from its head to its answer (reading the
+    /// body included); past it the answer is `408` and the connection
+    /// closes. Default: 10s.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// Admin calls with a missing or wrong token allowed per source
+    /// address per minute; beyond it calls from that address are answered
+    /// `429` without checking the token, until the minute is over. 0: no
+    /// bound. Default: 10.
+    pub failed_tokens_per_minute: u32,
+}
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        OpsConfig {
+            listen: None,
+            admin_token_file: None,
+            max_connections: 64,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            failed_tokens_per_minute: 10,
+        }
+    }
 }
 
 /// WebSocket settings (`[web]`): the login dialogue and the gate's
@@ -508,6 +546,13 @@ pub struct ClusterConfig {
     /// half-way. Default: 30s.
     #[serde(with = "duration")]
     pub lock_ttl: Duration,
+    /// Gate nodes: most control links open at once that have not proved
+    /// the cluster secret yet (each for at most 5s); the next one is
+    /// closed at accept. Default: 64.
+    pub control_max_pending: usize,
+    /// Gate nodes: most of those pending control links from one source
+    /// address (0: no bound). Default: 8.
+    pub control_max_pending_per_source: usize,
 }
 
 impl Default for ClusterConfig {
@@ -529,6 +574,8 @@ impl Default for ClusterConfig {
             redis_timeout: Duration::from_secs(1),
             control_timeout: Duration::from_secs(8),
             lock_ttl: Duration::from_secs(30),
+            control_max_pending: 64,
+            control_max_pending_per_source: 8,
         }
     }
 }
@@ -583,9 +630,18 @@ pub struct BackendConfig {
     /// it new requests to that instance get an error response at once.
     /// Default: 4 MiB.
     pub send_queue_bytes: usize,
-    /// Most service links open at once (registered or not); the next one is
-    /// closed at accept. Default: 1024.
+    /// Most authenticated service links open at once (links that have not
+    /// proved the secret yet are bounded by `max_pending_links` instead);
+    /// a link that proves the secret beyond it is refused. Default: 1024.
     pub max_links: usize,
+    /// Most links open at once that have not proved the link secret yet
+    /// (each for at most `register_timeout`); the next one is closed at
+    /// accept. Kept apart from `max_links` so connections that never
+    /// authenticate cannot keep real services out. Default: 64.
+    pub max_pending_links: usize,
+    /// Most of those pending links from one source address (0: no bound),
+    /// so one address cannot take the whole pending budget. Default: 8.
+    pub max_pending_per_source: usize,
     /// The service asked when `login.auth = "service"`. Default: `auth`.
     pub auth_service: String,
     /// File holding the link secret every service must prove it knows
@@ -614,6 +670,8 @@ impl Default for BackendConfig {
             max_frame_len: 1 << 20,
             send_queue_bytes: 4 << 20,
             max_links: 1024,
+            max_pending_links: 64,
+            max_pending_per_source: 8,
             auth_service: "auth".to_owned(),
             secret_file: None,
             tls_cert_file: None,

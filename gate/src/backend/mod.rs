@@ -115,6 +115,7 @@ mod hash;
 mod inflight;
 mod instance;
 mod metrics;
+pub(crate) mod pending;
 mod registry;
 mod serve;
 mod sessions;
@@ -135,6 +136,7 @@ pub use self::agent::BackendAgent;
 pub use self::auth::ServiceAuth;
 pub use self::metrics::BackendMetrics;
 use self::metrics::Metrics;
+use self::pending::{PendingLinks, Refusals};
 use self::registry::Registry;
 use self::serve::Serving;
 use self::sessions::Sessions;
@@ -180,6 +182,7 @@ impl Backend {
                 registry: Registry::new(),
                 sessions: Sessions::default(),
                 metrics: Arc::new(Metrics::default()),
+                refusals: Refusals::new("backend"),
                 next_link: AtomicU64::new(0),
             }),
             listener: Arc::new(Mutex::new(Some(listener))),
@@ -239,6 +242,12 @@ impl Backend {
         }
     }
 
+    /// Links refused or closed before they proved the secret, by cause
+    /// (the `cause` label of `gate_backend_refused_links_total`).
+    pub fn refused_links(&self) -> Vec<(&'static str, u64)> {
+        self.shared.refusals.totals().to_vec()
+    }
+
     /// A snapshot of the counters.
     pub fn metrics(&self) -> BackendMetrics {
         let m = &self.shared.metrics;
@@ -272,8 +281,11 @@ impl Backend {
     /// refused, but links stay up; `stop` (once the gate has drained) flushes
     /// and closes them, and this returns once they are closed.
     ///
-    /// At most `backend.max_links` links are open at once: the permit is
-    /// taken before `accept` and moved into the link's task.
+    /// At most `backend.max_pending_links` links that have not proved the
+    /// secret are open at once (`max_pending_per_source` from one
+    /// address): that permit is taken before `accept` and moved into the
+    /// link's task. A link that proves the secret trades it for one of
+    /// `backend.max_links`.
     ///
     /// Call it once; a second call returns an error.
     pub async fn serve(
@@ -297,13 +309,20 @@ impl Backend {
         );
         let serving = Arc::new(Serving {
             state: Arc::clone(shared),
+            links: Arc::new(Semaphore::new(
+                shared.cfg.max_links.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             gate,
             draining: draining.clone(),
             stop: stop.clone(),
         });
-        let permits = Arc::new(Semaphore::new(
-            shared.cfg.max_links.clamp(1, Semaphore::MAX_PERMITS),
-        ));
+        // Accepts are bounded by the pending budget: a link moves to a
+        // `max_links` slot only once it has proved the secret.
+        let pending = PendingLinks::new(
+            shared.cfg.max_pending_links,
+            shared.cfg.max_pending_per_source,
+            Arc::clone(&shared.refusals),
+        );
         let tracker = TaskTracker::new();
         // Every link hears a goodbye when the gate starts draining (each
         // also says it when `stop` closes it, in case `stop` comes first).
@@ -316,26 +335,28 @@ impl Backend {
         };
         let accepting = net::accept_loop(
             listener,
-            permits,
+            pending.budget(),
             AtCapacity::Close,
             stop.cancelled(),
             "backend",
-            |stream, addr, permit| match permit {
-                Some(permit) => {
-                    tracker.spawn(serve::run(Arc::clone(&serving), stream, addr, permit));
+            |stream, addr, permit| match pending.admit(addr.ip(), permit) {
+                Some(slot) => {
+                    tracker.spawn(serve::run(Arc::clone(&serving), stream, addr, slot));
                 }
-                None => {
-                    tracing::warn!(%addr, "backend.max_links links open: closed at accept");
-                    drop(stream);
-                }
+                // Counted; the summary says it, not a line per refusal.
+                None => drop(stream),
             },
         );
+        let summaries = Arc::clone(&shared.refusals).summarise(stop.clone());
         tokio::select! {
             () = accepting => {}
             () = goodbyes => {}
+            () = summaries => {}
         }
         tracker.close();
         tracker.wait().await;
+        // Once more, so the refusals of the last second are not lost.
+        shared.refusals.flush();
         tracing::info!("backend stopped");
         Ok(())
     }

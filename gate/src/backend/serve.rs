@@ -24,14 +24,15 @@ use tokio::net::TcpStream;
 type LinkRead = Box<dyn AsyncRead + Send + Unpin>;
 /// A link's write half.
 type LinkWrite = Box<dyn AsyncWrite + Send + Unpin>;
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout, timeout_at};
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::instance::Instance;
 use super::metrics::bump;
+use super::pending::{Cause, PendingSlot};
 use super::state::BackendState;
 use crate::logging::esc;
 use crate::players::MsgGate;
@@ -49,6 +50,8 @@ const READ_CAPACITY: usize = 64 * 1024;
 /// a reference cycle.
 pub(crate) struct Serving {
     pub(crate) state: Arc<BackendState>,
+    /// The authenticated links' slots (`max_links`).
+    pub(crate) links: Arc<Semaphore>,
     pub(crate) gate: MsgGate,
     pub(crate) draining: CancellationToken,
     pub(crate) stop: CancellationToken,
@@ -62,16 +65,24 @@ enum LinkEnd {
     Lost(String),
 }
 
-/// Serves one accepted service connection until it closes.
+/// Serves one accepted service connection until it closes. It holds a
+/// pending slot (`slot`) until it proves the link secret, all within one
+/// deadline (`register_timeout`); then an authenticated slot of
+/// `max_links` instead. Failures before the proof are only counted (and
+/// summarised in the log once a second): anyone can cause them.
 pub(crate) async fn run(
     serve: Arc<Serving>,
     stream: TcpStream,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
+    slot: PendingSlot,
 ) {
     // Frames are small and latency-bound; the writer batches on its own.
     let _ = stream.set_nodelay(true);
     let cfg = &serve.state.cfg;
+    let refusals = &serve.state.refusals;
+    // One deadline for everything before the proof (TLS included), so a
+    // pending slot is held at most this long whatever the peer does.
+    let deadline = Instant::now() + cfg.register_timeout;
     let (read, mut write): (LinkRead, LinkWrite) = match &serve.state.tls {
         None => {
             let (read, write) = stream.into_split();
@@ -80,7 +91,7 @@ pub(crate) async fn run(
         Some(tls) => {
             let accepted = tokio::select! {
                 () = serve.stop.cancelled() => return,
-                accepted = timeout(cfg.register_timeout, crate::tls::accept(Some(tls), stream)) => accepted,
+                accepted = timeout_at(deadline, crate::tls::accept(Some(tls), stream)) => accepted,
             };
             match accepted {
                 Ok(Ok(io)) => {
@@ -88,11 +99,12 @@ pub(crate) async fn run(
                     (Box::new(read), Box::new(write))
                 }
                 Ok(Err(e)) => {
-                    warn!(%peer, error = %e, "service link: TLS handshake failed");
+                    debug!(%peer, error = %e, "service link: TLS handshake failed");
+                    refusals.count(Cause::Tls);
                     return;
                 }
                 Err(_) => {
-                    warn!(%peer, "service link: no TLS handshake within the deadline");
+                    refusals.count(Cause::Deadline);
                     return;
                 }
             }
@@ -114,7 +126,7 @@ pub(crate) async fn run(
     };
     let registered = tokio::select! {
         () = serve.stop.cancelled() => return,
-        registered = timeout(cfg.register_timeout, async {
+        registered = timeout_at(deadline, async {
             send_frame(&mut write, cfg.max_frame_len, challenge.into()).await?;
             registration(&mut reader, &mut write, cfg.max_frame_len).await
         }) => registered,
@@ -123,36 +135,57 @@ pub(crate) async fn run(
         Ok(Ok(register)) => register,
         Ok(Err(why)) => {
             debug!(%peer, %why, "service link closed before registering");
+            refusals.count(Cause::Unauthenticated);
             return;
         }
         Err(_) => {
             debug!(%peer, "no registration within the deadline: closed");
+            refusals.count(Cause::Deadline);
             return;
         }
     };
+    let proved = authenticate(&serve.state.secret, &gate_nonce, &register);
+    let authenticated = proved.is_ok();
+    // Only a link that proved the secret may take an authenticated slot.
+    let permit = authenticated
+        .then(|| Arc::clone(&serve.links).try_acquire_owned().ok())
+        .flatten();
     let checked = check(&register, serve.draining.is_cancelled())
-        .and_then(|()| authenticate(&serve.state.secret, &gate_nonce, &register));
-    if let Err(refused) = checked {
-        bump(&serve.state.metrics.refused);
-        warn!(
-            %peer,
-            service = %esc(register.service.as_bytes()),
-            instance = %esc(register.instance_id.as_bytes()),
-            reason = ?refused.reason(),
-            message = %esc(refused.message.as_bytes()),
-            "service registration refused"
-        );
-        let mut codec = GateCodec::with_max_frame_len(cfg.max_frame_len);
-        let mut buf = BytesMut::new();
-        if codec.encode(refused.into(), &mut buf).is_ok() {
-            let _ = timeout(CLOSE_FLUSH, async {
-                let _ = write.write_all(&buf).await;
-                let _ = write.shutdown().await;
-            })
-            .await;
+        .and(proved)
+        .and_then(|()| permit.ok_or_else(at_max_links));
+    let permit = match checked {
+        Ok(permit) => permit,
+        Err(refused) => {
+            bump(&serve.state.metrics.refused);
+            match (authenticated, refused.reason()) {
+                (false, _) => refusals.count(Cause::Unauthenticated),
+                (true, RefuseReason::NotAllowed) => refusals.count(Cause::MaxLinks),
+                // Only a peer that holds the secret gets a line of its
+                // own: what it sent names a misconfigured service.
+                (true, reason) => warn!(
+                    %peer,
+                    service = %esc(register.service.as_bytes()),
+                    instance = %esc(register.instance_id.as_bytes()),
+                    ?reason,
+                    message = %esc(refused.message.as_bytes()),
+                    "service registration refused"
+                ),
+            }
+            let mut codec = GateCodec::with_max_frame_len(cfg.max_frame_len);
+            let mut buf = BytesMut::new();
+            if codec.encode(refused.into(), &mut buf).is_ok() {
+                let _ = timeout(CLOSE_FLUSH, async {
+                    let _ = write.write_all(&buf).await;
+                    let _ = write.shutdown().await;
+                })
+                .await;
+            }
+            return;
         }
-        return;
-    }
+    };
+    // Authenticated: the link now holds a `max_links` slot, and its
+    // pending slot goes back to the unauthenticated budget.
+    drop(slot);
 
     let proof = link_auth::gate_proof(
         serve.state.secret.bytes(),
@@ -171,6 +204,16 @@ pub(crate) async fn run(
     serve_link(serve, link, proof, reader, write, permit)
         .instrument(span)
         .await;
+}
+
+/// The refusal of a link that proved the secret while every `max_links`
+/// slot was taken. `NOT_ALLOWED` is retryable: a slot may free up.
+fn at_max_links() -> RegisterRefused {
+    RegisterRefused {
+        reason: RefuseReason::NotAllowed as i32,
+        message: "the gate has backend.max_links service links already".into(),
+        gate_protocol_version: proto::PROTOCOL_VERSION,
+    }
 }
 
 /// Encodes and writes one frame (before the link's writer exists).

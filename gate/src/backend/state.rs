@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use super::metrics::Metrics;
+use super::pending::Refusals;
 use super::registry::Registry;
 use super::sessions::Sessions;
 use crate::config::BackendConfig;
@@ -20,6 +21,8 @@ pub(crate) struct BackendState {
     pub(crate) registry: Registry,
     pub(crate) sessions: Sessions,
     pub(crate) metrics: Arc<Metrics>,
+    /// Links refused or closed before they proved the secret.
+    pub(crate) refusals: Arc<Refusals>,
     pub(crate) next_link: AtomicU64,
 }
 

@@ -163,6 +163,13 @@ mod tests {
             format!("[default: {}]", dur(d.shutdown_grace)),
             format!("[default: {}]", d.backend.agent_service),
             format!("[default: {}]", dur(d.backend.request_timeout)),
+            format!("[default: {}]", d.ops.max_connections),
+            format!("[default: {}]", dur(d.ops.header_timeout)),
+            format!("[default: {}]", dur(d.ops.idle_timeout)),
+            format!("[default: {}]", dur(d.ops.request_timeout)),
+            format!("[default: {}]", d.ops.failed_tokens_per_minute),
+            format!("[default: {}]", d.backend.max_pending_links),
+            format!("[default: {}]", d.backend.max_pending_per_source),
             "[default: accounts]".to_owned(),
             "[default: none: no backends".to_owned(),
         ] {
@@ -204,6 +211,20 @@ mod tests {
             "world",
             "--accounts",
             "acc.txt",
+            "--ops-max-connections",
+            "14",
+            "--ops-header-timeout",
+            "15s",
+            "--ops-idle-timeout",
+            "16s",
+            "--ops-request-timeout",
+            "17s",
+            "--failed-tokens-per-minute",
+            "18",
+            "--max-pending-links",
+            "19",
+            "--max-pending-per-source",
+            "20",
         ])
         .unwrap();
         let c = cli.run.config().unwrap();
@@ -234,6 +255,23 @@ mod tests {
         assert_eq!(c.login.max_connections, 13);
         assert_eq!(c.gate.name, "world");
         assert_eq!(c.accounts, Some(PathBuf::from("acc.txt")));
+        assert_eq!(
+            (
+                c.ops.max_connections,
+                c.ops.header_timeout,
+                c.ops.idle_timeout,
+                c.ops.request_timeout,
+                c.ops.failed_tokens_per_minute
+            ),
+            (14, s(15), s(16), s(17), 18)
+        );
+        assert_eq!(
+            (
+                c.backend.max_pending_links,
+                c.backend.max_pending_per_source
+            ),
+            (19, 20)
+        );
         assert!(Cli::try_parse_from(["gate", "--idle-timeout", "soon"]).is_err());
     }
 

@@ -27,6 +27,43 @@ pub(crate) struct OpsFlags {
     #[arg(long, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token_file: Option<PathBuf>,
+    /// Most operations connections open at once; more are closed at accept
+    /// [default: 64].
+    #[arg(long = "ops-max-connections", value_name = "N")]
+    #[serde(rename = "max_connections", skip_serializing_if = "Option::is_none")]
+    ops_max_connections: Option<usize>,
+    /// Deadline from a request's first byte to the end of its headers on
+    /// the operations listener [default: 5s].
+    #[arg(long = "ops-header-timeout", value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        rename = "header_timeout",
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    ops_header_timeout: Option<Duration>,
+    /// Close an operations connection idle between requests after this
+    /// long [default: 30s].
+    #[arg(long = "ops-idle-timeout", value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        rename = "idle_timeout",
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    ops_idle_timeout: Option<Duration>,
+    /// Deadline of one operations request, body and answer included
+    /// [default: 10s].
+    #[arg(long = "ops-request-timeout", value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(
+        rename = "request_timeout",
+        skip_serializing_if = "Option::is_none",
+        with = "opt_duration"
+    )]
+    ops_request_timeout: Option<Duration>,
+    /// Admin calls with a wrong or missing token allowed per source address
+    /// per minute; beyond it 429 (0: no bound) [default: 10].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_tokens_per_minute: Option<u32>,
 }
 
 /// `[web]` fields settable by flag.
@@ -248,6 +285,16 @@ pub(crate) struct BackendFlags {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     request_timeout: Option<Duration>,
+    /// Most backend links open at once that have not proved the link
+    /// secret yet [default: 64].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_links: Option<usize>,
+    /// Most of those pending links from one source address (0: no bound)
+    /// [default: 8].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_per_source: Option<usize>,
     /// File with the link secret services must prove they know (make one
     /// with `gate link-secret`); required with --backend-listen [default: none].
     #[arg(long = "link-secret-file", value_name = "FILE")]

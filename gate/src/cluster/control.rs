@@ -15,13 +15,16 @@ use proto::framing::ControlCodec;
 use proto::link_auth::{self, Proof};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, timeout_at};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::gate_node::GateNode;
+use crate::backend::pending::{Cause, PendingLinks, PendingSlot, Refusals};
 use crate::logging::esc;
+use crate::net::{self, AtCapacity};
 use crate::tls::{self, BoxIo};
 
 /// Deadline for a login node's `Hello`.
@@ -31,54 +34,71 @@ const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 const MAX_CALLS_PER_LINK: usize = 4096;
 /// Frames queued for one link's writer.
 const LINK_QUEUE: usize = 1024;
-/// Accepts login nodes on `listener` until `stop`.
-pub async fn serve_control(node: Arc<GateNode>, listener: TcpListener, stop: CancellationToken) {
+/// Accepts login nodes on `listener` until `stop`. A link holds a slot of
+/// `pending` (taken before `accept`, bounded per source address) until it
+/// proves the cluster secret, all within `HELLO_DEADLINE` (5s); refusals
+/// before the proof are counted and summarised once a second, since
+/// anyone who reaches the port can cause them.
+pub async fn serve_control(
+    node: Arc<GateNode>,
+    listener: TcpListener,
+    pending: PendingLinks,
+    stop: CancellationToken,
+) {
     let tasks = TaskTracker::new();
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "control accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        super::login_node::keepalive(&stream);
-        tasks.spawn(control_link(
-            Arc::clone(&node),
-            stream,
-            peer,
-            stop.clone(),
-            tasks.clone(),
-        ));
+    let refusals = Arc::clone(pending.refusals());
+    let accepting = net::accept_loop(
+        listener,
+        pending.budget(),
+        AtCapacity::Close,
+        stop.cancelled(),
+        "control",
+        |stream, peer, permit| match pending.admit(peer.ip(), permit) {
+            Some(slot) => {
+                let _ = stream.set_nodelay(true);
+                super::login_node::keepalive(&stream);
+                tasks.spawn(control_link(
+                    Arc::clone(&node),
+                    stream,
+                    peer,
+                    slot,
+                    Arc::clone(&refusals),
+                    stop.clone(),
+                    tasks.clone(),
+                ));
+            }
+            // Counted; the summary says it, not a line per refusal.
+            None => drop(stream),
+        },
+    );
+    tokio::select! {
+        () = accepting => {}
+        () = Arc::clone(&refusals).summarise(stop.clone()) => {}
     }
     tasks.close();
     tasks.wait().await;
+    refusals.flush();
 }
 
 async fn control_link(
     node: Arc<GateNode>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: PendingSlot,
+    refusals: Arc<Refusals>,
     stop: CancellationToken,
     tasks: TaskTracker,
 ) {
-    let io =
-        match tokio::time::timeout(HELLO_DEADLINE, tls::accept(node.tls.as_ref(), stream)).await {
-            Ok(Ok(io)) => io,
-            Ok(Err(e)) => {
-                warn!(%peer, error = %e, "control link: TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                warn!(%peer, "control link: no TLS handshake within the deadline");
-                return;
-            }
-        };
+    // One deadline for everything before the proof (TLS included).
+    let deadline = Instant::now() + HELLO_DEADLINE;
+    let io = match timeout_at(deadline, tls::accept(node.tls.as_ref(), stream)).await {
+        Ok(Ok(io)) => io,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "control link: TLS handshake failed");
+            return refusals.count(Cause::Tls);
+        }
+        Err(_) => return refusals.count(Cause::Deadline),
+    };
     let mut framed = Framed::new(io, ControlCodec::new());
     let gate_nonce: [u8; link_auth::NONCE_LEN] = rand::random();
     let challenge = ControlFrame {
@@ -89,35 +109,24 @@ async fn control_link(
         })),
     };
     if framed.send(challenge).await.is_err() {
-        return;
+        return refusals.count(Cause::Unauthenticated);
     }
-    let hello = match tokio::time::timeout(HELLO_DEADLINE, framed.next()).await {
+    let hello = match timeout_at(deadline, framed.next()).await {
         Ok(Some(Ok(LoginFrame {
             kind: Some(login_frame::Kind::Hello(hello)),
         }))) => hello,
         Ok(Some(Ok(_))) => {
-            return refuse_link(framed, peer, "the first frame must be Hello").await;
+            refusals.count(Cause::Unauthenticated);
+            return refuse_link(framed, "the first frame must be Hello").await;
         }
-        Ok(Some(Err(e))) => {
-            warn!(%peer, error = %e, "control link: bad frame before Hello");
-            return;
-        }
-        Ok(None) => return,
+        Ok(Some(Err(_)) | None) => return refusals.count(Cause::Unauthenticated),
         Err(_) => {
-            return refuse_link(framed, peer, "no Hello within the deadline").await;
+            refusals.count(Cause::Deadline);
+            return refuse_link(framed, "no Hello within the deadline").await;
         }
     };
-    if hello.protocol_version != proto::CONTROL_VERSION {
-        let why = format!(
-            "login node speaks control protocol {}, this gate {}",
-            hello.protocol_version,
-            proto::CONTROL_VERSION
-        );
-        return refuse_link(framed, peer, &why).await;
-    }
-    if hello.node_id.is_empty() {
-        return refuse_link(framed, peer, "empty node id").await;
-    }
+    // The proof first: only a peer that holds the secret gets a log line
+    // of its own (a version mismatch names a misconfigured node).
     if !link_auth::verify(
         node.secret.bytes(),
         &gate_nonce,
@@ -127,8 +136,24 @@ async fn control_link(
         },
         &hello.proof,
     ) {
-        return refuse_link(framed, peer, "wrong or missing proof of the link secret").await;
+        refusals.count(Cause::Unauthenticated);
+        return refuse_link(framed, "wrong or missing proof of the link secret").await;
     }
+    if hello.protocol_version != proto::CONTROL_VERSION {
+        let why = format!(
+            "login node speaks control protocol {}, this gate {}",
+            hello.protocol_version,
+            proto::CONTROL_VERSION
+        );
+        warn!(%peer, reason = %why, "control link refused");
+        return refuse_link(framed, &why).await;
+    }
+    if hello.node_id.is_empty() {
+        warn!(%peer, "control link refused: empty node id");
+        return refuse_link(framed, "empty node id").await;
+    }
+    // Authenticated: the pending slot goes back to the budget.
+    drop(slot);
     let welcome = ControlFrame {
         kind: Some(control_frame::Kind::Welcome(Welcome {
             proof: link_auth::control_gate_proof(
@@ -216,8 +241,9 @@ async fn control_link(
     info!(%peer, node = %esc(login_node.as_bytes()), "login node link closed");
 }
 
-async fn refuse_link(mut framed: Framed<BoxIo, ControlCodec>, peer: SocketAddr, why: &str) {
-    warn!(%peer, reason = %why, "control link refused");
+/// Tells the peer why its link is refused (the caller has counted or
+/// logged it), then closes.
+async fn refuse_link(mut framed: Framed<BoxIo, ControlCodec>, why: &str) {
     let refused = ControlFrame {
         kind: Some(control_frame::Kind::Refused(Refused {
             message: why.to_owned(),

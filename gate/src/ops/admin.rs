@@ -2,18 +2,24 @@
 //! call shares (`open`: token, body, where the user is, this node's
 //! gate), and one handler per route, which only does its own job.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::Ops;
+use super::listener::OpsCause;
 use super::relay::elsewhere;
 use crate::logging::esc;
 use crate::players::MsgGate;
@@ -84,13 +90,118 @@ fn authorize(ops: &Ops, headers: &HeaderMap) -> Result<(), ApiError> {
             StatusCode::UNAUTHORIZED,
             "the admin API has no token configured (ops.admin_token_file)",
         )),
-        _ => {
-            warn!("admin call with a missing or wrong token refused");
-            Err(error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            ))
+        _ => Err(error(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        )),
+    }
+}
+
+/// Guards every admin route: an address over its failed-token bound gets
+/// `429` without its token being looked at (so guessing costs a guesser
+/// its minute, not us a comparison and a log line each); a missing or
+/// wrong token gets `401`, counted against the address and logged with
+/// the peer, the method and the path (escaped: the client wrote it).
+pub(super) async fn guard(State(ops): State<Arc<Ops>>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let now = Instant::now();
+    if let Some(peer) = peer
+        && ops.failures.over(peer.ip(), now)
+    {
+        ops.counters.count(OpsCause::TokenRate);
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many calls with a wrong token from this address; try again in a minute",
+        )
+        .into_response();
+    }
+    match authorize(&ops, request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => {
+            if let Some(peer) = peer {
+                ops.failures.failed(peer.ip(), now);
+            }
+            ops.counters.count(OpsCause::Token);
+            warn!(
+                peer = %peer.map_or_else(|| "unknown".to_owned(), |p| p.to_string()),
+                method = %esc(request.method().as_str().as_bytes()),
+                path = %esc(request.uri().path().as_bytes()),
+                "admin call with a missing or wrong token refused"
+            );
+            refused.into_response()
         }
+    }
+}
+
+/// How long a source address's failed tokens are counted.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Most source addresses whose failures are remembered at once; the table
+/// is bounded like every queue here.
+const MAX_TRACKED_SOURCES: usize = 4096;
+
+/// Failed admin tokens per source address, in fixed one-minute windows.
+#[derive(Debug)]
+pub(crate) struct TokenFailures {
+    per_minute: u32,
+    table: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl TokenFailures {
+    /// At most `per_minute` failures per address (0: no bound).
+    pub(crate) fn new(per_minute: u32) -> TokenFailures {
+        TokenFailures {
+            per_minute,
+            table: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether calls from `ip` are answered `429` now. When the table is
+    /// full of addresses still in their minute, a new address is refused
+    /// too: many addresses failing at once is an attack, and remembering
+    /// each would be the unbounded table this avoids.
+    pub(crate) fn over(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        match table.get(&ip) {
+            Some(&(start, failed)) if now < start + FAILURE_WINDOW => failed >= self.per_minute,
+            Some(_) => {
+                table.remove(&ip);
+                false
+            }
+            None => {
+                if table.len() >= MAX_TRACKED_SOURCES {
+                    table.retain(|_, (start, _)| now < *start + FAILURE_WINDOW);
+                }
+                table.len() >= MAX_TRACKED_SOURCES
+            }
+        }
+    }
+
+    /// Counts a failed token from `ip`.
+    pub(crate) fn failed(&self, ip: IpAddr, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        let ip = ip.to_canonical();
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if table.len() >= MAX_TRACKED_SOURCES && !table.contains_key(&ip) {
+            table.retain(|_, (start, _)| now < *start + FAILURE_WINDOW);
+            if table.len() >= MAX_TRACKED_SOURCES {
+                return;
+            }
+        }
+        let entry = table.entry(ip).or_insert((now, 0));
+        if now >= entry.0 + FAILURE_WINDOW {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
     }
 }
 
@@ -144,8 +255,8 @@ enum Opened<'a, T> {
 
 use Opened::{Here, Relayed};
 
-/// The opening every admin call on a gate shares, written once. In order:
-/// the token (`401`); for a user call, the body (`400`), then whether
+/// The opening every admin call on a gate shares, written once (the token
+/// was checked by [`guard`] before). In order: for a user call, the body (`400`), then whether
 /// another gate node holds the user (then its answer is relayed), then this
 /// node's gate (`404`); for a call on the node, the gate, then the body.
 async fn open<'a, T: AdminBody>(
@@ -154,7 +265,6 @@ async fn open<'a, T: AdminBody>(
     user: Option<UserCall<'_>>,
     body: Bytes,
 ) -> Result<Opened<'a, T>, ApiError> {
-    authorize(ops, headers)?;
     let gate = || {
         ops.gate
             .as_ref()
@@ -188,11 +298,7 @@ fn phase_name(phase: Phase) -> &'static str {
     }
 }
 
-pub(super) async fn summary(
-    State(ops): State<Arc<Ops>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    authorize(&ops, &headers)?;
+pub(super) async fn summary(State(ops): State<Arc<Ops>>) -> Result<Response, ApiError> {
     let mut body = json!({
         "node": ops.node,
         "role": ops.role,

@@ -242,9 +242,35 @@ impl Collector for GateCollector {
                 "Requests no service could take",
                 b.unroutable,
             )?;
+            refused_links(
+                &mut e,
+                "gate_backend_refused_links",
+                "Service links refused or closed before proving the link secret, and authenticated links beyond max_links, by cause",
+                &backend.refused_links(),
+            )?;
         }
         process(&mut e)
     }
+}
+
+/// One counter family of link refusals by cause (a fixed set of labels).
+pub(crate) fn refused_links(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    causes: &[(&'static str, u64)],
+) -> Result<(), Error> {
+    let family = e.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    let mut family = family;
+    for &(cause, value) in causes {
+        ConstCounter::new(value).encode(family.encode_family(&CauseLabel { cause })?)?;
+    }
+    Ok(())
 }
 
 /// CPU seconds, resident memory and open descriptors of this process,

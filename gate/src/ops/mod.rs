@@ -27,10 +27,19 @@
 //!
 //! * [`admin`]: the admin API's token and its handlers;
 //! * `relay`: user calls for a session on another gate node, sent there;
-//! * [`collector`]: the gate's metrics, read when scraped.
+//! * [`collector`]: the gate's metrics, read when scraped;
+//! * [`listener`]: the connection cap and the header, idle and request
+//!   deadlines the listener holds its connections to.
+//!
+//! Admin calls with a missing or wrong token are counted per source
+//! address: past `ops.failed_tokens_per_minute` in a minute, calls from
+//! that address are answered `429` without the token being checked. Each
+//! `401` is logged with the peer address, the method and the (escaped)
+//! path.
 
 pub mod admin;
 pub mod collector;
+pub mod listener;
 mod relay;
 
 use std::sync::Arc;
@@ -47,10 +56,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use self::admin::TokenFailures;
 pub use self::admin::{AdminToken, DrainBody, KickBody, PushBody, parse_body};
 use self::collector::GateCollector;
+use self::listener::OpsCounters;
 use crate::backend::Backend;
+use crate::backend::pending::Refusals;
 use crate::cluster::Directory;
+use crate::config::OpsConfig;
 use crate::login::metrics::LoginMetrics;
 use crate::players::MsgGate;
 
@@ -73,6 +86,14 @@ pub struct Ops {
     pub token: Option<AdminToken>,
     pub(crate) started: Instant,
     ready: AtomicBool,
+    /// The listener's bounds (`[ops]`).
+    pub(crate) cfg: OpsConfig,
+    /// What the listener refused or cut.
+    pub(crate) counters: Arc<OpsCounters>,
+    /// Failed admin tokens per source address.
+    pub(crate) failures: TokenFailures,
+    /// A gate node's control listener refusals, for the metrics.
+    control_refusals: Arc<std::sync::OnceLock<Arc<Refusals>>>,
     /// A gate node's "holds its name in the registry" flag.
     registration: std::sync::OnceLock<Arc<AtomicBool>>,
     registry: Registry,
@@ -90,6 +111,12 @@ impl Ops {
         token: Option<AdminToken>,
     ) -> Ops {
         let mut registry = Registry::default();
+        let counters = Arc::new(OpsCounters::default());
+        let control_refusals = Arc::new(std::sync::OnceLock::new());
+        registry.register_collector(Box::new(OpsCollector {
+            counters: Arc::clone(&counters),
+            control: Arc::clone(&control_refusals),
+        }));
         if let Some(gate) = &gate {
             registry.register_collector(Box::new(GateCollector {
                 gate: gate.clone(),
@@ -123,9 +150,28 @@ impl Ops {
             token,
             started: Instant::now(),
             ready: AtomicBool::new(false),
+            failures: TokenFailures::new(OpsConfig::default().failed_tokens_per_minute),
+            cfg: OpsConfig::default(),
+            counters,
+            control_refusals,
             registration: std::sync::OnceLock::new(),
             registry,
         }
+    }
+
+    /// The listener's bounds and the failed-token bound (`[ops]`); the
+    /// defaults otherwise.
+    #[must_use]
+    pub fn with_config(mut self, cfg: OpsConfig) -> Ops {
+        self.failures = TokenFailures::new(cfg.failed_tokens_per_minute);
+        self.cfg = cfg;
+        self
+    }
+
+    /// On a gate node: the control listener's refusals, exported as
+    /// `gate_control_refused_links_total`.
+    pub fn set_control_refusals(&self, refusals: Arc<Refusals>) {
+        let _ = self.control_refusals.set(refusals);
     }
 
     /// Marks the node ready (its listeners are up): `/readyz` answers 200
@@ -152,27 +198,66 @@ impl Ops {
     }
 }
 
-/// Serves the operations routes on `listener` until `stop`.
+/// Serves the operations routes on `listener` until `stop`, under the
+/// bounds of `ops.cfg` ([`listener`]).
 pub async fn serve(
     listener: TcpListener,
     ops: Arc<Ops>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     info!(addr = ?listener.local_addr().ok(), "operations listener up");
-    let app = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
+    // The token check (and its rate limit) guards every admin route at
+    // once, so no handler can forget it.
+    let admin = Router::new()
         .route("/admin/summary", get(admin::summary))
         .route("/admin/users/{uid}", get(admin::user))
         .route("/admin/users/{uid}/kick", post(admin::kick))
         .route("/admin/users/{uid}/push", post(admin::push_user))
         .route("/admin/push", post(admin::push_all))
         .route("/admin/drain", post(admin::drain))
-        .with_state(ops);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&ops),
+            admin::guard,
+        ));
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(admin)
+        .with_state(Arc::clone(&ops));
+    listener::serve(listener, app, &ops.cfg, Arc::clone(&ops.counters), stop).await;
+    Ok(())
+}
+
+/// The operations listener's own counters and a gate node's control
+/// listener refusals, read when scraped.
+#[derive(Debug)]
+struct OpsCollector {
+    counters: Arc<OpsCounters>,
+    control: Arc<std::sync::OnceLock<Arc<Refusals>>>,
+}
+
+impl prometheus_client::collector::Collector for OpsCollector {
+    fn encode(
+        &self,
+        mut e: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        collector::refused_links(
+            &mut e,
+            "gate_ops_refused",
+            "Operations connections and calls refused or cut: connection cap, header, idle and request deadlines, wrong tokens, failed-token rate",
+            &self.counters.totals(),
+        )?;
+        if let Some(control) = self.control.get() {
+            collector::refused_links(
+                &mut e,
+                "gate_control_refused_links",
+                "Control links refused or closed before proving the cluster secret, by cause",
+                &control.totals(),
+            )?;
+        }
+        Ok(())
+    }
 }
 
 async fn metrics(State(ops): State<Arc<Ops>>) -> Response {

@@ -17,6 +17,7 @@ use super::parts::{
     serve_ops, stopping, web_listener,
 };
 use super::{Components, RunError};
+use crate::backend::pending::{PendingLinks, Refusals};
 use crate::cluster::SharedAdmission;
 use crate::cluster::control;
 use crate::cluster::directory::{Directory, DirectoryOptions};
@@ -122,6 +123,12 @@ pub(super) async fn run_gate_node(
         Some(node.dir.clone()),
     )?;
     ops.set_registration(Arc::clone(&node.registered));
+    let control_pending = PendingLinks::new(
+        config.cluster.control_max_pending,
+        config.cluster.control_max_pending_per_source,
+        Refusals::new("control"),
+    );
+    ops.set_control_refusals(Arc::clone(control_pending.refusals()));
     let token = CancellationToken::new();
     // Set once the gate is done: the registration heartbeat and the backend
     // links (which carry the answers of requests in flight) run until the
@@ -140,7 +147,12 @@ pub(super) async fn run_gate_node(
     let ((), (), (), gate_end, ops_result) = tokio::join!(
         stop,
         node.heartbeat(gate_stopped.clone()),
-        control::serve_control(Arc::clone(&node), control_listener, token.clone()),
+        control::serve_control(
+            Arc::clone(&node),
+            control_listener,
+            control_pending,
+            token.clone()
+        ),
         serve_gate(
             &gate,
             gate_listener,

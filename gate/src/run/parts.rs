@@ -178,15 +178,18 @@ pub(super) fn ops_state(
         Some(path) => Some(AdminToken::from_file(path).map_err(RunError::Config)?),
         None => None,
     };
-    Ok(Arc::new(Ops::new(
-        config.cluster.node_id(),
-        role,
-        gate,
-        backend,
-        login,
-        dir,
-        token,
-    )))
+    Ok(Arc::new(
+        Ops::new(
+            config.cluster.node_id(),
+            role,
+            gate,
+            backend,
+            login,
+            dir,
+            token,
+        )
+        .with_config(config.ops.clone()),
+    ))
 }
 
 /// A WebSocket listener with its policy (`[web]`), if one was bound.

@@ -185,7 +185,7 @@ impl PendingLinks {
             self.refusals.count(Cause::PendingFull);
             return None;
         };
-        let Some(source) = self.per_source.enter(ip) else {
+        let Ok(source) = self.per_source.enter(ip) else {
             self.refusals.count(Cause::PerSource);
             return None;
         };

@@ -90,7 +90,12 @@ pub fn fit(config: &mut Config, limit: u64) -> Shares<usize> {
     let lower = |bound: &mut usize, share: usize| *bound = (*bound).min(share.max(1));
     lower(&mut config.gate.maxclient, shares.players);
     lower(&mut config.login.max_connections, shares.logins);
-    lower(&mut config.backend.max_links, shares.links);
+    // Service links: the authenticated ones and those still proving the
+    // secret share the links' part.
+    lower(&mut config.backend.max_links, shares.links / 2);
+    lower(&mut config.backend.max_pending_links, shares.links / 2);
+    lower(&mut config.cluster.control_max_pending, shares.control);
+    lower(&mut config.ops.max_connections, shares.ops);
     shares
 }
 
@@ -117,7 +122,8 @@ mod tests {
         assert_eq!(config.gate.maxclient, shares.players);
         assert!(config.gate.maxclient < 20_000);
         assert_eq!(config.login.max_connections, 10);
-        assert_eq!(config.backend.max_links, 1024.min(shares.links));
+        assert_eq!(config.backend.max_links, 1024.min(shares.links / 2));
+        assert_eq!(config.ops.max_connections, 64.min(shares.ops));
     }
 
     #[test]

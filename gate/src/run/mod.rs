@@ -152,14 +152,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
     if let Some(limit) = crate::net::budget::raise_file_limit() {
-        let shares = crate::net::budget::fit(&mut config, limit);
+        crate::net::budget::fit(&mut config, limit);
         info!(
             file_limit = limit,
             maxclient = config.gate.maxclient,
             login_connections = config.login.max_connections,
             backend_links = config.backend.max_links,
-            control_links = shares.control,
-            ops_connections = shares.ops,
+            backend_pending = config.backend.max_pending_links,
+            control_pending = config.cluster.control_max_pending,
+            ops_connections = config.ops.max_connections,
             "connection bounds fitted to the file limit"
         );
     }

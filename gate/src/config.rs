@@ -153,8 +153,10 @@ pub struct LoginConfig {
     /// of addresses. Default: 12s.
     #[serde(with = "duration")]
     pub throttle_user_interval: Duration,
-    /// The same for all the user names tried from one source address
-    /// (IPv4 address, IPv6 /64). Default: 20.
+    /// Refused passwords one source address (IPv4 address, IPv6 /64) may
+    /// have, over all the user names tried from it, before its logins are
+    /// throttled; only refusals count, so players behind one address log
+    /// in at once. 0 turns the check off. Default: 20.
     pub throttle_source_failures: u32,
     /// See `throttle_source_failures`. Default: 3s (20 a minute).
     #[serde(with = "duration")]

@@ -8,7 +8,7 @@
 //! in double quotes, with `"` and `\` escaped inside, so a parser gets
 //! back exactly the value that was logged and nothing more.
 //!
-//! Quoting lives here rather than in [`super::esc`]: `esc` is also what
+//! Quoting lives here rather than in [`esc`](super::esc()): `esc` is also what
 //! JSON lines carry, where quoting would be a second, wrong layer; and
 //! every value (reasons, error texts, addresses), not only the client's
 //! bytes, needs it for a parser to split the line right. `esc` still

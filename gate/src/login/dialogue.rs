@@ -392,7 +392,7 @@ async fn decide(
         Err(e) => {
             let outcome = match e {
                 AuthError::Denied(_) => {
-                    attempt.failed();
+                    attempt.failed(Instant::now());
                     LoginOutcome::Unauthorized
                 }
                 // Overload, as for a full login queue.

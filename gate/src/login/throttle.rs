@@ -1,19 +1,24 @@
 //! Throttling of password guesses, per user name and per source address.
 //!
-//! Every login that reaches the authenticator first takes a token from two
-//! buckets: its source address's (IPv4 /32, IPv6 /64: one host's
-//! addresses are one source) and its user name's. A refused password keeps
-//! both tokens; a success, or a login that was not decided (the
-//! authenticator timed out or failed), gives back only its own tokens, so
-//! a success never wipes out failures that other addresses caused. An empty
-//! bucket answers the login at once, without asking the authenticator: the
-//! guess never costs an argon2 verification, and the client is told it is
-//! throttled (not that its password is wrong).
-//!
-//! Taking the token *before* the authenticator runs is what bounds
-//! guesses whatever their number of addresses and however many run at
-//! once: at most `burst` of one user's logins are checked at a time, and
+//! Every login that reaches the authenticator first takes a token from its
+//! user name's bucket; a refused password keeps it, a success, or a login
+//! that was not decided (the authenticator timed out or failed), gives
+//! back only its own, so a success never wipes out failures that other
+//! addresses caused. Taking the token *before* the authenticator runs is
+//! what bounds guesses at one name whatever their number of addresses and
+//! however many run at once: at most `burst` are checked at a time, and
 //! after that one per `interval`.
+//!
+//! Each source address (IPv4 /32, IPv6 /64: one host's addresses are one
+//! source) has a bucket too, over every name tried from it, which only
+//! refused passwords drain: many players behind one address log in at
+//! once without holding its tokens, and the login server's per-address
+//! connection bound caps how many guesses from one address can be in
+//! flight before their refusals count.
+//!
+//! An empty bucket answers the login at once, without asking the
+//! authenticator: the guess never costs an argon2 verification, and the
+//! client is told it is throttled (not that its password is wrong).
 //!
 //! A user name's bucket alone would let anyone lock its owner out by
 //! guessing. So an address a user logged in from recently is *trusted* for
@@ -193,7 +198,7 @@ impl Throttle {
         now: Instant,
     ) -> Result<Attempt<'_>, Throttled> {
         let source = source_key(source);
-        if !self.take_source(source, now) {
+        if self.source_empty(source, now) {
             return Err(Throttled::Source);
         }
         match self.take_user(user, source, now) {
@@ -204,12 +209,7 @@ impl Throttle {
                 bucket,
                 decided: false,
             }),
-            None => {
-                // This login never reaches the authenticator: the address
-                // keeps its token.
-                self.give_back_source(source, now);
-                Err(Throttled::User)
-            }
+            None => Err(Throttled::User),
         }
     }
 
@@ -219,10 +219,23 @@ impl Throttle {
         (self.users.len(), self.sources.len())
     }
 
-    fn take_source(&self, source: IpAddr, now: Instant) -> bool {
+    /// Whether `source` has refused passwords enough to be throttled.
+    fn source_empty(&self, source: IpAddr, now: Instant) -> bool {
+        let policy = self.config.source;
+        self.sources
+            .shard(&source)
+            .get(&source)
+            .is_some_and(|full_at| {
+                let mut probe = *full_at;
+                !policy.take(&mut probe, now)
+            })
+    }
+
+    /// A refused password from `source`.
+    fn charge_source(&self, source: IpAddr, now: Instant) {
         let policy = self.config.source;
         if policy.burst == 0 {
-            return true;
+            return;
         }
         let mut shard = self.sources.shard(&source);
         if !shard.contains_key(&source) {
@@ -231,17 +244,13 @@ impl Throttle {
             });
         }
         let full_at = shard.entry(source).or_insert(now);
-        policy.take(full_at, now)
-    }
-
-    fn give_back_source(&self, source: IpAddr, now: Instant) {
-        let mut shard = self.sources.shard(&source);
-        if let Some(full_at) = shard.get_mut(&source) {
-            self.config.source.give_back(full_at, now);
-            if *full_at <= now {
-                shard.remove(&source);
-            }
-        }
+        // Past a full bucket, refusals that raced the check still count,
+        // up to one more burst: the address stays throttled that much longer.
+        let limit = now
+            + policy
+                .interval
+                .saturating_mul(policy.burst.saturating_mul(2));
+        *full_at = ((*full_at).max(now) + policy.interval).min(limit);
     }
 
     fn take_user(&self, user: &[u8], source: IpAddr, now: Instant) -> Option<UserBucket> {
@@ -314,9 +323,11 @@ impl Attempt<'_> {
         self.bucket == UserBucket::Trusted
     }
 
-    /// The authenticator refused the password: both tokens stay taken.
-    pub fn failed(mut self) {
+    /// The authenticator refused the password: the user's token stays
+    /// taken, and the refusal counts against the address.
+    pub fn failed(mut self, now: Instant) {
         self.decided = true;
+        self.throttle.charge_source(self.source, now);
     }
 
     /// The login succeeded: its own tokens go back, and its address is
@@ -324,7 +335,6 @@ impl Attempt<'_> {
     pub fn succeeded(mut self, now: Instant) {
         self.decided = true;
         let throttle = self.throttle;
-        throttle.give_back_source(self.source, now);
         let policy = throttle.config.user;
         let mut shard = throttle.users.shard(&self.user);
         let Some(record) = shard.get_mut(&self.user) else {
@@ -369,7 +379,6 @@ impl Drop for Attempt<'_> {
         }
         let now = Instant::now();
         let throttle = self.throttle;
-        throttle.give_back_source(self.source, now);
         let policy = throttle.config.user;
         let mut shard = throttle.users.shard(&self.user);
         if let Some(record) = shard.get_mut(&self.user) {
@@ -443,7 +452,7 @@ mod tests {
             let now = t0 + Duration::from_millis(100 * u64::from(n));
             if let Ok(a) = t.attempt(b"alice", ip(n), now) {
                 checked += 1;
-                a.failed();
+                a.failed(now);
             } else {
                 assert_eq!(t.attempt(b"alice", ip(n), now).err(), Some(Throttled::User));
             }
@@ -456,11 +465,11 @@ mod tests {
     fn a_success_gives_back_only_its_own_token() {
         let t = throttle();
         let t0 = Instant::now();
-        t.attempt(b"alice", ip(1), t0).unwrap().failed();
-        t.attempt(b"alice", ip(2), t0).unwrap().failed();
+        t.attempt(b"alice", ip(1), t0).unwrap().failed(t0);
+        t.attempt(b"alice", ip(2), t0).unwrap().failed(t0);
         // The owner, from a new address, logs in: the two failures stay.
         t.attempt(b"alice", ip(3), t0).unwrap().succeeded(t0);
-        t.attempt(b"alice", ip(4), t0).unwrap().failed();
+        t.attempt(b"alice", ip(4), t0).unwrap().failed(t0);
         assert_eq!(t.attempt(b"alice", ip(5), t0).err(), Some(Throttled::User));
     }
 
@@ -472,7 +481,7 @@ mod tests {
         t.attempt(b"alice", home, t0).unwrap().succeeded(t0);
         for n in 0..50 {
             if let Ok(a) = t.attempt(b"alice", ip(n), t0) {
-                a.failed();
+                a.failed(t0);
             }
         }
         assert_eq!(t.attempt(b"alice", ip(77), t0).err(), Some(Throttled::User));
@@ -483,7 +492,7 @@ mod tests {
         }
         // Wrong passwords from home drain home's own bucket only...
         for _ in 0..3 {
-            t.attempt(b"alice", home, t0).unwrap().failed();
+            t.attempt(b"alice", home, t0).unwrap().failed(t0);
         }
         // ...after which home is one more address, and the name is throttled.
         assert_eq!(t.attempt(b"alice", home, t0).err(), Some(Throttled::User));
@@ -501,7 +510,7 @@ mod tests {
         for n in 0..10 {
             t.attempt(format!("user{n}").as_bytes(), v6, t0)
                 .unwrap()
-                .failed();
+                .failed(t0);
         }
         // Its whole /64 is one source.
         let neighbour: IpAddr = "2001:db8::ffff:1".parse().unwrap();
@@ -518,12 +527,27 @@ mod tests {
         for n in 0..10 {
             t.attempt(format!("u{n}").as_bytes(), mapped, t0)
                 .unwrap()
-                .failed();
+                .failed(t0);
         }
         assert_eq!(
             t.attempt(b"x", "10.0.0.9".parse().unwrap(), t0).err(),
             Some(Throttled::Source)
         );
+    }
+
+    #[test]
+    fn many_players_behind_one_address_log_in_at_once() {
+        let t = throttle();
+        let t0 = Instant::now();
+        let nat = ip(7);
+        let names: Vec<String> = (0..100).map(|n| format!("player{n}")).collect();
+        let running: Vec<Attempt<'_>> = names
+            .iter()
+            .map(|name| t.attempt(name.as_bytes(), nat, t0).expect("not throttled"))
+            .collect();
+        for attempt in running {
+            attempt.succeeded(t0);
+        }
     }
 
     #[test]
@@ -545,11 +569,11 @@ mod tests {
         });
         let t0 = Instant::now();
         for _ in 0..3 {
-            t.attempt(b"target", ip(0), t0).unwrap().failed();
+            t.attempt(b"target", ip(0), t0).unwrap().failed(t0);
         }
         for n in 0..10_000u32 {
             if let Ok(a) = t.attempt(format!("name{n}").as_bytes(), ip(n + 1), t0) {
-                a.failed();
+                a.failed(t0);
             }
         }
         let (users, sources) = t.sizes();

@@ -35,10 +35,10 @@
 //!
 //! `now` is passed in: the tables are plain data, tested on their own.
 
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::shard::{SHARDS, ShardedMap};
@@ -140,7 +140,12 @@ impl Throttled {
 /// The login server's throttle (see the module docs).
 #[derive(Debug)]
 pub struct Throttle {
-    users: ShardedMap<Bytes, UserRecord>,
+    /// Keyed by a hash of the name under a key of this process's, not by
+    /// the name: a name can be kilobytes long, and the table's bound must
+    /// hold in bytes too. Nobody can aim a collision at a name without the
+    /// key, and one would only share a bucket.
+    users: ShardedMap<u64, UserRecord>,
+    names: RandomState,
     sources: ShardedMap<IpAddr, Instant>,
     config: ThrottleConfig,
 }
@@ -161,7 +166,7 @@ enum UserBucket {
 #[must_use = "an attempt is decided with `failed` or `succeeded`"]
 pub struct Attempt<'a> {
     throttle: &'a Throttle,
-    user: Bytes,
+    user: u64,
     source: IpAddr,
     bucket: UserBucket,
     decided: bool,
@@ -184,6 +189,7 @@ impl Throttle {
     pub fn new(config: ThrottleConfig) -> Throttle {
         Throttle {
             users: ShardedMap::new(),
+            names: RandomState::new(),
             sources: ShardedMap::new(),
             config,
         }
@@ -201,10 +207,11 @@ impl Throttle {
         if self.source_empty(source, now) {
             return Err(Throttled::Source);
         }
+        let user = self.names.hash_one(user);
         match self.take_user(user, source, now) {
             Some(bucket) => Ok(Attempt {
                 throttle: self,
-                user: Bytes::copy_from_slice(user),
+                user,
                 source,
                 bucket,
                 decided: false,
@@ -253,21 +260,19 @@ impl Throttle {
         *full_at = ((*full_at).max(now) + policy.interval).min(limit);
     }
 
-    fn take_user(&self, user: &[u8], source: IpAddr, now: Instant) -> Option<UserBucket> {
+    fn take_user(&self, user: u64, source: IpAddr, now: Instant) -> Option<UserBucket> {
         let policy = self.config.user;
         let trusted_for = self.config.trusted_for;
-        let mut shard = self.users.shard(user);
-        if !shard.contains_key(user) {
+        let mut shard = self.users.shard(&user);
+        if !shard.contains_key(&user) {
             make_room(&mut shard, self.config.max_users, |r: &UserRecord| {
                 (r.full_at.saturating_duration_since(now), r.full_at)
             });
         }
-        let record = shard
-            .entry(Bytes::copy_from_slice(user))
-            .or_insert_with(|| UserRecord {
-                full_at: now,
-                trusted: Vec::new(),
-            });
+        let record = shard.entry(user).or_insert_with(|| UserRecord {
+            full_at: now,
+            trusted: Vec::new(),
+        });
         record
             .trusted
             .retain(|t| now.saturating_duration_since(t.last_success) < trusted_for);
@@ -281,7 +286,7 @@ impl Throttle {
             Some(UserBucket::Name)
         } else {
             if record.idle(now) {
-                shard.remove(user);
+                shard.remove(&user);
             }
             None
         }

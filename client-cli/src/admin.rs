@@ -187,7 +187,7 @@ pub async fn run(cmd: AdminCmd) -> ExitCode {
                 .ok()
                 .and_then(|v| serde_json::to_string_pretty(&v).ok())
                 .unwrap_or(answer.body);
-            println!("{}", shown.trim_end());
+            outln!("{}", shown.trim_end());
             if (200..300).contains(&answer.status) {
                 ExitCode::SUCCESS
             } else {

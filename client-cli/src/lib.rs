@@ -15,6 +15,14 @@
 //! next to its `run`: [`mod@login`] (`client login`), [`shell`], [`script`]
 //! (`client run`) and [`mod@bench`].
 
+/// `println!` through [`print_line`]: a reader that has gone ends the
+/// process quietly instead of a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::print_line(&format!($($arg)*))
+    };
+}
+
 pub mod admin;
 pub mod bench;
 pub mod error;
@@ -37,13 +45,47 @@ pub trait Output: Send {
     fn line(&mut self, text: &str);
 }
 
-/// Prints to standard output.
+/// Prints to standard output (through [`print_line`]).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct StdoutOutput;
 
 impl Output for StdoutOutput {
     fn line(&mut self, text: &str) {
-        println!("{text}");
+        print_line(text);
+    }
+}
+
+/// The exit status when standard output's reader has gone: 128 + SIGPIPE,
+/// what a shell reports for a Unix tool the signal ended (`seq 1 1000000 |
+/// head -1`), so a script with `pipefail` sees the same thing.
+pub const BROKEN_PIPE_STATUS: i32 = 128 + 13;
+
+/// Prints one line to standard output.
+///
+/// `println!` panics when the reader has gone (`client login ... | head
+/// -1`): Rust ignores SIGPIPE, so the write fails with `EPIPE`. Restoring
+/// the signal is no answer, since it would also end the client when a
+/// server closes a socket it writes to. So a closed pipe ends the process
+/// here, quietly, with [`BROKEN_PIPE_STATUS`]; any other write error is
+/// said on standard error and ends it with status 1.
+pub fn print_line(text: &str) {
+    use std::io::Write;
+
+    let mut out = std::io::stdout().lock();
+    let written = writeln!(out, "{text}").and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            std::process::exit(BROKEN_PIPE_STATUS)
+        }
+        Err(e) => {
+            // Best effort: standard error may be gone as well.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot write to standard output: {e}"
+            );
+            std::process::exit(1)
+        }
     }
 }
 

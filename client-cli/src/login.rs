@@ -328,18 +328,18 @@ pub async fn run(cmd: LoginCmd) -> ExitCode {
                     "queue_notices": queued.notices,
                     "queue_first_position": queued.first_position,
                 });
-                println!("{value}");
+                outln!("{value}");
             } else {
-                println!(
+                outln!(
                     "200 OK: logged in ({} suite, {})",
                     success.suite,
                     text::duration(elapsed)
                 );
-                println!("subid     {subid}");
-                println!("secret    {secret}");
-                println!("username  {username}");
+                outln!("subid     {subid}");
+                outln!("secret    {secret}");
+                outln!("username  {username}");
                 if let Some(position) = queued.first_position {
-                    println!(
+                    outln!(
                         "queued    at position {position}, {} notice(s)",
                         queued.notices
                     );
@@ -357,11 +357,11 @@ pub async fn run(cmd: LoginCmd) -> ExitCode {
                     }),
                     None => serde_json::json!({ "error": err.to_string() }),
                 };
-                println!("{value}");
+                outln!("{value}");
             } else {
                 match err.login_status() {
                     Some(status) => {
-                        println!("{status}: {}", text::login_status_meaning(status));
+                        outln!("{status}: {}", text::login_status_meaning(status));
                     }
                     None => eprintln!("error: {err}"),
                 }

@@ -21,17 +21,23 @@ impl LoginStatus {
     pub const FORBIDDEN: LoginStatus = LoginStatus(403);
     /// Another login of the same uid is in progress (multilogin off).
     pub const NOT_ACCEPTABLE: LoginStatus = LoginStatus(406);
+    /// Too many refused passwords for this user name or from this address:
+    /// the server did not check the credentials; retry later. Sent to
+    /// x25519 clients only: a skynet client gets `401 Unauthorized` for
+    /// the same refusal, the only failure skynet's own server gives there.
+    pub const TOO_MANY_REQUESTS: LoginStatus = LoginStatus(429);
     /// The login server cannot place anyone right now (in a cluster: the
     /// session directory is unreachable); retry later. Not a skynet status:
     /// a skynet client treats it as any other failure.
     pub const SERVICE_UNAVAILABLE: LoginStatus = LoginStatus(503);
 
     /// Every status the login server can send.
-    pub const ALL: [LoginStatus; 5] = [
+    pub const ALL: [LoginStatus; 6] = [
         Self::OK,
         Self::UNAUTHORIZED,
         Self::FORBIDDEN,
         Self::NOT_ACCEPTABLE,
+        Self::TOO_MANY_REQUESTS,
         Self::SERVICE_UNAVAILABLE,
     ];
 
@@ -53,6 +59,7 @@ impl LoginStatus {
             401 => "401 Unauthorized",
             403 => "403 Forbidden",
             406 => "406 Not Acceptable",
+            429 => "429 Too Many Requests",
             503 => "503 Service Unavailable",
             _ => "500 Internal Server Error",
         }

@@ -163,20 +163,38 @@ pub struct LoginConfig {
     /// Default: 3s.
     #[serde(with = "duration")]
     pub auth_timeout: Duration,
-    /// Refused passwords a user name may have before its logins are
-    /// throttled (answered `401` at once, without asking the
-    /// authenticator). Default: 5.
+    /// Logins of one user name that may reach the authenticator at once,
+    /// or after a quiet spell, from addresses it has not logged in from
+    /// recently; each refused password keeps its place, and one place comes
+    /// back every `throttle_user_interval`. A login past them is answered
+    /// at once, without asking the authenticator (`429 Too Many Requests`,
+    /// `401 Unauthorized` for the skynet suite). 0 turns the check off.
+    /// Default: 5.
     pub throttle_user_failures: u32,
-    /// The same for all the user names tried from one source address.
-    /// Default: 20.
+    /// How often one more of a user name's logins may reach the
+    /// authenticator once its `throttle_user_failures` are used up: 12s
+    /// lets at most 5 guesses a minute at one name, whatever the number
+    /// of addresses. Default: 12s.
+    #[serde(with = "duration")]
+    pub throttle_user_interval: Duration,
+    /// Refused passwords one source address (IPv4 address, IPv6 /64) may
+    /// have, over all the user names tried from it, before its logins are
+    /// throttled; only refusals count, so players behind one address log
+    /// in at once. 0 turns the check off. Default: 20.
     pub throttle_source_failures: u32,
-    /// How long a throttled key is blocked after its first failure past
-    /// the free ones; each further failure doubles it. Default: 1s.
+    /// See `throttle_source_failures`. Default: 3s (20 a minute).
     #[serde(with = "duration")]
-    pub throttle_delay: Duration,
-    /// The longest block. Default: 5m.
+    pub throttle_source_interval: Duration,
+    /// How long a successful login makes its address trusted for that
+    /// user: logins of the user from it have their own allowance, so
+    /// guesses at the name from elsewhere do not lock its owner out.
+    /// Default: 7days.
     #[serde(with = "duration")]
-    pub throttle_max: Duration,
+    pub throttle_trusted_for: Duration,
+    /// Most user names, and most source addresses, the throttle keeps
+    /// (the ones with refused passwords, or with trusted addresses); past
+    /// it the fewest refusals are forgotten first. Default: 65536.
+    pub throttle_max_entries: usize,
     /// Who checks credentials: `"accounts"` (the top-level `accounts` file,
     /// or the demo authenticator when none is set) or `"service"` (the
     /// backend service named `backend.auth_service`, which needs
@@ -231,8 +249,10 @@ impl Default for LoginConfig {
             auth_timeout: Duration::from_secs(3),
             throttle_user_failures: 5,
             throttle_source_failures: 20,
-            throttle_delay: Duration::from_secs(1),
-            throttle_max: Duration::from_secs(300),
+            throttle_user_interval: Duration::from_secs(12),
+            throttle_source_interval: Duration::from_secs(3),
+            throttle_trusted_for: Duration::from_secs(7 * 24 * 3600),
+            throttle_max_entries: 65_536,
             auth: AuthSource::Accounts,
             admission_rate: 0,
             admission_burst: 100,

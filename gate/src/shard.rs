@@ -9,7 +9,7 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Number of shards: enough that two worker threads rarely meet on one.
-const SHARDS: usize = 64;
+pub(crate) const SHARDS: usize = 64;
 
 /// A hash map split into 64 locked shards.
 #[derive(Debug)]

@@ -265,6 +265,37 @@ pub async fn login_keeping_the_socket(
     let stream = guard("connect", TcpStream::connect(addr))
         .await
         .expect("connect");
+    login_over(stream, suite, user, server, password, seed).await
+}
+
+/// [`login`] from the local address `source` (any of 127.0.0.0/8 on
+/// loopback): one test plays many clients' addresses.
+pub async fn login_from(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    suite: Suite,
+    user: &str,
+    password: &str,
+) -> Result<LoginSuccess, LoginError> {
+    let stream = guard(
+        "connect",
+        client_cli::net::connect(&addr.to_string(), Some(source)),
+    )
+    .await
+    .expect("connect");
+    login_over(stream, suite, user, "sample", password, 7)
+        .await
+        .0
+}
+
+async fn login_over(
+    stream: TcpStream,
+    suite: Suite,
+    user: &str,
+    server: &str,
+    password: &str,
+    seed: u8,
+) -> (Result<LoginSuccess, LoginError>, TcpStream) {
     let mut lines = Framed::new(stream, LineCodec::new());
     let state = ClientLogin::new(
         suite,

@@ -728,15 +728,26 @@ impl Authenticator for Counting {
     }
 }
 
-/// Refused passwords throttle a user name: past its free failures its
-/// logins are answered 401 at once without asking the authenticator (no
-/// argon2 spent on a guesser), even with the right password, until the
-/// block passes; other users are not affected. On tokio's paused clock.
+fn local(n: u8) -> std::net::IpAddr {
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n))
+}
+
+const THROTTLED: Result<(), LoginError> = Err(LoginError::Status(LoginStatus::TOO_MANY_REQUESTS));
+const REFUSED: Result<(), LoginError> = Err(LoginError::Status(LoginStatus::UNAUTHORIZED));
+
+/// Password guessing from rotating addresses, over real sockets from many
+/// 127.0.0.0/8 addresses: the guesses that reach the authenticator stay
+/// within the user name's allowance (then one per interval), however many
+/// addresses send them; the owner keeps logging in from the address it
+/// logged in from before; a throttled x25519 client hears `429`, a skynet
+/// one `401`; an address guessing many names is throttled on its own. On
+/// tokio's paused clock: the interval passes by `advance`, not by waiting.
 #[tokio::test(start_paused = true)]
-async fn guessing_a_password_is_throttled() {
+async fn guessing_from_many_addresses_is_bounded_and_the_owner_gets_in() {
     let mut config = test_config();
-    config.login.throttle_user_failures = 2;
-    config.login.throttle_delay = Duration::from_secs(4);
+    config.login.throttle_user_failures = 3;
+    config.login.throttle_user_interval = Duration::from_secs(12);
+    config.login.throttle_source_failures = 5;
     let counting = Arc::new(Counting::default());
     let components = Components {
         authenticator: Some(counting.clone()),
@@ -744,25 +755,87 @@ async fn guessing_a_password_is_throttled() {
     };
     let server = Server::start(config, components).await;
     let calls = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
-    let attempt = |user: &'static str, password: &'static str| {
-        login(server.login, Suite::X25519, user, "sample", password, 3)
+    let login_addr = server.login;
+    let attempt = move |from: u8, suite: Suite, user: &'static str, password: &'static str| async move {
+        integration::login::login_from(login_addr, local(from), suite, user, password)
+            .await
+            .map(|_| ())
     };
-    for n in 1..=3 {
-        let refused = attempt("alice", "guess").await;
-        assert_eq!(refused, Err(LoginError::Status(LoginStatus::UNAUTHORIZED)));
-        assert_eq!(calls(), n, "the authenticator ran for failure {n}");
+    let home = 1;
+    assert_eq!(
+        attempt(home, Suite::X25519, "alice", "password").await,
+        Ok(())
+    );
+    let owner_logins = 1;
+    // 40 guesses, each from a new address; the owner logs in between.
+    let mut statuses = Vec::new();
+    let mut owner = owner_logins;
+    for n in 0..40u8 {
+        statuses.push(attempt(10 + n, Suite::X25519, "alice", "guess").await);
+        if n % 4 == 0 {
+            assert_eq!(
+                attempt(home, Suite::X25519, "alice", "password").await,
+                Ok(()),
+                "the owner, from home, after guess {n}"
+            );
+            owner += 1;
+        }
     }
-    // Throttled now: refused at once, even with the right password.
-    assert!(attempt("alice", "password").await.is_err());
-    assert_eq!(calls(), 3, "not asked while throttled");
-    // Another user is not.
-    attempt("bob", "password").await.expect("bob logs in");
-    assert_eq!(calls(), 4);
-    // The block passes.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    attempt("alice", "password")
-        .await
-        .expect("alice logs in after the block");
+    let refused = statuses.iter().filter(|s| **s == REFUSED).count();
+    let throttled = statuses.iter().filter(|s| **s == THROTTLED).count();
+    assert_eq!((refused, throttled), (3, 37), "{statuses:?}");
+    assert_eq!(
+        calls(),
+        owner + 3,
+        "only 3 guesses reached the authenticator"
+    );
+    // A skynet client is told what skynet would say; nothing is checked.
+    assert_eq!(attempt(60, Suite::Skynet, "alice", "guess").await, REFUSED);
+    // From an address it never logged in from, even the owner waits.
+    assert_eq!(
+        attempt(61, Suite::X25519, "alice", "password").await,
+        THROTTLED
+    );
+    assert_eq!(calls(), owner + 3);
+    // One interval later, one more check is allowed, and only one.
+    tokio::time::advance(Duration::from_secs(12)).await;
+    assert_eq!(attempt(62, Suite::X25519, "alice", "guess").await, REFUSED);
+    assert_eq!(
+        attempt(63, Suite::X25519, "alice", "guess").await,
+        THROTTLED
+    );
+    assert_eq!(calls(), owner + 4);
+
+    // One address trying many names: its own allowance (5), then 429.
+    let guesser = 99;
+    let names = ["u0", "u1", "u2", "u3", "u4", "u5"];
+    let mut from_one = Vec::new();
+    for name in names {
+        from_one.push(attempt(guesser, Suite::X25519, name, "guess").await);
+    }
+    assert_eq!(&from_one[..5], &[REFUSED; 5]);
+    assert_eq!(from_one[5], THROTTLED);
+
+    // The client says what a 429 means.
+    let err = client_cli::login(
+        &server.login.to_string(),
+        Suite::X25519,
+        Credentials::new("bob", "sample", "password"),
+    )
+    .await;
+    assert!(err.is_ok(), "bob is not throttled");
+    for n in 0..3u8 {
+        let _ = attempt(200 + n, Suite::X25519, "carol", "guess").await;
+    }
+    let err = client_cli::login(
+        &server.login.to_string(),
+        Suite::X25519,
+        Credentials::new("carol", "sample", "password"),
+    )
+    .await
+    .expect_err("carol is throttled");
+    assert_eq!(err.login_status(), Some(LoginStatus::TOO_MANY_REQUESTS));
+    assert!(err.to_string().contains("throttled"), "{err}");
     server.shutdown().await.expect("clean shutdown");
 }
 

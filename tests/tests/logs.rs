@@ -1,9 +1,11 @@
 //! No client can forge a log line: every field a client controls (user,
 //! server, token parts, uid, extension field, route, a service's reasons)
-//! reaches the log escaped. A test binary of its own, because it installs
-//! the process's one tracing subscriber, at `debug`, capturing every line
-//! the login server, the gate and the backend write while hostile clients
-//! and a service send LF, CR, ESC and forged `status=200` text.
+//! reaches the log escaped, and every value that would split a `key=value`
+//! line is quoted (logfmt). A test binary of its own, because it installs
+//! the process's one tracing subscriber (the gate's text formatter), at
+//! `debug`, capturing every line the login server, the gate and the
+//! backend write while hostile clients and a service send LF, CR, ESC and
+//! forged `status=200` text.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -44,12 +46,73 @@ impl<'a> MakeWriter<'a> for Captured {
 /// clear the terminal.
 const EVIL: &str = "mallory\nINFO login user=admin status=200 reason=logged in\r\x1b[2J";
 
+/// A user name that forges fields on its own line, without any control
+/// byte: only quoting stops a `key=value` parser from reading them.
+const FORGER: &str = "mallory status=200 reason=\"logged in\" uid=admin";
+
+/// Splits a logfmt line's fields after its message: `key=value` or
+/// `key="value with \" and \\ escaped"`. Words without `=` (the level,
+/// the target, the message) are skipped.
+fn logfmt_fields(line: &str) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        while chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        if chars.peek().is_none() {
+            return fields;
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == ' ' || c == '=' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if chars.peek() != Some(&'=') {
+            continue;
+        }
+        chars.next();
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ' ' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        fields.push((key, value));
+    }
+}
+
+fn field<'a>(fields: &'a [(String, String)], key: &str) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 #[tokio::test]
 async fn client_controlled_fields_are_escaped_on_every_log_line() {
     let captured = Captured::default();
     tracing_subscriber::fmt()
         .with_env_filter("debug")
         .with_ansi(false)
+        .fmt_fields(gate::logging::Logfmt)
         .with_writer(captured.clone())
         .init();
 
@@ -64,6 +127,13 @@ async fn client_controlled_fields_are_escaped_on_every_log_line() {
     )
     .await;
     assert!(refused.is_err());
+    let forged = client_cli::login(
+        &login,
+        Suite::X25519,
+        Credentials::new(FORGER, "sample", "wrong password"),
+    )
+    .await;
+    assert!(forged.is_err());
     let unknown_server = client_cli::login(
         &login,
         Suite::Skynet,
@@ -125,19 +195,42 @@ async fn client_controlled_fields_are_escaped_on_every_log_line() {
             "forged line: {line}"
         );
     }
-    // The evil fields are there, escaped, on the lines that carry them.
-    let escaped = "mallory\\nINFO login user=admin status=200";
-    let carrying: Vec<&str> = text.lines().filter(|l| l.contains(escaped)).collect();
+    // The evil fields are there, escaped, on the lines that carry them;
+    // a logfmt parser reads each line's fields back as logged: one user,
+    // one status, and the status is the real one.
+    let escaped = gate::logging::esc(EVIL.as_bytes()).to_string();
+    let parsed: Vec<(&str, Vec<(String, String)>)> =
+        text.lines().map(|l| (l, logfmt_fields(l))).collect();
+    let carrying: Vec<&(&str, Vec<(String, String)>)> = parsed
+        .iter()
+        .filter(|(_, f)| f.iter().any(|(_, v)| *v == escaped))
+        .collect();
+    let statuses: Vec<Vec<&str>> = carrying.iter().map(|(_, f)| field(f, "status")).collect();
     assert!(
-        carrying.iter().any(|l| l.contains("status=401")),
+        statuses.contains(&vec!["401"]),
         "the refused login's line: {text}"
     );
-    assert!(carrying.iter().any(|l| l.contains("status=403")));
-    assert!(carrying.iter().any(|l| l.contains("status=200")));
-    assert!(carrying.iter().any(|l| l.contains("session ended")));
+    assert!(statuses.contains(&vec!["403"]), "{text}");
+    assert!(statuses.contains(&vec!["200"]), "{text}");
     assert!(
-        text.lines()
-            .any(|l| l.contains("service kicks a user") && l.contains(escaped)),
+        carrying.iter().any(|(l, _)| l.contains("session ended")),
+        "{text}"
+    );
+    let forger_escaped = gate::logging::esc(FORGER.as_bytes()).to_string();
+    let forger: Vec<&(&str, Vec<(String, String)>)> = parsed
+        .iter()
+        .filter(|(_, f)| field(f, "user") == [forger_escaped.as_str()])
+        .collect();
+    assert_eq!(forger.len(), 1, "the forger's login line: {text}");
+    let (line, fields) = forger[0];
+    assert_eq!(field(fields, "status"), ["401"], "{line}");
+    assert_eq!(field(fields, "uid"), [""], "{line}");
+    assert!(field(fields, "reason")[0].starts_with("denied"), "{line}");
+    assert!(
+        parsed
+            .iter()
+            .any(|(l, f)| l.contains("service kicks a user")
+                && f.iter().any(|(_, v)| v.contains(&escaped))),
         "the service's kick reason"
     );
     let unroutable: Vec<&str> = text

@@ -516,9 +516,9 @@ pub async fn run(cmd: BenchCmd) -> ExitCode {
                 return ExitCode::from(2);
             }
             if cmd.json {
-                println!("{}", report.to_json());
+                outln!("{}", report.to_json());
             } else {
-                println!("{}", report.human());
+                outln!("{}", report.human());
             }
             if report.check().is_ok() {
                 ExitCode::SUCCESS

@@ -53,7 +53,7 @@ pub async fn run(cmd: RunCmd) -> ExitCode {
     let cfg = SessionConfig::new(&cmd.login, &cmd.gate);
     match run_script(&script, cfg, &mut StdoutOutput, cmd.quiet).await {
         Ok(report) => {
-            println!(
+            outln!(
                 "PASS {}: {} steps, {} checks, {}",
                 script.name,
                 report.steps,
@@ -63,7 +63,7 @@ pub async fn run(cmd: RunCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(failure) => {
-            println!("FAIL {failure}");
+            outln!("FAIL {failure}");
             ExitCode::FAILURE
         }
     }

@@ -108,7 +108,7 @@ fn parse_command(line: &str, tokens: &[Token]) -> Result<Command, String> {
                 password: p.string("password")?,
                 server: p.string("server")?,
                 suite,
-                expect: p.code(&[200, 401, 403, 406])?,
+                expect: p.code(&[200, 401, 403, 406, 429, 503])?,
                 within: p.duration("within")?,
             })
         }

@@ -1,13 +1,16 @@
-//! Logging: how client-controlled bytes appear in a log line ([`esc`]) and
-//! the process's `tracing` subscriber ([`init`]).
+//! Logging: how client-controlled bytes appear in a log line ([`esc`]),
+//! how text lines write their fields ([`Logfmt`]) and the process's
+//! `tracing` subscriber ([`init`]).
 //!
 //! Both live here so the one rule, "every log line stays one line of
 //! text", has one home: the binary installs the subscriber, every module
 //! that logs a client's bytes goes through [`esc`].
 
 mod esc;
+mod logfmt;
 
 pub use self::esc::{Escaped, esc};
+pub use self::logfmt::{Logfmt, LogfmtVisitor, quoted};
 
 use std::io::IsTerminal;
 
@@ -16,7 +19,8 @@ use tracing_subscriber::EnvFilter;
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
-    /// One line of text per event.
+    /// One line of text per event; fields follow logfmt's rules
+    /// ([`Logfmt`]: values with a space, `=` or `"` are quoted).
     Text,
     /// One JSON object per event (tracing's JSON formatter).
     Json,
@@ -35,6 +39,9 @@ pub fn init(format: LogFormat) {
     match format {
         LogFormat::Json => logs.json().init(),
         // Colour codes only on a terminal: a log file stays plain text.
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => logs
+            .fmt_fields(Logfmt)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
     }
 }

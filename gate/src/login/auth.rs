@@ -7,7 +7,9 @@
 //! `login.auth_timeout`).
 //!
 //! * [`AccountsFile`]: `user:PHC-hash` lines with argon2 hashes, verified on
-//!   the blocking pool so a slow hash never stalls the runtime.
+//!   a fixed pool of hashing threads with one reused memory block each
+//!   ([`super::hashing`]), so a slow hash never stalls the runtime and a
+//!   login storm cannot grow the process's memory.
 //! * [`DemoAuth`]: skynet's example `logind`: any user, password `password`.
 //!   Only for demos and load tests; the server warns loudly when it runs.
 
@@ -16,19 +18,19 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::password_hash::PasswordHasher;
 use argon2::{Argon2, PasswordHash};
 use bytes::Bytes;
-use tokio::sync::Semaphore;
 
+use super::hashing::{HashPool, Submit};
 use crate::login::placement::BoxFuture;
 
 /// What the client claimed in its login token (`user@server:password`, each
 /// part base64-decoded); `Debug` hides the password.
 pub use loginproto::token::Credentials;
 
-/// Why an authenticator refused. Every variant is answered `401
-/// Unauthorized`; the distinction is for logs and metrics.
+/// Why an authenticator refused. Every variant but [`AuthError::Busy`] is
+/// answered `401 Unauthorized`; the distinction is for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     /// The credentials are wrong (unknown user or wrong password).
@@ -41,6 +43,11 @@ pub enum AuthError {
     /// The authenticator did not answer within `login.auth_timeout`.
     #[error("authenticator timed out")]
     Timeout,
+    /// The authenticator has more work waiting than it may queue (the
+    /// hashing pool's queue is full): answered `503 Service Unavailable`,
+    /// like any overload, and the credentials were not checked.
+    #[error("authenticator busy: {0}")]
+    Busy(String),
 }
 
 /// Decides whether credentials are good and which uid they log in as.
@@ -106,12 +113,6 @@ pub enum AccountsError {
     },
 }
 
-/// Concurrent argon2 verifications per CPU. Each one holds the hash's whole
-/// memory cost (19 MiB by default) and a core, so letting a login flood fill
-/// the blocking pool (512 threads) would exhaust memory without making
-/// anything faster; waiting logins count against `login.auth_timeout`.
-const VERIFY_SLOTS_PER_CPU: usize = 1;
-
 /// Accounts from a file of `user:PHC-hash` lines.
 ///
 /// Blank lines and lines starting with `#` are ignored; surrounding
@@ -120,13 +121,19 @@ const VERIFY_SLOTS_PER_CPU: usize = 1;
 /// name may). Hashes must be argon2 (`$argon2id$…`, `$argon2i$…`,
 /// `$argon2d$…`); [`hash_password`] makes them. The uid of a user is its
 /// name.
+///
+/// Verifications run on a [`HashPool`]: one thread per core by default,
+/// each reusing one block of the largest memory cost in the file, so the
+/// hashing memory is at most `cores × that cost` (38 MiB on two cores with
+/// the default 19 MiB), however fast logins arrive. Logins beyond it wait
+/// in the pool's bounded queue; past that they are answered `503`.
 #[derive(Clone)]
 pub struct AccountsFile {
-    accounts: Arc<HashMap<Bytes, PasswordHash>>,
+    accounts: Arc<HashMap<Bytes, Arc<PasswordHash>>>,
     /// Verified against for unknown users, so that the time a refusal takes
     /// does not tell which user names exist (`None`: no accounts at all).
     dummy: Option<Arc<PasswordHash>>,
-    slots: Arc<Semaphore>,
+    pool: HashPool,
 }
 
 impl fmt::Debug for AccountsFile {
@@ -193,7 +200,7 @@ impl AccountsFile {
             argon2::Params::try_from(&parsed)
                 .map_err(|e| bad(number, format!("bad argon2 parameters for {user:?}: {e}")))?;
             if accounts
-                .insert(Bytes::copy_from_slice(user.as_bytes()), parsed)
+                .insert(Bytes::copy_from_slice(user.as_bytes()), Arc::new(parsed))
                 .is_some()
             {
                 return Err(bad(number, format!("user {user:?} is listed twice")));
@@ -204,7 +211,7 @@ impl AccountsFile {
         let dummy = match accounts.values().next() {
             None => None,
             Some(sample) => {
-                let params = argon2::Params::try_from(sample)
+                let params = argon2::Params::try_from(sample.as_ref())
                     .map_err(|e| bad(0, format!("cannot read argon2 parameters: {e}")))?;
                 let hash = hash_with(b"not the password of any user", params)
                     .map_err(|e| bad(0, format!("cannot compute the dummy hash: {e}")))?;
@@ -213,12 +220,24 @@ impl AccountsFile {
                 })?))
             }
         };
-        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Ok(AccountsFile {
             accounts: Arc::new(accounts),
             dummy,
-            slots: Arc::new(Semaphore::new(cpus * VERIFY_SLOTS_PER_CPU)),
+            pool: HashPool::per_core(),
         })
+    }
+
+    /// Verifies on `pool` instead of the default one (one worker per core).
+    #[must_use]
+    pub fn with_pool(mut self, pool: HashPool) -> AccountsFile {
+        self.pool = pool;
+        self
+    }
+
+    /// The hashing pool (its workers, peak and memory, for tests and
+    /// metrics).
+    pub fn pool(&self) -> &HashPool {
+        &self.pool
     }
 
     /// Number of accounts.
@@ -235,33 +254,29 @@ impl AccountsFile {
 impl Authenticator for AccountsFile {
     fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>> {
         Box::pin(async move {
-            // The permit moves into the blocking task: if this future is
-            // dropped (auth timeout), the hash still runs to its end and
-            // keeps its slot until then.
-            let slot = Arc::clone(&self.slots)
-                .acquire_owned()
-                .await
-                .map_err(|_| AuthError::Unavailable("accounts closed".into()))?;
             let known = self.accounts.get(credentials.user.as_slice());
             let is_known = known.is_some();
-            let Some(hash) = known.or(self.dummy.as_deref()).cloned() else {
+            let Some(hash) = known.or(self.dummy.as_ref()).map(Arc::clone) else {
                 return Err(AuthError::Denied("unknown user".into()));
             };
-            let password = credentials.password;
-            // argon2 takes tens of milliseconds on purpose: keep it off the
-            // runtime's worker threads.
-            let verified = tokio::task::spawn_blocking(move || {
-                let _slot = slot;
-                Argon2::default().verify_password(&password, &hash)
-            })
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("verifier failed: {e}")))?;
+            // argon2 takes tens of milliseconds on purpose: it runs on the
+            // pool's threads, never the runtime's. If this future is
+            // dropped (auth timeout) a queued job is skipped and a running
+            // one finishes unheard.
+            let answer = self
+                .pool
+                .submit(credentials.password, hash)
+                .map_err(|e| match e {
+                    Submit::Busy => AuthError::Busy("password hashing queue full".into()),
+                    Submit::Closed => AuthError::Unavailable("hashing pool closed".into()),
+                })?;
+            let verified = answer
+                .await
+                .map_err(|_| AuthError::Unavailable("hashing worker failed".into()))?;
             match (is_known, verified) {
                 (false, _) => Err(AuthError::Denied("unknown user".into())),
-                (true, Ok(())) => Ok(Bytes::from(credentials.user)),
-                (true, Err(argon2::password_hash::Error::PasswordInvalid)) => {
-                    Err(AuthError::Denied("wrong password".into()))
-                }
+                (true, Ok(true)) => Ok(Bytes::from(credentials.user)),
+                (true, Ok(false)) => Err(AuthError::Denied("wrong password".into())),
                 (true, Err(e)) => Err(AuthError::Unavailable(format!("cannot verify: {e}"))),
             }
         })

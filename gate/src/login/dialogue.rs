@@ -27,7 +27,6 @@ use super::closing::{Stream, linger};
 use super::detach::{Detach, panic_message};
 use super::metrics::{LoginLabels, status_label};
 use super::server::LoginState;
-use super::throttle::Throttled;
 use crate::logging::esc;
 use crate::login::placement::{LoginRequest, PlaceError};
 use crate::net::SourceSlot;
@@ -331,7 +330,7 @@ async fn run_dialogue<S: Stream>(
     };
 
     let (outcome, reason) = decide(shared, &login, report, addr).await;
-    let status = outcome.status();
+    let status = login.status_of(&outcome);
     send_last(lines, &login.finish(outcome)).await?;
     Ok(Ending::Status(status, reason))
 }
@@ -393,16 +392,12 @@ async fn decide(
     report.server = Some(server.clone());
 
     let user = credentials.user.clone();
-    if let Err(throttled) = shared.throttle.check(&user, addr.ip(), Instant::now()) {
-        let which = match throttled {
-            Throttled::User(_) => "this user name",
-            Throttled::Source(_) => "this address",
-        };
-        return (
-            LoginOutcome::Unauthorized,
-            format!("throttled: too many refused passwords for {which}"),
-        );
-    }
+    // The attempt holds the throttle's tokens until the authenticator
+    // decides; dropped undecided (deadline, timeout) it gives them back.
+    let attempt = match shared.throttle.attempt(&user, addr.ip(), Instant::now()) {
+        Ok(attempt) => attempt,
+        Err(throttled) => return (LoginOutcome::Throttled, throttled.reason().into()),
+    };
     let authenticated = timeout(
         shared.config.auth_timeout,
         shared.auth.authenticate(credentials),
@@ -411,14 +406,20 @@ async fn decide(
     .unwrap_or(Err(AuthError::Timeout));
     let uid = match authenticated {
         Ok(uid) => {
-            shared.throttle.succeeded(&user);
+            attempt.succeeded(Instant::now());
             uid
         }
         Err(e) => {
-            if matches!(e, AuthError::Denied(_)) {
-                shared.throttle.failed(&user, addr.ip(), Instant::now());
-            }
-            return (LoginOutcome::Unauthorized, e.to_string());
+            let outcome = match e {
+                AuthError::Denied(_) => {
+                    attempt.failed(Instant::now());
+                    LoginOutcome::Unauthorized
+                }
+                // Overload, as for a full login queue.
+                AuthError::Busy(_) => LoginOutcome::Unavailable,
+                AuthError::Unavailable(_) | AuthError::Timeout => LoginOutcome::Unauthorized,
+            };
+            return (outcome, e.to_string());
         }
     };
     report.uid = Some(uid.clone());

@@ -65,6 +65,7 @@ pub fn status_label(code: Option<u16>) -> &'static str {
         Some(401) => "401",
         Some(403) => "403",
         Some(406) => "406",
+        Some(429) => "429",
         Some(503) => "503",
         Some(_) => "other",
         None => "none",

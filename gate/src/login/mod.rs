@@ -6,11 +6,13 @@
 //! * [`admission`]: the login queue (admission rate, first come first
 //!   served).
 //! * [`auth`]: the [`Authenticator`] trait, the accounts file, the demo.
+//! * [`hashing`]: the fixed pool of argon2 workers the accounts file
+//!   verifies on.
 //! * [`online`]: the online table, the multilogin lock, `login_handler`.
 //! * [`gates`]: the in-process registry of gates the login server places
 //!   users on.
 //! * [`random`]: the source of challenges and private keys.
-//! * [`throttle`]: failed logins per user name and per source address.
+//! * [`throttle`]: password guesses per user name and per source address.
 //! * [`server_key`]: the long-term key clients may pin, on disk.
 
 pub mod admission;
@@ -20,6 +22,7 @@ mod detach;
 mod dialogue;
 mod evict;
 pub mod gates;
+pub mod hashing;
 pub mod metrics;
 pub mod online;
 pub mod placement;

@@ -58,26 +58,26 @@ use super::auth::Authenticator;
 use super::dialogue::{DialoguePlace, Stop, connection};
 use super::metrics::LoginMetrics;
 use super::random::{RandomSource, ThreadRandom};
-use super::throttle::{Policy, Throttle};
+use super::throttle::{Policy, Throttle, ThrottleConfig};
 use crate::config::{DEFAULT_SHUTDOWN_GRACE, LoginConfig};
 use crate::login::placement::Placer;
 use crate::net::web::WebPolicy;
 use crate::net::{self, AtCapacity, PerSource, RefusalLog};
 
-/// A key that has not failed for this long starts counting again.
-const THROTTLE_FORGET: Duration = Duration::from_secs(15 * 60);
-
 fn throttle(config: &LoginConfig) -> Throttle {
-    let policy = |free| Policy {
-        free,
-        delay: config.throttle_delay,
-        max: config.throttle_max,
-    };
-    Throttle::new(
-        policy(config.throttle_user_failures),
-        policy(config.throttle_source_failures),
-        THROTTLE_FORGET,
-    )
+    Throttle::new(ThrottleConfig {
+        user: Policy {
+            burst: config.throttle_user_failures,
+            interval: config.throttle_user_interval,
+        },
+        source: Policy {
+            burst: config.throttle_source_failures,
+            interval: config.throttle_source_interval,
+        },
+        trusted_for: config.throttle_trusted_for,
+        max_users: config.throttle_max_entries,
+        max_sources: config.throttle_max_entries,
+    })
 }
 
 /// The login server: settings and the services it calls.

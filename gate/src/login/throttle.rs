@@ -1,160 +1,404 @@
-//! Throttling of failed logins, per user name and per source address.
+//! Throttling of password guesses, per user name and per source address.
 //!
-//! Every refused password (an authenticator's `Denied`) counts a failure
-//! against the user name and the client's address. Past a number of free
-//! failures, the key is blocked for a delay that doubles with each further
-//! failure, up to a maximum; while a key is blocked its logins are answered
-//! `401` at once, without asking the authenticator (so a guessing client
-//! costs no argon2 verification). A successful login forgets its user
-//! name's failures. A key that has not failed for `forget` is forgotten, so
-//! the table stays small; it is also bounded in entries, the oldest going
-//! first when it is full.
+//! Every login that reaches the authenticator first takes a token from its
+//! user name's bucket; a refused password keeps it, a success, or a login
+//! that was not decided (the authenticator timed out or failed), gives
+//! back only its own, so a success never wipes out failures that other
+//! addresses caused. Taking the token *before* the authenticator runs is
+//! what bounds guesses at one name whatever their number of addresses and
+//! however many run at once: at most `burst` are checked at a time, and
+//! after that one per `interval`.
 //!
-//! `now` is passed in: the table is plain data, tested on its own.
+//! Each source address (IPv4 /32, IPv6 /64: one host's addresses are one
+//! source) has a bucket too, over every name tried from it, which only
+//! refused passwords drain: many players behind one address log in at
+//! once without holding its tokens, and the login server's per-address
+//! connection bound caps how many guesses from one address can be in
+//! flight before their refusals count.
+//!
+//! An empty bucket answers the login at once, without asking the
+//! authenticator: the guess never costs an argon2 verification, and the
+//! client is told it is throttled (not that its password is wrong).
+//!
+//! A user name's bucket alone would let anyone lock its owner out by
+//! guessing. So an address a user logged in from recently is *trusted* for
+//! that user: its logins use a bucket of their own (same size and rate),
+//! which only failures from that address drain. The owner keeps logging in
+//! from home while the name is guessed at from everywhere else.
+//!
+//! The buckets are GCRA (one instant per key: when the bucket is full
+//! again); a key whose bucket is full and that trusts no address is
+//! removed. Both tables are bounded: when a shard is full, the key with
+//! the fewest failures among a sample goes (an attacker who floods the
+//! table with new names does not push out the name it is guessing at,
+//! whose bucket is the emptiest).
+//!
+//! `now` is passed in: the tables are plain data, tested on their own.
 
-use std::hash::Hash;
-use std::net::IpAddr;
+use std::hash::{BuildHasher, RandomState};
+use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::shard::ShardedMap;
+use crate::shard::{SHARDS, ShardedMap};
 
-/// How a kind of key is throttled.
+/// One bucket's size and refill rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Failures before the first block.
-    pub free: u32,
-    /// The first block; each further failure doubles it.
-    pub delay: Duration,
-    /// The longest block.
-    pub max: Duration,
+    /// Checks allowed at once from a full bucket; 0 turns the bucket off
+    /// (never throttles).
+    pub burst: u32,
+    /// One more check is allowed per `interval` once the burst is used.
+    pub interval: Duration,
 }
 
 impl Policy {
-    /// The block after `failures` failures, if any.
-    fn block(&self, failures: u32) -> Option<Duration> {
-        // 1 for the first failure past the free ones.
-        let over = failures.checked_sub(self.free).filter(|n| *n > 0)?;
-        let factor = 1u32.checked_shl(over - 1).unwrap_or(u32::MAX);
-        Some(self.delay.saturating_mul(factor).min(self.max))
+    /// Takes one token from the bucket that is full again at `*full_at`.
+    fn take(&self, full_at: &mut Instant, now: Instant) -> bool {
+        if self.burst == 0 {
+            return true;
+        }
+        let next = (*full_at).max(now) + self.interval;
+        if next.saturating_duration_since(now) > self.interval.saturating_mul(self.burst) {
+            return false;
+        }
+        *full_at = next;
+        true
+    }
+
+    /// Gives back one token taken by [`Policy::take`].
+    fn give_back(&self, full_at: &mut Instant, now: Instant) {
+        if self.burst == 0 {
+            return;
+        }
+        *full_at = full_at
+            .checked_sub(self.interval)
+            .map_or(now, |t| t.max(now));
     }
 }
 
+/// The throttle's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleConfig {
+    /// A user name's bucket (and each of its trusted addresses').
+    pub user: Policy,
+    /// A source address's bucket, over every user name tried from it.
+    pub source: Policy,
+    /// How long a successful login makes its address trusted for that user.
+    pub trusted_for: Duration,
+    /// Most user names kept (failed recently, or trusting an address).
+    pub max_users: usize,
+    /// Most source addresses kept (failed recently).
+    pub max_sources: usize,
+}
+
+/// Most addresses one user name trusts; a new one replaces the oldest.
+const TRUSTED_PER_USER: usize = 4;
+
+/// An address a user logged in from.
 #[derive(Debug, Clone, Copy)]
-struct Record {
-    failures: u32,
-    last: Instant,
-    blocked_until: Option<Instant>,
+struct Trusted {
+    source: IpAddr,
+    last_success: Instant,
+    /// This address's own bucket for this user.
+    full_at: Instant,
 }
 
-/// Most entries kept per kind of key.
-const MAX_ENTRIES: usize = 100_000;
-
-/// Failures of one kind of key.
-#[derive(Debug)]
-struct Table<K> {
-    records: ShardedMap<K, Record>,
-    policy: Policy,
+#[derive(Debug, Clone)]
+struct UserRecord {
+    /// The user name's bucket, for every address it does not trust.
+    full_at: Instant,
+    trusted: Vec<Trusted>,
 }
 
-impl<K: Hash + Eq + Clone> Table<K> {
-    fn new(policy: Policy) -> Table<K> {
-        Table {
-            records: ShardedMap::new(),
-            policy,
-        }
+impl UserRecord {
+    fn idle(&self, now: Instant) -> bool {
+        self.full_at <= now && self.trusted.is_empty()
     }
+}
 
-    fn blocked(&self, key: &K, now: Instant) -> Option<Instant> {
-        self.records
-            .get(key)
-            .and_then(|r| r.blocked_until)
-            .filter(|until| now < *until)
-    }
+/// Why a login was throttled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttled {
+    /// Too many refused passwords for this user name.
+    User,
+    /// Too many refused passwords from this address.
+    Source,
+}
 
-    fn fail(&self, key: &K, now: Instant, forget: Duration) {
-        let mut shard = self.records.shard(key);
-        if shard.len() >= MAX_ENTRIES / 64 {
-            // Full: drop what is forgotten, then the oldest if need be.
-            shard.retain(|_, r| now.saturating_duration_since(r.last) < forget);
-            if shard.len() >= MAX_ENTRIES / 64
-                && let Some(oldest) = shard
-                    .iter()
-                    .min_by_key(|(_, r)| r.last)
-                    .map(|(k, _)| k.clone())
-            {
-                shard.remove(&oldest);
-            }
+impl Throttled {
+    /// What the log line says.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Throttled::User => "throttled: too many refused passwords for this user name",
+            Throttled::Source => "throttled: too many refused passwords from this address",
         }
-        let record = shard.entry(key.clone()).or_insert(Record {
-            failures: 0,
-            last: now,
-            blocked_until: None,
-        });
-        if now.saturating_duration_since(record.last) >= forget {
-            record.failures = 0;
-        }
-        record.failures = record.failures.saturating_add(1);
-        record.last = now;
-        record.blocked_until = self.policy.block(record.failures).map(|d| now + d);
-    }
-
-    fn forget(&self, key: &K) {
-        self.records.shard(key).remove(key);
     }
 }
 
 /// The login server's throttle (see the module docs).
 #[derive(Debug)]
 pub struct Throttle {
-    users: Table<Bytes>,
-    sources: Table<IpAddr>,
-    forget: Duration,
+    /// Keyed by a hash of the name under a key of this process's, not by
+    /// the name: a name can be kilobytes long, and the table's bound must
+    /// hold in bytes too. Nobody can aim a collision at a name without the
+    /// key, and one would only share a bucket.
+    users: ShardedMap<u64, UserRecord>,
+    names: RandomState,
+    sources: ShardedMap<IpAddr, Instant>,
+    config: ThrottleConfig,
 }
 
-/// Why a login is throttled.
+/// Which user bucket a login took its token from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Throttled {
-    /// Too many failures for this user name, until then.
-    User(Instant),
-    /// Too many failures from this address, until then.
-    Source(Instant),
+enum UserBucket {
+    /// The user name's own.
+    Name,
+    /// The bucket of an address the user trusts.
+    Trusted,
+}
+
+/// One login's tokens, from [`Throttle::attempt`] until the authenticator
+/// decided. Dropped undecided (a timeout, a dropped dialogue), it gives
+/// the tokens back: nobody learnt whether the password was right.
+#[derive(Debug)]
+#[must_use = "an attempt is decided with `failed` or `succeeded`"]
+pub struct Attempt<'a> {
+    throttle: &'a Throttle,
+    user: u64,
+    source: IpAddr,
+    bucket: UserBucket,
+    decided: bool,
+}
+
+/// The key of `ip` for the per-source bucket: IPv4 (also IPv4-mapped
+/// IPv6) as is, IPv6 by its /64, which one host usually has whole.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
 }
 
 impl Throttle {
-    /// A throttle with these policies; a key idle for `forget` starts over.
-    pub fn new(user: Policy, source: Policy, forget: Duration) -> Throttle {
+    /// A throttle with these settings.
+    pub fn new(config: ThrottleConfig) -> Throttle {
         Throttle {
-            users: Table::new(user),
-            sources: Table::new(source),
-            forget,
+            users: ShardedMap::new(),
+            names: RandomState::new(),
+            sources: ShardedMap::new(),
+            config,
         }
     }
 
-    /// Whether a login of `user` from `source` must be refused at once.
-    pub fn check(&self, user: &[u8], source: IpAddr, now: Instant) -> Result<(), Throttled> {
-        let source = source.to_canonical();
-        if let Some(until) = self.sources.blocked(&source, now) {
-            return Err(Throttled::Source(until));
+    /// Takes the tokens a login of `user` from `source` needs to reach the
+    /// authenticator, or says why it may not.
+    pub fn attempt(
+        &self,
+        user: &[u8],
+        source: IpAddr,
+        now: Instant,
+    ) -> Result<Attempt<'_>, Throttled> {
+        let source = source_key(source);
+        if self.source_empty(source, now) {
+            return Err(Throttled::Source);
         }
-        if let Some(until) = self.users.blocked(&Bytes::copy_from_slice(user), now) {
-            return Err(Throttled::User(until));
+        let user = self.names.hash_one(user);
+        match self.take_user(user, source, now) {
+            Some(bucket) => Ok(Attempt {
+                throttle: self,
+                user,
+                source,
+                bucket,
+                decided: false,
+            }),
+            None => Err(Throttled::User),
         }
-        Ok(())
     }
 
-    /// The authenticator refused `user`'s password, from `source`.
-    pub fn failed(&self, user: &[u8], source: IpAddr, now: Instant) {
-        self.users
-            .fail(&Bytes::copy_from_slice(user), now, self.forget);
-        self.sources.fail(&source.to_canonical(), now, self.forget);
+    /// Number of user names and of source addresses kept (for tests and
+    /// metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.users.len(), self.sources.len())
     }
 
-    /// `user` logged in: its failures are forgotten.
-    pub fn succeeded(&self, user: &[u8]) {
-        self.users.forget(&Bytes::copy_from_slice(user));
+    /// Whether `source` has refused passwords enough to be throttled.
+    fn source_empty(&self, source: IpAddr, now: Instant) -> bool {
+        let policy = self.config.source;
+        self.sources
+            .shard(&source)
+            .get(&source)
+            .is_some_and(|full_at| {
+                let mut probe = *full_at;
+                !policy.take(&mut probe, now)
+            })
+    }
+
+    /// A refused password from `source`.
+    fn charge_source(&self, source: IpAddr, now: Instant) {
+        let policy = self.config.source;
+        if policy.burst == 0 {
+            return;
+        }
+        let mut shard = self.sources.shard(&source);
+        if !shard.contains_key(&source) {
+            make_room(&mut shard, self.config.max_sources, |full_at: &Instant| {
+                (full_at.saturating_duration_since(now), *full_at)
+            });
+        }
+        let full_at = shard.entry(source).or_insert(now);
+        // Past a full bucket, refusals that raced the check still count,
+        // up to one more burst: the address stays throttled that much longer.
+        let limit = now
+            + policy
+                .interval
+                .saturating_mul(policy.burst.saturating_mul(2));
+        *full_at = ((*full_at).max(now) + policy.interval).min(limit);
+    }
+
+    fn take_user(&self, user: u64, source: IpAddr, now: Instant) -> Option<UserBucket> {
+        let policy = self.config.user;
+        let trusted_for = self.config.trusted_for;
+        let mut shard = self.users.shard(&user);
+        if !shard.contains_key(&user) {
+            make_room(&mut shard, self.config.max_users, |r: &UserRecord| {
+                (r.full_at.saturating_duration_since(now), r.full_at)
+            });
+        }
+        let record = shard.entry(user).or_insert_with(|| UserRecord {
+            full_at: now,
+            trusted: Vec::new(),
+        });
+        record
+            .trusted
+            .retain(|t| now.saturating_duration_since(t.last_success) < trusted_for);
+        if let Some(trusted) = record.trusted.iter_mut().find(|t| t.source == source)
+            && policy.take(&mut trusted.full_at, now)
+        {
+            return Some(UserBucket::Trusted);
+        }
+        // Not trusted, or its own failures are used up: one more address.
+        if policy.take(&mut record.full_at, now) {
+            Some(UserBucket::Name)
+        } else {
+            if record.idle(now) {
+                shard.remove(&user);
+            }
+            None
+        }
+    }
+}
+
+/// Keys looked at to choose one to push out of a full shard.
+const EVICTION_SAMPLE: usize = 16;
+
+/// Makes room for one more key in a shard of a table of at most `max`
+/// keys: of a sample of its keys (hash order, so in effect at random),
+/// the one `score` ranks lowest goes (fewest failures, then oldest). A
+/// sample, not the whole shard, so that a login at a full table costs the
+/// same as any other; the name under attack has the most failures, so it
+/// only goes if every key sampled was guessed at as hard.
+fn make_room<K: Clone + Eq + std::hash::Hash, V, S: Ord>(
+    shard: &mut std::collections::HashMap<K, V>,
+    max: usize,
+    score: impl Fn(&V) -> S,
+) {
+    let per_shard = max.div_ceil(SHARDS).max(1);
+    if shard.len() < per_shard {
+        return;
+    }
+    let lowest = shard
+        .iter()
+        .take(EVICTION_SAMPLE)
+        .min_by_key(|(_, v)| score(v))
+        .map(|(k, _)| k.clone());
+    if let Some(key) = lowest {
+        shard.remove(&key);
+    }
+}
+
+impl Attempt<'_> {
+    /// Which bucket of the user's the login used (tests).
+    #[cfg(test)]
+    fn trusted(&self) -> bool {
+        self.bucket == UserBucket::Trusted
+    }
+
+    /// The authenticator refused the password: the user's token stays
+    /// taken, and the refusal counts against the address.
+    pub fn failed(mut self, now: Instant) {
+        self.decided = true;
+        self.throttle.charge_source(self.source, now);
+    }
+
+    /// The login succeeded: its own tokens go back, and its address is
+    /// trusted for this user from now on.
+    pub fn succeeded(mut self, now: Instant) {
+        self.decided = true;
+        let throttle = self.throttle;
+        let policy = throttle.config.user;
+        let mut shard = throttle.users.shard(&self.user);
+        let Some(record) = shard.get_mut(&self.user) else {
+            // Pushed out of a full table meanwhile: nothing to give back.
+            return;
+        };
+        match self.bucket {
+            UserBucket::Name => policy.give_back(&mut record.full_at, now),
+            UserBucket::Trusted => {}
+        }
+        // Its own address: a success forgets the failures it had there.
+        match record.trusted.iter_mut().find(|t| t.source == self.source) {
+            Some(t) => {
+                t.last_success = now;
+                t.full_at = now;
+            }
+            None => {
+                if record.trusted.len() >= TRUSTED_PER_USER
+                    && let Some(oldest) = record
+                        .trusted
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, t)| t.last_success)
+                        .map(|(i, _)| i)
+                {
+                    record.trusted.swap_remove(oldest);
+                }
+                record.trusted.push(Trusted {
+                    source: self.source,
+                    last_success: now,
+                    full_at: now,
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if self.decided {
+            return;
+        }
+        let now = Instant::now();
+        let throttle = self.throttle;
+        let policy = throttle.config.user;
+        let mut shard = throttle.users.shard(&self.user);
+        if let Some(record) = shard.get_mut(&self.user) {
+            match self.bucket {
+                UserBucket::Name => policy.give_back(&mut record.full_at, now),
+                UserBucket::Trusted => {
+                    if let Some(t) = record.trusted.iter_mut().find(|t| t.source == self.source) {
+                        policy.give_back(&mut t.full_at, now);
+                    }
+                }
+            }
+            if record.idle(now) {
+                shard.remove(&self.user);
+            }
+        }
     }
 }
 
@@ -165,91 +409,185 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     fn throttle() -> Throttle {
-        Throttle::new(
-            Policy {
-                free: 3,
-                delay: S,
-                max: 8 * S,
+        Throttle::new(ThrottleConfig {
+            user: Policy {
+                burst: 3,
+                interval: 10 * S,
             },
-            Policy {
-                free: 10,
-                delay: S,
-                max: 60 * S,
+            source: Policy {
+                burst: 10,
+                interval: S,
             },
-            600 * S,
-        )
+            trusted_for: 3600 * S,
+            max_users: 1000,
+            max_sources: 1000,
+        })
+    }
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n))
     }
 
     #[test]
-    fn blocks_grow_from_the_first_failure_past_the_free_ones() {
+    fn a_bucket_allows_its_burst_then_one_per_interval() {
         let p = Policy {
-            free: 3,
-            delay: S,
-            max: 8 * S,
+            burst: 3,
+            interval: 10 * S,
         };
-        let blocks: Vec<_> = (1..=8).map(|n| p.block(n)).collect();
-        assert_eq!(
-            blocks,
-            [
-                None,
-                None,
-                None,
-                Some(S),
-                Some(2 * S),
-                Some(4 * S),
-                Some(8 * S),
-                Some(8 * S)
-            ]
-        );
+        let t0 = Instant::now();
+        let mut full_at = t0;
+        let taken: Vec<bool> = (0..5).map(|_| p.take(&mut full_at, t0)).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+        assert!(!p.take(&mut full_at, t0 + 9 * S));
+        assert!(p.take(&mut full_at, t0 + 10 * S));
+        assert!(!p.take(&mut full_at, t0 + 10 * S));
+        p.give_back(&mut full_at, t0 + 10 * S);
+        assert!(p.take(&mut full_at, t0 + 10 * S));
+        let off = Policy { burst: 0, ..p };
+        assert!((0..100).all(|_| off.take(&mut full_at, t0)));
     }
 
     #[test]
-    fn a_user_is_throttled_after_its_free_failures_and_forgiven_on_success() {
+    fn guesses_from_many_addresses_are_bounded_per_user() {
         let t = throttle();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        for _ in 0..3 {
-            assert_eq!(t.check(b"alice", ip, t0), Ok(()));
-            t.failed(b"alice", ip, t0);
+        let mut checked = 0;
+        // 600 guesses over a minute, each from a new address.
+        for n in 0..600u32 {
+            let now = t0 + Duration::from_millis(100 * u64::from(n));
+            if let Ok(a) = t.attempt(b"alice", ip(n), now) {
+                checked += 1;
+                a.failed(now);
+            } else {
+                assert_eq!(t.attempt(b"alice", ip(n), now).err(), Some(Throttled::User));
+            }
         }
-        assert_eq!(t.check(b"alice", ip, t0), Ok(()), "three are free");
-        t.failed(b"alice", ip, t0);
-        assert_eq!(t.check(b"alice", ip, t0), Err(Throttled::User(t0 + S)));
-        // Another user from the same address is not (yet) throttled.
-        assert_eq!(t.check(b"bob", ip, t0), Ok(()));
-        // The block passes; the next failure doubles it.
-        let t1 = t0 + S;
-        assert_eq!(t.check(b"alice", ip, t1), Ok(()));
-        t.failed(b"alice", ip, t1);
-        assert_eq!(t.check(b"alice", ip, t1), Err(Throttled::User(t1 + 2 * S)));
-        // A success forgets.
-        t.succeeded(b"alice");
-        assert_eq!(t.check(b"alice", ip, t1), Ok(()));
+        // The burst, then one per 10 s over 60 s.
+        assert_eq!(checked, 3 + 5);
+    }
+
+    #[test]
+    fn a_success_gives_back_only_its_own_token() {
+        let t = throttle();
+        let t0 = Instant::now();
+        t.attempt(b"alice", ip(1), t0).unwrap().failed(t0);
+        t.attempt(b"alice", ip(2), t0).unwrap().failed(t0);
+        // The owner, from a new address, logs in: the two failures stay.
+        t.attempt(b"alice", ip(3), t0).unwrap().succeeded(t0);
+        t.attempt(b"alice", ip(4), t0).unwrap().failed(t0);
+        assert_eq!(t.attempt(b"alice", ip(5), t0).err(), Some(Throttled::User));
+    }
+
+    #[test]
+    fn a_trusted_address_is_not_locked_out_by_guesses_elsewhere() {
+        let t = throttle();
+        let t0 = Instant::now();
+        let home = ip(100);
+        t.attempt(b"alice", home, t0).unwrap().succeeded(t0);
+        for n in 0..50 {
+            if let Ok(a) = t.attempt(b"alice", ip(n), t0) {
+                a.failed(t0);
+            }
+        }
+        assert_eq!(t.attempt(b"alice", ip(77), t0).err(), Some(Throttled::User));
+        for _ in 0..20 {
+            let a = t.attempt(b"alice", home, t0).expect("home is trusted");
+            assert!(a.trusted());
+            a.succeeded(t0);
+        }
+        // Wrong passwords from home drain home's own bucket only...
+        for _ in 0..3 {
+            t.attempt(b"alice", home, t0).unwrap().failed(t0);
+        }
+        // ...after which home is one more address, and the name is throttled.
+        assert_eq!(t.attempt(b"alice", home, t0).err(), Some(Throttled::User));
+        // Trust lapses.
+        let later = t0 + 3600 * S;
+        let a = t.attempt(b"alice", home, later).unwrap();
+        assert!(!a.trusted());
     }
 
     #[test]
     fn an_address_guessing_many_names_is_throttled() {
         let t = throttle();
-        let ip: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
         let t0 = Instant::now();
-        for n in 0..11 {
-            t.failed(format!("user{n}").as_bytes(), ip, t0);
+        for n in 0..10 {
+            t.attempt(format!("user{n}").as_bytes(), v6, t0)
+                .unwrap()
+                .failed(t0);
         }
-        let v4: IpAddr = "10.0.0.9".parse().unwrap();
-        assert_eq!(t.check(b"someone", v4, t0), Err(Throttled::Source(t0 + S)));
-        assert_eq!(t.check(b"someone", "10.0.0.8".parse().unwrap(), t0), Ok(()));
+        // Its whole /64 is one source.
+        let neighbour: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        assert_eq!(
+            t.attempt(b"someone", neighbour, t0).err(),
+            Some(Throttled::Source)
+        );
+        assert!(
+            t.attempt(b"someone", "2001:db9::1".parse().unwrap(), t0)
+                .is_ok()
+        );
+        // IPv4-mapped is IPv4.
+        let mapped: IpAddr = "::ffff:10.0.0.9".parse().unwrap();
+        for n in 0..10 {
+            t.attempt(format!("u{n}").as_bytes(), mapped, t0)
+                .unwrap()
+                .failed(t0);
+        }
+        assert_eq!(
+            t.attempt(b"x", "10.0.0.9".parse().unwrap(), t0).err(),
+            Some(Throttled::Source)
+        );
     }
 
     #[test]
-    fn failures_are_forgotten_after_a_quiet_while() {
+    fn many_players_behind_one_address_log_in_at_once() {
         let t = throttle();
-        let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        for _ in 0..4 {
-            t.failed(b"carol", ip, t0);
+        let nat = ip(7);
+        let names: Vec<String> = (0..100).map(|n| format!("player{n}")).collect();
+        let running: Vec<Attempt<'_>> = names
+            .iter()
+            .map(|name| t.attempt(name.as_bytes(), nat, t0).expect("not throttled"))
+            .collect();
+        for attempt in running {
+            attempt.succeeded(t0);
         }
-        let later = t0 + 600 * S;
-        t.failed(b"carol", ip, later);
-        assert_eq!(t.check(b"carol", ip, later), Ok(()), "counting starts over");
+    }
+
+    #[test]
+    fn an_undecided_attempt_gives_its_tokens_back() {
+        let t = throttle();
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            drop(t.attempt(b"alice", ip(1), t0).unwrap());
+        }
+        assert_eq!(t.sizes(), (0, 0), "nothing kept for undecided logins");
+    }
+
+    #[test]
+    fn tables_stay_bounded_and_keep_the_most_guessed_names() {
+        let t = Throttle::new(ThrottleConfig {
+            max_users: 128,
+            max_sources: 128,
+            ..throttle().config
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            t.attempt(b"target", ip(0), t0).unwrap().failed(t0);
+        }
+        for n in 0..10_000u32 {
+            if let Ok(a) = t.attempt(format!("name{n}").as_bytes(), ip(n + 1), t0) {
+                a.failed(t0);
+            }
+        }
+        let (users, sources) = t.sizes();
+        assert!(users <= 128 + SHARDS, "{users}");
+        assert!(sources <= 128 + SHARDS, "{sources}");
+        assert_eq!(
+            t.attempt(b"target", ip(99_999), t0).err(),
+            Some(Throttled::User),
+            "the guessed name kept its failures"
+        );
     }
 }

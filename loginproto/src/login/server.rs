@@ -433,9 +433,24 @@ impl Authenticate {
         &self.secret
     }
 
-    /// Ends the dialogue: the status line to send.
+    /// The status `outcome` is sent as on this login's suite: a
+    /// [`LoginOutcome::Throttled`] login is `429` for an x25519 client and
+    /// `401` for a skynet one (skynet's clients know no other refusal of
+    /// their credentials).
+    pub fn status_of(&self, outcome: &LoginOutcome) -> LoginStatus {
+        match (outcome, self.suite()) {
+            (LoginOutcome::Throttled, Suite::Skynet) => LoginStatus::UNAUTHORIZED,
+            (outcome, _) => outcome.status(),
+        }
+    }
+
+    /// Ends the dialogue: the status line to send (see
+    /// [`Authenticate::status_of`]).
     pub fn finish(self, outcome: LoginOutcome) -> Vec<u8> {
-        outcome.line()
+        match outcome {
+            LoginOutcome::Ok { .. } => outcome.line(),
+            other => self.status_of(&other).line(),
+        }
     }
 }
 
@@ -488,6 +503,10 @@ pub enum LoginOutcome {
     Forbidden,
     /// Another login of the same uid is in progress (`406`).
     NotAcceptable,
+    /// Too many refused passwords for the user name or from the address;
+    /// the credentials were not checked (`429`, or `401` on the skynet
+    /// suite: see [`Authenticate::status_of`]).
+    Throttled,
     /// Nobody can be placed right now, e.g. the cluster's session directory
     /// is unreachable (`503`).
     Unavailable,
@@ -501,6 +520,7 @@ impl LoginOutcome {
             LoginOutcome::Unauthorized => LoginStatus::UNAUTHORIZED,
             LoginOutcome::Forbidden => LoginStatus::FORBIDDEN,
             LoginOutcome::NotAcceptable => LoginStatus::NOT_ACCEPTABLE,
+            LoginOutcome::Throttled => LoginStatus::TOO_MANY_REQUESTS,
             LoginOutcome::Unavailable => LoginStatus::SERVICE_UNAVAILABLE,
         }
     }
@@ -590,6 +610,7 @@ mod tests {
         assert_eq!(LoginOutcome::Unauthorized.line(), b"401 Unauthorized\n");
         assert_eq!(LoginOutcome::Forbidden.line(), b"403 Forbidden\n");
         assert_eq!(LoginOutcome::NotAcceptable.line(), b"406 Not Acceptable\n");
+        assert_eq!(LoginOutcome::Throttled.line(), b"429 Too Many Requests\n");
         assert_eq!(queue_notice(3, 1500, 42), b"# 3 1500 42\n");
         assert_eq!(
             parse_queue_notice(b"# 3 1500 42 later"),

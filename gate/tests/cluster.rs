@@ -830,7 +830,7 @@ async fn a_node_with_a_wrong_secret_is_refused_and_nothing_reaches_it() {
         async move {
             // Refusals before the proof are summarised, not logged each.
             log.contains("unauthenticated links in the last second")
-                && log.contains("listener=\"control\"")
+                && log.contains("listener=control")
                 && log.contains("unauthenticated=1")
         }
     })
@@ -978,7 +978,7 @@ async fn control_links_run_over_tls_when_configured() {
     assert_eq!(refused(p.login().await), LoginStatus::FORBIDDEN);
     eventually("the gate logs the failed TLS handshake", || {
         let log = g1.proc.log();
-        async move { log.contains("listener=\"control\"") && log.contains("tls=1") }
+        async move { log.contains("listener=control") && log.contains("tls=1") }
     })
     .await;
     assert_eq!(c.redis.directory().record(b"max").await.unwrap(), None);

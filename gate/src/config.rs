@@ -131,6 +131,11 @@ pub struct LoginConfig {
     /// Default: 10s.
     #[serde(with = "duration")]
     pub dialogue_timeout: Duration,
+    /// Deadline for the client's first line (its key line) after the
+    /// challenge: a real client answers at once, an idle socket is closed
+    /// long before the dialogue deadline. Default: 3s.
+    #[serde(with = "duration")]
+    pub first_line_timeout: Duration,
     /// Most unread bytes buffered per login connection; more closes it.
     /// Default: 8192 (skynet's limit).
     pub max_line_bytes: usize,
@@ -238,6 +243,7 @@ impl Default for LoginConfig {
             server_key_file: None,
             require_pinned: false,
             multilogin: false,
+            first_line_timeout: Duration::from_secs(3),
             dialogue_timeout: Duration::from_secs(10),
             max_line_bytes: 8192,
             max_connections: 1024,

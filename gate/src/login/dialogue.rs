@@ -299,7 +299,9 @@ async fn run_dialogue<S: Stream>(
     let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
     send(lines, &challenge).await?;
 
-    let client_key = receive(lines).await?;
+    let client_key = timeout(shared.config.first_line_timeout, receive(lines))
+        .await
+        .map_err(|_| Ending::TimedOut)??;
     seat.talked();
     let state = match state.receive(&client_key) {
         KeyStep::Continue(state, server_key) => {

@@ -665,18 +665,20 @@ async fn idle_sockets_from_one_address_do_not_block_others() {
     server.shutdown().await.expect("clean shutdown");
 }
 
-/// When every login slot is taken by silent sockets (from many addresses,
-/// each under its own bound), a newcomer takes the slot of the oldest
-/// silent one instead of waiting for the dialogue deadline; a client that
-/// has talked keeps its slot.
+/// When every login slot is taken by silent sockets or abandoned key
+/// exchanges (from many addresses, each under its own bound), a newcomer
+/// takes the slot of the dialogue that has waited for its client the
+/// longest instead of waiting for the dialogue deadline.
 #[tokio::test]
-async fn silent_dialogues_give_their_slots_to_newcomers_when_full() {
+async fn stalled_dialogues_give_their_slots_to_newcomers_when_full() {
     let mut config = test_config();
     config.login.max_connections = 3;
     config.login.evict_silent_after = Duration::ZERO;
     let server = Server::start(config, Components::default()).await;
     let mut idle = Vec::new();
-    for host in 2..5 {
+    // The first keeps its slot with an abandoned key exchange (the key
+    // line, then nothing); the two others say nothing at all.
+    for host in [4, 2, 3] {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket
             .bind(format!("127.0.9.{host}:0").parse().expect("addr"))
@@ -685,6 +687,16 @@ async fn silent_dialogues_give_their_slots_to_newcomers_when_full() {
         let mut lines = tokio_util::codec::Framed::new(stream, codec::line::LineCodec::new());
         let challenge = futures::StreamExt::next(&mut lines).await;
         assert!(matches!(challenge, Some(Ok(line)) if line.len() == 12));
+        if host == 4 {
+            use tokio::io::AsyncWriteExt;
+            lines
+                .get_mut()
+                .write_all(b"BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n")
+                .await
+                .expect("key line");
+            let server_key = futures::StreamExt::next(&mut lines).await;
+            assert!(matches!(server_key, Some(Ok(_))), "{server_key:?}");
+        }
         idle.push(lines);
     }
     // Every slot is taken; a real login still gets in at once.
@@ -698,7 +710,8 @@ async fn silent_dialogues_give_their_slots_to_newcomers_when_full() {
     )
     .await;
     assert!(ok.is_ok(), "{ok:?}");
-    // The oldest silent socket gave its slot up: closed without a line.
+    // The dialogue that waited for its client the longest (the abandoned
+    // key exchange) gave its slot up: closed without a status.
     let mut oldest = idle.remove(0);
     let end = guard(
         "the evicted socket to close",

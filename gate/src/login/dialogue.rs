@@ -199,22 +199,22 @@ fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
     if let Ending::Evicted = ending {
         // One line per evicted idle socket would turn a flood into a log
         // flood: the accept loop summarises evictions instead.
-        tracing::debug!(%addr, "login dialogue evicted (slots full, client silent)");
+        tracing::debug!(%addr, "login dialogue evicted (slots full, client stalled)");
+        return;
+    }
+    if !matches!(ending, Ending::Status(..)) && report.user.is_none() {
+        // Nobody said who they were and nothing was answered: an idle or
+        // abandoned socket, counted in the metrics (status "none"). One
+        // line each would let a flood of them write the log full.
+        tracing::debug!(%addr, reason = ?ending_reason(ending), "login dialogue ended before a user was named");
         return;
     }
     let text = |b: &Option<Bytes>| b.as_deref().map(|b| esc(b).to_string()).unwrap_or_default();
-    let (status, reason) = match ending {
-        Ending::Status(status, reason) => (status.code().to_string(), reason.as_str()),
-        Ending::ClientClosed => ("none".to_owned(), "client closed"),
-        Ending::LineTooLong => ("none".to_owned(), "line over the buffer limit"),
-        Ending::TimedOut => ("none".to_owned(), "dialogue deadline passed"),
-        Ending::Shutdown => ("none".to_owned(), "server shutting down"),
-        Ending::Evicted => (
-            "none".to_owned(),
-            "evicted: slots full and the client said nothing",
-        ),
-        Ending::Failed(reason) => ("none".to_owned(), reason.as_str()),
+    let status = match ending {
+        Ending::Status(status, _) => status.code().to_string(),
+        _ => "none".to_owned(),
     };
+    let reason = ending_reason(ending);
     info!(
         user = %text(&report.user),
         uid = %text(&report.uid),
@@ -226,6 +226,18 @@ fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
         reason = %esc(reason.as_bytes()),
         "login"
     );
+}
+
+/// Why a dialogue ended, for its log line.
+fn ending_reason(ending: &Ending) -> &str {
+    match ending {
+        Ending::Status(_, reason) | Ending::Failed(reason) => reason,
+        Ending::ClientClosed => "client closed",
+        Ending::LineTooLong => "line over the buffer limit",
+        Ending::TimedOut => "dialogue deadline passed",
+        Ending::Shutdown => "server shutting down",
+        Ending::Evicted => "evicted",
+    }
 }
 
 async fn send<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), Ending> {
@@ -245,8 +257,16 @@ async fn send_last<S: Stream>(lines: &mut Lines<S>, bytes: &[u8]) -> Result<(), 
         .map_err(|e| Ending::Failed(format!("write: {e}")))
 }
 
-async fn receive<S: Stream>(lines: &mut Lines<S>) -> Result<Bytes, Ending> {
-    match lines.next().await {
+/// The client's next line; the dialogue counts as stalled by its client
+/// (evictable when the slots are full) while it waits for it.
+async fn receive<S: Stream>(
+    lines: &mut Lines<S>,
+    seat: &super::evict::Seat,
+) -> Result<Bytes, Ending> {
+    seat.client_turn();
+    let line = lines.next().await;
+    seat.server_turn();
+    match line {
         Some(Ok(line)) => Ok(line),
         Some(Err(LineError::TooLong)) => Err(Ending::LineTooLong),
         Some(Err(e)) => Err(Ending::Failed(format!("read: {e}"))),
@@ -299,10 +319,9 @@ async fn run_dialogue<S: Stream>(
     let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
     send(lines, &challenge).await?;
 
-    let client_key = timeout(shared.config.first_line_timeout, receive(lines))
+    let client_key = timeout(shared.config.first_line_timeout, receive(lines, seat))
         .await
         .map_err(|_| Ending::TimedOut)??;
-    seat.talked();
     let state = match state.receive(&client_key) {
         KeyStep::Continue(state, server_key) => {
             report.suite = Some(state.suite());
@@ -319,13 +338,13 @@ async fn run_dialogue<S: Stream>(
         KeyStep::Reject(rejected) => return Err(reject(lines, rejected).await),
     };
 
-    let proof = receive(lines).await?;
+    let proof = receive(lines, seat).await?;
     let state = match state.receive(&proof) {
         Ok(state) => state,
         Err(rejected) => return Err(reject(lines, rejected).await),
     };
 
-    let token = receive(lines).await?;
+    let token = receive(lines, seat).await?;
     let login = match state.receive(&token) {
         Ok(login) => login,
         Err(rejected) => return Err(reject(lines, rejected).await),

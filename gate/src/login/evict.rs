@@ -1,14 +1,15 @@
-//! Fair eviction of silent login dialogues when every login slot is
+//! Fair eviction of stalled login dialogues when every login slot is
 //! taken.
 //!
-//! Idle sockets from a handful of addresses (each under its per-source
-//! bound) can fill `max_connections`; waiting for them to time out keeps
-//! real players out for the whole dialogue deadline. So when the slots are
-//! full and someone new connects, the oldest dialogue whose client has not
-//! said anything yet (no key line) gives its slot up. A client that has
-//! talked — one in the middle of its key exchange, or waiting in the login
-//! queue — is never evicted, and neither is one younger than
-//! `login.evict_silent_after`: a real client sends its key line at once.
+//! Idle sockets, or key exchanges abandoned half-way, from a handful of
+//! addresses (each under its per-source bound) can fill
+//! `max_connections`; waiting for them to time out keeps real players out
+//! for the whole dialogue deadline. So when the slots are full and someone
+//! new connects, the dialogue that has been waiting for its client the
+//! longest gives its slot up. A dialogue waiting on the server — checking a
+//! password, placing the user, waiting in the login queue — is never
+//! evicted, and neither is one whose client has kept it waiting less than
+//! `login.evict_silent_after`: a real client answers each line at once.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,9 +30,9 @@ pub(crate) struct Dialogues {
 /// One dialogue's seat.
 #[derive(Debug)]
 pub(super) struct Seat {
-    started: Instant,
-    /// The client sent its first line.
-    talking: AtomicBool,
+    /// Since when the dialogue waits for its client (`None`: it waits on
+    /// the server).
+    waiting: Mutex<Option<Instant>>,
     /// Chosen for eviction (never chosen twice).
     chosen: AtomicBool,
     /// Tells the dialogue to give its slot up.
@@ -39,9 +40,18 @@ pub(super) struct Seat {
 }
 
 impl Seat {
-    /// The client has talked: it keeps its slot.
-    pub(super) fn talked(&self) {
-        self.talking.store(true, Ordering::Release);
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The dialogue waits for its client's next line from now.
+    pub(super) fn client_turn(&self) {
+        *self.waiting() = Some(Instant::now());
+    }
+
+    /// The client answered: the server's turn (never evicted).
+    pub(super) fn server_turn(&self) {
+        *self.waiting() = None;
     }
 }
 
@@ -67,9 +77,9 @@ impl Dialogues {
     /// Registers a dialogue that starts now.
     pub(super) fn enter(self: &Arc<Self>) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        // A new dialogue waits for its client from the start.
         let seat = Arc::new(Seat {
-            started: Instant::now(),
-            talking: AtomicBool::new(false),
+            waiting: Mutex::new(Some(Instant::now())),
             chosen: AtomicBool::new(false),
             evict: Notify::new(),
         });
@@ -81,20 +91,20 @@ impl Dialogues {
         }
     }
 
-    /// Tells the oldest silent dialogue (at least `min_age` old) to give
-    /// its slot up; `false` if there is none.
+    /// Tells the dialogue that has waited for its client the longest (at
+    /// least `min_age`) to give its slot up; `false` if there is none.
     pub(crate) fn evict_one(&self, min_age: Duration) -> bool {
         let now = Instant::now();
         let victim = self
             .lock()
             .values()
-            .filter(|s| {
-                !s.talking.load(Ordering::Acquire)
-                    && !s.chosen.load(Ordering::Acquire)
-                    && now.saturating_duration_since(s.started) >= min_age
+            .filter(|s| !s.chosen.load(Ordering::Acquire))
+            .filter_map(|s| {
+                let since = (*s.waiting())?;
+                (now.saturating_duration_since(since) >= min_age).then_some((since, s))
             })
-            .min_by_key(|s| s.started)
-            .cloned();
+            .min_by_key(|(since, _)| *since)
+            .map(|(_, s)| Arc::clone(s));
         let Some(victim) = victim else {
             return false;
         };
@@ -116,13 +126,13 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn the_oldest_silent_dialogue_goes_first() {
+    async fn the_dialogue_stalled_longest_goes_first() {
         const MIN_AGE: Duration = Duration::from_millis(500);
         let table = Arc::new(Dialogues::default());
         let old = table.enter();
         tokio::time::advance(Duration::from_millis(10)).await;
         let talking = table.enter();
-        talking.seat.talked();
+        talking.seat.server_turn();
         let younger = table.enter();
         assert!(!table.evict_one(MIN_AGE), "nobody is old enough yet");
         tokio::time::advance(MIN_AGE).await;
@@ -133,10 +143,16 @@ mod tests {
         assert!(younger.seat.chosen.load(Ordering::Acquire));
         assert!(
             !table.evict_one(MIN_AGE),
-            "a client that talked keeps its slot"
+            "a dialogue waiting on the server keeps its slot"
         );
-        assert_eq!(table.evicted(), 2);
+        // Once it waits for its client again, it can go too.
+        talking.seat.client_turn();
+        tokio::time::advance(MIN_AGE).await;
+        assert!(table.evict_one(MIN_AGE));
+        assert_eq!(table.evicted(), 3);
         drop((old, younger));
         assert_eq!(table.lock().len(), 1);
+        drop(talking);
+        assert!(table.lock().is_empty());
     }
 }

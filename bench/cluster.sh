@@ -61,10 +61,12 @@ node() {
         echo "[login]"
         echo "max_connections = 4096"
         echo "max_connections_per_source = 0"
+        echo "max_connections_per_network = 0"
         echo "dialogue_timeout = \"60s\""
         echo "[gate]"
         echo "maxclient = 200000"
         echo "max_connections_per_source = 0"
+        echo "max_connections_per_network = 0"
     } >"$WORK/$name.toml"
     # The [cluster] keys come first; listen addresses come as flags.
     RUST_LOG=warn "$BIN/gate" run --no-web --config "$WORK/$name.toml" "${NODE_FLAGS[@]}" >"$WORK/$name.log" 2>&1 &
@@ -111,11 +113,13 @@ cat >"$WORK/all.toml" <<EOF
 listen = "127.0.0.1:$ALL_LOGIN"
 max_connections = 4096
 max_connections_per_source = 0
+max_connections_per_network = 0
 [gate]
 listen = "127.0.0.1:$ALL_GATE"
 name = "g1"
 maxclient = 200000
 max_connections_per_source = 0
+max_connections_per_network = 0
 EOF
 RUST_LOG=warn "$BIN/gate" --no-web --config "$WORK/all.toml" >"$WORK/all.log" 2>&1 &
 PIDS+=("$!")

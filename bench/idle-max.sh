@@ -33,10 +33,12 @@ cat >"$WORK/gate.toml" <<EOF
 listen = "$LOGIN"
 max_connections = 4096
 max_connections_per_source = 0
+max_connections_per_network = 0
 [gate]
 listen = "$GATE"
 maxclient = 200000
 max_connections_per_source = 0
+max_connections_per_network = 0
 EOF
 RUST_LOG=warn "$BIN/gate" --no-web --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
 GATE_PID=$!

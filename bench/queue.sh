@@ -33,6 +33,7 @@ login_section() {
 listen = "127.0.0.1:$1"
 max_connections = $(( CLIENTS + 100 ))
 max_connections_per_source = 0
+max_connections_per_network = 0
 admission_rate = $RATE
 admission_burst = 100
 queue_max = $(( CLIENTS * 2 ))
@@ -40,6 +41,7 @@ queue_max = $(( CLIENTS * 2 ))
 listen = "127.0.0.1:$GATE_PORT"
 maxclient = $(( CLIENTS * 2 ))
 max_connections_per_source = 0
+max_connections_per_network = 0
 TOML
 }
 

@@ -77,11 +77,13 @@ start_gate() { # start_gate: a fresh gate; sets GATE_PID
 listen = "$LOGIN"
 max_connections = 4096
 max_connections_per_source = 0
+max_connections_per_network = 0
 [gate]
 listen = "$GATE"
 name = "sample"
 maxclient = 200000
 max_connections_per_source = 0
+max_connections_per_network = 0
 [web]
 login_listen = "127.0.0.1:$WEB_LOGIN_PORT"
 gate_listen = "127.0.0.1:$WEB_GATE_PORT"
@@ -262,11 +264,13 @@ cat >"$WORK/backend.toml" <<TOML
 listen = "$LOGIN"
 max_connections = 4096
 max_connections_per_source = 0
+max_connections_per_network = 0
 [gate]
 listen = "$GATE"
 name = "sample"
 maxclient = 200000
 max_connections_per_source = 0
+max_connections_per_network = 0
 [web]
 enabled = false
 [backend]

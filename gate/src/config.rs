@@ -285,8 +285,9 @@ pub struct GateConfig {
     /// accept (0: no bound). Default: 4096.
     pub max_connections_per_source: usize,
     /// Most connections from one network (`[sources]` prefixes: /24,
-    /// IPv6 /48) at once; one more is closed at accept (0: no bound).
-    /// Default: 0.
+    /// IPv6 /48) at once; one more is closed at accept (0: no bound). Many
+    /// addresses of one network cannot fill `maxclient` and lock new
+    /// players out. Default: 8192.
     pub max_connections_per_network: usize,
     /// New connections one source may open per second (bursts of twice
     /// that); faster ones are closed at accept (0: no bound). Default: 0.
@@ -349,7 +350,7 @@ impl Default for GateConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8888)),
             maxclient: 65536,
             max_connections_per_source: 4096,
-            max_connections_per_network: 0,
+            max_connections_per_network: 8192,
             new_connections_per_source: 0,
             handshake_timeout: Duration::from_secs(10),
             send_queue_bytes: 1 << 20,

@@ -62,7 +62,10 @@
 //!   the delivery on the wire), so such a client may receive the same answer
 //!   twice — but a request is never executed twice. A client that reuses
 //!   that request number for a *new* request on that same connection gets
-//!   the cached answer once; the next reuse runs normally.
+//!   the cached answer once; the next reuse runs normally. Until that first
+//!   request comes, a late answer does not age by count (only the byte
+//!   bound retires it, as lost): the client did not ask for it on that
+//!   connection and may re-send it after any number of new requests.
 //! * **A conflict does not forget the request.** skynet's "Conflict
 //!   session" (a request number sent a third time on one connection
 //!   while its handler runs) closes the connection and drops the entry, so
@@ -476,7 +479,11 @@ impl ResponseCache {
             let mut max = 0;
             let mut freed = 0;
             self.entries.retain(|_, e| {
-                if e.resp.is_none() || e.target.is_some() || e.unsent() {
+                // A late answer went to a connection that never asked for
+                // it: its re-send may come any number of requests later
+                // (the client sends new requests first), so it does not
+                // age by count; only the byte bound retires it (as lost).
+                if e.resp.is_none() || e.target.is_some() || e.unsent() || e.late {
                     return true;
                 }
                 if e.stamp < expired {
@@ -663,6 +670,20 @@ mod tests {
         assert_eq!(c.request(2, 8), OnRequest::Resend(pkg("slow-8")));
         // ...once; then the request number is free for new requests.
         assert!(matches!(c.request(2, 8), OnRequest::Execute(_)));
+    }
+
+    #[test]
+    fn a_late_answer_waits_for_its_resend_past_retirement() {
+        // The answer to 8 reaches connection 2 unasked; the client sends
+        // far more than 2E new requests before it re-sends 8.
+        let mut c = ResponseCache::new(4, usize::MAX);
+        let e = exec(c.request(1, 8));
+        assert!(c.complete(8, e, pkg("slow-8"), Some(2)).unwrap().late);
+        for n in 100..120 {
+            let e = exec(c.request(2, n));
+            assert!(c.complete(n, e, pkg("new"), Some(2)).is_some());
+        }
+        assert_eq!(c.request(2, 8), OnRequest::Resend(pkg("slow-8")));
     }
 
     #[test]

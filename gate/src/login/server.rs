@@ -477,12 +477,16 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silent_client_is_closed_at_the_deadline_without_status() {
         let config = LoginConfig::default();
-        let deadline = config.dialogue_timeout;
+        // A client that never sends its key line is closed at the first
+        // line's deadline, well before the dialogue's.
+        let deadline = config.first_line_timeout;
+        assert!(deadline < config.dialogue_timeout);
         let started = Instant::now();
         let (mut client, task) = start(shared(config, Arc::new(DemoAuth)));
         expect(&mut client, b"obLD1OX2Bxg=\n").await;
         expect_eof(&mut client).await;
         assert!(started.elapsed() >= deadline);
+        assert!(started.elapsed() < deadline * 2);
         drop(client);
         task.await.unwrap();
     }

@@ -148,8 +148,10 @@ pub struct LoginConfig {
     /// Default: 64.
     pub max_connections_per_source: usize,
     /// Most login dialogues from one network (`[sources]` prefixes: /24,
-    /// IPv6 /48) at once; one more is closed at accept (0: no bound).
-    /// Default: 0.
+    /// IPv6 /48) at once; one more is closed at accept (0: no bound). A
+    /// dialogue takes milliseconds, so a real network rarely holds many at
+    /// once; a flood from many addresses of one network is cut here.
+    /// Default: 256.
     pub max_connections_per_network: usize,
     /// New login connections one source may open per second (bursts of
     /// twice that); faster ones are closed at accept (0: no bound).
@@ -248,7 +250,7 @@ impl Default for LoginConfig {
             max_line_bytes: 8192,
             max_connections: 1024,
             max_connections_per_source: 64,
-            max_connections_per_network: 0,
+            max_connections_per_network: 256,
             new_connections_per_source: 0,
             evict_silent_after: Duration::from_millis(500),
             sources: crate::net::Prefixes::default(),

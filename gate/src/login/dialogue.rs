@@ -58,6 +58,9 @@ enum Ending {
 /// What we know about the login so far, for the log line.
 #[derive(Debug, Default)]
 struct Report {
+    /// The login was refused by the throttle before its password was
+    /// checked.
+    throttled: bool,
     user: Option<Bytes>,
     server: Option<Bytes>,
     uid: Option<Bytes>,
@@ -165,7 +168,7 @@ pub(super) async fn connection<S: Stream>(
             }
         }
     };
-    log_result(&report, addr, &ending);
+    log_result(&report, addr, &ending, &shared.throttle_log);
     let status = match &ending {
         Ending::Status(status, _) => Some(status.code()),
         _ => None,
@@ -195,11 +198,23 @@ pub(super) async fn connection<S: Stream>(
     }
 }
 
-fn log_result(report: &Report, addr: SocketAddr, ending: &Ending) {
+fn log_result(
+    report: &Report,
+    addr: SocketAddr,
+    ending: &Ending,
+    throttle_log: &crate::net::RefusalLog,
+) {
     if let Ending::Evicted = ending {
         // One line per evicted idle socket would turn a flood into a log
         // flood: the accept loop summarises evictions instead.
         tracing::debug!(%addr, "login dialogue evicted (slots full, client stalled)");
+        return;
+    }
+    if report.throttled {
+        // Guesses from many addresses would write a line each: throttled
+        // logins are summarised (and counted in the metrics by status).
+        throttle_log.refused("throttled");
+        tracing::debug!(%addr, user = %report.user.as_deref().map(esc).map(|e| e.to_string()).unwrap_or_default(), "login throttled");
         return;
     }
     if !matches!(ending, Ending::Status(..)) && report.user.is_none() {
@@ -417,7 +432,10 @@ async fn decide(
     // decides; dropped undecided (deadline, timeout) it gives them back.
     let attempt = match shared.throttle.attempt(&user, addr.ip(), Instant::now()) {
         Ok(attempt) => attempt,
-        Err(throttled) => return (LoginOutcome::Throttled, throttled.reason().into()),
+        Err(throttled) => {
+            report.throttled = true;
+            return (LoginOutcome::Throttled, throttled.reason().into());
+        }
     };
     let authenticated = timeout(
         shared.config.auth_timeout,

@@ -99,6 +99,8 @@ pub(super) struct LoginState {
     pub(super) metrics: Arc<LoginMetrics>,
     /// The dialogues holding a slot, for eviction when the slots are full.
     pub(super) dialogues: Arc<super::evict::Dialogues>,
+    /// Throttled logins, summarised at most once per 10 s.
+    pub(super) throttle_log: crate::net::RefusalLog,
 }
 
 impl std::fmt::Debug for LoginServer {
@@ -125,6 +127,10 @@ impl LoginServer {
             shared: LoginState {
                 metrics: Arc::default(),
                 dialogues: Arc::default(),
+                throttle_log: crate::net::RefusalLog::new(
+                    "login throttle",
+                    Duration::from_secs(10),
+                ),
                 admission: admission(&config),
                 throttle: throttle(&config),
                 server: ServerConfig {
@@ -399,6 +405,7 @@ mod tests {
         Arc::new(LoginState {
             metrics: Arc::default(),
             dialogues: Arc::default(),
+            throttle_log: crate::net::RefusalLog::new("login throttle", Duration::from_secs(10)),
             admission: admission(&config),
             throttle: throttle(&config),
             server: ServerConfig::default(),

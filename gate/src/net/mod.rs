@@ -6,6 +6,7 @@
 
 pub mod budget;
 mod source;
+pub mod tap;
 pub mod web;
 
 pub use source::{PerSource, Prefixes, Refused, SourceSlot};

@@ -4,14 +4,10 @@
 //! [`codec::websocket::MessageStream`]; the gate runs its own connection
 //! loop over the messages (`msg::ws`).
 
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use codec::websocket::Mapping;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -19,6 +15,7 @@ use tokio_tungstenite::tungstenite::http::{StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
 
+use super::tap::{ReadCount, Tapped};
 use crate::config::WebConfig;
 use crate::logging::esc;
 use crate::tls::{self, ServerTls, TlsError};
@@ -27,62 +24,8 @@ use crate::tls::{self, ServerTls, TlsError};
 /// it (`wss://`; boxed: a TLS session is large), counting the bytes read,
 /// so a connection can tell how much arrived without completing a message
 /// (the control-frame budget, [`gate_core::connection::MAX_WIRE_WITHOUT_DATA`]).
-#[derive(Debug)]
-pub struct WebIo {
-    inner: Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>,
-    read: usize,
-}
-
-impl WebIo {
-    /// Bytes read since the last call.
-    pub fn take_read(&mut self) -> usize {
-        std::mem::take(&mut self.read)
-    }
-}
-
-impl AsyncRead for WebIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = buf.filled().len().saturating_sub(before);
-        self.read = self.read.saturating_add(read);
-        polled
-    }
-}
-
-impl AsyncWrite for WebIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+pub type WebIo =
+    Tapped<Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>, ReadCount>;
 
 /// What a WebSocket listener checks and how it frames: shared by every
 /// connection of the listener.
@@ -204,7 +147,7 @@ impl WebPolicy {
                 UpgradeError::Handshake(format!("TLS: {}", esc(e.to_string().as_bytes())))
             })?)),
         };
-        let stream = WebIo { inner, read: 0 };
+        let stream = Tapped::new(inner, ReadCount::default());
         let mut refused = None;
         // The callback's types are tungstenite's.
         #[allow(clippy::result_large_err)]

@@ -17,12 +17,9 @@
 //!   connection closes.
 
 use std::convert::Infallible;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
@@ -32,7 +29,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -41,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use crate::config::OpsConfig;
+use crate::net::tap::{ReadObserver, Tapped};
 use crate::net::{self, AtCapacity};
 
 /// Why the operations listener refused a connection or a call, or cut a
@@ -189,48 +186,14 @@ impl Drop for Busy {
     }
 }
 
-/// A connection's socket that tells its [`Activity`] when bytes of a new
-/// request arrive.
-struct Watched {
-    io: TcpStream,
-    activity: Arc<Activity>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            // Only the first byte after an idle spell starts the header
-            // clock; bytes of a body (busy) or more of a head change
-            // nothing.
-            if matches!(self.activity.phase(), Phase::Idle(_)) {
-                self.activity.set(|_| Phase::Head(Instant::now()));
-            }
+/// A connection's socket tells its [`Activity`] when bytes of a new request
+/// arrive: only the first byte after an idle spell starts the header
+/// clock; bytes of a body (busy) or more of a head change nothing.
+impl ReadObserver for Arc<Activity> {
+    fn read(&mut self, _: usize) {
+        if matches!(self.phase(), Phase::Idle(_)) {
+            self.set(|_| Phase::Head(Instant::now()));
         }
-        polled
-    }
-}
-
-impl AsyncWrite for Watched {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -263,10 +226,7 @@ async fn connection(
         phase: Mutex::new(Phase::Idle(Instant::now())),
         changed: Notify::new(),
     });
-    let io = TokioIo::new(Watched {
-        io: stream,
-        activity: Arc::clone(&activity),
-    });
+    let io = TokioIo::new(Tapped::new(stream, Arc::clone(&activity)));
     let app = TowerToHyperService::new(app);
     let request_timeout = cfg.request_timeout;
     let service = {
@@ -339,6 +299,7 @@ async fn connection(
 
 #[cfg(test)]
 mod tests {
+    use std::io;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

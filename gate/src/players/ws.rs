@@ -106,7 +106,9 @@ impl Transport for Ws {
         // Frames that complete no message (empty fragments) are consumed
         // inside the WebSocket layer without a message: count their bytes
         // here, and have `read` report a flood to the machine.
-        self.wire = self.wire.saturating_add(self.ws.get_mut().take_read());
+        self.wire = self
+            .wire
+            .saturating_add(self.ws.get_mut().observer_mut().take());
         if self.wire > gate_core::connection::MAX_WIRE_WITHOUT_DATA {
             return Poll::Ready(Ok(()));
         }
@@ -131,7 +133,9 @@ impl Transport for Ws {
             let message = received(input)?;
             // What the socket gave for this message: a data message spends
             // it, anything else adds to what arrived without data.
-            self.wire = self.wire.saturating_add(self.ws.get_mut().take_read());
+            self.wire = self
+                .wire
+                .saturating_add(self.ws.get_mut().observer_mut().take());
             if matches!(message, Received::Binary(_)) {
                 self.wire = 0;
             } else {

@@ -186,7 +186,7 @@ impl Drop for Busy {
     }
 }
 
-/// A connection's socket tells its [`Activity`] when bytes of a new request
+/// A connection's socket tells its `Activity` when bytes of a new request
 /// arrive: only the first byte after an idle spell starts the header
 /// clock; bytes of a body (busy) or more of a head change nothing.
 impl ReadObserver for Arc<Activity> {

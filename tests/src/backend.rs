@@ -411,6 +411,29 @@ impl RawLink {
         link
     }
 
+    /// Connects from the loopback address `127.0.0.<host>` and reads the
+    /// challenge; `None` if the gate closed the connection at accept.
+    pub async fn try_connect_from(addr: SocketAddr, host: u8) -> Option<RawLink> {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, host], 0)))
+            .expect("bind a loopback source address");
+        let stream = within("connect", socket.connect(addr))
+            .await
+            .expect("connect");
+        let mut link = RawLink {
+            framed: Framed::new(stream, ServiceCodec::new()),
+            gate_nonce: Bytes::new(),
+        };
+        match link.recv().await.and_then(|f| f.kind) {
+            Some(gate_frame::Kind::LinkChallenge(challenge)) => {
+                link.gate_nonce = challenge.gate_nonce;
+                Some(link)
+            }
+            _ => None,
+        }
+    }
+
     /// Sends a frame.
     pub async fn send(&mut self, frame: impl Into<ServiceFrame>) {
         within("send", self.framed.send(frame.into()))

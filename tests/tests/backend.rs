@@ -838,3 +838,80 @@ async fn a_service_without_the_link_secret_is_refused_and_hears_nothing() {
     intruder.kill();
     gate.shutdown().await.expect("clean shutdown");
 }
+
+/// Links that have not proved the secret take slots of a small pending
+/// budget of their own, bounded per source address, never the
+/// authenticated `max_links`: held idle from a few addresses they fill
+/// it (the next is closed at accept, counted by cause), a real service
+/// registers as soon as a pending slot is free, and once authenticated it
+/// gives its pending slot back; a second service proving the secret past
+/// `max_links` is refused as such. Over real sockets from 127.0.0.0/8
+/// source addresses.
+#[tokio::test]
+async fn unauthenticated_links_have_a_small_budget_of_their_own() {
+    let mut config = config();
+    config.backend.max_pending_links = 4;
+    config.backend.max_pending_per_source = 2;
+    config.backend.max_links = 1;
+    let gate = BackendGate::start(config).await;
+    let addr = gate.backend_addr;
+    let kept = |host: u8| RawLink::try_connect_from(addr, host);
+    let mut held = Vec::new();
+    for host in [2, 2] {
+        held.push(kept(host).await.expect("a pending link"));
+    }
+    assert!(
+        kept(2).await.is_none(),
+        "a third pending link from one address"
+    );
+    for host in [3, 3] {
+        held.push(kept(host).await.expect("a pending link"));
+    }
+    assert!(kept(4).await.is_none(), "the pending budget is full");
+    let refused = |cause: &str| {
+        gate.backend
+            .refused_links()
+            .into_iter()
+            .find(|(c, _)| *c == cause)
+            .map_or(0, |(_, n)| n)
+    };
+    assert_eq!((refused("per_source"), refused("pending_full")), (1, 1));
+
+    // One idle link goes: a real service (from 127.0.0.1, retrying) takes
+    // its slot, registers, and gives the slot back.
+    drop(held.pop());
+    let (probe, _seen) = Probe::new("agent-1");
+    let _agent = ServiceProcess::start(gate.service("agent", "agent-1"), probe);
+    gate.instances("agent", 1).await;
+    held.push(
+        kept(5)
+            .await
+            .expect("the service's pending slot was given back"),
+    );
+    assert!(kept(6).await.is_none(), "four pending links again");
+
+    // A second service with the secret, past max_links = 1 (it retries
+    // until the gate has seen the dropped link go).
+    drop(held.pop());
+    let mut second = within("a pending slot", async {
+        loop {
+            if let Some(link) = kept(7).await {
+                break link;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let answer = second.register(Register::new("agent", "agent-2")).await;
+    let Some(Kind::RegisterRefused(refusal)) = answer.kind else {
+        panic!("expected a refusal, got {answer:?}");
+    };
+    assert_eq!(refusal.reason(), RefuseReason::NotAllowed);
+    assert!(refusal.message.contains("max_links"), "{}", refusal.message);
+    assert_eq!(refused("max_links"), 1);
+    gate.instances("agent", 1).await;
+    let mut player = gate.player("dave", false).await;
+    assert_eq!(player.ask("who").await, "agent-1");
+    drop(held);
+    gate.shutdown().await.expect("clean shutdown");
+}

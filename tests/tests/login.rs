@@ -852,6 +852,47 @@ async fn guessing_from_many_addresses_is_bounded_and_the_owner_gets_in() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// One valid account logging in again and again (each login kicks the
+/// previous session): past `throttle_user_logins` its logins are answered
+/// `429` before the authenticator runs, from any address, while another
+/// user logs in; one interval later one more gets through. Real sockets,
+/// tokio's paused clock.
+#[tokio::test(start_paused = true)]
+async fn one_account_logging_in_again_and_again_is_throttled() {
+    let mut config = test_config();
+    config.login.throttle_user_logins = 4;
+    config.login.throttle_user_login_interval = Duration::from_secs(10);
+    let counting = Arc::new(Counting::default());
+    let components = Components {
+        authenticator: Some(counting.clone()),
+        ..Components::default()
+    };
+    let server = Server::start(config, components).await;
+    let calls = || counting.0.load(std::sync::atomic::Ordering::SeqCst);
+    let login_addr = server.login;
+    let attempt = move |from: u8, user: &'static str| async move {
+        integration::login::login_from(login_addr, local(from), Suite::X25519, user, "password")
+            .await
+            .map(|_| ())
+    };
+    let mut statuses = Vec::new();
+    for n in 0..12u8 {
+        statuses.push(attempt(1 + n % 3, "alice").await);
+    }
+    assert!(statuses[..4].iter().all(Result::is_ok), "{statuses:?}");
+    assert_eq!(&statuses[4..], &[THROTTLED; 8], "{statuses:?}");
+    assert_eq!(
+        calls(),
+        4,
+        "throttled logins never reached the authenticator"
+    );
+    assert_eq!(attempt(9, "bob").await, Ok(()), "bob is not throttled");
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(attempt(1, "alice").await, Ok(()));
+    assert_eq!(attempt(1, "alice").await, THROTTLED);
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// An active man in the middle: it runs the login dialogue with the client
 /// itself (with a long-term key of its own, in case the client pins one)
 /// and reports the credentials it recovered, if any. Returns its address.

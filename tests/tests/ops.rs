@@ -132,6 +132,92 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
     })
 }
 
+/// With an accounts file: the hashing pool's numbers (workers, memory
+/// held, nothing queued afterwards) and logins throttled by reason, in a
+/// scrape that passes promtool.
+#[tokio::test]
+async fn the_hashing_pool_and_the_throttle_are_in_the_metrics() {
+    let alice = gate::login::auth::hash_password_with(b"wonderland", 64, 1, 1).expect("hash");
+    let accounts = TempFile::new("accounts", &format!("alice:{alice}\n"));
+    let ops = TcpListener::bind("127.0.0.1:0").await.expect("bind ops");
+    let addr = ops.local_addr().expect("ops addr");
+    let mut config = test_config();
+    config.accounts = Some(accounts.path.clone());
+    config.login.hash_workers = 3;
+    config.login.throttle_user_failures = 2;
+    config.login.throttle_user_logins = 1;
+    let components = Components {
+        ops: Some(ops),
+        ..Components::default()
+    };
+    let server = Server::start(config, components).await;
+    let login = |user: &str, password: &str| {
+        let mut session = player(&server, user);
+        let password = password.to_owned();
+        async move {
+            session
+                .login(&LoginOverrides {
+                    password: Some(password),
+                    ..LoginOverrides::default()
+                })
+                .await
+        }
+    };
+    login("alice", "wonderland").await.expect("alice logs in");
+    let throttled = |r: Result<_, ClientError>| matches!(r, Err(ClientError::LoginRefused(s)) if s == LoginStatus::TOO_MANY_REQUESTS);
+    // Her second login is one too many; two wrong passwords for bob use
+    // up his name's allowance, the third is throttled.
+    assert!(throttled(login("alice", "wonderland").await));
+    for _ in 0..2 {
+        assert!(
+            matches!(login("bob", "guess").await, Err(ClientError::LoginRefused(s)) if s == LoginStatus::UNAUTHORIZED)
+        );
+    }
+    assert!(throttled(login("bob", "guess").await));
+
+    let (status, scrape) = http(addr, "GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    promtool_checks(&scrape);
+    let value = |name: &str| sample(&scrape, name).unwrap_or_else(|| panic!("{name} in\n{scrape}"));
+    assert_eq!(value(r#"gate_login_throttled_total{reason="logins"}"#), 1.0);
+    assert_eq!(value(r#"gate_login_throttled_total{reason="user"}"#), 1.0);
+    assert_eq!(value("gate_login_hash_workers"), 3.0);
+    assert_eq!(value("gate_login_hash_queued"), 0.0);
+    assert_eq!(value("gate_login_hash_running"), 0.0);
+    assert_eq!(value("gate_login_hash_busy_total"), 0.0);
+    // Three checks ran (alice once, bob twice against the dummy hash of
+    // the same cost): at least one block of 64 KiB is held, at most three.
+    let memory = value("gate_login_hash_memory_bytes");
+    assert!(
+        (64.0 * 1024.0..=3.0 * 64.0 * 1024.0).contains(&memory),
+        "{memory}"
+    );
+    server.shutdown().await.expect("clean shutdown");
+}
+
+/// `promtool check metrics` accepts the scrape.
+fn promtool_checks(scrape: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all_sync(scrape.as_bytes());
+    let checked = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}\n{scrape}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_metrics_pass_promtool_and_count_what_happened() {
     let (server, ops, _token) = start().await;
@@ -163,25 +249,7 @@ async fn the_metrics_pass_promtool_and_count_what_happened() {
 
     let (status, scrape) = http(ops, "GET", "/metrics", None, None).await;
     assert_eq!(status, 200);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all_sync(scrape.as_bytes());
-    let checked = promtool.wait_with_output().expect("promtool ran");
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}\n{scrape}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool_checks(&scrape);
     let value = |name: &str| sample(&scrape, name).unwrap_or_else(|| panic!("{name} in\n{scrape}"));
     assert_eq!(
         value(r#"gate_logins_total{suite="x25519",status="200"}"#),

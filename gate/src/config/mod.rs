@@ -198,6 +198,17 @@ pub struct LoginConfig {
     /// See `throttle_source_failures`. Default: 3s (20 a minute).
     #[serde(with = "duration")]
     pub throttle_source_interval: Duration,
+    /// Successful logins one user name may make at once, or after a quiet
+    /// spell, from any address; one more comes back every
+    /// `throttle_user_login_interval`. Past them a login is answered as
+    /// throttled, before its password is checked: each login kicks the
+    /// previous session and costs a session's work, so one valid account
+    /// cannot log in at whatever rate its client manages. 0 turns the
+    /// check off. Default: 30.
+    pub throttle_user_logins: u32,
+    /// See `throttle_user_logins`. Default: 2s (30 a minute).
+    #[serde(with = "duration")]
+    pub throttle_user_login_interval: Duration,
     /// How long a successful login makes its address trusted for that
     /// user: logins of the user from it have their own allowance, so
     /// guesses at the name from elsewhere do not lock its owner out.
@@ -228,6 +239,14 @@ pub struct LoginConfig {
     /// dialogue deadline does not run while it waits. Default: 60s.
     #[serde(with = "duration")]
     pub queue_timeout: Duration,
+    /// Threads checking argon2 passwords of the accounts file, each
+    /// reusing one memory block of the file's largest cost: hashing memory
+    /// is at most this many blocks, whatever the login rate. 0: one per
+    /// core. Default: 0.
+    pub hash_workers: usize,
+    /// Password checks that may wait for a hashing thread; one more is
+    /// answered `503` at once. 0: 32 per thread. Default: 0.
+    pub hash_queue: usize,
 }
 
 /// Where the login server sends credentials (`[login] auth`).
@@ -265,6 +284,8 @@ impl Default for LoginConfig {
             throttle_source_failures: 20,
             throttle_user_interval: Duration::from_secs(12),
             throttle_source_interval: Duration::from_secs(3),
+            throttle_user_logins: 30,
+            throttle_user_login_interval: Duration::from_secs(2),
             throttle_trusted_for: Duration::from_secs(7 * 24 * 3600),
             throttle_max_entries: 65_536,
             auth: AuthSource::Accounts,
@@ -272,6 +293,8 @@ impl Default for LoginConfig {
             admission_burst: 100,
             queue_max: 10_000,
             queue_timeout: Duration::from_secs(60),
+            hash_workers: 0,
+            hash_queue: 0,
         }
     }
 }

@@ -59,6 +59,12 @@ pub trait Authenticator: Send + Sync + 'static {
 
     /// A short name for logs (`"accounts"`, `"demo"`, …).
     fn name(&self) -> &'static str;
+
+    /// The hashing pool the authenticator checks passwords on, if it has
+    /// one (its numbers are exported as metrics).
+    fn hash_pool(&self) -> Option<HashPool> {
+        None
+    }
 }
 
 /// skynet's example `logind`: any user name with password `password` logs
@@ -252,6 +258,10 @@ impl AccountsFile {
 }
 
 impl Authenticator for AccountsFile {
+    fn hash_pool(&self) -> Option<HashPool> {
+        Some(self.pool.clone())
+    }
+
     fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>> {
         Box::pin(async move {
             let known = self.accounts.get(credentials.user.as_slice());

@@ -434,6 +434,7 @@ async fn decide(
         Ok(attempt) => attempt,
         Err(throttled) => {
             report.throttled = true;
+            shared.metrics.throttled(throttled);
             return (LoginOutcome::Throttled, throttled.reason().into());
         }
     };

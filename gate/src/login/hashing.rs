@@ -13,7 +13,7 @@
 //! more waiting logins. Threads, not the blocking pool: the blocking pool
 //! grows to 512 threads, each of which would keep its own block.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -39,6 +39,10 @@ struct Job {
 /// Counters shared with the workers.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Submitted, not yet taken by a worker.
+    queued: AtomicUsize,
+    /// Refused because the queue was full.
+    busy: AtomicU64,
     running: AtomicUsize,
     peak: AtomicUsize,
     /// Bytes of argon2 memory the workers hold, all together.
@@ -50,6 +54,12 @@ struct Counters {
 pub struct PoolStats {
     /// Worker threads.
     pub workers: usize,
+    /// Verifications running now.
+    pub running: usize,
+    /// Verifications waiting for a worker now.
+    pub queued: usize,
+    /// Verifications refused because the queue was full, ever.
+    pub busy: u64,
     /// Most verifications that ever ran at once.
     pub peak_running: usize,
     /// Bytes of argon2 memory the workers hold now.
@@ -96,8 +106,22 @@ impl HashPool {
     /// One worker per core, [`QUEUE_PER_WORKER`] waiting each: a core can
     /// run one hash at a time, so more workers would only hold more memory.
     pub fn per_core() -> HashPool {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        Self::new(cores, cores * QUEUE_PER_WORKER)
+        Self::sized(0, 0)
+    }
+
+    /// `workers` threads (0: one per core) and `queue` waiting
+    /// verifications (0: [`QUEUE_PER_WORKER`] per worker): the
+    /// `login.hash_workers` and `login.hash_queue` settings.
+    pub fn sized(workers: usize, queue: usize) -> HashPool {
+        let workers = match workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let queue = match queue {
+            0 => workers * QUEUE_PER_WORKER,
+            n => n,
+        };
+        Self::new(workers, queue)
     }
 
     fn spawn(workers: usize, queue: usize) -> HashPool {
@@ -132,13 +156,22 @@ impl HashPool {
         hash: Arc<PasswordHash>,
     ) -> Result<oneshot::Receiver<Verdict>, Submit> {
         let (reply, answer) = oneshot::channel();
-        match self.jobs.try_send(Job {
+        // Counted before the send: a worker may take the job at once.
+        self.counters.queued.fetch_add(1, Ordering::AcqRel);
+        let sent = self.jobs.try_send(Job {
             password,
             hash,
             reply,
-        }) {
+        });
+        if sent.is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(answer),
-            Err(TrySendError::Full(_)) => Err(Submit::Busy),
+            Err(TrySendError::Full(_)) => {
+                self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                Err(Submit::Busy)
+            }
             Err(TrySendError::Disconnected(_)) => Err(Submit::Closed),
         }
     }
@@ -147,6 +180,9 @@ impl HashPool {
     pub fn stats(&self) -> PoolStats {
         PoolStats {
             workers: self.workers,
+            running: self.counters.running.load(Ordering::Relaxed),
+            queued: self.counters.queued.load(Ordering::Relaxed),
+            busy: self.counters.busy.load(Ordering::Relaxed),
             peak_running: self.counters.peak.load(Ordering::Relaxed),
             memory_bytes: self.counters.memory.load(Ordering::Relaxed),
         }
@@ -165,6 +201,7 @@ fn work(receiver: &Mutex<Receiver<Job>>, counters: &Counters) {
             .unwrap_or_else(PoisonError::into_inner)
             .recv();
         let Ok(job) = job else { return };
+        counters.queued.fetch_sub(1, Ordering::AcqRel);
         // A login whose dialogue is gone needs no answer.
         if job.reply.is_closed() {
             continue;
@@ -256,6 +293,8 @@ mod tests {
         let _a = submit().unwrap();
         let _b = submit().unwrap();
         assert_eq!(submit().err(), Some(Submit::Busy));
+        let stats = pool.stats();
+        assert_eq!((stats.queued, stats.busy, stats.running), (2, 1, 0));
     }
 
     #[test]

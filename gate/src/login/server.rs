@@ -74,6 +74,10 @@ fn throttle(config: &LoginConfig) -> Throttle {
             burst: config.throttle_source_failures,
             interval: config.throttle_source_interval,
         },
+        logins: Policy {
+            burst: config.throttle_user_logins,
+            interval: config.throttle_user_login_interval,
+        },
         trusted_for: config.throttle_trusted_for,
         max_users: config.throttle_max_entries,
         max_sources: config.throttle_max_entries,
@@ -123,9 +127,13 @@ impl LoginServer {
         auth: Arc<dyn Authenticator>,
         placer: Arc<dyn Placer>,
     ) -> LoginServer {
+        let metrics = Arc::new(LoginMetrics::default());
+        if let Some(pool) = auth.hash_pool() {
+            metrics.watch_pool(pool);
+        }
         LoginServer {
             shared: LoginState {
-                metrics: Arc::default(),
+                metrics,
                 dialogues: Arc::default(),
                 throttle_log: crate::net::RefusalLog::new(
                     "login throttle",

@@ -26,6 +26,12 @@
 //! which only failures from that address drain. The owner keeps logging in
 //! from home while the name is guessed at from everywhere else.
 //!
+//! Successful logins of one user name have a bucket of their own too: a
+//! valid account logging in again and again (each login kicks the
+//! previous session) would otherwise cost a session's worth of work and
+//! memory per login at whatever rate its client manages. Past the bucket,
+//! a login is answered as throttled before the authenticator runs.
+//!
 //! The buckets are GCRA (one instant per key: when the bucket is full
 //! again); a key whose bucket is full and that trusts no address is
 //! removed. Both tables are bounded: when a shard is full, the key with
@@ -85,6 +91,8 @@ pub struct ThrottleConfig {
     pub user: Policy,
     /// A source address's bucket, over every user name tried from it.
     pub source: Policy,
+    /// A user name's successful logins, from any address.
+    pub logins: Policy,
     /// How long a successful login makes its address trusted for that user.
     pub trusted_for: Duration,
     /// Most user names kept (failed recently, or trusting an address).
@@ -109,12 +117,14 @@ struct Trusted {
 struct UserRecord {
     /// The user name's bucket, for every address it does not trust.
     full_at: Instant,
+    /// The bucket of the user name's successful logins.
+    logins_full_at: Instant,
     trusted: Vec<Trusted>,
 }
 
 impl UserRecord {
     fn idle(&self, now: Instant) -> bool {
-        self.full_at <= now && self.trusted.is_empty()
+        self.full_at <= now && self.logins_full_at <= now && self.trusted.is_empty()
     }
 }
 
@@ -125,6 +135,8 @@ pub enum Throttled {
     User,
     /// Too many refused passwords from this address.
     Source,
+    /// Too many successful logins of this user name.
+    Logins,
 }
 
 impl Throttled {
@@ -133,6 +145,7 @@ impl Throttled {
         match self {
             Throttled::User => "throttled: too many refused passwords for this user name",
             Throttled::Source => "throttled: too many refused passwords from this address",
+            Throttled::Logins => "throttled: too many logins of this user name",
         }
     }
 }
@@ -208,16 +221,14 @@ impl Throttle {
             return Err(Throttled::Source);
         }
         let user = self.names.hash_one(user);
-        match self.take_user(user, source, now) {
-            Some(bucket) => Ok(Attempt {
-                throttle: self,
-                user,
-                source,
-                bucket,
-                decided: false,
-            }),
-            None => Err(Throttled::User),
-        }
+        let bucket = self.take_user(user, source, now)?;
+        Ok(Attempt {
+            throttle: self,
+            user,
+            source,
+            bucket,
+            decided: false,
+        })
     }
 
     /// Number of user names and of source addresses kept (for tests and
@@ -260,7 +271,7 @@ impl Throttle {
         *full_at = ((*full_at).max(now) + policy.interval).min(limit);
     }
 
-    fn take_user(&self, user: u64, source: IpAddr, now: Instant) -> Option<UserBucket> {
+    fn take_user(&self, user: u64, source: IpAddr, now: Instant) -> Result<UserBucket, Throttled> {
         let policy = self.config.user;
         let trusted_for = self.config.trusted_for;
         let mut shard = self.users.shard(&user);
@@ -271,24 +282,29 @@ impl Throttle {
         }
         let record = shard.entry(user).or_insert_with(|| UserRecord {
             full_at: now,
+            logins_full_at: now,
             trusted: Vec::new(),
         });
+        let mut probe = record.logins_full_at;
+        if !self.config.logins.take(&mut probe, now) {
+            return Err(Throttled::Logins);
+        }
         record
             .trusted
             .retain(|t| now.saturating_duration_since(t.last_success) < trusted_for);
         if let Some(trusted) = record.trusted.iter_mut().find(|t| t.source == source)
             && policy.take(&mut trusted.full_at, now)
         {
-            return Some(UserBucket::Trusted);
+            return Ok(UserBucket::Trusted);
         }
         // Not trusted, or its own failures are used up: one more address.
         if policy.take(&mut record.full_at, now) {
-            Some(UserBucket::Name)
+            Ok(UserBucket::Name)
         } else {
             if record.idle(now) {
                 shard.remove(&user);
             }
-            None
+            Err(Throttled::User)
         }
     }
 }
@@ -335,8 +351,8 @@ impl Attempt<'_> {
         self.throttle.charge_source(self.source, now);
     }
 
-    /// The login succeeded: its own tokens go back, and its address is
-    /// trusted for this user from now on.
+    /// The login succeeded: its own tokens go back, it takes one from the
+    /// user's logins, and its address is trusted for this user from now on.
     pub fn succeeded(mut self, now: Instant) {
         self.decided = true;
         let throttle = self.throttle;
@@ -346,6 +362,16 @@ impl Attempt<'_> {
             // Pushed out of a full table meanwhile: nothing to give back.
             return;
         };
+        // Successes that raced the check in `attempt` still count, up to
+        // one more burst (as refusals do for an address).
+        let logins = throttle.config.logins;
+        if logins.burst > 0 {
+            let limit = now
+                + logins
+                    .interval
+                    .saturating_mul(logins.burst.saturating_mul(2));
+            record.logins_full_at = (record.logins_full_at.max(now) + logins.interval).min(limit);
+        }
         match self.bucket {
             UserBucket::Name => policy.give_back(&mut record.full_at, now),
             UserBucket::Trusted => {}
@@ -417,6 +443,10 @@ mod tests {
             source: Policy {
                 burst: 10,
                 interval: S,
+            },
+            logins: Policy {
+                burst: 30,
+                interval: 2 * S,
             },
             trusted_for: 3600 * S,
             max_users: 1000,
@@ -589,5 +619,29 @@ mod tests {
             Some(Throttled::User),
             "the guessed name kept its failures"
         );
+    }
+
+    #[test]
+    fn one_user_logging_in_again_and_again_is_bounded() {
+        let t = throttle();
+        let t0 = Instant::now();
+        let home = ip(1);
+        let mut allowed = 0;
+        // 10,000 logins a second for ten seconds, every one right.
+        for n in 0..100_000u64 {
+            let now = t0 + Duration::from_micros(100 * n);
+            match t.attempt(b"alice", home, now) {
+                Ok(a) => {
+                    allowed += 1;
+                    a.succeeded(now);
+                }
+                Err(e) => assert_eq!(e, Throttled::Logins),
+            }
+        }
+        // The burst, then one per 2 s.
+        assert!((30..=30 + 5 + 1).contains(&allowed), "{allowed}");
+        // Other users are not affected, and the bucket refills.
+        assert!(t.attempt(b"bob", home, t0 + 10 * S).is_ok());
+        assert!(t.attempt(b"alice", home, t0 + 200 * S).is_ok());
     }
 }

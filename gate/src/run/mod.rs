@@ -32,6 +32,7 @@ use self::parts::{
 use crate::agent::Agent;
 use crate::backend::Backend;
 use crate::config::{Config, Role};
+use crate::login::hashing::HashPool;
 use crate::login::placement::GateLink;
 use crate::login::{
     AccountsError, AccountsFile, Authenticator, DemoAuth, Gates, LocalPlacer, OnlineTable,
@@ -277,7 +278,8 @@ pub async fn run_with(
 pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, AccountsError> {
     match &config.accounts {
         Some(path) => {
-            let accounts = AccountsFile::load(path)?;
+            let pool = HashPool::sized(config.login.hash_workers, config.login.hash_queue);
+            let accounts = AccountsFile::load(path)?.with_pool(pool);
             if accounts.is_empty() {
                 warn!(path = %path.display(), "the accounts file lists no account: every login is refused");
             } else {

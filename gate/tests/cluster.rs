@@ -176,6 +176,7 @@ impl Redis {
             url: self.url(),
             prefix: "gate:".into(),
             timeout: Duration::from_secs(1),
+            fence: Duration::from_secs(10),
         })
         .expect("directory")
     }
@@ -337,6 +338,10 @@ impl Cluster {
                 addr.to_string(),
                 "--cluster-secret-file".into(),
                 secret.to_str().expect("utf-8").into(),
+                // The lease is the fence after Redis lost data too: every
+                // node of a cluster has the same.
+                "--lease".into(),
+                LEASE.into(),
             ];
             args.extend(extra.iter().cloned());
             let mut proc = self.node(id, &args);
@@ -471,6 +476,24 @@ impl Player {
                 Event::Message(m) => self.early.push_back((m.response.flag, m.response.content)),
                 Event::Closed => panic!("closed while waiting for {text:?}"),
                 _ => {}
+            }
+        }
+    }
+
+    /// Asserts this session no longer lives: a request sent now gets no
+    /// answer, only a kick (if it was still on its way) and the close.
+    async fn assert_gone(&mut self, why: &str) {
+        let sent = self.s.send(None, Bytes::from_static(b"still there?")).await;
+        if let Ok(number) = sent {
+            loop {
+                match guard("the close", self.s.recv()).await {
+                    Ok(Event::Message(m)) => assert!(
+                        m.response.flag != ResponseFlag::OK || m.response.number != number,
+                        "{why}: the old session answered: two live sessions: {m:?}"
+                    ),
+                    Ok(Event::Closed) | Err(_) => break,
+                    Ok(_) => {}
+                }
             }
         }
     }
@@ -765,6 +788,8 @@ async fn a_redis_outage_keeps_sessions_working_and_refuses_logins_with_503() {
                 matches!(dir.gate(b"north").await, Ok(Some(_)))
                     && matches!(dir.gate(b"south").await, Ok(Some(_)))
                     && matches!(dir.record(b"gina").await, Ok(Some(_)))
+                    // Logins of users without a record wait for the fence.
+                    && matches!(dir.fenced().await, Ok(None))
             }
         },
     )
@@ -777,6 +802,61 @@ async fn a_redis_outage_keeps_sessions_working_and_refuses_logins_with_503() {
         gina.kicks_until_closed().await,
         vec![Bytes::from("logged in again")]
     );
+}
+
+/// Redis comes back empty while users log in again through another gate
+/// that re-registered first: until the fence lapses (and the old gate
+/// has written its sessions back) those logins get `503`, never a second
+/// session; then each one kicks the old session before it is answered.
+#[tokio::test]
+async fn after_redis_lost_its_data_no_uid_ever_has_two_live_sessions() {
+    let mut c = Cluster::start("fence").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let l1 = c.login("l1").await;
+    let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
+    let mut old = Vec::new();
+    for user in &users {
+        old.push(Player::online(&l1, &g1, user).await);
+    }
+    c.redis.stop();
+    c.redis.restart().await;
+    let dir = c.redis.directory();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (user, old) in users.iter().zip(old.iter_mut()) {
+        let mut again = Player::new(&l1, &g2, user);
+        guard("a fenced login gets through", async {
+            loop {
+                match again.login().await {
+                    Ok(_) => break,
+                    Err(ClientError::LoginRefused(status)) => {
+                        *statuses.entry(status.code()).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("{user}: {e}"),
+                }
+            }
+        })
+        .await;
+        old.assert_gone(user).await;
+        assert_eq!(again.connect().await, GateStatus::OK);
+        assert_eq!(again.echo("moved").await, "moved");
+    }
+    assert!(
+        statuses.keys().all(|&code| code == 503),
+        "only 503 while fenced: {statuses:?}"
+    );
+    assert!(
+        statuses.get(&503).copied().unwrap_or(0) > 0,
+        "the first login came while the fence was up"
+    );
+    assert!(
+        l1.proc.log().contains("being restored") || g1.proc.log().contains("restoring"),
+        "the fence is logged"
+    );
+    for user in &users {
+        let record = dir.record(user.as_bytes()).await.unwrap().unwrap();
+        assert_eq!(record.server, Bytes::from_static(b"south"), "{user}");
+    }
 }
 
 #[tokio::test]

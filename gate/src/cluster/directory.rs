@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Value;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::MultiplexedConnection;
 
 use super::record::{Keys, Record};
+use super::redis_link::{RedisLink, millis};
 use super::scripts::Scripts;
 
 /// Why a directory call failed.
@@ -40,12 +41,18 @@ pub enum DirError {
 /// How to reach Redis.
 #[derive(Debug, Clone)]
 pub struct DirectoryOptions {
-    /// `redis://host:port/db`.
+    /// `redis://[user:password@]host:port[/db]`, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]`
+    /// (see [`super::redis_link`]).
     pub url: String,
     /// Key prefix.
     pub prefix: String,
     /// Deadline of every call.
     pub timeout: Duration,
+    /// How long logins that need a missing record wait after the directory
+    /// may have lost data: the gates' lease (`cluster.lease`), within which
+    /// every live gate registers again and restores its records.
+    pub fence: Duration,
 }
 
 /// The registry entry of a gate node.
@@ -112,6 +119,10 @@ pub struct OldSession {
 pub enum Begin {
     /// Another login of the uid holds the lock (`406`).
     Busy,
+    /// The directory may have lost data (Redis restarted, or failed over)
+    /// and this login needs a record or registration that may be on its
+    /// way back: no lock taken; `503`, try again after about this long.
+    Fenced(Duration),
     /// The lock is ours (or multilogin is on).
     Ready {
         /// The gate serving the requested server name, if registered.
@@ -172,8 +183,9 @@ impl Default for RedisMetrics {
 /// The registry and the session directory. Cheap to clone.
 #[derive(Clone)]
 pub struct Directory {
-    conn: ConnectionManager,
+    link: Arc<RedisLink>,
     keys: Keys,
+    fence: Duration,
     timeout: Duration,
     scripts: Arc<Scripts>,
     metrics: RedisMetrics,
@@ -209,20 +221,16 @@ fn shape(what: &str, v: &Value) -> DirError {
 impl Directory {
     /// A directory on the Redis at `opts.url`. Connects lazily: a node
     /// starts while Redis is down and every call fails fast until it is
-    /// back; the connection is re-established on the next call after a
-    /// failure.
+    /// back; after a failed call the next one connects again (through the
+    /// Sentinels, if the address names them), checking the directory for
+    /// lost data first.
     pub fn new(opts: &DirectoryOptions) -> Result<Directory, DirError> {
-        let client = redis::Client::open(opts.url.as_str())?;
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(opts.timeout))
-            .set_response_timeout(Some(opts.timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, cfg)?;
+        let keys = Keys::new(opts.prefix.clone());
+        let link = RedisLink::new(&opts.url, opts.timeout, keys.clone(), opts.fence)?;
         Ok(Directory {
-            conn,
-            keys: Keys::new(opts.prefix.clone()),
+            link: Arc::new(link),
+            fence: opts.fence,
+            keys,
             timeout: opts.timeout,
             metrics: RedisMetrics::default(),
             scripts: Arc::new(Scripts::new()),
@@ -241,12 +249,23 @@ impl Directory {
 
     /// Every Redis call goes through here: one deadline, and the latency
     /// and error metrics.
-    async fn call<T, F>(&self, send: impl FnOnce(ConnectionManager) -> F) -> Result<T, DirError>
+    async fn call<T, F>(&self, send: impl FnOnce(MultiplexedConnection) -> F) -> Result<T, DirError>
     where
         F: Future<Output = redis::RedisResult<T>>,
     {
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(self.timeout, send(self.conn.clone())).await {
+        let attempt = async {
+            let (n, conn) = self.link.connection(&self.scripts).await?;
+            let result = send(conn).await;
+            if result.is_err() {
+                // Whatever went wrong (a dropped connection, a master
+                // demoted to a read-only replica), the next call starts
+                // on a new connection.
+                self.link.failed(n).await;
+            }
+            result
+        };
+        let result = match tokio::time::timeout(self.timeout, attempt).await {
             Ok(result) => result.map_err(DirError::from),
             Err(_) => Err(DirError::Timeout(self.timeout)),
         };
@@ -286,7 +305,9 @@ impl Directory {
         takeover: bool,
     ) -> Result<Registered, DirError> {
         let mut inv = self.scripts.register.key(self.keys.gate(server));
-        inv.arg(&entry.node)
+        inv.key(self.keys.intact())
+            .key(self.keys.fence())
+            .arg(&entry.node)
             .arg(entry.epoch.to_string())
             .arg(&entry.client)
             .arg(&entry.control)
@@ -294,7 +315,8 @@ impl Directory {
             .arg(if entry.draining { "1" } else { "0" })
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
             .arg(if takeover { "1" } else { "0" })
-            .arg(&entry.ops);
+            .arg(&entry.ops)
+            .arg(millis(self.fence));
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("register", &v));
@@ -371,13 +393,12 @@ impl Directory {
         inv.key(self.keys.lock(uid))
             .key(self.keys.user(uid))
             .key(self.keys.gate(server))
+            .key(self.keys.intact())
+            .key(self.keys.fence())
             .arg(token)
-            .arg(
-                u64::try_from(lock_ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .arg(self.keys.prefix());
+            .arg(millis(lock_ttl))
+            .arg(self.keys.prefix())
+            .arg(millis(self.fence));
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("begin", &v));
@@ -385,6 +406,10 @@ impl Directory {
         let field = |i: usize| items.get(i).and_then(text);
         match field(0).as_deref() {
             Some(b"busy") => return Ok(Begin::Busy),
+            Some(b"fenced") => {
+                let left = field(1).and_then(|b| parse_u64(&b)).unwrap_or(0);
+                return Ok(Begin::Fenced(Duration::from_millis(left)));
+            }
             Some(b"ok") if items.len() == 7 => {}
             _ => return Err(shape("begin", &v)),
         }
@@ -461,6 +486,30 @@ impl Directory {
         inv.arg(record.encode());
         let v = self.run(inv).await?;
         Ok(matches!(v, Value::Int(1)))
+    }
+
+    /// Keeps the fence up for at least another `fence` (a gate restoring
+    /// its records after the directory lost them).
+    pub async fn extend_fence(&self) -> Result<(), DirError> {
+        let mut inv = self.scripts.fence.key(self.keys.intact());
+        inv.key(self.keys.fence())
+            .arg("")
+            .arg(millis(self.fence))
+            .arg("extend");
+        self.run(inv).await.map(drop)
+    }
+
+    /// How often this process found Redis to be another server than the
+    /// one before (a restart or a failover): see [`super::redis_link`].
+    pub fn server_changes(&self) -> u64 {
+        self.link.server_changes()
+    }
+
+    /// Whether the fence is up, and for how much longer (tools and tests).
+    pub async fn fenced(&self) -> Result<Option<Duration>, DirError> {
+        let cmd = redis::cmd("PTTL").arg(self.keys.fence()).clone();
+        let left: i64 = self.query(cmd).await?;
+        Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 
     /// Writes `record` back for `uid` if it has none. `Ok(false)`: another

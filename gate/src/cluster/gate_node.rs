@@ -224,26 +224,42 @@ impl GateNode {
         let mut healthy = true;
         // `register` ran first.
         let mut registered = true;
+        let mut server_changes = self.dir.server_changes();
+        // A restore that failed is tried again at the next renewal.
+        let mut restore_pending = false;
         loop {
             match self
                 .dir
                 .register(self.server(), &self.entry(false), self.lease, false)
                 .await
             {
-                Ok(Registered::Renewed) => {
-                    registered = true;
+                Ok(registration @ (Registered::Renewed | Registered::Created)) => {
                     self.set_registered(true);
-                }
-                Ok(Registered::Created) => {
-                    self.set_registered(true);
-                    if registered {
+                    if registration == Registered::Created && registered {
                         warn!(
                             server = %self.gate.name(),
                             "the registry entry was gone (lease lapsed or Redis lost its data): registered again, restoring the directory"
                         );
-                        self.restore().await;
+                        restore_pending = true;
+                    }
+                    // Another Redis server (a failover, or a restart from
+                    // its files): our entry may have survived, but the
+                    // last records written before the change may not have.
+                    let changes = self.dir.server_changes();
+                    if changes != server_changes {
+                        server_changes = changes;
+                        if !restore_pending {
+                            warn!(
+                                server = %self.gate.name(),
+                                "Redis is another server than before (failover or restart): restoring the directory"
+                            );
+                        }
+                        restore_pending = true;
                     }
                     registered = true;
+                    if restore_pending {
+                        restore_pending = !self.restore().await;
+                    }
                 }
                 Ok(Registered::Taken { node, epoch }) => {
                     self.set_registered(false);
@@ -288,13 +304,25 @@ impl GateNode {
     }
 
     /// Writes every session of this gate back into the directory; kicks
-    /// those whose uid has another session's record now.
-    async fn restore(&self) {
+    /// those whose uid has another session's record now. Returns whether
+    /// it got through (else it is tried again at the next renewal).
+    async fn restore(&self) -> bool {
         let ids = self.gate.session_ids();
         let total = ids.len();
         let mut restored = 0usize;
         let mut superseded = Vec::new();
+        let mut fence_extended = None::<tokio::time::Instant>;
         for chunk in ids.chunks(RESTORE_BATCH) {
+            // Logins that need a record wait until ours are back: the
+            // fence stays up while we write them (renewed at most every
+            // tenth of it).
+            if fence_extended.is_none_or(|at| at.elapsed() >= self.lease / 10) {
+                if let Err(e) = self.dir.extend_fence().await {
+                    warn!(error = %e, "restoring the directory failed; retrying at the next renewal");
+                    return false;
+                }
+                fence_extended = Some(tokio::time::Instant::now());
+            }
             let results = futures::future::join_all(chunk.iter().map(|(uid, subid)| {
                 let record = Record {
                     epoch: self.epoch,
@@ -310,7 +338,7 @@ impl GateNode {
                     Ok(false) => superseded.push((uid.clone(), subid.clone())),
                     Err(e) => {
                         warn!(error = %e, "restoring the directory failed; retrying at the next renewal");
-                        return;
+                        return false;
                     }
                 }
             }
@@ -324,6 +352,7 @@ impl GateNode {
             superseded = superseded.len(),
             "directory restored"
         );
+        true
     }
 
     /// Deletes the registry entry (at the end of a shutdown).

@@ -372,6 +372,13 @@ impl PlacerInner {
         let server_text = || String::from_utf8_lossy(&req.server).into_owned();
         let (target, old) = match begin {
             Begin::Busy => return Err(PlaceError::InProgress),
+            Begin::Fenced(left) => {
+                return Err(PlaceError::Unavailable(format!(
+                    "the session directory is being restored after Redis lost data; \
+                     try again in {} ms",
+                    left.as_millis()
+                )));
+            }
             Begin::Ready { target, old } => (target, old),
         };
         let Some(target) = target else {
@@ -455,7 +462,8 @@ impl Placer for ClusterPlacer {
                     warn!(error = %e, "session directory unreachable: login refused");
                     PlaceError::Unavailable(e.to_string())
                 })?;
-            let busy = begin == Begin::Busy;
+            // Neither took the lock.
+            let busy = matches!(begin, Begin::Busy | Begin::Fenced(_));
             let result = this.place_locked(&req, &token, begin).await;
             if result.is_err()
                 && !busy

@@ -8,6 +8,8 @@
 //! ```
 //!
 //! * [`record`]: key names and the directory record format;
+//! * [`redis_link`]: the connection to Redis (directly or through
+//!   Sentinel), and the fence raised when the directory may have lost data;
 //! * [`directory`]: the registry and the session directory, changed only by
 //!   the compare-and-set scripts of `scripts`;
 //! * [`gate_node`]: registration and its heartbeat, record removal when a
@@ -27,6 +29,7 @@ pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
+pub(crate) mod redis_link;
 mod scripts;
 
 pub use self::admission::SharedAdmission;

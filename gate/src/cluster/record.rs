@@ -9,6 +9,8 @@
 //! | `{prefix}user:{uid}` | string | the uid's session: a [`Record`] |
 //! | `{prefix}lock:{uid}` | string, expires | the token of the login of `uid` in progress |
 //! | `{prefix}queue` | hash | the cluster-wide login queue: `tokens`, `last`, `head`, `tail` |
+//! | `{prefix}intact` | string | the run id of the Redis server the directory was last known whole on (see [`super::directory`], "Fencing") |
+//! | `{prefix}fence` | string, expires | present while the directory may miss records: logins that would need a missing one wait |
 
 use std::fmt;
 
@@ -59,8 +61,22 @@ impl Keys {
 
     /// The cluster-wide login queue.
     pub fn queue(&self) -> Vec<u8> {
+        self.plain("queue")
+    }
+
+    /// The marker of a whole directory (absent: Redis lost its data).
+    pub fn intact(&self) -> Vec<u8> {
+        self.plain("intact")
+    }
+
+    /// The fence: present while records may be missing.
+    pub fn fence(&self) -> Vec<u8> {
+        self.plain("fence")
+    }
+
+    fn plain(&self, name: &str) -> Vec<u8> {
         let mut key = self.prefix.as_bytes().to_vec();
-        key.extend_from_slice(b"queue");
+        key.extend_from_slice(name.as_bytes());
         key
     }
 }

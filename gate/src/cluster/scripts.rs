@@ -15,13 +15,15 @@ pub(super) struct Scripts {
     pub(super) end: Script,
     pub(super) restore: Script,
     pub(super) admission: Script,
+    pub(super) fence: Script,
 }
 
-/// Writes the gate's entry if it is absent or ours (same epoch), or, when
-/// ARGV[8] is '1', another boot of the same node id (ARGV[9]: the
-/// operations address) (a restarted node
-/// takes its name over at once), with the lease as its expiry. Returns {1}
-/// renewed, {2} created, {0, node, epoch} taken.
+/// KEYS: gate entry, intact marker, fence. Writes the gate's entry if it
+/// is absent or ours (same epoch), or, when ARGV[8] is '1', another boot
+/// of the same node id (ARGV[9]: the operations address) (a restarted
+/// node takes its name over at once), with the lease as its expiry.
+/// Returns {1} renewed, {2} created, {0, node, epoch} taken. Preceded by
+/// the fencing preamble (ARGV[10]: fence ms).
 const REGISTER: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if cur and cur ~= ARGV[2] then
@@ -45,23 +47,76 @@ end
 return 0
 ";
 
-/// KEYS: lock, user, target gate. ARGV: token ('' = no lock), lock ttl ms,
-/// key prefix. Takes the lock, reads the target gate and the old record,
-/// and the old record's gate (epoch, control) if it is registered.
+/// The fencing preamble of BEGIN and REGISTER: KEYS[intact], KEYS[fence]
+/// at the indexes `i` and `f`, ARGV[fence ms] at `ms`. A directory without
+/// its `intact` marker lost its data (Redis came back empty): the marker
+/// is written again and the fence raised for ARGV[ms]. Sets `fenced`.
+fn fenced_preamble(i: u8, f: u8, ms: u8) -> String {
+    format!(
+        "local fenced = false
+if redis.call('EXISTS', KEYS[{i}]) == 0 then
+  redis.call('SET', KEYS[{i}], 'lost')
+  redis.call('SET', KEYS[{f}], 'lost', 'PX', ARGV[{ms}])
+  fenced = true
+elseif redis.call('EXISTS', KEYS[{f}]) == 1 then
+  fenced = true
+end
+"
+    )
+}
+
+/// KEYS: lock, user, target gate, intact marker, fence. ARGV: token ('' =
+/// no lock), lock ttl ms, key prefix, fence ms. Takes the lock, reads the
+/// target gate and the old record, and the old record's gate (epoch,
+/// control) if it is registered. While fenced, a login that would rely on
+/// something missing (the target gate, the uid's record, or its gate's
+/// entry: any of them may be on its way back) gets {'fenced', ms left}
+/// and takes no lock.
 const BEGIN: &str = r"
+local t = redis.call('HMGET', KEYS[3], 'epoch', 'control', 'draining')
+local old = redis.call('GET', KEYS[2])
+local o = {false, false}
+if old then
+  local server = string.match(old, '^[^\n]*\n[^\n]*\n(.*)$') or ''
+  o = redis.call('HMGET', ARGV[3] .. 'gate:' .. server, 'epoch', 'control')
+end
+if fenced and (not t[1] or not old or not o[1]) then
+  return {'fenced', tostring(redis.call('PTTL', KEYS[5]))}
+end
 if ARGV[1] ~= '' then
   if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return {'busy'}
   end
 end
-local t = redis.call('HMGET', KEYS[3], 'epoch', 'control', 'draining')
-local old = redis.call('GET', KEYS[2])
-if not old then
-  return {'ok', t[1] or '', t[2] or '', t[3] or '', '', '', ''}
+return {'ok', t[1] or '', t[2] or '', t[3] or '', old or '', o[1] or '', o[2] or ''}
+";
+
+/// KEYS: intact marker, fence. ARGV: the run id of the Redis server the
+/// caller is connected to, fence ms, mode. Mode `check` (a new connection
+/// of a process that has seen the directory before): when the marker
+/// names another server (a replica was promoted, or Redis restarted, and
+/// may miss the last writes) or is absent, the marker takes this server's
+/// run id and the fence is raised; returns 1 if it was. Mode `first` (the
+/// process's first connection): the same, except that an absent marker
+/// is a new deployment and raises nothing. Mode `extend` (a gate
+/// restoring its records): the fence lasts at least ARGV[2] more. The
+/// fence is never shortened.
+const FENCE: &str = r"
+local function raise(why)
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+    redis.call('SET', KEYS[2], why, 'PX', ARGV[2])
+  end
 end
-local server = string.match(old, '^[^\n]*\n[^\n]*\n(.*)$') or ''
-local o = redis.call('HMGET', ARGV[3] .. 'gate:' .. server, 'epoch', 'control')
-return {'ok', t[1] or '', t[2] or '', t[3] or '', old, o[1] or '', o[2] or ''}
+if ARGV[3] == 'extend' then
+  raise('restore')
+  return 0
+end
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1])
+if not cur and ARGV[3] == 'first' then return 0 end
+raise('changed')
+return 1
 ";
 
 /// KEYS: lock. ARGV: token. Releases the lock if it is still this login's.
@@ -157,14 +212,15 @@ impl Scripts {
     /// Every script, loaded lazily by the server on first use.
     pub(super) fn new() -> Scripts {
         Scripts {
-            register: Script::new(REGISTER),
+            register: Script::new(&format!("{}{REGISTER}", fenced_preamble(2, 3, 10))),
             unregister: Script::new(UNREGISTER),
-            begin: Script::new(BEGIN),
+            begin: Script::new(&format!("{}{BEGIN}", fenced_preamble(4, 5, 4))),
             release: Script::new(RELEASE),
             commit: Script::new(COMMIT),
             end: Script::new(END),
             restore: Script::new(RESTORE),
             admission: Script::new(ADMISSION),
+            fence: Script::new(FENCE),
         }
     }
 }

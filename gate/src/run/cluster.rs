@@ -45,6 +45,7 @@ fn directory(config: &Config) -> Result<Directory, RunError> {
         url,
         prefix: config.cluster.key_prefix.clone(),
         timeout: config.cluster.redis_timeout,
+        fence: config.cluster.lease,
     })
     .map_err(|e| RunError::Config(e.to_string()))
 }

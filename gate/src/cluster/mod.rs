@@ -29,7 +29,7 @@ pub mod directory;
 pub mod gate_node;
 pub mod login_node;
 pub mod record;
-pub(crate) mod redis_link;
+pub mod redis_link;
 mod scripts;
 
 pub use self::admission::SharedAdmission;

@@ -9,7 +9,7 @@
 //! | `{prefix}user:{uid}` | string | the uid's session: a [`Record`] |
 //! | `{prefix}lock:{uid}` | string, expires | the token of the login of `uid` in progress |
 //! | `{prefix}queue` | hash | the cluster-wide login queue: `tokens`, `last`, `head`, `tail` |
-//! | `{prefix}intact` | string | the run id of the Redis server the directory was last known whole on (see [`super::directory`], "Fencing") |
+//! | `{prefix}intact` | string | the run id of the Redis server the directory was last known whole on (see [`super::redis_link`]) |
 //! | `{prefix}fence` | string, expires | present while the directory may miss records: logins that would need a missing one wait |
 
 use std::fmt;

@@ -193,6 +193,46 @@ struct Cluster {
     dir: PathBuf,
     redis: Redis,
     secret: PathBuf,
+    /// What the nodes are given as `--redis` (the Redis's own address, or
+    /// Sentinels').
+    url: String,
+    /// Replicas and Sentinels, when the test runs them.
+    others: Vec<Proc>,
+}
+
+/// A `redis-server` child on `port` with more arguments; its log under
+/// `dir`.
+fn redis_child(dir: &Path, port: u16, args: &[&str]) -> Proc {
+    let log = dir.join(format!("redis-{port}.log"));
+    let child = Command::new("redis-server")
+        .args(args)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--dir", dir.to_str().expect("utf-8 path")])
+        .stdout(std::fs::File::create(&log).expect("redis log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot start redis-server: install Debian's redis-server (.ci/run does)");
+    Proc { child, log }
+}
+
+/// One command to the Redis (or Sentinel) on `port`, answered as text.
+async fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let v: redis::Value = cmd.query_async(&mut conn).await.ok()?;
+    fn flat(v: &redis::Value) -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Array(items) => items.iter().map(flat).collect::<Vec<_>>().join(" "),
+            other => format!("{other:?}"),
+        }
+    }
+    Some(flat(&v))
 }
 
 struct GateNode {
@@ -215,14 +255,92 @@ impl Cluster {
         let secret = dir.join("secret");
         std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
         let redis = Redis::start(&dir).await;
-        Cluster { dir, redis, secret }
+        Cluster {
+            url: redis.url(),
+            dir,
+            redis,
+            secret,
+            others: Vec::new(),
+        }
+    }
+
+    /// A cluster on a Redis master with one replica and three Sentinels
+    /// watching it as `main`; the nodes find the master through the
+    /// Sentinels. Returns once the replica is in sync and every Sentinel
+    /// knows the master and the replica.
+    async fn with_sentinels(test: &str) -> Cluster {
+        let mut c = Cluster::start(test).await;
+        let master = c.redis.port;
+        let replica = free_port();
+        let replicaof = format!("127.0.0.1 {master}");
+        c.others.push(redis_child(
+            &c.dir,
+            replica,
+            &[
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--replicaof",
+                &replicaof,
+            ],
+        ));
+        eventually("the replica is in sync", || async move {
+            redis_cli(replica, &["INFO", "replication"])
+                .await
+                .is_some_and(|i| i.contains("master_link_status:up"))
+        })
+        .await;
+        let mut sentinels = Vec::new();
+        for n in 0..3 {
+            let port = free_port();
+            let conf = c.dir.join(format!("sentinel-{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "sentinel monitor main 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds main 400\n\
+                     sentinel failover-timeout main 4000\n\
+                     sentinel parallel-syncs main 1\n"
+                ),
+            )
+            .expect("sentinel config");
+            let conf = conf.to_str().expect("utf-8").to_owned();
+            c.others
+                .push(redis_child(&c.dir, port, &[&conf, "--sentinel"]));
+            sentinels.push(port);
+        }
+        for &port in &sentinels {
+            eventually(
+                "a Sentinel knows the master and its replica",
+                || async move {
+                    redis_cli(port, &["SENTINEL", "replicas", "main"])
+                        .await
+                        .is_some_and(|r| r.contains(&replica.to_string()))
+                },
+            )
+            .await;
+        }
+        let hosts: Vec<String> = sentinels.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        c.url = format!("redis+sentinel://{}/main", hosts.join(","));
+        c
+    }
+
+    fn directory(&self) -> Directory {
+        Directory::new(&DirectoryOptions {
+            url: self.url.clone(),
+            prefix: "gate:".into(),
+            timeout: Duration::from_secs(1),
+            fence: Duration::from_secs(10),
+        })
+        .expect("directory")
     }
 
     fn node(&self, id: &str, args: &[String]) -> Proc {
         let log = self.dir.join(format!("{id}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_gate"))
             .arg("run")
-            .args(["--redis", &self.redis.url()])
+            .args(["--redis", &self.url])
             .args(["--node-id", id])
             // No WebSocket listeners unless the test names their ports
             // (several nodes share the machine and its ports).
@@ -294,7 +412,7 @@ impl Cluster {
             ]);
             args.extend(extra.iter().cloned());
             let mut proc = self.node(id, &args);
-            let dir = self.redis.directory();
+            let dir = self.directory();
             let wanted = client.to_string();
             let registered = started(&mut proc, &format!("gate {name} registered"), || {
                 let (dir, wanted) = (dir.clone(), wanted.clone());
@@ -857,6 +975,79 @@ async fn after_redis_lost_its_data_no_uid_ever_has_two_live_sessions() {
         let record = dir.record(user.as_bytes()).await.unwrap().unwrap();
         assert_eq!(record.server, Bytes::from_static(b"south"), "{user}");
     }
+}
+
+/// Redis behind Sentinel: `kill -9` of the master while players play.
+/// Established sessions never notice; logins get `503` until the
+/// Sentinels have promoted the replica, then resume by themselves, the
+/// fence keeping any login that needs a possibly lost record out until
+/// the gates have written theirs back; a relogin always kicks the old
+/// session first, and afterwards every record names the gate its uid is
+/// on.
+#[tokio::test]
+async fn a_sentinel_failover_loses_no_session_and_makes_no_second_one() {
+    let mut c = Cluster::with_sentinels("sentinel").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let l1 = c.login("l1").await;
+    let users: Vec<String> = (0..6).map(|i| format!("user{i}")).collect();
+    let mut old = Vec::new();
+    for user in &users {
+        old.push(Player::online(&l1, &g1, user).await);
+    }
+    let mut stayer = Player::online(&l1, &g2, "stayer").await;
+
+    let killed = std::time::Instant::now();
+    c.redis.stop();
+    for (i, p) in old.iter_mut().enumerate() {
+        assert_eq!(p.echo(&format!("during {i}")).await, format!("during {i}"));
+    }
+    assert_eq!(stayer.echo("during").await, "during");
+
+    // Each user logs in again on the other gate, retrying refusals.
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    let mut first_login = None;
+    for (user, old) in users.iter().zip(old.iter_mut()) {
+        let mut again = Player::new(&l1, &g2, user);
+        guard("a login after the failover", async {
+            loop {
+                match again.login().await {
+                    Ok(_) => break,
+                    Err(ClientError::LoginRefused(status)) => {
+                        *statuses.entry(status.code()).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{user}: {e}"),
+                }
+            }
+        })
+        .await;
+        first_login.get_or_insert_with(|| killed.elapsed());
+        old.assert_gone(user).await;
+        assert_eq!(again.connect().await, GateStatus::OK);
+        assert_eq!(again.echo("moved").await, "moved");
+        assert_eq!(stayer.echo("still").await, "still");
+    }
+    eprintln!(
+        "first login {:?} after the master was killed; refusals {statuses:?}",
+        first_login.unwrap_or_default()
+    );
+    assert!(
+        statuses.keys().all(|&code| code == 503),
+        "only 503 while the master is away or fenced: {statuses:?}"
+    );
+    // A user who never logged in before gets in too.
+    eventually("a new user logs in", || async {
+        let mut p = Player::new(&l1, &g1, "newcomer");
+        p.login().await.is_ok()
+    })
+    .await;
+    let dir = c.directory();
+    for user in &users {
+        let record = dir.record(user.as_bytes()).await.unwrap().unwrap();
+        assert_eq!(record.server, Bytes::from_static(b"south"), "{user}");
+    }
+    let record = dir.record(b"stayer").await.unwrap().unwrap();
+    assert_eq!(record.server, Bytes::from_static(b"south"));
 }
 
 #[tokio::test]

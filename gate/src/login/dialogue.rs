@@ -444,11 +444,8 @@ async fn decide(
     )
     .await
     .unwrap_or(Err(AuthError::Timeout));
-    let uid = match authenticated {
-        Ok(uid) => {
-            attempt.succeeded(Instant::now());
-            uid
-        }
+    let (uid, login_key) = match authenticated {
+        Ok(uid) => (uid, attempt.succeeded(Instant::now())),
         Err(e) => {
             let outcome = match e {
                 AuthError::Denied(_) => {
@@ -478,6 +475,7 @@ async fn decide(
     );
     match handler.await {
         Ok(Ok(subid)) => {
+            shared.throttle.logged_in(login_key, Instant::now());
             report.subid = Some(subid.clone());
             (
                 LoginOutcome::Ok {

@@ -309,6 +309,42 @@ impl Throttle {
     }
 }
 
+/// Which user a login that passed the password check was for; given to
+/// [`Throttle::logged_in`] once the login was placed.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginKey(u64);
+
+impl Throttle {
+    /// A login of the user `key` names was placed (its client got `200`):
+    /// it takes one from the user's logins. Logins that failed later (a
+    /// gate unavailable, a directory being restored) are not counted, so
+    /// clients retrying through an outage are not throttled for it.
+    pub fn logged_in(&self, key: LoginKey, now: Instant) {
+        let logins = self.config.logins;
+        if logins.burst == 0 {
+            return;
+        }
+        let mut shard = self.users.shard(&key.0);
+        if !shard.contains_key(&key.0) {
+            make_room(&mut shard, self.config.max_users, |r: &UserRecord| {
+                (r.full_at.saturating_duration_since(now), r.full_at)
+            });
+        }
+        let record = shard.entry(key.0).or_insert_with(|| UserRecord {
+            full_at: now,
+            logins_full_at: now,
+            trusted: Vec::new(),
+        });
+        // Logins that raced the check in `attempt` still count, up to one
+        // more burst (as refusals do for an address).
+        let limit = now
+            + logins
+                .interval
+                .saturating_mul(logins.burst.saturating_mul(2));
+        record.logins_full_at = (record.logins_full_at.max(now) + logins.interval).min(limit);
+    }
+}
+
 /// Keys looked at to choose one to push out of a full shard.
 const EVICTION_SAMPLE: usize = 16;
 
@@ -351,27 +387,19 @@ impl Attempt<'_> {
         self.throttle.charge_source(self.source, now);
     }
 
-    /// The login succeeded: its own tokens go back, it takes one from the
-    /// user's logins, and its address is trusted for this user from now on.
-    pub fn succeeded(mut self, now: Instant) {
+    /// The password was right: its own tokens go back, and its address is
+    /// trusted for this user from now on. Returns the key to count the
+    /// login by ([`Throttle::logged_in`]) once it is placed.
+    pub fn succeeded(mut self, now: Instant) -> LoginKey {
         self.decided = true;
         let throttle = self.throttle;
         let policy = throttle.config.user;
+        let key = LoginKey(self.user);
         let mut shard = throttle.users.shard(&self.user);
         let Some(record) = shard.get_mut(&self.user) else {
             // Pushed out of a full table meanwhile: nothing to give back.
-            return;
+            return key;
         };
-        // Successes that raced the check in `attempt` still count, up to
-        // one more burst (as refusals do for an address).
-        let logins = throttle.config.logins;
-        if logins.burst > 0 {
-            let limit = now
-                + logins
-                    .interval
-                    .saturating_mul(logins.burst.saturating_mul(2));
-            record.logins_full_at = (record.logins_full_at.max(now) + logins.interval).min(limit);
-        }
         match self.bucket {
             UserBucket::Name => policy.give_back(&mut record.full_at, now),
             UserBucket::Trusted => {}
@@ -400,6 +428,7 @@ impl Attempt<'_> {
                 });
             }
         }
+        key
     }
 }
 
@@ -633,7 +662,8 @@ mod tests {
             match t.attempt(b"alice", home, now) {
                 Ok(a) => {
                     allowed += 1;
-                    a.succeeded(now);
+                    let key = a.succeeded(now);
+                    t.logged_in(key, now);
                 }
                 Err(e) => assert_eq!(e, Throttled::Logins),
             }

@@ -1578,3 +1578,195 @@ async fn admin_user_calls_work_on_any_node() {
     .unwrap();
     assert_eq!(answer.status, 401);
 }
+
+/// The `sh` block of the README's "Cluster" section.
+fn readme_cluster_recipe() -> String {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let section = readme
+        .split_once("\n## Cluster\n")
+        .expect("a Cluster section")
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .expect("a sh block in the Cluster section")
+        .1;
+    block
+        .split_once("\n```")
+        .expect("the block's end")
+        .0
+        .to_owned()
+}
+
+/// Every port the recipe names (`127.0.0.1:PORT`, `--port PORT`), mapped
+/// to a free one, so the recipe runs beside other tests and services.
+fn with_free_ports(text: &str) -> String {
+    let mut ports = std::collections::HashMap::<String, u16>::new();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    loop {
+        let next = ["127.0.0.1:", "--port "]
+            .iter()
+            .filter_map(|p| rest.find(p).map(|i| (i, p.len())))
+            .min();
+        let Some((at, len)) = next else {
+            out.push_str(rest);
+            return out;
+        };
+        let start = at + len;
+        let digits = rest[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(rest.len() - start, |n| n);
+        out.push_str(&rest[..start]);
+        let port = &rest[start..start + digits];
+        if port.is_empty() {
+            rest = &rest[start..];
+            continue;
+        }
+        let free = *ports.entry(port.to_owned()).or_insert_with(free_port);
+        out.push_str(&free.to_string());
+        rest = &rest[start + digits..];
+    }
+}
+
+/// The README's cluster recipe, run as written (ports made free, the
+/// binaries of this build instead of a release build): Redis, two gate
+/// nodes, two login nodes and the echo service come up, and the player
+/// of its last line logs in where that line says and plays, over TCP;
+/// a WebSocket login on the other login node works too.
+#[tokio::test]
+async fn the_readme_cluster_recipe_runs_as_written() {
+    let bin = Path::new(env!("CARGO_BIN_EXE_gate"))
+        .parent()
+        .expect("target dir")
+        .to_owned();
+    let echo = bin.join("examples").join("echo");
+    assert!(
+        echo.exists(),
+        "{} is missing: build the examples first (`cargo build --examples`; .ci/run does)",
+        echo.display()
+    );
+    let text = with_free_ports(&readme_cluster_recipe());
+    let mut lines: Vec<&str> = text.lines().collect();
+    let client = lines.pop().expect("a last line").to_owned();
+    assert!(client.contains("client shell"), "{client}");
+    let script: String = lines
+        .iter()
+        .filter(|l| !l.starts_with("cargo build"))
+        .map(|l| {
+            if l.starts_with("B=") {
+                format!("B={}\n", bin.display())
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("cluster-readme-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(dir.join("recipe.sh"), format!("set -e\n{script}")).expect("script");
+    /// Kills the recipe's processes (its process group) when dropped.
+    struct Group(rustix::process::Pid);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = rustix::process::kill_process_group(self.0, rustix::process::Signal::KILL);
+        }
+    }
+    use std::os::unix::process::CommandExt;
+    // A group of its own (bash leads it): what it starts in the background
+    // stays in it, and goes with it at the end.
+    let mut recipe = Command::new("bash")
+        .arg("recipe.sh")
+        .current_dir(&dir)
+        .process_group(0)
+        .stdout(std::fs::File::create(dir.join("recipe.log")).expect("log"))
+        .stderr(std::fs::File::create(dir.join("recipe.err")).expect("log"))
+        .spawn()
+        .expect("bash");
+    let _group = Group(
+        rustix::process::Pid::from_raw(i32::try_from(recipe.id()).expect("a pid"))
+            .expect("not 0: never the caller's own group"),
+    );
+    let status = recipe.wait().expect("bash");
+    assert!(
+        status.success(),
+        "the recipe failed: {status}: {}",
+        std::fs::read_to_string(dir.join("recipe.err")).unwrap_or_default()
+    );
+
+    let arg = |name: &str| {
+        let words: Vec<&str> = client.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == name).expect(name);
+        words[at + 1].to_owned()
+    };
+    let (login, gate, server, user) = (
+        arg("--login"),
+        arg("--gate"),
+        arg("--server"),
+        arg("--user"),
+    );
+    let mut player = guard("the recipe's player logs in", async {
+        loop {
+            let mut p = Player::at(login.clone(), gate.clone(), &server, &user);
+            if p.login().await.is_ok() && p.connect().await == GateStatus::OK {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    // The echo service links to the gate in its own time.
+    guard("the echo service answers", async {
+        loop {
+            let number = player
+                .s
+                .send(None, Bytes::from_static(b"hello"))
+                .await
+                .expect("send");
+            let answer = loop {
+                match guard("an answer", player.s.recv()).await.expect("recv") {
+                    Event::Message(m) if m.response.number == number => break m.response,
+                    Event::Closed => panic!("closed"),
+                    _ => {}
+                }
+            };
+            if answer.flag == ResponseFlag::OK {
+                assert_eq!(answer.content, Bytes::from_static(b"hello"));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+
+    // The registry publishes where each gate serves TCP and WebSocket
+    // players; a browser-style player logs in over WebSocket on the other
+    // login node and plays on the published WebSocket address.
+    let word_after = |line_with: &str, flag: &str| {
+        let line = text
+            .lines()
+            .find(|l| l.contains(line_with))
+            .unwrap_or_else(|| panic!("a line with {line_with}"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let at = words.iter().position(|w| *w == flag).expect(flag);
+        words[at + 1].trim_matches('"').to_owned()
+    };
+    let dir = Directory::new(&DirectoryOptions {
+        url: word_after("C=", "C=\"--redis"),
+        prefix: "gate:".into(),
+        timeout: Duration::from_secs(1),
+        fence: Duration::from_secs(10),
+    })
+    .expect("directory");
+    let south = dir.gate(server.as_bytes()).await.unwrap().expect("registered");
+    assert_eq!(south.client, gate);
+    assert_eq!(
+        south.web,
+        format!("ws://{}", word_after("--name south", "--web-gate-listen"))
+    );
+    let web_login = format!("ws://{}", word_after("--node-id l1", "--web-login-listen"));
+    let mut browser = Player::at(web_login, south.web.clone(), &server, "bob");
+    browser.login().await.expect("a WebSocket login");
+    assert_eq!(browser.connect().await, GateStatus::OK);
+    assert_eq!(browser.echo("over WebSocket").await, "over WebSocket");
+}

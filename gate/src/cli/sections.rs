@@ -111,8 +111,10 @@ pub(crate) struct ClusterFlags {
     #[arg(long, value_enum, value_name = "ROLE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     role: Option<Role>,
-    /// Redis holding the cluster's registry and session directory, e.g.
-    /// redis://127.0.0.1:6379 (login and gate nodes) [default: none].
+    /// Redis holding the cluster's registry and session directory (login
+    /// and gate nodes): redis://[user:password@]host:port[/db], or through
+    /// Sentinel, following failovers:
+    /// redis+sentinel://host:port[,host:port...]/MASTER[/db] [default: none].
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis: Option<String>,
@@ -135,10 +137,41 @@ pub(crate) struct ClusterFlags {
     #[serde(rename = "secret_file", skip_serializing_if = "Option::is_none")]
     secret_file: Option<PathBuf>,
     /// How long a gate node's registration lives without a heartbeat; a
-    /// killed gate stops owning its users after it [default: 10s].
+    /// killed gate stops owning its users after it. Also the fence after
+    /// Redis lost data: the same on every node [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     lease: Option<Duration>,
+    /// Deadline of one Redis call; a login whose call misses it gets 503
+    /// [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    redis_timeout: Option<Duration>,
+    /// Deadline of one control call between a login node and a gate node
+    /// (place a user, kick a session) [default: 8s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    control_timeout: Option<Duration>,
+    /// How long a login's lock on its uid lives if its login node dies
+    /// half-way [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    lock_ttl: Option<Duration>,
+    /// Gate nodes: the control address published in the registry, what
+    /// login nodes dial [default: --control-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    control_advertise: Option<String>,
+    /// Gate nodes: the client (TCP) address published in the registry
+    /// [default: --gate-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_advertise: Option<String>,
+    /// Gate nodes: the WebSocket address published in the registry, as
+    /// ws:// (wss:// with a web certificate) [default: --web-gate-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web_advertise: Option<String>,
     /// Prefix of every Redis key [default: gate:].
     #[arg(long, value_name = "PREFIX")]
     #[serde(skip_serializing_if = "Option::is_none")]

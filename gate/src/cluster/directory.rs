@@ -62,8 +62,11 @@ pub struct GateEntry {
     pub node: String,
     /// Its boot epoch.
     pub epoch: u64,
-    /// The address clients connect to.
+    /// The address TCP clients connect to.
     pub client: String,
+    /// The URL WebSocket clients connect to (`ws://…` or `wss://…`;
+    /// empty: none).
+    pub web: String,
     /// The address login nodes dial for the control link.
     pub control: String,
     /// The address of its operations listener (empty: none).
@@ -316,7 +319,8 @@ impl Directory {
             .arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1))
             .arg(if takeover { "1" } else { "0" })
             .arg(&entry.ops)
-            .arg(millis(self.fence));
+            .arg(millis(self.fence))
+            .arg(&entry.web);
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("register", &v));
@@ -372,6 +376,7 @@ impl Directory {
             node: field("node"),
             epoch: field("epoch").parse().unwrap_or(0),
             client: field("client"),
+            web: field("web"),
             control: field("control"),
             ops: field("ops"),
             online: field("online").parse().unwrap_or(0),

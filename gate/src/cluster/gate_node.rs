@@ -132,6 +132,9 @@ pub struct GateNode {
     pub client_addr: String,
     /// Published control address.
     pub control_addr: String,
+    /// Published WebSocket URL (`ws://host:port` or `wss://host:port`;
+    /// empty: no WebSocket listener).
+    pub web_addr: String,
     /// Published operations address (empty: none), where other nodes
     /// forward admin calls for this gate's users.
     pub ops_addr: String,
@@ -150,6 +153,7 @@ impl GateNode {
             node: self.node.clone(),
             epoch: self.epoch,
             client: self.client_addr.clone(),
+            web: self.web_addr.clone(),
             control: self.control_addr.clone(),
             ops: self.ops_addr.clone(),
             online: u64::try_from(self.gate.metrics().sessions).unwrap_or(u64::MAX),

@@ -5,7 +5,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}gate:{server}` | hash, expires after the lease | the gate node serving `server`: `node`, `epoch`, `client`, `control`, `online`, `draining` |
+//! | `{prefix}gate:{server}` | hash, expires after the lease | the gate node serving `server`: `node`, `epoch`, `client` (TCP), `web` (`ws://` or `wss://` URL, empty: none), `control`, `ops`, `online`, `draining` |
 //! | `{prefix}user:{uid}` | string | the uid's session: a [`Record`] |
 //! | `{prefix}lock:{uid}` | string, expires | the token of the login of `uid` in progress |
 //! | `{prefix}queue` | hash | the cluster-wide login queue: `tokens`, `last`, `head`, `tail` |

@@ -22,8 +22,9 @@ pub(super) struct Scripts {
 /// is absent or ours (same epoch), or, when ARGV[8] is '1', another boot
 /// of the same node id (ARGV[9]: the operations address) (a restarted
 /// node takes its name over at once), with the lease as its expiry.
-/// Returns {1} renewed, {2} created, {0, node, epoch} taken. Preceded by
-/// the fencing preamble (ARGV[10]: fence ms).
+/// ARGV[11]: the WebSocket URL. Returns {1} renewed, {2} created, {0,
+/// node, epoch} taken. Preceded by the fencing preamble (ARGV[10]: fence
+/// ms).
 const REGISTER: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if cur and cur ~= ARGV[2] then
@@ -34,7 +35,7 @@ if cur and cur ~= ARGV[2] then
   cur = false
 end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'client', ARGV[3],
-  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6], 'ops', ARGV[9])
+  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6], 'ops', ARGV[9], 'web', ARGV[11])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 if cur then return {1} else return {2} end
 ";

@@ -42,9 +42,12 @@ impl Role {
 pub struct ClusterConfig {
     /// `all` (default), `login` or `gate`.
     pub role: Role,
-    /// The Redis that holds the registry and the session directory, as
-    /// `redis://host:port/db`. Required for `login` and `gate`. Default:
-    /// none.
+    /// The Redis that holds the registry and the session directory:
+    /// `redis://[user:password@]host:port[/db]`, or, to follow failovers,
+    /// the Sentinels watching it and the master's name:
+    /// `redis+sentinel://[user:password@]host:port[,host:port…]/master[/db]`
+    /// (the credentials and database are the master's). Required for
+    /// `login` and `gate`. Default: none.
     pub redis: Option<String>,
     /// This node's id, in the registry and in logs. Default:
     /// `<role>-<pid>`.
@@ -54,7 +57,9 @@ pub struct ClusterConfig {
     pub key_prefix: String,
     /// How long a gate node's registration lives without a heartbeat (it
     /// renews every third of it). A gate killed without a chance to say so
-    /// stops owning its users this long after its last heartbeat.
+    /// stops owning its users this long after its last heartbeat. Also how
+    /// long the fence stays up after Redis lost data (see
+    /// `gate::cluster::redis_link`): give every node of a cluster the same.
     /// Default: 10s.
     #[serde(with = "duration")]
     pub lease: Duration,
@@ -67,6 +72,11 @@ pub struct ClusterConfig {
     /// Gate nodes: the client address published in the registry. Default:
     /// `gate.listen`.
     pub client_advertise: Option<String>,
+    /// Gate nodes: the WebSocket address (`host:port`) published in the
+    /// registry, as `ws://` or (with `web.tls_cert_file`) `wss://`.
+    /// Default: `web.gate_listen`; nothing when the WebSocket listeners
+    /// are off.
+    pub web_advertise: Option<String>,
     /// Gate nodes: the operations address published in the registry, where
     /// other nodes forward admin calls for this gate's users. Default:
     /// `ops.listen`.
@@ -118,6 +128,7 @@ impl Default for ClusterConfig {
             control_listen: SocketAddr::from(([127, 0, 0, 1], 8890)),
             control_advertise: None,
             client_advertise: None,
+            web_advertise: None,
             ops_advertise: None,
             secret_file: None,
             tls_cert_file: None,

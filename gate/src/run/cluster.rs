@@ -100,6 +100,22 @@ pub(super) async fn run_gate_node(
             .control_advertise
             .clone()
             .unwrap_or_else(|| local(&control_listener)),
+        web_addr: web_gate
+            .as_ref()
+            .map(|(l, _)| {
+                let scheme = if config.web.tls_cert_file.is_some() {
+                    "wss"
+                } else {
+                    "ws"
+                };
+                let host = config
+                    .cluster
+                    .web_advertise
+                    .clone()
+                    .unwrap_or_else(|| local(l));
+                format!("{scheme}://{host}")
+            })
+            .unwrap_or_default(),
         lease: config.cluster.lease,
         registered: Arc::default(),
         tls: acceptor(&config)?,

@@ -1207,6 +1207,54 @@ fn echo_service(
         .unwrap()
 }
 
+/// A service given one seed gate: a gate that joins the cluster later is
+/// found and served without restarting the service; a push by uid goes to
+/// the one gate that holds the user; a gate that leaves (killed: its lease
+/// lapses) is dropped.
+#[tokio::test]
+async fn services_find_gates_that_join_and_drop_gates_that_leave() {
+    let c = Cluster::start("discovery").await;
+    let g1 = c.gate_with("g1", "north", &c.secret, true).await;
+    let l1 = c.login("l1").await;
+    let running = Running::linked(echo_service(&[&g1], &c.secret, None), 1).await;
+    let gates = running.gates.clone();
+
+    let mut g2 = c.gate_with("g2", "south", &c.secret, true).await;
+    eventually("the service linked to the gate that joined", || {
+        let gates = gates.clone();
+        async move { gates.connected() == 2 }
+    })
+    .await;
+    let mut jim = Player::online(&l1, &g2, "jim").await;
+    assert_eq!(jim.echo("via a found gate").await, "via a found gate");
+    let mut ivy = Player::online(&l1, &g1, "ivy").await;
+    assert_eq!(ivy.echo("via the seed").await, "via the seed");
+    // The service (jim's agent) saw his login on south: one gate.
+    assert_eq!(gates.push("jim", "to jim").await, Ok(1));
+    assert_eq!(
+        jim.next_message().await,
+        Some((ResponseFlag::PUSH, Bytes::from("to jim")))
+    );
+    assert_eq!(gates.push_all("to all").await, Ok(2));
+    assert_eq!(
+        ivy.next_message().await,
+        Some((ResponseFlag::PUSH, Bytes::from("to all")))
+    );
+
+    g2.proc.kill9();
+    eventually("the service dropped the gate that left", || {
+        let gates = gates.clone();
+        async move { gates.iter().count() == 1 }
+    })
+    .await;
+    assert_eq!(
+        gates.iter().next().map(|g| g.addr().to_owned()),
+        Some(g1.backend.to_string())
+    );
+    assert_eq!(ivy.echo("still served").await, "still served");
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn control_links_run_over_tls_when_configured() {
     let c = Cluster::start("tls").await;
@@ -1758,7 +1806,11 @@ async fn the_readme_cluster_recipe_runs_as_written() {
         fence: Duration::from_secs(10),
     })
     .expect("directory");
-    let south = dir.gate(server.as_bytes()).await.unwrap().expect("registered");
+    let south = dir
+        .gate(server.as_bytes())
+        .await
+        .unwrap()
+        .expect("registered");
     assert_eq!(south.client, gate);
     assert_eq!(
         south.web,

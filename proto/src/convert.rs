@@ -13,10 +13,10 @@ use bytes::Bytes;
 
 use crate::PROTOCOL_VERSION;
 use crate::backend::{
-    AllUsers, AuthAllow, AuthDeny, AuthReply, AuthRequest, GateFrame, Goodbye, Kick, LinkChallenge,
-    Logout, Ping, Pong, Push, RefuseReason, Register, RegisterAck, RegisterRefused, Request,
-    Response, ServiceFrame, SessionEvent, UserList, auth_reply, gate_frame, push, response,
-    service_frame,
+    AllUsers, AuthAllow, AuthDeny, AuthReply, AuthRequest, GateFrame, GateList, Goodbye, Kick,
+    LinkChallenge, Logout, Ping, Pong, Push, RefuseReason, Register, RegisterAck, RegisterRefused,
+    Request, Response, ServiceFrame, SessionEvent, UserList, auth_reply, gate_frame, push,
+    response, service_frame,
 };
 
 /// A peer speaks another major protocol version than this crate.
@@ -64,6 +64,7 @@ into_frame!(GateFrame, gate_frame::Kind,
     Pong => Pong,
     Goodbye => Goodbye,
     LinkChallenge => LinkChallenge,
+    GateList => GateList,
 );
 
 into_frame!(ServiceFrame, service_frame::Kind,

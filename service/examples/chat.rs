@@ -28,7 +28,8 @@ use tracing::warn;
 /// Chat room service for the gate.
 #[derive(Debug, Parser)]
 struct Args {
-    /// Backend address of a gate to serve; repeat for several gates.
+    /// Backend address of a gate to serve; repeat for several gates. In a
+    /// cluster one is enough: the gates announce the others.
     #[arg(long = "gate", default_value = "127.0.0.1:8899")]
     gates: Vec<String>,
     /// Instance id (default: `chat-<pid>-<random>`).

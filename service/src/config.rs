@@ -12,7 +12,10 @@ use crate::error::ServiceError;
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Backend addresses (`host:port`) of the gates to serve; one link
-    /// each, resolved again on every connect. No default: at least one.
+    /// each, resolved again on every connect, kept for the life of the
+    /// service. In a cluster one is enough: the gates announce the others
+    /// (see [`Service::run`](crate::Service::run)). No default: at least
+    /// one.
     pub gates: Vec<String>,
     /// The name routes and the gate's configuration use (`chat` for
     /// `chat.say`; `auth` for the login server's credential check).

@@ -377,6 +377,7 @@ impl<H: Handler> Connection<H> {
                     );
                     return;
                 };
+                self.shared.gates.note(&event.uid, kind, &self.gate);
                 if let Some(events) = events {
                     let event = SessionEvent {
                         uid: event.uid,
@@ -411,6 +412,15 @@ impl<H: Handler> Connection<H> {
             Some(Kind::Pong(_)) => {}
             Some(Kind::Goodbye(goodbye)) => {
                 info!(reason = %goodbye.reason, "gate is going away");
+            }
+            Some(Kind::GateList(list)) => {
+                let gates: Vec<(String, String)> = list
+                    .gates
+                    .into_iter()
+                    .map(|g| (g.name, g.backend))
+                    .collect();
+                debug!(gates = gates.len(), "the cluster's gates");
+                self.shared.discovered.send_replace(Some(gates));
             }
             Some(Kind::RegisterAck(_) | Kind::RegisterRefused(_) | Kind::LinkChallenge(_)) => {
                 warn!("registration answer on a registered link; ignored");

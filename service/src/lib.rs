@@ -110,6 +110,7 @@ impl<H: Handler> Service<H> {
         let shared = Arc::new(uplink::ServiceState {
             permits: Arc::new(uplink::InFlight::new(config.max_in_flight)),
             gates: Gates::new(handles.clone()),
+            discovered: tokio::sync::watch::Sender::new(None),
             config,
             handler,
         });
@@ -136,36 +137,115 @@ impl<H: Handler> Service<H> {
     /// returns `Ok`), or until a gate refuses the service for good (then
     /// stops the other links and returns the error). Lost links are retried,
     /// not returned.
+    ///
+    /// In a cluster, gates announce the cluster's gates to their services:
+    /// the service links to every announced gate it has no link to yet,
+    /// and drops the links to gates that left the announced list, except
+    /// the configured ones, which it always serves.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
-        let config = &self.shared.config;
         // A child, so a fatal refusal can stop the other links without
         // cancelling the caller's token.
         let stop = shutdown.child_token();
         let mut links = JoinSet::new();
         for gate in self.handles {
-            let span = tracing::info_span!(
-                "link",
-                gate = %gate.addr(),
-                service = %config.service,
-                instance = %config.instance_id,
-            );
-            links.spawn(uplink::run(self.shared.clone(), gate, stop.clone()).instrument(span));
+            spawn_link(&mut links, &self.shared, gate, stop.clone());
         }
+        let mut discovered = Discovered::default();
+        let mut announcements = self.shared.discovered.subscribe();
         let mut result = Ok(());
-        while let Some(joined) = links.join_next().await {
-            match joined {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => {
-                    stop.cancel();
-                    if result.is_ok() {
-                        result = Err(err);
+        loop {
+            tokio::select! {
+                joined = links.join_next() => {
+                    let Some(joined) = joined else { break };
+                    match joined {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            stop.cancel();
+                            if result.is_ok() {
+                                result = Err(err);
+                            }
+                        }
+                        // A link task panicking is a bug of this library: surface it.
+                        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+                        Err(_) => {}
                     }
                 }
-                // A link task panicking is a bug of this library: surface it.
-                Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
-                Err(_) => {}
+                changed = announcements.changed(), if !stop.is_cancelled() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let list = announcements.borrow_and_update().clone();
+                    if let Some(list) = list {
+                        discovered.reconcile(&list, &self.shared, &mut links, &stop);
+                    }
+                }
             }
         }
         result
+    }
+}
+
+fn spawn_link<H: Handler>(
+    links: &mut JoinSet<Result<(), ServiceError>>,
+    shared: &Arc<uplink::ServiceState<H>>,
+    gate: GateHandle,
+    stop: CancellationToken,
+) {
+    let config = &shared.config;
+    let span = tracing::info_span!(
+        "link",
+        gate = %gate.addr(),
+        service = %config.service,
+        instance = %config.instance_id,
+    );
+    links.spawn(uplink::run(shared.clone(), gate, stop).instrument(span));
+}
+
+/// The gates a service linked to because the cluster announced them.
+#[derive(Default)]
+struct Discovered {
+    /// Server name, handle, and the token that ends its link.
+    links: Vec<(String, GateHandle, CancellationToken)>,
+}
+
+impl Discovered {
+    /// Links to announced gates not linked yet; drops discovered links to
+    /// gates no longer announced. A gate is known by its backend address
+    /// or, once linked, by its server name, so a configured gate is not
+    /// dialled twice.
+    fn reconcile<H: Handler>(
+        &mut self,
+        announced: &[(String, String)],
+        shared: &Arc<uplink::ServiceState<H>>,
+        links: &mut JoinSet<Result<(), ServiceError>>,
+        stop: &CancellationToken,
+    ) {
+        self.links.retain(|(name, gate, token)| {
+            let still = announced.iter().any(|(n, _)| n == name);
+            if !still {
+                tracing::info!(gate = %gate.addr(), server = %name, "gate left the cluster: link dropped");
+                token.cancel();
+                shared.gates.remove(gate);
+            }
+            still
+        });
+        for (name, backend) in announced {
+            if backend.is_empty() {
+                continue;
+            }
+            let known = shared
+                .gates
+                .iter()
+                .any(|g| g.addr() == backend || g.gate_name().as_deref() == Some(name.as_str()));
+            if known {
+                continue;
+            }
+            tracing::info!(gate = %backend, server = %name, "gate found in the cluster: linking");
+            let gate = GateHandle::new(backend.clone(), shared.config.max_frame_len);
+            let token = stop.child_token();
+            shared.gates.add(gate.clone());
+            spawn_link(links, shared, gate.clone(), token.clone());
+            self.links.push((name.clone(), gate, token));
+        }
     }
 }

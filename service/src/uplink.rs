@@ -29,6 +29,9 @@ pub(crate) struct ServiceState<H> {
     pub(crate) gates: Gates,
     /// Bounds the requests handled at once across all links.
     pub(crate) permits: Arc<InFlight>,
+    /// The cluster's gates as last announced by a gate (`(server name,
+    /// backend address)`); `None` until one does.
+    pub(crate) discovered: tokio::sync::watch::Sender<Option<Vec<(String, String)>>>,
 }
 
 /// How one connection ended.

@@ -184,6 +184,7 @@ impl Backend {
                 metrics: Arc::new(Metrics::default()),
                 refusals: Refusals::new("backend"),
                 next_link: AtomicU64::new(0),
+                gate_list: std::sync::Mutex::default(),
             }),
             listener: Arc::new(Mutex::new(Some(listener))),
             addr,
@@ -239,6 +240,33 @@ impl Backend {
             if changed.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Tells every linked service, and every service that links later,
+    /// the cluster's gates (`(server name, backend address)`), so services
+    /// configured with one gate find the others. Does nothing if the list
+    /// is the one announced last.
+    pub fn announce_gates(&self, gates: Vec<(String, String)>) {
+        let list = proto::backend::GateList {
+            gates: gates
+                .into_iter()
+                .map(|(name, backend)| proto::backend::GateInfo { name, backend })
+                .collect(),
+        };
+        {
+            let mut last = self
+                .shared
+                .gate_list
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.as_ref() == Some(&list) {
+                return;
+            }
+            *last = Some(list.clone());
+        }
+        for link in self.shared.registry.all() {
+            link.send(list.clone().into());
         }
     }
 

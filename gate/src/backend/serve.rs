@@ -349,6 +349,17 @@ async fn serve_link(
         );
         old.stop.cancel();
     }
+    // The cluster's gates, if announced (read after the insert: an
+    // announcement made meanwhile reaches this link either way).
+    let gates = serve
+        .state
+        .gate_list
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    if let Some(gates) = gates {
+        link.send(gates.into());
+    }
     // A registration that raced with the start of the shutdown still hears
     // the goodbye.
     if serve.draining.is_cancelled() {

@@ -24,6 +24,9 @@ pub(crate) struct BackendState {
     /// Links refused or closed before they proved the secret.
     pub(crate) refusals: Arc<Refusals>,
     pub(crate) next_link: AtomicU64,
+    /// The cluster's gates, as last announced (cluster mode): every new
+    /// link is told it after its registration.
+    pub(crate) gate_list: std::sync::Mutex<Option<proto::backend::GateList>>,
 }
 
 impl std::fmt::Debug for BackendState {

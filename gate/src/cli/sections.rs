@@ -167,6 +167,11 @@ pub(crate) struct ClusterFlags {
     #[arg(long, value_name = "HOST:PORT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     client_advertise: Option<String>,
+    /// Gate nodes: the backend address published in the registry, which
+    /// services linked to any gate are told [default: --backend-listen].
+    #[arg(long, value_name = "HOST:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_advertise: Option<String>,
     /// Gate nodes: the WebSocket address published in the registry, as
     /// ws:// (wss:// with a web certificate) [default: --web-gate-listen].
     #[arg(long, value_name = "HOST:PORT")]

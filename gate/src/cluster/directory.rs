@@ -67,6 +67,8 @@ pub struct GateEntry {
     /// The URL WebSocket clients connect to (`ws://…` or `wss://…`;
     /// empty: none).
     pub web: String,
+    /// The address backend services dial (empty: no backend listener).
+    pub backend: String,
     /// The address login nodes dial for the control link.
     pub control: String,
     /// The address of its operations listener (empty: none).
@@ -74,6 +76,21 @@ pub struct GateEntry {
     /// Sessions on it at the last heartbeat.
     pub online: u64,
     /// Whether it refuses new sessions (shutting down, draining).
+    pub draining: bool,
+}
+
+/// A registered gate, as [`Directory::gates`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateSummary {
+    /// Its server name.
+    pub server: String,
+    /// The address TCP clients connect to.
+    pub client: String,
+    /// The WebSocket URL (empty: none).
+    pub web: String,
+    /// The address services dial (empty: none).
+    pub backend: String,
+    /// Whether it refuses new sessions.
     pub draining: bool,
 }
 
@@ -310,6 +327,7 @@ impl Directory {
         let mut inv = self.scripts.register.key(self.keys.gate(server));
         inv.key(self.keys.intact())
             .key(self.keys.fence())
+            .key(self.keys.gates())
             .arg(&entry.node)
             .arg(entry.epoch.to_string())
             .arg(&entry.client)
@@ -320,7 +338,9 @@ impl Directory {
             .arg(if takeover { "1" } else { "0" })
             .arg(&entry.ops)
             .arg(millis(self.fence))
-            .arg(&entry.web);
+            .arg(&entry.web)
+            .arg(server)
+            .arg(&entry.backend);
         let v = self.run(inv).await?;
         let Value::Array(items) = &v else {
             return Err(shape("register", &v));
@@ -343,8 +363,34 @@ impl Directory {
     /// Deletes the registry entry of `server` if it is still `epoch`'s.
     pub async fn unregister(&self, server: &[u8], epoch: u64) -> Result<(), DirError> {
         let mut inv = self.scripts.unregister.key(self.keys.gate(server));
-        inv.arg(epoch.to_string());
+        inv.key(self.keys.gates())
+            .arg(epoch.to_string())
+            .arg(server);
         self.run(inv).await.map(drop)
+    }
+
+    /// Every registered gate (one round trip), in no particular order.
+    pub async fn gates(&self) -> Result<Vec<GateSummary>, DirError> {
+        let mut inv = self.scripts.gates.key(self.keys.gates());
+        inv.arg(self.keys.prefix());
+        let v = self.run(inv).await?;
+        let Value::Array(items) = &v else {
+            return Err(shape("gates", &v));
+        };
+        let s = |v: &Value| text(v).map(|b| String::from_utf8_lossy(&b).into_owned());
+        items
+            .chunks(5)
+            .map(|g| match g {
+                [name, client, web, backend, draining] => Ok(GateSummary {
+                    server: s(name).unwrap_or_default(),
+                    client: s(client).unwrap_or_default(),
+                    web: s(web).unwrap_or_default(),
+                    backend: s(backend).unwrap_or_default(),
+                    draining: s(draining).as_deref() == Some("1"),
+                }),
+                _ => Err(shape("gates", &v)),
+            })
+            .collect()
     }
 
     /// The registry entry of `server`, if its lease is live.
@@ -377,6 +423,7 @@ impl Directory {
             epoch: field("epoch").parse().unwrap_or(0),
             client: field("client"),
             web: field("web"),
+            backend: field("backend"),
             control: field("control"),
             ops: field("ops"),
             online: field("online").parse().unwrap_or(0),

@@ -135,6 +135,10 @@ pub struct GateNode {
     /// Published WebSocket URL (`ws://host:port` or `wss://host:port`;
     /// empty: no WebSocket listener).
     pub web_addr: String,
+    /// Published backend address (empty: no backend listener).
+    pub backend_addr: String,
+    /// The backend, told the cluster's gate list for its services.
+    pub backend: Option<crate::backend::Backend>,
     /// Published operations address (empty: none), where other nodes
     /// forward admin calls for this gate's users.
     pub ops_addr: String,
@@ -154,6 +158,7 @@ impl GateNode {
             epoch: self.epoch,
             client: self.client_addr.clone(),
             web: self.web_addr.clone(),
+            backend: self.backend_addr.clone(),
             control: self.control_addr.clone(),
             ops: self.ops_addr.clone(),
             online: u64::try_from(self.gate.metrics().sessions).unwrap_or(u64::MAX),
@@ -264,6 +269,7 @@ impl GateNode {
                     if restore_pending {
                         restore_pending = !self.restore().await;
                     }
+                    self.announce_gates().await;
                 }
                 Ok(Registered::Taken { node, epoch }) => {
                     self.set_registered(false);
@@ -300,6 +306,26 @@ impl GateNode {
             .dir
             .register(self.server(), &self.entry(true), self.lease, false)
             .await;
+    }
+
+    /// Tells the backend's services the cluster's gates that take them
+    /// (registered, with a backend address, not draining).
+    async fn announce_gates(&self) {
+        let Some(backend) = &self.backend else {
+            return;
+        };
+        match self.dir.gates().await {
+            Ok(gates) => {
+                let mut list: Vec<(String, String)> = gates
+                    .into_iter()
+                    .filter(|g| !g.backend.is_empty() && !g.draining)
+                    .map(|g| (g.server, g.backend))
+                    .collect();
+                list.sort();
+                backend.announce_gates(list);
+            }
+            Err(e) => debug!(error = %e, "cannot list the cluster's gates; keeping the last list"),
+        }
     }
 
     fn set_registered(&self, held: bool) {

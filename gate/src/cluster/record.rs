@@ -5,9 +5,10 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `{prefix}gate:{server}` | hash, expires after the lease | the gate node serving `server`: `node`, `epoch`, `client` (TCP), `web` (`ws://` or `wss://` URL, empty: none), `control`, `ops`, `online`, `draining` |
+//! | `{prefix}gate:{server}` | hash, expires after the lease | the gate node serving `server`: `node`, `epoch`, `client` (TCP), `web` (`ws://` or `wss://` URL, empty: none), `backend` (where services dial; empty: none), `control`, `ops`, `online`, `draining` |
 //! | `{prefix}user:{uid}` | string | the uid's session: a [`Record`] |
 //! | `{prefix}lock:{uid}` | string, expires | the token of the login of `uid` in progress |
+//! | `{prefix}gates` | set | the server names of the registered gates (for the gate list services get) |
 //! | `{prefix}queue` | hash | the cluster-wide login queue: `tokens`, `last`, `head`, `tail` |
 //! | `{prefix}intact` | string | the run id of the Redis server the directory was last known whole on (see [`super::redis_link`]) |
 //! | `{prefix}fence` | string, expires | present while the directory may miss records: logins that would need a missing one wait |
@@ -62,6 +63,12 @@ impl Keys {
     /// The cluster-wide login queue.
     pub fn queue(&self) -> Vec<u8> {
         self.plain("queue")
+    }
+
+    /// The set of server names with a registry entry (entries lapse on
+    /// their own; names are removed when found lapsed).
+    pub fn gates(&self) -> Vec<u8> {
+        self.plain("gates")
     }
 
     /// The marker of a whole directory (absent: Redis lost its data).

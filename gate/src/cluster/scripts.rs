@@ -16,15 +16,17 @@ pub(super) struct Scripts {
     pub(super) restore: Script,
     pub(super) admission: Script,
     pub(super) fence: Script,
+    pub(super) gates: Script,
 }
 
-/// KEYS: gate entry, intact marker, fence. Writes the gate's entry if it
-/// is absent or ours (same epoch), or, when ARGV[8] is '1', another boot
-/// of the same node id (ARGV[9]: the operations address) (a restarted
-/// node takes its name over at once), with the lease as its expiry.
-/// ARGV[11]: the WebSocket URL. Returns {1} renewed, {2} created, {0,
-/// node, epoch} taken. Preceded by the fencing preamble (ARGV[10]: fence
-/// ms).
+/// KEYS: gate entry, intact marker, fence, the set of server names.
+/// Writes the gate's entry if it is absent or ours (same epoch), or, when
+/// ARGV[8] is '1', another boot of the same node id (ARGV[9]: the
+/// operations address) (a restarted node takes its name over at once),
+/// with the lease as its expiry, and adds its server name (ARGV[12]) to
+/// the set. ARGV[11]: the WebSocket URL; ARGV[13]: the backend address.
+/// Returns {1} renewed, {2} created, {0, node, epoch} taken. Preceded by
+/// the fencing preamble (ARGV[10]: fence ms).
 const REGISTER: &str = r"
 local cur = redis.call('HGET', KEYS[1], 'epoch')
 if cur and cur ~= ARGV[2] then
@@ -35,17 +37,42 @@ if cur and cur ~= ARGV[2] then
   cur = false
 end
 redis.call('HSET', KEYS[1], 'node', ARGV[1], 'epoch', ARGV[2], 'client', ARGV[3],
-  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6], 'ops', ARGV[9], 'web', ARGV[11])
+  'control', ARGV[4], 'online', ARGV[5], 'draining', ARGV[6], 'ops', ARGV[9], 'web', ARGV[11],
+  'backend', ARGV[13])
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
+redis.call('SADD', KEYS[4], ARGV[12])
 if cur then return {1} else return {2} end
 ";
 
-/// Deletes the gate's entry if it is still ours.
+/// KEYS: gate entry, the set of server names. ARGV: epoch, server name.
+/// Deletes the gate's entry (and its name from the set) if it is still
+/// ours.
 const UNREGISTER: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('SREM', KEYS[2], ARGV[2])
   return redis.call('DEL', KEYS[1])
 end
 return 0
+";
+
+/// KEYS: the set of server names. ARGV: key prefix. Every registered gate:
+/// a flat list of name, client, web, backend, draining; names whose entry
+/// lapsed leave the set.
+const GATES: &str = r"
+local out = {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local g = redis.call('HMGET', ARGV[1] .. 'gate:' .. name, 'epoch', 'client', 'web', 'backend', 'draining')
+  if g[1] then
+    table.insert(out, name)
+    table.insert(out, g[2] or '')
+    table.insert(out, g[3] or '')
+    table.insert(out, g[4] or '')
+    table.insert(out, g[5] or '')
+  else
+    redis.call('SREM', KEYS[1], name)
+  end
+end
+return out
 ";
 
 /// The fencing preamble of BEGIN and REGISTER: KEYS[intact], KEYS[fence]
@@ -222,6 +249,7 @@ impl Scripts {
             restore: Script::new(RESTORE),
             admission: Script::new(ADMISSION),
             fence: Script::new(FENCE),
+            gates: Script::new(GATES),
         }
     }
 }

@@ -72,6 +72,10 @@ pub struct ClusterConfig {
     /// Gate nodes: the client address published in the registry. Default:
     /// `gate.listen`.
     pub client_advertise: Option<String>,
+    /// Gate nodes: the backend address published in the registry, which
+    /// gates tell their services (so services find every gate from one).
+    /// Default: `backend.listen`; nothing without a backend listener.
+    pub backend_advertise: Option<String>,
     /// Gate nodes: the WebSocket address (`host:port`) published in the
     /// registry, as `ws://` or (with `web.tls_cert_file`) `wss://`.
     /// Default: `web.gate_listen`; nothing when the WebSocket listeners
@@ -128,6 +132,7 @@ impl Default for ClusterConfig {
             control_listen: SocketAddr::from(([127, 0, 0, 1], 8890)),
             control_advertise: None,
             client_advertise: None,
+            backend_advertise: None,
             web_advertise: None,
             ops_advertise: None,
             secret_file: None,

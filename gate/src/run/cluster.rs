@@ -100,6 +100,17 @@ pub(super) async fn run_gate_node(
             .control_advertise
             .clone()
             .unwrap_or_else(|| local(&control_listener)),
+        backend_addr: backend
+            .as_ref()
+            .and_then(|b| {
+                config
+                    .cluster
+                    .backend_advertise
+                    .clone()
+                    .or_else(|| b.local_addr().map(|a| a.to_string()))
+            })
+            .unwrap_or_default(),
+        backend: backend.clone(),
         web_addr: web_gate
             .as_ref()
             .map(|(l, _)| {

@@ -4,10 +4,17 @@
 # Part 1 (figures): Redis, 2 login nodes and 2 gate nodes, and an
 # all-in-one gate beside them. Reports
 #   - x25519 logins/s: all-in-one, one login node, both login nodes at once;
+#   - server CPU per login, all-in-one and summed over every cluster node
+#     and Redis (/proc utime + stime), so the two compare by work, not by
+#     how many processes share the cores;
 #   - Redis commands per login (INFO commandstats over a login run, which
 #     also counts the delete of each session its relogin ended);
 #   - echo req/s at 512 x 16 through a cluster gate and through the
 #     all-in-one gate (the directory is not on the request path).
+# Part 3 (failover): a Redis master, one replica and three Sentinels, a
+# gate node and a login node finding the master through the Sentinels;
+# the master is killed (-9) and the time to the first successful login
+# is reported.
 # Part 2 (scale): IDLE_TOTAL idle sessions (default 100,000) logged in
 # through the 2 login nodes onto IDLE_GATES gate nodes (each process may
 # open at most `ulimit -Hn` files here), held HOLD seconds, then the
@@ -42,6 +49,7 @@ REDIS_PORT=$BASE
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" \
     >"$WORK/redis.log" 2>&1 &
 PIDS+=("$!")
+PID_redis=$!
 wait_port "$REDIS_PORT"
 rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
 "$BIN/gate" link-secret >"$WORK/secret"
@@ -57,8 +65,10 @@ node() {
         echo "redis = \"redis://127.0.0.1:$REDIS_PORT\""
         echo "node_id = \"$name\""
         echo "secret_file = \"$WORK/secret\""
+        echo "lease = \"3s\"   # also the fence of a new (empty) directory"
         printf '%s\n' "$@"
         echo "[login]"
+        echo "throttle_user_logins = 0   # 64 users log in again and again"
         echo "max_connections = 4096"
         echo "max_connections_per_source = 0"
         echo "max_connections_per_network = 0"
@@ -105,12 +115,21 @@ start_login_node() { # N
     wait_port "$(login_port "$1")"
 }
 
+# wait_unfenced: until the new directory's fence (one lease) lapsed.
+wait_unfenced() {
+    for _ in $(seq 100); do
+        [[ $(rcli exists gate:fence) == 0 ]] && return 0
+        sleep 0.1
+    done
+}
 for n in 1 2; do start_gate_node "$n"; done
 for n in 1 2; do start_login_node "$n"; done
+wait_unfenced
 ALL_LOGIN=$(( BASE + 90 )) ALL_GATE=$(( BASE + 91 ))
 cat >"$WORK/all.toml" <<EOF
 [login]
 listen = "127.0.0.1:$ALL_LOGIN"
+throttle_user_logins = 0
 max_connections = 4096
 max_connections_per_source = 0
 max_connections_per_network = 0
@@ -129,12 +148,22 @@ echo "== cluster vs all-in-one, ${DURATION}s per figure, $(nproc) cores =="
 printf '%-44s %12s %10s\n' figure "per second" "p99"
 row() { printf '%-44s %12.0f %8.1fms\n' "$1" "$(field "$2" rps)" "$(awk -v v="$(field "$2" p99_us)" 'BEGIN{print v/1000}')"; }
 
-j=$(bench --logins --login "127.0.0.1:$ALL_LOGIN" --gate "127.0.0.1:$ALL_GATE" --server g1 --conns 64 --duration "$DURATION" --warmup 0.5)
+ALL_PID=$!
+cpu_per_login() { # TICKS_BEFORE TICKS_AFTER LOGINS
+    awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.0f", (n ? (a - b) / hz / n * 1e6 : 0) }'
+}
+t0=$(cpu_ticks "$ALL_PID")
+j=$(bench --logins --login "127.0.0.1:$ALL_LOGIN" --gate "127.0.0.1:$ALL_GATE" --server g1 --conns 64 --duration "$DURATION" --warmup 0)
+cpu_all=$(cpu_per_login "$t0" "$(cpu_ticks "$ALL_PID")" "$(field "$j" requests)")
 row "logins x25519, all-in-one" "$j"
 rcli config resetstat >/dev/null
+CLUSTER_PIDS=("$PID_redis" "$PID_g1" "$PID_l1")
+t0=$(cpu_ticks "${CLUSTER_PIDS[@]}")
 j=$(bench --logins --login "127.0.0.1:$(login_port 1)" --gate "127.0.0.1:$(gate_port 1)" --server g1 --conns 64 --duration "$DURATION" --warmup 0)
 row "logins x25519, cluster, 1 login node" "$j"
 logins=$(field "$j" requests)
+cpu_cluster=$(cpu_per_login "$t0" "$(cpu_ticks "${CLUSTER_PIDS[@]}")" "$logins")
+printf '%-44s %9s us   (all-in-one %s us; login node + gate node + Redis)\n' "server CPU per login, cluster" "$cpu_cluster" "$cpu_all"
 sleep 1 # the deletes of the last relogins' ended sessions land
 # Redis counts the commands a script runs under their own names, so the
 # round trips are the script calls (EVALSHA, EVAL, SCRIPT LOAD): the
@@ -162,12 +191,62 @@ row "echo 512x16 16 B, cluster gate" "$jc"
 awk -v c="$(field "$jc" rps)" -v a="$(field "$ja" rps)" 'BEGIN { printf "%-44s %11.1f %%\n", "cluster / all-in-one echo", (a ? 100 * c / a : 0) }'
 
 echo
+echo "== Redis failover through Sentinel =="
+M=$(( BASE + 200 )) R=$(( BASE + 201 ))
+redis-server --port "$M" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/m.log" 2>&1 &
+PID_master=$!
+PIDS+=("$PID_master")
+redis-server --port "$R" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --replicaof 127.0.0.1 "$M" >"$WORK/r.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$M"
+wait_port "$R"
+SENTINELS=()
+for s in 0 1 2; do
+    port=$(( BASE + 210 + s ))
+    printf 'sentinel monitor main 127.0.0.1 %d 2\nsentinel down-after-milliseconds main 1000\nsentinel failover-timeout main 10000\n' "$M" >"$WORK/s$s.conf"
+    redis-server "$WORK/s$s.conf" --sentinel --port "$port" --bind 127.0.0.1 --dir "$WORK" >"$WORK/s$s.log" 2>&1 &
+    PIDS+=("$!")
+    SENTINELS+=("127.0.0.1:$port")
+done
+for _ in $(seq 100); do
+    [[ $(redis-cli -p "$R" info replication | grep -c 'master_link_status:up') == 1 ]] &&
+        [[ $(redis-cli -p "$(( BASE + 210 ))" sentinel replicas main | grep -c "$R") -ge 1 ]] && break
+    sleep 0.1
+done
+SURL="redis+sentinel://$(IFS=,; echo "${SENTINELS[*]}")/main"
+FG=$(( BASE + 220 )) FL=$(( BASE + 221 ))
+RUST_LOG=warn "$BIN/gate" run --no-web --role gate --redis "$SURL" --lease 3s --cluster-secret-file "$WORK/secret" --node-id fg \
+    --name fg --gate-listen "127.0.0.1:$FG" --control-listen "127.0.0.1:$(( BASE + 222 ))" >"$WORK/fg.log" 2>&1 &
+PIDS+=("$!")
+RUST_LOG=warn "$BIN/gate" run --no-web --role login --redis "$SURL" --lease 3s --cluster-secret-file "$WORK/secret" --node-id fl \
+    --login-listen "127.0.0.1:$FL" >"$WORK/fl.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$FG"
+wait_port "$FL"
+login_once() { "$BIN/client" login --login "127.0.0.1:$FL" --server fg --user "$1" >/dev/null 2>&1; }
+for _ in $(seq 100); do login_once before && break; sleep 0.1; done
+killed=$(date +%s%N)
+kill -9 "$PID_master"
+tries=0
+until login_once "after$tries"; do
+    tries=$(( tries + 1 ))
+    (( tries < 3000 )) || { echo "no login within 300 s of the failover" >&2; FAILED=1; break; }
+    sleep 0.1
+done
+awk -v ns="$(( $(date +%s%N) - killed ))" -v t="$tries" 'BEGIN {
+    printf "%-44s %9.1f s   (%d refused attempts meanwhile; Sentinel down-after 1 s)\n", "master killed -> first login", ns / 1e9, t }'
+
+echo
 echo "== $IDLE_TOTAL idle sessions over $IDLE_GATES gate nodes, 2 login nodes, held ${HOLD}s =="
-# Start afresh: the figures above left sessions on g1 and g2.
-kill "$PID_g1" "$PID_g2" 2>/dev/null || true
-wait "$PID_g1" "$PID_g2" 2>/dev/null || true
+# Start afresh: the figures above left sessions on g1 and g2. Every node
+# goes (a node that saw the directory would take the flush for lost data
+# and fence logins for a lease), Redis is emptied, new nodes start.
+kill "$PID_g1" "$PID_g2" "$PID_l1" "$PID_l2" 2>/dev/null || true
+wait "$PID_g1" "$PID_g2" "$PID_l1" "$PID_l2" 2>/dev/null || true
 rcli flushall >/dev/null
 for n in $(seq "$IDLE_GATES"); do start_gate_node "$n"; done
+for n in 1 2; do start_login_node "$n"; done
+wait_unfenced
 mem_before=$(rcli info memory | awk -F: '/^used_memory:/ {print $2+0}')
 declare -A rss_before
 for n in $(seq "$IDLE_GATES"); do

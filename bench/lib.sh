@@ -23,3 +23,14 @@ wait_port() {
 
 # rss_kb PID: its resident memory in KiB.
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# cpu_ticks PID...: utime + stime of these processes, in clock ticks.
+cpu_ticks() {
+    local sum=0 pid
+    for pid in "$@"; do
+        # Fields 14 and 15 after the command name, which may hold spaces.
+        sum=$(( sum + $(sed 's/.*) //' "/proc/$pid/stat" | awk '{print $12 + $13}') ))
+    done
+    echo "$sum"
+}
+

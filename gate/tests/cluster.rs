@@ -176,7 +176,7 @@ impl Redis {
             url: self.url(),
             prefix: "gate:".into(),
             timeout: Duration::from_secs(1),
-            fence: Duration::from_secs(10),
+            fence: Duration::from_secs(1), // LEASE
         })
         .expect("directory")
     }
@@ -331,7 +331,7 @@ impl Cluster {
             url: self.url.clone(),
             prefix: "gate:".into(),
             timeout: Duration::from_secs(1),
-            fence: Duration::from_secs(10),
+            fence: Duration::from_secs(1), // LEASE
         })
         .expect("directory")
     }
@@ -468,6 +468,14 @@ impl Cluster {
             })
             .await;
             if listening {
+                // A new directory is fenced for a lease (it may be one
+                // that lost its data): the tests start after it.
+                let dir = self.directory();
+                eventually("the new directory's fence lapsed", || {
+                    let dir = dir.clone();
+                    async move { matches!(dir.fenced().await, Ok(None)) }
+                })
+                .await;
                 return LoginNode { proc, addr };
             }
         }
@@ -746,6 +754,13 @@ async fn concurrent_logins_of_one_uid_leave_exactly_one_live_session() {
 async fn the_late_end_of_an_old_session_never_removes_a_newer_one() {
     let c = Cluster::start("late-end").await;
     let dir = c.redis.directory();
+    // A new directory is fenced for a lease.
+    dir.ping().await.expect("redis");
+    eventually("the new directory's fence lapsed", || {
+        let dir = dir.clone();
+        async move { matches!(dir.fenced().await, Ok(None)) }
+    })
+    .await;
     let rec = |subid: &'static str| Record {
         epoch: 7,
         subid: Bytes::from_static(subid.as_bytes()),
@@ -1803,7 +1818,7 @@ async fn the_readme_cluster_recipe_runs_as_written() {
         url: word_after("C=", "C=\"--redis"),
         prefix: "gate:".into(),
         timeout: Duration::from_secs(1),
-        fence: Duration::from_secs(10),
+        fence: Duration::from_secs(1), // LEASE
     })
     .expect("directory");
     let south = dir

@@ -21,16 +21,16 @@
 //! id (it changes with every start of a Redis process, so with every
 //! restart and every failover) with the one the directory was last
 //! checked on (`{prefix}intact`, see [`super::record`]). A different one,
-//! or none when this process has seen the directory before, raises the
-//! fence (`{prefix}fence`, for one lease): until it lapses, logins that
+//! or none, raises the fence (`{prefix}fence`, for one lease): until it lapses, logins that
 //! would rely on a missing record or registration are answered `503` and
 //! retried, while every live gate registers again and writes its sessions
 //! back (a gate restoring keeps the fence up until it is done).
 //!
-//! A fresh Redis met by a process that has never seen the directory is
-//! taken as a new deployment: the marker is written, no fence.
+//! An empty Redis cannot tell a new deployment from one that lost its
+//! data, so a new cluster's first lease is fenced too: logins of users
+//! without a session wait (`503`) that long once, at the very start.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -63,8 +63,6 @@ pub(super) struct RedisLink {
     config: AsyncConnectionConfig,
     current: Mutex<Current>,
     made: AtomicU64,
-    /// A directory check succeeded once in this process.
-    seen: AtomicBool,
     /// The run id of the server the last connection reached.
     last_run_id: std::sync::Mutex<String>,
     /// How often a new connection reached another server than the one
@@ -179,7 +177,6 @@ impl RedisLink {
                 .set_response_timeout(Some(timeout)),
             current: Mutex::default(),
             made: AtomicU64::new(0),
-            seen: AtomicBool::new(false),
             last_run_id: std::sync::Mutex::default(),
             server_changes: AtomicU64::new(0),
             keys,
@@ -248,22 +245,27 @@ impl RedisLink {
             }
             last.clone_from(&id);
         }
-        let seen = self.seen.load(Ordering::Acquire);
         let mut inv = scripts.fence.key(self.keys.intact());
         inv.key(self.keys.fence())
             .arg(&id)
             .arg(millis(self.fence))
-            .arg(if seen { "check" } else { "first" });
+            .arg("check");
         let raised: Value = inv.invoke_async(conn).await?;
-        if matches!(raised, Value::Int(1)) {
-            warn!(
+        match raised {
+            Value::Int(1) => warn!(
                 run_id = %id,
                 fence = ?self.fence,
                 "Redis is another server than the directory was last seen on (restart or failover): \
                  logins that need a record wait until every gate has restored its sessions"
-            );
+            ),
+            Value::Int(2) => warn!(
+                run_id = %id,
+                fence = ?self.fence,
+                "the session directory is empty (a new deployment, or Redis lost its data): \
+                 logins that need a record wait one lease while gates restore their sessions"
+            ),
+            _ => {}
         }
-        self.seen.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -120,15 +120,14 @@ return {'ok', t[1] or '', t[2] or '', t[3] or '', old or '', o[1] or '', o[2] or
 ";
 
 /// KEYS: intact marker, fence. ARGV: the run id of the Redis server the
-/// caller is connected to, fence ms, mode. Mode `check` (a new connection
-/// of a process that has seen the directory before): when the marker
-/// names another server (a replica was promoted, or Redis restarted, and
-/// may miss the last writes) or is absent, the marker takes this server's
-/// run id and the fence is raised; returns 1 if it was. Mode `first` (the
-/// process's first connection): the same, except that an absent marker
-/// is a new deployment and raises nothing. Mode `extend` (a gate
-/// restoring its records): the fence lasts at least ARGV[2] more. The
-/// fence is never shortened.
+/// caller is connected to, fence ms, mode. Mode `check` (a new
+/// connection): when the marker names another server (a replica was
+/// promoted, or Redis restarted, and may miss the last writes) or is
+/// absent (Redis came back empty, or a new deployment: the two look the
+/// same), the marker takes this server's run id and the fence is raised;
+/// returns 1 (another server) or 2 (no marker), else 0. Mode `extend` (a
+/// gate restoring its records): the fence lasts at least ARGV[2] more.
+/// The fence is never shortened.
 const FENCE: &str = r"
 local function raise(why)
   if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
@@ -142,9 +141,12 @@ end
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-if not cur and ARGV[3] == 'first' then return 0 end
-raise('changed')
-return 1
+if cur then
+  raise('changed')
+  return 1
+end
+raise('empty')
+return 2
 ";
 
 /// KEYS: lock. ARGV: token. Releases the lock if it is still this login's.

@@ -227,6 +227,7 @@ login_once() { "$BIN/client" login --login "127.0.0.1:$FL" --server fg --user "$
 for _ in $(seq 100); do login_once before && break; sleep 0.1; done
 killed=$(date +%s%N)
 kill -9 "$PID_master"
+wait "$PID_master" 2>/dev/null || true
 tries=0
 until login_once "after$tries"; do
     tries=$(( tries + 1 ))

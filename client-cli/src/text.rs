@@ -169,10 +169,10 @@ pub fn login_status_meaning(status: LoginStatus) -> &'static str {
         403 => "credentials accepted, but the gate refused the login (unknown server name?)",
         406 => "another login of the same user is in progress",
         429 => {
-            "throttled: too many refused passwords for this user name or from this address; the password was not checked, wait a minute and retry"
+            "throttled: too many refused passwords for this user name or from this address, or too many logins of this user; the password was not checked, wait a minute and retry"
         }
         503 => {
-            "the login server cannot place anyone now (cluster session directory unreachable); retry later"
+            "the login server cannot place this login now (overloaded, the gate draining, or a cluster's session directory unreachable or being restored); retry in a few seconds"
         }
         _ => "unknown status",
     }

@@ -992,6 +992,56 @@ async fn after_redis_lost_its_data_no_uid_ever_has_two_live_sessions() {
     }
 }
 
+/// Redis restarts from an older file, whose records name the gate the
+/// users have left: a login through that gate must not trust them. Every
+/// login waits for the fence, the live gate writes its sessions back over
+/// the stale records, and each relogin then kicks the live session first.
+#[tokio::test]
+async fn stale_records_after_a_restart_from_an_older_file_make_no_second_session() {
+    let mut c = Cluster::start("stale").await;
+    let (g1, g2) = (c.gate("g1", "north").await, c.gate("g2", "south").await);
+    let l1 = c.login("l1").await;
+    let users: Vec<String> = (0..4).map(|i| format!("stale{i}")).collect();
+    for user in &users {
+        let _ = Player::online(&l1, &g1, user).await;
+    }
+    // The file remembers them on north...
+    assert!(redis_cli(c.redis.port, &["SAVE"]).await.is_some(), "SAVE");
+    // ...then they move to south, and Redis restarts from the file.
+    let mut on_south = Vec::new();
+    for user in &users {
+        on_south.push(Player::online(&l1, &g2, user).await);
+    }
+    c.redis.stop();
+    c.redis.restart().await;
+    let dir = c.redis.directory();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (user, live) in users.iter().zip(on_south.iter_mut()) {
+        let mut back = Player::new(&l1, &g1, user);
+        guard("a login after the restart", async {
+            loop {
+                match back.login().await {
+                    Ok(_) => break,
+                    Err(ClientError::LoginRefused(status)) => {
+                        *statuses.entry(status.code()).or_default() += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(e) => panic!("{user}: {e}"),
+                }
+            }
+        })
+        .await;
+        live.assert_gone(user).await;
+        assert_eq!(back.connect().await, GateStatus::OK);
+        let record = dir.record(user.as_bytes()).await.unwrap().unwrap();
+        assert_eq!(record.server, Bytes::from_static(b"north"), "{user}");
+    }
+    assert!(
+        statuses.keys().all(|&code| code == 503),
+        "only 503 while fenced: {statuses:?}"
+    );
+}
+
 /// Redis behind Sentinel: `kill -9` of the master while players play.
 /// Established sessions never notice; logins get `503` until the
 /// Sentinels have promoted the replica, then resume by themselves, the

@@ -139,18 +139,18 @@ impl<H: Handler> Service<H> {
     /// not returned.
     ///
     /// In a cluster, gates announce the cluster's gates to their services:
-    /// the service links to every announced gate it has no link to yet,
-    /// and drops the links to gates that left the announced list, except
-    /// the configured ones, which it always serves.
+    /// the service links to every announced gate it has no link to yet; a
+    /// link to a gate found that way ends once it is lost while the gate
+    /// is no longer announced (it left). The configured gates are always
+    /// served.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServiceError> {
         // A child, so a fatal refusal can stop the other links without
         // cancelling the caller's token.
         let stop = shutdown.child_token();
         let mut links = JoinSet::new();
         for gate in self.handles {
-            spawn_link(&mut links, &self.shared, gate, stop.clone());
+            spawn_link(&mut links, &self.shared, gate, stop.clone(), None);
         }
-        let mut discovered = Discovered::default();
         let mut announcements = self.shared.discovered.subscribe();
         let mut result = Ok(());
         loop {
@@ -176,7 +176,7 @@ impl<H: Handler> Service<H> {
                     }
                     let list = announcements.borrow_and_update().clone();
                     if let Some(list) = list {
-                        discovered.reconcile(&list, &self.shared, &mut links, &stop);
+                        link_announced(&list, &self.shared, &mut links, &stop);
                     }
                 }
             }
@@ -190,6 +190,7 @@ fn spawn_link<H: Handler>(
     shared: &Arc<uplink::ServiceState<H>>,
     gate: GateHandle,
     stop: CancellationToken,
+    announced: Option<(String, String)>,
 ) {
     let config = &shared.config;
     let span = tracing::info_span!(
@@ -198,54 +199,50 @@ fn spawn_link<H: Handler>(
         service = %config.service,
         instance = %config.instance_id,
     );
-    links.spawn(uplink::run(shared.clone(), gate, stop).instrument(span));
-}
-
-/// The gates a service linked to because the cluster announced them.
-#[derive(Default)]
-struct Discovered {
-    /// Server name, handle, and the token that ends its link.
-    links: Vec<(String, GateHandle, CancellationToken)>,
-}
-
-impl Discovered {
-    /// Links to announced gates not linked yet; drops discovered links to
-    /// gates no longer announced. A gate is known by its backend address
-    /// or, once linked, by its server name, so a configured gate is not
-    /// dialled twice.
-    fn reconcile<H: Handler>(
-        &mut self,
-        announced: &[(String, String)],
-        shared: &Arc<uplink::ServiceState<H>>,
-        links: &mut JoinSet<Result<(), ServiceError>>,
-        stop: &CancellationToken,
-    ) {
-        self.links.retain(|(name, gate, token)| {
-            let still = announced.iter().any(|(n, _)| n == name);
-            if !still {
-                tracing::info!(gate = %gate.addr(), server = %name, "gate left the cluster: link dropped");
-                token.cancel();
-                shared.gates.remove(gate);
+    let discovered = announced.is_some();
+    let shared = Arc::clone(shared);
+    links.spawn(
+        async move {
+            let result = uplink::run(Arc::clone(&shared), gate.clone(), stop, announced).await;
+            if discovered {
+                shared.gates.remove(&gate);
             }
-            still
-        });
-        for (name, backend) in announced {
-            if backend.is_empty() {
-                continue;
-            }
-            let known = shared
-                .gates
-                .iter()
-                .any(|g| g.addr() == backend || g.gate_name().as_deref() == Some(name.as_str()));
-            if known {
-                continue;
-            }
-            tracing::info!(gate = %backend, server = %name, "gate found in the cluster: linking");
-            let gate = GateHandle::new(backend.clone(), shared.config.max_frame_len);
-            let token = stop.child_token();
-            shared.gates.add(gate.clone());
-            spawn_link(links, shared, gate.clone(), token.clone());
-            self.links.push((name.clone(), gate, token));
+            result
         }
+        .instrument(span),
+    );
+}
+
+/// Links to every announced gate the service has no link to yet (a gate
+/// is known by its backend address or, once linked, by its server name, so
+/// a configured gate is not dialled twice). Links to gates no longer
+/// announced end by themselves once lost (see `uplink::run`).
+fn link_announced<H: Handler>(
+    announced: &[(String, String)],
+    shared: &Arc<uplink::ServiceState<H>>,
+    links: &mut JoinSet<Result<(), ServiceError>>,
+    stop: &CancellationToken,
+) {
+    for (name, backend) in announced {
+        if backend.is_empty() {
+            continue;
+        }
+        let known = shared
+            .gates
+            .iter()
+            .any(|g| g.addr() == backend || g.gate_name().as_deref() == Some(name.as_str()));
+        if known {
+            continue;
+        }
+        tracing::info!(gate = %backend, server = %name, "gate found in the cluster: linking");
+        let gate = GateHandle::new(backend.clone(), shared.config.max_frame_len);
+        shared.gates.add(gate.clone());
+        spawn_link(
+            links,
+            shared,
+            gate,
+            stop.clone(),
+            Some((name.clone(), backend.clone())),
+        );
     }
 }

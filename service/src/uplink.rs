@@ -54,11 +54,26 @@ pub(crate) fn lost(registered: bool, why: impl ToString) -> End {
 }
 
 /// Runs the link to `gate` until shutdown (`Ok`) or a permanent refusal.
+/// A gate found in the cluster (`announced`: its server name and address)
+/// is also let go once its link is lost while the cluster no longer
+/// announces it (it left; a link that stays up is kept whatever the
+/// announcements say, since a gate missing from one list may only be late
+/// to register again).
 pub(crate) async fn run<H: Handler>(
     shared: Arc<ServiceState<H>>,
     gate: GateHandle,
     shutdown: CancellationToken,
+    announced: Option<(String, String)>,
 ) -> Result<(), ServiceError> {
+    let gone = || {
+        announced.as_ref().is_some_and(|(name, addr)| {
+            shared
+                .discovered
+                .borrow()
+                .as_ref()
+                .is_some_and(|list| !list.iter().any(|(n, a)| n == name && a == addr))
+        })
+    };
     let mut backoff = Backoff::new(shared.config.backoff_initial, shared.config.backoff_max);
     loop {
         match connect_and_serve(&shared, &gate, &shutdown).await {
@@ -68,6 +83,10 @@ pub(crate) async fn run<H: Handler>(
                 return Err(err);
             }
             End::Lost { registered, why } => {
+                if gone() {
+                    tracing::info!(%why, "link lost to a gate that left the cluster: let go");
+                    return Ok(());
+                }
                 if registered {
                     backoff.reset();
                 }
@@ -77,9 +96,23 @@ pub(crate) async fn run<H: Handler>(
                 } else {
                     warn!(%why, ?delay, "cannot register with the gate; retrying");
                 }
+                // A new list of the cluster's gates may say this one left.
+                let mut lists = shared.discovered.subscribe();
+                let listed = async {
+                    loop {
+                        if lists.changed().await.is_err() || gone() {
+                            return;
+                        }
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
                     _ = sleep(delay) => {}
+                    () = listed, if announced.is_some() => {}
+                }
+                if gone() {
+                    tracing::info!("the gate left the cluster: let go");
+                    return Ok(());
                 }
             }
         }

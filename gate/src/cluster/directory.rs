@@ -49,8 +49,7 @@ pub struct DirectoryOptions {
     pub prefix: String,
     /// Deadline of every call.
     pub timeout: Duration,
-    /// How long logins that need a missing record wait after the directory
-    /// may have lost data: the gates' lease (`cluster.lease`), within which
+    /// How long logins wait after the directory may have lost data: the gates' lease (`cluster.lease`), within which
     /// every live gate registers again and restores its records.
     pub fence: Duration,
 }
@@ -139,9 +138,9 @@ pub struct OldSession {
 pub enum Begin {
     /// Another login of the uid holds the lock (`406`).
     Busy,
-    /// The directory may have lost data (Redis restarted, or failed over)
-    /// and this login needs a record or registration that may be on its
-    /// way back: no lock taken; `503`, try again after about this long.
+    /// The directory may have lost data (Redis restarted, or failed over):
+    /// no login is placed until the gates have restored their sessions; no
+    /// lock taken; `503`, try again after about this long.
     Fenced(Duration),
     /// The lock is ours (or multilogin is on).
     Ready {
@@ -564,13 +563,14 @@ impl Directory {
         Ok(u64::try_from(left).ok().map(Duration::from_millis))
     }
 
-    /// Writes `record` back for `uid` if it has none. `Ok(false)`: another
-    /// session's record is there.
+    /// Writes `record` back for `uid` if it has none, or, while the fence is
+    /// up, if it has another (stale) one. `Ok(false)`: another session's
+    /// record is there (a login placed while this gate's lease had lapsed).
     pub async fn restore(&self, uid: &[u8], record: &Record) -> Result<bool, DirError> {
         let mut inv = self.scripts.restore.key(self.keys.user(uid));
-        inv.arg(record.encode());
+        inv.key(self.keys.fence()).arg(record.encode());
         let v = self.run(inv).await?;
-        Ok(matches!(v, Value::Int(1)))
+        Ok(matches!(v, Value::Int(1) | Value::Int(2)))
     }
 
     fn admission_call(

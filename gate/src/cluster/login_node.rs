@@ -374,8 +374,8 @@ impl PlacerInner {
             Begin::Busy => return Err(PlaceError::InProgress),
             Begin::Fenced(left) => {
                 return Err(PlaceError::Unavailable(format!(
-                    "the session directory is being restored after Redis lost data; \
-                     try again in {} ms",
+                    "the session directory is fenced (a new Redis server: a restart, a failover \
+                     or a new deployment) while gates restore their sessions; try again in {} ms",
                     left.as_millis()
                 )));
             }

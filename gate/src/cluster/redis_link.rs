@@ -21,14 +21,15 @@
 //! id (it changes with every start of a Redis process, so with every
 //! restart and every failover) with the one the directory was last
 //! checked on (`{prefix}intact`, see [`super::record`]). A different one,
-//! or none, raises the fence (`{prefix}fence`, for one lease): until it lapses, logins that
-//! would rely on a missing record or registration are answered `503` and
-//! retried, while every live gate registers again and writes its sessions
-//! back (a gate restoring keeps the fence up until it is done).
+//! or none, raises the fence (`{prefix}fence`, for one lease): until it
+//! lapses every login is answered `503` and retried (a record may be
+//! missing, and one that is there may be stale), while every live gate
+//! registers again and writes its sessions back, replacing stale records
+//! (a gate restoring keeps the fence up until it is done).
 //!
 //! An empty Redis cannot tell a new deployment from one that lost its
-//! data, so a new cluster's first lease is fenced too: logins of users
-//! without a session wait (`503`) that long once, at the very start.
+//! data, so a new cluster's first lease is fenced too: logins wait
+//! (`503`) that long once, at the very start.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -256,13 +257,13 @@ impl RedisLink {
                 run_id = %id,
                 fence = ?self.fence,
                 "Redis is another server than the directory was last seen on (restart or failover): \
-                 logins that need a record wait until every gate has restored its sessions"
+                 logins wait one lease while every gate restores its sessions"
             ),
             Value::Int(2) => warn!(
                 run_id = %id,
                 fence = ?self.fence,
                 "the session directory is empty (a new deployment, or Redis lost its data): \
-                 logins that need a record wait one lease while gates restore their sessions"
+                 logins wait one lease while gates restore their sessions"
             ),
             _ => {}
         }

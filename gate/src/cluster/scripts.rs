@@ -96,10 +96,11 @@ end
 /// KEYS: lock, user, target gate, intact marker, fence. ARGV: token ('' =
 /// no lock), lock ttl ms, key prefix, fence ms. Takes the lock, reads the
 /// target gate and the old record, and the old record's gate (epoch,
-/// control) if it is registered. While fenced, a login that would rely on
-/// something missing (the target gate, the uid's record, or its gate's
-/// entry: any of them may be on its way back) gets {'fenced', ms left}
-/// and takes no lock.
+/// control) if it is registered. While fenced, every login gets
+/// {'fenced', ms left} and takes no lock: a record may be missing, and one
+/// that is there may be stale (a promoted replica, or a restart from an
+/// older file, can name a gate the user has left), until every live gate
+/// has written its sessions back.
 const BEGIN: &str = r"
 local t = redis.call('HMGET', KEYS[3], 'epoch', 'control', 'draining')
 local old = redis.call('GET', KEYS[2])
@@ -108,7 +109,7 @@ if old then
   local server = string.match(old, '^[^\n]*\n[^\n]*\n(.*)$') or ''
   o = redis.call('HMGET', ARGV[3] .. 'gate:' .. server, 'epoch', 'control')
 end
-if fenced and (not t[1] or not old or not o[1]) then
+if fenced then
   return {'fenced', tostring(redis.call('PTTL', KEYS[5]))}
 end
 if ARGV[1] ~= '' then
@@ -141,6 +142,8 @@ end
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+-- Marked lost by the fencing preamble, which raised the fence already.
+if cur == 'lost' then return 0 end
 if cur then
   raise('changed')
   return 1
@@ -184,9 +187,11 @@ end
 return 0
 ";
 
-/// KEYS: user. ARGV: record. Writes the record back if the uid has none
-/// (after Redis lost its data); returns 1 written or already ours, 0 when
-/// another session's record is there.
+/// KEYS: user, fence. ARGV: record. Writes the record back if the uid has
+/// none; returns 1 written or already ours, 0 when another session's
+/// record is there. While the fence is up (Redis lost data: no login has
+/// been placed since), a record that names another session is stale and
+/// is replaced (2): the session restoring it is the live one.
 const RESTORE: &str = r"
 local cur = redis.call('GET', KEYS[1])
 if not cur then
@@ -194,6 +199,10 @@ if not cur then
   return 1
 end
 if cur == ARGV[1] then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 2
+end
 return 0
 ";
 

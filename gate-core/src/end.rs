@@ -63,6 +63,13 @@ pub enum End {
     IdleTimeout,
     /// A newer connection of the same session completed its handshake.
     Superseded,
+    /// The gate process is being replaced by a new one (a live upgrade)
+    /// and this connection cannot move to it (WebSocket, TLS): closed with
+    /// 1012, the client reconnects with its next index, without a login.
+    Upgrade,
+    /// The connection moved to the new gate process of a live upgrade: the
+    /// old one lets go of it without closing it.
+    HandedOff,
 }
 
 /// How the client broke the protocol.
@@ -157,6 +164,7 @@ impl End {
                 | End::SlowReader
                 | End::ShutdownNow
                 | End::HandshakeTimeout
+                | End::HandedOff
         )
     }
 
@@ -172,6 +180,7 @@ impl End {
             | End::TooManyInflight
             | End::SlowReader => 1008,
             End::Shutdown | End::ShutdownNow => 1001,
+            End::Upgrade => 1012,
             _ => 1000,
         }
     }
@@ -210,6 +219,8 @@ impl End {
             End::SlowReader => "slow_reader",
             End::IdleTimeout => "idle",
             End::Superseded => "superseded",
+            End::Upgrade => "upgrade",
+            End::HandedOff => "handed_off",
         }
     }
 }
@@ -247,6 +258,8 @@ impl fmt::Display for End {
             End::SlowReader => f.write_str("send queue full (client not reading)"),
             End::IdleTimeout => f.write_str("idle timeout (client sent nothing)"),
             End::Superseded => f.write_str("superseded by a newer connection"),
+            End::Upgrade => f.write_str("gate upgrade: reconnect (close 1012)"),
+            End::HandedOff => f.write_str("handed over to the new gate process"),
         }
     }
 }

@@ -21,5 +21,6 @@ pub mod players;
 mod run;
 pub mod shard;
 pub mod tls;
+pub mod upgrade;
 
 pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with, serve};

@@ -201,6 +201,14 @@ impl Backend {
         self
     }
 
+    /// A duplicate of the listening socket, while it is not serving yet (a
+    /// live upgrade hands it to the next process).
+    pub fn listener_fd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::AsFd;
+        let listener = self.listener.lock().ok()?;
+        listener.as_ref()?.as_fd().try_clone_to_owned().ok()
+    }
+
     /// Where services connect.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.addr

@@ -51,6 +51,8 @@ pub(crate) struct RunArgs {
     ops: OpsFlags,
     #[command(flatten)]
     web: WebFlags,
+    #[command(flatten)]
+    upgrade: super::sections::UpgradeFlags,
     /// Log lines as text (for people) or JSON objects (for log shippers)
     /// [default: text].
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]

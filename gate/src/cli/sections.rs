@@ -361,3 +361,20 @@ pub(crate) mod opt_duration {
         }
     }
 }
+
+/// `[upgrade]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+pub(crate) struct UpgradeFlags {
+    /// Serve this Unix socket for live upgrades: a new process started
+    /// with `--takeover PATH` takes over the listeners, connections and
+    /// sessions, and this one exits (all-in-one role) [default: none].
+    #[arg(long = "upgrade-socket", value_name = "PATH")]
+    #[serde(rename = "socket", skip_serializing_if = "Option::is_none")]
+    socket: Option<PathBuf>,
+    /// Take over the gate serving this upgrade socket instead of binding
+    /// the listeners; if it cannot, the old process serves on and this one
+    /// exits with an error [default: none].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    takeover: Option<PathBuf>,
+}

@@ -68,6 +68,9 @@ pub struct Config {
     /// Accounts file (`user:PHC-hash` lines). Default: none, which runs the
     /// demo authenticator (any user, password `password`) with a warning.
     pub accounts: Option<PathBuf>,
+    /// Live upgrades (`gate::upgrade`): the socket a new process takes the
+    /// running one over through. Default: off.
+    pub upgrade: UpgradeConfig,
     /// The one grace period for work in flight when something closes: at
     /// shutdown, how long login dialogues and requests in flight may take
     /// before the remaining connections are closed; after a client's FIN,
@@ -79,6 +82,18 @@ pub struct Config {
     /// Default: a source is an IPv4 /32 or IPv6 /64, a network an IPv4 /24
     /// or IPv6 /48.
     pub sources: crate::net::Prefixes,
+}
+
+/// Live upgrades (`[upgrade]`, see `gate::upgrade`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpgradeConfig {
+    /// The Unix socket this process serves for a new process to take it
+    /// over (all-in-one role). Default: none: no live upgrade.
+    pub socket: Option<PathBuf>,
+    /// At start, take over the process serving this socket instead of
+    /// binding the listeners (`gate run --takeover PATH`). Default: none.
+    pub takeover: Option<PathBuf>,
 }
 
 /// The default of [`Config::shutdown_grace`], which the gate
@@ -96,6 +111,7 @@ impl Default for Config {
             ops: OpsConfig::default(),
             web: WebConfig::default(),
             accounts: None,
+            upgrade: UpgradeConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sources: crate::net::Prefixes::default(),
         }

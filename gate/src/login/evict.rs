@@ -74,6 +74,11 @@ impl Dialogues {
         self.seats.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Dialogues in progress.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Registers a dialogue that starts now.
     pub(super) fn enter(self: &Arc<Self>) -> Registered {
         let id = self.next.fetch_add(1, Ordering::Relaxed);

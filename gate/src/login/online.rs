@@ -115,6 +115,12 @@ impl OnlineTable {
         self.online.insert(uid, session);
     }
 
+    /// Records `uid` as online on `server` with `subid` (a session taken
+    /// over from an old process in a live upgrade).
+    pub fn restore(&self, uid: Bytes, server: Bytes, subid: Bytes) {
+        self.set_online(uid, OnlineSession { server, subid });
+    }
+
     /// skynet's `login_handler` (spec §4.2 steps 7–8, §6.1):
     ///
     /// 1. unless `multilogin`, take the uid's in-progress lock, else

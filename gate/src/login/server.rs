@@ -163,6 +163,14 @@ impl LoginServer {
         self
     }
 
+    /// How many login dialogues are in progress, readable after the
+    /// server was moved into its serving task (a live upgrade waits for
+    /// them to finish).
+    pub fn dialogues(&self) -> Arc<dyn Fn() -> usize + Send + Sync> {
+        let dialogues = Arc::clone(&self.shared.dialogues);
+        Arc::new(move || dialogues.len())
+    }
+
     /// The login metrics (register them on an operations registry).
     pub fn metrics(&self) -> Arc<LoginMetrics> {
         Arc::clone(&self.shared.metrics)

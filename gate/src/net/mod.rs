@@ -49,6 +49,17 @@ impl std::fmt::Debug for AtCapacity {
     }
 }
 
+/// Whether every accept loop of the process is paused (a live upgrade
+/// hands the listeners over: connections wait in the kernel's backlog
+/// meanwhile, refused by nobody).
+static PAUSED: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
+
+/// Pauses (`true`) or resumes every [`accept_loop`] of the process.
+pub fn pause_accepting(paused: bool) {
+    PAUSED.send_replace(paused);
+}
+
 /// How long a connection accepted at capacity waits for the slot an
 /// eviction frees before the loop asks again.
 const EVICT_WAIT: Duration = Duration::from_millis(100);
@@ -58,6 +69,8 @@ const EVICT_WAIT: Duration = Duration::from_millis(100);
 /// however the connection ends). With [`AtCapacity::Close`] a connection
 /// accepted while every permit is taken comes with `None`; with
 /// [`AtCapacity::Evict`] it waits for a slot to be freed.
+///
+/// While [`pause_accepting`] holds, nothing is accepted.
 ///
 /// Accept errors are logged; those that mean "out of resources" pause the
 /// loop for a moment; others (a client that reset before it was accepted)
@@ -72,7 +85,15 @@ pub async fn accept_loop(
     mut on_accept: impl FnMut(TcpStream, SocketAddr, Option<OwnedSemaphorePermit>),
 ) {
     tokio::pin!(stop);
+    let mut paused = PAUSED.subscribe();
     loop {
+        if *paused.borrow_and_update() {
+            tokio::select! {
+                biased;
+                () = &mut stop => break,
+                _ = paused.wait_for(|p| !p) => continue,
+            }
+        }
         let mut permit = match &at_capacity {
             AtCapacity::Wait => tokio::select! {
                 biased;
@@ -89,6 +110,7 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             () = &mut stop => break,
+            _ = paused.changed() => continue,
             accepted = listener.accept() => accepted,
         };
         let (stream, addr) = match accepted {

@@ -50,7 +50,7 @@ pub(crate) struct UserState {
     pub(crate) session: Session<Arc<ConnHandle>>,
     /// The earliest deadline armed in the gate's timers for this session,
     /// as a tick of the timers (0: none).
-    timer_at: u32,
+    pub(super) timer_at: u32,
 }
 
 /// One logged-in user: who it is, and its session.
@@ -61,16 +61,16 @@ pub(crate) struct User {
     pub(crate) username: Bytes,
     /// The username with the name the client logged in with, when the
     /// authenticator gave it another uid (the client signs with that one).
-    alias: Option<Bytes>,
+    pub(super) alias: Option<Bytes>,
     pub(crate) secret: SessionSecret,
-    core: Weak<GateCore>,
+    pub(super) core: Weak<GateCore>,
     /// The user itself, for handing out as the agent's session handle
     /// where only a reference is at hand.
-    me: Weak<User>,
+    pub(super) me: Weak<User>,
     /// The gate's counters (a user's responses are counted as they are
     /// made, without reaching the gate through `core`).
-    metrics: Arc<Metrics>,
-    state: Mutex<UserState>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) state: Mutex<UserState>,
 }
 
 impl User {
@@ -166,15 +166,15 @@ pub(crate) fn response_package(
 /// What the connection tasks, the timers and the public API share.
 pub(crate) struct GateCore {
     pub(crate) cfg: GateConfig,
-    limits: Arc<Limits>,
+    pub(super) limits: Arc<Limits>,
     /// What every connection lives by.
     pub(crate) conn_limits: Arc<ConnLimits>,
     pub(crate) agent: Arc<dyn Agent>,
     login: Arc<dyn LoginLink>,
-    by_username: ShardedMap<Bytes, Arc<User>>,
-    by_uid: ShardedMap<Bytes, Arc<User>>,
-    next_subid: AtomicU64,
-    next_conn: AtomicU64,
+    pub(super) by_username: ShardedMap<Bytes, Arc<User>>,
+    pub(super) by_uid: ShardedMap<Bytes, Arc<User>>,
+    pub(super) next_subid: AtomicU64,
+    pub(super) next_conn: AtomicU64,
     pub(crate) timers: Timers<Timer>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) tracker: TaskTracker,
@@ -186,6 +186,10 @@ pub(crate) struct GateCore {
     pub(crate) hard: CancellationToken,
     /// Shared with every user (responses are counted where they are made).
     pub(crate) metrics: Arc<Metrics>,
+    /// Connections per source address and network (`gate.max_connections_per_source` ...).
+    pub(crate) per_source: Arc<crate::net::PerSource>,
+    /// A live upgrade in progress (see `players::handoff`).
+    pub(crate) handoff: super::handoff::Handoff,
 }
 
 impl std::fmt::Debug for GateCore {
@@ -207,6 +211,16 @@ pub(crate) struct Bound {
 
 impl GateCore {
     pub(crate) fn new(cfg: GateConfig, agent: Arc<dyn Agent>, login: Arc<dyn LoginLink>) -> Self {
+        Self::new_at(cfg, agent, login, tokio::time::Instant::now())
+    }
+
+    /// A core whose clock started at `epoch` (see [`Timers::with_epoch`]).
+    pub(crate) fn new_at(
+        cfg: GateConfig,
+        agent: Arc<dyn Agent>,
+        login: Arc<dyn LoginLink>,
+        epoch: tokio::time::Instant,
+    ) -> Self {
         let limits = Arc::new(Limits {
             reconnect_window: cfg.reconnect_window,
             max_inflight: cfg.max_inflight_per_user,
@@ -224,6 +238,12 @@ impl GateCore {
             send_queue_bytes: cfg.send_queue_bytes,
             half_close_grace: cfg.shutdown_grace,
         });
+        let cfg_per_source = (
+            cfg.max_connections_per_source,
+            cfg.max_connections_per_network,
+            f64::from(cfg.new_connections_per_source),
+            cfg.sources,
+        );
         GateCore {
             conn_limits,
             permits: Arc::new(Semaphore::new(cfg.maxclient.min(Semaphore::MAX_PERMITS))),
@@ -235,12 +255,19 @@ impl GateCore {
             by_uid: ShardedMap::new(),
             next_subid: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
-            timers: Timers::new(),
+            timers: Timers::with_epoch(epoch),
             tracker: TaskTracker::new(),
             draining: CancellationToken::new(),
             drained: std::sync::atomic::AtomicBool::new(false),
             hard: CancellationToken::new(),
             metrics: Arc::default(),
+            per_source: crate::net::PerSource::with(
+                cfg_per_source.0,
+                cfg_per_source.1,
+                cfg_per_source.2,
+                cfg_per_source.3,
+            ),
+            handoff: super::handoff::Handoff::default(),
         }
     }
 
@@ -310,6 +337,40 @@ impl GateCore {
         Ok(user)
     }
 
+    /// Takes a session handed over by an old process into the tables (no
+    /// event: the agent knew it already), with its deadline armed.
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        uid: Bytes,
+        subid: Bytes,
+        username: Bytes,
+        alias: Option<Bytes>,
+        secret: SessionSecret,
+        session: Session<Arc<ConnHandle>>,
+    ) -> Arc<User> {
+        let user = Arc::new_cyclic(|me| User {
+            me: me.clone(),
+            uid: uid.clone(),
+            subid,
+            username: username.clone(),
+            alias: alias.clone(),
+            secret,
+            core: Arc::downgrade(self),
+            metrics: Arc::clone(&self.metrics),
+            state: Mutex::new(UserState {
+                session,
+                timer_at: 0,
+            }),
+        });
+        self.by_uid.insert(uid, Arc::clone(&user));
+        self.by_username.insert(username, Arc::clone(&user));
+        if let Some(alias) = alias {
+            self.by_username.insert(alias, Arc::clone(&user));
+        }
+        self.arm(&user, &mut user.lock());
+        user
+    }
+
     /// A new connection id (unique per gate, never reused).
     pub(crate) fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
@@ -362,6 +423,11 @@ impl GateCore {
     /// Connection `conn` of `user` is gone. `notify` is false while
     /// unwinding from an agent's panic: the agent is not called again then.
     pub(crate) fn connection_gone(self: &Arc<Self>, user: &Arc<User>, conn: u64, notify: bool) {
+        // A connection that moved to the new process of a live upgrade:
+        // its session is that process's now.
+        if self.handoff.is_frozen() {
+            return;
+        }
         let effects = {
             let mut state = user.lock();
             let effects = state.session.connection_gone(self.timers.now(), conn);
@@ -375,6 +441,11 @@ impl GateCore {
 
     /// Pushes to `user` (see [`crate::players::MsgGate::push`]).
     pub(crate) fn push_to(&self, user: &User, payload: Bytes) -> Result<u32, PushRefused> {
+        if self.handoff.is_frozen() {
+            // The session's state went to the new process: the push goes
+            // there too.
+            return self.handoff.forward(user, payload);
+        }
         let len = payload.len();
         let pushed = user.lock().session.push(payload);
         match pushed {
@@ -415,6 +486,11 @@ impl GateCore {
 
     /// A timer fired at `now`.
     pub(crate) fn fire(self: &Arc<Self>, timer: Timer, now: tokio::time::Instant) {
+        // The sessions belong to the new process now (or will again once
+        // a failed handoff is rolled back, which re-arms every session).
+        if self.handoff.is_frozen() {
+            return;
+        }
         let now_tick = self.timers.tick(now);
         match timer {
             Timer::Session(user) => {
@@ -450,7 +526,7 @@ impl GateCore {
 
     /// Arms the gate's timers for the session's next deadline, if it is
     /// earlier than the one armed (timers are lazy: see `timers`).
-    fn arm(&self, user: &Arc<User>, state: &mut UserState) {
+    pub(super) fn arm(&self, user: &Arc<User>, state: &mut UserState) {
         if let Some(deadline) = state.session.poll_timeout()
             && let when = self.timers.instant(deadline)
             && let tick = self.timers.tick(when)

@@ -129,7 +129,7 @@ fn drive<T: Transport + 'static>(
         T::MAPPING,
         Arc::clone(&open.core.conn_limits),
     );
-    let handshaking = Box::pin(handshake(
+    let handshaking = Box::pin(counted_handshake(
         Arc::clone(&open.core),
         conn,
         Arc::clone(&handle),
@@ -171,6 +171,10 @@ async fn finish<T: Transport>(
         conn,
         mut pending,
     } = opened;
+    if end == End::HandedOff {
+        // The new process serves this socket: let go of it as it is.
+        return;
+    }
     core.metrics.connection_ended(&end);
     tracing::debug!(
         uid = %esc(&player.user.uid),
@@ -198,6 +202,19 @@ struct Opened<T> {
     conn: Connection,
     /// The greeting, if the transport could not write it at once.
     pending: BytesMut,
+}
+
+/// [`handshake`], counted as a connection in its handshake phase (a live
+/// upgrade waits for those to finish).
+async fn counted_handshake<T: Transport>(
+    core: Arc<GateCore>,
+    conn: Connection,
+    handle: Arc<ConnHandle>,
+    addr: SocketAddr,
+    opening: impl Future<Output = Option<T>>,
+) -> Option<(Opened<T>, Bound)> {
+    let _counted = super::handoff::Handshaking::new(&core.handoff);
+    handshake(Arc::clone(&core), conn, handle, addr, opening).await
 }
 
 /// The handshake phase: the transport's opening (a WebSocket upgrade) and
@@ -307,6 +324,12 @@ async fn session<T: Transport>(
         // cooperative budget: spend one unit per round so a busy
         // connection cannot starve the others.
         tokio::task::consume_budget().await;
+        // Boxed: a rare step, kept out of every idle connection's future.
+        if core.handoff.is_requested()
+            && let Some(end) = Box::pin(hand_off(transport, conn, pending, player)).await
+        {
+            return end;
+        }
         if conn.reading()
             && transport.has_buffered()
             && let Err(end) = read(transport, conn, pending, player)
@@ -372,6 +395,103 @@ async fn session<T: Transport>(
             },
         }
     }
+}
+
+/// A live upgrade asks this connection to move (see `players::handoff`):
+/// stop reading, let the requests in flight finish and their answers go
+/// out, then park a TCP connection (a WebSocket one is closed with 1012).
+/// `None`: serve on (the upgrade was called off).
+async fn hand_off<T: Transport>(
+    transport: &mut T,
+    conn: &mut Connection,
+    pending: &mut BytesMut,
+    player: &PlayerConn<'_>,
+) -> Option<End> {
+    let core = player.core;
+    loop {
+        player.take_outbox(pending);
+        if let Err(end) = transport.flush(pending) {
+            return Some(end);
+        }
+        if player.inflight() == 0 {
+            break;
+        }
+        if !core.handoff.is_requested() {
+            return None;
+        }
+        if let Asked::Close(end) = player.handle.asked() {
+            return Some(end);
+        }
+        // A completion wakes the handle; the upgrade's end is looked at
+        // every few milliseconds.
+        let woken = std::future::poll_fn(|cx| player.handle.poll_woken(cx));
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(20), woken).await;
+    }
+    let parked = match transport.as_tcp() {
+        Some(tcp) => {
+            super::handoff::park_tcp(core, tcp, conn, pending, &player.handle, &player.user).await
+        }
+        None => Some(End::Upgrade),
+    };
+    if parked.is_none() {
+        // Whatever was asked meanwhile (a kick, a deadline) is looked at.
+        player.handle.wake();
+    }
+    parked
+}
+
+/// Runs a TCP connection handed over by an old process (see
+/// `players::handoff`): straight into the session loop, with what the old
+/// process had read and not served, and made and not written.
+pub(super) fn spawn_restored(
+    core: &Arc<GateCore>,
+    fd: std::os::fd::OwnedFd,
+    state: crate::upgrade::state::ConnState,
+    user: &Arc<super::core::User>,
+    handle: Arc<ConnHandle>,
+) -> std::io::Result<()> {
+    let std = std::net::TcpStream::from(fd);
+    std.set_nonblocking(true)?;
+    let stream = TcpStream::from_std(std)?;
+    let addr = stream.peer_addr()?;
+    let permit = Arc::clone(&core.permits)
+        .try_acquire_owned()
+        .map_err(|_| std::io::Error::other("maxclient reached"))?;
+    let source = core
+        .per_source
+        .enter(addr.ip())
+        .map_err(|refused| std::io::Error::other(refused.label()))?;
+    let open = OpenConn::<Tcp>::new(Arc::clone(core), (permit, source));
+    let transport = Tcp::restored(stream, &state.unread);
+    let conn = state.machine.with_limits(Arc::clone(&core.conn_limits));
+    let bound = Bound {
+        user: Arc::clone(user),
+        ext: conn.opted_in(),
+        greeting: BytesMut::new(),
+    };
+    let pending = BytesMut::from(&state.unwritten[..]);
+    core.tracker.spawn(async move {
+        let core = &open.core;
+        // Until the old process has let go, it may resume this connection.
+        core.handoff.released().await;
+        let player = PlayerConn::new(core, &bound, handle);
+        let mut opened = Opened {
+            transport,
+            conn,
+            pending,
+        };
+        let end = {
+            let _unbind = Unbind(&player);
+            let Opened {
+                transport,
+                conn,
+                pending,
+            } = &mut opened;
+            session(transport, conn, pending, &player).await
+        };
+        Box::pin(finish(core, opened, &player, end)).await;
+    });
+    Ok(())
 }
 
 /// What woke the session loop.

@@ -24,6 +24,7 @@
 mod core;
 mod driver;
 mod handle;
+pub(crate) mod handoff;
 mod metrics;
 mod requests;
 mod tcp;
@@ -54,7 +55,7 @@ use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::login::placement::{LoginLink, LoginRefusal};
 use crate::net::web::WebPolicy;
-use crate::net::{self, AtCapacity, PerSource, RefusalLog};
+use crate::net::{self, AtCapacity, RefusalLog};
 
 /// Counts over every session of a gate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -376,12 +377,7 @@ impl MsgGate {
                 () = core.draining.cancelled() => {}
             }
         };
-        let per_source = PerSource::with(
-            core.cfg.max_connections_per_source,
-            core.cfg.max_connections_per_network,
-            f64::from(core.cfg.new_connections_per_source),
-            core.cfg.sources,
-        );
+        let per_source = &core.per_source;
         let refusals = RefusalLog::new("gate", REFUSAL_LOG_EVERY);
         let start = |stream: TcpStream,
                      addr: SocketAddr,

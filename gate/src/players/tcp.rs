@@ -66,6 +66,28 @@ impl Tcp {
         }
     }
 
+    /// A connection taken over from an old process: `unread` is what that
+    /// one had read and not served, served first.
+    pub(super) fn restored(stream: TcpStream, unread: &[u8]) -> Tcp {
+        let _ = stream.set_nodelay(true);
+        Tcp {
+            stream,
+            rbuf: BytesMut::from(unread),
+            paused: !unread.is_empty(),
+        }
+    }
+
+    /// The socket's descriptor.
+    pub(super) fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.stream.as_fd()
+    }
+
+    /// Input read and not yet served.
+    pub(super) fn unread(&self) -> &[u8] {
+        &self.rbuf
+    }
+
     /// One non-blocking read into the connection's own buffer.
     fn read_own(&mut self) -> Result<Read, End> {
         if self.rbuf.capacity() == self.rbuf.len() {
@@ -246,6 +268,10 @@ impl Transport for Tcp {
 
     fn abort(&mut self, _end: &End) -> impl Future<Output = ()> + Send {
         std::future::ready(())
+    }
+
+    fn as_tcp(&mut self) -> Option<&mut Tcp> {
+        Some(self)
     }
 }
 

@@ -38,11 +38,13 @@ pub(crate) struct Timers<T> {
 }
 
 impl<T> Timers<T> {
-    pub(crate) fn new() -> Timers<T> {
+    /// Timers whose time 0 is `epoch` (a new process of a live upgrade
+    /// takes the old one's clock, so the deadlines it hands over hold).
+    pub(crate) fn with_epoch(epoch: Instant) -> Timers<T> {
         Timers {
             slots: Mutex::new(BTreeMap::new()),
             earlier: Notify::new(),
-            epoch: Instant::now(),
+            epoch,
         }
     }
 
@@ -159,7 +161,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn fires_in_order_never_early_and_wakes_for_an_earlier_entry() {
-        let timers = Arc::new(Timers::new());
+        let timers = Arc::new(Timers::with_epoch(Instant::now()));
         let fired = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({

@@ -90,4 +90,10 @@ pub(super) trait Transport: Send {
     /// Closes at once (the peer is gone, or there is no time); a
     /// WebSocket answers a client's close frame first.
     fn abort(&mut self, end: &End) -> impl Future<Output = ()> + Send;
+
+    /// The TCP transport, which a live upgrade can move to a new process
+    /// (`None`: this one cannot move).
+    fn as_tcp(&mut self) -> Option<&mut super::tcp::Tcp> {
+        None
+    }
 }

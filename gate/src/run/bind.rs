@@ -12,7 +12,12 @@ use crate::config::Config;
 use crate::net::{LISTEN_BACKLOG, listen};
 
 /// A listener on `addr`; `what` names it in the error.
+/// A listening socket taken over from an old process on the same address
+/// (a live upgrade) comes first.
 pub(super) fn listener(addr: SocketAddr, what: &'static str) -> Result<TcpListener, RunError> {
+    if let Some(inherited) = crate::upgrade::new::inherited_listener(addr) {
+        return inherited.map_err(|source| RunError::Listen { what, addr, source });
+    }
     listen(addr, LISTEN_BACKLOG).map_err(|source| RunError::Listen { what, addr, source })
 }
 
@@ -79,4 +84,45 @@ pub(super) fn backend(config: &Config) -> Result<Option<Backend>, RunError> {
         }
     }
     Ok(Some(backend))
+}
+
+/// Duplicates of every listening socket of an all-in-one process, named,
+/// for the next process of a live upgrade.
+pub(super) fn duplicates(
+    login: &TcpListener,
+    gate: &TcpListener,
+    components: &Components,
+) -> Vec<(String, std::os::fd::OwnedFd)> {
+    use std::os::fd::AsFd;
+    let dup = |name: &str, l: &TcpListener| {
+        l.as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| (name.to_owned(), fd))
+    };
+    let mut out: Vec<_> = [dup("login", login), dup("gate", gate)]
+        .into_iter()
+        .flatten()
+        .collect();
+    out.extend(
+        components
+            .web_login
+            .as_ref()
+            .and_then(|l| dup("web_login", l)),
+    );
+    out.extend(
+        components
+            .web_gate
+            .as_ref()
+            .and_then(|l| dup("web_gate", l)),
+    );
+    out.extend(components.ops.as_ref().and_then(|l| dup("ops", l)));
+    out.extend(
+        components
+            .backend
+            .as_ref()
+            .and_then(Backend::listener_fd)
+            .map(|fd| ("backend".to_owned(), fd)),
+    );
+    out
 }

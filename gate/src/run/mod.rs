@@ -20,6 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use codec::websocket::Mapping;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,10 @@ pub enum RunError {
     /// The operations listener failed.
     #[error("operations listener failed: {0}")]
     Ops(#[source] std::io::Error),
+    /// A live upgrade could not take the running process over (it serves
+    /// on).
+    #[error("live upgrade: {0}")]
+    Upgrade(String),
     /// A listener of the configuration could not be bound.
     #[error("cannot listen on {addr} ({what})")]
     Listen {
@@ -108,6 +113,21 @@ pub struct Components {
     /// The gate's WebSocket listener, bound by the caller ([`serve`] binds
     /// `web.gate_listen` when `web.enabled`). Default: none.
     pub web_gate: Option<TcpListener>,
+    /// Live upgrades: the socket to serve for the next process, the
+    /// listeners to hand it, and what this process took over, if it did
+    /// ([`serve`] fills it in from `[upgrade]`). Default: none.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// The live-upgrade parts of a process (see [`crate::upgrade`]).
+#[derive(Debug, Default)]
+pub struct Upgrade {
+    /// The upgrade socket to serve once running (`upgrade.socket`).
+    pub socket: Option<std::path::PathBuf>,
+    /// Duplicates of the listening sockets, for the next process.
+    pub listeners: Vec<(String, std::os::fd::OwnedFd)>,
+    /// What this process took over from an old one.
+    pub inherited: Option<crate::upgrade::new::Inherited>,
 }
 
 impl fmt::Debug for Components {
@@ -133,6 +153,7 @@ impl fmt::Debug for Components {
                 "web_gate",
                 &self.web_gate.as_ref().and_then(|l| l.local_addr().ok()),
             )
+            .field("upgrade", &self.upgrade.is_some())
             .finish()
     }
 }
@@ -165,6 +186,21 @@ pub async fn serve(
             "connection bounds fitted to the file limit"
         );
     }
+    // A new process of a live upgrade takes the running one's listeners
+    // over: they are found by address as each is "bound" below.
+    let inherited = match (&config.upgrade.takeover, config.cluster.role) {
+        (Some(path), Role::All) => Some(
+            crate::upgrade::new::take_over(path)
+                .await
+                .map_err(RunError::Upgrade)?,
+        ),
+        (Some(_), _) => {
+            return Err(RunError::Config(
+                "live upgrades (upgrade.takeover) are for the all-in-one role".to_owned(),
+            ));
+        }
+        (None, _) => None,
+    };
     let ops = bind::ops(&config)?;
     match config.cluster.role {
         Role::Login => {
@@ -185,6 +221,14 @@ pub async fn serve(
             let (gate, mut components) = bind::gate_side(&config, ops)?;
             let login = bind::listener(config.login.listen, "login")?;
             components.web_login = bind::web(&config, config.web.login_listen)?;
+            crate::upgrade::new::drop_unclaimed();
+            if config.upgrade.socket.is_some() || inherited.is_some() {
+                components.upgrade = Some(Upgrade {
+                    socket: config.upgrade.socket.clone(),
+                    listeners: bind::duplicates(&login, &gate, &components),
+                    inherited,
+                });
+            }
             run_with(login, gate, config, components, shutdown).await
         }
     }
@@ -226,7 +270,26 @@ pub async fn run_with(
     let auth = choose_authenticator(&config, components.authenticator, backend.as_ref())?;
     let online = Arc::new(OnlineTable::new());
     let agent = choose_agent(components.agent, backend.as_ref());
-    let gate = MsgGate::new(config.gate(), agent, online.clone());
+    let mut upgrade = components.upgrade.unwrap_or_default();
+    let (gate, taken_over) = match upgrade.inherited.take() {
+        None => (MsgGate::new(config.gate(), agent, online.clone()), None),
+        Some(inherited) => {
+            let gate =
+                MsgGate::new_restored(config.gate(), agent, online.clone(), &inherited.state);
+            match crate::upgrade::new::restore(&gate, inherited) {
+                Ok((sessions, channel)) => {
+                    for (uid, subid) in sessions {
+                        online.restore(uid, Bytes::from(config.gate.name.clone()), subid);
+                    }
+                    (gate, Some(channel))
+                }
+                Err((why, channel)) => {
+                    channel.refuse(&why);
+                    return Err(RunError::Upgrade(why));
+                }
+            }
+        }
+    };
     let mut gates = Gates::new();
     gates.register(gate.clone());
     let mut link: Arc<dyn GateLink> = Arc::new(gates);
@@ -239,6 +302,7 @@ pub async fn run_with(
         multilogin: config.login.multilogin,
     });
     let login = login_server(&config, auth, placer, components.random)?;
+    let login_dialogues = login.dialogues();
     let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
     let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
     let ops = ops_state(
@@ -255,7 +319,15 @@ pub async fn run_with(
     // shutdown (they carry the answers of requests in flight while the gate
     // drains, and the final session events).
     let gate_stopped = CancellationToken::new();
-    let ((), (), gate_end, ops_result) = tokio::join!(
+    let upgrades = serve_upgrades(
+        upgrade,
+        taken_over,
+        &gate,
+        login_dialogues,
+        config.shutdown_grace,
+        &token,
+    );
+    let ((), (), gate_end, ops_result, upgrade_result) = tokio::join!(
         stopping(shutdown, &token),
         serve_login(login, login_listener, web_login, &token),
         serve_gate(
@@ -267,11 +339,47 @@ pub async fn run_with(
             &gate_stopped
         ),
         serve_ops(components.ops, ops, token.clone()),
+        upgrades,
     );
+    upgrade_result?;
     ops_result.map_err(RunError::Ops)?;
     gate_end.into_result()?;
     info!("stopped");
     Ok(())
+}
+
+/// Live upgrades of an all-in-one process: finishes the takeover this
+/// process started with, if it did (the restored connections start once
+/// the old process has let go; if it does not, this process exits at
+/// once, touching no socket the old one serves on), then serves the
+/// upgrade socket for the next process until `token`.
+async fn serve_upgrades(
+    upgrade: Upgrade,
+    taken_over: Option<crate::upgrade::new::Channel>,
+    gate: &MsgGate,
+    login_dialogues: Arc<dyn Fn() -> usize + Send + Sync>,
+    grace: std::time::Duration,
+    token: &CancellationToken,
+) -> Result<(), RunError> {
+    if let Some(channel) = taken_over {
+        if let Err(why) = channel.finish(gate).await {
+            tracing::error!(%why, "live upgrade failed after the state was received: exiting without serving");
+            std::process::exit(1);
+        }
+        gate.release_restored();
+    }
+    let Some(socket) = upgrade.socket else {
+        return Ok(());
+    };
+    let handover = crate::upgrade::old::Handover {
+        gate: gate.clone(),
+        listeners: upgrade.listeners,
+        login_dialogues: Some(login_dialogues),
+        grace,
+    };
+    crate::upgrade::old::serve(socket, handover, token.clone())
+        .await
+        .map_err(|e| RunError::Upgrade(e.to_string()))
 }
 
 /// The accounts file of `config.accounts`, or the demo authenticator.

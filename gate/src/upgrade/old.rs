@@ -1,0 +1,277 @@
+//! The running process's side of a live upgrade: it serves the upgrade
+//! socket, and hands everything over to the new process that connects.
+//!
+//! One handoff, step by step (any failure rolls back: the process resumes
+//! exactly as it was, says why in its log, and serves on):
+//!
+//! 1. the new process says which state versions it reads; none that this
+//!    one writes: refused;
+//! 2. every accept loop pauses (new connections wait in the kernel's
+//!    backlogs), and the login dialogues in flight finish here;
+//! 3. the gate parks its connections and writes its sessions out
+//!    (`MsgGate::hand_off_prepare`);
+//! 4. the listening sockets, the parked connections (in batches of
+//!    descriptors) and the state go to the new process;
+//! 5. the new process answers `Ready` once it has taken everything over;
+//!    pushes that reached this process meanwhile are passed on, then
+//!    `Committed`, and this process exits at once: its connections' other
+//!    descriptors live in the new process, so nothing is closed.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::frames::{self, MAX_FDS};
+use super::state::{Message, STATE_VERSION};
+use crate::players::MsgGate;
+use crate::players::handoff::Prepared;
+
+/// How long the new process may take to answer at each step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the running process hands over, besides its gate.
+pub struct Handover {
+    /// The gate.
+    pub gate: MsgGate,
+    /// Duplicates of the listening sockets, named for the logs.
+    pub listeners: Vec<(String, OwnedFd)>,
+    /// Login dialogues in progress (they finish before the handoff).
+    pub login_dialogues: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+    /// How long connections and dialogues get to finish what they are
+    /// doing before the handoff is called off.
+    pub grace: Duration,
+}
+
+impl std::fmt::Debug for Handover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handover")
+            .field("listeners", &self.listeners.len())
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Binds the upgrade socket at `path`. A socket file nobody answers on
+/// (left by a process that died) is replaced; one a live process serves
+/// is an error.
+pub async fn bind(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    // Right after a handoff the old process is still exiting: give it a
+    // moment.
+    for _ in 0..100 {
+        if !path.exists() {
+            break;
+        }
+        if UnixStream::connect(path).is_err() {
+            std::fs::remove_file(path)?;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if path.exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "a process serves the upgrade socket {} already",
+                path.display()
+            ),
+        ));
+    }
+    tokio::net::UnixListener::bind(path)
+}
+
+/// Serves the upgrade socket at `path` until `stop`: each new process that
+/// connects gets a handoff. On success the process exits (status 0); on
+/// failure it serves on. The socket file is removed when `stop` ends it.
+pub async fn serve(path: PathBuf, handover: Handover, stop: CancellationToken) -> io::Result<()> {
+    let listener = bind(&path).await?;
+    info!(socket = %path.display(), "serving live upgrades");
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Blocking I/O on a thread of its own (see `frames`).
+        let stream = match accepted
+            .and_then(|(s, _)| s.into_std())
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                warn!(error = %e, "upgrade socket: accept failed");
+                continue;
+            }
+        };
+        match hand_over(stream, &handover).await {
+            Ok(()) => {
+                info!("handed over to the new process: exiting");
+                std::process::exit(0);
+            }
+            Err(why) => warn!(%why, "live upgrade failed: serving on"),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Runs blocking socket I/O off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    stream: &mut Option<UnixStream>,
+    f: impl FnOnce(&mut UnixStream) -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let mut s = stream
+        .take()
+        .ok_or_else(|| io::Error::other("stream gone"))?;
+    let (s, result) = tokio::task::spawn_blocking(move || {
+        let result = f(&mut s);
+        (s, result)
+    })
+    .await
+    .map_err(io::Error::other)?;
+    *stream = Some(s);
+    result
+}
+
+fn encode(message: &Message) -> io::Result<Vec<u8>> {
+    serde_json::to_vec(message).map_err(io::Error::other)
+}
+
+async fn send(
+    stream: &mut Option<UnixStream>,
+    message: Message,
+    fds: Vec<OwnedFd>,
+) -> io::Result<()> {
+    let body = encode(&message)?;
+    blocking(stream, move |s| {
+        let borrowed: Vec<_> = fds.iter().map(|fd| fd.as_fd()).collect();
+        frames::send(s, &body, &borrowed)
+    })
+    .await
+}
+
+async fn recv(stream: &mut Option<UnixStream>) -> io::Result<Option<Message>> {
+    let frame = blocking(stream, frames::recv).await?;
+    match frame {
+        None => Ok(None),
+        Some((body, _fds)) => serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+    }
+}
+
+/// One handoff (see the module docs). `Ok`: the new process serves.
+async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String> {
+    stream
+        .set_read_timeout(Some(STEP_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let mut stream = Some(stream);
+    let hello = recv(&mut stream)
+        .await
+        .map_err(|e| format!("reading the hello: {e}"))?;
+    let Some(Message::Hello { reads, pid }) = hello else {
+        return Err(format!("expected a hello, got {hello:?}"));
+    };
+    info!(new_pid = pid, ?reads, "a new process asks to take over");
+    if !reads.contains(&STATE_VERSION) {
+        let why = format!(
+            "the new process reads state versions {reads:?}; this one writes {STATE_VERSION}"
+        );
+        let _ = send(
+            &mut stream,
+            Message::Refused { why: why.clone() },
+            Vec::new(),
+        )
+        .await;
+        return Err(why);
+    }
+    crate::net::pause_accepting(true);
+    let result = transfer(&mut stream, handover).await;
+    if result.is_err() {
+        handover.gate.hand_off_rollback();
+        crate::net::pause_accepting(false);
+    }
+    result
+}
+
+/// Steps 2 to 5 (accepting is paused).
+async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    if let Some(dialogues) = &handover.login_dialogues {
+        let deadline = started + handover.grace;
+        while dialogues() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} login dialogues still running after {:?}",
+                    dialogues(),
+                    handover.grace
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let Prepared {
+        state,
+        conns,
+        mut forwarded,
+    } = handover.gate.hand_off_prepare(handover.grace).await?;
+    let sessions = state.users.len();
+    let connections = conns.len();
+    let io = |e: io::Error| format!("sending to the new process: {e}");
+    let mut names = Vec::new();
+    let mut fds = Vec::new();
+    for (name, fd) in &handover.listeners {
+        names.push(name.clone());
+        fds.push(fd.try_clone().map_err(io)?);
+    }
+    send(stream, Message::Listeners { names }, fds)
+        .await
+        .map_err(io)?;
+    let mut conns = conns.into_iter().peekable();
+    while conns.peek().is_some() {
+        let (states, fds): (Vec<_>, Vec<_>) = conns
+            .by_ref()
+            .take(MAX_FDS)
+            .map(|c| (c.state, c.fd))
+            .unzip();
+        send(stream, Message::Conns { conns: states }, fds)
+            .await
+            .map_err(io)?;
+    }
+    send(stream, Message::State(Box::new(state)), Vec::new())
+        .await
+        .map_err(io)?;
+    let answer = recv(stream)
+        .await
+        .map_err(|e| format!("waiting for the new process: {e}"))?;
+    match answer {
+        Some(Message::Ready) => {}
+        Some(Message::Refused { why }) => return Err(format!("the new process refused: {why}")),
+        None => return Err("the new process went away before it was ready".into()),
+        Some(other) => return Err(format!("unexpected answer {other:?}")),
+    }
+    // From here on the new process serves: nothing may roll back.
+    handover.gate.hand_off_commit();
+    while let Ok(push) = forwarded.try_recv() {
+        let message = Message::Push {
+            uid: push.uid,
+            subid: push.subid,
+            payload: push.payload,
+        };
+        if let Err(e) = send(stream, message, Vec::new()).await {
+            warn!(error = %e, "a push could not be passed on to the new process");
+        }
+    }
+    let _ = send(stream, Message::Committed, Vec::new()).await;
+    info!(
+        sessions,
+        connections,
+        took_ms = started.elapsed().as_millis() as u64,
+        "live upgrade: handed over"
+    );
+    Ok(())
+}

@@ -1,0 +1,406 @@
+//! Live upgrades between real gate processes (the `gate` binary): the
+//! running process serves an upgrade socket, a new one started with
+//! `--takeover` takes over its listeners, TCP connections and sessions.
+//! Players on the skynet and x25519 suites, opted in or not, keep their
+//! connections through three upgrades in a row: every request answered
+//! once and right, every push delivered once, no reconnect, no new login.
+//! A new process that refuses the state version, or dies in the middle of
+//! the handoff, leaves the old one serving as if nothing happened.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use client_cli::gate::Extensions;
+use client_cli::session::{ConnectSpec, Event, LoginOverrides};
+use client_cli::{Session, SessionConfig};
+use codec::message::ResponseFlag;
+use codec::status::GateStatus;
+use loginproto::login::Suite;
+
+/// Upper bound of every wait (a failure guard, not a timing).
+const GUARD: Duration = Duration::from_secs(60);
+
+async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(GUARD, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out: {what}"),
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A gate process, killed when dropped.
+struct Gate {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Gate {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One test's gate configuration: fixed free ports (a new process takes
+/// the same addresses over), the upgrade socket, an admin token.
+struct Setup {
+    dir: PathBuf,
+    login: SocketAddr,
+    gate: SocketAddr,
+    ops: SocketAddr,
+    socket: PathBuf,
+    token: String,
+    generation: std::cell::Cell<u32>,
+}
+
+impl Setup {
+    fn new(test: &str) -> Setup {
+        let dir = std::env::temp_dir().join(format!("upgrade-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let token = "an admin token for the upgrade tests".to_owned();
+        std::fs::write(dir.join("token"), &token).expect("token");
+        let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Setup {
+            login: port(()),
+            gate: port(()),
+            ops: port(()),
+            socket: dir.join("upgrade.sock"),
+            token,
+            generation: std::cell::Cell::new(0),
+            dir,
+        }
+    }
+
+    /// Starts a gate process; with `takeover`, it takes the running one
+    /// over.
+    fn start(&self, takeover: bool) -> Gate {
+        let n = self.generation.get() + 1;
+        self.generation.set(n);
+        let log = self.dir.join(format!("gate-{n}.log"));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
+        cmd.arg("run")
+            .arg("--no-web")
+            .args(["--login-listen", &self.login.to_string()])
+            .args(["--gate-listen", &self.gate.to_string()])
+            .args(["--ops-listen", &self.ops.to_string()])
+            .args([
+                "--admin-token-file",
+                self.dir.join("token").to_str().expect("a utf-8 path"),
+            ])
+            .args([
+                "--upgrade-socket",
+                self.socket.to_str().expect("a utf-8 path"),
+            ])
+            .args(["--reconnect-window", "5m"]);
+        if takeover {
+            cmd.args(["--takeover", self.socket.to_str().expect("a utf-8 path")]);
+        }
+        let child = cmd
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("the gate binary");
+        Gate { child, log }
+    }
+
+    /// Waits until `gate`'s log says `what`.
+    async fn logged(&self, gate: &Gate, what: &str) {
+        guard(&format!("the log says {what:?}"), async {
+            while !gate.log().contains(what) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
+    /// A player; `skynet` picks the suite, `opt_in` the extensions.
+    fn player(&self, user: &str, skynet: bool, opt_in: bool) -> Session {
+        Session::new(SessionConfig {
+            login_addr: self.login.to_string(),
+            gate_addr: self.gate.to_string(),
+            user: user.to_owned(),
+            server: "sample".to_owned(),
+            password: "password".to_owned(),
+            suite: if skynet { Suite::Skynet } else { Suite::X25519 },
+            server_key: None,
+            timeout: Duration::from_secs(20),
+            extensions: if opt_in {
+                Extensions::OptIn
+            } else {
+                Extensions::Plain
+            },
+            heartbeat: Duration::from_secs(30),
+        })
+    }
+
+    /// An admin push to `uid` through the operations listener.
+    async fn push(&self, uid: &str, text: &str) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let body = format!("{{\"payload\":\"{text}\"}}");
+        let request = format!(
+            "POST /admin/users/{uid}/push HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.token,
+            body.len()
+        );
+        let mut stream = guard("ops connect", tokio::net::TcpStream::connect(self.ops))
+            .await
+            .expect("connect to ops");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut response = Vec::new();
+        guard("ops answer", stream.read_to_end(&mut response))
+            .await
+            .expect("read");
+        String::from_utf8_lossy(&response)
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// A connected player and what it has seen.
+struct Player {
+    s: Session,
+    uid: String,
+    opt_in: bool,
+    pushes: Vec<Bytes>,
+    answered: u32,
+}
+
+impl Player {
+    async fn online(setup: &Setup, uid: &str, skynet: bool, opt_in: bool) -> Player {
+        let mut s = setup.player(uid, skynet, opt_in);
+        s.login(&LoginOverrides::default()).await.expect("login");
+        let (status, _) = s.connect(&ConnectSpec::default()).await.expect("handshake");
+        assert_eq!(status, GateStatus::OK);
+        if opt_in {
+            match guard("the welcome", s.recv()).await {
+                Ok(Event::Welcome { .. }) => {}
+                other => panic!("expected the welcome, got {other:?}"),
+            }
+        }
+        Player {
+            s,
+            uid: uid.to_owned(),
+            opt_in,
+            pushes: Vec::new(),
+            answered: 0,
+        }
+    }
+
+    /// Sends `n` requests pipelined and checks each answer arrives once,
+    /// right, on the same connection (pushes met meanwhile are kept).
+    async fn echo(&mut self, n: u32) {
+        let mut sent = Vec::new();
+        for i in 0..n {
+            let text = format!("{} #{}", self.uid, self.answered + i);
+            let number = self
+                .s
+                .send(None, Bytes::from(text.clone()))
+                .await
+                .expect("send");
+            sent.push((number, text));
+        }
+        let mut got = 0;
+        while got < sent.len() {
+            match guard("an answer", self.s.recv()).await.expect("recv") {
+                Event::Message(m) if m.response.flag == ResponseFlag::PUSH => {
+                    self.pushes.push(m.response.content);
+                }
+                Event::Message(m) => {
+                    let (number, text) = &sent[got];
+                    assert_eq!(m.response.number, *number, "{}: answers in order", self.uid);
+                    assert_eq!(m.response.flag, ResponseFlag::OK, "{}", self.uid);
+                    assert_eq!(
+                        m.response.content,
+                        Bytes::from(text.clone()),
+                        "{}",
+                        self.uid
+                    );
+                    got += 1;
+                }
+                Event::Closed => panic!("{}: the connection closed", self.uid),
+                _ => {}
+            }
+        }
+        self.answered += n;
+    }
+}
+
+/// Every player echoes a few requests, pipelined.
+async fn everyone_echoes(players: &mut [Player], n: u32) {
+    for p in players.iter_mut() {
+        p.echo(n).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
+    let setup = Setup::new("rounds");
+    let mut gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let mut players = Vec::new();
+    for i in 0..24 {
+        let (skynet, opt_in) = (i % 2 == 0, i % 3 != 0);
+        players.push(Player::online(&setup, &format!("p{i}"), skynet, opt_in).await);
+    }
+    everyone_echoes(&mut players, 4).await;
+    let mut pushes_sent = 0;
+    for round in 1..=3 {
+        // Requests in flight while the new process starts: sent, then the
+        // upgrade, then read.
+        let mut sent = Vec::new();
+        for p in players.iter_mut() {
+            let number =
+                p.s.send(None, Bytes::from(format!("{} in flight {round}", p.uid)))
+                    .await
+                    .expect("send");
+            sent.push(number);
+        }
+        let new = setup.start(true);
+        setup
+            .logged(&new, "live upgrade: this process serves")
+            .await;
+        let status = guard("the old process exits", async {
+            loop {
+                if let Some(status) = gate.child.try_wait().expect("wait") {
+                    return status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(status.success(), "the old process exits cleanly: {status}");
+        assert!(gate.log().contains("handed over"), "{}", gate.log());
+        gate = new;
+        for (p, number) in players.iter_mut().zip(sent) {
+            loop {
+                match guard("the answer sent before the upgrade", p.s.recv())
+                    .await
+                    .expect("recv")
+                {
+                    Event::Message(m) if m.response.flag == ResponseFlag::PUSH => {
+                        p.pushes.push(m.response.content)
+                    }
+                    Event::Message(m) => {
+                        assert_eq!(m.response.number, number, "{}", p.uid);
+                        assert_eq!(
+                            m.response.content,
+                            Bytes::from(format!("{} in flight {round}", p.uid))
+                        );
+                        break;
+                    }
+                    Event::Closed => panic!("{}: closed by the upgrade", p.uid),
+                    _ => {}
+                }
+            }
+        }
+        everyone_echoes(&mut players, 4).await;
+        // A push to every opted-in player, through the new process.
+        for p in players.iter().filter(|p| p.opt_in) {
+            assert_eq!(setup.push(&p.uid, &format!("round {round}")).await, 200);
+        }
+        pushes_sent += 1;
+        everyone_echoes(&mut players, 1).await;
+    }
+    // Logins go on through the inherited login listener.
+    let mut late = Player::online(&setup, "late", false, true).await;
+    late.echo(3).await;
+    for p in &mut players {
+        // Pushes not met yet arrive with the next answers.
+        p.echo(1).await;
+        if p.opt_in {
+            let want: Vec<Bytes> = (1..=pushes_sent)
+                .map(|r| Bytes::from(format!("round {r}")))
+                .collect();
+            assert_eq!(p.pushes, want, "{}: each push once, in order", p.uid);
+        } else {
+            assert!(p.pushes.is_empty());
+        }
+    }
+    assert!(
+        !gate.log().contains("login user=p"),
+        "no player logged in again: {}",
+        gate.log()
+    );
+}
+
+/// Speaks the upgrade protocol as a new process would, then stops where
+/// the test says.
+fn fake_new_process(socket: &Path, reads: u32, read_frames: usize) {
+    use gate::upgrade::frames;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).expect("connect");
+    let hello = serde_json::json!({"hello": {"reads": [reads], "pid": 1}});
+    frames::send(&mut stream, hello.to_string().as_bytes(), &[]).expect("hello");
+    for _ in 0..read_frames {
+        if frames::recv(&mut stream).expect("a frame").is_none() {
+            break;
+        }
+    }
+    // Dropped here: a new process that dies mid-handoff.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_takeover_leaves_the_old_process_serving() {
+    let setup = Setup::new("rollback");
+    let gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let mut players = Vec::new();
+    for i in 0..6 {
+        players.push(Player::online(&setup, &format!("r{i}"), i % 2 == 0, true).await);
+    }
+    everyone_echoes(&mut players, 2).await;
+
+    // A process that does not read this state version: refused at once.
+    let socket = setup.socket.clone();
+    tokio::task::spawn_blocking(move || fake_new_process(&socket, 99, 1))
+        .await
+        .expect("fake");
+    setup.logged(&gate, "live upgrade failed").await;
+    everyone_echoes(&mut players, 2).await;
+
+    // One that dies after the listeners and connections came: everything
+    // resumes; pushes made meanwhile are not lost.
+    let socket = setup.socket.clone();
+    tokio::task::spawn_blocking(move || fake_new_process(&socket, 1, 2))
+        .await
+        .expect("fake");
+    guard("two failures logged", async {
+        while gate.log().matches("live upgrade failed").count() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(setup.push("r0", "after the rollback").await, 200);
+    everyone_echoes(&mut players, 3).await;
+    assert_eq!(players[0].pushes, vec![Bytes::from("after the rollback")]);
+    // New players still get in: accepting resumed.
+    let mut newcomer = Player::online(&setup, "newcomer", false, false).await;
+    newcomer.echo(2).await;
+    // And a real upgrade still works afterwards.
+    let new = setup.start(true);
+    setup
+        .logged(&new, "live upgrade: this process serves")
+        .await;
+    everyone_echoes(&mut players, 2).await;
+    newcomer.echo(1).await;
+}

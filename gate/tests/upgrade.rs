@@ -66,6 +66,8 @@ struct Setup {
     socket: PathBuf,
     token: String,
     generation: std::cell::Cell<u32>,
+    /// With backend services: the backend listener (agent service `agent`).
+    backend: Option<SocketAddr>,
 }
 
 impl Setup {
@@ -83,7 +85,22 @@ impl Setup {
             socket: dir.join("upgrade.sock"),
             token,
             generation: std::cell::Cell::new(0),
+            backend: None,
             dir,
+        }
+    }
+
+    /// The same, with a backend listener for the agent service.
+    fn with_backend(test: &str) -> Setup {
+        let setup = Setup::new(test);
+        std::fs::write(
+            setup.dir.join("link.secret"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .expect("secret");
+        Setup {
+            backend: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+            ..setup
         }
     }
 
@@ -110,6 +127,14 @@ impl Setup {
             .args(["--reconnect-window", "5m"]);
         if takeover {
             cmd.args(["--takeover", self.socket.to_str().expect("a utf-8 path")]);
+        }
+        if let Some(backend) = self.backend {
+            cmd.args(["--backend-listen", &backend.to_string()])
+                .args([
+                    "--link-secret-file",
+                    self.dir.join("link.secret").to_str().expect("a utf-8 path"),
+                ])
+                .args(["--agent-service", "agent"]);
         }
         let child = cmd
             .env("RUST_LOG", "info")
@@ -403,4 +428,46 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
         .await;
     everyone_echoes(&mut players, 2).await;
     newcomer.echo(1).await;
+}
+
+/// With the agent as a backend service: its link to the old process ends
+/// with it, it links to the new one by itself, and the players' requests
+/// after the upgrade wait for it instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_a_backend_service_go_on_across_an_upgrade() {
+    let setup = Setup::with_backend("backend");
+    let gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let secret =
+        proto::link_auth::LinkSecret::from_file(&setup.dir.join("link.secret")).expect("secret");
+    let service = service::Service::builder("agent")
+        .gate(setup.backend.expect("backend").to_string())
+        .link_secret(secret)
+        .backoff(Duration::from_millis(20), Duration::from_millis(200))
+        .build(service::handler_fn(
+            |_ctx: service::Context, req: service::Request| async move { Ok(req.payload) },
+        ))
+        .expect("service");
+    let gates = service.gates();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(service.run(stop.clone()));
+    guard("the service links", async {
+        while gates.connected() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let mut players = Vec::new();
+    for i in 0..8 {
+        players.push(Player::online(&setup, &format!("b{i}"), i % 2 == 0, i % 3 == 0).await);
+    }
+    everyone_echoes(&mut players, 3).await;
+    let new = setup.start(true);
+    setup
+        .logged(&new, "live upgrade: this process serves")
+        .await;
+    // At once, before the service is linked again: answered, not failed.
+    everyone_echoes(&mut players, 3).await;
+    stop.cancel();
+    running.await.expect("join").expect("service");
 }

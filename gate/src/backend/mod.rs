@@ -251,6 +251,16 @@ impl Backend {
         }
     }
 
+    /// Waits until at least one instance of `service` is registered.
+    pub async fn wait_any(&self, service: &str) {
+        let mut changed = self.shared.registry.subscribe();
+        while self.instances(service) == 0 {
+            if changed.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Tells every linked service, and every service that links later,
     /// the cluster's gates (`(server name, backend address)`), so services
     /// configured with one gate find the others. Does nothing if the list

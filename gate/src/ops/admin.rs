@@ -119,6 +119,21 @@ pub(super) async fn guard(State(ops): State<Arc<Ops>>, request: Request, next: N
         .into_response();
     }
     match authorize(&ops, request.headers()) {
+        // The sessions are on their way to a new process (a live upgrade):
+        // a call now could be lost with this process; the new one answers
+        // in a moment.
+        Ok(())
+            if ops
+                .gate
+                .as_ref()
+                .is_some_and(crate::players::MsgGate::is_handing_off) =>
+        {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the gate is being upgraded; try again in a moment",
+            )
+            .into_response()
+        }
         Ok(()) => next.run(request).await,
         Err(refused) => {
             if let Some(peer) = peer {

@@ -351,6 +351,12 @@ impl MsgGate {
         })
     }
 
+    /// Whether this gate is handing its sessions over to a new process
+    /// (admin calls are refused meanwhile).
+    pub fn is_handing_off(&self) -> bool {
+        self.core.handoff.is_requested()
+    }
+
     /// Old process: the new one took over; parked connections let go of
     /// their sockets without closing them.
     pub fn hand_off_commit(&self) {

@@ -323,6 +323,7 @@ pub async fn run_with(
         upgrade,
         taken_over,
         &gate,
+        backend.as_ref(),
         login_dialogues,
         config.shutdown_grace,
         &token,
@@ -357,6 +358,7 @@ async fn serve_upgrades(
     upgrade: Upgrade,
     taken_over: Option<crate::upgrade::new::Channel>,
     gate: &MsgGate,
+    backend: Option<&Backend>,
     login_dialogues: Arc<dyn Fn() -> usize + Send + Sync>,
     grace: std::time::Duration,
     token: &CancellationToken,
@@ -365,6 +367,13 @@ async fn serve_upgrades(
         if let Err(why) = channel.finish(gate).await {
             tracing::error!(%why, "live upgrade failed after the state was received: exiting without serving");
             std::process::exit(1);
+        }
+        // The agent's services link again once the old process is gone:
+        // the moved connections wait for them (at most the grace), so
+        // their next requests do not fail for want of an instance.
+        if let Some(backend) = backend.filter(|b| !b.config().route_mode) {
+            let agent = backend.config().agent_service.clone();
+            let _ = tokio::time::timeout(grace, backend.wait_any(&agent)).await;
         }
         gate.release_restored();
     }

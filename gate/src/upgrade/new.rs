@@ -85,8 +85,30 @@ pub async fn take_over(path: &Path) -> Result<Inherited, String> {
 }
 
 fn receive(path: &Path) -> Result<Inherited, String> {
-    let mut stream = UnixStream::connect(path)
-        .map_err(|e| format!("cannot reach the running gate at {}: {e}", path.display()))?;
+    // The running process may itself have just taken over and not serve
+    // the socket yet: a few seconds of patience.
+    let mut attempts = 0;
+    let mut stream = loop {
+        match UnixStream::connect(path) {
+            Ok(stream) => break stream,
+            Err(e)
+                if attempts < 50
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+                    ) =>
+            {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "cannot reach the running gate at {}: {e}",
+                    path.display()
+                ));
+            }
+        }
+    };
     stream
         .set_read_timeout(Some(STEP_TIMEOUT))
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Live upgrade under load: an all-in-one gate holding SESSIONS idle sessions
+# (default: 1000 and 10000, one run each) while 32 players echo (1 request
+# in flight each) is taken over by a new process (`--takeover`). Prints,
+# per run: the handoff time the old process logs (pause to commit), the
+# echo players' p99 and maximum over the run against a run of the same
+# length without an upgrade, their errors (must be 0), and the RSS of the
+# new process after the takeover against the old one's before it.
+#
+#   bench/upgrade.sh
+#   SESSIONS="1000 10000 19000" bench/upgrade.sh
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+SESSIONS=${SESSIONS:-"1000 10000"}
+DURATION=${DURATION:-6}
+BASE=${BASE_PORT:-26300}
+ulimit -n "$(ulimit -Hn)"
+
+if [[ ${SKIP_BUILD:-0} != 1 ]]; then
+    cargo build --release --quiet -p gate -p client-cli --bin gate --bin client
+fi
+source bench/lib.sh
+
+LOGIN=127.0.0.1:$BASE GATE=127.0.0.1:$((BASE + 1))
+cat >"$WORK/gate.toml" <<TOML
+[login]
+listen = "$LOGIN"
+max_connections = 4096
+max_connections_per_source = 0
+max_connections_per_network = 0
+throttle_user_logins = 0
+dialogue_timeout = "60s"
+[gate]
+listen = "$GATE"
+maxclient = 100000
+max_connections_per_source = 0
+max_connections_per_network = 0
+[web]
+enabled = false
+[upgrade]
+socket = "$WORK/upgrade.sock"
+TOML
+field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
+
+printf '%-9s %12s %14s %14s %8s %12s %12s\n' sessions "handoff" "echo p99" "echo max" errors "RSS before" "RSS after"
+for n in $SESSIONS; do
+    RUST_LOG=info "$BIN/gate" run --config "$WORK/gate.toml" 2>"$WORK/old.log" &
+    OLD=$!
+    PIDS+=("$OLD")
+    wait_port "$BASE"
+    "$BIN/client" bench --idle --json --login "$LOGIN" --gate "$GATE" --user-prefix "idle$n-" \
+        --conns "$n" --duration $((DURATION * 3)) --timeout 60 >"$WORK/idle.json" 2>"$WORK/idle.err" &
+    IDLE=$!
+    PIDS+=("$IDLE")
+    for _ in $(seq 600); do grep -q '^ready' "$WORK/idle.err" && break; sleep 0.1; done
+    before=$(rss_kb "$OLD")
+    # The same load without an upgrade, then with one in its middle.
+    calm=$("$BIN/client" bench --json --login "$LOGIN" --gate "$GATE" --user-prefix "calm$n-" \
+        --conns 32 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5)
+    "$BIN/client" bench --json --login "$LOGIN" --gate "$GATE" --user-prefix "echo$n-" \
+        --conns 32 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5 >"$WORK/echo.json" &
+    ECHO=$!
+    sleep $((DURATION / 2))
+    RUST_LOG=info "$BIN/gate" run --config "$WORK/gate.toml" --takeover "$WORK/upgrade.sock" 2>"$WORK/new.log" &
+    NEW=$!
+    PIDS+=("$NEW")
+    wait "$ECHO" || true
+    took=$(grep -o 'took_ms=[0-9]*' "$WORK/old.log" | head -1 | cut -d= -f2)
+    after=$(rss_kb "$NEW")
+    j=$(cat "$WORK/echo.json")
+    awk -v n="$n" -v t="${took:-none}" -v p="$(field "$j" p99_us)" -v m="$(field "$j" max_us)" \
+        -v cp="$(field "$calm" p99_us)" -v cm="$(field "$calm" max_us)" -v e="$(field "$j" errors)" \
+        -v b="$before" -v a="$after" 'BEGIN {
+        printf "%-9d %9s ms %6.1f/%5.1fms %6.1f/%5.1fms %8d %9.1f MiB %9.1f MiB\n",
+            n, t, p / 1000, cp / 1000, m / 1000, cm / 1000, e, b / 1024, a / 1024 }'
+    kill "$NEW" "$IDLE" 2>/dev/null || true
+    wait "$NEW" "$IDLE" 2>/dev/null || true
+done
+echo "(echo p99 and max: with the upgrade / without, same run; handoff: pause to commit, from the old process's log)"

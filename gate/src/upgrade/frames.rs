@@ -109,8 +109,10 @@ mod tests {
         let (mut a, mut b) = UnixStream::pair().expect("pair");
         let (x, y) = UnixStream::pair().expect("pair");
         send(&mut a, b"first", &[x.as_fd(), y.as_fd()]).expect("send");
-        send(&mut a, &vec![7u8; 300_000], &[]).expect("send");
-        drop(a);
+        // Larger than the socket's buffer: written while the other end reads.
+        let sender = std::thread::spawn(move || {
+            send(&mut a, &vec![7u8; 300_000], &[]).expect("send");
+        });
         let (body, fds) = recv(&mut b).expect("recv").expect("a frame");
         assert_eq!(body, b"first");
         assert_eq!(fds.len(), 2);
@@ -122,6 +124,7 @@ mod tests {
         assert_eq!(&read, b"hi");
         let (body, fds) = recv(&mut b).expect("recv").expect("a frame");
         assert_eq!((body.len(), fds.len()), (300_000, 0));
+        sender.join().expect("the sender");
         assert!(recv(&mut b).expect("clean end").is_none());
     }
 }

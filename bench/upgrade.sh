@@ -68,7 +68,15 @@ for n in $SESSIONS; do
     NEW=$!
     PIDS+=("$NEW")
     wait "$ECHO" || true
-    took=$(grep -o 'took_ms=[0-9]*' "$WORK/old.log" | head -1 | cut -d= -f2)
+    for _ in $(seq 300); do
+        grep -q 'handed over\|live upgrade failed' "$WORK/old.log" && break
+        sleep 0.1
+    done
+    took=$(grep -o 'took_ms=[0-9]*' "$WORK/old.log" | head -1 | cut -d= -f2 || true)
+    if [[ -z $took ]]; then
+        echo "the upgrade did not complete:" >&2
+        grep -h 'upgrade\|Error' "$WORK/old.log" "$WORK/new.log" | tail -5 >&2
+    fi
     after=$(rss_kb "$NEW")
     j=$(cat "$WORK/echo.json")
     awk -v n="$n" -v t="${took:-none}" -v p="$(field "$j" p99_us)" -v m="$(field "$j" max_us)" \

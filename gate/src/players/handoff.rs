@@ -72,6 +72,28 @@ pub struct HandedConn {
     pub fd: OwnedFd,
 }
 
+/// A parked connection of the old process. Its task keeps the socket and
+/// lends a duplicate of it on request ([`ParkedConn::lend`]), so the
+/// handoff holds duplicates only for the batch it is sending, not for
+/// every connection at once (that would double the descriptors of a gate
+/// near its file limit).
+#[derive(Debug)]
+pub struct ParkedConn {
+    /// What the new process needs besides the socket.
+    pub state: ConnState,
+    lend: mpsc::UnboundedSender<tokio::sync::oneshot::Sender<Option<OwnedFd>>>,
+}
+
+impl ParkedConn {
+    /// A duplicate of the connection's socket (`None`: the task is gone,
+    /// or the descriptor could not be duplicated).
+    pub async fn lend(&self) -> Option<OwnedFd> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lend.send(tx).ok()?;
+        rx.await.ok().flatten()
+    }
+}
+
 /// What [`MsgGate::hand_off_prepare`] gives the upgrade: the state and
 /// the connections to send.
 #[derive(Debug)]
@@ -79,7 +101,7 @@ pub struct Prepared {
     /// The sessions and counters.
     pub state: GateState,
     /// The parked TCP connections.
-    pub conns: Vec<HandedConn>,
+    pub conns: Vec<ParkedConn>,
     /// Pushes that reach this process from now on.
     pub forwarded: mpsc::UnboundedReceiver<Forwarded>,
 }
@@ -89,7 +111,7 @@ pub struct Prepared {
 pub(crate) struct Handoff {
     requested: AtomicBool,
     frozen: AtomicBool,
-    parked: Mutex<Vec<HandedConn>>,
+    parked: Mutex<Vec<ParkedConn>>,
     verdict: watch::Sender<Verdict>,
     /// Connections between their accept and the end of their handshake.
     pub(super) handshaking: AtomicUsize,
@@ -149,7 +171,7 @@ impl Handoff {
     }
 
     /// A connection parks; returns the verdict to wait for.
-    fn park(&self, conn: HandedConn) -> watch::Receiver<Verdict> {
+    fn park(&self, conn: ParkedConn) -> watch::Receiver<Verdict> {
         let verdict = self.verdict.subscribe();
         self.parked
             .lock()
@@ -195,24 +217,27 @@ pub(super) async fn park_tcp(
     handle: &Arc<ConnHandle>,
     user: &Arc<User>,
 ) -> Option<End> {
-    let Some((fd, unread)) = tcp.detach() else {
-        return Some(End::Upgrade);
-    };
-    let mut verdict = core.handoff.park(HandedConn {
+    let (lend, mut asked) = mpsc::unbounded_channel();
+    let mut verdict = core.handoff.park(ParkedConn {
         state: ConnState {
             id: handle.id,
             username: user.username.clone(),
             machine: conn.clone(),
-            unread,
+            unread: Bytes::copy_from_slice(tcp.unread()),
             unwritten: Bytes::copy_from_slice(pending),
         },
-        fd,
+        lend,
     });
-    let verdict = verdict
-        .wait_for(|v| *v != Verdict::Pending)
-        .await
-        .map(|v| *v)
-        .unwrap_or(Verdict::Resume);
+    let verdict = loop {
+        tokio::select! {
+            v = verdict.wait_for(|v| *v != Verdict::Pending) => {
+                break v.map(|v| *v).unwrap_or(Verdict::Resume);
+            }
+            Some(reply) = asked.recv() => {
+                let _ = reply.send(tcp.stream_fd().try_clone_to_owned().ok());
+            }
+        }
+    };
     match verdict {
         Verdict::Commit => Some(End::HandedOff),
         _ => None,
@@ -475,13 +500,4 @@ impl MsgGate {
 
 fn user_conn_id(user: &User) -> ConnId {
     user.lock().session.conn().map_or(0, |c| c.id)
-}
-
-impl Tcp {
-    /// For a handoff: a duplicate of the socket and the input read and not
-    /// yet served. `None` if the descriptor cannot be duplicated.
-    pub(super) fn detach(&self) -> Option<(OwnedFd, Bytes)> {
-        let fd = self.stream_fd().try_clone_to_owned().ok()?;
-        Some((fd, Bytes::copy_from_slice(self.unread())))
-    }
 }

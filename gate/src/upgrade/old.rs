@@ -231,13 +231,20 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
     send(stream, Message::Listeners { names }, fds)
         .await
         .map_err(io)?;
-    let mut conns = conns.into_iter().peekable();
-    while conns.peek().is_some() {
-        let (states, fds): (Vec<_>, Vec<_>) = conns
-            .by_ref()
-            .take(MAX_FDS)
-            .map(|c| (c.state, c.fd))
-            .unzip();
+    // Duplicates of one batch of sockets at a time (the parked connections
+    // keep theirs until the verdict).
+    let mut conns = conns;
+    while !conns.is_empty() {
+        let batch: Vec<_> = conns.drain(..conns.len().min(MAX_FDS)).collect();
+        let mut fds = Vec::with_capacity(batch.len());
+        for conn in &batch {
+            fds.push(
+                conn.lend()
+                    .await
+                    .ok_or("a parked connection could not lend its socket")?,
+            );
+        }
+        let states = batch.into_iter().map(|c| c.state).collect();
         send(stream, Message::Conns { conns: states }, fds)
             .await
             .map_err(io)?;

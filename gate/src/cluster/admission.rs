@@ -19,7 +19,9 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::directory::{Directory, Take};
+use redis::Value;
+
+use super::directory::{DirError, Directory, parse_u64, shape, text};
 use crate::login::admission::{AdmissionConfig, Admit, NOTICE_EVERY, Position, Refused};
 use crate::login::placement::BoxFuture;
 
@@ -178,6 +180,80 @@ async fn poll(
         tokio::select! {
             () = tokio::time::sleep(POLL_EVERY) => {}
             () = tx.closed() => return,
+        }
+    }
+}
+
+/// What [`Directory::admission_take`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Take {
+    /// The queue was empty and a token was there: go on.
+    Admitted,
+    /// `max_queue` logins wait already.
+    Full(u64),
+    /// Wait for this ticket; the head was at `head` then.
+    Ticket {
+        /// This login's ticket.
+        ticket: u64,
+        /// Tickets admitted so far.
+        head: u64,
+    },
+}
+
+/// The queue's Redis calls (one script, `scripts::ADMISSION`).
+impl Directory {
+    fn admission_call(
+        &self,
+        mode: &str,
+        rate: u32,
+        burst: u32,
+        max_queue: usize,
+    ) -> redis::ScriptInvocation<'_> {
+        let mut inv = self.scripts.admission.key(self.keys().queue());
+        inv.arg(mode)
+            .arg(rate.max(1))
+            .arg(burst.max(1))
+            .arg(u64::try_from(max_queue).unwrap_or(u64::MAX));
+        inv
+    }
+
+    /// One login arrives at the cluster-wide queue (see [`Take`]).
+    pub async fn admission_take(
+        &self,
+        rate: u32,
+        burst: u32,
+        max_queue: usize,
+    ) -> Result<Take, DirError> {
+        let v = self
+            .run(self.admission_call("take", rate, burst, max_queue))
+            .await?;
+        let Value::Array(items) = &v else {
+            return Err(shape("admission", &v));
+        };
+        let field = |i: usize| items.get(i).and_then(text).and_then(|b| parse_u64(&b));
+        match items.first().and_then(text).as_deref() {
+            Some(b"ok") => Ok(Take::Admitted),
+            Some(b"full") => Ok(Take::Full(field(1).unwrap_or(0))),
+            Some(b"ticket") => match (field(1), field(2)) {
+                (Some(ticket), Some(head)) => Ok(Take::Ticket { ticket, head }),
+                _ => Err(shape("admission", &v)),
+            },
+            _ => Err(shape("admission", &v)),
+        }
+    }
+
+    /// The queue's head (tickets admitted so far), after moving it on.
+    pub async fn admission_head(&self, rate: u32, burst: u32) -> Result<u64, DirError> {
+        let v = self
+            .run(self.admission_call("poll", rate, burst, 0))
+            .await?;
+        match &v {
+            Value::Array(items) => items
+                .get(1)
+                .and_then(text)
+                .and_then(|b| parse_u64(&b))
+                .ok_or_else(|| shape("admission", &v)),
+            _ => Err(shape("admission", &v)),
         }
     }
 }

@@ -162,22 +162,6 @@ pub enum Commit {
     LockLost,
 }
 
-/// What [`Directory::admission_take`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// The queue was empty and a token was there: go on.
-    Admitted,
-    /// `max_queue` logins wait already.
-    Full(u64),
-    /// Wait for this ticket; the head was at `head` then.
-    Ticket {
-        /// This login's ticket.
-        ticket: u64,
-        /// Tickets admitted so far.
-        head: u64,
-    },
-}
-
 /// How Redis calls went, for the metrics.
 #[derive(Debug, Clone)]
 pub struct RedisMetrics {
@@ -206,7 +190,7 @@ pub struct Directory {
     keys: Keys,
     fence: Duration,
     timeout: Duration,
-    scripts: Arc<Scripts>,
+    pub(super) scripts: Arc<Scripts>,
     metrics: RedisMetrics,
 }
 
@@ -219,7 +203,7 @@ impl std::fmt::Debug for Directory {
     }
 }
 
-fn text(v: &Value) -> Option<Bytes> {
+pub(super) fn text(v: &Value) -> Option<Bytes> {
     match v {
         Value::BulkString(b) => Some(Bytes::copy_from_slice(b)),
         Value::SimpleString(s) => Some(Bytes::copy_from_slice(s.as_bytes())),
@@ -229,11 +213,11 @@ fn text(v: &Value) -> Option<Bytes> {
     }
 }
 
-fn parse_u64(b: &[u8]) -> Option<u64> {
+pub(super) fn parse_u64(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
 
-fn shape(what: &str, v: &Value) -> DirError {
+pub(super) fn shape(what: &str, v: &Value) -> DirError {
     DirError::Shape(format!("{what}: {v:?}"))
 }
 
@@ -297,7 +281,7 @@ impl Directory {
         result
     }
 
-    async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
+    pub(super) async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Value, DirError> {
         self.call(|mut conn| async move { inv.invoke_async::<Value>(&mut conn).await })
             .await
     }
@@ -571,61 +555,6 @@ impl Directory {
         inv.key(self.keys.fence()).arg(record.encode());
         let v = self.run(inv).await?;
         Ok(matches!(v, Value::Int(1) | Value::Int(2)))
-    }
-
-    fn admission_call(
-        &self,
-        mode: &str,
-        rate: u32,
-        burst: u32,
-        max_queue: usize,
-    ) -> redis::ScriptInvocation<'_> {
-        let mut inv = self.scripts.admission.key(self.keys.queue());
-        inv.arg(mode)
-            .arg(rate.max(1))
-            .arg(burst.max(1))
-            .arg(u64::try_from(max_queue).unwrap_or(u64::MAX));
-        inv
-    }
-
-    /// One login arrives at the cluster-wide queue (see [`Take`]).
-    pub async fn admission_take(
-        &self,
-        rate: u32,
-        burst: u32,
-        max_queue: usize,
-    ) -> Result<Take, DirError> {
-        let v = self
-            .run(self.admission_call("take", rate, burst, max_queue))
-            .await?;
-        let Value::Array(items) = &v else {
-            return Err(shape("admission", &v));
-        };
-        let field = |i: usize| items.get(i).and_then(text).and_then(|b| parse_u64(&b));
-        match items.first().and_then(text).as_deref() {
-            Some(b"ok") => Ok(Take::Admitted),
-            Some(b"full") => Ok(Take::Full(field(1).unwrap_or(0))),
-            Some(b"ticket") => match (field(1), field(2)) {
-                (Some(ticket), Some(head)) => Ok(Take::Ticket { ticket, head }),
-                _ => Err(shape("admission", &v)),
-            },
-            _ => Err(shape("admission", &v)),
-        }
-    }
-
-    /// The queue's head (tickets admitted so far), after moving it on.
-    pub async fn admission_head(&self, rate: u32, burst: u32) -> Result<u64, DirError> {
-        let v = self
-            .run(self.admission_call("poll", rate, burst, 0))
-            .await?;
-        match &v {
-            Value::Array(items) => items
-                .get(1)
-                .and_then(text)
-                .and_then(|b| parse_u64(&b))
-                .ok_or_else(|| shape("admission", &v)),
-            _ => Err(shape("admission", &v)),
-        }
     }
 
     /// Deletes the records of server `server` left by boots other than

@@ -310,20 +310,15 @@ impl GateCore {
             let username = Bytes::from(handshake::username(uid, self.cfg.name.as_bytes(), &subid));
             let alias = (name != uid)
                 .then(|| Bytes::from(handshake::username(name, self.cfg.name.as_bytes(), &subid)));
-            let user = Arc::new_cyclic(|me| User {
-                me: me.clone(),
-                uid: uid.clone(),
+            let session = Session::new(self.timers.now(), Arc::clone(&self.limits));
+            let user = self.new_user(
+                uid.clone(),
                 subid,
-                username: username.clone(),
-                alias: alias.clone(),
-                secret: secret.clone(),
-                core: Arc::downgrade(self),
-                metrics: Arc::clone(&self.metrics),
-                state: Mutex::new(UserState {
-                    session: Session::new(self.timers.now(), Arc::clone(&self.limits)),
-                    timer_at: 0,
-                }),
-            });
+                username.clone(),
+                alias.clone(),
+                secret.clone(),
+                session,
+            );
             by_uid.insert(uid.clone(), Arc::clone(&user));
             self.by_username.insert(username, Arc::clone(&user));
             if let Some(alias) = alias {
@@ -348,20 +343,14 @@ impl GateCore {
         secret: SessionSecret,
         session: Session<Arc<ConnHandle>>,
     ) -> Arc<User> {
-        let user = Arc::new_cyclic(|me| User {
-            me: me.clone(),
-            uid: uid.clone(),
+        let user = self.new_user(
+            uid.clone(),
             subid,
-            username: username.clone(),
-            alias: alias.clone(),
+            username.clone(),
+            alias.clone(),
             secret,
-            core: Arc::downgrade(self),
-            metrics: Arc::clone(&self.metrics),
-            state: Mutex::new(UserState {
-                session,
-                timer_at: 0,
-            }),
-        });
+            session,
+        );
         self.by_uid.insert(uid, Arc::clone(&user));
         self.by_username.insert(username, Arc::clone(&user));
         if let Some(alias) = alias {
@@ -369,6 +358,32 @@ impl GateCore {
         }
         self.arm(&user, &mut user.lock());
         user
+    }
+
+    /// A user of this gate with `session` (not in the tables yet).
+    fn new_user(
+        self: &Arc<Self>,
+        uid: Bytes,
+        subid: Bytes,
+        username: Bytes,
+        alias: Option<Bytes>,
+        secret: SessionSecret,
+        session: Session<Arc<ConnHandle>>,
+    ) -> Arc<User> {
+        Arc::new_cyclic(|me| User {
+            me: me.clone(),
+            uid,
+            subid,
+            username,
+            alias,
+            secret,
+            core: Arc::downgrade(self),
+            metrics: Arc::clone(&self.metrics),
+            state: Mutex::new(UserState {
+                session,
+                timer_at: 0,
+            }),
+        })
     }
 
     /// A new connection id (unique per gate, never reused).

@@ -68,6 +68,8 @@ struct Setup {
     generation: std::cell::Cell<u32>,
     /// With backend services: the backend listener (agent service `agent`).
     backend: Option<SocketAddr>,
+    /// With WebSocket listeners: (login, gate).
+    web: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl Setup {
@@ -86,6 +88,7 @@ impl Setup {
             token,
             generation: std::cell::Cell::new(0),
             backend: None,
+            web: None,
             dir,
         }
     }
@@ -111,9 +114,11 @@ impl Setup {
         self.generation.set(n);
         let log = self.dir.join(format!("gate-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
-        cmd.arg("run")
-            .arg("--no-web")
-            .args(["--login-listen", &self.login.to_string()])
+        cmd.arg("run");
+        if self.web.is_none() {
+            cmd.arg("--no-web");
+        }
+        cmd.args(["--login-listen", &self.login.to_string()])
             .args(["--gate-listen", &self.gate.to_string()])
             .args(["--ops-listen", &self.ops.to_string()])
             .args([
@@ -135,6 +140,10 @@ impl Setup {
                     self.dir.join("link.secret").to_str().expect("a utf-8 path"),
                 ])
                 .args(["--agent-service", "agent"]);
+        }
+        if let Some((login, gate)) = self.web {
+            cmd.args(["--web-login-listen", &login.to_string()])
+                .args(["--web-gate-listen", &gate.to_string()]);
         }
         let child = cmd
             .env("RUST_LOG", "info")
@@ -470,4 +479,68 @@ async fn requests_to_a_backend_service_go_on_across_an_upgrade() {
     everyone_echoes(&mut players, 3).await;
     stop.cancel();
     running.await.expect("join").expect("service");
+}
+
+/// A WebSocket player cannot keep its connection through an upgrade (its
+/// framing state lives in the WebSocket layer): it is closed with 1012,
+/// and reconnecting with its next index to the new process finds its
+/// session, without a login, and its requests answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_player_reconnects_to_its_session_after_an_upgrade() {
+    let mut setup = Setup::new("web");
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    setup.web = Some((port(), port()));
+    let (web_login, web_gate) = setup.web.expect("web");
+    let gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let mut s = Session::new(SessionConfig {
+        login_addr: format!("ws://{web_login}"),
+        gate_addr: format!("ws://{web_gate}"),
+        user: "browser".to_owned(),
+        server: "sample".to_owned(),
+        password: "password".to_owned(),
+        suite: Suite::X25519,
+        server_key: None,
+        timeout: Duration::from_secs(20),
+        extensions: Extensions::OptIn,
+        heartbeat: Duration::from_secs(30),
+    });
+    s.login(&LoginOverrides::default()).await.expect("login");
+    let (status, _) = s.connect(&ConnectSpec::default()).await.expect("handshake");
+    assert_eq!(status, GateStatus::OK);
+    let mut player = Player {
+        s,
+        uid: "browser".to_owned(),
+        opt_in: true,
+        pushes: Vec::new(),
+        answered: 0,
+    };
+    player.echo(2).await;
+    let new = setup.start(true);
+    setup
+        .logged(&new, "live upgrade: this process serves")
+        .await;
+    guard("the close", async {
+        loop {
+            match player.s.recv().await {
+                Ok(Event::Closed) | Err(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        new.log()
+            .contains("sessions and connections taken over sessions=1 connections=0"),
+        "{}",
+        new.log()
+    );
+    let (status, _) = player
+        .s
+        .connect(&ConnectSpec::default())
+        .await
+        .expect("reconnect");
+    assert_eq!(status, GateStatus::OK, "the session moved; no login needed");
+    player.echo(2).await;
+    assert!(!new.log().contains("login user=browser"), "no new login");
 }

@@ -20,6 +20,7 @@ pub mod connection;
 pub mod end;
 pub mod session;
 pub mod time;
+pub mod websocket;
 pub mod wire;
 
 pub use end::{End, ProtocolError, RELOGIN_TEXT, TransportError};

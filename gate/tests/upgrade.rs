@@ -70,6 +70,8 @@ struct Setup {
     backend: Option<SocketAddr>,
     /// With WebSocket listeners: (login, gate).
     web: Option<(SocketAddr, SocketAddr)>,
+    /// A configuration file to start with.
+    config: Option<PathBuf>,
 }
 
 impl Setup {
@@ -89,6 +91,7 @@ impl Setup {
             generation: std::cell::Cell::new(0),
             backend: None,
             web: None,
+            config: None,
             dir,
         }
     }
@@ -115,6 +118,9 @@ impl Setup {
         let log = self.dir.join(format!("gate-{n}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
         cmd.arg("run");
+        if let Some(config) = &self.config {
+            cmd.args(["--config", config.to_str().expect("a utf-8 path")]);
+        }
         if self.web.is_none() {
             cmd.arg("--no-web");
         }
@@ -165,11 +171,16 @@ impl Setup {
         .await;
     }
 
-    /// A player; `skynet` picks the suite, `opt_in` the extensions.
-    fn player(&self, user: &str, skynet: bool, opt_in: bool) -> Session {
+    /// A player; `skynet` picks the suite, `opt_in` the extensions, `ws`
+    /// the WebSocket listeners.
+    fn player(&self, user: &str, skynet: bool, opt_in: bool, ws: bool) -> Session {
+        let (login_addr, gate_addr) = match self.web {
+            Some((login, gate)) if ws => (format!("ws://{login}"), format!("ws://{gate}")),
+            _ => (self.login.to_string(), self.gate.to_string()),
+        };
         Session::new(SessionConfig {
-            login_addr: self.login.to_string(),
-            gate_addr: self.gate.to_string(),
+            login_addr,
+            gate_addr,
             user: user.to_owned(),
             server: "sample".to_owned(),
             password: "password".to_owned(),
@@ -216,13 +227,17 @@ struct Player {
     s: Session,
     uid: String,
     opt_in: bool,
+    ws: bool,
     pushes: Vec<Bytes>,
     answered: u32,
+    /// A request sent earlier whose answer is not read yet: its number
+    /// and content.
+    in_flight: Option<(u32, String)>,
 }
 
 impl Player {
-    async fn online(setup: &Setup, uid: &str, skynet: bool, opt_in: bool) -> Player {
-        let mut s = setup.player(uid, skynet, opt_in);
+    async fn online(setup: &Setup, uid: &str, skynet: bool, opt_in: bool, ws: bool) -> Player {
+        let mut s = setup.player(uid, skynet, opt_in, ws);
         s.login(&LoginOverrides::default()).await.expect("login");
         let (status, _) = s.connect(&ConnectSpec::default()).await.expect("handshake");
         assert_eq!(status, GateStatus::OK);
@@ -236,15 +251,18 @@ impl Player {
             s,
             uid: uid.to_owned(),
             opt_in,
+            ws,
             pushes: Vec::new(),
             answered: 0,
+            in_flight: None,
         }
     }
 
     /// Sends `n` requests pipelined and checks each answer arrives once,
-    /// right, on the same connection (pushes met meanwhile are kept).
+    /// right, on the same connection (pushes met meanwhile are kept); the
+    /// answer to a request in flight comes first.
     async fn echo(&mut self, n: u32) {
-        let mut sent = Vec::new();
+        let mut sent: Vec<(u32, String)> = self.in_flight.take().into_iter().collect();
         for i in 0..n {
             let text = format!("{} #{}", self.uid, self.answered + i);
             let number = self
@@ -280,23 +298,45 @@ impl Player {
     }
 }
 
-/// Every player echoes a few requests, pipelined.
+/// Every player echoes a few requests, pipelined, all players at once.
 async fn everyone_echoes(players: &mut [Player], n: u32) {
-    for p in players.iter_mut() {
-        p.echo(n).await;
-    }
+    futures::future::join_all(players.iter_mut().map(|p| p.echo(n))).await;
 }
+
+/// Players of every kind: skynet and x25519 suites, plain and opted in,
+/// over TCP and over WebSocket.
+fn kind(i: usize) -> (bool, bool, bool) {
+    let (skynet, opt_in) = (i % 2 == 0, i % 3 != 0);
+    let ws = i % 4 == 3;
+    (skynet, opt_in, ws)
+}
+
+/// Logs `n` players in, a few at a time.
+async fn players_online(setup: &Setup, prefix: &str, n: usize) -> Vec<Player> {
+    let mut players = Vec::with_capacity(n);
+    for start in (0..n).step_by(25) {
+        let batch = (start..n.min(start + 25)).map(|i| {
+            let (skynet, opt_in, ws) = kind(i);
+            let uid = format!("{prefix}{i}");
+            async move { Player::online(setup, &uid, skynet, opt_in, ws).await }
+        });
+        players.extend(futures::future::join_all(batch).await);
+    }
+    players
+}
+
+/// Sessions in the round test.
+const PLAYERS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
-    let setup = Setup::new("rounds");
+    let mut setup = Setup::new("rounds");
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    setup.web = Some((port(), port()));
     let mut gate = setup.start(false);
     setup.logged(&gate, "serving live upgrades").await;
-    let mut players = Vec::new();
-    for i in 0..24 {
-        let (skynet, opt_in) = (i % 2 == 0, i % 3 != 0);
-        players.push(Player::online(&setup, &format!("p{i}"), skynet, opt_in).await);
-    }
+    let mut players = players_online(&setup, "p", PLAYERS).await;
+    assert!(players.iter().any(|p| p.ws) && players.iter().any(|p| !p.ws));
     everyone_echoes(&mut players, 4).await;
     let mut pushes_sent = 0;
     for round in 1..=3 {
@@ -310,10 +350,27 @@ async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
                     .expect("send");
             sent.push(number);
         }
+        for (p, number) in players.iter_mut().zip(sent) {
+            p.in_flight = Some((number, format!("{} in flight {round}", p.uid)));
+        }
         let new = setup.start(true);
-        setup
-            .logged(&new, "live upgrade: this process serves")
-            .await;
+        // Echo load through the handoff: a third of the players keep
+        // asking until the new process serves.
+        let serving = std::sync::atomic::AtomicBool::new(false);
+        let load = &mut players[..PLAYERS / 3];
+        tokio::join!(
+            async {
+                setup
+                    .logged(&new, "live upgrade: this process serves")
+                    .await;
+                serving.store(true, std::sync::atomic::Ordering::Release);
+            },
+            async {
+                while !serving.load(std::sync::atomic::Ordering::Acquire) {
+                    everyone_echoes(load, 1).await;
+                }
+            }
+        );
         let status = guard("the old process exits", async {
             loop {
                 if let Some(status) = gate.child.try_wait().expect("wait") {
@@ -325,29 +382,15 @@ async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
         .await;
         assert!(status.success(), "the old process exits cleanly: {status}");
         assert!(gate.log().contains("handed over"), "{}", gate.log());
+        assert!(
+            new.log().contains(&format!(
+                "sessions and connections taken over sessions={PLAYERS} connections={PLAYERS}"
+            )),
+            "every connection moved, TCP and WebSocket: {}",
+            new.log()
+        );
         gate = new;
-        for (p, number) in players.iter_mut().zip(sent) {
-            loop {
-                match guard("the answer sent before the upgrade", p.s.recv())
-                    .await
-                    .expect("recv")
-                {
-                    Event::Message(m) if m.response.flag == ResponseFlag::PUSH => {
-                        p.pushes.push(m.response.content)
-                    }
-                    Event::Message(m) => {
-                        assert_eq!(m.response.number, number, "{}", p.uid);
-                        assert_eq!(
-                            m.response.content,
-                            Bytes::from(format!("{} in flight {round}", p.uid))
-                        );
-                        break;
-                    }
-                    Event::Closed => panic!("{}: closed by the upgrade", p.uid),
-                    _ => {}
-                }
-            }
-        }
+        // The answers to the requests in flight come first.
         everyone_echoes(&mut players, 4).await;
         // A push to every opted-in player, through the new process.
         for p in players.iter().filter(|p| p.opt_in) {
@@ -356,9 +399,11 @@ async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
         pushes_sent += 1;
         everyone_echoes(&mut players, 1).await;
     }
-    // Logins go on through the inherited login listener.
-    let mut late = Player::online(&setup, "late", false, true).await;
+    // Logins go on through the inherited login listeners.
+    let mut late = Player::online(&setup, "late", false, true, false).await;
     late.echo(3).await;
+    let mut late_ws = Player::online(&setup, "late-ws", false, true, true).await;
+    late_ws.echo(3).await;
     for p in &mut players {
         // Pushes not met yet arrive with the next answers.
         p.echo(1).await;
@@ -370,6 +415,7 @@ async fn three_upgrades_in_a_row_lose_nothing_and_reconnect_nobody() {
         } else {
             assert!(p.pushes.is_empty());
         }
+        assert_eq!(p.s.next_index(), 2, "{}: never reconnected", p.uid);
     }
     assert!(
         !gate.log().contains("login user=p"),
@@ -400,7 +446,7 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
     setup.logged(&gate, "serving live upgrades").await;
     let mut players = Vec::new();
     for i in 0..6 {
-        players.push(Player::online(&setup, &format!("r{i}"), i % 2 == 0, true).await);
+        players.push(Player::online(&setup, &format!("r{i}"), i % 2 == 0, true, false).await);
     }
     everyone_echoes(&mut players, 2).await;
 
@@ -428,7 +474,7 @@ async fn a_failed_takeover_leaves_the_old_process_serving() {
     everyone_echoes(&mut players, 3).await;
     assert_eq!(players[0].pushes, vec![Bytes::from("after the rollback")]);
     // New players still get in: accepting resumed.
-    let mut newcomer = Player::online(&setup, "newcomer", false, false).await;
+    let mut newcomer = Player::online(&setup, "newcomer", false, false, false).await;
     newcomer.echo(2).await;
     // And a real upgrade still works afterwards.
     let new = setup.start(true);
@@ -468,7 +514,7 @@ async fn requests_to_a_backend_service_go_on_across_an_upgrade() {
     .await;
     let mut players = Vec::new();
     for i in 0..8 {
-        players.push(Player::online(&setup, &format!("b{i}"), i % 2 == 0, i % 3 == 0).await);
+        players.push(Player::online(&setup, &format!("b{i}"), i % 2 == 0, i % 3 == 0, false).await);
     }
     everyone_echoes(&mut players, 3).await;
     let new = setup.start(true);
@@ -481,21 +527,38 @@ async fn requests_to_a_backend_service_go_on_across_an_upgrade() {
     running.await.expect("join").expect("service");
 }
 
-/// A WebSocket player cannot keep its connection through an upgrade (its
-/// framing state lives in the WebSocket layer): it is closed with 1012,
-/// and reconnecting with its next index to the new process finds its
-/// session, without a login, and its requests answered.
+/// A `wss://` player cannot keep its connection through an upgrade (its
+/// TLS state cannot move): it is closed with 1012, and reconnecting with
+/// its next index to the new process finds its session, without a login,
+/// and its requests answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_player_reconnects_to_its_session_after_an_upgrade() {
-    let mut setup = Setup::new("web");
+async fn a_tls_websocket_player_reconnects_to_its_session_after_an_upgrade() {
+    let mut setup = Setup::new("wss");
     let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
     setup.web = Some((port(), port()));
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let (cert, key) = (setup.dir.join("cert.pem"), setup.dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write");
+    let config = setup.dir.join("gate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[web]\ntls_cert_file = {cert:?}\ntls_key_file = {key:?}\n",
+            cert = cert.to_str().expect("a utf-8 path"),
+            key = key.to_str().expect("a utf-8 path"),
+        ),
+    )
+    .expect("config");
+    setup.config = Some(config);
+    client_cli::net::trust_ca_file(&cert).expect("trust the certificate");
     let (web_login, web_gate) = setup.web.expect("web");
     let gate = setup.start(false);
     setup.logged(&gate, "serving live upgrades").await;
     let mut s = Session::new(SessionConfig {
-        login_addr: format!("ws://{web_login}"),
-        gate_addr: format!("ws://{web_gate}"),
+        login_addr: format!("wss://{web_login}"),
+        gate_addr: format!("wss://{web_gate}"),
         user: "browser".to_owned(),
         server: "sample".to_owned(),
         password: "password".to_owned(),
@@ -512,8 +575,10 @@ async fn a_websocket_player_reconnects_to_its_session_after_an_upgrade() {
         s,
         uid: "browser".to_owned(),
         opt_in: true,
+        ws: true,
         pushes: Vec::new(),
         answered: 0,
+        in_flight: None,
     };
     player.echo(2).await;
     let new = setup.start(true);
@@ -543,4 +608,59 @@ async fn a_websocket_player_reconnects_to_its_session_after_an_upgrade() {
     assert_eq!(status, GateStatus::OK, "the session moved; no login needed");
     player.echo(2).await;
     assert!(!new.log().contains("login user=browser"), "no new login");
+}
+
+/// The QA shell on skynet's suite without extensions — what skynet's own
+/// client speaks — keeps its connection and session through an upgrade:
+/// a line typed before it and one after are both answered, on index 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_skynet_suite_shell_keeps_its_session_across_an_upgrade() {
+    use client_cli::shell;
+
+    let setup = Setup::new("shell");
+    let gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let mut out: Vec<String> = Vec::new();
+    let session = guard(
+        "login",
+        shell::start(
+            setup.player("qa", true, false, false).config().clone(),
+            &mut out,
+        ),
+    )
+    .await
+    .expect("login and connect");
+    let (lines, input) = tokio::sync::mpsc::channel(8);
+    let shell = tokio::spawn(async move {
+        let summary = shell::run_shell(session, input, &mut out, true).await;
+        (summary, out)
+    });
+    for line in ["before", ":wait"] {
+        lines.send(line.to_owned()).await.expect("shell input");
+    }
+    let new = setup.start(true);
+    setup
+        .logged(&new, "live upgrade: this process serves")
+        .await;
+    for line in ["after", ":wait", ":quit"] {
+        lines.send(line.to_owned()).await.expect("shell input");
+    }
+    let (summary, out) = guard("the shell", shell).await.expect("join");
+    assert_eq!(summary.unanswered, 0);
+    let transcript = out.join("\n");
+    let mut from = 0;
+    for needle in [
+        "index=1 -> 200 OK",
+        "<- s=0 ok \"before\"",
+        "<- s=1 ok \"after\"",
+    ] {
+        match transcript[from..].find(needle) {
+            Some(at) => from += at + needle.len(),
+            None => panic!("{needle:?} missing (in order) from:\n{transcript}"),
+        }
+    }
+    for never in ["connection dropped", "index=2", "closed"] {
+        assert!(!transcript.contains(never), "{never:?} in:\n{transcript}");
+    }
+    assert!(!new.log().contains("login user=qa"), "no new login");
 }

@@ -5,9 +5,12 @@
 //! loop over the messages (`msg::ws`).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use codec::websocket::Mapping;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -147,7 +150,39 @@ impl WebPolicy {
                 UpgradeError::Handshake(format!("TLS: {}", esc(e.to_string().as_bytes())))
             })?)),
         };
-        let stream = Tapped::new(inner, ReadCount::default());
+        self.handshake(Tapped::new(inner, ReadCount::default()), addr)
+            .await
+    }
+
+    /// Input buffer size of each connection (`web.read_buffer_bytes`).
+    pub fn read_buffer(&self) -> usize {
+        self.read_buffer
+    }
+
+    /// Whether the listener speaks TLS (`wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The HTTP upgrade of a plain (`ws://`) gate connection: its socket
+    /// comes back positioned right after the upgrade request, nothing of
+    /// the client's frames read, so the gate reads the frames itself (and
+    /// the connection can move to another process).
+    pub async fn upgrade_plain(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) -> Result<TcpStream, UpgradeError> {
+        let ws = self.handshake(HeadOnly::new(stream), addr).await?;
+        Ok(ws.into_inner().stream)
+    }
+
+    /// The HTTP upgrade itself, over `stream`.
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        addr: SocketAddr,
+    ) -> Result<WebSocketStream<S>, UpgradeError> {
         let mut refused = None;
         // The callback's types are tungstenite's.
         #[allow(clippy::result_large_err)]
@@ -177,6 +212,96 @@ impl WebPolicy {
     }
 }
 
+/// A socket read only up to the end of an HTTP request's head (the empty
+/// line), so an upgrade leaves every byte after it in the socket: frames
+/// a client sent right behind its request are not taken into the
+/// handshake's buffer. It peeks, then reads what belongs to the head.
+#[derive(Debug)]
+struct HeadOnly {
+    stream: TcpStream,
+    /// How much of `CR LF CR LF` the bytes read so far end with (4: the
+    /// head is complete, nothing more is read).
+    matched: usize,
+}
+
+impl HeadOnly {
+    fn new(stream: TcpStream) -> HeadOnly {
+        HeadOnly { stream, matched: 0 }
+    }
+
+    /// How many of `bytes` belong to the head, given `matched` so far;
+    /// updates `matched`.
+    fn head_part(matched: &mut usize, bytes: &[u8]) -> usize {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for (i, &b) in bytes.iter().enumerate() {
+            *matched = if b == END[*matched] {
+                *matched + 1
+            } else if b == b'\r' {
+                1
+            } else {
+                0
+            };
+            if *matched == END.len() {
+                return i + 1;
+            }
+        }
+        bytes.len()
+    }
+}
+
+impl AsyncRead for HeadOnly {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.matched == 4 || buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            let mut peeked = [0u8; 1024];
+            let limit = buf.remaining().min(peeked.len());
+            let mut peek = ReadBuf::new(&mut peeked[..limit]);
+            std::task::ready!(this.stream.poll_peek(cx, &mut peek))?;
+            if peek.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            let take = HeadOnly::head_part(&mut this.matched.clone(), peek.filled());
+            // The peeked bytes are queued, so this read takes all `take`.
+            match this.stream.try_read(buf.initialize_unfilled_to(take)) {
+                Ok(n) => {
+                    let mut matched = this.matched;
+                    HeadOnly::head_part(&mut matched, &peek.filled()[..n]);
+                    this.matched = matched;
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for HeadOnly {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +323,19 @@ mod tests {
         };
         assert!(WebPolicy::new(&any, Mapping::Lines, 8192).origin_allowed(Some(b"null")));
         assert_eq!(WebPolicy::new(&any, Mapping::Lines, 8192).max_message, 8191);
+    }
+
+    #[test]
+    fn a_head_ends_at_its_empty_line_across_reads() {
+        let mut matched = 0;
+        assert_eq!(
+            HeadOnly::head_part(&mut matched, b"GET / HTTP/1.1\r\nA: b\r"),
+            21
+        );
+        assert_eq!(matched, 1);
+        assert_eq!(HeadOnly::head_part(&mut matched, b"\n\r\n\x82\x85"), 3);
+        assert_eq!(matched, 4);
+        let mut matched = 0;
+        assert_eq!(HeadOnly::head_part(&mut matched, b"a\r\r\n\r\nrest"), 6);
     }
 }

@@ -29,6 +29,7 @@ use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::transport::{Flow, Read, Transport};
 use super::ws::Ws;
+use super::ws_plain::WsPlain;
 use crate::logging::esc;
 use crate::net::SourceSlot;
 use crate::net::web::{UpgradeError, WebPolicy};
@@ -53,7 +54,9 @@ pub(super) fn run_tcp(
 }
 
 /// Runs one accepted WebSocket connection to its end: the upgrade (and
-/// TLS) within the handshake deadline, then as any connection.
+/// TLS) within the handshake deadline, then as any connection. A plain
+/// one's frames are the gate's own ([`WsPlain`]); a TLS one's are the
+/// WebSocket library's ([`Ws`]).
 pub(super) fn run_ws(
     core: Arc<GateCore>,
     stream: TcpStream,
@@ -63,20 +66,40 @@ pub(super) fn run_ws(
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let metrics = Arc::clone(&core.metrics);
-    let opening = async move {
-        match policy.upgrade(stream, addr).await {
-            Ok(ws) => Some(Ws::new(ws)),
-            Err(e) => {
-                bump(match e {
-                    UpgradeError::Origin(_) => &metrics.ws_origin_refused,
-                    UpgradeError::Handshake(_) => &metrics.ws_upgrades_failed,
-                });
-                tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
-                None
-            }
-        }
+    let failed = move |e: UpgradeError| {
+        bump(match e {
+            UpgradeError::Origin(_) => &metrics.ws_origin_refused,
+            UpgradeError::Handshake(_) => &metrics.ws_upgrades_failed,
+        });
+        tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
     };
-    drive(core, addr, slots, opening)
+    if policy.is_tls() {
+        let opening = async move {
+            match policy.upgrade(stream, addr).await {
+                Ok(ws) => Some(Ws::new(ws)),
+                Err(e) => {
+                    failed(e);
+                    None
+                }
+            }
+        };
+        futures::future::Either::Left(drive(core, addr, slots, opening))
+    } else {
+        let opening = async move {
+            match policy.upgrade_plain(stream, addr).await {
+                Ok(stream) => Some(WsPlain::new(
+                    stream,
+                    codec::package::MAX_PAYLOAD,
+                    policy.read_buffer(),
+                )),
+                Err(e) => {
+                    failed(e);
+                    None
+                }
+            }
+        };
+        futures::future::Either::Right(drive(core, addr, slots, opening))
+    }
 }
 
 /// Counts the connection as open (and a WebSocket one as such) and holds
@@ -340,7 +363,7 @@ async fn session<T: Transport>(
             return end;
         }
         let inflight = if conn.reading() { 0 } else { player.inflight() };
-        if let Some(end) = conn.check(pending.len(), inflight) {
+        if let Some(end) = conn.check(pending.len() + transport.queued(), inflight) {
             return end;
         }
         // A hand-written wait instead of `select!`: no waiter or
@@ -399,7 +422,8 @@ async fn session<T: Transport>(
 
 /// A live upgrade asks this connection to move (see `players::handoff`):
 /// stop reading, let the requests in flight finish and their answers go
-/// out, then park a TCP connection (a WebSocket one is closed with 1012).
+/// out, then park a TCP or plain WebSocket connection (a TLS one is
+/// closed with 1012).
 /// `None`: serve on (the upgrade was called off).
 async fn hand_off<T: Transport>(
     transport: &mut T,
@@ -427,9 +451,9 @@ async fn hand_off<T: Transport>(
         let woken = std::future::poll_fn(|cx| player.handle.poll_woken(cx));
         let _ = tokio::time::timeout(std::time::Duration::from_millis(20), woken).await;
     }
-    let parked = match transport.as_tcp() {
-        Some(tcp) => {
-            super::handoff::park_tcp(core, tcp, conn, pending, &player.handle, &player.user).await
+    let parked = match transport.as_movable() {
+        Some(moving) => {
+            super::handoff::park(core, moving, conn, pending, &player.handle, &player.user).await
         }
         None => Some(End::Upgrade),
     };
@@ -440,7 +464,7 @@ async fn hand_off<T: Transport>(
     parked
 }
 
-/// Runs a TCP connection handed over by an old process (see
+/// Runs a connection handed over by an old process (see
 /// `players::handoff`): straight into the session loop, with what the old
 /// process had read and not served, and made and not written.
 pub(super) fn spawn_restored(
@@ -461,15 +485,45 @@ pub(super) fn spawn_restored(
         .per_source
         .enter(addr.ip())
         .map_err(|refused| std::io::Error::other(refused.label()))?;
-    let open = OpenConn::<Tcp>::new(Arc::clone(core), (permit, source));
-    let transport = Tcp::restored(stream, &state.unread);
-    let conn = state.machine.with_limits(Arc::clone(&core.conn_limits));
+    let slots = (permit, source);
+    let crate::upgrade::state::ConnState {
+        machine,
+        unread,
+        unwritten,
+        websocket,
+        ..
+    } = state;
+    let conn = machine.with_limits(Arc::clone(&core.conn_limits));
+    let pending = BytesMut::from(&unwritten[..]);
+    match websocket {
+        None => {
+            let transport = Tcp::restored(stream, &unread);
+            resume(core, slots, transport, conn, pending, user, handle);
+        }
+        Some(ws) => {
+            let transport = WsPlain::restored(stream, &unread, ws);
+            resume(core, slots, transport, conn, pending, user, handle);
+        }
+    }
+    Ok(())
+}
+
+/// Spawns the session loop of a restored connection.
+fn resume<T: Transport + 'static>(
+    core: &Arc<GateCore>,
+    slots: Slots,
+    transport: T,
+    conn: Connection,
+    pending: BytesMut,
+    user: &Arc<super::core::User>,
+    handle: Arc<ConnHandle>,
+) {
+    let open = OpenConn::<T>::new(Arc::clone(core), slots);
     let bound = Bound {
         user: Arc::clone(user),
         ext: conn.opted_in(),
         greeting: BytesMut::new(),
     };
-    let pending = BytesMut::from(&state.unwritten[..]);
     core.tracker.spawn(async move {
         let core = &open.core;
         // Until the old process has let go, it may resume this connection.
@@ -491,7 +545,6 @@ pub(super) fn spawn_restored(
         };
         Box::pin(finish(core, opened, &player, end)).await;
     });
-    Ok(())
 }
 
 /// What woke the session loop.

@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, watch};
 use super::MsgGate;
 use super::core::{GateCore, User, UserState as Locked};
 use super::handle::ConnHandle;
-use super::tcp::Tcp;
-use crate::upgrade::state::{ConnState, GateState, STATE_VERSION, UserState};
+use super::transport::Movable;
+use crate::upgrade::state::{ConnState, GateState, READS, STATE_VERSION, UserState};
 
 /// What parked connections are told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,12 +206,12 @@ impl Drop for Handshaking<'_> {
     }
 }
 
-/// The connection task's part: park `tcp` (see the module docs). `None`:
+/// The connection task's part: park `moving` (see the module docs). `None`:
 /// serve on (the handoff was rolled back); `Some(end)`: the connection
 /// ends so (handed over, or closed for a reconnect).
-pub(super) async fn park_tcp(
+pub(super) async fn park(
     core: &GateCore,
-    tcp: &mut Tcp,
+    moving: Movable<'_>,
     conn: &Connection,
     pending: &BytesMut,
     handle: &Arc<ConnHandle>,
@@ -223,8 +223,9 @@ pub(super) async fn park_tcp(
             id: handle.id,
             username: user.username.clone(),
             machine: conn.clone(),
-            unread: Bytes::copy_from_slice(tcp.unread()),
+            unread: Bytes::copy_from_slice(moving.unread()),
             unwritten: Bytes::copy_from_slice(pending),
+            websocket: moving.websocket(),
         },
         lend,
     });
@@ -234,7 +235,7 @@ pub(super) async fn park_tcp(
                 break v.map(|v| *v).unwrap_or(Verdict::Resume);
             }
             Some(reply) = asked.recv() => {
-                let _ = reply.send(tcp.stream_fd().try_clone_to_owned().ok());
+                let _ = reply.send(moving.stream_fd().try_clone_to_owned().ok());
             }
         }
     };
@@ -421,9 +422,9 @@ impl MsgGate {
         conns: Vec<HandedConn>,
     ) -> Result<(usize, usize), String> {
         let core = &self.core;
-        if state.version != STATE_VERSION {
+        if !READS.contains(&state.version) {
             return Err(format!(
-                "state version {} (this build reads {STATE_VERSION})",
+                "state version {} (this build reads {READS:?})",
                 state.version
             ));
         }

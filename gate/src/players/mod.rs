@@ -31,6 +31,7 @@ mod tcp;
 mod timers;
 mod transport;
 mod ws;
+mod ws_plain;
 
 use std::io;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 use self::core::{GateCore, User};
 use self::metrics::bump;
 pub use self::metrics::{GateMetrics, RefusedStatus, SESSION_ENDS};
+pub use self::ws_plain::WsState;
 use crate::agent::Agent;
 use crate::config::GateConfig;
 use crate::login::placement::{LoginLink, LoginRefusal};

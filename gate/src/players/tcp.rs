@@ -270,14 +270,14 @@ impl Transport for Tcp {
         std::future::ready(())
     }
 
-    fn as_tcp(&mut self) -> Option<&mut Tcp> {
-        Some(self)
+    fn as_movable(&mut self) -> Option<super::transport::Movable<'_>> {
+        Some(super::transport::Movable::Tcp(self))
     }
 }
 
 /// Writes as much of `data` as the socket takes without waiting; returns
 /// how much that was.
-fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
+pub(super) fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
     let mut written = 0;
     while let Some(rest) = data.get(written..).filter(|r| !r.is_empty()) {
         match stream.try_write(rest) {

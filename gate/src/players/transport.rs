@@ -68,6 +68,12 @@ pub(super) trait Transport: Send {
     /// Writes what the socket takes now, without a waker (before a wait).
     fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End>;
 
+    /// Bytes the transport holds to write besides `pending` (counted
+    /// against the send queue bound).
+    fn queued(&self) -> usize {
+        0
+    }
+
     /// Whether there is something to write (or flush).
     fn wants_write(&self, pending: &BytesMut) -> bool;
 
@@ -91,9 +97,45 @@ pub(super) trait Transport: Send {
     /// WebSocket answers a client's close frame first.
     fn abort(&mut self, end: &End) -> impl Future<Output = ()> + Send;
 
-    /// The TCP transport, which a live upgrade can move to a new process
-    /// (`None`: this one cannot move).
-    fn as_tcp(&mut self) -> Option<&mut super::tcp::Tcp> {
+    /// The transport as a live upgrade moves it to a new process (`None`:
+    /// this one cannot move; it is closed for a reconnect).
+    fn as_movable(&mut self) -> Option<Movable<'_>> {
         None
+    }
+}
+
+/// A transport a live upgrade can move: its socket and its state are
+/// plain data.
+#[derive(Debug)]
+pub(super) enum Movable<'a> {
+    /// A TCP connection.
+    Tcp(&'a mut super::tcp::Tcp),
+    /// A plain WebSocket connection.
+    WebSocket(&'a mut super::ws_plain::WsPlain),
+}
+
+impl Movable<'_> {
+    /// The socket's descriptor.
+    pub(super) fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Movable::Tcp(t) => t.stream_fd(),
+            Movable::WebSocket(w) => w.stream_fd(),
+        }
+    }
+
+    /// Input read and not yet served.
+    pub(super) fn unread(&self) -> &[u8] {
+        match self {
+            Movable::Tcp(t) => t.unread(),
+            Movable::WebSocket(w) => w.unread(),
+        }
+    }
+
+    /// The WebSocket state a move carries (`None` for TCP).
+    pub(super) fn websocket(&self) -> Option<super::ws_plain::WsState> {
+        match self {
+            Movable::Tcp(_) => None,
+            Movable::WebSocket(w) => Some(w.state()),
+        }
     }
 }

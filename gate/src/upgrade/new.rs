@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tracing::info;
 
 use super::frames;
-use super::state::{GateState, Message, STATE_VERSION};
+use super::state::{GateState, Message, READS};
 use crate::players::MsgGate;
 use crate::players::handoff::{Forwarded, HandedConn};
 
@@ -116,7 +116,7 @@ fn receive(path: &Path) -> Result<Inherited, String> {
     send(
         &mut stream,
         &Message::Hello {
-            reads: vec![STATE_VERSION],
+            reads: READS.to_vec(),
             pid: std::process::id(),
         },
     )
@@ -150,9 +150,9 @@ fn receive(path: &Path) -> Result<Inherited, String> {
             other => return Err(format!("unexpected message {other:?}")),
         }
     };
-    if state.version != STATE_VERSION {
+    if !READS.contains(&state.version) {
         let why = format!(
-            "state version {} (this build reads {STATE_VERSION})",
+            "state version {} (this build reads {READS:?})",
             state.version
         );
         let _ = send(&mut stream, &Message::Refused { why: why.clone() });

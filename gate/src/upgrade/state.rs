@@ -7,7 +7,7 @@
 //! ([`gate_core::connection::Connection`]) with its unread input and
 //! unwritten output, and the counters that must not go back (subids and
 //! connection ids are never reused). [`STATE_VERSION`] names the format; a
-//! process refuses a state of a version it does not read, and the old
+//! process refuses a state of a version it does not read ([`READS`]), and the old
 //! process then serves on.
 
 use bytes::Bytes;
@@ -15,8 +15,14 @@ use gate_core::connection::Connection;
 use gate_core::session::{ConnId, Session};
 use serde::{Deserialize, Serialize};
 
-/// The version of the state format this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// The version of the state format this build writes. Version 2 added
+/// plain WebSocket connections ([`ConnState::websocket`]); a build of
+/// version 1 would take them for TCP ones, so it is refused.
+pub const STATE_VERSION: u32 = 2;
+
+/// The state versions this build reads: a version 1 state is a version 2
+/// one without WebSocket connections.
+pub const READS: &[u32] = &[1, 2];
 
 /// One message on the upgrade socket (descriptors travel with
 /// [`Message::Listeners`] and [`Message::Conns`]). Externally tagged
@@ -117,6 +123,9 @@ pub struct ConnState {
     /// Input read from the socket and not yet served (a partial package,
     /// or packages behind a pause).
     pub unread: Bytes,
-    /// Output made and not yet written to the socket.
+    /// Output made and not yet written to the socket (packages).
     pub unwritten: Bytes,
+    /// A plain WebSocket connection's frame state (`None`: TCP).
+    #[serde(default)]
+    pub websocket: Option<crate::players::WsState>,
 }

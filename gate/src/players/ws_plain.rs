@@ -1,0 +1,290 @@
+//! A plain (`ws://`) WebSocket client connection as a [`Transport`]
+//! (`docs/PROTOCOL.md` §9): the gate reads and writes the frames itself
+//! ([`gate_core::websocket`]) on the socket the HTTP upgrade left, so all
+//! its state is bytes and plain data and a live upgrade moves it like a
+//! TCP connection.
+//!
+//! Answers are written into the driver's buffer as packages, like over
+//! TCP, and become binary frames as they are written (in place when they
+//! are small); pongs and the close reply go to the frames queue at once.
+//! Every frame already read is served before the answers are written, so a
+//! pipelining client gets one write for a batch.
+
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use gate_core::connection::{Connection, Mapping, Message as Received};
+use gate_core::websocket::{self, Frame, FrameReader, Opcode};
+use gate_core::{End, ProtocolError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::tcp::{release_if_empty, write_now};
+use super::transport::{Flow, Read, Serve, Transport};
+
+/// The socket, what was read and not yet served, and frames not yet
+/// written.
+#[derive(Debug)]
+pub(crate) struct WsPlain {
+    stream: TcpStream,
+    /// Input not yet taken: a partial frame, or frames behind a pause.
+    rbuf: BytesMut,
+    /// A fragmented message in progress.
+    reader: FrameReader,
+    /// Frames not yet written (answers already framed, pongs, a close
+    /// reply).
+    frames: BytesMut,
+    /// Bytes read since the last data message.
+    wire: usize,
+    /// How much to read at a time.
+    read_size: usize,
+    /// The last read stopped at a pause: `rbuf` holds whole frames.
+    paused: bool,
+}
+
+/// What a live upgrade carries of a plain WebSocket connection besides its
+/// descriptor, its unread input and its unwritten packages.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct WsState {
+    /// The frame reader (a fragmented message in progress).
+    pub reader: FrameReader,
+    /// Frames made and not yet written.
+    pub frames: Bytes,
+    /// Bytes read since the last data message.
+    pub wire: usize,
+    /// Read size.
+    pub read_size: usize,
+}
+
+impl WsPlain {
+    /// A connection whose upgrade just completed; messages up to
+    /// `max_message` bytes, read `read_size` bytes at a time.
+    pub(super) fn new(stream: TcpStream, max_message: usize, read_size: usize) -> WsPlain {
+        let _ = stream.set_nodelay(true);
+        WsPlain {
+            stream,
+            rbuf: BytesMut::new(),
+            reader: FrameReader::new(max_message),
+            frames: BytesMut::new(),
+            wire: 0,
+            read_size,
+            paused: false,
+        }
+    }
+
+    /// A connection taken over from an old process, with what it had read
+    /// and not served.
+    pub(super) fn restored(stream: TcpStream, unread: &[u8], state: WsState) -> WsPlain {
+        let _ = stream.set_nodelay(true);
+        WsPlain {
+            stream,
+            rbuf: BytesMut::from(unread),
+            reader: state.reader,
+            frames: BytesMut::from(&state.frames[..]),
+            wire: state.wire,
+            read_size: state.read_size,
+            paused: !unread.is_empty(),
+        }
+    }
+
+    /// The socket's descriptor.
+    pub(super) fn stream_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Input read and not yet served.
+    pub(super) fn unread(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// The rest of the state a move carries.
+    pub(super) fn state(&self) -> WsState {
+        WsState {
+            reader: self.reader.clone(),
+            frames: Bytes::copy_from_slice(&self.frames),
+            wire: self.wire,
+            read_size: self.read_size,
+        }
+    }
+
+    /// Serves the whole frames in `rbuf`, until a pause.
+    fn serve_frames(
+        &mut self,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        serve: &mut impl Serve,
+    ) -> Result<Flow, End> {
+        loop {
+            let (frame, wire) = match self.reader.read(&mut self.rbuf) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(Flow::More),
+                Err(e) => return Err(ProtocolError::WebSocket(e.close_code()).into()),
+            };
+            let message = match frame {
+                Frame::Binary(payload) => {
+                    self.wire = 0;
+                    Received::Binary(payload)
+                }
+                Frame::Text => Received::Text,
+                Frame::Ping(payload) => {
+                    websocket::write_frame(Opcode::Pong, &payload, &mut self.frames);
+                    Received::Control
+                }
+                Frame::Pong => Received::Control,
+                Frame::Close(code) => {
+                    // Answers already made go first, then the reply.
+                    websocket::packages_to_frames(pending, &mut self.frames);
+                    websocket::write_close(websocket::close_reply(code), &mut self.frames);
+                    Received::Close
+                }
+                Frame::Fragment => {
+                    self.wire = self.wire.saturating_add(wire);
+                    conn.wire_without_data(self.wire)?;
+                    continue;
+                }
+            };
+            if !matches!(message, Received::Binary(_)) {
+                self.wire = self.wire.saturating_add(wire);
+                conn.wire_without_data(self.wire)?;
+            }
+            if let Some(input) = conn.message(message, pending)?
+                && serve(conn, input, pending)? == Flow::Pause
+            {
+                return Ok(Flow::Pause);
+            }
+        }
+    }
+
+    /// Frames what is in `pending` and writes what the socket takes now.
+    fn write_ready(&mut self, pending: &mut BytesMut) -> Result<(), End> {
+        websocket::packages_to_frames(pending, &mut self.frames);
+        release_if_empty(pending);
+        let written = write_now(&self.stream, &self.frames)?;
+        self.frames.advance(written);
+        release_if_empty(&mut self.frames);
+        Ok(())
+    }
+}
+
+impl Transport for WsPlain {
+    const MAPPING: Mapping = Mapping::Messages;
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        self.stream
+            .poll_read_ready(cx)
+            .map_err(|e| End::from(e.kind()))
+    }
+
+    fn has_buffered(&self) -> bool {
+        self.paused
+    }
+
+    fn read(
+        &mut self,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        mut serve: impl Serve,
+    ) -> Result<Read, End> {
+        if !self.paused {
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                self.rbuf.reserve(self.read_size);
+            }
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(0) => return Ok(Read::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+                Err(e) => return Err(e.kind().into()),
+            }
+        }
+        let flow = self.serve_frames(conn, pending, &mut serve);
+        release_if_empty(&mut self.rbuf);
+        self.paused = flow? == Flow::Pause;
+        Ok(Read::Data)
+    }
+
+    fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End> {
+        self.write_ready(pending)
+    }
+
+    fn queued(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn wants_write(&self, pending: &BytesMut) -> bool {
+        !pending.is_empty() || !self.frames.is_empty()
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, pending: &mut BytesMut) -> Result<(), End> {
+        loop {
+            self.write_ready(pending)?;
+            if self.frames.is_empty() {
+                return Ok(());
+            }
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(e.kind().into()),
+                Poll::Pending => return Ok(()),
+            }
+        }
+    }
+
+    /// Sends what is queued, then a close frame with `code`, and waits for
+    /// the client's close frame (or the end of the connection).
+    async fn close(
+        &mut self,
+        mut pending: BytesMut,
+        code: u16,
+        closed: impl FnOnce() + Send,
+        stop_waiting: impl Future<Output = ()> + Send,
+    ) {
+        websocket::packages_to_frames(&mut pending, &mut self.frames);
+        websocket::write_close(code, &mut self.frames);
+        let frames = std::mem::take(&mut self.frames);
+        let sent = self.stream.write_all(&frames).await;
+        drop((pending, frames));
+        closed();
+        if sent.is_err() {
+            return;
+        }
+        let reader = &mut self.reader;
+        let (stream, rbuf) = (&mut self.stream, &mut self.rbuf);
+        let answered = async {
+            loop {
+                loop {
+                    match reader.read(rbuf) {
+                        Ok(Some((Frame::Close(_), _))) | Err(_) => return,
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                    }
+                }
+                rbuf.reserve(512);
+                match stream.read_buf(rbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = answered => {}
+            () = stop_waiting => {}
+        }
+    }
+
+    fn abort(&mut self, end: &End) -> impl Future<Output = ()> + Send {
+        // The reply to a client's close frame is queued: send it.
+        let answer = matches!(end, End::PeerClosed) && !self.frames.is_empty();
+        async move {
+            if answer {
+                let _ = self.stream.write_all(&self.frames).await;
+                self.frames.clear();
+            }
+        }
+    }
+
+    fn as_movable(&mut self) -> Option<super::transport::Movable<'_>> {
+        Some(super::transport::Movable::WebSocket(self))
+    }
+}

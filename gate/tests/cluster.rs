@@ -240,6 +240,8 @@ struct GateNode {
     name: String,
     client: SocketAddr,
     backend: SocketAddr,
+    /// The flags it was started with.
+    args: Vec<String>,
 }
 
 struct LoginNode {
@@ -430,6 +432,7 @@ impl Cluster {
                 name: name.to_owned(),
                 client,
                 backend: backend_addr,
+                args,
             };
         }
         panic!("gate {name}: no free ports in {PORT_ATTEMPTS} attempts");
@@ -1886,4 +1889,121 @@ async fn the_readme_cluster_recipe_runs_as_written() {
     browser.login().await.expect("a WebSocket login");
     assert_eq!(browser.connect().await, GateStatus::OK);
     assert_eq!(browser.echo("over WebSocket").await, "over WebSocket");
+}
+
+/// A gate node upgraded in place (`--upgrade-socket`, then a new process
+/// with `--takeover`) while a login node places users on it: the players
+/// keep their connections, every login made meanwhile gets in (none is
+/// refused), the registry entry and the directory records keep the node's
+/// epoch, and a relogin afterwards kicks the moved session exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_node_upgraded_while_logins_go_on_keeps_every_session() {
+    let c = Cluster::start("upgrade").await;
+    let socket = c.dir.join("upgrade.sock");
+    let socket_arg = socket.to_str().expect("utf-8").to_owned();
+    let g1 = c
+        .gate_full(
+            "g1",
+            "north",
+            &c.secret,
+            false,
+            &["--upgrade-socket".into(), socket_arg.clone()],
+        )
+        .await;
+    let l1 = c.login("l1").await;
+    let dir = c.redis.directory();
+    let epoch = dir.gate(b"north").await.unwrap().unwrap().epoch;
+    let mut players = Vec::new();
+    for i in 0..100 {
+        let mut p = Player::online(&l1, &g1, &format!("p{i}")).await;
+        assert_eq!(p.echo("before").await, "before");
+        players.push(p);
+    }
+    eventually("the gate serves live upgrades", || {
+        let log = g1.proc.log();
+        async move { log.contains("serving live upgrades") }
+    })
+    .await;
+
+    let mut args = g1.args.clone();
+    args.extend(["--takeover".into(), socket_arg]);
+    let new = c.node("g1-new", &args);
+    let upgraded = std::sync::atomic::AtomicBool::new(false);
+    // Four login loops, one login after another each, until the new
+    // process serves, and a few more.
+    let logins = |lane: usize| {
+        let (l1, g1, upgraded) = (&l1, &g1, &upgraded);
+        async move {
+            let (mut after, mut placed) = (0, Vec::new());
+            while after < 2 {
+                if upgraded.load(std::sync::atomic::Ordering::Acquire) {
+                    after += 1;
+                }
+                let user = format!("late{lane}-{}", placed.len());
+                let mut p = Player::new(l1, g1, &user);
+                p.login()
+                    .await
+                    .unwrap_or_else(|e| panic!("{user}: a login during the upgrade: {e}"));
+                placed.push(p);
+            }
+            placed
+        }
+    };
+    let ((), a, b, c2, d) = tokio::join!(
+        async {
+            eventually("the new process serves", || {
+                let log = new.log();
+                async move { log.contains("live upgrade: this process serves") }
+            })
+            .await;
+            upgraded.store(true, std::sync::atomic::Ordering::Release);
+        },
+        logins(0),
+        logins(1),
+        logins(2),
+        logins(3),
+    );
+    let mut late: Vec<Player> = [a, b, c2, d].into_iter().flatten().collect();
+    let mut old = g1;
+    let status = guard("the old process exits", async {
+        loop {
+            if let Some(status) = old.proc.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "the old process exits cleanly: {status}");
+    old.proc = new;
+    let g1 = old;
+    assert!(late.len() > 8, "logins went on during the upgrade");
+    eprintln!("late logins: {}", late.len());
+    for p in &mut late {
+        assert_eq!(p.connect().await, GateStatus::OK);
+        assert_eq!(p.echo("late").await, "late");
+    }
+    for p in &mut players {
+        assert_eq!(p.echo("after").await, "after");
+        assert_eq!(p.s.next_index(), 2, "never reconnected");
+    }
+    let entry = dir.gate(b"north").await.unwrap().unwrap();
+    assert_eq!(entry.epoch, epoch, "the node keeps its epoch");
+    assert!(!entry.draining);
+    let record = dir.record(b"p0").await.unwrap().unwrap();
+    assert_eq!(
+        (record.server.as_ref(), record.epoch),
+        (&b"north"[..], epoch)
+    );
+    // A relogin ends the moved session, once.
+    let mut again = Player::online(&l1, &g1, "p0").await;
+    assert_eq!(
+        players[0].kicks_until_closed().await,
+        vec![Bytes::from("logged in again")]
+    );
+    assert_eq!(again.echo("again").await, "again");
+    assert!(
+        !g1.proc.log().contains("login user=p"),
+        "no player logged in again"
+    );
 }

@@ -210,6 +210,7 @@ async fn control_link(
         match kind {
             login_frame::Kind::Place(p) => {
                 tasks.spawn(async move {
+                    let _busy = node.enter_call().await;
                     let reply = node.place(p).await;
                     let _ = tx.send(reply).await;
                     drop(permit);
@@ -217,6 +218,7 @@ async fn control_link(
             }
             login_frame::Kind::Kick(k) => {
                 tasks.spawn(async move {
+                    let _busy = node.enter_call().await;
                     let reply = node.kick(k).await;
                     let _ = tx.send(reply).await;
                     drop(permit);

@@ -149,9 +149,39 @@ pub struct GateNode {
     pub registered: Arc<std::sync::atomic::AtomicBool>,
     /// TLS on the control listener (`cluster.tls_cert_file`), if configured.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Control calls (placements, kicks) in progress: a live upgrade lets
+    /// them finish before it writes the sessions out.
+    pub busy: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A control call counted in [`GateNode::busy`] until dropped.
+pub(super) struct Busy(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl GateNode {
+    /// Counts a control call in; while a live upgrade is under way it
+    /// waits for its outcome first: if the upgrade goes through, this
+    /// process exits and the login node sends the call again to the new
+    /// one; if it is called off, the call runs here.
+    pub(super) async fn enter_call(&self) -> Busy {
+        use std::sync::atomic::{Ordering, fence};
+        loop {
+            self.busy.fetch_add(1, Ordering::SeqCst);
+            // Pairs with the fence of `MsgGate::hand_off_request`.
+            fence(Ordering::SeqCst);
+            if !self.gate.is_handing_off() {
+                return Busy(Arc::clone(&self.busy));
+            }
+            self.busy.fetch_sub(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     fn entry(&self, draining: bool) -> GateEntry {
         GateEntry {
             node: self.node.clone(),

@@ -58,7 +58,11 @@ pub(crate) fn keepalive(stream: &TcpStream) {
 /// Why a control call failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ControlError {
-    /// Cannot connect, or the link closed.
+    /// The link closed while a call was on it (the gate went away, or a
+    /// live upgrade replaced its process).
+    #[error("control link to {0}: the link closed")]
+    Closed(String),
+    /// Cannot connect.
     #[error("control link to {addr}: {why}")]
     Link {
         /// The gate's control address.
@@ -298,10 +302,7 @@ impl ControlLinks {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, tx);
-        let closed = || ControlError::Link {
-            addr: addr.to_owned(),
-            why: "the link closed".into(),
-        };
+        let closed = || ControlError::Closed(addr.to_owned());
         let forget = || {
             link.pending
                 .lock()
@@ -363,6 +364,26 @@ impl ClusterPlacer {
 }
 
 impl PlacerInner {
+    /// A control call, made once more on a new link if the link closed
+    /// under it: a gate node being upgraded lets its control calls wait
+    /// for the outcome and, when the new process takes over, the old one
+    /// exits without running them; the new one, on the same address,
+    /// runs them. (A placement is a compare-and-set on the directory
+    /// record, so a call the old process did run cannot run twice.)
+    async fn call(
+        &self,
+        addr: &str,
+        build: impl Fn(u64) -> login_frame::Kind,
+    ) -> Result<ControlFrame, ControlError> {
+        match self.links.call(addr, &build).await {
+            Err(ControlError::Closed(_)) => {
+                info!(%addr, "control link closed during a call: calling again");
+                self.links.call(addr, &build).await
+            }
+            other => other,
+        }
+    }
+
     async fn place_locked(
         &self,
         req: &LoginRequest,
@@ -395,13 +416,12 @@ impl PlacerInner {
         {
             let (uid, subid, epoch) = (req.uid.clone(), record.subid.clone(), record.epoch);
             let kicked = self
-                .links
                 .call(control, |id| {
                     login_frame::Kind::Kick(Kick {
                         id,
                         epoch,
-                        uid,
-                        subid,
+                        uid: uid.clone(),
+                        subid: subid.clone(),
                         reason: gate_core::RELOGIN_TEXT.to_owned(),
                         relogin: true,
                     })
@@ -426,9 +446,11 @@ impl PlacerInner {
             lock_token: Bytes::copy_from_slice(token.as_bytes()),
         };
         let answer = self
-            .links
-            .call(&target.control, move |id| {
-                login_frame::Kind::Place(Place { id, ..place })
+            .call(&target.control, |id| {
+                login_frame::Kind::Place(Place {
+                    id,
+                    ..place.clone()
+                })
             })
             .await
             .map_err(|e| LoginRefusal::Unavailable(e.to_string()))?;

@@ -89,7 +89,7 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct UpgradeConfig {
     /// The Unix socket this process serves for a new process to take it
-    /// over (all-in-one role). Default: none: no live upgrade.
+    /// over (all-in-one and gate roles). Default: none: no live upgrade.
     pub socket: Option<PathBuf>,
     /// At start, take over the process serving this socket instead of
     /// binding the listeners (`gate run --takeover PATH`). Default: none.

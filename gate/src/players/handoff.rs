@@ -369,12 +369,26 @@ impl MsgGate {
             next_subid: core.next_subid.load(Ordering::Acquire),
             next_conn: core.next_conn.load(Ordering::Acquire),
             users,
+            epoch: None,
         };
         Ok(Prepared {
             state,
             conns,
             forwarded,
         })
+    }
+
+    /// Old process, before anything else of a handoff: from now on
+    /// [`MsgGate::is_handing_off`] holds, so work that would add to the
+    /// state (a cluster placement) waits, and the work already running
+    /// can be waited for before [`MsgGate::hand_off_prepare`].
+    pub fn hand_off_request(&self) {
+        let handoff = &self.core.handoff;
+        handoff.verdict.send_replace(Verdict::Pending);
+        handoff.requested.store(true, Ordering::SeqCst);
+        // Pairs with the fence of whoever checks `is_handing_off` after
+        // counting itself busy: one of the two sees the other.
+        std::sync::atomic::fence(Ordering::SeqCst);
     }
 
     /// Whether this gate is handing its sessions over to a new process

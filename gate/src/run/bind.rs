@@ -86,11 +86,10 @@ pub(super) fn backend(config: &Config) -> Result<Option<Backend>, RunError> {
     Ok(Some(backend))
 }
 
-/// Duplicates of every listening socket of an all-in-one process, named,
-/// for the next process of a live upgrade.
+/// Duplicates of every listening socket of a process (`named` and those
+/// of `components`), named, for the next process of a live upgrade.
 pub(super) fn duplicates(
-    login: &TcpListener,
-    gate: &TcpListener,
+    named: &[(&str, &TcpListener)],
     components: &Components,
 ) -> Vec<(String, std::os::fd::OwnedFd)> {
     use std::os::fd::AsFd;
@@ -100,10 +99,7 @@ pub(super) fn duplicates(
             .ok()
             .map(|fd| (name.to_owned(), fd))
     };
-    let mut out: Vec<_> = [dup("login", login), dup("gate", gate)]
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut out: Vec<_> = named.iter().filter_map(|(n, l)| dup(n, l)).collect();
     out.extend(
         components
             .web_login

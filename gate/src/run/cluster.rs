@@ -77,12 +77,38 @@ pub(super) async fn run_gate_node(
 ) -> Result<(), RunError> {
     let secret = secret(&config)?;
     let dir = directory(&config)?;
-    let epoch = new_epoch();
+    let mut upgrade = components.upgrade.unwrap_or_default();
+    let inherited = upgrade.inherited.take();
+    // A new process of a live upgrade keeps the old one's epoch: the
+    // directory's records of the moved sessions name it.
+    let (epoch, inherited) = match inherited {
+        None => (new_epoch(), None),
+        Some(inherited) => match inherited.state.epoch {
+            Some(epoch) => (epoch, Some(inherited)),
+            None => {
+                let why = "the running process is not a cluster gate node".to_owned();
+                inherited.channel.refuse(&why);
+                return Err(RunError::Upgrade(why));
+            }
+        },
+    };
     let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
     let backend = components.backend;
     let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
     let agent = choose_agent(components.agent, backend.as_ref());
-    let gate = MsgGate::new(config.gate(), agent, link.clone());
+    let (gate, taken_over) = match inherited {
+        None => (MsgGate::new(config.gate(), agent, link.clone()), None),
+        Some(inherited) => {
+            let gate = MsgGate::new_restored(config.gate(), agent, link.clone(), &inherited.state);
+            match crate::upgrade::new::restore(&gate, inherited) {
+                Ok((_, channel)) => (gate, Some(channel)),
+                Err((why, channel)) => {
+                    channel.refuse(&why);
+                    return Err(RunError::Upgrade(why));
+                }
+            }
+        }
+    };
     let local = |l: &TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let node = Arc::new(GateNode {
         gate: gate.clone(),
@@ -130,6 +156,7 @@ pub(super) async fn run_gate_node(
         lease: config.cluster.lease,
         registered: Arc::default(),
         tls: acceptor(&config)?,
+        busy: Arc::default(),
         ops_addr: components
             .ops
             .as_ref()
@@ -172,7 +199,24 @@ pub(super) async fn run_gate_node(
     if token.is_cancelled() {
         return Ok(());
     }
-    let ((), (), (), gate_end, ops_result) = tokio::join!(
+    let busy = Arc::clone(&node.busy);
+    let handover = crate::upgrade::old::Handover {
+        gate: gate.clone(),
+        listeners: upgrade.listeners,
+        busy: Some(Arc::new(move || {
+            busy.load(std::sync::atomic::Ordering::SeqCst)
+        })),
+        epoch: Some(epoch),
+        grace: config.shutdown_grace,
+    };
+    let upgrades = super::serve_upgrades(
+        upgrade.socket,
+        handover,
+        taken_over,
+        backend.as_ref(),
+        &token,
+    );
+    let ((), (), (), gate_end, ops_result, upgrade_result) = tokio::join!(
         stop,
         node.heartbeat(gate_stopped.clone()),
         control::serve_control(
@@ -190,7 +234,9 @@ pub(super) async fn run_gate_node(
             &gate_stopped
         ),
         serve_ops(components.ops, ops, token.clone()),
+        upgrades,
     );
+    upgrade_result?;
     ops_result.map_err(RunError::Ops)?;
     link.flush(config.shutdown_grace).await;
     node.unregister().await;

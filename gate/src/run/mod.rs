@@ -189,18 +189,27 @@ pub async fn serve(
     // A new process of a live upgrade takes the running one's listeners
     // over: they are found by address as each is "bound" below.
     let inherited = match (&config.upgrade.takeover, config.cluster.role) {
-        (Some(path), Role::All) => Some(
+        (Some(path), Role::All | Role::Gate) => Some(
             crate::upgrade::new::take_over(path)
                 .await
                 .map_err(RunError::Upgrade)?,
         ),
         (Some(_), _) => {
             return Err(RunError::Config(
-                "live upgrades (upgrade.takeover) are for the all-in-one role".to_owned(),
+                "live upgrades (upgrade.takeover) are for the all-in-one and gate roles; \
+                 a login node is rolled with a drain"
+                    .to_owned(),
             ));
         }
         (None, _) => None,
     };
+    if config.cluster.role == Role::Login && config.upgrade.socket.is_some() {
+        return Err(RunError::Config(
+            "live upgrades (upgrade.socket) are for the all-in-one and gate roles; \
+             a login node is rolled with a drain"
+                .to_owned(),
+        ));
+    }
     let ops = bind::ops(&config)?;
     match config.cluster.role {
         Role::Login => {
@@ -213,8 +222,19 @@ pub async fn serve(
             cluster::run_login_node(login, config, components, shutdown).await
         }
         Role::Gate => {
-            let (gate, components) = bind::gate_side(&config, ops)?;
+            let (gate, mut components) = bind::gate_side(&config, ops)?;
             let control = bind::listener(config.cluster.control_listen, "control")?;
+            crate::upgrade::new::drop_unclaimed();
+            if config.upgrade.socket.is_some() || inherited.is_some() {
+                components.upgrade = Some(Upgrade {
+                    socket: config.upgrade.socket.clone(),
+                    listeners: bind::duplicates(
+                        &[("gate", &gate), ("control", &control)],
+                        &components,
+                    ),
+                    inherited,
+                });
+            }
             cluster::run_gate_node(gate, control, config, components, shutdown).await
         }
         Role::All => {
@@ -225,7 +245,7 @@ pub async fn serve(
             if config.upgrade.socket.is_some() || inherited.is_some() {
                 components.upgrade = Some(Upgrade {
                     socket: config.upgrade.socket.clone(),
-                    listeners: bind::duplicates(&login, &gate, &components),
+                    listeners: bind::duplicates(&[("login", &login), ("gate", &gate)], &components),
                     inherited,
                 });
             }
@@ -273,6 +293,12 @@ pub async fn run_with(
     let mut upgrade = components.upgrade.unwrap_or_default();
     let (gate, taken_over) = match upgrade.inherited.take() {
         None => (MsgGate::new(config.gate(), agent, online.clone()), None),
+        Some(inherited) if inherited.state.epoch.is_some() => {
+            let why = "the running process is a cluster gate node; start this one with --role gate"
+                .to_owned();
+            inherited.channel.refuse(&why);
+            return Err(RunError::Upgrade(why));
+        }
         Some(inherited) => {
             let gate =
                 MsgGate::new_restored(config.gate(), agent, online.clone(), &inherited.state);
@@ -319,13 +345,18 @@ pub async fn run_with(
     // shutdown (they carry the answers of requests in flight while the gate
     // drains, and the final session events).
     let gate_stopped = CancellationToken::new();
+    let handover = crate::upgrade::old::Handover {
+        gate: gate.clone(),
+        listeners: upgrade.listeners,
+        busy: Some(login_dialogues),
+        epoch: None,
+        grace: config.shutdown_grace,
+    };
     let upgrades = serve_upgrades(
-        upgrade,
+        upgrade.socket,
+        handover,
         taken_over,
-        &gate,
         backend.as_ref(),
-        login_dialogues,
-        config.shutdown_grace,
         &token,
     );
     let ((), (), gate_end, ops_result, upgrade_result) = tokio::join!(
@@ -349,20 +380,20 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Live upgrades of an all-in-one process: finishes the takeover this
-/// process started with, if it did (the restored connections start once
-/// the old process has let go; if it does not, this process exits at
-/// once, touching no socket the old one serves on), then serves the
-/// upgrade socket for the next process until `token`.
-async fn serve_upgrades(
-    upgrade: Upgrade,
+/// Live upgrades of an all-in-one process or a cluster gate node:
+/// finishes the takeover this process started with, if it did (the
+/// restored connections start once the old process has let go; if it does
+/// not, this process exits at once, touching no socket the old one serves
+/// on), then serves the upgrade `socket` for the next process until
+/// `token`, handing over what `handover` says.
+pub(super) async fn serve_upgrades(
+    socket: Option<std::path::PathBuf>,
+    handover: crate::upgrade::old::Handover,
     taken_over: Option<crate::upgrade::new::Channel>,
-    gate: &MsgGate,
     backend: Option<&Backend>,
-    login_dialogues: Arc<dyn Fn() -> usize + Send + Sync>,
-    grace: std::time::Duration,
     token: &CancellationToken,
 ) -> Result<(), RunError> {
+    let (gate, grace) = (&handover.gate, handover.grace);
     if let Some(channel) = taken_over {
         if let Err(why) = channel.finish(gate).await {
             tracing::error!(%why, "live upgrade failed after the state was received: exiting without serving");
@@ -377,14 +408,8 @@ async fn serve_upgrades(
         }
         gate.release_restored();
     }
-    let Some(socket) = upgrade.socket else {
+    let Some(socket) = socket else {
         return Ok(());
-    };
-    let handover = crate::upgrade::old::Handover {
-        gate: gate.clone(),
-        listeners: upgrade.listeners,
-        login_dialogues: Some(login_dialogues),
-        grace,
     };
     crate::upgrade::old::serve(socket, handover, token.clone())
         .await

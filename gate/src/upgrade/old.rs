@@ -7,7 +7,8 @@
 //! 1. the new process says which state versions it reads; none that this
 //!    one writes: refused;
 //! 2. every accept loop pauses (new connections wait in the kernel's
-//!    backlogs), and the login dialogues in flight finish here;
+//!    backlogs), and the login dialogues (or, on a cluster gate node, the
+//!    login nodes' control calls) in flight finish here; new ones wait;
 //! 3. the gate parks its connections and writes its sessions out
 //!    (`MsgGate::hand_off_prepare`);
 //! 4. the listening sockets, the parked connections (in batches of
@@ -41,8 +42,13 @@ pub struct Handover {
     pub gate: MsgGate,
     /// Duplicates of the listening sockets, named for the logs.
     pub listeners: Vec<(String, OwnedFd)>,
-    /// Login dialogues in progress (they finish before the handoff).
-    pub login_dialogues: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+    /// Work in progress that finishes before the handoff: login
+    /// dialogues (all-in-one), control calls from login nodes (a cluster
+    /// gate node). Work that starts once the handoff is requested waits
+    /// for its outcome.
+    pub busy: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
+    /// A cluster gate node's boot epoch, which the new process keeps.
+    pub epoch: Option<u64>,
     /// How long connections and dialogues get to finish what they are
     /// doing before the handoff is called off.
     pub grace: Duration,
@@ -201,13 +207,14 @@ async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String
 /// Steps 2 to 5 (accepting is paused).
 async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    if let Some(dialogues) = &handover.login_dialogues {
+    handover.gate.hand_off_request();
+    if let Some(busy) = &handover.busy {
         let deadline = started + handover.grace;
-        while dialogues() > 0 {
+        while busy() > 0 {
             if tokio::time::Instant::now() >= deadline {
                 return Err(format!(
-                    "{} login dialogues still running after {:?}",
-                    dialogues(),
+                    "{} login dialogues or control calls still running after {:?}",
+                    busy(),
                     handover.grace
                 ));
             }
@@ -215,10 +222,11 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
         }
     }
     let Prepared {
-        state,
+        mut state,
         conns,
         mut forwarded,
     } = handover.gate.hand_off_prepare(handover.grace).await?;
+    state.epoch = handover.epoch;
     let sessions = state.users.len();
     let connections = conns.len();
     let io = |e: io::Error| format!("sending to the new process: {e}");

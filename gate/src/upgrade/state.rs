@@ -91,6 +91,11 @@ pub struct GateState {
     pub next_conn: u64,
     /// Every session.
     pub users: Vec<UserState>,
+    /// A cluster gate node's boot epoch (`None`: an all-in-one process).
+    /// The new process registers under the same one, so the directory's
+    /// records of the moved sessions stay valid.
+    #[serde(default)]
+    pub epoch: Option<u64>,
 }
 
 /// One user's session.

@@ -663,3 +663,57 @@ async fn bench_push_fanout_counts_every_push() {
     assert!(report.human().contains("pushes"), "{}", report.human());
     assert_eq!(report.to_json()["said"], 200);
 }
+
+/// While a live upgrade has the sessions frozen, a push and a kick are
+/// passed on to the new process, not carried out here; when the handoff
+/// is rolled back they are carried out here after all, once.
+#[tokio::test]
+async fn pushes_and_kicks_during_a_handoff_are_passed_on_or_kept() {
+    use gate::players::Forward;
+
+    let g = PushGate::start_default().await;
+    let alice = g.login("alice").await;
+    let mut a = alice.opted_in(1, 0).await;
+    let bob = g.login("bob").await;
+    let mut b = bob.opted_in(1, 0).await;
+    a.echo(b"before", 1).await;
+    b.echo(b"before", 1).await;
+    let mut prepared = within(
+        "the handoff to be prepared",
+        g.gate.hand_off_prepare(Duration::from_secs(10)),
+    )
+    .await
+    .expect("prepared");
+    assert_eq!(prepared.state.users.len(), 2);
+    assert_eq!(prepared.conns.len(), 2, "both connections parked");
+    // Frozen: passed on.
+    assert_eq!(g.push("alice", "while frozen"), Some(0));
+    g.gate
+        .kick(
+            b"bob",
+            bob.subid.as_bytes(),
+            End::Kicked("while frozen".into()),
+        )
+        .await;
+    let pushed = prepared.forwarded.try_recv().expect("the push passed on");
+    assert_eq!(pushed.what, Forward::Push(Bytes::from("while frozen")));
+    let kicked = prepared.forwarded.try_recv().expect("the kick passed on");
+    assert_eq!(
+        kicked.what,
+        Forward::End(End::Kicked("while frozen".into()))
+    );
+    assert_eq!(
+        g.gate.session_stats().online + g.gate.session_stats().away,
+        2
+    );
+    // Called off: both carried out here, once.
+    g.gate.hand_off_rollback();
+    for f in [pushed, kicked] {
+        g.gate.apply_forwarded(&f);
+    }
+    assert_eq!(recv_push(&mut a).await, ("while frozen".to_owned(), 1));
+    a.echo(b"after", 2).await;
+    assert_eq!(recv_kick(&mut b).await, "while frozen");
+    b.expect_closed().await;
+    g.stop().await;
+}

@@ -456,10 +456,12 @@ impl GateCore {
 
     /// Pushes to `user` (see [`crate::players::MsgGate::push`]).
     pub(crate) fn push_to(&self, user: &User, payload: Bytes) -> Result<u32, PushRefused> {
-        if self.handoff.is_frozen() {
+        if self.handoff.is_frozen()
+            && let Some(forwarded) = self.handoff.forward(user, payload.clone())
+        {
             // The session's state went to the new process: the push goes
             // there too.
-            return self.handoff.forward(user, payload);
+            return forwarded;
         }
         let len = payload.len();
         let pushed = user.lock().session.push(payload);
@@ -480,6 +482,13 @@ impl GateCore {
     /// Ends `user`'s session; returns its closed connection, if it had one
     /// (to wait for it). Idempotent.
     pub(crate) fn end(self: &Arc<Self>, user: &Arc<User>, reason: End) -> Option<Arc<ConnHandle>> {
+        // The session's state went to the new process: the end goes there
+        // too.
+        if self.handoff.is_frozen()
+            && (self.handoff.forward_end(user, reason.clone()) || self.handoff.is_committed())
+        {
+            return None;
+        }
         let effects = user.lock().session.end(reason);
         let closed = effects.iter().find_map(|e| match e {
             Effect::Close { conn, .. } => Some(Arc::clone(conn)),

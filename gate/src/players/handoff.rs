@@ -5,13 +5,14 @@
 //! asked to *park*. A TCP connection stops reading, lets its requests in
 //! flight finish and their answers go out, then parks: it hands over a
 //! duplicate of its socket with what it read and has not served and what
-//! it made and has not written, and waits for the verdict. A WebSocket
-//! connection cannot move (its framing state lives in the WebSocket
-//! layer; a TLS one has keys): it is closed with 1012, and its client
-//! reconnects with the next index, without a login. Once every connection
-//! is parked or gone, the sessions are *frozen* and written out: timers
-//! stop acting, and a push that arrives from then on is forwarded to the
-//! new process instead of queued here. The verdict is then
+//! it made and has not written, and waits for the verdict; so does a plain
+//! WebSocket one, with its frame state. A TLS WebSocket connection cannot
+//! move (its keys live in the TLS layer): it is closed with 1012, and its
+//! client reconnects with the next index, without a login. Once every
+//! connection is parked or gone, the sessions are *frozen* and written
+//! out: timers stop acting, and a push or kick that arrives from then on is
+//! forwarded to the new process instead of carried out here (or carried
+//! out here after all if the handoff is rolled back). The verdict is then
 //! [`MsgGate::hand_off_commit`] (the connections let go of their sockets
 //! without closing them; the process exits) or
 //! [`MsgGate::hand_off_rollback`] (everything resumes as it was: nothing
@@ -52,15 +53,25 @@ pub(crate) enum Verdict {
     Commit,
 }
 
-/// A push that reached a frozen gate, for the new process.
+/// A push or a kick that reached a frozen gate, for the new process.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarded {
     /// The user.
     pub uid: Bytes,
     /// Its session.
     pub subid: Bytes,
-    /// What to push.
-    pub payload: Bytes,
+    /// What to do.
+    pub what: Forward,
+}
+
+/// What a [`Forwarded`] asks of the new process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forward {
+    /// Push this payload.
+    Push(Bytes),
+    /// End the session so (a kick by a service, a login node or an
+    /// operator).
+    End(End),
 }
 
 /// A handed-over connection: its state and a duplicate of its socket.
@@ -102,7 +113,7 @@ pub struct Prepared {
     pub state: GateState,
     /// The parked TCP connections.
     pub conns: Vec<ParkedConn>,
-    /// Pushes that reach this process from now on.
+    /// Pushes and kicks that reach this process from now on.
     pub forwarded: mpsc::UnboundedReceiver<Forwarded>,
 }
 
@@ -149,18 +160,42 @@ impl Handoff {
 
     /// Forwards a push that reached a frozen gate. `Ok(0)`: the new
     /// process delivers it (its sequence number is the new process's).
-    pub(crate) fn forward(&self, user: &User, payload: Bytes) -> Result<u32, PushRefused> {
+    /// `None`: nothing is passed on (the handoff was rolled back: push
+    /// here).
+    pub(crate) fn forward(&self, user: &User, payload: Bytes) -> Option<Result<u32, PushRefused>> {
+        if self.pass_on(user, Forward::Push(payload)) {
+            Some(Ok(0))
+        } else if self.is_committed() {
+            // The session lives in the new process now.
+            Some(Err(PushRefused::Ended))
+        } else {
+            None
+        }
+    }
+
+    /// Whether the new process took over.
+    pub(crate) fn is_committed(&self) -> bool {
+        *self.verdict.borrow() == Verdict::Commit
+    }
+
+    /// Forwards the end of a session asked of a frozen gate; whether it
+    /// was (it is not once the handoff is rolled back).
+    pub(crate) fn forward_end(&self, user: &User, reason: End) -> bool {
+        self.pass_on(user, Forward::End(reason))
+    }
+
+    fn pass_on(&self, user: &User, what: Forward) -> bool {
         let forward = self.forward.lock().unwrap_or_else(PoisonError::into_inner);
         match forward.as_ref() {
             Some(tx) => {
                 let _ = tx.send(Forwarded {
                     uid: user.uid.clone(),
                     subid: user.subid.clone(),
-                    payload,
+                    what,
                 });
-                Ok(0)
+                true
             }
-            None => Err(PushRefused::Ended),
+            None => false,
         }
     }
 
@@ -398,9 +433,16 @@ impl MsgGate {
     }
 
     /// Old process: the new one took over; parked connections let go of
-    /// their sockets without closing them.
+    /// their sockets without closing them, and nothing more is passed on
+    /// (the receiver of [`Prepared::forwarded`] ends after what was).
     pub fn hand_off_commit(&self) {
-        self.core.handoff.verdict.send_replace(Verdict::Commit);
+        let handoff = &self.core.handoff;
+        handoff.verdict.send_replace(Verdict::Commit);
+        handoff
+            .forward
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
     }
 
     /// Old process: the handoff failed; everything serves on as it was.
@@ -503,12 +545,22 @@ impl MsgGate {
         self.core.handoff.held.send_replace(false);
     }
 
-    /// New process: a push forwarded by the old one.
-    pub fn apply_forwarded(&self, push: &Forwarded) {
-        let username =
-            loginproto::handshake::username(&push.uid, self.core.cfg.name.as_bytes(), &push.subid);
+    /// New process: a push or a kick forwarded by the old one.
+    pub fn apply_forwarded(&self, forwarded: &Forwarded) {
+        let username = loginproto::handshake::username(
+            &forwarded.uid,
+            self.core.cfg.name.as_bytes(),
+            &forwarded.subid,
+        );
         if let Some(user) = self.core.user_by_username(&username) {
-            let _ = self.core.push_to(&user, push.payload.clone());
+            match &forwarded.what {
+                Forward::Push(payload) => {
+                    let _ = self.core.push_to(&user, payload.clone());
+                }
+                Forward::End(reason) => {
+                    self.core.end(&user, reason.clone());
+                }
+            }
         }
     }
 }

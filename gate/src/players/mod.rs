@@ -50,6 +50,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use self::core::{GateCore, User};
+pub use self::handoff::{Forward, Forwarded, HandedConn, ParkedConn, Prepared};
 use self::metrics::bump;
 pub use self::metrics::{GateMetrics, RefusedStatus, SESSION_ENDS};
 pub use self::ws_plain::WsState;

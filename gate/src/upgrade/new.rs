@@ -24,7 +24,7 @@ use tracing::info;
 use super::frames;
 use super::state::{GateState, Message, READS};
 use crate::players::MsgGate;
-use crate::players::handoff::{Forwarded, HandedConn};
+use crate::players::handoff::{Forward, Forwarded, HandedConn};
 
 /// How long each step of the old process may take.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -199,7 +199,12 @@ impl Channel {
                     } => gate.apply_forwarded(&Forwarded {
                         uid,
                         subid,
-                        payload,
+                        what: Forward::Push(payload),
+                    }),
+                    Message::End { uid, subid, end } => gate.apply_forwarded(&Forwarded {
+                        uid,
+                        subid,
+                        what: Forward::End(end),
                     }),
                     Message::Committed => return Ok(()),
                     other => return Err(format!("unexpected message {other:?}")),

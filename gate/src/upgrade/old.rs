@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::frames::{self, MAX_FDS};
 use super::state::{Message, STATE_VERSION};
 use crate::players::MsgGate;
-use crate::players::handoff::Prepared;
+use crate::players::handoff::{Forward, Forwarded, Prepared};
 
 /// How long the new process may take to answer at each step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -227,8 +227,50 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
         mut forwarded,
     } = handover.gate.hand_off_prepare(handover.grace).await?;
     state.epoch = handover.epoch;
-    let sessions = state.users.len();
-    let connections = conns.len();
+    let (sessions, connections) = (state.users.len(), conns.len());
+    if let Err(why) = send_all(stream, handover, state, conns).await {
+        // Serve on: pushes and kicks passed on meanwhile are carried out
+        // here after all.
+        handover.gate.hand_off_rollback();
+        while let Ok(f) = forwarded.try_recv() {
+            handover.gate.apply_forwarded(&f);
+        }
+        return Err(why);
+    }
+    // From here on the new process serves: nothing may roll back. No push
+    // or kick is passed on any more (refused: the session moved); those
+    // that were go to the new process.
+    handover.gate.hand_off_commit();
+    while let Some(Forwarded { uid, subid, what }) = forwarded.recv().await {
+        let message = match what {
+            Forward::Push(payload) => Message::Push {
+                uid,
+                subid,
+                payload,
+            },
+            Forward::End(end) => Message::End { uid, subid, end },
+        };
+        if let Err(e) = send(stream, message, Vec::new()).await {
+            warn!(error = %e, "a push or kick could not be passed on to the new process");
+        }
+    }
+    let _ = send(stream, Message::Committed, Vec::new()).await;
+    info!(
+        sessions,
+        connections,
+        took_ms = started.elapsed().as_millis() as u64,
+        "live upgrade: handed over"
+    );
+    Ok(())
+}
+
+/// Step 4 and the wait for `Ready`.
+async fn send_all(
+    stream: &mut Option<UnixStream>,
+    handover: &Handover,
+    state: crate::upgrade::state::GateState,
+    conns: Vec<crate::players::handoff::ParkedConn>,
+) -> Result<(), String> {
     let io = |e: io::Error| format!("sending to the new process: {e}");
     let mut names = Vec::new();
     let mut fds = Vec::new();
@@ -269,24 +311,5 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
         None => return Err("the new process went away before it was ready".into()),
         Some(other) => return Err(format!("unexpected answer {other:?}")),
     }
-    // From here on the new process serves: nothing may roll back.
-    handover.gate.hand_off_commit();
-    while let Ok(push) = forwarded.try_recv() {
-        let message = Message::Push {
-            uid: push.uid,
-            subid: push.subid,
-            payload: push.payload,
-        };
-        if let Err(e) = send(stream, message, Vec::new()).await {
-            warn!(error = %e, "a push could not be passed on to the new process");
-        }
-    }
-    let _ = send(stream, Message::Committed, Vec::new()).await;
-    info!(
-        sessions,
-        connections,
-        took_ms = started.elapsed().as_millis() as u64,
-        "live upgrade: handed over"
-    );
     Ok(())
 }

@@ -72,6 +72,17 @@ pub enum Message {
         /// What to push.
         payload: Bytes,
     },
+    /// Old → new: a kick (the end of a session) that reached the old
+    /// process after its state was written out, for the new one to carry
+    /// out.
+    End {
+        /// The user.
+        uid: Bytes,
+        /// Its session.
+        subid: Bytes,
+        /// How the session ends.
+        end: gate_core::End,
+    },
 }
 
 /// The gate's sessions and counters.

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Live upgrade under load: an all-in-one gate holding SESSIONS idle sessions
-# (default: 1000 and 10000, one run each) while 32 players echo (1 request
-# in flight each) is taken over by a new process (`--takeover`). Prints,
-# per run: the handoff time the old process logs (pause to commit), the
-# echo players' p99 and maximum over the run against a run of the same
-# length without an upgrade, their errors (must be 0), and the RSS of the
-# new process after the takeover against the old one's before it.
+# (default: 1000 and 10000, one run each; half over TCP, half over
+# WebSocket) while 32 players echo (1 request in flight each; 16 over TCP,
+# 16 over WebSocket) is taken over by a new process (`--takeover`).
+# Prints, per run: the handoff time the old process logs (pause to
+# commit), the echo players' p99 and maximum over the run against a run of
+# the same length without an upgrade, their errors and the idle sessions
+# closed (both must be 0: no connection may close), and the RSS of the new
+# process after the takeover against the old one's before it.
 #
 #   bench/upgrade.sh
 #   SESSIONS="1000 10000 19000" bench/upgrade.sh
@@ -25,6 +27,7 @@ fi
 source bench/lib.sh
 
 LOGIN=127.0.0.1:$BASE GATE=127.0.0.1:$((BASE + 1))
+WLOGIN=ws://127.0.0.1:$((BASE + 2)) WGATE=ws://127.0.0.1:$((BASE + 3))
 cat >"$WORK/gate.toml" <<TOML
 [login]
 listen = "$LOGIN"
@@ -39,7 +42,8 @@ maxclient = 100000
 max_connections_per_source = 0
 max_connections_per_network = 0
 [web]
-enabled = false
+login_listen = "127.0.0.1:$((BASE + 2))"
+gate_listen = "127.0.0.1:$((BASE + 3))"
 [upgrade]
 socket = "$WORK/upgrade.sock"
 TOML
@@ -51,17 +55,32 @@ for n in $SESSIONS; do
     OLD=$!
     PIDS+=("$OLD")
     wait_port "$BASE"
+    wait_port $((BASE + 3))
+    half=$((n / 2))
     "$BIN/client" bench --idle --json --login "$LOGIN" --gate "$GATE" --user-prefix "idle$n-" \
-        --conns "$n" --duration $((DURATION * 3)) --timeout 60 >"$WORK/idle.json" 2>"$WORK/idle.err" &
+        --conns $((n - half)) --duration $((DURATION * 3)) --timeout 60 >"$WORK/idle.json" 2>"$WORK/idle.err" &
     IDLE=$!
-    PIDS+=("$IDLE")
-    for _ in $(seq 600); do grep -q '^ready' "$WORK/idle.err" && break; sleep 0.1; done
+    "$BIN/client" bench --idle --json --login "$WLOGIN" --gate "$WGATE" --user-prefix "widle$n-" \
+        --conns "$half" --duration $((DURATION * 3)) --timeout 60 >"$WORK/widle.json" 2>"$WORK/widle.err" &
+    WIDLE=$!
+    PIDS+=("$IDLE" "$WIDLE")
+    for _ in $(seq 900); do
+        grep -q '^ready' "$WORK/idle.err" && grep -q '^ready' "$WORK/widle.err" && break
+        sleep 0.1
+    done
     before=$(rss_kb "$OLD")
     # The same load without an upgrade, then with one in its middle.
-    calm=$("$BIN/client" bench --json --login "$LOGIN" --gate "$GATE" --user-prefix "calm$n-" \
-        --conns 32 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5)
-    "$BIN/client" bench --json --login "$LOGIN" --gate "$GATE" --user-prefix "echo$n-" \
-        --conns 32 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5 >"$WORK/echo.json" &
+    echo_run() {
+        "$BIN/client" bench --json --login "$LOGIN" --gate "$GATE" --user-prefix "$1$n-" \
+            --conns 16 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5 >"$WORK/$1.json" &
+        local tcp=$!
+        "$BIN/client" bench --json --login "$WLOGIN" --gate "$WGATE" --user-prefix "w$1$n-" \
+            --conns 16 --depth 1 --size 16 --duration "$DURATION" --warmup 0.5 >"$WORK/w$1.json" &
+        local ws=$!
+        wait "$tcp" "$ws" || true
+    }
+    echo_run calm
+    echo_run echo &
     ECHO=$!
     sleep $((DURATION / 2))
     RUST_LOG=info "$BIN/gate" run --config "$WORK/gate.toml" --takeover "$WORK/upgrade.sock" 2>"$WORK/new.log" &
@@ -78,13 +97,22 @@ for n in $SESSIONS; do
         grep -h 'upgrade\|Error' "$WORK/old.log" "$WORK/new.log" | tail -5 >&2
     fi
     after=$(rss_kb "$NEW")
-    j=$(cat "$WORK/echo.json")
-    awk -v n="$n" -v t="${took:-none}" -v p="$(field "$j" p99_us)" -v m="$(field "$j" max_us)" \
-        -v cp="$(field "$calm" p99_us)" -v cm="$(field "$calm" max_us)" -v e="$(field "$j" errors)" \
+    # The idle sessions end their hold: any closed by the upgrade is an
+    # error.
+    wait "$IDLE" "$WIDLE" || true
+    worst() { # the larger of a field over the TCP and WebSocket runs
+        local a b
+        a=$(field "$(cat "$WORK/$1.json")" "$2") b=$(field "$(cat "$WORK/w$1.json")" "$2")
+        awk -v a="${a:-0}" -v b="${b:-0}" 'BEGIN { print (a > b ? a : b) }'
+    }
+    errors=$(( $(worst echo errors) + $(field "$(cat "$WORK/idle.json")" errors) \
+        + $(field "$(cat "$WORK/widle.json")" errors) ))
+    awk -v n="$n" -v t="${took:-none}" -v p="$(worst echo p99_us)" -v m="$(worst echo max_us)" \
+        -v cp="$(worst calm p99_us)" -v cm="$(worst calm max_us)" -v e="$errors" \
         -v b="$before" -v a="$after" 'BEGIN {
         printf "%-9d %9s ms %6.1f/%5.1fms %6.1f/%5.1fms %8d %9.1f MiB %9.1f MiB\n",
             n, t, p / 1000, cp / 1000, m / 1000, cm / 1000, e, b / 1024, a / 1024 }'
-    kill "$NEW" "$IDLE" 2>/dev/null || true
-    wait "$NEW" "$IDLE" 2>/dev/null || true
+    kill "$NEW" 2>/dev/null || true
+    wait "$NEW" 2>/dev/null || true
 done
-echo "(echo p99 and max: with the upgrade / without, same run; handoff: pause to commit, from the old process's log)"
+echo "(echo p99 and max: with the upgrade / without, same run, the worse of TCP and WebSocket; errors: echo errors plus idle sessions closed; handoff: pause to commit, from the old process's log)"

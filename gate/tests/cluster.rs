@@ -247,6 +247,8 @@ struct GateNode {
 struct LoginNode {
     proc: Proc,
     addr: SocketAddr,
+    /// The flags it was started with.
+    args: Vec<String>,
 }
 
 impl Cluster {
@@ -479,7 +481,7 @@ impl Cluster {
                     async move { matches!(dir.fenced().await, Ok(None)) }
                 })
                 .await;
-                return LoginNode { proc, addr };
+                return LoginNode { proc, addr, args };
             }
         }
         panic!("login node {id}: no free ports in {PORT_ATTEMPTS} attempts");
@@ -2005,5 +2007,92 @@ async fn a_gate_node_upgraded_while_logins_go_on_keeps_every_session() {
     assert!(
         !g1.proc.log().contains("login user=p"),
         "no player logged in again"
+    );
+}
+
+/// A login node upgraded in place while logins wait in its queue: the new
+/// process takes the listener and serves new logins at once, the old one
+/// finishes every login it had started, queued ones included, then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_node_upgraded_with_logins_queued_loses_none() {
+    let c = Cluster::start("login-upgrade").await;
+    let g1 = c.gate("g1", "north").await;
+    let socket = c.dir.join("login-upgrade.sock");
+    let socket_arg = socket.to_str().expect("utf-8").to_owned();
+    // Four logins a second, one at once: a crowd queues.
+    let mut extra = config_file(
+        &c.dir,
+        "queue",
+        "login",
+        &[
+            "admission_rate = 4".into(),
+            "admission_burst = 1".into(),
+            "max_connections_per_source = 0".into(),
+        ],
+    );
+    extra.extend(["--upgrade-socket".into(), socket_arg.clone()]);
+    let l1 = c.login_full("l1", &c.secret, &extra).await;
+    eventually("the login node serves live upgrades", || {
+        let log = l1.proc.log();
+        async move { log.contains("serving live upgrades") }
+    })
+    .await;
+    let crowd: Vec<_> = (0..10)
+        .map(|i| {
+            let addr = l1.addr.to_string();
+            let server = g1.name.clone();
+            tokio::spawn(async move {
+                let creds = loginproto::token::Credentials::new(
+                    format!("crowd{i}").as_bytes(),
+                    server.as_bytes(),
+                    b"password",
+                );
+                client_cli::login::login_queued(&addr, Suite::X25519, creds, None, GUARD).await
+            })
+        })
+        .collect();
+    // Several are waiting in the queue.
+    let port = c.redis.port;
+    eventually("logins queued", || async move {
+        redis_cli(port, &["hget", "gate:queue", "tail"])
+            .await
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|tail| tail >= 5)
+    })
+    .await;
+    let mut args = l1.args.clone();
+    args.extend(["--takeover".into(), socket_arg]);
+    let new = c.node("l1-new", &args);
+    eventually("the new process serves", || {
+        let log = new.log();
+        async move { log.contains("live upgrade: this process serves") }
+    })
+    .await;
+    // A login now goes to the new process, and plays.
+    let mut late = Player::online(&l1, &g1, "late").await;
+    assert_eq!(late.echo("late").await, "late");
+    // Every login of the crowd gets in.
+    for (i, login) in crowd.into_iter().enumerate() {
+        guard("a queued login", login)
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("crowd{i}: {e}"));
+    }
+    let mut old = l1;
+    let status = guard("the old process exits", async {
+        loop {
+            if let Some(status) = old.proc.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "the old process exits cleanly: {status}");
+    assert!(old.proc.log().contains("handed over"), "{}", old.proc.log());
+    assert!(
+        new.log().contains("login user=late"),
+        "the new process served the late login: {}",
+        new.log()
     );
 }

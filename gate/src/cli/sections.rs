@@ -367,8 +367,9 @@ pub(crate) mod opt_duration {
 pub(crate) struct UpgradeFlags {
     /// Serve this Unix socket for live upgrades: a new process started
     /// with `--takeover PATH` takes over the listeners, connections and
-    /// sessions, and this one exits (all-in-one and gate roles; a gate
-    /// node keeps its registration and epoch) [default: none].
+    /// sessions, and this one exits (a gate node keeps its registration
+    /// and epoch; a login node hands over its listeners and exits once its
+    /// own dialogues, queued logins included, are done) [default: none].
     #[arg(long = "upgrade-socket", value_name = "PATH")]
     #[serde(rename = "socket", skip_serializing_if = "Option::is_none")]
     socket: Option<PathBuf>,

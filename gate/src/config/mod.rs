@@ -89,7 +89,9 @@ pub struct Config {
 #[serde(default, deny_unknown_fields)]
 pub struct UpgradeConfig {
     /// The Unix socket this process serves for a new process to take it
-    /// over (all-in-one and gate roles). Default: none: no live upgrade.
+    /// over (every role: an all-in-one process or a gate node hands over
+    /// its listeners, connections and sessions; a login node its listeners,
+    /// finishing its own dialogues). Default: none: no live upgrade.
     pub socket: Option<PathBuf>,
     /// At start, take over the process serving this socket instead of
     /// binding the listeners (`gate run --takeover PATH`). Default: none.

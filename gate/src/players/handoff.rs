@@ -405,6 +405,7 @@ impl MsgGate {
             next_conn: core.next_conn.load(Ordering::Acquire),
             users,
             epoch: None,
+            login_node: false,
         };
         Ok(Prepared {
             state,

@@ -84,8 +84,8 @@ pub(super) async fn run_gate_node(
     let (epoch, inherited) = match inherited {
         None => (new_epoch(), None),
         Some(inherited) => match inherited.state.epoch {
-            Some(epoch) => (epoch, Some(inherited)),
-            None => {
+            Some(epoch) if !inherited.state.login_node => (epoch, Some(inherited)),
+            _ => {
                 let why = "the running process is not a cluster gate node".to_owned();
                 inherited.channel.refuse(&why);
                 return Err(RunError::Upgrade(why));
@@ -201,12 +201,13 @@ pub(super) async fn run_gate_node(
     }
     let busy = Arc::clone(&node.busy);
     let handover = crate::upgrade::old::Handover {
-        gate: gate.clone(),
+        gate: Some(gate.clone()),
         listeners: upgrade.listeners,
         busy: Some(Arc::new(move || {
             busy.load(std::sync::atomic::Ordering::SeqCst)
         })),
         epoch: Some(epoch),
+        finish: None,
         grace: config.shutdown_grace,
     };
     let upgrades = super::serve_upgrades(
@@ -264,6 +265,16 @@ pub(super) async fn run_login_node(
     let secret = secret(&config)?;
     let dir = directory(&config)?;
     let node = config.cluster.node_id();
+    let mut upgrade = components.upgrade.unwrap_or_default();
+    let taken_over = match upgrade.inherited.take() {
+        None => None,
+        Some(inherited) if inherited.state.login_node => Some(inherited.channel),
+        Some(inherited) => {
+            let why = "the running process is not a cluster login node".to_owned();
+            inherited.channel.refuse(&why);
+            return Err(RunError::Upgrade(why));
+        }
+    };
     let auth = choose_authenticator(&config, components.authenticator, None)?;
     let tls = match &config.cluster.tls_ca_file {
         Some(ca) => Some(crate::tls::connector(ca).map_err(|e| RunError::Config(e.to_string()))?),
@@ -300,11 +311,27 @@ pub(super) async fn run_login_node(
         Some(dir),
     )?;
     let token = CancellationToken::new();
-    let ((), (), ops_result) = tokio::join!(
+    // A live upgrade moves the listeners only: the dialogues running here,
+    // queued logins included, finish here.
+    let handover = crate::upgrade::old::Handover {
+        gate: None,
+        listeners: upgrade.listeners,
+        busy: None,
+        epoch: None,
+        finish: Some((
+            login.dialogues(),
+            config.login.queue_timeout + config.login.dialogue_timeout,
+        )),
+        grace: config.shutdown_grace,
+    };
+    let upgrades = super::serve_upgrades(upgrade.socket, handover, taken_over, None, &token);
+    let ((), (), ops_result, upgrade_result) = tokio::join!(
         stopping(shutdown, &token),
         serve_login(login, login_listener, web_login, &token),
         serve_ops(components.ops, ops, token.clone()),
+        upgrades,
     );
+    upgrade_result?;
     ops_result.map_err(RunError::Ops)?;
     info!("stopped");
     Ok(())

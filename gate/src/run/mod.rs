@@ -188,37 +188,31 @@ pub async fn serve(
     }
     // A new process of a live upgrade takes the running one's listeners
     // over: they are found by address as each is "bound" below.
-    let inherited = match (&config.upgrade.takeover, config.cluster.role) {
-        (Some(path), Role::All | Role::Gate) => Some(
+    let inherited = match &config.upgrade.takeover {
+        Some(path) => Some(
             crate::upgrade::new::take_over(path)
                 .await
                 .map_err(RunError::Upgrade)?,
         ),
-        (Some(_), _) => {
-            return Err(RunError::Config(
-                "live upgrades (upgrade.takeover) are for the all-in-one and gate roles; \
-                 a login node is rolled with a drain"
-                    .to_owned(),
-            ));
-        }
-        (None, _) => None,
+        None => None,
     };
-    if config.cluster.role == Role::Login && config.upgrade.socket.is_some() {
-        return Err(RunError::Config(
-            "live upgrades (upgrade.socket) are for the all-in-one and gate roles; \
-             a login node is rolled with a drain"
-                .to_owned(),
-        ));
-    }
     let ops = bind::ops(&config)?;
     match config.cluster.role {
         Role::Login => {
             let login = bind::listener(config.login.listen, "login")?;
-            let components = Components {
+            let mut components = Components {
                 ops,
                 web_login: bind::web(&config, config.web.login_listen)?,
                 ..Components::default()
             };
+            crate::upgrade::new::drop_unclaimed();
+            if config.upgrade.socket.is_some() || inherited.is_some() {
+                components.upgrade = Some(Upgrade {
+                    socket: config.upgrade.socket.clone(),
+                    listeners: bind::duplicates(&[("login", &login)], &components),
+                    inherited,
+                });
+            }
             cluster::run_login_node(login, config, components, shutdown).await
         }
         Role::Gate => {
@@ -293,9 +287,9 @@ pub async fn run_with(
     let mut upgrade = components.upgrade.unwrap_or_default();
     let (gate, taken_over) = match upgrade.inherited.take() {
         None => (MsgGate::new(config.gate(), agent, online.clone()), None),
-        Some(inherited) if inherited.state.epoch.is_some() => {
-            let why = "the running process is a cluster gate node; start this one with --role gate"
-                .to_owned();
+        Some(inherited) if inherited.state.epoch.is_some() || inherited.state.login_node => {
+            let why =
+                "the running process is a cluster node; start this one with its --role".to_owned();
             inherited.channel.refuse(&why);
             return Err(RunError::Upgrade(why));
         }
@@ -346,10 +340,11 @@ pub async fn run_with(
     // drains, and the final session events).
     let gate_stopped = CancellationToken::new();
     let handover = crate::upgrade::old::Handover {
-        gate: gate.clone(),
+        gate: Some(gate.clone()),
         listeners: upgrade.listeners,
         busy: Some(login_dialogues),
         epoch: None,
+        finish: None,
         grace: config.shutdown_grace,
     };
     let upgrades = serve_upgrades(
@@ -393,7 +388,7 @@ pub(super) async fn serve_upgrades(
     backend: Option<&Backend>,
     token: &CancellationToken,
 ) -> Result<(), RunError> {
-    let (gate, grace) = (&handover.gate, handover.grace);
+    let (gate, grace) = (handover.gate.as_ref(), handover.grace);
     if let Some(channel) = taken_over {
         if let Err(why) = channel.finish(gate).await {
             tracing::error!(%why, "live upgrade failed after the state was received: exiting without serving");
@@ -406,7 +401,9 @@ pub(super) async fn serve_upgrades(
             let agent = backend.config().agent_service.clone();
             let _ = tokio::time::timeout(grace, backend.wait_any(&agent)).await;
         }
-        gate.release_restored();
+        if let Some(gate) = gate {
+            gate.release_restored();
+        }
     }
     let Some(socket) = socket else {
         return Ok(());

@@ -181,8 +181,8 @@ impl Channel {
     /// returns once it has let go (`Committed`, or its exit). Then accepting
     /// resumes here. `Err`: the old process did not commit (it resumed, or
     /// the socket failed); this process must not serve.
-    pub async fn finish(self, gate: &MsgGate) -> Result<(), String> {
-        let gate = gate.clone();
+    pub async fn finish(self, gate: Option<&MsgGate>) -> Result<(), String> {
+        let gate = gate.cloned();
         let mut stream = self.stream;
         let committed = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let io = |e: io::Error| format!("talking to the old process: {e}");
@@ -196,16 +196,24 @@ impl Channel {
                         uid,
                         subid,
                         payload,
-                    } => gate.apply_forwarded(&Forwarded {
-                        uid,
-                        subid,
-                        what: Forward::Push(payload),
-                    }),
-                    Message::End { uid, subid, end } => gate.apply_forwarded(&Forwarded {
-                        uid,
-                        subid,
-                        what: Forward::End(end),
-                    }),
+                    } => {
+                        if let Some(gate) = &gate {
+                            gate.apply_forwarded(&Forwarded {
+                                uid,
+                                subid,
+                                what: Forward::Push(payload),
+                            });
+                        }
+                    }
+                    Message::End { uid, subid, end } => {
+                        if let Some(gate) = &gate {
+                            gate.apply_forwarded(&Forwarded {
+                                uid,
+                                subid,
+                                what: Forward::End(end),
+                            });
+                        }
+                    }
                     Message::Committed => return Ok(()),
                     other => return Err(format!("unexpected message {other:?}")),
                 }

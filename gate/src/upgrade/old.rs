@@ -29,17 +29,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::frames::{self, MAX_FDS};
-use super::state::{Message, STATE_VERSION};
+use super::state::{GateState, Message, STATE_VERSION};
 use crate::players::MsgGate;
 use crate::players::handoff::{Forward, Forwarded, Prepared};
 
 /// How long the new process may take to answer at each step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the running process hands over, besides its gate.
+/// What the running process hands over.
 pub struct Handover {
-    /// The gate.
-    pub gate: MsgGate,
+    /// The gate (`None`: a cluster login node, which hands over only its
+    /// listeners and finishes its own dialogues, see [`Handover::finish`]).
+    pub gate: Option<MsgGate>,
     /// Duplicates of the listening sockets, named for the logs.
     pub listeners: Vec<(String, OwnedFd)>,
     /// Work in progress that finishes before the handoff: login
@@ -49,6 +50,10 @@ pub struct Handover {
     pub busy: Option<Arc<dyn Fn() -> usize + Send + Sync>>,
     /// A cluster gate node's boot epoch, which the new process keeps.
     pub epoch: Option<u64>,
+    /// Work this process finishes after the new one took over, before it
+    /// exits (a login node's dialogues, queued logins included), and the
+    /// longest it waits for it.
+    pub finish: Option<(Arc<dyn Fn() -> usize + Send + Sync>, Duration)>,
     /// How long connections and dialogues get to finish what they are
     /// doing before the handoff is called off.
     pub grace: Duration,
@@ -115,6 +120,18 @@ pub async fn serve(path: PathBuf, handover: Handover, stop: CancellationToken) -
         };
         match hand_over(stream, &handover).await {
             Ok(()) => {
+                // The new process serves the socket from now on.
+                drop(listener);
+                if let Some((work, limit)) = &handover.finish {
+                    let deadline = tokio::time::Instant::now() + *limit;
+                    let left = work();
+                    if left > 0 {
+                        info!(left, "finishing what this process started before exiting");
+                    }
+                    while work() > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
                 info!("handed over to the new process: exiting");
                 std::process::exit(0);
             }
@@ -196,18 +213,53 @@ async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String
         return Err(why);
     }
     crate::net::pause_accepting(true);
-    let result = transfer(&mut stream, handover).await;
+    let result = match &handover.gate {
+        Some(gate) => transfer(&mut stream, handover, gate).await,
+        None => transfer_listeners(&mut stream, handover).await,
+    };
     if result.is_err() {
-        handover.gate.hand_off_rollback();
+        if let Some(gate) = &handover.gate {
+            gate.hand_off_rollback();
+        }
         crate::net::pause_accepting(false);
     }
     result
 }
 
-/// Steps 2 to 5 (accepting is paused).
-async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Result<(), String> {
+/// A login node's handoff: the listeners only. Once the new process is
+/// ready it accepts, and this one finishes its dialogues.
+async fn transfer_listeners(
+    stream: &mut Option<UnixStream>,
+    handover: &Handover,
+) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    handover.gate.hand_off_request();
+    let state = GateState {
+        version: STATE_VERSION,
+        server: String::new(),
+        now_ns: 0,
+        next_subid: 0,
+        next_conn: 0,
+        users: Vec::new(),
+        epoch: None,
+        login_node: true,
+    };
+    send_all(stream, handover, state, Vec::new()).await?;
+    let _ = send(stream, Message::Committed, Vec::new()).await;
+    info!(
+        took_ms = started.elapsed().as_millis() as u64,
+        "live upgrade: handed over"
+    );
+    Ok(())
+}
+
+/// Steps 2 to 5 (accepting is paused).
+async fn transfer(
+    stream: &mut Option<UnixStream>,
+    handover: &Handover,
+    gate: &MsgGate,
+) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    gate.hand_off_request();
     if let Some(busy) = &handover.busy {
         let deadline = started + handover.grace;
         while busy() > 0 {
@@ -225,22 +277,22 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
         mut state,
         conns,
         mut forwarded,
-    } = handover.gate.hand_off_prepare(handover.grace).await?;
+    } = gate.hand_off_prepare(handover.grace).await?;
     state.epoch = handover.epoch;
     let (sessions, connections) = (state.users.len(), conns.len());
     if let Err(why) = send_all(stream, handover, state, conns).await {
         // Serve on: pushes and kicks passed on meanwhile are carried out
         // here after all.
-        handover.gate.hand_off_rollback();
+        gate.hand_off_rollback();
         while let Ok(f) = forwarded.try_recv() {
-            handover.gate.apply_forwarded(&f);
+            gate.apply_forwarded(&f);
         }
         return Err(why);
     }
     // From here on the new process serves: nothing may roll back. No push
     // or kick is passed on any more (refused: the session moved); those
     // that were go to the new process.
-    handover.gate.hand_off_commit();
+    gate.hand_off_commit();
     while let Some(Forwarded { uid, subid, what }) = forwarded.recv().await {
         let message = match what {
             Forward::Push(payload) => Message::Push {
@@ -268,7 +320,7 @@ async fn transfer(stream: &mut Option<UnixStream>, handover: &Handover) -> Resul
 async fn send_all(
     stream: &mut Option<UnixStream>,
     handover: &Handover,
-    state: crate::upgrade::state::GateState,
+    state: GateState,
     conns: Vec<crate::players::handoff::ParkedConn>,
 ) -> Result<(), String> {
     let io = |e: io::Error| format!("sending to the new process: {e}");

@@ -107,6 +107,10 @@ pub struct GateState {
     /// records of the moved sessions stay valid.
     #[serde(default)]
     pub epoch: Option<u64>,
+    /// Written by a cluster login node: no session, only its listeners
+    /// move (its dialogues finish in the old process).
+    #[serde(default)]
+    pub login_node: bool,
 }
 
 /// One user's session.

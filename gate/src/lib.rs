@@ -18,6 +18,7 @@ pub mod login;
 pub mod net;
 pub mod ops;
 pub mod players;
+pub mod reload;
 mod run;
 pub mod shard;
 pub mod tls;

@@ -127,7 +127,7 @@ fn drive<T: Transport + 'static>(
     let conn = Connection::new(
         open.core.timers.now(),
         T::MAPPING,
-        Arc::clone(&open.core.conn_limits),
+        open.core.conn_limits.load(),
     );
     let handshaking = Box::pin(counted_handshake(
         Arc::clone(&open.core),
@@ -463,7 +463,7 @@ pub(super) fn spawn_restored(
         .map_err(|refused| std::io::Error::other(refused.label()))?;
     let open = OpenConn::<Tcp>::new(Arc::clone(core), (permit, source));
     let transport = Tcp::restored(stream, &state.unread);
-    let conn = state.machine.with_limits(Arc::clone(&core.conn_limits));
+    let conn = state.machine.with_limits(core.conn_limits.load());
     let bound = Bound {
         user: Arc::clone(user),
         ext: conn.opted_in(),

@@ -24,4 +24,7 @@ pub mod shard;
 pub mod tls;
 pub mod upgrade;
 
-pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with, serve};
+pub use run::{
+    Components, GateLinkLayer, Reload, RunError, authenticator, run, run_with, serve,
+    serve_reloadable,
+};

@@ -18,9 +18,13 @@ pub mod login;
 pub mod net;
 pub mod ops;
 pub mod players;
+pub mod reload;
 mod run;
 pub mod shard;
 pub mod tls;
 pub mod upgrade;
 
-pub use run::{Components, GateLinkLayer, RunError, authenticator, run, run_with, serve};
+pub use run::{
+    Components, GateLinkLayer, Reload, RunError, authenticator, run, run_with, serve,
+    serve_reloadable,
+};

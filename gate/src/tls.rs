@@ -9,18 +9,61 @@
 //! side trusts the CA certificates in one PEM file and checks the name (or
 //! IP address) it dialled against the certificate. Reading the files is
 //! `tlsfiles`' job, shared with the service library and the client.
+//!
+//! A listening side's certificate can change while it serves
+//! ([`ServerTls::replace`], a configuration reload): each handshake asks
+//! for the certificate in use, so new handshakes get the new one and
+//! connections already up keep the session they made.
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-/// The listening side's TLS configuration (certificate and key).
+/// The listening side's TLS configuration (certificate and key). Clones
+/// share the certificate: [`ServerTls::replace`] changes it for all.
 #[derive(Clone)]
-pub struct ServerTls(TlsAcceptor);
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+    keys: Arc<Keys>,
+}
+
+/// A certificate chain and its key, read and checked
+/// ([`ServerKey::load`]), ready to replace a listener's
+/// ([`ServerTls::replace`]).
+#[derive(Clone)]
+pub struct ServerKey(Arc<CertifiedKey>);
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerKey(..)")
+    }
+}
+
+impl ServerKey {
+    /// The chain in `cert` (PEM, leaf first) and its private key in `key`
+    /// (PEM), checked to belong together.
+    pub fn load(cert: &Path, key: &Path) -> Result<ServerKey, TlsError> {
+        Ok(ServerKey(tlsfiles::certified_key(cert, key)?))
+    }
+}
+
+/// The certificate every handshake of a listener is given.
+#[derive(Debug)]
+struct Keys(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for Keys {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(
+            &self.0.read().unwrap_or_else(PoisonError::into_inner),
+        ))
+    }
+}
 
 /// The dialing side's TLS configuration (trusted CAs).
 #[derive(Clone)]
@@ -66,8 +109,13 @@ pub enum TlsError {
 /// The listening side: the certificate chain in `cert` (PEM, leaf first)
 /// and its private key in `key` (PEM, PKCS#8, PKCS#1 or SEC1).
 pub fn acceptor(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
-    let config = tlsfiles::server_config(cert, key)?;
-    Ok(ServerTls(TlsAcceptor::from(Arc::new(config))))
+    let ServerKey(key) = ServerKey::load(cert, key)?;
+    let keys = Arc::new(Keys(RwLock::new(key)));
+    let config = tlsfiles::server_config_resolving(Arc::clone(&keys) as _)?;
+    Ok(ServerTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        keys,
+    })
 }
 
 /// The dialing side: trusts the CA certificates in `ca` (PEM).
@@ -82,14 +130,30 @@ impl ServerTls {
         &self,
         stream: TcpStream,
     ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-        self.0.accept(stream).await
+        self.acceptor.accept(stream).await
+    }
+
+    /// Whether `key` holds the certificate chain served now.
+    pub fn serves(&self, key: &ServerKey) -> bool {
+        self.keys
+            .0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cert
+            == key.0.cert
+    }
+
+    /// Serves `key` to every handshake from now on; connections already
+    /// up are not touched.
+    pub fn replace(&self, key: &ServerKey) {
+        *self.keys.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&key.0);
     }
 }
 
 /// The server side of an accepted connection: TLS if `acceptor` is given.
 pub async fn accept(acceptor: Option<&ServerTls>, stream: TcpStream) -> io::Result<BoxIo> {
     match acceptor {
-        Some(acceptor) => Ok(Box::new(acceptor.0.accept(stream).await?)),
+        Some(acceptor) => Ok(Box::new(acceptor.acceptor.accept(stream).await?)),
         None => Ok(Box::new(stream)),
     }
 }

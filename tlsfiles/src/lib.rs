@@ -34,6 +34,8 @@ use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, InvalidDnsNameError, PrivateKeyDer, ServerName};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 /// Why a TLS configuration or a server name cannot be had.
@@ -122,6 +124,28 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, Error> {
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?)
+}
+
+/// The certificate chain in `cert` (PEM, leaf first) with its private key
+/// in `key`, checked to belong together, ready for a certificate resolver
+/// (a server that changes its certificate while it runs hands these out
+/// per handshake, see [`server_config_resolving`]).
+pub fn certified_key(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, Error> {
+    let chain = certificates(cert)?;
+    let key = private_key(key)?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, &provider())?))
+}
+
+/// The listening side's configuration with the certificate chosen by
+/// `resolver` at each handshake (as [`server_config`] otherwise: safe
+/// defaults, no client certificates).
+pub fn server_config_resolving(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<ServerConfig, Error> {
+    Ok(ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver))
 }
 
 /// The dialing side's configuration: trusts the CA certificates in `ca`
@@ -278,6 +302,21 @@ mod tests {
         let error = server_config(&files.cert, &other).expect_err("mismatch");
         assert!(matches!(error, Error::Rustls(_)), "{error}");
         assert!(error.to_string().starts_with("TLS configuration: "));
+    }
+
+    #[test]
+    fn a_certified_key_checks_the_key_against_the_certificate() {
+        let files = Files::new();
+        let key = certified_key(&files.cert, &files.key).expect("certified key");
+        assert_eq!(key.cert, certificates(&files.cert).expect("chain"));
+        let other = files.write(
+            "other-key.pem",
+            &rcgen::KeyPair::generate().expect("key").serialize_pem(),
+        );
+        assert!(matches!(
+            certified_key(&files.cert, &other),
+            Err(Error::Rustls(_))
+        ));
     }
 
     #[test]

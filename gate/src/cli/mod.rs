@@ -19,7 +19,8 @@ pub(crate) use self::tools::{HashPasswordArgs, KeygenArgs};
 /// Login server + message gate, wire-compatible with skynet's
 /// snax.loginserver / snax.msgserver.
 ///
-/// Logging: RUST_LOG (an env-filter, default `info`).
+/// Logging: `--log-level` or `[log] level`, else RUST_LOG (an env-filter,
+/// default `info`).
 #[derive(Debug, Parser)]
 #[command(name = "gate", version, args_conflicts_with_subcommands = true)]
 pub(crate) struct Cli {

@@ -7,11 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use gate::config::{Config, duration};
-use gate::logging::LogFormat;
 use serde::{Deserialize, Serialize};
 
 use super::sections::{
-    BackendFlags, ClusterFlags, GateFlags, LoginFlags, OpsFlags, WebFlags, opt_duration,
+    BackendFlags, ClusterFlags, GateFlags, LogFlags, LoginFlags, OpsFlags, WebFlags, opt_duration,
 };
 
 /// Options of `gate run`. Precedence: defaults < `--config` file < flags.
@@ -24,8 +23,12 @@ use super::sections::{
 #[derive(Debug, Args, Serialize)]
 pub(crate) struct RunArgs {
     /// TOML configuration file (sections `[login]`, `[gate]`, `[backend]`,
-    /// `[cluster]`, `[ops]` and `[web]`, top-level `accounts` and `shutdown_grace`; every field
-    /// optional; durations as "5s", "300ms", "5m").
+    /// `[cluster]`, `[ops]`, `[web]` and `[log]`, top-level `accounts` and
+    /// `shutdown_grace`; every field optional; durations as "5s", "300ms",
+    /// "5m"). SIGHUP or `POST /admin/reload` read it again and apply what
+    /// can change while running (limits, accounts, login queue, log level
+    /// and format, TLS certificates), all or nothing; flags keep winning
+    /// over it. Without it, reloads are refused.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
@@ -53,11 +56,8 @@ pub(crate) struct RunArgs {
     web: WebFlags,
     #[command(flatten)]
     upgrade: super::sections::UpgradeFlags,
-    /// Log lines as text (for people) or JSON objects (for log shippers)
-    /// [default: text].
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
-    #[serde(skip)]
-    pub(crate) log_format: LogFormat,
+    #[command(flatten)]
+    log: LogFlags,
 }
 
 /// Lays `over` onto `base`, table by table.
@@ -92,10 +92,16 @@ impl RunArgs {
         Config::deserialize(table).with_context(|| format!("invalid configuration in {source}"))
     }
 
-    /// Sets up logging, then runs the configured role until SIGINT or
-    /// SIGTERM.
+    /// Reads the configuration, sets up logging, then runs the configured
+    /// role until SIGINT or SIGTERM, reloading the configuration on SIGHUP.
     pub(crate) fn run(self) -> anyhow::Result<()> {
-        gate::logging::init(self.log_format);
+        let config = self.config()?;
+        gate::logging::init(&config.log).map_err(anyhow::Error::msg)?;
+        let path = self.config.clone();
+        let source = gate::reload::ConfigSource {
+            path,
+            read: Box::new(move || self.config().map_err(|e| format!("{e:#}"))),
+        };
         let runtime = tokio::runtime::Runtime::new().context("cannot start the tokio runtime")?;
         // The servers run as a task on a worker thread, not on this one
         // (`block_on`): the connection tasks their accept loops spawn then
@@ -103,8 +109,7 @@ impl RunArgs {
         // queue, which wakes another thread for every connection.
         runtime.block_on(async {
             let serve = async move {
-                let config = self.config()?;
-                gate::serve(config, shutdown_signal()).await?;
+                gate::serve_reloadable(config, Some(source), shutdown_signal()).await?;
                 anyhow::Ok(())
             };
             match tokio::spawn(serve).await {

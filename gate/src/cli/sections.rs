@@ -12,7 +12,25 @@ use std::time::Duration;
 
 use clap::Args;
 use gate::config::{AuthSource, Role, duration};
+use gate::logging::LogFormat;
 use serde::Serialize;
+
+/// `[log]` fields settable by flag (a flag pins its field: a reload of
+/// the file cannot change it).
+#[derive(Debug, Args, Serialize)]
+pub(crate) struct LogFlags {
+    /// Log lines as text (for people) or JSON objects (for log shippers)
+    /// [default: text].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(rename = "format", skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+    /// Which events are logged: env-filter directives such as `info`,
+    /// `warn` or `gate=debug,info`; wins over RUST_LOG [default: RUST_LOG,
+    /// else info].
+    #[arg(long, value_name = "FILTER")]
+    #[serde(rename = "level", skip_serializing_if = "Option::is_none")]
+    log_level: Option<String>,
+}
 
 /// `[ops]` fields settable by flag.
 #[derive(Debug, Args, Serialize)]

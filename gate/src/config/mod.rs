@@ -82,6 +82,22 @@ pub struct Config {
     /// Default: a source is an IPv4 /32 or IPv6 /64, a network an IPv4 /24
     /// or IPv6 /48.
     pub sources: crate::net::Prefixes,
+    /// How the process logs (`[log]`); a configuration reload changes it.
+    /// Default: text at the level of `RUST_LOG`, else `info`.
+    pub log: LogConfig,
+}
+
+/// Log settings (`[log]`, see `gate::logging`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Which events are written: env-filter directives such as `"info"`,
+    /// `"warn"` or `"gate=debug,info"`. When set it wins over `RUST_LOG`.
+    /// Default: none: `RUST_LOG`, else `info`.
+    pub level: Option<String>,
+    /// `"text"` (one logfmt line per event, for people) or `"json"` (one
+    /// JSON object per event, for log shippers). Default: `"text"`.
+    pub format: crate::logging::LogFormat,
 }
 
 /// Live upgrades (`[upgrade]`, see `gate::upgrade`).
@@ -116,6 +132,7 @@ impl Default for Config {
             upgrade: UpgradeConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             sources: crate::net::Prefixes::default(),
+            log: LogConfig::default(),
         }
     }
 }

@@ -19,6 +19,7 @@
 //! Time is tokio's, so tests drive it with a paused clock.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -71,6 +72,8 @@ impl AdmissionConfig {
 /// ticket numbers handed out, admitted and abandoned.
 #[derive(Debug)]
 struct TicketBook {
+    /// The settings (a configuration reload may change them).
+    cfg: AdmissionConfig,
     /// Admissions the bucket holds now (up to the burst).
     tokens: f64,
     /// When `tokens` was last refilled.
@@ -94,6 +97,13 @@ pub trait Admit: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         report: &'a mut (dyn FnMut(Position) + Send),
     ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>>;
+
+    /// Whether logins go through the queue at all (the in-process queue
+    /// with a rate of 0 admits every login at once: the dialogue skips
+    /// it).
+    fn active(&self) -> bool {
+        true
+    }
 }
 
 impl Admit for Admission {
@@ -103,13 +113,20 @@ impl Admit for Admission {
     ) -> crate::login::placement::BoxFuture<'a, Result<(), Refused>> {
         Box::pin(Admission::admit(self, report))
     }
+
+    fn active(&self) -> bool {
+        self.rate.load(Ordering::Relaxed) != 0
+    }
 }
 
 /// The in-process queue. Share it (`Arc`) between all dialogues of a login
-/// server.
+/// server. Its settings may change while logins wait
+/// ([`Admission::reconfigure`]).
 #[derive(Debug)]
 pub struct Admission {
-    cfg: AdmissionConfig,
+    /// `cfg.rate`, read without the lock by logins that find the queue
+    /// off.
+    rate: AtomicU32,
     book: Mutex<TicketBook>,
 }
 
@@ -128,20 +145,44 @@ impl Admission {
     /// A queue with `cfg`, its bucket full.
     pub fn new(cfg: AdmissionConfig) -> Admission {
         Admission {
+            rate: AtomicU32::new(cfg.rate),
             book: Mutex::new(TicketBook {
                 tokens: f64::from(cfg.burst.max(1)),
                 last: Instant::now(),
                 tail: 0,
                 head: 0,
                 gone: BTreeSet::new(),
+                cfg,
             }),
-            cfg,
         }
     }
 
     /// The settings.
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.cfg
+    pub fn config(&self) -> AdmissionConfig {
+        self.lock().cfg
+    }
+
+    /// Changes the settings while logins wait (a configuration reload).
+    /// The bucket is refilled at the old rate up to now, then runs at the
+    /// new one; a smaller burst or queue bound takes nothing from logins
+    /// already waiting (only newcomers are refused); a rate of 0 turns the
+    /// queue off and admits every waiting login at its next look (within
+    /// about a second). The wait deadline of a login is the one it started
+    /// with.
+    pub fn reconfigure(&self, cfg: AdmissionConfig) {
+        let mut st = self.lock();
+        self.advance(&mut st, Instant::now());
+        if st.cfg.rate == 0 {
+            // The queue was off: a quiet spell, the bucket is full.
+            st.tokens = f64::from(cfg.burst.max(1));
+        }
+        st.cfg = cfg;
+        st.tokens = st.tokens.min(f64::from(cfg.burst.max(1)));
+        if cfg.rate == 0 {
+            st.head = st.tail;
+            st.gone.clear();
+        }
+        self.rate.store(cfg.rate, Ordering::Relaxed);
     }
 
     /// Logins waiting now.
@@ -154,16 +195,18 @@ impl Admission {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn rate(&self) -> f64 {
-        f64::from(self.cfg.rate.max(1))
-    }
-
     /// Refills the bucket up to `now` and moves the head over as many
     /// waiting tickets as there are tokens.
     fn advance(&self, st: &mut TicketBook, now: Instant) {
         let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
         st.last = now;
-        st.tokens = (st.tokens + elapsed * self.rate()).min(f64::from(self.cfg.burst.max(1)));
+        if st.cfg.rate == 0 {
+            // Off: whoever still waits goes.
+            st.head = st.tail;
+            st.gone.clear();
+            return;
+        }
+        st.tokens = (st.tokens + elapsed * rate_of(&st.cfg)).min(f64::from(st.cfg.burst.max(1)));
         while st.head < st.tail {
             let next = st.head + 1;
             if st.gone.remove(&next) {
@@ -183,34 +226,37 @@ impl Admission {
     /// once per [`NOTICE_EVERY`]. Cancel safe: a login dropped while
     /// waiting gives its place up.
     pub async fn admit(&self, mut report: impl FnMut(Position)) -> Result<(), Refused> {
-        if self.cfg.rate == 0 {
+        if self.rate.load(Ordering::Relaxed) == 0 {
             return Ok(());
         }
         let started = Instant::now();
-        let ticket = {
+        let (ticket, timeout) = {
             let mut st = self.lock();
             self.advance(&mut st, started);
+            if st.cfg.rate == 0 {
+                return Ok(());
+            }
             if st.head == st.tail && st.tokens >= 1.0 {
                 st.tokens -= 1.0;
                 return Ok(());
             }
             let waiting = usize::try_from(st.tail - st.head).unwrap_or(usize::MAX) - st.gone.len();
-            if waiting >= self.cfg.max_queue {
+            if waiting >= st.cfg.max_queue {
                 return Err(Refused::QueueFull(waiting));
             }
             st.tail += 1;
-            st.tail
+            (st.tail, st.cfg.timeout)
         };
         let mut place = Place {
             queue: self,
             ticket,
             admitted: false,
         };
-        let deadline = started + self.cfg.timeout;
+        let deadline = started + timeout;
         let mut reported: Option<(u64, Instant)> = None;
         loop {
             let now = Instant::now();
-            let (ahead, tokens) = {
+            let (ahead, tokens, rate) = {
                 let mut st = self.lock();
                 self.advance(&mut st, now);
                 if ticket <= st.head {
@@ -220,13 +266,13 @@ impl Admission {
                 // Tickets between the head and ours, not counting those
                 // that left.
                 let gone = u64::try_from(st.gone.range(st.head + 1..ticket).count()).unwrap_or(0);
-                (ticket - st.head - 1 - gone, st.tokens)
+                (ticket - st.head - 1 - gone, st.tokens, rate_of(&st.cfg))
             };
             if now >= deadline {
-                return Err(Refused::TimedOut(self.cfg.timeout));
+                return Err(Refused::TimedOut(timeout));
             }
             // Our turn comes when `ahead + 1` tokens have arrived.
-            let due = Duration::from_secs_f64(((ahead + 1) as f64 - tokens).max(0.0) / self.rate());
+            let due = Duration::from_secs_f64(((ahead + 1) as f64 - tokens).max(0.0) / rate);
             let changed =
                 reported.is_none_or(|(last, at)| last != ahead && now - at >= NOTICE_EVERY);
             if changed {
@@ -249,6 +295,11 @@ impl Admission {
             tokio::time::sleep_until(wake).await;
         }
     }
+}
+
+/// Admissions per second of `cfg` (at least one, so waits stay finite).
+fn rate_of(cfg: &AdmissionConfig) -> f64 {
+    f64::from(cfg.rate.max(1))
 }
 
 /// A ticket in the queue; gives its place up if dropped before admission.
@@ -375,6 +426,40 @@ mod tests {
             Err(Refused::TimedOut(Duration::from_millis(1500)))
         );
         assert_eq!(q.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_rate_holds_for_waiting_logins_and_zero_lets_them_all_go() {
+        let q = queue(1, 1, 100);
+        q.admit(|_| {}).await.unwrap(); // the one token
+        let waiting: Vec<_> = (0..5)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move { q.admit(|_| {}).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(q.waiting(), 5);
+        let before = Instant::now();
+        q.reconfigure(AdmissionConfig {
+            rate: 0,
+            ..q.config()
+        });
+        assert_eq!(q.waiting(), 0);
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert!(before.elapsed() <= Duration::from_secs(2));
+        // Off: nobody waits; on again at 1/s with a burst of one.
+        q.admit(|_| {}).await.unwrap();
+        q.reconfigure(AdmissionConfig {
+            rate: 1,
+            burst: 1,
+            max_queue: 0,
+            timeout: Duration::from_secs(60),
+        });
+        q.admit(|_| {}).await.unwrap();
+        assert_eq!(q.admit(|_| {}).await, Err(Refused::QueueFull(0)));
     }
 
     #[tokio::test]

@@ -24,6 +24,7 @@ use bytes::Bytes;
 
 use super::hashing::{HashPool, Submit};
 use crate::login::placement::BoxFuture;
+use crate::reload::Live;
 
 /// What the client claimed in its login token (`user@server:password`, each
 /// part base64-decoded); `Debug` hides the password.
@@ -133,20 +134,58 @@ pub enum AccountsError {
 /// hashing memory is at most `cores × that cost` (38 MiB on two cores with
 /// the default 19 MiB), however fast logins arrive. Logins beyond it wait
 /// in the pool's bounded queue; past that they are answered `503`.
+///
+/// Clones share the accounts: [`AccountsFile::replace`] (a configuration
+/// reload) changes them for every clone at once, and for the login server
+/// holding one.
 #[derive(Clone)]
 pub struct AccountsFile {
-    accounts: Arc<HashMap<Bytes, Arc<PasswordHash>>>,
+    table: Arc<Live<Table>>,
+    pool: HashPool,
+}
+
+/// The accounts of one reading of the file.
+struct Table {
+    accounts: HashMap<Bytes, Arc<PasswordHash>>,
     /// Verified against for unknown users, so that the time a refusal takes
     /// does not tell which user names exist (`None`: no accounts at all).
     dummy: Option<Arc<PasswordHash>>,
-    pool: HashPool,
 }
 
 impl fmt::Debug for AccountsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AccountsFile")
-            .field("accounts", &self.accounts.len())
+            .field("accounts", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// How a new reading of the accounts file differs from the accounts in
+/// use ([`AccountsFile::changes`]), in numbers of user names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AccountsChanges {
+    /// Names that are new.
+    pub added: usize,
+    /// Names that are gone.
+    pub removed: usize,
+    /// Names whose hash changed.
+    pub changed: usize,
+}
+
+impl AccountsChanges {
+    /// Whether nothing differs.
+    pub fn is_empty(&self) -> bool {
+        *self == AccountsChanges::default()
+    }
+}
+
+impl fmt::Display for AccountsChanges {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} added, {} removed, {} changed",
+            self.added, self.removed, self.changed
+        )
     }
 }
 
@@ -227,10 +266,42 @@ impl AccountsFile {
             }
         };
         Ok(AccountsFile {
-            accounts: Arc::new(accounts),
-            dummy,
+            table: Arc::new(Live::new(Table { accounts, dummy })),
             pool: HashPool::per_core(),
         })
+    }
+
+    /// How the accounts of `other` (a new reading of the file) differ
+    /// from these.
+    pub fn changes(&self, other: &AccountsFile) -> AccountsChanges {
+        let (old, new) = (self.table.load(), other.table.load());
+        let mut changes = AccountsChanges::default();
+        for (user, hash) in &new.accounts {
+            match old.accounts.get(user) {
+                None => changes.added += 1,
+                Some(before) if before.to_string() != hash.to_string() => changes.changed += 1,
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .accounts
+            .keys()
+            .filter(|user| !new.accounts.contains_key(*user))
+            .count();
+        changes
+    }
+
+    /// Takes the accounts of `other` (a new reading of the file) for this
+    /// file and every clone of it: logins checked from now on use them; a
+    /// check already running finishes against the hash it started with.
+    /// Sessions of removed users are not ended (they logged in while they
+    /// were allowed to).
+    pub fn replace(&self, other: &AccountsFile) {
+        let table = other.table.load();
+        self.table.store(Table {
+            accounts: table.accounts.clone(),
+            dummy: table.dummy.clone(),
+        });
     }
 
     /// Verifies on `pool` instead of the default one (one worker per core).
@@ -248,12 +319,12 @@ impl AccountsFile {
 
     /// Number of accounts.
     pub fn len(&self) -> usize {
-        self.accounts.len()
+        self.table.load().accounts.len()
     }
 
     /// Whether the file lists no account (every login is then refused).
     pub fn is_empty(&self) -> bool {
-        self.accounts.is_empty()
+        self.len() == 0
     }
 }
 
@@ -264,9 +335,10 @@ impl Authenticator for AccountsFile {
 
     fn authenticate(&self, credentials: Credentials) -> BoxFuture<'_, Result<Bytes, AuthError>> {
         Box::pin(async move {
-            let known = self.accounts.get(credentials.user.as_slice());
+            let table = self.table.load();
+            let known = table.accounts.get(credentials.user.as_slice());
             let is_known = known.is_some();
-            let Some(hash) = known.or(self.dummy.as_ref()).map(Arc::clone) else {
+            let Some(hash) = known.or(table.dummy.as_ref()).map(Arc::clone) else {
                 return Err(AuthError::Denied("unknown user".into()));
             };
             // argon2 takes tens of milliseconds on purpose: it runs on the
@@ -375,6 +447,33 @@ mod tests {
             accounts.authenticate(creds("mallory", "s3cret")).await,
             Err(AuthError::Denied("unknown user".into()))
         );
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_holds_for_every_clone() {
+        let (a, b) = (cheap(b"a"), cheap(b"b"));
+        let accounts = AccountsFile::parse(&format!("alice:{a}\nbob:{b}\n")).unwrap();
+        let serving = accounts.clone();
+        let reread = AccountsFile::parse(&format!("alice:{b}\ncarol:{a}\n")).unwrap();
+        assert_eq!(
+            accounts.changes(&reread),
+            AccountsChanges {
+                added: 1,
+                removed: 1,
+                changed: 1
+            }
+        );
+        accounts.replace(&reread);
+        assert!(accounts.changes(&reread).is_empty());
+        assert_eq!(
+            serving.authenticate(creds("carol", "a")).await,
+            Ok(Bytes::from_static(b"carol"))
+        );
+        assert_eq!(
+            serving.authenticate(creds("alice", "b")).await,
+            Ok(Bytes::from_static(b"alice"))
+        );
+        assert!(serving.authenticate(creds("bob", "b")).await.is_err());
     }
 
     #[test]

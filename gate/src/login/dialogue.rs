@@ -138,12 +138,13 @@ pub(super) async fn connection<S: Stream>(
     place: DialoguePlace,
     stop: Stop,
 ) {
-    let clock = DialogueClock::new(shared.config.dialogue_timeout);
+    let config = shared.config.load();
+    let clock = DialogueClock::new(config.dialogue_timeout);
     let registered = shared.dialogues.enter();
     let seat = &registered.seat;
     let mut lines = FramedRead::with_capacity(
         stream,
-        LineCodec::with_limit(shared.config.max_line_bytes),
+        LineCodec::with_limit(config.max_line_bytes),
         READ_BUF,
     );
     let mut report = Report::default();
@@ -334,13 +335,16 @@ async fn run_dialogue<S: Stream>(
     let (state, challenge) = ServerLogin::start(shared.server.clone(), random);
     send(lines, &challenge).await?;
 
-    let client_key = timeout(shared.config.first_line_timeout, receive(lines, seat))
-        .await
-        .map_err(|_| Ending::TimedOut)??;
+    let client_key = timeout(
+        shared.config.load().first_line_timeout,
+        receive(lines, seat),
+    )
+    .await
+    .map_err(|_| Ending::TimedOut)??;
     let state = match state.receive(&client_key) {
         KeyStep::Continue(state, server_key) => {
             report.suite = Some(state.suite());
-            if let Some(queue) = &shared.admission {
+            if let Some(queue) = shared.admission.as_ref().filter(|q| q.active()) {
                 clock.pause();
                 let started = Instant::now();
                 let queued = queue_for(queue.as_ref(), lines, state.queue_notices()).await;
@@ -439,7 +443,7 @@ async fn decide(
         }
     };
     let authenticated = timeout(
-        shared.config.auth_timeout,
+        shared.config.load().auth_timeout,
         shared.auth.authenticate(credentials),
     )
     .await

@@ -32,9 +32,9 @@ pub mod server_key;
 pub mod throttle;
 
 pub use self::auth::{
-    AccountsError, AccountsFile, AuthError, Authenticator, Credentials, DemoAuth,
+    AccountsChanges, AccountsError, AccountsFile, AuthError, Authenticator, Credentials, DemoAuth,
 };
 pub use self::gates::Gates;
 pub use self::online::{LocalPlacer, OnlineSession, OnlineTable};
 pub use self::random::{FixedRandom, OsRandom, RandomSource, ThreadRandom};
-pub use self::server::LoginServer;
+pub use self::server::{LoginLimits, LoginServer};

@@ -47,7 +47,7 @@ use std::time::Duration;
 use codec::websocket::MessageStream;
 use loginproto::login::{ServerConfig, StaticKey};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -62,7 +62,8 @@ use super::throttle::{Policy, Throttle, ThrottleConfig};
 use crate::config::{DEFAULT_SHUTDOWN_GRACE, LoginConfig};
 use crate::login::placement::Placer;
 use crate::net::web::WebPolicy;
-use crate::net::{self, AtCapacity, PerSource, RefusalLog};
+use crate::net::{self, AtCapacity, Capacity, PerSource, RefusalLog};
+use crate::reload::Live;
 
 fn throttle(config: &LoginConfig) -> Throttle {
     Throttle::new(ThrottleConfig {
@@ -91,7 +92,15 @@ pub struct LoginServer {
 }
 
 pub(super) struct LoginState {
-    pub(super) config: LoginConfig,
+    /// The settings; a reload replaces them ([`LoginLimits`]), and a
+    /// dialogue reads each field when it needs it.
+    pub(super) config: Arc<Live<LoginConfig>>,
+    /// `max_connections`, resizable while dialogues hold it.
+    pub(super) capacity: Capacity,
+    /// Dialogues per source address and network.
+    pub(super) per_source: Arc<PerSource>,
+    /// The in-process login queue, unless a shared one replaced it.
+    pub(super) queue: Option<Arc<Admission>>,
     /// The key-exchange policy every dialogue starts from.
     pub(super) server: ServerConfig,
     pub(super) throttle: Throttle,
@@ -110,7 +119,7 @@ pub(super) struct LoginState {
 impl std::fmt::Debug for LoginServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginServer")
-            .field("config", &self.shared.config)
+            .field("config", &self.shared.config.load())
             .field("auth", &self.shared.auth.name())
             .field("shutdown_grace", &self.shutdown_grace)
             .finish_non_exhaustive()
@@ -131,22 +140,31 @@ impl LoginServer {
         if let Some(pool) = auth.hash_pool() {
             metrics.watch_pool(pool);
         }
+        let queue = Arc::new(Admission::new(AdmissionConfig::of(&config)));
         LoginServer {
             shared: LoginState {
+                capacity: Capacity::new(config.max_connections.max(1)),
+                per_source: PerSource::with(
+                    config.max_connections_per_source,
+                    config.max_connections_per_network,
+                    f64::from(config.new_connections_per_source),
+                    config.sources,
+                ),
+                admission: Some(Arc::clone(&queue) as Arc<dyn Admit>),
+                queue: Some(queue),
                 metrics,
                 dialogues: Arc::default(),
                 throttle_log: crate::net::RefusalLog::new(
                     "login throttle",
                     Duration::from_secs(10),
                 ),
-                admission: admission(&config),
                 throttle: throttle(&config),
                 server: ServerConfig {
                     allow_skynet: config.allow_skynet_suite,
                     static_key: None,
                     require_pinned: config.require_pinned,
                 },
-                config,
+                config: Arc::new(Live::new(config)),
                 auth,
                 placer,
                 random: Arc::new(ThreadRandom),
@@ -181,7 +199,19 @@ impl LoginServer {
     #[must_use]
     pub fn with_admission(mut self, queue: Arc<dyn Admit>) -> LoginServer {
         self.shared.admission = Some(queue);
+        self.shared.queue = None;
         self
+    }
+
+    /// The handle a configuration reload changes the server's limits
+    /// through, usable while it serves.
+    pub fn limits(&self) -> LoginLimits {
+        LoginLimits {
+            config: Arc::clone(&self.shared.config),
+            capacity: self.shared.capacity.clone(),
+            per_source: Arc::clone(&self.shared.per_source),
+            queue: self.shared.queue.clone(),
+        }
     }
 
     /// Replaces the random source (tests pin it to replay transcripts).
@@ -216,12 +246,7 @@ impl LoginServer {
         shutdown: CancellationToken,
     ) {
         let shared = Arc::new(self.shared);
-        let permits = Arc::new(Semaphore::new(
-            shared
-                .config
-                .max_connections
-                .clamp(1, Semaphore::MAX_PERMITS),
-        ));
+        let permits = shared.capacity.permits();
         let tracker = TaskTracker::new();
         // Cancelled when the grace period is over: ends every dialogue.
         let hard = CancellationToken::new();
@@ -237,12 +262,7 @@ impl LoginServer {
             && socket2::SockRef::from(&listener)
                 .tcp_nodelay()
                 .unwrap_or(false);
-        let per_source = PerSource::with(
-            shared.config.max_connections_per_source,
-            shared.config.max_connections_per_network,
-            f64::from(shared.config.new_connections_per_source),
-            shared.config.sources,
-        );
+        let per_source = Arc::clone(&shared.per_source);
         let refusals = Arc::new(RefusalLog::new("login", Duration::from_secs(10)));
         let start = |stream: TcpStream,
                      addr: SocketAddr,
@@ -281,7 +301,7 @@ impl LoginServer {
                     tracker.spawn(async move {
                         // The upgrade has the dialogue's deadline too.
                         let upgrade = tokio::select! {
-                            upgraded = timeout(shared.config.dialogue_timeout, policy.upgrade(stream, addr)) => upgraded,
+                            upgraded = timeout(shared.config.load().dialogue_timeout, policy.upgrade(stream, addr)) => upgraded,
                             () = stop.hard.cancelled() => return,
                         };
                         match upgrade {
@@ -298,9 +318,9 @@ impl LoginServer {
         };
         let dialogues = Arc::clone(&shared.dialogues);
         let evictions = Arc::clone(&refusals);
-        let min_age = shared.config.evict_silent_after;
+        let config = Arc::clone(&shared.config);
         let at_capacity = AtCapacity::Evict(Arc::new(move || {
-            let evicted = dialogues.evict_one(min_age);
+            let evicted = dialogues.evict_one(config.load().evict_silent_after);
             if evicted {
                 evictions.refused("evicted_silent");
             }
@@ -342,10 +362,59 @@ impl LoginServer {
     }
 }
 
-/// The login queue of `config`, if it has an admission rate.
-fn admission(config: &LoginConfig) -> Option<Arc<dyn Admit>> {
-    (config.admission_rate > 0)
-        .then(|| Arc::new(Admission::new(AdmissionConfig::of(config))) as Arc<dyn Admit>)
+/// Changes a running login server's limits (a configuration reload; see
+/// [`LoginLimits::reconfigure`]).
+#[derive(Debug, Clone)]
+pub struct LoginLimits {
+    config: Arc<Live<LoginConfig>>,
+    capacity: Capacity,
+    per_source: Arc<PerSource>,
+    queue: Option<Arc<Admission>>,
+}
+
+impl LoginLimits {
+    /// Applies the limits of `new`; every other field keeps its value.
+    /// The deadlines (`dialogue_timeout`, `first_line_timeout`,
+    /// `auth_timeout`) hold for each deadline armed from now on (a
+    /// dialogue's whole deadline is armed at its start); `max_connections` and the per-source bounds
+    /// hold for the next connection (none open is closed); the login
+    /// queue (`admission_rate`, `admission_burst`, `queue_max`,
+    /// `queue_timeout`) changes at once, for logins waiting too, unless a
+    /// cluster's shared queue replaced it; `evict_silent_after` holds for
+    /// the next eviction.
+    pub fn reconfigure(&self, new: &LoginConfig) {
+        let current = self.config.load();
+        let config = LoginConfig {
+            max_connections: new.max_connections,
+            max_connections_per_source: new.max_connections_per_source,
+            max_connections_per_network: new.max_connections_per_network,
+            new_connections_per_source: new.new_connections_per_source,
+            dialogue_timeout: new.dialogue_timeout,
+            first_line_timeout: new.first_line_timeout,
+            auth_timeout: new.auth_timeout,
+            evict_silent_after: new.evict_silent_after,
+            admission_rate: new.admission_rate,
+            admission_burst: new.admission_burst,
+            queue_max: new.queue_max,
+            queue_timeout: new.queue_timeout,
+            ..LoginConfig::clone(&current)
+        };
+        self.capacity.resize(config.max_connections.max(1));
+        self.per_source.set_bounds(
+            config.max_connections_per_source,
+            config.max_connections_per_network,
+            f64::from(config.new_connections_per_source),
+        );
+        if let Some(queue) = &self.queue {
+            queue.reconfigure(AdmissionConfig::of(&config));
+        }
+        self.config.store(config);
+    }
+
+    /// The settings as they apply now.
+    pub fn config(&self) -> Arc<LoginConfig> {
+        self.config.load()
+    }
 }
 
 #[cfg(test)]
@@ -418,33 +487,29 @@ mod tests {
     }
 
     fn shared(config: LoginConfig, auth: Arc<dyn Authenticator>) -> Arc<LoginState> {
-        Arc::new(LoginState {
-            metrics: Arc::default(),
-            dialogues: Arc::default(),
-            throttle_log: crate::net::RefusalLog::new("login throttle", Duration::from_secs(10)),
-            admission: admission(&config),
-            throttle: throttle(&config),
-            server: ServerConfig::default(),
-            placer: Arc::new(LocalPlacer {
-                online: Arc::new(OnlineTable::new()),
-                gates: Arc::new(Sample::default()),
-                multilogin: config.multilogin,
-            }),
-            config,
-            auth,
-            random: Arc::new(FixedRandom(ServerRandom {
+        let placer = Arc::new(LocalPlacer {
+            online: Arc::new(OnlineTable::new()),
+            gates: Arc::new(Sample::default()),
+            multilogin: config.multilogin,
+        });
+        let mut server = LoginServer::new(config, auth, placer).with_random(Arc::new(FixedRandom(
+            ServerRandom {
                 challenge: [0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6, 0x07, 0x18],
                 skynet_key: [0x5e, 0x2f, 0x3a, 0x4b, 0x6c, 0x7d, 0x8e, 0x9f],
                 x25519_key: [9; 32],
-            })),
-        })
+            },
+        )));
+        server.shared.server = ServerConfig::default();
+        Arc::new(server.shared)
     }
 
     /// Runs one connection over an in-memory pipe; returns the client end
     /// and the connection task.
     fn start(shared: Arc<LoginState>) -> (DuplexStream, tokio::task::JoinHandle<()>) {
         let (client, server) = tokio::io::duplex(16 * 1024);
-        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
         let source = PerSource::new(1)
             .enter(SocketAddr::from(([127, 0, 0, 1], 1)).ip())
             .unwrap();

@@ -5,10 +5,12 @@
 //! [`web`] serves WebSocket clients on top of these sockets.
 
 pub mod budget;
+pub mod capacity;
 mod source;
 pub mod tap;
 pub mod web;
 
+pub use capacity::Capacity;
 pub use source::{PerSource, Prefixes, Refused, SourceSlot};
 
 use std::future::Future;

@@ -11,6 +11,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -86,14 +87,21 @@ impl Refused {
 
 /// Open connections per source and per network, and new connections per
 /// source per second, each bounded (0: no bound).
+///
+/// The bounds may change while connections are open
+/// ([`PerSource::set_bounds`], a configuration reload): every connection
+/// is counted whatever the bounds, so a new bound holds against the
+/// connections already open, and none of them is closed for it (a source
+/// over a lowered bound opens no new one until it is under it again).
 #[derive(Debug)]
 pub struct PerSource {
     prefixes: Prefixes,
     open: ShardedMap<IpAddr, u32>,
-    max_host: u32,
-    max_network: u32,
-    /// New connections per second per source, and the burst allowed.
-    rate: Option<(f64, f64)>,
+    max_host: AtomicU32,
+    max_network: AtomicU32,
+    /// New connections per second per source (the bits of an `f64`; 0:
+    /// no bound); the burst allowed is twice that.
+    per_second: AtomicU64,
     buckets: ShardedMap<IpAddr, Bucket>,
 }
 
@@ -133,15 +141,35 @@ impl PerSource {
         per_second: f64,
         prefixes: Prefixes,
     ) -> Arc<PerSource> {
-        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        Arc::new(PerSource {
+        let table = Arc::new(PerSource {
             prefixes,
             open: ShardedMap::new(),
-            max_host: bound(max_host),
-            max_network: bound(max_network),
-            rate: (per_second > 0.0).then_some((per_second, (2.0 * per_second).max(1.0))),
+            max_host: AtomicU32::new(0),
+            max_network: AtomicU32::new(0),
+            per_second: AtomicU64::new(0),
             buckets: ShardedMap::new(),
-        })
+        });
+        table.set_bounds(max_host, max_network, per_second);
+        table
+    }
+
+    /// Changes the bounds (as [`PerSource::with`] takes them); they hold
+    /// for the next connection. Connections open stay open and counted.
+    pub fn set_bounds(&self, max_host: usize, max_network: usize, per_second: f64) {
+        let bound = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.max_host.store(bound(max_host), Ordering::Relaxed);
+        self.max_network
+            .store(bound(max_network), Ordering::Relaxed);
+        let per_second = if per_second > 0.0 { per_second } else { 0.0 };
+        self.per_second
+            .store(per_second.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The new connections per second per source and the burst, if
+    /// bounded.
+    fn rate(&self) -> Option<(f64, f64)> {
+        let per_second = f64::from_bits(self.per_second.load(Ordering::Relaxed));
+        (per_second > 0.0).then_some((per_second, (2.0 * per_second).max(1.0)))
     }
 
     fn host(&self, ip: IpAddr) -> IpAddr {
@@ -161,19 +189,18 @@ impl PerSource {
     /// Counts a connection from `ip`, or says why it is refused.
     pub fn enter(self: &Arc<Self>, ip: IpAddr) -> Result<SourceSlot, Refused> {
         let host = self.host(ip);
-        if let Some((rate, burst)) = self.rate
+        if let Some((rate, burst)) = self.rate()
             && !self.take_token(host, rate, burst)
         {
             return Err(Refused::Rate);
         }
         let network = self.network(ip);
-        if self.max_network > 0 && !Self::add(&self.open, network, self.max_network) {
+        let max_network = self.max_network.load(Ordering::Relaxed);
+        if !Self::add(&self.open, network, max_network) {
             return Err(Refused::PerNetwork);
         }
-        if self.max_host > 0 && !Self::add(&self.open, host, self.max_host) {
-            if self.max_network > 0 {
-                Self::sub(&self.open, network);
-            }
+        if !Self::add(&self.open, host, self.max_host.load(Ordering::Relaxed)) {
+            Self::sub(&self.open, network);
             return Err(Refused::PerSource);
         }
         Ok(SourceSlot {
@@ -182,11 +209,11 @@ impl PerSource {
         })
     }
 
-    /// One more open for `key` unless it holds `max`.
+    /// One more open for `key` unless it holds `max` (0: no bound).
     fn add(open: &ShardedMap<IpAddr, u32>, key: IpAddr, max: u32) -> bool {
         let mut shard = open.shard(&key);
         let count = shard.entry(key).or_insert(0);
-        if *count >= max {
+        if max > 0 && *count >= max {
             return false;
         }
         *count += 1;
@@ -245,13 +272,10 @@ pub struct SourceSlot {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
+        // Counted whatever the bounds were (see [`PerSource`]).
         let table = &self.table;
-        if table.max_host > 0 {
-            PerSource::sub(&table.open, table.host(self.ip));
-        }
-        if table.max_network > 0 {
-            PerSource::sub(&table.open, table.network(self.ip));
-        }
+        PerSource::sub(&table.open, table.host(self.ip));
+        PerSource::sub(&table.open, table.network(self.ip));
     }
 }
 
@@ -322,6 +346,26 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1000)).await;
         let allowed = (0..20).filter(|_| table.enter(a).is_ok()).count();
         assert_eq!(allowed, 5);
+    }
+
+    #[test]
+    fn changed_bounds_count_the_connections_already_open() {
+        let table = PerSource::with(0, 0, 0.0, Prefixes::default());
+        let a = ip("10.0.0.1");
+        let held: Vec<_> = (0..3).map(|_| table.enter(a).unwrap()).collect();
+        table.set_bounds(2, 0, 0.0);
+        assert_eq!(table.enter(a).unwrap_err(), Refused::PerSource);
+        drop(held);
+        let _one = table.enter(a).unwrap();
+        let _two = table.enter(a).unwrap();
+        assert_eq!(table.enter(a).unwrap_err(), Refused::PerSource);
+        table.set_bounds(0, 2, 0.0);
+        assert_eq!(
+            table.enter(ip("10.0.0.2")).unwrap_err(),
+            Refused::PerNetwork
+        );
+        table.set_bounds(0, 0, 0.0);
+        assert!(table.enter(a).is_ok());
     }
 
     #[test]

@@ -110,6 +110,12 @@ impl WebPolicy {
         self.mapping
     }
 
+    /// The listener's TLS, if it serves `wss://` (a reload replaces its
+    /// certificate).
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
+    }
+
     /// Whether a request with this `Origin` header value may connect.
     pub fn origin_allowed(&self, origin: Option<&[u8]>) -> bool {
         match (&self.origins, origin) {

@@ -489,3 +489,16 @@ pub(super) async fn drain(
     info!(drain = body.drain, "drain set by an operator");
     Ok(axum::Json(json!({ "draining": gate.is_draining() })).into_response())
 }
+
+/// `POST /admin/reload`: the same reload as SIGHUP (the body is ignored);
+/// the answer says what changed or why nothing did.
+pub(super) async fn reload(State(ops): State<Arc<Ops>>) -> Response {
+    use crate::reload::{Refusal, refused};
+    let outcome = match ops.reloader.get() {
+        Some(reloader) => reloader.reload("admin").await,
+        None if ops.role == "all" => refused("admin", Refusal::NoFile),
+        None => refused("admin", Refusal::not_here(ops.role)),
+    };
+    let status = StatusCode::from_u16(outcome.status()).unwrap_or(StatusCode::CONFLICT);
+    (status, axum::Json(outcome.to_json())).into_response()
+}

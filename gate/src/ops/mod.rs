@@ -13,6 +13,7 @@
 //! | `POST /admin/users/{uid}/push` | `{"payload": "..."}`: push to the user |
 //! | `POST /admin/push` | `{"payload": "..."}`: push to every session of this gate |
 //! | `POST /admin/drain` | `{"drain": true}` refuse new logins on this gate (established sessions go on); `false` undoes it |
+//! | `POST /admin/reload` | read the configuration file again and apply what can change live, all or nothing (`crate::reload`): `200 {"applied": true, "changed": [...]}`; `409` with `"error"` (and `"fields"`) for fields that cannot change while running, no configuration file or a cluster node; `422` for a file or a file it names that cannot be used |
 //!
 //! On a cluster node, a user call (`/admin/users/{uid}...`) for a uid
 //! whose session is on another gate node is forwarded to that node's
@@ -66,6 +67,7 @@ use crate::cluster::Directory;
 use crate::config::OpsConfig;
 use crate::login::metrics::LoginMetrics;
 use crate::players::MsgGate;
+use crate::reload::Reloader;
 
 /// What the operations listener serves from.
 #[derive(Debug)]
@@ -96,6 +98,9 @@ pub struct Ops {
     control_refusals: Arc<std::sync::OnceLock<Arc<Refusals>>>,
     /// A gate node's "holds its name in the registry" flag.
     registration: std::sync::OnceLock<Arc<AtomicBool>>,
+    /// Reloads the configuration (all-in-one processes started with a
+    /// configuration source).
+    pub(crate) reloader: std::sync::OnceLock<Arc<Reloader>>,
     registry: Registry,
 }
 
@@ -155,6 +160,7 @@ impl Ops {
             counters,
             control_refusals,
             registration: std::sync::OnceLock::new(),
+            reloader: std::sync::OnceLock::new(),
             registry,
         }
     }
@@ -178,6 +184,12 @@ impl Ops {
     /// from now on, while Redis (if any) answers.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
+    }
+
+    /// Lets `POST /admin/reload` reload the configuration with
+    /// `reloader`; without one the call is refused.
+    pub fn set_reloader(&self, reloader: Arc<Reloader>) {
+        let _ = self.reloader.set(reloader);
     }
 
     /// On a gate node: `/readyz` also needs the node to hold its server
@@ -215,6 +227,7 @@ pub async fn serve(
         .route("/admin/users/{uid}/push", post(admin::push_user))
         .route("/admin/push", post(admin::push_all))
         .route("/admin/drain", post(admin::drain))
+        .route("/admin/reload", post(admin::reload))
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::clone(&ops),
             admin::guard,

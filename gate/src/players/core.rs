@@ -32,6 +32,7 @@ use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::logging::esc;
 use crate::login::placement::LoginLink;
+use crate::reload::Live;
 use crate::shard::ShardedMap;
 
 /// What an entry of the gate's timers names.
@@ -163,12 +164,46 @@ pub(crate) fn response_package(
     }
 }
 
+/// The session limits of `cfg`.
+fn limits(cfg: &GateConfig) -> Limits {
+    Limits {
+        reconnect_window: cfg.reconnect_window,
+        max_inflight: cfg.max_inflight_per_user,
+        send_queue_bytes: cfg.send_queue_bytes,
+        push_backlog: cfg.push_backlog,
+        push_backlog_bytes: cfg.push_backlog_bytes,
+        expired_number: cfg.expired_number,
+        cache_bytes: cfg.cache_bytes,
+        idle_ms: u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// The connection limits of `cfg`.
+fn conn_limits(cfg: &GateConfig) -> ConnLimits {
+    ConnLimits {
+        handshake_timeout: cfg.handshake_timeout,
+        idle_timeout: cfg.idle_timeout,
+        plain_idle_timeout: cfg.plain_idle_timeout,
+        send_queue_bytes: cfg.send_queue_bytes,
+        half_close_grace: cfg.shutdown_grace,
+    }
+}
+
 /// What the connection tasks, the timers and the public API share.
 pub(crate) struct GateCore {
+    /// The configuration the gate started with: what cannot change while
+    /// it runs (its name, the shutdown grace).
     pub(crate) cfg: GateConfig,
-    pub(super) limits: Arc<Limits>,
-    /// What every connection lives by.
-    pub(crate) conn_limits: Arc<ConnLimits>,
+    /// The configuration as last applied ([`GateCore::apply`]): the
+    /// started one with the limits of the last reload.
+    pub(crate) current: Live<GateConfig>,
+    /// What every new session lives by (each keeps the limits it started
+    /// with).
+    pub(crate) limits: Live<Limits>,
+    /// What every new connection lives by (each keeps its own).
+    pub(crate) conn_limits: Live<ConnLimits>,
+    /// `maxclient`, resizable while connections hold it.
+    pub(crate) capacity: crate::net::Capacity,
     pub(crate) agent: Arc<dyn Agent>,
     login: Arc<dyn LoginLink>,
     pub(super) by_username: ShardedMap<Bytes, Arc<User>>,
@@ -221,34 +256,20 @@ impl GateCore {
         login: Arc<dyn LoginLink>,
         epoch: tokio::time::Instant,
     ) -> Self {
-        let limits = Arc::new(Limits {
-            reconnect_window: cfg.reconnect_window,
-            max_inflight: cfg.max_inflight_per_user,
-            send_queue_bytes: cfg.send_queue_bytes,
-            push_backlog: cfg.push_backlog,
-            push_backlog_bytes: cfg.push_backlog_bytes,
-            expired_number: cfg.expired_number,
-            cache_bytes: cfg.cache_bytes,
-            idle_ms: u32::try_from(cfg.idle_timeout.as_millis()).unwrap_or(u32::MAX),
-        });
-        let conn_limits = Arc::new(ConnLimits {
-            handshake_timeout: cfg.handshake_timeout,
-            idle_timeout: cfg.idle_timeout,
-            plain_idle_timeout: cfg.plain_idle_timeout,
-            send_queue_bytes: cfg.send_queue_bytes,
-            half_close_grace: cfg.shutdown_grace,
-        });
         let cfg_per_source = (
             cfg.max_connections_per_source,
             cfg.max_connections_per_network,
             f64::from(cfg.new_connections_per_source),
             cfg.sources,
         );
+        let capacity = crate::net::Capacity::new(cfg.maxclient);
         GateCore {
-            conn_limits,
-            permits: Arc::new(Semaphore::new(cfg.maxclient.min(Semaphore::MAX_PERMITS))),
+            conn_limits: Live::new(conn_limits(&cfg)),
+            limits: Live::new(limits(&cfg)),
+            current: Live::new(cfg.clone()),
+            permits: capacity.permits(),
+            capacity,
             cfg,
-            limits,
             agent,
             login,
             by_username: ShardedMap::new(),
@@ -269,6 +290,31 @@ impl GateCore {
             ),
             handoff: super::handoff::Handoff::default(),
         }
+    }
+
+    /// Applies the limits of `cfg` (a configuration reload): new sessions
+    /// and connections live by them, sessions and connections already
+    /// there keep theirs; `maxclient` and the per-source bounds hold for
+    /// the next connection, and none is closed for them. The fields that
+    /// cannot change (the name, the addresses, the shutdown grace) are
+    /// taken from the configuration the gate started with.
+    pub(crate) fn apply(&self, cfg: &GateConfig) {
+        let cfg = GateConfig {
+            name: self.cfg.name.clone(),
+            listen: self.cfg.listen,
+            shutdown_grace: self.cfg.shutdown_grace,
+            sources: self.cfg.sources,
+            ..cfg.clone()
+        };
+        self.limits.store(limits(&cfg));
+        self.conn_limits.store(conn_limits(&cfg));
+        self.capacity.resize(cfg.maxclient);
+        self.per_source.set_bounds(
+            cfg.max_connections_per_source,
+            cfg.max_connections_per_network,
+            f64::from(cfg.new_connections_per_source),
+        );
+        self.current.store(cfg);
     }
 
     /// The user with this uid.
@@ -310,7 +356,7 @@ impl GateCore {
             let username = Bytes::from(handshake::username(uid, self.cfg.name.as_bytes(), &subid));
             let alias = (name != uid)
                 .then(|| Bytes::from(handshake::username(name, self.cfg.name.as_bytes(), &subid)));
-            let session = Session::new(self.timers.now(), Arc::clone(&self.limits));
+            let session = Session::new(self.timers.now(), self.limits.load());
             let user = self.new_user(
                 uid.clone(),
                 subid,

@@ -150,7 +150,7 @@ fn drive<T: Transport + 'static>(
     let conn = Connection::new(
         open.core.timers.now(),
         T::MAPPING,
-        Arc::clone(&open.core.conn_limits),
+        open.core.conn_limits.load(),
     );
     let handshaking = Box::pin(counted_handshake(
         Arc::clone(&open.core),
@@ -493,7 +493,7 @@ pub(super) fn spawn_restored(
         websocket,
         ..
     } = state;
-    let conn = machine.with_limits(Arc::clone(&core.conn_limits));
+    let conn = machine.with_limits(core.conn_limits.load());
     let pending = BytesMut::from(&unwritten[..]);
     match websocket {
         None => {

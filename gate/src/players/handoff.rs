@@ -299,7 +299,7 @@ fn secret_of(bytes: &[u8]) -> Result<SessionSecret, String> {
 
 /// The session of `state` written out, left in place as it was.
 fn write_out(core: &GateCore, state: &mut Locked) -> Session<ConnId> {
-    let placeholder = Session::new(core.timers.now(), Arc::clone(&core.limits));
+    let placeholder = Session::new(core.timers.now(), core.limits.load());
     let session = std::mem::replace(&mut state.session, placeholder);
     let handle = session.conn().cloned();
     let written = session.map_conn(|c| c.id);
@@ -307,7 +307,7 @@ fn write_out(core: &GateCore, state: &mut Locked) -> Session<ConnId> {
         serde_json::from_value(serde_json::to_value(&written).expect("a session writes out"))
             .expect("a session reads back");
     state.session = written.map_conn(|_| handle.expect("an online session has its connection"));
-    copy.with_limits(Arc::clone(&core.limits))
+    copy.with_limits(core.limits.load())
 }
 
 impl MsgGate {
@@ -511,7 +511,7 @@ impl MsgGate {
             let bound_to = u.session.conn().copied();
             let mut session = u
                 .session
-                .with_limits(Arc::clone(&core.limits))
+                .with_limits(core.limits.load())
                 .map_conn(|_| Arc::clone(&handle));
             let mut gone = Vec::new();
             if moved.is_none()

@@ -124,9 +124,26 @@ impl MsgGate {
         &self.core.cfg.name
     }
 
-    /// The gate's configuration.
-    pub fn config(&self) -> &GateConfig {
-        &self.core.cfg
+    /// The gate's configuration as it applies now: the one it started
+    /// with, with the limits of the last reload ([`MsgGate::reconfigure`]).
+    pub fn config(&self) -> Arc<GateConfig> {
+        self.core.current.load()
+    }
+
+    /// Applies the limits of `cfg` while the gate runs (a configuration
+    /// reload): sessions placed from now on live by its session limits
+    /// (`reconnect_window`, `max_inflight_per_user`, `send_queue_bytes`,
+    /// `expired_number`, `cache_bytes`, `push_backlog`,
+    /// `push_backlog_bytes`, `idle_timeout`), connections accepted from now
+    /// on by its connection limits (`handshake_timeout`, `idle_timeout`,
+    /// `plain_idle_timeout`, `send_queue_bytes`); sessions and connections
+    /// already there keep theirs, so none is cut by a change it did not
+    /// start under. `maxclient` and the per-source bounds hold for the
+    /// next connection: none open is closed, and while more are open than
+    /// a lowered bound allows, new ones are refused. The name, the listen
+    /// address and the shutdown grace are not changed.
+    pub fn reconfigure(&self, cfg: &GateConfig) {
+        self.core.apply(cfg);
     }
 
     /// skynet's `login_handler`: registers `uid` with the session `secret`

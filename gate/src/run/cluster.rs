@@ -275,7 +275,7 @@ pub(super) async fn run_login_node(
             return Err(RunError::Upgrade(why));
         }
     };
-    let auth = choose_authenticator(&config, components.authenticator, None)?;
+    let (auth, _) = choose_authenticator(&config, components.authenticator, None)?;
     let tls = match &config.cluster.tls_ca_file {
         Some(ca) => Some(crate::tls::connector(ca).map_err(|e| RunError::Config(e.to_string()))?),
         None => None,

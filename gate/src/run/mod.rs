@@ -40,6 +40,7 @@ use crate::login::{
     RandomSource,
 };
 use crate::players::MsgGate;
+use crate::reload::{ConfigSource, Reloader, Targets};
 
 /// Why [`run`] could not start or failed while serving.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +118,22 @@ pub struct Components {
     /// listeners to hand it, and what this process took over, if it did
     /// ([`serve`] fills it in from `[upgrade]`). Default: none.
     pub upgrade: Option<Upgrade>,
+    /// Configuration reload on SIGHUP and `POST /admin/reload` (see
+    /// [`crate::reload`]). Default: none: reloads are refused, and SIGHUP
+    /// is not listened for.
+    pub reload: Option<Reload>,
+}
+
+/// What a process needs to reload its configuration while it runs.
+#[derive(Debug)]
+pub struct Reload {
+    /// Where the configuration is read again from.
+    pub source: ConfigSource,
+    /// The configuration the process runs, as read (before its bounds
+    /// were fitted to the file limit).
+    pub requested: Config,
+    /// The file limit the bounds were fitted to, if they were.
+    pub file_limit: Option<u64>,
 }
 
 /// The live-upgrade parts of a process (see [`crate::upgrade`]).
@@ -154,6 +171,7 @@ impl fmt::Debug for Components {
                 &self.web_gate.as_ref().and_then(|l| l.local_addr().ok()),
             )
             .field("upgrade", &self.upgrade.is_some())
+            .field("reload", &self.reload.as_ref().map(|r| &r.source))
             .finish()
     }
 }
@@ -170,10 +188,24 @@ impl fmt::Debug for Components {
 ///   TLS);
 /// * gate node: `cluster.control_listen`.
 pub async fn serve(
-    mut config: Config,
+    config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    if let Some(limit) = crate::net::budget::raise_file_limit() {
+    serve_reloadable(config, None, shutdown).await
+}
+
+/// [`serve`], reloading the configuration from `source` on SIGHUP and
+/// `POST /admin/reload` (see [`crate::reload`]); without a source (or on
+/// a cluster node) reloads are refused with a log line, and SIGHUP never
+/// ends the process.
+pub async fn serve_reloadable(
+    mut config: Config,
+    source: Option<ConfigSource>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let requested = config.clone();
+    let file_limit = crate::net::budget::raise_file_limit();
+    if let Some(limit) = file_limit {
         crate::net::budget::fit(&mut config, limit);
         info!(
             file_limit = limit,
@@ -197,6 +229,9 @@ pub async fn serve(
         None => None,
     };
     let ops = bind::ops(&config)?;
+    // Registered before any listener serves, so a SIGHUP never ends the
+    // process once it is up.
+    let hangups = crate::reload::hangups();
     match config.cluster.role {
         Role::Login => {
             let login = bind::listener(config.login.listen, "login")?;
@@ -213,7 +248,10 @@ pub async fn serve(
                     inherited,
                 });
             }
-            cluster::run_login_node(login, config, components, shutdown).await
+            tokio::select! {
+                end = cluster::run_login_node(login, config, components, shutdown) => end,
+                () = refuse_reloads(hangups, "login") => unreachable!("refusing reloads never ends"),
+            }
         }
         Role::Gate => {
             let (gate, mut components) = bind::gate_side(&config, ops)?;
@@ -229,7 +267,10 @@ pub async fn serve(
                     inherited,
                 });
             }
-            cluster::run_gate_node(gate, control, config, components, shutdown).await
+            tokio::select! {
+                end = cluster::run_gate_node(gate, control, config, components, shutdown) => end,
+                () = refuse_reloads(hangups, "gate") => unreachable!("refusing reloads never ends"),
+            }
         }
         Role::All => {
             let (gate, mut components) = bind::gate_side(&config, ops)?;
@@ -243,7 +284,44 @@ pub async fn serve(
                     inherited,
                 });
             }
-            run_with(login, gate, config, components, shutdown).await
+            components.reload = source.map(|source| Reload {
+                source,
+                requested,
+                file_limit,
+            });
+            run_with_hangups(login, gate, config, components, hangups, shutdown).await
+        }
+    }
+}
+
+/// Answers every SIGHUP of a cluster node with a refusal in the log.
+async fn refuse_reloads(hangups: Option<crate::reload::Hangups>, role: &str) {
+    if let Some(mut hangups) = hangups {
+        while hangups.next().await.is_some() {
+            crate::reload::refused("SIGHUP", crate::reload::Refusal::not_here(role));
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
+/// Reloads on every SIGHUP until `token`.
+async fn serve_reloads(
+    reloader: Option<Arc<Reloader>>,
+    hangups: Option<crate::reload::Hangups>,
+    token: &CancellationToken,
+) {
+    let (Some(reloader), Some(mut hangups)) = (reloader, hangups) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = token.cancelled() => return,
+            hangup = hangups.next() => match hangup {
+                Some(()) => {
+                    reloader.reload("SIGHUP").await;
+                }
+                None => return,
+            },
         }
     }
 }
@@ -280,8 +358,34 @@ pub async fn run_with(
     components: Components,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    let hangups = if components.reload.is_some() {
+        crate::reload::hangups()
+    } else {
+        None
+    };
+    run_with_hangups(
+        login_listener,
+        gate_listener,
+        config,
+        components,
+        hangups,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run_with`], reloading on `hangups` when `components.reload` is set.
+async fn run_with_hangups(
+    login_listener: TcpListener,
+    gate_listener: TcpListener,
+    config: Config,
+    components: Components,
+    hangups: Option<crate::reload::Hangups>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
     let backend = components.backend;
-    let auth = choose_authenticator(&config, components.authenticator, backend.as_ref())?;
+    let (auth, accounts) =
+        choose_authenticator(&config, components.authenticator, backend.as_ref())?;
     let online = Arc::new(OnlineTable::new());
     let agent = choose_agent(components.agent, backend.as_ref());
     let mut upgrade = components.upgrade.unwrap_or_default();
@@ -333,6 +437,28 @@ pub async fn run_with(
         Some(login.metrics()),
         None,
     )?;
+    let reloader = components.reload.map(|reload| {
+        let web_tls = [&web_login, &web_gate]
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, policy)| policy.tls().cloned())
+            .collect();
+        let targets = Targets {
+            gate: gate.clone(),
+            login: login.limits(),
+            accounts,
+            web_tls,
+        };
+        Arc::new(Reloader::new(
+            reload.source,
+            reload.requested,
+            reload.file_limit,
+            targets,
+        ))
+    });
+    if let Some(reloader) = &reloader {
+        ops.set_reloader(Arc::clone(reloader));
+    }
 
     let token = CancellationToken::new();
     // Set once the gate is done: backend links outlive the start of the
@@ -354,7 +480,8 @@ pub async fn run_with(
         backend.as_ref(),
         &token,
     );
-    let ((), (), gate_end, ops_result, upgrade_result) = tokio::join!(
+    let ((), (), (), gate_end, ops_result, upgrade_result) = tokio::join!(
+        serve_reloads(reloader, hangups, &token),
         stopping(shutdown, &token),
         serve_login(login, login_listener, web_login, &token),
         serve_gate(
@@ -415,6 +542,14 @@ pub(super) async fn serve_upgrades(
 
 /// The accounts file of `config.accounts`, or the demo authenticator.
 pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, AccountsError> {
+    Ok(accounts_or_demo(config)?.0)
+}
+
+/// [`authenticator`], and the accounts file when it is one (a reload
+/// replaces its accounts).
+fn accounts_or_demo(
+    config: &Config,
+) -> Result<(Arc<dyn Authenticator>, Option<AccountsFile>), AccountsError> {
     match &config.accounts {
         Some(path) => {
             let pool = HashPool::sized(config.login.hash_workers, config.login.hash_queue);
@@ -424,7 +559,7 @@ pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, Accounts
             } else {
                 info!(path = %path.display(), accounts = accounts.len(), "accounts loaded");
             }
-            Ok(Arc::new(accounts))
+            Ok((Arc::new(accounts.clone()), Some(accounts)))
         }
         None => {
             warn!(
@@ -432,7 +567,7 @@ pub fn authenticator(config: &Config) -> Result<Arc<dyn Authenticator>, Accounts
                  Never run this in production: configure an accounts file \
                  (`accounts = \"FILE\"` or --accounts FILE; hashes from `gate hash-password`)."
             );
-            Ok(Arc::new(DemoAuth))
+            Ok((Arc::new(DemoAuth), None))
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::agent::{Agent, EchoAgent};
 use crate::backend::Backend;
 use crate::config::{AuthSource, Config};
 use crate::login::placement::Placer;
-use crate::login::{Authenticator, LoginServer, RandomSource};
+use crate::login::{AccountsFile, Authenticator, LoginServer, RandomSource};
 use crate::net::web::WebPolicy;
 use crate::ops::{AdminToken, Ops};
 use crate::players::MsgGate;
@@ -108,18 +108,19 @@ pub(super) fn choose_agent(
 
 /// The authenticator `run` uses: the one given, else by
 /// `config.login.auth` the accounts file (or demo) or the backend's `auth`
-/// service.
+/// service; with it, the accounts file when it is one (a reload replaces
+/// its accounts).
 pub(super) fn choose_authenticator(
     config: &Config,
     given: Option<Arc<dyn Authenticator>>,
     backend: Option<&Backend>,
-) -> Result<Arc<dyn Authenticator>, RunError> {
+) -> Result<(Arc<dyn Authenticator>, Option<AccountsFile>), RunError> {
     Ok(match (given, config.login.auth, backend) {
-        (Some(auth), _, _) => auth,
-        (None, AuthSource::Accounts, _) => super::authenticator(config)?,
+        (Some(auth), _, _) => (auth, None),
+        (None, AuthSource::Accounts, _) => super::accounts_or_demo(config)?,
         (None, AuthSource::Service, Some(backend)) => {
             info!(service = %backend.config().auth_service, "credentials are checked by a backend service");
-            backend.authenticator(config.login.auth_timeout)
+            (backend.authenticator(config.login.auth_timeout), None)
         }
         (None, AuthSource::Service, None) => {
             return Err(RunError::Config(

@@ -222,10 +222,13 @@ async fn dialogue(
         skynet_key: loginproto::skynet::random_key(rand::random()),
         x25519_key: rand::random(),
     };
+    // x25519: a padded token, and the server must prove its keys on the
+    // `200` line (a forged success fails here, not later at the gate).
     let mut state = match server_key {
         Some(key) => ClientLogin::pinned(creds, random, key),
         None => ClientLogin::new(suite, creds, random),
-    };
+    }
+    .with_confirmation();
     if queue.is_some() {
         state = state.with_queue_notices();
     }

@@ -104,6 +104,22 @@ pub const PINNED_V1: u8 = 0x01;
 /// holds it in its admission queue.
 pub const QUEUE_NOTICES: u8 = 0x02;
 
+/// Flag of the key line's first byte: the client pads its token to
+/// [`TOKEN_BUCKET`] bytes ([`pad_token`]) and wants the server's key
+/// confirmation on the `200` line ([`SessionKeys::server_confirmation`]);
+/// without that confirmation it fails closed.
+pub const CONFIRMED: u8 = 0x04;
+
+/// Every flag of the key line's first byte this build knows.
+pub const KNOWN_FLAGS: u8 = PINNED_V1 | QUEUE_NOTICES | CONFIRMED;
+
+/// A padded token's length is a multiple of this, so the sealed token
+/// tells nothing finer about the password's length.
+pub const TOKEN_BUCKET: usize = 128;
+
+/// HKDF `info` of the key the server's `200` line is confirmed with.
+pub const INFO_SERVER_CONFIRM: &[u8] = b"server confirm";
+
 /// HKDF `info` of the key the client proves possession of on line 4.
 pub const INFO_CLIENT_PROOF: &[u8] = b"client proof";
 /// HKDF `info` of the AEAD key that seals the token on line 5.
@@ -130,6 +146,34 @@ pub enum ModernError {
     /// The token is too long for ChaCha20-Poly1305 (never happens for a line).
     #[error("token too long to seal")]
     TokenTooLong,
+    /// A padded token without its `0x80` end mark.
+    #[error("token padding is malformed")]
+    BadPadding,
+    /// The server's `200` line did not carry a valid key confirmation.
+    #[error("the server could not prove its key")]
+    Unconfirmed,
+}
+
+/// Pads a token for [`CONFIRMED`] logins: `token ‖ 0x80 ‖ 0x00…` up to the
+/// next multiple of [`TOKEN_BUCKET`] (at least one byte is added).
+pub fn pad_token(token: &[u8]) -> Vec<u8> {
+    let len = (token.len() / TOKEN_BUCKET + 1) * TOKEN_BUCKET;
+    let mut padded = Vec::with_capacity(len);
+    padded.extend_from_slice(token);
+    padded.push(0x80);
+    padded.resize(len, 0);
+    padded
+}
+
+/// Removes [`pad_token`]'s padding.
+pub fn unpad_token(mut padded: Vec<u8>) -> Result<Vec<u8>, ModernError> {
+    while padded.last() == Some(&0) {
+        padded.pop();
+    }
+    match padded.pop() {
+        Some(0x80) => Ok(padded),
+        _ => Err(ModernError::BadPadding),
+    }
 }
 
 /// The public key of an X25519 private key (`x25519_key` from the caller's
@@ -220,6 +264,7 @@ pub struct SessionKeys {
     proof_key: Key32,
     token_key: Key32,
     gate_secret: Key32,
+    confirm_key: Key32,
 }
 
 impl SessionKeys {
@@ -244,6 +289,7 @@ impl SessionKeys {
             proof_key: expand(INFO_CLIENT_PROOF),
             token_key: expand(INFO_TOKEN_KEY),
             gate_secret: expand(INFO_GATE_SECRET),
+            confirm_key: expand(INFO_SERVER_CONFIRM),
         }
     }
 
@@ -351,6 +397,23 @@ impl SessionKeys {
     /// The secret the gate handshake MAC is keyed with.
     pub fn gate_secret(&self) -> &Key32 {
         &self.gate_secret
+    }
+
+    /// The key confirmation of a successful [`CONFIRMED`] login, sent on
+    /// the `200` line after the subid: `HMAC-SHA256(confirm_key, th ‖
+    /// subid)`. Only a party that derived the same keys can compute it, so
+    /// a man in the middle cannot forge a success to a pinned client.
+    pub fn server_confirmation(&self, subid: &[u8]) -> Key32 {
+        hmac_sha256(&self.confirm_key, &[&self.th, subid])
+    }
+
+    /// Checks a received confirmation in constant time.
+    pub fn verify_confirmation(&self, subid: &[u8], mac: &[u8]) -> Result<(), ModernError> {
+        if bool::from(self.server_confirmation(subid).as_slice().ct_eq(mac)) {
+            Ok(())
+        } else {
+            Err(ModernError::Unconfirmed)
+        }
     }
 }
 

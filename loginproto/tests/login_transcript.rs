@@ -546,7 +546,7 @@ fn x25519_pinned_known_answer_both_sides() {
     assert_eq!(rejected.reply, b"401 Unauthorized\n");
     // Flags bytes: an unknown one is 401; pin + queue notices (0x03) is
     // the same pinned login, with notices on.
-    for (flags, accepted) in [(0x00u8, false), (0x04, false), (0x81, false), (0x03, true)] {
+    for (flags, accepted) in [(0x00u8, false), (0x08, false), (0x81, false), (0x03, true)] {
         let mut flagged = vec![flags];
         flagged.extend_from_slice(&key32(s("client_public")));
         let (state, _) = ServerLogin::start(pinning.clone(), random());
@@ -632,4 +632,136 @@ fn a_man_in_the_middle_cannot_complete_a_pinned_login() {
     .expect("agree");
     let sealed = loginproto::skynet::base64_decode(token).expect("base64");
     assert!(mitm_view.open_token(&sealed).is_err());
+}
+
+/// A pinned login with key confirmation and a padded token (flags 0x05):
+/// both sides reproduce every line of the independent vector, and a `200`
+/// line without the confirmation, or with a wrong one, fails the client.
+#[test]
+fn x25519_confirmed_known_answer_both_sides() {
+    let file = load("x25519_confirmed_login.json");
+    let v = &file["values"];
+    let s = |name: &str| v[name].as_str().unwrap_or_else(|| panic!("no {name}"));
+    let steps: Vec<Vec<u8>> = file["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(step_bytes)
+        .collect();
+    let strip = |line: &[u8]| line.strip_suffix(b"\n").expect("LF").to_vec();
+    let gate_secret = SessionSecret::X25519(key32(s("gate_secret")));
+    let static_key = StaticKey::from_private(key32(s("static_private")));
+    let random = || ServerRandom {
+        challenge: key8(s("challenge")),
+        skynet_key: [1; 8],
+        x25519_key: key32(s("server_private")),
+    };
+    let pinning = ServerConfig {
+        static_key: Some(static_key.clone()),
+        ..ServerConfig::default()
+    };
+    assert_eq!(
+        loginproto::modern::pad_token(s("token").as_bytes()),
+        unhex(s("padded_token"))
+    );
+
+    // Server.
+    let (state, line1) = ServerLogin::start(pinning.clone(), random());
+    assert_eq!(line1, steps[0]);
+    let KeyStep::Continue(state, line3) = state.receive(&strip(&steps[1])) else {
+        panic!("confirmed client key refused");
+    };
+    assert_eq!(line3, steps[2]);
+    let state = state.receive(&strip(&steps[3])).expect("proof");
+    let auth = state.receive(&strip(&steps[4])).expect("token");
+    assert_eq!(auth.token(), s("token").as_bytes(), "padding removed");
+    assert_eq!(auth.secret(), &gate_secret);
+    assert_eq!(
+        auth.finish(LoginOutcome::Ok {
+            subid: s("subid").as_bytes().to_vec(),
+        }),
+        steps[5]
+    );
+
+    // Client: the same lines, and the confirmation checked.
+    let client = || {
+        ClientLogin::pinned(
+            Credentials::new("hello", "sample", "password"),
+            ClientRandom {
+                skynet_key: [1; 8],
+                x25519_key: key32(s("client_private")),
+            },
+            key32(s("static_public")),
+        )
+        .with_confirmation()
+    };
+    let at_status = || {
+        let (c, line2) = client().receive(&strip(&steps[0])).expect("challenge");
+        assert_eq!(line2, steps[1]);
+        let (c, lines45) = c.receive(&strip(&steps[2])).expect("server key");
+        assert_eq!(lines45, [steps[3].clone(), steps[4].clone()].concat());
+        c
+    };
+    let success = at_status().receive(&strip(&steps[5])).expect("200");
+    assert_eq!(success.secret, gate_secret);
+    assert_eq!(success.subid, s("subid").as_bytes());
+    // A forged success: no confirmation, a wrong one, another subid.
+    let unconfirmed =
+        loginproto::login::LoginError::Modern(loginproto::modern::ModernError::Unconfirmed);
+    let confirmation = loginproto::skynet::base64_encode(&unhex(s("confirmation")));
+    let mut wrong = unhex(s("confirmation"));
+    wrong[0] ^= 1;
+    let wrong = loginproto::skynet::base64_encode(&wrong);
+    for forged in [
+        "200 Nw==".to_owned(),
+        format!("200 Nw== {wrong}"),
+        format!("200 OA== {confirmation}"),
+    ] {
+        assert_eq!(
+            at_status().receive(forged.as_bytes()).unwrap_err(),
+            unconfirmed,
+            "{forged}"
+        );
+    }
+    // Other statuses are told as they are.
+    assert_eq!(
+        at_status().receive(b"401 Unauthorized").unwrap_err(),
+        loginproto::login::LoginError::Status(codec::status::LoginStatus::UNAUTHORIZED)
+    );
+}
+
+/// A padded token's sealed length does not depend on the password's
+/// length (within a bucket), and a server refuses padding without its
+/// end mark.
+#[test]
+fn padded_tokens_hide_the_password_length() {
+    let sealed_len = |password: &str| {
+        let client = ClientLogin::new(
+            Suite::X25519,
+            Credentials::new("hello", "sample", password),
+            ClientRandom {
+                skynet_key: [1; 8],
+                x25519_key: [0x11; 32],
+            },
+        )
+        .with_confirmation();
+        let (client, _) = client.receive(b"AQIDBAUGBwg=").expect("challenge");
+        let server_public = loginproto::modern::public_key(&[0x42; 32]);
+        let line3 = loginproto::skynet::base64_encode(&server_public);
+        let (_, lines) = client.receive(line3.as_bytes()).expect("server key");
+        lines.split(|&b| b == b'\n').nth(1).expect("token").len()
+    };
+    assert_eq!(
+        sealed_len("a"),
+        sealed_len("a much longer password, 40 bytes or so")
+    );
+    assert!(sealed_len("x".repeat(200).as_str()) > sealed_len("a"));
+    assert_eq!(
+        loginproto::modern::unpad_token(b"token\x00\x00".to_vec()),
+        Err(loginproto::modern::ModernError::BadPadding)
+    );
+    assert_eq!(
+        loginproto::modern::unpad_token(loginproto::modern::pad_token(b"tok\x80en")),
+        Ok(b"tok\x80en".to_vec())
+    );
 }

@@ -1025,6 +1025,72 @@ async fn pinned_logins_defeat_a_man_in_the_middle() {
     server.shutdown().await.expect("clean shutdown");
 }
 
+/// A relay that passes the dialogue through up to line 3, then keeps
+/// lines 4 and 5 from the server and answers the client with a `200` of
+/// its own. The status line carries no proof it could make: a pinned
+/// client (which asks for the key confirmation) fails closed at the login
+/// instead of going on to a gate that never heard of the session.
+#[tokio::test]
+async fn a_forged_success_fails_a_client_at_the_login() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let (private, public) = gate::login::server_key::generate();
+    let key_file = TempFile::new("server-key-forged", &private);
+    let pin = client_cli::login::parse_server_key(&public).expect("public key");
+    let mut config = test_config();
+    config.login.server_key_file = Some(key_file.path.clone());
+    let server = Server::start(config, Components::default()).await;
+    for pinned in [Some(pin), None] {
+        let relay = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let relay_addr = relay.local_addr().expect("addr");
+        let upstream = server.login;
+        let forging = tokio::spawn(async move {
+            let (client, _) = relay.accept().await.expect("accept");
+            let server = tokio::net::TcpStream::connect(upstream)
+                .await
+                .expect("connect");
+            let (cr, mut cw) = client.into_split();
+            let (sr, mut sw) = server.into_split();
+            let (mut cr, mut sr) = (BufReader::new(cr).lines(), BufReader::new(sr).lines());
+            // Line 1 and line 3 from the server, line 2 to it.
+            let line1 = sr.next_line().await.expect("read").expect("line 1");
+            cw.write_all(format!("{line1}\n").as_bytes())
+                .await
+                .expect("write");
+            let line2 = cr.next_line().await.expect("read").expect("line 2");
+            sw.write_all(format!("{line2}\n").as_bytes())
+                .await
+                .expect("write");
+            let line3 = sr.next_line().await.expect("read").expect("line 3");
+            cw.write_all(format!("{line3}\n").as_bytes())
+                .await
+                .expect("write");
+            // Lines 4 and 5 stay here; the client is told it logged in.
+            let _ = cr.next_line().await;
+            let _ = cr.next_line().await;
+            cw.write_all(b"200 MQ==\n").await.expect("write");
+        });
+        let result = client_cli::login::login_pinned(
+            &relay_addr.to_string(),
+            Suite::X25519,
+            gate::login::Credentials::new("alice", "sample", "password"),
+            pinned,
+            Duration::from_secs(10),
+        )
+        .await;
+        let err = result.expect_err("a forged success is refused");
+        assert!(
+            err.to_string()
+                .contains("the server could not prove its key"),
+            "{pinned:?}: {err}"
+        );
+        forging.await.expect("relay");
+    }
+    server.shutdown().await.expect("clean shutdown");
+}
+
 /// A config with the login queue on and no per-source bound (every test
 /// client dials from 127.0.0.1).
 fn queued_config(rate: u32, burst: u32, queue_max: usize) -> gate::config::Config {

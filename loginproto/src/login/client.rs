@@ -49,6 +49,7 @@ impl ClientLogin {
             random,
             pin: None,
             queue_notices: false,
+            confirm: false,
         }
     }
 
@@ -67,6 +68,7 @@ impl ClientLogin {
             random,
             pin: Some(server_key),
             queue_notices: false,
+            confirm: false,
         }
     }
 }
@@ -80,6 +82,9 @@ pub struct AwaitChallenge {
     pin: Option<Key32>,
     /// Ask for queue notices (x25519 only).
     queue_notices: bool,
+    /// Pad the token and require the server's key confirmation (x25519
+    /// only).
+    confirm: bool,
 }
 
 impl fmt::Debug for AwaitChallenge {
@@ -99,6 +104,17 @@ impl AwaitChallenge {
     #[must_use]
     pub fn with_queue_notices(mut self) -> AwaitChallenge {
         self.queue_notices = self.suite == Suite::X25519;
+        self
+    }
+
+    /// Pads the token to [`modern::TOKEN_BUCKET`] bytes and requires the
+    /// server's key confirmation on the `200` line
+    /// ([`modern::CONFIRMED`]): a success the server cannot prove is
+    /// [`ModernError::Unconfirmed`](crate::modern::ModernError::Unconfirmed).
+    /// x25519 only.
+    #[must_use]
+    pub fn with_confirmation(mut self) -> AwaitChallenge {
+        self.confirm = self.suite == Suite::X25519;
         self
     }
 
@@ -124,6 +140,9 @@ impl AwaitChallenge {
                 if self.queue_notices {
                     flags |= modern::QUEUE_NOTICES;
                 }
+                if self.confirm {
+                    flags |= modern::CONFIRMED;
+                }
                 let line2 = if flags == 0 {
                     b64_line(&public)
                 } else {
@@ -137,6 +156,7 @@ impl AwaitChallenge {
                         private,
                         public,
                         pin: self.pin,
+                        confirm: self.confirm,
                     },
                     line2,
                 )
@@ -162,6 +182,7 @@ enum Exchange {
         private: Key32,
         public: Key32,
         pin: Option<Key32>,
+        confirm: bool,
     },
 }
 
@@ -211,6 +232,7 @@ impl AwaitServerKey {
             len: server_key.len(),
         };
         let mut out = Vec::with_capacity(2 * 45 + self.token.len() * 4 / 3 + 32);
+        let mut confirm_keys = None;
         let secret = match self.exchange {
             Exchange::Skynet { private } => {
                 let peer = Key::try_from(server_key.as_slice()).map_err(|_| key_length())?;
@@ -224,6 +246,7 @@ impl AwaitServerKey {
                 private,
                 public,
                 pin,
+                confirm,
             } => {
                 let peer = Key32::try_from(server_key.as_slice()).map_err(|_| key_length())?;
                 let keys = match pin {
@@ -237,37 +260,67 @@ impl AwaitServerKey {
                     )?,
                 };
                 b64_line_into(&keys.client_proof(), &mut out);
-                b64_line_into(&keys.seal_token(&self.token)?, &mut out);
-                SessionSecret::X25519(*keys.gate_secret())
+                if confirm {
+                    let padded = zeroize::Zeroizing::new(modern::pad_token(&self.token));
+                    b64_line_into(&keys.seal_token(&padded)?, &mut out);
+                } else {
+                    b64_line_into(&keys.seal_token(&self.token)?, &mut out);
+                }
+                let secret = SessionSecret::X25519(*keys.gate_secret());
+                if confirm {
+                    confirm_keys = Some(Box::new(keys));
+                }
+                secret
             }
         };
-        Ok((AwaitStatus { secret }, out))
+        Ok((
+            AwaitStatus {
+                secret,
+                confirm: confirm_keys,
+            },
+            out,
+        ))
     }
 }
 
 /// Waiting for line 6, the status.
 pub struct AwaitStatus {
     secret: SessionSecret,
+    /// The keys to check the server's confirmation with, when asked.
+    confirm: Option<Box<SessionKeys>>,
 }
 
 impl fmt::Debug for AwaitStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwaitStatus")
             .field("secret", &self.secret)
+            .field("confirm", &self.confirm.is_some())
             .finish()
     }
 }
 
 impl AwaitStatus {
-    /// Takes the status line: `200 b64(subid)` is success, any other status
-    /// is [`LoginError::Status`].
+    /// Takes the status line: `200 b64(subid)` is success (`200 b64(subid)
+    /// b64(confirmation)` when the confirmation was asked for, and then
+    /// required), any other status is [`LoginError::Status`].
     pub fn receive(self, line: &[u8]) -> Result<LoginSuccess, LoginError> {
         let (status, rest) =
             LoginStatus::parse_line(line).ok_or(LoginError::Unexpected(Line::Status))?;
         if status != LoginStatus::OK {
             return Err(LoginError::Status(status));
         }
-        let subid = skynet::base64_decode(rest).map_err(|_| LoginError::BadBase64(Line::Status))?;
+        let (subid, mac) = match rest.iter().position(|&b| b == b' ') {
+            Some(at) => (&rest[..at], Some(&rest[at + 1..])),
+            None => (rest, None),
+        };
+        let subid =
+            skynet::base64_decode(subid).map_err(|_| LoginError::BadBase64(Line::Status))?;
+        if let Some(keys) = &self.confirm {
+            let mac = mac
+                .and_then(|m| skynet::base64_decode(m).ok())
+                .unwrap_or_default();
+            keys.verify_confirmation(&subid, &mac)?;
+        }
         let suite = match self.secret {
             SessionSecret::Skynet(_) => Suite::Skynet,
             SessionSecret::X25519(_) => Suite::X25519,

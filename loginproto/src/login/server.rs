@@ -168,9 +168,11 @@ impl fmt::Debug for AwaitClientKey {
 
 impl AwaitClientKey {
     /// Takes line 2; the decoded length picks the suite. 33 bytes are an
-    /// x25519 key after a flags byte: [`modern::PINNED_V1`] (pin the
-    /// server key), [`modern::QUEUE_NOTICES`] (the client reads queue
-    /// notices), or both; any other first byte is refused.
+    /// x25519 key after a flags byte: any set of [`modern::PINNED_V1`]
+    /// (pin the server key), [`modern::QUEUE_NOTICES`] (the client reads
+    /// queue notices) and [`modern::CONFIRMED`] (padded token, key
+    /// confirmation on the `200` line); an empty or unknown set is
+    /// refused.
     pub fn receive(self, line: &[u8]) -> KeyStep {
         let Ok(client_key) = skynet::base64_decode(line) else {
             return KeyStep::Reject(Rejected::new(LoginError::BadBase64(Line::ClientKey)));
@@ -190,22 +192,20 @@ impl AwaitClientKey {
             return self.skynet(&peer);
         }
         if let Ok(peer) = Key32::try_from(client_key.as_slice()) {
-            return self.x25519(&peer, None, false);
+            return self.x25519(&peer, None, 0);
         }
         if client_key.len() == KEY_LEN + 1 {
-            let known = modern::PINNED_V1 | modern::QUEUE_NOTICES;
-            if flags == 0 || flags & !known != 0 {
+            if flags == 0 || flags & !modern::KNOWN_FLAGS != 0 {
                 return KeyStep::Reject(Rejected::new(LoginError::PinVersion(flags)));
             }
-            let notices = flags & modern::QUEUE_NOTICES != 0;
             let peer = Key32::try_from(&client_key[1..]).unwrap_or_else(|_| unreachable!());
             if !pinned {
-                return self.x25519(&peer, None, notices);
+                return self.x25519(&peer, None, flags);
             }
             let Some(static_key) = self.config.static_key.clone() else {
                 return KeyStep::Reject(Rejected::new(LoginError::NoServerKey));
             };
-            return self.x25519(&peer, Some(&static_key), notices);
+            return self.x25519(&peer, Some(&static_key), flags);
         }
         KeyStep::Reject(Rejected::new(LoginError::KeyLength {
             line: Line::ClientKey,
@@ -237,12 +237,9 @@ impl AwaitClientKey {
         }
     }
 
-    fn x25519(
-        self,
-        client_public: &Key32,
-        pinned: Option<&StaticKey>,
-        queue_notices: bool,
-    ) -> KeyStep {
+    fn x25519(self, client_public: &Key32, pinned: Option<&StaticKey>, flags: u8) -> KeyStep {
+        let queue_notices = flags & modern::QUEUE_NOTICES != 0;
+        let confirmed = flags & modern::CONFIRMED != 0;
         let private = self.random.x25519_key;
         let server_public = modern::public_key(&private);
         let line3 = b64_line(&server_public);
@@ -266,7 +263,10 @@ impl AwaitClientKey {
         match agreed {
             Ok(keys) => KeyStep::Continue(
                 AwaitProof {
-                    keys: Keys::X25519(Box::new(keys)),
+                    keys: Keys::X25519 {
+                        keys: Box::new(keys),
+                        confirmed,
+                    },
                     queue_notices,
                 },
                 line3,
@@ -280,16 +280,23 @@ impl AwaitClientKey {
 /// Key material once the exchange is done.
 #[derive(Clone)]
 enum Keys {
-    Skynet { challenge: Key, secret: Key },
-    // Boxed: four 32-byte keys would make every state type large.
-    X25519(Box<SessionKeys>),
+    Skynet {
+        challenge: Key,
+        secret: Key,
+    },
+    X25519 {
+        // Boxed: five 32-byte keys would make every state type large.
+        keys: Box<SessionKeys>,
+        /// The client asked for [`modern::CONFIRMED`].
+        confirmed: bool,
+    },
 }
 
 impl Keys {
     fn suite(&self) -> Suite {
         match self {
             Keys::Skynet { .. } => Suite::Skynet,
-            Keys::X25519(_) => Suite::X25519,
+            Keys::X25519 { .. } => Suite::X25519,
         }
     }
 }
@@ -333,7 +340,7 @@ impl AwaitProof {
                     return Err(Rejected::new(LoginError::ProofMismatch));
                 }
             }
-            Keys::X25519(keys) => keys
+            Keys::X25519 { keys, .. } => keys
                 .verify_proof(&proof)
                 .map_err(|e| Rejected::new(e.into()))?,
         }
@@ -364,6 +371,7 @@ impl AwaitToken {
     pub fn receive(self, line: &[u8]) -> Result<Authenticate, Rejected> {
         let sealed = skynet::base64_decode(line)
             .map_err(|_| Rejected::new(LoginError::BadBase64(Line::Token)))?;
+        let mut confirm = None;
         let (token, secret) = match self.keys {
             Keys::Skynet { secret, .. } => {
                 // skynet decodes with the default padding (ISO 7816-4); a
@@ -372,16 +380,21 @@ impl AwaitToken {
                     .map_err(|e| Rejected::new(e.into()))?;
                 (token, SessionSecret::Skynet(secret))
             }
-            Keys::X25519(keys) => {
-                let token = keys
+            Keys::X25519 { keys, confirmed } => {
+                let mut token = keys
                     .open_token(&sealed)
                     .map_err(|e| Rejected::new(e.into()))?;
+                if confirmed {
+                    token = modern::unpad_token(token).map_err(|e| Rejected::new(e.into()))?;
+                    confirm = Some(keys.clone());
+                }
                 (token, SessionSecret::X25519(*keys.gate_secret()))
             }
         };
         Ok(Authenticate {
             token: zeroize::Zeroizing::new(token),
             secret,
+            confirm,
         })
     }
 }
@@ -396,6 +409,8 @@ pub struct Authenticate {
     /// Wiped when dropped: it holds the password.
     token: zeroize::Zeroizing<Vec<u8>>,
     secret: SessionSecret,
+    /// The keys that confirm a success, when the client asked for it.
+    confirm: Option<Box<SessionKeys>>,
 }
 
 impl fmt::Debug for Authenticate {
@@ -447,9 +462,20 @@ impl Authenticate {
     /// Ends the dialogue: the status line to send (see
     /// [`Authenticate::status_of`]).
     pub fn finish(self, outcome: LoginOutcome) -> Vec<u8> {
-        match outcome {
-            LoginOutcome::Ok { .. } => outcome.line(),
-            other => self.status_of(&other).line(),
+        match (&outcome, &self.confirm) {
+            // `200 b64(subid) b64(confirmation)`.
+            (LoginOutcome::Ok { subid }, Some(keys)) => {
+                let mut line = outcome.line();
+                line.pop();
+                line.push(b' ');
+                line.extend_from_slice(
+                    skynet::base64_encode(&keys.server_confirmation(subid)).as_bytes(),
+                );
+                line.push(b'\n');
+                line
+            }
+            (LoginOutcome::Ok { .. }, None) => outcome.line(),
+            (other, _) => self.status_of(other).line(),
         }
     }
 }

@@ -10,7 +10,7 @@
 # process after the takeover against the old one's before it.
 #
 #   bench/upgrade.sh
-#   SESSIONS="1000 10000 19000" bench/upgrade.sh
+#   SESSIONS="1000 10000 19000" bench/upgrade.sh   # beyond MAX_CONNECTED: held away
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ ROOT=$(pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 SESSIONS=${SESSIONS:-"1000 10000"}
 DURATION=${DURATION:-6}
+# Connections the gate holds at most here: its share of a file limit of
+# 20,000 is 13,910 (`net::budget`); the echo players and logins need some.
+MAX_CONNECTED=${MAX_CONNECTED:-12000}
 BASE=${BASE_PORT:-26300}
 ulimit -n "$(ulimit -Hn)"
 
@@ -56,9 +59,17 @@ for n in $SESSIONS; do
     PIDS+=("$OLD")
     wait_port "$BASE"
     wait_port $((BASE + 3))
-    half=$((n / 2))
+    # Sessions beyond what the descriptors allow are held away (in their
+    # reconnect window, no connection).
+    connected=$(( n < MAX_CONNECTED ? n : MAX_CONNECTED ))
+    half=$((connected / 2))
+    echo '{"errors":0}' >"$WORK/away.json"
+    if (( n > connected )); then
+        "$BIN/client" bench --idle --away --json --login "$LOGIN" --gate "$GATE" --user-prefix "away$n-" \
+            --conns $((n - connected)) --duration 1 --timeout 60 >"$WORK/away.json" 2>"$WORK/away.err" || true
+    fi
     "$BIN/client" bench --idle --json --login "$LOGIN" --gate "$GATE" --user-prefix "idle$n-" \
-        --conns $((n - half)) --duration $((DURATION * 3)) --timeout 60 >"$WORK/idle.json" 2>"$WORK/idle.err" &
+        --conns $((connected - half)) --duration $((DURATION * 3)) --timeout 60 >"$WORK/idle.json" 2>"$WORK/idle.err" &
     IDLE=$!
     "$BIN/client" bench --idle --json --login "$WLOGIN" --gate "$WGATE" --user-prefix "widle$n-" \
         --conns "$half" --duration $((DURATION * 3)) --timeout 60 >"$WORK/widle.json" 2>"$WORK/widle.err" &
@@ -106,7 +117,7 @@ for n in $SESSIONS; do
         awk -v a="${a:-0}" -v b="${b:-0}" 'BEGIN { print (a > b ? a : b) }'
     }
     errors=$(( $(worst echo errors) + $(field "$(cat "$WORK/idle.json")" errors) \
-        + $(field "$(cat "$WORK/widle.json")" errors) ))
+        + $(field "$(cat "$WORK/widle.json")" errors) + $(field "$(cat "$WORK/away.json")" errors) ))
     awk -v n="$n" -v t="${took:-none}" -v p="$(worst echo p99_us)" -v m="$(worst echo max_us)" \
         -v cp="$(worst calm p99_us)" -v cm="$(worst calm max_us)" -v e="$errors" \
         -v b="$before" -v a="$after" 'BEGIN {

@@ -48,6 +48,10 @@ const options = {
   onPush: (content) => show(decoder.decode(content)),
   onGap: () => show('(some messages were missed)', 'note'),
   onState: setState,
+  // Each connection opened (the first, then every reconnect), for the tests.
+  onOpen: () => {
+    document.body.dataset.connections = String(Number(document.body.dataset.connections ?? 0) + 1);
+  },
   onEnd: (ended) => {
     show(`disconnected: ${ended.reason}${ended.detail ? ` (${ended.detail})` : ''}`, 'error');
     loggedIn(false);

@@ -4,7 +4,7 @@
 // outside secure contexts) come from the audited @noble packages; the
 // randomness from WebCrypto's getRandomValues.
 
-import { x25519 } from '@noble/curves/ed25519.js';
+import { x25519 } from './x25519.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { hmac } from '@noble/hashes/hmac.js';

@@ -1,8 +1,8 @@
 // Test harness: the real `gate` binary (and the chat example service) on
 // free loopback ports, a TCP proxy that can drop a client's network, and
 // waiting on events with a guard. Binaries come from GATE_BIN / CHAT_BIN,
-// else the workspace's target/debug (`cargo build -p gate -p service
-// --example chat`).
+// else the workspace's target/debug (`cargo build -p gate` and `cargo build
+// -p service --example chat`).
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 function binary(env, rel) {
   const file = process.env[env] ?? path.join(root, rel);
   if (!existsSync(file)) {
-    throw new Error(`${file} is missing: run \`cargo build -p gate -p service --example chat\` (or set ${env})`);
+    throw new Error(`${file} is missing: run \`cargo build -p gate\` and \`cargo build -p service --example chat\` (or set ${env})`);
   }
   return file;
 }

@@ -94,4 +94,9 @@ export async function browser(storage: SessionStorage, ticket: Ticket): Promise<
   new GateClient({ url: 'ws://x/' });
 }
 
+export function webStorage(ticket: Ticket): GateClient | null {
+  new GateClient({ url: 'wss://game.example:8889/', ticket, storage: localStorage });
+  return GateClient.resume({ url: 'wss://game.example:8889/', storage: sessionStorage });
+}
+
 export { handshake };

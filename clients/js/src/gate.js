@@ -1,17 +1,20 @@
 // The gate client over WebSocket (docs/PROTOCOL.md sections 3 to 5 and 9):
 // each package is one binary message. One GateClient is one login session:
 // it handshakes (opted in to the extensions), turns requests into promises
-// keyed by session number, delivers pushes and kicks, sends heartbeats, and
-// when the connection drops it reconnects with the next index, re-sends
-// every unanswered request with its session number (the gate answers those
-// from its cache: nothing runs twice) and asks for the pushes after the
-// last one it delivered (each is delivered exactly once).
+// keyed by session number, delivers pushes and kicks, sends heartbeats,
+// keeps the gate's limits on its own side (request size, requests in
+// flight), and when the connection drops or goes silent it reconnects with
+// the next index, re-sends every unanswered request with its session number
+// (the gate answers those from its cache: nothing runs twice) and asks for
+// the pushes after the last one it delivered (each is delivered once).
 
 import { sha256 } from '@noble/hashes/sha2.js';
 import { hmac } from '@noble/hashes/hmac.js';
 
+import { RequestError, RequestTimeout, RequestTooLarge, SessionEnded } from './errors.js';
 import {
   Flag,
+  b64decode,
   b64encode,
   bytes,
   encodeRequest,
@@ -21,23 +24,22 @@ import {
   webSocketClass,
 } from './wire.js';
 
-/** A request the gate answered with an error response. */
-export class RequestError extends Error {
-  constructor(session) {
-    super(`request ${session} failed (error response)`);
-    this.name = 'RequestError';
-    this.session = session;
-  }
-}
+/** The gate's limits a client keeps (docs/PROTOCOL.md sections 4 and 8). */
+export const DEFAULT_LIMITS = Object.freeze({
+  /** `gate.max_inflight_per_user`: one more closes the connection (1008). */
+  maxInFlight: 128,
+  /** A request's content: a package is at most 65535 bytes, 4 of them the session number. */
+  maxRequestBytes: 65531,
+});
 
-/** The session is over (kicked, expired, refused): nothing more can be sent. */
-export class SessionEnded extends Error {
-  constructor(reason) {
-    super(`session ended: ${reason}`);
-    this.name = 'SessionEnded';
-    this.reason = reason;
-  }
-}
+const DEFAULT_STORAGE_KEY = 'gatelogin.session';
+/** Session numbers a saved state reserves ahead, so a resumed page never reuses one. */
+const RESERVE = 256;
+/** Ends after which a saved state is of no use. */
+const FORGET = new Set(['kicked', 'expired', 'refused', 'logout']);
+const RESUMED = Symbol('resumed');
+const EMPTY = new Uint8Array(0);
+const noop = () => {};
 
 /** The gate username `b64(uid) "@" b64(server) "#" b64(subid)`. */
 export function username(ticket) {
@@ -54,192 +56,464 @@ export function handshake(ticket, index, ext) {
   return bytes(ext ? `${signed}:${b64encode(mac)}:${ext}` : `${signed}:${b64encode(mac)}`);
 }
 
+/** Reports an exception thrown by a listener without stopping the client. */
+function report(error) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(error);
+  else setTimeout(() => {
+    throw error;
+  });
+}
+
 /**
- * One login session on the gate, over WebSocket.
- *
- * Events (constructor options): `onPush(content, seq)`, `onGap(lastLost)`,
- * `onKick(reason)`, `onState(state)` with state one of `connecting`,
- * `open`, `reconnecting`, `ended`, `closed`.
+ * One login session on the gate, over WebSocket. See README.md for the
+ * options, events, errors and the reconnect and resume rules.
  */
 export class GateClient {
+  #url;
+  #ticket;
+  #WS;
+  #wsOptions;
+  #opts;
+  #limits;
+  #storage;
+  #storageKey;
+  #state = 'idle';
+  #index = 0;
+  #lastPush = 0;
+  #nextSession = 1;
+  #reserved = 1;
+  #welcome = null;
+  #ended = null;
+  #resumed = false;
+  #everOpened = false;
+  #listeners = new Map();
+  /** Requests waiting for a place in flight, in order. */
+  #queue = [];
+  /** session -> request: numbered and unanswered (sent, or sent on reconnect). */
+  #pending = new Map();
   /**
-   * @param {object} options
-   * @param {string} options.url the gate's WebSocket address (`ws://host:port/`)
-   * @param {{uid: string, server: string, subid: string, secret: Uint8Array}} options.ticket from `login`
-   * @param {typeof WebSocket} [options.WebSocket]
-   * @param {number} [options.reconnectDelayMs=100] first delay before a reconnect, doubled up to `maxReconnectDelayMs`
-   * @param {number} [options.maxReconnectDelayMs=3000]
-   * @param {number} [options.connectTimeoutMs=5000] deadline of one connect + handshake
+   * session -> connection id: requests that timed out or were cancelled
+   * after being sent. The gate may still be running them, so they keep
+   * their place in flight until their answer comes or that connection ends.
    */
+  #zombies = new Map();
+  /** The current connection: `{ id, ws, phase, deadline, lastSent, lastReceived }`. */
+  #conn = null;
+  #connSeq = 0;
+  #connecting = null;
+  #connectPromise = null;
+  #retry = null;
+  #heartbeat = null;
+  #delay;
+
   constructor(options) {
-    this.url = options.url;
-    this.ticket = options.ticket;
-    this.WS = webSocketClass(options.WebSocket);
-    this.onPush = options.onPush ?? (() => {});
-    this.onGap = options.onGap ?? (() => {});
-    this.onKick = options.onKick ?? (() => {});
-    this.onState = options.onState ?? (() => {});
-    this.reconnectDelayMs = options.reconnectDelayMs ?? 100;
-    this.maxReconnectDelayMs = options.maxReconnectDelayMs ?? 3000;
-    this.connectTimeoutMs = options.connectTimeoutMs ?? 5000;
-    /** The last handshake index sent. */
-    this.index = 0;
-    /** The last push sequence number delivered (or lost, after a gap). */
-    this.lastPush = 0;
-    /** The welcome of the current connection: `{ version, idleMs }`. */
-    this.welcome = null;
-    this.state = 'idle';
-    this.nextSession = 1;
-    /** session -> { payload, resolve, reject } */
-    this.pending = new Map();
-    this.ws = null;
-    this.timers = { heartbeat: null, retry: null };
-    this.lastSent = 0;
-    this.lastReceived = 0;
-    this.delay = this.reconnectDelayMs;
-    /** Whether a handshake ever succeeded: only then are drops retried. */
-    this.everOpened = false;
+    this.#url = options.url;
+    this.#ticket = options.ticket;
+    if (!this.#ticket?.secret) throw new TypeError('GateClient needs the ticket `login` returned');
+    this.#WS = webSocketClass(options.WebSocket);
+    this.#wsOptions = options.webSocketOptions;
+    this.#opts = {
+      reconnectDelayMs: options.reconnectDelayMs ?? 100,
+      maxReconnectDelayMs: options.maxReconnectDelayMs ?? 3000,
+      connectTimeoutMs: options.connectTimeoutMs ?? 5000,
+      requestTimeoutMs: options.requestTimeoutMs ?? 0,
+    };
+    this.#limits = Object.freeze({
+      maxInFlight: options.maxInFlight ?? DEFAULT_LIMITS.maxInFlight,
+      maxRequestBytes: Math.min(options.maxRequestBytes ?? DEFAULT_LIMITS.maxRequestBytes, DEFAULT_LIMITS.maxRequestBytes),
+    });
+    this.#delay = this.#opts.reconnectDelayMs;
+    this.#storage = options.storage ?? null;
+    this.#storageKey = options.storageKey ?? DEFAULT_STORAGE_KEY;
+    const saved = options[RESUMED];
+    if (saved) {
+      this.#resumed = true;
+      this.#index = saved.index;
+      this.#lastPush = saved.push;
+      this.#nextSession = saved.session;
+      this.#reserved = saved.session;
+    }
+    for (const [type, key] of [
+      ['push', 'onPush'],
+      ['gap', 'onGap'],
+      ['kick', 'onKick'],
+      ['state', 'onState'],
+      ['open', 'onOpen'],
+      ['end', 'onEnd'],
+    ]) {
+      if (options[key]) this.on(type, options[key]);
+    }
   }
 
   /**
-   * Connects (index 1, or the next one); resolves on `200 OK`. If this
-   * first connection fails, the client is closed (no retries); once one
-   * succeeded, every later drop is retried.
+   * A client for the session saved in `options.storage` by an earlier
+   * client (a page before its reload), or `null` if none is saved there.
+   */
+  static resume(options) {
+    let saved;
+    try {
+      saved = JSON.parse(options.storage.getItem(options.storageKey ?? DEFAULT_STORAGE_KEY));
+    } catch {
+      return null;
+    }
+    const numbers = ['index', 'push', 'session'].every((k) => Number.isSafeInteger(saved?.[k]) && saved[k] >= 0);
+    const texts = ['uid', 'server', 'subid', 'secret'].every((k) => typeof saved?.[k] === 'string');
+    if (saved?.v !== 1 || !numbers || !texts) return null;
+    let secret;
+    try {
+      secret = b64decode(saved.secret);
+    } catch {
+      return null;
+    }
+    const ticket = { uid: saved.uid, server: saved.server, subid: saved.subid, secret };
+    return new GateClient({ ...options, ticket, [RESUMED]: saved });
+  }
+
+  /** `idle`, `connecting`, `open`, `reconnecting` or `ended`. */
+  get state() {
+    return this.#state;
+  }
+
+  /** The last handshake index used. */
+  get index() {
+    return this.#index;
+  }
+
+  /** The last push sequence number delivered (or lost, after a gap). */
+  get lastPush() {
+    return this.#lastPush;
+  }
+
+  /** The current connection's welcome: `{ version, idleMs }`. */
+  get welcome() {
+    return this.#welcome;
+  }
+
+  /** Why the session ended (`null` while it lives). */
+  get ended() {
+    return this.#ended;
+  }
+
+  /** The limits kept: `{ maxInFlight, maxRequestBytes }`. */
+  get limits() {
+    return this.#limits;
+  }
+
+  /** Requests sent (or to be re-sent) and not answered yet. */
+  get inFlight() {
+    return this.#pending.size + this.#zombies.size;
+  }
+
+  /** Requests waiting for a place in flight. */
+  get queued() {
+    return this.#queue.length;
+  }
+
+  /** Whether this client continues a session saved by an earlier one. */
+  get resumed() {
+    return this.#resumed;
+  }
+
+  /** Adds a listener; returns a function that removes it. */
+  on(type, listener) {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, (set = new Set()));
+    set.add(listener);
+    return () => this.off(type, listener);
+  }
+
+  /** Removes a listener. */
+  off(type, listener) {
+    this.#listeners.get(type)?.delete(listener);
+  }
+
+  /**
+   * Connects and handshakes; resolves once the session is open (the
+   * welcome in `welcome`). Calling it again returns the same promise.
    */
   connect() {
-    if (this.state === 'ended' || this.state === 'closed') {
-      return Promise.reject(new SessionEnded(this.state));
+    if (this.#ended) return Promise.reject(this.#ended);
+    if (!this.#connectPromise) {
+      this.#connectPromise = new Promise((resolve, reject) => {
+        this.#connecting = { resolve, reject };
+      });
+      this.#attempt();
     }
-    return this.attempt();
+    return this.#connectPromise;
   }
 
   /**
-   * Sends a request; resolves with the answer's bytes (rejects with
-   * `RequestError` for an error response, `SessionEnded` if the session
-   * ends first). A request made while disconnected is sent on reconnect.
+   * Sends a request; resolves with the answer's bytes. Rejects with
+   * `RequestTooLarge` at once, `RequestError` for an error response,
+   * `RequestTimeout`, the signal's reason when aborted, or `SessionEnded`.
    */
-  request(content) {
-    if (this.state === 'ended' || this.state === 'closed') {
-      return Promise.reject(new SessionEnded(this.state));
+  request(content, options = {}) {
+    if (this.#ended) return Promise.reject(this.#ended);
+    const { timeoutMs = this.#opts.requestTimeoutMs, signal } = options;
+    let data;
+    try {
+      data = bytes(content);
+    } catch (error) {
+      return Promise.reject(error);
     }
-    const session = this.nextSession;
-    this.nextSession = (this.nextSession + 1) >>> 0 || 1;
-    const payload = encodeRequest(bytes(content), session);
+    if (data.length > this.#limits.maxRequestBytes) {
+      return Promise.reject(new RequestTooLarge(data.length, this.#limits.maxRequestBytes));
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
     return new Promise((resolve, reject) => {
-      this.pending.set(session, { payload, resolve, reject });
-      if (this.state === 'open') this.send(payload);
+      const request = { payload: encodeRequest(data, 0), session: 0, sentOn: 0, resolve, reject, signal };
+      if (timeoutMs > 0) {
+        request.timer = setTimeout(() => this.#cancel(request, new RequestTimeout(timeoutMs)), timeoutMs);
+      }
+      if (signal) {
+        request.onAbort = () => this.#cancel(request, signal.reason);
+        signal.addEventListener('abort', request.onAbort, { once: true });
+      }
+      this.#queue.push(request);
+      this.#pump();
     });
   }
 
   /** `request`, with the answer as text. */
-  async requestText(content) {
-    return text(await this.request(content));
+  async requestText(content, options) {
+    return text(await this.request(content, options));
   }
 
-  /** Closes for good (the gate keeps the session until its window runs out). */
+  /**
+   * Closes this client. The gate keeps the session for its reconnect
+   * window; a saved state stays, so `GateClient.resume` can continue it.
+   */
   close() {
-    this.end('closed', new SessionEnded('closed by the client'));
+    this.#end('closed', 'closed by the client');
+  }
+
+  /**
+   * Ends the session on this side for good: closes (WebSocket code 1000,
+   * reason `logout`), forgets the saved state and the ticket.
+   */
+  logout() {
+    this.#end('logout', 'logged out by the client');
   }
 
   // --- internals ---
 
-  setState(state) {
-    if (this.state !== state) {
-      this.state = state;
-      this.onState(state);
+  #emit(type, ...args) {
+    const set = this.#listeners.get(type);
+    if (!set) return;
+    for (const listener of [...set]) {
+      try {
+        listener(...args);
+      } catch (error) {
+        report(error);
+      }
     }
   }
 
-  send(payload) {
-    if (this.ws && this.ws.readyState === 1) {
-      this.ws.send(payload);
-      this.lastSent = Date.now();
+  #setState(state) {
+    if (this.#state !== state) {
+      this.#state = state;
+      this.#emit('state', state);
     }
   }
 
-  /** One connect + handshake; resolves on `200 OK`, rejects otherwise. */
-  attempt() {
-    this.index += 1;
-    const index = this.index;
-    this.setState(this.index === 1 ? 'connecting' : 'reconnecting');
-    const ws = new this.WS(this.url);
+  #save() {
+    if (!this.#storage || !this.#ticket) return;
+    const { uid, server, subid, secret } = this.#ticket;
+    const saved = { v: 1, uid, server, subid, secret: b64encode(secret), index: this.#index, push: this.#lastPush, session: this.#reserved };
+    try {
+      this.#storage.setItem(this.#storageKey, JSON.stringify(saved));
+    } catch {
+      // A full or refused storage only loses the resume.
+    }
+  }
+
+  #forget() {
+    try {
+      this.#storage?.removeItem(this.#storageKey);
+    } catch {
+      // As above.
+    }
+  }
+
+  #takeSession() {
+    const session = this.#nextSession;
+    this.#nextSession = (session + 1) >>> 0 || 1;
+    if (this.#storage && this.#nextSession > this.#reserved) {
+      this.#reserved = this.#nextSession + RESERVE;
+      this.#save();
+    }
+    return session;
+  }
+
+  /** Moves queued requests in flight while there is room, in order. */
+  #pump() {
+    const conn = this.#conn?.phase === 'open' ? this.#conn : null;
+    while (this.#queue.length > 0 && this.inFlight < this.#limits.maxInFlight) {
+      const request = this.#queue.shift();
+      request.session = this.#takeSession();
+      const { payload } = request;
+      new DataView(payload.buffer).setUint32(payload.length - 4, request.session);
+      this.#pending.set(request.session, request);
+      if (conn) this.#send(conn, request);
+    }
+  }
+
+  #send(conn, request) {
+    this.#write(conn, request.payload);
+    request.sentOn = conn.id;
+  }
+
+  #write(conn, payload) {
+    if (conn.ws.readyState === 1) {
+      conn.ws.send(payload);
+      conn.lastSent = Date.now();
+    }
+  }
+
+  #finish(request) {
+    clearTimeout(request.timer);
+    request.signal?.removeEventListener('abort', request.onAbort);
+  }
+
+  /** A request timed out or was aborted: never sent again, its answer dropped. */
+  #cancel(request, error) {
+    if (request.session && this.#pending.get(request.session) === request) {
+      this.#pending.delete(request.session);
+      if (request.sentOn && request.sentOn === this.#conn?.id) {
+        this.#zombies.set(request.session, request.sentOn);
+      }
+    } else {
+      const at = this.#queue.indexOf(request);
+      if (at < 0) return;
+      this.#queue.splice(at, 1);
+    }
+    this.#finish(request);
+    request.reject(error);
+    this.#pump();
+  }
+
+  /** One connect + handshake. */
+  #attempt() {
+    this.#retry = null;
+    this.#index += 1;
+    this.#save();
+    this.#setState(this.#everOpened ? 'reconnecting' : 'connecting');
+    const conn = { id: ++this.#connSeq, ws: null, phase: 'status', deadline: null, lastSent: 0, lastReceived: 0 };
+    this.#conn = conn;
+    try {
+      conn.ws = this.#wsOptions ? new this.#WS(this.#url, undefined, this.#wsOptions) : new this.#WS(this.#url);
+    } catch (error) {
+      this.#conn = null;
+      this.#lost(conn, String(error?.message ?? error), false);
+      return;
+    }
+    const { ws } = conn;
+    const index = this.#index;
     ws.binaryType = 'arraybuffer';
-    this.ws = ws;
-    return new Promise((resolve, reject) => {
-      let settled = false;
-      const settle = (error) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(deadline);
-        if (error) reject(error);
-        else resolve();
-      };
-      const deadline = setTimeout(() => {
-        settle(new Error(`no handshake answer within ${this.connectTimeoutMs} ms`));
-        ws.close();
-      }, this.connectTimeoutMs);
-      ws.onopen = () => {
-        ws.send(handshake(this.ticket, index, `v=1,push=${this.lastPush}`));
-      };
-      ws.onmessage = (event) => {
-        if (this.ws !== ws) return;
-        const payload = new Uint8Array(event.data);
-        if (!settled) {
-          const status = text(payload);
-          if (status === '200 OK') {
-            this.opened();
-            settle();
-            return;
-          }
-          const fatal = /^(401|404)/.test(status);
-          settle(fatal ? new SessionEnded(status) : new Error(`handshake refused: ${status}`));
-          if (fatal) this.end('ended', new SessionEnded(status));
-          return;
-        }
-        this.received(payload);
-      };
-      ws.onerror = () => {};
-      ws.onclose = () => {
-        settle(new Error('connection closed during the handshake'));
-        if (this.ws !== ws) return;
-        this.ws = null;
-        this.stopHeartbeat();
-        if (this.state === 'ended' || this.state === 'closed') return;
-        if (!this.everOpened) {
-          this.end('closed', new SessionEnded('the first connection failed'));
-          return;
-        }
-        this.scheduleReconnect();
-      };
-    });
+    const ms = this.#opts.connectTimeoutMs;
+    conn.deadline = setTimeout(() => this.#lost(conn, `no handshake answer within ${ms} ms`, false), ms);
+    ws.onopen = () => this.#write(conn, handshake(this.#ticket, index, `v=1,push=${this.#lastPush}`));
+    ws.onmessage = (event) => {
+      if (typeof event.data !== 'string') this.#message(conn, new Uint8Array(event.data));
+    };
+    ws.onerror = noop;
+    ws.onclose = (event) =>
+      this.#lost(conn, `connection closed (${event.code}${event.reason ? ` ${event.reason}` : ''})`, false);
   }
 
-  /** `200 OK`: re-send what is unanswered, in order. */
-  opened() {
-    this.everOpened = true;
-    this.setState('open');
-    this.delay = this.reconnectDelayMs;
-    this.lastReceived = Date.now();
-    for (const [, request] of [...this.pending].sort((a, b) => a[0] - b[0])) {
-      this.send(request.payload);
+  /** Lets go of a connection's socket without waiting for anything from it. */
+  #drop(conn, reason) {
+    clearTimeout(conn.deadline);
+    const { ws } = conn;
+    if (!ws) return;
+    ws.onopen = null;
+    ws.onmessage = null;
+    ws.onclose = null;
+    ws.onerror = noop;
+    try {
+      if (ws.readyState > 1) return;
+      // A silent socket is cut at once where the platform can (the `ws`
+      // package); a browser's close() returns at once and finishes alone.
+      if (!reason && typeof ws.terminate === 'function') ws.terminate();
+      else ws.close(1000, reason ?? 'no answer');
+    } catch {
+      // Already closing.
     }
   }
 
-  scheduleReconnect() {
-    this.setState('reconnecting');
-    clearTimeout(this.timers.retry);
-    const delay = this.delay;
-    this.delay = Math.min(this.delay * 2, this.maxReconnectDelayMs);
-    this.timers.retry = setTimeout(() => {
-      this.attempt().catch(() => {
-        // A refused or failed attempt: its close schedules the next one
-        // (unless the session ended).
-      });
-    }, delay);
+  /**
+   * Connection `conn` closed, failed or went silent: a session that was
+   * ever open, or resumed, reconnects (at once when it was a silent one,
+   * `immediate`); otherwise the first connection failed and it ends.
+   */
+  #lost(conn, detail, immediate) {
+    if (this.#conn !== conn && conn.ws) return;
+    this.#conn = null;
+    this.#drop(conn);
+    this.#stopHeartbeat();
+    // What timed out on that connection can no longer be running there.
+    this.#zombies.clear();
+    if (this.#ended) return;
+    if (!this.#everOpened && !this.#resumed) {
+      this.#end('unreachable', detail);
+      return;
+    }
+    if (this.#everOpened) this.#setState('reconnecting');
+    this.#pump();
+    let delay = 0;
+    if (!immediate) {
+      delay = this.#delay * (0.5 + Math.random() / 2);
+      this.#delay = Math.min(this.#delay * 2, this.#opts.maxReconnectDelayMs);
+    }
+    this.#retry = setTimeout(() => this.#attempt(), delay);
   }
 
-  received(payload) {
-    this.lastReceived = Date.now();
+  #message(conn, payload) {
+    if (this.#conn !== conn) return;
+    conn.lastReceived = Date.now();
+    if (conn.phase === 'status') {
+      const status = text(payload);
+      if (status === '200 OK') {
+        conn.phase = 'welcome';
+        return;
+      }
+      // A refused handshake is final: the ticket is wrong, or the session
+      // is gone (404: its reconnect window ran out, or it ended while the
+      // client was away).
+      const gone = status.startsWith('404') && (this.#everOpened || this.#resumed);
+      this.#end(gone ? 'expired' : 'refused', status);
+      return;
+    }
+    if (conn.phase === 'welcome') {
+      const response = parseResponse(payload);
+      if (response?.flag === Flag.WELCOME) {
+        const fields = parseFields(text(response.content));
+        this.#opened(conn, { version: Number(fields.v), idleMs: Number(fields.idle ?? 0) || 0 });
+        return;
+      }
+      this.#opened(conn, null);
+    }
+    this.#received(payload);
+  }
+
+  /** The handshake is done: re-send what is unanswered, in order. */
+  #opened(conn, welcome) {
+    clearTimeout(conn.deadline);
+    conn.phase = 'open';
+    conn.lastReceived = Date.now();
+    this.#welcome = welcome;
+    this.#everOpened = true;
+    this.#delay = this.#opts.reconnectDelayMs;
+    for (const request of this.#pending.values()) this.#send(conn, request);
+    this.#pump();
+    this.#startHeartbeat(conn);
+    this.#setState('open');
+    this.#emit('open', welcome);
+    this.#connecting?.resolve();
+    this.#connecting = null;
+  }
+
+  #received(payload) {
     if (payload.length === 0) return; // heartbeat answer
     const response = parseResponse(payload);
     if (!response) return;
@@ -247,74 +521,86 @@ export class GateClient {
     switch (flag) {
       case Flag.OK:
       case Flag.ERROR: {
-        const request = this.pending.get(n);
-        if (!request) return; // already answered (a re-send crossed it)
-        this.pending.delete(n);
+        const request = this.#pending.get(n);
+        if (!request) {
+          // A late answer to a request that timed out or was cancelled
+          // (dropped), or one already answered (a re-send crossed it).
+          if (this.#zombies.delete(n)) this.#pump();
+          return;
+        }
+        this.#pending.delete(n);
+        this.#finish(request);
         if (flag === Flag.OK) request.resolve(content.slice());
         else request.reject(new RequestError(n));
+        this.#pump();
         return;
       }
       case Flag.PUSH:
-        if (n > this.lastPush) {
-          this.lastPush = n;
-          this.onPush(content.slice(), n);
-        }
-        return;
       case Flag.PUSH_GAP:
-        if (n > this.lastPush) {
-          this.lastPush = n;
-          this.onGap(n);
+        if (n > this.#lastPush) {
+          this.#lastPush = n;
+          this.#save();
+          if (flag === Flag.PUSH) this.#emit('push', content.slice(), n);
+          else this.#emit('gap', n);
         }
         return;
-      case Flag.KICK: {
-        const reason = text(content);
-        this.onKick(reason);
-        this.end('ended', new SessionEnded(reason));
+      case Flag.KICK:
+        this.#end('kicked', text(content));
         return;
-      }
-      case Flag.WELCOME: {
-        const fields = parseFields(text(content));
-        this.welcome = { version: Number(fields.v), idleMs: Number(fields.idle ?? 0) };
-        this.startHeartbeat();
-        return;
-      }
       default:
     }
   }
 
   /**
    * After the welcome: an empty package when nothing was sent for a third
-   * of the idle timeout; and a connection that heard nothing (not even a
-   * heartbeat answer) for the whole timeout is taken as dead and replaced.
+   * of the idle timeout; a connection that heard nothing (not even a
+   * heartbeat answer) for the whole timeout is dead: it is dropped without
+   * waiting for a close handshake and replaced at once.
    */
-  startHeartbeat() {
-    this.stopHeartbeat();
-    const idle = this.welcome?.idleMs ?? 0;
+  #startHeartbeat(conn) {
+    this.#stopHeartbeat();
+    const idle = this.#welcome?.idleMs ?? 0;
     if (!idle) return;
-    const every = Math.max(50, Math.floor(idle / 3));
-    this.timers.heartbeat = setInterval(() => {
+    const every = Math.max(20, Math.floor(idle / 3));
+    const tick = Math.max(10, Math.min(1000, Math.floor(idle / 6)));
+    this.#heartbeat = setInterval(() => {
       const now = Date.now();
-      if (now - this.lastReceived > idle) {
-        this.ws?.close();
+      if (now - conn.lastReceived > idle) {
+        this.#lost(conn, `nothing heard for ${idle} ms`, true);
         return;
       }
-      if (now - this.lastSent >= every) this.send(new Uint8Array(0));
-    }, every);
+      if (now - conn.lastSent >= every) this.#write(conn, EMPTY);
+    }, tick);
   }
 
-  stopHeartbeat() {
-    clearInterval(this.timers.heartbeat);
-    this.timers.heartbeat = null;
+  #stopHeartbeat() {
+    clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
   }
 
-  end(state, error) {
-    clearTimeout(this.timers.retry);
-    this.stopHeartbeat();
-    this.setState(state);
-    const ws = this.ws;
-    this.ws = null;
-    ws?.close();
-    for (const [, request] of this.pending) request.reject(error);
-    this.pending.clear();
+  #end(reason, detail) {
+    if (this.#ended) return;
+    const error = new SessionEnded(reason, detail);
+    this.#ended = error;
+    clearTimeout(this.#retry);
+    this.#stopHeartbeat();
+    const conn = this.#conn;
+    this.#conn = null;
+    if (conn) this.#drop(conn, reason);
+    if (FORGET.has(reason)) this.#forget();
+    if (reason === 'logout') this.#ticket = null;
+    const requests = [...this.#queue, ...this.#pending.values()];
+    this.#queue = [];
+    this.#pending.clear();
+    this.#zombies.clear();
+    for (const request of requests) {
+      this.#finish(request);
+      request.reject(error);
+    }
+    if (reason === 'kicked') this.#emit('kick', detail);
+    this.#setState('ended');
+    this.#emit('end', error);
+    this.#connecting?.reject(error);
+    this.#connecting = null;
   }
 }

@@ -4,7 +4,7 @@
 // outside secure contexts) come from the audited @noble packages; the
 // randomness from WebCrypto's getRandomValues.
 
-import { x25519 } from '@noble/curves/ed25519.js';
+import { x25519 } from './x25519.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { hmac } from '@noble/hashes/hmac.js';
@@ -35,7 +35,7 @@ export class LoginError extends Error {
 /**
  * The values both sides derive after line 3 (docs/PROTOCOL.md section 2;
  * section 2.1 when `serverKey` pins the server's long-term key).
- * Exported for the test vectors.
+ * Exported from this module for the test vectors, not from the package.
  */
 export function deriveKeys({ challenge, clientPub, serverPub, shared, pinned }) {
   const label = pinned ? 'gatelogin x25519 pinned v1' : 'gatelogin x25519 v1';
@@ -75,6 +75,8 @@ function isZero(data) {
  *   asks for queue notices and gets each one (docs/PROTOCOL.md section 2.2)
  * @param {number} [options.timeoutMs=10000] deadline of the whole dialogue
  * @param {typeof WebSocket} [options.WebSocket] a WebSocket class (Node < 22: the `ws` package)
+ * @param {object} [options.webSocketOptions] the WebSocket constructor's third argument
+ *   (the `ws` package's options: `origin`, `ca`, `headers`, ...)
  * @param {(n: number) => Uint8Array} [options.randomBytes] randomness (default: WebCrypto)
  */
 export async function login(options) {
@@ -89,7 +91,7 @@ export async function login(options) {
     randomBytes = platformRandom,
   } = options;
   const WS = webSocketClass(options.WebSocket);
-  const ws = new WS(url);
+  const ws = options.webSocketOptions ? new WS(url, undefined, options.webSocketOptions) : new WS(url);
   const inbox = new Inbox(ws);
   let timer;
   const deadline = new Promise((_, reject) => {

@@ -5,7 +5,11 @@
 // the second page's network (a TCP proxy in front of the gate) is dropped,
 // the first says three more lines, the network comes back, and the second
 // page shows each line it missed exactly once. A screenshot of that page is
-// written to test-output/chat.png.
+// written to test-output/chat.png. Then, with two other pages: one page's
+// path goes silent (TCP up, nothing forwarded) and it is back on a new
+// connection within the gate's idle timeout; that page is reloaded while
+// its network is down and resumes its session without a login, showing the
+// line it missed once and none it had shown before.
 
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
@@ -21,6 +25,7 @@ import { startGate, startProxy } from './harness.mjs';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const output = path.join(here, '..', 'test-output');
 const chromium = process.env.CHROMIUM ?? '/usr/bin/chromium';
+const IDLE_MS = 3000;
 
 let web;
 let gate;
@@ -34,7 +39,7 @@ before(async () => {
   }
   web = await serve(0);
   const origin = `http://127.0.0.1:${web.address().port}`;
-  gate = await startGate({ chat: true, origins: [origin] });
+  gate = await startGate({ chat: true, origins: [origin], config: `[gate]\nidle_timeout = "${IDLE_MS}ms"\n` });
   proxy = await startProxy(gate.gateAddr);
   profile = mkdtempSync(path.join(tmpdir(), 'chromium-profile-'));
   browser = await puppeteer.launch({
@@ -126,4 +131,57 @@ test('two pages chat, and a page whose network drops misses nothing', async () =
   assert.equal(await count(alice.page, '[lobby] bob: back again'), 1);
   await bob.page.screenshot({ path: path.join(output, 'chat.png') });
   assert.deepEqual([...alice.errors, ...bob.errors], [], 'no script errors on the pages');
+});
+
+test('a silent connection is replaced within the idle timeout; a reloaded page resumes its session', async (t) => {
+  const second = await startProxy(gate.gateAddr);
+  try {
+    const carol = await openPage('carol', gate.gate);
+    const dave = await openPage('dave', second.url);
+    await say(carol.page, 'carol', 'hello dave');
+    await waitLine(dave.page, '[lobby] carol: hello dave');
+
+    // Dave's path goes silent: the page is on a new connection within the
+    // idle timeout (plus the time to notice), not after a close handshake.
+    second.stall();
+    const stalled = Date.now();
+    await dave.page.waitForSelector('body[data-connections="2"][data-state="open"]', { timeout: 15000 });
+    const recovery = Date.now() - stalled;
+    t.diagnostic(`Chromium: dead connection replaced in ${recovery} ms (gate idle timeout ${IDLE_MS} ms)`);
+    assert.ok(recovery < IDLE_MS + 3000, `recovered in ${recovery} ms`);
+
+    // Dave's network drops, carol speaks, dave's page is reloaded, then
+    // the network comes back: the page resumes the session (no login).
+    second.drop();
+    await dave.page.waitForSelector('body[data-state="reconnecting"]', { timeout: 15000 });
+    await say(carol.page, 'carol', 'while you reload');
+    await dave.page.reload();
+    second.restore();
+    await dave.page.waitForSelector('body[data-resumed="yes"][data-state="open"]', { timeout: 15000 });
+    await waitLine(dave.page, '[lobby] carol: while you reload');
+    await say(dave.page, 'dave', 'back after reload');
+    await waitLine(carol.page, '[lobby] dave: back after reload');
+    assert.equal(await count(dave.page, '[lobby] carol: while you reload'), 1, 'the missed line once');
+    assert.equal(await count(dave.page, '[lobby] carol: hello dave'), 0, 'lines shown before are not replayed');
+    const logins = gate.logs
+      .map((line) => {
+        try {
+          return JSON.parse(line).fields ?? {};
+        } catch {
+          return {};
+        }
+      })
+      .filter((f) => f.message === 'login' && f.uid === 'dave' && f.suite !== undefined);
+    assert.equal(logins.length, 1, 'one login dialogue');
+
+    // Logging out forgets the session: a reload shows the login form.
+    await dave.page.click('#logout');
+    await dave.page.waitForSelector('body[data-state="ended"]', { timeout: 15000 });
+    await dave.page.reload();
+    await dave.page.waitForSelector('#login-form:not([hidden])', { timeout: 15000 });
+    assert.equal(await dave.page.evaluate(() => document.body.dataset.resumed), undefined);
+    assert.deepEqual([...carol.errors, ...dave.errors], [], 'no script errors on the pages');
+  } finally {
+    await second.close();
+  }
 });

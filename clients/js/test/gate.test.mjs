@@ -8,7 +8,8 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { WebSocket } from 'ws';
 
-import { GateClient, login, text } from '../src/index.js';
+import { GateClient, login } from '../src/index.js';
+import { text } from '../src/wire.js';
 import { guard, startGate, startProxy, until } from './harness.mjs';
 
 let gate;
@@ -131,7 +132,13 @@ test('a relogin kicks the old session', async () => {
   await first.until('the kick', () => first.kicks.length === 1);
   assert.equal(first.kicks[0], 'logged in again');
   assert.equal(first.client.state, 'ended');
-  await assert.rejects(first.client.request('say x'), (e) => e.name === 'SessionEnded');
+  assert.equal(first.client.ended.reason, 'kicked');
+  assert.equal(first.client.ended.detail, 'logged in again');
+  // Later requests carry the kick's reason.
+  await assert.rejects(
+    first.client.request('say x'),
+    (e) => e.name === 'SessionEnded' && e.reason === 'kicked' && e.detail === 'logged in again',
+  );
   assert.equal(await second.client.requestText('join kicked-room'), 'joined kicked-room (1 members)');
   second.client.close();
 });
@@ -151,6 +158,24 @@ test('pages from origins not allowed are refused', async () => {
   allowed.close();
 });
 
+test('Node passes WebSocket options (here an Origin) to both connections', async () => {
+  const webSocketOptions = { origin: 'http://game.example' };
+  const ticket = await login({ url: gate.login, user: 'js-origin', password: 'password', WebSocket, webSocketOptions });
+  const client = new GateClient({ url: gate.gate, ticket, WebSocket, webSocketOptions });
+  await guard('connect', client.connect());
+  assert.equal(await client.requestText('join origin-room'), 'joined origin-room (1 members)');
+  client.close();
+  // A page of another origin: the upgrade is refused, the first connection fails.
+  const other = await login({ url: gate.login, user: 'js-origin', password: 'password', WebSocket });
+  const refused = new GateClient({
+    url: gate.gate,
+    ticket: other,
+    WebSocket,
+    webSocketOptions: { origin: 'http://evil.example' },
+  });
+  await assert.rejects(guard('the refusal', refused.connect()), (e) => e.name === 'SessionEnded' && e.reason === 'unreachable');
+});
+
 test('a ticket the gate does not know is refused without retries', async () => {
   const ticket = await login({ url: gate.login, user: 'js-forged', password: 'password', WebSocket });
   const states = [];
@@ -160,7 +185,10 @@ test('a ticket the gate does not know is refused without retries', async () => {
     WebSocket,
     onState: (state) => states.push(state),
   });
-  await assert.rejects(guard('the refusal', forged.connect()), (e) => e.name === 'SessionEnded' && /401/.test(e.message));
+  await assert.rejects(
+    guard('the refusal', forged.connect()),
+    (e) => e.name === 'SessionEnded' && e.reason === 'refused' && /^401/.test(e.detail),
+  );
   assert.equal(forged.state, 'ended');
   await assert.rejects(forged.request('say x'), (e) => e.name === 'SessionEnded');
   // An unknown session: 404, and the client is closed, not retrying.

@@ -1,8 +1,8 @@
 // Test harness: the real `gate` binary (and the chat example service) on
 // free loopback ports, a TCP proxy that can drop a client's network, and
 // waiting on events with a guard. Binaries come from GATE_BIN / CHAT_BIN,
-// else the workspace's target/debug (`cargo build -p gate -p service
-// --example chat`).
+// else the workspace's target/debug (`cargo build -p gate` and `cargo build
+// -p service --example chat`).
 
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +20,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../.
 function binary(env, rel) {
   const file = process.env[env] ?? path.join(root, rel);
   if (!existsSync(file)) {
-    throw new Error(`${file} is missing: run \`cargo build -p gate -p service --example chat\` (or set ${env})`);
+    throw new Error(`${file} is missing: run \`cargo build -p gate\` and \`cargo build -p service --example chat\` (or set ${env})`);
   }
   return file;
 }
@@ -162,6 +162,17 @@ export async function startGate({ chat = false, origins = [], args = [], config 
       gate: `ws://${gateWs}/`,
       gateAddr: gateWs,
       logs: gate.lines,
+      /** The fields of the first gate log event (past or future) with `message` that `match` accepts. */
+      event: (message, match = () => true) =>
+        gate.wait(message, (line) => {
+          try {
+            const event = JSON.parse(line);
+            if (event.fields?.message === message && match(event.fields)) return event.fields;
+          } catch {
+            return undefined;
+          }
+          return undefined;
+        }),
       stop,
     };
   } catch (error) {
@@ -174,20 +185,24 @@ export async function startGate({ chat = false, origins = [], args = [], config 
  * A TCP proxy in front of `target` (`host:port`) whose network can be
  * dropped: `drop()` cuts every connection and refuses new ones until
  * `restore()`; `blackhole()` keeps connections open but discards what the
- * server sends (a network that lost the answers).
+ * server sends (a network that lost the answers); `stall()` does that to
+ * the connections open now only (a dead path: TCP up, nothing forwarded
+ * to the client, no close), new ones are served; `hold()` keeps what the
+ * server sends until `release()` (a slow network).
  */
 export async function startProxy(target) {
   const [host, port] = [target.slice(0, target.lastIndexOf(':')), Number(target.slice(target.lastIndexOf(':') + 1))];
   const pairs = new Set();
   let down = false;
   let discard = false;
+  let held = null;
   const server = net.createServer((client) => {
     if (down) {
       client.destroy();
       return;
     }
     const upstream = net.connect(port, host);
-    const pair = { client, upstream };
+    const pair = { client, upstream, dead: false };
     pairs.add(pair);
     const close = () => {
       pairs.delete(pair);
@@ -196,7 +211,9 @@ export async function startProxy(target) {
     };
     client.on('data', (data) => upstream.write(data));
     upstream.on('data', (data) => {
-      if (!discard) client.write(data);
+      if (discard || pair.dead) return;
+      if (held) held.push([client, data]);
+      else client.write(data);
     });
     client.on('close', close);
     upstream.on('close', close);
@@ -211,9 +228,21 @@ export async function startProxy(target) {
     blackhole() {
       discard = true;
     },
+    stall() {
+      for (const pair of pairs) pair.dead = true;
+    },
+    hold() {
+      held ??= [];
+    },
+    release() {
+      const chunks = held ?? [];
+      held = null;
+      for (const [client, data] of chunks) if (!client.destroyed) client.write(data);
+    },
     drop() {
       down = true;
       discard = false;
+      held = null;
       for (const { client, upstream } of [...pairs]) {
         client.destroy();
         upstream.destroy();

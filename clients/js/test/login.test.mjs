@@ -8,7 +8,9 @@ import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { WebSocket, WebSocketServer } from 'ws';
 
-import { handshake, login, text } from '../src/index.js';
+import { login } from '../src/index.js';
+import { handshake } from '../src/gate.js';
+import { text } from '../src/wire.js';
 
 const hex = (s) => Uint8Array.from(s.match(/../g).map((b) => parseInt(b, 16)));
 const vector = (name) =>

@@ -42,8 +42,9 @@ use crate::text;
 /// Where the gate is and how to handshake; shared by `shell` and `run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct GateArgs {
-    /// Address of the message gate: `host:port` for TCP, or
-    /// `ws://host:port` (`wss://` with `--tls-ca-file`) for its WebSocket listener.
+    /// Address of the message gate: `host:port` for TCP, `tls://host:port`
+    /// for its TLS listener (with `--tls-ca-file`), or `ws://host:port`
+    /// (`wss://` with `--tls-ca-file`) for its WebSocket listener.
     #[arg(
         long = "gate",
         value_name = "HOST:PORT",

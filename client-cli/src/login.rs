@@ -55,8 +55,9 @@ impl From<SuiteName> for Suite {
 /// Where and as whom to log in; shared by `login`, `shell` and `run`.
 #[derive(Debug, Clone, Args)]
 pub struct LoginArgs {
-    /// Address of the login server: `host:port` for TCP, or
-    /// `ws://host:port` (`wss://` with `--tls-ca-file`) for its WebSocket listener.
+    /// Address of the login server: `host:port` for TCP, `tls://host:port`
+    /// for its TLS listener (with `--tls-ca-file`), or `ws://host:port`
+    /// (`wss://` with `--tls-ca-file`) for its WebSocket listener.
     #[arg(
         long = "login",
         value_name = "HOST:PORT",

@@ -13,9 +13,10 @@ use client_cli::shell::ShellCmd;
 #[derive(Debug, Parser)]
 #[command(name = "client", version, about, long_about = None)]
 struct Cli {
-    /// Trust the CA certificates in this PEM file for `wss://` addresses
-    /// (a gate with `web.tls_cert_file`) [default: the system's roots are
-    /// not used: wss:// needs this].
+    /// Trust the CA certificates in this PEM file for `tls://` and `wss://`
+    /// addresses (a gate with `[tls]` listeners or `web.tls_cert_file`)
+    /// [default: the system's roots are not used: tls:// and wss:// need
+    /// this].
     #[arg(long, global = true, value_name = "FILE")]
     tls_ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]

@@ -5,8 +5,10 @@
 //!
 //! An address `ws://host:port/path` dials the same server over WebSocket
 //! (`docs/PROTOCOL.md` §9), `wss://` over TLS to a server whose certificate
-//! a CA of [`trust_ca_file`] signed; [`Stream`] then carries the same lines
-//! or packages as a TCP connection would, so everything above is the same.
+//! a CA of [`trust_ca_file`] signed, and `tls://host:port` the plain
+//! protocol inside TLS (a `[tls]` listener); [`Stream`] then carries the
+//! same lines or packages as a TCP connection would, so everything above
+//! is the same.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -19,9 +21,10 @@ use tokio::net::{TcpSocket, TcpStream, lookup_host};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::either::Either;
 
-/// A connection to the login server or the gate: TCP (left), or WebSocket
-/// carrying the same bytes (right; boxed: it is much larger than a socket).
-pub type Stream = Either<TcpStream, Box<MessageStream<WsIo>>>;
+/// A connection to the login server or the gate: TCP or TLS over it
+/// (left), or WebSocket carrying the same bytes (right; boxed: it is much
+/// larger than a socket).
+pub type Stream = Either<WsIo, Box<MessageStream<WsIo>>>;
 
 /// What a WebSocket runs on: TCP (`ws://`, left) or TLS over it (`wss://`,
 /// right).
@@ -33,14 +36,20 @@ pub trait Underlying {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl Underlying for Stream {
+impl Underlying for WsIo {
     fn tcp(&self) -> &TcpStream {
         match self {
             Either::Left(s) => s,
-            Either::Right(ws) => match ws.get_ref().get_ref() {
-                Either::Left(s) => s,
-                Either::Right(tls) => tls.get_ref().0,
-            },
+            Either::Right(tls) => tls.get_ref().0,
+        }
+    }
+}
+
+impl Underlying for Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Either::Left(io) => io.tcp(),
+            Either::Right(ws) => ws.get_ref().get_ref().tcp(),
         }
     }
 }
@@ -48,7 +57,7 @@ impl Underlying for Stream {
 static TRUSTED: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
 
 /// Trusts the CA certificates in `path` (PEM) for every later `wss://`
-/// connection of this process. Once per process.
+/// and `tls://` connection of this process. Once per process.
 pub fn trust_ca_file(path: &Path) -> Result<(), String> {
     let config = tlsfiles::client_config(path).map_err(|e| e.to_string())?;
     TRUSTED
@@ -69,26 +78,20 @@ pub fn websocket_host(addr: &str) -> Option<(&str, bool)> {
 /// Dials `addr` (`host:port`, or `ws://host:port[/path]` for WebSocket
 /// with `mapping`), from `source` when given (see [`connect`]).
 pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::Result<Stream> {
+    if let Some(host) = addr.strip_prefix("tls://") {
+        let stream = connect(host, source).await?;
+        stream.set_nodelay(true)?;
+        return Ok(Either::Left(tls_over(host, stream, "tls://").await?));
+    }
     let Some((host, tls)) = websocket_host(addr) else {
         let stream = connect(addr, source).await?;
         stream.set_nodelay(true)?;
-        return Ok(Either::Left(stream));
+        return Ok(Either::Left(Either::Left(stream)));
     };
     let stream = connect(host, source).await?;
     stream.set_nodelay(true)?;
     let stream = if tls {
-        let config = TRUSTED.get().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "wss:// needs the CA that signed the server's certificate (--tls-ca-file)",
-            )
-        })?;
-        let name = tlsfiles::server_name(host)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-            .connect(name, stream)
-            .await?;
-        Either::Right(Box::new(tls))
+        tls_over(host, stream, "wss://").await?
     } else {
         Either::Left(stream)
     };
@@ -107,6 +110,24 @@ pub async fn dial(addr: &str, source: Option<IpAddr>, mapping: Mapping) -> io::R
         .await
         .map_err(codec::websocket::io_error)?;
     Ok(Either::Right(Box::new(MessageStream::new(ws, mapping))))
+}
+
+/// TLS over `stream` to `host` (checked against its certificate), trusting
+/// the CAs of [`trust_ca_file`]; `scheme` names the address kind in the
+/// error when none were given.
+async fn tls_over(host: &str, stream: TcpStream, scheme: &str) -> io::Result<WsIo> {
+    let config = TRUSTED.get().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{scheme} needs the CA that signed the server's certificate (--tls-ca-file)"),
+        )
+    })?;
+    let name =
+        tlsfiles::server_name(host).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, stream)
+        .await?;
+    Ok(Either::Right(Box::new(tls)))
 }
 
 /// Connects to `addr` (`host:port`), from `source` (port chosen by the

@@ -533,3 +533,103 @@ async fn a_reloaded_certificate_is_served_to_new_handshakes() {
     );
     assert_eq!(served_certificate(web_gate, &ca_file).await, der(&second));
 }
+
+/// The `[tls]` listeners: the login dialogue and the gate's packages of
+/// both suites inside TLS, beside the plain ports; a client that speaks
+/// plain TCP to them, or trusts another CA, gets nowhere; a renewed
+/// certificate is served to new handshakes after SIGHUP while a player
+/// connected over TLS plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listeners_serve_the_protocol_and_renew_their_certificate() {
+    let setup = Setup::new("tcp-tls");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("self-signed");
+    let ca = rcgen::Issuer::new(ca_params, ca_key);
+    let ca_file = setup.dir.join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).expect("ca");
+    let (cert_file, key_file) = (setup.dir.join("cert.pem"), setup.dir.join("key.pem"));
+    let (first, first_key) = certificate(&ca);
+    std::fs::write(&cert_file, &first).expect("cert");
+    std::fs::write(&key_file, &first_key).expect("key");
+    setup.write_accounts(&[("alice", "alice-pw"), ("bob", "bob-pw")]);
+    let (tls_login, tls_gate) = (free_addr(), free_addr());
+    setup.write_config(&format!(
+        "[tls]\nlogin_listen = \"{tls_login}\"\ngate_listen = \"{tls_gate}\"\n\
+         cert_file = {:?}\nkey_file = {:?}\n",
+        cert_file.to_str().expect("utf-8"),
+        key_file.to_str().expect("utf-8")
+    ));
+    let gate = setup.start();
+    gate.logged("message gate listening for TLS clients", 1)
+        .await;
+    gate.logged("login server listening for TLS clients", 1)
+        .await;
+    client_cli::net::trust_ca_file(&ca_file).expect("trust the CA");
+    let over_tls = |user: &str, password: &str, suite: Suite| {
+        Session::new(SessionConfig {
+            login_addr: format!("tls://{tls_login}"),
+            gate_addr: format!("tls://{tls_gate}"),
+            user: user.to_owned(),
+            server: "sample".to_owned(),
+            password: password.to_owned(),
+            suite,
+            server_key: None,
+            timeout: Duration::from_secs(20),
+            extensions: Extensions::OptIn,
+            heartbeat: Duration::from_secs(30),
+        })
+    };
+    let mut players = Vec::new();
+    for (user, password, suite) in [
+        ("alice", "alice-pw", Suite::X25519),
+        ("bob", "bob-pw", Suite::Skynet),
+    ] {
+        let mut s = over_tls(user, password, suite);
+        s.login(&LoginOverrides::default())
+            .await
+            .expect("login over TLS");
+        let (status, _) = s.connect(&ConnectSpec::default()).await.expect("handshake");
+        assert_eq!(status, GateStatus::OK, "{user}");
+        echo(&mut s, user, 3).await;
+        players.push((s, user));
+    }
+    // The plain protocol on the TLS port: no status, closed.
+    let mut plain = guard("connect", TcpStream::connect(tls_gate))
+        .await
+        .expect("connect");
+    plain.write_all(b"\x00\x05hello").await.expect("write");
+    let mut got = Vec::new();
+    let _ = guard("the close", plain.read_to_end(&mut got)).await;
+    assert!(!got.starts_with(b"\x00"), "no gate package: {got:?}");
+    // A client that trusts another CA: the handshake fails.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("cert");
+    let other_ca = setup.dir.join("other-ca.pem");
+    std::fs::write(&other_ca, other.cert.pem()).expect("other ca");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(
+        tlsfiles::client_config(&other_ca).expect("client config"),
+    ));
+    let tcp = TcpStream::connect(tls_login).await.expect("connect");
+    let name = tlsfiles::server_name(&tls_login.to_string()).expect("name");
+    assert!(
+        guard("the refused handshake", connector.connect(name, tcp))
+            .await
+            .is_err(),
+        "a certificate the client does not trust"
+    );
+    assert_eq!(served_certificate(tls_gate, &ca_file).await, der(&first));
+
+    // Renewed in place; SIGHUP.
+    let (second, second_key) = certificate(&ca);
+    std::fs::write(&cert_file, &second).expect("cert");
+    std::fs::write(&key_file, &second_key).expect("key");
+    gate.hangup();
+    let log = gate.logged("configuration reloaded", 1).await;
+    assert!(log.contains("TLS certificate"), "{log}");
+    assert_eq!(served_certificate(tls_gate, &ca_file).await, der(&second));
+    assert_eq!(served_certificate(tls_login, &ca_file).await, der(&second));
+    for (s, user) in &mut players {
+        echo(s, user, 2).await;
+    }
+}

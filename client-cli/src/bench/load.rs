@@ -355,7 +355,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         return Ok(Conn {
             i,
-            stream: Either::Left(stream),
+            stream: Either::Left(Either::Left(stream)),
             buf: BytesMut::with_capacity(READ_BUF),
             last_push: 0,
         });

@@ -55,6 +55,8 @@ pub(crate) struct RunArgs {
     #[command(flatten)]
     web: WebFlags,
     #[command(flatten)]
+    tls: super::sections::TlsFlags,
+    #[command(flatten)]
     upgrade: super::sections::UpgradeFlags,
     #[command(flatten)]
     log: LogFlags,

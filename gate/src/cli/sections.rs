@@ -120,6 +120,33 @@ pub(crate) struct WebFlags {
     allowed_origins: Vec<String>,
 }
 
+/// `[tls]` fields settable by flag.
+#[derive(Debug, Args, Serialize)]
+pub(crate) struct TlsFlags {
+    /// The login server's TLS listen address, beside the plain one
+    /// (needs --tls-cert-file and --tls-key-file) [default: none].
+    #[arg(
+        id = "tls_login_listen",
+        long = "tls-login-listen",
+        value_name = "ADDR"
+    )]
+    #[serde(rename = "login_listen", skip_serializing_if = "Option::is_none")]
+    login_listen: Option<SocketAddr>,
+    /// The gate's TLS listen address, beside the plain one [default: none].
+    #[arg(id = "tls_gate_listen", long = "tls-gate-listen", value_name = "ADDR")]
+    #[serde(rename = "gate_listen", skip_serializing_if = "Option::is_none")]
+    gate_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM, leaf first) of the TLS listeners
+    /// [default: none].
+    #[arg(id = "tls_cert_file", long = "tls-cert-file", value_name = "FILE")]
+    #[serde(rename = "cert_file", skip_serializing_if = "Option::is_none")]
+    cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM) [default: none].
+    #[arg(id = "tls_key_file", long = "tls-key-file", value_name = "FILE")]
+    #[serde(rename = "key_file", skip_serializing_if = "Option::is_none")]
+    key_file: Option<PathBuf>,
+}
+
 /// `[cluster]` fields settable by flag.
 #[derive(Debug, Args, Serialize)]
 pub(crate) struct ClusterFlags {

@@ -65,6 +65,9 @@ pub struct Config {
     /// WebSocket listeners for browser clients (`gate::web`). Default: on,
     /// on loopback, for the demo page.
     pub web: WebConfig,
+    /// TLS listeners for native clients beside the plain login and gate
+    /// ports (`[tls]`). Default: none.
+    pub tls: TlsConfig,
     /// Accounts file (`user:PHC-hash` lines). Default: none, which runs the
     /// demo authenticator (any user, password `password`) with a warning.
     pub accounts: Option<PathBuf>,
@@ -128,6 +131,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             ops: OpsConfig::default(),
             web: WebConfig::default(),
+            tls: TlsConfig::default(),
             accounts: None,
             upgrade: UpgradeConfig::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -499,6 +503,26 @@ impl Default for OpsConfig {
     }
 }
 
+/// TLS on the TCP side (`[tls]`): the login dialogue and the gate's
+/// packages exactly as on the plain ports, inside TLS (rustls), on ports
+/// of their own, so skynet clients keep the plain ones. Clients trust the
+/// certificate's CA (`client --tls-ca-file` with `tls://` addresses). The
+/// certificate and key change with a configuration reload.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Listen address of the login server's TLS listener (a login node, or
+    /// all-in-one). Default: none.
+    pub login_listen: Option<SocketAddr>,
+    /// Listen address of the gate's TLS listener (a gate node, or
+    /// all-in-one). Default: none.
+    pub gate_listen: Option<SocketAddr>,
+    /// Certificate chain (PEM, leaf first); needed with either listener.
+    pub cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
+}
+
 /// WebSocket settings (`[web]`): the login dialogue and the gate's
 /// packages over WebSocket (`docs/PROTOCOL.md` §9), for browser games.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -525,11 +549,11 @@ pub struct WebConfig {
     pub tls_cert_file: Option<PathBuf>,
     /// The certificate's private key (PEM). Default: none.
     pub tls_key_file: Option<PathBuf>,
-    /// Input buffer of each WebSocket connection, allocated when it is
-    /// accepted and held while it is idle (at least 256). Larger reads more
-    /// of a pipelining client's batch per system call; smaller keeps idle
-    /// web sessions lean. Default: 1024 (about 3.9 KiB per idle WebSocket
-    /// session in all, against 6.8 KiB with 4096).
+    /// How much each WebSocket connection reads at a time (at least 256).
+    /// A plain `ws://` gate connection holds no buffer while it is idle; a
+    /// `wss://` one (and a login dialogue) allocates this much when it is
+    /// accepted and holds it. Larger reads more of a pipelining client's
+    /// batch per system call. Default: 1024.
     pub read_buffer_bytes: usize,
 }
 

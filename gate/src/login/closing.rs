@@ -49,6 +49,14 @@ impl Stream for MessageStream<WebIo> {
     }
 }
 
+/// The dialogue over TLS (`[tls] login_listen`).
+impl Stream for tokio_rustls::server::TlsStream<TcpStream> {
+    async fn write_last(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+}
+
 /// Writes `bytes` with `MSG_MORE`: the kernel holds them until the
 /// `shutdown` that follows, which sends them together with the FIN in one
 /// segment (one fewer for both ends to process). On other systems, a plain

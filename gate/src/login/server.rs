@@ -245,7 +245,23 @@ impl LoginServer {
         web: Option<(TcpListener, Arc<WebPolicy>)>,
         shutdown: CancellationToken,
     ) {
+        self.serve_listeners(listener, web, None, shutdown).await;
+    }
+
+    /// [`LoginServer::serve_with_web`], plus the same dialogue inside TLS
+    /// on `tls` (`[tls] login_listen`); the TLS handshake has the
+    /// dialogue's deadline.
+    pub async fn serve_listeners(
+        self,
+        listener: TcpListener,
+        web: Option<(TcpListener, Arc<WebPolicy>)>,
+        tls: Option<(TcpListener, crate::tls::ServerTls)>,
+        shutdown: CancellationToken,
+    ) {
         let shared = Arc::new(self.shared);
+        if let Some(addr) = tls.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+            info!(%addr, "login server listening for TLS clients");
+        }
         let permits = shared.capacity.permits();
         let tracker = TaskTracker::new();
         // Cancelled when the grace period is over: ends every dialogue.
@@ -267,7 +283,7 @@ impl LoginServer {
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
-                     web: Option<&Arc<WebPolicy>>| {
+                     via: Via<'_>| {
             let Some(permit) = permit else { return };
             let source = match per_source.enter(addr.ip()) {
                 Ok(source) => source,
@@ -285,18 +301,35 @@ impl LoginServer {
                 soft: shutdown.clone(),
                 hard: hard.clone(),
             };
-            if web.is_some() || !inherits_nodelay {
+            if !matches!(via, Via::Tcp) || !inherits_nodelay {
                 let _ = stream.set_nodelay(true);
             }
             // The client answers each line at once and its answer
             // carries the ACK; a quick ACK would be a segment of its own.
             #[cfg(target_os = "linux")]
             let _ = socket2::SockRef::from(&stream).set_tcp_quickack(false);
-            match web {
-                None => {
+            match via {
+                Via::Tcp => {
                     tracker.spawn(connection(shared, stream, addr, place, stop));
                 }
-                Some(policy) => {
+                Via::Tls(tls) => {
+                    let tls = tls.clone();
+                    tracker.spawn(async move {
+                        // The TLS handshake has the dialogue's deadline too.
+                        let accepted = tokio::select! {
+                            accepted = timeout(shared.config.load().dialogue_timeout, tls.accept(stream)) => accepted,
+                            () = stop.hard.cancelled() => return,
+                        };
+                        match accepted {
+                            Ok(Ok(stream)) => connection(shared, stream, addr, place, stop).await,
+                            Ok(Err(e)) => {
+                                debug!(%addr, error = %crate::logging::esc(e.to_string().as_bytes()), "TLS handshake failed");
+                            }
+                            Err(_) => debug!(%addr, "TLS handshake not done in time"),
+                        }
+                    });
+                }
+                Via::Web(policy) => {
                     let policy = Arc::clone(policy);
                     tracker.spawn(async move {
                         // The upgrade has the dialogue's deadline too.
@@ -332,7 +365,7 @@ impl LoginServer {
             at_capacity.clone(),
             shutdown.cancelled(),
             "login",
-            |stream, addr, permit| start(stream, addr, permit, None),
+            |stream, addr, permit| start(stream, addr, permit, Via::Tcp),
         );
         let web_loop = async {
             let Some((listener, policy)) = web else {
@@ -344,11 +377,25 @@ impl LoginServer {
                 at_capacity.clone(),
                 shutdown.cancelled(),
                 "login (WebSocket)",
-                |stream, addr, permit| start(stream, addr, permit, Some(&policy)),
+                |stream, addr, permit| start(stream, addr, permit, Via::Web(&policy)),
             )
             .await;
         };
-        tokio::join!(tcp, web_loop);
+        let tls_loop = async {
+            let Some((listener, tls)) = tls else {
+                return;
+            };
+            net::accept_loop(
+                listener,
+                Arc::clone(&permits),
+                at_capacity.clone(),
+                shutdown.cancelled(),
+                "login (TLS)",
+                |stream, addr, permit| start(stream, addr, permit, Via::Tls(&tls)),
+            )
+            .await;
+        };
+        tokio::join!(tcp, web_loop, tls_loop);
         tracker.close();
         if timeout(self.shutdown_grace, tracker.wait()).await.is_err() {
             info!(
@@ -617,4 +664,15 @@ mod tests {
         drop(client);
         task.await.unwrap();
     }
+}
+
+/// Which listener a login connection came in on.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// The plain TCP listener.
+    Tcp,
+    /// The WebSocket listener, with its policy.
+    Web(&'a Arc<WebPolicy>),
+    /// The TLS listener, with its certificate.
+    Tls(&'a crate::tls::ServerTls),
 }

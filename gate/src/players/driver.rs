@@ -27,6 +27,7 @@ use super::handle::{Asked, ConnHandle};
 use super::metrics::{RefusedStatus, bump};
 use super::requests::PlayerConn;
 use super::tcp::Tcp;
+use super::tls_tcp::TlsTcp;
 use super::transport::{Flow, Read, Transport};
 use super::ws::Ws;
 use super::ws_plain::WsPlain;
@@ -100,6 +101,27 @@ pub(super) fn run_ws(
         };
         futures::future::Either::Right(drive(core, addr, slots, opening))
     }
+}
+
+/// Runs one connection accepted on the gate's TLS listener to its end: the
+/// TLS handshake within the handshake deadline, then as any connection.
+pub(super) fn run_tls(
+    core: Arc<GateCore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slots: Slots,
+    tls: crate::tls::ServerTls,
+) -> impl Future<Output = ()> + Send {
+    let opening = async move {
+        match tls.accept(stream).await {
+            Ok(stream) => Some(TlsTcp::new(stream)),
+            Err(e) => {
+                tracing::debug!(%addr, error = %esc(e.to_string().as_bytes()), "TLS handshake failed");
+                None
+            }
+        }
+    };
+    drive(core, addr, slots, opening)
 }
 
 /// Counts the connection as open (and a WebSocket one as such) and holds

@@ -29,6 +29,7 @@ mod metrics;
 mod requests;
 mod tcp;
 mod timers;
+mod tls_tcp;
 mod transport;
 mod ws;
 mod ws_plain;
@@ -371,7 +372,22 @@ impl MsgGate {
         web: Option<(TcpListener, Arc<WebPolicy>)>,
         shutdown: CancellationToken,
     ) -> io::Result<()> {
+        self.serve_listeners(listener, web, None, shutdown).await
+    }
+
+    /// [`MsgGate::serve_with_web`], plus TLS clients on `tls` (the same
+    /// packages inside TLS, `[tls] gate_listen`).
+    pub async fn serve_listeners(
+        &self,
+        listener: TcpListener,
+        web: Option<(TcpListener, Arc<WebPolicy>)>,
+        tls: Option<(TcpListener, crate::tls::ServerTls)>,
+        shutdown: CancellationToken,
+    ) -> io::Result<()> {
         let core = &self.core;
+        if let Some(addr) = tls.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
+            tracing::info!(%addr, name = %core.cfg.name, "message gate listening for TLS clients");
+        }
         if let Some(addr) = web.as_ref().and_then(|(l, _)| l.local_addr().ok()) {
             tracing::info!(%addr, name = %core.cfg.name, "message gate listening for WebSocket clients");
         }
@@ -402,7 +418,7 @@ impl MsgGate {
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
-                     web: Option<&Arc<WebPolicy>>| {
+                     via: Via<'_>| {
             let Some(permit) = permit else {
                 bump(&core.metrics.refused_at_accept);
                 refusals.refused("maxclient");
@@ -417,16 +433,24 @@ impl MsgGate {
                 }
             };
             let slots = (permit, source);
-            match web {
-                None => core
-                    .tracker
-                    .spawn(driver::run_tcp(Arc::clone(core), stream, addr, slots)),
-                Some(policy) => core.tracker.spawn(driver::run_ws(
+            match via {
+                Via::Tcp => {
+                    core.tracker
+                        .spawn(driver::run_tcp(Arc::clone(core), stream, addr, slots))
+                }
+                Via::Web(policy) => core.tracker.spawn(driver::run_ws(
                     Arc::clone(core),
                     stream,
                     addr,
                     slots,
                     Arc::clone(policy),
+                )),
+                Via::Tls(tls) => core.tracker.spawn(driver::run_tls(
+                    Arc::clone(core),
+                    stream,
+                    addr,
+                    slots,
+                    tls.clone(),
                 )),
             };
         };
@@ -436,7 +460,7 @@ impl MsgGate {
             AtCapacity::Close,
             stop,
             "gate",
-            |stream, addr, permit| start(stream, addr, permit, None),
+            |stream, addr, permit| start(stream, addr, permit, Via::Tcp),
         );
         let web_loop = async {
             let Some((listener, policy)) = web else {
@@ -454,11 +478,31 @@ impl MsgGate {
                 AtCapacity::Close,
                 stop,
                 "gate (WebSocket)",
-                |stream, addr, permit| start(stream, addr, permit, Some(&policy)),
+                |stream, addr, permit| start(stream, addr, permit, Via::Web(&policy)),
             )
             .await;
         };
-        tokio::join!(tcp, web_loop);
+        let tls_loop = async {
+            let Some((listener, tls)) = tls else {
+                return;
+            };
+            let stop = async {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = core.draining.cancelled() => {}
+                }
+            };
+            net::accept_loop(
+                listener,
+                Arc::clone(&core.permits),
+                AtCapacity::Close,
+                stop,
+                "gate (TLS)",
+                |stream, addr, permit| start(stream, addr, permit, Via::Tls(&tls)),
+            )
+            .await;
+        };
+        tokio::join!(tcp, web_loop, tls_loop);
         self.drain().await;
         timers_stop.cancel();
         let _ = timers.await;
@@ -490,4 +534,15 @@ impl MsgGate {
         }
         tracing::info!(name = %core.cfg.name, "message gate stopped");
     }
+}
+
+/// Which listener a connection came in on.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    /// The plain TCP listener.
+    Tcp,
+    /// The WebSocket listener, with its policy.
+    Web(&'a Arc<WebPolicy>),
+    /// The TLS listener, with its certificate.
+    Tls(&'a crate::tls::ServerTls),
 }

@@ -103,7 +103,7 @@ impl Tcp {
 }
 
 /// Hands every complete package in `input` to `serve`, until a pause.
-fn serve_all(
+pub(super) fn serve_all(
     conn: &mut Connection,
     input: &mut BytesMut,
     out: &mut BytesMut,

@@ -5,7 +5,8 @@
 use crate::config::Config;
 
 /// The fields a reload applies to a running process (besides `accounts`,
-/// `log.level`, `log.format`, `web.tls_cert_file` and `web.tls_key_file`,
+/// `log.level`, `log.format`, `web.tls_cert_file`, `web.tls_key_file`,
+/// `tls.cert_file` and `tls.key_file`,
 /// which may change under conditions: see [`super`]). Every other field
 /// that differs is refused.
 pub const LIVE: &[&str] = &[

@@ -38,6 +38,9 @@
 //! * the accounts file (`accounts`, its path or its contents): logins
 //!   checked after the reload use it; sessions of removed users go on;
 //! * `[log]` `level` and `format`: events after the reload;
+//! * the `[tls]` listeners' certificate and key (`tls.cert_file`,
+//!   `tls.key_file`: other files, or the same files renewed) for TLS
+//!   handshakes after the reload (turning TLS on or off is a restart);
 //! * the WebSocket listeners' TLS certificate and key (`web.tls_cert_file`,
 //!   `web.tls_key_file`, their paths or their contents): handshakes after
 //!   the reload get the new certificate; connections up keep theirs.
@@ -172,6 +175,7 @@ pub struct Reloader {
     login: LoginLimits,
     accounts: Option<AccountsFile>,
     web_tls: Vec<ServerTls>,
+    tcp_tls: Vec<ServerTls>,
 }
 
 impl fmt::Debug for Reloader {
@@ -188,6 +192,7 @@ struct Prepared {
     changed: Vec<String>,
     accounts: Option<(AccountsFile, AccountsChanges)>,
     tls: Option<ServerKey>,
+    tcp_tls: Option<ServerKey>,
     log: bool,
 }
 
@@ -202,6 +207,8 @@ pub struct Targets {
     pub accounts: Option<AccountsFile>,
     /// The TLS of the WebSocket listeners, if they serve `wss://`.
     pub web_tls: Vec<ServerTls>,
+    /// The TLS of the `[tls]` listeners, if there are any.
+    pub tcp_tls: Vec<ServerTls>,
 }
 
 impl Reloader {
@@ -222,6 +229,7 @@ impl Reloader {
             login: targets.login,
             accounts: targets.accounts,
             web_tls: targets.web_tls,
+            tcp_tls: targets.tcp_tls,
         }
     }
 
@@ -293,6 +301,21 @@ impl Reloader {
             }
             _ => None,
         };
+        let tcp_tls = match (
+            self.tcp_tls.first(),
+            &config.tls.cert_file,
+            &config.tls.key_file,
+        ) {
+            (Some(current), Some(cert), Some(key)) => {
+                let key = ServerKey::load(cert, key)
+                    .map_err(|e| Refusal::Unusable(format!("TLS: {e}")))?;
+                if !current.serves(&key) {
+                    changed.push("TLS certificate".to_owned());
+                }
+                Some(key)
+            }
+            _ => None,
+        };
         let log = running.log != config.log;
         if log {
             crate::logging::filter(config.log.level.as_deref()).map_err(Refusal::Unusable)?;
@@ -302,6 +325,7 @@ impl Reloader {
             changed,
             accounts,
             tls,
+            tcp_tls,
             log,
         })
     }
@@ -320,6 +344,11 @@ impl Reloader {
                 !self.web_tls.is_empty()
                     && new.web.tls_cert_file.is_some()
                     && new.web.tls_key_file.is_some()
+            }
+            "tls.cert_file" | "tls.key_file" => {
+                !self.tcp_tls.is_empty()
+                    && new.tls.cert_file.is_some()
+                    && new.tls.key_file.is_some()
             }
             "log.level" | "log.format" => crate::logging::reloadable(),
             field => LIVE.contains(&field),
@@ -348,6 +377,11 @@ impl Reloader {
         }
         if let Some(key) = &prepared.tls {
             for tls in &self.web_tls {
+                tls.replace(key);
+            }
+        }
+        if let Some(key) = &prepared.tcp_tls {
+            for tls in &self.tcp_tls {
                 tls.replace(key);
             }
         }

@@ -32,6 +32,7 @@ pub(super) fn gate_side(
     let components = Components {
         ops,
         web_gate: web(config, config.web.gate_listen)?,
+        tls_gate: tls(config.tls.gate_listen)?,
         backend: backend(config)?,
         ..Components::default()
     };
@@ -53,6 +54,11 @@ pub(super) fn web(config: &Config, addr: SocketAddr) -> Result<Option<TcpListene
         return Ok(None);
     }
     listener(addr, "WebSocket").map(Some)
+}
+
+/// A TLS listener on `addr`, if set.
+pub(super) fn tls(addr: Option<SocketAddr>) -> Result<Option<TcpListener>, RunError> {
+    addr.map(|addr| listener(addr, "TLS")).transpose()
 }
 
 /// The backend listener services dial, if `backend.listen` is set: its
@@ -111,6 +117,18 @@ pub(super) fn duplicates(
             .web_gate
             .as_ref()
             .and_then(|l| dup("web_gate", l)),
+    );
+    out.extend(
+        components
+            .tls_login
+            .as_ref()
+            .and_then(|l| dup("tls_login", l)),
+    );
+    out.extend(
+        components
+            .tls_gate
+            .as_ref()
+            .and_then(|l| dup("tls_gate", l)),
     );
     out.extend(components.ops.as_ref().and_then(|l| dup("ops", l)));
     out.extend(

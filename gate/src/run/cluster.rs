@@ -14,7 +14,7 @@ use tracing::info;
 
 use super::parts::{
     choose_agent, choose_authenticator, login_server, ops_state, serve_gate, serve_login,
-    serve_ops, stopping, web_listener,
+    serve_ops, stopping, tls_listeners, web_listener,
 };
 use super::{Components, RunError};
 use crate::backend::pending::{PendingLinks, Refusals};
@@ -95,6 +95,7 @@ pub(super) async fn run_gate_node(
     let link = Arc::new(DirectoryLink::new(dir.clone(), epoch));
     let backend = components.backend;
     let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
+    let (_, tls_gate, _) = tls_listeners(&config, None, components.tls_gate)?;
     let agent = choose_agent(components.agent, backend.as_ref());
     let (gate, taken_over) = match inherited {
         None => (MsgGate::new(config.gate(), agent, link.clone()), None),
@@ -229,7 +230,7 @@ pub(super) async fn run_gate_node(
         serve_gate(
             &gate,
             gate_listener,
-            web_gate,
+            (web_gate, tls_gate),
             backend.as_ref(),
             &token,
             &gate_stopped
@@ -289,6 +290,7 @@ pub(super) async fn run_login_node(
     );
     let mut login = login_server(&config, auth, Arc::new(placer), components.random)?;
     let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
+    let (tls_login, _, _) = tls_listeners(&config, components.tls_login, None)?;
     if config.login.admission_rate > 0 {
         // One queue for the whole cluster, in Redis.
         login = login.with_admission(Arc::new(SharedAdmission::new(
@@ -327,7 +329,7 @@ pub(super) async fn run_login_node(
     let upgrades = super::serve_upgrades(upgrade.socket, handover, taken_over, None, &token);
     let ((), (), ops_result, upgrade_result) = tokio::join!(
         stopping(shutdown, &token),
-        serve_login(login, login_listener, web_login, &token),
+        serve_login(login, login_listener, (web_login, tls_login), &token),
         serve_ops(components.ops, ops, token.clone()),
         upgrades,
     );

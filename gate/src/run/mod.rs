@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use self::parts::{
     choose_agent, choose_authenticator, login_server, ops_state, serve_gate, serve_login,
-    serve_ops, stopping, web_listener,
+    serve_ops, stopping, tls_listeners, web_listener,
 };
 use crate::agent::Agent;
 use crate::backend::Backend;
@@ -114,6 +114,12 @@ pub struct Components {
     /// The gate's WebSocket listener, bound by the caller ([`serve`] binds
     /// `web.gate_listen` when `web.enabled`). Default: none.
     pub web_gate: Option<TcpListener>,
+    /// The login server's TLS listener, bound by the caller ([`serve`]
+    /// binds `tls.login_listen`); served with `tls.cert_file` and
+    /// `tls.key_file`. Default: none.
+    pub tls_login: Option<TcpListener>,
+    /// The gate's TLS listener (`tls.gate_listen`). Default: none.
+    pub tls_gate: Option<TcpListener>,
     /// Live upgrades: the socket to serve for the next process, the
     /// listeners to hand it, and what this process took over, if it did
     /// ([`serve`] fills it in from `[upgrade]`). Default: none.
@@ -238,6 +244,7 @@ pub async fn serve_reloadable(
             let mut components = Components {
                 ops,
                 web_login: bind::web(&config, config.web.login_listen)?,
+                tls_login: bind::tls(config.tls.login_listen)?,
                 ..Components::default()
             };
             crate::upgrade::new::drop_unclaimed();
@@ -276,6 +283,7 @@ pub async fn serve_reloadable(
             let (gate, mut components) = bind::gate_side(&config, ops)?;
             let login = bind::listener(config.login.listen, "login")?;
             components.web_login = bind::web(&config, config.web.login_listen)?;
+            components.tls_login = bind::tls(config.tls.login_listen)?;
             crate::upgrade::new::drop_unclaimed();
             if config.upgrade.socket.is_some() || inherited.is_some() {
                 components.upgrade = Some(Upgrade {
@@ -429,6 +437,8 @@ async fn run_with_hangups(
     let login_dialogues = login.dialogues();
     let web_login = web_listener(&config, components.web_login, Mapping::Lines)?;
     let web_gate = web_listener(&config, components.web_gate, Mapping::Packages)?;
+    let (tls_login, tls_gate, tcp_tls) =
+        tls_listeners(&config, components.tls_login, components.tls_gate)?;
     let ops = ops_state(
         &config,
         "all",
@@ -448,6 +458,7 @@ async fn run_with_hangups(
             login: login.limits(),
             accounts,
             web_tls,
+            tcp_tls: tcp_tls.clone(),
         };
         Arc::new(Reloader::new(
             reload.source,
@@ -483,11 +494,11 @@ async fn run_with_hangups(
     let ((), (), (), gate_end, ops_result, upgrade_result) = tokio::join!(
         serve_reloads(reloader, hangups, &token),
         stopping(shutdown, &token),
-        serve_login(login, login_listener, web_login, &token),
+        serve_login(login, login_listener, (web_login, tls_login), &token),
         serve_gate(
             &gate,
             gate_listener,
-            web_gate,
+            (web_gate, tls_gate),
             backend.as_ref(),
             &token,
             &gate_stopped

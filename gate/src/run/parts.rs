@@ -42,15 +42,23 @@ pub(super) async fn stopping(shutdown: impl Future<Output = ()>, token: &Cancell
     }
 }
 
-/// Serves the login server (and its WebSocket listener) until `token`;
-/// stopping on its own stops the rest.
+/// A TLS listener with the certificate it serves.
+pub(super) type TlsListener = (TcpListener, crate::tls::ServerTls);
+
+/// The listeners beside a server's plain one: WebSocket and TLS.
+pub(super) type Beside = (Option<WebListener>, Option<TlsListener>);
+
+/// Serves the login server (and its WebSocket and TLS listeners) until
+/// `token`; stopping on its own stops the rest.
 pub(super) async fn serve_login(
     login: LoginServer,
     listener: TcpListener,
-    web: Option<WebListener>,
+    (web, tls): Beside,
     token: &CancellationToken,
 ) {
-    login.serve_with_web(listener, web, token.clone()).await;
+    login
+        .serve_listeners(listener, web, tls, token.clone())
+        .await;
     token.cancel();
 }
 
@@ -77,13 +85,15 @@ impl GateEnd {
 pub(super) async fn serve_gate(
     gate: &MsgGate,
     listener: TcpListener,
-    web: Option<WebListener>,
+    (web, tls): Beside,
     backend: Option<&Backend>,
     token: &CancellationToken,
     gate_stopped: &CancellationToken,
 ) -> GateEnd {
     let gate_done = async {
-        let result = gate.serve_with_web(listener, web, token.clone()).await;
+        let result = gate
+            .serve_listeners(listener, web, tls, token.clone())
+            .await;
         token.cancel();
         gate_stopped.cancel();
         result
@@ -205,6 +215,42 @@ pub(super) fn web_listener(
     let policy = WebPolicy::with_tls(&config.web, mapping, config.login.max_line_bytes)
         .map_err(|e| RunError::Config(format!("web TLS: {e}")))?;
     Ok(Some((listener, policy)))
+}
+
+/// The TLS listeners of `[tls]` with their certificate (one, shared: a
+/// reload replaces it for both), and that certificate for the reload.
+#[allow(
+    clippy::type_complexity,
+    reason = "a tuple of what the caller takes apart at once"
+)]
+pub(super) fn tls_listeners(
+    config: &Config,
+    login: Option<TcpListener>,
+    gate: Option<TcpListener>,
+) -> Result<
+    (
+        Option<TlsListener>,
+        Option<TlsListener>,
+        Vec<crate::tls::ServerTls>,
+    ),
+    RunError,
+> {
+    if login.is_none() && gate.is_none() {
+        return Ok((None, None, Vec::new()));
+    }
+    let (Some(cert), Some(key)) = (&config.tls.cert_file, &config.tls.key_file) else {
+        return Err(RunError::Config(
+            "the TLS listeners need tls.cert_file and tls.key_file \
+             (--tls-cert-file, --tls-key-file)"
+                .to_owned(),
+        ));
+    };
+    let tls = crate::tls::acceptor(cert, key).map_err(|e| RunError::Config(format!("TLS: {e}")))?;
+    Ok((
+        login.map(|l| (l, tls.clone())),
+        gate.map(|l| (l, tls.clone())),
+        vec![tls],
+    ))
 }
 
 /// Serves the backend listener, if there is one, until `backends_stop`

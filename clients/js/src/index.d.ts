@@ -61,6 +61,13 @@ export interface LoginOptions extends ConnectionOptions {
   serverKey?: Uint8Array;
   /** Asks for queue notices and gets each one. */
   onQueue?: (notice: QueueNotice) => void;
+  /**
+   * Pads the token and requires the server's key confirmation on the
+   * `200` line (docs/PROTOCOL.md section 2.3); a success without it rejects
+   * with "the server could not prove its key". Default true; false only
+   * for login servers older than the confirmation.
+   */
+  confirm?: boolean;
   /** Deadline of the whole dialogue in ms. Default 10000. */
   timeoutMs?: number;
   /** Randomness (default: WebCrypto's getRandomValues). */
@@ -78,7 +85,8 @@ export class LoginError extends Error {
 /**
  * Logs in with the x25519 suite over WebSocket. Rejects with `LoginError`
  * when the server refuses, with `Error` when the connection fails, the
- * deadline passes or the server breaks the protocol.
+ * deadline passes, the server breaks the protocol or cannot prove its key
+ * (`"the server could not prove its key"`).
  */
 export function login(options: LoginOptions): Promise<Ticket>;
 

@@ -22,6 +22,9 @@ import {
   webSocketClass,
 } from './wire.js';
 
+/** The server's `200` line did not prove that it holds the session's keys. */
+export const UNCONFIRMED = 'the server could not prove its key';
+
 /** A login the server refused: `status` is its code (401, 403, 406, 503). */
 export class LoginError extends Error {
   constructor(status, line) {
@@ -49,7 +52,27 @@ export function deriveKeys({ challenge, clientPub, serverPub, shared, pinned }) 
     proofKey: expand(sha256, prk, bytes('client proof'), 32),
     tokenKey: expand(sha256, prk, bytes('token key'), 32),
     gateSecret: expand(sha256, prk, bytes('gate secret'), 32),
+    confirmKey: expand(sha256, prk, bytes('server confirm'), 32),
   };
+}
+
+/** Tokens are padded to a multiple of this (docs/PROTOCOL.md section 2.3). */
+const TOKEN_BUCKET = 128;
+
+/** `token ‖ 0x80 ‖ 0x00…` up to the next multiple of the bucket. */
+export function padToken(plain) {
+  const padded = new Uint8Array((Math.floor(plain.length / TOKEN_BUCKET) + 1) * TOKEN_BUCKET);
+  padded.set(plain);
+  padded[plain.length] = 0x80;
+  return padded;
+}
+
+/** Compares without an early exit. */
+function sameBytes(a, b) {
+  if (a.length !== b.length) return false;
+  let diff = 0;
+  for (let i = 0; i < a.length; i += 1) diff |= a[i] ^ b[i];
+  return diff === 0;
 }
 
 /** The token text `b64(user) "@" b64(server) ":" b64(password)`. */
@@ -89,6 +112,7 @@ export async function login(options) {
     onQueue,
     timeoutMs = 10000,
     randomBytes = platformRandom,
+    confirm = true,
   } = options;
   const WS = webSocketClass(options.WebSocket);
   const ws = options.webSocketOptions ? new WS(url, undefined, options.webSocketOptions) : new WS(url);
@@ -124,7 +148,7 @@ export async function login(options) {
 
     const clientEph = randomBytes(32);
     const clientPub = x25519.getPublicKey(clientEph);
-    const flags = (serverKey ? 0x01 : 0) | (onQueue ? 0x02 : 0);
+    const flags = (serverKey ? 0x01 : 0) | (onQueue ? 0x02 : 0) | (confirm ? 0x04 : 0);
     ws.send(b64encode(flags ? concat(Uint8Array.of(flags), clientPub) : clientPub));
 
     // Queue notices (asked for) come before line 3.
@@ -149,15 +173,29 @@ export async function login(options) {
     }
     const keys = deriveKeys({ challenge, clientPub, serverPub, shared, pinned });
     const proof = hmac(sha256, keys.proofKey, keys.th);
+    const plain = token(user, server, password);
     const sealed = chacha20poly1305(keys.tokenKey, new Uint8Array(12), keys.th).encrypt(
-      token(user, server, password),
+      confirm ? padToken(plain) : plain,
     );
     ws.send(b64encode(proof));
     ws.send(b64encode(sealed));
 
     const status = await line();
-    const m = /^200 (\S+)$/.exec(status);
+    const m = /^200 (\S+)(?: (\S+))?$/.exec(status);
     if (!m) throw refusal(status) ?? new Error(`unexpected status line ${JSON.stringify(status)}`);
-    return { uid: user, server, subid: text(b64decode(m[1])), secret: keys.gateSecret };
+    const subid = b64decode(m[1]);
+    if (confirm) {
+      // The key confirmation (section 2.3): without it, the success may be
+      // a relay's, not the server's.
+      const expected = hmac(sha256, keys.confirmKey, concat(keys.th, subid));
+      let got = new Uint8Array(0);
+      try {
+        got = m[2] ? b64decode(m[2]) : got;
+      } catch {
+        // A confirmation that is not base64 is a wrong one.
+      }
+      if (!sameBytes(got, expected)) throw new Error(UNCONFIRMED);
+    }
+    return { uid: user, server, subid: text(subid), secret: keys.gateSecret };
   }
 }

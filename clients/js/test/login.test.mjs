@@ -41,7 +41,11 @@ async function replay(steps) {
   return { url: `ws://127.0.0.1:${server.address().port}/`, seen, close: () => server.close() };
 }
 
-for (const [name, pinned] of [['x25519_login', false], ['x25519_pinned_login', true]]) {
+for (const [name, pinned, confirm] of [
+  ['x25519_login', false, false],
+  ['x25519_pinned_login', true, false],
+  ['x25519_confirmed_login', true, true],
+]) {
   test(`login replays ${name} byte for byte`, async () => {
     const v = vector(name);
     const server = await replay(v.steps);
@@ -52,6 +56,7 @@ for (const [name, pinned] of [['x25519_login', false], ['x25519_pinned_login', t
         password: 'password',
         server: 'sample',
         serverKey: pinned ? hex(v.values.static_public) : undefined,
+        confirm,
         WebSocket,
         randomBytes: () => hex(v.values.client_private),
       });
@@ -67,6 +72,38 @@ for (const [name, pinned] of [['x25519_login', false], ['x25519_pinned_login', t
     }
   });
 }
+
+test('a success the server does not prove is refused: missing, wrong or for another subid', async () => {
+  const v = vector('x25519_confirmed_login');
+  const confirmation = Buffer.from(hex(v.values.confirmation)).toString('base64');
+  const wrong = hex(v.values.confirmation);
+  wrong[0] ^= 1;
+  for (const forged of [
+    '200 Nw==',
+    `200 Nw== ${Buffer.from(wrong).toString('base64')}`,
+    `200 OA== ${confirmation}`,
+    '200 Nw== !!!',
+  ]) {
+    const steps = v.steps.map((s, i) => (i === v.steps.length - 1 ? { ...s, text: `${forged}\n` } : s));
+    const server = await replay(steps);
+    try {
+      await assert.rejects(
+        login({
+          url: server.url,
+          user: 'hello',
+          password: 'password',
+          serverKey: hex(v.values.static_public),
+          WebSocket,
+          randomBytes: () => hex(v.values.client_private),
+        }),
+        (e) => e.message === 'the server could not prove its key',
+        forged,
+      );
+    } finally {
+      server.close();
+    }
+  }
+});
 
 test('a refused login rejects with its status', async () => {
   const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });

@@ -534,6 +534,70 @@ mod tests {
         assert_eq!(&out[..], [0x88, 2, 0x03, 0xf4]);
     }
 
+    /// Frames from arbitrary bytes: read whole, or cut anywhere with the
+    /// reader's state written out and read back between the pieces (a
+    /// live upgrade), the same frames come out, and an error at the same
+    /// place.
+    fn read_in(input: &[u8], cuts: &[usize], moved: bool) -> (Vec<Frame>, bool) {
+        let mut reader = FrameReader::new(300);
+        let mut buf = BytesMut::new();
+        let (mut frames, mut at) = (Vec::new(), 0);
+        for cut in cuts.iter().chain(std::iter::once(&input.len())) {
+            let end = (*cut).clamp(at, input.len());
+            buf.extend_from_slice(&input[at..end]);
+            at = end;
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(Some((frame, _))) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(_) => return (frames, true),
+                }
+            }
+            if moved {
+                let json = serde_json::to_string(&reader).unwrap();
+                reader = serde_json::from_str(&json).unwrap();
+            }
+        }
+        (frames, false)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn cut_points_and_moves_change_nothing(
+            input in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            mut cuts in proptest::collection::vec(0usize..600, 0..8),
+        ) {
+            cuts.sort_unstable();
+            proptest::prop_assert_eq!(read_in(&input, &[], false), read_in(&input, &cuts, true));
+        }
+
+        #[test]
+        fn valid_fragmented_messages_read_back(
+            payloads in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120), 1..6),
+            mask in proptest::prelude::any::<[u8; 4]>(),
+        ) {
+            // Each payload as one message of up to three fragments, a ping
+            // between fragments.
+            let mut wire = Vec::new();
+            for p in &payloads {
+                let (a, rest) = p.split_at(p.len() / 3);
+                let (b, c) = rest.split_at(rest.len() / 2);
+                wire.extend(client(0x02, a, mask));
+                wire.extend(client(0x89, b"x", mask));
+                wire.extend(client(0x00, b, mask));
+                wire.extend(client(0x80, c, mask));
+            }
+            let (frames, failed) = read_in(&wire, &[wire.len() / 2], true);
+            proptest::prop_assert!(!failed);
+            let binaries: Vec<_> = frames
+                .into_iter()
+                .filter(|f| matches!(f, Frame::Binary(_)))
+                .collect();
+            let want: Vec<_> = payloads.iter().map(|p| Frame::Binary(Bytes::copy_from_slice(p))).collect();
+            proptest::prop_assert_eq!(binaries, want);
+        }
+    }
+
     #[test]
     fn packages_become_frames_in_place_or_copied() {
         let mut packages = BytesMut::from(&b"\x00\x02hi\x00\x00\x00\x01!\x00"[..]);

@@ -102,6 +102,18 @@ impl Tcp {
     }
 }
 
+/// Runs `f` with the worker thread's scratch input buffer, cleared, with
+/// room for a large read (see [`SCRATCH`]); what `f` leaves in it is
+/// dropped when the next user clears it, so `f` copies out what it keeps.
+pub(super) fn with_scratch_input<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let input = &mut scratch.input;
+        input.clear();
+        input.reserve(SCRATCH_READ);
+        f(input)
+    })
+}
+
 /// Hands every complete package in `input` to `serve`, until a pause.
 pub(super) fn serve_all(
     conn: &mut Connection,

@@ -22,7 +22,7 @@ use gate_core::{End, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tcp::{release_if_empty, write_now};
+use super::tcp::{release_if_empty, with_scratch_input, write_now};
 use super::transport::{Flow, Read, Serve, Transport};
 
 /// The socket, what was read and not yet served, and frames not yet
@@ -110,15 +110,16 @@ impl WsPlain {
         }
     }
 
-    /// Serves the whole frames in `rbuf`, until a pause.
+    /// Serves the whole frames in `input`, until a pause.
     fn serve_frames(
         &mut self,
+        input: &mut BytesMut,
         conn: &mut Connection,
         pending: &mut BytesMut,
         serve: &mut impl Serve,
     ) -> Result<Flow, End> {
         loop {
-            let (frame, wire) = match self.reader.read(&mut self.rbuf) {
+            let (frame, wire) = match self.reader.read(input) {
                 Ok(Some(next)) => next,
                 Ok(None) => return Ok(Flow::More),
                 Err(e) => return Err(ProtocolError::WebSocket(e.close_code()).into()),
@@ -182,27 +183,56 @@ impl Transport for WsPlain {
         self.paused
     }
 
+    /// Input kept from before (frames behind a pause, or the start of a
+    /// frame) is served from the connection's own buffer, read into as
+    /// needed; otherwise the socket is read into the worker thread's large
+    /// scratch buffer (as over TCP), and only what is left of it (a partial
+    /// frame, frames behind a pause) is copied into the connection's own.
     fn read(
         &mut self,
         conn: &mut Connection,
         pending: &mut BytesMut,
         mut serve: impl Serve,
     ) -> Result<Read, End> {
-        if !self.paused {
-            if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
-                self.rbuf.reserve(self.read_size);
+        if self.paused || !self.rbuf.is_empty() {
+            if !self.paused {
+                if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                    self.rbuf.reserve(self.read_size);
+                }
+                match self.stream.try_read_buf(&mut self.rbuf) {
+                    Ok(0) => return Ok(Read::Eof),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+                    Err(e) => return Err(e.kind().into()),
+                }
             }
-            match self.stream.try_read_buf(&mut self.rbuf) {
+            let mut input = std::mem::take(&mut self.rbuf);
+            let flow = self.serve_frames(&mut input, conn, pending, &mut serve);
+            self.rbuf = input;
+            release_if_empty(&mut self.rbuf);
+            self.paused = flow? == Flow::Pause;
+            return Ok(Read::Data);
+        }
+        with_scratch_input(|input| {
+            match self.stream.try_read_buf(input) {
                 Ok(0) => return Ok(Read::Eof),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
                 Err(e) => return Err(e.kind().into()),
             }
-        }
-        let flow = self.serve_frames(conn, pending, &mut serve);
-        release_if_empty(&mut self.rbuf);
-        self.paused = flow? == Flow::Pause;
-        Ok(Read::Data)
+            let flow = self.serve_frames(input, conn, pending, &mut serve);
+            let paused = matches!(flow, Ok(Flow::Pause));
+            if !input.is_empty() {
+                self.rbuf.extend_from_slice(input);
+                if !paused {
+                    // The start of a frame: the reader makes room for the
+                    // rest of it (it takes nothing from a partial frame).
+                    let _ = self.reader.read(&mut self.rbuf);
+                }
+            }
+            self.paused = flow? == Flow::Pause;
+            Ok(Read::Data)
+        })
     }
 
     fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End> {

@@ -664,3 +664,66 @@ async fn the_skynet_suite_shell_keeps_its_session_across_an_upgrade() {
     }
     assert!(!new.log().contains("login user=qa"), "no new login");
 }
+
+/// Connections that never finish their handshake (a client that sends
+/// nothing, half a package, or upgrades to WebSocket and stops) do not
+/// hold an upgrade up: the handoff goes through at once, a player keeps
+/// its session, and the silent ones end with the old process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_do_not_hold_an_upgrade_up() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut setup = Setup::new("silent");
+    let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+    setup.web = Some((port(), port()));
+    let (_, web_gate) = setup.web.expect("web");
+    let gate = setup.start(false);
+    setup.logged(&gate, "serving live upgrades").await;
+    let mut player = Player::online(&setup, "steady", false, true, false).await;
+    player.echo(2).await;
+    let mut silent = Vec::new();
+    silent.push(
+        tokio::net::TcpStream::connect(setup.gate)
+            .await
+            .expect("connect"),
+    );
+    let mut half = tokio::net::TcpStream::connect(setup.gate)
+        .await
+        .expect("connect");
+    half.write_all(b"\x00\x40abc").await.expect("write");
+    silent.push(half);
+    let mut upgraded = tokio::net::TcpStream::connect(web_gate)
+        .await
+        .expect("connect");
+    upgraded
+        .write_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    silent.push(upgraded);
+    let mut gate = gate;
+    let new = setup.start(true);
+    setup
+        .logged(&new, "live upgrade: this process serves")
+        .await;
+    let status = guard("the old process exits", async {
+        loop {
+            if let Some(status) = gate.child.try_wait().expect("wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(status.success(), "{status}");
+    assert!(
+        !gate.log().contains("live upgrade failed"),
+        "{}",
+        gate.log()
+    );
+    player.echo(2).await;
+    assert_eq!(player.s.next_index(), 2, "never reconnected");
+    drop(silent);
+}

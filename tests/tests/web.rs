@@ -375,6 +375,28 @@ async fn websocket_limits_are_those_of_tcp() {
     let mut ws = ws_session(&g, &alice, 1, Some(0)).await;
     let _ = close_code(&mut ws).await;
     wait_until("idle cut", || g.metrics().idle_timeouts == 1).await;
+    // Pings are not input: a client that only pings (paced, as the
+    // behaviour under test) is cut at its idle timeout too.
+    let carol = g.login("carol").await;
+    let mut ws = ws_session(&g, &carol, 1, Some(0)).await;
+    within("the idle cut despite pings", async {
+        loop {
+            if ws.send(Message::Ping(vec![1].into())).await.is_err() {
+                return;
+            }
+            // The pong, and nothing else, until the next ping is due.
+            let next = tokio::time::Instant::now() + Duration::from_millis(100);
+            loop {
+                match tokio::time::timeout_at(next, ws.next()).await {
+                    Err(_) => break,
+                    Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return,
+                    Ok(Some(Ok(_))) => {}
+                }
+            }
+        }
+    })
+    .await;
+    wait_until("idle cut", || g.metrics().idle_timeouts == 2).await;
 
     // A client that does not read: pushes pile up past the send queue
     // bound and the connection is cut; the session stays.

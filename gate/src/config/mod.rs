@@ -142,6 +142,46 @@ impl Default for Config {
 }
 
 impl Config {
+    /// Refuses values that would shut every client out (a zero deadline
+    /// closes each connection at once; a zero bound refuses everything):
+    /// checked at start and by a configuration reload. Where 0 means
+    /// "none" (`idle_timeout`, the per-source bounds) it is not refused.
+    pub fn check(&self) -> Result<(), String> {
+        let mut zero = Vec::new();
+        let mut must = |name: &'static str, is_zero: bool| {
+            if is_zero {
+                zero.push(name);
+            }
+        };
+        must(
+            "gate.handshake_timeout",
+            self.gate.handshake_timeout.is_zero(),
+        );
+        must("gate.maxclient", self.gate.maxclient == 0);
+        must("gate.send_queue_bytes", self.gate.send_queue_bytes == 0);
+        must(
+            "gate.max_inflight_per_user",
+            self.gate.max_inflight_per_user == 0,
+        );
+        must(
+            "login.dialogue_timeout",
+            self.login.dialogue_timeout.is_zero(),
+        );
+        must(
+            "login.first_line_timeout",
+            self.login.first_line_timeout.is_zero(),
+        );
+        must("login.max_connections", self.login.max_connections == 0);
+        if zero.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "must be above 0 (0 would shut every client out): {}",
+                zero.join(", ")
+            ))
+        }
+    }
+
     /// The gate's settings with the top-level shutdown grace filled in.
     pub fn gate(&self) -> GateConfig {
         GateConfig {
@@ -587,6 +627,21 @@ mod tests {
         );
         assert_eq!(config.gate.name, "sample");
         assert_eq!(config.gate.expired_number, 128);
+    }
+
+    #[test]
+    fn zero_deadlines_and_bounds_that_shut_everyone_out_are_refused() {
+        assert_eq!(Config::default().check(), Ok(()));
+        let mut config = Config::default();
+        config.gate.handshake_timeout = Duration::ZERO;
+        config.gate.maxclient = 0;
+        config.gate.idle_timeout = Duration::ZERO; // "none": fine
+        let err = config.check().unwrap_err();
+        assert!(
+            err.contains("gate.handshake_timeout, gate.maxclient"),
+            "{err}"
+        );
+        assert!(!err.contains("idle_timeout"), "{err}");
     }
 
     #[test]

@@ -249,8 +249,8 @@ impl LoginServer {
     }
 
     /// [`LoginServer::serve_with_web`], plus the same dialogue inside TLS
-    /// on `tls` (`[tls] login_listen`); the TLS handshake has the
-    /// dialogue's deadline.
+    /// on `tls` (`[tls] login_listen`); the TLS handshake must be done
+    /// within `login.first_line_timeout`.
     pub async fn serve_listeners(
         self,
         listener: TcpListener,
@@ -315,9 +315,11 @@ impl LoginServer {
                 Via::Tls(tls) => {
                     let tls = tls.clone();
                     tracker.spawn(async move {
-                        // The TLS handshake has the dialogue's deadline too.
+                        // The TLS handshake must be done within the first
+                        // line's deadline (it holds a dialogue slot that
+                        // eviction cannot take back).
                         let accepted = tokio::select! {
-                            accepted = timeout(shared.config.load().dialogue_timeout, tls.accept(stream)) => accepted,
+                            accepted = timeout(shared.config.load().first_line_timeout, tls.accept(stream)) => accepted,
                             () = stop.hard.cancelled() => return,
                         };
                         match accepted {
@@ -332,9 +334,10 @@ impl LoginServer {
                 Via::Web(policy) => {
                     let policy = Arc::clone(policy);
                     tracker.spawn(async move {
-                        // The upgrade has the dialogue's deadline too.
+                        // The upgrade must be done within the first line's deadline (it
+                        // holds a dialogue slot that eviction cannot take back).
                         let upgrade = tokio::select! {
-                            upgraded = timeout(shared.config.load().dialogue_timeout, policy.upgrade(stream, addr)) => upgraded,
+                            upgraded = timeout(shared.config.load().first_line_timeout, policy.upgrade(stream, addr)) => upgraded,
                             () = stop.hard.cancelled() => return,
                         };
                         match upgrade {

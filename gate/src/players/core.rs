@@ -455,8 +455,12 @@ impl GateCore {
             let mut state = user.lock();
             // Checked under the user lock: shutdown closes every bound
             // connection after cancelling `draining`, so a handshake either
-            // sees the cancellation here or is seen by the shutdown.
-            let draining = self.draining.is_cancelled();
+            // sees the cancellation here or is seen by the shutdown. A live
+            // upgrade likewise: once it is requested, a handshake is
+            // refused without a status and without using its index (the
+            // client connects again, to whichever process then serves);
+            // one accepted before is parked with the rest.
+            let draining = self.draining.is_cancelled() || self.handoff.is_requested();
             let accepted =
                 state
                     .session

@@ -174,7 +174,7 @@ fn drive<T: Transport + 'static>(
         T::MAPPING,
         open.core.conn_limits.load(),
     );
-    let handshaking = Box::pin(counted_handshake(
+    let handshaking = Box::pin(handshake(
         Arc::clone(&open.core),
         conn,
         Arc::clone(&handle),
@@ -247,19 +247,6 @@ struct Opened<T> {
     conn: Connection,
     /// The greeting, if the transport could not write it at once.
     pending: BytesMut,
-}
-
-/// [`handshake`], counted as a connection in its handshake phase (a live
-/// upgrade waits for those to finish).
-async fn counted_handshake<T: Transport>(
-    core: Arc<GateCore>,
-    conn: Connection,
-    handle: Arc<ConnHandle>,
-    addr: SocketAddr,
-    opening: impl Future<Output = Option<T>>,
-) -> Option<(Opened<T>, Bound)> {
-    let _counted = super::handoff::Handshaking::new(&core.handoff);
-    handshake(Arc::clone(&core), conn, handle, addr, opening).await
 }
 
 /// The handshake phase: the transport's opening (a WebSocket upgrade) and

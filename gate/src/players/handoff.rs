@@ -25,7 +25,7 @@
 //! unread input and unwritten output, as if it had never moved.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -124,8 +124,6 @@ pub(crate) struct Handoff {
     frozen: AtomicBool,
     parked: Mutex<Vec<ParkedConn>>,
     verdict: watch::Sender<Verdict>,
-    /// Connections between their accept and the end of their handshake.
-    pub(super) handshaking: AtomicUsize,
     forward: Mutex<Option<mpsc::UnboundedSender<Forwarded>>>,
     /// New process: restored connections wait while this is `true` (the
     /// old process may still resume them).
@@ -139,7 +137,6 @@ impl Default for Handoff {
             frozen: AtomicBool::new(false),
             parked: Mutex::default(),
             verdict: watch::Sender::new(Verdict::Pending),
-            handshaking: AtomicUsize::new(0),
             forward: Mutex::default(),
             held: watch::Sender::new(false),
         }
@@ -222,22 +219,6 @@ impl Handoff {
             .iter()
             .map(|c| c.state.id)
             .collect()
-    }
-}
-
-/// A guard counting a connection in its handshake phase.
-pub(super) struct Handshaking<'a>(&'a Handoff);
-
-impl<'a> Handshaking<'a> {
-    pub(super) fn new(handoff: &'a Handoff) -> Handshaking<'a> {
-        handoff.handshaking.fetch_add(1, Ordering::AcqRel);
-        Handshaking(handoff)
-    }
-}
-
-impl Drop for Handshaking<'_> {
-    fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -339,8 +320,11 @@ impl MsgGate {
         core.handoff.requested.store(true, Ordering::Release);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            // Connections that bound meanwhile are woken too.
-            let mut waiting = core.handoff.handshaking.load(Ordering::Acquire);
+            // Connections that bound meanwhile are woken too. Those still
+            // in their handshake phase are not waited for (a client that
+            // sends nothing must not hold an upgrade up): their handshake
+            // is refused from now on, and they close with this process.
+            let mut waiting = 0;
             let parked = core.handoff.parked_ids();
             for user in core.users() {
                 if let Some(conn) = user.lock().session.conn()
@@ -356,7 +340,7 @@ impl MsgGate {
             if tokio::time::Instant::now() >= deadline {
                 self.hand_off_rollback();
                 return Err(format!(
-                    "{waiting} connections still handshaking or running requests after {wait:?}"
+                    "{waiting} connections still running requests after {wait:?}"
                 ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

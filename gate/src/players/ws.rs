@@ -129,8 +129,11 @@ impl Transport for Ws {
         conn.wire_without_data(self.wire)?;
         while pending.len() < FLUSH_AT {
             let Some(input) = self.next_now() else { break };
-            read = Read::Data;
             let message = received(input)?;
+            // Only data messages count as input (for the idle timeout).
+            if matches!(message, Received::Binary(_)) {
+                read = Read::Data;
+            }
             // What the socket gave for this message: a data message spends
             // it, anything else adds to what arrived without data.
             self.wire = self

@@ -43,6 +43,9 @@ pub(crate) struct WsPlain {
     read_size: usize,
     /// The last read stopped at a pause: `rbuf` holds whole frames.
     paused: bool,
+    /// The last read served a data message (pings, pongs and fragments
+    /// are not input for the idle timeout).
+    data: bool,
 }
 
 /// What a live upgrade carries of a plain WebSocket connection besides its
@@ -72,6 +75,7 @@ impl WsPlain {
             wire: 0,
             read_size,
             paused: false,
+            data: false,
         }
     }
 
@@ -87,6 +91,7 @@ impl WsPlain {
             wire: state.wire,
             read_size: state.read_size,
             paused: !unread.is_empty(),
+            data: false,
         }
     }
 
@@ -127,6 +132,7 @@ impl WsPlain {
             let message = match frame {
                 Frame::Binary(payload) => {
                     self.wire = 0;
+                    self.data = true;
                     Received::Binary(payload)
                 }
                 Frame::Text => Received::Text,
@@ -157,6 +163,54 @@ impl WsPlain {
                 return Ok(Flow::Pause);
             }
         }
+    }
+
+    /// Reads what arrived and serves its frames (see [`Transport::read`]).
+    fn read_frames(
+        &mut self,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        serve: &mut impl Serve,
+    ) -> Result<Read, End> {
+        if self.paused || !self.rbuf.is_empty() {
+            if !self.paused {
+                if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+                    self.rbuf.reserve(self.read_size);
+                }
+                match self.stream.try_read_buf(&mut self.rbuf) {
+                    Ok(0) => return Ok(Read::Eof),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+                    Err(e) => return Err(e.kind().into()),
+                }
+            }
+            let mut input = std::mem::take(&mut self.rbuf);
+            let flow = self.serve_frames(&mut input, conn, pending, serve);
+            self.rbuf = input;
+            release_if_empty(&mut self.rbuf);
+            self.paused = flow? == Flow::Pause;
+            return Ok(Read::Data);
+        }
+        with_scratch_input(|input| {
+            match self.stream.try_read_buf(input) {
+                Ok(0) => return Ok(Read::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+                Err(e) => return Err(e.kind().into()),
+            }
+            let flow = self.serve_frames(input, conn, pending, serve);
+            let paused = matches!(flow, Ok(Flow::Pause));
+            if !input.is_empty() {
+                self.rbuf.extend_from_slice(input);
+                if !paused {
+                    // The start of a frame: the reader makes room for the
+                    // rest of it (it takes nothing from a partial frame).
+                    let _ = self.reader.read(&mut self.rbuf);
+                }
+            }
+            self.paused = flow? == Flow::Pause;
+            Ok(Read::Data)
+        })
     }
 
     /// Frames what is in `pending` and writes what the socket takes now.
@@ -194,44 +248,12 @@ impl Transport for WsPlain {
         pending: &mut BytesMut,
         mut serve: impl Serve,
     ) -> Result<Read, End> {
-        if self.paused || !self.rbuf.is_empty() {
-            if !self.paused {
-                if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
-                    self.rbuf.reserve(self.read_size);
-                }
-                match self.stream.try_read_buf(&mut self.rbuf) {
-                    Ok(0) => return Ok(Read::Eof),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
-                    Err(e) => return Err(e.kind().into()),
-                }
-            }
-            let mut input = std::mem::take(&mut self.rbuf);
-            let flow = self.serve_frames(&mut input, conn, pending, &mut serve);
-            self.rbuf = input;
-            release_if_empty(&mut self.rbuf);
-            self.paused = flow? == Flow::Pause;
-            return Ok(Read::Data);
-        }
-        with_scratch_input(|input| {
-            match self.stream.try_read_buf(input) {
-                Ok(0) => return Ok(Read::Eof),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
-                Err(e) => return Err(e.kind().into()),
-            }
-            let flow = self.serve_frames(input, conn, pending, &mut serve);
-            let paused = matches!(flow, Ok(Flow::Pause));
-            if !input.is_empty() {
-                self.rbuf.extend_from_slice(input);
-                if !paused {
-                    // The start of a frame: the reader makes room for the
-                    // rest of it (it takes nothing from a partial frame).
-                    let _ = self.reader.read(&mut self.rbuf);
-                }
-            }
-            self.paused = flow? == Flow::Pause;
-            Ok(Read::Data)
+        self.data = false;
+        let read = self.read_frames(conn, pending, &mut serve)?;
+        // Only data messages count as input (for the idle timeout).
+        Ok(match read {
+            Read::Data if !self.data => Read::Nothing,
+            other => other,
         })
     }
 

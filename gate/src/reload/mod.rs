@@ -264,6 +264,7 @@ impl Reloader {
             return Err(Refusal::NoFile);
         }
         let config = (self.source.read)().map_err(Refusal::Invalid)?;
+        config.check().map_err(Refusal::Invalid)?;
         let found = differences(running, &config);
         let fixed: Vec<String> = found
             .iter()

@@ -209,6 +209,7 @@ pub async fn serve_reloadable(
     source: Option<ConfigSource>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
+    config.check().map_err(RunError::Config)?;
     let requested = config.clone();
     let file_limit = crate::net::budget::raise_file_limit();
     if let Some(limit) = file_limit {

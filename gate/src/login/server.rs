@@ -283,7 +283,7 @@ impl LoginServer {
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
-                     via: Via<'_>| {
+                     via: &Via| {
             let Some(permit) = permit else { return };
             let source = match per_source.enter(addr.ip()) {
                 Ok(source) => source,
@@ -362,41 +362,27 @@ impl LoginServer {
             }
             evicted
         }));
-        let tcp = net::accept_loop(
-            listener,
-            Arc::clone(&permits),
-            at_capacity.clone(),
-            shutdown.cancelled(),
-            "login",
-            |stream, addr, permit| start(stream, addr, permit, Via::Tcp),
-        );
-        let web_loop = async {
-            let Some((listener, policy)) = web else {
-                return;
-            };
+        // One accept loop per listener, each until the shutdown.
+        let serve = |listener: TcpListener, what: &'static str, via: Via| {
             net::accept_loop(
                 listener,
                 Arc::clone(&permits),
                 at_capacity.clone(),
                 shutdown.cancelled(),
-                "login (WebSocket)",
-                |stream, addr, permit| start(stream, addr, permit, Via::Web(&policy)),
+                what,
+                move |stream, addr, permit| start(stream, addr, permit, &via),
             )
-            .await;
+        };
+        let tcp = serve(listener, "login", Via::Tcp);
+        let web_loop = async {
+            if let Some((listener, policy)) = web {
+                serve(listener, "login (WebSocket)", Via::Web(policy)).await;
+            }
         };
         let tls_loop = async {
-            let Some((listener, tls)) = tls else {
-                return;
-            };
-            net::accept_loop(
-                listener,
-                Arc::clone(&permits),
-                at_capacity.clone(),
-                shutdown.cancelled(),
-                "login (TLS)",
-                |stream, addr, permit| start(stream, addr, permit, Via::Tls(&tls)),
-            )
-            .await;
+            if let Some((listener, tls)) = tls {
+                serve(listener, "login (TLS)", Via::Tls(tls)).await;
+            }
         };
         tokio::join!(tcp, web_loop, tls_loop);
         tracker.close();
@@ -465,6 +451,16 @@ impl LoginLimits {
     pub fn config(&self) -> Arc<LoginConfig> {
         self.config.load()
     }
+}
+
+/// Which listener a login connection came in on.
+enum Via {
+    /// The plain TCP listener.
+    Tcp,
+    /// The WebSocket listener, with its policy.
+    Web(Arc<WebPolicy>),
+    /// The TLS listener, with its certificate.
+    Tls(crate::tls::ServerTls),
 }
 
 #[cfg(test)]
@@ -667,15 +663,4 @@ mod tests {
         drop(client);
         task.await.unwrap();
     }
-}
-
-/// Which listener a login connection came in on.
-#[derive(Clone, Copy)]
-enum Via<'a> {
-    /// The plain TCP listener.
-    Tcp,
-    /// The WebSocket listener, with its policy.
-    Web(&'a Arc<WebPolicy>),
-    /// The TLS listener, with its certificate.
-    Tls(&'a crate::tls::ServerTls),
 }

@@ -126,14 +126,14 @@ pub(super) fn run_tls(
 
 /// Counts the connection as open (and a WebSocket one as such) and holds
 /// its slots; all released when the task ends, however it ends.
-struct OpenConn<T: Transport> {
-    core: Arc<GateCore>,
+pub(super) struct OpenConn<T: Transport> {
+    pub(super) core: Arc<GateCore>,
     _slots: Slots,
     _transport: PhantomData<fn() -> T>,
 }
 
 impl<T: Transport> OpenConn<T> {
-    fn new(core: Arc<GateCore>, slots: Slots) -> OpenConn<T> {
+    pub(super) fn new(core: Arc<GateCore>, slots: Slots) -> OpenConn<T> {
         core.metrics.connections.fetch_add(1, Ordering::Relaxed);
         if T::MAPPING == Mapping::Messages {
             core.metrics.ws_connections.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +205,7 @@ fn drive<T: Transport + 'static>(
 }
 
 /// How the authenticated connection ended: counted, logged, closed.
-async fn finish<T: Transport>(
+pub(super) async fn finish<T: Transport>(
     core: &GateCore,
     opened: Opened<T>,
     player: &PlayerConn<'_>,
@@ -242,11 +242,11 @@ async fn finish<T: Transport>(
 
 /// What a successful handshake phase hands the session loop (with the
 /// [`Bound`] session).
-struct Opened<T> {
-    transport: T,
-    conn: Connection,
+pub(super) struct Opened<T> {
+    pub(super) transport: T,
+    pub(super) conn: Connection,
     /// The greeting, if the transport could not write it at once.
-    pending: BytesMut,
+    pub(super) pending: BytesMut,
 }
 
 /// The handshake phase: the transport's opening (a WebSocket upgrade) and
@@ -343,7 +343,7 @@ async fn handshake<T: Transport>(
 }
 
 /// The authenticated part of the connection; returns how it ends.
-async fn session<T: Transport>(
+pub(super) async fn session<T: Transport>(
     transport: &mut T,
     conn: &mut Connection,
     pending: &mut BytesMut,
@@ -473,89 +473,6 @@ async fn hand_off<T: Transport>(
     parked
 }
 
-/// Runs a connection handed over by an old process (see
-/// `players::handoff`): straight into the session loop, with what the old
-/// process had read and not served, and made and not written.
-pub(super) fn spawn_restored(
-    core: &Arc<GateCore>,
-    fd: std::os::fd::OwnedFd,
-    state: crate::upgrade::state::ConnState,
-    user: &Arc<super::core::User>,
-    handle: Arc<ConnHandle>,
-) -> std::io::Result<()> {
-    let std = std::net::TcpStream::from(fd);
-    std.set_nonblocking(true)?;
-    let stream = TcpStream::from_std(std)?;
-    let addr = stream.peer_addr()?;
-    let permit = Arc::clone(&core.permits)
-        .try_acquire_owned()
-        .map_err(|_| std::io::Error::other("maxclient reached"))?;
-    let source = core
-        .per_source
-        .enter(addr.ip())
-        .map_err(|refused| std::io::Error::other(refused.label()))?;
-    let slots = (permit, source);
-    let crate::upgrade::state::ConnState {
-        machine,
-        unread,
-        unwritten,
-        websocket,
-        ..
-    } = state;
-    let conn = machine.with_limits(core.conn_limits.load());
-    let pending = BytesMut::from(&unwritten[..]);
-    match websocket {
-        None => {
-            let transport = Tcp::restored(stream, &unread);
-            resume(core, slots, transport, conn, pending, user, handle);
-        }
-        Some(ws) => {
-            let transport = WsPlain::restored(stream, &unread, ws);
-            resume(core, slots, transport, conn, pending, user, handle);
-        }
-    }
-    Ok(())
-}
-
-/// Spawns the session loop of a restored connection.
-fn resume<T: Transport + 'static>(
-    core: &Arc<GateCore>,
-    slots: Slots,
-    transport: T,
-    conn: Connection,
-    pending: BytesMut,
-    user: &Arc<super::core::User>,
-    handle: Arc<ConnHandle>,
-) {
-    let open = OpenConn::<T>::new(Arc::clone(core), slots);
-    let bound = Bound {
-        user: Arc::clone(user),
-        ext: conn.opted_in(),
-        greeting: BytesMut::new(),
-    };
-    core.tracker.spawn(async move {
-        let core = &open.core;
-        // Until the old process has let go, it may resume this connection.
-        core.handoff.released().await;
-        let player = PlayerConn::new(core, &bound, handle);
-        let mut opened = Opened {
-            transport,
-            conn,
-            pending,
-        };
-        let end = {
-            let _unbind = Unbind(&player);
-            let Opened {
-                transport,
-                conn,
-                pending,
-            } = &mut opened;
-            session(transport, conn, pending, &player).await
-        };
-        Box::pin(finish(core, opened, &player, end)).await;
-    });
-}
-
 /// What woke the session loop.
 enum Event {
     /// The handle: a close request, a deadline, or the outbox.
@@ -650,7 +567,7 @@ fn checked_handshake(
 /// its reconnect window starts. A connection that was superseded or whose
 /// session ended changes nothing, so its late close can never touch a
 /// newer connection or session.
-struct Unbind<'a, 'b>(&'a PlayerConn<'b>);
+pub(super) struct Unbind<'a, 'b>(pub(super) &'a PlayerConn<'b>);
 
 impl Drop for Unbind<'_, '_> {
     fn drop(&mut self) {

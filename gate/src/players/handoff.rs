@@ -510,7 +510,7 @@ impl MsgGate {
             sessions += 1;
             if let Some(conn) = moved {
                 let HandedConn { state, fd } = conn;
-                match super::driver::spawn_restored(core, fd, state, &user, handle) {
+                match super::restored::spawn_restored(core, fd, state, &user, handle) {
                     Ok(()) => connections += 1,
                     Err(e) => {
                         tracing::warn!(error = %e, "a handed-over connection could not be taken over");

@@ -27,6 +27,7 @@ mod handle;
 pub(crate) mod handoff;
 mod metrics;
 mod requests;
+mod restored;
 mod tcp;
 mod timers;
 mod tls_tcp;
@@ -407,18 +408,12 @@ impl MsgGate {
                     .await
             }
         });
-        let stop = async {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = core.draining.cancelled() => {}
-            }
-        };
         let per_source = &core.per_source;
         let refusals = RefusalLog::new("gate", REFUSAL_LOG_EVERY);
         let start = |stream: TcpStream,
                      addr: SocketAddr,
                      permit: Option<OwnedSemaphorePermit>,
-                     via: Via<'_>| {
+                     via: &Via| {
             let Some(permit) = permit else {
                 bump(&core.metrics.refused_at_accept);
                 refusals.refused("maxclient");
@@ -454,18 +449,8 @@ impl MsgGate {
                 )),
             };
         };
-        let tcp = net::accept_loop(
-            listener,
-            Arc::clone(&core.permits),
-            AtCapacity::Close,
-            stop,
-            "gate",
-            |stream, addr, permit| start(stream, addr, permit, Via::Tcp),
-        );
-        let web_loop = async {
-            let Some((listener, policy)) = web else {
-                return;
-            };
+        // One accept loop per listener, each until the shutdown or a drain.
+        let serve = |listener: TcpListener, what: &'static str, via: Via| {
             let stop = async {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
@@ -477,30 +462,20 @@ impl MsgGate {
                 Arc::clone(&core.permits),
                 AtCapacity::Close,
                 stop,
-                "gate (WebSocket)",
-                |stream, addr, permit| start(stream, addr, permit, Via::Web(&policy)),
+                what,
+                move |stream, addr, permit| start(stream, addr, permit, &via),
             )
-            .await;
+        };
+        let tcp = serve(listener, "gate", Via::Tcp);
+        let web_loop = async {
+            if let Some((listener, policy)) = web {
+                serve(listener, "gate (WebSocket)", Via::Web(policy)).await;
+            }
         };
         let tls_loop = async {
-            let Some((listener, tls)) = tls else {
-                return;
-            };
-            let stop = async {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = core.draining.cancelled() => {}
-                }
-            };
-            net::accept_loop(
-                listener,
-                Arc::clone(&core.permits),
-                AtCapacity::Close,
-                stop,
-                "gate (TLS)",
-                |stream, addr, permit| start(stream, addr, permit, Via::Tls(&tls)),
-            )
-            .await;
+            if let Some((listener, tls)) = tls {
+                serve(listener, "gate (TLS)", Via::Tls(tls)).await;
+            }
         };
         tokio::join!(tcp, web_loop, tls_loop);
         self.drain().await;
@@ -537,12 +512,11 @@ impl MsgGate {
 }
 
 /// Which listener a connection came in on.
-#[derive(Clone, Copy)]
-enum Via<'a> {
+enum Via {
     /// The plain TCP listener.
     Tcp,
     /// The WebSocket listener, with its policy.
-    Web(&'a Arc<WebPolicy>),
+    Web(Arc<WebPolicy>),
     /// The TLS listener, with its certificate.
-    Tls(&'a crate::tls::ServerTls),
+    Tls(crate::tls::ServerTls),
 }

@@ -22,6 +22,15 @@
 //! welcomed (skynet closes a connection on one). [`GateConn::new`] starts [`Extensions::Plain`]:
 //! the library behaves exactly like skynet's client unless asked; the
 //! `client` subcommands opt in by default (`--plain` to not).
+//!
+//! # Sealed channel
+//!
+//! An opted-in connection of an x25519 session asks for the sealed channel
+//! (`seal=1`, `docs/PROTOCOL.md` §3.2) unless told not to
+//! ([`GateConn::set_seal`]): after the `200 OK` every package both ways is
+//! sealed with ChaCha20-Poly1305 under keys of this connection's index. A
+//! package from the gate that fails to open ends the connection with
+//! [`ClientError::Io`] (`InvalidData`); a reconnect derives fresh keys.
 
 use std::time::Duration;
 
@@ -35,6 +44,8 @@ use tokio_util::codec::Framed;
 use codec::{Ext, GateStatus, Handshake, PackageCodec, Request, Response, ResponseFlag, Welcome};
 use loginproto::handshake::{self, SessionSecret};
 use loginproto::login::LoginSuccess;
+use loginproto::seal::{self, Channel, Direction};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::ClientError;
 use crate::text;
@@ -58,9 +69,15 @@ pub struct GateArgs {
     #[arg(long, conflicts_with = "handshake_ext")]
     pub plain: bool,
     /// Send this extension field verbatim after a third `:` of every
-    /// handshake instead (not signed; for testing the gate's parser).
+    /// handshake instead (not signed, unless it asks for `seal=1`; for
+    /// testing the gate's parser).
     #[arg(long, value_name = "TEXT")]
     pub handshake_ext: Option<String>,
+    /// Do not ask for the sealed channel. By default an x25519 session's
+    /// opted-in handshakes ask for it (`seal=1`): every package after the
+    /// handshake is then encrypted and authenticated (ChaCha20-Poly1305).
+    #[arg(long)]
+    pub no_seal: bool,
     /// Once the gate welcomed the opt-in, send a heartbeat (an empty
     /// package) when nothing was sent for this long (or a third of the
     /// gate's idle timeout, if shorter), so a quiet session is never closed
@@ -141,9 +158,13 @@ impl Ticket {
     }
 
     /// The handshake payload for `index` (decimal text, signed as sent).
+    /// A field asking for the sealed channel (`seal=1`) is signed so:
+    /// the MAC covers `username ":" index ":seal"`.
     pub fn handshake(&self, index: &[u8], ext: Option<&[u8]>) -> Vec<u8> {
         let username = self.username();
+        let sealed = ext.is_some_and(|ext| matches!(Ext::parse(ext), Ok(Some(e)) if e.seal));
         match ext {
+            Some(ext) if sealed => handshake::sign_sealed(&self.secret, &username, index, ext),
             Some(ext) => handshake::sign_with_ext(&self.secret, &username, index, ext),
             None => handshake::sign(&self.secret, &username, index),
         }
@@ -160,6 +181,11 @@ pub struct GateConn {
     last_index: u64,
     /// Whether handshakes opt in to the gate's extensions.
     ext: Extensions,
+    /// Whether opted-in handshakes of an x25519 session ask for the
+    /// sealed channel.
+    seal: bool,
+    /// The current connection's sealing direction, if it is sealed.
+    send_seal: Option<Direction>,
     /// Sequence number of the last push (or push gap) received in this
     /// session, across connections.
     last_push: u32,
@@ -169,7 +195,7 @@ pub struct GateConn {
     welcome: Option<Welcome>,
     /// The local address to dial from (default: the system's choice).
     source: Option<std::net::IpAddr>,
-    link: Option<Framed<Stream, PackageCodec>>,
+    link: Option<Framed<Stream, GateCodec>>,
 }
 
 impl GateConn {
@@ -182,6 +208,8 @@ impl GateConn {
             timeout,
             last_index: 0,
             ext: Extensions::Plain,
+            seal: true,
+            send_seal: None,
             last_push: 0,
             opted_in: false,
             welcome: None,
@@ -250,11 +278,28 @@ impl GateConn {
         &self.ext
     }
 
+    /// Whether opted-in handshakes of an x25519 session ask for the
+    /// sealed channel (the default) or not.
+    pub fn set_seal(&mut self, seal: bool) {
+        self.seal = seal;
+    }
+
+    /// Whether the current connection is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.send_seal.is_some() && self.link.is_some()
+    }
+
     /// The extension field the next handshake sends (without the `:`).
     pub fn handshake_ext(&self) -> Option<Vec<u8>> {
+        let x25519 = matches!(self.ticket.secret, SessionSecret::X25519(_));
         match &self.ext {
             Extensions::Plain => None,
-            Extensions::OptIn => Some(Ext::new(self.last_push).encode().into_bytes()),
+            Extensions::OptIn => Some(
+                Ext::new(self.last_push)
+                    .sealed(self.seal && x25519)
+                    .encode()
+                    .into_bytes(),
+            ),
             Extensions::Raw(raw) => Some(raw.clone()),
         }
     }
@@ -281,6 +326,7 @@ impl GateConn {
     /// keeps the session and its response cache for a reconnect.
     pub fn disconnect(&mut self) {
         self.link = None;
+        self.send_seal = None;
     }
 
     /// Drops the current connection and handshakes with `index` on a new
@@ -306,20 +352,39 @@ impl GateConn {
     /// Drops the current connection, dials, sends `payload` as the handshake
     /// package (any bytes: QA uses it for malformed handshakes) and returns
     /// the gate's status. The connection is kept only on `200 OK`.
+    ///
+    /// A handshake that asks for the sealed channel (`seal=1`) of an
+    /// x25519 session makes a sealed connection.
     pub async fn connect_with(&mut self, payload: &[u8]) -> Result<GateStatus, ClientError> {
         self.link = None;
+        self.send_seal = None;
         self.welcome = None;
-        self.opted_in = Handshake::parse(&Bytes::copy_from_slice(payload))
-            .and_then(|hs| hs.ext)
-            .is_some_and(|ext| matches!(Ext::parse(&ext), Ok(Some(_))));
+        let hs = Handshake::parse(&Bytes::copy_from_slice(payload));
+        let ext = hs
+            .as_ref()
+            .and_then(|hs| hs.ext.as_ref())
+            .and_then(|ext| Ext::parse(ext).ok().flatten());
+        self.opted_in = ext.is_some();
+        let channel = match (&self.ticket.secret, &hs) {
+            (SessionSecret::X25519(key), Some(hs)) if ext.is_some_and(|e| e.seal) => {
+                Some(Channel::client(key, &hs.index))
+            }
+            _ => None,
+        };
         let timeout = self.timeout;
-        let (link, status) = tokio::time::timeout(timeout, dial(&self.addr, self.source, payload))
-            .await
-            .map_err(|_| ClientError::Timeout {
-                what: "gate handshake",
-                after: timeout,
-            })??;
+        let sealed = channel.is_some();
+        let (mut link, status) =
+            tokio::time::timeout(timeout, dial(&self.addr, self.source, payload, sealed))
+                .await
+                .map_err(|_| ClientError::Timeout {
+                    what: "gate handshake",
+                    after: timeout,
+                })??;
         if status == GateStatus::OK {
+            if let Some(Channel { send, recv }) = channel {
+                link.codec_mut().open = Some(recv);
+                self.send_seal = Some(send);
+            }
             self.link = Some(link);
         }
         Ok(status)
@@ -336,8 +401,10 @@ impl GateConn {
     /// pipelining several requests in one write); see [`GateConn::flush`].
     pub fn queue(&mut self, content: &[u8], number: u32) -> Result<(), ClientError> {
         let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
-        Request::encode(content, number, link.write_buffer_mut())?;
-        Ok(())
+        let buf = link.write_buffer_mut();
+        let start = buf.len();
+        Request::encode(content, number, buf)?;
+        seal_written(self.send_seal.as_mut(), buf, start)
     }
 
     /// Sends a heartbeat: an empty package, which an opted-in connection's
@@ -345,7 +412,10 @@ impl GateConn {
     /// closes a plain connection for it, as skynet does.)
     pub async fn ping(&mut self) -> Result<(), ClientError> {
         let link = self.link.as_mut().ok_or(ClientError::NotConnected)?;
-        link.write_buffer_mut().extend_from_slice(&[0, 0]);
+        let buf = link.write_buffer_mut();
+        let start = buf.len();
+        buf.extend_from_slice(&[0, 0]);
+        seal_written(self.send_seal.as_mut(), buf, start)?;
         self.flush().await
     }
 
@@ -422,12 +492,79 @@ impl GateConn {
     }
 
     /// Takes the socket out for a caller that drives it itself (the load
-    /// generator), with any bytes already read but not yet decoded.
-    pub fn into_parts(self) -> Option<(Stream, BytesMut)> {
+    /// generator), with any bytes already read but not yet decoded, and
+    /// the channel if the connection is sealed.
+    pub fn into_parts(self) -> Option<(Stream, BytesMut, Option<Channel>)> {
+        let send = self.send_seal;
         self.link.map(|link| {
             let parts = link.into_parts();
-            (parts.io, parts.read_buf)
+            let channel = send
+                .zip(parts.codec.open)
+                .map(|(send, recv)| Channel { send, recv });
+            (parts.io, parts.read_buf, channel)
         })
+    }
+}
+
+/// Seals what was just written to `buf[start..]` (whole packages) if the
+/// connection is sealed.
+fn seal_written(
+    send: Option<&mut Direction>,
+    buf: &mut BytesMut,
+    start: usize,
+) -> Result<(), ClientError> {
+    match send {
+        Some(send) => seal::seal_packages(send, buf, start).map_err(|e| {
+            buf.truncate(start);
+            ClientError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The gate connection's framing: packages, and once the connection is
+/// sealed (`open` set, after the `200 OK`), sealed packages opened on the
+/// way in. Writes are packages (the handshake); requests are sealed as
+/// they are queued.
+#[derive(Debug, Default)]
+pub struct GateCodec {
+    /// Opens the gate's packages of a sealed connection.
+    pub open: Option<Direction>,
+}
+
+impl Decoder for GateCodec {
+    type Item = Bytes;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, std::io::Error> {
+        match &mut self.open {
+            None => Ok(codec::package::decode_package(src)),
+            Some(open) => match seal::decode_sealed(src) {
+                Some(body) => open
+                    .open_body(body)
+                    .map(Some)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+                None => Ok(None),
+            },
+        }
+    }
+}
+
+impl<'a> Encoder<&'a [u8]> for GateCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: &'a [u8], dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        PackageCodec
+            .encode(item, dst)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    }
+}
+
+impl Encoder<Bytes> for GateCodec {
+    type Error = std::io::Error;
+
+    fn encode(&mut self, item: Bytes, dst: &mut BytesMut) -> Result<(), std::io::Error> {
+        self.encode(&item[..], dst)
     }
 }
 
@@ -435,16 +572,22 @@ async fn dial(
     addr: &str,
     source: Option<std::net::IpAddr>,
     payload: &[u8],
-) -> Result<(Framed<Stream, PackageCodec>, GateStatus), ClientError> {
+    sealed: bool,
+) -> Result<(Framed<Stream, GateCodec>, GateStatus), ClientError> {
     // Requests are small and latency matters more than packet count: the
     // dial sets TCP_NODELAY.
-    let stream = crate::net::dial(addr, source, Mapping::Packages)
+    let mapping = if sealed {
+        Mapping::SealedPackages
+    } else {
+        Mapping::Packages
+    };
+    let stream = crate::net::dial(addr, source, mapping)
         .await
         .map_err(|source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
         })?;
-    let mut link = Framed::new(stream, PackageCodec);
+    let mut link = Framed::new(stream, GateCodec::default());
     link.send(payload).await?;
     let reply = match link.next().await {
         Some(reply) => reply?,

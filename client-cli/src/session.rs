@@ -44,6 +44,9 @@ pub struct SessionConfig {
     /// reasons, heartbeat); the subcommands' default is
     /// [`Extensions::OptIn`], `--plain` gives [`Extensions::Plain`].
     pub extensions: Extensions,
+    /// Whether opted-in handshakes of an x25519 session ask for the sealed
+    /// channel (the subcommands' default; `--no-seal` to not).
+    pub seal: bool,
     /// Once the gate welcomed the opt-in, a heartbeat is sent when nothing
     /// was sent for this long (or a third of the gate's idle timeout, if
     /// shorter) while waiting for the gate; zero: never.
@@ -63,6 +66,7 @@ impl SessionConfig {
             server_key: args.server_key,
             timeout: args.timeout,
             extensions: gate.extensions(),
+            seal: !gate.no_seal,
             heartbeat: gate.heartbeat,
         }
     }
@@ -297,6 +301,7 @@ impl Session {
         self.kicked = None;
         let mut conn = GateConn::new(&self.cfg.gate_addr, ticket.clone(), self.cfg.timeout);
         conn.set_extensions(self.cfg.extensions.clone());
+        conn.set_seal(self.cfg.seal);
         self.conn = Some(conn);
         Ok(ticket)
     }

@@ -24,11 +24,17 @@
 //!   it knows, so a newer client works with an older gate.
 //! * `push`: the sequence number of the last push the client has seen in
 //!   this session (decimal, 32 bits; `0`, or the key left out, means none).
+//! * `seal`: `1` asks for the sealed channel (x25519 sessions only; every
+//!   package after the handshake is sealed, `loginproto::seal`); `0`, or
+//!   the key left out, does not. Unlike the rest of the field it **is**
+//!   covered by the MAC: a handshake with `seal=1` signs
+//!   `username ":" index ":seal"`.
 //!
 //! Unknown keys are ignored, so later versions can add keys without
 //! breaking older gates. An empty ext (`…:mac:`) is the same as none.
 //! Anything else — an empty item, a missing `=`, a bad character, no `v`,
-//! `v=0`, a `v` or `push` that is not a 32-bit decimal, a known key twice —
+//! `v=0`, a `v` or `push` that is not a 32-bit decimal, a `seal` that is
+//! not `0` or `1`, a known key twice —
 //! is malformed ([`ExtError`]); the gate answers `400 Bad Request`.
 //!
 //! Example: `aGVsbG8=@c2FtcGxl#MQ==:2:<mac>:v=1,push=17`.
@@ -52,6 +58,8 @@ pub struct Ext {
     pub version: u32,
     /// The last push sequence number the client saw (0 = none).
     pub last_push: u32,
+    /// The client asks for the sealed channel (`seal=1`).
+    pub seal: bool,
 }
 
 /// Why an extension field is malformed (the gate answers `400`).
@@ -69,6 +77,9 @@ pub enum ExtError {
     /// `push` is not a decimal integer in 0..=4294967295.
     #[error("push sequence is not a 32-bit integer")]
     BadPush,
+    /// `seal` is not `0` or `1`.
+    #[error("seal is not 0 or 1")]
+    BadSeal,
     /// A known key appears twice.
     #[error("extension key repeated")]
     Repeated,
@@ -83,7 +94,13 @@ impl Ext {
         Ext {
             version: Ext::VERSION,
             last_push,
+            seal: false,
         }
+    }
+
+    /// The same, asking for the sealed channel (or not).
+    pub const fn sealed(self, seal: bool) -> Ext {
+        Ext { seal, ..self }
     }
 
     /// Parses the bytes after the handshake's third `:`. `Ok(None)` for
@@ -94,16 +111,35 @@ impl Ext {
         }
         let (version, push) = version_and(text, b"push", ExtError::BadPush)?;
         let version = version.ok_or(ExtError::MissingVersion)?;
+        let mut seal = None;
+        for item in items(text) {
+            let (key, value) = item?;
+            if key == b"seal" {
+                let asked = match value {
+                    b"0" => false,
+                    b"1" => true,
+                    _ => return Err(ExtError::BadSeal),
+                };
+                if seal.replace(asked).is_some() {
+                    return Err(ExtError::Repeated);
+                }
+            }
+        }
         Ok(Some(Ext {
             version,
             last_push: push.unwrap_or(0),
+            seal: seal.unwrap_or(false),
         }))
     }
 
-    /// The field's text, `v=<version>,push=<last_push>` (without the `:`).
+    /// The field's text, `v=<version>,push=<last_push>` and `,seal=1` when
+    /// asked (without the `:`).
     pub fn encode(&self) -> String {
-        let mut text = String::with_capacity(20);
+        let mut text = String::with_capacity(28);
         let _ = write!(text, "v={},push={}", self.version, self.last_push);
+        if self.seal {
+            text.push_str(",seal=1");
+        }
         text
     }
 }
@@ -228,10 +264,15 @@ mod tests {
             ok("v=4294967295,push=4294967295"),
             Some(Ext {
                 version: u32::MAX,
-                last_push: u32::MAX
+                last_push: u32::MAX,
+                seal: false,
             })
         );
         assert_eq!(ok("v=007,push=0"), Some(Ext::new(0).with_version(7)));
+        assert_eq!(ok("v=1,seal=1"), Some(Ext::new(0).sealed(true)));
+        assert_eq!(ok("seal=0,push=3,v=1"), Some(Ext::new(3)));
+        assert_eq!(Ext::new(4).sealed(true).encode(), "v=1,push=4,seal=1");
+        assert_eq!(ok("v=1,push=4,seal=1"), Some(Ext::new(4).sealed(true)));
         // Unknown keys are ignored, repeated or not, with any visible value
         // (':' included: the field is everything after the third ':').
         assert_eq!(
@@ -265,6 +306,10 @@ mod tests {
         assert_eq!(err("v=1,push=0x10"), ExtError::BadPush);
         assert_eq!(err("v=1,v=1"), ExtError::Repeated);
         assert_eq!(err("v=1,push=1,push=1"), ExtError::Repeated);
+        assert_eq!(err("v=1,seal=2"), ExtError::BadSeal);
+        assert_eq!(err("v=1,seal="), ExtError::BadSeal);
+        assert_eq!(err("v=1,seal=yes"), ExtError::BadSeal);
+        assert_eq!(err("v=1,seal=1,seal=1"), ExtError::Repeated);
     }
 
     #[test]

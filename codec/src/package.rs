@@ -17,6 +17,10 @@ use tokio_util::codec::{Decoder, Encoder};
 /// Largest payload a package can carry (the header is 16 bits).
 pub const MAX_PAYLOAD: usize = 65535;
 
+/// Bytes a sealed package (`docs/PROTOCOL.md` §3.2) carries beyond the
+/// plaintext length its header gives: the AEAD tag.
+pub const SEAL_TAG_LEN: usize = 16;
+
 /// Size of the length header in front of every package.
 pub const HEADER_LEN: usize = 2;
 

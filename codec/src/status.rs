@@ -126,14 +126,18 @@ impl GateStatus {
     pub const INDEX_EXPIRED: GateStatus = GateStatus(403);
     /// No such user is registered on this gate.
     pub const NOT_FOUND: GateStatus = GateStatus(404);
+    /// The gate serves sealed sessions only and the handshake did not ask
+    /// for the sealed channel (not a skynet status).
+    pub const SEAL_REQUIRED: GateStatus = GateStatus(426);
 
     /// Every status the gate can send.
-    pub const ALL: [GateStatus; 5] = [
+    pub const ALL: [GateStatus; 6] = [
         Self::OK,
         Self::BAD_REQUEST,
         Self::UNAUTHORIZED,
         Self::INDEX_EXPIRED,
         Self::NOT_FOUND,
+        Self::SEAL_REQUIRED,
     ];
 
     /// The numeric code.
@@ -149,6 +153,7 @@ impl GateStatus {
             401 => "401 Unauthorized",
             403 => "403 Index Expired",
             404 => "404 User Not Found",
+            426 => "426 Seal Required",
             _ => "500 Internal Server Error",
         }
     }
@@ -211,6 +216,7 @@ mod tests {
             (GateStatus::UNAUTHORIZED, "401 Unauthorized"),
             (GateStatus::INDEX_EXPIRED, "403 Index Expired"),
             (GateStatus::NOT_FOUND, "404 User Not Found"),
+            (GateStatus::SEAL_REQUIRED, "426 Seal Required"),
         ];
         for (status, text) in expected {
             assert_eq!(status.text(), text);

@@ -28,7 +28,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::package::MAX_PAYLOAD;
+use crate::package::{MAX_PAYLOAD, SEAL_TAG_LEN};
 
 /// Which of the two mappings a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +37,12 @@ pub enum Mapping {
     Lines,
     /// Gate: a binary message is a package's payload.
     Packages,
+    /// Gate, sealed channel (`docs/PROTOCOL.md` §3.2): a binary message is
+    /// a sealed package's `ciphertext ‖ tag`, in the byte stream
+    /// `BE16(plaintext length) ‖ ciphertext ‖ tag`. A [`MessageStream`]
+    /// maps the first message each way as [`Mapping::Packages`] (the
+    /// handshake, the `200 OK`), every later one so.
+    SealedPackages,
 }
 
 /// Why a message cannot be mapped; each has the close code the receiver
@@ -52,6 +58,9 @@ pub enum MappingError {
     /// A gate message longer than a package can be (65535 bytes).
     #[error("message of {0} bytes is over the package limit")]
     TooLarge(usize),
+    /// A sealed message shorter than its tag.
+    #[error("sealed message of {0} bytes is shorter than its tag")]
+    Short(usize),
 }
 
 impl MappingError {
@@ -61,7 +70,7 @@ impl MappingError {
     pub fn close_code(self) -> u16 {
         match self {
             MappingError::WrongKind(_) => 1003,
-            MappingError::LineFeed => 1007,
+            MappingError::LineFeed | MappingError::Short(_) => 1007,
             MappingError::TooLarge(_) => 1009,
         }
     }
@@ -88,8 +97,20 @@ impl Mapping {
                 out.extend_from_slice(&len.to_be_bytes());
                 out.extend_from_slice(payload);
             }
+            (Mapping::SealedPackages, Message::Binary(message)) => {
+                let len = message
+                    .len()
+                    .checked_sub(SEAL_TAG_LEN)
+                    .ok_or(MappingError::Short(message.len()))?;
+                let len = u16::try_from(len).map_err(|_| MappingError::TooLarge(message.len()))?;
+                out.reserve(message.len() + 2);
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(message);
+            }
             (Mapping::Lines, Message::Binary(_)) => return Err(MappingError::WrongKind("binary")),
-            (Mapping::Packages, Message::Text(_)) => return Err(MappingError::WrongKind("text")),
+            (Mapping::Packages | Mapping::SealedPackages, Message::Text(_)) => {
+                return Err(MappingError::WrongKind("text"));
+            }
             _ => {}
         }
         Ok(())
@@ -111,20 +132,27 @@ impl Mapping {
                     .map(|text| Some(Message::Text(text)))
                     .map_err(|_| end)
             }
-            Mapping::Packages => {
-                let Some(len) = buf
-                    .get(..2)
-                    .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
-                else {
+            Mapping::Packages | Mapping::SealedPackages => {
+                let Some(len) = self.unit_len(buf) else {
                     return Ok(None);
                 };
-                if buf.len() < 2 + len {
-                    return Ok(None);
-                }
                 buf.advance(2);
-                Ok(Some(Message::Binary(buf.split_to(len).freeze())))
+                Ok(Some(Message::Binary(buf.split_to(len - 2).freeze())))
             }
         }
+    }
+
+    /// The length of the package at the front of `buf` (header included),
+    /// if it is all there.
+    fn unit_len(self, buf: &[u8]) -> Option<usize> {
+        let header = buf.get(..2)?;
+        let tag = if self == Mapping::SealedPackages {
+            SEAL_TAG_LEN
+        } else {
+            0
+        };
+        let len = 2 + usize::from(u16::from_be_bytes([header[0], header[1]])) + tag;
+        (buf.len() >= len).then_some(len)
     }
 
     /// Whether `buf` begins with a complete unit (what
@@ -132,9 +160,7 @@ impl Mapping {
     pub fn has_unit(self, buf: &[u8]) -> bool {
         match self {
             Mapping::Lines => buf.contains(&b'\n'),
-            Mapping::Packages => buf
-                .get(..2)
-                .is_some_and(|b| buf.len() >= 2 + usize::from(u16::from_be_bytes([b[0], b[1]]))),
+            Mapping::Packages | Mapping::SealedPackages => self.unit_len(buf).is_some(),
         }
     }
 
@@ -143,7 +169,8 @@ impl Mapping {
     pub fn max_message(self, max_line: usize) -> usize {
         match self {
             Mapping::Lines => max_line.saturating_sub(1),
-            Mapping::Packages => MAX_PAYLOAD,
+            // A sealed package's message carries its tag too.
+            Mapping::Packages | Mapping::SealedPackages => MAX_PAYLOAD + SEAL_TAG_LEN,
         }
     }
 }
@@ -174,6 +201,11 @@ pub struct MessageStream<S> {
     /// The close code the shutdown sends.
     close: (u16, &'static str),
     close_sent: bool,
+    /// [`Mapping::SealedPackages`]: no data message has been received yet
+    /// (the first is plain).
+    plain_in: bool,
+    /// The same for sending.
+    plain_out: bool,
 }
 
 impl<S> MessageStream<S> {
@@ -188,6 +220,26 @@ impl<S> MessageStream<S> {
             failed: None,
             close: (1000, ""),
             close_sent: false,
+            plain_in: mapping == Mapping::SealedPackages,
+            plain_out: mapping == Mapping::SealedPackages,
+        }
+    }
+
+    /// The mapping of the next data message received.
+    fn mapping_in(&self) -> Mapping {
+        if self.plain_in {
+            Mapping::Packages
+        } else {
+            self.mapping
+        }
+    }
+
+    /// The mapping of the next unit sent.
+    fn mapping_out(&self) -> Mapping {
+        if self.plain_out {
+            Mapping::Packages
+        } else {
+            self.mapping
         }
     }
 
@@ -224,12 +276,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> MessageStream<S> {
     /// Sends every complete unit written so far, as far as the WebSocket
     /// takes messages now.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.mapping.has_unit(&self.output) {
+        while self.mapping_out().has_unit(&self.output) {
             ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(io_error)?;
-            match self.mapping.outgoing(&mut self.output) {
-                Ok(Some(message)) => Pin::new(&mut self.ws)
-                    .start_send(message)
-                    .map_err(io_error)?,
+            match self.mapping_out().outgoing(&mut self.output) {
+                Ok(Some(message)) => {
+                    self.plain_out = false;
+                    Pin::new(&mut self.ws)
+                        .start_send(message)
+                        .map_err(io_error)?;
+                }
                 Ok(None) => break,
                 Err(len) => {
                     return Poll::Ready(Err(io::Error::new(
@@ -264,7 +319,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for MessageStream<S> {
             match next {
                 None | Some(Ok(Message::Close(_))) => this.eof = true,
                 Some(Ok(message)) => {
-                    if let Err(e) = this.mapping.incoming(&message, &mut this.input) {
+                    let mapping = this.mapping_in();
+                    if message.is_binary() || message.is_text() {
+                        this.plain_in = false;
+                    }
+                    if let Err(e) = mapping.incoming(&message, &mut this.input) {
                         this.close = (e.close_code(), "message breaks the mapping");
                         this.failed = Some(io::Error::new(io::ErrorKind::InvalidData, e));
                     }

@@ -89,6 +89,9 @@ pub enum ProtocolError {
     /// A broken WebSocket frame or handshake, with the close code the
     /// WebSocket layer chose.
     WebSocket(u16),
+    /// A package on a sealed connection failed to open: altered, dropped,
+    /// replayed or reordered on the way.
+    BadSeal,
 }
 
 /// A socket error, as a plain value (no `io::Error` in the state).
@@ -175,6 +178,7 @@ impl End {
             End::Protocol(ProtocolError::WebSocket(code)) => *code,
             End::Protocol(ProtocolError::TextMessage) => 1003,
             End::Protocol(ProtocolError::TooLarge) => 1009,
+            End::Protocol(ProtocolError::BadSeal) => 1007,
             End::Protocol(ProtocolError::InvalidPackage | ProtocolError::ControlFlood)
             | End::Conflict
             | End::TooManyInflight
@@ -252,6 +256,9 @@ impl fmt::Display for End {
             }
             End::Protocol(ProtocolError::WebSocket(code)) => {
                 write!(f, "WebSocket protocol broken (close {code})")
+            }
+            End::Protocol(ProtocolError::BadSeal) => {
+                f.write_str("a sealed package failed to open (close 1007)")
             }
             End::Conflict => f.write_str("conflict session"),
             End::TooManyInflight => f.write_str("too many requests in flight"),

@@ -338,14 +338,17 @@ pub fn write_close(code: u16, out: &mut BytesMut) {
 
 /// Moves the whole packages (BE16 length, payload) at the front of
 /// `packages` to `frames` as binary frames, one per package, leaving a
-/// partial package where it is. When every package is under 126 bytes and
-/// `frames` is empty, the buffer is rewritten in place (a package's
-/// length bytes `00 n` become the frame's `82 n`), so a batch of small
-/// answers is not copied.
-pub fn packages_to_frames(packages: &mut BytesMut, frames: &mut BytesMut) {
+/// partial package where it is. `tag` is what a package carries beyond the
+/// length its header gives: 0 for plain packages, the tag's 16 bytes for
+/// sealed ones (`BE16(len) ‖ ciphertext ‖ tag` becomes the message
+/// `ciphertext ‖ tag`). When every message is under 126 bytes and `frames`
+/// is empty, the buffer is rewritten in place (a package's length bytes
+/// `00 n` become the frame's `82 n+tag`), so a batch of small answers is
+/// not copied.
+pub fn packages_to_frames(packages: &mut BytesMut, frames: &mut BytesMut, tag: usize) {
     let (mut at, mut small) = (0, true);
     while let Some(&[hi, lo]) = packages.get(at..at + HEADER_LEN) {
-        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        let len = usize::from(u16::from_be_bytes([hi, lo])) + tag;
         if packages.len() < at + HEADER_LEN + len {
             break;
         }
@@ -358,8 +361,10 @@ pub fn packages_to_frames(packages: &mut BytesMut, frames: &mut BytesMut) {
     if small && frames.is_empty() {
         let mut i = 0;
         while i < at {
-            let len = usize::from(packages[i + 1]);
+            // Under 126 in all: the high byte is 0 and the sum fits.
+            let len = usize::from(packages[i + 1]) + tag;
             packages[i] = 0x80 | Opcode::Binary as u8;
+            packages[i + 1] = len as u8;
             i += HEADER_LEN + len;
         }
         *frames = packages.split_to(at);
@@ -368,7 +373,7 @@ pub fn packages_to_frames(packages: &mut BytesMut, frames: &mut BytesMut) {
     frames.reserve(at + at / 2);
     let mut rest = &packages[..at];
     while let [hi, lo, tail @ ..] = rest {
-        let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+        let len = usize::from(u16::from_be_bytes([*hi, *lo])) + tag;
         write_frame(Opcode::Binary, &tail[..len], frames);
         rest = &tail[len..];
     }
@@ -602,7 +607,7 @@ mod tests {
     fn packages_become_frames_in_place_or_copied() {
         let mut packages = BytesMut::from(&b"\x00\x02hi\x00\x00\x00\x01!\x00"[..]);
         let mut frames = BytesMut::new();
-        packages_to_frames(&mut packages, &mut frames);
+        packages_to_frames(&mut packages, &mut frames, 0);
         assert_eq!(&frames[..], b"\x82\x02hi\x82\x00\x82\x01!");
         assert_eq!(&packages[..], b"\x00", "a partial package stays");
         // A large one: copied with the 16-bit length form.
@@ -610,14 +615,40 @@ mod tests {
         packages.put_u16(200);
         packages.put_slice(&[7; 200]);
         packages.put_slice(b"\x00\x01x");
-        packages_to_frames(&mut packages, &mut frames);
+        packages_to_frames(&mut packages, &mut frames, 0);
         assert_eq!(&frames[..9], b"\x82\x02hi\x82\x00\x82\x01!");
         assert_eq!(&frames[9..13], [0x82, 126, 0, 200]);
         assert_eq!(&frames[213..], b"\x82\x01x");
         assert!(packages.is_empty());
         // Behind frames already queued: appended, not in place.
         let mut packages = BytesMut::from(&b"\x00\x01y"[..]);
-        packages_to_frames(&mut packages, &mut frames);
+        packages_to_frames(&mut packages, &mut frames, 0);
         assert_eq!(&frames[frames.len() - 3..], b"\x82\x01y");
+    }
+
+    #[test]
+    fn sealed_packages_become_frames_with_their_tags() {
+        // Two sealed packages (plaintext lengths 1 and 0, tags of 16).
+        let mut packages = BytesMut::from(&b"\x00\x01c"[..]);
+        packages.put_slice(&[0xaa; 16]);
+        packages.put_slice(b"\x00\x00");
+        packages.put_slice(&[0xbb; 16]);
+        packages.put_slice(b"\x00\x05par");
+        let mut frames = BytesMut::new();
+        packages_to_frames(&mut packages, &mut frames, 16);
+        let mut want = BytesMut::from(&b"\x82\x11c"[..]);
+        want.put_slice(&[0xaa; 16]);
+        want.put_slice(b"\x82\x10");
+        want.put_slice(&[0xbb; 16]);
+        assert_eq!(frames, want, "in place");
+        assert_eq!(&packages[..], b"\x00\x05par", "a partial package stays");
+        // A message of 126 bytes or more (110 + 16): copied.
+        let mut packages = BytesMut::new();
+        packages.put_u16(110);
+        packages.put_slice(&[1; 126]);
+        let mut frames = BytesMut::new();
+        packages_to_frames(&mut packages, &mut frames, 16);
+        assert_eq!(&frames[..4], [0x82, 126, 0, 126]);
+        assert_eq!(frames.len(), 4 + 126);
     }
 }

@@ -50,6 +50,17 @@ pub fn write_heartbeat(out: &mut BytesMut) {
     out.extend_from_slice(&[0, 0]);
 }
 
+/// The length of the first whole package in `buf` (header included), or
+/// all of `buf` if it holds less.
+pub fn first_package_len(buf: &[u8]) -> usize {
+    match buf {
+        [hi, lo, rest @ ..] => {
+            (2 + usize::from(u16::from_be_bytes([*hi, *lo]))).min(2 + rest.len())
+        }
+        _ => buf.len(),
+    }
+}
+
 /// Appends a status package (`200 OK`, `404 User Not Found`, ...).
 pub fn write_status(out: &mut BytesMut, status: GateStatus) {
     // A status text always fits in a package.

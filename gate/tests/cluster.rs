@@ -518,6 +518,7 @@ impl Player {
                 server_key: None,
                 timeout: Duration::from_secs(10),
                 extensions: Extensions::OptIn,
+                seal: false,
                 heartbeat: Duration::from_secs(20),
             }),
             early: std::collections::VecDeque::new(),

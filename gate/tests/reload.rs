@@ -186,6 +186,7 @@ impl Setup {
             server_key: None,
             timeout: Duration::from_secs(20),
             extensions: Extensions::Plain,
+            seal: false,
             heartbeat: Duration::from_secs(30),
         })
     }
@@ -578,6 +579,7 @@ async fn tls_listeners_serve_the_protocol_and_renew_their_certificate() {
             server_key: None,
             timeout: Duration::from_secs(20),
             extensions: Extensions::OptIn,
+            seal: false,
             heartbeat: Duration::from_secs(30),
         })
     };

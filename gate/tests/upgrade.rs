@@ -192,6 +192,8 @@ impl Setup {
             } else {
                 Extensions::Plain
             },
+            // Opted-in x25519 players are sealed: their channels move too.
+            seal: true,
             heartbeat: Duration::from_secs(30),
         })
     }
@@ -566,6 +568,7 @@ async fn a_tls_websocket_player_reconnects_to_its_session_after_an_upgrade() {
         server_key: None,
         timeout: Duration::from_secs(20),
         extensions: Extensions::OptIn,
+        seal: false,
         heartbeat: Duration::from_secs(30),
     });
     s.login(&LoginOverrides::default()).await.expect("login");

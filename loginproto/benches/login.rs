@@ -102,7 +102,7 @@ fn login(c: &mut Criterion) {
             b.iter(|| handshake::sign(black_box(&secret), black_box(&username), b"1"))
         });
         c.bench_function(&format!("gate_handshake_verify_{name}"), |b| {
-            b.iter(|| handshake::verify(black_box(&secret), black_box(&parsed)))
+            b.iter(|| handshake::verify(black_box(&secret), black_box(&parsed), false))
         });
     }
 }

@@ -5,7 +5,10 @@
 //! MAC differs: skynet's `hmac_hash(secret, username ":" index)` (8 bytes)
 //! or `HMAC-SHA256(gate_secret, username ":" index)` (32 bytes). The index
 //! is covered exactly as sent (`0x10` is signed as `0x10`). An extension
-//! field after a third `:` is not covered by the MAC (skynet ignores it).
+//! field after a third `:` is not covered by the MAC (skynet ignores it),
+//! except that a handshake asking for the sealed channel (`seal=1`, x25519
+//! suite only) signs `username ":" index ":seal"` instead
+//! ([`crate::seal`]), so a relay can neither strip nor add that request.
 //!
 //! Parsing the payload ([`Handshake::parse`]) and reading the index are the
 //! codec's job; the gate checks the username and the index before calling
@@ -90,12 +93,19 @@ pub fn username(uid: &[u8], server: &[u8], subid: &[u8]) -> Vec<u8> {
 /// The handshake payload `username ":" index ":" b64(mac)` (no package
 /// header).
 pub fn sign(secret: &SessionSecret, username: &[u8], index: &[u8]) -> Vec<u8> {
-    sign_inner(secret, username, index, None)
+    sign_inner(secret, username, index, None, false)
 }
 
 /// Like [`sign`], with `":" ext` appended (not covered by the MAC).
 pub fn sign_with_ext(secret: &SessionSecret, username: &[u8], index: &[u8], ext: &[u8]) -> Vec<u8> {
-    sign_inner(secret, username, index, Some(ext))
+    sign_inner(secret, username, index, Some(ext), false)
+}
+
+/// The handshake of a client asking for the sealed channel: `ext` (which
+/// must carry `seal=1`) appended, and the MAC over `username ":" index
+/// ":seal"`.
+pub fn sign_sealed(secret: &SessionSecret, username: &[u8], index: &[u8], ext: &[u8]) -> Vec<u8> {
+    sign_inner(secret, username, index, Some(ext), true)
 }
 
 fn sign_inner(
@@ -103,24 +113,38 @@ fn sign_inner(
     username: &[u8],
     index: &[u8],
     ext: Option<&[u8]>,
+    sealed: bool,
 ) -> Vec<u8> {
-    let mut text = Vec::with_capacity(username.len() + 1 + index.len());
+    let mut text = Vec::with_capacity(username.len() + 1 + index.len() + 5);
     text.extend_from_slice(username);
     text.push(b':');
     text.extend_from_slice(index);
+    if sealed {
+        text.extend_from_slice(crate::seal::SIGNED_SUFFIX);
+    }
     let mac = skynet::base64_encode(secret.mac(&text).as_slice());
     Handshake::encode(username, index, mac.as_bytes(), ext)
 }
 
-/// Checks a parsed handshake's MAC in constant time.
+/// Checks a parsed handshake's MAC in constant time; `sealed`: the
+/// handshake asks for the sealed channel, so its MAC covers
+/// `username ":" index ":seal"`.
 ///
 /// The MAC field is decoded with skynet's lenient base64 (a decode error is
 /// [`HandshakeError::BadMacEncoding`]); a decoded MAC of the wrong length
 /// for the suite is a mismatch.
-pub fn verify(secret: &SessionSecret, handshake: &Handshake) -> Result<(), HandshakeError> {
+pub fn verify(
+    secret: &SessionSecret,
+    handshake: &Handshake,
+    sealed: bool,
+) -> Result<(), HandshakeError> {
     let received =
         skynet::base64_decode(&handshake.mac).map_err(|_| HandshakeError::BadMacEncoding)?;
-    let expected = secret.mac(&handshake.signed_text());
+    let mut text = handshake.signed_text();
+    if sealed {
+        text.extend_from_slice(crate::seal::SIGNED_SUFFIX);
+    }
+    let expected = secret.mac(&text);
     if bool::from(expected.as_slice().ct_eq(&received)) {
         Ok(())
     } else {
@@ -148,25 +172,40 @@ mod tests {
         assert_eq!(name, b"aGVsbG8=@c2FtcGxl#MQ==");
         let payload = sign(&SECRET, &name, b"1");
         assert_eq!(payload, b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=");
-        assert_eq!(verify(&SECRET, &parse(&payload)), Ok(()));
+        assert_eq!(verify(&SECRET, &parse(&payload), false), Ok(()));
     }
 
     #[test]
     fn mismatches_and_bad_encodings() {
         let hs = parse(b"aGVsbG8=@c2FtcGxl#MQ==:2:xEa32HAUlak=");
-        assert_eq!(verify(&SECRET, &hs), Err(HandshakeError::MacMismatch));
+        assert_eq!(
+            verify(&SECRET, &hs, false),
+            Err(HandshakeError::MacMismatch)
+        );
         let hs = parse(b"aGVsbG8=@c2FtcGxl#MQ==:1:QUJD!");
-        assert_eq!(verify(&SECRET, &hs), Err(HandshakeError::BadMacEncoding));
+        assert_eq!(
+            verify(&SECRET, &hs, false),
+            Err(HandshakeError::BadMacEncoding)
+        );
         // Right MAC, truncated: a length mismatch is a mismatch.
         let hs = parse(b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAU");
-        assert_eq!(verify(&SECRET, &hs), Err(HandshakeError::MacMismatch));
+        assert_eq!(
+            verify(&SECRET, &hs, false),
+            Err(HandshakeError::MacMismatch)
+        );
         // A skynet MAC does not verify under an x25519 secret and back.
         let modern = SessionSecret::X25519([5; 32]);
         let hs = parse(b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=");
-        assert_eq!(verify(&modern, &hs), Err(HandshakeError::MacMismatch));
+        assert_eq!(
+            verify(&modern, &hs, false),
+            Err(HandshakeError::MacMismatch)
+        );
         let hs = parse(&sign(&modern, b"aGVsbG8=@c2FtcGxl#MQ==", b"1"));
-        assert_eq!(verify(&modern, &hs), Ok(()));
-        assert_eq!(verify(&SECRET, &hs), Err(HandshakeError::MacMismatch));
+        assert_eq!(verify(&modern, &hs, false), Ok(()));
+        assert_eq!(
+            verify(&SECRET, &hs, false),
+            Err(HandshakeError::MacMismatch)
+        );
     }
 
     #[test]
@@ -175,7 +214,7 @@ mod tests {
         assert_eq!(payload, b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=:v=2:x");
         let hs = parse(&payload);
         assert_eq!(hs.ext.as_deref(), Some(&b"v=2:x"[..]));
-        assert_eq!(verify(&SECRET, &hs), Ok(()));
+        assert_eq!(verify(&SECRET, &hs, false), Ok(()));
     }
 
     #[test]

@@ -11,10 +11,12 @@
 //! * [`login`]: the login dialogue's state machines, server and client, both
 //!   suites.
 //! * [`handshake`]: gate handshake usernames, signing and MAC verification.
+//! * [`seal`]: the sealed gate channel (ChaCha20-Poly1305 per package).
 //! * [`token`]: the `b64(user)@b64(server):b64(password)` login token.
 
 pub mod handshake;
 pub mod login;
 pub mod modern;
+pub mod seal;
 pub mod skynet;
 pub mod token;

@@ -134,7 +134,7 @@ fn spec_example() {
     let payload = handshake::sign(&secret, &name, b"1");
     assert_eq!(payload, b"aGVsbG8=@c2FtcGxl#MQ==:1:xEa32HAUlak=");
     let hs = Handshake::parse(&Bytes::from(payload)).expect("parses");
-    assert_eq!(handshake::verify(&secret, &hs), Ok(()));
+    assert_eq!(handshake::verify(&secret, &hs, false), Ok(()));
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn recorded_handshakes_verify_as_skynet_decided() {
             match reply {
                 GateStatus::OK => {
                     let (hs, secret) = (hs.as_ref().expect("parses"), known.expect("known user"));
-                    assert_eq!(handshake::verify(secret, hs), Ok(()), "{text}");
+                    assert_eq!(handshake::verify(secret, hs, false), Ok(()), "{text}");
                     // Re-signing gives the very same payload.
                     assert_eq!(
                         handshake::sign(secret, &hs.username, &hs.index),
@@ -165,7 +165,7 @@ fn recorded_handshakes_verify_as_skynet_decided() {
                 GateStatus::UNAUTHORIZED => {
                     let (hs, secret) = (hs.as_ref().expect("parses"), known.expect("known user"));
                     assert_eq!(
-                        handshake::verify(secret, hs),
+                        handshake::verify(secret, hs, false),
                         Err(HandshakeError::MacMismatch),
                         "{text}"
                     );
@@ -175,7 +175,7 @@ fn recorded_handshakes_verify_as_skynet_decided() {
                     if hs.index_number().is_some() {
                         let secret = known.expect("known user");
                         assert_eq!(
-                            handshake::verify(secret, hs),
+                            handshake::verify(secret, hs, false),
                             Err(HandshakeError::BadMacEncoding),
                             "{text}"
                         );

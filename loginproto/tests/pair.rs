@@ -228,7 +228,7 @@ fn success_and_gate_handshake() {
             let name = handshake::username(b"hello", b"sample", &success.subid);
             let payload = handshake::sign(&success.secret, &name, b"1");
             let hs = Handshake::parse(&Bytes::from(payload)).expect("parses");
-            assert_eq!(handshake::verify(&server_secret, &hs), Ok(()));
+            assert_eq!(handshake::verify(&server_secret, &hs, false), Ok(()));
             let other =
                 Handshake::parse(&Bytes::from(handshake::sign(&success.secret, &name, b"2")))
                     .expect("parses");
@@ -237,7 +237,7 @@ fn success_and_gate_handshake() {
                 ..hs
             };
             assert_eq!(
-                handshake::verify(&server_secret, &forged),
+                handshake::verify(&server_secret, &forged, false),
                 Err(HandshakeError::MacMismatch)
             );
         }

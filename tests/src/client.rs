@@ -27,7 +27,7 @@ pub fn scripts_dir() -> PathBuf {
 
 /// A session as `user` on the server at `login` / `gate`, with a short
 /// deadline per step (a failure guard, not a wait), opted in to the gate's
-/// extensions as the `client` subcommands are by default.
+/// extensions and sealed, as the `client` subcommands are by default.
 pub fn session_config(login: SocketAddr, gate: SocketAddr, user: &str) -> SessionConfig {
     SessionConfig {
         login_addr: login.to_string(),
@@ -39,6 +39,7 @@ pub fn session_config(login: SocketAddr, gate: SocketAddr, user: &str) -> Sessio
         server_key: None,
         timeout: Duration::from_secs(5),
         extensions: Extensions::OptIn,
+        seal: true,
         heartbeat: Duration::from_secs(20),
     }
 }

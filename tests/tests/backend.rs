@@ -641,7 +641,7 @@ async fn pipelined_requests_run_once(how: Break) {
             .expect("service");
     }
     let ticket = player.conn.ticket().clone();
-    let (stream, _) = player.conn.into_parts().expect("connected");
+    let (stream, _, _) = player.conn.into_parts().expect("connected");
     match how {
         Break::Reset => client_cli::net::Underlying::tcp(&stream)
             .set_zero_linger()
@@ -750,7 +750,7 @@ async fn a_half_closed_connection_gets_its_answers_then_closes() {
             .await
             .expect("service");
     }
-    let (mut stream, rest) = player.conn.into_parts().expect("connected");
+    let (mut stream, rest, _) = player.conn.into_parts().expect("connected");
     assert!(rest.is_empty());
     stream.shutdown().await.expect("shut down the write side");
     go_tx.send(true).expect("release");

@@ -14,6 +14,8 @@ use std::time::Instant;
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use loginproto::seal::{self, Channel};
+
 use super::load::{LoadState, MEASURE, Plan, STOP, Stats};
 use crate::net::Stream;
 
@@ -74,6 +76,7 @@ struct Bad {
 pub(super) async fn drive_echo(
     mut stream: Stream,
     mut rbuf: BytesMut,
+    mut channel: Option<Channel>,
     quota: Option<u64>,
     plan: &Plan,
     shared: &LoadState,
@@ -114,6 +117,12 @@ pub(super) async fn drive_echo(
     let mut failure: Option<String> = None;
     loop {
         if !wbuf.is_empty() {
+            if let Some(channel) = &mut channel
+                && let Err(e) = seal::seal_packages(&mut channel.send, &mut wbuf, 0)
+            {
+                failure = Some(e.to_string());
+                break;
+            }
             if let Err(e) = stream.write_all(&wbuf).await {
                 failure = Some(format!("write failed: {e}"));
                 break;
@@ -157,10 +166,18 @@ pub(super) async fn drive_echo(
         let stopping = phase >= STOP;
         let mut got: u64 = 0;
         let mut st = stats.borrow_mut();
+        let extra = if channel.is_some() { seal::TAG_LEN } else { 0 };
         while rbuf.len() >= 2 {
             let len = usize::from(u16::from_be_bytes([rbuf[0], rbuf[1]]));
-            if rbuf.len() < 2 + len {
+            if rbuf.len() < 2 + len + extra {
                 break;
+            }
+            if let Some(channel) = &mut channel {
+                let (data, tag) = rbuf[2..2 + len + extra].split_at_mut(len);
+                if let Err(e) = channel.recv.open_in_place(data, tag) {
+                    failure = Some(e.to_string());
+                    break;
+                }
             }
             got += 1;
             let frame = &rbuf[2..2 + len];
@@ -191,11 +208,14 @@ pub(super) async fn drive_echo(
                     outstanding += 1;
                 }
             }
-            rbuf.advance(2 + len);
+            rbuf.advance(2 + len + extra);
         }
         st.received += got;
         drop(st);
         shared.received.fetch_add(got, Ordering::Relaxed);
+        if failure.is_some() {
+            break;
+        }
     }
     let mut st = stats.borrow_mut();
     st.sent += sent;

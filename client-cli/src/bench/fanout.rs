@@ -59,6 +59,8 @@ pub(super) async fn drive_fanout(
         mut stream,
         buf: mut rbuf,
         mut last_push,
+        // A fan-out is never sealed (`--seal` conflicts with it).
+        channel: _,
     } = conn;
     let speaker = i == 0;
     let depth = plan.depth as u64;

@@ -74,6 +74,8 @@ pub(crate) struct Plan {
     pub source_addrs: Vec<std::net::IpAddr>,
     /// Idle: opt in to the extensions.
     pub opt_in: bool,
+    /// Echo, idle: opt in and ask for the sealed channel.
+    pub seal: bool,
     /// Idle: close each connection after its handshake.
     pub away: bool,
     /// Logins: ask for queue notices and record each login's first queue
@@ -289,6 +291,7 @@ pub(crate) fn worker(
                     drivers.push(Box::pin(drive_echo(
                         conn.stream,
                         conn.buf,
+                        conn.channel,
                         plan.quota(conn.i),
                         &plan,
                         &shared,
@@ -338,6 +341,8 @@ pub(super) struct Conn {
     pub(super) buf: BytesMut,
     /// Fan-out: the last push sequence number seen during setup.
     pub(super) last_push: u32,
+    /// The sealed channel (`--seal`).
+    pub(super) channel: Option<loginproto::seal::Channel>,
 }
 
 /// Opens connection `i`: login + handshake with index 1 (opted in, and the
@@ -358,6 +363,7 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
             stream: Either::Left(Either::Left(stream)),
             buf: BytesMut::with_capacity(READ_BUF),
             last_push: 0,
+            channel: None,
         });
     }
     let user = plan.user(i);
@@ -372,9 +378,10 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
     let ticket = Ticket::new(user.as_bytes(), plan.server.as_bytes(), &login);
     let mut conn = GateConn::new(plan.gate_addr.clone(), ticket, plan.timeout);
     conn.set_source(plan.source(i));
-    if plan.kind == Kind::Fanout || plan.opt_in {
+    if plan.kind == Kind::Fanout || plan.opt_in || plan.seal {
         conn.set_extensions(Extensions::OptIn);
     }
+    conn.set_seal(plan.seal);
     conn.connect(1)
         .await
         .map_err(|e| format!("handshake {user}: {e}"))?;
@@ -384,15 +391,19 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
             .map_err(|e| format!("{user}: {:?}: {e}", plan.fanout_join))?;
     }
     let last_push = conn.last_push();
-    let (stream, mut buf) = conn
+    let (stream, mut buf, channel) = conn
         .into_parts()
         .ok_or_else(|| format!("handshake {user}: connection gone"))?;
+    if plan.seal && channel.is_none() {
+        return Err(format!("handshake {user}: the connection is not sealed"));
+    }
     buf.reserve(READ_BUF);
     Ok(Conn {
         i,
         stream,
         buf,
         last_push,
+        channel,
     })
 }
 
@@ -526,6 +537,7 @@ mod tests {
             fanout_say: String::new(),
             source_addrs: Vec::new(),
             opt_in: false,
+            seal: false,
             away: false,
             queue_notices: false,
         };

@@ -114,6 +114,11 @@ pub struct BenchCmd {
     /// sessions (the client sends no heartbeat).
     #[arg(long, requires = "idle")]
     pub opt_in: bool,
+    /// Echo (or --idle): handshake opted in and ask for the sealed channel
+    /// (x25519 suite): every request and answer is sealed with
+    /// ChaCha20-Poly1305, to measure what sealing costs.
+    #[arg(long, conflicts_with_all = ["raw", "logins", "push_fanout"])]
+    pub seal: bool,
     /// With --idle: close each connection right after its handshake, so the
     /// sessions are away (waiting in their reconnect window) and nothing is
     /// held open.
@@ -186,6 +191,7 @@ impl BenchCmd {
             raw: false,
             idle: false,
             opt_in: false,
+            seal: false,
             away: false,
             push_fanout: false,
             fanout_join: "join bench".into(),
@@ -243,6 +249,9 @@ impl BenchCmd {
         if self.idle && self.requests.is_some() {
             return Err("--idle holds sessions for --duration; --requests does not apply".into());
         }
+        if self.seal && self.suite != SuiteName::X25519 {
+            return Err("--seal needs the x25519 suite (skynet's keys cannot seal)".into());
+        }
         if self.push_fanout && self.raw {
             return Err("--push-fanout needs the gate (pushes), not --raw".into());
         }
@@ -275,6 +284,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         fanout_say: cmd.fanout_say.clone(),
         source_addrs: cmd.source_addrs.clone(),
         opt_in: cmd.opt_in,
+        seal: cmd.seal,
         away: cmd.away,
         queue_notices: cmd.queue_notices,
     });
@@ -407,6 +417,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
             cmd.gate.clone()
         },
         suite: if cmd.raw { "none" } else { plan.suite.name() },
+        sealed: cmd.seal,
         conns: cmd.conns,
         established: if kind == Kind::Logins {
             cmd.conns as u64

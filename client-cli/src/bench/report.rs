@@ -21,6 +21,8 @@ pub struct BenchReport {
     pub addr: String,
     /// The suite (gate runs).
     pub suite: &'static str,
+    /// The connections were sealed (`--seal`).
+    pub sealed: bool,
     /// Connections asked for.
     pub conns: usize,
     /// Connections set up (for --logins: clients).

@@ -41,6 +41,16 @@
 //!   either the client is closed with 1008.
 //! * **Slow reader.** More than `send_queue_bytes` waiting to be written:
 //!   cut at once ([`End::SlowReader`]), no farewell.
+//! * **Sealed channel** (`docs/PROTOCOL.md` §3.2). A connection whose
+//!   handshake asked for it ([`Connection::accepted`] with a channel)
+//!   opens every package it is given after the handshake
+//!   (`BE16(len) ‖ ciphertext ‖ tag` on a stream, `ciphertext ‖ tag` as a
+//!   WebSocket message) with the next counter; one that fails (altered,
+//!   dropped, replayed, reordered) closes the connection
+//!   ([`ProtocolError::BadSeal`]), after what was already asked is
+//!   answered. Everything written after the `200 OK` is sealed: the
+//!   machine's own heartbeat answers, and whatever the driver writes,
+//!   through [`Connection::seal_from`].
 //! * **Drain** (gate shutdown): nothing more is read; once what was asked
 //!   is answered and written, the connection closes ([`End::Shutdown`]),
 //!   an opted-in client told so with a kick package.
@@ -58,6 +68,7 @@ use bytes::{Bytes, BytesMut};
 use codec::message::Request;
 use codec::package::{MAX_PAYLOAD, decode_package};
 use codec::status::GateStatus;
+use loginproto::seal::{self, Channel, Direction, TAG_LEN};
 use serde::{Deserialize, Serialize};
 
 use crate::end::{End, ProtocolError};
@@ -188,6 +199,59 @@ pub struct Connection {
     half_closed: bool,
     /// WebSocket control messages since the last data message.
     controls: u8,
+    /// The sealed channel, if the handshake asked for it (boxed: most
+    /// connections have none, and every idle one is kept small).
+    #[serde(default)]
+    seal: Option<Box<SealState>>,
+}
+
+/// A sealed connection's channel: both directions' keys and counters (a
+/// live upgrade carries them to the new process, as plain data).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "SealData", into = "SealData")]
+struct SealState {
+    /// What the gate seals with (gate to client).
+    send: Direction,
+    /// What the gate opens with (client to gate).
+    recv: Direction,
+}
+
+/// [`SealState`] written out.
+#[derive(Serialize, Deserialize)]
+struct SealData {
+    send_key: [u8; 32],
+    send_next: u64,
+    recv_key: [u8; 32],
+    recv_next: u64,
+}
+
+impl From<SealData> for SealState {
+    fn from(data: SealData) -> SealState {
+        SealState {
+            send: Direction::from_parts(data.send_key, data.send_next),
+            recv: Direction::from_parts(data.recv_key, data.recv_next),
+        }
+    }
+}
+
+impl From<SealState> for SealData {
+    fn from(state: SealState) -> SealData {
+        SealData {
+            send_key: *state.send.key(),
+            send_next: state.send.next(),
+            recv_key: *state.recv.key(),
+            recv_next: state.recv.next(),
+        }
+    }
+}
+
+impl SealState {
+    /// Opens one package's body with the receiving direction.
+    fn open(&mut self, body: BytesMut) -> Result<Bytes, End> {
+        self.recv
+            .open_body(body)
+            .map_err(|_| ProtocolError::BadSeal.into())
+    }
 }
 
 impl Connection {
@@ -203,6 +267,7 @@ impl Connection {
             draining: false,
             half_closed: false,
             controls: 0,
+            seal: None,
         }
     }
 
@@ -234,6 +299,22 @@ impl Connection {
         self.opted_in
     }
 
+    /// Whether the connection is sealed (`docs/PROTOCOL.md` §3.2).
+    pub fn sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// Seals the whole plain packages written to `out[start..]` (the
+    /// driver calls this after each write of packages), if the connection
+    /// is sealed; otherwise leaves them.
+    pub fn seal_from(&mut self, out: &mut BytesMut, start: usize) -> Result<(), End> {
+        match &mut self.seal {
+            Some(state) if out.len() > start => seal::seal_packages(&mut state.send, out, start)
+                .map_err(|_| ProtocolError::BadSeal.into()),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether the driver should read from the socket: not after the
     /// client's FIN, not while draining.
     pub fn reading(&self) -> bool {
@@ -261,23 +342,36 @@ impl Connection {
         received: &mut BytesMut,
         out: &mut BytesMut,
     ) -> Result<Option<Input>, End> {
-        while let Some(payload) = decode_package(received) {
+        loop {
+            let payload = match &mut self.seal {
+                Some(state) if self.open => match seal::decode_sealed(received) {
+                    Some(body) => state.open(body)?,
+                    None => return Ok(None),
+                },
+                _ => match decode_package(received) {
+                    Some(payload) => payload,
+                    None => return Ok(None),
+                },
+            };
             if let Some(input) = self.package(payload, out)? {
                 return Ok(Some(input));
             }
         }
-        Ok(None)
     }
 
     /// What a received WebSocket message means: an input, nothing (a
     /// control message, a heartbeat answered into `out`), or the end.
     pub fn message(&mut self, message: Message, out: &mut BytesMut) -> Result<Option<Input>, End> {
         match message {
-            Message::Binary(payload) if payload.len() > MAX_PAYLOAD => {
+            Message::Binary(payload) if payload.len() > self.max_message() => {
                 Err(ProtocolError::TooLarge.into())
             }
             Message::Binary(payload) => {
                 self.controls = 0;
+                let payload = match &mut self.seal {
+                    Some(state) if self.open => state.open(BytesMut::from(payload))?,
+                    _ => payload,
+                };
                 self.package(payload, out)
             }
             Message::Text => Err(ProtocolError::TextMessage.into()),
@@ -302,6 +396,16 @@ impl Connection {
         Ok(())
     }
 
+    /// The largest WebSocket data message: a package, and its tag once
+    /// sealed.
+    fn max_message(&self) -> usize {
+        if self.seal.is_some() && self.open {
+            MAX_PAYLOAD + TAG_LEN
+        } else {
+            MAX_PAYLOAD
+        }
+    }
+
     /// One package's payload.
     fn package(&mut self, payload: Bytes, out: &mut BytesMut) -> Result<Option<Input>, End> {
         if !self.open {
@@ -309,7 +413,9 @@ impl Connection {
         }
         if payload.is_empty() && self.opted_in {
             // Heartbeat: answered with an empty package.
+            let start = out.len();
             wire::write_heartbeat(out);
+            self.seal_from(out, start)?;
             return Ok(None);
         }
         Request::parse(payload)
@@ -318,11 +424,15 @@ impl Connection {
     }
 
     /// The handshake was accepted at `now`: the connection is open, its
-    /// idle timeout (if any) running from now.
-    pub fn accepted(&mut self, now: Time, opted_in: bool) {
+    /// idle timeout (if any) running from now, sealed with `seal` if the
+    /// handshake asked for it. The driver writes the `200 OK` before this
+    /// (it is the one package a sealed connection sends in the clear) and
+    /// seals everything after.
+    pub fn accepted(&mut self, now: Time, opted_in: bool, seal: Option<Channel>) {
         self.open = true;
         self.opted_in = opted_in;
         self.last_input = now;
+        self.seal = seal.map(|Channel { send, recv }| Box::new(SealState { send, recv }));
     }
 
     /// The handshake was refused with `status` (`None`: without one, the
@@ -402,14 +512,19 @@ impl Connection {
     /// Writes what the client is told before a graceful close for `end`
     /// that its session did not already say (the session's farewell is
     /// its queued packages and its kick): a shutdown kick for an opted-in
-    /// client.
-    pub fn farewell(&self, end: &End, out: &mut BytesMut) {
+    /// client (sealed if the connection is).
+    pub fn farewell(&mut self, end: &End, out: &mut BytesMut) {
         if self.opted_in
             && self.open
             && matches!(end, End::Shutdown)
             && let Some(text) = end.kick_text()
         {
+            let start = out.len();
             wire::write_kick(out, text);
+            // A channel that cannot seal any more says nothing.
+            if self.seal_from(out, start).is_err() {
+                out.truncate(start);
+            }
         }
     }
 }

@@ -51,7 +51,7 @@ impl Client {
             c.send(b"user:1:mac"),
             Ok(Some(Input::Handshake(_)))
         ));
-        c.conn.accepted(at(0), opted_in);
+        c.conn.accepted(at(0), opted_in, None);
         c
     }
 
@@ -114,7 +114,7 @@ fn the_first_package_is_the_handshake_then_requests() {
             c.send(hs),
             Ok(Some(Input::Handshake(Bytes::from_static(hs))))
         );
-        c.conn.accepted(at(1), false);
+        c.conn.accepted(at(1), false, None);
         let Ok(Some(Input::Request(r))) = c.send(&request(b"hi", 7)) else {
             panic!("not a request");
         };

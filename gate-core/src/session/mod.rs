@@ -61,6 +61,7 @@ use codec::ext::{Ext, Welcome};
 use codec::message::{Handshake, LuaNumber, MAX_RESPONSE_CONTENT, ResponseFlag};
 use codec::status::GateStatus;
 use loginproto::handshake::{self, HandshakeError, SessionSecret};
+use loginproto::seal::Channel;
 use serde::{Deserialize, Serialize};
 
 pub use self::cache::{ConnId, ExecId, OnRequest, ResponseCache};
@@ -142,6 +143,10 @@ pub enum HandshakeRefusal {
     /// The gate is shutting down or draining: closed without a status.
     #[error("gate is not taking new connections")]
     ShuttingDown,
+    /// The gate serves sealed sessions only and this handshake did not
+    /// ask for the sealed channel.
+    #[error("the gate requires the sealed channel")]
+    SealRequired,
 }
 
 impl HandshakeRefusal {
@@ -156,6 +161,7 @@ impl HandshakeRefusal {
             HandshakeRefusal::MacMismatch => Some(GateStatus::UNAUTHORIZED),
             HandshakeRefusal::IndexExpired => Some(GateStatus::INDEX_EXPIRED),
             HandshakeRefusal::ShuttingDown => None,
+            HandshakeRefusal::SealRequired => Some(GateStatus::SEAL_REQUIRED),
         }
     }
 }
@@ -173,14 +179,18 @@ pub struct Hello {
 
 /// The stateless checks of a handshake, in the documented order (skynet
 /// checks the index before the MAC; see `docs/PROTOCOL.md`): the index
-/// (`400`), the extension field and the MAC's base64 (`400`), the MAC
-/// (`401`). The caller has already found the user by the handshake's
+/// (`400`), the extension field (`400`; `seal=1` only for an x25519
+/// session) and the MAC's base64 (`400`), the MAC (`401`; over
+/// `username ":" index ":seal"` when sealing is asked), then, if the gate
+/// serves sealed sessions only (`require_sealed`), that it is asked
+/// (`426`). The caller has already found the user by the handshake's
 /// username (else `404`); [`Session::handshake`] does the rest (`404` for a
 /// session that is over, `403`, the push check).
 pub fn check_handshake(
     secret: &SessionSecret,
     hs: &Handshake,
     addr: SocketAddr,
+    require_sealed: bool,
 ) -> Result<Hello, HandshakeRefusal> {
     let index = hs
         .index_number()
@@ -190,11 +200,30 @@ pub fn check_handshake(
         Some(text) => Ext::parse(text).map_err(|_| HandshakeRefusal::BadExt)?,
         None => None,
     };
-    handshake::verify(secret, hs).map_err(|e| match e {
+    let sealed = ext.is_some_and(|ext| ext.seal);
+    if sealed && !matches!(secret, SessionSecret::X25519(_)) {
+        // skynet's 64-bit secret is no key for a cipher.
+        return Err(HandshakeRefusal::BadExt);
+    }
+    handshake::verify(secret, hs, sealed).map_err(|e| match e {
         HandshakeError::BadMacEncoding => HandshakeRefusal::BadMacEncoding,
         HandshakeError::MacMismatch => HandshakeRefusal::MacMismatch,
     })?;
+    if require_sealed && !sealed {
+        return Err(HandshakeRefusal::SealRequired);
+    }
     Ok(Hello { index, ext, addr })
+}
+
+/// The gate's side of the sealed channel a checked handshake asked for
+/// (`None`: a plain connection): keys of this index, counters at 0.
+pub fn seal_channel(secret: &SessionSecret, hs: &Handshake, hello: &Hello) -> Option<Channel> {
+    match secret {
+        SessionSecret::X25519(key) if hello.ext.is_some_and(|ext| ext.seal) => {
+            Some(Channel::gate(key, &hs.index))
+        }
+        _ => None,
+    }
 }
 
 /// The settings a session lives by (from the gate's configuration).

@@ -32,10 +32,7 @@ fn limits() -> Arc<Limits> {
 fn hello(index: i64, ext: Option<u32>) -> Hello {
     Hello {
         index: LuaNumber::Int(index),
-        ext: ext.map(|last_push| Ext {
-            version: 1,
-            last_push,
-        }),
+        ext: ext.map(Ext::new),
         addr: addr(),
     }
 }

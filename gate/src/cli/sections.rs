@@ -342,6 +342,12 @@ pub(crate) struct GateFlags {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     plain_idle_timeout: Option<Duration>,
+    /// Serve sealed sessions only: a handshake that does not ask for the
+    /// sealed channel gets `426 Seal Required` (skynet clients and the
+    /// skynet suite cannot connect) [default: off].
+    #[arg(long)]
+    #[serde(skip_serializing_if = "is_false")]
+    require_sealed: bool,
 }
 
 /// `[backend]` fields settable by flag.

@@ -451,6 +451,12 @@ pub struct GateConfig {
     /// never; an operator may set it to reap dead peers.
     #[serde(with = "duration")]
     pub plain_idle_timeout: Duration,
+    /// Serve sealed sessions only (`docs/PROTOCOL.md` §3.2): a handshake
+    /// that does not ask for the sealed channel is refused with `426 Seal
+    /// Required`, after its MAC is checked. Plain skynet clients and the
+    /// skynet suite cannot connect then. Applies live on a reload to new
+    /// handshakes. Default: false.
+    pub require_sealed: bool,
 }
 
 impl Default for GateConfig {
@@ -474,6 +480,7 @@ impl Default for GateConfig {
             push_backlog_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             plain_idle_timeout: Duration::ZERO,
+            require_sealed: false,
         }
     }
 }

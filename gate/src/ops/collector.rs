@@ -185,6 +185,12 @@ impl Collector for GateCollector {
         )?;
         counter(
             &mut e,
+            "gate_sealed_handshakes",
+            "Handshakes accepted that asked for the sealed channel",
+            m.sealed_handshakes,
+        )?;
+        counter(
+            &mut e,
             "gate_sessions_ended",
             "Sessions ended",
             m.sessions_ended,
@@ -197,6 +203,7 @@ impl Collector for GateCollector {
                 ("conflict", m.conflicts),
                 ("maxclient", m.refused_at_accept),
                 ("per_source", m.refused_per_source),
+                ("bad_seal", m.bad_seals),
             ];
             let first = ConstCounter::new(0u64);
             let mut family = e.encode_descriptor(

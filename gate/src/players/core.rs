@@ -17,7 +17,7 @@ use codec::message::Handshake;
 use gate_core::connection::ConnLimits;
 use gate_core::session::{
     Completion, Effect, ExecId, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent,
-    check_handshake,
+    check_handshake, seal_channel,
 };
 use gate_core::{End, wire};
 use loginproto::handshake::{self, SessionSecret};
@@ -240,6 +240,9 @@ pub(crate) struct Bound {
     pub(crate) user: Arc<User>,
     /// The client opted in to the extensions.
     pub(crate) ext: bool,
+    /// The gate's side of the sealed channel, if the handshake asked for
+    /// it.
+    pub(crate) seal: Option<loginproto::seal::Channel>,
     /// `200 OK` and, for an opted-in client, the welcome and the replay.
     pub(crate) greeting: BytesMut,
 }
@@ -449,7 +452,9 @@ impl GateCore {
         let user = self
             .user_by_username(&hs.username)
             .ok_or(HandshakeRefusal::UnknownUser)?;
-        let hello = check_handshake(&user.secret, &hs, addr)?;
+        let require_sealed = self.current.load().require_sealed;
+        let hello = check_handshake(&user.secret, &hs, addr, require_sealed)?;
+        let seal = seal_channel(&user.secret, &hs, &hello);
         let ext = hello.ext.is_some();
         let accepted = {
             let mut state = user.lock();
@@ -481,6 +486,7 @@ impl GateCore {
         Ok(Bound {
             user,
             ext,
+            seal,
             greeting: accepted.greeting,
         })
     }

@@ -90,7 +90,7 @@ pub(super) fn run_ws(
             match policy.upgrade_plain(stream, addr).await {
                 Ok(stream) => Some(WsPlain::new(
                     stream,
-                    codec::package::MAX_PAYLOAD,
+                    codec::package::MAX_PAYLOAD + codec::package::SEAL_TAG_LEN,
                     policy.read_buffer(),
                 )),
                 Err(e) => {
@@ -229,8 +229,16 @@ pub(super) async fn finish<T: Transport>(
         "connection closed"
     );
     if end.graceful() {
+        let mut conn = conn;
         match player.handle.farewell() {
-            Some(farewell) => pending.extend_from_slice(farewell),
+            Some(farewell) => {
+                let start = pending.len();
+                pending.extend_from_slice(farewell);
+                // A channel that cannot seal any more says nothing.
+                if conn.seal_from(&mut pending, start).is_err() {
+                    pending.truncate(start);
+                }
+            }
             None => conn.farewell(&end, &mut pending),
         }
         close(core, &mut transport, pending, &end, Some(&player.handle)).await;
@@ -293,11 +301,19 @@ async fn handshake<T: Transport>(
         }
         let read = transport.read(&mut conn, &mut pending, |conn, input, out| match input {
             Input::Handshake(payload) => match checked_handshake(core, &payload, addr, handle) {
-                Ok(accepted) => {
-                    conn.accepted(core.timers.now(), accepted.ext);
+                Ok(mut accepted) => {
                     // `200 OK`, then the welcome and the pushes the
-                    // client has not seen, before any answer.
-                    out.extend_from_slice(&accepted.greeting);
+                    // client has not seen, before any answer. A sealed
+                    // connection's `200 OK` goes in the clear; the rest
+                    // is sealed below, once the transport knows.
+                    let seal = accepted.seal.take();
+                    let status = if seal.is_some() {
+                        gate_core::wire::first_package_len(&accepted.greeting)
+                    } else {
+                        accepted.greeting.len()
+                    };
+                    out.extend_from_slice(&accepted.greeting.split_to(status));
+                    conn.accepted(core.timers.now(), accepted.ext, seal);
                     bound = Some(accepted);
                     Ok(Flow::Pause)
                 }
@@ -318,6 +334,26 @@ async fn handshake<T: Transport>(
         }
     };
     let end = match (result, bound) {
+        (Ok(()), Some(mut bound)) if conn.sealed() => {
+            transport.begin_sealed(&mut pending);
+            let start = pending.len();
+            pending.extend_from_slice(&bound.greeting);
+            bound.greeting.clear();
+            match conn.seal_from(&mut pending, start) {
+                Ok(()) => {
+                    bump(&core.metrics.sealed_handshakes);
+                    return Some((
+                        Opened {
+                            transport,
+                            conn,
+                            pending,
+                        },
+                        bound,
+                    ));
+                }
+                Err(end) => end,
+            }
+        }
         (Ok(()), Some(bound)) => {
             return Some((
                 Opened {
@@ -412,7 +448,9 @@ pub(super) async fn session<T: Transport>(
                     }
                     arm(player, conn);
                 }
-                player.take_outbox(pending);
+                if let Err(end) = take_outbox(player, conn, pending) {
+                    return end;
+                }
             }
             Ok(Event::Input) => match read(transport, conn, pending, player) {
                 Ok(Read::Eof) => {
@@ -442,7 +480,9 @@ async fn hand_off<T: Transport>(
 ) -> Option<End> {
     let core = player.core;
     loop {
-        player.take_outbox(pending);
+        if let Err(end) = take_outbox(player, conn, pending) {
+            return Some(end);
+        }
         if let Err(end) = transport.flush(pending) {
             return Some(end);
         }
@@ -460,7 +500,10 @@ async fn hand_off<T: Transport>(
         let woken = std::future::poll_fn(|cx| player.handle.poll_woken(cx));
         let _ = tokio::time::timeout(std::time::Duration::from_millis(20), woken).await;
     }
-    let parked = match transport.as_movable() {
+    // A sealed connection moves only to a process whose state format
+    // carries its channel.
+    let movable = !conn.sealed() || core.handoff.moves_sealed();
+    let parked = match transport.as_movable().filter(|_| movable) {
         Some(moving) => {
             super::handoff::park(core, moving, conn, pending, &player.handle, &player.user).await
         }
@@ -488,11 +531,28 @@ fn read<T: Transport>(
     pending: &mut BytesMut,
     player: &PlayerConn<'_>,
 ) -> Result<Read, End> {
-    transport.read(conn, pending, |_, input, out| match input {
-        Input::Request(request) => player.request(request, out).map(|()| Flow::More),
+    transport.read(conn, pending, |conn, input, out| match input {
+        Input::Request(request) => {
+            let start = out.len();
+            player.request(request, out)?;
+            conn.seal_from(out, start)?;
+            Ok(Flow::More)
+        }
         // The machine gives a handshake only before `accepted`.
         Input::Handshake(_) => Ok(Flow::More),
     })
+}
+
+/// Moves what other tasks queued for the connection (late answers,
+/// pushes) into `pending`, sealed if the connection is.
+fn take_outbox(
+    player: &PlayerConn<'_>,
+    conn: &mut Connection,
+    pending: &mut BytesMut,
+) -> Result<(), End> {
+    let start = pending.len();
+    player.take_outbox(pending);
+    conn.seal_from(pending, start)
 }
 
 /// Arms the gate's timers for the connection's next deadline.

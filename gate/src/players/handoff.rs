@@ -128,6 +128,10 @@ pub(crate) struct Handoff {
     /// New process: restored connections wait while this is `true` (the
     /// old process may still resume them).
     held: watch::Sender<bool>,
+    /// Old process: the state version the handoff writes (below 3, the
+    /// new process does not know sealed connections: they are closed for
+    /// a reconnect instead of moved).
+    version: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Handoff {
@@ -139,11 +143,18 @@ impl Default for Handoff {
             verdict: watch::Sender::new(Verdict::Pending),
             forward: Mutex::default(),
             held: watch::Sender::new(false),
+            version: std::sync::atomic::AtomicU32::new(STATE_VERSION),
         }
     }
 }
 
 impl Handoff {
+    /// Whether a sealed connection can move to the new process (its
+    /// state format carries the channel).
+    pub(crate) fn moves_sealed(&self) -> bool {
+        self.version.load(Ordering::Acquire) >= 3
+    }
+
     /// Whether connections are asked to park.
     pub(crate) fn is_requested(&self) -> bool {
         self.requested.load(Ordering::Acquire)
@@ -382,7 +393,7 @@ impl MsgGate {
                 .unwrap_or_else(PoisonError::into_inner),
         );
         let state = GateState {
-            version: STATE_VERSION,
+            version: core.handoff.version.load(Ordering::Acquire),
             server: core.cfg.name.clone(),
             now_ns: u64::try_from(core.timers.now().since_epoch().as_nanos()).unwrap_or(u64::MAX),
             next_subid: core.next_subid.load(Ordering::Acquire),
@@ -402,8 +413,12 @@ impl MsgGate {
     /// [`MsgGate::is_handing_off`] holds, so work that would add to the
     /// state (a cluster placement) waits, and the work already running
     /// can be waited for before [`MsgGate::hand_off_prepare`].
-    pub fn hand_off_request(&self) {
+    ///
+    /// `version` is the state version written (the highest both processes
+    /// know, [`crate::upgrade::state::writes_for`]).
+    pub fn hand_off_request(&self, version: u32) {
         let handoff = &self.core.handoff;
+        handoff.version.store(version, Ordering::Release);
         handoff.verdict.send_replace(Verdict::Pending);
         handoff.requested.store(true, Ordering::SeqCst);
         // Pairs with the fence of whoever checks `is_handing_off` after

@@ -42,6 +42,10 @@ pub struct GateMetrics {
     pub push_gaps: u64,
     /// Connections closed for sending nothing within the idle timeout.
     pub idle_timeouts: u64,
+    /// Handshakes accepted that asked for the sealed channel.
+    pub sealed_handshakes: u64,
+    /// Sealed connections closed for a package that failed to open.
+    pub bad_seals: u64,
     /// Entries in the gate's timer queue (live and stale).
     pub timers: usize,
     /// Requests run by the agent (re-sends answered from the cache are in
@@ -86,17 +90,20 @@ pub enum RefusedStatus {
     IndexExpired,
     /// `404 User Not Found`.
     NotFound,
+    /// `426 Seal Required`.
+    SealRequired,
     /// Closed without a status (shutting down).
     None,
 }
 
 impl RefusedStatus {
     /// Every status, in a fixed order.
-    pub const ALL: [RefusedStatus; 5] = [
+    pub const ALL: [RefusedStatus; 6] = [
         RefusedStatus::BadRequest,
         RefusedStatus::Unauthorized,
         RefusedStatus::IndexExpired,
         RefusedStatus::NotFound,
+        RefusedStatus::SealRequired,
         RefusedStatus::None,
     ];
 
@@ -107,6 +114,7 @@ impl RefusedStatus {
             RefusedStatus::Unauthorized => "401",
             RefusedStatus::IndexExpired => "403",
             RefusedStatus::NotFound => "404",
+            RefusedStatus::SealRequired => "426",
             RefusedStatus::None => "none",
         }
     }
@@ -118,6 +126,7 @@ impl RefusedStatus {
             Some(401) => RefusedStatus::Unauthorized,
             Some(403) => RefusedStatus::IndexExpired,
             Some(404) => RefusedStatus::NotFound,
+            Some(426) => RefusedStatus::SealRequired,
             _ => RefusedStatus::None,
         }
     }
@@ -191,6 +200,8 @@ pub(crate) struct Metrics {
     pub(crate) pushes_refused: AtomicU64,
     pub(crate) push_gaps: AtomicU64,
     pub(crate) idle_timeouts: AtomicU64,
+    pub(crate) sealed_handshakes: AtomicU64,
+    pub(crate) bad_seals: AtomicU64,
     /// Connections cut for going over the in-flight limit.
     pub(crate) inflight_cut: AtomicU64,
     /// Pushes replayed to reconnecting clients.
@@ -225,6 +236,7 @@ impl Metrics {
         match end {
             End::SlowReader => bump(&self.slow_readers_cut),
             End::IdleTimeout => bump(&self.idle_timeouts),
+            End::Protocol(ProtocolError::BadSeal) => bump(&self.bad_seals),
             End::TooManyInflight => bump(&self.inflight_cut),
             End::Conflict => bump(&self.conflicts),
             End::HandshakeTimeout => {

@@ -325,6 +325,8 @@ impl MsgGate {
             pushes_refused: get(&m.pushes_refused),
             push_gaps: get(&m.push_gaps),
             idle_timeouts: get(&m.idle_timeouts),
+            sealed_handshakes: get(&m.sealed_handshakes),
+            bad_seals: get(&m.bad_seals),
             timers: self.core.timers.len(),
             requests: m.requests.get(),
             responses: m.responses.get(),

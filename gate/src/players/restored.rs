@@ -75,6 +75,8 @@ fn resume<T: Transport + 'static>(
     let bound = Bound {
         user: Arc::clone(user),
         ext: conn.opted_in(),
+        // A sealed connection's channel is in its machine.
+        seal: None,
         greeting: BytesMut::new(),
     };
     core.tracker.spawn(async move {

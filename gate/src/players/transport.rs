@@ -68,6 +68,14 @@ pub(super) trait Transport: Send {
     /// Writes what the socket takes now, without a waker (before a wait).
     fn flush(&mut self, pending: &mut BytesMut) -> Result<(), End>;
 
+    /// The connection is sealed from here on: `pending` holds the `200 OK`
+    /// (sent in the clear), every package written after it is sealed
+    /// (`BE16(len) ‖ ciphertext ‖ tag`). A stream carries both as they are;
+    /// a WebSocket must cut sealed packages with their tags.
+    fn begin_sealed(&mut self, pending: &mut BytesMut) {
+        let _ = pending;
+    }
+
     /// Bytes the transport holds to write besides `pending` (counted
     /// against the send queue bound).
     fn queued(&self) -> usize {

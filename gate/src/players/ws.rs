@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use codec::websocket::close_code_of;
 use futures::task::noop_waker_ref;
 use futures::{Sink, SinkExt, Stream, StreamExt};
@@ -40,6 +40,8 @@ pub(super) struct Ws {
     unflushed: bool,
     /// Bytes read since the last data message.
     wire: usize,
+    /// The connection is sealed: the driver's packages carry a tag.
+    sealed: bool,
 }
 
 impl Ws {
@@ -49,6 +51,16 @@ impl Ws {
             next: None,
             unflushed: false,
             wire: 0,
+            sealed: false,
+        }
+    }
+
+    /// Whether `pending` begins with a whole package.
+    fn has_unit(&self, pending: &[u8]) -> bool {
+        if self.sealed {
+            loginproto::seal::sealed_unit_len(pending).is_some()
+        } else {
+            codec::websocket::Mapping::Packages.has_unit(pending)
         }
     }
 
@@ -65,6 +77,20 @@ impl Ws {
             Poll::Pending => None,
         }
     }
+}
+
+/// The message of the first whole package in `pending` (`sealed`: its
+/// ciphertext and tag), taken off.
+fn outgoing(pending: &mut BytesMut, sealed: bool) -> Option<Message> {
+    if !sealed {
+        return codec::websocket::Mapping::Packages
+            .outgoing(pending)
+            .ok()
+            .flatten();
+    }
+    let unit = loginproto::seal::sealed_unit_len(pending)?;
+    pending.advance(2);
+    Some(Message::Binary(pending.split_to(unit - 2).freeze()))
 }
 
 /// What a received message is for the connection machine.
@@ -158,18 +184,29 @@ impl Transport for Ws {
         Ok(())
     }
 
+    fn begin_sealed(&mut self, pending: &mut BytesMut) {
+        // The `200 OK` goes in the clear. The sink holds nothing this
+        // early, so it only buffers the message.
+        if let Some(message) = outgoing(pending, false)
+            && Pin::new(&mut self.ws).start_send(message).is_ok()
+        {
+            self.unflushed = true;
+        }
+        self.sealed = true;
+    }
+
     fn wants_write(&self, pending: &BytesMut) -> bool {
-        self.unflushed || codec::websocket::Mapping::Packages.has_unit(pending)
+        self.unflushed || self.has_unit(pending)
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, pending: &mut BytesMut) -> Result<(), End> {
-        let ws = &mut self.ws;
-        while codec::websocket::Mapping::Packages.has_unit(pending) {
+        while self.has_unit(pending) {
+            let ws = &mut self.ws;
             match Pin::new(&mut *ws).poll_ready(cx) {
                 Poll::Ready(ready) => ready.map_err(write_failed)?,
                 Poll::Pending => return Ok(()),
             }
-            if let Ok(Some(message)) = codec::websocket::Mapping::Packages.outgoing(pending) {
+            if let Some(message) = outgoing(pending, self.sealed) {
                 Pin::new(&mut *ws)
                     .start_send(message)
                     .map_err(write_failed)?;
@@ -178,7 +215,7 @@ impl Transport for Ws {
         }
         super::tcp::release_if_empty(pending);
         if self.unflushed {
-            match Pin::new(&mut *ws).poll_flush(cx) {
+            match Pin::new(&mut self.ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
                 Poll::Ready(Err(e)) => return Err(write_failed(e)),
                 Poll::Pending => {}
@@ -197,7 +234,7 @@ impl Transport for Ws {
         stop_waiting: impl Future<Output = ()> + Send,
     ) {
         let mut sent = Ok(());
-        while let Ok(Some(message)) = codec::websocket::Mapping::Packages.outgoing(&mut pending) {
+        while let Some(message) = outgoing(&mut pending, self.sealed) {
             sent = self.ws.feed(message).await;
             if sent.is_err() {
                 break;

@@ -25,6 +25,9 @@ use tokio::net::TcpStream;
 use super::tcp::{release_if_empty, with_scratch_input, write_now};
 use super::transport::{Flow, Read, Serve, Transport};
 
+/// A sealed package's tag, as [`WsPlain::tag`] keeps it.
+const TAG: u8 = loginproto::seal::TAG_LEN as u8;
+
 /// The socket, what was read and not yet served, and frames not yet
 /// written.
 #[derive(Debug)]
@@ -46,6 +49,9 @@ pub(crate) struct WsPlain {
     /// The last read served a data message (pings, pongs and fragments
     /// are not input for the idle timeout).
     data: bool,
+    /// Bytes a package carries beyond its header's length: the tag, once
+    /// the connection is sealed ([`Transport::begin_sealed`]).
+    tag: u8,
 }
 
 /// What a live upgrade carries of a plain WebSocket connection besides its
@@ -60,6 +66,9 @@ pub struct WsState {
     pub wire: usize,
     /// Read size.
     pub read_size: usize,
+    /// The connection is sealed: its packages carry a tag.
+    #[serde(default)]
+    pub sealed: bool,
 }
 
 impl WsPlain {
@@ -76,6 +85,7 @@ impl WsPlain {
             read_size,
             paused: false,
             data: false,
+            tag: 0,
         }
     }
 
@@ -92,6 +102,7 @@ impl WsPlain {
             read_size: state.read_size,
             paused: !unread.is_empty(),
             data: false,
+            tag: if state.sealed { TAG } else { 0 },
         }
     }
 
@@ -112,6 +123,7 @@ impl WsPlain {
             frames: Bytes::copy_from_slice(&self.frames),
             wire: self.wire,
             read_size: self.read_size,
+            sealed: self.tag != 0,
         }
     }
 
@@ -143,7 +155,7 @@ impl WsPlain {
                 Frame::Pong => Received::Control,
                 Frame::Close(code) => {
                     // Answers already made go first, then the reply.
-                    websocket::packages_to_frames(pending, &mut self.frames);
+                    websocket::packages_to_frames(pending, &mut self.frames, usize::from(self.tag));
                     websocket::write_close(websocket::close_reply(code), &mut self.frames);
                     Received::Close
                 }
@@ -215,7 +227,7 @@ impl WsPlain {
 
     /// Frames what is in `pending` and writes what the socket takes now.
     fn write_ready(&mut self, pending: &mut BytesMut) -> Result<(), End> {
-        websocket::packages_to_frames(pending, &mut self.frames);
+        websocket::packages_to_frames(pending, &mut self.frames, usize::from(self.tag));
         release_if_empty(pending);
         let written = write_now(&self.stream, &self.frames)?;
         self.frames.advance(written);
@@ -261,6 +273,12 @@ impl Transport for WsPlain {
         self.write_ready(pending)
     }
 
+    fn begin_sealed(&mut self, pending: &mut BytesMut) {
+        // The `200 OK` in the clear, everything after with its tag.
+        websocket::packages_to_frames(pending, &mut self.frames, 0);
+        self.tag = TAG;
+    }
+
     fn queued(&self) -> usize {
         self.frames.len()
     }
@@ -292,7 +310,7 @@ impl Transport for WsPlain {
         closed: impl FnOnce() + Send,
         stop_waiting: impl Future<Output = ()> + Send,
     ) {
-        websocket::packages_to_frames(&mut pending, &mut self.frames);
+        websocket::packages_to_frames(&mut pending, &mut self.frames, usize::from(self.tag));
         websocket::write_close(code, &mut self.frames);
         let frames = std::mem::take(&mut self.frames);
         let sent = self.stream.write_all(&frames).await;

@@ -24,6 +24,7 @@ pub const LIVE: &[&str] = &[
     "gate.push_backlog_bytes",
     "gate.idle_timeout",
     "gate.plain_idle_timeout",
+    "gate.require_sealed",
     "login.max_connections",
     "login.max_connections_per_source",
     "login.max_connections_per_network",

@@ -200,9 +200,9 @@ async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String
         return Err(format!("expected a hello, got {hello:?}"));
     };
     info!(new_pid = pid, ?reads, "a new process asks to take over");
-    if !reads.contains(&STATE_VERSION) {
+    let Some(version) = super::state::writes_for(&reads) else {
         let why = format!(
-            "the new process reads state versions {reads:?}; this one writes {STATE_VERSION}"
+            "the new process reads state versions {reads:?}; this one writes {STATE_VERSION} or 2"
         );
         let _ = send(
             &mut stream,
@@ -211,11 +211,11 @@ async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String
         )
         .await;
         return Err(why);
-    }
+    };
     crate::net::pause_accepting(true);
     let result = match &handover.gate {
-        Some(gate) => transfer(&mut stream, handover, gate).await,
-        None => transfer_listeners(&mut stream, handover).await,
+        Some(gate) => transfer(&mut stream, handover, gate, version).await,
+        None => transfer_listeners(&mut stream, handover, version).await,
     };
     if result.is_err() {
         if let Some(gate) = &handover.gate {
@@ -231,10 +231,11 @@ async fn hand_over(stream: UnixStream, handover: &Handover) -> Result<(), String
 async fn transfer_listeners(
     stream: &mut Option<UnixStream>,
     handover: &Handover,
+    version: u32,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
     let state = GateState {
-        version: STATE_VERSION,
+        version,
         server: String::new(),
         now_ns: 0,
         next_subid: 0,
@@ -257,9 +258,10 @@ async fn transfer(
     stream: &mut Option<UnixStream>,
     handover: &Handover,
     gate: &MsgGate,
+    version: u32,
 ) -> Result<(), String> {
     let started = tokio::time::Instant::now();
-    gate.hand_off_request();
+    gate.hand_off_request(version);
     if let Some(busy) = &handover.busy {
         let deadline = started + handover.grace;
         while busy() > 0 {

@@ -17,12 +17,24 @@ use serde::{Deserialize, Serialize};
 
 /// The version of the state format this build writes. Version 2 added
 /// plain WebSocket connections ([`ConnState::websocket`]); a build of
-/// version 1 would take them for TCP ones, so it is refused.
-pub const STATE_VERSION: u32 = 2;
+/// version 1 would take them for TCP ones, so it is refused. Version 3
+/// added sealed connections (the channel in the connection's machine); a
+/// build of version 2 would serve them in the clear, so to such a build
+/// this one writes version 2 without its sealed connections (they are
+/// closed, and their clients reconnect: [`writes_for`]).
+pub const STATE_VERSION: u32 = 3;
 
 /// The state versions this build reads: a version 1 state is a version 2
-/// one without WebSocket connections.
-pub const READS: &[u32] = &[1, 2];
+/// one without WebSocket connections, a version 2 one a version 3 one
+/// without sealed connections.
+pub const READS: &[u32] = &[1, 2, 3];
+
+/// The version to write for a new process that reads `reads`: the highest
+/// this build writes that it reads, if any (2 means without sealed
+/// connections).
+pub fn writes_for(reads: &[u32]) -> Option<u32> {
+    [STATE_VERSION, 2].into_iter().find(|v| reads.contains(v))
+}
 
 /// One message on the upgrade socket (descriptors travel with
 /// [`Message::Listeners`] and [`Message::Conns`]). Externally tagged

@@ -424,6 +424,11 @@ impl Session {
         self.conn.as_ref().is_some_and(GateConn::is_opted_in)
     }
 
+    /// Whether the current connection is sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.conn.as_ref().is_some_and(GateConn::is_sealed)
+    }
+
     /// The sequence number of the last push received in this login.
     pub fn last_push(&self) -> u32 {
         self.conn.as_ref().map_or(0, GateConn::last_push)

@@ -243,6 +243,7 @@ impl Player {
         s.login(&LoginOverrides::default()).await.expect("login");
         let (status, _) = s.connect(&ConnectSpec::default()).await.expect("handshake");
         assert_eq!(status, GateStatus::OK);
+        assert_eq!(s.is_sealed(), opt_in && !skynet, "{uid}");
         if opt_in {
             match guard("the welcome", s.recv()).await {
                 Ok(Event::Welcome { .. }) => {}

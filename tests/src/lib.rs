@@ -7,4 +7,5 @@ pub mod login;
 pub mod msg;
 pub mod player;
 pub mod push;
+pub mod relay;
 pub mod replay;

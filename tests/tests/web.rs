@@ -640,7 +640,10 @@ async fn wss_when_a_certificate_is_configured() {
     .expect("login over wss://");
     let ticket = Ticket::new(b"tls-user", b"sample", &ok);
     let mut conn = GateConn::new(format!("wss://{gate}/"), ticket, Duration::from_secs(5));
+    // Opted in, so sealed inside TLS too.
+    conn.set_extensions(client_cli::gate::Extensions::OptIn);
     conn.connect(1).await.expect("handshake over wss://");
+    assert!(conn.is_sealed());
     conn.send(b"secure echo", 1).await.expect("send");
     let response = conn.recv().await.expect("recv").expect("open");
     assert_eq!(&response.content[..], b"secure echo");

@@ -329,3 +329,171 @@ fn the_state_is_plain_data() {
     assert_eq!(back.check(0, 0), Some(End::HalfClosed));
     assert!(back.opted_in() && !back.reading());
 }
+
+/// The sealed channel (`docs/PROTOCOL.md` §3.2), both mappings: what the
+/// client seals opens; what the machine writes is sealed; a package that
+/// does not open ends the connection; the counters survive a move.
+mod sealed {
+    use bytes::Buf;
+    use loginproto::seal::{self, Channel};
+
+    use super::*;
+
+    /// An open, opted-in, sealed connection and the client's side of its
+    /// channel.
+    fn open(mapping: Mapping) -> (Client, Channel) {
+        let mut c = Client::new(mapping);
+        assert!(matches!(
+            c.send(b"user:1:mac:v=1,seal=1"),
+            Ok(Some(Input::Handshake(_)))
+        ));
+        c.conn
+            .accepted(at(0), true, Some(Channel::gate(&[9; 32], b"1")));
+        (c, Channel::client(&[9; 32], b"1"))
+    }
+
+    /// The client seals `payload` as its mapping carries it.
+    fn send_sealed(
+        c: &mut Client,
+        client: &mut Channel,
+        payload: &[u8],
+    ) -> Result<Option<Input>, End> {
+        let mut wire = BytesMut::new();
+        seal::put_sealed(&mut client.send, payload, &mut wire).unwrap();
+        deliver(c, wire)
+    }
+
+    fn deliver(c: &mut Client, mut wire: BytesMut) -> Result<Option<Input>, End> {
+        match c.conn.mapping() {
+            Mapping::Stream => c.conn.next_input(&mut wire, &mut c.out),
+            Mapping::Messages => {
+                wire.advance(2);
+                c.conn.message(Message::Binary(wire.freeze()), &mut c.out)
+            }
+        }
+    }
+
+    /// The sealed packages written so far, opened.
+    fn opened(c: &mut Client, client: &mut Channel) -> Vec<Bytes> {
+        let mut got = Vec::new();
+        while let Some(body) = seal::decode_sealed(&mut c.out) {
+            got.push(client.recv.open_body(body).expect("opens"));
+        }
+        assert!(c.out.is_empty());
+        got
+    }
+
+    #[test]
+    fn requests_open_and_answers_are_sealed() {
+        for mapping in MAPPINGS {
+            let (mut c, mut client) = open(mapping);
+            assert!(c.conn.sealed());
+            let mut request = b"hello".to_vec();
+            request.extend_from_slice(&7u32.to_be_bytes());
+            match send_sealed(&mut c, &mut client, &request) {
+                Ok(Some(Input::Request(r))) => {
+                    assert_eq!((&r.content[..], r.number), (&b"hello"[..], 7));
+                }
+                other => panic!("{mapping:?}: {other:?}"),
+            }
+            // A heartbeat is answered sealed.
+            assert_eq!(send_sealed(&mut c, &mut client, b""), Ok(None));
+            // What the driver writes, sealed in order after it.
+            let start = c.out.len();
+            encode_package(b"answer one", &mut c.out).unwrap();
+            encode_package(b"answer two", &mut c.out).unwrap();
+            c.conn.seal_from(&mut c.out, start).unwrap();
+            let got = opened(&mut c, &mut client);
+            assert_eq!(got, [&b""[..], b"answer one", b"answer two"], "{mapping:?}");
+        }
+    }
+
+    #[test]
+    fn a_package_that_does_not_open_ends_the_connection() {
+        for mapping in MAPPINGS {
+            // Altered.
+            let (mut c, mut client) = open(mapping);
+            let mut wire = BytesMut::new();
+            seal::put_sealed(&mut client.send, b"abcd1234", &mut wire).unwrap();
+            wire[4] ^= 1;
+            assert_eq!(
+                deliver(&mut c, wire),
+                Err(End::Protocol(ProtocolError::BadSeal)),
+                "{mapping:?}"
+            );
+            // Plain where sealed is due: a message shorter than a tag
+            // fails; on a stream it is the start of a longer package, and
+            // fails once that much has come.
+            let (mut c, _) = open(mapping);
+            let mut wire = BytesMut::new();
+            encode_package(b"abcd1234", &mut wire).unwrap();
+            if mapping == Mapping::Stream {
+                assert_eq!(c.conn.next_input(&mut wire, &mut c.out), Ok(None));
+                wire.extend_from_slice(&[0; TAG_LEN]);
+            }
+            assert_eq!(
+                deliver(&mut c, wire),
+                Err(End::Protocol(ProtocolError::BadSeal)),
+                "{mapping:?}"
+            );
+            // Replayed.
+            let (mut c, mut client) = open(mapping);
+            let mut wire = BytesMut::new();
+            seal::put_sealed(&mut client.send, b"abcd1234", &mut wire).unwrap();
+            assert!(deliver(&mut c, wire.clone()).is_ok());
+            assert_eq!(
+                deliver(&mut c, wire),
+                Err(End::Protocol(ProtocolError::BadSeal))
+            );
+        }
+        assert_eq!(End::Protocol(ProtocolError::BadSeal).close_code(), 1007);
+    }
+
+    #[test]
+    fn a_sealed_message_may_carry_a_whole_package() {
+        let (mut c, mut client) = open(Mapping::Messages);
+        let mut request = vec![b'x'; MAX_PAYLOAD - 4];
+        request.extend_from_slice(&1u32.to_be_bytes());
+        assert!(matches!(
+            send_sealed(&mut c, &mut client, &request),
+            Ok(Some(Input::Request(_)))
+        ));
+        let too_large = Bytes::from(vec![0; MAX_PAYLOAD + TAG_LEN + 1]);
+        assert_eq!(
+            c.conn.message(Message::Binary(too_large), &mut c.out),
+            Err(End::Protocol(ProtocolError::TooLarge))
+        );
+    }
+
+    #[test]
+    fn the_channel_moves_with_the_connection() {
+        let (mut c, mut client) = open(Mapping::Stream);
+        let mut request = b"one".to_vec();
+        request.extend_from_slice(&1u32.to_be_bytes());
+        assert!(send_sealed(&mut c, &mut client, &request).is_ok());
+        let start = c.out.len();
+        encode_package(b"first", &mut c.out).unwrap();
+        c.conn.seal_from(&mut c.out, start).unwrap();
+        assert_eq!(opened(&mut c, &mut client), [&b"first"[..]]);
+        // Written out and read back (a live upgrade).
+        let text = serde_json::to_string(&c.conn).unwrap();
+        assert!(!text.contains("\"seal\":null"));
+        let moved: Connection = serde_json::from_str(&text).unwrap();
+        c.conn = moved.with_limits(limits());
+        assert!(c.conn.sealed());
+        assert!(
+            send_sealed(&mut c, &mut client, &request).is_ok(),
+            "counter 1"
+        );
+        let start = c.out.len();
+        encode_package(b"second", &mut c.out).unwrap();
+        c.conn.seal_from(&mut c.out, start).unwrap();
+        assert_eq!(opened(&mut c, &mut client), [&b"second"[..]]);
+        // A connection written out before sealing existed reads back plain.
+        let plain = Client::open(Mapping::Stream, true);
+        let mut value: serde_json::Value = serde_json::to_value(&plain.conn).unwrap();
+        value.as_object_mut().unwrap().remove("seal");
+        let old: Connection = serde_json::from_value(value).unwrap();
+        assert!(!old.sealed());
+    }
+}

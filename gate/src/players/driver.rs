@@ -657,7 +657,8 @@ mod tests {
     }
 
     /// Every idle connection is one of these futures: keep it small (the
-    /// budget is 4 KB of user-space memory per idle session, all in).
+    /// budget is 4 KB of user-space memory per idle session, all in; the
+    /// sealed channel's pointer took it from 400 to 408 bytes).
     #[tokio::test]
     async fn connection_task_is_small() {
         let core = Arc::new(GateCore::new(
@@ -682,7 +683,7 @@ mod tests {
             std::mem::size_of::<OpenConn<Tcp>>(),
             std::mem::size_of::<End>(),
         );
-        assert!(size <= 400, "connection task future is {size} bytes");
+        assert!(size <= 408, "connection task future is {size} bytes");
         drop(client);
     }
 }

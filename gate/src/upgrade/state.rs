@@ -161,3 +161,17 @@ pub struct ConnState {
     #[serde(default)]
     pub websocket: Option<crate::players::WsState>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_version_written_is_the_highest_both_know() {
+        assert_eq!(writes_for(&[1, 2, 3]), Some(3));
+        // A build before sealed connections: version 2, without them.
+        assert_eq!(writes_for(&[1, 2]), Some(2));
+        assert_eq!(writes_for(&[1]), None);
+        assert_eq!(writes_for(&[4]), None);
+    }
+}

@@ -11,7 +11,10 @@
 # (RSS with N idle sessions minus RSS with none); and echo through a
 # backend service process (the `service` crate's echo example) at 512 x 16;
 # and echo over the gate's WebSocket listener against TCP echo through the
-# same gate, interleaved in the same rounds (requests/s and p99).
+# same gate, interleaved in the same rounds (requests/s and p99); and
+# echo over the sealed channel (`client bench --seal`) and over the gate's
+# TLS listener against plain TCP echo through the same gate, interleaved,
+# with the gate's CPU per request (from /proc).
 #
 # Absolute numbers on a shared 2-core box are noise (the load generator runs
 # on the same cores); the ratios of one run are the figure.
@@ -23,7 +26,8 @@
 # docs/latency.png with gnuplot when it is installed.
 #
 # Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS, CHART,
-# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, WEB_GATE_PORT, SKIP_BUILD=1. Exit status is non-zero if
+# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, WEB_GATE_PORT, TLS_GATE_PORT, SKIP_BUILD=1. The TLS
+# row needs openssl (a throwaway certificate); it is skipped without. Exit status is non-zero if
 # any run lost or got a wrong response.
 set -euo pipefail
 
@@ -47,6 +51,7 @@ GATE_PORT=${GATE_PORT:-28888}
 RAW_PORT=${RAW_PORT:-28999}
 WEB_GATE_PORT=${WEB_GATE_PORT:-28889}
 WEB_LOGIN_PORT=${WEB_LOGIN_PORT:-28002}
+TLS_GATE_PORT=${TLS_GATE_PORT:-28890}
 LOGIN=127.0.0.1:$LOGIN_PORT
 GATE=127.0.0.1:$GATE_PORT
 RAW=127.0.0.1:$RAW_PORT
@@ -89,12 +94,21 @@ max_connections_per_network = 0
 login_listen = "127.0.0.1:$WEB_LOGIN_PORT"
 gate_listen = "127.0.0.1:$WEB_GATE_PORT"
 EOF
+    if [[ -s $WORK/tls.crt ]]; then
+        cat >>"$WORK/gate.toml" <<EOF
+[tls]
+gate_listen = "127.0.0.1:$TLS_GATE_PORT"
+cert_file = "$WORK/tls.crt"
+key_file = "$WORK/tls.key"
+EOF
+    fi
     RUST_LOG=warn "$BIN/gate" --config "$WORK/gate.toml" >"$WORK/gate.log" 2>&1 &
     GATE_PID=$!
     PIDS+=("$GATE_PID")
     wait_port "$LOGIN_PORT"
     wait_port "$GATE_PORT"
     wait_port "$WEB_GATE_PORT"
+    if [[ -s $WORK/tls.crt ]]; then wait_port "$TLS_GATE_PORT"; fi
 }
 
 stop_gate() {
@@ -116,6 +130,18 @@ bench() { # bench ARGS...: one client bench run, prints its JSON line
 }
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
+
+# A throwaway CA and a certificate it signs for the TLS listener (the TLS
+# row), if openssl is there.
+if command -v openssl >/dev/null; then
+    printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n' >"$WORK/tls.ext"
+    { openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+          -addext basicConstraints=critical,CA:TRUE -keyout "$WORK/ca.key" -out "$WORK/ca.crt" &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+          -keyout "$WORK/tls.key" -out "$WORK/tls.csr" &&
+      openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" -CAcreateserial \
+          -days 1 -extfile "$WORK/tls.ext" -out "$WORK/tls.crt"; } >/dev/null 2>&1 || rm -f "$WORK/tls.crt"
+fi
 
 cores=$(nproc)
 echo "== gate vs raw echo: $ROUNDS round(s) of ${DURATION}s (+${WARMUP}s warmup) per figure, $cores cores =="
@@ -171,6 +197,56 @@ for figure in "512 16 16" "512 16 512" "64 1 16"; do
         "$(awk -v v="$wp" 'BEGIN{print v/1000}')" "$(awk -v v="$tp" 'BEGIN{print v/1000}')" "$p99ratio"
 done
 echo "target (issue 12): WebSocket echo >= 60 % of TCP at 512x16"
+
+echo
+# The sealed channel: the same gate over TCP, plain and sealed (every
+# request opened and every answer sealed with ChaCha20-Poly1305), and over
+# its TLS listener, interleaved in the same rounds. CPU per request is the
+# gate's utime + stime over the whole client run divided by the requests
+# sent (the logins of the setup included: a few % of it at most).
+TICK_NS=$(( 1000000000 / $(getconf CLK_TCK) ))
+seal_run() { # seal_run KIND CONNS DEPTH SIZE: prints "rps p99_us cpu_ns_per_request"
+    local kind=$1 before after j sent
+    local args=(--login "$LOGIN" --conns "$2" --depth "$3" --size "$4" --duration "$DURATION")
+    before=$(cpu_ticks "$GATE_PID")
+    case $kind in
+        plain) j=$(bench --gate "$GATE" "${args[@]}") ;;
+        sealed) j=$(bench --gate "$GATE" --seal "${args[@]}") ;;
+        tls)
+            if ! j=$("$BIN/client" --tls-ca-file "$WORK/ca.crt" bench --json --warmup "$WARMUP" \
+                --gate "tls://127.0.0.1:$TLS_GATE_PORT" "${args[@]}"); then
+                echo "client bench (TLS) FAILED: $j" >&2
+                FAILED=1
+            fi ;;
+    esac
+    after=$(cpu_ticks "$GATE_PID")
+    sent=$(field "$j" sent)
+    echo "$(field "$j" rps) $(field "$j" p99_us) $(awk -v t=$(( after - before )) -v n="${sent:-0}" -v k="$TICK_NS" \
+        'BEGIN { if (n > 0) printf "%.0f", t * k / n; else print 0 }')"
+}
+kinds=(plain sealed)
+if [[ -s $WORK/tls.crt ]]; then kinds+=(tls); fi
+printf '%-28s %12s %10s %12s %10s\n' figure "req/s" "p99" "CPU/request" "vs plain"
+for figure in "512 16 16" "512 16 512" "64 1 16"; do
+    read -r conns depth size <<<"$figure"
+    declare -A rps=() p99=() cpu=()
+    for _ in $(seq "$ROUNDS"); do
+        for kind in "${kinds[@]}"; do
+            seal_run "$kind" "$conns" "$depth" "$size" >"$WORK/seal.out"
+            read -r r p c <"$WORK/seal.out"
+            rps[$kind]+=" $r"; p99[$kind]+=" $p"; cpu[$kind]+=" $c"
+        done
+    done
+    plain_cpu=$(median <<<"${cpu[plain]}")
+    for kind in "${kinds[@]}"; do
+        c=$(median <<<"${cpu[$kind]}")
+        printf '%-28s %12.0f %8.1fms %10.0fns %9s\n' "$kind $conns x $depth, $size B" \
+            "$(median <<<"${rps[$kind]}")" "$(awk -v v="$(median <<<"${p99[$kind]}")" 'BEGIN{print v/1000}')" "$c" \
+            "$(awk -v c="$c" -v p="$plain_cpu" 'BEGIN { if (p > 0) printf "%.2fx", c / p; else print "-" }')"
+    done
+    unset rps p99 cpu
+done
+echo "target (issue 22): sealed <= 1.5x plain CPU per request at 512x16, 16 B"
 
 echo
 # The chart: latency by percentile, gate and raw echo from the same run

@@ -180,8 +180,13 @@ impl Shell<'_> {
         let line = match self.session.connect(&spec).await {
             Ok((status, index)) if status.code() == 200 => {
                 let mode = if self.session.is_opted_in() {
+                    let sealed = if self.session.is_sealed() {
+                        "sealed, "
+                    } else {
+                        ""
+                    };
                     format!(
-                        " (opting in, pushes seen up to #{})",
+                        " ({sealed}opting in, pushes seen up to #{})",
                         self.session.last_push()
                     )
                 } else {

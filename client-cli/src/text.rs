@@ -186,6 +186,7 @@ pub fn gate_status_meaning(status: GateStatus) -> &'static str {
         401 => "the MAC did not verify (wrong secret)",
         403 => "the index is not greater than the last one the gate accepted",
         404 => "no such user on this gate (wrong subid or server, or logged out)",
+        426 => "the gate serves sealed connections only (an x25519 login, without --no-seal)",
         _ => "unknown status",
     }
 }

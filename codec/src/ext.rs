@@ -4,8 +4,9 @@
 //! skynet ignores anything after a third `:` of the handshake
 //! (spec §5.2 step 1), so a client appends `":" ext` there; a skynet gate
 //! still accepts it, and a plain client that sends no ext is served exactly
-//! as skynet would. The field is **not** covered by the handshake MAC: it
-//! only chooses what the client is sent, never who it is.
+//! as skynet would. The field is **not** covered by the handshake MAC (but
+//! for `seal=1`, which changes the signed text, see below): it only
+//! chooses what the client is sent, never who it is.
 //!
 //! # Grammar (ASCII, no spaces)
 //!

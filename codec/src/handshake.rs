@@ -28,8 +28,10 @@ pub struct Handshake {
     /// the end.
     pub mac: Bytes,
     /// Whatever follows a third `:`. skynet ignores it; this project uses it
-    /// to carry optional client extensions. It is **not** covered by the MAC,
-    /// so nothing in it may be trusted for authentication.
+    /// to carry optional client extensions. It is **not** covered by the MAC
+    /// (a request for the sealed channel changes the signed text instead:
+    /// `loginproto::handshake`), so nothing in it may be trusted for
+    /// authentication.
     pub ext: Option<Bytes>,
 }
 

@@ -86,11 +86,11 @@ impl Driver {
                 // The session decides; here the fuzzer does.
                 match data.byte() % 4 {
                     0 => {
-                        let status = GateStatus::ALL[usize::from(data.byte()) % 5];
+                        let status = GateStatus::ALL[usize::from(data.byte()) % GateStatus::ALL.len()];
                         let status = (status != GateStatus::OK).then_some(status);
                         return Err(self.conn.refuse(status, &mut self.out));
                     }
-                    choice => self.conn.accepted(self.now, choice == 1),
+                    choice => self.conn.accepted(self.now, choice == 1, None),
                 }
             }
             Input::Request(_) => {

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
     let Some(hs) = Handshake::parse(&payload) else {
         return;
     };
-    let _ = handshake::verify(secret, &hs);
+    let _ = handshake::verify(secret, &hs, false);
+    let _ = handshake::verify(secret, &hs, true);
 
     let signed = if control & 2 == 0 {
         handshake::sign(secret, &hs.username, &hs.index)
@@ -42,9 +43,17 @@ fuzz_target!(|data: &[u8]| {
     let again = Handshake::parse(&Bytes::from(signed)).expect("a signed handshake parses");
     assert_eq!(again.username, hs.username);
     assert_eq!(again.index, hs.index);
-    assert_eq!(handshake::verify(secret, &again), Ok(()));
+    assert_eq!(handshake::verify(secret, &again, false), Ok(()));
     assert_eq!(
-        handshake::verify(other, &again),
+        handshake::verify(other, &again, false),
+        Err(HandshakeError::MacMismatch)
+    );
+    // Signed for the sealed channel, it verifies only as such.
+    let sealed = handshake::sign_sealed(secret, &hs.username, &hs.index, b"v=1,seal=1");
+    let sealed = Handshake::parse(&Bytes::from(sealed)).expect("a signed handshake parses");
+    assert_eq!(handshake::verify(secret, &sealed, true), Ok(()));
+    assert_eq!(
+        handshake::verify(secret, &sealed, false),
         Err(HandshakeError::MacMismatch)
     );
 });

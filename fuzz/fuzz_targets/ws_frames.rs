@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
         packages.put_slice(chunk);
     }
     let mut frames = BytesMut::new();
-    packages_to_frames(&mut packages, &mut frames);
+    packages_to_frames(&mut packages, &mut frames, 0);
     assert!(packages.is_empty());
     let mut masked = BytesMut::new();
     let mut rest = &frames[..];

@@ -27,13 +27,19 @@
 //!
 //! Nothing here allocates per package but [`seal_packages`] when one call
 //! seals several packages at once.
+//!
+//! The AEAD is ring's ChaCha20-Poly1305 (BoringSSL's assembly), not the
+//! RustCrypto crate the login's token uses: every request and answer pays
+//! it, and on the gate's packages (tens of bytes) it costs about a seventh
+//! (`cargo bench -p loginproto --bench seal`: 195 ns against 1.48 µs for
+//! 20 bytes on a 2-core x86-64 with AVX2, 457 ns against 2.24 µs for 517).
+//! ring is in the build anyway, as rustls's provider.
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use chacha20poly1305::aead::AeadInOut as _;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit as _};
 use hkdf::Hkdf;
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use sha2::Sha256;
 
 use crate::modern::Key32;
@@ -69,12 +75,24 @@ pub enum SealError {
 }
 
 /// One direction of a sealed channel: its key and the counter of the next
-/// package. Wiped when dropped; `Debug` shows only the counter.
-#[derive(Clone, PartialEq, Eq, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
+/// package. The key bytes are wiped when dropped; `Debug` shows only the
+/// counter.
+#[derive(Clone, zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct Direction {
     key: Key32,
     next: u64,
+    /// The AEAD under `key`, made once (ring keeps its own copy).
+    #[zeroize(skip)]
+    aead: LessSafeKey,
 }
+
+impl PartialEq for Direction {
+    fn eq(&self, other: &Direction) -> bool {
+        self.key == other.key && self.next == other.next
+    }
+}
+
+impl Eq for Direction {}
 
 impl fmt::Debug for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -88,7 +106,11 @@ impl Direction {
     /// A direction under `key` whose next package has counter `next` (a
     /// fresh one starts at 0; a moved connection goes on where it was).
     pub fn from_parts(key: Key32, next: u64) -> Direction {
-        Direction { key, next }
+        // A 32-byte key is what ChaCha20-Poly1305 takes: this cannot fail.
+        let aead = LessSafeKey::new(
+            UnboundKey::new(&CHACHA20_POLY1305, &key).expect("a 32-byte ChaCha20 key"),
+        );
+        Direction { key, next, aead }
     }
 
     /// The key (to carry the channel to another process).
@@ -101,24 +123,36 @@ impl Direction {
         self.next
     }
 
-    /// The nonce of the next package, taking its counter.
-    fn take_nonce(&mut self) -> Result<[u8; 12], SealError> {
-        let n = self.next;
-        self.next = n.checked_add(1).ok_or(SealError::Exhausted)?;
+    /// The nonce of package `n`.
+    fn nonce(n: u64) -> Nonce {
         let mut nonce = [0u8; 12];
         nonce[4..].copy_from_slice(&n.to_be_bytes());
-        Ok(nonce)
+        Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// The counter of the next package, taken.
+    fn take(&mut self) -> Result<u64, SealError> {
+        let n = self.next;
+        self.next = n.checked_add(1).ok_or(SealError::Exhausted)?;
+        Ok(n)
+    }
+
+    /// Encrypts `data` in place as package `n` and returns its tag.
+    fn seal_at(&self, n: u64, data: &mut [u8]) -> Result<[u8; TAG_LEN], SealError> {
+        // The only error is a plaintext beyond ChaCha20's 256 GiB.
+        let tag = self
+            .aead
+            .seal_in_place_separate_tag(Self::nonce(n), Aad::empty(), data)
+            .map_err(|_| SealError::Exhausted)?;
+        let mut out = [0u8; TAG_LEN];
+        out.copy_from_slice(tag.as_ref());
+        Ok(out)
     }
 
     /// Encrypts `data` in place as the next package and returns its tag.
     pub fn seal_in_place(&mut self, data: &mut [u8]) -> Result<[u8; TAG_LEN], SealError> {
-        let nonce = self.take_nonce()?;
-        let aead = ChaCha20Poly1305::new(&self.key.into());
-        // The only error is a plaintext beyond ChaCha20's 256 GiB.
-        let tag = aead
-            .encrypt_inout_detached(&nonce.into(), &[], data.into())
-            .map_err(|_| SealError::Exhausted)?;
-        Ok(tag.into())
+        let n = self.take()?;
+        self.seal_at(n, data)
     }
 
     /// Opens the next package in place: `data` is its ciphertext, `tag` its
@@ -126,14 +160,15 @@ impl Direction {
     /// anyway) and `data` is garbage.
     pub fn open_in_place(&mut self, data: &mut [u8], tag: &[u8]) -> Result<(), SealError> {
         let tag: [u8; TAG_LEN] = tag.try_into().map_err(|_| SealError::Short)?;
-        let before = self.next;
-        let nonce = self.take_nonce()?;
-        let aead = ChaCha20Poly1305::new(&self.key.into());
-        aead.decrypt_inout_detached(&nonce.into(), &[], data.into(), &tag.into())
-            .map_err(|_| {
-                self.next = before;
-                SealError::Open
-            })
+        let n = self.next;
+        if n == u64::MAX {
+            return Err(SealError::Exhausted);
+        }
+        self.aead
+            .open_in_place_separate_tag(Self::nonce(n), Aad::empty(), Tag::from(tag), data, 0..)
+            .map_err(|_| SealError::Open)?;
+        self.next = n + 1;
+        Ok(())
     }
 
     /// Opens one sealed package's body (`ciphertext ‖ tag`, as
@@ -247,9 +282,8 @@ pub fn seal_packages(
         if to != at {
             buf.copy_within(at..at + HEADER_LEN + len, to);
         }
-        let mut one = Direction::from_parts(dir.key, first + i as u64);
         let data = &mut buf[to + HEADER_LEN..to + HEADER_LEN + len];
-        let tag = one.seal_in_place(data)?;
+        let tag = dir.seal_at(first + i as u64, data)?;
         let tag_at = to + HEADER_LEN + len;
         buf[tag_at..tag_at + TAG_LEN].copy_from_slice(&tag);
     }

@@ -616,7 +616,7 @@ async fn client_shell_prints_pushes_pongs_and_kicks() {
     guard("shell", shell::run_shell(session, lines, &mut out, true)).await;
     let transcript = out.join("\n");
     let expect_in_order = [
-        "index=1 -> 200 OK (opting in, pushes seen up to #0)",
+        "index=1 -> 200 OK (sealed, opting in, pushes seen up to #0)",
         "<- welcome: extensions v1 on, idle timeout 60.00s, heartbeat every 20.00s; the session's pushes go up to #0",
         "<- s=0 ok \"joined\"",
         "<- s=1 ok \"sent\"",

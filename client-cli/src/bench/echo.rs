@@ -123,7 +123,14 @@ pub(super) async fn drive_echo(
                 failure = Some(e.to_string());
                 break;
             }
-            if let Err(e) = stream.write_all(&wbuf).await {
+            // Flushed too: a TLS stream keeps what the socket did not
+            // take until then (a no-op over plain TCP).
+            if let Err(e) = async {
+                stream.write_all(&wbuf).await?;
+                stream.flush().await
+            }
+            .await
+            {
                 failure = Some(format!("write failed: {e}"));
                 break;
             }

@@ -95,7 +95,14 @@ pub(super) async fn drive_fanout(
             }
         }
         if !wbuf.is_empty() {
-            if let Err(e) = stream.write_all(&wbuf).await {
+            // Flushed too: a TLS stream keeps what the socket did not
+            // take until then.
+            if let Err(e) = async {
+                stream.write_all(&wbuf).await?;
+                stream.flush().await
+            }
+            .await
+            {
                 failure = Some(format!("write failed: {e}"));
                 break;
             }

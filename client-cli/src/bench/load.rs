@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+
 use codec::ResponseFlag;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -27,7 +28,7 @@ use tokio_util::either::Either;
 
 use super::echo::drive_echo;
 use super::fanout::{FANOUT_RING, drive_fanout};
-use crate::gate::{Extensions, GateConn, Ticket};
+use crate::gate::{Extensions, GateConn, Inbound, Ticket};
 use crate::login::{login_queued, login_with_timeout};
 use crate::net::{Stream, Underlying};
 use crate::session::new_histogram;
@@ -385,6 +386,14 @@ async fn setup(i: usize, plan: &Plan) -> Result<Conn, String> {
     conn.connect(1)
         .await
         .map_err(|e| format!("handshake {user}: {e}"))?;
+    if plan.kind == Kind::Echo && plan.seal {
+        // The welcome comes first on an opted-in connection: out of the
+        // way of the echo's answers.
+        match tokio::time::timeout(plan.timeout, conn.recv_inbound()).await {
+            Ok(Ok(Some(Inbound::Welcome { .. }))) => {}
+            other => return Err(format!("handshake {user}: no welcome: {other:?}")),
+        }
+    }
     if plan.kind == Kind::Fanout {
         join(&mut conn, plan)
             .await

@@ -7,11 +7,16 @@
 // the next index, re-sends every unanswered request with its session number
 // (the gate answers those from its cache: nothing runs twice) and asks for
 // the pushes after the last one it delivered (each is delivered once).
+// Unless told not to, it asks for the sealed channel (section 3.2): every
+// package after the handshake's status is sealed both ways, and one from
+// the gate that fails to open costs its connection, replaced as a dropped
+// one is.
 
 import { sha256 } from '@noble/hashes/sha2.js';
 import { hmac } from '@noble/hashes/hmac.js';
 
 import { RequestError, RequestTimeout, RequestTooLarge, SessionEnded } from './errors.js';
+import { open, seal, sealKeys } from './seal.js';
 import {
   Flag,
   b64decode,
@@ -48,11 +53,13 @@ export function username(ticket) {
 
 /**
  * The handshake payload for `index`: `username:index:b64(mac):ext`, the MAC
- * HMAC-SHA256 over `username:index` keyed with the login's gate secret.
+ * HMAC-SHA256 keyed with the login's gate secret over `username:index`, or
+ * over `username:index:seal` when `ext` asks for the sealed channel.
  */
 export function handshake(ticket, index, ext) {
   const signed = `${username(ticket)}:${index}`;
-  const mac = hmac(sha256, ticket.secret, bytes(signed));
+  const sealed = !!ext && parseFields(ext).seal === '1';
+  const mac = hmac(sha256, ticket.secret, bytes(sealed ? `${signed}:seal` : signed));
   return bytes(ext ? `${signed}:${b64encode(mac)}:${ext}` : `${signed}:${b64encode(mac)}`);
 }
 
@@ -86,6 +93,9 @@ export class GateClient {
   #ended = null;
   #resumed = false;
   #everOpened = false;
+  #tampered = 0;
+  /** The last connection was lost to a package that failed to open. */
+  #suspect = false;
   #listeners = new Map();
   /** Requests waiting for a place in flight, in order. */
   #queue = [];
@@ -97,7 +107,11 @@ export class GateClient {
    * their place in flight until their answer comes or that connection ends.
    */
   #zombies = new Map();
-  /** The current connection: `{ id, ws, phase, deadline, lastSent, lastReceived }`. */
+  /**
+   * The current connection: `{ id, ws, phase, deadline, lastSent,
+   * lastReceived, keys, sent, received }`; `keys` (sealed only) are its
+   * `{ c2s, s2c }`, `sent` and `received` count the sealed packages each way.
+   */
   #conn = null;
   #connSeq = 0;
   #connecting = null;
@@ -117,6 +131,7 @@ export class GateClient {
       maxReconnectDelayMs: options.maxReconnectDelayMs ?? 3000,
       connectTimeoutMs: options.connectTimeoutMs ?? 5000,
       requestTimeoutMs: options.requestTimeoutMs ?? 0,
+      seal: options.seal ?? true,
     };
     this.#limits = Object.freeze({
       maxInFlight: options.maxInFlight ?? DEFAULT_LIMITS.maxInFlight,
@@ -140,6 +155,7 @@ export class GateClient {
       ['state', 'onState'],
       ['open', 'onOpen'],
       ['end', 'onEnd'],
+      ['tamper', 'onTamper'],
     ]) {
       if (options[key]) this.on(type, options[key]);
     }
@@ -212,6 +228,16 @@ export class GateClient {
   /** Whether this client continues a session saved by an earlier one. */
   get resumed() {
     return this.#resumed;
+  }
+
+  /** Whether the current connection is open and sealed. */
+  get sealed() {
+    return this.#conn?.phase === 'open' && !!this.#conn.keys;
+  }
+
+  /** Connections dropped because a package from the gate failed to open. */
+  get tampered() {
+    return this.#tampered;
   }
 
   /** Adds a listener; returns a function that removes it. */
@@ -363,9 +389,10 @@ export class GateClient {
     request.sentOn = conn.id;
   }
 
+  /** Sends a package after the handshake (sealed, on a sealed connection). */
   #write(conn, payload) {
     if (conn.ws.readyState === 1) {
-      conn.ws.send(payload);
+      conn.ws.send(conn.keys ? seal(conn.keys.c2s, conn.sent++, payload) : payload);
       conn.lastSent = Date.now();
     }
   }
@@ -398,7 +425,20 @@ export class GateClient {
     this.#index += 1;
     this.#save();
     this.#setState(this.#everOpened ? 'reconnecting' : 'connecting');
-    const conn = { id: ++this.#connSeq, ws: null, phase: 'status', deadline: null, lastSent: 0, lastReceived: 0 };
+    const index = this.#index;
+    const sealed = this.#opts.seal;
+    const conn = {
+      id: ++this.#connSeq,
+      ws: null,
+      phase: 'status',
+      deadline: null,
+      lastSent: 0,
+      lastReceived: 0,
+      // Fresh keys for every index, the counters from 0.
+      keys: sealed ? sealKeys(this.#ticket.secret, `${index}`) : null,
+      sent: 0,
+      received: 0,
+    };
     this.#conn = conn;
     try {
       conn.ws = this.#wsOptions ? new this.#WS(this.#url, undefined, this.#wsOptions) : new this.#WS(this.#url);
@@ -408,11 +448,14 @@ export class GateClient {
       return;
     }
     const { ws } = conn;
-    const index = this.#index;
     ws.binaryType = 'arraybuffer';
     const ms = this.#opts.connectTimeoutMs;
     conn.deadline = setTimeout(() => this.#lost(conn, `no handshake answer within ${ms} ms`, false), ms);
-    ws.onopen = () => this.#write(conn, handshake(this.#ticket, index, `v=1,push=${this.#lastPush}`));
+    // The handshake is plain, so is its answer; what follows is sealed.
+    ws.onopen = () => {
+      ws.send(handshake(this.#ticket, index, `v=1,push=${this.#lastPush}${sealed ? ',seal=1' : ''}`));
+      conn.lastSent = Date.now();
+    };
     ws.onmessage = (event) => {
       if (typeof event.data !== 'string') this.#message(conn, new Uint8Array(event.data));
     };
@@ -445,11 +488,14 @@ export class GateClient {
    * Connection `conn` closed, failed or went silent: a session that was
    * ever open, or resumed, reconnects (at once when it was a silent one,
    * `immediate`); otherwise the first connection failed and it ends.
+   * `why`: the close reason to send (`bad seal`); none: cut without a close
+   * handshake where the platform can.
    */
-  #lost(conn, detail, immediate) {
+  #lost(conn, detail, immediate, why) {
     if (this.#conn !== conn && conn.ws) return;
     this.#conn = null;
-    this.#drop(conn);
+    this.#drop(conn, why);
+    this.#suspect = why === 'bad seal';
     this.#stopHeartbeat();
     // What timed out on that connection can no longer be running there.
     this.#zombies.clear();
@@ -484,6 +530,20 @@ export class GateClient {
       this.#end(gone ? 'expired' : 'refused', status);
       return;
     }
+    if (conn.keys) {
+      const plain = open(conn.keys.s2c, conn.received, payload);
+      if (!plain) {
+        // Altered, dropped, replayed or reordered on the way: nothing more
+        // from this connection can be trusted. The next one has new keys;
+        // what was not answered is re-sent there, as after any drop.
+        this.#tampered += 1;
+        this.#emit('tamper', this.#tampered);
+        this.#lost(conn, 'a package from the gate failed to open', false, 'bad seal');
+        return;
+      }
+      conn.received += 1;
+      payload = plain;
+    }
     if (conn.phase === 'welcome') {
       const response = parseResponse(payload);
       if (response?.flag === Flag.WELCOME) {
@@ -503,7 +563,9 @@ export class GateClient {
     conn.lastReceived = Date.now();
     this.#welcome = welcome;
     this.#everOpened = true;
-    this.#delay = this.#opts.reconnectDelayMs;
+    // Connections that each open and then fail to open a package (a relay
+    // breaking them) are retried with a growing delay, not at once.
+    if (!this.#suspect) this.#delay = this.#opts.reconnectDelayMs;
     for (const request of this.#pending.values()) this.#send(conn, request);
     this.#pump();
     this.#startHeartbeat(conn);

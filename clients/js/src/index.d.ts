@@ -128,6 +128,13 @@ export interface GateEvents {
   open: (welcome: Welcome | null) => void;
   /** The session ended: once, last. */
   end: (error: SessionEnded) => void;
+  /**
+   * A package from the gate failed to open on a sealed connection (altered,
+   * dropped, replayed or reordered on the way): that connection is dropped
+   * and replaced like a lost one. `count`: such connections so far
+   * (`tampered`). Once per connection.
+   */
+  tamper: (count: number) => void;
 }
 
 /** Web Storage's methods: `sessionStorage`, `localStorage` or your own. */
@@ -150,6 +157,13 @@ export interface GateOptions extends ConnectionOptions {
   connectTimeoutMs?: number;
   /** Default timeout of every request in ms (0: none). Default 0. */
   requestTimeoutMs?: number;
+  /**
+   * Asks for the sealed channel (docs/PROTOCOL.md section 3.2): every
+   * message after the handshake's status is encrypted and authenticated
+   * with ChaCha20-Poly1305, keys fresh per connection. Default true; false
+   * only for gates older than it (they refuse a sealed handshake with 401).
+   */
+  seal?: boolean;
   /** Requests in flight at once. Default 128 (the gate's `gate.max_inflight_per_user`). */
   maxInFlight?: number;
   /** Largest request content in bytes. Default 65531, which is also the most. */
@@ -167,6 +181,7 @@ export interface GateOptions extends ConnectionOptions {
   onState?: GateEvents['state'];
   onOpen?: GateEvents['open'];
   onEnd?: GateEvents['end'];
+  onTamper?: GateEvents['tamper'];
 }
 
 /** Options of `GateClient.resume`: those of a client, without the ticket, with the storage. */
@@ -231,6 +246,10 @@ export class GateClient {
   readonly queued: number;
   /** Whether this client continues a session saved by an earlier one. */
   readonly resumed: boolean;
+  /** Whether the current connection is open and sealed. */
+  readonly sealed: boolean;
+  /** Connections dropped because a package from the gate failed to open. */
+  readonly tampered: number;
   /** Adds a listener; returns a function that removes it. */
   on<K extends keyof GateEvents>(type: K, listener: GateEvents[K]): () => void;
   off<K extends keyof GateEvents>(type: K, listener: GateEvents[K]): void;

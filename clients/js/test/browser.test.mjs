@@ -5,7 +5,10 @@
 // the second page's network (a TCP proxy in front of the gate) is dropped,
 // the first says three more lines, the network comes back, and the second
 // page shows each line it missed exactly once. A screenshot of that page is
-// written to test-output/chat.png. Then, with two other pages: one page's
+// written to test-output/chat.png. The pages' WebSocket frames, read over
+// the DevTools protocol, show every gate connection sealed: handshakes
+// asking for it, and no chat line in any gate message either way. Then,
+// with two other pages: one page's
 // path goes silent (TCP up, nothing forwarded) and it is back on a new
 // connection within the gate's idle timeout; that page is reloaded while
 // its network is down and resumes its session without a login, showing the
@@ -76,13 +79,49 @@ async function openPage(user, gateUrl) {
   const page = await browser.newPage();
   const errors = [];
   page.on('pageerror', (error) => errors.push(String(error)));
+  // Every WebSocket frame of the page, as the browser sent or got it.
+  const frames = [];
+  const cdp = await page.createCDPSession();
+  await cdp.send('Network.enable');
+  for (const [event, dir] of [
+    ['Network.webSocketFrameSent', 'sent'],
+    ['Network.webSocketFrameReceived', 'received'],
+  ]) {
+    cdp.on(event, ({ requestId, response }) => {
+      // Binary frames' payloads come base64-encoded, text frames' as text.
+      const binary = response.opcode === 2;
+      frames.push({ socket: requestId, dir, binary, data: binary ? Buffer.from(response.payloadData, 'base64') : response.payloadData });
+    });
+  }
   const query = new URLSearchParams({ login: gate.login, gate: gateUrl, user });
   await page.goto(`http://127.0.0.1:${web.address().port}/demo/?${query}`);
   await page.click('#login');
   await page.waitForSelector('body[data-state="open"]', { timeout: 15000 });
   await page.click('#join');
   await page.waitForSelector('body[data-joined="lobby"]', { timeout: 15000 });
-  return { page, errors };
+  return { page, errors, frames };
+}
+
+/**
+ * The gate connections in `frames` (sockets of binary frames): each one's
+ * handshake asks for the sealed channel, and `lines` appear in none of
+ * their frames (the handshake and the plain status aside, nothing is
+ * readable). Returns how many there were.
+ */
+function assertSealed(frames, lines) {
+  const sockets = new Map();
+  for (const frame of frames.filter((f) => f.binary)) {
+    if (!sockets.has(frame.socket)) sockets.set(frame.socket, []);
+    sockets.get(frame.socket).push(frame);
+  }
+  for (const socket of sockets.values()) {
+    const [hello] = socket.filter((f) => f.dir === 'sent');
+    assert.match(hello.data.toString('latin1'), /:v=1,push=\d+,seal=1$/, 'the handshake asks for the sealed channel');
+    for (const frame of socket) {
+      for (const line of lines) assert.ok(!frame.data.includes(line), `"${line}" readable in a ${frame.dir} frame`);
+    }
+  }
+  return sockets.size;
 }
 
 /** Types a line into the page and waits until its own push shows it. */
@@ -129,6 +168,9 @@ test('two pages chat, and a page whose network drops misses nothing', async () =
     assert.equal(await count(bob.page, `[lobby] alice: ${line}`), 1, `"${line}" exactly once`);
   }
   assert.equal(await count(alice.page, '[lobby] bob: back again'), 1);
+  const said = ['hello bob', 'are you there?', 'second line', 'third line', 'back again'];
+  assert.equal(assertSealed(alice.frames, said), 1, "alice's one gate connection, sealed");
+  assert.ok(assertSealed(bob.frames, said) >= 2, "bob's gate connections, the reconnect too, sealed");
   await bob.page.screenshot({ path: path.join(output, 'chat.png') });
   assert.deepEqual([...alice.errors, ...bob.errors], [], 'no script errors on the pages');
 });

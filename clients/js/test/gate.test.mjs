@@ -1,8 +1,9 @@
-// The library against the real gate binary over WebSocket: login,
-// requests as promises, pushes between two players through the chat
-// example service, reconnect after a dropped network (missed pushes
-// exactly once, an unanswered request re-sent and answered from the cache
-// without running twice), kick on relogin, the Origin allow-list.
+// The library against the real gate binary over WebSocket, sealed (the
+// default; requests as promises also plain): login, requests as promises,
+// pushes between two players through the chat example service, reconnect
+// after a dropped network (missed pushes exactly once, an unanswered
+// request re-sent and answered from the cache without running twice), kick
+// on relogin, the Origin allow-list.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -21,7 +22,7 @@ after(async () => {
 });
 
 /** A player: logged in, connected (through `url`), pushes recorded. */
-async function player(user, url = gate.gate) {
+async function player(user, url = gate.gate, options = {}) {
   const ticket = await login({ url: gate.login, user, password: 'password', WebSocket });
   const pushes = [];
   const kicks = [];
@@ -44,6 +45,7 @@ async function player(user, url = gate.gate) {
       changed();
     },
     onState: changed,
+    ...options,
   });
   await guard(`${user} to connect`, client.connect());
   const subscribe = (listener) => {
@@ -60,28 +62,34 @@ async function player(user, url = gate.gate) {
   };
 }
 
-test('requests are promises keyed by session number', async () => {
-  const p = await player('js-echo');
-  assert.equal(await p.client.requestText('join echo-room'), 'joined echo-room (1 members)');
-  // Pipelined: every answer goes to its own promise.
-  const answers = await guard(
-    'pipelined answers',
-    Promise.all(Array.from({ length: 50 }, (_, i) => p.client.requestText(`say line ${i}`))),
-  );
-  assert.deepEqual(answers, Array(50).fill('sent'));
-  await p.until('its own 50 lines', () => p.pushes.length >= 51);
-  assert.deepEqual(
-    p.pushes.slice(1).map((x) => x.text),
-    Array.from({ length: 50 }, (_, i) => `[echo-room] js-echo: line ${i}`),
-  );
-  // Sequence numbers count up by one.
-  p.pushes.forEach((x, i) => assert.equal(x.seq, i + 1));
-  assert.ok(p.client.welcome.idleMs > 0, 'the welcome names the idle timeout');
-  // An error response rejects: leaving twice.
-  assert.equal(await p.client.requestText('leave'), 'left echo-room');
-  await assert.rejects(p.client.request('leave'), (e) => e.name === 'RequestError');
-  p.client.close();
-});
+for (const seal of [true, false]) {
+  test(`requests are promises keyed by session number (${seal ? 'sealed' : 'plain'})`, async () => {
+    const user = seal ? 'js-echo' : 'js-echo-plain';
+    const room = `echo-room-${seal}`;
+    const p = await player(user, gate.gate, { seal });
+    assert.equal(p.client.sealed, seal);
+    assert.equal(await p.client.requestText(`join ${room}`), `joined ${room} (1 members)`);
+    // Pipelined: every answer goes to its own promise.
+    const answers = await guard(
+      'pipelined answers',
+      Promise.all(Array.from({ length: 50 }, (_, i) => p.client.requestText(`say line ${i}`))),
+    );
+    assert.deepEqual(answers, Array(50).fill('sent'));
+    await p.until('its own 50 lines', () => p.pushes.length >= 51);
+    assert.deepEqual(
+      p.pushes.slice(1).map((x) => x.text),
+      Array.from({ length: 50 }, (_, i) => `[${room}] ${user}: line ${i}`),
+    );
+    // Sequence numbers count up by one.
+    p.pushes.forEach((x, i) => assert.equal(x.seq, i + 1));
+    assert.ok(p.client.welcome.idleMs > 0, 'the welcome names the idle timeout');
+    // An error response rejects: leaving twice.
+    assert.equal(await p.client.requestText('leave'), `left ${room}`);
+    await assert.rejects(p.client.request('leave'), (e) => e.name === 'RequestError');
+    assert.equal(p.client.index, 1);
+    p.client.close();
+  });
+}
 
 test('pushes reach the other player, and a dropped network misses nothing', async () => {
   const proxy = await startProxy(gate.gateAddr);

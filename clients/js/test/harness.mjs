@@ -116,9 +116,10 @@ function jsonField(message, field) {
  * Starts the all-in-one gate on free ports (`config`: TOML text laid under
  * the flags); with `chat`, the chat example
  * service as every user's agent (text commands: `join <room>`, `say
- * <text>`, `leave`). Resolves with the WebSocket addresses.
+ * <text>`, `leave`); with `ops`, the operations listener, whose counters
+ * `metric(name)` reads. Resolves with the WebSocket addresses.
  */
-export async function startGate({ chat = false, origins = [], args = [], config = '' } = {}) {
+export async function startGate({ chat = false, ops = false, origins = [], args = [], config = '' } = {}) {
   const dir = mkdtempSync(path.join(tmpdir(), 'gate-js-'));
   const secret = path.join(dir, 'link.secret');
   writeFileSync(secret, '0123456789abcdef0123456789abcdef\n');
@@ -133,6 +134,7 @@ export async function startGate({ chat = false, origins = [], args = [], config 
     '--web-login-listen', '127.0.0.1:0',
     '--web-gate-listen', '127.0.0.1:0',
     ...origins.flatMap((o) => ['--web-allowed-origin', o]),
+    ...(ops ? ['--ops-listen', '127.0.0.1:0'] : []),
     ...(chat
       ? ['--backend-listen', '127.0.0.1:0', '--link-secret-file', secret, '--agent-service', 'chat']
       : []),
@@ -147,6 +149,7 @@ export async function startGate({ chat = false, origins = [], args = [], config 
   try {
     const login = await gate.wait('the WebSocket login listener', jsonField('login server listening for WebSocket clients', 'addr'));
     const gateWs = await gate.wait('the WebSocket gate listener', jsonField('message gate listening for WebSocket clients', 'addr'));
+    const opsAddr = ops ? await gate.wait('the operations listener', jsonField('operations listener up', 'addr')) : null;
     if (chat) {
       const backend = await gate.wait('the backend listener', jsonField('backend listening', 'addr'));
       procs.push(
@@ -162,6 +165,16 @@ export async function startGate({ chat = false, origins = [], args = [], config 
       gate: `ws://${gateWs}/`,
       gateAddr: gateWs,
       logs: gate.lines,
+      /**
+       * The value of one sample of `/metrics` (e.g.
+       * `gate_connections_cut_total{cause="bad_seal"}`); 0 if absent.
+       */
+      metric: async (sample) => {
+        if (!opsAddr) throw new Error('start the gate with `ops: true`');
+        const body = await (await fetch(`http://${opsAddr}/metrics`)).text();
+        const line = body.split('\n').find((l) => l.startsWith(`${sample} `));
+        return line ? Number(line.slice(sample.length + 1)) : 0;
+      },
       /** The fields of the first gate log event (past or future) with `message` that `match` accepts. */
       event: (message, match = () => true) =>
         gate.wait(message, (line) => {
@@ -261,4 +274,86 @@ export async function startProxy(target) {
         server.close(resolve);
       }),
   };
+}
+
+/**
+ * A man in the middle at the WebSocket level in front of the gate's
+ * WebSocket address `target`: every message each way is recorded per
+ * connection (`pairs[i].toGate`, `.toClient`: Buffers, in order) and
+ * passed through `relay.toGate(pair, n, data)` / `relay.toClient(pair, n,
+ * data)` when set (`n` counts that direction's messages of the connection
+ * from 0; return what to forward). Closes are forwarded with their code and
+ * recorded (`gateClose`, `clientClose`). `subscribe(listener)` is told of
+ * every message and close.
+ */
+export async function startRelay(target) {
+  const { WebSocket, WebSocketServer } = await import('ws');
+  const server = new WebSocketServer({ host: '127.0.0.1', port: 0 });
+  await new Promise((resolve) => server.once('listening', resolve));
+  const listeners = new Set();
+  const changed = () => {
+    for (const listener of [...listeners]) listener();
+  };
+  /** Closes `ws` with `code` if a close frame may carry it. */
+  const closeWith = (ws, code) => {
+    if (ws.readyState !== WebSocket.OPEN) {
+      ws.terminate();
+      return;
+    }
+    try {
+      ws.close(code);
+    } catch {
+      ws.close();
+    }
+  };
+  const relay = {
+    url: `ws://127.0.0.1:${server.address().port}/`,
+    pairs: [],
+    toGate: null,
+    toClient: null,
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const client of server.clients) client.terminate();
+        server.close(resolve);
+      }),
+  };
+  server.on('connection', (client) => {
+    const pair = { toGate: [], toClient: [], gateClose: null, clientClose: null };
+    relay.pairs.push(pair);
+    const upstream = new WebSocket(target);
+    const early = [];
+    upstream.on('open', () => {
+      for (const [data, binary] of early.splice(0)) upstream.send(data, { binary });
+    });
+    client.on('message', (data, binary) => {
+      pair.toGate.push(data);
+      const out = relay.toGate ? relay.toGate(pair, pair.toGate.length - 1, data) : data;
+      if (upstream.readyState === WebSocket.OPEN) upstream.send(out, { binary });
+      else early.push([out, binary]);
+      changed();
+    });
+    upstream.on('message', (data, binary) => {
+      pair.toClient.push(data);
+      const out = relay.toClient ? relay.toClient(pair, pair.toClient.length - 1, data) : data;
+      if (client.readyState === WebSocket.OPEN) client.send(out, { binary });
+      changed();
+    });
+    upstream.on('close', (code) => {
+      pair.gateClose = code;
+      closeWith(client, code);
+      changed();
+    });
+    client.on('close', (code) => {
+      pair.clientClose = code;
+      closeWith(upstream, code);
+      changed();
+    });
+    upstream.on('error', () => client.terminate());
+    client.on('error', () => upstream.terminate());
+  });
+  return relay;
 }

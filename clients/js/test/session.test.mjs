@@ -17,6 +17,7 @@ import {
   SessionEnded,
   login,
 } from '../src/index.js';
+import { open, sealKeys } from '../src/seal.js';
 import { guard, startGate, startProxy, until } from './harness.mjs';
 
 const IDLE_MS = 3000;
@@ -30,20 +31,36 @@ after(async () => {
   await gate?.stop();
 });
 
-/** A WebSocket class that records the session number of every request sent, and counts sockets. */
+/**
+ * A WebSocket class that records the session number of every request sent
+ * (opening sealed ones with the keys of `record.secret`, which the test
+ * sets to the ticket's), and counts sockets and sealed connections.
+ */
 function recording() {
-  const record = { sessions: [], sockets: 0 };
+  const record = { sessions: [], sockets: 0, sealed: 0, secret: null };
   class Recording extends WebSocket {
     constructor(...args) {
       super(...args);
       record.sockets += 1;
       this.handshaken = false;
+      this.keys = null;
+      this.sent = 0;
     }
 
     send(data) {
-      if (!this.handshaken) this.handshaken = true;
-      else if (data.length >= 4) {
-        record.sessions.push(new DataView(data.buffer, data.byteOffset, data.byteLength).getUint32(data.length - 4));
+      if (!this.handshaken) {
+        this.handshaken = true;
+        const [, index, , ext = ''] = decoder.decode(data).split(':');
+        if (ext.split(',').includes('seal=1')) {
+          record.sealed += 1;
+          this.keys = sealKeys(record.secret, index);
+        }
+      } else {
+        const plain = this.keys ? open(this.keys.c2s, this.sent++, data) : data;
+        assert.ok(plain, 'every sealed package opens with the connection\'s key');
+        if (plain.length >= 4) {
+          record.sessions.push(new DataView(plain.buffer, plain.byteOffset, plain.byteLength).getUint32(plain.length - 4));
+        }
       }
       super.send(data);
     }
@@ -77,8 +94,12 @@ function next(client, type, what = type) {
 }
 
 /** A player: logged in, connected, pushes and states recorded. */
-async function player(user, { url = gate.gate, on = gate, ...options } = {}) {
+async function player(user, { url = gate.gate, on = gate, record, ...options } = {}) {
   const ticket = await login({ url: on.login, user, password: 'password', WebSocket });
+  if (record) {
+    record.secret = ticket.secret;
+    options.WebSocket = record.WebSocket;
+  }
   const client = new GateClient({
     url,
     ticket,
@@ -99,6 +120,7 @@ async function player(user, { url = gate.gate, on = gate, ...options } = {}) {
     return () => offs.forEach((off) => off());
   };
   return {
+    ticket,
     client,
     pushes,
     states,
@@ -146,7 +168,7 @@ test('a dead connection is replaced within the idle timeout, nothing lost or run
 });
 
 test('an oversized request rejects at once, never sent, and the session goes on', async () => {
-  const p = await player('big', { WebSocket: recording().WebSocket });
+  const p = await player('big', { record: recording() });
   const { limits } = p.client;
   assert.deepEqual(limits, { maxInFlight: 128, maxRequestBytes: 65531 });
   await assert.rejects(p.client.request(new Uint8Array(70000)), (e) => e instanceof RequestTooLarge && e.size === 70000);
@@ -184,7 +206,7 @@ test('a request that times out or is aborted is never re-sent and its late answe
   try {
     const record = recording();
     const alice = await player('slow-alice');
-    const bob = await player('slow-bob', { url: proxy.url, WebSocket: record.WebSocket });
+    const bob = await player('slow-bob', { url: proxy.url, record });
     await alice.client.requestText('join slow-room');
     await bob.client.requestText('join slow-room');
 
@@ -225,6 +247,7 @@ test('a request that times out or is aborted is never re-sent and its late answe
     const counts = new Map();
     for (const s of record.sessions) counts.set(s, (counts.get(s) ?? 0) + 1);
     assert.deepEqual([...counts.values()].filter((n) => n > 1), [], 'no request sent twice');
+    assert.ok(record.sessions.length >= 6 && record.sealed === record.sockets, 'all of it read from sealed packages');
     alice.client.close();
     bob.client.close();
   } finally {
@@ -235,6 +258,7 @@ test('a request that times out or is aborted is never re-sent and its late answe
 test('connect() twice is one connection; several listeners; on/off', async () => {
   const record = recording();
   const ticket = await login({ url: gate.login, user: 'twice', password: 'password', WebSocket });
+  record.secret = ticket.secret;
   const seen = { a: [], b: [], constructor: [] };
   const client = new GateClient({
     url: gate.gate,
@@ -283,6 +307,7 @@ test('a saved session resumes in a new client without a login; logout forgets it
   first.client.close();
 
   const record = recording();
+  record.secret = first.ticket.secret;
   const second = GateClient.resume({ url: gate.gate, storage, WebSocket: record.WebSocket });
   assert.ok(second?.resumed);
   const pushes = [];
@@ -291,6 +316,8 @@ test('a saved session resumes in a new client without a login; logout forgets it
   assert.equal(second.index, first.client.index + 1);
   assert.equal(await second.requestText('say two'), 'sent', 'the session number is new: it ran');
   assert.ok(record.sessions[0] > 2, 'numbers of the earlier page are never reused');
+  assert.equal(record.sealed, 1, 'the resumed connection is sealed');
+  assert.equal(second.sealed, true);
   await until('two', () => pushes.includes('[resume-room] resumer: two'), (l) => second.on('push', l));
   assert.deepEqual(pushes, ['[resume-room] resumer: two'], 'pushes delivered before are not replayed');
 

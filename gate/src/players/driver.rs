@@ -334,14 +334,20 @@ async fn handshake<T: Transport>(
         }
     };
     let end = match (result, bound) {
-        (Ok(()), Some(mut bound)) if conn.sealed() => {
-            transport.begin_sealed(&mut pending);
-            let start = pending.len();
-            pending.extend_from_slice(&bound.greeting);
-            bound.greeting.clear();
-            match conn.seal_from(&mut pending, start) {
+        (Ok(()), Some(mut bound)) => {
+            // A sealed connection's greeting after its `200 OK`, sealed.
+            let sealed = if conn.sealed() {
+                transport.begin_sealed(&mut pending);
+                let start = pending.len();
+                pending.extend_from_slice(&bound.greeting);
+                bound.greeting.clear();
+                conn.seal_from(&mut pending, start)
+                    .map(|()| bump(&core.metrics.sealed_handshakes))
+            } else {
+                Ok(())
+            };
+            match sealed {
                 Ok(()) => {
-                    bump(&core.metrics.sealed_handshakes);
                     return Some((
                         Opened {
                             transport,
@@ -353,16 +359,6 @@ async fn handshake<T: Transport>(
                 }
                 Err(end) => end,
             }
-        }
-        (Ok(()), Some(bound)) => {
-            return Some((
-                Opened {
-                    transport,
-                    conn,
-                    pending,
-                },
-                bound,
-            ));
         }
         (Err(end), _) => end,
         // The loop ends well only once bound.

@@ -33,10 +33,17 @@ export async function node(): Promise<void> {
     WebSocket,
     requestTimeoutMs: 10000,
     maxInFlight: 64,
+    seal: true,
+    onTamper: (count: number) => console.log(count),
     onPush: (content: Uint8Array, seq: number) => console.log(content.length, seq),
     onEnd: (error) => console.log(error.reason),
   });
   await gate.connect();
+  const sealed: boolean = gate.sealed;
+  const tampered: number = gate.tampered;
+  console.log(sealed, tampered);
+  // @ts-expect-error: seal is on or off
+  new GateClient({ url: 'ws://127.0.0.1:8889/', ticket, seal: 'yes' });
   const answer: Uint8Array = await gate.request(new Uint8Array([1, 2]));
   const fromBuffer: Uint8Array = await gate.request(new ArrayBuffer(4), { timeoutMs: 100 });
   const fromView: Uint8Array = await gate.request(new DataView(new ArrayBuffer(2)));
@@ -57,6 +64,7 @@ export async function browser(storage: SessionStorage, ticket: Ticket): Promise<
   off();
   gate.on('gap', (lastLost: number) => console.log(lastLost));
   gate.on('kick', (text: string) => console.log(text));
+  gate.on('tamper', (count: number) => console.log(count));
   gate.on('open', (welcome: Welcome | null) => console.log(welcome?.idleMs));
   gate.on('state', (state: GateState) => console.log(state === 'reconnecting'));
   gate.on('end', (error: SessionEnded) => {
@@ -77,6 +85,8 @@ export async function browser(storage: SessionStorage, ticket: Ticket): Promise<
   console.log(limits.maxRequestBytes, counts, gate.resumed, gate.ended?.reason, gate.welcome?.version);
   // @ts-expect-error: the state is read-only
   gate.state = 'open';
+  // @ts-expect-error: so is whether it is sealed
+  gate.sealed = false;
   // @ts-expect-error: the limits are read-only
   gate.limits.maxInFlight = 1;
   try {

@@ -44,6 +44,38 @@ pub fn response(number: u32, content: Option<&[u8]>) -> Bytes {
     }
 }
 
+/// What a session's answer slab ([`response_in`]) holds: answers of up to
+/// a quarter of it are cut from it, so about twenty small answers share
+/// one allocation.
+pub const SLAB: usize = 512;
+
+/// [`response`], cut from `slab` when it is small: the answers a session
+/// keeps in its cache (each a [`Bytes`] of its own until re-sent or
+/// retired) share one allocation of [`SLAB`] bytes instead of one each,
+/// which is freed when the last of them goes. A slab that has no room
+/// left is replaced; larger answers get their own allocation.
+///
+/// One slab per session: its answers retire together, so a slab lives
+/// about as long as the answers in it, and one session's cached answers
+/// never keep another's memory.
+pub fn response_in(slab: &mut BytesMut, number: u32, content: Option<&[u8]>) -> Bytes {
+    let (content, flag) = match content {
+        Some(content) if content.len() <= MAX_RESPONSE_CONTENT => (content, ResponseFlag::OK),
+        _ => (&[][..], ResponseFlag::ERROR),
+    };
+    let len = flagged_len(content.len());
+    if len > SLAB / 4 {
+        let mut out = BytesMut::with_capacity(len);
+        write_flagged(&mut out, content, flag, number);
+        return out.freeze();
+    }
+    if slab.capacity() - slab.len() < len {
+        *slab = BytesMut::with_capacity(SLAB);
+    }
+    write_flagged(slab, content, flag, number);
+    slab.split().freeze()
+}
+
 /// Appends the empty package: the answer to an opted-in client's
 /// heartbeat.
 pub fn write_heartbeat(out: &mut BytesMut) {
@@ -94,6 +126,36 @@ mod tests {
         let big = vec![0u8; MAX_RESPONSE_CONTENT + 1];
         assert_eq!(response(7, Some(&big)), error_response(7));
         assert_eq!(flagged_len(2), 9);
+    }
+
+    #[test]
+    fn answers_cut_from_a_slab_are_the_same_bytes() {
+        let mut slab = BytesMut::new();
+        let small: Vec<Bytes> = (0..100u32)
+            .map(|n| response_in(&mut slab, n, Some(b"sixteen bytes!!!")))
+            .collect();
+        for (n, package) in (0..100u32).zip(&small) {
+            assert_eq!(package, &response(n, Some(b"sixteen bytes!!!")));
+        }
+        // Small answers share allocations: consecutive ones are adjacent.
+        let adjacent = small
+            .windows(2)
+            .filter(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize)
+            .count();
+        assert!(adjacent >= 80, "{adjacent} of 99 adjacent");
+        // Errors and large answers.
+        assert_eq!(response_in(&mut slab, 7, None), error_response(7));
+        let big = vec![1u8; SLAB];
+        assert_eq!(
+            response_in(&mut slab, 8, Some(&big)),
+            response(8, Some(&big))
+        );
+        let too_big = vec![1u8; MAX_RESPONSE_CONTENT + 1];
+        assert_eq!(response_in(&mut slab, 9, Some(&too_big)), error_response(9));
+        // The slab's memory outlives the slab while an answer holds it.
+        let kept = small[3].clone();
+        drop((small, slab));
+        assert_eq!(kept, response(3, Some(b"sixteen bytes!!!")));
     }
 
     #[test]

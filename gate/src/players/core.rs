@@ -49,6 +49,9 @@ pub(crate) enum Timer {
 #[derive(Debug)]
 pub(crate) struct UserState {
     pub(crate) session: Session<Arc<ConnHandle>>,
+    /// Where the session's small answers are cut from
+    /// ([`wire::response_in`]).
+    pub(crate) slab: BytesMut,
     /// The earliest deadline armed in the gate's timers for this session,
     /// as a tick of the timers (0: none).
     pub(super) timer_at: u32,
@@ -117,8 +120,12 @@ impl SessionHandle for User {
     }
 
     fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
-        let package = response_package(self, number, result);
-        let completion = self.lock().session.complete(number, exec, package, None);
+        let completion = {
+            let mut state = self.lock();
+            let state = &mut *state;
+            let package = response_package(self, number, result, &mut state.slab);
+            state.session.complete(number, exec, package, None)
+        };
         if let (Completion::Wake(conn), Some(core)) = (completion, self.core()) {
             core.perform(self, [Effect::Wake(conn)]);
         }
@@ -132,6 +139,7 @@ pub(crate) fn response_package(
     user: &User,
     number: u32,
     result: Result<Bytes, RequestError>,
+    slab: &mut BytesMut,
 ) -> Bytes {
     match &result {
         Ok(content) if content.len() <= codec::message::MAX_RESPONSE_CONTENT => {
@@ -149,7 +157,7 @@ pub(crate) fn response_package(
                     "response does not fit in a package: sent as an error response"
                 );
             }
-            wire::response(number, Some(&content))
+            wire::response_in(slab, number, Some(&content))
         }
         Err(error) => {
             let error = error.to_string();
@@ -159,7 +167,7 @@ pub(crate) fn response_package(
                 error = %esc(error.as_bytes()),
                 "error response"
             );
-            wire::error_response(number)
+            wire::response_in(slab, number, None)
         }
     }
 }
@@ -430,6 +438,7 @@ impl GateCore {
             metrics: Arc::clone(&self.metrics),
             state: Mutex::new(UserState {
                 session,
+                slab: BytesMut::new(),
                 timer_at: 0,
             }),
         })

@@ -77,13 +77,14 @@ impl<'a> PlayerConn<'a> {
                     .request(&self.ctx, AgentRequest::new(number, req.content, exec));
                 std::mem::forget(running);
                 if let Dispatch::Ready(result) = dispatch {
-                    let package = response_package(user, number, result);
-                    let completion = user.lock().session.complete(
-                        number,
-                        exec,
-                        package,
-                        Some((conn, &mut *out)),
-                    );
+                    let completion = {
+                        let mut state = user.lock();
+                        let state = &mut *state;
+                        let package = response_package(user, number, result, &mut state.slab);
+                        state
+                            .session
+                            .complete(number, exec, package, Some((conn, &mut *out)))
+                    };
                     if let Completion::Wake(other) = completion {
                         core.perform(user, [Effect::Wake(other)]);
                     }

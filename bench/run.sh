@@ -9,12 +9,21 @@
 # clients for each suite; and the gate's memory per idle logged-in session,
 # over TCP and over WebSocket
 # (RSS with N idle sessions minus RSS with none); and echo through a
-# backend service process (the `service` crate's echo example) at 512 x 16;
+# backend service process (the `service` crate's echo example) at 512 x 16,
+# against a byte relay (`raw-echo --relay-to`: one upstream connection per
+# client, bytes copied both ways) in front of the raw echo server;
 # and echo over the gate's WebSocket listener against TCP echo through the
 # same gate, interleaved in the same rounds (requests/s and p99); and
 # echo over the sealed channel (`client bench --seal`) and over the gate's
 # TLS listener against plain TCP echo through the same gate, interleaved,
 # with the gate's CPU per request (from /proc).
+#
+# Every echo figure also reports the server's CPU per request: utime +
+# stime of the server processes of the path (gate; raw echo; gate + service;
+# relay + raw echo) from /proc over the client run, divided by the requests
+# it sent. And a game-shaped open loop: PLAYERS players (default: as many
+# as the idle figure's sessions) sending RATE (10) messages a second each,
+# through the gate and against the raw echo server at the same offered load.
 #
 # Absolute numbers on a shared 2-core box are noise (the load generator runs
 # on the same cores); the ratios of one run are the figure.
@@ -26,7 +35,7 @@
 # docs/latency.png with gnuplot when it is installed.
 #
 # Knobs (environment): ROUNDS, DURATION (s), WARMUP (s), IDLE_SESSIONS, CHART,
-# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, WEB_GATE_PORT, TLS_GATE_PORT, SKIP_BUILD=1. The TLS
+# LOGIN_PORT, GATE_PORT, RAW_PORT, BACKEND_PORT, WEB_GATE_PORT, TLS_GATE_PORT, RELAY_PORT, PLAYERS, RATE, SKIP_BUILD=1. The TLS
 # row needs openssl (a throwaway certificate); it is skipped without. Exit status is non-zero if
 # any run lost or got a wrong response.
 set -euo pipefail
@@ -131,6 +140,15 @@ bench() { # bench ARGS...: one client bench run, prints its JSON line
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) print 0; else print a[int((NR+1)/2)]}'; }
 
+# Server CPU per request: utime + stime of the server processes over a
+# client run (clock ticks from cpu_ticks), divided by the requests the run
+# sent; the run's setup (its logins) is included, a few % at most.
+TICK_NS=$(( 1000000000 / $(getconf CLK_TCK) ))
+per_request() { # per_request TICKS_BEFORE TICKS_AFTER JSON: ns
+    awk -v t=$(( $2 - $1 )) -v n="$(field "$3" sent)" -v k="$TICK_NS" \
+        'BEGIN { if (n > 0) printf "%.0f", t * k / n; else print 0 }'
+}
+
 # A throwaway CA and a certificate it signs for the TLS listener (the TLS
 # row), if openssl is there.
 if command -v openssl >/dev/null; then
@@ -151,10 +169,11 @@ PIDS+=("$RAW_PID")
 wait_port "$RAW_PORT"
 start_gate
 
-printf '%-28s %12s %12s %9s %10s %10s\n' figure "gate req/s" "raw req/s" gate/raw "gate p99" "raw p99"
+printf '%-28s %12s %12s %9s %10s %10s %9s %9s %9s\n' figure "gate req/s" "raw req/s" gate/raw "gate p99" "raw p99" \
+    "gate CPU" "raw CPU" "CPU g/r"
 for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
     read -r conns depth size <<<"$figure"
-    gate_rps="" raw_rps="" gate_p99="" raw_p99=""
+    gate_rps="" raw_rps="" gate_p99="" raw_p99="" gate_cpu="" raw_cpu=""
     for _ in $(seq "$ROUNDS"); do
         # Interleaved, so drift on the machine hits both sides alike. The
         # 512 x 16, 16 B figure also keeps its latency distributions (the
@@ -163,40 +182,53 @@ for figure in "512 16 16" "512 16 512" "64 1 16" "64 1 512"; do
         if [[ $figure == "512 16 16" ]]; then
             hg=(--hgrm "$WORK/gate.hgrm"); hr=(--hgrm "$WORK/raw.hgrm")
         fi
+        t0=$(cpu_ticks "$GATE_PID")
         j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION" "${hg[@]}")
         gate_rps+=" $(field "$j" rps)"; gate_p99+=" $(field "$j" p99_us)"
+        gate_cpu+=" $(per_request "$t0" "$(cpu_ticks "$GATE_PID")" "$j")"
+        t0=$(cpu_ticks "$RAW_PID")
         j=$(bench --raw --gate "$RAW" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION" "${hr[@]}")
         raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"
+        raw_cpu+=" $(per_request "$t0" "$(cpu_ticks "$RAW_PID")" "$j")"
     done
     g=$(median <<<"$gate_rps"); r=$(median <<<"$raw_rps")
     gp=$(median <<<"$gate_p99"); rp=$(median <<<"$raw_p99")
+    gc=$(median <<<"$gate_cpu"); rc=$(median <<<"$raw_cpu")
     ratio=$(awk -v g="$g" -v r="$r" 'BEGIN { if (r > 0) printf "%.1f %%", 100 * g / r; else print "-" }')
-    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms\n' "$conns conns x $depth, $size B" "$g" "$r" "$ratio" \
-        "$(awk -v v="$gp" 'BEGIN{print v/1000}')" "$(awk -v v="$rp" 'BEGIN{print v/1000}')"
+    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms %7.0fns %7.0fns %9s\n' "$conns conns x $depth, $size B" "$g" "$r" "$ratio" \
+        "$(awk -v v="$gp" 'BEGIN{print v/1000}')" "$(awk -v v="$rp" 'BEGIN{print v/1000}')" "$gc" "$rc" \
+        "$(awk -v g="$gc" -v r="$rc" 'BEGIN { if (r > 0) printf "%.2fx", g / r; else print "-" }')"
 done
+echo "target (issue 23): gate CPU per request <= 1.25x raw at 512x16, <= 1.05x at 64x1"
 
 echo
 # WebSocket: the same gate, its WebSocket listener against its TCP one,
 # interleaved rounds (the load generator masks and frames every message
 # too, on the same cores).
-printf '%-28s %12s %12s %9s %10s %10s\n' figure "ws req/s" "tcp req/s" ws/tcp "ws p99" "tcp p99"
+printf '%-28s %12s %12s %9s %10s %10s %9s %9s %9s\n' figure "ws req/s" "tcp req/s" ws/tcp "ws p99" "tcp p99" \
+    "ws CPU" "tcp CPU" "CPU w/t"
 for figure in "512 16 16" "512 16 512" "64 1 16"; do
     read -r conns depth size <<<"$figure"
-    ws_rps="" tcp_rps="" ws_p99="" tcp_p99=""
+    ws_rps="" tcp_rps="" ws_p99="" tcp_p99="" ws_cpu="" tcp_cpu=""
     for _ in $(seq "$ROUNDS"); do
+        t0=$(cpu_ticks "$GATE_PID")
         j=$(bench --gate "ws://127.0.0.1:$WEB_GATE_PORT" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
         ws_rps+=" $(field "$j" rps)"; ws_p99+=" $(field "$j" p99_us)"
+        ws_cpu+=" $(per_request "$t0" "$(cpu_ticks "$GATE_PID")" "$j")"
+        t0=$(cpu_ticks "$GATE_PID")
         j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$conns" --depth "$depth" --size "$size" --duration "$DURATION")
         tcp_rps+=" $(field "$j" rps)"; tcp_p99+=" $(field "$j" p99_us)"
+        tcp_cpu+=" $(per_request "$t0" "$(cpu_ticks "$GATE_PID")" "$j")"
     done
     w=$(median <<<"$ws_rps"); t=$(median <<<"$tcp_rps")
     wp=$(median <<<"$ws_p99"); tp=$(median <<<"$tcp_p99")
+    wc=$(median <<<"$ws_cpu"); tc=$(median <<<"$tcp_cpu")
     ratio=$(awk -v w="$w" -v t="$t" 'BEGIN { if (t > 0) printf "%.1f %%", 100 * w / t; else print "-" }')
-    p99ratio=$(awk -v w="$wp" -v t="$tp" 'BEGIN { if (t > 0) printf "%.2fx", w / t; else print "-" }')
-    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms  (p99 %s)\n' "ws $conns conns x $depth, $size B" "$w" "$t" "$ratio" \
-        "$(awk -v v="$wp" 'BEGIN{print v/1000}')" "$(awk -v v="$tp" 'BEGIN{print v/1000}')" "$p99ratio"
+    printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms %7.0fns %7.0fns %9s\n' "ws $conns conns x $depth, $size B" "$w" "$t" "$ratio" \
+        "$(awk -v v="$wp" 'BEGIN{print v/1000}')" "$(awk -v v="$tp" 'BEGIN{print v/1000}')" "$wc" "$tc" \
+        "$(awk -v w="$wc" -v t="$tc" 'BEGIN { if (t > 0) printf "%.2fx", w / t; else print "-" }')"
 done
-echo "target (issue 12): WebSocket echo >= 60 % of TCP at 512x16"
+echo "targets: WebSocket echo >= 60 % of TCP at 512x16 (issue 12); <= 1.15x TCP's CPU per request (issue 23)"
 
 echo
 # The sealed channel: the same gate over TCP, plain and sealed (every
@@ -204,7 +236,6 @@ echo
 # its TLS listener, interleaved in the same rounds. CPU per request is the
 # gate's utime + stime over the whole client run divided by the requests
 # sent (the logins of the setup included: a few % of it at most).
-TICK_NS=$(( 1000000000 / $(getconf CLK_TCK) ))
 seal_run() { # seal_run KIND CONNS DEPTH SIZE: prints "rps p99_us cpu_ns_per_request"
     local kind=$1 before after j sent
     local args=(--login "$LOGIN" --conns "$2" --depth "$3" --size "$4" --duration "$DURATION")
@@ -247,6 +278,40 @@ for figure in "512 16 16" "512 16 512" "64 1 16"; do
     unset rps p99 cpu
 done
 echo "target (issue 22): sealed <= 1.5x plain CPU per request at 512x16, 16 B"
+
+echo
+# Game-shaped load: PLAYERS players, each sending RATE messages a second on
+# schedule (an open loop: `client bench --rate`), through the gate and
+# against the raw echo server at the same offered load, interleaved. The
+# figures: the rate achieved, p99 and max latency counted from when each
+# message was due (coordinated omission corrected), and the server's CPU
+# per message.
+PLAYERS=${PLAYERS:-$IDLE_SESSIONS}
+RATE=${RATE:-10}
+printf '%-34s %10s %10s %10s %10s %11s\n' figure "msgs/s" "achieved" "p99" "max" "CPU/msg"
+game_rps="" game_p99="" game_max="" game_cpu="" raw_rps="" raw_p99="" raw_max="" raw_cpu=""
+for _ in $(seq "$ROUNDS"); do
+    t0=$(cpu_ticks "$GATE_PID")
+    j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$PLAYERS" --rate "$RATE" --depth 4 --size 16 \
+        --duration "$DURATION" --user-prefix game)
+    game_rps+=" $(field "$j" rps)"; game_p99+=" $(field "$j" p99_us)"; game_max+=" $(field "$j" max_us)"
+    game_cpu+=" $(per_request "$t0" "$(cpu_ticks "$GATE_PID")" "$j")"
+    t0=$(cpu_ticks "$RAW_PID")
+    j=$(bench --raw --gate "$RAW" --conns "$PLAYERS" --rate "$RATE" --depth 4 --size 16 --duration "$DURATION")
+    raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"; raw_max+=" $(field "$j" max_us)"
+    raw_cpu+=" $(per_request "$t0" "$(cpu_ticks "$RAW_PID")" "$j")"
+done
+offered=$(awk -v p="$PLAYERS" -v r="$RATE" 'BEGIN { printf "%.0f", p * r }')
+for side in gate raw; do
+    if [[ $side == gate ]]; then
+        r=$(median <<<"$game_rps"); p=$(median <<<"$game_p99"); m=$(median <<<"$game_max"); c=$(median <<<"$game_cpu")
+    else
+        r=$(median <<<"$raw_rps"); p=$(median <<<"$raw_p99"); m=$(median <<<"$raw_max"); c=$(median <<<"$raw_cpu")
+    fi
+    printf '%-34s %10s %9.1f%% %8.1fms %8.1fms %9.0fns\n' "$side: $PLAYERS players x $RATE msg/s" "$offered" \
+        "$(awk -v r="$r" -v o="$offered" 'BEGIN { print (o > 0 ? 100 * r / o : 0) }')" \
+        "$(awk -v v="$p" 'BEGIN{print v/1000}')" "$(awk -v v="$m" 'BEGIN{print v/1000}')" "$c"
+done
 
 echo
 # The chart: latency by percentile, gate and raw echo from the same run
@@ -365,7 +430,15 @@ wait_port "$BACKEND_PORT"
 RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate "127.0.0.1:$BACKEND_PORT" \
     --link-secret-file "$WORK/link.secret" \
     --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
-PIDS+=("$!")
+SVC_PID=$!
+PIDS+=("$SVC_PID")
+# The baseline of the service path: a dumb byte relay (one upstream
+# connection per client, copy both ways) in front of the raw echo server.
+RELAY_PORT=${RELAY_PORT:-28998}
+"$BIN/raw-echo" --listen "127.0.0.1:$RELAY_PORT" --relay-to "$RAW" >"$WORK/relay.log" 2>&1 &
+RELAY_PID=$!
+PIDS+=("$RELAY_PID")
+wait_port "$RELAY_PORT"
 # Until the service has registered, requests get "no instance" errors:
 # probe with one request (up to 10 s).
 for _ in $(seq 100); do
@@ -373,19 +446,33 @@ for _ in $(seq 100); do
         --user-prefix probe >/dev/null 2>&1 && break
     sleep 0.1
 done
-printf '%-28s %12s %12s %9s %10s %10s\n' figure "svc req/s" "raw req/s" svc/raw "svc p99" "raw p99"
-svc_rps="" raw_rps="" svc_p99="" raw_p99=""
+printf '%-28s %12s %12s %9s %10s %10s %9s %9s %9s\n' figure "svc req/s" "raw req/s" svc/raw "svc p99" "raw p99" \
+    "svc CPU" "relay CPU" "CPU s/r"
+svc_rps="" raw_rps="" svc_p99="" raw_p99="" rel_rps="" rel_p99="" svc_cpu="" rel_cpu=""
 for _ in $(seq "$ROUNDS"); do
+    # CPU of the whole path: gate + service process; relay + raw echo.
+    t0=$(( $(cpu_ticks "$GATE_PID") + $(cpu_ticks "$SVC_PID") ))
     j=$(bench --gate "$GATE" --login "$LOGIN" --conns 512 --depth 16 --size 16 --duration "$DURATION")
     svc_rps+=" $(field "$j" rps)"; svc_p99+=" $(field "$j" p99_us)"
+    svc_cpu+=" $(per_request "$t0" "$(( $(cpu_ticks "$GATE_PID") + $(cpu_ticks "$SVC_PID") ))" "$j")"
     j=$(bench --raw --gate "$RAW" --conns 512 --depth 16 --size 16 --duration "$DURATION")
     raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"
+    t0=$(( $(cpu_ticks "$RELAY_PID") + $(cpu_ticks "$RAW_PID") ))
+    j=$(bench --raw --gate "127.0.0.1:$RELAY_PORT" --conns 512 --depth 16 --size 16 --duration "$DURATION")
+    rel_rps+=" $(field "$j" rps)"; rel_p99+=" $(field "$j" p99_us)"
+    rel_cpu+=" $(per_request "$t0" "$(( $(cpu_ticks "$RELAY_PID") + $(cpu_ticks "$RAW_PID") ))" "$j")"
 done
-g=$(median <<<"$svc_rps"); r=$(median <<<"$raw_rps")
+g=$(median <<<"$svc_rps"); r=$(median <<<"$raw_rps"); l=$(median <<<"$rel_rps")
+sc=$(median <<<"$svc_cpu"); lc=$(median <<<"$rel_cpu")
 ratio=$(awk -v g="$g" -v r="$r" 'BEGIN { if (r > 0) printf "%.1f %%", 100 * g / r; else print "-" }')
-printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms\n' "echo service, 512x16, 16 B" "$g" "$r" "$ratio" \
+printf '%-28s %12.0f %12.0f %9s %8.1fms %8.1fms %7.0fns %7.0fns %9s\n' "echo service, 512x16, 16 B" "$g" "$r" "$ratio" \
     "$(awk -v v="$(median <<<"$svc_p99")" 'BEGIN{print v/1000}')" \
-    "$(awk -v v="$(median <<<"$raw_p99")" 'BEGIN{print v/1000}')"
+    "$(awk -v v="$(median <<<"$raw_p99")" 'BEGIN{print v/1000}')" "$sc" "$lc" \
+    "$(awk -v s="$sc" -v l="$lc" 'BEGIN { if (l > 0) printf "%.2fx", s / l; else print "-" }')"
+printf '%-28s %12.0f %12s %9s %8.1fms\n' "relay + raw echo, 512x16" "$l" "" \
+    "$(awk -v g="$g" -v l="$l" 'BEGIN { if (l > 0) printf "svc %.0f %%", 100 * g / l; else print "-" }')" \
+    "$(awk -v v="$(median <<<"$rel_p99")" 'BEGIN{print v/1000}')"
+echo "target (issue 23): the service path <= 1.0x the relay + raw echo's CPU per request, at least its req/s"
 echo "target (issue 5): echo through a service process >= 25 % of raw at 512x16"
 
 echo

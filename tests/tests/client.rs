@@ -217,6 +217,51 @@ async fn bench_against_the_gate_is_clean() {
     }
 }
 
+/// `--seal` (every request and answer sealed) and `--rate` (an open loop:
+/// requests on schedule, latency from when each was due), bounded by
+/// count: every request answered, none lost, sealed or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sealed_and_open_loop_runs_are_clean() {
+    let server = server().await;
+    for (seal, rate) in [(true, None), (false, Some(400.0)), (true, Some(400.0))] {
+        let mut cmd = BenchCmd::new(&server.gate.to_string());
+        quick(&mut cmd);
+        cmd.login = server.login.to_string();
+        cmd.user_prefix = format!("bench-open-{seal}-{rate:?}-");
+        cmd.conns = 4;
+        cmd.depth = 4;
+        cmd.seal = seal;
+        cmd.rate = rate;
+        cmd.requests = Some(800);
+        let report = guard("bench", bench(&cmd, false)).await.unwrap();
+        assert_eq!(report.check(), Ok(()), "{}", report.human());
+        assert_eq!(
+            (report.sent, report.received),
+            (800, 800),
+            "{seal} {rate:?}"
+        );
+        assert!(report.sealed == seal);
+        assert_eq!(report.offered_rps, rate.map(|r| r * 4.0));
+        let json = report.to_json();
+        assert_eq!(json["sealed"], seal);
+        if rate.is_some() {
+            assert!(report.human().contains("open loop"), "{}", report.human());
+        }
+    }
+    // An open loop that sends only every few seconds still ends (its
+    // connections wait for the next due request, not for answers).
+    let mut cmd = BenchCmd::new(&server.gate.to_string());
+    quick(&mut cmd);
+    cmd.login = server.login.to_string();
+    cmd.user_prefix = "bench-slow-".into();
+    cmd.conns = 2;
+    cmd.rate = Some(0.5);
+    cmd.requests = Some(2);
+    let report = guard("bench", bench(&cmd, false)).await.unwrap();
+    assert_eq!(report.check(), Ok(()), "{}", report.human());
+    assert_eq!((report.sent, report.received), (2, 2));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_measures_logins_and_holds_idle_sessions() {
     let server = server().await;

@@ -91,6 +91,53 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
     tracker.wait().await;
 }
 
+/// A dumb byte relay, the baseline of the gate's service path: every
+/// connection accepted on `listener` gets one connection of its own to
+/// `upstream` and the bytes are copied both ways
+/// (`tokio::io::copy_bidirectional`) until either side closes; until
+/// `shutdown` is cancelled, like [`serve`]. In front of the raw echo
+/// server it is what a proxy that does nothing but copy costs, against
+/// the gate multiplexing every player over one link to a service.
+pub async fn relay(listener: TcpListener, upstream: SocketAddr, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((mut client, _peer)) => {
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    let copied = async {
+                        client.set_nodelay(true)?;
+                        let mut server = TcpStream::connect(upstream).await?;
+                        server.set_nodelay(true)?;
+                        tokio::io::copy_bidirectional(&mut client, &mut server).await
+                    };
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        result = copied => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "relayed connection ended");
+                            }
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
 /// One connection: read what is there, answer every complete request, write
 /// the answers in one go.
 async fn echo(mut stream: TcpStream) -> io::Result<()> {
@@ -156,6 +203,33 @@ mod tests {
 
         shutdown.cancel();
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_relay_passes_every_byte_both_ways() {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(echo, shutdown.clone()));
+        let relayed = tokio::spawn(relay(front, echo_addr, shutdown.clone()));
+        let mut client = TcpStream::connect(front_addr).await.unwrap();
+        let mut out = BytesMut::new();
+        for n in 0..100u32 {
+            Request::encode(&n.to_be_bytes(), n, &mut out).unwrap();
+        }
+        client.write_all(&out).await.unwrap();
+        let mut expected = BytesMut::new();
+        for n in 0..100u32 {
+            Response::encode(&n.to_be_bytes(), ResponseFlag::OK, n, &mut expected).unwrap();
+        }
+        let mut got = vec![0u8; expected.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, &expected[..]);
+        shutdown.cancel();
+        server.await.unwrap();
+        relayed.await.unwrap();
     }
 
     #[tokio::test]

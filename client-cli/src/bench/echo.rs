@@ -21,20 +21,20 @@ use crate::net::Stream;
 
 /// One in-flight request slot.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
-    number: u32,
-    sent_at: Instant,
-    busy: bool,
+pub(super) struct Slot {
+    pub(super) number: u32,
+    pub(super) sent_at: Instant,
+    pub(super) busy: bool,
 }
 
 /// The payload of a request: a fixed pattern whose first bytes (up to 4)
 /// are the request number, so each echo is distinguishable.
-struct Payload {
+pub(super) struct Payload {
     template: Vec<u8>,
 }
 
 impl Payload {
-    fn new(size: usize) -> Payload {
+    pub(super) fn new(size: usize) -> Payload {
         Payload {
             template: (0..size).map(|i| b'a' + (i % 26) as u8).collect(),
         }
@@ -45,7 +45,7 @@ impl Payload {
     }
 
     /// Appends the request package with request number `number` to `out`.
-    fn encode(&self, number: u32, out: &mut BytesMut) {
+    pub(super) fn encode(&self, number: u32, out: &mut BytesMut) {
         let len = self.template.len() + 4;
         // Sizes are validated up front to fit one package.
         out.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
@@ -65,10 +65,10 @@ impl Payload {
 }
 
 /// A response that failed its check.
-struct Bad {
+pub(super) struct Bad {
     /// The slot it answered, when the request number was the one in flight.
-    slot: Option<usize>,
-    message: String,
+    pub(super) slot: Option<usize>,
+    pub(super) message: String,
 }
 
 /// Drives one echo connection until it has nothing in flight and may send
@@ -234,7 +234,12 @@ pub(super) async fn drive_echo(
 
 /// Checks one response package against the slots; `Ok(slot)` when it is
 /// the right answer to the request in flight there.
-fn check(frame: &[u8], slots: &[Slot], mask: u32, payload: &Payload) -> Result<usize, Bad> {
+pub(super) fn check(
+    frame: &[u8],
+    slots: &[Slot],
+    mask: u32,
+    payload: &Payload,
+) -> Result<usize, Bad> {
     let n = frame.len();
     if n < 5 {
         return Err(Bad {

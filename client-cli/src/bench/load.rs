@@ -77,6 +77,8 @@ pub(crate) struct Plan {
     pub opt_in: bool,
     /// Echo, idle: opt in and ask for the sealed channel.
     pub seal: bool,
+    /// Echo: open loop, this many requests per second per connection.
+    pub rate: Option<f64>,
     /// Idle: close each connection after its handshake.
     pub away: bool,
     /// Logins: ask for queue notices and record each login's first queue
@@ -289,15 +291,29 @@ pub(crate) fn worker(
         match plan.kind {
             Kind::Echo => {
                 for conn in conns {
-                    drivers.push(Box::pin(drive_echo(
-                        conn.stream,
-                        conn.buf,
-                        conn.channel,
-                        plan.quota(conn.i),
-                        &plan,
-                        &shared,
-                        &stats,
-                    )));
+                    let quota = plan.quota(conn.i);
+                    match plan.rate {
+                        Some(rate) => drivers.push(Box::pin(super::open::drive_open(
+                            conn.stream,
+                            conn.buf,
+                            conn.channel,
+                            rate,
+                            conn.i as f64 / plan.conns as f64,
+                            quota,
+                            &plan,
+                            &shared,
+                            &stats,
+                        ))),
+                        None => drivers.push(Box::pin(drive_echo(
+                            conn.stream,
+                            conn.buf,
+                            conn.channel,
+                            quota,
+                            &plan,
+                            &shared,
+                            &stats,
+                        ))),
+                    }
                 }
             }
             Kind::Logins => {
@@ -547,6 +563,7 @@ mod tests {
             source_addrs: Vec::new(),
             opt_in: false,
             seal: false,
+            rate: None,
             away: false,
             queue_notices: false,
         };

@@ -17,6 +17,7 @@
 mod echo;
 mod fanout;
 mod load;
+mod open;
 mod report;
 
 use std::io::IsTerminal;
@@ -119,6 +120,15 @@ pub struct BenchCmd {
     /// ChaCha20-Poly1305, to measure what sealing costs.
     #[arg(long, conflicts_with_all = ["raw", "logins", "push_fanout"])]
     pub seal: bool,
+    /// Echo in an open loop: every connection sends this many requests per
+    /// second on schedule (connections spread over the period), whether or
+    /// not its answers have come, as game clients do; --depth bounds the
+    /// requests in flight per connection. Latency counts from when a
+    /// request was due, so a server that falls behind shows in it
+    /// (coordinated omission corrected). The report gives the offered and
+    /// the achieved rate. Fractions are allowed (0.5: one every 2 s).
+    #[arg(long, value_name = "PER_SECOND", conflicts_with_all = ["logins", "idle", "push_fanout"])]
+    pub rate: Option<f64>,
     /// With --idle: close each connection right after its handshake, so the
     /// sessions are away (waiting in their reconnect window) and nothing is
     /// held open.
@@ -192,6 +202,7 @@ impl BenchCmd {
             idle: false,
             opt_in: false,
             seal: false,
+            rate: None,
             away: false,
             push_fanout: false,
             fanout_join: "join bench".into(),
@@ -252,6 +263,12 @@ impl BenchCmd {
         if self.seal && self.suite != SuiteName::X25519 {
             return Err("--seal needs the x25519 suite (skynet's keys cannot seal)".into());
         }
+        if self
+            .rate
+            .is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1_000_000.0))
+        {
+            return Err("--rate must be a number of requests per second above 0".into());
+        }
         if self.push_fanout && self.raw {
             return Err("--push-fanout needs the gate (pushes), not --raw".into());
         }
@@ -285,6 +302,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         source_addrs: cmd.source_addrs.clone(),
         opt_in: cmd.opt_in,
         seal: cmd.seal,
+        rate: cmd.rate,
         away: cmd.away,
         queue_notices: cmd.queue_notices,
     });
@@ -418,6 +436,7 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         },
         suite: if cmd.raw { "none" } else { plan.suite.name() },
         sealed: cmd.seal,
+        offered_rps: cmd.rate.map(|r| r * cmd.conns as f64),
         conns: cmd.conns,
         established: if kind == Kind::Logins {
             cmd.conns as u64

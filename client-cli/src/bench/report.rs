@@ -23,6 +23,8 @@ pub struct BenchReport {
     pub suite: &'static str,
     /// The connections were sealed (`--seal`).
     pub sealed: bool,
+    /// Open loop (`--rate`): requests per second offered, all connections.
+    pub offered_rps: Option<f64>,
     /// Connections asked for.
     pub conns: usize,
     /// Connections set up (for --logins: clients).
@@ -181,6 +183,8 @@ impl BenchReport {
             "rps": self.rps().round(),
             "said": self.said,
             "sent": self.sent,
+            "offered_rps": self.offered_rps,
+            "sealed": self.sealed,
             "received": self.received,
             "errors": self.errors,
             "lost": self.lost,
@@ -305,6 +309,12 @@ impl BenchReport {
                     self.requests,
                     self.rps()
                 ));
+                if let Some(offered) = self.offered_rps {
+                    lines.push(format!(
+                        "open loop  {offered:.0} requests/s offered, {:.1} % achieved; latency from when each was due",
+                        if offered > 0.0 { 100.0 * self.rps() / offered } else { 0.0 }
+                    ));
+                }
                 if let Some(q) = &self.queue {
                     lines.push(format!(
                         "queue      {} of {} logins waited (deepest position {}), {} admitted out of queue order (worst by {} ms)",

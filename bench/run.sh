@@ -144,6 +144,35 @@ median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0
 # client run (clock ticks from cpu_ticks), divided by the requests the run
 # sent; the run's setup (its logins) is included, a few % at most.
 TICK_NS=$(( 1000000000 / $(getconf CLK_TCK) ))
+# bench_window "PID..." ARGS...: one client bench run whose server CPU is
+# taken over its measured window alone (`--mark-window`: setup and warmup
+# left out, which matters when the load is light and the logins are not);
+# sets WIN_JSON, and WIN_NS to the CPU per request answered in the window.
+bench_window() {
+    local pids=$1 cpid t0="" t1=""
+    shift
+    "$BIN/client" bench --json --mark-window --warmup "$WARMUP" "$@" >"$WORK/window.json" 2>"$WORK/window.err" &
+    cpid=$!
+    while kill -0 "$cpid" 2>/dev/null; do
+        if [[ -z $t0 ]] && grep -q '^measuring' "$WORK/window.err"; then
+            # shellcheck disable=SC2086 # one argument per pid
+            t0=$(cpu_ticks $pids)
+        fi
+        if [[ -n $t0 ]] && grep -q '^measured' "$WORK/window.err"; then
+            # shellcheck disable=SC2086
+            t1=$(cpu_ticks $pids)
+            break
+        fi
+        sleep 0.02
+    done
+    if ! wait "$cpid"; then
+        echo "client bench $* FAILED: $(cat "$WORK/window.json")" >&2
+        FAILED=1
+    fi
+    WIN_JSON=$(cat "$WORK/window.json")
+    WIN_NS=$(awk -v t=$(( ${t1:-0} - ${t0:-0} )) -v n="$(field "$WIN_JSON" requests)" -v k="$TICK_NS" \
+        'BEGIN { if (n > 0) printf "%.0f", t * k / n; else print 0 }')
+}
 per_request() { # per_request TICKS_BEFORE TICKS_AFTER JSON: ns
     awk -v t=$(( $2 - $1 )) -v n="$(field "$3" sent)" -v k="$TICK_NS" \
         'BEGIN { if (n > 0) printf "%.0f", t * k / n; else print 0 }'
@@ -285,21 +314,23 @@ echo
 # against the raw echo server at the same offered load, interleaved. The
 # figures: the rate achieved, p99 and max latency counted from when each
 # message was due (coordinated omission corrected), and the server's CPU
-# per message.
+# per message over the measured window alone (the players' logins are a
+# large part of a light load's run).
 PLAYERS=${PLAYERS:-$IDLE_SESSIONS}
 RATE=${RATE:-10}
 printf '%-34s %10s %10s %10s %10s %11s\n' figure "msgs/s" "achieved" "p99" "max" "CPU/msg"
 game_rps="" game_p99="" game_max="" game_cpu="" raw_rps="" raw_p99="" raw_max="" raw_cpu=""
 for _ in $(seq "$ROUNDS"); do
-    t0=$(cpu_ticks "$GATE_PID")
-    j=$(bench --gate "$GATE" --login "$LOGIN" --conns "$PLAYERS" --rate "$RATE" --depth 4 --size 16 \
-        --duration "$DURATION" --user-prefix game)
+    bench_window "$GATE_PID" --gate "$GATE" --login "$LOGIN" --conns "$PLAYERS" --rate "$RATE" --depth 4 \
+        --size 16 --duration "$DURATION" --user-prefix game
+    j=$WIN_JSON
     game_rps+=" $(field "$j" rps)"; game_p99+=" $(field "$j" p99_us)"; game_max+=" $(field "$j" max_us)"
-    game_cpu+=" $(per_request "$t0" "$(cpu_ticks "$GATE_PID")" "$j")"
-    t0=$(cpu_ticks "$RAW_PID")
-    j=$(bench --raw --gate "$RAW" --conns "$PLAYERS" --rate "$RATE" --depth 4 --size 16 --duration "$DURATION")
+    game_cpu+=" $WIN_NS"
+    bench_window "$RAW_PID" --raw --gate "$RAW" --conns "$PLAYERS" --rate "$RATE" --depth 4 --size 16 \
+        --duration "$DURATION"
+    j=$WIN_JSON
     raw_rps+=" $(field "$j" rps)"; raw_p99+=" $(field "$j" p99_us)"; raw_max+=" $(field "$j" max_us)"
-    raw_cpu+=" $(per_request "$t0" "$(cpu_ticks "$RAW_PID")" "$j")"
+    raw_cpu+=" $WIN_NS"
 done
 offered=$(awk -v p="$PLAYERS" -v r="$RATE" 'BEGIN { printf "%.0f", p * r }')
 for side in gate raw; do

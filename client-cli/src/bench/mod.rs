@@ -129,6 +129,11 @@ pub struct BenchCmd {
     /// the achieved rate. Fractions are allowed (0.5: one every 2 s).
     #[arg(long, value_name = "PER_SECOND", conflicts_with_all = ["logins", "idle", "push_fanout"])]
     pub rate: Option<f64>,
+    /// Print `measuring` on stderr when the measured window starts and
+    /// `measured` when it ends, so a script can take the server's CPU time
+    /// over the window alone (setup and warmup left out).
+    #[arg(long)]
+    pub mark_window: bool,
     /// With --idle: close each connection right after its handshake, so the
     /// sessions are away (waiting in their reconnect window) and nothing is
     /// held open.
@@ -203,6 +208,7 @@ impl BenchCmd {
             opt_in: false,
             seal: false,
             rate: None,
+            mark_window: false,
             away: false,
             push_fanout: false,
             fanout_join: "join bench".into(),
@@ -387,6 +393,9 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
             .await;
         }
         set_phase(MEASURE);
+        if cmd.mark_window {
+            eprintln!("measuring");
+        }
         let measure_started = Instant::now();
         let end = cmd
             .requests
@@ -404,6 +413,9 @@ pub async fn bench(cmd: &BenchCmd, progress: bool) -> Result<BenchReport, String
         .await;
         measured = measure_started.elapsed();
         set_phase(STOP);
+        if cmd.mark_window {
+            eprintln!("measured");
+        }
     }
     let results = match finished {
         Some(results) => results,

@@ -116,25 +116,9 @@ pub(super) async fn drive_echo(
     tokio::pin!(sleep);
     let mut failure: Option<String> = None;
     loop {
-        if !wbuf.is_empty() {
-            if let Some(channel) = &mut channel
-                && let Err(e) = seal::seal_packages(&mut channel.send, &mut wbuf, 0)
-            {
-                failure = Some(e.to_string());
-                break;
-            }
-            // Flushed too: a TLS stream keeps what the socket did not
-            // take until then (a no-op over plain TCP).
-            if let Err(e) = async {
-                stream.write_all(&wbuf).await?;
-                stream.flush().await
-            }
-            .await
-            {
-                failure = Some(format!("write failed: {e}"));
-                break;
-            }
-            wbuf.clear();
+        if let Err(e) = write_batch(&mut stream, &mut wbuf, channel.as_mut()).await {
+            failure = Some(e);
+            break;
         }
         if outstanding == 0 {
             break;
@@ -171,37 +155,17 @@ pub(super) async fn drive_echo(
         let phase = shared.phase.load(Ordering::Relaxed);
         let measuring = phase == MEASURE;
         let stopping = phase >= STOP;
-        let mut got: u64 = 0;
         let mut st = stats.borrow_mut();
-        let extra = if channel.is_some() { seal::TAG_LEN } else { 0 };
-        while rbuf.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([rbuf[0], rbuf[1]]));
-            if rbuf.len() < 2 + len + extra {
-                break;
-            }
-            if let Some(channel) = &mut channel {
-                let (data, tag) = rbuf[2..2 + len + extra].split_at_mut(len);
-                if let Err(e) = channel.recv.open_in_place(data, tag) {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-            got += 1;
-            let frame = &rbuf[2..2 + len];
-            let answered = match check(frame, &slots, slot_mask, &payload) {
-                Ok(k) => {
-                    if measuring {
-                        st.record(now.saturating_duration_since(slots[k].sent_at));
-                    }
-                    Some(k)
-                }
-                Err(bad) => {
-                    st.error(shared, || bad.message);
-                    bad.slot
-                }
-            };
-            if let Some(k) = answered {
-                slots[k].busy = false;
+        let (got, failed) = take_answers(
+            &mut rbuf,
+            channel.as_mut(),
+            &mut slots,
+            slot_mask,
+            &payload,
+            measuring.then_some(now),
+            &mut st,
+            shared,
+            |slots, k| {
                 outstanding -= 1;
                 if !stopping && may_send(sent) {
                     let number = slots[k].number.wrapping_add(step);
@@ -214,9 +178,9 @@ pub(super) async fn drive_echo(
                     sent += 1;
                     outstanding += 1;
                 }
-            }
-            rbuf.advance(2 + len + extra);
-        }
+            },
+        );
+        failure = failed;
         st.received += got;
         drop(st);
         shared.received.fetch_add(got, Ordering::Relaxed);
@@ -230,6 +194,82 @@ pub(super) async fn drive_echo(
     if let Some(message) = failure {
         st.error(shared, || message);
     }
+}
+
+/// Seals what `wbuf` holds (on a sealed connection) and writes it all,
+/// flushed (a TLS stream keeps what the socket did not take until then; a
+/// no-op over plain TCP); leaves `wbuf` empty.
+pub(super) async fn write_batch(
+    stream: &mut Stream,
+    wbuf: &mut BytesMut,
+    channel: Option<&mut Channel>,
+) -> Result<(), String> {
+    if wbuf.is_empty() {
+        return Ok(());
+    }
+    if let Some(channel) = channel {
+        seal::seal_packages(&mut channel.send, wbuf, 0).map_err(|e| e.to_string())?;
+    }
+    async {
+        stream.write_all(wbuf).await?;
+        stream.flush().await
+    }
+    .await
+    .map_err(|e| format!("write failed: {e}"))?;
+    wbuf.clear();
+    Ok(())
+}
+
+/// Takes every whole answer in `rbuf` (opened first on a sealed
+/// connection) and checks it against `slots`, recording its latency from
+/// the slot's `sent_at` when `measuring` is the time it came; each slot
+/// answered is marked free and handed to `answered`. Returns how many
+/// packages came, and the failure that stopped the connection, if any.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn take_answers(
+    rbuf: &mut BytesMut,
+    mut channel: Option<&mut Channel>,
+    slots: &mut [Slot],
+    mask: u32,
+    payload: &Payload,
+    measuring: Option<Instant>,
+    st: &mut Stats,
+    shared: &LoadState,
+    mut answered: impl FnMut(&mut [Slot], usize),
+) -> (u64, Option<String>) {
+    let extra = if channel.is_some() { seal::TAG_LEN } else { 0 };
+    let mut got = 0;
+    while rbuf.len() >= 2 {
+        let len = usize::from(u16::from_be_bytes([rbuf[0], rbuf[1]]));
+        if rbuf.len() < 2 + len + extra {
+            break;
+        }
+        if let Some(channel) = channel.as_deref_mut() {
+            let (data, tag) = rbuf[2..2 + len + extra].split_at_mut(len);
+            if let Err(e) = channel.recv.open_in_place(data, tag) {
+                return (got, Some(e.to_string()));
+            }
+        }
+        got += 1;
+        let answer = match check(&rbuf[2..2 + len], slots, mask, payload) {
+            Ok(k) => {
+                if let Some(now) = measuring {
+                    st.record(now.saturating_duration_since(slots[k].sent_at));
+                }
+                Some(k)
+            }
+            Err(bad) => {
+                st.error(shared, || bad.message);
+                bad.slot
+            }
+        };
+        if let Some(k) = answer {
+            slots[k].busy = false;
+            answered(slots, k);
+        }
+        rbuf.advance(2 + len + extra);
+    }
+    (got, None)
 }
 
 /// Checks one response package against the slots; `Ok(slot)` when it is

@@ -15,12 +15,12 @@ use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
 
-use loginproto::seal::{self, Channel};
+use loginproto::seal::Channel;
 
-use super::echo::{Payload, Slot, check};
+use super::echo::{Payload, Slot, take_answers, write_batch};
 use super::load::{LoadState, MEASURE, Plan, STOP, Stats};
 use crate::net::Stream;
 
@@ -92,23 +92,9 @@ pub(super) async fn drive_open(
             sent += 1;
             outstanding += 1;
         }
-        if !wbuf.is_empty() {
-            if let Some(channel) = &mut channel
-                && let Err(e) = seal::seal_packages(&mut channel.send, &mut wbuf, 0)
-            {
-                failure = Some(e.to_string());
-                break;
-            }
-            if let Err(e) = async {
-                stream.write_all(&wbuf).await?;
-                stream.flush().await
-            }
-            .await
-            {
-                failure = Some(format!("write failed: {e}"));
-                break;
-            }
-            wbuf.clear();
+        if let Err(e) = write_batch(&mut stream, &mut wbuf, channel.as_mut()).await {
+            failure = Some(e);
+            break;
         }
         let more = !stopping && may_send(sent + backlog.len() as u64);
         if outstanding == 0 && !more {
@@ -147,44 +133,24 @@ pub(super) async fn drive_open(
         let now = Instant::now();
         last_progress = now;
         let measuring = shared.phase.load(Ordering::Relaxed) == MEASURE;
-        let mut got: u64 = 0;
         let mut st = stats.borrow_mut();
-        let extra = if channel.is_some() { seal::TAG_LEN } else { 0 };
-        while rbuf.len() >= 2 {
-            let len = usize::from(u16::from_be_bytes([rbuf[0], rbuf[1]]));
-            if rbuf.len() < 2 + len + extra {
-                break;
-            }
-            if let Some(channel) = &mut channel {
-                let (data, tag) = rbuf[2..2 + len + extra].split_at_mut(len);
-                if let Err(e) = channel.recv.open_in_place(data, tag) {
-                    failure = Some(e.to_string());
-                    break;
-                }
-            }
-            got += 1;
-            let frame = &rbuf[2..2 + len];
-            let answered = match check(frame, &slots, slot_mask, &payload) {
-                Ok(k) => {
-                    if measuring {
-                        // From when it was due: coordinated omission
-                        // corrected.
-                        st.record(now.saturating_duration_since(slots[k].sent_at));
-                    }
-                    Some(k)
-                }
-                Err(bad) => {
-                    st.error(shared, || bad.message);
-                    bad.slot
-                }
-            };
-            if let Some(k) = answered {
-                slots[k].busy = false;
+        // Latency from when each request was due (`sent_at`): coordinated
+        // omission corrected.
+        let (got, failed) = take_answers(
+            &mut rbuf,
+            channel.as_mut(),
+            &mut slots,
+            slot_mask,
+            &payload,
+            measuring.then_some(now),
+            &mut st,
+            shared,
+            |_, k| {
                 outstanding -= 1;
                 free.push(k);
-            }
-            rbuf.advance(2 + len + extra);
-        }
+            },
+        );
+        failure = failed;
         st.received += got;
         drop(st);
         shared.received.fetch_add(got, Ordering::Relaxed);

@@ -26,6 +26,7 @@ mod driver;
 mod handle;
 pub(crate) mod handoff;
 mod metrics;
+mod opening;
 mod requests;
 mod restored;
 mod tcp;

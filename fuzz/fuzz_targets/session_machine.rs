@@ -85,10 +85,7 @@ fuzz_target!(|data: &[u8]| {
                 let ext = input.byte();
                 let hello = Hello {
                     index: LuaNumber::Int(index),
-                    ext: (ext & 1 == 1).then(|| Ext {
-                        version: 1,
-                        last_push: u32::from(ext >> 1),
-                    }),
+                    ext: (ext & 1 == 1).then(|| Ext::new(u32::from(ext >> 1))),
                     addr,
                 };
                 let draining = input.byte() == 0xff;

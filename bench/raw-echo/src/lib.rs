@@ -56,6 +56,22 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// cancelled, then closes every connection and returns once their tasks
 /// ended.
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
+    accept_loop(listener, shutdown, |stream| async move {
+        if let Err(e) = echo(stream).await {
+            tracing::debug!(error = %e, "raw echo connection ended");
+        }
+    })
+    .await;
+}
+
+/// Accepts on `listener` until `shutdown` is cancelled, running `handle`
+/// on each connection in a task of its own; then closes every connection
+/// and returns once their tasks ended.
+async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: CancellationToken, handle: F)
+where
+    F: Fn(TcpStream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let tracker = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -65,14 +81,11 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
         match accepted {
             Ok((stream, _peer)) => {
                 let shutdown = shutdown.clone();
+                let connection = handle(stream);
                 tracker.spawn(async move {
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
-                        result = echo(stream) => {
-                            if let Err(e) = result {
-                                tracing::debug!(error = %e, "raw echo connection ended");
-                            }
-                        }
+                        () = connection => {}
                     }
                 });
             }
@@ -99,43 +112,18 @@ pub async fn serve(listener: TcpListener, shutdown: CancellationToken) {
 /// server it is what a proxy that does nothing but copy costs, against
 /// the gate multiplexing every player over one link to a service.
 pub async fn relay(listener: TcpListener, upstream: SocketAddr, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+    accept_loop(listener, shutdown, |mut client| async move {
+        let copied = async {
+            client.set_nodelay(true)?;
+            let mut server = TcpStream::connect(upstream).await?;
+            server.set_nodelay(true)?;
+            tokio::io::copy_bidirectional(&mut client, &mut server).await
         };
-        match accepted {
-            Ok((mut client, _peer)) => {
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    let copied = async {
-                        client.set_nodelay(true)?;
-                        let mut server = TcpStream::connect(upstream).await?;
-                        server.set_nodelay(true)?;
-                        tokio::io::copy_bidirectional(&mut client, &mut server).await
-                    };
-                    tokio::select! {
-                        _ = shutdown.cancelled() => {}
-                        result = copied => {
-                            if let Err(e) = result {
-                                tracing::debug!(error = %e, "relayed connection ended");
-                            }
-                        }
-                    }
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
+        if let Err(e) = copied.await {
+            tracing::debug!(error = %e, "relayed connection ended");
         }
-    }
-    tracker.close();
-    tracker.wait().await;
+    })
+    .await;
 }
 
 /// One connection: read what is there, answer every complete request, write

@@ -139,16 +139,9 @@ pub(super) async fn drive_echo(
                 continue;
             }
         };
-        match read {
-            Ok(0) => {
-                failure = Some("the server closed the connection".to_owned());
-                break;
-            }
-            Err(e) => {
-                failure = Some(format!("read failed: {e}"));
-                break;
-            }
-            Ok(_) => {}
+        if let Err(e) = read_done(read, "the server") {
+            failure = Some(e);
+            break;
         }
         let now = Instant::now();
         last_progress = now;
@@ -193,6 +186,16 @@ pub(super) async fn drive_echo(
     st.lost += outstanding as u64;
     if let Some(message) = failure {
         st.error(shared, || message);
+    }
+}
+
+/// What a read of the connection gave: `Err` with the failure when the
+/// peer (`who`) closed it or it failed.
+pub(super) fn read_done(read: std::io::Result<usize>, who: &str) -> Result<(), String> {
+    match read {
+        Ok(0) => Err(format!("{who} closed the connection")),
+        Err(e) => Err(format!("read failed: {e}")),
+        Ok(_) => Ok(()),
     }
 }
 

@@ -16,6 +16,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use codec::ResponseFlag;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::echo::read_done;
 use super::load::{Conn, LoadState, MEASURE, Plan, STOP, Stats};
 
 /// Size of the fan-out send-time table (message `n` at `n % FANOUT_RING`):
@@ -143,16 +144,9 @@ pub(super) async fn drive_fanout(
                 continue;
             }
         };
-        match read {
-            Ok(0) => {
-                failure = Some("the gate closed the connection".to_owned());
-                break;
-            }
-            Err(e) => {
-                failure = Some(format!("read failed: {e}"));
-                break;
-            }
-            Ok(_) => {}
+        if let Err(e) = read_done(read, "the gate") {
+            failure = Some(e);
+            break;
         }
         let now = Instant::now();
         last_read = now;

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use loginproto::seal::Channel;
 
-use super::echo::{Payload, Slot, take_answers, write_batch};
+use super::echo::{Payload, Slot, read_done, take_answers, write_batch};
 use super::load::{LoadState, MEASURE, Plan, STOP, Stats};
 use crate::net::Stream;
 
@@ -119,16 +119,9 @@ pub(super) async fn drive_open(
                 break;
             }
         };
-        match read {
-            Ok(0) => {
-                failure = Some("the server closed the connection".to_owned());
-                break;
-            }
-            Err(e) => {
-                failure = Some(format!("read failed: {e}"));
-                break;
-            }
-            Ok(_) => {}
+        if let Err(e) = read_done(read, "the server") {
+            failure = Some(e);
+            break;
         }
         let now = Instant::now();
         last_progress = now;

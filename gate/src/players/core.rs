@@ -1,6 +1,7 @@
-//! The driver of the sessions: the gate's tables of [`User`]s (one
-//! [`Session`] each, behind its own lock), and the one place that carries
-//! out what a session asks for ([`GateCore::perform`]).
+//! The driver of the sessions: the gate's tables of
+//! [`User`](super::user::User)s (one [`Session`] each, behind its own
+//! lock), and the one place that carries out what a session asks for
+//! ([`GateCore::perform`]).
 //!
 //! Every operation has the same shape: lock the user, call its session with
 //! `now`, re-arm its timer, release, then hand the effects to
@@ -10,16 +11,16 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::{Bytes, BytesMut};
 use codec::message::Handshake;
+use gate_core::End;
 use gate_core::connection::ConnLimits;
 use gate_core::session::{
-    Completion, Effect, ExecId, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent,
-    check_handshake, seal_channel,
+    Effect, HandshakeRefusal, Limits, PushRefused, Session, SessionEvent, check_handshake,
+    seal_channel,
 };
-use gate_core::{End, wire};
 use loginproto::handshake::{self, SessionSecret};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,8 @@ use tokio_util::task::TaskTracker;
 use super::handle::ConnHandle;
 use super::metrics::{Metrics, bump};
 use super::timers::Timers;
-use crate::agent::{Agent, RequestError, SessionCtx, SessionHandle};
+use super::user::{User, UserState};
+use crate::agent::{Agent, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::logging::esc;
 use crate::login::placement::LoginLink;
@@ -43,133 +45,6 @@ pub(crate) enum Timer {
     /// A connection's deadline ([`gate_core::connection::Connection::poll_timeout`]):
     /// its task is woken to look at it.
     Conn(Weak<ConnHandle>),
-}
-
-/// What a user's lock guards: the session and its armed timer.
-#[derive(Debug)]
-pub(crate) struct UserState {
-    pub(crate) session: Session<Arc<ConnHandle>>,
-    /// Where the session's small answers are cut from
-    /// ([`wire::response_in`]).
-    pub(crate) slab: BytesMut,
-    /// The earliest deadline armed in the gate's timers for this session,
-    /// as a tick of the timers (0: none).
-    pub(super) timer_at: u32,
-}
-
-/// One logged-in user: who it is, and its session.
-#[derive(Debug)]
-pub(crate) struct User {
-    pub(crate) uid: Bytes,
-    pub(crate) subid: Bytes,
-    pub(crate) username: Bytes,
-    /// The username with the name the client logged in with, when the
-    /// authenticator gave it another uid (the client signs with that one).
-    pub(super) alias: Option<Bytes>,
-    pub(crate) secret: SessionSecret,
-    pub(super) core: Weak<GateCore>,
-    /// The user itself, for handing out as the agent's session handle
-    /// where only a reference is at hand.
-    pub(super) me: Weak<User>,
-    /// The gate's counters (a user's responses are counted as they are
-    /// made, without reaching the gate through `core`).
-    pub(super) metrics: Arc<Metrics>,
-    pub(super) state: Mutex<UserState>,
-}
-
-impl User {
-    /// Locks the session. Every critical section leaves it consistent, so a
-    /// poisoned lock (a panic elsewhere) is still usable.
-    pub(crate) fn lock(&self) -> MutexGuard<'_, UserState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn core(&self) -> Option<Arc<GateCore>> {
-        self.core.upgrade()
-    }
-}
-
-impl SessionHandle for User {
-    fn uid(&self) -> &Bytes {
-        &self.uid
-    }
-
-    fn subid(&self) -> &Bytes {
-        &self.subid
-    }
-
-    fn username(&self) -> &Bytes {
-        &self.username
-    }
-
-    fn is_active(&self) -> bool {
-        !self.lock().session.is_ended()
-    }
-
-    fn end(&self, reason: End) {
-        if let Some(core) = self.core() {
-            core.end_by_handle(self, reason);
-        }
-    }
-
-    fn push(&self, payload: Bytes) -> Result<u32, PushRefused> {
-        match self.core() {
-            Some(core) => core.push_to(self, payload),
-            None => Err(PushRefused::Ended),
-        }
-    }
-
-    fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
-        let completion = {
-            let mut state = self.lock();
-            let state = &mut *state;
-            let package = response_package(self, number, result, &mut state.slab);
-            state.session.complete(number, exec, package, None)
-        };
-        if let (Completion::Wake(conn), Some(core)) = (completion, self.core()) {
-            core.perform(self, [Effect::Wake(conn)]);
-        }
-    }
-}
-
-/// The response package of a handler's result; errors are logged here.
-/// The log field keeps skynet's word, `session`, which operators and
-/// existing log queries know the request number by.
-pub(crate) fn response_package(
-    user: &User,
-    number: u32,
-    result: Result<Bytes, RequestError>,
-    slab: &mut BytesMut,
-) -> Bytes {
-    match &result {
-        Ok(content) if content.len() <= codec::message::MAX_RESPONSE_CONTENT => {
-            user.metrics.responses.bump();
-        }
-        _ => user.metrics.error_responses.bump(),
-    }
-    match result {
-        Ok(content) => {
-            if content.len() > codec::message::MAX_RESPONSE_CONTENT {
-                tracing::debug!(
-                    uid = %esc(&user.uid),
-                    session = number,
-                    len = content.len(),
-                    "response does not fit in a package: sent as an error response"
-                );
-            }
-            wire::response_in(slab, number, Some(&content))
-        }
-        Err(error) => {
-            let error = error.to_string();
-            tracing::debug!(
-                uid = %esc(&user.uid),
-                session = number,
-                error = %esc(error.as_bytes()),
-                "error response"
-            );
-            wire::response_in(slab, number, None)
-        }
-    }
 }
 
 /// The session limits of `cfg`.
@@ -565,7 +440,7 @@ impl GateCore {
 
     /// [`GateCore::end`] through a session handle (the agent's call). A
     /// user no longer in the tables has ended already.
-    fn end_by_handle(self: &Arc<Self>, user: &User, reason: End) {
+    pub(super) fn end_by_handle(self: &Arc<Self>, user: &User, reason: End) {
         if let Some(registered) = self.user_by_username(&user.username)
             && std::ptr::eq(Arc::as_ptr(&registered), user)
         {

@@ -37,9 +37,10 @@ use loginproto::handshake::SessionSecret;
 use tokio::sync::{mpsc, watch};
 
 use super::MsgGate;
-use super::core::{GateCore, User, UserState as Locked};
+use super::core::GateCore;
 use super::handle::ConnHandle;
 use super::transport::Movable;
+use super::user::{User, UserState as Locked};
 use crate::upgrade::state::{ConnState, GateState, READS, STATE_VERSION, UserState};
 
 /// What parked connections are told.

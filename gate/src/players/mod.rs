@@ -33,6 +33,7 @@ mod tcp;
 mod timers;
 mod tls_tcp;
 mod transport;
+mod user;
 mod ws;
 mod ws_plain;
 
@@ -52,10 +53,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
-use self::core::{GateCore, User};
+use self::core::GateCore;
 pub use self::handoff::{Forward, Forwarded, HandedConn, ParkedConn, Prepared};
 use self::metrics::bump;
 pub use self::metrics::{GateMetrics, RefusedStatus, SESSION_ENDS};
+use self::user::User;
 pub use self::ws_plain::WsState;
 use crate::agent::Agent;
 use crate::config::GateConfig;

@@ -9,9 +9,10 @@ use codec::message::Request;
 use gate_core::End;
 use gate_core::session::{Completion, Effect, ExecId, OnRequest, RequestRefused};
 
-use super::core::{Bound, GateCore, User, response_package};
+use super::core::{Bound, GateCore};
 use super::handle::{Asked, ConnHandle};
 use super::metrics::bump;
+use super::user::{User, response_package};
 use crate::agent::{AgentRequest, Dispatch, SessionCtx, SessionHandle};
 
 /// An authenticated connection as the request path sees it: the gate, the

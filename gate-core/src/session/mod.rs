@@ -290,12 +290,18 @@ pub enum Effect<C> {
         /// Packages to write before closing.
         farewell: Option<Bytes>,
     },
-    /// Packages wait in this connection's outbox ([`Session::take_outbox`]).
+    /// Packages wait in this connection's outbox ([`Session::write_outbox`]).
     Wake(C),
     /// The session is over: remove it from the gate's tables and the session
     /// directory, and report the end to the login server.
     Unregister(End),
 }
+
+/// Most packages' room an emptied outbox keeps for the next ones
+/// ([`Session::write_outbox`]): a connection that is sent answers or
+/// pushes all the time does not allocate for each batch, and one that got
+/// a burst once does not keep its room.
+pub const OUTBOX_KEPT: usize = 32;
 
 /// Something queued for the bound connection by another party (a late
 /// answer, a push).
@@ -657,21 +663,29 @@ impl<C: Conn> Session<C> {
         Ok((seq, effect))
     }
 
-    /// Takes what was queued for `conn` (empty if it is not the session's).
-    pub fn take_outbox(&mut self, conn: ConnId) -> Vec<Outgoing> {
-        match &mut self.state {
-            State::Online(b) if b.conn.id() == conn => {
-                b.outbox_bytes = 0;
-                let items = std::mem::take(&mut b.outbox);
-                for item in &items {
-                    if let Outgoing::Response { number, package } = item {
-                        self.cache.sent(*number, package);
-                    }
-                }
-                items
-            }
-            _ => Vec::new(),
+    /// Writes what was queued for `conn` to `out` (nothing if it is not
+    /// the session's connection) and returns how many packages that was.
+    /// The outbox keeps its allocation (up to [`OUTBOX_KEPT`] packages) for
+    /// the next ones.
+    pub fn write_outbox(&mut self, conn: ConnId, out: &mut BytesMut) -> usize {
+        let State::Online(b) = &mut self.state else {
+            return 0;
+        };
+        if b.conn.id() != conn {
+            return 0;
         }
+        b.outbox_bytes = 0;
+        let written = b.outbox.len();
+        for item in b.outbox.drain(..) {
+            if let Outgoing::Response { number, package } = &item {
+                self.cache.sent(*number, package);
+            }
+            item.write_to(out);
+        }
+        if b.outbox.capacity() > OUTBOX_KEPT {
+            b.outbox = Vec::new();
+        }
+        written
     }
 
     /// Ends the session (kick, logout, shutdown, expiry): its connection is
@@ -819,7 +833,10 @@ impl<C: Conn> Session<C> {
         self
     }
 
-    /// Queues `item` for the bound connection; the connection to wake.
+    /// Queues `item` for the bound connection; the connection to wake, if
+    /// its outbox was empty. (A connection whose outbox holds something
+    /// was woken when the first of it came and has not taken it yet; it
+    /// takes everything at once.)
     fn queue(&mut self, item: Outgoing) -> Option<C> {
         let State::Online(b) = &mut self.state else {
             return None;
@@ -827,8 +844,9 @@ impl<C: Conn> Session<C> {
         b.outbox_bytes = b
             .outbox_bytes
             .saturating_add(u32::try_from(item.wire_len()).unwrap_or(u32::MAX));
+        let first = b.outbox.is_empty();
         b.outbox.push(item);
-        Some(b.conn.clone())
+        first.then(|| b.conn.clone())
     }
 
     /// The connection of `old` is going: what it carried (and what was

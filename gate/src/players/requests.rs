@@ -38,10 +38,7 @@ impl<'a> PlayerConn<'a> {
     /// Moves what other tasks queued for this connection (late answers,
     /// pushes) into `out`.
     pub(super) fn take_outbox(&self, out: &mut BytesMut) {
-        let outbox = self.user.lock().session.take_outbox(self.handle.id);
-        for item in outbox {
-            item.write_to(out);
-        }
+        self.user.lock().session.write_outbox(self.handle.id, out);
     }
 
     /// Requests of the user still running.

@@ -141,13 +141,21 @@ impl AgentRequest {
     /// so keeping it pins nothing else), the completer to answer with, and
     /// the [`Dispatch::Pending`] to return from [`Agent::request`].
     pub fn defer(self, ctx: &SessionCtx) -> (Bytes, Completer, Dispatch) {
+        let (content, completer, pending) = self.defer_shared(ctx);
+        (Bytes::copy_from_slice(&content), completer, pending)
+    }
+
+    /// [`AgentRequest::defer`] without the copy: the content still shares
+    /// the reading thread's buffer, so it is for an agent that is done with
+    /// it before `request` returns (the backend link encodes it into its
+    /// send buffer). Kept longer, it would keep that whole buffer alive.
+    pub fn defer_shared(self, ctx: &SessionCtx) -> (Bytes, Completer, Dispatch) {
         let completer = Completer {
             handle: Some(Arc::clone(&ctx.handle)),
             number: self.number,
             exec: self.exec,
         };
-        let content = Bytes::copy_from_slice(&self.content);
-        (content, completer, Dispatch::Pending(Deferred(())))
+        (self.content, completer, Dispatch::Pending(Deferred(())))
     }
 }
 

@@ -153,7 +153,7 @@ impl Agent for BackendAgent {
                         },
                     );
                 };
-                let (_, completer, pending) = req.defer(ctx);
+                let (_, completer, pending) = req.defer_shared(ctx);
                 link.request(ctx.uid(), ctx.subid(), &route, envelope.body, completer);
                 return pending;
             }
@@ -162,7 +162,9 @@ impl Agent for BackendAgent {
         let Some(link) = self.agent_link_announced(ctx) else {
             return self.unroutable(ctx, self.no_agent());
         };
-        let (content, completer, pending) = req.defer(ctx);
+        // The content is encoded into the link's buffer before this
+        // returns: no copy of it.
+        let (content, completer, pending) = req.defer_shared(ctx);
         link.request(
             ctx.uid(),
             ctx.subid(),

@@ -421,6 +421,9 @@ impl Attempt<'_> {
                 {
                     record.trusted.swap_remove(oldest);
                 }
+                // One at a time: most users log in from one address, and
+                // every logged-in user keeps its record.
+                record.trusted.reserve_exact(1);
                 record.trusted.push(Trusted {
                     source: self.source,
                     last_success: now,

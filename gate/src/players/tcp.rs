@@ -179,6 +179,12 @@ impl Transport for Tcp {
             // Reclaims the same allocation once the last batch's packages
             // are dropped (they normally are by now).
             input.reserve(SCRATCH_READ);
+            // `try_read` leaves the socket marked readable after a short
+            // read, so the driver reads once more before it waits: under
+            // load that read usually finds the client's next requests
+            // without a trip through epoll and a task wake-up. (Clearing
+            // the mark, as tokio's `poll_read` does, saved ~3 % of CPU per
+            // request at 64 x 1 and cost ~7 % at 512 x 16.)
             match stream.try_read_buf(input) {
                 Ok(0) => return Ok(Read::Eof),
                 Ok(_) => {}

@@ -374,6 +374,21 @@ impl ResponseCache {
         package: Bytes,
         live: Option<ConnId>,
     ) -> Option<Delivery<'_>> {
+        self.complete_queued(number, exec, package, live, false)
+    }
+
+    /// [`ResponseCache::complete`]; with `queued`, a package delivered to
+    /// `live` goes to its outbox rather than straight out, and counts as
+    /// unsent until [`ResponseCache::sent`] (or
+    /// [`ResponseCache::connection_ended`] if the connection goes first).
+    pub fn complete_queued(
+        &mut self,
+        number: u32,
+        exec: ExecId,
+        package: Bytes,
+        live: Option<ConnId>,
+        queued: bool,
+    ) -> Option<Delivery<'_>> {
         let touched = self.tick();
         let e = self.entries.get_mut(&number)?;
         if e.exec != exec || e.resp.is_some() {
@@ -394,6 +409,7 @@ impl ResponseCache {
                 let late = target != Some(live);
                 e.ver = Some(live);
                 e.late = late;
+                e.queued = queued;
                 Some((live, late))
             }
         };
@@ -422,15 +438,6 @@ impl ResponseCache {
             && let Some(old) = self.entries.remove(&number)
         {
             self.bytes -= old.cost();
-        }
-    }
-
-    /// The answer of `number` was handed to `conn`'s outbox rather than
-    /// written at once: it counts as unsent until [`ResponseCache::sent`]
-    /// (or [`ResponseCache::connection_ended`] if the connection goes first).
-    pub fn queued(&mut self, number: u32, package: &Bytes) {
-        if let Some(e) = self.entry_with(number, package) {
-            e.queued = true;
         }
     }
 

@@ -591,7 +591,13 @@ impl<C: Conn> Session<C> {
             State::Ended(_) => return Completion::Nothing,
             _ => None,
         };
-        match self.cache.complete(number, exec, package, live) {
+        // Delivered to the caller, it goes out now; to any other
+        // connection, through its outbox.
+        let queued = caller.as_ref().map(|(conn, _)| *conn) != live;
+        match self
+            .cache
+            .complete_queued(number, exec, package, live, queued)
+        {
             Some(delivery) => match caller {
                 Some((conn, out)) if conn == delivery.conn => {
                     out.extend_from_slice(delivery.package);
@@ -599,7 +605,6 @@ impl<C: Conn> Session<C> {
                 }
                 _ => {
                     let package = delivery.package.clone();
-                    self.cache.queued(number, &package);
                     match self.queue(Outgoing::Response { number, package }) {
                         Some(conn) => Completion::Wake(conn),
                         None => Completion::Nothing,

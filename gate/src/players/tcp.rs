@@ -31,6 +31,10 @@ const OWN_READ: usize = 512;
 /// Size of the per-thread scratch read buffer.
 const SCRATCH_READ: usize = 64 * 1024;
 
+/// Room the per-thread scratch output keeps for a batch of answers (it
+/// grows past it for a larger batch).
+const SCRATCH_WRITE: usize = 16 * 1024;
+
 thread_local! {
     /// Per worker thread: what connections read into and build answers
     /// in. A connection only borrows it within one synchronous step (read,
@@ -102,15 +106,20 @@ impl Tcp {
     }
 }
 
-/// Runs `f` with the worker thread's scratch input buffer, cleared, with
-/// room for a large read (see [`SCRATCH`]); what `f` leaves in it is
-/// dropped when the next user clears it, so `f` copies out what it keeps.
-pub(super) fn with_scratch_input<R>(f: impl FnOnce(&mut BytesMut) -> R) -> R {
+/// Runs `f` with the worker thread's scratch buffers (see [`SCRATCH`]):
+/// the input, cleared, with room for a large read, and the output,
+/// cleared, with room for a batch of answers. What `f` leaves in them is
+/// dropped when the next user clears them, so `f` copies out what it
+/// keeps. Both reclaim their allocations once what was split off them
+/// (packages, frames) is dropped.
+pub(super) fn with_scratch<R>(f: impl FnOnce(&mut BytesMut, &mut BytesMut) -> R) -> R {
     SCRATCH.with_borrow_mut(|scratch| {
-        let input = &mut scratch.input;
+        let Scratch { input, output } = scratch;
         input.clear();
         input.reserve(SCRATCH_READ);
-        f(input)
+        output.clear();
+        output.reserve(SCRATCH_WRITE);
+        f(input, output)
     })
 }
 
@@ -308,9 +317,11 @@ pub(super) fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
     Ok(written)
 }
 
-/// Drops a buffer's allocation once it holds nothing.
+/// Drops a buffer's allocation (or its share of one: a buffer split off
+/// another and written out has no room left, but still holds the
+/// allocation it came from) once it holds nothing.
 pub(super) fn release_if_empty(buf: &mut BytesMut) {
-    if buf.is_empty() && buf.capacity() > 0 {
+    if buf.is_empty() {
         *buf = BytesMut::new();
     }
 }

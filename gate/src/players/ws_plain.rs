@@ -22,7 +22,7 @@ use gate_core::{End, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tcp::{release_if_empty, with_scratch_input, write_now};
+use super::tcp::{release_if_empty, with_scratch, write_now};
 use super::transport::{Flow, Read, Serve, Transport};
 
 /// A sealed package's tag, as [`WsPlain::tag`] keeps it.
@@ -197,20 +197,22 @@ impl WsPlain {
                 }
             }
             let mut input = std::mem::take(&mut self.rbuf);
-            let flow = self.serve_frames(&mut input, conn, pending, serve);
+            let flow = with_scratch(|_, output| {
+                self.serve_and_write(&mut input, conn, pending, output, serve)
+            })?;
             self.rbuf = input;
             release_if_empty(&mut self.rbuf);
             self.paused = flow? == Flow::Pause;
             return Ok(Read::Data);
         }
-        with_scratch_input(|input| {
+        with_scratch(|input, output| {
             match self.stream.try_read_buf(input) {
                 Ok(0) => return Ok(Read::Eof),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
                 Err(e) => return Err(e.kind().into()),
             }
-            let flow = self.serve_frames(input, conn, pending, serve);
+            let flow = self.serve_and_write(input, conn, pending, output, serve)?;
             let paused = matches!(flow, Ok(Flow::Pause));
             if !input.is_empty() {
                 self.rbuf.extend_from_slice(input);
@@ -223,6 +225,37 @@ impl WsPlain {
             self.paused = flow? == Flow::Pause;
             Ok(Read::Data)
         })
+    }
+
+    /// Serves the whole frames in `input` (until a pause). When nothing
+    /// waits to go out, the answers are made in `output` (the thread's
+    /// scratch buffer), framed and written at once, and only what the
+    /// socket refuses is kept; otherwise they queue in `pending` behind
+    /// what is there. The serving's own error, if any, is in the inner
+    /// result; the outer one is a failed write.
+    fn serve_and_write(
+        &mut self,
+        input: &mut BytesMut,
+        conn: &mut Connection,
+        pending: &mut BytesMut,
+        output: &mut BytesMut,
+        serve: &mut impl Serve,
+    ) -> Result<Result<Flow, End>, End> {
+        if !pending.is_empty() || !self.frames.is_empty() {
+            return Ok(self.serve_frames(input, conn, pending, serve));
+        }
+        let flow = self.serve_frames(input, conn, output, serve);
+        websocket::packages_to_frames(output, &mut self.frames, usize::from(self.tag));
+        let written = write_now(&self.stream, &self.frames)?;
+        self.frames.advance(written);
+        if !self.frames.is_empty() {
+            // Its own copy: the frames may share the scratch buffer.
+            self.frames = BytesMut::from(&self.frames[..]);
+        }
+        release_if_empty(&mut self.frames);
+        // Whole packages were all framed; anything else stays in order.
+        pending.extend_from_slice(output);
+        Ok(flow)
     }
 
     /// Frames what is in `pending` and writes what the socket takes now.

@@ -47,7 +47,9 @@
 //! newest connection, or waits in the cache.
 
 pub mod cache;
+mod hello;
 mod lua_number;
+mod outbox;
 pub mod push;
 #[cfg(test)]
 mod tests;
@@ -58,13 +60,13 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use codec::ext::{Ext, Welcome};
-use codec::message::{Handshake, LuaNumber, MAX_RESPONSE_CONTENT, ResponseFlag};
+use codec::message::{LuaNumber, ResponseFlag};
 use codec::status::GateStatus;
-use loginproto::handshake::{self, HandshakeError, SessionSecret};
-use loginproto::seal::Channel;
 use serde::{Deserialize, Serialize};
 
 pub use self::cache::{ConnId, ExecId, OnRequest, ResponseCache};
+pub use self::hello::{HandshakeRefusal, Hello, check_handshake, seal_channel};
+pub use self::outbox::{OUTBOX_KEPT, Outgoing};
 pub use self::push::PushBacklog;
 use crate::End;
 use crate::time::Time;
@@ -113,117 +115,6 @@ pub enum SessionEvent {
     /// The session ended. Its connection, if any, is being closed; nothing
     /// follows.
     Ended(End),
-}
-
-/// Why a handshake was refused. [`HandshakeRefusal::status`] is the one
-/// place that maps it to a wire status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HandshakeRefusal {
-    /// Not `username:index:mac`, no such user, or its session is over.
-    #[error("unknown user")]
-    UnknownUser,
-    /// The index is not a (finite) Lua number.
-    #[error("index is not a finite number")]
-    BadIndex,
-    /// The MAC field is not base64.
-    #[error("MAC is not valid base64")]
-    BadMacEncoding,
-    /// The extension field (after a third `:`) is malformed.
-    #[error("malformed extension field")]
-    BadExt,
-    /// The extension field claims a push this session never made.
-    #[error("last seen push is ahead of the session's pushes")]
-    PushAhead,
-    /// The MAC does not verify.
-    #[error("MAC mismatch")]
-    MacMismatch,
-    /// The index is not above the last accepted one.
-    #[error("index expired")]
-    IndexExpired,
-    /// The gate is shutting down or draining: closed without a status.
-    #[error("gate is not taking new connections")]
-    ShuttingDown,
-    /// The gate serves sealed sessions only and this handshake did not
-    /// ask for the sealed channel.
-    #[error("the gate requires the sealed channel")]
-    SealRequired,
-}
-
-impl HandshakeRefusal {
-    /// The status package to send, if any.
-    pub fn status(self) -> Option<GateStatus> {
-        match self {
-            HandshakeRefusal::UnknownUser => Some(GateStatus::NOT_FOUND),
-            HandshakeRefusal::BadIndex
-            | HandshakeRefusal::BadMacEncoding
-            | HandshakeRefusal::BadExt
-            | HandshakeRefusal::PushAhead => Some(GateStatus::BAD_REQUEST),
-            HandshakeRefusal::MacMismatch => Some(GateStatus::UNAUTHORIZED),
-            HandshakeRefusal::IndexExpired => Some(GateStatus::INDEX_EXPIRED),
-            HandshakeRefusal::ShuttingDown => None,
-            HandshakeRefusal::SealRequired => Some(GateStatus::SEAL_REQUIRED),
-        }
-    }
-}
-
-/// A handshake that passed the checks that need no session state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hello {
-    /// The handshake's index.
-    pub index: LuaNumber,
-    /// The extension field, if the client opted in.
-    pub ext: Option<Ext>,
-    /// The client's address.
-    pub addr: SocketAddr,
-}
-
-/// The stateless checks of a handshake, in the documented order (skynet
-/// checks the index before the MAC; see `docs/PROTOCOL.md`): the index
-/// (`400`), the extension field (`400`; `seal=1` only for an x25519
-/// session) and the MAC's base64 (`400`), the MAC (`401`; over
-/// `username ":" index ":seal"` when sealing is asked), then, if the gate
-/// serves sealed sessions only (`require_sealed`), that it is asked
-/// (`426`). The caller has already found the user by the handshake's
-/// username (else `404`); [`Session::handshake`] does the rest (`404` for a
-/// session that is over, `403`, the push check).
-pub fn check_handshake(
-    secret: &SessionSecret,
-    hs: &Handshake,
-    addr: SocketAddr,
-    require_sealed: bool,
-) -> Result<Hello, HandshakeRefusal> {
-    let index = hs
-        .index_number()
-        .filter(|n| n.as_f64().is_finite())
-        .ok_or(HandshakeRefusal::BadIndex)?;
-    let ext = match &hs.ext {
-        Some(text) => Ext::parse(text).map_err(|_| HandshakeRefusal::BadExt)?,
-        None => None,
-    };
-    let sealed = ext.is_some_and(|ext| ext.seal);
-    if sealed && !matches!(secret, SessionSecret::X25519(_)) {
-        // skynet's 64-bit secret is no key for a cipher.
-        return Err(HandshakeRefusal::BadExt);
-    }
-    handshake::verify(secret, hs, sealed).map_err(|e| match e {
-        HandshakeError::BadMacEncoding => HandshakeRefusal::BadMacEncoding,
-        HandshakeError::MacMismatch => HandshakeRefusal::MacMismatch,
-    })?;
-    if require_sealed && !sealed {
-        return Err(HandshakeRefusal::SealRequired);
-    }
-    Ok(Hello { index, ext, addr })
-}
-
-/// The gate's side of the sealed channel a checked handshake asked for
-/// (`None`: a plain connection): keys of this index, counters at 0.
-pub fn seal_channel(secret: &SessionSecret, hs: &Handshake, hello: &Hello) -> Option<Channel> {
-    match secret {
-        SessionSecret::X25519(key) if hello.ext.is_some_and(|ext| ext.seal) => {
-            Some(Channel::gate(key, &hs.index))
-        }
-        _ => None,
-    }
 }
 
 /// The settings a session lives by (from the gate's configuration).
@@ -295,55 +186,6 @@ pub enum Effect<C> {
     /// The session is over: remove it from the gate's tables and the session
     /// directory, and report the end to the login server.
     Unregister(End),
-}
-
-/// Most packages' room an emptied outbox keeps for the next ones
-/// ([`Session::write_outbox`]): a connection that is sent answers or
-/// pushes all the time does not allocate for each batch, and one that got
-/// a burst once does not keep its room.
-pub const OUTBOX_KEPT: usize = 32;
-
-/// Something queued for the bound connection by another party (a late
-/// answer, a push).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Outgoing {
-    /// A complete response package.
-    Response {
-        /// Its request number. Serialized under its old name, so that state
-        /// written out by a gate before the rename reads back unchanged.
-        #[serde(rename = "session")]
-        number: u32,
-        /// The package.
-        package: Bytes,
-    },
-    /// A push, framed when written: the payload is shared with the backlog
-    /// (and, for a push to all, with every other session's).
-    Push {
-        /// Its sequence number.
-        seq: u32,
-        /// Its payload.
-        payload: Bytes,
-    },
-}
-
-impl Outgoing {
-    /// Bytes it takes on the wire.
-    pub fn wire_len(&self) -> usize {
-        match self {
-            Outgoing::Response { package, .. } => package.len(),
-            Outgoing::Push { payload, .. } => wire::flagged_len(payload.len()),
-        }
-    }
-
-    /// Appends it to `out`.
-    pub fn write_to(&self, out: &mut BytesMut) {
-        match self {
-            Outgoing::Response { package, .. } => out.extend_from_slice(package),
-            Outgoing::Push { seq, payload } => {
-                wire::write_flagged(out, payload, ResponseFlag::PUSH, *seq);
-            }
-        }
-    }
 }
 
 /// A successful handshake.
@@ -628,71 +470,6 @@ impl<C: Conn> Session<C> {
         self.cache.abandon(number, exec);
     }
 
-    /// Numbers `payload` as the session's next push, keeps it for replay
-    /// and, on an opted-in connection, queues it. The effect wakes that
-    /// connection, or cuts it when its queue is full (the push stays in
-    /// the backlog for its reconnect).
-    pub fn push(&mut self, payload: Bytes) -> Result<(u32, Option<Effect<C>>), PushRefused> {
-        if payload.len() > MAX_RESPONSE_CONTENT {
-            return Err(PushRefused::TooLarge);
-        }
-        if matches!(self.state, State::Ended(_)) {
-            return Err(PushRefused::Ended);
-        }
-        let seq = self
-            .pushes
-            .push(
-                payload.clone(),
-                self.limits.push_backlog,
-                self.limits.push_backlog_bytes,
-            )
-            .ok_or(PushRefused::Exhausted)?;
-        let effect = match &mut self.state {
-            State::Online(b) if b.ext => {
-                let len = wire::flagged_len(payload.len());
-                if b.outbox_bytes as usize + len > self.limits.send_queue_bytes {
-                    // The task has not even taken what is queued: the
-                    // client does not read.
-                    Some(Effect::Close {
-                        conn: b.conn.clone(),
-                        cause: End::SlowReader,
-                        farewell: None,
-                    })
-                } else {
-                    self.queue(Outgoing::Push { seq, payload })
-                        .map(Effect::Wake)
-                }
-            }
-            _ => None,
-        };
-        Ok((seq, effect))
-    }
-
-    /// Writes what was queued for `conn` to `out` (nothing if it is not
-    /// the session's connection) and returns how many packages that was.
-    /// The outbox keeps its allocation (up to [`OUTBOX_KEPT`] packages) for
-    /// the next ones.
-    pub fn write_outbox(&mut self, conn: ConnId, out: &mut BytesMut) -> usize {
-        let State::Online(b) = &mut self.state else {
-            return 0;
-        };
-        if b.conn.id() != conn {
-            return 0;
-        }
-        b.outbox_bytes = 0;
-        let written = b.outbox.len();
-        for item in b.outbox.drain(..) {
-            if let Outgoing::Response { number, package } = &item {
-                self.cache.sent(*number, package);
-            }
-            item.write_to(out);
-        }
-        if b.outbox.capacity() > OUTBOX_KEPT {
-            b.outbox = Vec::new();
-        }
-        written
-    }
-
     /// Ends the session (kick, logout, shutdown, expiry): its connection is
     /// closed (an opted-in one after a farewell: what was still queued,
     /// then the kick package with the reason), the driver unregisters it
@@ -792,15 +569,6 @@ impl<C: Conn> Session<C> {
         &self.cache
     }
 
-    /// Bytes queued for the bound connection and not yet taken by it (0
-    /// when no connection is bound).
-    pub fn queued_bytes(&self) -> usize {
-        match &self.state {
-            State::Online(b) => b.outbox_bytes as usize,
-            _ => 0,
-        }
-    }
-
     /// The push backlog (read-only).
     pub fn pushes(&self) -> &PushBacklog {
         &self.pushes
@@ -836,22 +604,6 @@ impl<C: Conn> Session<C> {
     pub fn with_limits(mut self, limits: Arc<Limits>) -> Session<C> {
         self.limits = limits;
         self
-    }
-
-    /// Queues `item` for the bound connection; the connection to wake, if
-    /// its outbox was empty. (A connection whose outbox holds something
-    /// was woken when the first of it came and has not taken it yet; it
-    /// takes everything at once.)
-    fn queue(&mut self, item: Outgoing) -> Option<C> {
-        let State::Online(b) = &mut self.state else {
-            return None;
-        };
-        b.outbox_bytes = b
-            .outbox_bytes
-            .saturating_add(u32::try_from(item.wire_len()).unwrap_or(u32::MAX));
-        let first = b.outbox.is_empty();
-        b.outbox.push(item);
-        first.then(|| b.conn.clone())
     }
 
     /// The connection of `old` is going: what it carried (and what was

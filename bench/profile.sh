@@ -8,7 +8,9 @@
 #
 # Loads: tcp-512x16 and tcp-64x1 (16-byte echo through the built-in
 # agent), ws-512x16 (the same over the gate's WebSocket listener),
-# sealed-512x16 (the sealed channel), raw-512x16 (the raw framed echo
+# sealed-512x16 (the sealed channel), service-512x16 (the gate in agent
+# mode, every request answered by the `service` crate's echo example in
+# its own process: the gate is sampled), raw-512x16 (the raw framed echo
 # server). Each samples the server process for 5 s at 499 Hz with DWARF
 # call graphs while the load runs, then folds the stacks and draws
 # docs/flamegraph-<load>.svg, and prints the top functions by own time.
@@ -22,13 +24,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-LOADS=${LOADS:-tcp-512x16 tcp-64x1 ws-512x16 sealed-512x16 raw-512x16}
+LOADS=${LOADS:-tcp-512x16 tcp-64x1 ws-512x16 sealed-512x16 service-512x16 raw-512x16}
 OUT=${OUT:-$ROOT/docs}
 for tool in perf inferno-collapse-perf inferno-flamegraph; do
     command -v "$tool" >/dev/null || { echo "needs $tool (see the header)" >&2; exit 1; }
 done
 if [[ ${SKIP_BUILD:-0} != 1 ]]; then
     cargo build --release --quiet -p gate -p client-cli -p raw-echo --bin gate --bin raw-echo --bin client
+    cargo build --release --quiet -p service --example echo
 fi
 BIN=$TARGET_DIR/release
 source bench/lib.sh
@@ -59,6 +62,44 @@ wait_port 28188
 wait_port 28189
 wait_port 28199
 
+if [[ " $LOADS " == *" service-512x16 "* ]]; then
+    # A second gate, in agent mode, and the echo service on its link.
+    "$BIN/gate" link-secret >"$WORK/link.secret"
+    cat >"$WORK/backend.toml" <<TOML
+[login]
+listen = "127.0.0.1:28111"
+throttle_user_logins = 0
+max_connections_per_source = 0
+max_connections_per_network = 0
+[gate]
+listen = "127.0.0.1:28198"
+maxclient = 200000
+max_connections_per_source = 0
+max_connections_per_network = 0
+[web]
+enabled = false
+[backend]
+listen = "127.0.0.1:28197"
+agent_service = "echo"
+secret_file = "$WORK/link.secret"
+TOML
+    RUST_LOG=warn "$BIN/gate" --config "$WORK/backend.toml" >"$WORK/gate-backend.log" 2>&1 &
+    SVC_GATE_PID=$!
+    PIDS+=("$SVC_GATE_PID")
+    wait_port 28111
+    wait_port 28198
+    wait_port 28197
+    RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate 127.0.0.1:28197 \
+        --link-secret-file "$WORK/link.secret" --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
+    PIDS+=("$!")
+    # Until the service has registered, requests get "no instance".
+    for _ in $(seq 100); do
+        "$BIN/client" bench --json --gate 127.0.0.1:28198 --login 127.0.0.1:28111 --conns 1 \
+            --requests 1 --user-prefix probe >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+fi
+
 for load in $LOADS; do
     pid=$GATE_PID
     args=(--login 127.0.0.1:28101 --gate 127.0.0.1:28188 --size 16)
@@ -67,6 +108,10 @@ for load in $LOADS; do
         tcp-64x1) args+=(--conns 64 --depth 1) ;;
         ws-512x16) args=(--login 127.0.0.1:28101 --gate ws://127.0.0.1:28189 --size 16 --conns 512 --depth 16) ;;
         sealed-512x16) args+=(--conns 512 --depth 16 --seal) ;;
+        service-512x16)
+            pid=$SVC_GATE_PID
+            args=(--login 127.0.0.1:28111 --gate 127.0.0.1:28198 --size 16 --conns 512 --depth 16)
+            ;;
         raw-512x16) pid=$RAW_PID; args=(--raw --gate 127.0.0.1:28199 --size 16 --conns 512 --depth 16) ;;
         *) echo "unknown load $load" >&2; exit 1 ;;
     esac

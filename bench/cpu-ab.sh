@@ -81,16 +81,10 @@ TOML
     if [[ $OVER == ws ]]; then wait_port $(( $2 + 2 )); fi
     if [[ $OVER == service ]]; then
         wait_port $(( $2 + 3 ))
-        RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate "127.0.0.1:$(( $2 + 3 ))" \
-            --link-secret-file "$WORK/$2.secret" --max-in-flight 16384 >"$WORK/$2.echo.log" 2>&1 &
-        PIDS+=("$!")
-        STARTED="$STARTED $!"
-        # Until the service has registered, requests get "no instance".
-        for _ in $(seq 100); do
-            "$CLIENT" bench --json --gate "127.0.0.1:$(( $2 + 1 ))" --login "127.0.0.1:$2" --conns 1 \
-                --requests 1 --user-prefix probe >/dev/null 2>&1 && break
-            sleep 0.1
-        done
+        start_echo_service "$TARGET_DIR/release/examples/echo" $(( $2 + 3 )) "$WORK/$2.secret" \
+            "$WORK/$2.echo.log"
+        STARTED="$STARTED $SVC_PID"
+        wait_answered "$CLIENT" "127.0.0.1:$2" "127.0.0.1:$(( $2 + 1 ))"
     fi
 }
 start "$A" 28301

@@ -34,3 +34,25 @@ cpu_ticks() {
     echo "$sum"
 }
 
+
+# start_echo_service BINARY LINK_PORT SECRET_FILE LOG: the `service`
+# crate's echo example (BINARY) on the gate's backend link at LINK_PORT,
+# in agent mode; its --max-in-flight covers 512 x 16 and more. Its pid in
+# $SVC_PID.
+start_echo_service() {
+    RUST_LOG=warn "$1" --gate "127.0.0.1:$2" --link-secret-file "$3" \
+        --max-in-flight 16384 >"$4" 2>&1 &
+    SVC_PID=$!
+    PIDS+=("$SVC_PID")
+}
+
+# wait_answered CLIENT LOGIN GATE: until one request through GATE is
+# answered (up to 10 s): before the service has registered, requests get
+# "no instance" errors.
+wait_answered() {
+    for _ in $(seq 100); do
+        "$1" bench --json --gate "$3" --login "$2" --conns 1 --requests 1 \
+            --user-prefix probe >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+}

@@ -89,15 +89,9 @@ TOML
     wait_port 28111
     wait_port 28198
     wait_port 28197
-    RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate 127.0.0.1:28197 \
-        --link-secret-file "$WORK/link.secret" --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
-    PIDS+=("$!")
-    # Until the service has registered, requests get "no instance".
-    for _ in $(seq 100); do
-        "$BIN/client" bench --json --gate 127.0.0.1:28198 --login 127.0.0.1:28111 --conns 1 \
-            --requests 1 --user-prefix probe >/dev/null 2>&1 && break
-        sleep 0.1
-    done
+    start_echo_service "$TARGET_DIR/release/examples/echo" 28197 "$WORK/link.secret" \
+        "$WORK/echo-service.log"
+    wait_answered "$BIN/client" 127.0.0.1:28111 127.0.0.1:28198
 fi
 
 for load in $LOADS; do

@@ -458,11 +458,8 @@ PIDS+=("$GATE_PID")
 wait_port "$LOGIN_PORT"
 wait_port "$GATE_PORT"
 wait_port "$BACKEND_PORT"
-RUST_LOG=warn "$TARGET_DIR/release/examples/echo" --gate "127.0.0.1:$BACKEND_PORT" \
-    --link-secret-file "$WORK/link.secret" \
-    --max-in-flight 16384 >"$WORK/echo-service.log" 2>&1 &
-SVC_PID=$!
-PIDS+=("$SVC_PID")
+start_echo_service "$TARGET_DIR/release/examples/echo" "$BACKEND_PORT" "$WORK/link.secret" \
+    "$WORK/echo-service.log"
 # The baseline of the service path: a dumb byte relay (one upstream
 # connection per client, copy both ways) in front of the raw echo server.
 RELAY_PORT=${RELAY_PORT:-28998}
@@ -470,13 +467,7 @@ RELAY_PORT=${RELAY_PORT:-28998}
 RELAY_PID=$!
 PIDS+=("$RELAY_PID")
 wait_port "$RELAY_PORT"
-# Until the service has registered, requests get "no instance" errors:
-# probe with one request (up to 10 s).
-for _ in $(seq 100); do
-    "$BIN/client" bench --json --gate "$GATE" --login "$LOGIN" --conns 1 --requests 1 \
-        --user-prefix probe >/dev/null 2>&1 && break
-    sleep 0.1
-done
+wait_answered "$BIN/client" "$LOGIN" "$GATE"
 printf '%-28s %12s %12s %9s %10s %10s %9s %9s %9s\n' figure "svc req/s" "raw req/s" svc/raw "svc p99" "raw p99" \
     "svc CPU" "relay CPU" "CPU s/r"
 svc_rps="" raw_rps="" svc_p99="" raw_p99="" rel_rps="" rel_p99="" svc_cpu="" rel_cpu=""

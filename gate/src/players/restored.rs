@@ -84,6 +84,10 @@ fn resume<T: Transport + 'static>(
         // Until the old process has let go, it may resume this connection.
         core.handoff.released().await;
         let player = PlayerConn::new(core, &bound, handle);
+        // What was queued for it while it moved (a push, a late answer)
+        // woke nobody if its outbox was not empty already (a connection is
+        // woken when its outbox fills): it looks at once.
+        player.handle.wake();
         // The same steps as at the end of `driver::drive`, which keeps them
         // inline: as a shared async fn they made every idle connection's
         // future 600 bytes instead of 408.

@@ -317,11 +317,11 @@ pub(super) fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
     Ok(written)
 }
 
-/// Drops a buffer's allocation (or its share of one: a buffer split off
-/// another and written out has no room left, but still holds the
-/// allocation it came from) once it holds nothing.
+/// Drops a buffer's allocation once it holds nothing. (One written out to
+/// its very end has no room left and keeps its allocation: the next
+/// answers reuse it from the start without allocating.)
 pub(super) fn release_if_empty(buf: &mut BytesMut) {
-    if buf.is_empty() {
+    if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
     }
 }

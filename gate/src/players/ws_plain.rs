@@ -248,11 +248,13 @@ impl WsPlain {
         websocket::packages_to_frames(output, &mut self.frames, usize::from(self.tag));
         let written = write_now(&self.stream, &self.frames)?;
         self.frames.advance(written);
-        if !self.frames.is_empty() {
-            // Its own copy: the frames may share the scratch buffer.
-            self.frames = BytesMut::from(&self.frames[..]);
-        }
-        release_if_empty(&mut self.frames);
+        // The frames may share the scratch buffer: let go of it (keeping
+        // an own copy of what the socket refused), so that it is reused.
+        self.frames = if self.frames.is_empty() {
+            BytesMut::new()
+        } else {
+            BytesMut::from(&self.frames[..])
+        };
         // Whole packages were all framed; anything else stays in order.
         pending.extend_from_slice(output);
         Ok(flow)

@@ -181,12 +181,7 @@ pub(super) async fn drive_echo(
             break;
         }
     }
-    let mut st = stats.borrow_mut();
-    st.sent += sent;
-    st.lost += outstanding as u64;
-    if let Some(message) = failure {
-        st.error(shared, || message);
-    }
+    settle(stats, shared, sent, outstanding, failure);
 }
 
 /// What a read of the connection gave: `Err` with the failure when the
@@ -221,6 +216,23 @@ pub(super) async fn write_batch(
     .map_err(|e| format!("write failed: {e}"))?;
     wbuf.clear();
     Ok(())
+}
+
+/// A connection's driver is done: what it sent, the requests it never
+/// got answers to, and the failure that stopped it, into its stats.
+pub(super) fn settle(
+    stats: &RefCell<Stats>,
+    shared: &LoadState,
+    sent: u64,
+    outstanding: usize,
+    failure: Option<String>,
+) {
+    let mut st = stats.borrow_mut();
+    st.sent += sent;
+    st.lost += outstanding as u64;
+    if let Some(message) = failure {
+        st.error(shared, || message);
+    }
 }
 
 /// Takes every whole answer in `rbuf` (opened first on a sealed

@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use loginproto::seal::Channel;
 
-use super::echo::{Payload, Slot, read_done, take_answers, write_batch};
+use super::echo::{Payload, Slot, read_done, settle, take_answers, write_batch};
 use super::load::{LoadState, MEASURE, Plan, STOP, Stats};
 use crate::net::Stream;
 
@@ -151,10 +151,5 @@ pub(super) async fn drive_open(
             break;
         }
     }
-    let mut st = stats.borrow_mut();
-    st.sent += sent;
-    st.lost += outstanding as u64;
-    if let Some(message) = failure {
-        st.error(shared, || message);
-    }
+    settle(stats, shared, sent, outstanding, failure);
 }

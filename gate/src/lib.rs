@@ -11,6 +11,7 @@
 
 pub mod agent;
 pub mod backend;
+mod clock;
 pub mod cluster;
 pub mod config;
 pub mod logging;

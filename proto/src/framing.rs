@@ -169,7 +169,9 @@ impl<D, E: Message> Encoder<E> for FrameCodec<D, E> {
         dst.reserve(HEADER_LEN + len);
         // `len ≤ max_frame_len ≤ u32::MAX` (see `with_max_frame_len`).
         dst.put_u32(len as u32);
-        item.encode(dst)?;
+        // Room for it all was reserved above: `encode` would only measure
+        // the message a second time to check that.
+        item.encode_raw(dst);
         Ok(())
     }
 }

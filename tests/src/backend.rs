@@ -441,6 +441,15 @@ impl RawLink {
             .expect("send");
     }
 
+    /// Sends several frames in one write, so that the gate reads them
+    /// together.
+    pub async fn send_together(&mut self, frames: impl IntoIterator<Item = ServiceFrame>) {
+        for frame in frames {
+            within("feed", self.framed.feed(frame)).await.expect("feed");
+        }
+        within("flush", self.framed.flush()).await.expect("flush");
+    }
+
     /// The next frame, `None` once the gate closed.
     pub async fn recv(&mut self) -> Option<GateFrame> {
         match within("a frame from the gate", self.framed.next()).await {

@@ -18,9 +18,13 @@ use integration::backend::{
     BackendGate, Probe, RawLink, Seen, ServiceProcess, config, version_shim, within,
 };
 use integration::msg::wait_until;
+use integration::player::Player;
 use loginproto::login::Suite;
 use proto::PROTOCOL_VERSION;
-use proto::backend::{GateFrame, Ping, RefuseReason, Register, gate_frame::Kind};
+use proto::backend::{
+    GateFrame, Ping, Push, RefuseReason, Register, Response, ServiceFrame, gate_frame::Kind, push,
+    response,
+};
 use service::{Service, ServiceError, SessionKind};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -484,6 +488,104 @@ async fn a_chat_line_is_pushed_to_all_100_members() {
     let line = format!("[tavern] {}: hello all", players[0].uid);
     join_all(players.iter_mut().map(|p| p.expect_push(line.as_bytes()))).await;
     assert!(gate.backend.metrics().pushes >= 101);
+    gate.shutdown().await.expect("clean shutdown");
+}
+
+/// The next request frame the gate sends on `link` (session events and
+/// pings skipped).
+async fn next_request(link: &mut RawLink) -> proto::backend::Request {
+    loop {
+        match link.recv().await.and_then(|f| f.kind) {
+            Some(Kind::Request(request)) => return request,
+            Some(_) => {}
+            None => panic!("the gate closed the link"),
+        }
+    }
+}
+
+fn answer(request_id: u64, body: &str) -> ServiceFrame {
+    Response {
+        request_id,
+        result: Some(response::Result::Ok(Bytes::copy_from_slice(
+            body.as_bytes(),
+        ))),
+    }
+    .into()
+}
+
+fn push_to(uid: &str, payload: &str) -> ServiceFrame {
+    Push {
+        target: Some(push::Target::User(Bytes::copy_from_slice(uid.as_bytes()))),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    }
+    .into()
+}
+
+#[tokio::test]
+async fn answers_and_pushes_read_together_reach_the_player_in_the_order_sent() {
+    let gate = BackendGate::start(config()).await;
+    let mut link = RawLink::connect(gate.backend_addr).await;
+    assert!(matches!(
+        link.register(Register::new("agent", "raw-1")).await.kind,
+        Some(Kind::RegisterAck(_))
+    ));
+    gate.instances("agent", 1).await;
+    let mut player = gate.player_opted_in(0).await;
+    let uid = player.uid.clone();
+    // Every package the player gets, in order, as text.
+    async fn next(player: &mut Player) -> String {
+        let package = player.recv().await.expect("a package");
+        let kind = if package.flag == ResponseFlag::PUSH {
+            "push"
+        } else {
+            "answer"
+        };
+        format!("{kind} {}", String::from_utf8_lossy(&package.content))
+    }
+
+    // An answer then a push, in one write; then a push then an answer.
+    player.send(b"one").await;
+    let request = next_request(&mut link).await;
+    link.send_together([
+        answer(request.request_id, "one"),
+        push_to(&uid, "after one"),
+    ])
+    .await;
+    assert_eq!(next(&mut player).await, "answer one");
+    assert_eq!(next(&mut player).await, "push after one");
+    player.send(b"two").await;
+    let request = next_request(&mut link).await;
+    link.send_together([
+        push_to(&uid, "before two"),
+        answer(request.request_id, "two"),
+    ])
+    .await;
+    assert_eq!(next(&mut player).await, "push before two");
+    assert_eq!(next(&mut player).await, "answer two");
+
+    // More answers than one batch of them holds, a push in the middle.
+    for i in 0..100 {
+        player.send(format!("r{i}").as_bytes()).await;
+    }
+    let mut requests = Vec::new();
+    for _ in 0..100 {
+        requests.push(next_request(&mut link).await);
+    }
+    let mut frames = Vec::new();
+    for (i, request) in requests.iter().enumerate() {
+        assert_eq!(request.payload, format!("r{i}").as_bytes());
+        frames.push(answer(request.request_id, &format!("r{i}")));
+        if i == 69 {
+            frames.push(push_to(&uid, "after r69"));
+        }
+    }
+    link.send_together(frames).await;
+    for i in 0..100 {
+        assert_eq!(next(&mut player).await, format!("answer r{i}"));
+        if i == 69 {
+            assert_eq!(next(&mut player).await, "push after r69");
+        }
+    }
     gate.shutdown().await.expect("clean shutdown");
 }
 

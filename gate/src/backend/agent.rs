@@ -62,6 +62,14 @@ impl BackendAgent {
         let sh = &self.shared;
         let uid = ctx.uid();
         let mut shard = sh.sessions.map.shard(uid);
+        // The common case, without a copy of the key: the session is bound
+        // to an instance that still takes requests.
+        if let Some(entry) = shard.get(uid)
+            && entry.ctx.subid() == ctx.subid()
+            && let Some(link) = entry.bound.as_ref().filter(|l| l.is_routable())
+        {
+            return Some(Binding::Kept(Arc::clone(link)));
+        }
         let entry = shard.entry(uid.clone()).or_insert_with(|| Entry {
             ctx: ctx.clone(),
             bound: None,

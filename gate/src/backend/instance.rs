@@ -69,6 +69,25 @@ const LOG_EACH_EXPIRED: usize = 8;
 /// An auth service's answer, or `None` for a reply with neither result.
 pub(crate) type AuthVerdict = Option<auth_reply::Result>;
 
+/// Most answers an [`Answers`] batch holds before they are delivered.
+pub(crate) const ANSWERS_PER_BATCH: usize = 64;
+
+/// Answers read from a link together, delivered by
+/// [`Instance::answer_all`] with one lock of the link's state for all.
+#[derive(Default)]
+pub(crate) struct Answers {
+    batch: Vec<(Response, Option<(Instant, Pending)>)>,
+}
+
+impl Answers {
+    /// Adds an answer; `true` when the batch is full and must be
+    /// delivered now.
+    pub(crate) fn push(&mut self, response: Response) -> bool {
+        self.batch.push((response, None));
+        self.batch.len() >= ANSWERS_PER_BATCH
+    }
+}
+
 /// A request waiting for its answer.
 pub(crate) struct Pending {
     completer: Completer,
@@ -222,7 +241,7 @@ impl Instance {
         payload: Bytes,
         completer: Completer,
     ) {
-        let deadline = Instant::now() + self.limits.request_timeout;
+        let deadline = crate::clock::now() + self.limits.request_timeout;
         let mut st = self.lock();
         if !st.open {
             drop(st);
@@ -367,30 +386,46 @@ impl Instance {
         self.lock().auths.remove(&id);
     }
 
-    /// Matches a service's answer to its request. `false` for an answer
-    /// that came too late (the client already got an error) or never had
-    /// a request.
-    pub(crate) fn answer(&self, response: Response) -> bool {
-        let pending = self.lock().inflight.take_with_deadline(response.request_id);
-        let Some((deadline, pending)) = pending else {
-            return false;
-        };
-        // Every request of a link has the same timeout: sent at deadline -
-        // timeout.
-        let sent = deadline - self.limits.request_timeout;
-        self.metrics.latency.observe(sent.elapsed().as_secs_f64());
-        let result = match response.result {
-            Some(response::Result::Ok(body)) => Ok(body),
-            Some(response::Result::Error(reason)) => {
-                debug!(link = self.id, request_id = response.request_id, reason = %esc(reason.as_bytes()), "service answered with an error");
-                Err(RequestError::Handler(reason))
+    /// Matches every answer in `answers` to its request under one lock of
+    /// the link's state, then completes them in the order they came, and
+    /// empties `answers`. Returns how many were answered and how many came
+    /// too late (the client already got an error) or never had a request.
+    pub(crate) fn answer_all(&self, answers: &mut Answers) -> (u64, u64) {
+        if answers.batch.is_empty() {
+            return (0, 0);
+        }
+        {
+            let mut st = self.lock();
+            for (response, taken) in &mut answers.batch {
+                *taken = st.inflight.take_with_deadline(response.request_id);
             }
-            None => Err(RequestError::Handler(
-                "the service's answer has no result".to_owned(),
-            )),
-        };
-        pending.completer.complete(result);
-        true
+        }
+        let now = crate::clock::now();
+        let (mut answered, mut late) = (0, 0);
+        for (response, taken) in answers.batch.drain(..) {
+            let Some((deadline, pending)) = taken else {
+                late += 1;
+                continue;
+            };
+            answered += 1;
+            // Every request of a link has the same timeout: sent at
+            // deadline - timeout.
+            let sent = deadline - self.limits.request_timeout;
+            let latency = now.saturating_duration_since(sent);
+            self.metrics.latency.observe(latency.as_secs_f64());
+            let result = match response.result {
+                Some(response::Result::Ok(body)) => Ok(body),
+                Some(response::Result::Error(reason)) => {
+                    debug!(link = self.id, request_id = response.request_id, reason = %esc(reason.as_bytes()), "service answered with an error");
+                    Err(RequestError::Handler(reason))
+                }
+                None => Err(RequestError::Handler(
+                    "the service's answer has no result".to_owned(),
+                )),
+            };
+            pending.completer.complete(result);
+        }
+        (answered, late)
     }
 
     pub(crate) fn auth_reply(&self, reply: AuthReply) -> bool {

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use proto::backend::{
     GateFrame, LinkChallenge, Ping, Pong, RefuseReason, Register, RegisterAck, RegisterRefused,
     ServiceFrame, push, service_frame::Kind,
@@ -30,7 +30,7 @@ use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::instance::Instance;
+use super::instance::{Answers, Instance};
 use super::metrics::bump;
 use super::pending::{Cause, PendingSlot};
 use super::state::BackendState;
@@ -385,6 +385,7 @@ async fn serve_link(
     let timer = sleep_until(Instant::now());
     tokio::pin!(timer);
     let mut armed = false;
+    let mut answers = Answers::default();
 
     let end = loop {
         tokio::select! {
@@ -401,7 +402,9 @@ async fn serve_link(
                 Some(Err(err)) => break LinkEnd::Lost(format!("bad frame: {err}")),
                 Some(Ok(frame)) => {
                     heard = true;
-                    dispatch(&serve, &link, frame);
+                    if let Some(end) = dispatch_ready(&serve, &link, frame, &mut reader, &mut answers) {
+                        break end;
+                    }
                 }
             },
             () = link.timer_wake.notified(), if !armed => {
@@ -459,18 +462,84 @@ async fn serve_link(
 /// What the gate says to every link when it starts shutting down.
 pub(crate) const GOODBYE: &str = "gate shutting down";
 
-/// Handles one frame from the service, without waiting for anything.
-fn dispatch(serve: &Arc<Serving>, link: &Arc<Instance>, frame: ServiceFrame) {
-    let metrics = &serve.state.metrics;
-    match frame.kind {
-        Some(Kind::Response(response)) => {
-            if link.answer(response) {
-                bump(&metrics.answered);
-            } else {
-                bump(&metrics.late);
-                debug!("answer to a request no longer waiting (deadline passed): dropped");
+/// Most frames one turn of a link's loop dispatches; then its other duties
+/// (stopping, timers, heartbeats) get a look.
+const FRAMES_PER_TURN: usize = 256;
+
+/// Dispatches `first` and every further frame already readable without
+/// waiting, up to [`FRAMES_PER_TURN`], as one batch: one clock read, and the
+/// answers among them matched to their requests under one lock. Returns
+/// how the link ended if reading shows it did.
+fn dispatch_ready(
+    serve: &Arc<Serving>,
+    link: &Arc<Instance>,
+    first: ServiceFrame,
+    reader: &mut FramedRead<LinkRead, GateCodec>,
+    answers: &mut Answers,
+) -> Option<LinkEnd> {
+    crate::clock::batch(|| {
+        let mut frame = first;
+        let mut turns = 1;
+        let end = loop {
+            dispatch(serve, link, frame, answers);
+            if turns == FRAMES_PER_TURN {
+                break None;
             }
+            turns += 1;
+            frame = match reader.next().now_or_never() {
+                Some(Some(Ok(frame))) => frame,
+                Some(Some(Err(err))) => break Some(LinkEnd::Lost(format!("bad frame: {err}"))),
+                Some(None) => break Some(LinkEnd::Lost("closed by the service".into())),
+                None => break None,
+            };
+        };
+        answer_all(serve, link, answers);
+        end
+    })
+}
+
+/// Delivers the answers gathered so far.
+fn answer_all(serve: &Arc<Serving>, link: &Arc<Instance>, answers: &mut Answers) {
+    let metrics = &serve.state.metrics;
+    let (answered, late) = link.answer_all(answers);
+    if answered > 0 {
+        metrics.answered.fetch_add(answered, Ordering::Relaxed);
+    }
+    if late > 0 {
+        metrics.late.fetch_add(late, Ordering::Relaxed);
+        debug!(
+            late,
+            "answers to requests no longer waiting (deadline passed): dropped"
+        );
+    }
+}
+
+/// Handles one frame from the service, without waiting for anything.
+/// Answers wait in `answers` (delivered when it fills, before any other
+/// kind of frame, and at the end of the batch), so that everything the
+/// service sent reaches the players in the order it was sent.
+fn dispatch(
+    serve: &Arc<Serving>,
+    link: &Arc<Instance>,
+    frame: ServiceFrame,
+    answers: &mut Answers,
+) {
+    let metrics = &serve.state.metrics;
+    let kind = match frame.kind {
+        Some(Kind::Response(response)) => {
+            if answers.push(response) {
+                answer_all(serve, link, answers);
+            }
+            return;
         }
+        kind => {
+            answer_all(serve, link, answers);
+            kind
+        }
+    };
+    match kind {
+        // Gathered above.
+        Some(Kind::Response(_)) => {}
         Some(Kind::AuthReply(reply)) => {
             if !link.auth_reply(reply) {
                 debug!("auth reply nobody waits for (deadline passed): dropped");

@@ -410,15 +410,18 @@ fn read<T: Transport>(
     pending: &mut BytesMut,
     player: &PlayerConn<'_>,
 ) -> Result<Read, End> {
-    transport.read(conn, pending, |conn, input, out| match input {
-        Input::Request(request) => {
-            let start = out.len();
-            player.request(request, out)?;
-            conn.seal_from(out, start)?;
-            Ok(Flow::More)
-        }
-        // The machine gives a handshake only before `accepted`.
-        Input::Handshake(_) => Ok(Flow::More),
+    // One clock read for the whole batch, if a request needs the time.
+    crate::clock::batch(|| {
+        transport.read(conn, pending, |conn, input, out| match input {
+            Input::Request(request) => {
+                let start = out.len();
+                player.request(request, out)?;
+                conn.seal_from(out, start)?;
+                Ok(Flow::More)
+            }
+            // The machine gives a handshake only before `accepted`.
+            Input::Handshake(_) => Ok(Flow::More),
+        })
     })
 }
 

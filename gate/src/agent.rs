@@ -114,8 +114,14 @@ pub(crate) trait SessionHandle: Send + Sync + 'static {
     fn is_active(&self) -> bool;
     fn end(&self, reason: End);
     fn push(&self, payload: Bytes) -> Result<u32, PushRefused>;
-    fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>);
+    /// Answers requests of the session, in order, under one lock of it:
+    /// `(number, exec, result)` each.
+    fn complete_many(&self, answers: &mut dyn Iterator<Item = Answer>);
 }
+
+/// One answer for [`SessionHandle::complete_many`]: request number,
+/// execution, result.
+pub(crate) type Answer = (u32, ExecId, Result<Bytes, RequestError>);
 
 /// A request handed to an agent.
 pub struct AgentRequest {
@@ -190,7 +196,35 @@ impl Completer {
     /// "Conflict session", the answer is dropped (as skynet does).
     pub fn complete(mut self, result: Result<Bytes, RequestError>) {
         if let Some(handle) = self.handle.take() {
-            handle.complete(self.number, self.exec, result);
+            handle.complete_many(&mut std::iter::once((self.number, self.exec, result)));
+        }
+    }
+
+    /// Delivers several answers, in order, as [`Completer::complete`] would
+    /// one by one; consecutive answers of one session are made under one
+    /// lock of it (a service answers a player's pipelined requests
+    /// together).
+    pub(crate) fn complete_all(
+        answers: impl IntoIterator<Item = (Completer, Result<Bytes, RequestError>)>,
+    ) {
+        let mut answers = answers.into_iter().peekable();
+        while let Some((mut first, result)) = answers.next() {
+            let Some(handle) = first.handle.take() else {
+                continue;
+            };
+            let same = |c: &Completer| {
+                c.handle
+                    .as_ref()
+                    .is_some_and(|h| std::ptr::addr_eq(Arc::as_ptr(h), Arc::as_ptr(&handle)))
+            };
+            let rest = std::iter::from_fn(|| {
+                let (mut next, result) = answers.next_if(|(c, _)| same(c))?;
+                next.handle = None;
+                Some((next.number, next.exec, result))
+            });
+            handle.complete_many(
+                &mut std::iter::once((first.number, first.exec, result)).chain(rest),
+            );
         }
     }
 }
@@ -198,7 +232,11 @@ impl Completer {
 impl Drop for Completer {
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
-            handle.complete(self.number, self.exec, Err(RequestError::Dropped));
+            handle.complete_many(&mut std::iter::once((
+                self.number,
+                self.exec,
+                Err(RequestError::Dropped),
+            )));
         }
     }
 }

@@ -181,8 +181,15 @@ struct Entry {
     /// this number on that connection is answered from the cache.
     late: bool,
     /// Queued for its connection but not yet written: kept like an
-    /// undelivered answer until it is.
+    /// undelivered answer until it is. Stale once the outbox was written
+    /// after `queued_at` (see [`ResponseCache::outbox_written`]).
     queued: bool,
+    /// The cache's `drains` when it was queued. Not written out: a
+    /// restored cache counts from 0 again, so an answer written before a
+    /// live upgrade looks queued until the restored connection's first
+    /// write (it then only waits a little longer to age).
+    #[serde(skip)]
+    queued_at: u16,
     /// When it was last touched (for the byte bound: oldest first).
     touched: u64,
 }
@@ -197,9 +204,10 @@ impl Entry {
         self.resp.is_some() && self.ver.is_none() && self.target.is_none()
     }
 
-    /// Answered, and the answer may not have left the gate yet.
-    fn unsent(&self) -> bool {
-        self.undelivered() || self.queued
+    /// Answered, and the answer may not have left the gate yet (`drains`:
+    /// the cache's count of outbox writes).
+    fn unsent(&self, drains: u16) -> bool {
+        self.undelivered() || (self.queued && self.queued_at == drains)
     }
 }
 
@@ -267,6 +275,10 @@ pub struct ResponseCache {
     max_bytes: usize,
     /// Boxed: most sessions never lose an answer.
     lost: Option<Box<LostNumbers>>,
+    /// How many times the connection's outbox was written
+    /// ([`ResponseCache::outbox_written`]); wraps.
+    #[serde(skip)]
+    drains: u16,
 }
 
 impl ResponseCache {
@@ -282,6 +294,7 @@ impl ResponseCache {
             bytes: 0,
             max_bytes,
             lost: None,
+            drains: 0,
         }
     }
 
@@ -306,6 +319,7 @@ impl ResponseCache {
             exec,
             late: false,
             queued: false,
+            queued_at: 0,
             touched,
         };
         let e = match self.entries.entry(number) {
@@ -379,7 +393,7 @@ impl ResponseCache {
 
     /// [`ResponseCache::complete`]; with `queued`, a package delivered to
     /// `live` goes to its outbox rather than straight out, and counts as
-    /// unsent until [`ResponseCache::sent`] (or
+    /// unsent until [`ResponseCache::outbox_written`] (or
     /// [`ResponseCache::connection_ended`] if the connection goes first).
     pub fn complete_queued(
         &mut self,
@@ -410,6 +424,7 @@ impl ResponseCache {
                 e.ver = Some(live);
                 e.late = late;
                 e.queued = queued;
+                e.queued_at = self.drains;
                 Some((live, late))
             }
         };
@@ -441,11 +456,11 @@ impl ResponseCache {
         }
     }
 
-    /// The queued answer of `number` was written to its connection.
-    pub fn sent(&mut self, number: u32, package: &Bytes) {
-        if let Some(e) = self.entry_with(number, package) {
-            e.queued = false;
-        }
+    /// Everything queued for the connection was written to it: every
+    /// answer queued so far counts as sent, without a lookup of each (an
+    /// answer's queued mark is stale once the count moved past it).
+    pub fn outbox_written(&mut self) {
+        self.drains = self.drains.wrapping_add(1);
     }
 
     /// Connection `conn` ended: every answer it carried may not have
@@ -461,15 +476,6 @@ impl ResponseCache {
         }
     }
 
-    /// The entry of `number` if it still holds this very package.
-    fn entry_with(&mut self, number: u32, package: &Bytes) -> Option<&mut Entry> {
-        self.entries.get_mut(&number).filter(|e| {
-            e.resp
-                .as_ref()
-                .is_some_and(|r| r.as_ptr() == package.as_ptr())
-        })
-    }
-
     /// skynet's retirement: only once `N ≥ 2E`, drop answered entries
     /// stamped below `E`, shift the others down by `E`, restart `N` above
     /// the highest remaining stamp. Running entries and entries waiting for
@@ -482,6 +488,7 @@ impl ResponseCache {
     /// [`ResponseCache::retire`], never evicting `spare` for the byte bound.
     fn retire_sparing(&mut self, spare: Option<u32>) {
         let expired = self.expired;
+        let drains = self.drains;
         if self.counter >= expired.saturating_mul(2) {
             let mut max = 0;
             let mut freed = 0;
@@ -490,9 +497,12 @@ impl ResponseCache {
                 // it: its re-send may come any number of requests later
                 // (the client sends new requests first), so it does not
                 // age by count; only the byte bound retires it (as lost).
-                if e.resp.is_none() || e.target.is_some() || e.unsent() || e.late {
+                if e.resp.is_none() || e.target.is_some() || e.unsent(drains) || e.late {
                     return true;
                 }
+                // Written out: forget the stale mark, so that it cannot
+                // match the count again when it wraps.
+                e.queued = false;
                 if e.stamp < expired {
                     freed += e.cost();
                     return false;
@@ -588,6 +598,12 @@ impl ResponseCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_stays_within_96_bytes() {
+        // The map's slots are what the cache's footprint is made of.
+        assert!(std::mem::size_of::<(u32, Entry)>() <= 96);
+    }
 
     fn pkg(text: &str) -> Bytes {
         Bytes::copy_from_slice(text.as_bytes())

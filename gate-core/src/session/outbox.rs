@@ -113,10 +113,10 @@ impl<C: Conn> Session<C> {
         b.outbox_bytes = 0;
         let written = b.outbox.len();
         for item in b.outbox.drain(..) {
-            if let Outgoing::Response { number, package } = &item {
-                self.cache.sent(*number, package);
-            }
             item.write_to(out);
+        }
+        if written > 0 {
+            self.cache.outbox_written();
         }
         if b.outbox.capacity() > OUTBOX_KEPT {
             b.outbox = Vec::new();

@@ -304,6 +304,38 @@ fn answers_queued_for_a_connection_that_goes_count_as_undelivered() {
 }
 
 #[test]
+fn queued_answers_age_only_once_written() {
+    let t0 = Time::from_epoch(Duration::from_secs(1000));
+    // `write`: whether connection 1 takes its outbox before many more
+    // requests go by and it goes.
+    for write in [false, true] {
+        let mut s = online(t0, 1, None);
+        let e = exec(s.request(1, 5));
+        assert_eq!(s.complete(5, e, ok("five", 5), None), Completion::Wake(1));
+        let mut out = BytesMut::new();
+        if write {
+            assert_eq!(s.write_outbox(1, &mut out), 1);
+            assert_eq!(&out[..], &ok("five", 5)[..]);
+        }
+        for n in 100..500 {
+            let e = exec(s.request(1, n));
+            let mut out = BytesMut::new();
+            s.complete(n, e, ok("x", n), Some((1, &mut out)));
+        }
+        s.connection_gone(t0, 1);
+        s.handshake(t0, 2, hello(2, None), false).unwrap();
+        let again = s.request(2, 5);
+        if write {
+            // Written, then aged out by count like any delivered answer.
+            assert!(matches!(again, Ok(OnRequest::Execute(_))), "{again:?}");
+        } else {
+            // Never written: kept until re-sent, whatever went by.
+            assert_eq!(again, Ok(OnRequest::Resend(ok("five", 5))));
+        }
+    }
+}
+
+#[test]
 fn relogin_while_away_ends_without_a_connection_to_close() {
     let t0 = Time::from_epoch(Duration::from_secs(1000));
     let mut s = online(t0, 1, Some(0));

@@ -402,10 +402,10 @@ impl Instance {
         }
         let now = crate::clock::now();
         let (mut answered, mut late) = (0, 0);
-        for (response, taken) in answers.batch.drain(..) {
+        let results = answers.batch.drain(..).filter_map(|(response, taken)| {
             let Some((deadline, pending)) = taken else {
                 late += 1;
-                continue;
+                return None;
             };
             answered += 1;
             // Every request of a link has the same timeout: sent at
@@ -423,8 +423,9 @@ impl Instance {
                     "the service's answer has no result".to_owned(),
                 )),
             };
-            pending.completer.complete(result);
-        }
+            Some((pending.completer, result))
+        });
+        Completer::complete_all(results);
         (answered, late)
     }
 

@@ -6,14 +6,14 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::{Bytes, BytesMut};
-use gate_core::session::{Completion, Effect, ExecId, PushRefused, Session};
+use gate_core::session::{Completion, Effect, PushRefused, Session};
 use gate_core::{End, wire};
 use loginproto::handshake::SessionSecret;
 
 use super::core::GateCore;
 use super::handle::ConnHandle;
 use super::metrics::Metrics;
-use crate::agent::{RequestError, SessionHandle};
+use crate::agent::{Answer, RequestError, SessionHandle};
 use crate::logging::esc;
 
 /// What a user's lock guards: the session and its armed timer.
@@ -90,14 +90,21 @@ impl SessionHandle for User {
         }
     }
 
-    fn complete(&self, number: u32, exec: ExecId, result: Result<Bytes, RequestError>) {
-        let completion = {
+    fn complete_many(&self, answers: &mut dyn Iterator<Item = Answer>) {
+        let mut wake = None;
+        {
             let mut state = self.lock();
             let state = &mut *state;
-            let package = response_package(self, number, result, &mut state.slab);
-            state.session.complete(number, exec, package, None)
-        };
-        if let (Completion::Wake(conn), Some(core)) = (completion, self.core()) {
+            for (number, exec, result) in answers {
+                let package = response_package(self, number, result, &mut state.slab);
+                if let Completion::Wake(conn) = state.session.complete(number, exec, package, None)
+                {
+                    // Within one lock, always the same connection.
+                    wake.get_or_insert(conn);
+                }
+            }
+        }
+        if let (Some(conn), Some(core)) = (wake, self.core()) {
             core.perform(self, [Effect::Wake(conn)]);
         }
     }

@@ -79,6 +79,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as Slot;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::num::NonZeroU64;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -174,16 +175,54 @@ impl Hasher for NumberHasher {
 
 type NumberMap = HashMap<u32, Entry, BuildHasherDefault<NumberHasher>>;
 
+/// An `Option<ConnId>` in 8 bytes instead of 16 (the id plus one; ids
+/// count up from 0 and never reach `u64::MAX`): the cache's slots are what
+/// its footprint is made of. Written out as the `Option<ConnId>` it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MaybeConn(Option<NonZeroU64>);
+
+impl MaybeConn {
+    const NONE: MaybeConn = MaybeConn(None);
+
+    fn some(conn: ConnId) -> MaybeConn {
+        MaybeConn(NonZeroU64::new(conn.wrapping_add(1)))
+    }
+
+    fn get(self) -> Option<ConnId> {
+        self.0.map(|n| n.get() - 1)
+    }
+
+    fn is_none(self) -> bool {
+        self.0.is_none()
+    }
+
+    fn is_some(self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Serialize for MaybeConn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.get().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for MaybeConn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Option::<ConnId>::deserialize(deserializer)?.map_or(MaybeConn::NONE, MaybeConn::some))
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
-    /// Connection waiting for the response (`None` = nothing pending).
-    target: Option<ConnId>,
+    /// Connection waiting for the response (none = nothing pending).
+    target: MaybeConn,
     /// The response package, `None` while the handler runs.
     resp: Option<Bytes>,
     /// The connection generation this entry belongs to (skynet's `ver`):
     /// the connection the answer was delivered on; `None` for an answer
     /// that no connection got yet.
-    ver: Option<ConnId>,
+    ver: MaybeConn,
     /// Retirement stamp (skynet's `index` at the last touch).
     stamp: u32,
     /// The execution whose result may fill `resp`.
@@ -323,9 +362,9 @@ impl ResponseCache {
         let touched = self.tick();
         let exec = ExecId(touched);
         let fresh = Entry {
-            target: Some(conn),
+            target: MaybeConn::some(conn),
             resp: None,
-            ver: None,
+            ver: MaybeConn::NONE,
             stamp: 0,
             exec,
             late: false,
@@ -345,7 +384,7 @@ impl ResponseCache {
                 while self.bytes > self.max_bytes && self.evict_one(Some(number)) {}
                 return OnRequest::Execute(exec);
             }
-            Slot::Occupied(slot) if slot.get().ver == Some(conn) => {
+            Slot::Occupied(slot) if slot.get().ver == MaybeConn::some(conn) => {
                 let e = slot.into_mut();
                 if e.resp.is_none() {
                     // Re-sent twice in this generation while still running:
@@ -353,8 +392,8 @@ impl ResponseCache {
                     // keeps running (skynet drops the entry, so a re-send
                     // on the next connection runs it again): its answer
                     // waits for that re-send like any other.
-                    e.target = None;
-                    e.ver = None;
+                    e.target = MaybeConn::NONE;
+                    e.ver = MaybeConn::NONE;
                     return OnRequest::Conflict;
                 }
                 if !e.late {
@@ -372,8 +411,8 @@ impl ResponseCache {
             Slot::Occupied(slot) => slot.into_mut(),
         };
         // Re-send: from an older generation, or never completed.
-        e.target = Some(conn);
-        e.ver = Some(conn);
+        e.target = MaybeConn::some(conn);
+        e.ver = MaybeConn::some(conn);
         e.stamp = self.counter;
         e.late = false;
         e.queued = false;
@@ -381,7 +420,7 @@ impl ResponseCache {
         let Some(package) = e.resp.clone() else {
             return OnRequest::Absorbed;
         };
-        e.target = None;
+        e.target = MaybeConn::NONE;
         self.counter = self.counter.saturating_add(1);
         self.retire();
         OnRequest::Resend(package)
@@ -423,23 +462,23 @@ impl ResponseCache {
         self.bytes += package.len();
         e.resp = Some(package);
         e.stamp = self.counter;
-        let delivered = match (e.target, live) {
+        let delivered = match (e.target.get(), live) {
             (_, None) => {
                 // Not delivered: any later request for it is a re-send.
-                e.ver = None;
+                e.ver = MaybeConn::NONE;
                 e.late = false;
                 None
             }
             (target, Some(live)) => {
                 let late = target != Some(live);
-                e.ver = Some(live);
+                e.ver = MaybeConn::some(live);
                 e.late = late;
                 e.queued = queued;
                 e.queued_at = self.drains;
                 Some((live, late))
             }
         };
-        e.target = None;
+        e.target = MaybeConn::NONE;
         self.counter = self.counter.saturating_add(1);
         // The entry just answered has the highest stamp and is the newest,
         // so retirement keeps it, and the byte bound spares it (it may go
@@ -479,8 +518,8 @@ impl ResponseCache {
     /// re-sent, see the module docs).
     pub fn connection_ended(&mut self, conn: ConnId) {
         for e in self.entries.values_mut() {
-            if e.ver == Some(conn) && e.target.is_none() && e.resp.is_some() {
-                e.ver = None;
+            if e.ver == MaybeConn::some(conn) && e.target.is_none() && e.resp.is_some() {
+                e.ver = MaybeConn::NONE;
                 e.late = false;
                 e.queued = false;
             }
@@ -624,9 +663,21 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_stays_within_96_bytes() {
+    fn a_connection_in_8_bytes_is_written_out_as_before() {
+        for conn in [None, Some(0), Some(7), Some(u64::MAX - 1)] {
+            let packed = conn.map_or(MaybeConn::NONE, MaybeConn::some);
+            assert_eq!(packed.get(), conn);
+            let text = serde_json::to_string(&packed).unwrap();
+            assert_eq!(text, serde_json::to_string(&conn).unwrap());
+            let back: MaybeConn = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, packed);
+        }
+    }
+
+    #[test]
+    fn a_slot_stays_within_80_bytes() {
         // The map's slots are what the cache's footprint is made of.
-        assert!(std::mem::size_of::<(u32, Entry)>() <= 96);
+        assert!(std::mem::size_of::<(u32, Entry)>() <= 80);
     }
 
     fn pkg(text: &str) -> Bytes {

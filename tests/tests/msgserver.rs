@@ -778,6 +778,63 @@ async fn echo_agent_pipelined() {
     within("serve", serve).await.expect("task").expect("ok");
 }
 
+#[tokio::test]
+async fn one_request_at_a_time_then_a_burst_larger_than_a_read() {
+    // A client with one request in flight makes the connection stop
+    // reading ahead after a short read (the read clears the socket's
+    // readable mark); a burst larger than one read must still be read to
+    // its end, and the next single requests still be noticed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let gate = MsgGate::new(
+        GateConfig::default(),
+        Arc::new(EchoAgent),
+        Arc::new(NoLogin),
+    );
+    let shutdown = CancellationToken::new();
+    let serve = tokio::spawn({
+        let (gate, shutdown) = (gate.clone(), shutdown.clone());
+        async move { gate.serve(listener, shutdown).await }
+    });
+    let secret = hello_secret();
+    let subid = gate
+        .login(Bytes::from_static(b"single"), secret.clone())
+        .await
+        .expect("login");
+    let username = handshake::username(b"single", b"sample", &subid);
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.handshake(&secret, &username, 1).await, b"200 OK");
+    let mut number = 0u32;
+    for round in 0..3 {
+        for _ in 0..100 {
+            number += 1;
+            c.echo(format!("one-{number}").as_bytes(), number).await;
+        }
+        // 5,000 requests of 20 bytes in one write: more than the 64 KiB a
+        // read takes.
+        let mut burst = Vec::new();
+        let first = number + 1;
+        for _ in 0..5000 {
+            number += 1;
+            let mut payload = format!("burst{round}-{number:07}").into_bytes();
+            payload.extend_from_slice(&number.to_be_bytes());
+            burst.extend_from_slice(&u16::try_from(payload.len()).expect("fits").to_be_bytes());
+            burst.extend_from_slice(&payload);
+        }
+        assert!(burst.len() > 64 * 1024);
+        // The answers (about as large) fit in the socket buffers and the
+        // gate's send queue while the client is still writing.
+        c.send(&burst).await;
+        for n in first..=number {
+            let (content, ok, got) = c.recv_response().await;
+            assert_eq!((ok, got), (1, n));
+            assert_eq!(content, format!("burst{round}-{n:07}").into_bytes());
+        }
+    }
+    shutdown.cancel();
+    within("serve", serve).await.expect("task").expect("ok");
+}
+
 #[derive(Debug)]
 struct NoLogin;
 

@@ -27,6 +27,7 @@ mod handle;
 pub(crate) mod handoff;
 mod metrics;
 mod opening;
+mod read_ahead;
 mod requests;
 mod restored;
 mod tcp;

@@ -19,9 +19,11 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use gate_core::End;
 use gate_core::connection::{Connection, Mapping};
+use tokio::io::Interest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::read_ahead::ReadAhead;
 use super::transport::{Flow, Read, Serve, Transport};
 
 /// Read size into a connection's own buffer (to finish a partial
@@ -58,6 +60,8 @@ pub(super) struct Tcp {
     rbuf: BytesMut,
     /// The last read stopped at a pause: `rbuf` holds whole packages.
     paused: bool,
+    /// Whether to read once more after a short read.
+    ahead: ReadAhead,
 }
 
 impl Tcp {
@@ -67,6 +71,7 @@ impl Tcp {
             stream,
             rbuf: BytesMut::new(),
             paused: false,
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -78,6 +83,7 @@ impl Tcp {
             stream,
             rbuf: BytesMut::from(unread),
             paused: !unread.is_empty(),
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -121,6 +127,33 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut BytesMut, &mut BytesMut) -> R)
         output.reserve(SCRATCH_WRITE);
         f(input, output)
     })
+}
+
+/// Reads what the socket holds into `input`'s room. With
+/// `clear_if_short`, a read that leaves room (the socket had no more)
+/// also clears the socket's readable mark, so that the next read waits for
+/// epoll instead of finding nothing. The read runs inside `try_io`, so the
+/// mark cleared is the one it saw: data that came after it marks the
+/// socket anew. Returns the bytes read (0: end of input) and whether the
+/// mark was cleared; `WouldBlock` when there was nothing to read.
+fn read_into(
+    stream: &TcpStream,
+    input: &mut BytesMut,
+    clear_if_short: bool,
+) -> io::Result<(usize, bool)> {
+    let mut got = 0;
+    let read = stream.try_io(Interest::READABLE, || {
+        got = stream.try_read_buf(input)?;
+        if clear_if_short && got > 0 && input.len() < input.capacity() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match read {
+        Ok(n) => Ok((n, false)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok((got, true)),
+        Err(e) => Err(e),
+    }
 }
 
 /// Hands every complete package in `input` to `serve`, until a pause.
@@ -167,6 +200,7 @@ impl Transport for Tcp {
                 return Ok(Read::Data);
             }
             if !self.rbuf.is_empty() {
+                self.ahead.waited();
                 let read = self.read_own()?;
                 if read == Read::Data {
                     self.paused =
@@ -181,6 +215,7 @@ impl Transport for Tcp {
             stream,
             rbuf,
             paused,
+            ahead,
         } = self;
         SCRATCH.with_borrow_mut(|scratch| {
             let Scratch { input, output } = scratch;
@@ -191,15 +226,25 @@ impl Transport for Tcp {
             // `try_read` leaves the socket marked readable after a short
             // read, so the driver reads once more before it waits: under
             // load that read usually finds the client's next requests
-            // without a trip through epoll and a task wake-up. (Clearing
-            // the mark, as tokio's `poll_read` does, saved ~3 % of CPU per
-            // request at 64 x 1 and cost ~7 % at 512 x 16.)
-            match stream.try_read_buf(input) {
-                Ok(0) => return Ok(Read::Eof),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+            // without a trip through epoll and a task wake-up. When it
+            // rarely does (one request in flight), the short read clears
+            // the mark itself, as tokio's `poll_read` does (`ReadAhead`).
+            // The read happens inside `try_io`, so the mark cleared is the
+            // one the read saw: data that came after it marks the socket
+            // anew.
+            let cleared = match read_into(stream, input, ahead.clear_if_short()) {
+                Ok((0, _)) => {
+                    ahead.read(false, false);
+                    return Ok(Read::Eof);
+                }
+                Ok((_, cleared)) => cleared,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    ahead.read(false, false);
+                    return Ok(Read::Nothing);
+                }
                 Err(e) => return Err(e.kind().into()),
-            }
+            };
+            ahead.read(true, cleared);
             let served = if pending.is_empty() {
                 output.clear();
                 let served = serve_all(conn, input, output, &mut serve);
@@ -323,5 +368,82 @@ pub(super) fn write_now(stream: &TcpStream, data: &[u8]) -> Result<usize, End> {
 pub(super) fn release_if_empty(buf: &mut BytesMut) {
     if buf.is_empty() && buf.capacity() > 0 {
         *buf = BytesMut::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (client, server)
+    }
+
+    /// Waits until `stream` holds `n` unread bytes.
+    async fn holds(stream: &TcpStream, n: usize) {
+        let mut peek = vec![0; n];
+        while stream.peek(&mut peek).await.expect("peek") < n {
+            // Peeking does not consume: wait for the next arrival.
+            stream.readable().await.expect("readable");
+        }
+    }
+
+    fn is_marked_readable(stream: &TcpStream) -> bool {
+        stream.ready(Interest::READABLE).now_or_never().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_short_read_clears_the_readable_mark_only_when_asked_and_short() {
+        let (mut client, server) = pair().await;
+        let mut input = BytesMut::with_capacity(1000);
+        // More than the room: a full read leaves the mark, asked or not.
+        client.write_all(&[7; 1500]).await.expect("write");
+        holds(&server, 1500).await;
+        let room = input.capacity();
+        assert_eq!(
+            read_into(&server, &mut input, true).expect("read"),
+            (room, false)
+        );
+        assert!(is_marked_readable(&server), "a full read keeps the mark");
+        // The rest, a short read: not asked, the mark stays and the next
+        // read finds nothing.
+        input.clear();
+        input.reserve(4096);
+        assert_eq!(
+            read_into(&server, &mut input, false).expect("read"),
+            (1500 - room, false)
+        );
+        assert!(is_marked_readable(&server));
+        let nothing = read_into(&server, &mut input, false).expect_err("empty");
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+        // Asked: the short read itself clears the mark.
+        client.write_all(b"ping").await.expect("write");
+        holds(&server, 4).await;
+        input.clear();
+        assert_eq!(
+            read_into(&server, &mut input, true).expect("read"),
+            (4, true)
+        );
+        assert_eq!(&input[..], b"ping");
+        assert!(!is_marked_readable(&server), "cleared with the short read");
+        // Data that comes later marks the socket again.
+        client.write_all(b"pong").await.expect("write");
+        server.readable().await.expect("readable again");
+        input.clear();
+        assert_eq!(
+            read_into(&server, &mut input, true).expect("read"),
+            (4, true)
+        );
+        assert_eq!(&input[..], b"pong");
     }
 }

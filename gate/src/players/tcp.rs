@@ -136,7 +136,7 @@ pub(super) fn with_scratch<R>(f: impl FnOnce(&mut BytesMut, &mut BytesMut) -> R)
 /// mark cleared is the one it saw: data that came after it marks the
 /// socket anew. Returns the bytes read (0: end of input) and whether the
 /// mark was cleared; `WouldBlock` when there was nothing to read.
-fn read_into(
+pub(super) fn read_into(
     stream: &TcpStream,
     input: &mut BytesMut,
     clear_if_short: bool,

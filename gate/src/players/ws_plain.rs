@@ -22,7 +22,8 @@ use gate_core::{End, ProtocolError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::tcp::{release_if_empty, with_scratch, write_now};
+use super::read_ahead::ReadAhead;
+use super::tcp::{read_into, release_if_empty, with_scratch, write_now};
 use super::transport::{Flow, Read, Serve, Transport};
 
 /// A sealed package's tag, as [`WsPlain::tag`] keeps it.
@@ -52,6 +53,8 @@ pub(crate) struct WsPlain {
     /// Bytes a package carries beyond its header's length: the tag, once
     /// the connection is sealed ([`Transport::begin_sealed`]).
     tag: u8,
+    /// Whether to read once more after a short read.
+    ahead: ReadAhead,
 }
 
 /// What a live upgrade carries of a plain WebSocket connection besides its
@@ -86,6 +89,7 @@ impl WsPlain {
             paused: false,
             data: false,
             tag: 0,
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -103,6 +107,7 @@ impl WsPlain {
             paused: !unread.is_empty(),
             data: false,
             tag: if state.sealed { TAG } else { 0 },
+            ahead: ReadAhead::default(),
         }
     }
 
@@ -185,6 +190,7 @@ impl WsPlain {
         serve: &mut impl Serve,
     ) -> Result<Read, End> {
         if self.paused || !self.rbuf.is_empty() {
+            self.ahead.waited();
             if !self.paused {
                 if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
                     self.rbuf.reserve(self.read_size);
@@ -206,12 +212,21 @@ impl WsPlain {
             return Ok(Read::Data);
         }
         with_scratch(|input, output| {
-            match self.stream.try_read_buf(input) {
-                Ok(0) => return Ok(Read::Eof),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Nothing),
+            // As over TCP: a short read clears the readable mark when the
+            // read after it rarely finds anything (`ReadAhead`).
+            let cleared = match read_into(&self.stream, input, self.ahead.clear_if_short()) {
+                Ok((0, _)) => {
+                    self.ahead.read(false, false);
+                    return Ok(Read::Eof);
+                }
+                Ok((_, cleared)) => cleared,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.ahead.read(false, false);
+                    return Ok(Read::Nothing);
+                }
                 Err(e) => return Err(e.kind().into()),
-            }
+            };
+            self.ahead.read(true, cleared);
             let flow = self.serve_and_write(input, conn, pending, output, serve)?;
             let paused = matches!(flow, Ok(Flow::Pause));
             if !input.is_empty() {

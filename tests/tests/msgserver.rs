@@ -719,34 +719,68 @@ async fn shutdown_grace_over_closes_connections() {
     assert_eq!(g.next_ended().await.reason, End::Shutdown);
 }
 
+/// A gate serving the built-in echo agent, sessions placed directly (no
+/// login server).
+struct EchoGate {
+    gate: MsgGate,
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    serve: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl EchoGate {
+    async fn start() -> EchoGate {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let gate = MsgGate::new(
+            GateConfig::default(),
+            Arc::new(EchoAgent),
+            Arc::new(NoLogin),
+        );
+        let shutdown = CancellationToken::new();
+        let serve = tokio::spawn({
+            let (gate, shutdown) = (gate.clone(), shutdown.clone());
+            async move { gate.serve(listener, shutdown).await }
+        });
+        EchoGate {
+            gate,
+            addr,
+            shutdown,
+            serve,
+        }
+    }
+
+    /// A connection logged in as `uid` and handshaken.
+    async fn client(&self, uid: &str) -> Client {
+        let secret = hello_secret();
+        let subid = self
+            .gate
+            .login(Bytes::from(uid.to_owned()), secret.clone())
+            .await
+            .expect("login");
+        let username = handshake::username(uid.as_bytes(), b"sample", &subid);
+        let mut c = Client::connect(self.addr).await;
+        assert_eq!(c.handshake(&secret, &username, 1).await, b"200 OK");
+        c
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        within("serve", self.serve)
+            .await
+            .expect("task")
+            .expect("ok");
+    }
+}
+
 /// The built-in echo agent with many pipelined requests on a few
 /// connections: all answered, in order, nothing lost.
 #[tokio::test]
 async fn echo_agent_pipelined() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let gate = MsgGate::new(
-        GateConfig::default(),
-        Arc::new(EchoAgent),
-        Arc::new(NoLogin),
-    );
-    let shutdown = CancellationToken::new();
-    let serve = tokio::spawn({
-        let (gate, shutdown) = (gate.clone(), shutdown.clone());
-        async move { gate.serve(listener, shutdown).await }
-    });
-    let secret = hello_secret();
+    let g = EchoGate::start().await;
     let mut clients = Vec::new();
     for i in 0..4 {
-        let uid = format!("echo{i}");
-        let subid = gate
-            .login(Bytes::from(uid.clone()), secret.clone())
-            .await
-            .expect("login");
-        let username = handshake::username(uid.as_bytes(), b"sample", &subid);
-        let mut c = Client::connect(addr).await;
-        assert_eq!(c.handshake(&secret, &username, 1).await, b"200 OK");
-        clients.push(c);
+        clients.push(g.client(&format!("echo{i}")).await);
     }
     let mut tasks = Vec::new();
     for mut c in clients {
@@ -774,8 +808,7 @@ async fn echo_agent_pipelined() {
     for t in tasks {
         assert_eq!(within("echo task", t).await.expect("task"), 500);
     }
-    shutdown.cancel();
-    within("serve", serve).await.expect("task").expect("ok");
+    g.stop().await;
 }
 
 #[tokio::test]
@@ -784,26 +817,8 @@ async fn one_request_at_a_time_then_a_burst_larger_than_a_read() {
     // reading ahead after a short read (the read clears the socket's
     // readable mark); a burst larger than one read must still be read to
     // its end, and the next single requests still be noticed.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let gate = MsgGate::new(
-        GateConfig::default(),
-        Arc::new(EchoAgent),
-        Arc::new(NoLogin),
-    );
-    let shutdown = CancellationToken::new();
-    let serve = tokio::spawn({
-        let (gate, shutdown) = (gate.clone(), shutdown.clone());
-        async move { gate.serve(listener, shutdown).await }
-    });
-    let secret = hello_secret();
-    let subid = gate
-        .login(Bytes::from_static(b"single"), secret.clone())
-        .await
-        .expect("login");
-    let username = handshake::username(b"single", b"sample", &subid);
-    let mut c = Client::connect(addr).await;
-    assert_eq!(c.handshake(&secret, &username, 1).await, b"200 OK");
+    let g = EchoGate::start().await;
+    let mut c = g.client("single").await;
     let mut number = 0u32;
     for round in 0..3 {
         for _ in 0..100 {
@@ -831,8 +846,7 @@ async fn one_request_at_a_time_then_a_burst_larger_than_a_read() {
             assert_eq!(content, format!("burst{round}-{n:07}").into_bytes());
         }
     }
-    shutdown.cancel();
-    within("serve", serve).await.expect("task").expect("ok");
+    g.stop().await;
 }
 
 #[derive(Debug)]

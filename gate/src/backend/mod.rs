@@ -111,6 +111,7 @@
 
 mod agent;
 mod auth;
+mod dispatch;
 mod hash;
 mod inflight;
 mod instance;

@@ -25,8 +25,9 @@
 //! completer from inside `request`). [`Agent::event`] may therefore also be
 //! called re-entrantly from such a call.
 
+use std::any::Any;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
@@ -117,6 +118,43 @@ pub(crate) trait SessionHandle: Send + Sync + 'static {
     /// Answers requests of the session, in order, under one lock of it:
     /// `(number, exec, result)` each.
     fn complete_many(&self, answers: &mut dyn Iterator<Item = Answer>);
+    /// The agent's memo of this session.
+    fn agent_memo(&self) -> &AgentMemo;
+}
+
+/// One value the agent keeps with a session for its own use, so its
+/// request path need not look the session up in a table of its own (the
+/// backend keeps the instance the user is bound to). Dropped with the
+/// session.
+#[derive(Default)]
+pub(crate) struct AgentMemo(Mutex<Option<Arc<dyn Any + Send + Sync>>>);
+
+impl fmt::Debug for AgentMemo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentMemo").finish_non_exhaustive()
+    }
+}
+
+impl AgentMemo {
+    /// The value kept, if there is one and it is a `T`.
+    pub(crate) fn get<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let kept = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()?;
+        kept.downcast().ok()
+    }
+
+    /// Keeps `value` (or nothing) instead of what was kept.
+    pub(crate) fn set(&self, value: Option<Arc<dyn Any + Send + Sync>>) {
+        let old = std::mem::replace(
+            &mut *self.0.lock().unwrap_or_else(PoisonError::into_inner),
+            value,
+        );
+        // Dropped outside the lock.
+        drop(old);
+    }
 }
 
 /// One answer for [`SessionHandle::complete_many`]: request number,
@@ -189,6 +227,12 @@ impl Completer {
     /// The number of the request being answered.
     pub fn number(&self) -> u32 {
         self.number
+    }
+
+    /// The uid of the session the request came from (empty once
+    /// answered).
+    pub fn uid(&self) -> &[u8] {
+        self.handle.as_ref().map_or(&[], |h| h.uid())
     }
 
     /// Delivers the answer: `Ok(content)` or an error (error response).
@@ -273,6 +317,11 @@ impl SessionCtx {
     /// The gate username `b64(uid)@b64(server)#b64(subid)`.
     pub fn username(&self) -> &Bytes {
         self.handle.username()
+    }
+
+    /// The agent's memo of the session.
+    pub(crate) fn memo(&self) -> &AgentMemo {
+        self.handle.agent_memo()
     }
 
     /// Whether the session still exists.

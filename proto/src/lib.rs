@@ -34,6 +34,7 @@
 
 pub mod framing;
 pub mod link_auth;
+mod request_ref;
 
 /// The gate ↔ service RPC (`gate.backend.v1`, `proto/backend.proto`).
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
@@ -59,6 +60,7 @@ pub mod route {
 mod convert;
 
 pub use convert::{VersionMismatch, split_route, unix_ms};
+pub use request_ref::RequestRef;
 
 /// The major version of the gate ↔ service protocol, sent in
 /// [`backend::Register::protocol_version`] and

@@ -6,6 +6,7 @@
 //! agent instance; with it on every payload is a `RouteEnvelope`, and its
 //! route picks the service (an empty route meaning the user's agent).
 
+use std::any::Any;
 use std::sync::Arc;
 
 use prost::Message;
@@ -44,6 +45,9 @@ enum Binding {
     /// A new binding (first one, or the old instance is gone): the instance
     /// has not heard of this session yet.
     New(Arc<Instance>),
+    /// Not the session's binding: the uid has a newer session, which is
+    /// bound instead.
+    Other(Arc<Instance>),
 }
 
 impl BackendAgent {
@@ -58,18 +62,29 @@ impl BackendAgent {
     }
 
     /// The user's agent instance, binding (or re-binding) it if needed.
+    ///
+    /// The session's memo keeps the binding this finds, so the common case
+    /// (bound to an instance that still takes requests) touches no table.
+    /// The binding changes only here, and only once the bound instance
+    /// stops taking requests (it never takes them again), so the memo and
+    /// the table agree whenever the memo is used.
     fn agent_link(&self, ctx: &SessionCtx) -> Option<Binding> {
+        if let Some(link) = ctx.memo().get::<Instance>().filter(|l| l.is_routable()) {
+            return Some(Binding::Kept(link));
+        }
+        let found = self.agent_link_slow(ctx)?;
+        if let Binding::Kept(link) | Binding::New(link) = &found {
+            ctx.memo()
+                .set(Some(Arc::clone(link) as Arc<dyn Any + Send + Sync>));
+        }
+        Some(found)
+    }
+
+    /// [`agent_link`](Self::agent_link) through the sessions table.
+    fn agent_link_slow(&self, ctx: &SessionCtx) -> Option<Binding> {
         let sh = &self.shared;
         let uid = ctx.uid();
         let mut shard = sh.sessions.map.shard(uid);
-        // The common case, without a copy of the key: the session is bound
-        // to an instance that still takes requests.
-        if let Some(entry) = shard.get(uid)
-            && entry.ctx.subid() == ctx.subid()
-            && let Some(link) = entry.bound.as_ref().filter(|l| l.is_routable())
-        {
-            return Some(Binding::Kept(Arc::clone(link)));
-        }
         let entry = shard.entry(uid.clone()).or_insert_with(|| Entry {
             ctx: ctx.clone(),
             bound: None,
@@ -78,12 +93,12 @@ impl BackendAgent {
             if entry.ctx.is_active() {
                 // A request of an older session of the uid, still running
                 // while the new one exists: route it, but leave the new
-                // session's binding alone.
+                // session's binding alone (and this session's memo empty).
                 drop(shard);
                 return sh
                     .registry
                     .pick(&sh.cfg.agent_service, uid, None)
-                    .map(Binding::Kept);
+                    .map(Binding::Other);
             }
             *entry = Entry {
                 ctx: ctx.clone(),
@@ -103,7 +118,7 @@ impl BackendAgent {
     /// state learns about the user before its first request.
     fn agent_link_announced(&self, ctx: &SessionCtx) -> Option<Arc<Instance>> {
         match self.agent_link(ctx)? {
-            Binding::Kept(link) => Some(link),
+            Binding::Kept(link) | Binding::Other(link) => Some(link),
             Binding::New(link) => {
                 link.send(event_frame(ctx, SessionEventKind::Login, String::new()));
                 Some(link)
@@ -208,7 +223,9 @@ impl Agent for BackendAgent {
                     },
                 );
                 match self.agent_link(ctx) {
-                    Some(Binding::Kept(link) | Binding::New(link)) => Some(link),
+                    Some(Binding::Kept(link) | Binding::New(link) | Binding::Other(link)) => {
+                        Some(link)
+                    }
                     None => None,
                 }
             }

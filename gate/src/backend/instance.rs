@@ -42,8 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use proto::RequestRef;
 use proto::backend::{
-    AuthReply, AuthRequest, GateFrame, Goodbye, Register, Request, Response, auth_reply, response,
+    AuthReply, AuthRequest, GateFrame, Goodbye, Register, Response, auth_reply, response,
 };
 use proto::framing::{FrameError, GateCodec};
 use tokio::sync::{Notify, oneshot};
@@ -91,7 +92,6 @@ impl Answers {
 /// A request waiting for its answer.
 pub(crate) struct Pending {
     completer: Completer,
-    uid: Bytes,
 }
 
 pub(crate) struct LinkState {
@@ -112,6 +112,13 @@ impl LinkState {
     fn push(&mut self, frame: GateFrame) -> Result<bool, FrameError> {
         let was_empty = self.out.is_empty();
         self.codec.encode(frame, &mut self.out)?;
+        Ok(was_empty)
+    }
+
+    /// [`push`](Self::push) for a request, written from borrowed fields.
+    fn push_request(&mut self, request: &RequestRef<'_>) -> Result<bool, FrameError> {
+        let was_empty = self.out.is_empty();
+        self.codec.encode_request(request, &mut self.out)?;
         Ok(was_empty)
     }
 }
@@ -268,24 +275,18 @@ impl Instance {
             return;
         }
         let id = st.inflight.next_id();
-        let frame = Request {
+        let frame = RequestRef {
             request_id: id,
-            uid: uid.clone(),
-            subid: subid.clone(),
-            route: route.to_owned(),
-            payload,
+            uid,
+            subid,
+            route,
+            payload: &payload,
             deadline_ms: self.deadline_ms,
         };
-        match st.push(frame.into()) {
+        match st.push_request(&frame) {
             Ok(wake_writer) => {
                 let wake_timer = st.inflight.waiting() == 0;
-                st.inflight.push(
-                    deadline,
-                    Pending {
-                        completer,
-                        uid: uid.clone(),
-                    },
-                );
+                st.inflight.push(deadline, Pending { completer });
                 bump(&self.metrics.requests);
                 drop(st);
                 if wake_writer {
@@ -467,7 +468,7 @@ impl Instance {
                         link = self.id,
                         service = %self.name(),
                         request_id = id,
-                        uid = %esc(&pending.uid),
+                        uid = %esc(pending.completer.uid()),
                         session = pending.completer.number(),
                         timeout_ms = self.limits.request_timeout.as_millis() as u64,
                         "request passed its deadline: answered with an error"

@@ -30,7 +30,7 @@ use super::handle::ConnHandle;
 use super::metrics::{Metrics, bump};
 use super::timers::Timers;
 use super::user::{User, UserState};
-use crate::agent::{Agent, SessionCtx, SessionHandle};
+use crate::agent::{Agent, AgentMemo, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::logging::esc;
 use crate::login::placement::LoginLink;
@@ -311,6 +311,7 @@ impl GateCore {
             secret,
             core: Arc::downgrade(self),
             metrics: Arc::clone(&self.metrics),
+            agent_memo: AgentMemo::default(),
             state: Mutex::new(UserState {
                 session,
                 slab: BytesMut::new(),

@@ -13,7 +13,7 @@ use loginproto::handshake::SessionSecret;
 use super::core::GateCore;
 use super::handle::ConnHandle;
 use super::metrics::Metrics;
-use crate::agent::{Answer, RequestError, SessionHandle};
+use crate::agent::{AgentMemo, Answer, RequestError, SessionHandle};
 use crate::logging::esc;
 
 /// What a user's lock guards: the session and its armed timer.
@@ -45,6 +45,8 @@ pub(crate) struct User {
     /// The gate's counters (a user's responses are counted as they are
     /// made, without reaching the gate through `core`).
     pub(super) metrics: Arc<Metrics>,
+    /// What the agent keeps with the session (see [`AgentMemo`]).
+    pub(super) agent_memo: AgentMemo,
     pub(super) state: Mutex<UserState>,
 }
 
@@ -88,6 +90,10 @@ impl SessionHandle for User {
             Some(core) => core.push_to(self, payload),
             None => Err(PushRefused::Ended),
         }
+    }
+
+    fn agent_memo(&self) -> &AgentMemo {
+        &self.agent_memo
     }
 
     fn complete_many(&self, answers: &mut dyn Iterator<Item = Answer>) {

@@ -307,7 +307,7 @@ impl GateCore {
             uid,
             subid,
             username,
-            alias,
+            alias: alias.map(Box::new),
             secret,
             core: Arc::downgrade(self),
             metrics: Arc::clone(&self.metrics),
@@ -543,7 +543,7 @@ impl GateCore {
         let this = |u: &Arc<User>| std::ptr::eq(Arc::as_ptr(u), user);
         self.by_username.remove_if(&user.username, this);
         if let Some(alias) = &user.alias {
-            self.by_username.remove_if(alias, this);
+            self.by_username.remove_if(&**alias, this);
         }
         self.by_uid.remove_if(&user.uid, this);
         self.metrics.session_ended(reason);

@@ -24,7 +24,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::core::GateCore;
 use super::handle::{Asked, ConnHandle};
-use super::metrics::bump;
+use super::metrics::{Metrics, bump};
 use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::tls_tcp::TlsTcp;
@@ -54,11 +54,14 @@ pub(super) fn run_tcp(
     )
 }
 
-/// Runs one accepted WebSocket connection to its end: the upgrade (and
-/// TLS) within the handshake deadline, then as any connection. A plain
-/// one's frames are the gate's own ([`WsPlain`]); a TLS one's are the
-/// WebSocket library's ([`Ws`]).
-pub(super) fn run_ws(
+/// Runs one accepted plain WebSocket connection to its end: the upgrade
+/// within the handshake deadline, then as any connection, its frames the
+/// gate's own ([`WsPlain`]).
+///
+/// A plain and a TLS WebSocket connection are separate tasks of separate
+/// types (not one `Either`), so an idle plain one does not carry the room
+/// the TLS stream needs.
+pub(super) fn run_ws_plain(
     core: Arc<GateCore>,
     stream: TcpStream,
     addr: SocketAddr,
@@ -67,40 +70,53 @@ pub(super) fn run_ws(
 ) -> impl Future<Output = ()> + Send {
     let _ = stream.set_nodelay(true);
     let metrics = Arc::clone(&core.metrics);
-    let failed = move |e: UpgradeError| {
-        bump(match e {
-            UpgradeError::Origin(_) => &metrics.ws_origin_refused,
-            UpgradeError::Handshake(_) => &metrics.ws_upgrades_failed,
-        });
-        tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
+    let opening = async move {
+        match policy.upgrade_plain(stream, addr).await {
+            Ok(stream) => Some(WsPlain::new(
+                stream,
+                codec::package::MAX_PAYLOAD + codec::package::SEAL_TAG_LEN,
+                policy.read_buffer(),
+            )),
+            Err(e) => {
+                upgrade_failed(&metrics, addr, &e);
+                None
+            }
+        }
     };
-    if policy.is_tls() {
-        let opening = async move {
-            match policy.upgrade(stream, addr).await {
-                Ok(ws) => Some(Ws::new(ws)),
-                Err(e) => {
-                    failed(e);
-                    None
-                }
+    drive(core, addr, slots, opening)
+}
+
+/// Runs one accepted WebSocket connection over TLS to its end: TLS and the
+/// upgrade within the handshake deadline, then as any connection, its
+/// frames the WebSocket library's ([`Ws`]).
+pub(super) fn run_ws_tls(
+    core: Arc<GateCore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slots: Slots,
+    policy: Arc<WebPolicy>,
+) -> impl Future<Output = ()> + Send {
+    let _ = stream.set_nodelay(true);
+    let metrics = Arc::clone(&core.metrics);
+    let opening = async move {
+        match policy.upgrade(stream, addr).await {
+            Ok(ws) => Some(Ws::new(ws)),
+            Err(e) => {
+                upgrade_failed(&metrics, addr, &e);
+                None
             }
-        };
-        futures::future::Either::Left(drive(core, addr, slots, opening))
-    } else {
-        let opening = async move {
-            match policy.upgrade_plain(stream, addr).await {
-                Ok(stream) => Some(WsPlain::new(
-                    stream,
-                    codec::package::MAX_PAYLOAD + codec::package::SEAL_TAG_LEN,
-                    policy.read_buffer(),
-                )),
-                Err(e) => {
-                    failed(e);
-                    None
-                }
-            }
-        };
-        futures::future::Either::Right(drive(core, addr, slots, opening))
-    }
+        }
+    };
+    drive(core, addr, slots, opening)
+}
+
+/// Counts and logs a failed WebSocket upgrade.
+fn upgrade_failed(metrics: &Metrics, addr: SocketAddr, e: &UpgradeError) {
+    bump(match e {
+        UpgradeError::Origin(_) => &metrics.ws_origin_refused,
+        UpgradeError::Handshake(_) => &metrics.ws_upgrades_failed,
+    });
+    tracing::debug!(%addr, error = %e, "WebSocket upgrade failed");
 }
 
 /// Runs one connection accepted on the gate's TLS listener to its end: the

@@ -33,7 +33,8 @@ pub(crate) struct ConnHandle {
     pub(crate) id: ConnId,
     /// Packages to write before closing because the session ended (what
     /// was still queued, then the kick package); set once.
-    farewell: OnceLock<Bytes>,
+    /// Boxed: most connections never get one.
+    farewell: OnceLock<Box<Bytes>>,
     /// Something to do: outbox not empty, a deadline, or a close request.
     woken: AtomicBool,
     waker: AtomicWaker,
@@ -105,7 +106,7 @@ impl ConnHandle {
     /// Closes after writing `farewell` (the session ended).
     pub(crate) fn close_with(&self, end: End, farewell: Option<Bytes>) {
         if let Some(farewell) = farewell {
-            let _ = self.farewell.set(farewell);
+            let _ = self.farewell.set(Box::new(farewell));
         }
         self.close(end);
     }
@@ -128,7 +129,7 @@ impl ConnHandle {
 
     /// The packages to write before the close, if the session ended.
     pub(crate) fn farewell(&self) -> Option<&Bytes> {
-        self.farewell.get()
+        self.farewell.get().map(|f| &**f)
     }
 
     /// Whether a deadline at `tick` needs arming: none is armed, or the

@@ -380,7 +380,7 @@ impl MsgGate {
                 uid: user.uid.clone(),
                 subid: user.subid.clone(),
                 username: user.username.clone(),
-                alias: user.alias.clone(),
+                alias: user.alias.as_deref().cloned(),
                 secret: secret_bytes(&user.secret),
                 session: write_out(core, &mut state),
             });

@@ -439,7 +439,14 @@ impl MsgGate {
                     core.tracker
                         .spawn(driver::run_tcp(Arc::clone(core), stream, addr, slots))
                 }
-                Via::Web(policy) => core.tracker.spawn(driver::run_ws(
+                Via::Web(policy) if policy.is_tls() => core.tracker.spawn(driver::run_ws_tls(
+                    Arc::clone(core),
+                    stream,
+                    addr,
+                    slots,
+                    Arc::clone(policy),
+                )),
+                Via::Web(policy) => core.tracker.spawn(driver::run_ws_plain(
                     Arc::clone(core),
                     stream,
                     addr,

@@ -36,7 +36,8 @@ pub(crate) struct User {
     pub(crate) username: Bytes,
     /// The username with the name the client logged in with, when the
     /// authenticator gave it another uid (the client signs with that one).
-    pub(super) alias: Option<Bytes>,
+    /// Boxed: most users have none, and every session carries the field.
+    pub(super) alias: Option<Box<Bytes>>,
     pub(crate) secret: SessionSecret,
     pub(super) core: Weak<GateCore>,
     /// The user itself, for handing out as the agent's session handle

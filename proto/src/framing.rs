@@ -124,7 +124,7 @@ impl<D, E> fmt::Debug for FrameCodec<D, E> {
     }
 }
 
-impl<D: Message + Default, E> Decoder for FrameCodec<D, E> {
+impl<D: Message + Default + 'static, E> Decoder for FrameCodec<D, E> {
     type Item = D;
     type Error = FrameError;
 
@@ -151,7 +151,7 @@ impl<D: Message + Default, E> Decoder for FrameCodec<D, E> {
         }
         src.advance(HEADER_LEN);
         let body = src.split_to(len).freeze();
-        Ok(Some(D::decode(body)?))
+        Ok(Some(crate::link_frame::decode_body(body)?))
     }
 }
 
@@ -485,7 +485,7 @@ mod tests {
 
     /// Feeds `data` to a decoder the way a reader would, until it wants more
     /// bytes or fails. Returns whether it failed.
-    fn drain<D: Message + Default>(codec: &mut FrameCodec<D, ()>, data: &[u8]) -> bool {
+    fn drain<D: Message + Default + 'static>(codec: &mut FrameCodec<D, ()>, data: &[u8]) -> bool {
         let mut buf = BytesMut::from(data);
         loop {
             match codec.decode(&mut buf) {

@@ -34,6 +34,7 @@
 
 pub mod framing;
 pub mod link_auth;
+mod link_frame;
 mod request_ref;
 
 /// The gate ↔ service RPC (`gate.backend.v1`, `proto/backend.proto`).

@@ -56,11 +56,11 @@ fn bytes_field_len(len: usize) -> usize {
     }
 }
 
-fn put_bytes_field(field: u32, value: &[u8], dst: &mut BytesMut) {
+fn put_bytes_field(field: u32, value: &[u8], out: &mut &mut [u8]) {
     if !value.is_empty() {
-        encode_varint(key(field, LEN), dst);
-        encode_varint(value.len() as u64, dst);
-        dst.put_slice(value);
+        encode_varint(key(field, LEN), out);
+        encode_varint(value.len() as u64, out);
+        out.put_slice(value);
     }
 }
 
@@ -90,21 +90,32 @@ impl RequestRef<'_> {
     /// Appends the `GateFrame` body (no length header): the bytes prost
     /// writes for `GateFrame { kind: Some(Kind::Request(..)) }`.
     pub fn encode_raw(&self, dst: &mut BytesMut) {
-        let inner = self.request_len();
-        encode_varint(key(GATE_FRAME_REQUEST, LEN), dst);
-        encode_varint(inner as u64, dst);
+        self.append(self.request_len(), dst);
+    }
+
+    /// [`encode_raw`](Self::encode_raw) with the request's length known.
+    /// The room is made (zeroed) first and written as a plain slice: a
+    /// varint byte by byte into a `BytesMut` costs a capacity check and a
+    /// copy call each.
+    fn append(&self, inner: usize, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.resize(start + 1 + encoded_len_varint(inner as u64) + inner, 0);
+        let mut out = &mut dst[start..];
+        encode_varint(key(GATE_FRAME_REQUEST, LEN), &mut out);
+        encode_varint(inner as u64, &mut out);
         if self.request_id != 0 {
-            encode_varint(key(1, VARINT), dst);
-            encode_varint(self.request_id, dst);
+            encode_varint(key(1, VARINT), &mut out);
+            encode_varint(self.request_id, &mut out);
         }
-        put_bytes_field(2, self.uid, dst);
-        put_bytes_field(3, self.subid, dst);
-        put_bytes_field(4, self.route.as_bytes(), dst);
-        put_bytes_field(5, self.payload, dst);
+        put_bytes_field(2, self.uid, &mut out);
+        put_bytes_field(3, self.subid, &mut out);
+        put_bytes_field(4, self.route.as_bytes(), &mut out);
+        put_bytes_field(5, self.payload, &mut out);
         if self.deadline_ms != 0 {
-            encode_varint(key(6, VARINT), dst);
-            encode_varint(u64::from(self.deadline_ms), dst);
+            encode_varint(key(6, VARINT), &mut out);
+            encode_varint(u64::from(self.deadline_ms), &mut out);
         }
+        debug_assert!(out.is_empty(), "the room is exactly the frame");
     }
 }
 
@@ -117,7 +128,8 @@ impl<D> FrameCodec<D, crate::backend::GateFrame> {
         request: &RequestRef<'_>,
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let len = request.encoded_len();
+        let inner = request.request_len();
+        let len = 1 + encoded_len_varint(inner as u64) + inner;
         if len > self.max_frame_len() {
             return Err(FrameError::TooLarge {
                 len,
@@ -127,7 +139,7 @@ impl<D> FrameCodec<D, crate::backend::GateFrame> {
         dst.reserve(HEADER_LEN + len);
         // `len ≤ max_frame_len ≤ u32::MAX` (see `with_max_frame_len`).
         dst.put_u32(len as u32);
-        request.encode_raw(dst);
+        request.append(inner, dst);
         Ok(())
     }
 }

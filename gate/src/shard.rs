@@ -1,10 +1,12 @@
-//! [`ShardedMap`]: the one map type of the gate's identity tables (sessions
-//! by username and by uid, the backend's sessions with their agent
-//! binding). Sharded so that lookups for different users do not contend on
-//! one lock; each shard is a plain `HashMap` behind a `Mutex`.
+//! [`ShardedMap`]: the one map type of the gate's identity tables (the
+//! backend's sessions with their agent binding, the login server's online
+//! table), and [`ShardedSet`] for tables whose items carry their own key
+//! (the users by uid and by username). Sharded so that lookups for
+//! different users do not contend on one lock; each shard is a plain
+//! `HashMap` or `HashSet` behind a `Mutex`.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -107,9 +109,149 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     }
 }
 
+/// A hash set split into 64 locked shards, for items that carry their own
+/// key: a user filed by its uid is found by the uid (`T: Borrow<Q>`)
+/// without the table keeping a copy of it. `T`'s `Hash` must be its key's.
+#[derive(Debug)]
+pub struct ShardedSet<T> {
+    shards: Box<[Mutex<HashSet<T>>]>,
+    hasher: RandomState,
+}
+
+impl<T: Hash + Eq> Default for ShardedSet<T> {
+    fn default() -> Self {
+        ShardedSet::new()
+    }
+}
+
+impl<T: Hash + Eq> ShardedSet<T> {
+    /// An empty set.
+    pub fn new() -> ShardedSet<T> {
+        ShardedSet {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The locked shard that holds the item keyed `key`. Every critical
+    /// section of the callers is one set operation, so a poisoned lock is
+    /// still consistent.
+    pub fn shard<Q>(&self, key: &Q) -> MutexGuard<'_, HashSet<T>>
+    where
+        T: Borrow<Q>,
+        Q: Hash + ?Sized,
+    {
+        let at = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        self.shards[at]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A clone of the item keyed `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<T>
+    where
+        T: Borrow<Q> + Clone,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key).get(key).cloned()
+    }
+
+    /// Inserts `item`, returning the item of the same key it replaced.
+    pub fn replace(&self, item: T) -> Option<T> {
+        self.shard(&item).replace(item)
+    }
+
+    /// Removes the item keyed `key` if `pred` holds for it; returns it.
+    pub fn remove_if<Q>(&self, key: &Q, pred: impl FnOnce(&T) -> bool) -> Option<T>
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut shard = self.shard(key);
+        if shard.get(key).is_some_and(pred) {
+            shard.take(key)
+        } else {
+            None
+        }
+    }
+
+    /// Clones of every item (a snapshot; shards are locked one at a time).
+    pub fn items(&self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Number of items (shards are counted one at a time).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An item keyed by the first half of a pair.
+    #[derive(Debug, Clone)]
+    struct Keyed(String, u32);
+
+    impl PartialEq for Keyed {
+        fn eq(&self, other: &Keyed) -> bool {
+            self.0 == other.0
+        }
+    }
+
+    impl Eq for Keyed {}
+
+    impl Hash for Keyed {
+        fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+            self.0.as_str().hash(h);
+        }
+    }
+
+    impl Borrow<str> for Keyed {
+        fn borrow(&self) -> &str {
+            &self.0
+        }
+    }
+
+    #[test]
+    fn a_set_finds_items_by_their_own_key() {
+        let set: ShardedSet<Keyed> = ShardedSet::new();
+        assert!(set.replace(Keyed("a".into(), 1)).is_none());
+        assert_eq!(set.get("a").map(|k| k.1), Some(1));
+        // An item of the same key takes the old one's place.
+        assert_eq!(set.replace(Keyed("a".into(), 2)).map(|k| k.1), Some(1));
+        assert_eq!(set.get("a").map(|k| k.1), Some(2));
+        assert_eq!(set.remove_if("a", |k| k.1 == 1), None);
+        assert_eq!(set.remove_if("a", |k| k.1 == 2).map(|k| k.1), Some(2));
+        assert!(set.is_empty());
+        for i in 0..1000 {
+            set.replace(Keyed(i.to_string(), i));
+        }
+        assert_eq!(set.len(), 1000);
+        assert_eq!(set.items().len(), 1000);
+        assert_eq!(set.get("777").map(|k| k.1), Some(777));
+    }
 
     #[test]
     fn insert_get_remove_if() {

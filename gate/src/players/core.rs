@@ -29,13 +29,13 @@ use tokio_util::task::TaskTracker;
 use super::handle::ConnHandle;
 use super::metrics::{Metrics, bump};
 use super::timers::Timers;
-use super::user::{User, UserState};
+use super::user::{ByUid, ByUsername, User, UserState};
 use crate::agent::{Agent, AgentMemo, SessionCtx, SessionHandle};
 use crate::config::GateConfig;
 use crate::logging::esc;
 use crate::login::placement::LoginLink;
 use crate::reload::Live;
-use crate::shard::ShardedMap;
+use crate::shard::{ShardedMap, ShardedSet};
 
 /// What an entry of the gate's timers names.
 #[derive(Debug)]
@@ -89,8 +89,12 @@ pub(crate) struct GateCore {
     pub(crate) capacity: crate::net::Capacity,
     pub(crate) agent: Arc<dyn Agent>,
     login: Arc<dyn LoginLink>,
-    pub(super) by_username: ShardedMap<Bytes, Arc<User>>,
-    pub(super) by_uid: ShardedMap<Bytes, Arc<User>>,
+    pub(super) by_username: ShardedSet<ByUsername>,
+    /// The users whose client logs in under another name than its uid
+    /// (see [`User::alias`]), by the username with that name: few, so kept
+    /// apart from `by_username`, whose items are keyed by their own name.
+    pub(super) by_alias: ShardedMap<Bytes, Arc<User>>,
+    pub(super) by_uid: ShardedSet<ByUid>,
     pub(super) next_subid: AtomicU64,
     pub(super) next_conn: AtomicU64,
     pub(crate) timers: Timers<Timer>,
@@ -158,8 +162,9 @@ impl GateCore {
             cfg,
             agent,
             login,
-            by_username: ShardedMap::new(),
-            by_uid: ShardedMap::new(),
+            by_username: ShardedSet::new(),
+            by_alias: ShardedMap::new(),
+            by_uid: ShardedSet::new(),
             next_subid: AtomicU64::new(0),
             next_conn: AtomicU64::new(0),
             timers: Timers::with_epoch(epoch),
@@ -205,17 +210,20 @@ impl GateCore {
 
     /// The user with this uid.
     pub(crate) fn user_by_uid(&self, uid: &[u8]) -> Option<Arc<User>> {
-        self.by_uid.get(uid)
+        self.by_uid.get(uid).map(|u| u.0)
     }
 
     /// The user with this gate username.
     pub(crate) fn user_by_username(&self, username: &[u8]) -> Option<Arc<User>> {
-        self.by_username.get(username)
+        match self.by_username.get(username) {
+            Some(user) => Some(user.0),
+            None => self.by_alias.get(username),
+        }
     }
 
     /// Every user (a snapshot).
     pub(crate) fn users(&self) -> Vec<Arc<User>> {
-        self.by_uid.values()
+        self.by_uid.items().into_iter().map(|u| u.0).collect()
     }
 
     /// Number of sessions.
@@ -233,9 +241,9 @@ impl GateCore {
     ) -> Result<Arc<User>, Arc<User>> {
         let name = user;
         let user = {
-            let mut by_uid = self.by_uid.shard(uid);
-            if let Some(old) = by_uid.get(uid) {
-                return Err(Arc::clone(old));
+            let mut by_uid = self.by_uid.shard(&uid[..]);
+            if let Some(old) = by_uid.get(&uid[..]) {
+                return Err(Arc::clone(&old.0));
             }
             let subid =
                 Bytes::from((self.next_subid.fetch_add(1, Ordering::Relaxed) + 1).to_string());
@@ -246,15 +254,15 @@ impl GateCore {
             let user = self.new_user(
                 uid.clone(),
                 subid,
-                username.clone(),
+                username,
                 alias.clone(),
                 secret.clone(),
                 session,
             );
-            by_uid.insert(uid.clone(), Arc::clone(&user));
-            self.by_username.insert(username, Arc::clone(&user));
+            by_uid.replace(ByUid(Arc::clone(&user)));
+            self.by_username.replace(ByUsername(Arc::clone(&user)));
             if let Some(alias) = alias {
-                self.by_username.insert(alias, Arc::clone(&user));
+                self.by_alias.insert(alias, Arc::clone(&user));
             }
             user
         };
@@ -275,18 +283,11 @@ impl GateCore {
         secret: SessionSecret,
         session: Session<Arc<ConnHandle>>,
     ) -> Arc<User> {
-        let user = self.new_user(
-            uid.clone(),
-            subid,
-            username.clone(),
-            alias.clone(),
-            secret,
-            session,
-        );
-        self.by_uid.insert(uid, Arc::clone(&user));
-        self.by_username.insert(username, Arc::clone(&user));
+        let user = self.new_user(uid, subid, username, alias.clone(), secret, session);
+        self.by_uid.replace(ByUid(Arc::clone(&user)));
+        self.by_username.replace(ByUsername(Arc::clone(&user)));
         if let Some(alias) = alias {
-            self.by_username.insert(alias, Arc::clone(&user));
+            self.by_alias.insert(alias, Arc::clone(&user));
         }
         self.arm(&user, &mut user.lock());
         user
@@ -541,11 +542,12 @@ impl GateCore {
             );
         }
         let this = |u: &Arc<User>| std::ptr::eq(Arc::as_ptr(u), user);
-        self.by_username.remove_if(&user.username, this);
+        self.by_username
+            .remove_if(&user.username[..], |u| this(&u.0));
         if let Some(alias) = &user.alias {
-            self.by_username.remove_if(&**alias, this);
+            self.by_alias.remove_if(&**alias, this);
         }
-        self.by_uid.remove_if(&user.uid, this);
+        self.by_uid.remove_if(&user.uid[..], |u| this(&u.0));
         self.metrics.session_ended(reason);
         tracing::info!(
             uid = %esc(&user.uid),

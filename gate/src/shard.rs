@@ -13,12 +13,44 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// Number of shards: enough that two worker threads rarely meet on one.
 pub(crate) const SHARDS: usize = 64;
 
-/// A hash map split into 64 locked shards.
+/// 64 locked tables (maps or sets) and the hasher that picks one for a
+/// key: what [`ShardedMap`] and [`ShardedSet`] share.
 #[derive(Debug)]
-pub struct ShardedMap<K, V> {
-    shards: Box<[Mutex<HashMap<K, V>>]>,
+struct Shards<T> {
+    shards: Box<[Mutex<T>]>,
     hasher: RandomState,
 }
+
+impl<T: Default> Shards<T> {
+    fn new() -> Shards<T> {
+        Shards {
+            shards: (0..SHARDS).map(|_| Mutex::new(T::default())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    /// The locked table that holds `key`. Every critical section of the
+    /// callers is one table operation, so a poisoned lock is still
+    /// consistent.
+    fn of<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, T> {
+        // `as usize` keeps the low bits, which is all a modulo needs.
+        let at = (self.hasher.hash_one(key) as usize) % self.shards.len();
+        self.lock(&self.shards[at])
+    }
+
+    fn lock<'a>(&self, shard: &'a Mutex<T>) -> MutexGuard<'a, T> {
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `f` of each table in turn (a snapshot; one lock at a time).
+    fn each<R>(&self, mut f: impl FnMut(&T) -> R) -> impl Iterator<Item = R> {
+        self.shards.iter().map(move |s| f(&self.lock(s)))
+    }
+}
+
+/// A hash map split into 64 locked shards.
+#[derive(Debug)]
+pub struct ShardedMap<K, V>(Shards<HashMap<K, V>>);
 
 impl<K: Hash + Eq, V> Default for ShardedMap<K, V> {
     fn default() -> Self {
@@ -29,10 +61,7 @@ impl<K: Hash + Eq, V> Default for ShardedMap<K, V> {
 impl<K: Hash + Eq, V> ShardedMap<K, V> {
     /// An empty map.
     pub fn new() -> ShardedMap<K, V> {
-        ShardedMap {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: RandomState::new(),
-        }
+        ShardedMap(Shards::new())
     }
 
     /// The locked shard that holds `key`. Every critical section of the
@@ -42,11 +71,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
         K: Borrow<Q>,
         Q: Hash + ?Sized,
     {
-        // `as usize` keeps the low bits, which is all a modulo needs.
-        let at = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        self.shards[at]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.0.of(key)
     }
 
     /// A clone of the value of `key`.
@@ -83,24 +108,15 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
     where
         V: Clone,
     {
-        self.shards
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+        self.0
+            .each(|m| m.values().cloned().collect::<Vec<_>>())
+            .flatten()
             .collect()
     }
 
     /// Number of entries (shards are counted one at a time).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.0.each(HashMap::len).sum()
     }
 
     /// Whether the map is empty.
@@ -113,10 +129,7 @@ impl<K: Hash + Eq, V> ShardedMap<K, V> {
 /// key: a user filed by its uid is found by the uid (`T: Borrow<Q>`)
 /// without the table keeping a copy of it. `T`'s `Hash` must be its key's.
 #[derive(Debug)]
-pub struct ShardedSet<T> {
-    shards: Box<[Mutex<HashSet<T>>]>,
-    hasher: RandomState,
-}
+pub struct ShardedSet<T>(Shards<HashSet<T>>);
 
 impl<T: Hash + Eq> Default for ShardedSet<T> {
     fn default() -> Self {
@@ -127,10 +140,7 @@ impl<T: Hash + Eq> Default for ShardedSet<T> {
 impl<T: Hash + Eq> ShardedSet<T> {
     /// An empty set.
     pub fn new() -> ShardedSet<T> {
-        ShardedSet {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
-            hasher: RandomState::new(),
-        }
+        ShardedSet(Shards::new())
     }
 
     /// The locked shard that holds the item keyed `key`. Every critical
@@ -141,10 +151,7 @@ impl<T: Hash + Eq> ShardedSet<T> {
         T: Borrow<Q>,
         Q: Hash + ?Sized,
     {
-        let at = (self.hasher.hash_one(key) as usize) % self.shards.len();
-        self.shards[at]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.0.of(key)
     }
 
     /// A clone of the item keyed `key`.
@@ -180,24 +187,15 @@ impl<T: Hash + Eq> ShardedSet<T> {
     where
         T: Clone,
     {
-        self.shards
-            .iter()
-            .flat_map(|s| {
-                s.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .iter()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
+        self.0
+            .each(|s| s.iter().cloned().collect::<Vec<_>>())
+            .flatten()
             .collect()
     }
 
     /// Number of items (shards are counted one at a time).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.0.each(HashSet::len).sum()
     }
 
     /// Whether the set is empty.

@@ -68,22 +68,14 @@ pub(super) fn run_ws_plain(
     slots: Slots,
     policy: Arc<WebPolicy>,
 ) -> impl Future<Output = ()> + Send {
-    let _ = stream.set_nodelay(true);
-    let metrics = Arc::clone(&core.metrics);
-    let opening = async move {
-        match policy.upgrade_plain(stream, addr).await {
-            Ok(stream) => Some(WsPlain::new(
-                stream,
-                codec::package::MAX_PAYLOAD + codec::package::SEAL_TAG_LEN,
-                policy.read_buffer(),
-            )),
-            Err(e) => {
-                upgrade_failed(&metrics, addr, &e);
-                None
-            }
-        }
-    };
-    drive(core, addr, slots, opening)
+    run_ws(core, stream, addr, slots, async move |stream| {
+        let stream = policy.upgrade_plain(stream, addr).await?;
+        Ok(WsPlain::new(
+            stream,
+            codec::package::MAX_PAYLOAD + codec::package::SEAL_TAG_LEN,
+            policy.read_buffer(),
+        ))
+    })
 }
 
 /// Runs one accepted WebSocket connection over TLS to its end: TLS and the
@@ -96,11 +88,29 @@ pub(super) fn run_ws_tls(
     slots: Slots,
     policy: Arc<WebPolicy>,
 ) -> impl Future<Output = ()> + Send {
+    run_ws(core, stream, addr, slots, async move |stream| {
+        Ok(Ws::new(policy.upgrade(stream, addr).await?))
+    })
+}
+
+/// A WebSocket connection: `upgrade` makes the transport (a failure is
+/// counted and logged), then as any connection.
+fn run_ws<T, F>(
+    core: Arc<GateCore>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    slots: Slots,
+    upgrade: impl FnOnce(TcpStream) -> F + Send + 'static,
+) -> impl Future<Output = ()> + Send
+where
+    T: Transport + 'static,
+    F: Future<Output = Result<T, UpgradeError>> + Send,
+{
     let _ = stream.set_nodelay(true);
     let metrics = Arc::clone(&core.metrics);
     let opening = async move {
-        match policy.upgrade(stream, addr).await {
-            Ok(ws) => Some(Ws::new(ws)),
+        match upgrade(stream).await {
+            Ok(transport) => Some(transport),
             Err(e) => {
                 upgrade_failed(&metrics, addr, &e);
                 None

@@ -139,9 +139,20 @@ impl Response {
         number: u32,
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
-        let payload_len = content.len() + 1 + NUMBER_LEN;
-        let header = header_for(payload_len)?;
-        dst.reserve(HEADER_LEN + payload_len);
+        dst.reserve(HEADER_LEN + content.len() + 1 + NUMBER_LEN);
+        Response::put(content, flag, number, dst)
+    }
+
+    /// [`Response::encode`] into any buffer, which must have room for the
+    /// package (`content.len() + 7` bytes: a `&mut [u8]` that is too short
+    /// panics, as [`BufMut`] does).
+    pub fn put(
+        content: &[u8],
+        flag: ResponseFlag,
+        number: u32,
+        dst: &mut impl BufMut,
+    ) -> Result<(), FrameError> {
+        let header = header_for(content.len() + 1 + NUMBER_LEN)?;
         dst.put_u16(header);
         dst.put_slice(content);
         dst.put_u8(flag.0);

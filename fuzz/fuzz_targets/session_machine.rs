@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
                     let i = usize::from(input.byte()) % running.len();
                     let (number, exec) = running.remove(i);
                     let len = usize::from(input.byte());
-                    let package = wire::response(number, Some(&vec![b'a'; len]));
+                    let package = wire::response(number, Some(&vec![b'a'; len])).into();
                     if op % 11 == 3 {
                         let mut out = BytesMut::new();
                         let _ = s.complete(number, exec, package, Some((conn, &mut out)));

@@ -70,7 +70,7 @@ pub use self::outbox::{OUTBOX_KEPT, Outgoing};
 pub use self::push::PushBacklog;
 use crate::End;
 use crate::time::Time;
-use crate::wire;
+use crate::wire::{self, Package};
 
 /// What a session needs of a driver's connection handle: a stable id.
 pub trait Conn: Clone {
@@ -416,7 +416,7 @@ impl<C: Conn> Session<C> {
     }
 
     /// The handler of `(number, exec)` answered with `package` (a complete
-    /// response package, [`wire::response`]). `caller` is the connection
+    /// response package, [`wire::response_in`]). `caller` is the connection
     /// completing it inline, if any, with its write buffer: an answer for
     /// it is appended there ([`Completion::Written`]), without a copy kept
     /// apart from the cache's.
@@ -424,7 +424,7 @@ impl<C: Conn> Session<C> {
         &mut self,
         number: u32,
         exec: ExecId,
-        package: Bytes,
+        package: Package,
         caller: Option<(ConnId, &mut BytesMut)>,
     ) -> Completion<C> {
         self.inflight = self.inflight.saturating_sub(1);

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Conn, ConnId, Effect, PushRefused, Session, State};
 use crate::End;
-use crate::wire;
+use crate::wire::{self, Package};
 
 /// Most packages' room an emptied outbox keeps for the next ones
 /// ([`Session::write_outbox`]): a connection that is sent answers or
@@ -26,7 +26,7 @@ pub enum Outgoing {
         #[serde(rename = "session")]
         number: u32,
         /// The package.
-        package: Bytes,
+        package: Package,
     },
     /// A push, framed when written: the payload is shared with the backlog
     /// (and, for a push to all, with every other session's).

@@ -65,8 +65,8 @@ fn outbox_packages<C: Conn>(s: &mut Session<C>, conn: ConnId) -> Vec<(Vec<u8>, u
     packages
 }
 
-fn ok(text: &str, number: u32) -> Bytes {
-    wire::response(number, Some(text.as_bytes()))
+fn ok(text: &str, number: u32) -> Package {
+    wire::response(number, Some(text.as_bytes())).into()
 }
 
 fn exec(r: Result<OnRequest, RequestRefused>) -> ExecId {

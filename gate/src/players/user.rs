@@ -8,8 +8,9 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::{Bytes, BytesMut};
+use gate_core::End;
 use gate_core::session::{Completion, Effect, PushRefused, Session};
-use gate_core::{End, wire};
+use gate_core::wire::{self, Package};
 use loginproto::handshake::SessionSecret;
 
 use super::core::GateCore;
@@ -169,7 +170,7 @@ pub(crate) fn response_package(
     number: u32,
     result: Result<Bytes, RequestError>,
     slab: &mut BytesMut,
-) -> Bytes {
+) -> Package {
     match &result {
         Ok(content) if content.len() <= codec::message::MAX_RESPONSE_CONTENT => {
             user.metrics.responses.bump();

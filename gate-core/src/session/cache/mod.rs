@@ -81,10 +81,9 @@ use std::collections::hash_map::Entry as Slot;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU64;
 
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::wire;
+use crate::wire::{self, Package};
 
 /// Identifies one authenticated connection of the gate. Plays the role of
 /// skynet's version `V` in the cache (see the module docs). Never reused.
@@ -108,11 +107,11 @@ pub enum OnRequest {
     Execute(ExecId),
     /// Send this cached response package (header included) to the
     /// connection the request came from; the request's content is ignored.
-    Resend(Bytes),
+    Resend(Package),
     /// The answer of this request number was dropped to keep the cache
     /// within its byte bound: send this error response instead of running
     /// the request again (the same for every later request with it).
-    Lost(Bytes),
+    Lost(Package),
     /// The handler of this number is still running; its response will go
     /// to the connection the request came from. Nothing to send now.
     Absorbed,
@@ -128,7 +127,7 @@ pub struct Delivery<'a> {
     /// The connection to write to.
     pub conn: ConnId,
     /// The complete response package (header included), as cached.
-    pub package: &'a Bytes,
+    pub package: &'a Package,
     /// `true` when it goes to a newer connection than the one it was asked
     /// on (the fix for skynet's lost "completed after reconnect" response).
     pub late: bool,
@@ -218,7 +217,7 @@ struct Entry {
     /// Connection waiting for the response (none = nothing pending).
     target: MaybeConn,
     /// The response package, `None` while the handler runs.
-    resp: Option<Bytes>,
+    resp: Option<Package>,
     /// The connection generation this entry belongs to (skynet's `ver`):
     /// the connection the answer was delivered on; `None` for an answer
     /// that no connection got yet.
@@ -246,7 +245,7 @@ struct Entry {
 
 impl Entry {
     fn cost(&self) -> usize {
-        ENTRY_COST + self.resp.as_ref().map_or(0, Bytes::len)
+        ENTRY_COST + self.resp.as_ref().map_or(0, |p| p.len())
     }
 
     /// Answered, and no connection ever got the answer.
@@ -377,7 +376,7 @@ impl ResponseCache {
                 if self.lost.as_ref().is_some_and(|l| l.contains(number)) {
                     // Its answer was dropped for the byte bound: an error,
                     // now and for every later request with this number.
-                    return OnRequest::Lost(wire::error_response(number));
+                    return OnRequest::Lost(wire::error_response(number).into());
                 }
                 slot.insert(fresh);
                 self.bytes += ENTRY_COST;
@@ -435,7 +434,7 @@ impl ResponseCache {
         &mut self,
         number: u32,
         exec: ExecId,
-        package: Bytes,
+        package: Package,
         live: Option<ConnId>,
     ) -> Option<Delivery<'_>> {
         self.complete_queued(number, exec, package, live, false)
@@ -449,7 +448,7 @@ impl ResponseCache {
         &mut self,
         number: u32,
         exec: ExecId,
-        package: Bytes,
+        package: Package,
         live: Option<ConnId>,
         queued: bool,
     ) -> Option<Delivery<'_>> {

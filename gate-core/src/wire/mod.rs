@@ -8,6 +8,10 @@ use codec::message::{MAX_RESPONSE_CONTENT, Response, ResponseFlag};
 use codec::package::{HEADER_LEN, encode_package};
 use codec::status::GateStatus;
 
+mod package;
+
+pub use self::package::{INLINE, Package};
+
 /// Wire size of a package of skynet's response layout with `len` content
 /// bytes: header, content, flag byte, BE32 request number.
 pub fn flagged_len(len: usize) -> usize {
@@ -45,35 +49,40 @@ pub fn response(number: u32, content: Option<&[u8]>) -> Bytes {
 }
 
 /// What a session's answer slab ([`response_in`]) holds: answers of up to
-/// a quarter of it are cut from it, so about twenty small answers share
-/// one allocation.
+/// a quarter of it are cut from it, so several medium answers share one
+/// allocation.
 pub const SLAB: usize = 512;
 
-/// [`response`], cut from `slab` when it is small: the answers a session
-/// keeps in its cache (each a [`Bytes`] of its own until re-sent or
-/// retired) share one allocation of [`SLAB`] bytes instead of one each,
-/// which is freed when the last of them goes. A slab that has no room
-/// left is replaced; larger answers get their own allocation.
+/// [`response`] as a [`Package`] for a session to keep: in place when it
+/// is at most [`INLINE`] bytes long, else cut from `slab` when it is
+/// small: the answers a session keeps in its cache (each a [`Bytes`] of
+/// its own until re-sent or retired) share one allocation of [`SLAB`]
+/// bytes instead of one each, which is freed when the last of them goes.
+/// A slab that has no room left is replaced; larger answers get their own
+/// allocation.
 ///
 /// One slab per session: its answers retire together, so a slab lives
 /// about as long as the answers in it, and one session's cached answers
 /// never keep another's memory.
-pub fn response_in(slab: &mut BytesMut, number: u32, content: Option<&[u8]>) -> Bytes {
+pub fn response_in(slab: &mut BytesMut, number: u32, content: Option<&[u8]>) -> Package {
     let (content, flag) = match content {
         Some(content) if content.len() <= MAX_RESPONSE_CONTENT => (content, ResponseFlag::OK),
         _ => (&[][..], ResponseFlag::ERROR),
     };
+    if let Some(package) = Package::inline(content, flag, number) {
+        return package;
+    }
     let len = flagged_len(content.len());
     if len > SLAB / 4 {
         let mut out = BytesMut::with_capacity(len);
         write_flagged(&mut out, content, flag, number);
-        return out.freeze();
+        return out.freeze().into();
     }
     if slab.capacity() - slab.len() < len {
         *slab = BytesMut::with_capacity(SLAB);
     }
     write_flagged(slab, content, flag, number);
-    slab.split().freeze()
+    slab.split().freeze().into()
 }
 
 /// Appends the empty package: the answer to an opted-in client's
@@ -129,33 +138,64 @@ mod tests {
     }
 
     #[test]
-    fn answers_cut_from_a_slab_are_the_same_bytes() {
+    fn answers_in_place_or_cut_from_a_slab_are_the_same_bytes() {
         let mut slab = BytesMut::new();
-        let small: Vec<Bytes> = (0..100u32)
-            .map(|n| response_in(&mut slab, n, Some(b"sixteen bytes!!!")))
-            .collect();
-        for (n, package) in (0..100u32).zip(&small) {
-            assert_eq!(package, &response(n, Some(b"sixteen bytes!!!")));
+        // Up to 31 content bytes: in place, the slab untouched.
+        for len in [0, 16, 31] {
+            let content = vec![b'x'; len];
+            let package = response_in(&mut slab, 9, Some(&content));
+            assert!(package.is_inline(), "{len}");
+            assert_eq!(&package[..], &response(9, Some(&content))[..]);
         }
-        // Small answers share allocations: consecutive ones are adjacent.
-        let adjacent = small
+        assert_eq!(slab.capacity(), 0);
+        let medium = [b'm'; 40];
+        let cut: Vec<Package> = (0..100u32)
+            .map(|n| response_in(&mut slab, n, Some(&medium)))
+            .collect();
+        for (n, package) in (0..100u32).zip(&cut) {
+            assert!(!package.is_inline());
+            assert_eq!(&package[..], &response(n, Some(&medium))[..]);
+        }
+        // Medium answers share allocations: consecutive ones are adjacent.
+        let adjacent = cut
             .windows(2)
             .filter(|w| w[0].as_ptr() as usize + w[0].len() == w[1].as_ptr() as usize)
             .count();
         assert!(adjacent >= 80, "{adjacent} of 99 adjacent");
         // Errors and large answers.
-        assert_eq!(response_in(&mut slab, 7, None), error_response(7));
+        assert_eq!(&response_in(&mut slab, 7, None)[..], &error_response(7)[..]);
         let big = vec![1u8; SLAB];
         assert_eq!(
-            response_in(&mut slab, 8, Some(&big)),
-            response(8, Some(&big))
+            &response_in(&mut slab, 8, Some(&big))[..],
+            &response(8, Some(&big))[..]
         );
         let too_big = vec![1u8; MAX_RESPONSE_CONTENT + 1];
-        assert_eq!(response_in(&mut slab, 9, Some(&too_big)), error_response(9));
+        assert_eq!(
+            &response_in(&mut slab, 9, Some(&too_big))[..],
+            &error_response(9)[..]
+        );
         // The slab's memory outlives the slab while an answer holds it.
-        let kept = small[3].clone();
-        drop((small, slab));
-        assert_eq!(kept, response(3, Some(b"sixteen bytes!!!")));
+        let kept = cut[3].clone();
+        drop((cut, slab));
+        assert_eq!(&kept[..], &response(3, Some(&medium))[..]);
+    }
+
+    #[test]
+    fn a_package_is_written_out_and_read_back_as_bytes() {
+        for len in [0, 31, 32, 200] {
+            let bytes = response(5, Some(&vec![b'p'; len]));
+            let package = Package::from(bytes.clone());
+            assert_eq!(package.is_inline(), bytes.len() <= INLINE);
+            let text = serde_json::to_string(&package).unwrap();
+            assert_eq!(text, serde_json::to_string(&bytes).unwrap());
+            let back: Package = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, package);
+            assert_eq!(
+                format!("{package:?}"),
+                format!("b\"{}\"", bytes.escape_ascii())
+            );
+        }
+        assert!(std::mem::size_of::<Option<Package>>() <= 40);
     }
 
     #[test]

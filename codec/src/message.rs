@@ -139,6 +139,8 @@ impl Response {
         number: u32,
         dst: &mut BytesMut,
     ) -> Result<(), FrameError> {
+        // Refused before any room is made.
+        header_for(content.len() + 1 + NUMBER_LEN)?;
         dst.reserve(HEADER_LEN + content.len() + 1 + NUMBER_LEN);
         Response::put(content, flag, number, dst)
     }

@@ -2,8 +2,9 @@
 //! requests of one player (what one read of a pipelining client brings):
 //!
 //! - `inline`: each request goes through the response cache, its answer
-//!   is cut from the session's slab and written straight into the
-//!   connection's buffer (the built-in agent's path);
+//!   (16 content bytes) is kept in its cache slot (a `wire::Package` in
+//!   place) and written straight into the connection's buffer (the
+//!   built-in agent's path);
 //! - `outbox`: the answers complete from elsewhere (a service link), wait
 //!   in the connection's outbox and are written out at once (the service
 //!   path).

@@ -55,9 +55,9 @@ pub const SLAB: usize = 512;
 
 /// [`response`] as a [`Package`] for a session to keep: in place when it
 /// is at most [`INLINE`] bytes long, else cut from `slab` when it is
-/// small: the answers a session keeps in its cache (each a [`Bytes`] of
-/// its own until re-sent or retired) share one allocation of [`SLAB`]
-/// bytes instead of one each, which is freed when the last of them goes.
+/// small: the medium answers a session keeps in its cache share one
+/// allocation of [`SLAB`] bytes instead of one each, which is freed when
+/// the last of them goes.
 /// A slab that has no room left is replaced; larger answers get their own
 /// allocation.
 ///

@@ -65,8 +65,8 @@ filed_by!(
 #[derive(Debug)]
 pub(crate) struct UserState {
     pub(crate) session: Session<Arc<ConnHandle>>,
-    /// Where the session's small answers are cut from
-    /// ([`wire::response_in`]).
+    /// Where the session's medium answers are cut from (small ones live
+    /// in their cache slot; [`wire::response_in`]).
     pub(crate) slab: BytesMut,
     /// The earliest deadline armed in the gate's timers for this session,
     /// as a tick of the timers (0: none).

@@ -90,7 +90,9 @@ use crate::wire::{self, Package};
 pub type ConnId = u64;
 
 /// Bytes an entry costs besides its package (map slot and fields), so
-/// that the byte bound also bounds the number of entries.
+/// that the byte bound also bounds the number of entries. A slot is 88
+/// bytes with an answer of up to 38 bytes in it, so small answers are
+/// counted a little above what they take.
 pub const ENTRY_COST: usize = 64;
 
 /// Identifies one execution of a handler, so the result of an orphaned

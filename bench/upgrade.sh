@@ -11,6 +11,11 @@
 #
 #   bench/upgrade.sh
 #   SESSIONS="1000 10000 19000" bench/upgrade.sh   # beyond MAX_CONNECTED: held away
+#   OLD_GATE=/path/to/previous/gate bench/upgrade.sh   # from another build
+#
+# OLD_GATE: the binary of the process taken over (default: this checkout's
+# release gate, as is the new one), to check that a build reads the state
+# the previous one writes.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -54,7 +59,7 @@ field() { grep -o "\"$2\":[-0-9.e+]*" <<<"$1" | head -1 | cut -d: -f2; }
 
 printf '%-9s %12s %14s %14s %8s %12s %12s\n' sessions "handoff" "echo p99" "echo max" errors "RSS before" "RSS after"
 for n in $SESSIONS; do
-    RUST_LOG=info "$BIN/gate" run --config "$WORK/gate.toml" 2>"$WORK/old.log" &
+    RUST_LOG=info "${OLD_GATE:-$BIN/gate}" run --config "$WORK/gate.toml" 2>"$WORK/old.log" &
     OLD=$!
     PIDS+=("$OLD")
     wait_port "$BASE"

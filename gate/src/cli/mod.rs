@@ -157,6 +157,7 @@ mod tests {
             format!("[default: {}]", dur(d.gate.handshake_timeout)),
             format!("[default: {}]", dur(d.gate.reconnect_window)),
             format!("[default: {}]", dur(d.gate.idle_timeout)),
+            format!("[default: {}]", dur(d.gate.rest_after)),
             format!("[default: {}]", d.gate.send_queue_bytes),
             format!("[default: {}]", d.gate.max_inflight_per_user),
             format!("[default: {}]", d.gate.expired_number),
@@ -226,6 +227,8 @@ mod tests {
             "19",
             "--max-pending-per-source",
             "20",
+            "--rest-after",
+            "21s",
         ])
         .unwrap();
         let c = cli.run.config().unwrap();
@@ -244,6 +247,7 @@ mod tests {
             (c.gate.idle_timeout, c.gate.plain_idle_timeout),
             (s(6), s(7))
         );
+        assert_eq!(c.gate.rest_after, s(21));
         assert_eq!(
             (
                 c.gate.send_queue_bytes,

@@ -451,6 +451,14 @@ pub struct GateConfig {
     /// never; an operator may set it to reap dead peers.
     #[serde(with = "duration")]
     pub plain_idle_timeout: Duration,
+    /// An authenticated TCP connection with nothing read from its client
+    /// or written to it for this long rests: it keeps its socket and its
+    /// session but gives up its task (about 0.75 KiB), and wakes when the
+    /// client sends something or the gate has something for it. One that
+    /// sent nothing behind its handshake rests at once. `"0s"` = never.
+    /// Default: 10s.
+    #[serde(with = "duration")]
+    pub rest_after: Duration,
     /// Serve sealed sessions only (`docs/PROTOCOL.md` §3.2): a handshake
     /// that does not ask for the sealed channel is refused with `426 Seal
     /// Required`, after its MAC is checked. Plain skynet clients and the
@@ -480,6 +488,7 @@ impl Default for GateConfig {
             push_backlog_bytes: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             plain_idle_timeout: Duration::ZERO,
+            rest_after: Duration::from_secs(10),
             require_sealed: false,
         }
     }

@@ -95,6 +95,18 @@ impl Collector for GateCollector {
         }
         gauge(
             &mut e,
+            "gate_connections_resting",
+            "Client connections resting now (open, without a task: gate.rest_after); part of gate_connections_open",
+            as_i64(m.resting_connections),
+        )?;
+        counter(
+            &mut e,
+            "gate_rest_wakes",
+            "Resting connections woken, by their client or by the gate",
+            m.rest_wakes,
+        )?;
+        gauge(
+            &mut e,
             "gate_sessions_online",
             "Sessions bound to a connection",
             as_i64(online),

@@ -112,6 +112,8 @@ pub(crate) struct GateCore {
     pub(crate) per_source: Arc<crate::net::PerSource>,
     /// A live upgrade in progress (see `players::handoff`).
     pub(crate) handoff: super::handoff::Handoff,
+    /// Connections resting (see `players::rest`).
+    pub(crate) rest: super::rest::Rest,
 }
 
 impl std::fmt::Debug for GateCore {
@@ -153,6 +155,7 @@ impl GateCore {
             cfg.sources,
         );
         let capacity = crate::net::Capacity::new(cfg.maxclient);
+        let rest = super::rest::Rest::new(cfg.rest_after);
         GateCore {
             conn_limits: Live::new(conn_limits(&cfg)),
             limits: Live::new(limits(&cfg)),
@@ -180,6 +183,7 @@ impl GateCore {
                 cfg_per_source.3,
             ),
             handoff: super::handoff::Handoff::default(),
+            rest,
         }
     }
 

@@ -17,11 +17,12 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use bytes::BytesMut;
-use gate_core::End;
 use gate_core::connection::{CLOSE_LINGER, Connection, Input, Mapping};
+use gate_core::{End, Time};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::core::Bound;
 use super::core::GateCore;
 use super::handle::{Asked, ConnHandle};
 use super::metrics::{Metrics, bump};
@@ -29,6 +30,7 @@ use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::tls_tcp::TlsTcp;
 use super::transport::{Flow, Read, Transport};
+use super::user::User;
 use super::ws::Ws;
 use super::ws_plain::WsPlain;
 use crate::logging::esc;
@@ -151,7 +153,8 @@ pub(super) fn run_tls(
 }
 
 /// Counts the connection as open (and a WebSocket one as such) and holds
-/// its slots; all released when the task ends, however it ends.
+/// its slots; all released when the connection ends, however it ends (a
+/// resting connection keeps it: see `players::rest`).
 pub(super) struct OpenConn<T: Transport> {
     pub(super) core: Arc<GateCore>,
     _slots: Slots,
@@ -215,19 +218,92 @@ fn drive<T: Transport + 'static>(
         }) else {
             return;
         };
-        let end = {
+        let exit = {
             // Unbinds when the session loop ends, however it ends (even if
-            // the agent panics inside it).
-            let _unbind = Unbind(&player);
+            // the agent panics inside it), unless the connection rests.
+            let unbind = Unbind(&player);
             let Opened {
                 transport,
                 conn,
                 pending,
             } = &mut opened;
-            session(transport, conn, pending, &player).await
+            let exit = session(transport, conn, pending, &player, true).await;
+            if exit == Exit::Rest {
+                std::mem::forget(unbind);
+            }
+            exit
         };
-        Box::pin(finish(core, opened, &player, end)).await;
+        match exit {
+            Exit::End(end) => Box::pin(finish(core, opened, &player, end)).await,
+            Exit::Rest => {
+                let (user, handle) = (Arc::clone(&player.user), Arc::clone(&player.handle));
+                drop(player);
+                T::rest(open, opened, user, handle);
+            }
+        }
     }
+}
+
+/// The session loop of a connection that has its session already (one
+/// handed over by a live upgrade, or waking from rest), to its end.
+pub(super) async fn serve_bound<T: Transport>(
+    open: OpenConn<T>,
+    transport: T,
+    conn: Connection,
+    pending: BytesMut,
+    user: Arc<User>,
+    handle: Arc<ConnHandle>,
+) {
+    let bound = Bound {
+        ext: conn.opted_in(),
+        user,
+        // A sealed connection's channel is in its machine.
+        seal: None,
+        greeting: BytesMut::new(),
+    };
+    let core = &open.core;
+    let player = PlayerConn::new(core, &bound, handle);
+    drop(bound);
+    // What was queued for it meanwhile (a push, a late answer) woke
+    // nobody if its outbox was not empty already (a connection is woken
+    // when its outbox fills), and what woke it from rest is looked at.
+    player.handle.wake();
+    let mut opened = Opened {
+        transport,
+        conn,
+        pending,
+    };
+    let exit = {
+        let unbind = Unbind(&player);
+        let Opened {
+            transport,
+            conn,
+            pending,
+        } = &mut opened;
+        let exit = session(transport, conn, pending, &player, false).await;
+        if exit == Exit::Rest {
+            std::mem::forget(unbind);
+        }
+        exit
+    };
+    match exit {
+        Exit::End(end) => Box::pin(finish(core, opened, &player, end)).await,
+        Exit::Rest => {
+            let (user, handle) = (Arc::clone(&player.user), Arc::clone(&player.handle));
+            drop(player);
+            T::rest(open, opened, user, handle);
+        }
+    }
+}
+
+/// How the session loop ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    /// The connection ends so.
+    End(End),
+    /// The connection rests (see `players::rest`): its task ends, the
+    /// connection does not.
+    Rest,
 }
 
 /// How the authenticated connection ended: counted, logged, closed.
@@ -283,15 +359,19 @@ pub(super) struct Opened<T> {
     pub(super) pending: BytesMut,
 }
 
-/// The authenticated part of the connection; returns how it ends.
+/// The authenticated part of the connection; returns how it ends, or that
+/// it rests (see `players::rest`). `fresh`: the handshake was just
+/// answered (a client that sends nothing behind it rests at once).
 pub(super) async fn session<T: Transport>(
     transport: &mut T,
     conn: &mut Connection,
     pending: &mut BytesMut,
     player: &PlayerConn<'_>,
-) -> End {
+    fresh: bool,
+) -> Exit {
     let core = player.core;
-    arm(player, conn);
+    let mut quiet = Quiet::new::<T>(core, fresh);
+    arm(player, conn, quiet.deadline());
     loop {
         // Waking up for the handle does not count against tokio's
         // cooperative budget: spend one unit per round so a busy
@@ -301,26 +381,32 @@ pub(super) async fn session<T: Transport>(
         if core.handoff.is_requested()
             && let Some(end) = Box::pin(hand_off(transport, conn, pending, player)).await
         {
-            return end;
+            return Exit::End(end);
         }
-        if conn.reading()
-            && transport.has_buffered()
-            && let Err(end) = read(transport, conn, pending, player)
-        {
-            return end;
+        if conn.reading() && transport.has_buffered() {
+            match read(transport, conn, pending, player) {
+                Ok(Read::Data) => quiet.busy(),
+                Ok(_) => {}
+                Err(end) => return Exit::End(end),
+            }
         }
         if let Err(end) = transport.flush(pending) {
-            return end;
+            return Exit::End(end);
         }
         let inflight = if conn.reading() { 0 } else { player.inflight() };
         if let Some(end) = conn.check(pending.len() + transport.queued(), inflight) {
-            return end;
+            return Exit::End(end);
         }
+        // Looked at only once quiet long enough (rare).
+        let rest = quiet.due && may_rest(transport, conn, pending, player);
         // A hand-written wait instead of `select!`: no waiter or
         // sub-future is stored in the task, which keeps every idle
         // connection small.
         let reading = conn.reading();
-        let event = std::future::poll_fn(|cx| {
+        let (transport_, pending_) = (&mut *transport, &mut *pending);
+        // `move`: the two flags are kept by value, not by reference.
+        let event = std::future::poll_fn(move |cx| {
+            let (transport, pending) = (&mut *transport_, &mut *pending_);
             if player.handle.poll_woken(cx).is_ready() {
                 return Poll::Ready(Ok(Event::Woken));
             }
@@ -332,44 +418,138 @@ pub(super) async fn session<T: Transport>(
             if reading && let Poll::Ready(ready) = transport.poll_input(cx) {
                 return Poll::Ready(ready.map(|()| Event::Input));
             }
+            if rest {
+                return Poll::Ready(Ok(Event::Rest));
+            }
             Poll::Pending
         })
         .await;
         match event {
-            Err(end) => return end,
+            Err(end) => return Exit::End(end),
+            Ok(Event::Rest) => return Exit::Rest,
             Ok(Event::Woken) => {
                 match player.handle.asked() {
-                    Asked::Close(end) => return end,
+                    Asked::Close(end) => return Exit::End(end),
                     Asked::Drain => {
                         if let Some(end) = conn.drain() {
-                            return end;
+                            return Exit::End(end);
                         }
                     }
                     Asked::Nothing => {}
                 }
                 if conn.poll_timeout().is_some() {
                     if let Some(end) = conn.handle_timeout(core.timers.now()) {
-                        return end;
+                        return Exit::End(end);
                     }
-                    arm(player, conn);
+                    arm(player, conn, quiet.deadline());
                 }
+                if quiet.look(core) {
+                    arm(player, conn, quiet.deadline());
+                }
+                let before = pending.len();
                 if let Err(end) = take_outbox(player, conn, pending) {
-                    return end;
+                    return Exit::End(end);
+                }
+                if pending.len() > before {
+                    quiet.busy();
                 }
             }
             Ok(Event::Input) => match read(transport, conn, pending, player) {
                 Ok(Read::Eof) => {
                     if let Some(end) = conn.input_ended(core.timers.now()) {
-                        return end;
+                        return Exit::End(end);
                     }
-                    arm(player, conn);
+                    arm(player, conn, quiet.deadline());
                 }
-                Ok(Read::Data) if conn.tracks_input() => conn.input_at(core.timers.now()),
-                Ok(_) => {}
-                Err(end) => return end,
+                Ok(Read::Data) => {
+                    quiet.busy();
+                    if conn.tracks_input() {
+                        conn.input_at(core.timers.now());
+                    }
+                }
+                Ok(Read::Nothing) => {}
+                Err(end) => return Exit::End(end),
             },
         }
     }
+}
+
+/// When the session loop lets its connection rest (see `players::rest`).
+/// Eight bytes: every connection's task holds one.
+struct Quiet {
+    /// When quiet is looked at next, in whole seconds of the gate's clock,
+    /// rounded up (0: this connection never rests).
+    check_at: u32,
+    /// Something was read or written since the last look.
+    busy: bool,
+    /// Rest at the next wait with nothing to do.
+    due: bool,
+}
+
+impl Quiet {
+    fn new<T: Transport>(core: &GateCore, fresh: bool) -> Quiet {
+        let after = core.rest.after().filter(|_| T::RESTS);
+        Quiet {
+            check_at: after.map_or(0, |after| second_after(core.timers.now() + after)),
+            busy: false,
+            due: fresh && after.is_some(),
+        }
+    }
+
+    /// When quiet is looked at next, as a deadline (`None`: never).
+    fn deadline(&self) -> Option<Time> {
+        (self.check_at != 0)
+            .then(|| Time::from_epoch(std::time::Duration::from_secs(u64::from(self.check_at))))
+    }
+
+    /// Input came, or output went.
+    fn busy(&mut self) {
+        self.busy = true;
+        self.due = false;
+    }
+
+    /// Looks at the quiet if it is time; returns whether the next look
+    /// moved (to be armed).
+    fn look(&mut self, core: &GateCore) -> bool {
+        let Some(at) = self.deadline() else {
+            return false;
+        };
+        let now = core.timers.now();
+        if now < at {
+            return false;
+        }
+        if std::mem::take(&mut self.busy) {
+            let after = core.rest.after().unwrap_or_default();
+            self.check_at = second_after(now + after);
+            true
+        } else {
+            self.due = true;
+            false
+        }
+    }
+}
+
+/// `at` in whole seconds of the gate's clock, rounded up, at least 1.
+fn second_after(at: Time) -> u32 {
+    let since = at.since_epoch();
+    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Whether the connection can be set down whole now: nothing buffered
+/// either way, reading, no request of its user running, no upgrade under
+/// way.
+fn may_rest<T: Transport>(
+    transport: &T,
+    conn: &Connection,
+    pending: &BytesMut,
+    player: &PlayerConn<'_>,
+) -> bool {
+    pending.is_empty()
+        && transport.can_rest()
+        && conn.reading()
+        && !player.core.handoff.is_requested()
+        && player.inflight() == 0
 }
 
 /// A live upgrade asks this connection to move (see `players::handoff`):
@@ -427,6 +607,8 @@ enum Event {
     Woken,
     /// Input to read.
     Input,
+    /// Nothing, and the connection may rest.
+    Rest,
 }
 
 /// Reads and serves what arrived on an authenticated connection.
@@ -463,9 +645,14 @@ fn take_outbox(
     conn.seal_from(pending, start)
 }
 
-/// Arms the gate's timers for the connection's next deadline.
-fn arm(player: &PlayerConn<'_>, conn: &Connection) {
-    if let Some(deadline) = conn.poll_timeout() {
+/// Arms the gate's timers for the connection's next deadline, or for the
+/// next look at its quiet (`quiet`) if that is earlier.
+fn arm(player: &PlayerConn<'_>, conn: &Connection, quiet: Option<Time>) {
+    let deadline = match (conn.poll_timeout(), quiet) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if let Some(deadline) = deadline {
         player.core.arm_conn(&player.handle, deadline);
     }
 }

@@ -77,6 +77,12 @@ pub struct GateMetrics {
     /// WebSocket connections closed for breaking the protocol or the
     /// mapping (close codes 1002, 1003, 1007, 1009).
     pub websocket_protocol_closes: u64,
+    /// Connections resting now (part of `connections`: open, without a
+    /// task; `gate.rest_after`).
+    pub resting_connections: usize,
+    /// Resting connections woken (by input, or by the gate: a push, a
+    /// deadline, a kick).
+    pub rest_wakes: u64,
 }
 
 /// The status a refused handshake got, as a bounded label set.
@@ -217,6 +223,9 @@ pub(crate) struct Metrics {
     pub(crate) ws_origin_refused: AtomicU64,
     pub(crate) ws_upgrades_failed: AtomicU64,
     pub(crate) ws_protocol_closes: AtomicU64,
+    /// Connections resting now.
+    pub(crate) resting: AtomicUsize,
+    pub(crate) rest_wakes: AtomicU64,
     pub(crate) requests: Striped,
     pub(crate) responses: Striped,
     pub(crate) error_responses: Striped,

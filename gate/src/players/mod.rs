@@ -29,6 +29,7 @@ mod metrics;
 mod opening;
 mod read_ahead;
 mod requests;
+mod rest;
 mod restored;
 mod tcp;
 mod timers;
@@ -344,6 +345,8 @@ impl MsgGate {
             websocket_origin_refused: get(&m.ws_origin_refused),
             websocket_upgrades_failed: get(&m.ws_upgrades_failed),
             websocket_protocol_closes: get(&m.ws_protocol_closes),
+            resting_connections: m.resting.load(Ordering::Relaxed),
+            rest_wakes: get(&m.rest_wakes),
         }
     }
 
@@ -414,6 +417,9 @@ impl MsgGate {
                     .await
             }
         });
+        // Resting connections' sockets wait in a set of their own.
+        let rest_stop = CancellationToken::new();
+        let resting = tokio::spawn(rest::watch(Arc::clone(core), rest_stop.clone()));
         let per_source = &core.per_source;
         let refusals = RefusalLog::new("gate", REFUSAL_LOG_EVERY);
         let start = |stream: TcpStream,
@@ -494,6 +500,8 @@ impl MsgGate {
         self.drain().await;
         timers_stop.cancel();
         let _ = timers.await;
+        rest_stop.cancel();
+        let _ = resting.await;
         Ok(())
     }
 

@@ -9,10 +9,9 @@ use bytes::BytesMut;
 use gate_core::connection::Connection;
 use tokio::net::TcpStream;
 
-use super::core::{Bound, GateCore};
-use super::driver::{OpenConn, Opened, Slots, Unbind, finish, session};
+use super::core::GateCore;
+use super::driver::{OpenConn, Slots, serve_bound};
 use super::handle::ConnHandle;
-use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::transport::Transport;
 use super::ws_plain::WsPlain;
@@ -72,39 +71,10 @@ fn resume<T: Transport + 'static>(
     handle: Arc<ConnHandle>,
 ) {
     let open = OpenConn::<T>::new(Arc::clone(core), slots);
-    let bound = Bound {
-        user: Arc::clone(user),
-        ext: conn.opted_in(),
-        // A sealed connection's channel is in its machine.
-        seal: None,
-        greeting: BytesMut::new(),
-    };
+    let user = Arc::clone(user);
     core.tracker.spawn(async move {
-        let core = &open.core;
         // Until the old process has let go, it may resume this connection.
-        core.handoff.released().await;
-        let player = PlayerConn::new(core, &bound, handle);
-        // What was queued for it while it moved (a push, a late answer)
-        // woke nobody if its outbox was not empty already (a connection is
-        // woken when its outbox fills): it looks at once.
-        player.handle.wake();
-        // The same steps as at the end of `driver::drive`, which keeps them
-        // inline: as a shared async fn they made every idle connection's
-        // future 600 bytes instead of 408.
-        let mut opened = Opened {
-            transport,
-            conn,
-            pending,
-        };
-        let end = {
-            let _unbind = Unbind(&player);
-            let Opened {
-                transport,
-                conn,
-                pending,
-            } = &mut opened;
-            session(transport, conn, pending, &player).await
-        };
-        Box::pin(finish(core, opened, &player, end)).await;
+        open.core.handoff.released().await;
+        serve_bound(open, transport, conn, pending, user, handle).await;
     });
 }

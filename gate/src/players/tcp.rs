@@ -87,6 +87,17 @@ impl Tcp {
         }
     }
 
+    /// A connection waking from rest (see `players::rest`): nothing
+    /// buffered, its socket options set when it was accepted.
+    pub(super) fn awake(stream: TcpStream) -> Tcp {
+        Tcp {
+            stream,
+            rbuf: BytesMut::new(),
+            paused: false,
+            ahead: ReadAhead::default(),
+        }
+    }
+
     /// The socket's descriptor.
     pub(super) fn stream_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
@@ -173,6 +184,7 @@ pub(super) fn serve_all(
 
 impl Transport for Tcp {
     const MAPPING: Mapping = Mapping::Stream;
+    const RESTS: bool = true;
 
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
         self.stream
@@ -182,6 +194,19 @@ impl Transport for Tcp {
 
     fn has_buffered(&self) -> bool {
         self.paused
+    }
+
+    fn can_rest(&self) -> bool {
+        self.rbuf.is_empty() && !self.paused
+    }
+
+    fn rest(
+        open: super::driver::OpenConn<Tcp>,
+        opened: super::driver::Opened<Tcp>,
+        user: std::sync::Arc<super::user::User>,
+        handle: std::sync::Arc<super::handle::ConnHandle>,
+    ) {
+        super::rest::lay_down(open, opened.transport.stream, opened.conn, user, handle);
     }
 
     fn read(

@@ -47,6 +47,9 @@ pub(super) trait Transport: Send {
     /// How packages travel on it.
     const MAPPING: Mapping;
 
+    /// Whether its connections can rest (see `players::rest`).
+    const RESTS: bool = false;
+
     /// Ready once input may be read (or the input ended, or failed).
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>>;
 
@@ -104,6 +107,28 @@ pub(super) trait Transport: Send {
     /// Closes at once (the peer is gone, or there is no time); a
     /// WebSocket answers a client's close frame first.
     fn abort(&mut self, end: &End) -> impl Future<Output = ()> + Send;
+
+    /// Whether the connection could rest now (see `players::rest`): a
+    /// transport that can, holding nothing.
+    fn can_rest(&self) -> bool {
+        false
+    }
+
+    /// Puts the connection to rest (see `players::rest`); the session loop
+    /// asks only where [`Transport::can_rest`] said so. One that cannot
+    /// is lost: its session is told so.
+    fn rest(
+        open: super::driver::OpenConn<Self>,
+        opened: super::driver::Opened<Self>,
+        user: std::sync::Arc<super::user::User>,
+        handle: std::sync::Arc<super::handle::ConnHandle>,
+    ) where
+        Self: Sized,
+    {
+        let _ = opened;
+        open.core.connection_gone(&user, handle.id, true);
+        handle.set_finished();
+    }
 
     /// The transport as a live upgrade moves it to a new process (`None`:
     /// this one cannot move; it is closed for a reconnect).

@@ -27,9 +27,17 @@ async fn resting(g: &PushGate, n: usize) {
 /// The same on tokio's paused clock, where time moves only while every
 /// task waits: looks every 100 ms of it.
 async fn resting_paused(g: &PushGate, n: usize) {
-    let what = format!("{n} resting connections");
-    within(&what, async {
-        while g.metrics().resting_connections != n {
+    until_paused(&format!("{n} resting connections"), || {
+        g.metrics().resting_connections == n
+    })
+    .await;
+}
+
+/// Waits on tokio's paused clock until `cond` holds, looking every 100 ms
+/// of it.
+async fn until_paused(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
@@ -274,5 +282,108 @@ async fn a_wake_by_the_client_and_one_by_the_gate_at_once_raise_a_connection_onc
     let m = g.metrics();
     assert_eq!(m.requests, (USERS as u64) * u64::from(ROUNDS));
     assert_eq!(m.pushes, (USERS as u64) * u64::from(ROUNDS));
+    g.stop().await;
+}
+
+/// On tokio's paused clock. The deadline armed for the handshake does not
+/// wake a connection resting since; one that fires while the connection
+/// is up leaves its look at the quiet armed.
+#[tokio::test(start_paused = true)]
+async fn a_handshake_deadline_neither_wakes_a_resting_connection_nor_keeps_one_up() {
+    const HANDSHAKE: Duration = Duration::from_secs(1);
+    const AFTER: Duration = Duration::from_secs(3);
+    let g = PushGate::start(GateConfig {
+        handshake_timeout: HANDSHAKE,
+        rest_after: AFTER,
+        ..GateConfig::default()
+    })
+    .await;
+    // Rests at once; sleeps through its handshake deadline.
+    let kim = g.login("kim").await;
+    let _kim = kim.plain(1).await;
+    resting_paused(&g, 1).await;
+    tokio::time::sleep(HANDSHAKE * 3).await;
+    let m = g.metrics();
+    assert_eq!((m.resting_connections, m.rest_wakes), (1, 0));
+
+    // A request behind the handshake keeps this one up past its handshake
+    // deadline, whose entry fires first; it rests once quiet for AFTER.
+    let lee = g.login("lee").await;
+    let mut c = Client::connect(g.addr).await;
+    let mut both = BytesMut::new();
+    encode_package(&lee.handshake_payload(1, None), &mut both).expect("fits");
+    let mut request = b"busy".to_vec();
+    request.extend_from_slice(&1u32.to_be_bytes());
+    encode_package(&request, &mut both).expect("fits");
+    c.send(&both).await;
+    assert_eq!(c.recv_package().await, b"200 OK");
+    assert_eq!(c.recv_response().await, (b"busy".to_vec(), 1, 1));
+    let from = tokio::time::Instant::now();
+    resting_paused(&g, 2).await;
+    let quiet_for = from.elapsed();
+    assert!(
+        quiet_for >= AFTER && quiet_for <= AFTER * 2 + Duration::from_secs(1),
+        "rested after {quiet_for:?}"
+    );
+    c.echo(b"again", 2).await;
+    g.stop().await;
+}
+
+/// On tokio's paused clock: an opted-in connection (whose idle timeout is
+/// armed too) rests again once quiet, and stays at rest.
+#[tokio::test(start_paused = true)]
+async fn an_opted_in_connection_rests_again_and_stays_at_rest() {
+    const AFTER: Duration = Duration::from_secs(2);
+    let g = PushGate::start(GateConfig {
+        rest_after: AFTER,
+        idle_timeout: Duration::from_secs(60),
+        ..GateConfig::default()
+    })
+    .await;
+    let mo = g.login("mo").await;
+    let mut c = mo.opted_in(1, 0).await;
+    resting_paused(&g, 1).await;
+    c.echo(b"wake", 1).await;
+    resting_paused(&g, 1).await;
+    // Quiet for a while, well short of the idle timeout: no wake-up.
+    tokio::time::sleep(AFTER * 4).await;
+    let m = g.metrics();
+    assert_eq!((m.resting_connections, m.rest_wakes), (1, 1));
+    c.echo(b"still here", 2).await;
+    g.stop().await;
+}
+
+/// On tokio's paused clock: a connection found quiet while a request of
+/// its user runs cannot rest; the late answer makes it busy, and it rests
+/// once quiet after that.
+#[tokio::test(start_paused = true)]
+async fn a_late_answer_starts_the_quiet_over() {
+    const AFTER: Duration = Duration::from_secs(2);
+    let g = TestGate::start(GateConfig {
+        rest_after: AFTER,
+        ..GateConfig::default()
+    })
+    .await;
+    let secret = hello_secret();
+    let name = g.logged_in("ned", &secret).await;
+    let mut c = g.session(&secret, &name, 1).await;
+    until_paused("a rest", || g.metrics().resting_connections == 1).await;
+    c.send_request(b"slow answer", 1).await;
+    g.agent.wait_pending("slow answer").await;
+    // Quiet, but with a request running: up.
+    tokio::time::sleep(AFTER * 3).await;
+    assert_eq!(g.metrics().resting_connections, 0);
+    g.agent.release("slow answer").await;
+    assert_eq!(c.recv_response().await, (b"slow answer".to_vec(), 1, 1));
+    let from = tokio::time::Instant::now();
+    until_paused("a rest after the answer", || {
+        g.metrics().resting_connections == 1
+    })
+    .await;
+    assert!(
+        from.elapsed() >= AFTER,
+        "rested {:?} after the answer",
+        from.elapsed()
+    );
     g.stop().await;
 }

@@ -44,7 +44,7 @@ pub(crate) enum Timer {
     Session(Weak<User>),
     /// A connection's deadline ([`gate_core::connection::Connection::poll_timeout`]):
     /// its task is woken to look at it.
-    Conn(Weak<ConnHandle>),
+    Conn(Weak<ConnHandle>, u32),
 }
 
 /// The session limits of `cfg`.
@@ -477,9 +477,9 @@ impl GateCore {
                 self.perform(&user, effects);
             }
             // The connection's task looks at its own deadline.
-            Timer::Conn(conn) => {
+            Timer::Conn(conn, tick) => {
                 if let Some(conn) = conn.upgrade() {
-                    conn.timer_fired(now_tick);
+                    conn.timer_fired(tick);
                 }
             }
         }
@@ -489,8 +489,27 @@ impl GateCore {
     /// is earlier than the one armed.
     pub(crate) fn arm_conn(&self, conn: &Arc<ConnHandle>, deadline: gate_core::Time) {
         let when = self.timers.instant(deadline);
-        if conn.arm_at(self.timers.tick(when)) {
-            self.timers.at(when, Timer::Conn(Arc::downgrade(conn)));
+        let tick = self.timers.tick(when);
+        if conn.arm_at(tick) {
+            self.timers
+                .at(when, Timer::Conn(Arc::downgrade(conn), tick));
+        }
+    }
+
+    /// Arms the gate's timers for exactly `deadline` of connection `conn`
+    /// (`None`: none), whatever was armed for it before: entries for other
+    /// deadlines no longer wake it. For a connection that rests, which
+    /// only its own deadline may wake.
+    pub(crate) fn rearm_conn(&self, conn: &Arc<ConnHandle>, deadline: Option<gate_core::Time>) {
+        let Some(deadline) = deadline else {
+            conn.rearm_at(0);
+            return;
+        };
+        let when = self.timers.instant(deadline);
+        let tick = self.timers.tick(when);
+        if conn.rearm_at(tick) {
+            self.timers
+                .at(when, Timer::Conn(Arc::downgrade(conn), tick));
         }
     }
 

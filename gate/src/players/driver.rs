@@ -1,6 +1,8 @@
 //! The one connection driver: pumps a [`Connection`] machine and the
 //! player's session over any [`Transport`] (TCP, WebSocket), on one task
-//! per connection, from accept to close.
+//! per connection, from accept to close; a TCP connection with nothing to
+//! do gives its task up while it rests (`players::rest`) and gets a new
+//! one when it wakes.
 //!
 //! It is a thin pump: wait for input, the handle (wake-ups, close
 //! requests, deadlines) or room to write; feed what arrived to the
@@ -385,7 +387,11 @@ pub(super) async fn session<T: Transport>(
         }
         if conn.reading() && transport.has_buffered() {
             match read(transport, conn, pending, player) {
-                Ok(Read::Data) => quiet.busy(),
+                Ok(Read::Data) => {
+                    if quiet.busy(core) {
+                        arm(player, conn, quiet.deadline());
+                    }
+                }
                 Ok(_) => {}
                 Err(end) => return Exit::End(end),
             }
@@ -437,21 +443,26 @@ pub(super) async fn session<T: Transport>(
                     }
                     Asked::Nothing => {}
                 }
+                // The quiet first: a deadline armed below must not be a
+                // look that is already due.
+                let mut rearm = quiet.look(core);
                 if conn.poll_timeout().is_some() {
                     if let Some(end) = conn.handle_timeout(core.timers.now()) {
                         return Exit::End(end);
                     }
-                    arm(player, conn, quiet.deadline());
-                }
-                if quiet.look(core) {
-                    arm(player, conn, quiet.deadline());
+                    rearm = true;
                 }
                 let before = pending.len();
                 if let Err(end) = take_outbox(player, conn, pending) {
                     return Exit::End(end);
                 }
                 if pending.len() > before {
-                    quiet.busy();
+                    rearm |= quiet.busy(core);
+                }
+                // An entry of the timers fired for another deadline leaves
+                // nothing armed.
+                if rearm || !player.handle.armed() {
+                    arm(player, conn, quiet.deadline());
                 }
             }
             Ok(Event::Input) => match read(transport, conn, pending, player) {
@@ -462,7 +473,9 @@ pub(super) async fn session<T: Transport>(
                     arm(player, conn, quiet.deadline());
                 }
                 Ok(Read::Data) => {
-                    quiet.busy();
+                    if quiet.busy(core) {
+                        arm(player, conn, quiet.deadline());
+                    }
                     if conn.tracks_input() {
                         conn.input_at(core.timers.now());
                     }
@@ -496,16 +509,25 @@ impl Quiet {
         }
     }
 
-    /// When quiet is looked at next, as a deadline (`None`: never).
+    /// When quiet is looked at next, as a deadline (`None`: never, or
+    /// the connection rests as soon as it can).
     fn deadline(&self) -> Option<Time> {
-        (self.check_at != 0)
+        (self.check_at != 0 && !self.due)
             .then(|| Time::from_epoch(std::time::Duration::from_secs(u64::from(self.check_at))))
     }
 
-    /// Input came, or output went.
-    fn busy(&mut self) {
+    /// Input came, or output went. Returns whether the next look at the
+    /// quiet is to be armed (one was due: it starts over from now).
+    fn busy(&mut self, core: &GateCore) -> bool {
         self.busy = true;
+        if !self.due {
+            return false;
+        }
         self.due = false;
+        self.busy = false;
+        let after = core.rest.after().unwrap_or_default();
+        self.check_at = second_after(core.timers.now() + after);
+        true
     }
 
     /// Looks at the quiet if it is time; returns whether the next look

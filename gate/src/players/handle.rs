@@ -142,16 +142,31 @@ impl ConnHandle {
             .is_ok()
     }
 
-    /// The gate's timers reached `now_tick`: an armed deadline up to it
-    /// is no longer armed (the task re-arms what is still to come). Wakes
-    /// the task to look at its deadline.
-    pub(crate) fn timer_fired(&self, now_tick: u32) {
-        let _ = self
+    /// Whether a deadline is armed for the connection in the gate's timers.
+    pub(crate) fn armed(&self) -> bool {
+        self.timer_at.load(Ordering::Acquire) != 0
+    }
+
+    /// Arms exactly the deadline at `tick` (0: none), whatever was armed:
+    /// entries of the gate's timers for other ticks no longer wake the
+    /// task. Whether an entry at `tick` needs adding.
+    pub(crate) fn rearm_at(&self, tick: u32) -> bool {
+        self.timer_at.swap(tick, Ordering::AcqRel) != tick && tick != 0
+    }
+
+    /// The gate's timers reached an entry for this connection's deadline
+    /// at `tick`: if that is the deadline armed, it is no longer armed (the
+    /// task re-arms what is still to come) and the task is woken to look
+    /// at it. An entry for a deadline armed since then (an earlier one, or
+    /// another by [`ConnHandle::rearm_at`]) wakes nobody.
+    pub(crate) fn timer_fired(&self, tick: u32) {
+        if self
             .timer_at
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |armed| {
-                (armed != 0 && armed <= now_tick).then_some(0)
-            });
-        self.wake();
+            .compare_exchange(tick, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.wake();
+        }
     }
 
     /// Called by the task when its socket is closed.

@@ -33,7 +33,7 @@
 //! upgrade under way. TLS and WebSocket connections stay tasks.
 
 use std::net::TcpStream as StdTcpStream;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Wake, Waker};
 use std::time::Duration;
@@ -63,6 +63,8 @@ pub(crate) struct Rest {
     set: Option<std::os::fd::OwnedFd>,
     /// The runtime resting connections wake up on, once [`watch`] runs.
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// [`watch`] runs: input on a resting connection's socket is noticed.
+    watched: AtomicBool,
     /// Resting connections by id (the key their socket waits under).
     sleepers: ShardedMap<ConnId, Arc<Sleeper>>,
 }
@@ -79,6 +81,7 @@ impl Rest {
             after,
             set,
             runtime: OnceLock::new(),
+            watched: AtomicBool::new(false),
             sleepers: ShardedMap::new(),
         }
     }
@@ -87,7 +90,7 @@ impl Rest {
     /// it rests; `None` while connections cannot rest (turned off, or
     /// nobody watches the set).
     pub(crate) fn after(&self) -> Option<Duration> {
-        (self.set.is_some() && self.runtime.get().is_some()).then_some(self.after)
+        (self.set.is_some() && self.watched.load(Ordering::Acquire)).then_some(self.after)
     }
 }
 
@@ -144,6 +147,9 @@ pub(super) fn lay_down(
             return;
         }
     };
+    // Only its own deadline wakes it (not what the task had armed for
+    // its handshake or its quiet).
+    core.rearm_conn(&handle, conn.poll_timeout());
     let id = handle.id;
     let sleeper = Arc::new(Sleeper {
         id,
@@ -305,13 +311,30 @@ pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
         }
     };
     let _ = core.rest.runtime.set(tokio::runtime::Handle::current());
+    core.rest.watched.store(true, Ordering::Release);
+    watch_set(&core, &set, stop).await;
+    // Nobody notices input on a resting socket any more: no connection
+    // rests from now on, and those resting are raised.
+    core.rest.watched.store(false, Ordering::Release);
+    for sleeper in core.rest.sleepers.values() {
+        sleeper.wake_by_ref();
+    }
+}
+
+/// Wakes each resting connection whose socket has input, until `stop` or
+/// the set fails.
+async fn watch_set(
+    core: &GateCore,
+    set: &tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>,
+    stop: CancellationToken,
+) {
     let mut ready = Vec::with_capacity(epoll::BATCH);
     loop {
         let mut guard = tokio::select! {
             guard = set.readable() => match guard {
                 Ok(guard) => guard,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the rest set failed");
+                    tracing::warn!(error = %e, "the rest set failed: connections stop resting");
                     return;
                 }
             },
@@ -319,7 +342,7 @@ pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
         };
         // Drained until empty, then the readiness is cleared (by the tick
         // it was seen at: an event since then marks it anew).
-        let _ = guard.try_io(|set| {
+        let drained = guard.try_io(|set| {
             loop {
                 let n = epoll::ready(set.get_ref(), &mut ready)?;
                 for id in ready.drain(..) {
@@ -332,6 +355,10 @@ pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
                 }
             }
         });
+        if let Ok(Err(e)) = drained {
+            tracing::warn!(error = %e, "the rest set failed: connections stop resting");
+            return;
+        }
     }
 }
 

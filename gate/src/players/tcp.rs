@@ -216,7 +216,10 @@ impl Transport for Tcp {
         mut serve: impl Serve,
     ) -> Result<Read, End> {
         self.paused = false;
-        if !self.rbuf.is_empty() {
+        // Input kept from before is served here: that is input too, even
+        // if the socket has nothing more.
+        let kept = !self.rbuf.is_empty();
+        if kept {
             // Input kept from before: packages behind a pause first, then
             // the rest of a partial package into the connection's own
             // buffer.
@@ -265,7 +268,7 @@ impl Transport for Tcp {
                 Ok((_, cleared)) => cleared,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     ahead.read(false, false);
-                    return Ok(Read::Nothing);
+                    return Ok(if kept { Read::Data } else { Read::Nothing });
                 }
                 Err(e) => return Err(e.kind().into()),
             };

@@ -248,13 +248,15 @@ fn drive<T: Transport + 'static>(
 
 /// The session loop of a connection that has its session already (one
 /// handed over by a live upgrade, or waking from rest), to its end.
+/// `fresh`: it may rest at once if it has nothing to do (one handed over:
+/// most sessions of a game are idle).
 pub(super) async fn serve_bound<T: Transport>(
     open: OpenConn<T>,
     transport: T,
     conn: Connection,
     pending: BytesMut,
-    user: Arc<User>,
-    handle: Arc<ConnHandle>,
+    (user, handle): (Arc<User>, Arc<ConnHandle>),
+    fresh: bool,
 ) {
     let bound = Bound {
         ext: conn.opted_in(),
@@ -282,7 +284,7 @@ pub(super) async fn serve_bound<T: Transport>(
             conn,
             pending,
         } = &mut opened;
-        let exit = session(transport, conn, pending, &player, false).await;
+        let exit = session(transport, conn, pending, &player, fresh).await;
         if exit == Exit::Rest {
             std::mem::forget(unbind);
         }
@@ -363,7 +365,8 @@ pub(super) struct Opened<T> {
 
 /// The authenticated part of the connection; returns how it ends, or that
 /// it rests (see `players::rest`). `fresh`: the handshake was just
-/// answered (a client that sends nothing behind it rests at once).
+/// answered, or the connection was just handed over (one with nothing to
+/// do rests at once).
 pub(super) async fn session<T: Transport>(
     transport: &mut T,
     conn: &mut Connection,

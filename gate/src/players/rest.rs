@@ -244,7 +244,15 @@ impl Sleeper {
                 match TcpStream::from_std(stream) {
                     Ok(stream) => {
                         let transport = Tcp::awake(stream);
-                        serve_bound(open, transport, conn, BytesMut::new(), user, handle).await;
+                        serve_bound(
+                            open,
+                            transport,
+                            conn,
+                            BytesMut::new(),
+                            (user, handle),
+                            false,
+                        )
+                        .await;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "a resting connection could not wake: closed");
@@ -287,8 +295,8 @@ fn resume(
         transport,
         conn,
         BytesMut::new(),
-        user,
-        handle,
+        (user, handle),
+        false,
     ));
 }
 

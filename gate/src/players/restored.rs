@@ -75,6 +75,6 @@ fn resume<T: Transport + 'static>(
     core.tracker.spawn(async move {
         // Until the old process has let go, it may resume this connection.
         open.core.handoff.released().await;
-        serve_bound(open, transport, conn, pending, user, handle).await;
+        serve_bound(open, transport, conn, pending, (user, handle), true).await;
     });
 }

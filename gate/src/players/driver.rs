@@ -272,6 +272,9 @@ pub(super) async fn serve_bound<T: Transport>(
     // nobody if its outbox was not empty already (a connection is woken
     // when its outbox fills), and what woke it from rest is looked at.
     player.handle.wake();
+    // The same steps as at the end of `drive`, which keeps them inline:
+    // shared as an async fn they would make every idle connection's future
+    // larger.
     let mut opened = Opened {
         transport,
         conn,

@@ -131,12 +131,6 @@ pub(super) fn lay_down(
 ) {
     let core = Arc::clone(&open.core);
     let rest = &core.rest;
-    let (Some(set), Some(_)) = (rest.set.as_ref(), rest.runtime.get()) else {
-        // The driver asks only while resting is on; should it not be, the
-        // connection goes on as a task.
-        resume(open, Tcp::awake(stream), conn, user, handle);
-        return;
-    };
     let stream = match stream.into_std() {
         Ok(stream) => stream,
         Err(e) => {
@@ -146,6 +140,13 @@ pub(super) fn lay_down(
             handle.set_finished();
             return;
         }
+    };
+    let (Some(set), Some(_)) = (rest.set.as_ref(), rest.after()) else {
+        // The driver asks only while connections can rest; should they no
+        // longer, the connection goes on as a task.
+        let runtime = tokio::runtime::Handle::current();
+        wake_up(open, stream, conn, (user, handle), None, &runtime);
+        return;
     };
     // Only its own deadline wakes it (not what the task had armed for
     // its handshake or its quiet).
@@ -237,33 +238,47 @@ impl Sleeper {
             handle,
             _task,
         } = asleep;
-        // Registered with the runtime inside the new task, on its thread.
-        core.tracker.spawn_on(
-            async move {
-                let _task = _task;
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => {
-                        let transport = Tcp::awake(stream);
-                        serve_bound(
-                            open,
-                            transport,
-                            conn,
-                            BytesMut::new(),
-                            (user, handle),
-                            false,
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "a resting connection could not wake: closed");
-                        open.core.connection_gone(&user, handle.id, true);
-                        handle.set_finished();
-                    }
-                }
-            },
-            &runtime,
-        );
+        wake_up(open, stream, conn, (user, handle), Some(_task), &runtime);
     }
+}
+
+/// Runs the task of a connection that was resting (or was about to) again,
+/// on `runtime`, straight into its session loop.
+fn wake_up(
+    open: OpenConn<Tcp>,
+    stream: StdTcpStream,
+    conn: Connection,
+    (user, handle): (Arc<User>, Arc<ConnHandle>),
+    task: Option<TaskTrackerToken>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let core = Arc::clone(&open.core);
+    // Registered with the runtime inside the new task, on its thread.
+    core.tracker.spawn_on(
+        async move {
+            let _task = task;
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    let transport = Tcp::awake(stream);
+                    serve_bound(
+                        open,
+                        transport,
+                        conn,
+                        BytesMut::new(),
+                        (user, handle),
+                        false,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a resting connection could not wake: closed");
+                    open.core.connection_gone(&user, handle.id, true);
+                    handle.set_finished();
+                }
+            }
+        },
+        runtime,
+    );
 }
 
 impl Wake for Sleeper {
@@ -279,25 +294,6 @@ impl Wake for Sleeper {
             self.rise();
         }
     }
-}
-
-/// Runs a connection that could not rest as a task again.
-fn resume(
-    open: OpenConn<Tcp>,
-    transport: Tcp,
-    conn: Connection,
-    user: Arc<User>,
-    handle: Arc<ConnHandle>,
-) {
-    let core = Arc::clone(&open.core);
-    core.tracker.spawn(serve_bound(
-        open,
-        transport,
-        conn,
-        BytesMut::new(),
-        (user, handle),
-        false,
-    ));
 }
 
 /// Watches the set of resting connections until `stop`: wakes each whose

@@ -24,7 +24,6 @@ use gate_core::{End, Time};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::core::Bound;
 use super::core::GateCore;
 use super::handle::{Asked, ConnHandle};
 use super::metrics::{Metrics, bump};
@@ -32,7 +31,6 @@ use super::requests::PlayerConn;
 use super::tcp::Tcp;
 use super::tls_tcp::TlsTcp;
 use super::transport::{Flow, Read, Transport};
-use super::user::User;
 use super::ws::Ws;
 use super::ws_plain::WsPlain;
 use crate::logging::esc;
@@ -246,63 +244,6 @@ fn drive<T: Transport + 'static>(
     }
 }
 
-/// The session loop of a connection that has its session already (one
-/// handed over by a live upgrade, or waking from rest), to its end.
-/// `fresh`: it may rest at once if it has nothing to do (one handed over:
-/// most sessions of a game are idle).
-pub(super) async fn serve_bound<T: Transport>(
-    open: OpenConn<T>,
-    transport: T,
-    conn: Connection,
-    pending: BytesMut,
-    (user, handle): (Arc<User>, Arc<ConnHandle>),
-    fresh: bool,
-) {
-    let bound = Bound {
-        ext: conn.opted_in(),
-        user,
-        // A sealed connection's channel is in its machine.
-        seal: None,
-        greeting: BytesMut::new(),
-    };
-    let core = &open.core;
-    let player = PlayerConn::new(core, &bound, handle);
-    drop(bound);
-    // What was queued for it meanwhile (a push, a late answer) woke
-    // nobody if its outbox was not empty already (a connection is woken
-    // when its outbox fills), and what woke it from rest is looked at.
-    player.handle.wake();
-    // The same steps as at the end of `drive`, which keeps them inline:
-    // shared as an async fn they would make every idle connection's future
-    // larger.
-    let mut opened = Opened {
-        transport,
-        conn,
-        pending,
-    };
-    let exit = {
-        let unbind = Unbind(&player);
-        let Opened {
-            transport,
-            conn,
-            pending,
-        } = &mut opened;
-        let exit = session(transport, conn, pending, &player, fresh).await;
-        if exit == Exit::Rest {
-            std::mem::forget(unbind);
-        }
-        exit
-    };
-    match exit {
-        Exit::End(end) => Box::pin(finish(core, opened, &player, end)).await,
-        Exit::Rest => {
-            let (user, handle) = (Arc::clone(&player.user), Arc::clone(&player.handle));
-            drop(player);
-            T::rest(open, opened, user, handle);
-        }
-    }
-}
-
 /// How the session loop ended.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Exit {
@@ -378,7 +319,7 @@ pub(super) async fn session<T: Transport>(
     fresh: bool,
 ) -> Exit {
     let core = player.core;
-    let mut quiet = Quiet::new::<T>(core, fresh);
+    let mut quiet = super::rest::Quiet::new::<T>(core, fresh);
     arm(player, conn, quiet.deadline());
     loop {
         // Waking up for the handle does not count against tokio's
@@ -410,7 +351,7 @@ pub(super) async fn session<T: Transport>(
             return Exit::End(end);
         }
         // Looked at only once quiet long enough (rare).
-        let rest = quiet.due && may_rest(transport, conn, pending, player);
+        let rest = quiet.due() && super::rest::may_rest(transport, conn, pending, player);
         // A hand-written wait instead of `select!`: no waiter or
         // sub-future is stored in the task, which keeps every idle
         // connection small.
@@ -491,93 +432,6 @@ pub(super) async fn session<T: Transport>(
             },
         }
     }
-}
-
-/// When the session loop lets its connection rest (see `players::rest`).
-/// Eight bytes: every connection's task holds one.
-struct Quiet {
-    /// When quiet is looked at next, in whole seconds of the gate's clock,
-    /// rounded up (0: this connection never rests).
-    check_at: u32,
-    /// Something was read or written since the last look.
-    busy: bool,
-    /// Rest at the next wait with nothing to do.
-    due: bool,
-}
-
-impl Quiet {
-    fn new<T: Transport>(core: &GateCore, fresh: bool) -> Quiet {
-        let after = core.rest.after().filter(|_| T::RESTS);
-        Quiet {
-            check_at: after.map_or(0, |after| second_after(core.timers.now() + after)),
-            busy: false,
-            due: fresh && after.is_some(),
-        }
-    }
-
-    /// When quiet is looked at next, as a deadline (`None`: never, or
-    /// the connection rests as soon as it can).
-    fn deadline(&self) -> Option<Time> {
-        (self.check_at != 0 && !self.due)
-            .then(|| Time::from_epoch(std::time::Duration::from_secs(u64::from(self.check_at))))
-    }
-
-    /// Input came, or output went. Returns whether the next look at the
-    /// quiet is to be armed (one was due: it starts over from now).
-    fn busy(&mut self, core: &GateCore) -> bool {
-        self.busy = true;
-        if !self.due {
-            return false;
-        }
-        self.due = false;
-        self.busy = false;
-        let after = core.rest.after().unwrap_or_default();
-        self.check_at = second_after(core.timers.now() + after);
-        true
-    }
-
-    /// Looks at the quiet if it is time; returns whether the next look
-    /// moved (to be armed).
-    fn look(&mut self, core: &GateCore) -> bool {
-        let Some(at) = self.deadline() else {
-            return false;
-        };
-        let now = core.timers.now();
-        if now < at {
-            return false;
-        }
-        if std::mem::take(&mut self.busy) {
-            let after = core.rest.after().unwrap_or_default();
-            self.check_at = second_after(now + after);
-            true
-        } else {
-            self.due = true;
-            false
-        }
-    }
-}
-
-/// `at` in whole seconds of the gate's clock, rounded up, at least 1.
-fn second_after(at: Time) -> u32 {
-    let since = at.since_epoch();
-    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
-    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
-}
-
-/// Whether the connection can be set down whole now: nothing buffered
-/// either way, reading, no request of its user running, no upgrade under
-/// way.
-fn may_rest<T: Transport>(
-    transport: &T,
-    conn: &Connection,
-    pending: &BytesMut,
-    player: &PlayerConn<'_>,
-) -> bool {
-    pending.is_empty()
-        && transport.can_rest()
-        && conn.reading()
-        && !player.core.handoff.is_requested()
-        && player.inflight() == 0
 }
 
 /// A live upgrade asks this connection to move (see `players::handoff`):

@@ -39,6 +39,7 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use gate_core::Time;
 use gate_core::connection::Connection;
 use gate_core::session::ConnId;
 use tokio::net::TcpStream;
@@ -46,10 +47,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::core::GateCore;
-use super::driver::{OpenConn, serve_bound};
+use super::driver::OpenConn;
 use super::handle::ConnHandle;
 use super::metrics::bump;
+use super::requests::PlayerConn;
+use super::restored::serve_bound;
 use super::tcp::Tcp;
+use super::transport::Transport;
 use super::user::User;
 use crate::shard::ShardedMap;
 
@@ -364,6 +368,98 @@ async fn watch_set(
             return;
         }
     }
+}
+
+/// When the session loop lets its connection rest (see `players::rest`).
+/// Eight bytes: every connection's task holds one.
+pub(super) struct Quiet {
+    /// When quiet is looked at next, in whole seconds of the gate's clock,
+    /// rounded up (0: this connection never rests).
+    check_at: u32,
+    /// Something was read or written since the last look.
+    busy: bool,
+    /// Rest at the next wait with nothing to do.
+    due: bool,
+}
+
+impl Quiet {
+    pub(super) fn new<T: Transport>(core: &GateCore, fresh: bool) -> Quiet {
+        let after = core.rest.after().filter(|_| T::RESTS);
+        Quiet {
+            check_at: after.map_or(0, |after| second_after(core.timers.now() + after)),
+            busy: false,
+            due: fresh && after.is_some(),
+        }
+    }
+
+    /// When quiet is looked at next, as a deadline (`None`: never, or
+    /// the connection rests as soon as it can).
+    pub(super) fn deadline(&self) -> Option<Time> {
+        (self.check_at != 0 && !self.due)
+            .then(|| Time::from_epoch(std::time::Duration::from_secs(u64::from(self.check_at))))
+    }
+
+    /// Rest at the next wait with nothing to do.
+    pub(super) fn due(&self) -> bool {
+        self.due
+    }
+
+    /// Input came, or output went. Returns whether the next look at the
+    /// quiet is to be armed (one was due: it starts over from now).
+    pub(super) fn busy(&mut self, core: &GateCore) -> bool {
+        self.busy = true;
+        if !self.due {
+            return false;
+        }
+        self.due = false;
+        self.busy = false;
+        let after = core.rest.after().unwrap_or_default();
+        self.check_at = second_after(core.timers.now() + after);
+        true
+    }
+
+    /// Looks at the quiet if it is time; returns whether the next look
+    /// moved (to be armed).
+    pub(super) fn look(&mut self, core: &GateCore) -> bool {
+        let Some(at) = self.deadline() else {
+            return false;
+        };
+        let now = core.timers.now();
+        if now < at {
+            return false;
+        }
+        if std::mem::take(&mut self.busy) {
+            let after = core.rest.after().unwrap_or_default();
+            self.check_at = second_after(now + after);
+            true
+        } else {
+            self.due = true;
+            false
+        }
+    }
+}
+
+/// `at` in whole seconds of the gate's clock, rounded up, at least 1.
+fn second_after(at: Time) -> u32 {
+    let since = at.since_epoch();
+    let secs = since.as_secs() + u64::from(since.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Whether the connection can be set down whole now: nothing buffered
+/// either way, reading, no request of its user running, no upgrade under
+/// way.
+pub(super) fn may_rest<T: Transport>(
+    transport: &T,
+    conn: &Connection,
+    pending: &BytesMut,
+    player: &PlayerConn<'_>,
+) -> bool {
+    pending.is_empty()
+        && transport.can_rest()
+        && conn.reading()
+        && !player.core.handoff.is_requested()
+        && player.inflight() == 0
 }
 
 #[cfg(target_os = "linux")]

@@ -452,11 +452,12 @@ pub struct GateConfig {
     #[serde(with = "duration")]
     pub plain_idle_timeout: Duration,
     /// An authenticated TCP connection with nothing read from its client
-    /// or written to it for this long rests: it keeps its socket and its
-    /// session but gives up its task (about 0.75 KiB), and wakes when the
-    /// client sends something or the gate has something for it. One that
-    /// sent nothing behind its handshake rests at once. `"0s"` = never.
-    /// Default: 10s.
+    /// or written to it for this long (looked at every `rest_after`, so
+    /// between once and about twice this after its last traffic) rests:
+    /// it keeps its socket and its session but gives up its task (about
+    /// 0.75 KiB), and wakes when the client sends something or the gate
+    /// has something for it. One that sent nothing behind its handshake
+    /// rests at once. `"0s"` = never. Default: 10s.
     #[serde(with = "duration")]
     pub rest_after: Duration,
     /// Serve sealed sessions only (`docs/PROTOCOL.md` §3.2): a handshake

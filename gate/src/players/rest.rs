@@ -23,10 +23,12 @@
 //!
 //! - at once after its handshake if the client sent nothing behind it (a
 //!   client that logs in and waits costs no task from the start);
-//! - later, once `gate.rest_after` passed with nothing read from the
-//!   client and nothing written to it; a connection woken from rest stays
-//!   up at least that long, so a player who sends every few seconds is not
-//!   put to rest and woken at every message.
+//! - later, at the first look at its quiet (every `gate.rest_after`, in
+//!   whole seconds of the gate's clock) that finds nothing read from the
+//!   client or written to it since the look before: between once and
+//!   about twice `rest_after` after its last traffic. A connection woken
+//!   from rest stays up at least that long, so a player who sends every
+//!   few seconds is not put to rest and woken at every message.
 //!
 //! Only what can be set down whole rests: a plain TCP connection with
 //! nothing buffered either way, no request of its user running, and no

@@ -674,3 +674,46 @@ async fn a_small_read_buffer_takes_large_messages() {
     }
     g.stop().await;
 }
+
+#[tokio::test]
+async fn a_websocket_connection_rests_and_wakes_for_a_request_a_push_and_a_ping() {
+    let g = PushGate::start_web(GateConfig::default(), web_any()).await;
+    let kai = g.login("kai").await;
+    let mut ws = ws_session(&g, &kai, 1, Some(0)).await;
+    // Nothing behind the handshake: it rests at once.
+    wait_until("a rest", || g.metrics().resting_connections == 1).await;
+    ws.send(request(b"wake", 1)).await.expect("send");
+    assert_eq!(recv_response(&mut ws).await, (b"wake".to_vec(), FLAG_OK, 1));
+    assert_eq!(g.metrics().rest_wakes, 1);
+    ws.close(None).await.expect("close");
+    wait_until("kai away", || g.gate.session_stats().away == 1).await;
+
+    // A new connection rests; a push wakes it, then a ping frame does.
+    let mut ws = ws_session(&g, &kai, 2, Some(0)).await;
+    wait_until("a rest", || g.metrics().resting_connections == 1).await;
+    assert_eq!(g.push("kai", "news"), Some(1));
+    assert_eq!(
+        recv_response(&mut ws).await,
+        (b"news".to_vec(), FLAG_PUSH, 1)
+    );
+    ws.send(Message::Ping(Bytes::from_static(b"hi")))
+        .await
+        .expect("ping");
+    let pong = within("the pong", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Pong(p))) => return p,
+                Some(Ok(_)) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(&pong[..], b"hi");
+    ws.send(request(b"still here", 2)).await.expect("send");
+    assert_eq!(
+        recv_response(&mut ws).await,
+        (b"still here".to_vec(), FLAG_OK, 2)
+    );
+    g.stop().await;
+}

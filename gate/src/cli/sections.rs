@@ -342,7 +342,7 @@ pub(crate) struct GateFlags {
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     plain_idle_timeout: Option<Duration>,
-    /// Let an authenticated TCP connection with nothing read or written
+    /// Let an authenticated TCP or ws:// connection with nothing read or written
     /// for this long rest: it keeps its socket and session, not its task,
     /// and wakes when either side has something (0s: never) [default: 10s].
     #[arg(long, value_name = "DURATION", value_parser = duration::parse)]

@@ -451,7 +451,7 @@ pub struct GateConfig {
     /// never; an operator may set it to reap dead peers.
     #[serde(with = "duration")]
     pub plain_idle_timeout: Duration,
-    /// An authenticated TCP connection with nothing read from its client
+    /// An authenticated plain TCP or `ws://` connection with nothing read from its client
     /// or written to it for this long (looked at every `rest_after`, so
     /// between once and about twice this after its last traffic) rests:
     /// it keeps its socket and its session but gives up its task (about

@@ -1,8 +1,8 @@
-//! Resting connections: an authenticated TCP connection with nothing to do
-//! gives up its task and its place in the runtime's poller, and waits as
-//! plain data (its socket, its machine, its user and handle: about 150
-//! bytes) until the client sends something or the gate has something for
-//! it.
+//! Resting connections: an authenticated plain TCP or WebSocket (`ws://`)
+//! connection with nothing to do gives up its task and its place in the
+//! runtime's poller, and waits as plain data (its socket, its machine, its
+//! user and handle: about 160 bytes) until the client sends something or
+//! the gate has something for it.
 //!
 //! An idle connection costs its task (about 510 bytes with tokio's
 //! header) and its socket's registration with the runtime (256 bytes,
@@ -30,9 +30,11 @@
 //!   from rest stays up at least that long, so a player who sends every
 //!   few seconds is not put to rest and woken at every message.
 //!
-//! Only what can be set down whole rests: a plain TCP connection with
+//! Only what can be set down whole rests: a plain connection with
 //! nothing buffered either way, no request of its user running, and no
-//! upgrade under way. TLS and WebSocket connections stay tasks.
+//! upgrade under way (a WebSocket connection also keeps its frame reader
+//! and counters, as a live upgrade moves them). TLS connections stay
+//! tasks.
 
 use std::net::TcpStream as StdTcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -57,6 +59,7 @@ use super::restored::serve_bound;
 use super::tcp::Tcp;
 use super::transport::Transport;
 use super::user::User;
+use super::ws_plain::{WsPlain, WsState};
 use crate::shard::ShardedMap;
 
 /// The gate's resting connections (see the module docs).
@@ -115,7 +118,7 @@ impl std::fmt::Debug for Sleeper {
 }
 
 struct Asleep {
-    open: OpenConn<Tcp>,
+    open: Kept,
     stream: StdTcpStream,
     conn: Connection,
     user: Arc<User>,
@@ -125,17 +128,35 @@ struct Asleep {
     _task: TaskTrackerToken,
 }
 
+/// What a resting connection keeps of its transport besides its socket:
+/// its slots and count (typed by transport), and a WebSocket's state.
+pub(super) enum Kept {
+    /// A TCP connection.
+    Tcp(OpenConn<Tcp>),
+    /// A plain WebSocket connection (its frame reader and counters).
+    Ws(OpenConn<WsPlain>, Box<WsState>),
+}
+
+impl Kept {
+    fn core(&self) -> &Arc<GateCore> {
+        match self {
+            Kept::Tcp(open) => &open.core,
+            Kept::Ws(open, _) => &open.core,
+        }
+    }
+}
+
 /// Puts a connection to rest: its task is ending, and hands over the
 /// socket, the machine and what binds it to its user. Nothing may be
 /// buffered either way (see the module docs).
 pub(super) fn lay_down(
-    open: OpenConn<Tcp>,
+    open: Kept,
     stream: TcpStream,
     conn: Connection,
     user: Arc<User>,
     handle: Arc<ConnHandle>,
 ) {
-    let core = Arc::clone(&open.core);
+    let core = Arc::clone(open.core());
     let rest = &core.rest;
     let stream = match stream.into_std() {
         Ok(stream) => stream,
@@ -218,7 +239,7 @@ impl Sleeper {
         let Some(asleep) = self.lock().take() else {
             return;
         };
-        let core = Arc::clone(&asleep.open.core);
+        let core = Arc::clone(asleep.open.core());
         let rest = &core.rest;
         let filed = rest
             .sleepers
@@ -251,35 +272,36 @@ impl Sleeper {
 /// Runs the task of a connection that was resting (or was about to) again,
 /// on `runtime`, straight into its session loop.
 fn wake_up(
-    open: OpenConn<Tcp>,
+    open: Kept,
     stream: StdTcpStream,
     conn: Connection,
     (user, handle): (Arc<User>, Arc<ConnHandle>),
     task: Option<TaskTrackerToken>,
     runtime: &tokio::runtime::Handle,
 ) {
-    let core = Arc::clone(&open.core);
+    let core = Arc::clone(open.core());
     // Registered with the runtime inside the new task, on its thread.
     core.tracker.spawn_on(
         async move {
             let _task = task;
-            match TcpStream::from_std(stream) {
-                Ok(stream) => {
-                    let transport = Tcp::awake(stream);
-                    serve_bound(
-                        open,
-                        transport,
-                        conn,
-                        BytesMut::new(),
-                        (user, handle),
-                        false,
-                    )
-                    .await;
-                }
+            let stream = match TcpStream::from_std(stream) {
+                Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "a resting connection could not wake: closed");
-                    open.core.connection_gone(&user, handle.id, true);
+                    open.core().connection_gone(&user, handle.id, true);
                     handle.set_finished();
+                    return;
+                }
+            };
+            let bound = (user, handle);
+            match open {
+                Kept::Tcp(open) => {
+                    let transport = Tcp::awake(stream);
+                    serve_bound(open, transport, conn, BytesMut::new(), bound, false).await;
+                }
+                Kept::Ws(open, state) => {
+                    let transport = WsPlain::restored(stream, &[], *state);
+                    serve_bound(open, transport, conn, BytesMut::new(), bound, false).await;
                 }
             }
         },

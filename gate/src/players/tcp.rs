@@ -206,7 +206,13 @@ impl Transport for Tcp {
         user: std::sync::Arc<super::user::User>,
         handle: std::sync::Arc<super::handle::ConnHandle>,
     ) {
-        super::rest::lay_down(open, opened.transport.stream, opened.conn, user, handle);
+        super::rest::lay_down(
+            super::rest::Kept::Tcp(open),
+            opened.transport.stream,
+            opened.conn,
+            user,
+            handle,
+        );
     }
 
     fn read(

@@ -288,6 +288,27 @@ impl WsPlain {
 
 impl Transport for WsPlain {
     const MAPPING: Mapping = Mapping::Messages;
+    const RESTS: bool = true;
+
+    fn can_rest(&self) -> bool {
+        self.rbuf.is_empty() && !self.paused && self.frames.is_empty()
+    }
+
+    fn rest(
+        open: super::driver::OpenConn<WsPlain>,
+        opened: super::driver::Opened<WsPlain>,
+        user: std::sync::Arc<super::user::User>,
+        handle: std::sync::Arc<super::handle::ConnHandle>,
+    ) {
+        let state = Box::new(opened.transport.state());
+        super::rest::lay_down(
+            super::rest::Kept::Ws(open, state),
+            opened.transport.stream,
+            opened.conn,
+            user,
+            handle,
+        );
+    }
 
     fn poll_input(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
         self.stream

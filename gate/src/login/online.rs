@@ -13,7 +13,7 @@
 //! removed when the reported subid is the one on record, so a late report
 //! about an older session can never remove a newer one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 
@@ -36,7 +36,60 @@ pub struct OnlineSession {
 #[derive(Debug, Default)]
 pub struct OnlineTable {
     in_progress: ShardedMap<Bytes, ()>,
-    online: ShardedMap<Bytes, OnlineSession>,
+    /// One entry per logged-in user, so kept small: the server by its
+    /// number in `servers`, the subid as a number where it is one (the
+    /// gates' own subids always are).
+    online: ShardedMap<Bytes, Entry>,
+    /// The server names the entries refer to; only names of gates that
+    /// took a login (or a configured gate's, restored) are added, so the
+    /// list stays as short as the list of gates.
+    servers: Mutex<Vec<Bytes>>,
+}
+
+/// How [`OnlineTable`] keeps an [`OnlineSession`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    server: u32,
+    subid: Subid,
+}
+
+/// A subid as the online table keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Subid {
+    /// Canonical decimal text of this number (no sign, no leading zero).
+    Number(u64),
+    /// Anything else, as given.
+    Text(Box<[u8]>),
+}
+
+impl Subid {
+    fn new(text: &[u8]) -> Subid {
+        let canonical = !text.is_empty()
+            && text.len() <= 20
+            && text.iter().all(u8::is_ascii_digit)
+            && (text[0] != b'0' || text.len() == 1);
+        let number = canonical
+            .then(|| std::str::from_utf8(text).ok()?.parse::<u64>().ok())
+            .flatten();
+        match number {
+            Some(n) => Subid::Number(n),
+            None => Subid::Text(text.into()),
+        }
+    }
+
+    fn to_bytes(&self) -> Bytes {
+        match self {
+            Subid::Number(n) => Bytes::from(n.to_string()),
+            Subid::Text(text) => Bytes::copy_from_slice(text),
+        }
+    }
+
+    fn is(&self, text: &[u8]) -> bool {
+        match self {
+            Subid::Number(_) => *self == Subid::new(text),
+            Subid::Text(own) => **own == *text,
+        }
+    }
 }
 
 pub use crate::login::placement::PlaceError;
@@ -76,7 +129,28 @@ impl OnlineTable {
 
     /// Where `uid` is logged in, if anywhere.
     pub fn session(&self, uid: &[u8]) -> Option<OnlineSession> {
-        self.online.get(uid)
+        let entry = self.online.get(uid)?;
+        let server = self.servers().get(entry.server as usize)?.clone();
+        Some(OnlineSession {
+            server,
+            subid: entry.subid.to_bytes(),
+        })
+    }
+
+    fn servers(&self) -> MutexGuard<'_, Vec<Bytes>> {
+        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The number of the server `name` in `servers`, added if new.
+    fn server_number(&self, name: &Bytes) -> u32 {
+        let mut servers = self.servers();
+        match servers.iter().position(|s| s == name) {
+            Some(i) => i as u32,
+            None => {
+                servers.push(name.clone());
+                (servers.len() - 1) as u32
+            }
+        }
     }
 
     /// Number of uids online.
@@ -106,13 +180,20 @@ impl OnlineTable {
     /// Removes `uid` if it is still recorded as `(server, subid)`. Returns
     /// whether it was.
     pub fn remove_if(&self, uid: &[u8], server: &[u8], subid: &[u8]) -> bool {
+        let Some(server) = self.servers().iter().position(|s| s == server) else {
+            return false;
+        };
         self.online
-            .remove_if(uid, |s| s.server == server && s.subid == subid)
+            .remove_if(uid, |e| e.server as usize == server && e.subid.is(subid))
             .is_some()
     }
 
     fn set_online(&self, uid: Bytes, session: OnlineSession) {
-        self.online.insert(uid, session);
+        let entry = Entry {
+            server: self.server_number(&session.server),
+            subid: Subid::new(&session.subid),
+        };
+        self.online.insert(uid, entry);
     }
 
     /// Records `uid` as online on `server` with `subid` (a session taken
@@ -373,5 +454,39 @@ mod tests {
         ));
         assert!(table.try_lock(&uid).is_some());
         assert!(table.is_empty());
+    }
+
+    #[test]
+    fn subids_are_kept_exactly_as_given() {
+        let table = OnlineTable::new();
+        let cases: [&[u8]; 7] = [
+            b"0",
+            b"7",
+            b"18446744073709551615",
+            b"18446744073709551616",
+            b"007",
+            b"",
+            b"x-1",
+        ];
+        for (i, subid) in cases.iter().enumerate() {
+            let uid = Bytes::from(format!("u{i}"));
+            table.restore(
+                uid.clone(),
+                Bytes::from_static(b"sample"),
+                Bytes::copy_from_slice(subid),
+            );
+            let session = table.session(&uid).unwrap();
+            assert_eq!(&session.subid[..], *subid);
+            assert_eq!(session.server, "sample");
+        }
+        // "007" is not "7": a report must name the subid on record.
+        assert!(!table.remove_if(b"u4", b"sample", b"7"));
+        assert!(!table.remove_if(b"u1", b"sample", b"07"));
+        assert!(!table.remove_if(b"u1", b"other", b"7"));
+        assert!(table.remove_if(b"u4", b"sample", b"007"));
+        assert!(table.remove_if(b"u1", b"sample", b"7"));
+        assert!(table.remove_if(b"u3", b"sample", b"18446744073709551616"));
+        assert!(table.remove_if(b"u5", b"sample", b""));
+        assert_eq!(table.len(), 3);
     }
 }

@@ -283,7 +283,7 @@ pub(super) async fn finish<T: Transport>(
         match player.handle.farewell() {
             Some(farewell) => {
                 let start = pending.len();
-                pending.extend_from_slice(farewell);
+                pending.extend_from_slice(&farewell);
                 // A channel that cannot seal any more says nothing.
                 if conn.seal_from(&mut pending, start).is_err() {
                     pending.truncate(start);

@@ -7,7 +7,7 @@
 //! the task of every idle connection waits on it.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -31,22 +31,32 @@ pub(crate) enum Asked {
 #[derive(Debug)]
 pub(crate) struct ConnHandle {
     pub(crate) id: ConnId,
-    /// Packages to write before closing because the session ended (what
-    /// was still queued, then the kick package); set once.
-    /// Boxed: most connections never get one.
-    farewell: OnceLock<Box<Bytes>>,
     /// Something to do: outbox not empty, a deadline, or a close request.
     woken: AtomicBool,
-    waker: AtomicWaker,
-    /// Why to close, once asked; the strongest reason wins
-    /// ([`End::strength`]). Boxed: most connections are never asked.
-    close: Mutex<Option<Box<End>>>,
     drain: AtomicBool,
+    /// The task has closed the socket.
+    finished: AtomicBool,
     /// The connection's deadline armed in the gate's timers, as a tick of
     /// the timers (0: none armed).
     timer_at: AtomicU32,
-    finished: AtomicBool,
-    done: Notify,
+    waker: AtomicWaker,
+    /// What only a connection asked to close, or waited for, needs: boxed,
+    /// as most connections never get any of it (every idle connection
+    /// carries the handle).
+    closing: Mutex<Option<Box<Closing>>>,
+}
+
+/// The rarely used part of a [`ConnHandle`].
+#[derive(Debug, Default)]
+struct Closing {
+    /// Why to close, once asked; the strongest reason wins
+    /// ([`End::strength`]).
+    end: Option<End>,
+    /// Packages to write before closing because the session ended (what
+    /// was still queued, then the kick package); set once.
+    farewell: Option<Bytes>,
+    /// Those waiting for the socket to be closed ([`ConnHandle::finished`]).
+    done: Option<Arc<Notify>>,
 }
 
 impl SharedConn for ConnHandle {
@@ -59,14 +69,12 @@ impl ConnHandle {
     pub(crate) fn new(id: ConnId) -> ConnHandle {
         ConnHandle {
             id,
-            farewell: OnceLock::new(),
             woken: AtomicBool::new(false),
-            waker: AtomicWaker::new(),
-            close: Mutex::new(None),
             drain: AtomicBool::new(false),
-            timer_at: AtomicU32::new(0),
             finished: AtomicBool::new(false),
-            done: Notify::new(),
+            timer_at: AtomicU32::new(0),
+            waker: AtomicWaker::new(),
+            closing: Mutex::new(None),
         }
     }
 
@@ -91,24 +99,31 @@ impl ConnHandle {
     /// Asks the task to close for `end`; a stronger reason replaces a
     /// weaker one.
     pub(crate) fn close(&self, end: End) {
+        self.close_with(end, None);
+    }
+
+    /// Closes after writing `farewell` (the session ended); the first
+    /// farewell given is the one written.
+    pub(crate) fn close_with(&self, end: End, farewell: Option<Bytes>) {
         {
-            let mut close = self.close.lock().unwrap_or_else(PoisonError::into_inner);
-            if close
+            let mut closing = self.closing();
+            let closing = closing.get_or_insert_with(Box::default);
+            if closing.farewell.is_none() {
+                closing.farewell = farewell;
+            }
+            if closing
+                .end
                 .as_ref()
                 .is_none_or(|old| end.strength() > old.strength())
             {
-                *close = Some(Box::new(end));
+                closing.end = Some(end);
             }
         }
         self.wake();
     }
 
-    /// Closes after writing `farewell` (the session ended).
-    pub(crate) fn close_with(&self, end: End, farewell: Option<Bytes>) {
-        if let Some(farewell) = farewell {
-            let _ = self.farewell.set(Box::new(farewell));
-        }
-        self.close(end);
+    fn closing(&self) -> MutexGuard<'_, Option<Box<Closing>>> {
+        self.closing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks the task to drain (gate shutdown).
@@ -119,8 +134,8 @@ impl ConnHandle {
 
     /// What the task was asked.
     pub(crate) fn asked(&self) -> Asked {
-        let close = self.close.lock().unwrap_or_else(PoisonError::into_inner);
-        match close.as_deref() {
+        let closing = self.closing();
+        match closing.as_ref().and_then(|c| c.end.as_ref()) {
             Some(end) => Asked::Close(end.clone()),
             None if self.drain.load(Ordering::Acquire) => Asked::Drain,
             None => Asked::Nothing,
@@ -128,8 +143,8 @@ impl ConnHandle {
     }
 
     /// The packages to write before the close, if the session ended.
-    pub(crate) fn farewell(&self) -> Option<&Bytes> {
-        self.farewell.get().map(|f| &**f)
+    pub(crate) fn farewell(&self) -> Option<Bytes> {
+        self.closing().as_ref().and_then(|c| c.farewell.clone())
     }
 
     /// Whether a deadline at `tick` needs arming: none is armed, or the
@@ -172,14 +187,28 @@ impl ConnHandle {
     /// Called by the task when its socket is closed.
     pub(crate) fn set_finished(&self) {
         self.finished.store(true, Ordering::Release);
-        self.done.notify_waiters();
+        if let Some(done) = self.closing().as_ref().and_then(|c| c.done.as_ref()) {
+            done.notify_waiters();
+        }
     }
 
     /// Resolves once the task has closed the socket.
     pub(crate) async fn finished(&self) {
-        let notified = self.done.notified();
+        let done = Arc::clone(
+            self.closing()
+                .get_or_insert_with(Box::default)
+                .done
+                .get_or_insert_with(Arc::default),
+        );
+        let notified = done.notified();
         tokio::pin!(notified);
-        notified.as_mut().enable();
+        {
+            // Enabled under the lock `set_finished` notifies under, after
+            // setting the flag: either the flag is seen below, or the
+            // waiter is woken.
+            let _closing = self.closing();
+            notified.as_mut().enable();
+        }
         if self.finished.load(Ordering::Acquire) {
             return;
         }

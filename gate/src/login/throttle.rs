@@ -49,6 +49,35 @@ use tokio::time::Instant;
 
 use crate::shard::{SHARDS, ShardedMap};
 
+/// A time on a throttle's own clock: microseconds since the throttle was
+/// made. Eight bytes where an `Instant` takes sixteen: every user name
+/// that logged in keeps a record of these (its trusted addresses), and
+/// every address that guessed wrong one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(u64);
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Stamp {
+    fn saturating_duration_since(self, earlier: Stamp) -> Duration {
+        Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+
+    fn checked_sub(self, d: Duration) -> Option<Stamp> {
+        self.0.checked_sub(micros(d)).map(Stamp)
+    }
+}
+
+impl std::ops::Add<Duration> for Stamp {
+    type Output = Stamp;
+
+    fn add(self, d: Duration) -> Stamp {
+        Stamp(self.0.saturating_add(micros(d)))
+    }
+}
+
 /// One bucket's size and refill rate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -61,7 +90,7 @@ pub struct Policy {
 
 impl Policy {
     /// Takes one token from the bucket that is full again at `*full_at`.
-    fn take(&self, full_at: &mut Instant, now: Instant) -> bool {
+    fn take(&self, full_at: &mut Stamp, now: Stamp) -> bool {
         if self.burst == 0 {
             return true;
         }
@@ -74,7 +103,7 @@ impl Policy {
     }
 
     /// Gives back one token taken by [`Policy::take`].
-    fn give_back(&self, full_at: &mut Instant, now: Instant) {
+    fn give_back(&self, full_at: &mut Stamp, now: Stamp) {
         if self.burst == 0 {
             return;
         }
@@ -108,22 +137,22 @@ const TRUSTED_PER_USER: usize = 4;
 #[derive(Debug, Clone, Copy)]
 struct Trusted {
     source: IpAddr,
-    last_success: Instant,
+    last_success: Stamp,
     /// This address's own bucket for this user.
-    full_at: Instant,
+    full_at: Stamp,
 }
 
 #[derive(Debug, Clone)]
 struct UserRecord {
     /// The user name's bucket, for every address it does not trust.
-    full_at: Instant,
+    full_at: Stamp,
     /// The bucket of the user name's successful logins.
-    logins_full_at: Instant,
+    logins_full_at: Stamp,
     trusted: Vec<Trusted>,
 }
 
 impl UserRecord {
-    fn idle(&self, now: Instant) -> bool {
+    fn idle(&self, now: Stamp) -> bool {
         self.full_at <= now && self.logins_full_at <= now && self.trusted.is_empty()
     }
 }
@@ -159,8 +188,10 @@ pub struct Throttle {
     /// key, and one would only share a bucket.
     users: ShardedMap<u64, UserRecord>,
     names: RandomState,
-    sources: ShardedMap<IpAddr, Instant>,
+    sources: ShardedMap<IpAddr, Stamp>,
     config: ThrottleConfig,
+    /// Where the throttle's clock starts ([`Stamp`]).
+    epoch: Instant,
 }
 
 /// Which user bucket a login took its token from.
@@ -205,7 +236,14 @@ impl Throttle {
             names: RandomState::new(),
             sources: ShardedMap::new(),
             config,
+            epoch: Instant::now(),
         }
+    }
+
+    /// `t` on the throttle's clock (times before it was made count as
+    /// its start).
+    fn stamp(&self, t: Instant) -> Stamp {
+        Stamp(micros(t.saturating_duration_since(self.epoch)))
     }
 
     /// Takes the tokens a login of `user` from `source` needs to reach the
@@ -217,6 +255,7 @@ impl Throttle {
         now: Instant,
     ) -> Result<Attempt<'_>, Throttled> {
         let source = source_key(source);
+        let now = self.stamp(now);
         if self.source_empty(source, now) {
             return Err(Throttled::Source);
         }
@@ -238,7 +277,7 @@ impl Throttle {
     }
 
     /// Whether `source` has refused passwords enough to be throttled.
-    fn source_empty(&self, source: IpAddr, now: Instant) -> bool {
+    fn source_empty(&self, source: IpAddr, now: Stamp) -> bool {
         let policy = self.config.source;
         self.sources
             .shard(&source)
@@ -250,14 +289,14 @@ impl Throttle {
     }
 
     /// A refused password from `source`.
-    fn charge_source(&self, source: IpAddr, now: Instant) {
+    fn charge_source(&self, source: IpAddr, now: Stamp) {
         let policy = self.config.source;
         if policy.burst == 0 {
             return;
         }
         let mut shard = self.sources.shard(&source);
         if !shard.contains_key(&source) {
-            make_room(&mut shard, self.config.max_sources, |full_at: &Instant| {
+            make_room(&mut shard, self.config.max_sources, |full_at: &Stamp| {
                 (full_at.saturating_duration_since(now), *full_at)
             });
         }
@@ -271,7 +310,7 @@ impl Throttle {
         *full_at = ((*full_at).max(now) + policy.interval).min(limit);
     }
 
-    fn take_user(&self, user: u64, source: IpAddr, now: Instant) -> Result<UserBucket, Throttled> {
+    fn take_user(&self, user: u64, source: IpAddr, now: Stamp) -> Result<UserBucket, Throttled> {
         let policy = self.config.user;
         let trusted_for = self.config.trusted_for;
         let mut shard = self.users.shard(&user);
@@ -324,6 +363,7 @@ impl Throttle {
         if logins.burst == 0 {
             return;
         }
+        let now = self.stamp(now);
         let mut shard = self.users.shard(&key.0);
         if !shard.contains_key(&key.0) {
             make_room(&mut shard, self.config.max_users, |r: &UserRecord| {
@@ -384,7 +424,8 @@ impl Attempt<'_> {
     /// taken, and the refusal counts against the address.
     pub fn failed(mut self, now: Instant) {
         self.decided = true;
-        self.throttle.charge_source(self.source, now);
+        self.throttle
+            .charge_source(self.source, self.throttle.stamp(now));
     }
 
     /// The password was right: its own tokens go back, and its address is
@@ -393,6 +434,7 @@ impl Attempt<'_> {
     pub fn succeeded(mut self, now: Instant) -> LoginKey {
         self.decided = true;
         let throttle = self.throttle;
+        let now = throttle.stamp(now);
         let policy = throttle.config.user;
         let key = LoginKey(self.user);
         let mut shard = throttle.users.shard(&self.user);
@@ -440,8 +482,8 @@ impl Drop for Attempt<'_> {
         if self.decided {
             return;
         }
-        let now = Instant::now();
         let throttle = self.throttle;
+        let now = throttle.stamp(Instant::now());
         let policy = throttle.config.user;
         let mut shard = throttle.users.shard(&self.user);
         if let Some(record) = shard.get_mut(&self.user) {
@@ -496,7 +538,8 @@ mod tests {
             burst: 3,
             interval: 10 * S,
         };
-        let t0 = Instant::now();
+        // A stamp far from the clock's start, so nothing saturates.
+        let t0 = Stamp(1 << 40);
         let mut full_at = t0;
         let taken: Vec<bool> = (0..5).map(|_| p.take(&mut full_at, t0)).collect();
         assert_eq!(taken, [true, true, true, false, false]);
@@ -507,6 +550,26 @@ mod tests {
         assert!(p.take(&mut full_at, t0 + 10 * S));
         let off = Policy { burst: 0, ..p };
         assert!((0..100).all(|_| off.take(&mut full_at, t0)));
+    }
+
+    #[test]
+    fn stamps_count_microseconds_from_the_throttle_start() {
+        let t = throttle();
+        assert_eq!(t.stamp(t.epoch), Stamp(0));
+        assert_eq!(
+            t.stamp(t.epoch + 3 * S + Duration::from_micros(7)),
+            Stamp(3_000_007)
+        );
+        // Before the start: the start.
+        if let Some(before) = t.epoch.checked_sub(S) {
+            assert_eq!(t.stamp(before), Stamp(0));
+        }
+        assert_eq!(Stamp(5) + Duration::MAX, Stamp(u64::MAX));
+        assert_eq!(Stamp(5).checked_sub(Duration::from_micros(6)), None);
+        assert_eq!(
+            Stamp(9).saturating_duration_since(Stamp(12)),
+            Duration::ZERO
+        );
     }
 
     #[test]

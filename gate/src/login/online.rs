@@ -13,7 +13,7 @@
 //! removed when the reported subid is the one on record, so a late report
 //! about an older session can never remove a newer one.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 
@@ -42,8 +42,9 @@ pub struct OnlineTable {
     online: ShardedMap<Bytes, Entry>,
     /// The server names the entries refer to; only names of gates that
     /// took a login (or a configured gate's, restored) are added, so the
-    /// list stays as short as the list of gates.
-    servers: Mutex<Vec<Bytes>>,
+    /// list stays as short as the list of gates ([`GateLink::login`]
+    /// refuses other names).
+    servers: RwLock<Vec<Bytes>>,
 }
 
 /// How [`OnlineTable`] keeps an [`OnlineSession`].
@@ -137,13 +138,16 @@ impl OnlineTable {
         })
     }
 
-    fn servers(&self) -> MutexGuard<'_, Vec<Bytes>> {
-        self.servers.lock().unwrap_or_else(PoisonError::into_inner)
+    fn servers(&self) -> RwLockReadGuard<'_, Vec<Bytes>> {
+        self.servers.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The number of the server `name` in `servers`, added if new.
     fn server_number(&self, name: &Bytes) -> u32 {
-        let mut servers = self.servers();
+        if let Some(i) = self.servers().iter().position(|s| s == name) {
+            return i as u32;
+        }
+        let mut servers = self.servers.write().unwrap_or_else(PoisonError::into_inner);
         match servers.iter().position(|s| s == name) {
             Some(i) => i as u32,
             None => {

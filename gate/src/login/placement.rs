@@ -83,6 +83,10 @@ pub trait Placer: Send + Sync + 'static {
 pub trait GateLink: Send + Sync + 'static {
     /// Registers `req.uid` on gate `req.server` and returns the subid the gate
     /// allocated (its decimal text, as skynet's `login_handler` returns it).
+    /// Refuses a server name that is not one of its gates': the online
+    /// table keeps every name a login succeeded with, once, for as long as
+    /// the process runs, so the names must be a fixed set, not whatever
+    /// spellings clients send.
     fn login(&self, req: LoginRequest) -> BoxFuture<'_, Result<Bytes, LoginRefusal>>;
 
     /// Ends the session `(uid, subid)` on gate `server`, if it still exists,

@@ -56,8 +56,10 @@ use crate::shard::{SHARDS, ShardedMap};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Stamp(u64);
 
+/// `d` in whole microseconds, rounded up (a non-zero interval stays
+/// non-zero); saturating.
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 impl Stamp {
@@ -94,11 +96,14 @@ impl Policy {
         if self.burst == 0 {
             return true;
         }
-        let next = (*full_at).max(now) + self.interval;
-        if next.saturating_duration_since(now) > self.interval.saturating_mul(self.burst) {
+        let interval = micros(self.interval);
+        let next = full_at.0.max(now.0).saturating_add(interval);
+        // A bucket whose time ran into the end of the clock (intervals of
+        // hundreds of thousands of years) stays empty: it fails closed.
+        if next == u64::MAX || next - now.0 > interval.saturating_mul(u64::from(self.burst)) {
             return false;
         }
-        *full_at = next;
+        *full_at = Stamp(next);
         true
     }
 
@@ -243,7 +248,8 @@ impl Throttle {
     /// `t` on the throttle's clock (times before it was made count as
     /// its start).
     fn stamp(&self, t: Instant) -> Stamp {
-        Stamp(micros(t.saturating_duration_since(self.epoch)))
+        let since = t.saturating_duration_since(self.epoch).as_micros();
+        Stamp(u64::try_from(since).unwrap_or(u64::MAX))
     }
 
     /// Takes the tokens a login of `user` from `source` needs to reach the
@@ -553,6 +559,30 @@ mod tests {
     }
 
     #[test]
+    fn extreme_intervals_never_turn_a_bucket_off() {
+        let t0 = Stamp(1 << 40);
+        // Sub-microsecond: still a burst.
+        let tiny = Policy {
+            burst: 3,
+            interval: Duration::from_nanos(1),
+        };
+        let mut full_at = t0;
+        let taken = (0..10).filter(|_| tiny.take(&mut full_at, t0)).count();
+        assert_eq!(taken, 3);
+        // Longer than the clock: at most the burst, then closed for good.
+        for interval in [
+            Duration::MAX,
+            Duration::from_secs(200_000 * 365 * 24 * 3600),
+        ] {
+            let huge = Policy { burst: 5, interval };
+            let mut full_at = t0;
+            let taken = (0..50).filter(|_| huge.take(&mut full_at, t0)).count();
+            assert!(taken <= 5, "{taken} taken with {interval:?}");
+            assert!(!huge.take(&mut full_at, t0 + Duration::from_secs(3600)));
+        }
+    }
+
+    #[test]
     fn stamps_count_microseconds_from_the_throttle_start() {
         let t = throttle();
         assert_eq!(t.stamp(t.epoch), Stamp(0));
@@ -565,6 +595,7 @@ mod tests {
             assert_eq!(t.stamp(before), Stamp(0));
         }
         assert_eq!(Stamp(5) + Duration::MAX, Stamp(u64::MAX));
+        assert_eq!(Stamp(5) + Duration::from_nanos(1), Stamp(6));
         assert_eq!(Stamp(5).checked_sub(Duration::from_micros(6)), None);
         assert_eq!(
             Stamp(9).saturating_duration_since(Stamp(12)),

@@ -43,7 +43,7 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use gate_core::Time;
+use gate_core::{End, Time};
 use gate_core::connection::Connection;
 use gate_core::session::ConnId;
 use tokio::net::TcpStream;
@@ -163,6 +163,7 @@ pub(super) fn lay_down(
         Err(e) => {
             // The runtime would not let go of the socket: it is lost.
             tracing::warn!(error = %e, "a connection could not rest: closed");
+            core.metrics.connection_ended(&End::from(e.kind()));
             core.connection_gone(&user, handle.id, true);
             handle.set_finished();
             return;
@@ -288,6 +289,7 @@ fn wake_up(
                 Ok(stream) => stream,
                 Err(e) => {
                     tracing::warn!(error = %e, "a resting connection could not wake: closed");
+                    open.core().metrics.connection_ended(&End::from(e.kind()));
                     open.core().connection_gone(&user, handle.id, true);
                     handle.set_finished();
                     return;

@@ -43,9 +43,9 @@ use std::task::{Context, Wake, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use gate_core::{End, Time};
 use gate_core::connection::Connection;
 use gate_core::session::ConnId;
+use gate_core::{End, Time};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;

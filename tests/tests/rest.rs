@@ -173,6 +173,31 @@ async fn shutdown_closes_resting_connections_and_waits_for_them() {
     within("shutdown", stop).await.expect("stop task");
 }
 
+/// A gate never stopped whose runtime shuts down: its resting
+/// connections are not tasks the runtime drops, so the rest set's watcher
+/// lets go of them as it is dropped: their clients see the end, and they
+/// no longer count (nor keep the gate alive).
+#[test]
+fn a_runtime_shut_down_under_a_gate_closes_its_resting_connections() {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("gate runtime");
+    let client = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let g = server.block_on(PushGate::start_default());
+    let ivy = server.block_on(g.login("ivy"));
+    let mut c = client.block_on(ivy.plain(1));
+    client.block_on(resting(&g, 1));
+    server.shutdown_timeout(Duration::from_secs(10));
+    client.block_on(c.expect_closed());
+    assert_eq!(g.metrics().resting_connections, 0);
+    assert_eq!(g.metrics().connections, 0);
+}
+
 #[tokio::test]
 async fn rest_after_zero_keeps_every_connection_a_task() {
     let g = PushGate::start(GateConfig {

@@ -346,12 +346,49 @@ pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
     };
     let _ = core.rest.runtime.set(tokio::runtime::Handle::current());
     core.rest.watched.store(true, Ordering::Release);
+    let mut unwatched = LetGo {
+        core: &core,
+        armed: true,
+    };
     watch_set(&core, &set, stop).await;
+    unwatched.armed = false;
     // Nobody notices input on a resting socket any more: no connection
     // rests from now on, and those resting are raised.
     core.rest.watched.store(false, Ordering::Release);
     for sleeper in core.rest.sleepers.values() {
         sleeper.wake_by_ref();
+    }
+}
+
+/// Lets go of every resting connection when the watcher is dropped before
+/// it returns: its runtime shut down under a gate nobody stopped. No task
+/// can be spawned any more, so the connections are closed where they
+/// rest: their sockets close (their clients see the end), and no gate is
+/// kept alive by its own resting connections (each holds the gate, whose
+/// rest set holds it).
+struct LetGo<'a> {
+    core: &'a GateCore,
+    armed: bool,
+}
+
+impl Drop for LetGo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let rest = &self.core.rest;
+        rest.watched.store(false, Ordering::Release);
+        for sleeper in rest.sleepers.values() {
+            // Raised by nobody from now on.
+            sleeper.state.store(WOKEN, Ordering::SeqCst);
+            rest.sleepers
+                .remove_if(&sleeper.id, |s| Arc::ptr_eq(s, &sleeper));
+            if let Some(asleep) = sleeper.lock().take() {
+                self.core.metrics.resting.fetch_sub(1, Ordering::Relaxed);
+                asleep.handle.set_finished();
+                drop(asleep);
+            }
+        }
     }
 }
 

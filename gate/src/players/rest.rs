@@ -210,6 +210,12 @@ pub(super) fn lay_down(
         if let Err(e) = added {
             tracing::warn!(error = %e, "a connection could not rest: stays up");
             up = true;
+        } else if !rest.watched.load(Ordering::Acquire) {
+            // The watcher stopped since this connection chose to rest: it
+            // raised those it found filed, which may not have included
+            // this one (filed after it looked, under the same shard lock,
+            // so the flag it cleared first is seen here).
+            up = true;
         }
     }
     // A wake while it was being laid down left it to this thread.

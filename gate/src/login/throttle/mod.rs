@@ -135,6 +135,47 @@ pub struct ThrottleConfig {
     pub max_sources: usize,
 }
 
+/// The longest refill interval a bucket may be configured with: beyond a
+/// year the setting is a typo, and the throttle's clock (microseconds in
+/// 64 bits) could not count a few of them.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Refuses throttle settings that would not do what they say: a bucket
+/// with a size but a zero interval never empties (every guess would reach
+/// the authenticator: a size of 0 is how a check is turned off), and an
+/// interval over [`MAX_INTERVAL`] is refused rather than read as "never".
+pub fn check_config(login: &crate::config::LoginConfig) -> Result<(), String> {
+    let buckets = [
+        (
+            "login.throttle_user_interval",
+            login.throttle_user_failures,
+            login.throttle_user_interval,
+        ),
+        (
+            "login.throttle_source_interval",
+            login.throttle_source_failures,
+            login.throttle_source_interval,
+        ),
+        (
+            "login.throttle_user_login_interval",
+            login.throttle_user_logins,
+            login.throttle_user_login_interval,
+        ),
+    ];
+    for (name, size, interval) in buckets {
+        if size > 0 && interval.is_zero() {
+            return Err(format!(
+                "{name} must be above 0 while its bucket is on (0 would let every login \
+                 through; set the bucket's size to 0 to turn the check off)"
+            ));
+        }
+        if interval > MAX_INTERVAL {
+            return Err(format!("{name} must be at most 365days"));
+        }
+    }
+    Ok(())
+}
+
 /// Most addresses one user name trusts; a new one replaces the oldest.
 const TRUSTED_PER_USER: usize = 4;
 

@@ -140,14 +140,22 @@ mod tests {
     #[test]
     fn answers_in_place_or_cut_from_a_slab_are_the_same_bytes() {
         let mut slab = BytesMut::new();
-        // Up to 31 content bytes: in place, the slab untouched.
-        for len in [0, 16, 31] {
-            let content = vec![b'x'; len];
-            let package = response_in(&mut slab, 9, Some(&content));
-            assert!(package.is_inline(), "{len}");
-            assert_eq!(&package[..], &response(9, Some(&content))[..]);
+        // Up to 31 content bytes: in place, the slab untouched; the same
+        // bytes as the codec writes, for every length and any number.
+        for len in 0..=31u8 {
+            let content: Vec<u8> = (0..len).map(|i| i.wrapping_mul(37) ^ len).collect();
+            for number in [0, 9, 0x0102_0304, u32::MAX] {
+                let package = response_in(&mut slab, number, Some(&content));
+                assert!(package.is_inline(), "{len}");
+                assert_eq!(&package[..], &response(number, Some(&content))[..]);
+                let mut flagged = BytesMut::new();
+                write_flagged(&mut flagged, &content, ResponseFlag::PUSH, number);
+                let inline = Package::inline(&content, ResponseFlag::PUSH, number);
+                assert_eq!(inline.as_deref(), Some(&flagged[..]), "{len} {number}");
+            }
         }
         assert_eq!(slab.capacity(), 0);
+        assert!(Package::inline(&[0; 32], ResponseFlag::OK, 1).is_none());
         let medium = [b'm'; 40];
         let cut: Vec<Package> = (0..100u32)
             .map(|n| response_in(&mut slab, n, Some(&medium)))

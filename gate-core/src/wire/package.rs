@@ -5,7 +5,7 @@ use std::fmt;
 use std::ops::Deref;
 
 use bytes::Bytes;
-use codec::message::{Response, ResponseFlag};
+use codec::message::ResponseFlag;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Longest package (header included) a [`Package`] holds in place: 31
@@ -38,9 +38,18 @@ impl Package {
         if len > INLINE {
             return None;
         }
+        // `BE16(len - 2) ‖ content ‖ flag ‖ BE32(number)` written in
+        // place, piece by piece: the same bytes as
+        // `codec::message::Response::put`, without its generic buffer
+        // (a sixth of the request path's time went there).
         let mut bytes = [0; INLINE];
-        let mut room = &mut bytes[..];
-        Response::put(content, flag, number, &mut room).ok()?;
+        let (header, rest) = bytes.split_at_mut(2);
+        header.copy_from_slice(&u16::try_from(len - 2).ok()?.to_be_bytes());
+        let (body, rest) = rest.split_at_mut(content.len());
+        body.copy_from_slice(content);
+        let (flag_byte, rest) = rest.split_first_mut()?;
+        *flag_byte = flag.0;
+        rest.get_mut(..4)?.copy_from_slice(&number.to_be_bytes());
         Some(Package(Repr::Inline {
             len: u8::try_from(len).ok()?,
             bytes,

@@ -8,9 +8,12 @@
 //! it always finds the socket empty, and is one wasted `recvfrom` per
 //! request. [`ReadAhead`] watches how often the read after a short read
 //! finds something and, when that is rare, clears the mark with the short
-//! read itself, as tokio's `poll_read` does; one short read in
-//! [`PROBE_EVERY`] still leaves the mark, so a connection whose client
-//! starts pipelining is noticed.
+//! read itself, as tokio's `poll_read` does. One read in [`PROBE_EVERY`]
+//! of those that bring more than one request ([`ReadAhead::several`]: the
+//! client has several in flight) still reads ahead, to notice a client
+//! whose pipelining the look-ahead would pay for; a connection whose
+//! client has one request in flight makes exactly one `recvfrom` a
+//! request.
 
 /// The hit rate is kept in 1/248ths: each look-ahead read moves it an
 /// eighth of the way towards 248 (found data) or 0 (found nothing).
@@ -19,8 +22,8 @@ const FULL: u8 = 248;
 /// Below this hit rate (about 10 %), short reads clear the readable mark.
 const CLEAR_BELOW: u8 = 25;
 
-/// While clearing, one short read in this many keeps the mark, to measure
-/// the rate again.
+/// While clearing, one read in this many of those with several requests
+/// in it is followed by a look-ahead, to measure the rate again.
 const PROBE_EVERY: u8 = 8;
 
 /// A connection's look-ahead statistics (3 bytes).
@@ -28,8 +31,9 @@ const PROBE_EVERY: u8 = 8;
 pub(super) struct ReadAhead {
     /// How often a look-ahead read found data, in 1/[`FULL`]ths.
     hits: u8,
-    /// Short reads that cleared the mark since the last probe.
-    cleared: u8,
+    /// While clearing: reads with several requests since the last probe;
+    /// at [`PROBE_EVERY`], the next short read leaves the mark.
+    several: u8,
     /// The last read returned data and left the mark set: the next read
     /// is a look-ahead.
     looking: bool,
@@ -40,7 +44,7 @@ impl Default for ReadAhead {
         // Start by reading ahead, as a connection always did.
         ReadAhead {
             hits: FULL,
-            cleared: 0,
+            several: 0,
             looking: false,
         }
     }
@@ -52,9 +56,8 @@ impl ReadAhead {
         if self.hits >= CLEAR_BELOW {
             return false;
         }
-        self.cleared += 1;
-        if self.cleared >= PROBE_EVERY {
-            self.cleared = 0;
+        if self.several >= PROBE_EVERY {
+            self.several = 0;
             return false;
         }
         true
@@ -68,6 +71,13 @@ impl ReadAhead {
             self.hits = if data { kept + FULL / 8 } else { kept };
         }
         self.looking = data && !cleared;
+    }
+
+    /// The read just made brought more than one request.
+    pub(super) fn several(&mut self) {
+        if self.hits < CLEAR_BELOW && self.several < PROBE_EVERY {
+            self.several += 1;
+        }
     }
 
     /// The connection waits for epoll before its next read.
@@ -99,12 +109,11 @@ mod tests {
     }
 
     #[test]
-    fn one_request_in_flight_stops_reading_ahead_and_probes_now_and_then() {
+    fn one_request_in_flight_stops_reading_ahead_for_good() {
         let mut r = ReadAhead::default();
         assert_eq!(rounds(&mut r, 10, false), 0, "still learning");
         rounds(&mut r, 30, false);
-        let cleared = rounds(&mut r, 80, false);
-        assert!((65..=72).contains(&cleared), "{cleared} of 80");
+        assert_eq!(rounds(&mut r, 1000, false), 1000, "no read ahead at all");
     }
 
     #[test]
@@ -114,15 +123,39 @@ mod tests {
         for i in 0..400 {
             assert!(!r.clear_if_short());
             r.read(true, false);
+            r.several();
             r.read(i % 4 == 0, false);
         }
-        // A client that stops pipelining, then starts again.
+        // A client that stops pipelining, then starts again: reads with
+        // several requests probe now and then, and look-aheads that find
+        // data bring the connection back to reading ahead.
         rounds(&mut r, 100, false);
         assert!(r.hits < CLEAR_BELOW);
-        for _ in 0..100 {
-            rounds(&mut r, 1, true);
+        let mut reads = 0;
+        while r.hits < CLEAR_BELOW {
+            let clear = r.clear_if_short();
+            r.read(true, clear);
+            r.several();
+            if !clear {
+                r.read(true, false);
+            }
+            reads += 1;
+            assert!(reads < 100, "never noticed");
         }
-        assert!(r.hits >= CLEAR_BELOW, "noticed through the probes");
+        // Several requests a read, but look-aheads that never find any (a
+        // client sending bursts): one look-ahead in eight such reads.
+        let mut wasted = 0;
+        rounds(&mut r, 100, false);
+        for _ in 0..800 {
+            let clear = r.clear_if_short();
+            r.read(true, clear);
+            r.several();
+            if !clear {
+                wasted += 1;
+                r.read(false, false);
+            }
+        }
+        assert!((95..=105).contains(&wasted), "{wasted}");
     }
 
     #[test]

@@ -279,6 +279,11 @@ impl Transport for Tcp {
                 Err(e) => return Err(e.kind().into()),
             };
             ahead.read(true, cleared);
+            if gate_core::wire::first_package_len(input) < input.len() {
+                // More than one package came at once: the client has more
+                // than one request in flight.
+                ahead.several();
+            }
             let served = if pending.is_empty() {
                 output.clear();
                 let served = serve_all(conn, input, output, &mut serve);

@@ -47,9 +47,9 @@ pub(crate) struct WsPlain {
     read_size: usize,
     /// The last read stopped at a pause: `rbuf` holds whole frames.
     paused: bool,
-    /// The last read served a data message (pings, pongs and fragments
-    /// are not input for the idle timeout).
-    data: bool,
+    /// Data messages the last read served (pings, pongs and fragments
+    /// are not input for the idle timeout), up to 255.
+    data: u8,
     /// Bytes a package carries beyond its header's length: the tag, once
     /// the connection is sealed ([`Transport::begin_sealed`]).
     tag: u8,
@@ -87,7 +87,7 @@ impl WsPlain {
             wire: 0,
             read_size,
             paused: false,
-            data: false,
+            data: 0,
             tag: 0,
             ahead: ReadAhead::default(),
         }
@@ -105,7 +105,7 @@ impl WsPlain {
             wire: state.wire,
             read_size: state.read_size,
             paused: !unread.is_empty(),
-            data: false,
+            data: 0,
             tag: if state.sealed { TAG } else { 0 },
             ahead: ReadAhead::default(),
         }
@@ -149,7 +149,7 @@ impl WsPlain {
             let message = match frame {
                 Frame::Binary(payload) => {
                     self.wire = 0;
-                    self.data = true;
+                    self.data = self.data.saturating_add(1);
                     Received::Binary(payload)
                 }
                 Frame::Text => Received::Text,
@@ -228,6 +228,10 @@ impl WsPlain {
             };
             self.ahead.read(true, cleared);
             let flow = self.serve_and_write(input, conn, pending, output, serve)?;
+            if self.data > 1 {
+                // The client has more than one request in flight.
+                self.ahead.several();
+            }
             let paused = matches!(flow, Ok(Flow::Pause));
             if !input.is_empty() {
                 self.rbuf.extend_from_slice(input);
@@ -331,11 +335,11 @@ impl Transport for WsPlain {
         pending: &mut BytesMut,
         mut serve: impl Serve,
     ) -> Result<Read, End> {
-        self.data = false;
+        self.data = 0;
         let read = self.read_frames(conn, pending, &mut serve)?;
         // Only data messages count as input (for the idle timeout).
         Ok(match read {
-            Read::Data if !self.data => Read::Nothing,
+            Read::Data if self.data == 0 => Read::Nothing,
             other => other,
         })
     }

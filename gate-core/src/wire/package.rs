@@ -41,7 +41,7 @@ impl Package {
         // `BE16(len - 2) ‖ content ‖ flag ‖ BE32(number)` written in
         // place, piece by piece: the same bytes as
         // `codec::message::Response::put`, without its generic buffer
-        // (a sixth of the request path's time went there).
+        // (a tenth of the session path's time went there).
         let mut bytes = [0; INLINE];
         let (header, rest) = bytes.split_at_mut(2);
         header.copy_from_slice(&u16::try_from(len - 2).ok()?.to_be_bytes());

@@ -76,23 +76,25 @@
 //!   error responses before they reach [`ResponseCache::complete`], so no
 //!   entry is left "running" forever (spec §5.6).
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry as Slot;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::num::NonZeroU64;
 
 use serde::{Deserialize, Serialize};
 
+use self::entries::Entries;
 use crate::wire::{self, Package};
+
+mod entries;
 
 /// Identifies one authenticated connection of the gate. Plays the role of
 /// skynet's version `V` in the cache (see the module docs). Never reused.
 pub type ConnId = u64;
 
-/// Bytes an entry costs besides its package (map slot and fields), so
-/// that the byte bound also bounds the number of entries. A slot is 88
-/// bytes with an answer of up to 38 bytes in it, so small answers are
-/// counted a little above what they take.
+/// Bytes an entry costs besides its package (slot and fields), so that
+/// the byte bound also bounds the number of entries. A slot is 80 bytes
+/// in the window of consecutive numbers, 88 in the map of the others
+/// (see `entries`), with an answer of up to 38 bytes in it, so small
+/// answers are counted a little above what they take.
 pub const ENTRY_COST: usize = 64;
 
 /// Identifies one execution of a handler, so the result of an orphaned
@@ -135,8 +137,9 @@ pub struct Delivery<'a> {
     pub late: bool,
 }
 
-/// Hashes request numbers so that numbers close together sit close
-/// together. The low bits of the hash, where the map takes a slot from,
+/// Hashes request numbers for the map of the numbers outside the
+/// window of consecutive ones (see `entries`), so that numbers close
+/// together sit close together. The low bits of the hash, where the map takes a slot from,
 /// are twice the number: clients number their requests upwards, so a
 /// batch of requests and their answers touch neighbouring slots (a few
 /// cache lines of the player's map, not one line each, scattered), and
@@ -173,8 +176,6 @@ impl Hasher for NumberHasher {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
-
-type NumberMap = HashMap<u32, Entry, BuildHasherDefault<NumberHasher>>;
 
 /// An `Option<ConnId>` in 8 bytes instead of 16 (the id plus one; ids
 /// count up from 0 and never reach `u64::MAX`): the cache's slots are what
@@ -314,7 +315,7 @@ impl LostNumbers {
 /// The response cache of one user.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ResponseCache {
-    entries: NumberMap,
+    entries: Entries<Entry>,
     /// skynet's per-user counter `N`.
     counter: u32,
     /// skynet's `expired_number` `E`.
@@ -338,7 +339,7 @@ impl ResponseCache {
     /// until the first request.
     pub fn new(expired: u32, max_bytes: usize) -> ResponseCache {
         ResponseCache {
-            entries: NumberMap::default(),
+            entries: Entries::default(),
             counter: 0,
             expired,
             next_exec: 0,
@@ -373,20 +374,19 @@ impl ResponseCache {
             queued_at: 0,
             touched,
         };
-        let e = match self.entries.entry(number) {
-            Slot::Vacant(slot) => {
+        let e = match self.entries.get_mut(number) {
+            None => {
                 if self.lost.as_ref().is_some_and(|l| l.contains(number)) {
                     // Its answer was dropped for the byte bound: an error,
                     // now and for every later request with this number.
                     return OnRequest::Lost(wire::error_response(number).into());
                 }
-                slot.insert(fresh);
+                self.entries.insert(number, fresh);
                 self.bytes += ENTRY_COST;
                 while self.bytes > self.max_bytes && self.evict_one(Some(number)) {}
                 return OnRequest::Execute(exec);
             }
-            Slot::Occupied(slot) if slot.get().ver == MaybeConn::some(conn) => {
-                let e = slot.into_mut();
+            Some(e) if e.ver == MaybeConn::some(conn) => {
                 if e.resp.is_none() {
                     // Re-sent twice in this generation while still running:
                     // skynet's conflict closes the connection. The request
@@ -409,7 +409,7 @@ impl ResponseCache {
                 // (see module docs).
                 e
             }
-            Slot::Occupied(slot) => slot.into_mut(),
+            Some(e) => e,
         };
         // Re-send: from an older generation, or never completed.
         e.target = MaybeConn::some(conn);
@@ -455,7 +455,7 @@ impl ResponseCache {
         queued: bool,
     ) -> Option<Delivery<'_>> {
         let touched = self.tick();
-        let e = self.entries.get_mut(&number)?;
+        let e = self.entries.get_mut(number)?;
         if e.exec != exec || e.resp.is_some() {
             return None;
         }
@@ -486,7 +486,7 @@ impl ResponseCache {
         // past the bound by this one answer until the next touch).
         self.retire_sparing(Some(number));
         let (conn, late) = delivered?;
-        let package = self.entries.get(&number)?.resp.as_ref()?;
+        let package = self.entries.get(number)?.resp.as_ref()?;
         Some(Delivery {
             conn,
             package,
@@ -499,9 +499,9 @@ impl ResponseCache {
     pub fn abandon(&mut self, number: u32, exec: ExecId) {
         if self
             .entries
-            .get(&number)
+            .get(number)
             .is_some_and(|e| e.exec == exec && e.resp.is_none())
-            && let Some(old) = self.entries.remove(&number)
+            && let Some(old) = self.entries.remove(number)
         {
             self.bytes -= old.cost();
         }
@@ -574,13 +574,13 @@ impl ResponseCache {
         let victim = self
             .entries
             .iter()
-            .filter(|(s, e)| e.resp.is_some() && e.target.is_none() && Some(**s) != spare)
+            .filter(|&(s, e)| e.resp.is_some() && e.target.is_none() && Some(s) != spare)
             .min_by_key(|(_, e)| e.touched)
-            .map(|(number, _)| *number);
+            .map(|(number, _)| number);
         let Some(number) = victim else {
             return false;
         };
-        if let Some(old) = self.entries.remove(&number) {
+        if let Some(old) = self.entries.remove(number) {
             self.bytes -= old.cost();
         }
         self.lost.get_or_insert_default().insert(number);
@@ -620,7 +620,7 @@ impl ResponseCache {
     /// The retirement stamp of an answered request number, if it is cached.
     pub fn stamp(&self, number: u32) -> Option<u32> {
         self.entries
-            .get(&number)
+            .get(number)
             .filter(|e| e.resp.is_some())
             .map(|e| e.stamp)
     }
@@ -631,7 +631,7 @@ impl ResponseCache {
             .entries
             .iter()
             .filter(|(_, e)| e.resp.is_some())
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .collect();
         numbers.sort_unstable();
         numbers
@@ -640,7 +640,7 @@ impl ResponseCache {
     /// Drops everything (the session ended). Results of handlers still
     /// running are discarded when they arrive.
     pub fn clear(&mut self) {
-        self.entries = NumberMap::default();
+        self.entries = Entries::default();
         self.lost = None;
         self.bytes = 0;
     }

@@ -6,7 +6,7 @@ use super::*;
 #[test]
 fn neighbouring_numbers_hash_to_every_other_slot_with_varied_tags() {
     use std::hash::BuildHasher;
-    let hasher = BuildHasherDefault::<NumberHasher>::default();
+    let hasher = std::hash::BuildHasherDefault::<NumberHasher>::default();
     let hashes: Vec<u64> = (1000u32..1064).map(|n| hasher.hash_one(n)).collect();
     for pair in hashes.windows(2) {
         assert_eq!((pair[1] as u32).wrapping_sub(pair[0] as u32), 2);
@@ -30,10 +30,11 @@ fn a_connection_in_8_bytes_is_written_out_as_before() {
 
 #[test]
 fn a_slot_stays_within_88_bytes() {
-    // The map's slots are what the cache's footprint is made of; a small
-    // answer (up to 31 content bytes) lives in its slot, not in a buffer
-    // of its own.
+    // The slots are what the cache's footprint is made of; a small answer
+    // (up to 31 content bytes) lives in its slot, not in a buffer of its
+    // own. A window slot has no number in it.
     assert!(std::mem::size_of::<(u32, Entry)>() <= 88);
+    assert!(std::mem::size_of::<Option<Entry>>() <= 80);
 }
 
 fn pkg(text: &str) -> Package {
@@ -236,7 +237,7 @@ fn model_matches_cache_retirement_transcript_but_keeps_unconfirmed_answers() {
     let probe = |cache: &mut ResponseCache, conn: ConnId, name: &str| {
         for p in probes.iter().filter(|p| p["connection"] == name) {
             let number = u32::try_from(p["session"].as_u64().unwrap()).unwrap();
-            let unconfirmed = cache.entries.get(&number).is_some_and(Entry::undelivered);
+            let unconfirmed = cache.entries.get(number).is_some_and(Entry::undelivered);
             let outcome = immediate(cache, conn, number, "probe");
             let got = match outcome {
                 OnRequest::Execute(_) => "new",
@@ -274,14 +275,14 @@ fn model_matches_cache_retirement_transcript_but_keeps_unconfirmed_answers() {
                 .entries
                 .iter()
                 .filter(|(_, e)| e.undelivered())
-                .map(|(s, _)| *s),
+                .map(|(s, _)| s),
         );
         ours.sort_unstable();
         ours.dedup();
         assert_eq!(cache.answered_numbers(), ours, "{cp}");
         for (number, stamp) in cp["stamps_of_range_ends"].as_object().unwrap() {
             let number: u32 = number.parse().unwrap();
-            if cache.entries.get(&number).is_some_and(Entry::undelivered) {
+            if cache.entries.get(number).is_some_and(Entry::undelivered) {
                 continue;
             }
             assert_eq!(

@@ -1,0 +1,256 @@
+//! The cache's entries by request number: a window of consecutive numbers
+//! kept in order, and a map for the others.
+//!
+//! Clients number their requests upwards, one by one, so the numbers a
+//! cache holds are nearly always a run: the answers of the last few
+//! hundred requests and the requests running. A run is kept as a ring of
+//! slots, one per number from the window's first (`base`) on, so finding
+//! an entry is a subtraction, a new request's number is the slot after
+//! the last, and the cache's sweeps ([`Entries::retain`]) walk one block
+//! of memory in order. No hashing, no probing, no control bytes, and no
+//! tombstones.
+//!
+//! A number far from the window (a client numbering at random, a number
+//! reused from long ago) goes to a map instead ([`NumberMap`]), as every
+//! entry did before; so does the oldest entry when the window would pass
+//! [`WINDOW`] slots (an answer kept while the numbers moved far on). Each
+//! number is in one place only; the map is looked at only when it holds
+//! something.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::NumberHasher;
+
+/// The map of the numbers outside the window.
+pub(super) type NumberMap<V> = HashMap<u32, V, BuildHasherDefault<NumberHasher>>;
+
+/// How far past the window's last slot a new number may come and still
+/// join it (the slots between stay empty).
+pub(super) const GAP: usize = 64;
+
+/// Most slots in the window. A cache keeps up to `2E` answers plus what
+/// runs (skynet's `E` is 128), so a window this long holds the run of a
+/// client numbering upwards; past it, its first entries move to the map.
+pub(super) const WINDOW: usize = 1024;
+
+/// Entries by request number (see the module docs); at most `W` slots in
+/// the window, which a number up to `G` past its end joins (the tests
+/// use small ones).
+#[derive(Debug)]
+pub(super) struct Entries<V, const W: usize = WINDOW, const G: usize = GAP> {
+    /// The slots of the numbers `base`, `base + 1`, …; the first and the
+    /// last hold an entry (unless the window is empty).
+    window: VecDeque<Option<V>>,
+    /// The number of `window[0]` (wrapping, as request numbers do).
+    base: u32,
+    /// Entries in the window.
+    in_window: u32,
+    /// Entries outside the window; boxed, made when first needed: every
+    /// session has a cache, and most never need it.
+    spill: Option<Box<NumberMap<V>>>,
+}
+
+impl<V, const W: usize, const G: usize> Default for Entries<V, W, G> {
+    fn default() -> Self {
+        Entries {
+            window: VecDeque::new(),
+            base: 0,
+            in_window: 0,
+            spill: None,
+        }
+    }
+}
+
+impl<V, const W: usize, const G: usize> Entries<V, W, G> {
+    /// The window's slot of `number`, if the window spans it.
+    fn slot(&self, number: u32) -> Option<usize> {
+        let offset = number.wrapping_sub(self.base) as usize;
+        (offset < self.window.len()).then_some(offset)
+    }
+
+    /// The entry of `number`.
+    pub(super) fn get(&self, number: u32) -> Option<&V> {
+        if let Some(Some(entry)) = self.slot(number).map(|i| &self.window[i]) {
+            return Some(entry);
+        }
+        self.spill.as_ref()?.get(&number)
+    }
+
+    /// The entry of `number`, to change.
+    pub(super) fn get_mut(&mut self, number: u32) -> Option<&mut V> {
+        if let Some(i) = self.slot(number)
+            && self.window[i].is_some()
+        {
+            return self.window[i].as_mut();
+        }
+        self.spill.as_mut()?.get_mut(&number)
+    }
+
+    /// Files `entry` under `number`, which has none.
+    pub(super) fn insert(&mut self, number: u32, entry: V) {
+        debug_assert!(self.get(number).is_none(), "{number} filed twice");
+        if self.window.is_empty() {
+            self.base = number;
+            self.window.push_back(Some(entry));
+            self.in_window = 1;
+            return;
+        }
+        let mut offset = number.wrapping_sub(self.base) as usize;
+        let len = self.window.len();
+        if offset < len {
+            self.window[offset] = Some(entry);
+            self.in_window += 1;
+            return;
+        }
+        if offset - len >= G {
+            self.spill.get_or_insert_default().insert(number, entry);
+            return;
+        }
+        // Past the end, close enough: the window moves on to it, its
+        // first entries to the map if it would grow too long (and the
+        // empty slots then first with them).
+        while offset >= W || matches!(self.window.front(), Some(None)) {
+            self.spill_front();
+            offset -= 1;
+        }
+        if self.window.is_empty() {
+            self.base = number;
+            offset = 0;
+        }
+        self.window.resize_with(offset, || None);
+        self.window.push_back(Some(entry));
+        self.in_window += 1;
+    }
+
+    /// Takes the entry of `number` out.
+    pub(super) fn remove(&mut self, number: u32) -> Option<V> {
+        if let Some(i) = self.slot(number)
+            && let Some(entry) = self.window[i].take()
+        {
+            self.in_window -= 1;
+            self.trim();
+            return Some(entry);
+        }
+        let spill = self.spill.as_mut()?;
+        let entry = spill.remove(&number);
+        if spill.is_empty() {
+            self.spill = None;
+        }
+        entry
+    }
+
+    /// Keeps the entries for which `keep` is true (it may change them).
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(u32, &mut V) -> bool) {
+        let base = self.base;
+        let mut dropped = 0;
+        for (i, slot) in self.window.iter_mut().enumerate() {
+            if let Some(entry) = slot
+                && !keep(base.wrapping_add(i as u32), entry)
+            {
+                *slot = None;
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.in_window -= dropped;
+            self.trim();
+        }
+        if let Some(spill) = &mut self.spill {
+            spill.retain(|&number, entry| keep(number, entry));
+            if spill.is_empty() {
+                self.spill = None;
+            }
+        }
+    }
+
+    /// Every entry with its number, in no particular order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, &V)> {
+        let base = self.base;
+        self.window
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, slot)| Some((base.wrapping_add(i as u32), slot.as_ref()?)))
+            .chain(
+                self.spill
+                    .iter()
+                    .flat_map(|spill| spill.iter().map(|(&number, entry)| (number, entry))),
+            )
+    }
+
+    /// Every entry.
+    pub(super) fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, entry)| entry)
+    }
+
+    /// Every entry, to change.
+    pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.window
+            .iter_mut()
+            .filter_map(Option::as_mut)
+            .chain(self.spill.iter_mut().flat_map(|spill| spill.values_mut()))
+    }
+
+    /// Number of entries.
+    pub(super) fn len(&self) -> usize {
+        self.in_window as usize + self.spill.as_ref().map_or(0, |spill| spill.len())
+    }
+
+    /// Whether there are none.
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves the window's first slot out: its entry, if any, to the map.
+    fn spill_front(&mut self) {
+        if let Some(Some(entry)) = self.window.pop_front() {
+            self.in_window -= 1;
+            self.spill.get_or_insert_default().insert(self.base, entry);
+        }
+        self.base = self.base.wrapping_add(1);
+    }
+
+    /// Drops the empty slots at both ends (all of them once none holds an
+    /// entry), so that the window starts and ends with an entry.
+    fn trim(&mut self) {
+        if self.in_window == 0 {
+            self.window.clear();
+            return;
+        }
+        while let Some(None) = self.window.front() {
+            self.window.pop_front();
+            self.base = self.base.wrapping_add(1);
+        }
+        while let Some(None) = self.window.back() {
+            self.window.pop_back();
+        }
+    }
+}
+
+/// Written out as a map of number to entry, as the cache always was.
+impl<V: Serialize, const W: usize, const G: usize> Serialize for Entries<V, W, G> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de, V: Deserialize<'de>, const W: usize, const G: usize> Deserialize<'de>
+    for Entries<V, W, G>
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = NumberMap::<V>::deserialize(deserializer)?;
+        let mut numbered: Vec<(u32, V)> = map.into_iter().collect();
+        // In order, so that a run fills the window again.
+        numbered.sort_unstable_by_key(|&(number, _)| number);
+        let mut entries = Entries::default();
+        for (number, entry) in numbered {
+            entries.insert(number, entry);
+        }
+        Ok(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -10,12 +10,17 @@
 //! of memory in order. No hashing, no probing, no control bytes, and no
 //! tombstones.
 //!
-//! A number far from the window (a client numbering at random, a number
-//! reused from long ago) goes to a map instead ([`NumberMap`]), as every
-//! entry did before; so does the oldest entry when the window would pass
-//! [`WINDOW`] slots (an answer kept while the numbers moved far on). Each
-//! number is in one place only; the map is looked at only when it holds
-//! something.
+//! A number that is not the next of the run (a client numbering at
+//! random, a number reused from long ago) goes to a map instead
+//! ([`NumberMap`]), as every entry did before; so does the oldest entry
+//! when the window would pass [`WINDOW`] slots (an answer kept while the
+//! numbers moved far on). Each number is in one place only; the map is
+//! looked at only when it holds something. A window is at most
+//! [`WINDOW`] slots whatever numbers a client sends, so its memory is
+//! bounded apart from the cache's byte bound; and if the run moves away
+//! from the window (it goes on in the map, which grows past twice what
+//! the window holds, as when a client starts numbering elsewhere while
+//! an old answer waits), the window starts over at the run.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasherDefault;
@@ -28,13 +33,20 @@ use super::NumberHasher;
 pub(super) type NumberMap<V> = HashMap<u32, V, BuildHasherDefault<NumberHasher>>;
 
 /// How far past the window's last slot a new number may come and still
-/// join it (the slots between stay empty).
-pub(super) const GAP: usize = 64;
+/// join it: the next number, or the one after (the skipped slot stays
+/// empty).
+pub(super) const GAP: usize = 2;
 
-/// Most slots in the window. A cache keeps up to `2E` answers plus what
-/// runs (skynet's `E` is 128), so a window this long holds the run of a
-/// client numbering upwards; past it, its first entries move to the map.
-pub(super) const WINDOW: usize = 1024;
+/// Most slots in the window (80 bytes each). A cache keeps up to `2E`
+/// answers plus what runs (skynet's `E` is 128, the in-flight bound 128),
+/// so a window this long holds the run of a client numbering upwards;
+/// past it, its first entries move to the map.
+pub(super) const WINDOW: usize = 512;
+
+/// The map holds at least this many, more than twice what the window
+/// holds, and the number just filed there follows the one filed before:
+/// the run has moved away, the window starts over at it.
+const REBASE_AT: usize = 16;
 
 /// Entries by request number (see the module docs); at most `W` slots in
 /// the window, which a number up to `G` past its end joins (the tests
@@ -50,7 +62,38 @@ pub(super) struct Entries<V, const W: usize = WINDOW, const G: usize = GAP> {
     in_window: u32,
     /// Entries outside the window; boxed, made when first needed: every
     /// session has a cache, and most never need it.
-    spill: Option<Box<NumberMap<V>>>,
+    spill: Option<Box<Spill<V>>>,
+}
+
+/// The map of the numbers outside the window, and the last number a new
+/// entry was filed there under (a run going on there is one more).
+#[derive(Debug)]
+struct Spill<V> {
+    map: NumberMap<V>,
+    last: u32,
+}
+
+impl<V> Default for Spill<V> {
+    fn default() -> Self {
+        Spill {
+            map: NumberMap::default(),
+            last: 0,
+        }
+    }
+}
+
+impl<V> std::ops::Deref for Spill<V> {
+    type Target = NumberMap<V>;
+
+    fn deref(&self) -> &NumberMap<V> {
+        &self.map
+    }
+}
+
+impl<V> std::ops::DerefMut for Spill<V> {
+    fn deref_mut(&mut self) -> &mut NumberMap<V> {
+        &mut self.map
+    }
 }
 
 impl<V, const W: usize, const G: usize> Default for Entries<V, W, G> {
@@ -106,7 +149,16 @@ impl<V, const W: usize, const G: usize> Entries<V, W, G> {
             return;
         }
         if offset - len >= G {
-            self.spill.get_or_insert_default().insert(number, entry);
+            let spill = self.spill.get_or_insert_default();
+            spill.insert(number, entry);
+            let goes_on = spill.last == number.wrapping_sub(1);
+            spill.last = number;
+            // The run goes on in the map (the number before was filed
+            // there last) and the map outgrew the window: the window
+            // follows the run.
+            if goes_on && spill.len() >= REBASE_AT && spill.len() > 2 * self.in_window as usize {
+                self.rebase(number);
+            }
             return;
         }
         // Past the end, close enough: the window moves on to it, its
@@ -201,6 +253,42 @@ impl<V, const W: usize, const G: usize> Entries<V, W, G> {
     /// Whether there are none.
     pub(super) fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Starts the window over at `number` (in the map): the window's
+    /// entries go to the map, `number`'s comes out of it. Costs what the
+    /// window holds, which inserts put there one by one since it last
+    /// started over.
+    fn rebase(&mut self, number: u32) {
+        let spill = self.spill.get_or_insert_default();
+        let base = self.base;
+        for (i, slot) in self.window.drain(..).enumerate() {
+            if let Some(entry) = slot {
+                spill.insert(base.wrapping_add(i as u32), entry);
+            }
+        }
+        self.in_window = 0;
+        if let Some(entry) = spill.remove(&number) {
+            self.base = number;
+            self.window.push_back(Some(entry));
+            self.in_window = 1;
+        }
+    }
+
+    /// Calls `f` with every entry and its number, in no particular order
+    /// (faster than [`Entries::iter`] for a whole pass).
+    pub(super) fn for_each(&self, mut f: impl FnMut(u32, &V)) {
+        let base = self.base;
+        for (i, slot) in self.window.iter().enumerate() {
+            if let Some(entry) = slot {
+                f(base.wrapping_add(i as u32), entry);
+            }
+        }
+        if let Some(spill) = &self.spill {
+            for (&number, entry) in spill.iter() {
+                f(number, entry);
+            }
+        }
     }
 
     /// Moves the window's first slot out: its entry, if any, to the map.

@@ -571,12 +571,17 @@ impl ResponseCache {
     /// Drops the oldest answer and marks its request number lost. `false` when
     /// only running requests are left.
     fn evict_one(&mut self, spare: Option<u32>) -> bool {
-        let victim = self
-            .entries
-            .iter()
-            .filter(|&(s, e)| e.resp.is_some() && e.target.is_none() && Some(s) != spare)
-            .min_by_key(|(_, e)| e.touched)
-            .map(|(number, _)| number);
+        let mut victim: Option<(u64, u32)> = None;
+        self.entries.for_each(|number, e| {
+            if e.resp.is_some()
+                && e.target.is_none()
+                && Some(number) != spare
+                && victim.is_none_or(|(touched, _)| e.touched < touched)
+            {
+                victim = Some((e.touched, number));
+            }
+        });
+        let victim = victim.map(|(_, number)| number);
         let Some(number) = victim else {
             return false;
         };

@@ -196,6 +196,51 @@ fn every_session_pays_little_for_it() {
 }
 
 #[test]
+fn the_window_follows_a_run_that_moved_away() {
+    let mut entries: Entries<u64> = Entries::default();
+    // An answer that waits, at the window's start; then the client
+    // numbers from 1 again.
+    entries.insert(1000, 0);
+    for n in 1..=100u32 {
+        entries.insert(n, u64::from(n));
+    }
+    assert_eq!(entries.len(), 101);
+    // At the 16th number of the new run in the map, the window moved
+    // there; the rest of the run joined it.
+    assert_eq!(entries.base, REBASE_AT as u32);
+    assert_eq!(entries.in_window as usize, 100 - REBASE_AT + 1);
+    assert_eq!(entries.spill.as_ref().unwrap().len(), REBASE_AT);
+    assert_eq!(entries.get(1000), Some(&0));
+    assert!(entries.spill.as_ref().unwrap().contains_key(&1000));
+}
+
+#[test]
+fn scattered_numbers_cost_no_window_memory() {
+    let mut entries: Entries<u64> = Entries::default();
+    for i in 0..2000u32 {
+        entries.insert(i.wrapping_mul(63), u64::from(i));
+    }
+    assert_eq!(entries.len(), 2000);
+    assert!(
+        entries.window.capacity() <= 8,
+        "{}",
+        entries.window.capacity()
+    );
+    assert_eq!(entries.in_window, 1);
+    // Whatever the numbers, the window stays within its slots.
+    let mut entries: Entries<u64> = Entries::default();
+    for i in 0..5000u32 {
+        entries.insert(i * 2, 0);
+    }
+    assert!(entries.window.len() <= WINDOW);
+    assert!(
+        entries.window.capacity() <= WINDOW,
+        "{}",
+        entries.window.capacity()
+    );
+}
+
+#[test]
 fn written_out_as_a_map_of_numbers() {
     let mut entries: Entries<u64> = Entries::default();
     entries.insert(7, 70u64);

@@ -167,6 +167,13 @@ pub(super) fn read_into(
     }
 }
 
+/// Whether `input` holds more than its first package (with its tag on a
+/// `sealed` connection): the start of another, or all of it.
+fn holds_several(input: &[u8], sealed: bool) -> bool {
+    let tag = if sealed { loginproto::seal::TAG_LEN } else { 0 };
+    gate_core::wire::first_package_len(input) + tag < input.len()
+}
+
 /// Hands every complete package in `input` to `serve`, until a pause.
 pub(super) fn serve_all(
     conn: &mut Connection,
@@ -279,7 +286,7 @@ impl Transport for Tcp {
                 Err(e) => return Err(e.kind().into()),
             };
             ahead.read(true, cleared);
-            if gate_core::wire::first_package_len(input) < input.len() {
+            if holds_several(input, conn.sealed()) {
                 // More than one package came at once: the client has more
                 // than one request in flight.
                 ahead.several();
@@ -417,6 +424,24 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn several_packages_are_told_from_one_with_its_tag() {
+        let tag = loginproto::seal::TAG_LEN;
+        let one = [0u8, 3, b'a', b'b', b'c'];
+        assert!(!holds_several(&one, false));
+        assert!(!holds_several(&one[..4], false), "a partial one");
+        let mut two = one.to_vec();
+        two.extend_from_slice(&one[..1]);
+        assert!(holds_several(&two, false));
+        // Sealed: header, ciphertext, tag.
+        let mut sealed = one.to_vec();
+        sealed.extend(std::iter::repeat_n(7, tag));
+        assert!(!holds_several(&sealed, true));
+        assert!(holds_several(&sealed, false), "read as plain");
+        sealed.push(0);
+        assert!(holds_several(&sealed, true));
+    }
 
     /// A connected pair: (client, server).
     async fn pair() -> (TcpStream, TcpStream) {

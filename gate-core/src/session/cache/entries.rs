@@ -23,11 +23,49 @@
 //! an old answer waits), the window starts over at the run.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::NumberHasher;
+/// Hashes request numbers for the map of the numbers outside the
+/// window of consecutive ones, so that numbers close together sit close
+/// together. The low bits of the hash, where the map takes a slot from,
+/// are twice the number: clients number their requests upwards, so a
+/// batch of requests and their answers touch neighbouring slots (a few
+/// cache lines of the player's map, not one line each, scattered), and
+/// every other slot stays free, so that removing an entry leaves an empty
+/// slot rather than a tombstone (a run of full slots would fill the map
+/// with tombstones and make it rebuild itself over and over). The high
+/// bits, which the map compares first within a group of slots, come from
+/// one multiplication (Fibonacci hashing, as FxHash does).
+///
+/// Numbers are client-chosen, but each user has a map of its own with at
+/// most a few hundred entries, so a client can only slow itself down;
+/// SipHash's flooding resistance buys nothing here and costs several
+/// times more per request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NumberHasher(u64);
+
+impl Hasher for NumberHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        let mixed = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = (mixed & 0xFFFF_FFFF_0000_0000) | u64::from(n << 1);
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
 
 /// The map of the numbers outside the window.
 pub(super) type NumberMap<V> = HashMap<u32, V, BuildHasherDefault<NumberHasher>>;

@@ -11,7 +11,7 @@
 // Helpers here are test code too: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -37,12 +37,9 @@ const GUARD: Duration = Duration::from_secs(30);
 /// Lease of the test gates: short, so a killed gate lapses quickly.
 const LEASE: &str = "1s";
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(GUARD, fut).await {

@@ -6,7 +6,7 @@
 //! log line naming why, and the running configuration stays as it was.
 //! Players connected across a reload keep their connection.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -33,11 +33,9 @@ async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_addr;
 
 /// An argon2 hash cheap enough for tests.
 fn hash(password: &str) -> String {

@@ -7,7 +7,7 @@
 //! A new process that refuses the state version, or dies in the middle of
 //! the handoff, leaves the old one serving as if nothing happened.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -30,12 +30,9 @@ async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+#[path = "support/ports.rs"]
+mod ports;
+use ports::free_port;
 
 /// A gate process, killed when dropped.
 struct Gate {

@@ -333,31 +333,49 @@ impl Wake for Sleeper {
 }
 
 /// Watches the set of resting connections until `stop`: wakes each whose
-/// socket has input (or hung up). Returns at once where connections
-/// cannot rest.
-pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
-    let Some(set) = core.rest.set.as_ref().and_then(|s| s.try_clone().ok()) else {
+/// socket has input (or hung up). Connections may rest from the call on
+/// (before the returned future first runs: a connection served before
+/// then would otherwise never rest), on the runtime it is called on; the
+/// future is to be spawned there. Where connections cannot rest it
+/// returns at once.
+pub(crate) fn watch(
+    core: Arc<GateCore>,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let armed = core.rest.set.is_some();
+    if armed {
+        let _ = core.rest.runtime.set(tokio::runtime::Handle::current());
+        core.rest.watched.store(true, Ordering::Release);
+    }
+    // Dropped with the future, run or not: see `LetGo`.
+    let unwatched = LetGo { core, armed };
+    watch_from(unwatched, stop)
+}
+
+async fn watch_from(mut unwatched: LetGo, stop: CancellationToken) {
+    if !unwatched.armed {
         return;
-    };
+    }
+    let core = Arc::clone(&unwatched.core);
+    let set = core.rest.set.as_ref().and_then(|s| s.try_clone().ok());
     // The set's descriptor is the `AsyncFd`'s own for as long as it is
     // registered (closed only when it is dropped), which is all the
     // I/O safety this constructor's deprecation is about.
     #[allow(deprecated)]
-    let set = match tokio::io::unix::AsyncFd::with_interest(set, tokio::io::Interest::READABLE) {
-        Ok(set) => set,
-        Err(e) => {
-            tracing::warn!(error = %e, "connections cannot rest: the rest set is not watched");
-            return;
-        }
-    };
-    let _ = core.rest.runtime.set(tokio::runtime::Handle::current());
-    core.rest.watched.store(true, Ordering::Release);
-    let mut unwatched = LetGo {
-        core: &core,
-        armed: true,
-    };
-    watch_set(&core, &set, stop).await;
+    let set =
+        set.map(|set| tokio::io::unix::AsyncFd::with_interest(set, tokio::io::Interest::READABLE));
     unwatched.armed = false;
+    match set {
+        Some(Ok(set)) => {
+            unwatched.armed = true;
+            watch_set(&core, &set, stop).await;
+            unwatched.armed = false;
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "connections cannot rest: the rest set is not watched");
+        }
+        None => tracing::warn!("connections cannot rest: the rest set is not watched"),
+    }
     // Nobody notices input on a resting socket any more: no connection
     // rests from now on, and those resting are raised.
     core.rest.watched.store(false, Ordering::Release);
@@ -367,17 +385,17 @@ pub(crate) async fn watch(core: Arc<GateCore>, stop: CancellationToken) {
 }
 
 /// Lets go of every resting connection when the watcher is dropped before
-/// it returns: its runtime shut down under a gate nobody stopped. No task
-/// can be spawned any more, so the connections are closed where they
-/// rest: their sockets close (their clients see the end), and no gate is
-/// kept alive by its own resting connections (each holds the gate, whose
-/// rest set holds it).
-struct LetGo<'a> {
-    core: &'a GateCore,
+/// it returns (or before it ever ran): its runtime shut down under a gate
+/// nobody stopped. No task can be spawned any more, so the connections
+/// are closed where they rest: their sockets close (their clients see the
+/// end), and no gate is kept alive by its own resting connections (each
+/// holds the gate, whose rest set holds it).
+struct LetGo {
+    core: Arc<GateCore>,
     armed: bool,
 }
 
-impl Drop for LetGo<'_> {
+impl Drop for LetGo {
     fn drop(&mut self) {
         if !self.armed {
             return;
@@ -607,3 +625,7 @@ mod epoll {
         Ok(0)
     }
 }
+
+#[cfg(test)]
+#[path = "rest_tests.rs"]
+mod tests;

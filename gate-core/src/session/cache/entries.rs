@@ -19,8 +19,10 @@
 //! [`WINDOW`] slots whatever numbers a client sends, so its memory is
 //! bounded apart from the cache's byte bound; and if the run moves away
 //! from the window (it goes on in the map, which grows past twice what
-//! the window holds, as when a client starts numbering elsewhere while
-//! an old answer waits), the window starts over at the run.
+//! the window holds, as when a client starts numbering elsewhere while a
+//! few old answers wait), the window starts over at the run. A client
+//! alternating between runs makes it start over now and then, at most
+//! once every three requests, moving what the window held.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};

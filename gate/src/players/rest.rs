@@ -364,18 +364,14 @@ async fn watch_from(mut unwatched: LetGo, stop: CancellationToken) {
     #[allow(deprecated)]
     let set =
         set.map(|set| tokio::io::unix::AsyncFd::with_interest(set, tokio::io::Interest::READABLE));
-    unwatched.armed = false;
     match set {
-        Some(Ok(set)) => {
-            unwatched.armed = true;
-            watch_set(&core, &set, stop).await;
-            unwatched.armed = false;
-        }
+        Some(Ok(set)) => watch_set(&core, &set, stop).await,
         Some(Err(e)) => {
             tracing::warn!(error = %e, "connections cannot rest: the rest set is not watched");
         }
         None => tracing::warn!("connections cannot rest: the rest set is not watched"),
     }
+    unwatched.armed = false;
     // Nobody notices input on a resting socket any more: no connection
     // rests from now on, and those resting are raised.
     core.rest.watched.store(false, Ordering::Release);

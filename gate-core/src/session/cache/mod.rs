@@ -541,8 +541,7 @@ impl ResponseCache {
                 victim = Some((e.touched, number));
             }
         });
-        let victim = victim.map(|(_, number)| number);
-        let Some(number) = victim else {
+        let Some((_, number)) = victim else {
             return false;
         };
         if let Some(old) = self.entries.remove(number) {

@@ -39,7 +39,10 @@ const LEASE: &str = "1s";
 
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/scratch.rs"]
+mod scratch;
 use ports::free_port;
+use scratch::Scratch;
 
 async fn guard<F: Future>(what: &str, fut: F) -> F::Output {
     match tokio::time::timeout(GUARD, fut).await {
@@ -187,7 +190,7 @@ fn no_web(args: &[String]) -> Option<&'static str> {
 
 /// One test's cluster: its Redis, secret and nodes.
 struct Cluster {
-    dir: PathBuf,
+    dir: Scratch,
     redis: Redis,
     secret: PathBuf,
     /// What the nodes are given as `--redis` (the Redis's own address, or
@@ -250,9 +253,7 @@ struct LoginNode {
 
 impl Cluster {
     async fn start(test: &str) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("cluster-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = Scratch::new(&format!("cluster-{test}"));
         let secret = dir.join("secret");
         std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("secret");
         let redis = Redis::start(&dir).await;
@@ -1777,9 +1778,7 @@ async fn the_readme_cluster_recipe_runs_as_written() {
             }
         })
         .collect();
-    let dir = std::env::temp_dir().join(format!("cluster-readme-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = Scratch::new("cluster-readme");
     std::fs::write(dir.join("recipe.sh"), format!("set -e\n{script}")).expect("script");
     /// Kills the recipe's processes (its process group) when dropped.
     struct Group(rustix::process::Pid);

@@ -35,7 +35,10 @@ async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/scratch.rs"]
+mod scratch;
 use ports::free_addr;
+use scratch::Scratch;
 
 /// An argon2 hash cheap enough for tests.
 fn hash(password: &str) -> String {
@@ -87,7 +90,7 @@ impl Gate {
 
 /// One test's files and addresses.
 struct Setup {
-    dir: PathBuf,
+    dir: Scratch,
     config: PathBuf,
     accounts: PathBuf,
     login: SocketAddr,
@@ -100,9 +103,7 @@ struct Setup {
 
 impl Setup {
     fn new(test: &str) -> Setup {
-        let dir = std::env::temp_dir().join(format!("reload-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = Scratch::new(&format!("reload-{test}"));
         let token = "an admin token for the reload tests".to_owned();
         std::fs::write(dir.join("token"), &token).expect("token");
         Setup {

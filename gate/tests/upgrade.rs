@@ -32,7 +32,10 @@ async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 
 #[path = "support/ports.rs"]
 mod ports;
+#[path = "support/scratch.rs"]
+mod scratch;
 use ports::free_port;
+use scratch::Scratch;
 
 /// A gate process, killed when dropped.
 struct Gate {
@@ -56,7 +59,7 @@ impl Drop for Gate {
 /// One test's gate configuration: fixed free ports (a new process takes
 /// the same addresses over), the upgrade socket, an admin token.
 struct Setup {
-    dir: PathBuf,
+    dir: Scratch,
     login: SocketAddr,
     gate: SocketAddr,
     ops: SocketAddr,
@@ -73,9 +76,7 @@ struct Setup {
 
 impl Setup {
     fn new(test: &str) -> Setup {
-        let dir = std::env::temp_dir().join(format!("upgrade-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = Scratch::new(&format!("upgrade-{test}"));
         let token = "an admin token for the upgrade tests".to_owned();
         std::fs::write(dir.join("token"), &token).expect("token");
         let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));

@@ -9,3 +9,5 @@ pub mod player;
 pub mod push;
 pub mod relay;
 pub mod replay;
+#[path = "../../gate/tests/support/scratch.rs"]
+pub mod scratch;

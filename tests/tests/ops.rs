@@ -295,9 +295,7 @@ async fn a_real_prometheus_scrapes_the_gate() {
     let _alice = online(&server, "alice").await;
     let _bob = online(&server, "bob").await;
 
-    let dir = std::env::temp_dir().join(format!("prometheus-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = integration::scratch::Scratch::new("prometheus-test");
     let config = dir.join("prometheus.yml");
     std::fs::write(
         &config,
@@ -352,7 +350,6 @@ async fn a_real_prometheus_scrapes_the_gate() {
         }
     })
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -572,8 +572,7 @@ async fn wss_when_a_certificate_is_configured() {
 
     use rustls::pki_types::ServerName;
 
-    let dir = std::env::temp_dir().join(format!("web-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = integration::scratch::Scratch::new("web-tls");
     let certified =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -649,7 +648,6 @@ async fn wss_when_a_certificate_is_configured() {
     assert_eq!(&response.content[..], b"secure echo");
     drop(conn);
     server.shutdown().await.expect("clean shutdown");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A small input buffer (`web.read_buffer_bytes`) still takes messages up

@@ -7,7 +7,10 @@
 //!   built-in agent's path);
 //! - `outbox`: the answers complete from elsewhere (a service link), wait
 //!   in the connection's outbox and are written out at once (the service
-//!   path).
+//!   path);
+//! - `at_bound`: the cache at its byte bound (the default 256 KiB, about
+//!   3,000 answers no connection got), so every answer makes the oldest
+//!   go: the bound's eviction.
 //!
 //! Sessions keep answering for many batches, so the cache's retirement
 //! (every 128 answers) is part of the cost. Absolute numbers on the shared
@@ -26,6 +29,7 @@ use codec::ext::Ext;
 use codec::message::LuaNumber;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gate_core::Time;
+use gate_core::session::cache::ResponseCache;
 use gate_core::session::{Completion, ConnId, Hello, Limits, OnRequest, Session};
 use gate_core::wire;
 
@@ -109,6 +113,32 @@ fn session(c: &mut Criterion) {
                 "from {first}"
             );
             black_box(out.len())
+        });
+    });
+
+    // A cache whose client left its answers unconfirmed (they completed
+    // with no connection) until the byte bound: each new answer evicts.
+    let limits = Limits::default();
+    let mut cache = ResponseCache::new(limits.expired_number, limits.cache_bytes);
+    let mut number = 0u32;
+    let mut answer = |cache: &mut ResponseCache, number: u32| {
+        let OnRequest::Execute(exec) = cache.request(CONN, number) else {
+            panic!("request {number} not run");
+        };
+        let package = wire::response_in(&mut slab, number, Some(&content));
+        cache.complete(number, exec, package, None);
+    };
+    while cache.lost().ranges() == 0 {
+        number += 1;
+        answer(&mut cache, number);
+    }
+    group.bench_function("at_bound", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                number = number.wrapping_add(1);
+                answer(&mut cache, number);
+            }
+            black_box(cache.bytes())
         });
     });
     group.finish();

@@ -82,9 +82,11 @@ use serde::{Deserialize, Serialize};
 
 use self::entries::Entries;
 pub use self::entries::NumberHasher;
+use self::evict::Evictions;
 use crate::wire::{self, Package};
 
 mod entries;
+mod evict;
 
 /// Identifies one authenticated connection of the gate. Plays the role of
 /// skynet's version `V` in the cache (see the module docs). Never reused.
@@ -285,8 +287,10 @@ pub struct ResponseCache {
     bytes: usize,
     /// The bound on `bytes` for answered entries.
     max_bytes: usize,
-    /// Boxed: most sessions never lose an answer.
-    lost: Option<Box<LostNumbers>>,
+    /// The numbers the byte bound made lost, and its next victims. Boxed:
+    /// most sessions never lose an answer. Written out as the lost
+    /// numbers, as it always was.
+    lost: Option<Box<Evictions>>,
     /// How many times the connection's outbox was written
     /// ([`ResponseCache::outbox_written`]); wraps.
     #[serde(skip)]
@@ -336,7 +340,7 @@ impl ResponseCache {
         };
         let e = match self.entries.get_mut(number) {
             None => {
-                if self.lost.as_ref().is_some_and(|l| l.contains(number)) {
+                if self.lost.as_ref().is_some_and(|l| l.lost.contains(number)) {
                     // Its answer was dropped for the byte bound: an error,
                     // now and for every later request with this number.
                     return OnRequest::Lost(wire::error_response(number).into());
@@ -531,24 +535,13 @@ impl ResponseCache {
     /// Drops the oldest answer and marks its request number lost. `false` when
     /// only running requests are left.
     fn evict_one(&mut self, spare: Option<u32>) -> bool {
-        let mut victim: Option<(u64, u32)> = None;
-        self.entries.for_each(|number, e| {
-            if e.resp.is_some()
-                && e.target.is_none()
-                && Some(number) != spare
-                && victim.is_none_or(|(touched, _)| e.touched < touched)
-            {
-                victim = Some((e.touched, number));
+        match evict::evict_one(&mut self.entries, &mut self.lost, spare) {
+            Some(cost) => {
+                self.bytes -= cost;
+                true
             }
-        });
-        let Some((_, number)) = victim else {
-            return false;
-        };
-        if let Some(old) = self.entries.remove(number) {
-            self.bytes -= old.cost();
+            None => false,
         }
-        self.lost.get_or_insert_default().insert(number);
-        true
     }
 
     /// skynet's counter `N` (for tests and metrics).
@@ -578,7 +571,10 @@ impl ResponseCache {
 
     /// The request numbers whose answers were dropped for the byte bound.
     pub fn lost(&self) -> LostNumbers {
-        self.lost.as_deref().cloned().unwrap_or_default()
+        self.lost
+            .as_deref()
+            .map(|l| l.lost.clone())
+            .unwrap_or_default()
     }
 
     /// The retirement stamp of an answered request number, if it is cached.

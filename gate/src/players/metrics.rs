@@ -162,35 +162,45 @@ fn session_end_slot(end: &End) -> Option<usize> {
 /// of it, on a line of its own: only that thread writes it, so a bump is a
 /// plain load and store, not a locked read-modify-write (two of those per
 /// request were a tenth of the request path's own time), and no two
-/// threads fight over a line. Threads after those (the runtime's workers
-/// come first; helper threads that come and go later) share one more
-/// cell, bumped atomically.
+/// threads fight over a line. Threads after those (more workers than
+/// that, helper threads that come and go) share [`SHARED`] more cells,
+/// spread by their order, bumped atomically. A cell's owner never changes
+/// and its count never goes down, so the sum only grows.
 #[derive(Debug, Default)]
 pub(crate) struct Striped {
-    cells: [Cell; OWNED + 1],
+    cells: [Cell; OWNED + SHARED],
 }
 
 /// Threads that get a cell of their own.
-const OWNED: usize = 16;
+const OWNED: usize = 24;
+
+/// Cells the other threads share.
+const SHARED: usize = 8;
 
 #[derive(Debug, Default)]
 #[repr(align(128))]
 struct Cell(AtomicU64);
 
-/// The next thread's cell.
-static NEXT_CELL: AtomicUsize = AtomicUsize::new(0);
+/// Threads given a cell so far.
+static THREADS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
-    /// This thread's cell in every [`Striped`]: its own below [`OWNED`],
-    /// the shared one at [`OWNED`].
-    static CELL: usize = NEXT_CELL.fetch_add(1, Ordering::Relaxed).min(OWNED);
+    /// This thread's cell in every [`Striped`], and whether it owns it.
+    static CELL: (usize, bool) = match THREADS.fetch_update(
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+        |n| Some(n.saturating_add(1)),
+    ) {
+        Ok(n) | Err(n) if n < OWNED => (n, true),
+        Ok(n) | Err(n) => (OWNED + n % SHARED, false),
+    };
 }
 
 impl Striped {
     pub(crate) fn bump(&self) {
-        let i = CELL.with(|i| *i);
+        let (i, owned) = CELL.with(|c| *c);
         let cell = &self.cells[i].0;
-        if i < OWNED {
+        if owned {
             // Only this thread writes its cell.
             cell.store(
                 cell.load(Ordering::Relaxed).wrapping_add(1),
@@ -308,9 +318,9 @@ mod tests {
 
     #[test]
     fn striped_counts_every_bump_of_every_thread() {
-        // More threads than own a cell: the later ones share the last.
+        // More threads than own a cell: the later ones share the rest.
         let counter = std::sync::Arc::new(Striped::default());
-        let threads: Vec<_> = (0..OWNED + 8)
+        let threads: Vec<_> = (0..OWNED + SHARED + 3)
             .map(|_| {
                 let counter = counter.clone();
                 std::thread::spawn(move || {
@@ -323,6 +333,6 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        assert_eq!(counter.get(), (OWNED as u64 + 8) * 10_000);
+        assert_eq!(counter.get(), (OWNED + SHARED + 3) as u64 * 10_000);
     }
 }

@@ -112,3 +112,28 @@ fn a_cache_at_its_bound_walks_once_per_line_not_once_per_answer() {
         "{walks} walks for {dropped} evictions"
     );
 }
+
+#[test]
+fn a_state_read_back_counts_on_from_its_newest_stamp() {
+    // A state whose counter is behind its entries' stamps (hand-edited,
+    // or written by a build with another clock): what comes after the
+    // restore is younger than everything restored, so the line still
+    // evicts what a walk would (`evict_one` checks under test).
+    let mut c = ResponseCache::new(128, 3 * (ENTRY_COST + 20));
+    for n in 0..4 {
+        let OnRequest::Execute(exec) = c.request(1, n) else {
+            panic!("{n} not run");
+        };
+        c.complete(n, exec, Package::copy_from_slice(&[7; 20]), None);
+    }
+    let mut state = serde_json::to_value(&c).unwrap();
+    state["next_exec"] = 0.into();
+    let mut c: ResponseCache = serde_json::from_value(state).unwrap();
+    for n in 10..20 {
+        if let OnRequest::Execute(exec) = c.request(2, n) {
+            c.complete(n, exec, Package::copy_from_slice(&[7; 20]), None);
+        }
+        let _ = c.request(2, 2);
+    }
+    assert!(c.lost().contains(3));
+}

@@ -87,6 +87,7 @@ use crate::wire::{self, Package};
 
 mod entries;
 mod evict;
+mod restore;
 
 /// Identifies one authenticated connection of the gate. Plays the role of
 /// skynet's version `V` in the cache (see the module docs). Never reused.
@@ -276,7 +277,7 @@ impl LostNumbers {
 
 /// The response cache of one user.
 #[derive(Debug, Serialize, Deserialize)]
-#[serde(from = "Stored")]
+#[serde(from = "restore::Stored")]
 pub struct ResponseCache {
     entries: Entries<Entry>,
     /// skynet's per-user counter `N`.
@@ -296,42 +297,6 @@ pub struct ResponseCache {
     /// ([`ResponseCache::outbox_written`]); wraps.
     #[serde(skip)]
     drains: u16,
-}
-
-/// A [`ResponseCache`] as written out.
-#[derive(Deserialize)]
-struct Stored {
-    entries: Entries<Entry>,
-    counter: u32,
-    expired: u32,
-    next_exec: u64,
-    bytes: usize,
-    max_bytes: usize,
-    lost: Option<Box<Evictions>>,
-}
-
-impl From<Stored> for ResponseCache {
-    /// The counter goes on from past every stamp read back, whatever wrote
-    /// them: ids stay unique and the byte bound's order (see `evict`)
-    /// holds.
-    fn from(stored: Stored) -> ResponseCache {
-        let newest = stored
-            .entries
-            .values()
-            .map(|e| e.touched.max(e.exec.0))
-            .max()
-            .unwrap_or(0);
-        ResponseCache {
-            entries: stored.entries,
-            counter: stored.counter,
-            expired: stored.expired,
-            next_exec: stored.next_exec.max(newest),
-            bytes: stored.bytes,
-            max_bytes: stored.max_bytes,
-            lost: stored.lost,
-            drains: 0,
-        }
-    }
 }
 
 impl ResponseCache {

@@ -91,6 +91,61 @@ for (const seal of [true, false]) {
   });
 }
 
+/**
+ * `ws`'s WebSocket, counting the writes its socket makes (each one a system
+ * call): how many frames leave together.
+ */
+class CountingWebSocket extends WebSocket {
+  static writes = 0;
+
+  constructor(...args) {
+    super(...args);
+    this.once('open', () => {
+      const socket = this._socket;
+      for (const name of ['_write', '_writev']) {
+        const write = socket[name];
+        socket[name] = function (...rest) {
+          CountingWebSocket.writes++;
+          return write.apply(this, rest);
+        };
+      }
+    });
+  }
+}
+
+for (const seal of [true, false]) {
+  test(`requests made in one turn leave in one socket write (${seal ? 'sealed' : 'plain'})`, async () => {
+    const user = seal ? 'js-burst' : 'js-burst-plain';
+    const room = `burst-room-${seal}`;
+    const p = await player(user, gate.gate, { seal, WebSocket: CountingWebSocket });
+    assert.equal(await p.client.requestText(`join ${room}`), `joined ${room} (1 members)`);
+    const before = CountingWebSocket.writes;
+    const burst = Array.from({ length: 32 }, (_, i) => p.client.requestText(`say burst ${i}`));
+    assert.equal(CountingWebSocket.writes, before, 'nothing is written before the turn ends');
+    assert.deepEqual(await guard('the burst answered', Promise.all(burst)), Array(32).fill('sent'));
+    assert.equal(CountingWebSocket.writes - before, 1, '32 requests, one write');
+    // The gate read them as 32 messages, in order.
+    await p.until('the 32 lines', () => p.pushes.length >= 33);
+    assert.deepEqual(
+      p.pushes.slice(1).map((x) => x.text),
+      Array.from({ length: 32 }, (_, i) => `[${room}] ${user}: burst ${i}`),
+    );
+    // Each answer sends the next: the sends of one turn go together too.
+    let chained = 0;
+    const chain = async (n) => {
+      for (let i = 0; i < n; i++) {
+        assert.equal(await p.client.requestText(`say chain ${i}`), 'sent');
+        chained++;
+      }
+    };
+    const at = CountingWebSocket.writes;
+    await guard('eight chains', Promise.all(Array.from({ length: 8 }, () => chain(16))));
+    assert.equal(chained, 128);
+    assert.ok(CountingWebSocket.writes - at < 128, `${CountingWebSocket.writes - at} writes for 128 requests`);
+    p.client.close();
+  });
+}
+
 test('pushes reach the other player, and a dropped network misses nothing', async () => {
   const proxy = await startProxy(gate.gateAddr);
   const alice = await player('js-alice');

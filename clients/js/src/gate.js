@@ -39,8 +39,13 @@ export const DEFAULT_LIMITS = Object.freeze({
 
 const DEFAULT_STORAGE_KEY = 'gatelogin.session';
 
-/** Runs `fn` once the current turn's promise reactions have all run (Node). */
-const afterTurn = (fn) => (globalThis.process?.nextTick ?? queueMicrotask)(fn);
+/**
+ * Runs `fn` (Node) once this turn's promise reactions have all run: a
+ * microtask queues it as a tick, and Node runs the ticks queued by
+ * microtasks only once the microtask queue is empty. (A tick queued at
+ * once would run before the reactions when called from an I/O callback.)
+ */
+const afterTurn = (fn) => queueMicrotask(() => globalThis.process.nextTick(fn));
 
 /**
  * With Node's `ws` package, whose socket is a `net.Socket`: the frames sent
@@ -476,9 +481,14 @@ export class GateClient {
     }
     const { ws } = conn;
     // Node's `ws` hands a binary message over as the Buffer it already
-    // has; 'arraybuffer' would copy each one. A browser (or any other
-    // implementation) ignores a value it does not know.
-    ws.binaryType = 'nodebuffer';
+    // has; 'arraybuffer' would copy each one. Browsers ignore a value they
+    // do not know, Node's own WebSocket takes it as 'blob', React Native's
+    // throws: all of them get 'arraybuffer'.
+    try {
+      ws.binaryType = 'nodebuffer';
+    } catch {
+      // Not a value this implementation knows.
+    }
     if (ws.binaryType !== 'nodebuffer') ws.binaryType = 'arraybuffer';
     const ms = this.#opts.connectTimeoutMs;
     conn.deadline = setTimeout(() => this.#lost(conn, `no handshake answer within ${ms} ms`, false), ms);
@@ -489,7 +499,14 @@ export class GateClient {
     };
     ws.onmessage = (event) => {
       const { data } = event;
-      if (typeof data !== 'string') this.#message(conn, data instanceof Uint8Array ? data : new Uint8Array(data));
+      if (typeof data === 'string') return;
+      // A plain Uint8Array view either way: a Buffer's `slice` would not
+      // copy, and answers and pushes are copied out with `slice`, so that
+      // none keeps (or shares) the socket read it came in.
+      this.#message(
+        conn,
+        data instanceof Uint8Array ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : new Uint8Array(data),
+      );
     };
     ws.onerror = noop;
     ws.onclose = (event) =>

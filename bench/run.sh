@@ -25,9 +25,10 @@
 # in it: the gate's side logs its clients in first, the baselines do not
 # (512 logins are about 2.5 % of the gate's CPU over a whole 512 x 16 run).
 # The rows that put the gate beside itself (WebSocket, sealed, TLS) take it
-# over the whole client run, divided by the requests sent. And a game-shaped open loop: PLAYERS players (default: as many
-# as the idle figure's sessions) sending RATE (10) messages a second each,
-# through the gate and against the raw echo server at the same offered load.
+# over the whole client run, divided by the requests sent. And a
+# game-shaped open loop: PLAYERS players (default: as many as the idle
+# figure's sessions) sending RATE (10) messages a second each, through the
+# gate and against the raw echo server at the same offered load.
 #
 # Absolute numbers on a shared 2-core box are noise (the load generator runs
 # on the same cores); the ratios of one run are the figure.

@@ -67,6 +67,7 @@ function holdWrites(conn) {
     socket.uncork();
   });
 }
+
 /** Session numbers a saved state reserves ahead, so a resumed page never reuses one. */
 const RESERVE = 256;
 /** Ends after which a saved state is of no use. */
